@@ -1,0 +1,99 @@
+"""`ecmpd`: the daemon's command line.
+
+    ecmpd --config FILE            run in the foreground (systemd Type=notify)
+    ecmpd --config FILE --check    validate and exit (0 valid, 2 with one line per problem)
+    ecmpd --config FILE --dry-run  print the plan (routes, rules, sysctls, nft table)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from dataclasses import replace
+
+from .config import ConfigError, load_config
+from .model import Config
+
+DEFAULT_CONFIG = "/etc/ecmpd/ecmpd.yaml"
+log = logging.getLogger("ecmpd")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ecmpd", description="Linux multi-WAN gateway daemon.")
+    p.add_argument("--config", "-c", default=DEFAULT_CONFIG, help="config file (YAML)")
+    p.add_argument("--check", action="store_true", help="validate the config and exit")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would be installed, change nothing")
+    p.add_argument("--socket", help="control socket path (overrides control.socket)")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def load(args: argparse.Namespace) -> Config | None:
+    """The validated config, or None after printing every problem to stderr."""
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+    if args.socket:
+        cfg = replace(cfg, control_socket=args.socket)
+    return cfg
+
+
+async def dry_run(cfg: Config) -> None:
+    """Print the plan for the current network namespace's links and addresses."""
+    from pyroute2 import AsyncIPRoute
+
+    from . import nftrules, routing
+    from .desired import build_desired, describe
+
+    async with AsyncIPRoute() as ipr:
+        links = await routing.read_links(ipr)
+        addrs = await routing.read_addresses(ipr)
+    index = {name: link["index"] for name, link in links.items()}
+    wan_addrs = {}
+    for wan in cfg.wans:
+        if wan.interface not in links:
+            print(f"# {wan.name}: interface {wan.interface} does not exist (no routes for it)")
+        elif addrs.get(index[wan.interface]):
+            wan_addrs[wan.name] = addrs[index[wan.interface]][0][0]
+    active = {w.name for w in cfg.wans if links.get(w.interface, {}).get("carrier")}
+    for line in describe(build_desired(cfg, index, wan_addrs, active)):
+        print(line)
+    import json
+    print(f"# nft table ip {cfg.nft_table} (one atomic transaction):")
+    print(json.dumps(nftrules.replace_commands(cfg), indent=1))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    cfg = load(args)
+    if cfg is None:
+        return 2
+    if args.check:
+        print(f"{args.config}: ok ({len(cfg.wans)} WANs: {', '.join(w.name for w in cfg.wans)})")
+        return 0
+    if args.dry_run:
+        asyncio.run(dry_run(cfg))
+        return 0
+    from .daemon import Daemon
+    from .logsetup import setup_logging
+
+    setup_logging(args.log_level)
+    try:
+        return asyncio.run(Daemon(cfg, args.config).run())
+    except KeyboardInterrupt:
+        return 0
+    except Exception as exc:  # start-up failures: one clear line, not a traceback
+        log.error("ecmpd cannot run: %s", exc)
+        log.debug("details", exc_info=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,377 @@
+"""Load and validate ecmpd's YAML config into an `ecmpd.model.Config`.
+
+Every mistake becomes one line `<source>:<line>: <key.path>: <message>` in
+`ConfigError.problems`, all of them collected before raising; no other exception
+leaves `load_config` / `parse_config`.  `<source>` is printed exactly as the caller
+gave it (`load_config` passes the path as given, so messages name the file the admin
+typed).  List items are addressed 0-based: `lan.interfaces[0]`.  The line is that of
+the offending value; for an unknown or repeated key that of the key; for a missing
+key that of the key owning the mapping it is missing from.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Sequence
+from ipaddress import IPv4Address, IPv4Interface
+from pathlib import Path
+from typing import Any
+
+from ecmpd.model import MAX_WANS, Config, ProbeSettings, Wan
+from ecmpd import yamlpos as yp
+from ecmpd.yamlpos import Bad, YamlProblem, YList, YMap, describe, format_seconds, load_yaml
+
+TOP_KEYS = ("lan", "wans", "probe", "hash", "marks", "tables", "rules", "route", "nft",
+            "keep_on_exit", "control")
+WAN_KEYS = ("interface", "gateway", "weight", "id", "address", "probe")
+PROBE_KEYS = ("targets", "interval", "timeout", "count", "down", "up", "quorum",
+              "max_loss", "max_rtt", "window")
+TIMEOUT_INTERVALS = 5
+"""`probe.timeout` may be at most this many `probe.interval`s (rounds may overlap)."""
+RESERVED_TABLES = {253: "default", 254: "main", 255: "local"}
+_DEFAULT_PROBE = ProbeSettings()
+_WAN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+
+
+class ConfigError(Exception):
+    """The config cannot be used; `problems` holds one message line per mistake."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems: list[str] = list(problems)
+        super().__init__("\n".join(self.problems))
+
+    def __str__(self) -> str:
+        return "\n".join(self.problems)
+
+
+def load_config(path: str) -> Config:
+    """Read and validate the config file at `path`; raises only `ConfigError`."""
+    try:
+        data = Path(path).read_bytes()
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        raise ConfigError([f"{path}: cannot read: {reason}"]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise ConfigError([f"{path}:{line}: not UTF-8 text "
+                           f"(byte 0x{data[e.start]:02x} at offset {e.start})"]) from None
+    return parse_config(text, path)
+
+
+def parse_config(text: str, source: str) -> Config:
+    """Validate YAML `text`; `source` names it in messages and becomes `Config.source`."""
+    config, problems = _Validator(source).run(text)
+    if problems or config is None:
+        raise ConfigError(problems or [f"{source}:1: invalid configuration"])
+    return config
+
+
+def problems_for(text: str, source: str) -> list[str]:
+    """The problem lines of `text` (empty when it is a valid config)."""
+    return _Validator(source).run(text)[1]
+
+
+_INVALID: Any = object()
+
+
+def _keystr(key: Any) -> str:
+    if isinstance(key, str):
+        return key if key.isprintable() else repr(key)
+    return describe(key)
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{_keystr(key)}" if path else _keystr(key)
+
+
+_PROBE_PARSERS: dict[str, Callable[[Any], Any]] = {
+    "interval": yp.duration, "timeout": yp.duration, "count": yp.integer(1, 10),
+    "down": yp.integer(1, 100), "up": yp.integer(1, 100), "quorum": yp.integer(1, 255),
+    "max_loss": yp.or_null(yp.percent), "max_rtt": yp.or_null(yp.duration),
+    "window": yp.integer(1, 1000),
+}
+_SECTIONS: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {
+    # section -> key -> (Config field, parser)
+    "marks": {"mask": ("mark_mask", yp.mark_mask)},
+    "tables": {"base": ("table_base", yp.integer(1, 2**32 - 1 - 256))},
+    "rules": {"priority": ("rule_priority", yp.integer(1, 32000))},
+    "route": {"proto": ("route_proto", yp.integer(5, 255)),
+              "metric": ("route_metric", yp.integer(0, 2**32 - 1))},
+    "nft": {"table": ("nft_table", yp.nft_table)},
+    "control": {"socket": ("control_socket", yp.socket_path),
+                "group": ("control_group", yp.group_name)},
+}
+Origin = tuple[Any, "str | None", int]
+"""A validated probe value, the key path that set it (None: default) and its line."""
+
+
+class _Validator:
+    """One validation run: collects (line, path, message) problems."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.found: list[tuple[int, str, str]] = []
+
+    def add(self, line: int, path: str, message: str) -> None:
+        self.found.append((line, path, message))
+
+    def problems(self) -> list[str]:
+        out: list[str] = []
+        for line, path, msg in sorted(self.found, key=lambda p: p[0]):
+            text = f"{self.source}:{line}: {path}: {msg}" if path else \
+                f"{self.source}:{line}: {msg}"
+            if text not in out:
+                out.append(text)
+        return out
+
+    def mapping(self, v: Any, path: str, line: int, keys: Sequence[str] | None,
+                null_ok: bool = False) -> YMap | None:
+        """`v` as a mapping whose keys are reported if unknown/repeated; None if not one."""
+        if v is None and null_ok:
+            return _empty_map(line)
+        if not isinstance(v, YMap):
+            self.add(line, path, f"must be a mapping, got {describe(v)}")
+            return None
+        for kind, kline in v.bad_keys:
+            self.add(kline, path, f"keys must be plain values, got a {kind}")
+        for key, kline, first in v.duplicates:
+            self.add(kline, _join(path, key), f"duplicate key (first at line {first})")
+        for key in v if keys is not None else ():
+            if key not in keys or not isinstance(key, str):
+                close = difflib.get_close_matches(_keystr(key), keys, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else \
+                    f"expected one of: {', '.join(keys)}"
+                self.add(v.key_lines[key], _join(path, key), f"unknown key ({hint})")
+        return v
+
+    def field(self, m: YMap, key: str, path: str, parse: Callable[[Any], Any],
+              default: Any = _INVALID, owner_line: int = 1) -> Any:
+        """Parsed `m[key]`; `default` if absent (missing-key problem if no default)."""
+        if key not in m:
+            if default is _INVALID:
+                self.add(owner_line, _join(path, key), "required key is missing")
+            return default
+        try:
+            return parse(m[key])
+        except Bad as e:
+            self.add(m.value_lines[key], _join(path, key), str(e))
+            return _INVALID
+
+    def items(self, v: Any, path: str, line: int, parse: Callable[[Any], Any],
+              what: str) -> tuple[Any, ...] | None:
+        """A non-empty list of unique parsed items, or None after reporting."""
+        if not isinstance(v, YList) or not v:
+            self.add(line, path, f"must be a non-empty list of {what}, got {describe(v)}")
+            return None
+        out: list[Any] = []
+        ok = True
+        for i, (item, iline) in enumerate(zip(v, v.item_lines)):
+            try:
+                value = parse(item)
+            except Bad as e:
+                self.add(iline, f"{path}[{i}]", str(e))
+                ok = False
+                continue
+            if value in out:
+                self.add(iline, f"{path}[{i}]", f"duplicate of {path}[{out.index(value)}]")
+                ok = False
+            out.append(value)
+        return tuple(out) if ok else None
+
+    def run(self, text: str) -> tuple[Config | None, list[str]]:
+        """Validate `text`; returns (config or None, problem lines)."""
+        try:
+            doc = load_yaml(text)
+        except YamlProblem as e:
+            self.add(e.line, "", e.message)
+            return None, self.problems()
+        if doc is None:
+            self.add(1, "", "the file is empty; expected a mapping with at least 'lan' "
+                            "and 'wans'")
+            return None, self.problems()
+        if not isinstance(doc, YMap):
+            self.add(getattr(doc, "line", 1), "",
+                     f"the top level must be a mapping, got {describe(doc)}")
+            return None, self.problems()
+        config = self.top(doc)
+        problems = self.problems()
+        return (None if problems else config), problems
+
+    def top(self, doc: YMap) -> Config | None:
+        self.mapping(doc, "", doc.line, TOP_KEYS)
+        kwargs: dict[str, Any] = {"source": self.source}
+        lan = self.field(doc, "lan", "", lambda v: v, owner_line=doc.line)
+        lan_ifs: Any = None
+        if lan is not _INVALID:
+            lan_map = self.mapping(lan, "lan", doc.value_lines["lan"], ("interfaces",))
+            if lan_map is not None and "interfaces" not in lan_map:
+                self.add(doc.key_lines["lan"], "lan.interfaces", "required key is missing")
+            elif lan_map is not None:
+                lan_ifs = self.items(lan_map["interfaces"], "lan.interfaces",
+                                     lan_map.value_lines["interfaces"], yp.ifname,
+                                     "interface names")
+        for key in ("hash", "keep_on_exit"):
+            kwargs[key] = self.field(doc, key, "", yp.choice("l3", "l4") if key == "hash"
+                                     else yp.boolean, getattr(Config, key))
+        for section, fields in _SECTIONS.items():
+            sec = self.mapping(doc.get(section), section, doc.value_lines.get(section, 1),
+                               tuple(fields), null_ok=True)
+            for key, (attr, parse) in fields.items():
+                if sec is not None:
+                    kwargs[attr] = self.field(sec, key, section, parse, getattr(Config, attr))
+        probe = self.probe(doc.get("probe"), "probe", doc.value_lines.get("probe", 1))
+        wans = self.wans(doc, probe, kwargs.get("table_base"))
+        if isinstance(lan_ifs, tuple) and wans:
+            by_if = {w.interface: w for w in wans}
+            lines = doc["lan"]["interfaces"].item_lines
+            for i, name in enumerate(lan_ifs):
+                if name in by_if:
+                    self.add(lines[i], f"lan.interfaces[{i}]",
+                             f"'{name}' is also the interface of wans.{by_if[name].name}")
+        if self.found or lan_ifs is None or not wans:
+            return None
+        return Config(lan_interfaces=lan_ifs, wans=tuple(wans), **kwargs)
+
+    def probe(self, v: Any, path: str, line: int) -> tuple[dict[str, Origin], set[str]]:
+        """Valid probe keys present in `v` with their origin, and the invalid keys."""
+        got: dict[str, Origin] = {}
+        bad: set[str] = set()
+        sec = self.mapping(v, path, line, PROBE_KEYS, null_ok=True)
+        if sec is None:
+            return got, set(PROBE_KEYS)
+        for key in PROBE_KEYS:
+            if key not in sec:
+                continue
+            kline = sec.value_lines[key]
+            if key == "targets":
+                value = self.items(sec[key], f"{path}.targets", kline, yp.target,
+                                   "targets ('gateway' or IPv4 addresses)")
+            else:
+                value = self.field(sec, key, path, _PROBE_PARSERS[key])
+            if value is None and key == "targets" or value is _INVALID:
+                bad.add(key)
+            else:
+                got[key] = (value, f"{path}.{key}", kline)
+        return got, bad
+
+    def merge_probe(self, glob: tuple[dict[str, Origin], set[str]],
+                    own: tuple[dict[str, Origin], set[str]]) -> ProbeSettings:
+        """Defaults <- global <- per-WAN, key by key, then the cross-key checks."""
+        m: dict[str, Origin] = {k: (getattr(_DEFAULT_PROBE, k), None, 0) for k in PROBE_KEYS}
+        m.update(glob[0])
+        m.update(own[0])
+        bad = glob[1] | own[1]
+        val = {k: o[0] for k, o in m.items()}
+
+        def where(key: str) -> str:
+            return m[key][1] or "the default"
+
+        n = len(val["targets"])
+        if not bad & {"targets", "quorum"} and val["quorum"] > n:
+            self.add(m["quorum"][2], where("quorum"), f"must be at most the number of "
+                     f"targets ({n} in {where('targets')}), got {val['quorum']}")
+        ival, tout = val["interval"], val["timeout"]
+        if not bad & {"interval", "timeout"} and tout > TIMEOUT_INTERVALS * ival + 1e-9:
+            if m["timeout"][1]:
+                self.add(m["timeout"][2], where("timeout"), f"must be at most "
+                         f"{TIMEOUT_INTERVALS} x interval ({format_seconds(ival)} in "
+                         f"{where('interval')}), got {format_seconds(tout)}")
+            else:
+                self.add(m["interval"][2], where("interval"), f"must be at least timeout / "
+                         f"{TIMEOUT_INTERVALS} ({format_seconds(tout)} in the default), "
+                         f"got {format_seconds(ival)}")
+        rtt = val["max_rtt"]
+        if rtt is not None and not bad & {"timeout", "max_rtt"} and rtt > tout:
+            self.add(m["max_rtt"][2], where("max_rtt"), f"must be at most timeout "
+                     f"({format_seconds(tout)} in {where('timeout')}), a slower reply "
+                     f"counts as lost; got {format_seconds(rtt)}")
+        return ProbeSettings(**val)
+
+    def wans(self, doc: YMap, probe: tuple[dict[str, Origin], set[str]],
+             table_base: Any) -> list[Wan] | None:
+        """The WANs (ids assigned) or None; reports per-WAN and cross-WAN problems."""
+        line = doc.value_lines.get("wans", doc.line)
+        v = self.field(doc, "wans", "", lambda v: v, owner_line=doc.line)
+        if v is _INVALID:
+            return None
+        if not isinstance(v, YMap) or not v:
+            self.add(line, "wans", f"must be a non-empty mapping of WAN names to WANs, "
+                                   f"got {describe(v)}")
+            return None
+        self.mapping(v, "wans", line, None)
+        if len(v) > MAX_WANS:
+            self.add(line, "wans", f"at most {MAX_WANS} WANs, got {len(v)}")
+        parts: list[dict[str, Any]] = []
+        seen: dict[str, dict[Any, str]] = {"interface": {}, "gateway": {}, "address": {},
+                                           "id": {}}
+        for pos, (name, body) in enumerate(v.items(), start=1):
+            path = _join("wans", name)
+            if not isinstance(name, str) or not _WAN_NAME.fullmatch(name):
+                self.add(v.key_lines[name], path, f"a WAN name must be 1 to 32 of "
+                         f"A-Z a-z 0-9 _ . -, got {describe(name)}")
+            w = self.mapping(body, path, v.value_lines[name], WAN_KEYS)
+            if w is None:
+                continue
+            kl = v.key_lines[name]
+            p: dict[str, Any] = {
+                "name": name, "pos": pos,
+                "interface": self.field(w, "interface", path, yp.ifname, owner_line=kl),
+                "gateway": self.field(w, "gateway", path, yp.ipv4, owner_line=kl),
+                "weight": self.field(w, "weight", path, yp.integer(1, 256), 1),
+                "id": self.field(w, "id", path, yp.integer(1, 255), None),
+            }
+            addr = self.field(w, "address", path, yp.address, None)
+            gw = p["gateway"]
+            if isinstance(addr, IPv4Interface) and isinstance(gw, IPv4Address):
+                net = addr.network
+                why = ("is the router's own address (address)" if gw == addr.ip else
+                       f"is not inside {path}.address {addr}" if gw not in net else
+                       f"is the network or broadcast address of {net}"
+                       if net.prefixlen <= 30 and gw in (net.network_address,
+                                                         net.broadcast_address) else "")
+                if why:
+                    self.add(w.value_lines["gateway"], f"{path}.gateway", f"{gw} {why}")
+            p["address"] = addr.ip if isinstance(addr, IPv4Interface) else None
+            p["probe"] = self.merge_probe(
+                probe, self.probe(w.get("probe"), f"{path}.probe",
+                                  w.value_lines.get("probe", kl)))
+            for key, taken in seen.items():
+                value = p[key]
+                if value is None or value is _INVALID:
+                    continue
+                if value in taken:
+                    shown = f"'{value}'" if key == "interface" else str(value)
+                    self.add(w.value_lines[key], f"{path}.{key}",
+                             f"{shown} is already the {key} of {taken[value]}")
+                else:
+                    taken[value] = path
+            parts.append(p)
+        used = set(seen["id"])
+        for p in parts:  # defaults: the WAN's position, skipping ids set explicitly
+            if p["id"] is None:
+                free = [i for i in range(p["pos"], 256) if i not in used] or \
+                    [i for i in range(1, 256) if i not in used] or [_INVALID]
+                p["id"] = free[0]
+                used.add(free[0])
+        if isinstance(table_base, int):
+            for p in parts:
+                table = table_base + p["id"] if isinstance(p["id"], int) else 0
+                if table in RESERVED_TABLES:
+                    self.add(doc["tables"].value_lines["base"], "tables.base",
+                             f"{p['name']} (id {p['id']}) would use table {table}, "
+                             f"reserved for '{RESERVED_TABLES[table]}'")
+        out = []
+        for p in parts:
+            fields = {k: p[k] for k in ("name", "interface", "gateway", "weight", "id", "probe")}
+            if _INVALID not in fields.values():
+                out.append(Wan(**fields))
+        return out
+
+
+def _empty_map(line: int) -> YMap:
+    m = YMap()
+    m.line, m.key_lines, m.value_lines, m.duplicates, m.bad_keys = line, {}, {}, [], []
+    return m

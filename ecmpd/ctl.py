@@ -1,0 +1,229 @@
+"""`ecmpctl`: talk to a running ecmpd over its control socket.
+
+    ecmpctl [--socket PATH] [--timeout S] status [--json] | reload | disable WAN | enable WAN
+
+Exit codes: 0 ok, 1 the daemon answered with an error (or no usable answer came),
+2 usage error, 3 ecmpd is not running (no socket, or nobody listening on it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+import time
+from typing import Any
+
+DEFAULT_SOCKET = "/run/ecmpd/ecmpd.sock"
+DEFAULT_TIMEOUT = 10.0
+MAX_RESPONSE = 16 * 1024 * 1024
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+
+
+class CtlError(Exception):
+    """A failure to report on stderr, with the exit code to use."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def request(path: str, req: dict, timeout: float = DEFAULT_TIMEOUT) -> dict:
+    """Send one request to the daemon at `path` and return its decoded answer."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise CtlError(f"ecmpd is not running (no socket at {path})", EXIT_NOT_RUNNING)
+        except PermissionError:
+            raise CtlError(f"permission denied on {path} (run as root or as a member of "
+                           "the socket's group)")
+        except socket.timeout:
+            raise CtlError(f"ecmpd did not accept the connection on {path} within {timeout:g}s")
+        except OSError as e:
+            raise CtlError(f"cannot connect to {path}: {e.strerror or e}", EXIT_NOT_RUNNING)
+        buf = bytearray()
+        try:
+            sock.sendall(json.dumps(req).encode() + b"\n")
+            while b"\n" not in buf:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+                if len(buf) > MAX_RESPONSE:
+                    raise CtlError("answer from ecmpd is too long")
+        except socket.timeout:
+            raise CtlError(f"no answer from ecmpd within {timeout:g}s")
+        except OSError as e:
+            raise CtlError(f"lost the connection to ecmpd: {e.strerror or e}")
+    finally:
+        sock.close()
+    line, sep, _ = bytes(buf).partition(b"\n")
+    if not sep:
+        raise CtlError("ecmpd closed the connection without answering")
+    try:
+        resp = json.loads(line)
+    except ValueError as e:
+        raise CtlError(f"unreadable answer from ecmpd: {e}")
+    if not isinstance(resp, dict):
+        raise CtlError("unreadable answer from ecmpd: not a JSON object")
+    return resp
+
+
+def _num(v: Any) -> float | None:
+    """`v` as a float, or None when it is not a number."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v)
+
+
+def human_duration(seconds: float, coarse: bool = False) -> str:
+    """A short duration: 12s, 3m05s, 2h04m, 3d01h (`coarse`: 12s, 3m, 2h, 3d)."""
+    s = int(max(0.0, seconds))
+    for unit, size, sub, subsize in (("d", 86400, "h", 3600), ("h", 3600, "m", 60),
+                                     ("m", 60, "s", 1)):
+        if s >= size:
+            if coarse:
+                return f"{s // size}{unit}"
+            return f"{s // size}{unit}{s % size // subsize:02d}{sub}"
+    return f"{s}s"
+
+
+def _ago(since: Any, now: float) -> str:
+    t = _num(since)
+    if t is None or t <= 0:
+        return "?"
+    return f"{human_duration(now - t, coarse=True)} ago"
+
+
+def _yesno(v: Any) -> str:
+    return "?" if v is None else ("yes" if v else "no")
+
+
+def _target_line(addr: str, t: Any) -> str:
+    t = t if isinstance(t, dict) else {}
+    rtt, loss = _num(t.get("rtt_ms")), _num(t.get("loss_pct"))
+    rtt_s = "-" if rtt is None else f"{rtt:.2f}ms"
+    loss_s = "-" if loss is None else f"{loss:.3g}%"
+    return f"    {addr}  rtt {rtt_s}  loss {loss_s}"
+
+
+def _wan_block(name: str, w: Any, now: float) -> list[str]:
+    w = w if isinstance(w, dict) else {}
+    state = str(w.get("state") or "unknown").upper()
+    if w.get("disabled"):
+        state = "DISABLED"
+    head = f"  state: {state}, since {_ago(w.get('since'), now)}"
+    if w.get("reason"):
+        head += f" ({w['reason']})"
+    out = [f"wan: {name}", head]
+    iface = f"  interface: {w.get('interface', '?')}"
+    if "carrier" in w:
+        iface += f", carrier {_yesno(w['carrier'])}"
+    out.append(iface)
+    gw = f"  gateway: {w.get('gateway', '?')}"
+    if w.get("address"):
+        gw += f", address {w['address']}"
+    out.append(gw)
+    out.append(f"  weight: {w.get('weight', '?')}, active: {_yesno(w.get('active'))}, "
+               f"connections: {w.get('connections', '?')}")
+    if "mark" in w or "table" in w:
+        out.append(f"  mark: {w.get('mark', '?')}, table: {w.get('table', '?')}")
+    targets = w.get("targets")
+    if isinstance(targets, dict) and targets:
+        out.append("  targets:")
+        out.extend(_target_line(str(a), t) for a, t in targets.items())
+    return out
+
+
+def _route_block(route: Any) -> list[str]:
+    if not isinstance(route, dict):
+        return ["route: unknown"]
+    if not route.get("present", True):
+        return ["route: none (ecmpd has no default route installed)"]
+    head = "route: default proto ecmpd"
+    if route.get("kept_last"):
+        head += " (kept: the last route while all WANs are down)"
+    out = [head]
+    hops = route.get("nexthops")
+    for nh in hops if isinstance(hops, list) else []:
+        nh = nh if isinstance(nh, dict) else {}
+        out.append(f"  via {nh.get('gateway', '?')} dev {nh.get('interface', '?')} "
+                   f"weight {nh.get('weight', '?')}")
+    return out
+
+
+def render_status(payload: dict, now: float) -> str:
+    """The `ecmpctl status` text for a daemon status payload (`now`: epoch seconds)."""
+    head = [f"pid {payload.get('pid', '?')}", f"config {payload.get('config', '?')}"]
+    uptime = _num(payload.get("uptime"))
+    head.append(f"up {'?' if uptime is None else human_duration(uptime)}")
+    head.append(f"hash {payload.get('hash', '?')}")
+    lines = ["ecmpd: " + ", ".join(head)]
+    wans = payload.get("wans")
+    if isinstance(wans, dict):
+        for name, w in wans.items():
+            lines.append("")
+            lines.extend(_wan_block(str(name), w, now))
+    lines.append("")
+    lines.extend(_route_block(payload.get("route")))
+    warnings = payload.get("warnings")
+    if isinstance(warnings, list) and warnings:
+        lines.append("")
+        lines.extend(f"warning: {w}" for w in warnings)
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `ecmpctl` argument parser."""
+    p = argparse.ArgumentParser(prog="ecmpctl", description="Control a running ecmpd.")
+    p.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH",
+                   help=f"control socket (default {DEFAULT_SOCKET})")
+    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+                   help=f"seconds to wait for the daemon (default {DEFAULT_TIMEOUT:g})")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    st = sub.add_parser("status", help="show WAN states, probes and the route")
+    st.add_argument("--json", action="store_true", help="print the raw status as JSON")
+    sub.add_parser("reload", help="reread the configuration file")
+    for cmd, what in (("disable", "take a WAN out of the route"),
+                      ("enable", "give a disabled WAN back to the prober")):
+        sp = sub.add_parser(cmd, help=what)
+        sp.add_argument("wan", metavar="WAN", help="WAN name from the config")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `ecmpctl`; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if not args.timeout > 0:
+        print("ecmpctl: --timeout must be positive", file=sys.stderr)
+        return EXIT_USAGE
+    req: dict[str, Any] = {"cmd": args.cmd}
+    if args.cmd in ("disable", "enable"):
+        req["wan"] = args.wan
+    try:
+        resp = request(args.socket, req, args.timeout)
+    except CtlError as e:
+        print(f"ecmpctl: {e}", file=sys.stderr)
+        return e.code
+    if resp.get("ok") is not True:
+        print(f"ecmpctl: {resp.get('error') or 'ecmpd reported an unspecified error'}",
+              file=sys.stderr)
+        return EXIT_ERROR
+    payload = {k: v for k, v in resp.items() if k != "ok"}
+    if args.cmd == "status":
+        if args.json:
+            print(json.dumps(payload, indent=2))
+        else:
+            sys.stdout.write(render_status(payload, time.time()))
+    elif isinstance(payload.get("message"), str):
+        print(payload["message"])
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""Apply ecmpd's nftables table through libnftables, only when it differs.
+
+The table is replaced whole in one transaction (see `nftrules.replace_commands`), so
+packets never see a half-built ruleset.  A digest of the rendered table is kept in a
+rule comment: a restarted daemon that finds its own table intact adopts it without
+touching it.  After each apply the kernel's listing is remembered; a later check that
+finds a different listing (someone deleted or edited the table) applies it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import nftables
+
+from . import nftrules
+from .model import Config
+
+log = logging.getLogger("ecmpd")
+
+
+class NftError(RuntimeError):
+    """libnftables refused a command."""
+
+
+class Firewall:
+    """ecmpd's one nftables table in the current network namespace."""
+
+    def __init__(self, cfg: Config) -> None:
+        self._nft = nftables.Nftables()
+        self._nft.set_json_output(True)
+        self._nft.set_handle_output(False)
+        self.cfg = cfg
+        self._baseline: list[dict[str, Any]] | None = None
+        self.applies = 0
+        """How many times the table was (re)written by this process."""
+
+    def _cmd(self, doc: dict[str, Any]) -> dict[str, Any]:
+        rc, out, err = self._nft.json_cmd(doc)
+        if rc != 0:
+            raise NftError(str(err).strip() or f"libnftables returned {rc}")
+        return out if isinstance(out, dict) else {}
+
+    def listing(self) -> dict[str, Any] | None:
+        """The kernel's listing of ecmpd's table, or None when it does not exist."""
+        rc, out, _err = self._nft.json_cmd(
+            {"nftables": [{"list": {"table": {"family": "ip", "name": self.cfg.nft_table}}}]})
+        if rc != 0 or not isinstance(out, dict):
+            return None
+        return out
+
+    def ensure(self) -> bool:
+        """Make the kernel's table match the config; True when it had to be written."""
+        listing = self.listing()
+        if listing is not None:
+            current = nftrules.normalize_listing(listing, self.cfg.nft_table)
+            if self._baseline is None and nftrules.listing_digest(listing) == nftrules.digest(self.cfg):
+                self._baseline = current      # adopt the table a previous ecmpd left
+                return False
+            if current == self._baseline:
+                return False
+            log.info("nft table %s differs from ecmpd's: rewriting it", self.cfg.nft_table)
+        self.apply()
+        return True
+
+    def apply(self) -> None:
+        """Replace the table atomically and remember what the kernel then shows."""
+        self._cmd(nftrules.replace_commands(self.cfg))
+        self.applies += 1
+        listing = self.listing()
+        self._baseline = nftrules.normalize_listing(listing or {}, self.cfg.nft_table)
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Use a new config: a renamed table is removed, the rest is left to ensure()."""
+        if cfg.nft_table != self.cfg.nft_table:
+            self.remove()
+        if cfg != self.cfg:
+            self._baseline = None if nftrules.digest(cfg) != nftrules.digest(self.cfg) else self._baseline
+        self.cfg = cfg
+
+    def remove(self) -> None:
+        """Delete ecmpd's table (no error when it is already gone)."""
+        self._cmd(nftrules.delete_commands(self.cfg.nft_table))
+        self._baseline = None
+
+    def plan(self) -> str:
+        """The table as JSON (for --dry-run)."""
+        return json.dumps(nftrules.replace_commands(self.cfg), indent=2)

@@ -1,0 +1,138 @@
+"""Per-WAN health: a pure state machine fed by probe rounds and carrier events.
+
+Modelled on ExaBGP's healthcheck.  A WAN starts in INIT (trusted until proven bad), is
+UP while rounds succeed, FALLING after a failed round, DOWN after `down` consecutive
+failed rounds, RISING after a good round while DOWN and UP again after `up` consecutive
+good rounds.  A carrier loss makes it DOWN at once; carrier back makes it RISING.
+
+No I/O happens here: callers feed `step()` one probe round at a time and log
+`describe(old, new)` whenever `transitioned(old, new)`.
+
+`Health.count` is the length of the streak counting toward the next transition: failed
+rounds in INIT and FALLING, good rounds in RISING, always 0 in UP and DOWN.
+
+`Health.reason` explains the *last state change* ("after 3 failed rounds: 0/2 targets
+answered ...") and is only rewritten when the state changes; a round that keeps the
+state (even when it moves `count`) leaves the reason alone, so `ecmpctl status` can show
+why a WAN is in its state.  The current round's own reason lives in the prober's last
+result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class State(str, Enum):
+    """Health state of one WAN."""
+
+    INIT = "init"
+    RISING = "rising"
+    UP = "up"
+    FALLING = "falling"
+    DOWN = "down"
+
+
+@dataclass(frozen=True)
+class Health:
+    """A WAN's health: the state, the streak toward the next change and its reason."""
+
+    state: State = State.INIT
+    count: int = 0
+    """Consecutive rounds counted toward the next transition."""
+    reason: str = ""
+    """Why the last state change happened (human-readable)."""
+
+
+def _rounds(n: int, ok: bool) -> str:
+    kind = "good" if ok else "failed"
+    return f"{n} {kind} round{'' if n == 1 else 's'}"
+
+
+def _moved(h: Health, state: State, count: int, streak: int, ok: bool, reason: str) -> Health:
+    """The new Health; the reason is rewritten only when the state changes."""
+    if state == h.state:
+        return Health(state, count, h.reason)
+    why = f"after {_rounds(streak, ok)}"
+    return Health(state, count, f"{why}: {reason}" if reason else why)
+
+
+def step(h: Health, ok: bool, down: int, up: int, reason: str = "") -> Health:
+    """Feed one probe round (`ok` good or failed, with its `reason`) to `h`.
+
+    `down` (>= 1) consecutive failed rounds take an UP/INIT WAN DOWN; `up` (>= 1)
+    consecutive good rounds take a DOWN WAN UP.
+    """
+    if down < 1 or up < 1:
+        raise ValueError(f"down and up must be >= 1 (got down={down}, up={up})")
+    s = h.state
+    if ok:
+        if s in (State.INIT, State.UP, State.FALLING):
+            return _moved(h, State.UP, 0, 1, True, reason)
+        if s is State.DOWN:
+            if up == 1:
+                return _moved(h, State.UP, 0, 1, True, reason)
+            return _moved(h, State.RISING, 1, 1, True, reason)
+        # RISING
+        n = h.count + 1
+        if n >= up:
+            return _moved(h, State.UP, 0, n, True, reason)
+        return _moved(h, State.RISING, n, n, True, reason)
+    # a failed round
+    if s in (State.INIT, State.UP, State.FALLING):
+        n = h.count + 1 if s is not State.UP else 1
+        if n >= down:
+            return _moved(h, State.DOWN, 0, n, False, reason)
+        nxt = State.INIT if s is State.INIT else State.FALLING
+        return _moved(h, nxt, n, n, False, reason)
+    # DOWN stays DOWN; RISING falls back at once
+    return _moved(h, State.DOWN, 0, 1, False, reason)
+
+
+def carrier_lost(h: Health, reason: str) -> Health:
+    """The WAN's link lost carrier: DOWN at once, count 0.
+
+    A WAN already DOWN keeps its reason (the reason changes only with the state).
+    """
+    if h.state is State.DOWN:
+        return Health(State.DOWN, 0, h.reason)
+    return Health(State.DOWN, 0, reason)
+
+
+def carrier_back(h: Health, reason: str = "carrier up") -> Health:
+    """The link has carrier again: a DOWN WAN becomes RISING (count 0); else no-op.
+
+    The WAN then needs `up` good rounds to be UP again.
+    """
+    if h.state is not State.DOWN:
+        return h
+    return Health(State.RISING, 0, reason)
+
+
+def takes_new_flows(state: State) -> bool:
+    """Whether a WAN in `state` gets new connections (a nexthop in the multipath route).
+
+    INIT and FALLING are given the benefit of the doubt; RISING must prove itself first.
+    """
+    return state in (State.INIT, State.UP, State.FALLING)
+
+
+def transitioned(old: Health, new: Health) -> bool:
+    """Whether the state changed (a change of `count` alone is not a transition)."""
+    return old.state != new.state
+
+
+def describe(old: Health, new: Health) -> str:
+    """A log line for a step from `old` to `new`.
+
+    E.g. "FALLING -> DOWN after 3 failed rounds: 0/2 targets answered (silent: ...)".
+    """
+    if not transitioned(old, new):
+        detail = f" ({new.count})" if new.count else ""
+        return f"{new.state.name}{detail}"
+    if new.reason.startswith("after "):
+        return f"{old.state.name} -> {new.state.name} {new.reason}"
+    if new.reason:
+        return f"{old.state.name} -> {new.state.name}: {new.reason}"
+    return f"{old.state.name} -> {new.state.name}"

@@ -1,0 +1,286 @@
+"""The network-namespace lab: a client LAN, a bare router, N ISPs and an "internet".
+
+::
+
+    lan(eth0) -- (Local)rtr(wlan1) -- (cust)isp1(up) -- (isp1)
+                          (wlan2) -- (cust)isp2(up) -- (isp2)inet(lo: servers)
+
+The router is left unprogrammed (no default route, no forwarding, no nft) for ecmpd or a
+test.  Each ISP enforces BCP38 on its customer link and can be broken with `Lab.fault`.
+Every command runs inside the lab's own namespaces; nothing touches the host's.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from ipaddress import IPv4Interface
+from typing import Any, Sequence
+
+from ecmpd.lab import driver, faults, netns
+from ecmpd.lab.topology import LabSpec, seed_spec, transit, upstream_of, wan_of_source
+from ecmpd.lab.traffic import FlowResult
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+
+
+class Lab:
+    """A built (or buildable) lab; use as a context manager or call build()/teardown()."""
+
+    def __init__(self, spec: LabSpec | None = None, prefix: str | None = None) -> None:
+        self.spec: LabSpec = spec if spec is not None else seed_spec()
+        self.prefix: str = prefix if prefix is not None else netns.random_prefix()
+        if not _PREFIX_RE.match(self.prefix):
+            raise ValueError(f"bad lab prefix {self.prefix!r}")
+        self.ns_lan = f"{self.prefix}lan"
+        self.ns_router = f"{self.prefix}rtr"
+        self.ns_inet = f"{self.prefix}inet"
+        self.built = False
+        self.leftovers: list[str] = []
+        """Namespaces the last teardown could not delete (normally empty)."""
+        self._procs: list[subprocess.Popen] = []
+        self._servers: dict[tuple[str, int], subprocess.Popen] = {}
+        self._faults: dict[str, set[str]] = {w.name: set() for w in self.spec.wans}
+
+    # ------------------------------------------------------------ names
+
+    def ns_isp(self, wan: str) -> str:
+        """The namespace of WAN `wan`'s ISP."""
+        return f"{self.prefix}isp{self.spec.wan_index(wan)}"
+
+    @property
+    def namespaces(self) -> list[str]:
+        """All of the lab's namespaces."""
+        isps = [self.ns_isp(w.name) for w in self.spec.wans]
+        return [self.ns_lan, self.ns_router, self.ns_inet, *isps]
+
+    @property
+    def clients(self) -> list[str]:
+        """The client's addresses (no prefix length), first the main one."""
+        return [str(IPv4Interface(a).ip) for a in self.spec.client_addresses]
+
+    def upstream_address(self, wan: str) -> str:
+        """An address beyond `wan`'s gateway, reached only through that ISP (probe target)."""
+        return upstream_of(self.spec.wan_index(wan))
+
+    def wan_of_source(self, addr: str | None) -> str | None:
+        """Which WAN a source address seen by a server belongs to (None: no WAN)."""
+        return wan_of_source(self.spec, addr)
+
+    def _ns(self, ns: str) -> str:
+        """Resolve a full lab namespace name or a short one (``rtr``, ``isp1``)."""
+        names = self.namespaces
+        if ns in names:
+            return ns
+        if self.prefix + ns in names:
+            return self.prefix + ns
+        if ns == "router":
+            return self.ns_router
+        raise ValueError(f"{ns!r} is not a namespace of lab {self.prefix!r}")
+
+    # ------------------------------------------------------------ processes
+
+    def run(self, ns: str, *cmd: str, check: bool = True, timeout: float = 30,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run `cmd` in lab namespace `ns` (text mode, output captured)."""
+        return netns.run_in(self._ns(ns), *cmd, check=check, timeout=timeout, input=input)
+
+    def nft(self, ns: str, script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Load an nft script into lab namespace `ns`."""
+        return netns.nft(self._ns(ns), script, check=check)
+
+    def popen(self, ns: str, *cmd: str, **kw: Any) -> subprocess.Popen:
+        """Start `cmd` in lab namespace `ns`; it is killed on teardown."""
+        return self._popen(netns.exec_argv(self._ns(ns), *cmd), **kw)
+
+    def _popen(self, argv: list[str], **kw: Any) -> subprocess.Popen:
+        proc = subprocess.Popen(argv, **kw)
+        self._procs.append(proc)
+        return proc
+
+    # ------------------------------------------------------------ build / teardown
+
+    def build(self) -> "Lab":
+        """Create every namespace, link, address, route and ISP rule. No-op if built."""
+        if self.built:
+            return self
+        if any(netns.exists(ns) for ns in self.namespaces):
+            raise RuntimeError(f"namespaces with prefix {self.prefix!r} already exist")
+        try:
+            self._build()
+        except BaseException:
+            self.teardown()
+            raise
+        self.built = True
+        return self
+
+    def _build(self) -> None:
+        spec = self.spec
+        for ns in self.namespaces:
+            netns.create(ns)
+        rp = spec.router_rp_filter
+        netns.sysctl(self.ns_lan, {"net.ipv4.ip_forward": 0})
+        netns.sysctl(self.ns_router, {"net.ipv4.ip_forward": 0, "net.ipv4.conf.all.rp_filter": rp,
+                                      "net.ipv4.conf.default.rp_filter": rp})
+        transit_sys = {"net.ipv4.ip_forward": 1, "net.ipv4.conf.all.rp_filter": 0,
+                       "net.ipv4.conf.default.rp_filter": 0}
+        for ns in [self.ns_inet] + [self.ns_isp(w.name) for w in spec.wans]:
+            netns.sysctl(ns, transit_sys)
+
+        lan_ip = str(IPv4Interface(spec.lan_address).ip)
+        netns.ip_batch(self.ns_lan, [
+            f"link add name eth0 type veth peer name {spec.lan_interface} netns {self.ns_router}",
+            *(f"addr add {a} dev eth0" for a in spec.client_addresses),
+            "link set dev eth0 up",
+            f"route add default via {lan_ip}",
+        ])
+        rtr = [f"addr add {spec.lan_address} dev {spec.lan_interface}",
+               f"link set dev {spec.lan_interface} up"]
+        inet = [f"addr add {a}/32 dev lo" for a in spec.server_addresses]
+        for i, w in enumerate(spec.wans, start=1):
+            isp = self.ns_isp(w.name)
+            isp_side, inet_side = transit(i)
+            # Create the customer link from the router side, the transit from the ISP.
+            netns.ip(self.ns_router, "link", "add", "name", w.name, "type", "veth",
+                     "peer", "name", "cust", "netns", isp)
+            netns.ip_batch(isp, [
+                f"link add name up type veth peer name isp{i} netns {self.ns_inet}",
+                f"addr add {w.gateway_interface} dev cust",
+                f"addr add {isp_side} dev up",
+                "link set dev cust up", "link set dev up up",
+                f"route add default via {inet_side.split('/')[0]}",
+            ])
+            netns.nft(isp, faults.bcp38_script(str(w.network)))
+            rtr += [f"addr add {w.address} dev {w.name}", f"link set dev {w.name} up"]
+            inet += [f"addr add {inet_side} dev isp{i}", f"link set dev isp{i} up",
+                     f"route add {w.network} via {isp_side.split('/')[0]}"]
+        netns.ip_batch(self.ns_router, rtr)
+        netns.ip_batch(self.ns_inet, inet)
+        # Interfaces inherit conf.default, but set them explicitly: effective = max(all, if).
+        netns.sysctl(self.ns_router, {f"net.ipv4.conf.{n}.rp_filter": rp for n in
+                                      [spec.lan_interface, *(w.name for w in spec.wans)]})
+        netns.sysctl(self.ns_inet, {f"net.ipv4.conf.isp{i}.rp_filter": 0
+                                    for i in range(1, len(spec.wans) + 1)})
+        for w in spec.wans:
+            netns.sysctl(self.ns_isp(w.name), {"net.ipv4.conf.cust.rp_filter": 0,
+                                               "net.ipv4.conf.up.rp_filter": 0})
+        self.wait_carrier([spec.lan_interface, *(w.name for w in spec.wans)], True)
+
+    def link_up(self, ns: str, ifname: str) -> bool:
+        """Whether `ifname` in `ns` has carrier (LOWER_UP) and is admin up."""
+        out = netns.ip(self._ns(ns), "-o", "link", "show", "dev", ifname, check=False).stdout
+        flags = out.split("<", 1)[1].split(">", 1)[0].split(",") if "<" in out else []
+        return "LOWER_UP" in flags and "UP" in flags
+
+    def wait_carrier(self, ifnames: Sequence[str], up: bool, timeout: float = 5.0) -> None:
+        """Wait until every router interface in `ifnames` has (or lacks) carrier."""
+        end = time.monotonic() + timeout
+        while True:
+            pending = [n for n in ifnames if self.link_up(self.ns_router, n) != up]
+            if not pending:
+                return
+            if time.monotonic() >= end:
+                raise TimeoutError(f"router links {pending} not {'up' if up else 'down'}")
+            time.sleep(0.01)
+
+    def teardown(self) -> None:
+        """Kill every process in the lab's namespaces and delete them. Never raises."""
+        try:
+            for proc in self._procs:
+                if proc.poll() is None:
+                    proc.kill()
+            for proc in self._procs:
+                try:
+                    proc.wait(timeout=5)
+                except Exception:  # noqa: BLE001
+                    pass
+                for f in (proc.stdout, proc.stderr, getattr(proc, "_lab_stderr", None)):
+                    try:
+                        if f is not None:
+                            f.close()
+                    except Exception:  # noqa: BLE001
+                        pass
+            self._procs.clear()
+            self._servers.clear()
+        except Exception:  # noqa: BLE001 - teardown must not raise
+            pass
+        try:
+            self.leftovers = netns.destroy(self.namespaces)
+        except Exception:  # noqa: BLE001
+            self.leftovers = [ns for ns in self.namespaces if netns.exists(ns)]
+        self.built = False
+
+    def __enter__(self) -> "Lab":
+        return self.build()
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
+
+    # ------------------------------------------------------------ faults
+
+    def fault(self, wan: str, mode: str) -> None:
+        """Break `wan`'s ISP: ``dead`` (silent), ``upstream`` (forwards nothing) or
+        ``carrier`` (customer link down). Faults add up; `heal` undoes all."""
+        isp = self.ns_isp(wan)
+        if mode == "carrier":
+            netns.ip(isp, "link", "set", "dev", "cust", "down")
+            self.wait_carrier([wan], False)
+        elif mode in faults.FAULT_MODES:
+            netns.nft(isp, faults.fault_script(mode))
+        else:
+            raise ValueError(f"unknown fault mode {mode!r} (one of {faults.ALL_MODES})")
+        self._faults[wan].add(mode)
+
+    def active_faults(self, wan: str) -> frozenset[str]:
+        """The fault modes active on `wan` (set through this object)."""
+        return frozenset(self._faults[wan])
+
+    def heal(self, wan: str) -> None:
+        """Undo every fault on `wan`'s ISP (loss is separate: `set_loss(wan, 0)`)."""
+        isp = self.ns_isp(wan)
+        netns.nft(isp, faults.heal_script())
+        netns.ip(isp, "link", "set", "dev", "cust", "up")
+        self.wait_carrier([wan], True)
+        self._faults[wan].clear()
+
+    def set_loss(self, wan: str, percent: float) -> None:
+        """Drop `percent` % of packets at random on `wan`'s customer link, each way; 0 = off."""
+        netns.nft(self.ns_isp(wan), faults.loss_script(percent))
+
+    # ------------------------------------------------------------ traffic
+
+    def start_servers(self, ns: str | None = None, port: int = 5000) -> subprocess.Popen:
+        """Start the traffic server in `ns` (default inet) on 0.0.0.0:`port`; wait until it listens."""
+        name = self._ns(ns) if ns is not None else self.ns_inet
+        proc = self._servers.get((name, port))
+        if proc is None or proc.poll() is not None:
+            proc = driver.start_server(name, port, popen=self._popen)
+            self._servers[(name, port)] = proc
+        return proc
+
+    def start_flows(self, count: int, interval: float = 0.0, timeout: float = 1.0,
+                    server: str | None = None, port: int = 5000, proto: str = "tcp",
+                    from_ns: str | None = None,
+                    sources: list[str] | None = None) -> driver.FlowRun:
+        """`new_flows` in the background: `.result()` returns the FlowResults."""
+        return driver.start_flows(
+            self._ns(from_ns) if from_ns else self.ns_lan,
+            server or self.spec.server_addresses[0], count, interval, timeout, port, proto,
+            sources, popen=self._popen, wan_of=self.wan_of_source)
+
+    def new_flows(self, count: int, interval: float = 0.0, timeout: float = 1.0,
+                  server: str | None = None, port: int = 5000, proto: str = "tcp",
+                  from_ns: str | None = None, sources: list[str] | None = None) -> list[FlowResult]:
+        """Open `count` new flows (one every `interval` s) from `from_ns` (default lan)."""
+        return self.start_flows(count, interval, timeout, server, port, proto, from_ns,
+                                sources).result()
+
+    def hold_flows(self, count: int, byte_interval: float = 0.1, server: str | None = None,
+                   port: int = 5000, from_ns: str | None = None, sources: list[str] | None = None,
+                   echo_timeout: float = 2.0) -> driver.HeldFlows:
+        """Start `count` long-lived flows in the background (see `driver.HeldFlows`)."""
+        return driver.start_hold(
+            self._ns(from_ns) if from_ns else self.ns_lan,
+            server or self.spec.server_addresses[0], count, byte_interval, port, sources,
+            echo_timeout, popen=self._popen, wan_of=self.wan_of_source)

@@ -1,0 +1,139 @@
+"""Run the real `ecmpd` inside a lab's router namespace (tests, demo, benchmarks).
+
+`config_for()` writes an ecmpd config for a lab's topology; `Ecmpd` starts the daemon
+in the router namespace with its own control socket, waits until it answers, and talks
+to it with the real `ecmpctl`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from ipaddress import IPv4Interface
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ecmpd.lab.lab import Lab
+
+
+def config_for(lab: Lab, weights: dict[str, int] | None = None, targets: str = "gateway",
+               probe: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
+    """An ecmpd config (as a dict) for `lab`: every lab WAN, LAN = the router's LAN side.
+
+    `targets`: ``gateway`` (the gateway only), ``upstream`` (the gateway and the address
+    beyond it), or ``beyond`` (only the address beyond the gateway).
+    """
+    wans: dict[str, Any] = {}
+    for w in lab.spec.wans:
+        tg = {"gateway": ["gateway"], "upstream": ["gateway", lab.upstream_address(w.name)],
+              "beyond": [lab.upstream_address(w.name)]}[targets]
+        wan: dict[str, Any] = {"interface": w.name, "gateway": w.gateway,
+                               "weight": (weights or {}).get(w.name, 1),
+                               "address": str(IPv4Interface(w.address))}
+        if targets != "gateway":
+            wan["probe"] = {"targets": tg}
+        wans[w.name] = wan
+    cfg: dict[str, Any] = {"lan": {"interfaces": [lab.spec.lan_interface]}, "wans": wans}
+    if probe:
+        cfg["probe"] = dict(probe)
+    cfg.update(top)
+    return cfg
+
+
+class Ecmpd:
+    """One ecmpd process in `lab`'s router namespace."""
+
+    def __init__(self, lab: Lab, config: dict[str, Any] | str, workdir: str | None = None,
+                 log_level: str = "info") -> None:
+        self.lab = lab
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="ecmpd-lab-"))
+        self.config_path = self.dir / "ecmpd.yaml"
+        self.socket = str(self.dir / "ecmpd.sock")
+        self.log_path = self.dir / "ecmpd.log"
+        self.log_level = log_level
+        self.write_config(config)
+        self.proc: subprocess.Popen | None = None
+
+    def write_config(self, config: dict[str, Any] | str) -> None:
+        """Replace the config file (a dict is dumped as YAML)."""
+        text = config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False)
+        self.config_path.write_text(text)
+
+    def argv(self, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "ecmpd.cli", "--config", str(self.config_path),
+                "--socket", self.socket, *extra]
+
+    def start(self, timeout: float = 15.0) -> "Ecmpd":
+        """Start the daemon and wait until its control socket answers."""
+        log = open(self.log_path, "ab")
+        self.proc = self.lab.popen(self.lab.ns_router, *self.argv("--log-level", self.log_level),
+                                   stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ecmpd exited with {self.proc.returncode}:\n{self.log()}")
+            if self.ctl("status", "--json", check=False).returncode == 0:
+                return self
+            time.sleep(0.05)
+        raise TimeoutError(f"ecmpd did not answer within {timeout}s:\n{self.log()}")
+
+    def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run `ecmpctl --socket <ours> ARGS` (in the router namespace)."""
+        argv = [sys.executable, "-m", "ecmpd.ctl", "--socket", self.socket, *args]
+        return self.lab.run(self.lab.ns_router, *argv, check=check, timeout=30)
+
+    def status(self) -> dict[str, Any]:
+        """`ecmpctl status --json`, parsed."""
+        return json.loads(self.ctl("status", "--json").stdout)
+
+    def wait_for(self, predicate, timeout: float = 10.0, what: str = "condition") -> dict[str, Any]:
+        """Poll status until predicate(status) is true; returns that status."""
+        deadline = time.monotonic() + timeout
+        st: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            st = self.status()
+            if predicate(st):
+                return st
+            time.sleep(0.05)
+        raise TimeoutError(f"{what} not reached within {timeout}s; last status: "
+                           f"{json.dumps(st, indent=1)}\n{self.log()[-3000:]}")
+
+    def wait_states(self, states: dict[str, str], timeout: float = 10.0) -> dict[str, Any]:
+        """Wait until every named WAN is in the given state ("up", "down", ...)."""
+        return self.wait_for(lambda st: all(st["wans"][n]["state"] == s for n, s in states.items()),
+                             timeout, f"states {states}")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill9(self) -> None:
+        """SIGKILL: the daemon gets no chance to clean up."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(5)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def route(self) -> str:
+        """`ip route show default` in the router namespace."""
+        return self.lab.run(self.lab.ns_router, "ip", "route", "show", "default").stdout

@@ -1,0 +1,114 @@
+"""The validated configuration model: what every other module reads.
+
+`ecmpd.config.load_config()` turns a YAML file into a `Config`; nothing downstream ever
+sees raw YAML.  All objects are frozen so that a reload can compare old and new models
+with `==`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address
+
+GATEWAY_TARGET = "gateway"
+"""The probe target keyword meaning 'this WAN's own gateway'."""
+
+MAX_WANS = 255
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """How one WAN is probed (the global `probe:` merged with the WAN's overrides)."""
+
+    targets: tuple[str, ...] = (GATEWAY_TARGET,)
+    """`"gateway"` and/or IPv4 addresses (as strings), probed through this WAN."""
+    interval: float = 0.2
+    """Seconds between the starts of two probe rounds."""
+    timeout: float = 0.25
+    """Seconds to wait for an echo reply."""
+    count: int = 2
+    """Echo requests per target per round; the target answers if any reply comes."""
+    down: int = 3
+    """Consecutive failed rounds before the WAN is DOWN."""
+    up: int = 5
+    """Consecutive good rounds before a DOWN WAN is UP again."""
+    quorum: int = 1
+    """A round is good when at least this many targets answer."""
+    max_loss: float | None = None
+    """Percent (0..100) of echo requests lost over `window` rounds that fails a round."""
+    max_rtt: float | None = None
+    """Seconds of mean RTT over `window` rounds that fails a round."""
+    window: int = 10
+    """Rounds in the sliding window for `max_loss` and `max_rtt`."""
+
+    def resolved_targets(self, gateway: IPv4Address) -> tuple[str, ...]:
+        """The targets with `gateway` replaced by the WAN's gateway address."""
+        out: list[str] = []
+        for t in self.targets:
+            addr = str(gateway) if t == GATEWAY_TARGET else t
+            if addr not in out:
+                out.append(addr)
+        return tuple(out)
+
+
+@dataclass(frozen=True)
+class Wan:
+    """One WAN uplink."""
+
+    name: str
+    interface: str
+    gateway: IPv4Address
+    weight: int = 1
+    id: int = 1
+    """1..255: selects the WAN's packet/ct mark, routing table and rule priorities."""
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A whole validated configuration."""
+
+    lan_interfaces: tuple[str, ...]
+    wans: tuple[Wan, ...]
+    """In config order; names, interfaces, gateways and ids are unique."""
+    hash: str = "l4"
+    """`l3` (src, dst) or `l4` (5-tuple) multipath hashing."""
+    mark_mask: int = 0x00FF0000
+    """Packet/ct mark bits ecmpd owns; WAN marks are `id` shifted into this mask."""
+    table_base: int = 1000
+    """WAN `id` uses routing table `table_base + id`."""
+    rule_priority: int = 1000
+    """ecmpd's ip rules live in [rule_priority, rule_priority + 511]."""
+    route_proto: int = 236
+    """rtnetlink `proto` value tagging ecmpd's routes."""
+    route_metric: int = 0
+    """Metric (priority) of ecmpd's multipath default route in table main."""
+    nft_table: str = "ecmpd"
+    """Name of ecmpd's own nftables table (family ip)."""
+    keep_on_exit: bool = False
+    """Leave the dataplane installed when the daemon stops."""
+    control_socket: str = "/run/ecmpd/ecmpd.sock"
+    control_group: str | None = None
+    """Group allowed to use the control socket (mode 0660); None: root only."""
+    source: str = "<config>"
+    """The file the config came from (for messages)."""
+
+    def wan(self, name: str) -> Wan:
+        """The WAN called `name` (KeyError if there is none)."""
+        for w in self.wans:
+            if w.name == name:
+                return w
+        raise KeyError(name)
+
+    def mark_of(self, wan: Wan) -> int:
+        """The packet/ct mark value of `wan` (already inside `mark_mask`)."""
+        return (wan.id << mask_shift(self.mark_mask)) & self.mark_mask
+
+    def table_of(self, wan: Wan) -> int:
+        """The routing table id of `wan`."""
+        return self.table_base + wan.id
+
+
+def mask_shift(mask: int) -> int:
+    """Position of the lowest set bit of `mask` (mask must be non-zero)."""
+    return (mask & -mask).bit_length() - 1

@@ -1,0 +1,77 @@
+"""Lab fixtures: `make_lab` (factory), `lab` (a built seed lab), `lab_prefix`; a session sweep.
+
+Every lab of this test run gets a namespace prefix starting with `RUN_STEM`, so the
+session-end sweep deletes exactly this run's leftovers and nobody else's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import secrets
+import shutil
+from typing import Callable, Iterator
+
+import pytest
+
+from ecmpd.lab import Lab, LabSpec, sweep
+
+RUN_STEM = f"ecl{secrets.token_hex(2)}"
+"""Namespace-name stem shared by every lab of this pytest process."""
+_counter = itertools.count(1)
+
+
+def lab_skip_reason() -> str | None:
+    """Why lab tests cannot run here (None: they can)."""
+    if os.geteuid() != 0:
+        return "the lab needs root (network namespaces)"
+    missing = [t for t in ("ip", "nft", "sysctl") if shutil.which(t) is None]
+    if missing:
+        return f"the lab needs {', '.join(missing)}"
+    return None
+
+
+def next_lab_prefix() -> str:
+    """A fresh prefix for this run: RUN_STEM + a counter + ``-``."""
+    return f"{RUN_STEM}{next(_counter):02x}-"
+
+
+@pytest.fixture
+def make_lab() -> Iterator[Callable[..., Lab]]:
+    """Factory `make_lab(spec=None) -> built Lab`; every lab is torn down at test end."""
+    reason = lab_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    labs: list[Lab] = []
+
+    def factory(spec: LabSpec | None = None) -> Lab:
+        lab = Lab(spec, prefix=next_lab_prefix())
+        labs.append(lab)
+        return lab.build()
+
+    try:
+        yield factory
+    finally:
+        for lab in labs:
+            lab.teardown()
+
+
+@pytest.fixture
+def lab_prefix() -> str:
+    """A fresh namespace prefix of this run (for labs built by hand); skips when not root."""
+    reason = lab_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    return next_lab_prefix()
+
+
+@pytest.fixture
+def lab(make_lab: Callable[..., Lab]) -> Lab:
+    """A built lab with the seed topology (wlan1, wlan2)."""
+    return make_lab()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Delete any namespace this run left behind (e.g. after a crash mid-test)."""
+    if os.geteuid() == 0:
+        sweep(RUN_STEM)

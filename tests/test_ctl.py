@@ -1,0 +1,227 @@
+"""Tests for ecmpd.ctl: main() against a fake daemon (a ControlServer in a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+
+from ecmpd.ctl import human_duration, main, render_status
+
+NOW = 1764000100.0
+
+SAMPLE = {
+    "pid": 123, "config": "/etc/ecmpd/ecmpd.yaml", "uptime": 192.4, "hash": "l4",
+    "wans": {
+        "wlan1": {"state": "up", "since": NOW - 12, "reason": "2/2 targets answered",
+                  "interface": "wlan1", "gateway": "10.111.0.1", "address": "10.111.0.2",
+                  "weight": 1, "active": True, "disabled": False, "carrier": True,
+                  "mark": "0x10000", "table": 1001, "connections": 17,
+                  "targets": {"10.111.0.1": {"loss_pct": 0.0, "rtt_ms": 0.21},
+                              "192.0.2.9": {"loss_pct": 33.3333, "rtt_ms": 12.5}}},
+        "wlan2": {"state": "down", "since": NOW - 185, "reason": "0/1 targets answered",
+                  "interface": "wlan2", "gateway": "10.112.0.1", "weight": 2,
+                  "active": False, "disabled": True, "carrier": False, "connections": 0,
+                  "targets": {"10.112.0.1": {"loss_pct": 100.0, "rtt_ms": None}}},
+    },
+    "route": {"present": True, "kept_last": True,
+              "nexthops": [{"gateway": "10.111.0.1", "interface": "wlan1", "weight": 1}]},
+    "warnings": ["all WANs are down: keeping the last route"],
+}
+
+FAKE_DAEMON = r"""
+import asyncio, json, sys
+from ecmpd.control import ControlError, ControlServer
+
+path, answers = sys.argv[1], json.loads(sys.argv[2])
+
+async def handler(req):
+    ans = answers.get(req["cmd"])
+    if ans is None:
+        raise ControlError(f"fake: no answer for {req['cmd']}")
+    if "wan" in req:
+        ans = {k: (v.replace("{wan}", req["wan"]) if isinstance(v, str) else v)
+               for k, v in ans.items()}
+    return ans
+
+async def main():
+    srv = ControlServer(path, handler)
+    await srv.start()
+    print("ready", flush=True)
+    gone = asyncio.Event()  # the test closed our stdin (or died): stop
+
+    class Watch(asyncio.Protocol):
+        def connection_lost(self, exc):
+            gone.set()
+
+    await asyncio.get_running_loop().connect_read_pipe(Watch, sys.stdin)
+    await gone.wait()
+    await srv.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.fixture
+def sockdir():
+    d = tempfile.mkdtemp(prefix="ecmpctl-", dir="/tmp")
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def fake_daemon(sockdir):
+    """Start a fake daemon answering from a {cmd: payload} table; yields its socket path."""
+    procs: list[subprocess.Popen] = []
+
+    def start(answers: dict) -> str:
+        path = os.path.join(sockdir, "ecmpd.sock")
+        p = subprocess.Popen([sys.executable, "-c", FAKE_DAEMON, path, json.dumps(answers)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs.append(p)
+        ready, _, _ = select.select([p.stdout], [], [], 30)
+        assert ready and p.stdout.readline() == "ready\n", "fake daemon did not start"
+        return path
+
+    yield start
+    for p in procs:
+        p.stdin.close()
+        p.stdout.close()
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+def test_status_text(fake_daemon, capsys):
+    path = fake_daemon({"status": SAMPLE})
+    assert main(["--socket", path, "status"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ecmpd: pid 123, config /etc/ecmpd/ecmpd.yaml, up 3m12s, hash l4\n")
+    assert "wan: wlan1" in out and "state: UP, since" in out
+    assert "10.111.0.1  rtt 0.21ms  loss 0%" in out
+    assert "state: DISABLED" in out
+    assert "via 10.111.0.1 dev wlan1 weight 1" in out
+    assert "warning: all WANs are down: keeping the last route" in out
+
+
+def test_status_json(fake_daemon, capsys):
+    path = fake_daemon({"status": SAMPLE})
+    assert main(["--socket", path, "status", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == SAMPLE  # "ok" stripped
+
+
+def test_commands_send_arguments(fake_daemon, capsys):
+    path = fake_daemon({"reload": {"message": "reloaded"},
+                        "disable": {"message": "{wan} disabled"},
+                        "enable": {}})
+    assert main(["--socket", path, "reload"]) == 0
+    assert main(["--socket", path, "disable", "wlan2"]) == 0
+    assert main(["--socket", path, "enable", "wlan2"]) == 0
+    assert capsys.readouterr().out == "reloaded\nwlan2 disabled\n"
+
+
+def test_daemon_error_exit_1(fake_daemon, capsys):
+    path = fake_daemon({"status": SAMPLE})
+    assert main(["--socket", path, "disable", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert err == "ecmpctl: fake: no answer for disable\n"
+
+
+def test_not_running_exit_3(sockdir, capsys):
+    path = os.path.join(sockdir, "ecmpd.sock")
+    assert main(["--socket", path, "status"]) == 3
+    assert capsys.readouterr().err == f"ecmpctl: ecmpd is not running (no socket at {path})\n"
+
+
+def test_stale_socket_exit_3(sockdir, capsys):
+    path = os.path.join(sockdir, "ecmpd.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)  # bound but not listening: connection refused
+    s.close()
+    assert main(["--socket", path, "reload"]) == 3
+    assert path in capsys.readouterr().err
+
+
+def test_no_answer_exit_1(sockdir, capsys):
+    path = os.path.join(sockdir, "ecmpd.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.listen(1)  # accepts in the kernel, never answers
+    try:
+        assert main(["--socket", path, "--timeout", "0.2", "status"]) == 1
+    finally:
+        s.close()
+    assert "no answer from ecmpd" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [[], ["disable"], ["enable", "a", "b"], ["frobnicate"],
+                                  ["status", "--yaml"], ["--timeout", "x", "status"]])
+def test_usage_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+
+
+def test_nonpositive_timeout_exit_2(capsys):
+    assert main(["--timeout", "0", "status"]) == 2
+
+
+def test_render_sample():
+    text = render_status(SAMPLE, NOW)
+    lines = text.splitlines()
+    assert lines[0] == "ecmpd: pid 123, config /etc/ecmpd/ecmpd.yaml, up 3m12s, hash l4"
+    w1 = lines.index("wan: wlan1")
+    assert lines[w1 + 1] == "  state: UP, since 12s ago (2/2 targets answered)"
+    assert lines[w1 + 2] == "  interface: wlan1, carrier yes"
+    assert lines[w1 + 3] == "  gateway: 10.111.0.1, address 10.111.0.2"
+    assert lines[w1 + 4] == "  weight: 1, active: yes, connections: 17"
+    assert lines[w1 + 5] == "  mark: 0x10000, table: 1001"
+    assert "    10.111.0.1  rtt 0.21ms  loss 0%" in lines
+    assert "    192.0.2.9  rtt 12.50ms  loss 33.3%" in lines
+    w2 = lines.index("wan: wlan2")
+    assert lines[w2 + 1] == "  state: DISABLED, since 3m ago (0/1 targets answered)"
+    assert lines[w2 + 2] == "  interface: wlan2, carrier no"
+    assert lines[w2 + 4] == "  weight: 2, active: no, connections: 0"
+    assert "    10.112.0.1  rtt -  loss 100%" in lines
+    assert "route: default proto ecmpd (kept: the last route while all WANs are down)" in lines
+    assert "  via 10.111.0.1 dev wlan1 weight 1" in lines
+    assert lines[-1] == "warning: all WANs are down: keeping the last route"
+
+
+def test_render_missing_and_odd_fields():
+    assert render_status({}, NOW).splitlines()[0] == "ecmpd: pid ?, config ?, up ?, hash ?"
+    odd = {"uptime": "soon", "wans": {"a": None, "b": {"since": "yesterday", "targets":
+           {"x": None, "y": {"rtt_ms": "fast"}}}, "c": {"state": "up"}},
+           "route": {"nexthops": [None, {"gateway": "10.0.0.1"}]}, "warnings": "not a list"}
+    text = render_status(odd, NOW)
+    assert "wan: a\n  state: UNKNOWN, since ?" in text
+    assert "    x  rtt -  loss -" in text and "    y  rtt -  loss -" in text
+    assert "  via 10.0.0.1 dev ? weight ?" in text
+    assert "warning" not in text
+    assert "route: none" in render_status({"route": {"present": False}}, NOW)
+    assert "route: unknown" in render_status({"wans": "x", "route": 5}, NOW)
+
+
+def test_render_since_in_future_and_durations():
+    text = render_status({"wans": {"a": {"state": "up", "since": NOW + 30}}}, NOW)
+    assert "state: UP, since 0s ago" in text
+    assert [human_duration(x) for x in (0, 59.9, 60, 3599, 3600, 86399, 90000)] == \
+        ["0s", "59s", "1m00s", "59m59s", "1h00m", "23h59m", "1d01h"]
+    assert human_duration(7440, coarse=True) == "2h"
+
+
+def test_status_now_is_wall_clock(fake_daemon, capsys):
+    payload = {"wans": {"a": {"state": "up", "since": time.time() - 7200}}}
+    path = fake_daemon({"status": payload})
+    assert main(["--socket", path, "status"]) == 0
+    assert "since 2h ago" in capsys.readouterr().out
