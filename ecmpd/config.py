@@ -6,7 +6,14 @@ leaves `load_config` / `parse_config`.  `<source>` is printed exactly as the cal
 gave it (`load_config` passes the path as given, so messages name the file the admin
 typed).  List items are addressed 0-based: `lan.interfaces[0]`.  The line is that of
 the offending value; for an unknown or repeated key that of the key; for a missing
-key that of the key owning the mapping it is missing from.
+key that of the key owning the mapping it is missing from.  Problems are sorted by line.
+
+Beyond the schema in config/ecmpd.yaml: an optional section written as null means "all
+defaults"; per-WAN `probe:` keys override the global ones key by key, and a per-WAN
+`max_loss: null` / `max_rtt: null` switches a global limit off for that WAN.
+`probe.timeout` may exceed `probe.interval` (rounds overlap) but at most 5 times, and
+`max_rtt` must not exceed `timeout` (a slower reply is never measured).  `address` is
+only checked (the gateway must lie in its subnet); the model does not keep it.
 """
 
 from __future__ import annotations
@@ -18,8 +25,8 @@ from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from typing import Any
 
-from ecmpd.model import MAX_WANS, Config, ProbeSettings, Wan
 from ecmpd import yamlpos as yp
+from ecmpd.model import MAX_WANS, Config, ProbeSettings, Wan
 from ecmpd.yamlpos import Bad, YamlProblem, YList, YMap, describe, format_seconds, load_yaml
 
 TOP_KEYS = ("lan", "wans", "probe", "hash", "marks", "tables", "rules", "route", "nft",
@@ -39,7 +46,7 @@ class ConfigError(Exception):
 
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems: list[str] = list(problems)
-        super().__init__("\n".join(self.problems))
+        super().__init__(self.problems)
 
     def __str__(self) -> str:
         return "\n".join(self.problems)
@@ -104,7 +111,7 @@ _SECTIONS: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {
     "control": {"socket": ("control_socket", yp.socket_path),
                 "group": ("control_group", yp.group_name)},
 }
-Origin = tuple[Any, "str | None", int]
+_Origin = tuple[Any, "str | None", int]
 """A validated probe value, the key path that set it (None: default) and its line."""
 
 
@@ -136,7 +143,7 @@ class _Validator:
             self.add(line, path, f"must be a mapping, got {describe(v)}")
             return None
         for kind, kline in v.bad_keys:
-            self.add(kline, path, f"keys must be plain values, got a {kind}")
+            self.add(kline, path, f"keys must be plain values, got {kind}")
         for key, kline, first in v.duplicates:
             self.add(kline, _join(path, key), f"duplicate key (first at line {first})")
         for key in v if keys is not None else ():
@@ -223,6 +230,7 @@ class _Validator:
                 if sec is not None:
                     kwargs[attr] = self.field(sec, key, section, parse, getattr(Config, attr))
         probe = self.probe(doc.get("probe"), "probe", doc.value_lines.get("probe", 1))
+        self.merge_probe(probe, ({}, set()))  # cross-key checks even if `wans` is broken
         wans = self.wans(doc, probe, kwargs.get("table_base"))
         if isinstance(lan_ifs, tuple) and wans:
             by_if = {w.interface: w for w in wans}
@@ -235,9 +243,9 @@ class _Validator:
             return None
         return Config(lan_interfaces=lan_ifs, wans=tuple(wans), **kwargs)
 
-    def probe(self, v: Any, path: str, line: int) -> tuple[dict[str, Origin], set[str]]:
+    def probe(self, v: Any, path: str, line: int) -> tuple[dict[str, _Origin], set[str]]:
         """Valid probe keys present in `v` with their origin, and the invalid keys."""
-        got: dict[str, Origin] = {}
+        got: dict[str, _Origin] = {}
         bad: set[str] = set()
         sec = self.mapping(v, path, line, PROBE_KEYS, null_ok=True)
         if sec is None:
@@ -257,10 +265,10 @@ class _Validator:
                 got[key] = (value, f"{path}.{key}", kline)
         return got, bad
 
-    def merge_probe(self, glob: tuple[dict[str, Origin], set[str]],
-                    own: tuple[dict[str, Origin], set[str]]) -> ProbeSettings:
+    def merge_probe(self, glob: tuple[dict[str, _Origin], set[str]],
+                    own: tuple[dict[str, _Origin], set[str]]) -> ProbeSettings:
         """Defaults <- global <- per-WAN, key by key, then the cross-key checks."""
-        m: dict[str, Origin] = {k: (getattr(_DEFAULT_PROBE, k), None, 0) for k in PROBE_KEYS}
+        m: dict[str, _Origin] = {k: (getattr(_DEFAULT_PROBE, k), None, 0) for k in PROBE_KEYS}
         m.update(glob[0])
         m.update(own[0])
         bad = glob[1] | own[1]
@@ -290,7 +298,7 @@ class _Validator:
                      f"counts as lost; got {format_seconds(rtt)}")
         return ProbeSettings(**val)
 
-    def wans(self, doc: YMap, probe: tuple[dict[str, Origin], set[str]],
+    def wans(self, doc: YMap, probe: tuple[dict[str, _Origin], set[str]],
              table_base: Any) -> list[Wan] | None:
         """The WANs (ids assigned) or None; reports per-WAN and cross-WAN problems."""
         line = doc.value_lines.get("wans", doc.line)
@@ -327,7 +335,7 @@ class _Validator:
             gw = p["gateway"]
             if isinstance(addr, IPv4Interface) and isinstance(gw, IPv4Address):
                 net = addr.network
-                why = ("is the router's own address (address)" if gw == addr.ip else
+                why = (f"is the router's own address ({path}.address)" if gw == addr.ip else
                        f"is not inside {path}.address {addr}" if gw not in net else
                        f"is the network or broadcast address of {net}"
                        if net.prefixlen <= 30 and gw in (net.network_address,
@@ -361,8 +369,8 @@ class _Validator:
                 table = table_base + p["id"] if isinstance(p["id"], int) else 0
                 if table in RESERVED_TABLES:
                     self.add(doc["tables"].value_lines["base"], "tables.base",
-                             f"{p['name']} (id {p['id']}) would use table {table}, "
-                             f"reserved for '{RESERVED_TABLES[table]}'")
+                             f"{_join('wans', p['name'])} (id {p['id']}) would use table "
+                             f"{table}, the kernel's '{RESERVED_TABLES[table]}' table")
         out = []
         for p in parts:
             fields = {k: p[k] for k in ("name", "interface", "gateway", "weight", "id", "probe")}

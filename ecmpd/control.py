@@ -120,11 +120,17 @@ class ControlServer:
         try:
             # Nobody can connect before listen(): set the mode and owner in between.
             sock.bind(self.path)
-            os.chmod(self.path, 0o660)
-            if gid is not None:
-                os.chown(self.path, -1, gid)
             st = os.stat(self.path)
             self._inode = (st.st_dev, st.st_ino)
+            os.chmod(self.path, 0o660)
+            if gid is not None:
+                try:
+                    os.chown(self.path, -1, gid)
+                except PermissionError as e:
+                    raise OSError(e.errno, f"{e.strerror}: cannot give it to group "
+                                  f"{self.group} (the daemon needs CAP_CHOWN or membership "
+                                  f"of the group: under systemd add "
+                                  f"SupplementaryGroups={self.group})") from e
             self._server = await asyncio.start_unix_server(
                 self._serve, sock=sock, limit=self.max_request
             )

@@ -116,11 +116,13 @@ def _wan_block(name: str, w: Any, now: float) -> list[str]:
     w = w if isinstance(w, dict) else {}
     state = str(w.get("state") or "unknown").upper()
     if w.get("disabled"):
-        state = "DISABLED"
+        state = f"DISABLED (probes say {state})"
     head = f"  state: {state}, since {_ago(w.get('since'), now)}"
     if w.get("reason"):
         head += f" ({w['reason']})"
     out = [f"wan: {name}", head]
+    if w.get("last_round"):
+        out.append(f"  last round: {w['last_round']}")
     iface = f"  interface: {w.get('interface', '?')}"
     if "carrier" in w:
         iface += f", carrier {_yesno(w['carrier'])}"
@@ -171,6 +173,10 @@ def render_status(payload: dict, now: float) -> str:
             lines.extend(_wan_block(str(name), w, now))
     lines.append("")
     lines.extend(_route_block(payload.get("route")))
+    stats = payload.get("stats")
+    if isinstance(stats, dict) and stats:
+        lines.append("")
+        lines.append("stats: " + ", ".join(f"{k} {v}" for k, v in stats.items()))
     warnings = payload.get("warnings")
     if isinstance(warnings, list) and warnings:
         lines.append("")
@@ -222,6 +228,8 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write(render_status(payload, time.time()))
     elif isinstance(payload.get("message"), str):
         print(payload["message"])
+    elif isinstance(payload.get("wan"), str) and isinstance(payload.get("disabled"), bool):
+        print(f"{payload['wan']}: {'disabled' if payload['disabled'] else 'enabled'}")
     return EXIT_OK
 
 

@@ -25,6 +25,18 @@ class NftError(RuntimeError):
     """libnftables refused a command."""
 
 
+def _shape(objs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(kind, chain, comment) of every chain and rule, sorted: a deleted or added one shows."""
+    out: list[tuple[str, str, str]] = []
+    for obj in objs:
+        (kind, body), = obj.items()
+        if kind == "chain":
+            out.append((kind, str(body["name"]), ""))
+        elif kind == "rule":
+            out.append((kind, str(body["chain"]), str(body.get("comment", ""))))
+    return sorted(out)
+
+
 class Firewall:
     """ecmpd's one nftables table in the current network namespace."""
 
@@ -56,8 +68,10 @@ class Firewall:
         listing = self.listing()
         if listing is not None:
             current = nftrules.normalize_listing(listing, self.cfg.nft_table)
-            if self._baseline is None and nftrules.listing_digest(listing) == nftrules.digest(self.cfg):
-                self._baseline = current      # adopt the table a previous ecmpd left
+            if (self._baseline is None
+                    and nftrules.listing_digest(listing) == nftrules.digest(self.cfg)
+                    and _shape(current) == _shape(nftrules.render_table(self.cfg))):
+                self._baseline = current      # adopt the intact table a previous ecmpd left
                 return False
             if current == self._baseline:
                 return False

@@ -71,12 +71,14 @@ async def read_actual(ipr: AsyncIPRoute, cfg: Config) -> Actual:
         if prio not in prios or not (table == MAIN_TABLE or table in tables):
             continue
         src = msg.get("src")
+        suppress = msg.get("suppress_prefixlen")
         actual.rules.add(RuleSpec(
             prio, table,
             fwmark=msg.get("fwmark") if msg.get("fwmark") else None,
             fwmask=msg.get("fwmask") if msg.get("fwmark") else None,
             src=str(src) if src else None,
-            suppress_prefixlen=msg.get("suppress_prefixlen"),
+            # the kernel reports FRA_SUPPRESS_PREFIXLEN 0xffffffff (-1) on every rule without one
+            suppress_prefixlen=None if suppress in (None, -1, 0xFFFFFFFF) else suppress,
         ))
     return actual
 
@@ -174,13 +176,14 @@ async def read_links(ipr: AsyncIPRoute) -> dict[str, dict]:
 async def read_addresses(ipr: AsyncIPRoute) -> dict[int, list[tuple[str, int]]]:
     """Interface index → its IPv4 (address, prefixlen) list, primary first."""
     out: dict[int, list[tuple[str, int]]] = {}
+    secondary: dict[int, list[tuple[str, int]]] = {}
     async for msg in await ipr.addr("dump", family=socket.AF_INET):
         addr = msg.get("local") or msg.get("address")
         if addr:
             entry = (str(addr), msg["prefixlen"])
-            lst = out.setdefault(msg["index"], [])
-            if msg["flags"] & 0x01:  # IFA_F_SECONDARY
-                lst.append(entry)
-            else:
-                lst.insert(0, entry)
+            # primaries in the kernel's order (the first one is the interface's address)
+            into = secondary if msg["flags"] & 0x01 else out  # IFA_F_SECONDARY
+            into.setdefault(msg["index"], []).append(entry)
+    for index, extra in secondary.items():
+        out.setdefault(index, []).extend(extra)
     return out

@@ -74,4 +74,6 @@ async def build(d: "Daemon") -> dict[str, Any]:
                           "weight": h.weight} for h in (main.nexthops if main else ())],
         },
         "warnings": warnings,
+        "stats": {"reconciles": d.reconciles, "changes": d.changes,
+                  "nft_writes": d.firewall.applies, "events": d.watcher.events},
     }

@@ -1,10 +1,13 @@
-"""YAML loading that remembers line numbers, plus the small value parsers the config uses.
+"""YAML loading that remembers line numbers, plus the value parsers the config uses.
 
 `load_yaml()` returns plain Python data in which every mapping is a `YMap` and every
 sequence a `YList`; both record the 1-based line of the container and of each key,
 value and item, and a `YMap` lists repeated keys instead of silently keeping the last.
 Scalars stay plain (`int`, `str`, ...), so their line is looked up in the parent.
 Every YAML problem comes back as one `YamlProblem` (line + one-line message).
+
+The value parsers (`integer`, `duration`, `ipv4`, ...) take one plain YAML value and
+return it parsed or raise `Bad(message)`; `ecmpd.config` adds file, line and key path.
 """
 
 from __future__ import annotations
@@ -78,7 +81,7 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Any:
         try:
             hash(key)
         except TypeError:
-            data.bad_keys.append((type(key).__name__, _line(key_node)))
+            data.bad_keys.append((describe(key), _line(key_node)))
             continue
         if i >= n_merged:
             if key in own_keys:
@@ -154,9 +157,9 @@ def describe(value: Any) -> str:
         text = value if len(value) <= 40 else value[:37] + "..."
         return repr(text)
     if isinstance(value, dict):
-        return "a mapping"
+        return "a mapping" if value else "an empty mapping"
     if isinstance(value, (list, tuple)):
-        return "a list"
+        return "a list" if value else "an empty list"
     return f"a {type(value).__name__} value"
 
 
@@ -228,6 +231,7 @@ _NFT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
 
 
 def integer(lo: int, hi: int) -> Callable[[Any], int]:
+    """A parser for a YAML integer (not a boolean) in lo..hi."""
     def parse(v: Any) -> int:
         if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
             raise Bad(f"must be an integer from {lo} to {hi}, got {describe(v)}")
@@ -236,34 +240,39 @@ def integer(lo: int, hi: int) -> Callable[[Any], int]:
 
 
 def duration(v: Any) -> float:
+    """Seconds from a duration (see `parse_duration`) in 10ms..60s."""
     d = parse_duration(v)
     if d is None or not 0.01 <= d <= 60:
         raise Bad(f"must be a duration from 10ms to 60s (like 200ms, 1.5s or 1.5), "
-                   f"got {describe(v)}")
+                  f"got {describe(v)}")
     return d
 
 
 def percent(v: Any) -> float:
+    """A percentage (see `parse_percent`) in 0..100."""
     p = parse_percent(v)
     if p is None or not 0 <= p <= 100:
         raise Bad(f"must be a percentage from 0 to 100 (like 20, 20% or 20.5%), "
-                   f"got {describe(v)}")
+                  f"got {describe(v)}")
     return p
 
 
 def or_null(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`parse`, but null is accepted as None."""
     return lambda v: None if v is None else parse(v)
 
 
 def ifname(v: Any) -> str:
+    """A Linux interface name: 1..15 bytes, not . or .., no '/', ':' or whitespace."""
     if (not isinstance(v, str) or not v.isprintable() or not 1 <= len(v.encode()) <= 15
             or v in (".", "..") or any(c in "/:" or c.isspace() for c in v)):
         raise Bad(f"must be an interface name (1 to 15 bytes, no '/', ':' or "
-                   f"whitespace), got {describe(v)}")
+                  f"whitespace), got {describe(v)}")
     return v
 
 
 def unicast(a: IPv4Address, shown: Any) -> None:
+    """Raise `Bad` unless `a` is a usable unicast address."""
     kind = ("unspecified" if a.is_unspecified else "loopback" if a.is_loopback else
             "multicast" if a.is_multicast else "broadcast/reserved" if a.is_reserved else "")
     if kind:
@@ -271,6 +280,7 @@ def unicast(a: IPv4Address, shown: Any) -> None:
 
 
 def ipv4(v: Any) -> IPv4Address:
+    """A unicast IPv4 address written as a string."""
     try:
         a = IPv4Address(v) if isinstance(v, str) else None
     except ValueError:
@@ -282,6 +292,7 @@ def ipv4(v: Any) -> IPv4Address:
 
 
 def address(v: Any) -> IPv4Interface:
+    """An address/prefix with room for a gateway (not the network/broadcast address)."""
     try:
         i = IPv4Interface(v) if isinstance(v, str) and "/" in v else None
     except ValueError:
@@ -298,6 +309,7 @@ def address(v: Any) -> IPv4Interface:
 
 
 def target(v: Any) -> str:
+    """A probe target: `gateway` or a unicast IPv4 address (normalized)."""
     if v == "gateway":
         return "gateway"
     try:
@@ -307,6 +319,7 @@ def target(v: Any) -> str:
 
 
 def choice(*options: str) -> Callable[[Any], str]:
+    """A parser accepting exactly one of `options`."""
     def parse(v: Any) -> str:
         if v not in options or not isinstance(v, str):
             raise Bad(f"must be {' or '.join(options)}, got {describe(v)}")
@@ -315,12 +328,14 @@ def choice(*options: str) -> Callable[[Any], str]:
 
 
 def boolean(v: Any) -> bool:
+    """A YAML boolean."""
     if not isinstance(v, bool):
         raise Bad(f"must be true or false, got {describe(v)}")
     return v
 
 
 def mark_mask(v: Any) -> int:
+    """A 32-bit mark mask (int or '0x...' string): one run of >= 8 contiguous bits."""
     m: Any = v
     if isinstance(v, str) and len(v) <= 34:
         try:
@@ -333,20 +348,22 @@ def mark_mask(v: Any) -> int:
         shown = f"0x{m:08x}" if isinstance(m, int) and not isinstance(m, bool) and \
             0 <= m <= 0xFFFFFFFF else describe(v)
         raise Bad(f"must be one run of at least 8 contiguous bits within 32 bits "
-                   f"(like 0x00ff0000), got {shown}")
+                  f"(like 0x00ff0000), got {shown}")
     return m  # at least 8 bits: every id 1..255 fits
 
 
 def nft_table(v: Any) -> str:
+    """An nftables table name that is not an nft keyword."""
     if not isinstance(v, str) or not _NFT_NAME.fullmatch(v):
         raise Bad(f"must be 1 to 32 letters, digits or _ starting with a letter, "
-                   f"got {describe(v)}")
+                  f"got {describe(v)}")
     if v.lower() in NFT_KEYWORDS:
         raise Bad(f"'{v}' is an nft keyword, choose another name")
     return v
 
 
 def socket_path(v: Any) -> str:
+    """An absolute path that fits a unix socket address (107 bytes)."""
     if (not isinstance(v, str) or not v.startswith("/") or v.endswith("/")
             or not v.isprintable() or len(v.encode()) > 107):
         raise Bad(f"must be an absolute file path of at most 107 bytes, got {describe(v)}")
@@ -354,6 +371,7 @@ def socket_path(v: Any) -> str:
 
 
 def group_name(v: Any) -> str | None:
+    """A group name or None."""
     if v is not None and (not isinstance(v, str) or not v.isprintable() or not 1 <= len(v) <= 32
                           or any(c == ":" or c.isspace() for c in v)):
         raise Bad(f"must be a group name or null, got {describe(v)}")

@@ -29,12 +29,14 @@ SAMPLE = {
                               "192.0.2.9": {"loss_pct": 33.3333, "rtt_ms": 12.5}}},
         "wlan2": {"state": "down", "since": NOW - 185, "reason": "0/1 targets answered",
                   "interface": "wlan2", "gateway": "10.112.0.1", "weight": 2,
+                  "last_round": "0/1 answered",
                   "active": False, "disabled": True, "carrier": False, "connections": 0,
                   "targets": {"10.112.0.1": {"loss_pct": 100.0, "rtt_ms": None}}},
     },
     "route": {"present": True, "kept_last": True,
               "nexthops": [{"gateway": "10.111.0.1", "interface": "wlan1", "weight": 1}]},
     "warnings": ["all WANs are down: keeping the last route"],
+    "stats": {"reconciles": 7, "changes": 2},
 }
 
 FAKE_DAEMON = r"""
@@ -130,6 +132,15 @@ def test_commands_send_arguments(fake_daemon, capsys):
     assert capsys.readouterr().out == "reloaded\nwlan2 disabled\n"
 
 
+def test_enable_disable_without_message(fake_daemon, capsys):
+    """The daemon answers {"wan": ..., "disabled": ...}: shown as one line."""
+    path = fake_daemon({"disable": {"wan": "{wan}", "disabled": True},
+                        "enable": {"wan": "{wan}", "disabled": False}})
+    assert main(["--socket", path, "disable", "wlan2"]) == 0
+    assert main(["--socket", path, "enable", "wlan2"]) == 0
+    assert capsys.readouterr().out == "wlan2: disabled\nwlan2: enabled\n"
+
+
 def test_daemon_error_exit_1(fake_daemon, capsys):
     path = fake_daemon({"status": SAMPLE})
     assert main(["--socket", path, "disable", "nope"]) == 1
@@ -189,12 +200,15 @@ def test_render_sample():
     assert "    10.111.0.1  rtt 0.21ms  loss 0%" in lines
     assert "    192.0.2.9  rtt 12.50ms  loss 33.3%" in lines
     w2 = lines.index("wan: wlan2")
-    assert lines[w2 + 1] == "  state: DISABLED, since 3m ago (0/1 targets answered)"
-    assert lines[w2 + 2] == "  interface: wlan2, carrier no"
-    assert lines[w2 + 4] == "  weight: 2, active: no, connections: 0"
+    assert lines[w2 + 1] == \
+        "  state: DISABLED (probes say DOWN), since 3m ago (0/1 targets answered)"
+    assert lines[w2 + 3] == "  interface: wlan2, carrier no"
+    assert lines[w2 + 5] == "  weight: 2, active: no, connections: 0"
     assert "    10.112.0.1  rtt -  loss 100%" in lines
     assert "route: default proto ecmpd (kept: the last route while all WANs are down)" in lines
     assert "  via 10.111.0.1 dev wlan1 weight 1" in lines
+    assert "stats: reconciles 7, changes 2" in lines
+    assert lines[w2 + 2] == "  last round: 0/1 answered"
     assert lines[-1] == "warning: all WANs are down: keeping the last route"
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from ecmpd.lab import Lab, LabCommandError, LabSpec, LabWan, make_spec, netns, seed_spec
 from ecmpd.lab import lab as lab_module
-from ecmpd.lab.faults import loss_script
+from ecmpd.lab.lab import loss_script
 from ecmpd.lab.traffic import FlowResult
 
 MakeLab = Callable[..., Lab]
@@ -118,7 +118,7 @@ def test_build_and_teardown_leave_nothing(make_lab: MakeLab) -> None:
 
 @pytest.mark.lab
 def test_failed_build_tears_down(monkeypatch: pytest.MonkeyPatch, lab_prefix: str) -> None:
-    monkeypatch.setattr(lab_module.faults, "bcp38_script", lambda net: "this is not nft\n")
+    monkeypatch.setattr(lab_module, "bcp38_script", lambda net: "this is not nft\n")
     lab = Lab(prefix=lab_prefix)
     with pytest.raises(LabCommandError, match="nft"):
         lab.build()

@@ -26,6 +26,7 @@ _ROOT = str(Path(__file__).resolve().parents[2])
 Popen = Callable[..., subprocess.Popen]
 WanOf = Callable[[str | None], str | None]
 R = TypeVar("R", FlowResult, HeldResult)
+T = TypeVar("T")
 
 
 class TrafficError(RuntimeError):
@@ -73,38 +74,45 @@ class LineReader:
 
     def __init__(self, proc: subprocess.Popen) -> None:
         self.proc = proc
-        self.buf = b""
+        self.lines: list[str] = []
+        """Every complete line read so far."""
+        self._partial = b""
 
-    def wait_line(self, prefix: str, timeout: float) -> str:
-        """The first stdout line starting with `prefix`; TrafficError on EOF or timeout."""
+    def wait(self, pred: Callable[[list[str]], T | None], what: str, timeout: float) -> T:
+        """Read until `pred(lines)` is not None and return it; TrafficError on EOF/timeout."""
         fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
         end = time.monotonic() + timeout
-        want = prefix.encode()
         while True:
-            while b"\n" in self.buf:
-                line, self.buf = self.buf.split(b"\n", 1)
-                if line.startswith(want):
-                    return line.decode()
+            found = pred(self.lines)
+            if found is not None:
+                return found
             left = end - time.monotonic()
             if left <= 0:
-                raise TrafficError(f"no {prefix!r} line within {timeout}s: {stderr_of(self.proc)}")
+                raise TrafficError(f"no {what} within {timeout}s: {stderr_of(self.proc)}")
             ready, _, _ = select.select([fd], [], [], left)
             if ready:
                 chunk = os.read(fd, 65536)
                 if not chunk:
-                    raise TrafficError(f"tool exited (rc={self.proc.wait()}) before {prefix!r}: "
+                    raise TrafficError(f"tool exited (rc={self.proc.wait()}) before {what}: "
                                        f"{stderr_of(self.proc)}")
-                self.buf += chunk
+                *done, self._partial = (self._partial + chunk).split(b"\n")
+                self.lines += [d.decode(errors="replace") for d in done]
+
+    def wait_line(self, prefix: str, timeout: float) -> str:
+        """The first stdout line starting with `prefix`."""
+        return self.wait(lambda ls: next((x for x in ls if x.startswith(prefix)), None),
+                         repr(prefix), timeout)
 
     def rest(self, timeout: float) -> str:
-        """Wait for the process to exit; everything it printed that was not consumed."""
+        """Wait for the process to exit; everything it printed."""
         try:
             out, _ = self.proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.communicate()
             raise TrafficError(f"tool did not exit within {timeout}s: {stderr_of(self.proc)}")
-        return (self.buf + (out or b"")).decode(errors="replace")
+        done = "".join(x + "\n" for x in self.lines)
+        return done + (self._partial + (out or b"")).decode(errors="replace")
 
 
 def _with_wan(results: list[R], wan_of: WanOf | None) -> list[R]:
@@ -188,6 +196,17 @@ class HeldFlows:
             line = self._reader.wait_line("established", timeout)
             self.established = int(line.split()[1])
         return self.established
+
+    def broken(self) -> int:
+        """How many flows reported a break so far (without waiting)."""
+        return sum(1 for x in self._reader.lines if x.startswith("broken "))
+
+    def wait_broken(self, count: int | None = None, timeout: float = 10.0) -> int:
+        """Wait until at least `count` (default: all) flows broke; how many did."""
+        want = self.count if count is None else count
+        return self._reader.wait(
+            lambda ls: n if (n := sum(1 for x in ls if x.startswith("broken "))) >= want else None,
+            f"{want} broken flows", timeout)
 
     def stop(self, timeout: float = 10.0) -> list[HeldResult]:
         """SIGTERM the run and return its per-flow results."""

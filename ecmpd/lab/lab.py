@@ -8,6 +8,11 @@
 The router is left unprogrammed (no default route, no forwarding, no nft) for ecmpd or a
 test.  Each ISP enforces BCP38 on its customer link and can be broken with `Lab.fault`.
 Every command runs inside the lab's own namespaces; nothing touches the host's.
+
+In an ISP, BCP38, faults and loss each live in an nft table of their own, and every
+script replaces its table atomically (``add`` + ``delete`` + ``add`` in one
+transaction), so they never disturb each other and are idempotent.  Chain names avoid
+nft keywords (``fwd`` fails to parse).
 """
 
 from __future__ import annotations
@@ -15,14 +20,100 @@ from __future__ import annotations
 import re
 import subprocess
 import time
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv4Network
 from typing import Any, Sequence
 
-from ecmpd.lab import driver, faults, netns
+from ecmpd.lab import driver, netns
 from ecmpd.lab.topology import LabSpec, seed_spec, transit, upstream_of, wan_of_source
 from ecmpd.lab.traffic import FlowResult
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+
+# ------------------------------------------------------------ nft scripts for the ISPs
+
+CUST = "cust"
+"""The ISP's customer-facing interface."""
+BCP38_TABLE = "lab_bcp38"
+DEAD_TABLE = "lab_dead"
+UPSTREAM_TABLE = "lab_upstream"
+LOSS_TABLE = "lab_loss"
+FAULT_MODES = ("dead", "upstream")
+"""Fault modes implemented with nft (``carrier`` is a link state)."""
+ALL_MODES = ("dead", "upstream", "carrier")
+LOSS_SCALE = 10000
+"""`numgen random mod LOSS_SCALE`: loss resolution is 0.01 %."""
+
+
+def _replace(family: str, table: str, body: str) -> str:
+    return (f"add table {family} {table}\ndelete table {family} {table}\n"
+            f"table {family} {table} {{\n{body}}}\n")
+
+
+def _remove(family: str, table: str) -> str:
+    return f"add table {family} {table}\ndelete table {family} {table}\n"
+
+
+def bcp38_script(customer_net: str) -> str:
+    """Drop what arrives on `cust` from outside `customer_net` (forwarded or local)."""
+    net = IPv4Network(customer_net)
+    return _replace("ip", BCP38_TABLE, (
+        "  chain bcp38 {\n"
+        "    type filter hook prerouting priority -300; policy accept;\n"
+        f'    iifname "{CUST}" ip saddr != {net} counter drop\n'
+        "  }\n"))
+
+
+def fault_script(mode: str) -> str:
+    """The nft script that puts fault `mode` (``dead`` or ``upstream``) in place."""
+    if mode == "dead":
+        # Silent both ways on the customer link, ARP included.
+        return _replace("netdev", DEAD_TABLE, (
+            "  chain dead_in {\n"
+            f'    type filter hook ingress device "{CUST}" priority -500; policy drop;\n'
+            "  }\n"
+            "  chain dead_out {\n"
+            f'    type filter hook egress device "{CUST}" priority -500; policy drop;\n'
+            "  }\n"))
+    if mode == "upstream":
+        # The gateway itself still answers (input/output untouched); nothing is forwarded.
+        return _replace("ip", UPSTREAM_TABLE, (
+            "  chain drop_forward {\n"
+            "    type filter hook forward priority -500; policy drop;\n"
+            "  }\n"))
+    raise ValueError(f"no nft fault mode {mode!r}")
+
+
+def heal_script() -> str:
+    """Remove every nft fault table (absent ones are fine)."""
+    return _remove("netdev", DEAD_TABLE) + _remove("ip", UPSTREAM_TABLE)
+
+
+def loss_script(percent: float) -> str:
+    """Random drop of `percent` % of IP packets on `cust`, each direction; 0 removes it."""
+    if not 0 <= percent <= 100:
+        raise ValueError(f"loss percent {percent} out of 0..100")
+    n = round(percent * LOSS_SCALE / 100)
+    if n == 0:
+        return _remove("ip", LOSS_TABLE)
+    rule = f"numgen random mod {LOSS_SCALE} < {n} counter drop"
+    return _replace("ip", LOSS_TABLE, (
+        "  chain loss_in {\n"
+        "    type filter hook prerouting priority -400; policy accept;\n"
+        f'    iifname "{CUST}" {rule}\n'
+        "  }\n"
+        "  chain loss_out {\n"
+        "    type filter hook postrouting priority 400; policy accept;\n"
+        f'    oifname "{CUST}" {rule}\n'
+        "  }\n"))
+
+
+def _close_files(proc: subprocess.Popen) -> None:
+    for f in (proc.stdout, proc.stderr, getattr(proc, "_lab_stderr", None)):
+        try:
+            if f is not None:
+                f.close()
+        except Exception:  # noqa: BLE001 - cleanup must not raise
+            pass
 
 
 class Lab:
@@ -95,6 +186,9 @@ class Lab:
         return self._popen(netns.exec_argv(self._ns(ns), *cmd), **kw)
 
     def _popen(self, argv: list[str], **kw: Any) -> subprocess.Popen:
+        for done in [p for p in self._procs if p.returncode is not None]:
+            _close_files(done)  # reaped already: forget it
+            self._procs.remove(done)
         proc = subprocess.Popen(argv, **kw)
         self._procs.append(proc)
         return proc
@@ -151,7 +245,7 @@ class Lab:
                 "link set dev cust up", "link set dev up up",
                 f"route add default via {inet_side.split('/')[0]}",
             ])
-            netns.nft(isp, faults.bcp38_script(str(w.network)))
+            netns.nft(isp, bcp38_script(str(w.network)))
             rtr += [f"addr add {w.address} dev {w.name}", f"link set dev {w.name} up"]
             inet += [f"addr add {inet_side} dev isp{i}", f"link set dev isp{i} up",
                      f"route add {w.network} via {isp_side.split('/')[0]}"]
@@ -195,12 +289,7 @@ class Lab:
                     proc.wait(timeout=5)
                 except Exception:  # noqa: BLE001
                     pass
-                for f in (proc.stdout, proc.stderr, getattr(proc, "_lab_stderr", None)):
-                    try:
-                        if f is not None:
-                            f.close()
-                    except Exception:  # noqa: BLE001
-                        pass
+                _close_files(proc)
             self._procs.clear()
             self._servers.clear()
         except Exception:  # noqa: BLE001 - teardown must not raise
@@ -226,10 +315,10 @@ class Lab:
         if mode == "carrier":
             netns.ip(isp, "link", "set", "dev", "cust", "down")
             self.wait_carrier([wan], False)
-        elif mode in faults.FAULT_MODES:
-            netns.nft(isp, faults.fault_script(mode))
+        elif mode in FAULT_MODES:
+            netns.nft(isp, fault_script(mode))
         else:
-            raise ValueError(f"unknown fault mode {mode!r} (one of {faults.ALL_MODES})")
+            raise ValueError(f"unknown fault mode {mode!r} (one of {ALL_MODES})")
         self._faults[wan].add(mode)
 
     def active_faults(self, wan: str) -> frozenset[str]:
@@ -239,14 +328,15 @@ class Lab:
     def heal(self, wan: str) -> None:
         """Undo every fault on `wan`'s ISP (loss is separate: `set_loss(wan, 0)`)."""
         isp = self.ns_isp(wan)
-        netns.nft(isp, faults.heal_script())
+        netns.nft(isp, heal_script())
         netns.ip(isp, "link", "set", "dev", "cust", "up")
-        self.wait_carrier([wan], True)
+        if "carrier" in self._faults[wan]:
+            self.wait_carrier([wan], True)
         self._faults[wan].clear()
 
     def set_loss(self, wan: str, percent: float) -> None:
         """Drop `percent` % of packets at random on `wan`'s customer link, each way; 0 = off."""
-        netns.nft(self.ns_isp(wan), faults.loss_script(percent))
+        netns.nft(self.ns_isp(wan), loss_script(percent))
 
     # ------------------------------------------------------------ traffic
 

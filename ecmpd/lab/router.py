@@ -27,18 +27,21 @@ def config_for(lab: Lab, weights: dict[str, int] | None = None, targets: str = "
                probe: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
     """An ecmpd config (as a dict) for `lab`: every lab WAN, LAN = the router's LAN side.
 
-    `targets`: ``gateway`` (the gateway only), ``upstream`` (the gateway and the address
-    beyond it), or ``beyond`` (only the address beyond the gateway).
+    `targets`: ``gateway`` (the gateway only), ``beyond`` (two addresses beyond the
+    gateway, reached only through this WAN: its ISP's upstream and the first internet
+    server; quorum 1), or ``both`` (the gateway and the ISP's upstream, quorum 2).
     """
     wans: dict[str, Any] = {}
     for w in lab.spec.wans:
-        tg = {"gateway": ["gateway"], "upstream": ["gateway", lab.upstream_address(w.name)],
-              "beyond": [lab.upstream_address(w.name)]}[targets]
+        upstream = lab.upstream_address(w.name)
+        tg, quorum = {"gateway": (["gateway"], 1),
+                      "beyond": ([upstream, lab.spec.server_addresses[0]], 1),
+                      "both": (["gateway", upstream], 2)}[targets]
         wan: dict[str, Any] = {"interface": w.name, "gateway": w.gateway,
                                "weight": (weights or {}).get(w.name, 1),
                                "address": str(IPv4Interface(w.address))}
         if targets != "gateway":
-            wan["probe"] = {"targets": tg}
+            wan["probe"] = {"targets": tg, "quorum": quorum}
         wans[w.name] = wan
     cfg: dict[str, Any] = {"lan": {"interfaces": [lab.spec.lan_interface]}, "wans": wans}
     if probe:
@@ -107,9 +110,18 @@ class Ecmpd:
                            f"{json.dumps(st, indent=1)}\n{self.log()[-3000:]}")
 
     def wait_states(self, states: dict[str, str], timeout: float = 10.0) -> dict[str, Any]:
-        """Wait until every named WAN is in the given state ("up", "down", ...)."""
-        return self.wait_for(lambda st: all(st["wans"][n]["state"] == s for n, s in states.items()),
-                             timeout, f"states {states}")
+        """Wait until every named WAN is in the given state ("up", "down", ...) and, for
+        "up" and "down", the kernel's route agrees (the nexthop is in it, or not)."""
+        def settled(st: dict[str, Any]) -> bool:
+            for name, state in states.items():
+                wan = st["wans"][name]
+                if wan["state"] != state:
+                    return False
+                if state in ("up", "down") and not wan["disabled"] \
+                        and wan["active"] != (state == "up"):
+                    return False
+            return True
+        return self.wait_for(settled, timeout, f"states {states}")
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None

@@ -11,8 +11,9 @@ namespace with ``ip netns exec``):
   prints one JSON list of ``{"t","ok","source","latency","error","bind","wall"}``.
 * ``hold --server A --port P --count N --byte-interval S``: N long-lived TCP flows, one
   byte every S seconds, each echo due within ``--echo-timeout``; prints
-  ``established K`` once every connection attempt finished (K = how many are up), and
-  on SIGTERM/SIGINT one JSON list of ``{"source","broken","error","broken_at",...}``.
+  ``established K`` once every connection attempt finished (K = how many are up),
+  ``broken I T`` when flow I breaks (T s after the start), and on SIGTERM/SIGINT one
+  JSON list of ``{"index","source","broken","error","broken_at","broken_wall","bind"}``.
 
 The pure helpers (`FlowResult`, `HeldResult`, `parse_flows`, `parse_held`, `outage`)
 are what the Lab and the tests use on the output.
@@ -169,10 +170,8 @@ def _udp_reader(sock: socket.socket) -> None:
     while True:
         try:
             _, anc, _, addr = sock.recvmsg(2048, socket.CMSG_SPACE(12))
-        except (BlockingIOError, InterruptedError):
+        except OSError:  # BlockingIOError: queue drained
             return
-        except OSError:
-            continue
         cmsg = []
         for level, kind, data in anc:
             if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
@@ -276,6 +275,7 @@ async def _held_flow(res: dict[str, Any], start: float, server: str, port: int,
     def broke(error: str) -> None:
         res.update(broken=True, error=error, broken_at=round(loop.time() - start, 6),
                    broken_wall=time.time())
+        print(f"broken {res['index']} {res['broken_at']}", flush=True)
     try:
         try:
             async with asyncio.timeout(connect_timeout):
@@ -321,7 +321,7 @@ async def hold(server: str, port: int, count: int, byte_interval: float,
     tasks = []
     ups = []
     for i in range(count):
-        res = {"source": None, "broken": False, "error": None, "broken_at": None,
+        res = {"index": i, "source": None, "broken": False, "error": None, "broken_at": None,
                "broken_wall": None, "bind": bind[i % len(bind)] if bind else None}
         up = asyncio.Event()
         results.append(res)
@@ -366,9 +366,21 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _raise_nofile() -> None:
+    """Thousands of concurrent flows need more than the usual 1024 descriptors."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft != hard:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     args = _parser().parse_args(argv)
+    _raise_nofile()
     if args.cmd == "serve":
         asyncio.run(serve(args.port, args.host))
         return 0
@@ -382,9 +394,6 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(out), flush=True)
     return 0
 
-
-__all__ = ["FlowResult", "HeldResult", "parse_flows", "parse_held", "outage",
-           "fault_offset", "serve", "flows", "hold", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,437 @@
+"""Tests for ecmpd.config / ecmpd.yamlpos: loading, defaults, merging and every complaint."""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import replace
+from ipaddress import IPv4Address
+from pathlib import Path
+
+import pytest
+
+from ecmpd.config import ConfigError, load_config, parse_config, problems_for
+from ecmpd.model import Config, ProbeSettings, Wan
+from ecmpd.yamlpos import parse_duration, parse_percent
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "ecmpd.yaml"
+SRC = "ecmpd.yaml"
+
+# Nine lines; cases below append to it, so their first added line is line 10.
+BASE = """\
+lan:
+  interfaces: [lan0]
+wans:
+  a:
+    interface: eth1
+    gateway: 192.0.2.1
+  b:
+    interface: eth2
+    gateway: 198.51.100.1
+"""
+
+
+def problems(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, SRC)
+    assert str(info.value) == "\n".join(info.value.problems)
+    return info.value.problems
+
+
+def test_example_config_loads_to_the_seed_topology() -> None:
+    probe = ProbeSettings(targets=("gateway",), interval=0.2, timeout=0.25, count=2,
+                          down=3, up=5, quorum=1, max_loss=None, max_rtt=None, window=10)
+    expected = Config(
+        lan_interfaces=("Local",),
+        wans=(Wan("wlan1", "wlan1", IPv4Address("10.111.0.1"), weight=1, id=1, probe=probe),
+              Wan("wlan2", "wlan2", IPv4Address("10.112.0.1"), weight=5, id=2, probe=probe)),
+        hash="l4", mark_mask=0x00FF0000, table_base=1000, rule_priority=1000,
+        route_proto=236, route_metric=0, nft_table="ecmpd", keep_on_exit=False,
+        control_socket="/run/ecmpd/ecmpd.sock", control_group=None, source=str(EXAMPLE))
+    assert load_config(str(EXAMPLE)) == expected
+
+
+def test_minimal_config_gets_the_model_defaults() -> None:
+    cfg = parse_config(BASE, SRC)
+    assert cfg == Config(
+        lan_interfaces=("lan0",),
+        wans=(Wan("a", "eth1", IPv4Address("192.0.2.1"), id=1),
+              Wan("b", "eth2", IPv4Address("198.51.100.1"), id=2)),
+        source=SRC)
+    assert cfg.wans[0].probe == ProbeSettings()
+
+
+def test_every_key_set() -> None:
+    text = BASE + """\
+    weight: 7
+    id: 9
+    address: 198.51.100.2/24
+hash: l3
+marks: {mask: '0x0000ff00'}
+tables: {base: 5000}
+rules: {priority: 2000}
+route: {proto: 99, metric: 50}
+nft: {table: multiwan}
+keep_on_exit: true
+control: {socket: /run/x.sock, group: netadm}
+"""
+    cfg = parse_config(text, SRC)
+    assert cfg.wan("b") == Wan("b", "eth2", IPv4Address("198.51.100.1"), weight=7, id=9)
+    assert (cfg.hash, cfg.mark_mask, cfg.table_base, cfg.rule_priority, cfg.route_proto,
+            cfg.route_metric, cfg.nft_table, cfg.keep_on_exit, cfg.control_socket,
+            cfg.control_group) == ("l3", 0xFF00, 5000, 2000, 99, 50, "multiwan", True,
+                                   "/run/x.sock", "netadm")
+    assert cfg.mark_of(cfg.wan("b")) == 9 << 8
+
+
+def test_probe_merge_defaults_global_then_wan_key_by_key() -> None:
+    text = """\
+lan: {interfaces: [lan0]}
+wans:
+  a:
+    interface: eth1
+    gateway: 192.0.2.1
+    probe: {count: 5, max_loss: null}
+  b:
+    interface: eth2
+    gateway: 198.51.100.1
+    probe:
+      targets: [gateway, 203.0.113.7]
+      quorum: 2
+      max_rtt: 400ms
+probe:
+  interval: 1s
+  timeout: 500ms
+  count: 3
+  max_loss: 20%
+"""
+    cfg = parse_config(text, SRC)
+    glob = replace(ProbeSettings(), interval=1.0, timeout=0.5, count=3, max_loss=20.0)
+    assert cfg.wan("a").probe == replace(glob, count=5, max_loss=None)
+    assert cfg.wan("b").probe == replace(glob, targets=("gateway", "203.0.113.7"),
+                                         quorum=2, max_rtt=0.4)
+    assert cfg.wan("b").probe.resolved_targets(IPv4Address("198.51.100.1")) == \
+        ("198.51.100.1", "203.0.113.7")
+
+
+def test_yaml_anchors_and_merge_keys_work() -> None:
+    text = """\
+lan: {interfaces: [lan0]}
+wans:
+  a: &wan {interface: eth1, gateway: 192.0.2.1, probe: &p {count: 4}}
+  b:
+    <<: *wan
+    interface: eth2
+    gateway: 198.51.100.1
+    probe: *p
+"""
+    cfg = parse_config(text, SRC)
+    assert [w.probe.count for w in cfg.wans] == [4, 4]
+    assert cfg.wan("b").interface == "eth2"
+
+
+@pytest.mark.parametrize("text, seconds", [
+    ("200ms", 0.2), ("1s", 1.0), ("1.5s", 1.5), (1.5, 1.5), (2, 2.0), ("1.5", 1.5),
+    ("200 ms", 0.2), (" 10ms ", 0.01), (".5s", 0.5), ("0.25s", 0.25), ("60", 60.0),
+    ("1.5ms", 0.0015), (0, 0.0), (-1, -1.0),
+    ("200us", None), ("-1s", None), ("1e3", None), ("", None), ("ms", None),
+    ("1.2.3s", None), ("1 m", None), ("1S", None), (True, None), (None, None),
+    ([1], None), (float("inf"), None), (float("nan"), None),
+])
+def test_parse_duration(text: object, seconds: float | None) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text, percent", [
+    (20, 20.0), ("20%", 20.0), ("20.5%", 20.5), ("20.5 %", 20.5), (20.5, 20.5),
+    ("20", 20.0), ("0%", 0.0), (150, 150.0),
+    ("20%%", None), ("%", None), ("-5%", None), ("twenty", None), (False, None),
+    (None, None), ({}, None),
+])
+def test_parse_percent(text: object, percent: float | None) -> None:
+    assert parse_percent(text) == percent
+
+
+@pytest.mark.parametrize("ids, expected", [
+    ((None, None, None), (1, 2, 3)),
+    ((None, 1, None), (2, 1, 3)),
+    ((3, None, None), (3, 2, 4)),
+    ((None, None, 2), (1, 3, 2)),
+    ((255, None, 254), (255, 2, 254)),
+    ((7, 8, 9), (7, 8, 9)),
+])
+def test_ids_default_to_position_and_skip_explicit_ones(ids: tuple, expected: tuple) -> None:
+    wans = "".join(f"  w{i}:\n    interface: eth{i}\n    gateway: 192.0.2.{i + 1}\n"
+                   + (f"    id: {wid}\n" if wid is not None else "")
+                   for i, wid in enumerate(ids))
+    cfg = parse_config(f"lan:\n  interfaces: [lan0]\nwans:\n{wans}", SRC)
+    assert tuple(w.id for w in cfg.wans) == expected
+
+
+def test_source_is_printed_as_given() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(BASE + "hash: l5\n", "/etc/ecmpd/ecmpd.yaml")
+    assert info.value.problems == ["/etc/ecmpd/ecmpd.yaml:10: hash: must be l3 or l4, got 'l5'"]
+
+
+def test_load_config_unreadable_and_not_utf8(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError) as info:
+        load_config(missing)
+    assert info.value.problems == [f"{missing}: cannot read: No such file or directory"]
+    with pytest.raises(ConfigError) as info:
+        load_config(str(tmp_path))
+    assert info.value.problems == [f"{tmp_path}: cannot read: Is a directory"]
+    bad = tmp_path / "latin1.yaml"
+    bad.write_bytes(b"lan:\n  interfaces: [caf\xe9]\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(str(bad))
+    assert info.value.problems == [f"{bad}:2: not UTF-8 text (byte 0xe9 at offset 23)"]
+    good = tmp_path / "good.yaml"
+    good.write_text(BASE)
+    assert load_config(str(good)).source == str(good)
+
+
+def test_yaml_syntax_error_is_one_clean_problem() -> None:
+    assert problems("lan:\n  interfaces: [lan0\nwans:\n  a: 1\n") == [
+        "ecmpd.yaml:3: YAML syntax error: expected ',' or ']', but got ':' "
+        "(while parsing a flow sequence at line 2)"]
+    assert problems("lan:\n  interfaces: [lan0]\n wans: {}\n") == [
+        "ecmpd.yaml:3: YAML syntax error: expected <block end>, but found "
+        "'<block mapping start>' (while parsing a block mapping at line 1); "
+        "check the indentation"]
+    assert problems("lan:\n\tinterfaces: [lan0]\n") == [
+        "ecmpd.yaml:2: YAML syntax error: found character '\\t' that cannot start any "
+        "token (while scanning for the next token); indent with spaces, not tabs"]
+
+
+def test_yaml_value_errors_are_problems() -> None:
+    assert problems(BASE + "hash: 2024-13-01\n") == [
+        "ecmpd.yaml:10: YAML error: invalid value '2024-13-01': month must be in 1..12"]
+    assert problems(BASE + "hash: !!python/object:os.system x\n") == [
+        "ecmpd.yaml:10: YAML error: could not determine a constructor for the tag "
+        "'tag:yaml.org,2002:python/object:os.system'"]
+    assert problems("[" * 5000) == ["ecmpd.yaml:1: YAML syntax error: nesting too deep"]
+
+
+def test_all_problems_are_collected_in_line_order() -> None:
+    text = BASE.replace("192.0.2.1", "192.0.2.300") + "    weight: 0\nhash: l5\nwan: {}\n"
+    assert problems(text) == [
+        "ecmpd.yaml:6: wans.a.gateway: must be a unicast IPv4 address, got '192.0.2.300'",
+        "ecmpd.yaml:10: wans.b.weight: must be an integer from 1 to 256, got 0",
+        "ecmpd.yaml:11: hash: must be l3 or l4, got 'l5'",
+        "ecmpd.yaml:12: wan: unknown key (did you mean 'wans'?)",
+    ]
+    assert problems_for(text, SRC) == problems(text)
+    assert problems_for(BASE, SRC) == []
+
+
+TOP_KEYS = "lan, wans, probe, hash, marks, tables, rules, route, nft, keep_on_exit, control"
+DURATION = "must be a duration from 10ms to 60s (like 200ms, 1.5s or 1.5)"
+MASK = "must be one run of at least 8 contiguous bits within 32 bits (like 0x00ff0000)"
+TWO_WANS = "lan: {interfaces: [lan0]}\nwans:\n  a: {interface: %s, gateway: %s}\n" \
+           "  b: {interface: %s, gateway: %s}\n"
+
+BAD = [
+    # (text, expected problem lines without the "ecmpd.yaml:" prefix)
+    ("", ["1: the file is empty; expected a mapping with at least 'lan' and 'wans'"]),
+    ("# nothing\n", ["1: the file is empty; expected a mapping with at least 'lan' and 'wans'"]),
+    ("- lan\n- wans\n", ["1: the top level must be a mapping, got a list"]),
+    ("just text\n", ["1: the top level must be a mapping, got 'just text'"]),
+    ("wans:\n  a: {interface: eth1, gateway: 192.0.2.1}\n", ["1: lan: required key is missing"]),
+    ("lan: {interfaces: [lan0]}\n", ["1: wans: required key is missing"]),
+    ("lan:\nwans: {a: {interface: e, gateway: 192.0.2.1}}\n",
+     ["1: lan: must be a mapping, got null"]),
+    ("lan: {}\nwans: {a: {interface: e, gateway: 192.0.2.1}}\n",
+     ["1: lan.interfaces: required key is missing"]),
+    ("lan: {interfaces: []}\nwans: {a: {interface: e, gateway: 192.0.2.1}}\n",
+     ["1: lan.interfaces: must be a non-empty list of interface names, got an empty list"]),
+    ("lan: {interfaces: lan0}\nwans: {a: {interface: e, gateway: 192.0.2.1}}\n",
+     ["1: lan.interfaces: must be a non-empty list of interface names, got 'lan0'"]),
+    ("lan:\n  interfaces:\n  - lan0\n  - lan0\nwans: {a: {interface: e, gateway: 192.0.2.1}}\n",
+     ["4: lan.interfaces[1]: duplicate of lan.interfaces[0]"]),
+    ("lan: {interfaces: [lan0]}\nwans: {}\n",
+     ["2: wans: must be a non-empty mapping of WAN names to WANs, got an empty mapping"]),
+    ("lan: {interfaces: [lan0]}\nwans:\n  - eth1\n",
+     ["3: wans: must be a non-empty mapping of WAN names to WANs, got a list"]),
+    ("lan: {interfaces: [lan0]}\nwans:\n  a:\n    gateway: 192.0.2.1\n",
+     ["3: wans.a.interface: required key is missing"]),
+    ("lan: {interfaces: [lan0]}\nwans:\n  a: eth1\n",
+     ["3: wans.a: must be a mapping, got 'eth1'"]),
+    ("lan: {interfaces: [lan0]}\nwans:\n  bad name:\n    interface: e\n    gateway: 192.0.2.1\n",
+     ["3: wans.bad name: a WAN name must be 1 to 32 of A-Z a-z 0-9 _ . -, got 'bad name'"]),
+    (BASE + "wan: {}\n", ["10: wan: unknown key (did you mean 'wans'?)"]),
+    (BASE + "colour: blue\n", [f"10: colour: unknown key (expected one of: {TOP_KEYS})"]),
+    (BASE + "lan:\n  interfaces: [lan1]\n", ["10: lan: duplicate key (first at line 1)"]),
+    (BASE + "    wieght: 2\n", ["10: wans.b.wieght: unknown key (did you mean 'weight'?)"]),
+    (BASE + "    gateway: 198.51.100.2\n",
+     ["10: wans.b.gateway: duplicate key (first at line 9)"]),
+    (BASE + "    weight: 0\n", ["10: wans.b.weight: must be an integer from 1 to 256, got 0"]),
+    (BASE + "    weight: 257\n", ["10: wans.b.weight: must be an integer from 1 to 256, got 257"]),
+    (BASE + "    weight: yes\n",
+     ["10: wans.b.weight: must be an integer from 1 to 256, got true"]),
+    (BASE + "    weight: '5'\n", ["10: wans.b.weight: must be an integer from 1 to 256, got '5'"]),
+    (BASE + "    weight: 1.5\n", ["10: wans.b.weight: must be an integer from 1 to 256, got 1.5"]),
+    (BASE + "    id: 0\n", ["10: wans.b.id: must be an integer from 1 to 255, got 0"]),
+    (BASE + "    interface: eth2\n", ["10: wans.b.interface: duplicate key (first at line 8)"]),
+    (BASE.replace("eth2", "a-very-long-name0"),
+     ["8: wans.b.interface: must be an interface name (1 to 15 bytes, no '/', ':' or "
+      "whitespace), got 'a-very-long-name0'"]),
+    (BASE.replace("eth2", "eth2:1"), ["8: wans.b.interface: must be an interface name (1 to 15 "
+                                      "bytes, no '/', ':' or whitespace), got 'eth2:1'"]),
+    (BASE.replace("198.51.100.1", "224.0.0.1"),
+     ["9: wans.b.gateway: must be a unicast IPv4 address, got 224.0.0.1 (multicast)"]),
+    (BASE.replace("198.51.100.1", "255.255.255.255"),
+     ["9: wans.b.gateway: must be a unicast IPv4 address, got 255.255.255.255 "
+      "(broadcast/reserved)"]),
+    (BASE.replace("198.51.100.1", "127.0.0.1"),
+     ["9: wans.b.gateway: must be a unicast IPv4 address, got 127.0.0.1 (loopback)"]),
+    (BASE.replace("198.51.100.1", "::1"),
+     ["9: wans.b.gateway: must be a unicast IPv4 address, got '::1'"]),
+    (BASE + "    address: 10.0.0.2/24\n",
+     ["9: wans.b.gateway: 198.51.100.1 is not inside wans.b.address 10.0.0.2/24"]),
+    (BASE + "    address: 198.51.100.1/24\n",
+     ["9: wans.b.gateway: 198.51.100.1 is the router's own address (wans.b.address)"]),
+    (BASE.replace("198.51.100.1", "198.51.100.255") + "    address: 198.51.100.2/24\n",
+     ["9: wans.b.gateway: 198.51.100.255 is the network or broadcast address of "
+      "198.51.100.0/24"]),
+    (BASE + "    address: 198.51.100.2\n", ["10: wans.b.address: must be an IPv4 address/prefix "
+                                           "like 10.111.0.2/24, got '198.51.100.2'"]),
+    (BASE + "    address: 198.51.100.2/32\n",
+     ["10: wans.b.address: /32 leaves no room for the gateway, got 198.51.100.2/32"]),
+    (BASE + "    address: 198.51.100.0/24\n",
+     ["10: wans.b.address: 198.51.100.0 is the network or broadcast address of "
+      "198.51.100.0/24"]),
+    (TWO_WANS % ("eth1", "192.0.2.1", "eth1", "192.0.2.2"),
+     ["4: wans.b.interface: 'eth1' is already the interface of wans.a"]),
+    (TWO_WANS % ("eth1", "192.0.2.1", "eth2", "192.0.2.1"),
+     ["4: wans.b.gateway: 192.0.2.1 is already the gateway of wans.a"]),
+    (BASE + "    id: 3\n" + "  c: {interface: eth3, gateway: 203.0.113.1, id: 3}\n",
+     ["11: wans.c.id: 3 is already the id of wans.b"]),
+    (BASE.replace("[lan0]", "[lan0, eth2]"),
+     ["2: lan.interfaces[1]: 'eth2' is also the interface of wans.b"]),
+    (BASE + "    probe:\n      cuont: 3\n",
+     ["11: wans.b.probe.cuont: unknown key (did you mean 'count'?)"]),
+    (BASE + "    probe: [count]\n", ["10: wans.b.probe: must be a mapping, got a list"]),
+    (BASE + "probe:\n  targets: [gateway, 192.0.2.99]\n  quorum: 3\n",
+     ["12: probe.quorum: must be at most the number of targets (2 in probe.targets), got 3"]),
+    (BASE + "    probe:\n      targets: [gateway]\nprobe:\n  targets: [gateway, 192.0.2.99]\n"
+            "  quorum: 2\n",
+     ["14: probe.quorum: must be at most the number of targets (1 in wans.b.probe.targets), "
+      "got 2"]),
+    (BASE + "probe:\n  quorum: 2\n",
+     ["11: probe.quorum: must be at most the number of targets (1 in the default), got 2"]),
+    (BASE + "probe:\n  targets: [gateway, 192.0.2.99, 192.0.2.99]\n",
+     ["11: probe.targets[2]: duplicate of probe.targets[1]"]),
+    (BASE + "probe:\n  targets:\n  - gw\n  - 0.0.0.0\n",
+     ["12: probe.targets[0]: must be 'gateway' or a unicast IPv4 address, got 'gw'",
+      "13: probe.targets[1]: must be 'gateway' or a unicast IPv4 address, got '0.0.0.0'"]),
+    (BASE + "probe:\n  targets: []\n", ["11: probe.targets: must be a non-empty list of targets "
+                                        "('gateway' or IPv4 addresses), got an empty list"]),
+    (BASE + "probe:\n  interval: 200us\n", [f"11: probe.interval: {DURATION}, got '200us'"]),
+    (BASE + "probe:\n  interval: 0\n", [f"11: probe.interval: {DURATION}, got 0"]),
+    (BASE + "probe:\n  interval: -1s\n", [f"11: probe.interval: {DURATION}, got '-1s'"]),
+    (BASE + "probe:\n  timeout: 61s\n", [f"11: probe.timeout: {DURATION}, got '61s'"]),
+    (BASE + "probe:\n  timeout: null\n", [f"11: probe.timeout: {DURATION}, got null"]),
+    (BASE + "probe:\n  interval: 100ms\n  timeout: 600ms\n",
+     ["12: probe.timeout: must be at most 5 x interval (100ms in probe.interval), got 600ms"]),
+    (BASE + "    probe: {interval: 20ms}\n",
+     ["10: wans.b.probe.interval: must be at least timeout / 5 (250ms in the default), "
+      "got 20ms"]),
+    (BASE + "probe:\n  max_rtt: 300ms\n",
+     ["11: probe.max_rtt: must be at most timeout (250ms in the default), a slower reply "
+      "counts as lost; got 300ms"]),
+    (BASE + "probe:\n  max_loss: 120%\n", ["11: probe.max_loss: must be a percentage from 0 to "
+                                           "100 (like 20, 20% or 20.5%), got '120%'"]),
+    (BASE + "probe:\n  count: 11\n", ["11: probe.count: must be an integer from 1 to 10, got 11"]),
+    (BASE + "probe:\n  down: 0\n", ["11: probe.down: must be an integer from 1 to 100, got 0"]),
+    (BASE + "probe:\n  up: 101\n", ["11: probe.up: must be an integer from 1 to 100, got 101"]),
+    (BASE + "probe:\n  window: 0\n",
+     ["11: probe.window: must be an integer from 1 to 1000, got 0"]),
+    (BASE + "hash: l5\n", ["10: hash: must be l3 or l4, got 'l5'"]),
+    (BASE + "marks:\n  mask: 0x00f0f000\n", [f"11: marks.mask: {MASK}, got 0x00f0f000"]),
+    (BASE + "marks:\n  mask: 0x0000f000\n", [f"11: marks.mask: {MASK}, got 0x0000f000"]),
+    (BASE + "marks:\n  mask: '0xzz'\n", [f"11: marks.mask: {MASK}, got '0xzz'"]),
+    (BASE + "marks:\n  mask: 0x1ff000000\n", [f"11: marks.mask: {MASK}, got 8573157376"]),
+    (BASE + "marks:\n  msk: 0xff\n", ["11: marks.msk: unknown key (did you mean 'mask'?)"]),
+    (BASE + "tables:\n  base: 252\n",
+     ["11: tables.base: wans.a (id 1) would use table 253, the kernel's 'default' table",
+      "11: tables.base: wans.b (id 2) would use table 254, the kernel's 'main' table"]),
+    (BASE + "tables:\n  base: 0\n",
+     ["11: tables.base: must be an integer from 1 to 4294967039, got 0"]),
+    (BASE + "tables: 1000\n", ["10: tables: must be a mapping, got 1000"]),
+    (BASE + "rules:\n  priority: 32001\n",
+     ["11: rules.priority: must be an integer from 1 to 32000, got 32001"]),
+    (BASE + "route:\n  proto: 4\n", ["11: route.proto: must be an integer from 5 to 255, got 4"]),
+    (BASE + "route:\n  metric: -1\n",
+     ["11: route.metric: must be an integer from 0 to 4294967295, got -1"]),
+    (BASE + "nft:\n  table: in\n", ["11: nft.table: 'in' is an nft keyword, choose another name"]),
+    (BASE + "nft:\n  table: 1abc\n", ["11: nft.table: must be 1 to 32 letters, digits or _ "
+                                      "starting with a letter, got '1abc'"]),
+    (BASE + "keep_on_exit: maybe\n", ["10: keep_on_exit: must be true or false, got 'maybe'"]),
+    (BASE + "control:\n  socket: run/ecmpd.sock\n", ["11: control.socket: must be an absolute "
+                                                     "file path of at most 107 bytes, got "
+                                                     "'run/ecmpd.sock'"]),
+    (BASE + "control:\n  group: 5\n", ["11: control.group: must be a group name or null, got 5"]),
+    (BASE + "control:\n  socket: /x\n  grp: adm\n",
+     ["12: control.grp: unknown key (did you mean 'group'?)"]),
+    (BASE + "? [a, b]\n: 1\n", ["10: keys must be plain values, got a list"]),
+]
+
+
+@pytest.mark.parametrize("text, expected", BAD, ids=[str(i) for i in range(len(BAD))])
+def test_bad_config(text: str, expected: list[str]) -> None:
+    assert problems(text) == [f"{SRC}:{line}" for line in expected]
+
+
+PROBLEM_LINE = re.compile(r"ecmpd\.yaml:[0-9]+: \S.*")
+POOL = ["0", "-1", "null", "[]", "{}", "true", "'x'", "1.5", "0x", "1" * 30, "gateway", "~",
+        "&a", "*a", "!!binary", ":", "- ", "\t", "[gateway, gateway]", "{a: 1}", ".inf",
+        ".nan", "2024-13-45", "!!set {a}", '"\\ud800"', "<<: *a", "? [a]", "300ms", "0b101",
+        "wlan1", "10.111.0.1", "256", "-", "#", "'", '"', "|", ">", "%", "@", "!foo x",
+        "0x" + "f" * 2000, "9" * 5000, "\x00", "\ufeff", "&b [*b]"]
+
+
+def _mutate(rng: random.Random, text: str) -> str:
+    lines = text.split("\n")
+    for _ in range(rng.randint(1, 4)):
+        i = rng.randrange(len(lines))
+        op = rng.randrange(7)
+        if op == 0:
+            del lines[i]
+        elif op == 1:
+            lines.insert(i, lines[rng.randrange(len(lines))])
+        elif op == 2 and ":" in lines[i]:
+            lines[i] = lines[i].partition(":")[0] + ": " + rng.choice(POOL)
+        elif op == 3:
+            j = rng.randrange(len(lines[i]) + 1)
+            lines[i] = lines[i][:j] + rng.choice(POOL) + lines[i][j:]
+        elif op == 4 and lines[i]:
+            j = rng.randrange(len(lines[i]))
+            lines[i] = lines[i][:j] + lines[i][j + 1:]
+        elif op == 5:
+            lines[i] = " " * rng.randrange(6) + lines[i].lstrip()
+        else:
+            lines[i] = lines[i].split("#")[0]
+        if not lines:
+            lines = [""]
+    return "\n".join(lines)
+
+
+def test_fuzzed_example_only_ever_loads_or_raises_config_error() -> None:
+    text = "\n".join(line for line in EXAMPLE.read_text().split("\n")
+                     if line.strip() and not line.lstrip().startswith("#"))
+    outcomes = {"ok": 0, "error": 0}
+    for seed in range(400):
+        mutated = _mutate(random.Random(seed), text)
+        try:
+            parse_config(mutated, SRC)
+            outcomes["ok"] += 1
+        except ConfigError as e:
+            outcomes["error"] += 1
+            assert e.problems, mutated
+            for line in e.problems:
+                assert PROBLEM_LINE.fullmatch(line), (line, mutated)
+                line.encode("utf-8")  # printable to any UTF-8 terminal: no lone surrogates
+    # the mutations must exercise both paths, or the test proves nothing
+    assert outcomes["ok"] > 20 and outcomes["error"] > 200, outcomes

@@ -1,0 +1,301 @@
+"""routing: read/diff/apply ecmpd's routes and rules in a lab router (root, lab).
+
+The test process never enters another namespace: `AsyncIPRoute(netns=...)` has pyroute2
+create the netlink socket in a forked child that joins the lab's router namespace and
+hands the socket back; kernel state is read with ``ip -n``-style commands in the lab.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+from contextlib import asynccontextmanager
+from ipaddress import IPv4Address, IPv4Interface
+from typing import Any, AsyncIterator
+
+import pytest
+from pyroute2 import AsyncIPRoute
+
+from ecmpd import routing
+from ecmpd.desired import Desired, build_desired, describe, rule_range, table_range
+from ecmpd.lab import Lab
+from ecmpd.model import Config, Wan
+
+pytestmark = pytest.mark.lab
+
+PROTO = 236
+
+
+def cfg(**kw: Any) -> Config:
+    """Config for the seed lab: wlan1 (id 1, weight 1), wlan2 (id 2, weight 3)."""
+    wans = (Wan("wlan1", "wlan1", IPv4Address("10.111.0.1"), 1, 1),
+            Wan("wlan2", "wlan2", IPv4Address("10.112.0.1"), 3, 2))
+    return Config(lan_interfaces=("Local",), wans=wans, **kw)
+
+
+CFG = cfg()
+
+
+@asynccontextmanager
+async def router(lab: Lab) -> AsyncIterator[AsyncIPRoute]:
+    """A netlink socket in the lab's router namespace (flags=0: never create a namespace)."""
+    async with AsyncIPRoute(netns=lab.ns_router, flags=0) as ipr:
+        yield ipr
+
+
+async def desired(ipr: AsyncIPRoute, lab: Lab, c: Config, active: set[str],
+                  keep_main: Any = None) -> Desired:
+    links = {name: v["index"] for name, v in (await routing.read_links(ipr)).items()}
+    addrs = {w.name: str(IPv4Interface(w.address).ip) for w in lab.spec.wans}
+    return build_desired(c, links, addrs, active, keep_main)
+
+
+def snapshot(lab: Lab) -> tuple[str, str]:
+    """The router's whole routing state as `ip` prints it (compared byte for byte)."""
+    return (lab.run(lab.ns_router, "ip", "-j", "route", "show", "table", "all").stdout,
+            lab.run(lab.ns_router, "ip", "-j", "rule").stdout)
+
+
+def kernel_plan(lab: Lab, c: Config) -> list[str]:
+    """ecmpd's objects in the router, read with `ip`, rendered like `desired.describe()`."""
+    idx = {link["ifname"]: link["ifindex"]
+           for link in json.loads(lab.run(lab.ns_router, "ip", "-j", "link").stdout)}
+    tables = table_range(c)
+    lines = []
+    for r in json.loads(lab.run(lab.ns_router, "ip", "-4", "-N", "-j", "route", "show",
+                                "table", "all").stdout):
+        table = int(r.get("table", 254))
+        if r["dst"] != "default" or r.get("protocol") != str(PROTO):
+            continue
+        if table != 254 and table not in tables:
+            continue
+        if table == 254:
+            hops = r.get("nexthops") or [{"gateway": r["gateway"], "dev": r["dev"], "weight": 1}]
+            hop_text = " ".join(f"nexthop via {h['gateway']} oif {idx[h['dev']]} weight "
+                                f"{h.get('weight', 1)}" for h in hops)
+            lines.append(f"route default table main metric {r.get('metric', 0)} {hop_text}")
+        else:
+            lines.append(f"route default table {table} via {r['gateway']} oif {idx[r['dev']]}")
+    for r in json.loads(lab.run(lab.ns_router, "ip", "-N", "-j", "rule").stdout):
+        table = int(r["table"])
+        if r["priority"] not in rule_range(c) or not (table == 254 or table in tables):
+            continue
+        if "suppress_prefixlen" in r:
+            what = f"from all lookup main suppress_prefixlength {r['suppress_prefixlen']}"
+        elif "fwmark" in r:
+            what = f"from all fwmark {r['fwmark']}/{r['fwmask']} lookup {table}"
+        else:
+            what = f"from {r['src']} lookup {table}"
+        lines.append(f"rule {r['priority']}: {what}")
+    return sorted(lines)
+
+
+def planned(d: Desired) -> list[str]:
+    return sorted(line for line in describe(d) if not line.startswith("sysctl "))
+
+
+def ours_removed(state: tuple[str, str], c: Config) -> tuple[list[Any], list[Any]]:
+    """A snapshot without ecmpd's objects (to compare with the state before ecmpd ran)."""
+    routes, rules = (json.loads(s) for s in state)
+    tables = table_range(c)
+
+    def our_route(r: dict[str, Any]) -> bool:
+        table = r.get("table", "main")
+        t = 254 if table == "main" else int(table) if table.isdigit() else -1
+        return (r["dst"] == "default" and r.get("protocol") == str(PROTO)
+                and (t == 254 or t in tables))
+
+    def our_rule(r: dict[str, Any]) -> bool:
+        table = r["table"]
+        t = 254 if table == "main" else int(table) if table.isdigit() else -1
+        return r["priority"] in rule_range(c) and (t == 254 or t in tables)
+
+    return [r for r in routes if not our_route(r)], [r for r in rules if not our_rule(r)]
+
+
+def host_state() -> tuple[str, str, str]:
+    """The host's own ns identity and ecmpd-looking objects in it (read only)."""
+    routes = subprocess.run(["ip", "-4", "route", "show", "table", "all", "proto", str(PROTO)],
+                            capture_output=True, text=True, check=True).stdout
+    rules = subprocess.run(["ip", "-4", "rule"], capture_output=True, text=True, check=True).stdout
+    return os.readlink("/proc/self/ns/net"), routes, rules
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_the_netlink_socket_acts_in_the_lab_not_in_the_host(lab: Lab) -> None:
+    before = host_state()
+
+    async def body() -> None:
+        async with router(lab) as ipr:
+            assert os.readlink("/proc/self/ns/net") == before[0]
+            links = await routing.read_links(ipr)
+            assert {"Local", "wlan1", "wlan2"} <= set(links)
+            d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
+            assert await routing.apply(ipr, CFG, d) == 8
+
+    asyncio.run(body())
+    assert "proto 236" in lab.run(lab.ns_router, "ip", "route", "show", "default").stdout
+    assert host_state() == before
+
+
+def test_apply_installs_exactly_the_plan_and_a_second_apply_changes_nothing(lab: Lab) -> None:
+    async def body() -> None:
+        async with router(lab) as ipr:
+            d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
+            assert await routing.apply(ipr, CFG, d) == len(planned(d)) == 8
+            assert kernel_plan(lab, CFG) == planned(d)
+            first = snapshot(lab)
+            actual = await routing.read_actual(ipr, CFG)
+            assert actual.rules == set(d.rules)
+            assert actual.foreign_main is None
+            assert actual.routes[(254, 0)].same_as(d.main)
+            assert await routing.apply(ipr, CFG, d) == 0
+            assert await routing.apply(ipr, CFG, d, actual) == 0
+            assert snapshot(lab) == first
+
+    asyncio.run(body())
+
+
+def test_a_change_of_activity_changes_only_the_main_route(lab: Lab) -> None:
+    async def body() -> None:
+        async with router(lab) as ipr:
+            both = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
+            await routing.apply(ipr, CFG, both)
+            routes0, rules0 = snapshot(lab)
+            one = await desired(ipr, lab, CFG, {"wlan1"})
+            assert await routing.apply(ipr, CFG, one) == 1
+            assert kernel_plan(lab, CFG) == planned(one)
+            routes1, rules1 = snapshot(lab)
+            assert rules1 == rules0
+            main = lab.run(lab.ns_router, "ip", "route", "show", "table", "main", "default").stdout
+            assert main.split() == "default via 10.111.0.1 dev wlan1 proto 236".split()
+            def not_main_default(routes: str) -> list[Any]:
+                return [r for r in json.loads(routes) if r["dst"] != "default" or "table" in r]
+            assert not_main_default(routes1) == not_main_default(routes0)
+            # every WAN down: the daemon keeps the route it has (0 changes)
+            kept = (await routing.read_actual(ipr, CFG)).routes[(254, 0)]
+            assert await routing.apply(ipr, CFG, await desired(ipr, lab, CFG, set(), kept)) == 0
+            assert await routing.apply(ipr, CFG, both) == 1
+            assert snapshot(lab) == (routes0, rules0)
+
+    asyncio.run(body())
+
+
+FOREIGN = [
+    "rule add priority 1001 lookup 2000",                          # in range, other table
+    "rule add priority 1300 fwmark 0x10000/0xff0000 lookup 2000",  # in range, our mark, other table
+    "rule add priority 1512 fwmark 0x10000/0xff0000 lookup 1001",  # just outside the range
+    "rule add priority 999 lookup main suppress_prefixlength 0",   # outside, same as ours
+    "route add 198.51.100.0/24 via 10.111.0.1",                    # main, not default
+    "route add 198.51.100.128/25 via 10.112.0.1 proto 236",        # main, our proto, not default
+    "route add default via 10.112.0.1 metric 100",                 # main default, another metric
+    "route add default via 10.112.0.1 table 2000",                 # default in a foreign table
+    "route add default via 10.111.0.1 proto 236 table 2001",       # our proto, unrelated table
+    "route add default via 10.111.0.1 table 1001 metric 50",       # our table, foreign proto
+]
+
+
+def test_foreign_objects_survive_apply_and_remove_all(lab: Lab) -> None:
+    lab.run(lab.ns_router, "ip", "-batch", "-", input="\n".join(FOREIGN) + "\n")
+    before = snapshot(lab)
+    assert before[1].count('"table":"2000"') == 2
+
+    async def body() -> None:
+        async with router(lab) as ipr:
+            d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
+            assert await routing.apply(ipr, CFG, d) == 8
+            actual = await routing.read_actual(ipr, CFG)
+            assert actual.foreign_main is None
+            assert set(actual.routes) == {(254, 0), (1001, 0), (1002, 0)}
+            assert actual.rules == set(d.rules)
+            assert kernel_plan(lab, CFG) == planned(d)
+            assert ours_removed(snapshot(lab), CFG) == ours_removed(before, CFG)
+            assert await routing.apply(ipr, CFG, d) == 0
+            assert await routing.remove_all(ipr, CFG) == 8
+            assert await routing.remove_all(ipr, CFG) == 0
+
+    asyncio.run(body())
+    assert snapshot(lab) == before
+
+
+def test_a_foreign_default_route_in_main_is_not_replaced(
+        lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
+    lab.run(lab.ns_router, "ip", "route", "add", "default", "via", "10.111.0.1")
+    before = snapshot(lab)
+    foreign = lab.run(lab.ns_router, "ip", "-j", "route", "show", "table", "main", "default").stdout
+    at_100 = cfg(route_metric=100)
+
+    async def body() -> None:
+        async with router(lab) as ipr:
+            d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
+            with caplog.at_level(logging.ERROR, logger="ecmpd"):
+                assert await routing.apply(ipr, CFG, d) == 7  # tables and rules only
+            assert "not ecmpd's" in caplog.text and "10.111.0.1" in caplog.text
+            actual = await routing.read_actual(ipr, CFG)
+            assert actual.foreign_main is not None and "10.111.0.1" in actual.foreign_main
+            assert (254, 0) not in actual.routes
+            assert lab.run(lab.ns_router, "ip", "-j", "route", "show", "table", "main",
+                           "default").stdout == foreign
+            assert await routing.apply(ipr, CFG, d) == 0
+            # with another metric ecmpd's route sits next to the foreign one
+            d100 = await desired(ipr, lab, at_100, {"wlan1", "wlan2"})
+            assert await routing.apply(ipr, at_100, d100) == 1
+            assert (await routing.read_actual(ipr, at_100)).foreign_main is None
+            assert kernel_plan(lab, at_100) == planned(d100)
+            defaults = json.loads(lab.run(lab.ns_router, "ip", "-j", "route", "show", "table",
+                                          "main", "default").stdout)
+            assert [(r.get("metric", 0), r.get("gateway"), len(r.get("nexthops", [])))
+                    for r in defaults] == [(0, "10.111.0.1", 0), (100, None, 2)]
+            assert await routing.remove_all(ipr, at_100) == 8
+
+    asyncio.run(body())
+    assert snapshot(lab) == before
+
+
+def test_remove_all_leaves_nothing_of_ecmpd(lab: Lab) -> None:
+    before = snapshot(lab)
+
+    async def body() -> None:
+        async with router(lab) as ipr:
+            d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
+            await routing.apply(ipr, CFG, d)
+            assert len(kernel_plan(lab, CFG)) == 8
+            assert await routing.remove_all(ipr, CFG) == 8
+            actual = await routing.read_actual(ipr, CFG)
+            assert (actual.routes, actual.rules, actual.foreign_main) == ({}, set(), None)
+
+    asyncio.run(body())
+    assert kernel_plan(lab, CFG) == []
+    assert snapshot(lab) == before
+
+
+def test_read_links_and_read_addresses(lab: Lab) -> None:
+    kernel = {link["ifname"]: link["ifindex"]
+              for link in json.loads(lab.run(lab.ns_router, "ip", "-j", "link").stdout)}
+    lab.run(lab.ns_router, "ip", "addr", "add", "10.111.0.3/24", "dev", "wlan1")  # secondary
+    lab.run(lab.ns_router, "ip", "addr", "add", "10.99.0.1/16", "dev", "wlan1")   # 2nd primary
+
+    async def body() -> None:
+        async with router(lab) as ipr:
+            links = await routing.read_links(ipr)
+            assert {n: v["index"] for n, v in links.items()} == kernel
+            assert links["wlan1"] == {"index": kernel["wlan1"], "up": True, "carrier": True}
+            addrs = await routing.read_addresses(ipr)
+            assert addrs[kernel["wlan1"]][0] == ("10.111.0.2", 24)
+            assert sorted(addrs[kernel["wlan1"]]) == [("10.111.0.2", 24), ("10.111.0.3", 24),
+                                                     ("10.99.0.1", 16)]
+            assert addrs[kernel["wlan2"]] == [("10.112.0.2", 24)]
+            assert addrs[kernel["lo"]] == [("127.0.0.1", 8)]
+
+            lab.run(lab.ns_router, "ip", "link", "set", "dev", "wlan2", "down")
+            lab.fault("wlan1", "carrier")  # the ISP's side goes down: no carrier, still admin up
+            links = await routing.read_links(ipr)
+            assert links["wlan2"] == {"index": kernel["wlan2"], "up": False, "carrier": False}
+            assert links["wlan1"] == {"index": kernel["wlan1"], "up": True, "carrier": False}
+
+    asyncio.run(body())
