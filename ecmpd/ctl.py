@@ -154,8 +154,8 @@ def _route_block(route: Any) -> list[str]:
     hops = route.get("nexthops")
     for nh in hops if isinstance(hops, list) else []:
         nh = nh if isinstance(nh, dict) else {}
-        out.append(f"  via {nh.get('gateway', '?')} dev {nh.get('interface', '?')} "
-                   f"weight {nh.get('weight', '?')}")
+        weight = f" weight {nh['weight']}" if nh.get("weight") is not None else ""
+        out.append(f"  via {nh.get('gateway', '?')} dev {nh.get('interface', '?')}{weight}")
     return out
 
 

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import time
+from collections import deque
 from dataclasses import replace
 
 from pyroute2 import AsyncIPRoute
@@ -65,6 +66,8 @@ class Daemon:
         self.foreign_main: str | None = None
         self.reconciles = 0
         self.changes = 0
+        self.reactions: deque[float] = deque(maxlen=200)
+        """Seconds from a health decision to the kernel's route reflecting it."""
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._pending: asyncio.Task[None] | None = None
@@ -140,11 +143,13 @@ class Daemon:
         log.info("%s: %s", rt.wan.name, health.describe(old, new))
         if health.takes_new_flows(old.state) != health.takes_new_flows(new.state) \
                 or new.state == State.DOWN:
-            asyncio.get_running_loop().create_task(self._transition(rt, new))
+            loop = asyncio.get_running_loop()
+            loop.create_task(self._transition(rt, new, loop.time()))
 
-    async def _transition(self, rt: WanRuntime, new: Health) -> None:
+    async def _transition(self, rt: WanRuntime, new: Health, decided: float) -> None:
         try:
             await self.reconcile()
+            self.reactions.append(asyncio.get_running_loop().time() - decided)
             if new.state == State.DOWN and rt.wan.name in self.wans:
                 await conntrack.flush_mark(self.cfg.mark_of(rt.wan), self.cfg.mark_mask)
                 log.info("%s: its connections were removed from conntrack", rt.wan.name)

@@ -71,9 +71,12 @@ async def build(d: "Daemon") -> dict[str, Any]:
             "present": main is not None,
             "kept_last": d.kept_last,
             "nexthops": [{"gateway": h.gateway, "interface": index_to_name.get(h.oif, str(h.oif)),
-                          "weight": h.weight} for h in (main.nexthops if main else ())],
+                          # a single-nexthop route carries no weight in the kernel
+                          "weight": h.weight if len(main.nexthops) > 1 else None}
+                         for h in (main.nexthops if main else ())],
         },
         "warnings": warnings,
         "stats": {"reconciles": d.reconciles, "changes": d.changes,
-                  "nft_writes": d.firewall.applies, "events": d.watcher.events},
+                  "nft_writes": d.firewall.applies, "events": d.watcher.events,
+                  "reaction_ms": [round(x * 1000, 3) for x in d.reactions]},
     }

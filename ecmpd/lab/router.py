@@ -118,7 +118,7 @@ class Ecmpd:
                 if wan["state"] != state:
                     return False
                 if state in ("up", "down") and not wan["disabled"] \
-                        and wan["active"] != (state == "up"):
+                        and not st["route"]["kept_last"] and wan["active"] != (state == "up"):
                     return False
             return True
         return self.wait_for(settled, timeout, f"states {states}")
