@@ -34,6 +34,11 @@ from . import status as status_mod
 log = logging.getLogger("ecmpd")
 
 
+def owned_by(cfg: Config) -> tuple[int, int, int, int]:
+    """The config values by which ecmpd recognises its routes and rules."""
+    return (cfg.route_proto, cfg.route_metric, cfg.table_base, cfg.rule_priority)
+
+
 class WanRuntime:
     """What the daemon knows about one WAN besides its config."""
 
@@ -230,6 +235,13 @@ class Daemon:
             # the control socket stays where it is (it may come from --socket)
             cfg = replace(cfg, control_socket=self.cfg.control_socket,
                           control_group=self.cfg.control_group)
+            if owned_by(cfg) != owned_by(self.cfg) and self.ipr is not None:
+                # ecmpd's objects are recognised by these values: remove the old ones
+                # first, or they would be orphaned under the old numbers
+                log.info("route proto/metric, tables or rule priorities changed: "
+                         "reinstalling routes and rules")
+                async with self._lock:
+                    await routing.remove_all(self.ipr, self.cfg)
             self.apply_config(cfg)
             await self.reconcile()
             log.info("reloaded %s", self.config_path)

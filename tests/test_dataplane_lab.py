@@ -223,3 +223,21 @@ def test_dry_run_prints_the_plan_and_changes_nothing(make_lab):
     assert '"masquerade"' in out
     assert lab.run(lab.ns_router, "ip", "route", "show", "default").stdout == ""
     assert lab.run(lab.ns_router, "nft", "list", "ruleset").stdout.strip() == ""
+
+
+def test_reload_with_other_tables_and_priorities_leaves_no_orphans(make_lab, ecmpd_in):
+    lab = make_lab()
+    d = ecmpd_in(lab)
+    d.write_config(config_for(lab, tables={"base": 2000}, rules={"priority": 3000},
+                              route={"proto": 237}))
+    d.ctl("reload")
+    d.wait_states({"wlan1": "up", "wlan2": "up"})
+    rules = json.loads(lab.run(lab.ns_router, "ip", "-j", "rule").stdout)
+    prios = sorted(r["priority"] for r in rules if r["priority"] not in (0, 32766, 32767))
+    assert prios == [3000, 3001, 3002, 3257, 3258]
+    routes = lab.run(lab.ns_router, "ip", "route", "show", "table", "all").stdout
+    assert "proto 236" not in routes and "table 1001" not in routes
+    assert "table 2001" in routes and "table 2002" in routes
+    assert "default proto 237" in d.route()
+    lab.start_servers()
+    assert all(r.ok for r in lab.new_flows(100, timeout=3.0))
