@@ -42,7 +42,7 @@ def unit_directives() -> dict[str, list[str]]:
 def runnable_copy(tmp: Path, text: str | None = None) -> Path:
     """The unit with ExecStart's binary replaced by one that exists (verify checks it)."""
     text = UNIT.read_text() if text is None else text
-    text = re.sub(r"^ExecStart=\S+", "ExecStart=/bin/true", text, flags=re.M)
+    text = re.sub(r"^(Exec(?:Start|Reload))=\S+", r"\1=/bin/true", text, flags=re.M)
     path = tmp / "ecmpd.service"
     path.write_text(text)
     return path
@@ -68,7 +68,7 @@ def exposure(unit: Path) -> float:
 def test_required_directives():
     d = unit_directives()
     expected = {
-        "Type": "notify", "NotifyAccess": "main", "ExecReload": "/bin/kill -HUP $MAINPID",
+        "Type": "notify", "NotifyAccess": "main", "ExecReload": "/usr/local/bin/ecmpctl reload",
         "Restart": "on-failure", "WatchdogSec": "10s", "RuntimeDirectory": "ecmpd",
         "RuntimeDirectoryMode": "0755", "ConfigurationDirectory": "ecmpd",
         "ProtectSystem": "strict", "ProtectKernelTunables": "yes",
