@@ -47,7 +47,7 @@ def load(args: argparse.Namespace) -> Config | None:
 
 async def dry_run(cfg: Config) -> None:
     """Print the plan for the current network namespace's links and addresses."""
-    from pyroute2 import AsyncIPRoute
+    from .netlinkimport import AsyncIPRoute
 
     from . import nftrules, routing
     from .desired import build_desired, describe

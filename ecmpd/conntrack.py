@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import logging
 
-from pyroute2.netlink.nfnetlink.nfctsocket import AsyncNFCTSocket
+from .netlinkimport import AsyncNFCTSocket
 
 log = logging.getLogger("ecmpd")
+ICMP = 1
 
 
 async def flush_mark(mark: int, mask: int) -> bool:
@@ -29,12 +30,15 @@ async def flush_mark(mark: int, mask: int) -> bool:
 
 
 async def count_marks(marks: dict[str, int], mask: int) -> dict[str, int]:
-    """Number of conntrack entries per name whose ``mark & mask`` equals its mark."""
+    """Number of TCP/UDP/... (not ICMP) conntrack entries per name whose
+    ``mark & mask`` equals its mark."""
     counts = {name: 0 for name in marks}
     by_mark = {mark: name for name, mark in marks.items()}
     ct = AsyncNFCTSocket()
     try:
         async for entry in await ct.dump():
+            if entry.get_nested("CTA_TUPLE_ORIG", "CTA_TUPLE_PROTO", "CTA_PROTO_NUM") == ICMP:
+                continue  # ecmpd's own probes (and pings) are not connections to report
             name = by_mark.get((entry.get_attr("CTA_MARK") or 0) & mask)
             if name is not None:
                 counts[name] += 1

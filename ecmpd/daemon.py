@@ -16,7 +16,7 @@ import time
 from collections import deque
 from dataclasses import replace
 
-from pyroute2 import AsyncIPRoute
+from .netlinkimport import AsyncIPRoute
 
 from . import conntrack, health, routing
 from .config import ConfigError, load_config
@@ -76,8 +76,16 @@ class Daemon:
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._pending: asyncio.Task[None] | None = None
+        self._again = False
         self.watcher = Watcher(self)
         self.control: ControlServer | None = None
+
+    @property
+    def netlink_lock(self) -> asyncio.Lock:
+        """Hold it while using `ipr`: the kernel runs one dump at a time per netlink
+        socket (a concurrent second dump fails with EBUSY), so reconcile, status and the
+        watcher's re-reads take turns.  (Fix: status and the watcher used `ipr` unlocked.)"""
+        return self._lock
 
     # ---- derived state -------------------------------------------------------------
     def wan_address(self, wan: Wan) -> str | None:
@@ -107,7 +115,8 @@ class Daemon:
             actual = await routing.read_actual(self.ipr, cfg)
             self.foreign_main = actual.foreign_main
             addrs = {w.name: a for w in cfg.wans if (a := self.wan_address(w))}
-            links = {name: link["index"] for name, link in self.links.items()}
+            # the kernel refuses routes via an interface that is administratively down
+            links = {name: link["index"] for name, link in self.links.items() if link["up"]}
             active = self.active()
             keep = actual.routes.get((MAIN_TABLE, cfg.route_metric))
             desired = build_desired(cfg, links, addrs, active, keep_main=keep)
@@ -128,14 +137,20 @@ class Daemon:
 
     def kick(self) -> None:
         """Schedule a reconcile soon (coalescing bursts of events)."""
+        # Fix: a kick while the pending reconcile is already running (past its read of
+        # the kernel) used to be dropped, losing e.g. a foreign deletion; now it asks
+        # for one more pass.
+        self._again = True
         if self._pending is None or self._pending.done():
             self._pending = asyncio.get_running_loop().create_task(self._kicked())
 
     async def _kicked(self) -> None:
-        try:
-            await self.reconcile()
-        except Exception:
-            log.exception("reconcile failed")
+        while self._again:
+            self._again = False
+            try:
+                await self.reconcile()
+            except Exception:
+                log.exception("reconcile failed")
 
     # ---- health --------------------------------------------------------------------
     def set_health(self, rt: WanRuntime, new: Health) -> None:

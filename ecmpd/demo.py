@@ -89,7 +89,7 @@ def scenario(lab: Lab, d: Ecmpd, config: Path, wans: list[str]) -> int:
     step(4, "60 long-lived connections (one byte every 100 ms, echoed)")
     held = lab.hold_flows(60, byte_interval=0.1)
     held.wait_established()
-    say(f"    established; pinned to their WAN by conntrack marks")
+    say("    established; pinned to their WAN by conntrack marks")
 
     victim = wans[0]
     step(5, f"ISP of {victim} dies (goes silent) while a new connection starts every 20 ms")
@@ -102,7 +102,7 @@ def scenario(lab: Lab, d: Ecmpd, config: Path, wans: list[str]) -> int:
     flows = run_.result()
     out = outage(flows, fault_offset(flows, fault_at))
     failed = [r for r in flows if not r.ok]
-    say(f"    ecmpd's events:\n" + indent("\n".join(events_since(d.log(), mark)), "      "))
+    say("    ecmpd's events:\n" + indent("\n".join(events_since(d.log(), mark)), "      "))
     say(f"    outage seen by new connections: {out:.2f} s "
         f"({len(failed)} of {len(flows)} failed; budget 1.0 s; the seed's check-gateway needs ~20 s)")
     say(f"    new connections after the failover went to: {split([r for r in flows if r.ok and r.t > 1.5], wans)}")

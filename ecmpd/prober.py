@@ -1,11 +1,14 @@
 """ICMP prober: one per WAN, rounds of echo requests on a fixed cadence.
 
-A round pings every target `count` times, concurrently and ~20 ms apart, from the WAN's
-address (the dataplane's `ip rule from <address>` sends the probes out through that WAN).
-`judge()` turns the round's samples into a good or failed `RoundResult` (quorum of
-answering targets, then loss and RTT over a sliding `Window`), which the `Prober` hands to
-its `on_round` callback in round order.  The health state machine lives in
-`ecmpd.health`; this module only measures.
+A round pings every target `count` times, ~20 ms apart, from the WAN's address (the
+dataplane's `ip rule from <address>` sends the probes out through that WAN).  `judge()`
+turns the round's samples into a good or failed `RoundResult` (quorum of answering
+targets, then loss and RTT over a sliding `Window`), which the `Prober` hands to its
+`on_round` callback in round order.  The health state machine lives in `ecmpd.health`;
+this module only measures.
+
+By default a Prober pings through one persistent raw ICMP socket for its WAN
+(`ecmpd.icmpecho.IcmpPinger`); tests inject a `PingFn` instead.
 """
 
 from __future__ import annotations
@@ -17,27 +20,20 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from icmplib import ICMPRequest, ICMPv4Socket, ICMPv6Socket, TimeoutExceeded
-from icmplib.exceptions import ICMPLibError
-from icmplib.sockets import AsyncSocket
-from icmplib.utils import unique_identifier
-
+from .icmpecho import IcmpPinger
 from .model import ProbeSettings
 
 log = logging.getLogger(__name__)
 
 PingFn = Callable[[str, str, float], Awaitable[float | None]]
 """`ping(address, source, timeout)`: send one echo request to `address` from `source`;
-the RTT in seconds of its reply, or None when no reply came within `timeout`."""
+the RTT in seconds of its reply, or None when no reply came within `timeout`.  It may
+return a Future (no task is made for it) or a coroutine."""
 
 MAX_SPACING = 0.02
 """Seconds between a target's echo requests within a round (less for short intervals)."""
 GRACE = 0.05
 """Extra seconds a ping function gets past `timeout` before it is cancelled."""
-
-_ECHO_REPLY = {4: 0, 6: 129}
-_ECHO_REQUEST = {4: 8, 6: 128}
-
 
 @dataclass(frozen=True)
 class TargetSample:
@@ -162,46 +158,6 @@ def judge(
     return RoundResult(True, samples, tally, at)
 
 
-async def icmp_ping(address: str, source: str, timeout: float) -> float | None:
-    """The default PingFn: one privileged raw-socket echo request with icmplib.
-
-    Every failure (socket creation, bind to a vanished `source`, ENETUNREACH on send, an
-    ICMP error reply, no reply in time) returns None; nothing is raised.
-    """
-    family = 6 if ":" in address else 4
-    loop = asyncio.get_running_loop()
-    try:
-        sock = AsyncSocket((ICMPv6Socket if family == 6 else ICMPv4Socket)(source, True))
-    except ICMPLibError as e:
-        log.debug("ping %s from %s: cannot open socket: %s", address, source, e)
-        return None
-    with sock:
-        request = ICMPRequest(destination=address, id=unique_identifier(), sequence=0)
-        try:
-            sock.send(request)
-        except ICMPLibError as e:
-            log.debug("ping %s from %s: send failed: %s", address, source, e)
-            return None
-        deadline = loop.time() + timeout
-        while (remaining := deadline - loop.time()) > 0:
-            try:
-                reply = await sock.receive(request, remaining)
-            except TimeoutExceeded:
-                return None
-            except ICMPLibError as e:
-                log.debug("ping %s from %s: receive failed: %s", address, source, e)
-                return None
-            if reply.type == _ECHO_REPLY[family]:
-                return max(0.0, reply.time - request.time)
-            # icmplib's id/sequence filter already drops our own request looped back
-            # (it reads id/sequence of non-replies from the quoted header); be safe anyway
-            if reply.type != _ECHO_REQUEST[family]:
-                log.debug("ping %s from %s: ICMP type %d code %d", address, source,
-                          reply.type, reply.code)
-                return None
-        return None
-
-
 def spacing(settings: ProbeSettings) -> float:
     """Seconds between a target's requests in one round: ~20 ms, less for short intervals."""
     return min(MAX_SPACING, settings.interval / (2 * max(1, settings.count)))
@@ -231,10 +187,13 @@ class Prober:
         self._targets = tuple(targets)
         self._settings = settings
         self._on_round = on_round
-        self._ping: PingFn = ping or icmp_ping
+        self._pinger = IcmpPinger() if ping is None else None
+        self._ping: PingFn = ping or self._pinger  # type: ignore[assignment]
         self._window = Window(settings.window)
         self._last: RoundResult | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._rounds: deque[_Round] = deque()
+        """Rounds started and not yet delivered, oldest first."""
+        self._timer: asyncio.TimerHandle | None = None
 
     def update(self, targets: Sequence[str], settings: ProbeSettings) -> None:
         """Reload targets and settings; they take effect from the next round.
@@ -258,88 +217,168 @@ class Prober:
     async def run(self) -> None:
         """Start a round every `interval` until cancelled.
 
-        Rounds start on a fixed grid (next = previous slot + interval).  After a stall
-        (the loop was blocked past whole slots) the missed slots are skipped: one round
-        starts at once for the latest slot and the grid continues from there, so there
-        is never more than one round per slot.  Rounds may overlap when timeout >
-        interval; their results are delivered in order.
+        Rounds start on a fixed grid (next = previous slot + interval); the first slot is
+        the next multiple of `interval` on the loop's clock, so the probers of all WANs
+        wake up together (one loop iteration serves them all).  After a stall (the loop
+        was blocked past whole slots) the missed slots are skipped: one round starts at
+        once for the latest slot and the grid continues from there, so there is never
+        more than one round per slot.  Rounds may overlap when timeout > interval; their
+        results are delivered in order.
+
+        Rounds run on timer and future callbacks, not tasks: a round costs the loop a
+        few wake-ups, shared by every prober whose timers fall due together.
         """
         loop = asyncio.get_running_loop()
-        prev: asyncio.Task[None] | None = None
-        next_start = loop.time()
+        interval = self._settings.interval
+        slot = math.ceil(loop.time() / interval) * interval
+        self._timer = loop.call_at(slot, self._tick, slot)
         try:
-            while True:
-                delay = next_start - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                interval = self._settings.interval
-                missed = math.floor((loop.time() - next_start) / interval)
-                if missed > 0:
-                    log.debug("%s: prober stalled, skipping %d round(s)", self.name, missed)
-                    next_start += missed * interval
-                prev = loop.create_task(
-                    self._round(prev, self._targets, self._settings, self.source),
-                    name=f"probe-{self.name}",
-                )
-                self._tasks.add(prev)
-                prev.add_done_callback(self._tasks.discard)
-                next_start += interval
+            await loop.create_future()  # until cancelled
         finally:
-            tasks = list(self._tasks)
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if self._timer is not None:
+                self._timer.cancel()
+            rounds, self._rounds = list(self._rounds), deque()
+            futures = [f for r in rounds for f in r.stop()]
+            await asyncio.gather(*futures, return_exceptions=True)
+            if self._pinger is not None:
+                self._pinger.close()
 
-    async def _round(
-        self,
-        prev: asyncio.Task[None] | None,
-        targets: tuple[str, ...],
-        settings: ProbeSettings,
-        source: str | None,
-    ) -> None:
-        """Probe, then wait for the previous round's delivery, then deliver.
-
-        Without a source address no request is sent and the window is left alone.
-        """
+    def _tick(self, slot: float) -> None:
+        """The timer of `slot`: schedule the next slot, start a round."""
         loop = asyncio.get_running_loop()
-        samples: tuple[TargetSample, ...] = ()
-        if source is not None:
-            samples = tuple(
-                await asyncio.gather(*(self._target(t, settings, source) for t in targets))
-            )
-        at = loop.time()
-        if prev is not None:
-            await asyncio.wait([prev])  # rounds are delivered in order; never raises
-            prev = None  # let finished rounds be collected
+        interval = self._settings.interval
+        missed = math.floor((loop.time() - slot) / interval)
+        if missed > 0:
+            log.debug("%s: prober stalled, skipping %d round(s)", self.name, missed)
+            slot += missed * interval
+        self._timer = loop.call_at(slot + interval, self._tick, slot + interval)
         try:
-            if source is None:
-                result = RoundResult(False, (), f"no address on {self.name}", at)
+            self._start(loop)
+        except Exception:
+            log.exception("%s: starting a probe round failed", self.name)
+
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Send a round's first requests and schedule the rest (`count`, `spacing` apart).
+
+        Requests still running `timeout + GRACE` after the round's last one are
+        cancelled.  Without a source address nothing is sent.
+        """
+        rnd = _Round(loop, self._targets, self._settings, self.source, self._finished)
+        self._rounds.append(rnd)
+        st = rnd.settings
+        if rnd.source is None or not rnd.left:
+            self._complete(rnd, loop)
+            return
+        now, gap = loop.time(), spacing(st)
+        rnd.timers = [loop.call_at(now + i * gap, self._send_all, rnd) for i in range(1, st.count)]
+        rnd.timers.append(loop.call_at(now + (st.count - 1) * gap + st.timeout + GRACE,
+                                       rnd.give_up))
+        self._send_all(rnd)
+
+    def _send_all(self, rnd: _Round) -> None:
+        """One request to each of the round's targets."""
+        assert rnd.source is not None
+        for futs, address in zip(rnd.sent, rnd.targets):
+            fut = self._send(address, rnd.source, rnd.settings.timeout)
+            futs.append(fut)
+            fut.add_done_callback(rnd.on_done)
+
+    def _finished(self, rnd: _Round) -> None:
+        rnd.left -= 1
+        if rnd.left == 0 and rnd.at is None and not rnd.stopped:
+            self._complete(rnd, rnd.loop)
+
+    def _complete(self, rnd: _Round, loop: asyncio.AbstractEventLoop) -> None:
+        """Mark `rnd` complete and deliver every complete round at the head, in order."""
+        rnd.at = loop.time()
+        for t in rnd.timers:
+            t.cancel()
+        while self._rounds and self._rounds[0].at is not None:
+            self._deliver(self._rounds.popleft())
+
+    def _deliver(self, rnd: _Round) -> None:
+        assert rnd.at is not None
+        try:
+            if rnd.source is None:
+                result = RoundResult(False, (), f"no address on {self.name}", rnd.at)
             else:
-                result = judge(samples, settings, self._window, at=at)
+                samples = [self._sample(a, futs, rnd.settings)
+                           for a, futs in zip(rnd.targets, rnd.sent)]
+                result = judge(samples, rnd.settings, self._window, at=rnd.at)
             self._last = result
             self._on_round(result)
         except Exception:
             log.exception("%s: delivering a probe round failed", self.name)
 
-    async def _target(self, address: str, settings: ProbeSettings, source: str) -> TargetSample:
-        """`count` requests to one target, `spacing` apart; replies later than timeout lost."""
-        gap = spacing(settings)
-
-        async def one(i: int) -> float | None:
-            if i:
-                await asyncio.sleep(i * gap)
-            try:
-                rtt = await asyncio.wait_for(
-                    self._ping(address, source, settings.timeout), settings.timeout + GRACE
-                )
-            except asyncio.TimeoutError:
-                return None
-            except Exception as e:  # a failed send is a lost request, never fatal
-                log.debug("%s: ping %s failed: %r", self.name, address, e)
-                return None
-            return rtt if rtt is not None and rtt <= settings.timeout else None
-
-        rtts = [r for r in await asyncio.gather(*(one(i) for i in range(settings.count)))
+    def _sample(self, address: str, futs: list[asyncio.Future[float | None]],
+                settings: ProbeSettings) -> TargetSample:
+        rtts = [r for r in (self._rtt(address, f, settings.timeout) for f in futs)
                 if r is not None]
-        mean = sum(rtts) / len(rtts) if rtts else None
-        return TargetSample(address, settings.count, len(rtts), mean)
+        return TargetSample(address, settings.count, len(rtts),
+                            sum(rtts) / len(rtts) if rtts else None)
+
+    def _send(self, address: str, source: str, timeout: float) -> asyncio.Future[float | None]:
+        """Start one ping: its Future as is, a coroutine as a task; a raise is a loss."""
+        try:
+            return asyncio.ensure_future(self._ping(address, source, timeout))
+        except Exception as e:
+            log.debug("%s: ping %s failed: %r", self.name, address, e)
+            fut: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
+            fut.set_result(None)
+            return fut
+
+    def _rtt(self, address: str, fut: asyncio.Future[float | None], timeout: float
+             ) -> float | None:
+        if fut.cancelled():
+            return None
+        if (e := fut.exception()) is not None:  # a failed send is a lost request
+            log.debug("%s: ping %s failed: %r", self.name, address, e)
+            return None
+        rtt = fut.result()
+        return rtt if rtt is not None and rtt <= timeout else None
+
+
+def _cancel(futures: Iterable[asyncio.Future[float | None]]) -> None:
+    for f in futures:
+        f.cancel()
+
+
+class _Round:
+    """One round in flight: its settings, requests (per target), timers and end time."""
+
+    __slots__ = ("loop", "targets", "settings", "source", "sent", "left", "timers", "at",
+                 "stopped", "on_done")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, targets: tuple[str, ...],
+                 settings: ProbeSettings, source: str | None,
+                 finished: Callable[[_Round], None]) -> None:
+        self.loop = loop
+        self.targets = targets
+        self.settings = settings
+        self.source = source
+        self.sent: list[list[asyncio.Future[float | None]]] = [[] for _ in targets]
+        self.left = len(targets) * settings.count
+        """Requests not finished yet (sent or still to send)."""
+        self.timers: list[asyncio.TimerHandle] = []
+        self.at: float | None = None
+        """loop.time() when the round completed (None while running)."""
+        self.stopped = False
+        self.on_done: Callable[[object], None] = lambda _: finished(self)
+
+    @property
+    def futures(self) -> list[asyncio.Future[float | None]]:
+        """Every request sent so far."""
+        return [f for futs in self.sent for f in futs]
+
+    def give_up(self) -> None:
+        """Cancel the requests still running (they count as lost)."""
+        _cancel(self.futures)
+
+    def stop(self) -> list[asyncio.Future[float | None]]:
+        """Cancel the timers and the requests; returns the requests."""
+        self.stopped = True
+        for t in self.timers:
+            t.cancel()
+        futures = self.futures
+        _cancel(futures)
+        return futures

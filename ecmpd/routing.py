@@ -13,8 +13,7 @@ import logging
 import socket
 from dataclasses import dataclass, field
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from .netlinkimport import AsyncIPRoute, NetlinkError
 
 from .desired import MAIN_TABLE, Desired, Nexthop, RouteSpec, RuleSpec, rule_range, table_range
 from .model import Config
@@ -68,7 +67,10 @@ async def read_actual(ipr: AsyncIPRoute, cfg: Config) -> Actual:
     async for msg in await ipr.rule("dump", family=socket.AF_INET):
         prio = msg.get("priority") or 0
         table = msg.get("table")
-        if prio not in prios or not (table == MAIN_TABLE or table in tables):
+        # ours: in our priority range and pointing at one of our tables, or our one
+        # `lookup main` rule at exactly the base priority
+        if prio not in prios or not (table in tables or
+                                     (table == MAIN_TABLE and prio == cfg.rule_priority)):
             continue
         src = msg.get("src")
         suppress = msg.get("suppress_prefixlen")

@@ -18,7 +18,8 @@ async def build(d: "Daemon") -> dict[str, Any]:
     """The status as a JSON-ready dict (see ecmpd.ctl.render_status for its text form)."""
     cfg = d.cfg
     assert d.ipr is not None
-    actual = await routing.read_actual(d.ipr, cfg)
+    async with d.netlink_lock:    # Fix: unlocked, it raced a reconcile's dump (EBUSY)
+        actual = await routing.read_actual(d.ipr, cfg)
     main = actual.routes.get((MAIN_TABLE, cfg.route_metric))
     index_to_name = {link["index"]: name for name, link in d.links.items()}
     in_route = {(h.gateway, h.oif) for h in main.nexthops} if main else set()

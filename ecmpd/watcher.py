@@ -17,9 +17,8 @@ import logging
 import socket
 from typing import TYPE_CHECKING
 
-from pyroute2 import AsyncIPRoute
-from pyroute2.netlink.rtnl import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE,
-                                   RTMGRP_LINK)
+from .netlinkimport import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE,
+                             RTMGRP_LINK, AsyncIPRoute)
 
 from . import routing
 from .desired import MAIN_TABLE, rule_range, table_range
@@ -110,18 +109,29 @@ class Watcher:
             except OSError as exc:
                 lost = "lost events" if exc.errno == errno.ENOBUFS else str(exc)
                 log.warning("netlink: %s: resynchronising from a full dump", lost)
-                await self.resync()
+                await self._resync_logged()
             except Exception:
                 log.exception("netlink event handling failed: resynchronising")
-                await self.resync()
+                await self._resync_logged()
+
+    async def _resync_logged(self) -> None:
+        # Fix: an exception from resync() inside the handlers above used to end this
+        # task silently, and ecmpd stopped watching the kernel.
+        try:
+            await self.resync()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("netlink resynchronisation failed; watching on")
 
     async def resync(self) -> None:
         """Re-read links and addresses, re-derive carrier states, reconcile."""
         d = self.daemon
         if d.ipr is None:
             return
-        d.links = await routing.read_links(d.ipr)
-        d.addresses = await routing.read_addresses(d.ipr)
+        async with d.netlink_lock:    # Fix: unlocked, it raced a reconcile's dump (EBUSY)
+            d.links = await routing.read_links(d.ipr)
+            d.addresses = await routing.read_addresses(d.ipr)
         for rt in list(d.wans.values()):
             d.on_link(rt.wan, "resync")
         d.kick()
@@ -147,7 +157,9 @@ class Watcher:
             if event == "RTM_DELLINK":
                 d.kick()
         elif event in ("RTM_NEWADDR", "RTM_DELADDR"):
-            d.addresses = await routing.read_addresses(d.ipr) if d.ipr else d.addresses
+            if d.ipr is not None:
+                async with d.netlink_lock:    # Fix: see resync()
+                    d.addresses = await routing.read_addresses(d.ipr)
             index = msg.get("index")
             for rt in list(d.wans.values()):
                 link = d.links.get(rt.wan.interface)
@@ -158,8 +170,11 @@ class Watcher:
         elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
             table = msg.get("table")
             if msg.get("dst_len") == 0 and (table == MAIN_TABLE or table in table_range(d.cfg)):
-                if event == "RTM_DELROUTE" or msg.get("proto") != d.cfg.route_proto:
-                    d.kick()
+                # Fix: a NEWROUTE with ecmpd's own proto used to be ignored, so somebody
+                # replacing ecmpd's route under its proto (other nexthops, another
+                # gateway in a WAN table) went uncorrected; after ecmpd's own change
+                # the reconcile simply finds nothing to do.
+                d.kick()
         elif event in ("RTM_NEWRULE", "RTM_DELRULE"):
             if (msg.get("priority") or 0) in rule_range(d.cfg):
                 d.kick()

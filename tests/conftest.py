@@ -75,3 +75,27 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Delete any namespace this run left behind (e.g. after a crash mid-test)."""
     if os.geteuid() == 0:
         sweep(RUN_STEM)
+
+
+@pytest.fixture
+def ecmpd_in(tmp_path):
+    """Factory `ecmpd_in(lab, config=None, **config_for_kw) -> Ecmpd`: the real ecmpd in
+    the lab's router namespace, started and all its WANs UP; always stopped at test end."""
+    from ecmpd.lab.router import Ecmpd, config_for
+
+    started: list = []
+
+    def start(lab: Lab, config: dict | None = None, **kw):
+        config = config if config is not None else config_for(lab, **kw)
+        d = Ecmpd(lab, config, workdir=str(tmp_path / f"ecmpd{len(started)}"))
+        started.append(d)
+        d.start()
+        d.wait_states({name: "up" for name in config["wans"]})
+        return d
+
+    yield start
+    for d in started:
+        try:
+            d.stop()
+        except Exception:
+            pass

@@ -14,30 +14,10 @@ from collections import Counter
 
 import pytest
 
-from ecmpd.lab.router import Ecmpd, config_for
+from ecmpd.lab.router import Ecmpd, config_for, kernel_dump
 from ecmpd.lab.topology import make_spec
 
 pytestmark = pytest.mark.lab
-
-
-@pytest.fixture
-def ecmpd_in():
-    """Factory: start the real ecmpd in a lab's router namespace; always stopped."""
-    started: list[Ecmpd] = []
-
-    def start(lab, config=None, **kw) -> Ecmpd:
-        d = Ecmpd(lab, config if config is not None else config_for(lab, **kw))
-        started.append(d)
-        d.start()
-        d.wait_states({w.name: "up" for w in lab.spec.wans})
-        return d
-
-    yield start
-    for d in started:
-        try:
-            d.stop()
-        except Exception:
-            pass
 
 
 def shares(results) -> dict[str, float]:
@@ -148,17 +128,14 @@ def test_reapply_changes_nothing(make_lab, ecmpd_in):
     lab = make_lab()
     d = ecmpd_in(lab)
     before = d.status()["stats"]
-    dump = lambda: (lab.run(lab.ns_router, "ip", "-j", "route", "show", "table", "all").stdout,
-                    lab.run(lab.ns_router, "ip", "-j", "rule").stdout,
-                    lab.run(lab.ns_router, "nft", "-j", "list", "ruleset").stdout)
-    kernel = dump()
+    kernel = kernel_dump(lab)
     d.signal(signal.SIGHUP)
     d.ctl("reload")
     after = d.wait_for(lambda st: st["stats"]["reconciles"] >= before["reconciles"] + 2,
                        what="two more reconciles")["stats"]
     assert after["changes"] == before["changes"]
     assert after["nft_writes"] == before["nft_writes"]
-    assert dump() == kernel
+    assert kernel_dump(lab) == kernel
 
 
 FOREIGN_NFT = """

@@ -7,8 +7,10 @@ to it with the real `ecmpctl`.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -56,7 +58,11 @@ class Ecmpd:
     def __init__(self, lab: Lab, config: dict[str, Any] | str, workdir: str | None = None,
                  log_level: str = "info") -> None:
         self.lab = lab
-        self.dir = Path(workdir or tempfile.mkdtemp(prefix="ecmpd-lab-"))
+        if workdir is None:
+            workdir = tempfile.mkdtemp(prefix="ecmpd-lab-")
+            atexit.register(shutil.rmtree, workdir, True)
+        self.dir = Path(workdir)
+        self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.dir / "ecmpd.yaml"
         self.socket = str(self.dir / "ecmpd.sock")
         self.log_path = self.dir / "ecmpd.log"
@@ -149,3 +155,18 @@ class Ecmpd:
     def route(self) -> str:
         """`ip route show default` in the router namespace."""
         return self.lab.run(self.lab.ns_router, "ip", "route", "show", "default").stdout
+
+
+def kernel_hops(lab: Lab) -> set[tuple[str, str, int]]:
+    """(gateway, dev, weight) of the router's main default route, from `ip -j route`."""
+    routes = json.loads(lab.run(lab.ns_router, "ip", "-j", "route", "show", "default").stdout)
+    assert len(routes) == 1, routes
+    hops = routes[0].get("nexthops") or [dict(routes[0], weight=1)]
+    return {(h["gateway"], h["dev"], h.get("weight", 1)) for h in hops}
+
+
+def kernel_dump(lab: Lab) -> tuple[str, str, str]:
+    """The router's IPv4 routes (all tables), ip rules and nft ruleset, as JSON text."""
+    r = lambda *cmd: lab.run(lab.ns_router, *cmd).stdout  # noqa: E731
+    return (r("ip", "-4", "-j", "route", "show", "table", "all"), r("ip", "-j", "rule"),
+            r("nft", "-j", "list", "ruleset"))

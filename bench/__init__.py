@@ -1,0 +1,1 @@
+"""ecmpd's benchmark runner (not part of the test suite): ``python bench/run.py``."""

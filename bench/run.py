@@ -1,0 +1,252 @@
+#!/usr/bin/env python3
+"""ecmpd's benchmark: one table, every figure measured in this run, in network-namespace
+labs, against a baseline measured in the same lab (bench/baseline.py: the seed's
+MikroTik export translated literally to Linux, with a check-gateway=ping emulation).
+
+    sudo .venv/bin/python bench/run.py [--quick] [--only 1,4] [--reps N] [--out FILE]
+
+Figures: 1 new-flow outage per fault mode, 2 healthy long-lived flows broken across a
+fault and heal, 3 distribution of new flows by weight, 4 forwarding throughput, 5 CPU and
+peak RSS, 6 reaction latency, 7 ``ecmpctl status`` wall time.  The table is printed and
+written to bench/results.md with the command line and the date.  Needs root; touches
+nothing outside the namespaces it creates (and deletes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from ecmpd.lab import Lab, make_spec, random_prefix, seed_spec, sweep  # noqa: E402
+
+from bench import figures, routers, stats  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results.md"
+CLIENTS = 250
+"""Extra client addresses in the 2- and 3-WAN labs (flows cycle over all of them)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much to measure."""
+
+    reps: int = 3
+    hold: int = 200
+    dist_flows: int = 3000
+    tp_rounds: int = 10
+    tp_seconds: float = 3.0
+    cpu_seconds: float = 60.0
+    events: int = 50
+    status_cli: int = 20
+    status_requests: int = 100
+
+
+FULL = Plan()
+QUICK = Plan(reps=1, hold=150, tp_rounds=3, tp_seconds=1.0, cpu_seconds=15.0, events=10,
+             status_cli=5, status_requests=20)
+
+LAB_SPECS: dict[str, Callable[[], object]] = {
+    "2": lambda: replace(seed_spec(), client_extra=CLIENTS),
+    "3": lambda: make_spec(3, client_extra=CLIENTS),
+    "8": lambda: make_spec(8),
+    "32": lambda: make_spec(32),
+}
+
+
+class Bench:
+    """Labs (built on first use, all torn down by `close`), the plan, the notes."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.prefix = random_prefix("ebn")
+        self.labs: dict[str, Lab] = {}
+        self.details: list[str] = []
+
+    def lab(self, key: str) -> Lab:
+        """The lab `key` ("2", "3", "8", "32"), built on first use, servers running."""
+        if key not in self.labs:
+            lab = Lab(LAB_SPECS[key](), prefix=f"{self.prefix}{key}-")  # type: ignore[arg-type]
+            self.labs[key] = lab
+            t = time.monotonic()
+            lab.build()
+            self.progress(f"built lab {key} ({len(lab.spec.wans)} WANs) in "
+                          f"{time.monotonic() - t:.1f}s")
+        lab = self.labs[key]
+        lab.start_servers()
+        return lab
+
+    def drop(self, key: str) -> None:
+        """Tear lab `key` down (to free the machine)."""
+        lab = self.labs.pop(key, None)
+        if lab is not None:
+            lab.teardown()
+
+    def close(self) -> None:
+        for key in list(self.labs):
+            self.drop(key)
+        sweep(self.prefix)
+
+    def note(self, line: str) -> None:
+        """A detail line: printed now and kept for results.md."""
+        self.details.append(line)
+        print("  " + line, file=sys.stderr, flush=True)
+
+    @staticmethod
+    def progress(line: str) -> None:
+        print(f"[{datetime.now():%H:%M:%S}] {line}", file=sys.stderr, flush=True)
+
+
+def parse_only(text: str | None) -> list[int]:
+    """"1,4" or "1 4" -> [1, 4]; None -> every figure."""
+    if not text:
+        return list(range(1, 8))
+    out = sorted({int(x) for x in text.replace(",", " ").split()})
+    bad = [x for x in out if not 1 <= x <= 7]
+    if bad:
+        raise ValueError(f"no figure {bad[0]} (figures are 1..7)")
+    return out
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: 1 repetition, fewer rounds and events, 15 s of CPU")
+    p.add_argument("--only", help="figure numbers to measure, e.g. 1,4 (default: all)")
+    p.add_argument("--reps", type=int, help="repetitions (default 3; --quick 1)")
+    p.add_argument("--out", default=str(RESULTS), help="where to write the table")
+    return p
+
+
+def run_figures(bench: Bench, only: list[int]) -> dict[int, list[stats.Row]]:
+    """Measure the figures in `only`; a figure that fails gets an ERROR row."""
+    rows: dict[int, list[stats.Row]] = {}
+    steps: list[tuple[tuple[int, ...], Callable[[], dict[int, list[stats.Row]]]]] = [
+        ((3,), lambda: {3: figures.fig3(bench)}),
+        ((1, 2), lambda: figures.fig12(bench, 1 in only, 2 in only)),
+        ((6,), lambda: {6: figures.fig6(bench)}),
+        ((7,), lambda: {7: figures.fig7(bench)}),
+        ((4,), lambda: {4: figures.fig4(bench)}),
+        ((5,), lambda: {5: figures.fig5(bench)}),
+    ]
+    for numbers, step in steps:
+        wanted = [n for n in numbers if n in only]
+        if not wanted:
+            continue
+        bench.progress(f"figure {'+'.join(map(str, wanted))}")
+        t = time.monotonic()
+        try:
+            rows.update({k: v for k, v in step().items() if k in wanted})
+        except Exception as exc:  # noqa: BLE001 - one figure's failure must not hide the rest
+            bench.note(f"figure {wanted}: ERROR {type(exc).__name__}: {exc}")
+            bench.details.extend(traceback.format_exc().splitlines())
+            for n in wanted:
+                rows[n] = [stats.Row(str(n), "—", f"ERROR: {type(exc).__name__}: "
+                                     f"{str(exc).splitlines()[0][:200] if str(exc) else ''}",
+                                     result="**ERROR**")]
+        bench.progress(f"figure {'+'.join(map(str, wanted))} took {time.monotonic() - t:.0f}s")
+    return rows
+
+
+def errors_row() -> stats.Row:
+    """Whether any daemon of the run logged an ERROR (each listed in the details)."""
+    errs = routers.DAEMON_ERRORS
+    first = f"; first: {errs[0].split(' ', 3)[-1][:160]}" if errs else ""
+    return stats.Row("log", "ecmpd's logs over every daemon of this run",
+                     f"{len(errs)} ERROR line(s){first}", target="0",
+                     result=stats.verdict(not errs))
+
+
+def tree_id() -> str:
+    """The commit and a digest of the ecmpd sources measured (the tree may be dirty)."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "ecmpd").rglob("*.py")):
+        digest.update(path.read_bytes())
+    try:
+        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        head = ""
+    return f"commit {head or '?'}, ecmpd/*.py sha256 {digest.hexdigest()[:12]}"
+
+
+def report(command: str, plan: Plan, rows: dict[int, list[stats.Row]], details: list[str],
+           seconds: float) -> str:
+    """results.md: the command, the date, the table, how to read it, the details."""
+    table = stats.render_table([r for n in sorted(rows) for r in rows[n]])
+    host = f"{platform.system()} {platform.release()}, {os.cpu_count()} CPUs"
+    return (
+        "# ecmpd benchmark\n\n"
+        f"Command: `{command}`  \n"
+        f"Date: {datetime.now().astimezone():%Y-%m-%d %H:%M:%S %Z}  \n"
+        f"Code: {tree_id()}  \n"
+        f"Host: {host}; the whole run took {seconds / 60:.1f} min; "
+        f"{plan.reps} repetition(s) per figure unless stated.\n\n"
+        f"{table}\n"
+        "How to read it: the ecmpd and baseline columns give min / median / max over the\n"
+        "repetitions (n = how many).  A target passes when every repetition meets it, except\n"
+        "where the target names the statistic (median).  \"never\" runs are kept out of the\n"
+        "numbers and counted separately with the length of the window that was watched.\n"
+        "Labs: the seed's 2 WANs (1:1; 1:5 for figure 3) and 3 WANs (1:2:3), client with\n"
+        f"{CLIENTS + 1} addresses (every flow tool cycles over them, so the baseline's L3 hash\n"
+        "spreads flows too); the faulted WAN rotates over the repetitions; figure 1's\n"
+        "ISP-dead runs also carry figure 2's long-lived flows.  ecmpd runs at its defaults\n"
+        "(probe every 0.2 s, timeout 0.25 s, DOWN after 3 failed rounds, UP after 5, l4 hash;\n"
+        "for upstream-dead its probe targets are beyond the gateway).  The baseline is\n"
+        "bench/baseline.py: the seed translated literally (L3 hash, masquerade per WAN, input\n"
+        "ct mark -> output routing mark, ping each gateway every 10 s, out after 2 misses,\n"
+        "back after 1 answer), its check phase stratified over the repetitions.  The bench\n"
+        "waits on the kernel's route (ip route), not on ecmpd's status, so the observer\n"
+        "stays out of the daemon's loop; status is read only to get stats.reaction_ms.\n\n"
+        "## Details\n\n" + "\n".join(f"    {d}" for d in details) + "\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench/run.py: needs root (network namespaces)", file=sys.stderr)
+        return 2
+    try:
+        only = parse_only(args.only)
+    except ValueError as exc:
+        print(f"bench/run.py: {exc}", file=sys.stderr)
+        return 2
+    plan = QUICK if args.quick else FULL
+    if args.reps is not None:
+        plan = replace(plan, reps=max(1, args.reps))
+    command = " ".join(shlex.quote(a) for a in ["python", "bench/run.py", *sys.argv[1:]])
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    bench = Bench(plan)
+    start = time.monotonic()
+    try:
+        rows = run_figures(bench, only)
+    finally:
+        bench.close()
+    for line in routers.DAEMON_ERRORS:
+        bench.details.append(f"ecmpd ERROR: {line}")
+    rows[8] = [errors_row()]
+    text = report(command, plan, rows, bench.details, time.monotonic() - start)
+    Path(args.out).write_text(text)
+    print(stats.render_table([r for n in sorted(rows) for r in rows[n]]))
+    print(f"(written to {args.out})")
+    return 1 if any(r.result == "**ERROR**" for v in rows.values() for r in v) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""The benchmark's pure parts: statistics and formatting, the result table, outage
+reporting, the /proc and ``ip monitor`` parsers, and the baseline's translation of the
+seed and its check-gateway state machine.  (The bench itself runs outside the suite.)"""
+
+from __future__ import annotations
+
+import math
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import baseline, stats  # noqa: E402
+from ecmpd.lab.traffic import FlowResult  # noqa: E402
+from bench.flows import FaultRun  # noqa: E402
+from bench.figures import _broken_cell, _outage_cell  # noqa: E402
+from bench.run import parse_only  # noqa: E402
+
+# ------------------------------------------------------------------ statistics
+
+
+def test_summarize_and_percentile() -> None:
+    s = stats.summarize([3.0, 1.0, 2.0, 10.0])
+    assert (s.n, s.min, s.median, s.max) == (4, 1.0, 2.5, 10.0)
+    with pytest.raises(ValueError):
+        stats.summarize([])
+    values = list(range(1, 101))
+    assert stats.percentile(values, 50) == 50
+    assert stats.percentile(values, 99) == 99
+    assert stats.percentile(values, 100) == 100
+    assert stats.percentile([5.0, 1.0], 99) == 5.0
+    with pytest.raises(ValueError):
+        stats.percentile(values, 0)
+
+
+def test_fmt_summary_keeps_never_out_of_the_numbers() -> None:
+    assert stats.fmt_summary([0.7, 0.9, 0.8], "s") == "0.70 / 0.80 / 0.90 s (n=3)"
+    text = stats.fmt_summary([12.0, math.inf, 15.0], "s", window=22.4)
+    assert text == "12.00 / 13.50 / 15.00 s (n=2); never recovered in 1/3 runs (> 22.4 s)"
+    only_never = stats.fmt_summary([math.inf] * 3, "s", window=15.0, never="never detected")
+    assert only_never == "never detected in 3/3 runs (> 15.0 s)"
+    assert stats.fmt_summary([96.123], "%", 1) == "96.1 / 96.1 / 96.1% (n=1)"
+    assert stats.fmt_summary([]) == "no data"
+
+
+def test_meets_every_value_or_the_median() -> None:
+    assert stats.meets([0.7, 0.9], 1.0)
+    assert not stats.meets([0.7, 1.1], 1.0)
+    assert not stats.meets([0.7, math.inf], 1.0)
+    assert stats.meets([5.0, 8.0, 40.0], 10.0, stat="median")
+    assert not stats.meets([5.0, 12.0, 40.0], 10.0, stat="median")
+    assert stats.meets([96.0, 94.0, 97.0], 95.0, ">=", "median")
+    assert not stats.meets([96.0, 94.0, 97.0], 95.0, ">=")
+    assert not stats.meets([], 1.0)
+    assert [stats.verdict(x) for x in (True, False, None)] == ["pass", "**FAIL**", "info"]
+
+
+def test_render_table_is_one_markdown_table() -> None:
+    rows = [stats.Row("1 outage", "2 WANs | dead", "0.8 s", "15 s", "≤ 1.0 s", "pass"),
+            stats.Row("7 status", "seed", "60 ms")]
+    text = stats.render_table(rows)
+    lines = text.strip().splitlines()
+    assert len(lines) == 4
+    assert lines[0].startswith("| figure | setup | ecmpd")
+    assert lines[1] == "|---|---|---|---|---|---|"
+    assert all(line.count(" | ") == 5 for line in lines[2:])  # "|" in a cell is escaped
+    assert "2 WANs \\| dead" in lines[2]
+    assert lines[3].endswith("| — | — | info |")
+
+
+def test_distribution_deviation_and_ratios() -> None:
+    labels = ["a"] * 18 + ["b"] * 82
+    assert stats.shares_pct(labels) == {"a": 18.0, "b": 82.0}
+    # 1:5 wants 16.67 / 83.33
+    assert stats.max_deviation_pp(labels, {"a": 1, "b": 5}) == pytest.approx(1.333, abs=1e-3)
+    # a WAN that got nothing deviates by its whole share; failures (None) count as no WAN
+    assert stats.max_deviation_pp(["a"] * 9 + [None], {"a": 1, "b": 1}) == pytest.approx(50.0)
+    assert stats.ratios([2.0, 3.0], [4.0, 3.0]) == [0.5, 1.0]
+    with pytest.raises(ValueError):
+        stats.ratios([1.0], [1.0, 2.0])
+
+
+# ------------------------------------------------------------------ /proc, monitor, log
+
+STAT = ("1234 (python3 -m x) S 1 1234 1234 0 -1 4194560 5000 0 0 0 "
+        "150 25 0 0 20 0 3 0 100 300000000 9000 18446744073709551615")
+
+
+def test_proc_parsers_and_cpu_percent() -> None:
+    assert stats.proc_cpu_ticks(STAT) == 175  # a ")" or space in comm does not shift fields
+    status = "Name:\tpython3\nVmPeak:\t  120000 kB\nVmHWM:\t   38912 kB\nVmRSS:\t   30000 kB\n"
+    assert stats.proc_status_kb(status, "VmHWM") == 38912
+    assert stats.proc_status_kb(status, "VmRSS") == 30000
+    with pytest.raises(ValueError):
+        stats.proc_status_kb(status, "VmSwap")
+    assert stats.cpu_percent(100, 112, 20.0, 100) == pytest.approx(0.6)
+    with pytest.raises(ValueError):
+        stats.cpu_percent(0, 1, 0.0, 100)
+
+
+def _ts(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+MONITOR = """\
+[2026-11-27T07:56:49.822043] default via 10.112.0.1 dev wlan2 proto 236 
+[2026-11-27T07:56:51.142928] default proto 236 
+\tnexthop via 10.111.0.1 dev wlan1 weight 1 
+\tnexthop via 10.112.0.1 dev wlan2 weight 1 
+[2026-11-27T07:56:51.530491] Deleted default via 10.111.0.1 dev wlan1 table 1001 proto 236 
+[2026-11-27T07:56:52.100000] default via 10.111.0.1 dev wlan1 table 1001 proto 236 
+[2026-11-27T07:56:53.000000] default via 10.111.0.10 dev wlan3 proto 236 
+"""
+
+
+def test_monitor_events_and_routes_without_a_gateway() -> None:
+    events = stats.parse_monitor(MONITOR)
+    assert len(events) == 5
+    assert events[1][0] == pytest.approx(_ts("2026-11-27T07:56:51.142928"))
+    assert "nexthop via 10.111.0.1 dev wlan1" in events[1][1]  # continuation lines joined
+    without = stats.main_route_without(events, "10.111.0.1")
+    # not the multipath with it, not a deletion, not another table; 10.111.0.10 is not .1
+    assert without == [pytest.approx(_ts("2026-11-27T07:56:49.822043")),
+                       pytest.approx(_ts("2026-11-27T07:56:53.0"))]
+
+
+def test_down_decisions_and_first_after() -> None:
+    log = ("1795766419.500000 ecmpd[7] INFO wlan1: UP -> FALLING after 1 failed round: x\n"
+           "1795766419.900123 ecmpd[7] INFO wlan1: FALLING -> DOWN after 3 failed rounds: x\n"
+           "2026-11-27 07:56:49 ecmpd[7] INFO wlan2: FALLING -> DOWN after 3 failed rounds\n"
+           "1795766421.000000 ecmpd[7] INFO wan-2: RISING -> DOWN after 1 failed round: y\n")
+    assert stats.down_decisions(log) == [(1795766419.900123, "wlan1"), (1795766421.0, "wan-2")]
+    assert stats.first_after([1.0, 2.5, 2.2, 9.0], 2.0) == 2.2
+    assert stats.first_after([1.0, 9.0], 2.0) is None  # beyond the 5 s limit
+
+
+# ------------------------------------------------------------------ figure cells
+
+
+def run(outage: float, window: float = 20.0, took_out: bool | None = None,
+        healthy: int = 0, broken: int = 0) -> FaultRun:
+    return FaultRun("x", "dead", "wlan1", outage, window, healthy, broken, took_out=took_out)
+
+
+def test_outage_cell_says_never_detected_only_when_nothing_was_taken_out() -> None:
+    assert _outage_cell([run(0.8), run(0.7), run(0.9)]) == "0.70 / 0.80 / 0.90 s (n=3)"
+    never = [run(math.inf, 15.7, False), run(math.inf, 19.0, False), run(math.inf, 22.3, False)]
+    assert _outage_cell(never) == "never detected in 3/3 runs (> 15.7 s)"
+    mixed = [run(14.0, took_out=True), run(math.inf, 18.0, True)]
+    assert _outage_cell(mixed) == "14.00 / 14.00 / 14.00 s (n=1); never recovered in 1/2 runs (> 18.0 s)"
+
+
+def test_broken_cell() -> None:
+    runs = [run(1, healthy=98, broken=0), run(1, healthy=103, broken=12), run(1, healthy=100, broken=3)]
+    assert _broken_cell(runs) == "0 / 3 / 12 of 98–103 healthy (n=3)"
+
+
+def test_parse_only() -> None:
+    assert parse_only(None) == [1, 2, 3, 4, 5, 6, 7]
+    assert parse_only("4,1 1") == [1, 4]
+    with pytest.raises(ValueError):
+        parse_only("8")
+
+
+# ------------------------------------------------------------------ the baseline
+
+
+def test_check_gateway_out_after_two_misses_back_after_one_answer() -> None:
+    g = baseline.GatewayCheck()
+    assert g.up
+    assert g.observe(False) is False and g.up          # one miss: still in
+    assert g.observe(True) is False and g.up           # an answer resets the streak
+    assert g.observe(False) is False and g.up
+    assert g.observe(False) is True and not g.up       # second consecutive miss: out
+    assert g.observe(False) is False and not g.up      # stays out, no new change
+    assert g.observe(True) is True and g.up            # one answer: back
+    assert g.observe(True) is False and g.up
+
+
+def test_check_gateway_other_thresholds() -> None:
+    g = baseline.GatewayCheck(misses=3, answers=2)
+    assert [g.observe(False) for _ in range(3)] == [False, False, True]
+    assert [g.observe(x) for x in (True, False, True, True)] == [False, False, False, True]
+    assert g.up
+
+
+WANS = [baseline.SeedWan("wlan1", "10.111.0.1", 1, 1), baseline.SeedWan("wlan2", "10.112.0.1", 5, 2)]
+
+
+def test_parse_wan() -> None:
+    assert baseline.parse_wan("wlan2,10.112.0.1,5", 2) == WANS[1]
+    assert baseline.parse_wan("wlan1,10.111.0.1", 1) == WANS[0]
+    for bad in ("wlan1", "wlan1,,1", "a,b,c,d", "wlan1,10.111.0.1,0"):
+        with pytest.raises(ValueError):
+            baseline.parse_wan(bad, 1)
+
+
+def test_main_route_is_the_weighted_multipath_of_the_active_gateways() -> None:
+    assert baseline.main_route(WANS, WANS) == [
+        "ip", "route", "replace", "default", "proto", "static",
+        "nexthop", "via", "10.111.0.1", "dev", "wlan1", "weight", "1",
+        "nexthop", "via", "10.112.0.1", "dev", "wlan2", "weight", "5"]
+    assert baseline.main_route(WANS, WANS[1:]) == [
+        "ip", "route", "replace", "default", "proto", "static", "via", "10.112.0.1", "dev", "wlan2"]
+    assert baseline.main_route(WANS, []) == ["ip", "route", "del", "default", "proto", "static"]
+
+
+def test_nft_script_is_the_seeds_nat_and_mangle_only() -> None:
+    script = baseline.nft_script(WANS)
+    assert script.startswith("add table ip seed\ndelete table ip seed\n")  # atomic replace
+    assert 'oifname "wlan1" masquerade' in script and 'oifname "wlan2" masquerade' in script
+    assert 'iifname "wlan2" ct mark set 2' in script
+    assert "ct mark 1 meta mark set 1" in script
+    assert "hook input priority mangle" in script and "type route hook output" in script
+    # LAN flows are NOT pinned: nothing marks forwarded connections
+    assert "forward" not in script and "prerouting" not in script
+    assert script.count("{") == script.count("}")
+
+
+def test_mark_routing_and_cleanup_cover_the_same_objects() -> None:
+    assert baseline.mark_routing(WANS[1]) == [
+        ["ip", "route", "replace", "default", "via", "10.112.0.1", "dev", "wlan2", "table", "102"],
+        ["ip", "rule", "add", "priority", "102", "fwmark", "2", "lookup", "102"]]
+    cleanup = baseline.cleanup_commands(WANS)
+    assert ["ip", "rule", "del", "priority", "101"] in cleanup
+    assert ["ip", "route", "flush", "table", "102"] in cleanup
+    assert ["ip", "route", "del", "default", "proto", "static"] in cleanup
+    assert any(c[0] == "nft" and "delete table ip seed" in c[1] for c in cleanup)
+
+
+# ------------------------------------------------------------------ outage
+
+
+def flows_at(*spec: tuple[float, bool]) -> list[FlowResult]:
+    return [FlowResult(t=t, ok=ok, source=None, latency=None) for t, ok in spec]
+
+
+def test_settled_outage_needs_a_lasting_recovery() -> None:
+    # flows every 0.5 s until 5.5 s; those of 1.0..2.5 s fail; all good from 3.0 s on
+    steady = flows_at(*[(i * 0.5, not 2 <= i <= 5) for i in range(12)])
+    assert stats.settled_outage(steady, 0.9) == pytest.approx(2.0)
+    assert stats.settled_outage(steady, 0.9, settle=2.5) == pytest.approx(2.0)
+    assert stats.settled_outage(steady, 0.9, settle=2.6) == math.inf
+    # flows alternating between a dead and a live WAN, the last two lucky: not recovered
+    alternating = flows_at(*[(i * 0.1, i % 2 == 0 or i >= 18) for i in range(20)])
+    assert stats.settled_outage(alternating, 0.0, settle=1.0) == math.inf
+    assert stats.settled_outage(flows_at((0.0, True), (1.0, True)), 0.5) == 0.0
+    assert stats.settled_outage(flows_at((0.0, True), (1.0, False)), 0.5) == math.inf
+
+
+def test_log_errors_pairs_each_error_with_its_exception() -> None:
+    log = ("2026-11-27 08:17:11 ecmpd[1] INFO wan2: RISING -> UP after 5 good rounds\n"
+           "2026-11-27 08:17:11 ecmpd[1] ERROR applying wan2's state change failed\n"
+           "Traceback (most recent call last):\n"
+           '  File "/x/daemon.py", line 163, in _transition\n'
+           "    await self.reconcile()\n"
+           "pyroute2.netlink.exceptions.NetlinkError: (16, 'Device or resource busy')\n"
+           "2026-11-27 08:17:12 ecmpd[1] WARNING cannot set route\n"
+           "2026-11-27 08:17:13 ecmpd[1] ERROR cannot apply nft table ecmpd: boom\n")
+    assert stats.log_errors(log) == [
+        "2026-11-27 08:17:11 ecmpd[1] ERROR applying wan2's state change failed -> "
+        "pyroute2.netlink.exceptions.NetlinkError: (16, 'Device or resource busy')",
+        "2026-11-27 08:17:13 ecmpd[1] ERROR cannot apply nft table ecmpd: boom"]
+    assert stats.log_errors("2026-11-27 08:17:11 ecmpd[1] INFO all fine\n") == []

@@ -1,0 +1,149 @@
+"""The daemon's runtime, part 2: reloads (SIGHUP and `ecmpctl reload`) with real traffic.
+
+A valid new config is applied as a diff (changed weights, a WAN added, a WAN removed):
+long-lived flows on WANs that stay never break and unchanged WANs keep their health
+state and `since`.  An invalid one is refused with the very lines `ecmpd --check`
+prints, and nothing in the kernel changes.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections import Counter
+
+import pytest
+
+from ecmpd.lab.router import config_for, kernel_hops, kernel_dump
+from ecmpd.lab.topology import make_spec
+
+pytestmark = pytest.mark.lab
+
+
+def unbroken(results, wans: set[str]) -> None:
+    """Assert that every held flow on `wans` survived, and that each WAN had some."""
+    by_wan = Counter(r.wan for r in results)
+    assert wans <= set(by_wan), by_wan
+    broken = [r for r in results if r.wan in wans and r.broken]
+    assert not broken, f"{len(broken)} held flows on {sorted(wans)} broke: {broken[:3]}"
+
+
+def test_reload_changed_weights_by_sighup_and_ecmpctl(make_lab, ecmpd_in):
+    lab = make_lab()
+    cfg = config_for(lab, weights={"wlan1": 1, "wlan2": 1})
+    d = ecmpd_in(lab, cfg)
+    lab.start_servers()
+    held = lab.hold_flows(80, byte_interval=0.1)
+    assert held.wait_established() == 80
+    before = d.status()["wans"]
+    # SIGHUP
+    d.write_config(config_for(lab, weights={"wlan1": 1, "wlan2": 5}))
+    d.signal(signal.SIGHUP)
+    st = d.wait_for(lambda s: {h["interface"]: h["weight"] for h in s["route"]["nexthops"]}
+                    == {"wlan1": 1, "wlan2": 5}, what="weights 1:5 after SIGHUP")
+    assert kernel_hops(lab) == {("10.111.0.1", "wlan1", 1), ("10.112.0.1", "wlan2", 5)}
+    assert "reloaded" in d.log()
+    # ecmpctl reload: the route is changed by the time it answers
+    d.write_config(config_for(lab, weights={"wlan1": 3, "wlan2": 5}))
+    res = d.ctl("reload")
+    assert res.returncode == 0 and "reloaded" in res.stdout
+    assert kernel_hops(lab) == {("10.111.0.1", "wlan1", 3), ("10.112.0.1", "wlan2", 5)}
+    st = d.status()
+    for name in ("wlan1", "wlan2"):
+        assert st["wans"][name]["state"] == "up" and st["wans"][name]["active"]
+        assert st["wans"][name]["since"] == before[name]["since"], name
+    assert {n: w["weight"] for n, w in st["wans"].items()} == {"wlan1": 3, "wlan2": 5}
+    # new flows follow the new weights (3:5), old ones are all still alive
+    new = lab.new_flows(400, timeout=3.0)
+    assert all(r.ok for r in new)
+    share = Counter(r.wan for r in new)["wlan1"] / len(new)
+    assert 0.25 < share < 0.50, share            # 3/8 = 0.375
+    unbroken(held.stop(), {"wlan1", "wlan2"})
+
+
+def test_reload_adds_then_removes_a_wan(make_lab, ecmpd_in):
+    lab = make_lab(make_spec(3, names=["north", "south", "west"]))
+    full = config_for(lab)
+    for i, wan in enumerate(full["wans"].values(), 1):
+        wan["id"] = i                      # explicit ids: removing a WAN renumbers nothing
+    two = dict(full, wans={k: v for k, v in full["wans"].items() if k != "west"})
+    d = ecmpd_in(lab, two)
+    lab.start_servers()
+    ns = lab.ns_router
+    rules = lambda: {r["priority"] for r in json.loads(lab.run(ns, "ip", "-j", "rule").stdout)}
+    table = lambda t: lab.run(ns, "ip", "route", "show", "table", str(t), check=False).stdout
+    assert {h[1] for h in kernel_hops(lab)} == {"north", "south"}
+    assert table(1003) == "" and 1003 not in rules()
+    held = lab.hold_flows(60, byte_interval=0.1)
+    assert held.wait_established() == 60
+    north_since = d.status()["wans"]["north"]["since"]
+    # add west
+    d.write_config(full)
+    assert d.ctl("reload").returncode == 0
+    st = d.wait_states({"north": "up", "south": "up", "west": "up"})
+    assert {h[1] for h in kernel_hops(lab)} == {"north", "south", "west"}
+    assert "via 10.103.0.1 dev west" in table(1003) and {1003, 1259} <= rules()
+    held2 = lab.hold_flows(60, byte_interval=0.1)        # some of these go by west
+    assert held2.wait_established() == 60
+    # remove south
+    d.write_config(dict(full, wans={k: v for k, v in full["wans"].items() if k != "south"}))
+    d.signal(signal.SIGHUP)
+    st = d.wait_for(lambda s: "south" not in s["wans"], what="south gone")
+    assert {h[1] for h in kernel_hops(lab)} == {"north", "west"}
+    assert table(1002) == "" and not {1002, 1258} & rules()
+    assert "south" not in lab.run(ns, "nft", "list", "table", "ip", "ecmpd").stdout
+    assert st["wans"]["north"]["since"] == north_since and st["wans"]["north"]["state"] == "up"
+    res = lab.new_flows(60, timeout=3.0)
+    assert all(r.ok for r in res) and {r.wan for r in res} == {"north", "west"}
+    unbroken(held.stop(), {"north"})
+    unbroken(held2.stop(), {"north", "west"})
+
+
+BROKEN = {"wlan2": {"weight": 0}, "top": {"hash": "l5"}}
+"""Two mistakes: a weight out of range and an unknown hash policy."""
+
+
+def test_broken_config_is_refused_and_changes_nothing(make_lab, ecmpd_in):
+    lab = make_lab()
+    good = config_for(lab, weights={"wlan1": 1, "wlan2": 5})
+    d = ecmpd_in(lab, good)
+    before_st = d.status()
+    kernel = kernel_dump(lab)
+    bad = json.loads(json.dumps(good))
+    bad["wans"]["wlan2"].update(BROKEN["wlan2"])
+    bad.update(BROKEN["top"])
+    d.write_config(bad)
+    check = lab.run(lab.ns_router, *d.argv("--check"), check=False)
+    assert check.returncode == 2
+    problems = check.stderr.strip().splitlines()
+    assert len(problems) == 2 and all(str(d.config_path) in p for p in problems), problems
+    # ecmpctl reload: exit 1, the same problem lines
+    res = d.ctl("reload", check=False)
+    assert res.returncode == 1, res
+    assert "refused" in res.stderr
+    for p in problems:
+        assert p in res.stderr.splitlines(), (p, res.stderr)
+    assert kernel_dump(lab) == kernel
+    # SIGHUP: refused as well, the problems logged
+    logged = d.log().count(f"reload refused: {problems[0]}")
+    assert logged == 1
+    d.signal(signal.SIGHUP)
+    end = time.monotonic() + 5
+    while d.log().count(f"reload refused: {problems[0]}") == logged and time.monotonic() < end:
+        time.sleep(0.05)
+    assert d.log().count(f"reload refused: {problems[0]}") == logged + 1, d.log()[-2000:]
+    assert f"reload refused: {problems[1]}" in d.log()
+    assert kernel_dump(lab) == kernel
+    # the daemon runs on as before
+    st = d.status()
+    assert st["pid"] == before_st["pid"] and st["hash"] == before_st["hash"] == "l4"
+    for name, wan in st["wans"].items():
+        assert wan["state"] == "up" and wan["active"]
+        assert (wan["since"], wan["weight"]) == (before_st["wans"][name]["since"],
+                                                 before_st["wans"][name]["weight"])
+    lab.start_servers()
+    assert all(r.ok for r in lab.new_flows(30, timeout=3.0))
+    # and a valid config is taken again
+    d.write_config(good)
+    assert d.ctl("reload").returncode == 0
