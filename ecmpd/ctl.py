@@ -114,7 +114,7 @@ def _target_line(addr: str, t: Any) -> str:
 
 def _wan_block(name: str, w: Any, now: float) -> list[str]:
     w = w if isinstance(w, dict) else {}
-    state = str(w.get("state") or "unknown").upper()
+    state = str(w.get("health") or w.get("state") or "unknown").upper()
     if w.get("disabled"):
         state = f"DISABLED (probes say {state})"
     head = f"  state: {state}, since {_ago(w.get('since'), now)}"

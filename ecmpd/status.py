@@ -38,7 +38,9 @@ async def build(d: "Daemon") -> dict[str, Any]:
                                  "rtt_ms": None if rtt is None else round(rtt * 1000, 3)}
         last = rt.prober.last() if rt.prober else None
         wans[name] = {
-            "state": rt.health.state.value,
+            # DISABLED (by the administrator) overrides; `health` is what the probes say
+            "state": "disabled" if name in d.disabled else rt.health.state.value,
+            "health": rt.health.state.value,
             "since": rt.since,
             "reason": rt.health.reason,
             "last_round": last.reason if last else None,

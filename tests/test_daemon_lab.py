@@ -59,7 +59,8 @@ def test_disable_drains_survives_reload_and_enable_restores(lab3, daemon):
     assert res.stdout.strip() == "wan2: disabled"
     st = daemon.status()                       # the route is changed when ecmpctl returns
     assert st["wans"]["wan2"]["disabled"] and not st["wans"]["wan2"]["active"]
-    assert st["wans"]["wan2"]["state"] == "up"          # the probes still run
+    assert st["wans"]["wan2"]["state"] == "disabled"
+    assert st["wans"]["wan2"]["health"] == "up"         # the probes still run
     assert {h[1] for h in kernel_hops(lab3)} == {"wan1", "wan3"} == {h[1] for h in status_hops(st)}
     assert "DISABLED" in daemon.ctl("status").stdout
     new = lab3.new_flows(90, timeout=3.0)

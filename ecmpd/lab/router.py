@@ -121,7 +121,7 @@ class Ecmpd:
         def settled(st: dict[str, Any]) -> bool:
             for name, state in states.items():
                 wan = st["wans"][name]
-                if wan["state"] != state:
+                if state not in (wan["state"], wan.get("health")):
                     return False
                 if state in ("up", "down") and not wan["disabled"] \
                         and not st["route"]["kept_last"] and wan["active"] != (state == "up"):
