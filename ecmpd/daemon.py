@@ -174,7 +174,8 @@ class Daemon:
                 await conntrack.flush_mark(self.cfg.mark_of(rt.wan), self.cfg.mark_mask)
                 log.info("%s: its connections were removed from conntrack", rt.wan.name)
         except Exception:
-            log.exception("applying %s's state change failed", rt.wan.name)
+            log.exception("applying %s's state change failed: retrying", rt.wan.name)
+            self.kick()     # the change must not be lost: reconcile again
 
     def on_round(self, name: str, result: RoundResult) -> None:
         rt = self.wans.get(name)

@@ -153,3 +153,21 @@ def test_flush_mark_removes_only_that_wans_entries(held: tuple[Lab, HeldFlows]) 
     survivors = [r for r in results if r.bind not in ("192.168.0.2", "192.168.0.4")]
     assert len(survivors) == 7 and {r.wan for r in survivors} == {"wlan2"}
     assert not any(r.broken for r in survivors), [r for r in survivors if r.broken]
+
+
+def _nla(kind: int, payload: bytes, nested: bool = False) -> bytes:
+    import struct
+    raw = struct.pack("=HH", 4 + len(payload), kind | (0x8000 if nested else 0)) + payload
+    return raw + b"\0" * ((4 - len(raw) % 4) % 4)
+
+
+def test_parse_entry_picks_mark_and_protocol_from_a_raw_message():
+    from ecmpd.conntrack import parse_entry
+    proto = _nla(2, _nla(1, bytes([6])) + _nla(2, b"\x30\x39"), nested=True)   # TCP, a port
+    ip = _nla(1, _nla(1, bytes([10, 0, 0, 1])), nested=True)
+    body = _nla(1, ip + proto, nested=True) + _nla(7, b"\0\0\0\x05") \
+        + _nla(8, (0x1020000).to_bytes(4, "big"))
+    assert parse_entry(body, 0, len(body)) == (0x1020000, 6)
+    icmp = _nla(1, _nla(2, _nla(1, bytes([1])), nested=True), nested=True)
+    assert parse_entry(icmp, 0, len(icmp)) == (0, 1)
+    assert parse_entry(b"\x02\x00", 0, 2) == (0, 0)          # truncated: nothing, no crash
