@@ -238,6 +238,13 @@ class Daemon:
         if main is not None:
             log.info("found ecmpd's route in the kernel: adopting it")
 
+    async def _hup(self) -> None:
+        """SIGHUP: reload; a failure is logged (a refused config already is)."""
+        try:
+            await self.reload()
+        except Exception:
+            log.exception("reload failed")
+
     async def reload(self) -> tuple[bool, str]:
         """Re-read the config; an invalid one changes nothing."""
         self.notifier.reloading()
@@ -318,7 +325,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._hup()))
         self.ipr = AsyncIPRoute()
         self.links = await routing.read_links(self.ipr)
         self.addresses = await routing.read_addresses(self.ipr)

@@ -218,3 +218,14 @@ def test_reload_with_other_tables_and_priorities_leaves_no_orphans(make_lab, ecm
     assert "default proto 237" in d.route()
     lab.start_servers()
     assert all(r.ok for r in lab.new_flows(100, timeout=3.0))
+
+
+def test_udp_flows_are_balanced_and_masqueraded(make_lab, ecmpd_in):
+    lab = make_lab(make_spec(3, names=["red", "green", "blue"]))
+    weights = {"red": 1, "green": 2, "blue": 3}
+    ecmpd_in(lab, weights=weights)
+    lab.start_servers()
+    res = lab.new_flows(3000, timeout=3.0, proto="udp")
+    # every datagram's answer came back (through the same WAN, or the ISP would have
+    # dropped the wrong source), and the spread follows the weights like TCP's
+    assert_distribution(lab, res, weights)
