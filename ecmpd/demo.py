@@ -56,6 +56,7 @@ def run(config: Path) -> int:
     say("  The ISPs drop packets whose source is not their customer's subnet (BCP38), so a wrong")
     say("  source address or a reply sent out the wrong WAN fails visibly.")
     with Lab(spec, prefix=None) as lab:
+        say(f"  Lab namespaces: {', '.join(lab.namespaces)}")
         d = Ecmpd(lab, config.read_text())
         try:
             return scenario(lab, d, config, wans)

@@ -1,0 +1,29 @@
+"""The README's first command: the demo runs end to end on the seed and tells the truth."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.lab
+
+
+def test_demo_runs_and_reports_a_failover(lab_prefix):
+    p = subprocess.run([sys.executable, "-m", "ecmpd.demo"], capture_output=True, text=True,
+                       timeout=180)
+    out = p.stdout
+    assert p.returncode == 0, out + p.stderr
+    for step in range(1, 8):
+        assert f"[{step}]" in out
+    assert "wlan1: FALLING -> DOWN" in out or "wlan1: UP -> DOWN" in out
+    m = re.search(r"outage seen by new connections: ([0-9.]+) s", out)
+    assert m and float(m.group(1)) < 5.0, out
+    assert "Healthy WANs' connections: none broken." in out
+    assert "state: UP" in out and "state: DOWN" in out
+    # its namespaces are gone
+    names = re.search(r"Lab namespaces: (.*)", out).group(1).split(", ")
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert names and not set(names) & {l.split()[0] for l in left.splitlines() if l.strip()}
