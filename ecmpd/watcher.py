@@ -142,19 +142,27 @@ class Watcher:
         if event in ("RTM_NEWLINK", "RTM_DELLINK"):
             name = msg.get("ifname")
             flags = msg.get("flags", 0)
+            old = d.links.get(name)
             if event == "RTM_DELLINK":
                 d.links.pop(name, None)
             else:
                 d.links[name] = {"index": msg["index"], "up": bool(flags & 1),
                                  "carrier": bool(flags & 1) and bool(flags & 0x10000)}
+            new = d.links.get(name)
+            wan_link = False
             for rt in list(d.wans.values()):
                 if rt.wan.interface == name:
-                    link = d.links.get(name)
-                    why = ("interface removed" if link is None else
-                           "link down" if not link["up"] else
-                           "carrier lost" if not link["carrier"] else "carrier up")
+                    wan_link = True
+                    why = ("interface removed" if new is None else
+                           "link down" if not new["up"] else
+                           "carrier lost" if not new["carrier"] else "carrier up")
                     d.on_link(rt.wan, why)
-            if event == "RTM_DELLINK":
+            # Fix: a WAN link set admin down loses its routes without any RTM_DELROUTE,
+            # and coming back up sends none either (nor does DOWN -> RISING reconcile):
+            # the WAN's table route stayed missing.  Its up flag and index feed the
+            # desired state, so a change of them reconciles.
+            if event == "RTM_DELLINK" or (wan_link and (
+                    old is None or (old["up"], old["index"]) != (new["up"], new["index"]))):
                 d.kick()
         elif event in ("RTM_NEWADDR", "RTM_DELADDR"):
             if d.ipr is not None:
