@@ -23,15 +23,17 @@ async def flush_mark(mark: int, mask: int) -> bool:
 
     Entries of every other WAN, and unmarked ones, are never touched.
     """
-    ct = AsyncNFCTSocket()
+    ct = None
     try:
+        ct = AsyncNFCTSocket()
         await ct.flush(mark=mark, mark_mask=mask)
         return True
     except Exception as exc:  # a netlink error must never stop the daemon
         log.warning("conntrack flush of mark %#x/%#x failed: %s", mark, mask, exc)
         return False
     finally:
-        ct.close()
+        if ct is not None:
+            ct.close()
 
 
 async def count_marks(marks: dict[str, int], mask: int) -> dict[str, int]:

@@ -22,6 +22,7 @@ from . import conntrack, health, routing
 from .config import ConfigError, load_config
 from .control import ControlServer
 from .desired import MAIN_TABLE, Desired, build_desired
+from .drain import DrainStore
 from .firewall import Firewall
 from .health import Health, State
 from .model import Config, Wan
@@ -62,6 +63,7 @@ class Daemon:
         self.started = time.time()
         self.wans: dict[str, WanRuntime] = {w.name: WanRuntime(w) for w in cfg.wans}
         self.disabled: set[str] = set()
+        self.drained = DrainStore(cfg.control_socket + ".disabled.json")
         self.links: dict[str, dict] = {}
         self.addresses: dict[int, list[tuple[str, int]]] = {}
         self.firewall = Firewall(cfg)
@@ -77,6 +79,7 @@ class Daemon:
         self._stop = asyncio.Event()
         self._pending: asyncio.Task[None] | None = None
         self._again = False
+        self._tasks: set[asyncio.Task] = set()
         self.watcher = Watcher(self)
         self.control: ControlServer | None = None
 
@@ -163,19 +166,20 @@ class Daemon:
         log.info("%s: %s", rt.wan.name, health.describe(old, new))
         if health.takes_new_flows(old.state) != health.takes_new_flows(new.state) \
                 or new.state == State.DOWN:
-            loop = asyncio.get_running_loop()
-            loop.create_task(self._transition(rt, new, loop.time()))
+            self._spawn(self._transition(rt, new, asyncio.get_running_loop().time()))
 
     async def _transition(self, rt: WanRuntime, new: Health, decided: float) -> None:
         try:
             await self.reconcile()
             self.reactions.append(asyncio.get_running_loop().time() - decided)
-            if new.state == State.DOWN and rt.wan.name in self.wans:
-                await conntrack.flush_mark(self.cfg.mark_of(rt.wan), self.cfg.mark_mask)
-                log.info("%s: its connections were removed from conntrack", rt.wan.name)
         except Exception:
             log.exception("applying %s's state change failed: retrying", rt.wan.name)
             self.kick()     # the change must not be lost: reconcile again
+        finally:
+            # a DOWN WAN's connections go even if the route change needs a retry
+            if new.state == State.DOWN and self.wans.get(rt.wan.name) is rt:
+                if await conntrack.flush_mark(self.cfg.mark_of(rt.wan), self.cfg.mark_mask):
+                    log.info("%s: its connections were removed from conntrack", rt.wan.name)
 
     def on_round(self, name: str, result: RoundResult) -> None:
         rt = self.wans.get(name)
@@ -228,12 +232,10 @@ class Daemon:
         in_route = {(h.gateway, h.oif) for h in main.nexthops} if main else None
         for rt in self.wans.values():
             link = self.links.get(rt.wan.interface)
-            rt.link_ok = self.link_ok(rt.wan)
+            self._observe(rt)
             if not rt.link_ok:
-                why = ("no such interface" if link is None else
-                       "no carrier" if not self.carrier(rt.wan) else "no IPv4 address")
-                rt.health = Health(State.DOWN, 0, why)
-            elif in_route is not None and (str(rt.wan.gateway), link["index"]) not in in_route:
+                continue
+            if in_route is not None and (str(rt.wan.gateway), link["index"]) not in in_route:
                 rt.health = Health(State.DOWN, 0, "not in the route found at start")
         if main is not None:
             log.info("found ecmpd's route in the kernel: adopting it")
@@ -273,28 +275,63 @@ class Daemon:
             self.notifier.ready()
 
     def apply_config(self, cfg: Config) -> None:
-        """Switch to `cfg`: unchanged WANs keep their health, prober and flows."""
+        """Switch to `cfg`: unchanged WANs keep their health, prober and flows.
+
+        A new WAN, or one whose interface or gateway changed, starts from what can be
+        observed (like at start-up).  Connections pinned to a removed WAN, or to a
+        WAN whose mark changes, are deleted from conntrack: no route would carry them
+        with their masqueraded source any more.
+        """
         old = self.wans
+        old_cfg = self.cfg
         self.wans = {}
+        stale_marks: list[int] = []
         for wan in cfg.wans:
             rt = old.pop(wan.name, None)
             if rt is None:
                 rt = WanRuntime(wan)
                 self.wans[wan.name] = rt
+                self._observe(rt)
                 self._start_prober(rt)
                 continue
-            if (rt.wan.interface, rt.wan.gateway) != (wan.interface, wan.gateway):
-                rt.health, rt.since = Health(), time.time()
+            if old_cfg.mark_of(rt.wan) != cfg.mark_of(wan) or rt.wan.interface != wan.interface:
+                stale_marks.append(old_cfg.mark_of(rt.wan))
+                if rt.wan.id != wan.id:
+                    log.warning("%s: id %d -> %d (ids default to the position in `wans`): its "
+                                "connections are reset; give WANs explicit ids to avoid this",
+                                wan.name, rt.wan.id, wan.id)
+            changed = (rt.wan.interface, rt.wan.gateway) != (wan.interface, wan.gateway)
             rt.wan = wan
             self.wans[wan.name] = rt
+            if changed:
+                rt.health, rt.since = Health(), time.time()
+                self._observe(rt)
             if rt.prober is not None:
                 rt.prober.update(wan.probe.resolved_targets(wan.gateway), wan.probe)
                 rt.prober.source = self.wan_address(wan)
         for rt in old.values():
             self._stop_prober(rt)
+            stale_marks.append(old_cfg.mark_of(rt.wan))
         self.disabled &= set(self.wans)
         self.firewall.reconfigure(cfg)
         self.cfg = cfg
+        for mark in stale_marks:
+            self._spawn(conntrack.flush_mark(mark, old_cfg.mark_mask))
+
+    def _observe(self, rt: WanRuntime) -> None:
+        """Link state and, without a usable link, DOWN health from what netlink shows."""
+        link = self.links.get(rt.wan.interface)
+        rt.link_ok = self.link_ok(rt.wan)
+        if not rt.link_ok:
+            why = ("no such interface" if link is None else
+                   "no carrier" if not self.carrier(rt.wan) else "no IPv4 address")
+            rt.health = Health(State.DOWN, 0, why)
+
+    def _spawn(self, coro) -> None:
+        """Run `coro` as a task the daemon keeps a reference to until it is done."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     # ---- control -------------------------------------------------------------------
     async def handle(self, req: dict) -> dict:
@@ -312,9 +349,11 @@ class Daemon:
             return {"ok": False, "error": f"no WAN named {name!r} (have: {', '.join(self.wans)})"}
         if cmd == "disable":
             self.disabled.add(name)
+            self.drained.save(self.disabled)
             log.info("%s: disabled by the administrator (its nexthop leaves the route)", name)
         else:
             self.disabled.discard(name)
+            self.drained.save(self.disabled)
             log.info("%s: enabled by the administrator", name)
         await self.reconcile()
         return {"ok": True, "wan": name, "disabled": name in self.disabled}
@@ -325,10 +364,12 @@ class Daemon:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
-        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self._hup()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._hup()))
         self.ipr = AsyncIPRoute()
         self.links = await routing.read_links(self.ipr)
         self.addresses = await routing.read_addresses(self.ipr)
+        self.drained = DrainStore(self.cfg.control_socket + ".disabled.json")
+        self.disabled = self.drained.load(set(self.wans))
         await self.adopt()
         self.control = ControlServer(self.cfg.control_socket, self.handle, self.cfg.control_group)
         await self.control.start()
@@ -368,7 +409,10 @@ class Daemon:
         elif self.ipr is not None:
             async with self._lock:
                 removed = await routing.apply(self.ipr, self.cfg, Desired(main=None))
-                self.firewall.remove()
+                try:
+                    self.firewall.remove()
+                except Exception as exc:
+                    log.error("cannot remove nft table %s: %s", self.cfg.nft_table, exc)
                 self.sysctls.restore()
             log.info("removed ecmpd's routes and rules (%d) and nft table", removed)
         if self.ipr is not None:

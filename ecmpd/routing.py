@@ -62,6 +62,8 @@ async def read_actual(ipr: AsyncIPRoute, cfg: Config) -> Actual:
                 via = ", ".join(h.gateway for h in hops) or "no gateway"
                 actual.foreign_main = f"default via {via} proto {msg['proto']} metric {metric}"
             continue
+        if table == MAIN_TABLE and metric != cfg.route_metric:
+            continue  # ours is the one at route.metric; others with our proto are left alone
         actual.routes[(table, metric)] = RouteSpec(table, _nexthops(msg), metric)
     prios = rule_range(cfg)
     async for msg in await ipr.rule("dump", family=socket.AF_INET):

@@ -147,3 +147,53 @@ def test_broken_config_is_refused_and_changes_nothing(make_lab, ecmpd_in):
     # and a valid config is taken again
     d.write_config(good)
     assert d.ctl("reload").returncode == 0
+
+
+def test_reload_onto_a_real_interface_judges_it_from_what_is_observed(make_lab, tmp_path):
+    """A WAN first configured on a missing interface, then reloaded onto the real one
+    whose ISP is dead, must go DOWN by its probes (not sit INIT in the route)."""
+    from ecmpd.lab.router import Ecmpd
+    lab = make_lab()
+    cfg = config_for(lab)
+    cfg["wans"]["wlan1"]["interface"] = "ghost0"
+    cfg["wans"]["wlan1"].pop("address")
+    d = Ecmpd(lab, cfg, workdir=str(tmp_path / "d"))
+    d.start()
+    try:
+        d.wait_states({"wlan1": "down", "wlan2": "up"})
+        lab.fault("wlan1", "dead")
+        d.write_config(config_for(lab))
+        d.ctl("reload")
+        st = d.wait_states({"wlan1": "down", "wlan2": "up"})
+        assert {h["interface"] for h in st["route"]["nexthops"]} == {"wlan2"}
+        lab.start_servers()
+        assert all(r.ok for r in lab.new_flows(60, timeout=3.0))
+        lab.heal("wlan1")
+        d.wait_states({"wlan1": "up"})
+    finally:
+        d.stop()
+
+
+def test_removing_a_wan_by_reload_deletes_its_pinned_connections(make_lab, ecmpd_in):
+    lab = make_lab(make_spec(3, names=["north", "south", "west"]))
+    cfg = config_for(lab)
+    for i, wan in enumerate(cfg["wans"].values(), 1):
+        wan["id"] = i        # explicit ids: west keeps its mark when south goes
+    d = ecmpd_in(lab, cfg)
+    lab.start_servers()
+    held = lab.hold_flows(60, byte_interval=0.1)
+    held.wait_established()
+    south = int(d.status()["wans"]["south"]["mark"], 16)
+    count = lambda: sum(1 for line in lab.run(lab.ns_router, "conntrack", "-L", "-p", "tcp",
+                                               check=False).stdout.splitlines()
+                        if f"mark={south} " in line)
+    assert count() > 0
+    del cfg["wans"]["south"]
+    d.write_config(cfg)
+    d.ctl("reload")
+    deadline = time.monotonic() + 5
+    while count() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert count() == 0
+    results = held.stop()
+    assert not [r for r in results if r.wan != "south" and r.broken]

@@ -260,3 +260,28 @@ def test_deletions_in_quick_succession_are_all_put_back(make_lab, ecmpd_in):
     print(f"burst restore times (s): max {max(res['times'], default=0):.3f}, "
           f"{len(res['times'])} rounds")
     assert res["lost"] == 0 and "stuck" not in res, res
+
+
+def test_a_drained_wan_stays_drained_across_a_restart(make_lab, ecmpd_in):
+    lab = make_lab()
+    d = ecmpd_in(lab, keep_on_exit=True)
+    d.ctl("disable", "wlan2")
+    assert d.stop() == 0
+    d.start()
+    st = d.wait_states({"wlan1": "up"})
+    assert st["wans"]["wlan2"]["state"] == "disabled" and not st["wans"]["wlan2"]["active"]
+    assert "still disabled by the administrator: wlan2" in d.log()
+    d.ctl("enable", "wlan2")
+    d.wait_states({"wlan2": "up"})
+
+
+def test_other_proto_236_defaults_at_another_metric_are_left_alone(make_lab, ecmpd_in):
+    lab = make_lab()
+    lab.run(lab.ns_router, "ip", "route", "add", "default", "via", "10.112.0.1", "dev", "wlan2",
+            "proto", "236", "metric", "50")
+    d = ecmpd_in(lab)
+    d.ctl("reload")
+    routes = lab.run(lab.ns_router, "ip", "route", "show", "default").stdout
+    assert "metric 50" in routes
+    assert d.stop() == 0
+    assert "metric 50" in lab.run(lab.ns_router, "ip", "route", "show", "default").stdout
