@@ -146,6 +146,14 @@ class Watcher:
             if event == "RTM_DELLINK":
                 d.links.pop(name, None)
             else:
+                # a renamed interface keeps its index: forget its old name
+                for other in [n for n, l in d.links.items()
+                              if l["index"] == msg["index"] and n != name]:
+                    del d.links[other]
+                    for rt in list(d.wans.values()):
+                        if rt.wan.interface == other:
+                            d.on_link(rt.wan, f"interface renamed to {name}")
+                            d.kick()
                 d.links[name] = {"index": msg["index"], "up": bool(flags & 1),
                                  "carrier": bool(flags & 1) and bool(flags & 0x10000)}
             new = d.links.get(name)

@@ -624,3 +624,15 @@ def test_start_subscribes_to_the_four_groups_and_survives_without_nft(monkeypatc
     with caplog.at_level(logging.WARNING, logger="ecmpd"):
         run(body)
     assert "cannot watch nftables changes" in caplog.text
+
+
+def test_a_renamed_wan_interface_is_forgotten_under_its_old_name() -> None:
+    async def body() -> None:
+        d = FakeDaemon()
+        w = Watcher(d)
+        index = d.links["eth1"]["index"]
+        await w._handle(link_msg("RTM_NEWLINK", "eth1old", index, LINK_OK))
+        assert "eth1" not in d.links and d.links["eth1old"]["index"] == index
+        assert ("wlan1", "interface renamed to eth1old") in d.on_link_calls
+        assert d.kicks >= 1
+    run(body)
