@@ -27,17 +27,13 @@ from .firewall import Firewall
 from .health import Health, State
 from .model import Config, Wan
 from .prober import Prober, RoundResult
+from .reconfig import plan_reload
 from .sdnotify import Notifier
 from .sysctl import Sysctls
 from .watcher import Watcher
 from . import status as status_mod
 
 log = logging.getLogger("ecmpd")
-
-
-def owned_by(cfg: Config) -> tuple[int, int, int, int]:
-    """The config values by which ecmpd recognises its routes and rules."""
-    return (cfg.route_proto, cfg.route_metric, cfg.table_base, cfg.rule_priority)
 
 
 class WanRuntime:
@@ -70,7 +66,6 @@ class Daemon:
         self.sysctls = Sysctls()
         self.ipr: AsyncIPRoute | None = None
         self.kept_last = False
-        self.foreign_main: str | None = None
         self.reconciles = 0
         self.changes = 0
         self.reactions: deque[float] = deque(maxlen=200)
@@ -116,7 +111,6 @@ class Daemon:
             assert self.ipr is not None
             cfg = self.cfg
             actual = await routing.read_actual(self.ipr, cfg)
-            self.foreign_main = actual.foreign_main
             addrs = {w.name: a for w in cfg.wans if (a := self.wan_address(w))}
             # the kernel refuses routes via an interface that is administratively down
             links = {name: link["index"] for name, link in self.links.items() if link["up"]}
@@ -260,7 +254,7 @@ class Daemon:
             # the control socket stays where it is (it may come from --socket)
             cfg = replace(cfg, control_socket=self.cfg.control_socket,
                           control_group=self.cfg.control_group)
-            if owned_by(cfg) != owned_by(self.cfg) and self.ipr is not None:
+            if plan_reload(self.cfg, cfg).reinstall and self.ipr is not None:
                 # ecmpd's objects are recognised by these values: remove the old ones
                 # first, or they would be orphaned under the old numbers
                 log.info("route proto/metric, tables or rule priorities changed: "
@@ -275,48 +269,36 @@ class Daemon:
             self.notifier.ready()
 
     def apply_config(self, cfg: Config) -> None:
-        """Switch to `cfg`: unchanged WANs keep their health, prober and flows.
-
-        A new WAN, or one whose interface or gateway changed, starts from what can be
-        observed (like at start-up).  Connections pinned to a removed WAN, or to a
-        WAN whose mark changes, are deleted from conntrack: no route would carry them
-        with their masqueraded source any more.
-        """
-        old = self.wans
-        old_cfg = self.cfg
-        self.wans = {}
-        stale_marks: list[int] = []
+        """Switch to `cfg` as `reconfig.plan_reload` says: unchanged WANs keep their
+        health, prober and flows; new and re-addressed ones start from what netlink
+        shows; connections under marks that changed meaning are deleted."""
+        plan = plan_reload(self.cfg, cfg)
+        old_mask = self.cfg.mark_mask
+        for name, before, after in plan.renumbered:
+            log.warning("%s: id %d -> %d (ids default to the position in `wans`): its "
+                        "connections are reset; give WANs explicit ids to avoid this",
+                        name, before, after)
+        old, self.wans = self.wans, {}
         for wan in cfg.wans:
-            rt = old.pop(wan.name, None)
-            if rt is None:
-                rt = WanRuntime(wan)
-                self.wans[wan.name] = rt
-                self._observe(rt)
-                self._start_prober(rt)
-                continue
-            if old_cfg.mark_of(rt.wan) != cfg.mark_of(wan) or rt.wan.interface != wan.interface:
-                stale_marks.append(old_cfg.mark_of(rt.wan))
-                if rt.wan.id != wan.id:
-                    log.warning("%s: id %d -> %d (ids default to the position in `wans`): its "
-                                "connections are reset; give WANs explicit ids to avoid this",
-                                wan.name, rt.wan.id, wan.id)
-            changed = (rt.wan.interface, rt.wan.gateway) != (wan.interface, wan.gateway)
+            rt = old.pop(wan.name, None) or WanRuntime(wan)
             rt.wan = wan
             self.wans[wan.name] = rt
-            if changed:
+            if wan.name in plan.rejudged:
                 rt.health, rt.since = Health(), time.time()
+            if wan.name in plan.added or wan.name in plan.rejudged:
                 self._observe(rt)
-            if rt.prober is not None:
+            if rt.prober is None:
+                self._start_prober(rt)
+            else:
                 rt.prober.update(wan.probe.resolved_targets(wan.gateway), wan.probe)
                 rt.prober.source = self.wan_address(wan)
         for rt in old.values():
             self._stop_prober(rt)
-            stale_marks.append(old_cfg.mark_of(rt.wan))
         self.disabled &= set(self.wans)
         self.firewall.reconfigure(cfg)
         self.cfg = cfg
-        for mark in stale_marks:
-            self._spawn(conntrack.flush_mark(mark, old_cfg.mark_mask))
+        for mark in plan.stale_marks:
+            self._spawn(conntrack.flush_mark(mark, old_mask))
 
     def _observe(self, rt: WanRuntime) -> None:
         """Link state and, without a usable link, DOWN health from what netlink shows."""

@@ -9,7 +9,6 @@ finds a different listing (someone deleted or edited the table) applies it again
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -98,7 +97,3 @@ class Firewall:
         """Delete ecmpd's table (no error when it is already gone)."""
         self._cmd(nftrules.delete_commands(self.cfg.nft_table))
         self._baseline = None
-
-    def plan(self) -> str:
-        """The table as JSON (for --dry-run)."""
-        return json.dumps(nftrules.replace_commands(self.cfg), indent=2)

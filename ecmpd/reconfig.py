@@ -1,0 +1,62 @@
+"""What a reload changes, decided from the old and the new config alone.  Pure.
+
+The daemon applies the plan: unchanged WANs keep their health, prober and flows; a WAN
+whose interface or gateway changed is judged anew; connections pinned under a mark that
+no longer means the same WAN are deleted from conntrack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .model import Config
+
+
+def owned_by(cfg: Config) -> tuple[int, int, int, int]:
+    """The config values by which ecmpd recognises its routes and rules."""
+    return (cfg.route_proto, cfg.route_metric, cfg.table_base, cfg.rule_priority)
+
+
+@dataclass(frozen=True)
+class ReloadPlan:
+    """The WAN-level consequences of switching from one config to another."""
+
+    added: tuple[str, ...]
+    removed: tuple[str, ...]
+    rejudged: tuple[str, ...]
+    """Kept WANs whose interface or gateway changed: their health starts over."""
+    stale_marks: tuple[int, ...]
+    """Old marks whose connections must go (removed WANs, changed mark or interface)."""
+    renumbered: tuple[tuple[str, int, int], ...]
+    """(name, old id, new id) of kept WANs whose id changed."""
+    reinstall: bool
+    """The ownership numbers changed: remove the old routes and rules first."""
+
+
+def plan_reload(old: Config, new: Config) -> ReloadPlan:
+    """The plan for reloading from `old` to `new`."""
+    before = {w.name: w for w in old.wans}
+    after = {w.name: w for w in new.wans}
+    stale: list[int] = []
+    rejudged: list[str] = []
+    renumbered: list[tuple[str, int, int]] = []
+    for name, wan in after.items():
+        prev = before.get(name)
+        if prev is None:
+            continue
+        if old.mark_of(prev) != new.mark_of(wan) or prev.interface != wan.interface:
+            stale.append(old.mark_of(prev))
+        if prev.id != wan.id:
+            renumbered.append((name, prev.id, wan.id))
+        if (prev.interface, prev.gateway) != (wan.interface, wan.gateway):
+            rejudged.append(name)
+    removed = tuple(n for n in before if n not in after)
+    stale += [old.mark_of(before[n]) for n in removed]
+    return ReloadPlan(
+        added=tuple(n for n in after if n not in before),
+        removed=removed,
+        rejudged=tuple(rejudged),
+        stale_marks=tuple(dict.fromkeys(stale)),
+        renumbered=tuple(renumbered),
+        reinstall=owned_by(old) != owned_by(new),
+    )

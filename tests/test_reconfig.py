@@ -1,0 +1,54 @@
+"""reconfig: what a reload changes (pure)."""
+
+from dataclasses import replace
+from ipaddress import IPv4Address
+
+from ecmpd.model import Config, Wan
+from ecmpd.reconfig import owned_by, plan_reload
+
+A = Wan("a", "ethA", IPv4Address("10.1.0.1"), 1, 1)
+B = Wan("b", "ethB", IPv4Address("10.2.0.1"), 2, 2)
+C = Wan("c", "ethC", IPv4Address("10.3.0.1"), 3, 3)
+OLD = Config(lan_interfaces=("lan0",), wans=(A, B, C))
+
+
+def test_same_config_changes_nothing():
+    plan = plan_reload(OLD, OLD)
+    assert plan.added == plan.removed == plan.rejudged == plan.stale_marks == plan.renumbered == ()
+    assert not plan.reinstall
+
+
+def test_weight_and_probe_changes_keep_everything():
+    new = replace(OLD, wans=(replace(A, weight=9), B, C))
+    plan = plan_reload(OLD, new)
+    assert plan.rejudged == () and plan.stale_marks == ()
+
+
+def test_added_and_removed_wans():
+    d = Wan("d", "ethD", IPv4Address("10.4.0.1"), 1, 4)
+    plan = plan_reload(OLD, replace(OLD, wans=(A, C, d)))
+    assert plan.added == ("d",) and plan.removed == ("b",)
+    assert plan.stale_marks == (0x20000,)          # b's connections go, a's and c's stay
+
+
+def test_renumbering_resets_only_the_renumbered():
+    plan = plan_reload(OLD, replace(OLD, wans=(A, replace(C, id=2))))
+    assert plan.renumbered == (("c", 3, 2),)
+    assert set(plan.stale_marks) == {0x20000, 0x30000}   # b removed, c's old mark
+    assert plan.rejudged == ()
+
+
+def test_new_gateway_or_interface_is_judged_again():
+    plan = plan_reload(OLD, replace(OLD, wans=(replace(A, gateway=IPv4Address("10.1.0.9")),
+                                               replace(B, interface="ethX"), C)))
+    assert plan.rejudged == ("a", "b")
+    assert plan.stale_marks == (0x20000,)          # b moved interface; a kept its mark
+
+
+def test_ownership_numbers_force_a_reinstall():
+    for change in ({"route_proto": 237}, {"route_metric": 5}, {"table_base": 2000},
+                   {"rule_priority": 3000}):
+        new = replace(OLD, **change)
+        assert owned_by(new) != owned_by(OLD)
+        assert plan_reload(OLD, new).reinstall
+    assert not plan_reload(OLD, replace(OLD, hash="l3")).reinstall
