@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import sys
 from dataclasses import replace
@@ -56,16 +57,14 @@ async def dry_run(cfg: Config) -> None:
         links = await routing.read_links(ipr)
         addrs = await routing.read_addresses(ipr)
     index = {name: link["index"] for name, link in links.items()}
-    wan_addrs = {}
     for wan in cfg.wans:
         if wan.interface not in links:
             print(f"# {wan.name}: interface {wan.interface} does not exist (no routes for it)")
-        elif addrs.get(index[wan.interface]):
-            wan_addrs[wan.name] = addrs[index[wan.interface]][0][0]
+    wan_addrs = {w.name: a for w in cfg.wans
+                 if (a := routing.primary_address(links, addrs, w.interface))}
     active = {w.name for w in cfg.wans if links.get(w.interface, {}).get("carrier")}
     for line in describe(build_desired(cfg, index, wan_addrs, active)):
         print(line)
-    import json
     print(f"# nft table ip {cfg.nft_table} (one atomic transaction):")
     print(json.dumps(nftrules.replace_commands(cfg), indent=1))
 

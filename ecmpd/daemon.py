@@ -88,11 +88,7 @@ class Daemon:
     # ---- derived state -------------------------------------------------------------
     def wan_address(self, wan: Wan) -> str | None:
         """The router's primary IPv4 address on the WAN's interface."""
-        link = self.links.get(wan.interface)
-        if link is None:
-            return None
-        addrs = self.addresses.get(link["index"], [])
-        return addrs[0][0] if addrs else None
+        return routing.primary_address(self.links, self.addresses, wan.interface)
 
     def carrier(self, wan: Wan) -> bool:
         link = self.links.get(wan.interface)
@@ -223,7 +219,7 @@ class Daemon:
         assert self.ipr is not None
         actual = await routing.read_actual(self.ipr, self.cfg)
         main = actual.routes.get((MAIN_TABLE, self.cfg.route_metric))
-        in_route = {(h.gateway, h.oif) for h in main.nexthops} if main else None
+        in_route = main.hops() if main else None
         for rt in self.wans.values():
             link = self.links.get(rt.wan.interface)
             self._observe(rt)

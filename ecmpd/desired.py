@@ -39,6 +39,10 @@ class RouteSpec:
     nexthops: tuple[Nexthop, ...]
     metric: int = 0
 
+    def hops(self) -> set[tuple[str, int]]:
+        """(gateway, oif) of every nexthop."""
+        return {(h.gateway, h.oif) for h in self.nexthops}
+
     def same_as(self, other: "RouteSpec") -> bool:
         """Equal as the kernel keeps them (a single nexthop carries no weight)."""
         if (self.table, self.metric) != (other.table, other.metric):

@@ -163,18 +163,27 @@ async def remove_all(ipr: AsyncIPRoute, cfg: Config) -> int:
     return await apply(ipr, cfg, Desired(main=None))
 
 
+IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
+
+
+def link_state(msg) -> dict:
+    """{index, up, carrier} of a link from its netlink message (dump or event)."""
+    flags = msg.get("flags", 0)
+    up = bool(flags & IFF_UP)
+    return {"index": msg["index"], "up": up, "carrier": up and bool(flags & IFF_LOWER_UP)}
+
+
+def primary_address(links: dict[str, dict], addresses: dict[int, list[tuple[str, int]]],
+                    ifname: str) -> str | None:
+    """The primary IPv4 address on interface `ifname` (None: no such link or address)."""
+    link = links.get(ifname)
+    addrs = addresses.get(link["index"], []) if link else []
+    return addrs[0][0] if addrs else None
+
+
 async def read_links(ipr: AsyncIPRoute) -> dict[str, dict]:
     """Interface name → {index, up, carrier} for every link."""
-    links: dict[str, dict] = {}
-    async for msg in await ipr.link("dump"):
-        name = msg.get("ifname")
-        flags = msg["flags"]
-        links[name] = {
-            "index": msg["index"],
-            "up": bool(flags & 1),
-            "carrier": bool(flags & 0x10000) and bool(flags & 1),  # IFF_LOWER_UP
-        }
-    return links
+    return {msg.get("ifname"): link_state(msg) async for msg in await ipr.link("dump")}
 
 
 async def read_addresses(ipr: AsyncIPRoute) -> dict[int, list[tuple[str, int]]]:

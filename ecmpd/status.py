@@ -22,7 +22,7 @@ async def build(d: "Daemon") -> dict[str, Any]:
         actual = await routing.read_actual(d.ipr, cfg)
     main = actual.routes.get((MAIN_TABLE, cfg.route_metric))
     index_to_name = {link["index"]: name for name, link in d.links.items()}
-    in_route = {(h.gateway, h.oif) for h in main.nexthops} if main else set()
+    in_route = main.hops() if main else set()
     counts = await conntrack.count_marks({w.name: cfg.mark_of(w) for w in cfg.wans},
                                          cfg.mark_mask)
     wans: dict[str, Any] = {}

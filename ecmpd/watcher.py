@@ -141,7 +141,6 @@ class Watcher:
         event = msg.get("event")
         if event in ("RTM_NEWLINK", "RTM_DELLINK"):
             name = msg.get("ifname")
-            flags = msg.get("flags", 0)
             old = d.links.get(name)
             if event == "RTM_DELLINK":
                 d.links.pop(name, None)
@@ -154,8 +153,7 @@ class Watcher:
                         if rt.wan.interface == other:
                             d.on_link(rt.wan, f"interface renamed to {name}")
                             d.kick()
-                d.links[name] = {"index": msg["index"], "up": bool(flags & 1),
-                                 "carrier": bool(flags & 1) and bool(flags & 0x10000)}
+                d.links[name] = routing.link_state(msg)
             new = d.links.get(name)
             wan_link = False
             for rt in list(d.wans.values()):

@@ -206,13 +206,17 @@ class FakePing:
         self.calls: list[Call] = []
         self.rtt = rtt
 
-    async def __call__(self, address: str, source: str, timeout: float) -> float | None:
-        loop = asyncio.get_running_loop()
+    def record(self, address: str, source: str, timeout: float) -> Any:
+        """Note the call; its scripted behaviour (an exception instance is raised)."""
         i = len(self.calls)
-        self.calls.append(Call(address, source, timeout, loop.time()))
+        self.calls.append(Call(address, source, timeout, asyncio.get_running_loop().time()))
         v = self.rtt(i, address)
         if isinstance(v, BaseException):
             raise v
+        return v
+
+    async def __call__(self, address: str, source: str, timeout: float) -> float | None:
+        v = self.record(address, source, timeout)
         if v == "hang":
             await asyncio.Event().wait()
         if v is None:
@@ -387,22 +391,15 @@ def test_update_takes_effect_next_round() -> None:
     assert firsts[:5] == pytest.approx([0, 1, 2, 4, 6])
 
 
-class FuturePing:
+class FuturePing(FakePing):
     """Like FakePing, but returns Futures as `IcmpPinger` does (no task per request): a
     float resolves after that long, None after the timeout, "hang" never; an exception
     instance is raised by the call itself."""
 
-    def __init__(self, rtt: Callable[[int, str], Any] = lambda i, a: 0.01) -> None:
-        self.calls: list[Call] = []
-        self.rtt = rtt
-
-    def __call__(self, address: str, source: str, timeout: float) -> asyncio.Future[Any]:
+    def __call__(self, address: str, source: str,  # type: ignore[override]
+                 timeout: float) -> asyncio.Future[Any]:
+        v = self.record(address, source, timeout)
         loop = asyncio.get_running_loop()
-        i = len(self.calls)
-        self.calls.append(Call(address, source, timeout, loop.time()))
-        v = self.rtt(i, address)
-        if isinstance(v, BaseException):
-            raise v
         fut = loop.create_future()
         if v != "hang":
             loop.call_later(timeout if v is None else v,

@@ -6,12 +6,13 @@ the `msg.get(...)` lookups are the ones the daemon sees (e.g. RTA_TABLE over the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import socket
 import types
 from ipaddress import IPv4Address
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 import pytest
 
@@ -408,13 +409,23 @@ def test_unrelated_events_are_ignored() -> None:
 
 # ---- nftables events -------------------------------------------------------------------
 
+@contextlib.contextmanager
+def nft_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A non-blocking datagram socket standing in for the nfnetlink one, and its peer."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setblocking(False)
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
 def test_nft_readable_drains_the_socket_and_reconciles_once() -> None:
     async def body() -> None:
         d = FakeDaemon()
         w = Watcher(d)
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            a.setblocking(False)
+        with nft_pair() as (a, b):
             for _ in range(3):
                 b.send(b"nft event")
             w._nft = a
@@ -422,10 +433,7 @@ def test_nft_readable_drains_the_socket_and_reconciles_once() -> None:
             assert d.kicks == 1 and w.events == 1
             with pytest.raises(BlockingIOError):
                 a.recv(100)                       # everything was read
-        finally:
             w._nft = None
-            a.close()
-            b.close()
     run(body)
 
 
@@ -447,18 +455,13 @@ def test_nft_events_reach_the_daemon_through_the_loop_until_stop() -> None:
     async def body() -> None:
         d = FakeDaemon()
         w = Watcher(d)
-        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            a.setblocking(False)
+        with nft_pair() as (a, b):
             w._nft = a
             asyncio.get_running_loop().add_reader(a.fileno(), w._nft_readable)
             b.send(b"ruleset changed")
             await until(lambda: d.kicks == 1, "the nft event's reconcile")
             await w.stop()
             assert w._nft is None and a.fileno() == -1      # reader removed, closed
-        finally:
-            a.close()
-            b.close()
     run(body)
 
 
