@@ -29,7 +29,7 @@ def parser() -> argparse.ArgumentParser:
                    help="print what would be installed, change nothing")
     p.add_argument("--socket", help="control socket path (overrides control.socket)")
     p.add_argument("--log-level", default="info",
-                   choices=["debug", "info", "warning", "error"])
+                   choices=["debug", "info", "notice", "warning", "error"])
     return p
 
 

@@ -11,8 +11,10 @@ key that of the key owning the mapping it is missing from.  Problems are sorted 
 Beyond the schema in config/ecmpd.yaml: an optional section written as null means "all
 defaults"; per-WAN `probe:` keys override the global ones key by key, and a per-WAN
 `max_loss: null` / `max_rtt: null` switches a global limit off for that WAN.
-`probe.timeout` may exceed `probe.interval` (rounds overlap) but at most 5 times, and
-`max_rtt` must not exceed `timeout` (a slower reply is never measured).  `address` is
+`probe.timeout` may exceed `probe.interval` (rounds overlap) but at most 5 times,
+`max_timeout` must be at least `timeout`, and `max_rtt` must not exceed `timeout` (a
+slower reply is never measured).  `quorum` null or absent means a majority of the WAN's
+targets; an explicit quorum must not exceed the number of targets.  `address` is
 only checked (the gateway must lie in its subnet); the model does not keep it.
 """
 
@@ -32,8 +34,8 @@ from ecmpd.yamlpos import Bad, YamlProblem, YList, YMap, describe, format_second
 TOP_KEYS = ("lan", "wans", "probe", "hash", "marks", "tables", "rules", "route", "nft",
             "keep_on_exit", "control")
 WAN_KEYS = ("interface", "gateway", "weight", "id", "address", "probe")
-PROBE_KEYS = ("targets", "interval", "timeout", "count", "down", "up", "quorum",
-              "max_loss", "max_rtt", "window")
+PROBE_KEYS = ("targets", "interval", "timeout", "max_timeout", "count", "down", "up",
+              "quorum", "max_loss", "max_rtt", "window")
 TIMEOUT_INTERVALS = 5
 """`probe.timeout` may be at most this many `probe.interval`s (rounds may overlap)."""
 RESERVED_TABLES = {253: "default", 254: "main", 255: "local"}
@@ -95,8 +97,9 @@ def _join(path: str, key: Any) -> str:
 
 
 _PROBE_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "interval": yp.duration, "timeout": yp.duration, "count": yp.integer(1, 10),
-    "down": yp.integer(1, 100), "up": yp.integer(1, 100), "quorum": yp.integer(1, 255),
+    "interval": yp.duration, "timeout": yp.duration, "max_timeout": yp.duration,
+    "count": yp.integer(1, 10), "down": yp.integer(1, 100), "up": yp.integer(1, 100),
+    "quorum": yp.or_null(yp.integer(1, 255)),
     "max_loss": yp.or_null(yp.percent), "max_rtt": yp.or_null(yp.duration),
     "window": yp.integer(1, 1000),
 }
@@ -278,7 +281,8 @@ class _Validator:
             return m[key][1] or "the default"
 
         n = len(val["targets"])
-        if not bad & {"targets", "quorum"} and val["quorum"] > n:
+        quorum = val["quorum"]  # None: a majority, always possible
+        if not bad & {"targets", "quorum"} and quorum is not None and quorum > n:
             self.add(m["quorum"][2], where("quorum"), f"must be at most the number of "
                      f"targets ({n} in {where('targets')}), got {val['quorum']}")
         ival, tout = val["interval"], val["timeout"]
@@ -291,6 +295,15 @@ class _Validator:
                 self.add(m["interval"][2], where("interval"), f"must be at least timeout / "
                          f"{TIMEOUT_INTERVALS} ({format_seconds(tout)} in the default), "
                          f"got {format_seconds(ival)}")
+        top = val["max_timeout"]
+        if not bad & {"timeout", "max_timeout"} and top < tout - 1e-9:
+            if m["max_timeout"][1]:
+                self.add(m["max_timeout"][2], where("max_timeout"), f"must be at least "
+                         f"timeout ({format_seconds(tout)} in {where('timeout')}), "
+                         f"got {format_seconds(top)}")
+            else:
+                self.add(m["timeout"][2], where("timeout"), f"must be at most max_timeout "
+                         f"({format_seconds(top)} in the default), got {format_seconds(tout)}")
         rtt = val["max_rtt"]
         if rtt is not None and not bad & {"timeout", "max_rtt"} and rtt > tout:
             self.add(m["max_rtt"][2], where("max_rtt"), f"must be at most timeout "

@@ -12,7 +12,7 @@ import os
 import socket
 import struct
 
-from .netlinkimport import AsyncNFCTSocket
+from .netlinkimport import AsyncNFCTSocket, NFCTAttrTuple
 
 log = logging.getLogger("ecmpd")
 ICMP = 1
@@ -31,6 +31,38 @@ async def flush_mark(mark: int, mask: int) -> bool:
     except Exception as exc:  # a netlink error must never stop the daemon
         log.warning("conntrack flush of mark %#x/%#x failed: %s", mark, mask, exc)
         return False
+    finally:
+        if ct is not None:
+            ct.close()
+
+
+async def flush_probes(source: str) -> int:
+    """Delete the ICMP conntrack entries that the router's address `source` started.
+
+    These are a WAN's own probes (and pings from that address).  An entry created while
+    the WAN's link was down may have been routed, NATed and pinned through another WAN;
+    probes reuse their echo identifier, so such an entry would otherwise live for good.
+    The dump is filtered in the kernel by source and protocol; returns how many went.
+    """
+    ct = None
+    try:
+        ct = AsyncNFCTSocket()
+        flt = NFCTAttrTuple(saddr=source, proto=socket.IPPROTO_ICMP)
+        found = [NFCTAttrTuple.from_netlink(socket.AF_INET, m.get_attr("CTA_TUPLE_ORIG"))
+                 async for m in await ct.dump(tuple_orig=flt)]
+        gone = 0
+        for tup in found:
+            if tup.saddr != source or tup.proto != socket.IPPROTO_ICMP:
+                continue  # kernels before 5.8 ignore the filter
+            try:
+                await ct.entry("del", tuple_orig=tup)
+                gone += 1
+            except Exception as exc:  # gone meanwhile: fine
+                log.debug("conntrack delete of %s failed: %s", tup, exc)
+        return gone
+    except Exception as exc:  # a netlink error must never stop the daemon
+        log.warning("conntrack flush of probes from %s failed: %s", source, exc)
+        return 0
     finally:
         if ct is not None:
             ct.close()

@@ -104,12 +104,17 @@ def _yesno(v: Any) -> str:
     return "?" if v is None else ("yes" if v else "no")
 
 
+def _ms(v: Any) -> str:
+    x = _num(v)
+    return "-" if x is None else f"{x:.2f}ms"
+
+
 def _target_line(addr: str, t: Any) -> str:
     t = t if isinstance(t, dict) else {}
-    rtt, loss = _num(t.get("rtt_ms")), _num(t.get("loss_pct"))
-    rtt_s = "-" if rtt is None else f"{rtt:.2f}ms"
+    loss = _num(t.get("loss_pct"))
     loss_s = "-" if loss is None else f"{loss:.3g}%"
-    return f"    {addr}  rtt {rtt_s}  loss {loss_s}"
+    return (f"    {addr}  rtt {_ms(t.get('rtt_ms'))}  srtt {_ms(t.get('srtt_ms'))}  "
+            f"loss {loss_s}")
 
 
 def _wan_block(name: str, w: Any, now: float) -> list[str]:
@@ -122,7 +127,10 @@ def _wan_block(name: str, w: Any, now: float) -> list[str]:
         head += f" ({w['reason']})"
     out = [f"wan: {name}", head]
     if w.get("last_round"):
-        out.append(f"  last round: {w['last_round']}")
+        verdict = f" ({w['verdict']})" if w.get("verdict") else ""
+        out.append(f"  last round{verdict}: {w['last_round']}")
+    if w.get("timeout_ms") is not None:
+        out.append(f"  reply timeout: {_ms(w['timeout_ms'])}")
     iface = f"  interface: {w.get('interface', '?')}"
     if "carrier" in w:
         iface += f", carrier {_yesno(w['carrier'])}"
@@ -137,7 +145,7 @@ def _wan_block(name: str, w: Any, now: float) -> list[str]:
         out.append(f"  mark: {w.get('mark', '?')}, table: {w.get('table', '?')}")
     targets = w.get("targets")
     if isinstance(targets, dict) and targets:
-        out.append("  targets:")
+        out.append("  targets (rtt and loss over the window, srtt now):")
         out.extend(_target_line(str(a), t) for a, t in targets.items())
     return out
 

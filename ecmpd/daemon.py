@@ -25,6 +25,7 @@ from .desired import MAIN_TABLE, Desired, build_desired
 from .drain import DrainStore
 from .firewall import Firewall
 from .health import Health, State
+from .logsetup import NOTICE
 from .model import Config, Wan
 from .prober import Prober, RoundResult
 from .reconfig import plan_reload
@@ -70,6 +71,8 @@ class Daemon:
         self.changes = 0
         self.reactions: deque[float] = deque(maxlen=200)
         """Seconds from a health decision to the kernel's route reflecting it."""
+        self._counters: tuple[float, dict[int, int]] = (-1.0, {})
+        """(loop time read, WAN id -> packets from beyond its gateway): see `traffic`."""
         self._lock = asyncio.Lock()
         self._stop = asyncio.Event()
         self._pending: asyncio.Task[None] | None = None
@@ -93,6 +96,27 @@ class Daemon:
     def carrier(self, wan: Wan) -> bool:
         link = self.links.get(wan.interface)
         return bool(link and link["carrier"])
+
+    def traffic(self, wan: Wan) -> int | None:
+        """Packets that arrived on `wan` from beyond its gateway (ecmpd's nft counter).
+
+        One read serves every prober for 10 ms: their rounds start on one grid, so a
+        round of all WANs costs one libnftables call.  None when it cannot be read.
+        """
+        now = asyncio.get_running_loop().time()
+        at, counts = self._counters
+        if now - at > 0.01:
+            try:
+                counts = self.firewall.read_counters()
+            except Exception as exc:
+                log.debug("cannot read nft counters: %s", exc)
+                counts = {}
+            self._counters = (now, counts)
+        return counts.get(wan.id)
+
+    def _traffic_of(self, name: str) -> int | None:
+        rt = self.wans.get(name)
+        return self.traffic(rt.wan) if rt is not None else None
 
     def active(self) -> set[str]:
         """WANs whose nexthop belongs in the multipath route now."""
@@ -153,9 +177,11 @@ class Daemon:
         if not health.transitioned(old, new):
             return
         rt.since = time.time()
-        log.info("%s: %s", rt.wan.name, health.describe(old, new))
-        if health.takes_new_flows(old.state) != health.takes_new_flows(new.state) \
-                or new.state == State.DOWN:
+        was, now = health.takes_new_flows(old.state), health.takes_new_flows(new.state)
+        level = logging.INFO if was == now else logging.WARNING if was else NOTICE
+        what = "" if was == now else " (leaves the route)" if was else " (back in the route)"
+        log.log(level, "%s: %s%s", rt.wan.name, health.describe(old, new), what)
+        if was != now or new.state == State.DOWN:
             self._spawn(self._transition(rt, new, asyncio.get_running_loop().time()))
 
     async def _transition(self, rt: WanRuntime, new: Health, decided: float) -> None:
@@ -176,7 +202,7 @@ class Daemon:
         if rt is None or not rt.link_ok:
             return
         p = rt.wan.probe
-        self.set_health(rt, health.step(rt.health, result.ok, p.down, p.up, result.reason))
+        self.set_health(rt, health.step(rt.health, result.verdict, p.down, p.up, result.reason))
 
     def link_ok(self, wan: Wan) -> bool:
         """Carrier up and an IPv4 address on the WAN's interface."""
@@ -188,22 +214,31 @@ class Daemon:
         rt = self.wans.get(wan.name)
         if rt is None:
             return
+        source = self.wan_address(wan)
         if rt.prober is not None:
-            rt.prober.source = self.wan_address(wan)
+            rt.prober.source = source
         ok = self.link_ok(wan)
         if ok == rt.link_ok:
             return
         rt.link_ok = ok
         if not ok:
             self.set_health(rt, health.carrier_lost(rt.health, reason))
-        else:
-            self.set_health(rt, health.carrier_back(rt.health, reason))
+            return
+        self.set_health(rt, health.carrier_back(rt.health, reason))
+        # probes sent while the link was down may have left by another WAN and live on
+        # in conntrack under its NAT and mark: start afresh (new identifier, no entries)
+        if rt.prober is not None:
+            rt.prober.reset()
+        if source is not None:
+            self._spawn(conntrack.flush_probes(source))
 
     def _start_prober(self, rt: WanRuntime) -> None:
         wan = rt.wan
         rt.prober = Prober(wan.name, wan.probe.resolved_targets(wan.gateway), wan.probe,
                            lambda r, n=wan.name: self.on_round(n, r),
-                           source=self.wan_address(wan))
+                           source=self.wan_address(wan), device=wan.interface,
+                           traffic=lambda n=wan.name: self._traffic_of(n),
+                           quorum=wan.probe.resolved_quorum(wan.gateway))
         rt.task = asyncio.get_running_loop().create_task(rt.prober.run())
 
     @staticmethod
@@ -286,8 +321,10 @@ class Daemon:
             if rt.prober is None:
                 self._start_prober(rt)
             else:
-                rt.prober.update(wan.probe.resolved_targets(wan.gateway), wan.probe)
+                rt.prober.update(wan.probe.resolved_targets(wan.gateway), wan.probe,
+                                 wan.probe.resolved_quorum(wan.gateway))
                 rt.prober.source = self.wan_address(wan)
+                rt.prober.device = wan.interface
         for rt in old.values():
             self._stop_prober(rt)
         self.disabled &= set(self.wans)

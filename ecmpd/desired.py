@@ -4,7 +4,11 @@ ecmpd's routing objects, all of them recognisable as its own:
 
 * table main: ``default proto <ours> metric <m>`` — the weighted multipath route over
   the WANs that take new flows;
-* table ``base + id`` per WAN: ``default via <gateway> dev <wan> proto <ours>``;
+* table ``base + id`` per WAN: ``default via <gateway> dev <wan> proto <ours>`` and,
+  below it, ``unreachable default proto <ours> metric 4294967295``: when the WAN's route
+  is gone or ignored (link down, ``ignore_routes_with_linkdown=1``), a packet sent from
+  the WAN's address or carrying its mark gets EHOSTUNREACH instead of falling through
+  to table main and leaving by another WAN (a probe must only ever test its own WAN);
 * ip rules, priorities ``P .. P+511`` (P = ``rules.priority``):
   ``P``: ``lookup main suppress_prefixlength 0`` (marked packets still reach connected
   and more specific routes: the LAN, the WAN subnets), ``P+id``: ``fwmark <wan
@@ -20,6 +24,9 @@ from .model import Config
 
 MAIN_TABLE = 254
 RULE_SPAN = 512
+UNREACHABLE_METRIC = 0xFFFFFFFF
+"""Metric of the `unreachable` default in each WAN table: below any real route there."""
+UNICAST, UNREACHABLE = "unicast", "unreachable"
 
 
 @dataclass(frozen=True, order=True)
@@ -33,11 +40,16 @@ class Nexthop:
 
 @dataclass(frozen=True)
 class RouteSpec:
-    """A default route of ecmpd's in `table` (one nexthop = a plain route)."""
+    """A default route of ecmpd's in `table` (one nexthop = a plain route).
+
+    `kind` is the route type: `UNICAST` (via its nexthops) or `UNREACHABLE` (no
+    nexthops; the lookup ends with EHOSTUNREACH).
+    """
 
     table: int
     nexthops: tuple[Nexthop, ...]
     metric: int = 0
+    kind: str = UNICAST
 
     def hops(self) -> set[tuple[str, int]]:
         """(gateway, oif) of every nexthop."""
@@ -45,7 +57,7 @@ class RouteSpec:
 
     def same_as(self, other: "RouteSpec") -> bool:
         """Equal as the kernel keeps them (a single nexthop carries no weight)."""
-        if (self.table, self.metric) != (other.table, other.metric):
+        if (self.table, self.metric, self.kind) != (other.table, other.metric, other.kind):
             return False
         if len(self.nexthops) == 1 and len(other.nexthops) == 1:
             a, b = self.nexthops[0], other.nexthops[0]
@@ -95,7 +107,8 @@ def build_desired(
 ) -> Desired:
     """The desired routing state.
 
-    `links` maps interface names to indexes (missing interfaces get no routes),
+    `links` maps interface names to indexes (a missing interface gets no route via it,
+    only its table's unreachable default),
     `addresses` maps WAN names to the router's IPv4 address on them, `active` holds the
     WANs whose nexthop belongs in the multipath route.  When no WAN is active,
     `keep_main` (the route in the kernel now) is kept rather than leaving no route.
@@ -111,12 +124,13 @@ def build_desired(
             rules.append(RuleSpec(cfg.rule_priority + 256 + wan.id, table,
                                   src=addresses[wan.name]))
         oif = links.get(wan.interface)
-        if oif is None:
-            continue
-        nh = Nexthop(str(wan.gateway), oif, wan.weight)
-        tables.append(RouteSpec(table, (Nexthop(nh.gateway, oif, 1),), 0))
-        if wan.name in active:
-            hops.append(nh)
+        if oif is not None:
+            nh = Nexthop(str(wan.gateway), oif, wan.weight)
+            tables.append(RouteSpec(table, (Nexthop(nh.gateway, oif, 1),), 0))
+            if wan.name in active:
+                hops.append(nh)
+        # needs no interface: it stays when the link (and the route via it) is gone
+        tables.append(RouteSpec(table, (), UNREACHABLE_METRIC, UNREACHABLE))
     main = RouteSpec(MAIN_TABLE, tuple(hops), cfg.route_metric) if hops else keep_main
     return Desired(main, tuple(tables), tuple(sorted(rules)), sysctls_for(cfg))
 
@@ -145,6 +159,9 @@ def describe(d: Desired) -> list[str]:
     else:
         lines.append("route default table main: none (no usable WAN)")
     for t in d.tables:
+        if t.kind == UNREACHABLE:
+            lines.append(f"route unreachable default table {t.table} metric {t.metric}")
+            continue
         h = t.nexthops[0]
         lines.append(f"route default table {t.table} via {h.gateway} oif {h.oif}")
     for r in d.rules:

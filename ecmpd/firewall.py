@@ -5,6 +5,8 @@ packets never see a half-built ruleset.  A digest of the rendered table is kept 
 rule comment: a restarted daemon that finds its own table intact adopts it without
 touching it.  After each apply the kernel's listing is remembered; a later check that
 finds a different listing (someone deleted or edited the table) applies it again.
+Counter values are not part of that comparison (see `nftrules.normalize_listing`), so
+traffic never causes a rewrite; a rewrite does restart the counters at zero.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ class NftError(RuntimeError):
 
 
 def _shape(objs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """(kind, chain, comment) of every chain and rule, sorted: a deleted or added one shows."""
+    """(kind, name or chain, comment) of every counter, chain and rule, sorted: a deleted
+    or added one shows."""
     out: list[tuple[str, str, str]] = []
     for obj in objs:
         (kind, body), = obj.items()
-        if kind == "chain":
+        if kind in ("chain", "counter"):
             out.append((kind, str(body["name"]), ""))
         elif kind == "rule":
             out.append((kind, str(body["chain"]), str(body.get("comment", ""))))
@@ -39,11 +42,13 @@ def _shape(objs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
 class Firewall:
     """ecmpd's one nftables table in the current network namespace."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, gateways: dict[str, str] | None = None) -> None:
         self._nft = nftables.Nftables()
         self._nft.set_json_output(True)
         self._nft.set_handle_output(False)
         self.cfg = cfg
+        self.gateways = gateways
+        """WAN name → gateway the arrival counters leave out; None: the config's."""
         self._baseline: list[dict[str, Any]] | None = None
         self.applies = 0
         """How many times the table was (re)written by this process."""
@@ -68,8 +73,9 @@ class Firewall:
         if listing is not None:
             current = nftrules.normalize_listing(listing, self.cfg.nft_table)
             if (self._baseline is None
-                    and nftrules.listing_digest(listing) == nftrules.digest(self.cfg)
-                    and _shape(current) == _shape(nftrules.render_table(self.cfg))):
+                    and nftrules.listing_digest(listing) == self._digest()
+                    and _shape(current) == _shape(nftrules.render_table(self.cfg,
+                                                                        self.gateways))):
                 self._baseline = current      # adopt the intact table a previous ecmpd left
                 return False
             if current == self._baseline:
@@ -80,18 +86,32 @@ class Firewall:
 
     def apply(self) -> None:
         """Replace the table atomically and remember what the kernel then shows."""
-        self._cmd(nftrules.replace_commands(self.cfg))
+        self._cmd(nftrules.replace_commands(self.cfg, self.gateways))
         self.applies += 1
         listing = self.listing()
         self._baseline = nftrules.normalize_listing(listing or {}, self.cfg.nft_table)
 
-    def reconfigure(self, cfg: Config) -> None:
-        """Use a new config: a renamed table is removed, the rest is left to ensure()."""
+    def _digest(self) -> str:
+        return nftrules.digest(self.cfg, self.gateways)
+
+    def reconfigure(self, cfg: Config, gateways: dict[str, str] | None = None) -> None:
+        """Use a new config (and gateways; None: the config's): a renamed table is
+        removed, the rest is left to ensure()."""
         if cfg.nft_table != self.cfg.nft_table:
             self.remove()
-        if cfg != self.cfg:
-            self._baseline = None if nftrules.digest(cfg) != nftrules.digest(self.cfg) else self._baseline
-        self.cfg = cfg
+        before = self._digest()
+        self.cfg, self.gateways = cfg, gateways
+        if self._digest() != before:
+            self._baseline = None
+
+    def read_counters(self) -> dict[int, int]:
+        """WAN id → packets that arrived on it from a source other than its gateway
+        (one libnftables call; {} when the table does not exist).  The counts restart at
+        zero whenever the table is rewritten."""
+        rc, out, _err = self._nft.json_cmd(nftrules.counters_command(self.cfg.nft_table))
+        if rc != 0 or not isinstance(out, dict):
+            return {}
+        return nftrules.parse_counters(out, self.cfg.nft_table)
 
     def remove(self) -> None:
         """Delete ecmpd's table (no error when it is already gone)."""

@@ -5,6 +5,13 @@ UP while rounds succeed, FALLING after a failed round, DOWN after `down` consecu
 failed rounds, RISING after a good round while DOWN and UP again after `up` consecutive
 good rounds.  A carrier loss makes it DOWN at once; carrier back makes it RISING.
 
+A round has one of three verdicts (`Verdict`): GOOD (enough targets answered in time),
+FAILED (nothing proves the WAN alive) or SLOW (the probes were late, but late replies or
+traffic from beyond the gateway prove the line alive: a saturated line).  SLOW is life,
+not health: it ends a falling streak (UP/FALLING/INIT -> UP) but does not count toward
+rising (RISING keeps its streak, DOWN stays DOWN), so a busy WAN is never taken out for
+being busy, and a dead one only comes back on answered probes.
+
 No I/O happens here: callers feed `step()` one probe round at a time and log
 `describe(old, new)` whenever `transitioned(old, new)`.
 
@@ -22,6 +29,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
+
+
+class Verdict(str, Enum):
+    """The verdict on one probe round."""
+
+    GOOD = "good"
+    SLOW = "slow"
+    FAILED = "failed"
 
 
 class State(str, Enum):
@@ -45,49 +60,54 @@ class Health:
     """Why the last state change happened (human-readable)."""
 
 
-def _rounds(n: int, ok: bool) -> str:
-    kind = "good" if ok else "failed"
+def _rounds(n: int, kind: str) -> str:
     return f"{n} {kind} round{'' if n == 1 else 's'}"
 
 
-def _moved(h: Health, state: State, count: int, streak: int, ok: bool, reason: str) -> Health:
+def _moved(h: Health, state: State, count: int, streak: int, kind: str, reason: str) -> Health:
     """The new Health; the reason is rewritten only when the state changes."""
     if state == h.state:
         return Health(state, count, h.reason)
-    why = f"after {_rounds(streak, ok)}"
+    why = f"after {_rounds(streak, kind)}"
     return Health(state, count, f"{why}: {reason}" if reason else why)
 
 
-def step(h: Health, ok: bool, down: int, up: int, reason: str = "") -> Health:
-    """Feed one probe round (`ok` good or failed, with its `reason`) to `h`.
+def step(h: Health, verdict: Verdict, down: int, up: int, reason: str = "") -> Health:
+    """Feed one probe round's `verdict` (with its `reason`) to `h`.
 
     `down` (>= 1) consecutive failed rounds take an UP/INIT WAN DOWN; `up` (>= 1)
-    consecutive good rounds take a DOWN WAN UP.
+    consecutive good rounds take a DOWN WAN UP; see the module for SLOW.
     """
     if down < 1 or up < 1:
         raise ValueError(f"down and up must be >= 1 (got down={down}, up={up})")
+    if not isinstance(verdict, Verdict):
+        raise TypeError(f"verdict must be a Verdict, got {verdict!r}")
     s = h.state
-    if ok:
+    if verdict is Verdict.SLOW:
         if s in (State.INIT, State.UP, State.FALLING):
-            return _moved(h, State.UP, 0, 1, True, reason)
+            return _moved(h, State.UP, 0, 1, "slow", reason)
+        return h  # RISING keeps its streak, DOWN stays DOWN
+    if verdict is Verdict.GOOD:
+        if s in (State.INIT, State.UP, State.FALLING):
+            return _moved(h, State.UP, 0, 1, "good", reason)
         if s is State.DOWN:
             if up == 1:
-                return _moved(h, State.UP, 0, 1, True, reason)
-            return _moved(h, State.RISING, 1, 1, True, reason)
+                return _moved(h, State.UP, 0, 1, "good", reason)
+            return _moved(h, State.RISING, 1, 1, "good", reason)
         # RISING
         n = h.count + 1
         if n >= up:
-            return _moved(h, State.UP, 0, n, True, reason)
-        return _moved(h, State.RISING, n, n, True, reason)
+            return _moved(h, State.UP, 0, n, "good", reason)
+        return _moved(h, State.RISING, n, n, "good", reason)
     # a failed round
     if s in (State.INIT, State.UP, State.FALLING):
         n = h.count + 1 if s is not State.UP else 1
         if n >= down:
-            return _moved(h, State.DOWN, 0, n, False, reason)
+            return _moved(h, State.DOWN, 0, n, "failed", reason)
         nxt = State.INIT if s is State.INIT else State.FALLING
-        return _moved(h, nxt, n, n, False, reason)
+        return _moved(h, nxt, n, n, "failed", reason)
     # DOWN stays DOWN; RISING falls back at once
-    return _moved(h, State.DOWN, 0, 1, False, reason)
+    return _moved(h, State.DOWN, 0, 1, "failed", reason)
 
 
 def carrier_lost(h: Health, reason: str) -> Health:

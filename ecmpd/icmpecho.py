@@ -1,243 +1,266 @@
-"""ICMP echo through one persistent raw socket: many requests in flight, few syscalls.
+"""ICMP echo on icmplib's persistent socket layer, one socket per WAN, filtered in the kernel.
 
-`EchoSocket` is bound to one source address (a WAN's); every request gets the socket's
-identifier and the next sequence number, replies are matched to requests by both, and one
-timer per socket (armed for the earliest deadline) resolves the unanswered ones as lost.
-`IcmpPinger` keeps one EchoSocket for a Prober and reopens it when the source changes.
+`EchoSocket` keeps one privileged `icmplib.ICMPv4Socket` / `ICMPv6Socket` bound to a WAN's
+address (and device) and reports every answer to one of its requests through a callback,
+however late, up to `keep` seconds; deciding what is late is the caller's job.
 
-This is a minimal echo implementation of its own, not icmplib's socket layer: icmplib's
-``AsyncSocket.receive()`` adds and removes the reader per call and discards every packet
-but the one reply it waits for, so one socket cannot serve concurrent requests, and
-``ICMPSocket.send()`` costs a getaddrinfo, two setsockopt calls and a random payload with
-a pure-Python checksum per packet.  Here a request costs one sendto and a reply one recv.
+Why the kernel filters: a raw ICMP socket receives every ICMP packet to its address, so
+an internet host flooding echo replies or unreachables at a WAN address would wake
+Python up for each one (about half a core and lost probes at 150k packets/s).  A classic
+BPF program (`bpf_program`) lets through only echo replies carrying this socket's
+identifier and ICMP errors quoting an echo request with it; ICMP_FILTER drops the other
+types even earlier.
+
+Why the reader calls `recvfrom` and icmplib's `_parse_reply` rather than
+`ICMPSocket.receive(None, timeout)`: `receive` reads the packet first and then raises
+TimeoutExceeded if its wall-clock budget is spent, so `timeout=0` loses every reply and
+any small timeout loses those read after a preemption, while the final, empty call
+blocks the event loop for at least a millisecond (poll() rounds up).  `_parse_reply` is
+icmplib's own parser (private, hence the `<4` pin); it assumes 20-byte IPv4 headers, so
+`_without_options` cuts IP options out first.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
+import ctypes
+import errno
 import logging
-import os
 import socket
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
+
+import icmplib
 
 log = logging.getLogger(__name__)
 
 PAYLOAD = b"ecmpd probe " + bytes(range(44))
-"""56 bytes of echo payload, as ping(8) sends."""
-# per family: socket family, protocol, echo request, echo reply, error types quoting a request
-_V4 = (socket.AF_INET, socket.IPPROTO_ICMP, 8, 0, frozenset({3, 4, 11, 12}))
-_V6 = (socket.AF_INET6, socket.IPPROTO_ICMPV6, 128, 129, frozenset({1, 2, 3, 4}))
-_ICMP_FILTER = 1  # SOL_RAW / IPPROTO_ICMPV6 option: bit set = type not delivered
-_ids = itertools.count(os.getpid())  # echo identifiers, as icmplib and ping(8) pick them
+"""56 bytes of echo payload, as ping(8) sends; fixed, so no random bytes per request."""
+BATCH = 64
+"""Packets read per reader callback at most: the loop calls again while more are queued."""
+# per family: echo reply type, error types that quote the offending packet
+_V4 = (0, frozenset({3, 11, 12}))  # unreachable, time exceeded, parameter problem
+_V6 = (129, frozenset({1, 2, 3, 4}))  # unreachable, too big, time exceeded, parameter problem
+_SOL_RAW, _ICMP_FILTER = 255, 1  # ICMP_FILTER (IPv4), ICMP6_FILTER (IPv6): bit set = dropped
+SO_ATTACH_FILTER = 26  # <asm-generic/socket.h>; the socket module does not define it
+_live: set[int] = set()  # identifiers of the open EchoSockets of this process
 
 
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071) of `data`."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    return ~(total + (total >> 16)) & 0xFFFF
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """One answer to one of our requests."""
+
+    address: str  # the destination the request was sent to
+    seq: int
+    rtt: float  # seconds from send to receipt (loop.time() based)
+    error: int | None  # None for an echo reply; else the ICMP(v6) error type quoting our request
 
 
-def echo_request(family: int, ident: int, seq: int, payload: bytes = PAYLOAD) -> bytes:
-    """An ICMP (4) or ICMPv6 (6) echo request; the kernel fills in ICMPv6 checksums."""
-    kind = (_V4 if family == 4 else _V6)[2]
-    head = struct.pack("!BBHHH", kind, 0, 0, ident, seq)
-    if family == 6:
-        return head + payload
-    return struct.pack("!BBHHH", kind, 0, checksum(head + payload), ident, seq) + payload
+def bpf_program(family: int, ident: int) -> list[tuple[int, int, int, int]]:
+    """Classic BPF (code, jt, jf, k) accepting only echo replies with identifier `ident` and
+    ICMP errors quoting an echo request with it.  An IPv4 raw socket's packet starts with
+    the IP header (variable IHL, likewise the quoted one); an IPv6 one with the ICMPv6
+    header.  Loads beyond the packet's end drop it, so truncated packets never pass."""
+    ok, drop = 0x40000, 0  # accept: the whole packet (up to 256 KiB)
+    if family == 4:
+        return [                  # pc  instruction          meaning
+            (0xB1, 0, 0, 0),      # 0   ldxb 4*([0]&0xf)     X = IP header length
+            (0x50, 0, 0, 0),      # 1   ldb [x+0]            ICMP type
+            (0x15, 4, 0, 0),      # 2   jeq #0 -> 7          echo reply
+            (0x15, 5, 0, 3),      # 3   jeq #3 -> 9          destination unreachable
+            (0x15, 4, 0, 11),     # 4   jeq #11 -> 9         time exceeded
+            (0x15, 3, 0, 12),     # 5   jeq #12 -> 9         parameter problem
+            (0x06, 0, 0, drop),   # 6   ret #0               any other type
+            (0x48, 0, 0, 4),      # 7   ldh [x+4]            identifier
+            (0x15, 11, 12, ident),  # 8 jeq #ident -> 20 / 21
+            (0x50, 0, 0, 17),     # 9   ldb [x+17]           quoted IP protocol
+            (0x15, 0, 10, 1),     # 10  jeq #1 / -> 21       ICMP
+            (0x50, 0, 0, 8),      # 11  ldb [x+8]            quoted version and IHL
+            (0x54, 0, 0, 0x0F),   # 12  and #0xf
+            (0x64, 0, 0, 2),      # 13  lsh #2               quoted IP header length
+            (0x0C, 0, 0, 0),      # 14  add x
+            (0x07, 0, 0, 0),      # 15  tax                  X = quoted ICMP header - 8
+            (0x50, 0, 0, 8),      # 16  ldb [x+8]            quoted ICMP type
+            (0x15, 0, 3, 8),      # 17  jeq #8 / -> 21       echo request
+            (0x48, 0, 0, 12),     # 18  ldh [x+12]           quoted identifier
+            (0x15, 0, 1, ident),  # 19  jeq #ident / -> 21
+            (0x06, 0, 0, ok),     # 20  ret #0x40000         accept
+            (0x06, 0, 0, drop),   # 21  ret #0               drop
+        ]
+    return [                      # pc  instruction          meaning
+        (0x30, 0, 0, 0),          # 0   ldb [0]              ICMPv6 type
+        (0x15, 4, 0, 129),        # 1   jeq #129 -> 6        echo reply
+        (0x15, 5, 0, 1),          # 2   jeq #1 -> 8          destination unreachable
+        (0x15, 4, 0, 2),          # 3   jeq #2 -> 8          packet too big
+        (0x15, 3, 0, 3),          # 4   jeq #3 -> 8          time exceeded
+        (0x15, 2, 9, 4),          # 5   jeq #4 -> 8 / 15     parameter problem
+        (0x28, 0, 0, 4),          # 6   ldh [4]              identifier
+        (0x15, 6, 7, ident),      # 7   jeq #ident -> 14 / 15
+        (0x30, 0, 0, 14),         # 8   ldb [14]             quoted next header: our requests
+        (0x15, 0, 5, 58),         # 9   jeq #58 / -> 15      have no extension headers
+        (0x30, 0, 0, 48),         # 10  ldb [48]             quoted ICMPv6 type
+        (0x15, 0, 3, 128),        # 11  jeq #128 / -> 15     echo request
+        (0x28, 0, 0, 52),         # 12  ldh [52]             quoted identifier
+        (0x15, 0, 1, ident),      # 13  jeq #ident / -> 15
+        (0x06, 0, 0, ok),         # 14  ret #0x40000         accept
+        (0x06, 0, 0, drop),       # 15  ret #0               drop
+    ]
 
 
-def parse_reply(family: int, packet: bytes) -> tuple[int, int, int] | None:
-    """(ICMP type, identifier, sequence) of an echo reply, or of an ICMP error quoting an
-    echo request (the request's identifier and sequence); None for anything else.
+def attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
+    """SO_ATTACH_FILTER: the kernel copies the program, so the buffer may go afterwards."""
+    code = ctypes.create_string_buffer(b"".join(struct.pack("=HBBI", *i) for i in program))
+    fprog = struct.pack("@HP", len(program), ctypes.addressof(code))  # struct sock_fprog
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
-    IPv4 packets start with the IP header (raw sockets), IPv6 ones with the ICMPv6 header.
-    """
-    _, _, request, reply, errors = _V4 if family == 4 else _V6
-    try:
-        icmp = packet[(packet[0] & 0x0F) * 4:] if family == 4 else packet
-        kind = icmp[0]
-        if kind == reply:
-            return (kind, *struct.unpack_from("!HH", icmp, 4))
-        if kind not in errors:
-            return None
-        quoted = icmp[8:]  # the offending packet's IP header and first 8 bytes
-        if family == 4:
-            if quoted[9] != socket.IPPROTO_ICMP:
-                return None
-            inner = quoted[(quoted[0] & 0x0F) * 4:]
-        else:
-            if quoted[6] != socket.IPPROTO_ICMPV6:
-                return None
-            inner = quoted[40:]
-        if inner[0] != request:
-            return None
-        return (kind, *struct.unpack_from("!HH", inner, 4))
-    except (IndexError, struct.error):
-        return None
+
+def _without_options(packet: bytes) -> bytes:
+    """`packet` (IPv4) with IP options cut out of the outer and the quoted IP header:
+    icmplib's parser reads at fixed offsets for 20-byte headers."""
+    if packet[0] & 0x0F != 5:
+        packet = packet[:20] + packet[(packet[0] & 0x0F) * 4:]
+    if len(packet) > 28 and packet[20] != 0 and packet[28] & 0x0F != 5:
+        packet = packet[:48] + packet[28 + (packet[28] & 0x0F) * 4:]
+    return packet
+
+
+def _new_ident() -> int:
+    """A 16-bit identifier no open EchoSocket of this process uses, from icmplib's own
+    counter (so icmplib's ping functions in this process draw distinct ones too)."""
+    for _ in range(0x10000):
+        ident = icmplib.utils.unique_identifier()
+        if ident not in _live:
+            _live.add(ident)
+            return ident
+    raise OSError(errno.EADDRINUSE, "every ICMP echo identifier is in use")
 
 
 class EchoSocket:
-    """One raw ICMP socket bound to `source`, with any number of requests in flight.
+    """One raw ICMP(v6) socket bound to `source` (and `device`), any number of requests in
+    flight; `on_answer` gets the first answer to each request sent in the last `keep`
+    seconds.  Needs CAP_NET_RAW; the constructor raises OSError when it cannot open."""
 
-    `ping()` returns a Future resolved with the reply's RTT, or None when the send
-    failed, an ICMP error answered or `timeout` passed; it never raises.  Needs
-    CAP_NET_RAW; the constructor raises OSError (e.g. `source` is not a local address).
-    """
-
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, on_answer: Callable[[Answer], None],
+                 device: str | None = None, keep: float = 10.0) -> None:
         self.source = source
-        self.family = 6 if ":" in source else 4
-        fam, proto, _, self._reply, errors = _V4 if self.family == 4 else _V6
+        self.device = device
+        self._on_answer = on_answer
+        self._keep = keep
+        self._v6 = ":" in source
+        self._family = socket.AF_INET6 if self._v6 else socket.AF_INET
+        self._reply, self._errors = _V6 if self._v6 else _V4
         self._loop = asyncio.get_running_loop()
-        self._sock = socket.socket(fam, socket.SOCK_RAW, proto)
+        socket.inet_pton(self._family, source)  # OSError unless a literal (icmplib: "" = any)
         try:
-            self._sock.setblocking(False)
-            self._sock.bind((source, 0))
-            blocked = [0xFFFFFFFF] * (1 if self.family == 4 else 8)
-            for t in (self._reply, *errors):  # the kernel drops everything else for us
+            self._icmp = (icmplib.ICMPv6Socket if self._v6 else icmplib.ICMPv4Socket)(
+                address=source, privileged=True)
+        except icmplib.ICMPLibError as e:  # icmplib keeps the OSError only as the context
+            cause = e.__context__
+            code = cause.errno if isinstance(cause, OSError) else None
+            raise OSError(code, f"echo socket on {source}: {e}") from e
+        self._ident = _new_ident()
+        try:
+            sock = self._icmp.sock
+            if device:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+            blocked = [0xFFFFFFFF] * (8 if self._v6 else 1)
+            for t in (self._reply, *self._errors):
                 blocked[t >> 5] &= ~(1 << (t & 31))
-            level = 255 if self.family == 4 else socket.IPPROTO_ICMPV6  # SOL_RAW
-            self._sock.setsockopt(level, _ICMP_FILTER, struct.pack(f"={len(blocked)}I", *blocked))
-        except OSError:
-            self._sock.close()
+            sock.setsockopt(socket.IPPROTO_ICMPV6 if self._v6 else _SOL_RAW, _ICMP_FILTER,
+                            struct.pack(f"={len(blocked)}I", *blocked))
+            attach_filter(sock, bpf_program(6 if self._v6 else 4, self._ident))
+            self._icmp.blocking = False
+            while True:  # drop what was queued before the filters were in place
+                sock.recv(1024)
+        except BlockingIOError:
+            pass
+        except BaseException:
+            self._icmp.close()
+            _live.discard(self._ident)
             raise
-        self._ident = next(_ids) & 0xFFFF
+        self._sock = sock
         self._seq = 0
-        self._kind = _V4[2] if self.family == 4 else _V6[2]
-        # one's complement sum of a request with sequence 0 and checksum 0: a request's
-        # checksum is then this sum plus its sequence, folded and inverted
-        self._partial = ~checksum(struct.pack("!BBHHH", self._kind, 0, 0, self._ident, 0)
-                                  + PAYLOAD) & 0xFFFF
-        # sequence -> (future, sent at, deadline)
-        self._pending: dict[int, tuple[asyncio.Future[float | None], float, float]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._loop.add_reader(self._sock.fileno(), self._readable)
+        self._pending: dict[int, tuple[str, bytes, float]] = {}  # seq -> (address, key, sent at)
+        self._loop.add_reader(sock.fileno(), self._readable)
 
-    def ping(self, address: str, timeout: float) -> asyncio.Future[float | None]:
-        """Send one echo request to `address`; see the class."""
-        fut: asyncio.Future[float | None] = self._loop.create_future()
-        if self._sock.fileno() < 0:
-            fut.set_result(None)
-            return fut
-        self._seq = seq = (self._seq + 1) & 0xFFFF
+    @property
+    def ident(self) -> int:
+        """This socket's echo identifier (distinct among the process's open sockets)."""
+        return self._ident
+
+    def send(self, address: str) -> int | None:
+        """Send one echo request to `address`; its sequence number, or None when the send
+        failed (logged at debug).  `address` must be a literal (no name lookups here)."""
+        if self._icmp.is_closed:
+            return None
         try:
-            self._sock.sendto(self.packet(seq), (address, 0))
-        except OSError as e:  # no route, filtered, buffer full, source gone, ...
+            key = socket.inet_pton(self._family, address.partition("%")[0])
+        except OSError as e:
+            log.debug("ping %s from %s: not an address: %s", address, self.source, e)
+            return None
+        now = self._loop.time()
+        pending = self._pending
+        while pending:  # in send order (see below): drop the expired ones from the front
+            first = next(iter(pending))
+            if pending[first][2] >= now - self._keep:
+                break
+            del pending[first]
+        seq = self._seq = (self._seq + 1) & 0xFFFF
+        try:
+            self._icmp.send(icmplib.ICMPRequest(address, self._ident, seq, payload=PAYLOAD))
+        except icmplib.ICMPLibError as e:  # no route, filtered, buffer full, source gone, ...
             log.debug("ping %s from %s: send failed: %s", address, self.source, e)
-            fut.set_result(None)
-            return fut
-        now = self._loop.time()
-        self._pending[seq] = (fut, now, now + timeout)
-        if self._timer is None or self._timer.when() > now + timeout:
-            self._arm(now + timeout)
-        return fut
-
-    def packet(self, seq: int) -> bytes:
-        """The echo request with sequence `seq` (as `echo_request()` makes it, faster)."""
-        if self.family == 6:  # the kernel fills in ICMPv6 checksums
-            return struct.pack("!BBHHH", self._kind, 0, 0, self._ident, seq) + PAYLOAD
-        total = self._partial + seq
-        total = (total & 0xFFFF) + (total >> 16)
-        return struct.pack("!BBHHH", self._kind, 0, ~total & 0xFFFF, self._ident, seq) + PAYLOAD
-
-    def _arm(self, when: float) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer = self._loop.call_at(when, self._expire)
-
-    def _expire(self) -> None:
-        """Resolve the requests past their deadline as lost; re-arm for the next one."""
-        self._timer = None
-        now = self._loop.time()
-        for seq, (fut, _, deadline) in list(self._pending.items()):
-            if deadline <= now:
-                del self._pending[seq]
-                if not fut.done():
-                    fut.set_result(None)
-        if self._pending:
-            self._arm(min(d for _, _, d in self._pending.values()))
+            return None
+        pending.pop(seq, None)  # a wrapped sequence goes to the end: the dict stays in order
+        pending[seq] = (address, key, now)  # at most 65536 entries: bounded by the seq space
+        return seq
 
     def _readable(self) -> None:
-        """One packet per call: the loop calls again while more are queued."""
-        try:
-            packet = self._sock.recv(2048)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as e:  # a pending socket error (reported once); data may follow
-            log.debug("echo socket %s: %s", self.source, e)
-            return
-        parsed = parse_reply(self.family, packet)
-        if parsed is None or parsed[1] != self._ident:
-            return
-        entry = self._pending.pop(parsed[2], None)
-        if not self._pending and self._timer is not None:
-            self._timer.cancel()  # idle: no wake-up for nothing
-            self._timer = None
-        if entry is None or entry[0].done():
-            return
-        fut, sent, _ = entry
-        if parsed[0] == self._reply:
-            fut.set_result(max(0.0, self._loop.time() - sent))
-        else:  # an error about our request: lost, without waiting for the timeout
-            log.debug("ping from %s: ICMP error type %d", self.source, parsed[0])
-            fut.set_result(None)
-
-    def close(self) -> None:
-        """Stop reading, close the socket; requests in flight resolve as lost."""
-        if self._sock.fileno() >= 0:
-            self._loop.remove_reader(self._sock.fileno())
-            self._sock.close()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        for fut, _, _ in self._pending.values():
-            if not fut.done():
-                fut.set_result(None)
-        self._pending.clear()
-
-
-class IcmpPinger:
-    """The default PingFn of a Prober: one `EchoSocket`, reopened when `source` changes.
-
-    Call `close()` when done.  `factory` makes the socket (tests replace it).
-    """
-
-    def __init__(self, factory: Callable[[str], EchoSocket] = EchoSocket) -> None:
-        self._factory = factory
-        self._sock: EchoSocket | None = None
-
-    def __call__(self, address: str, source: str, timeout: float) -> asyncio.Future[float | None]:
-        if self._sock is None or self._sock.source != source:
-            self.close()
+        """Read what is queued (up to BATCH packets); never raises into the loop."""
+        for _ in range(BATCH):
+            if self._icmp.is_closed:  # on_answer may close us
+                return
             try:
-                self._sock = self._factory(source)
-            except OSError as e:
-                log.debug("ping %s from %s: cannot open socket: %s", address, source, e)
-                fut: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
-                fut.set_result(None)
-                return fut
-        return self._sock.ping(address, timeout)
+                packet, peer = self._sock.recvfrom(1024)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:  # a pending socket error, reported once; data may follow
+                log.debug("echo socket %s: %s", self.source, e)
+                continue
+            try:
+                self._handle(packet, peer[0], self._loop.time())
+            except Exception:  # noqa: BLE001 - a bad packet or callback must not stop reading
+                log.exception("echo socket %s: answer handling failed", self.source)
+
+    def _handle(self, packet: bytes, peer: str, now: float) -> None:
+        if not self._v6:
+            packet = _without_options(packet)
+        reply = self._icmp._parse_reply(packet, peer, now)
+        if reply is None or reply.id != self._ident:  # the BPF filter already checked the id
+            return
+        if reply.type == self._reply:
+            error = None
+        elif reply.type in self._errors:
+            error = reply.type
+        else:
+            return
+        entry = self._pending.get(reply.sequence)
+        if entry is None:  # unknown, pruned or already answered
+            return
+        address, key, sent = entry
+        if now - sent > self._keep:
+            return
+        if error is None and socket.inet_pton(self._family, peer.partition("%")[0]) != key:
+            return  # an echo reply counts only from the address the request went to
+        del self._pending[reply.sequence]
+        self._on_answer(Answer(address, reply.sequence, max(0.0, now - sent), error))
 
     def close(self) -> None:
-        """Close the socket (a later call opens a new one)."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
-
-
-async def icmp_ping(address: str, source: str, timeout: float) -> float | None:
-    """One echo request on a socket of its own (a PingFn); every failure is None."""
-    try:
-        sock = EchoSocket(source)
-    except OSError as e:
-        log.debug("ping %s from %s: cannot open socket: %s", address, source, e)
-        return None
-    try:
-        return await sock.ping(address, timeout)
-    finally:
-        sock.close()
+        """Stop reading and close the socket; idempotent.  Nothing is reported afterwards."""
+        if self._icmp.is_closed:
+            return
+        self._loop.remove_reader(self._sock.fileno())
+        self._icmp.close()
+        _live.discard(self._ident)
+        self._pending.clear()

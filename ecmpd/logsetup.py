@@ -14,20 +14,26 @@ import sys
 from typing import TextIO
 
 LOGGER = "ecmpd"
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-          "error": logging.ERROR, "critical": logging.CRITICAL}
+NOTICE = 25
+"""Between INFO and WARNING (syslog's notice): normal but significant, e.g. a WAN back."""
+logging.addLevelName(NOTICE, "NOTICE")
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "notice": NOTICE,
+          "warning": logging.WARNING, "error": logging.ERROR, "critical": logging.CRITICAL}
 PLAIN_FORMAT = "%(asctime)s ecmpd[%(process)d] %(levelname)s %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
 def syslog_priority(levelno: int) -> int:
-    """The syslog priority for a logging level: 2 crit, 3 err, 4 warning, 6 info, 7 debug."""
+    """The syslog priority for a logging level: 2 crit, 3 err, 4 warning, 5 notice,
+    6 info, 7 debug."""
     if levelno >= logging.CRITICAL:
         return 2
     if levelno >= logging.ERROR:
         return 3
     if levelno >= logging.WARNING:
         return 4
+    if levelno >= NOTICE:
+        return 5
     if levelno >= logging.INFO:
         return 6
     return 7

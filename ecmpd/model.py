@@ -25,15 +25,20 @@ class ProbeSettings:
     interval: float = 0.2
     """Seconds between the starts of two probe rounds."""
     timeout: float = 0.25
-    """Seconds to wait for an echo reply."""
+    """Seconds: the shortest wait for a reply, and the silence window: a round in which
+    nothing at all arrived from the WAN for this long fails at once."""
+    max_timeout: float = 4.0
+    """Ceiling (seconds) of the adaptive reply timeout; the timeout follows the measured
+    RTT (srtt + 4·rttvar, RFC 6298) between `timeout` and `max_timeout`."""
     count: int = 2
     """Echo requests per target per round; the target answers if any reply comes."""
     down: int = 3
     """Consecutive failed rounds before the WAN is DOWN."""
     up: int = 5
     """Consecutive good rounds before a DOWN WAN is UP again."""
-    quorum: int = 1
-    """A round is good when at least this many targets answer."""
+    quorum: int | None = None
+    """A round is good when at least this many targets answer; None: a majority of the
+    resolved targets (see `resolved_quorum`)."""
     max_loss: float | None = None
     """Percent (0..100) of echo requests lost over `window` rounds that fails a round."""
     max_rtt: float | None = None
@@ -49,6 +54,23 @@ class ProbeSettings:
             if addr not in out:
                 out.append(addr)
         return tuple(out)
+
+    def resolved_quorum(self, gateway: IPv4Address) -> int:
+        """Targets that must answer for a good round, among `resolved_targets(gateway)`.
+
+        None means a majority (n // 2 + 1): with the gateway and any target beyond it, a
+        dead upstream behind a live gateway fails the WAN (1 of n >= 2 answers), and with
+        two or more beyond it one silent target alone does not.  An explicit value is
+        capped at n: an address listed next to `gateway` that is this WAN's gateway
+        counts once.
+        """
+        n = len(self.resolved_targets(gateway))
+        return majority(n) if self.quorum is None else min(self.quorum, n)
+
+
+def majority(n: int) -> int:
+    """The smallest number of `n` targets that is more than half of them."""
+    return n // 2 + 1
 
 
 @dataclass(frozen=True)

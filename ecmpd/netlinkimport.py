@@ -48,6 +48,7 @@ WANTED: tuple[tuple[str, str, str], ...] = (
     # (name here, module, attribute)
     ("AsyncIPRoute", "pyroute2.iproute.linux", "AsyncIPRoute"),
     ("AsyncNFCTSocket", "pyroute2.netlink.nfnetlink.nfctsocket", "AsyncNFCTSocket"),
+    ("NFCTAttrTuple", "pyroute2.netlink.nfnetlink.nfctsocket", "NFCTAttrTuple"),
     ("NetlinkError", "pyroute2.netlink.exceptions", "NetlinkError"),
     ("RTMGRP_LINK", "pyroute2.netlink.rtnl", "RTMGRP_LINK"),
     ("RTMGRP_IPV4_IFADDR", "pyroute2.netlink.rtnl", "RTMGRP_IPV4_IFADDR"),
@@ -59,6 +60,7 @@ WANTED: tuple[tuple[str, str, str], ...] = (
 FALLBACK: tuple[tuple[str, str, str], ...] = (
     ("AsyncIPRoute", "pyroute2", "AsyncIPRoute"),
     ("AsyncNFCTSocket", "pyroute2", "AsyncNFCTSocket"),
+    ("NFCTAttrTuple", "pyroute2.netlink.nfnetlink.nfctsocket", "NFCTAttrTuple"),
     ("NetlinkError", "pyroute2", "NetlinkError"),
     ("RTMGRP_LINK", "pyroute2.netlink.rtnl", "RTMGRP_LINK"),
     ("RTMGRP_IPV4_IFADDR", "pyroute2.netlink.rtnl", "RTMGRP_IPV4_IFADDR"),
@@ -141,12 +143,13 @@ _names, BARE, FALLBACK_USED = load()
 if TYPE_CHECKING:  # type checkers see the real definitions
     from pyroute2.iproute.linux import AsyncIPRoute
     from pyroute2.netlink.exceptions import NetlinkError
-    from pyroute2.netlink.nfnetlink.nfctsocket import AsyncNFCTSocket
+    from pyroute2.netlink.nfnetlink.nfctsocket import AsyncNFCTSocket, NFCTAttrTuple
     from pyroute2.netlink.rtnl import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE,
                                        RTMGRP_IPV4_RULE, RTMGRP_LINK)
 else:
     AsyncIPRoute = _names["AsyncIPRoute"]
     AsyncNFCTSocket = _names["AsyncNFCTSocket"]
+    NFCTAttrTuple = _names["NFCTAttrTuple"]
     NetlinkError = _names["NetlinkError"]
     RTMGRP_LINK = _names["RTMGRP_LINK"]
     RTMGRP_IPV4_IFADDR = _names["RTMGRP_IPV4_IFADDR"]
@@ -154,6 +157,6 @@ else:
     RTMGRP_IPV4_RULE = _names["RTMGRP_IPV4_RULE"]
 del _names
 
-__all__ = ["AsyncIPRoute", "AsyncNFCTSocket", "NetlinkError", "RTMGRP_LINK",
+__all__ = ["AsyncIPRoute", "AsyncNFCTSocket", "NFCTAttrTuple", "NetlinkError", "RTMGRP_LINK",
            "RTMGRP_IPV4_IFADDR", "RTMGRP_IPV4_ROUTE", "RTMGRP_IPV4_RULE", "BARE",
            "FALLBACK_USED", "load"]

@@ -1,14 +1,23 @@
 """ICMP prober: one per WAN, rounds of echo requests on a fixed cadence.
 
-A round pings every target `count` times, ~20 ms apart, from the WAN's address (the
-dataplane's `ip rule from <address>` sends the probes out through that WAN).  `judge()`
-turns the round's samples into a good or failed `RoundResult` (quorum of answering
-targets, then loss and RTT over a sliding `Window`), which the `Prober` hands to its
-`on_round` callback in round order.  The health state machine lives in `ecmpd.health`;
-this module only measures.
+A round pings every target `count` times, ~20 ms apart, from the WAN's address through
+one persistent `EchoSocket` bound to the WAN's address and device (the dataplane's
+`ip rule from <address>` and the socket's device binding keep probes on that WAN).  The
+socket reports every answer however late; this module decides what is in time and
+hands each round's observations to `ecmpd.judge.judge()`:
 
-By default a Prober pings through one persistent raw ICMP socket for its WAN
-(`ecmpd.icmpecho.IcmpPinger`); tests inject a `PingFn` instead.
+* a round completes as soon as every request is answered (an idle healthy line: a few
+  milliseconds);
+* else it is judged at its deadline: the last request + the adaptive timeout (RFC 6298
+  srtt + 4·rttvar per target, clamped to [timeout, max_timeout]);
+* but `timeout` after the last request, a round with no sign of life at all (no reply
+  from `quorum` targets, late ones included, and no traffic from beyond the gateway on
+  the WAN's counter) is judged FAILED at once: a line that stopped delivering leaves as
+  fast as an idle one, however deep its queue was.
+
+Verdicts reach `on_round` newest-first-wins: a round judged after a newer one was
+delivered is stale and only updates the statistics.  The health state machine lives in
+`ecmpd.health`; this module only measures.
 """
 
 from __future__ import annotations
@@ -16,146 +25,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from .icmpecho import IcmpPinger
-from .model import ProbeSettings
+from .health import Verdict
+from .icmpecho import Answer, EchoSocket
+from .judge import RoundResult, RttEstimator, TargetSample, Window, judge
+from .model import ProbeSettings, majority
 
 log = logging.getLogger(__name__)
 
-PingFn = Callable[[str, str, float], Awaitable[float | None]]
-"""`ping(address, source, timeout)`: send one echo request to `address` from `source`;
-the RTT in seconds of its reply, or None when no reply came within `timeout`.  It may
-return a Future (no task is made for it) or a coroutine."""
-
 MAX_SPACING = 0.02
 """Seconds between a target's echo requests within a round (less for short intervals)."""
-GRACE = 0.05
-"""Extra seconds a ping function gets past `timeout` before it is cancelled."""
-
-@dataclass(frozen=True)
-class TargetSample:
-    """One target's part of a round."""
-
-    address: str
-    sent: int
-    received: int
-    rtt: float | None
-    """Mean RTT in seconds of the replies (None without replies)."""
 
 
-@dataclass(frozen=True)
-class RoundResult:
-    """The verdict on one probe round."""
+class Echo(Protocol):
+    """What the prober needs of a socket (`ecmpd.icmpecho.EchoSocket`; tests fake it)."""
 
-    ok: bool
-    samples: tuple[TargetSample, ...]
-    reason: str
-    at: float
-    """loop.time() when the round ended."""
+    source: str
 
+    def send(self, address: str) -> int | None: ...
 
-class Window:
-    """The samples of the last `size` rounds (pure: no clock, no I/O)."""
-
-    def __init__(self, size: int) -> None:
-        if size < 1:
-            raise ValueError(f"window size must be >= 1 (got {size})")
-        self._rounds: deque[tuple[TargetSample, ...]] = deque(maxlen=size)
-
-    @property
-    def size(self) -> int:
-        """How many rounds the window holds at most."""
-        return self._rounds.maxlen or 0
-
-    def __len__(self) -> int:
-        return len(self._rounds)
-
-    def add(self, samples: Iterable[TargetSample]) -> None:
-        """Append one round's samples, dropping the oldest round when full."""
-        self._rounds.append(tuple(samples))
-
-    def resized(self, size: int) -> Window:
-        """A window of `size` rounds holding the newest of this one's rounds."""
-        w = Window(size)
-        for r in self._rounds:
-            w.add(r)
-        return w
-
-    def _all(self) -> list[TargetSample]:
-        return [s for r in self._rounds for s in r]
-
-    def loss_pct(self) -> float:
-        """Percent of echo requests in the window without reply (0 when none sent)."""
-        return _loss(self._all())
-
-    def mean_rtt(self) -> float | None:
-        """Mean RTT in seconds over every reply in the window (None without replies)."""
-        return _rtt(self._all())
-
-    def per_target(self) -> dict[str, tuple[float, float | None]]:
-        """address -> (loss percent, mean RTT) over the window, in first-seen order."""
-        by: dict[str, list[TargetSample]] = {}
-        for s in self._all():
-            by.setdefault(s.address, []).append(s)
-        return {a: (_loss(ss), _rtt(ss)) for a, ss in by.items()}
+    def close(self) -> None: ...
 
 
-def _loss(samples: Sequence[TargetSample]) -> float:
-    sent = sum(s.sent for s in samples)
-    received = sum(s.received for s in samples)
-    return 100.0 * (sent - received) / sent if sent else 0.0
+SocketFactory = Callable[[str, Callable[[Answer], None], str | None], Echo]
+"""`factory(source, on_answer, device)`: open a socket; raises OSError when it cannot."""
+TrafficFn = Callable[[], "int | None"]
+"""The WAN's counter of packets from beyond its gateway now (None: unknown)."""
 
 
-def _rtt(samples: Sequence[TargetSample]) -> float | None:
-    """Reply-weighted mean RTT."""
-    n = sum(s.received for s in samples if s.rtt is not None)
-    if not n:
-        return None
-    return sum(s.rtt * s.received for s in samples if s.rtt is not None) / n
-
-
-def _num(x: float) -> str:
-    """A compact number for reasons: 30, 33.3, 0.4."""
-    return f"{x:.1f}".rstrip("0").rstrip(".")
-
-
-def _ms(seconds: float) -> str:
-    ms = seconds * 1000
-    return f"{ms:.0f}ms" if ms >= 10 else f"{_num(ms)}ms"
-
-
-def judge(
-    samples: Sequence[TargetSample], settings: ProbeSettings, window: Window, at: float = 0.0
-) -> RoundResult:
-    """Add a round's samples to `window` and judge the round.
-
-    It fails when fewer than `quorum` targets answered, else when `max_loss` is set and
-    the window's loss exceeds it, else when `max_rtt` is set and the window's mean RTT
-    exceeds it.  `at` is stored in the result.
-    """
-    samples = tuple(samples)
-    window.add(samples)
-    answered = [s for s in samples if s.received > 0]
-    silent = [s.address for s in samples if s.received == 0]
-    tally = f"{len(answered)}/{len(samples)} targets answered"
-    if silent:
-        tally += f" (silent: {', '.join(silent)})"
-    if len(answered) < settings.quorum:
-        return RoundResult(False, samples, tally, at)
-    if settings.max_loss is not None:
-        loss = window.loss_pct()
-        if loss > settings.max_loss:
-            n = len(window)
-            why = f"loss {_num(loss)}% > {_num(settings.max_loss)}% over {n} round{'s' * (n != 1)}"
-            return RoundResult(False, samples, why, at)
-    if settings.max_rtt is not None:
-        rtt = window.mean_rtt()
-        if rtt is not None and rtt > settings.max_rtt:
-            return RoundResult(False, samples, f"rtt {_ms(rtt)} > {_ms(settings.max_rtt)}", at)
-    return RoundResult(True, samples, tally, at)
+def _open_echo(source: str, on_answer: Callable[[Answer], None], device: str | None) -> Echo:
+    return EchoSocket(source, on_answer, device=device)
 
 
 def spacing(settings: ProbeSettings) -> float:
@@ -163,9 +64,47 @@ def spacing(settings: ProbeSettings) -> float:
     return min(MAX_SPACING, settings.interval / (2 * max(1, settings.count)))
 
 
+def silence_window(settings: ProbeSettings) -> float:
+    """How long a round may see no sign of life before it fails: `timeout`, but at least
+    1.25 intervals, since a live line whose RTT exceeds the timeout shows life once per
+    interval (the late reply of an earlier round)."""
+    return max(settings.timeout, 1.25 * settings.interval)
+
+
 def _check(settings: ProbeSettings) -> None:
     if settings.interval <= 0 or settings.timeout <= 0 or settings.count < 1:
         raise ValueError(f"bad probe settings: {settings}")
+
+
+class _Round:
+    """One round in flight."""
+
+    __slots__ = ("index", "start", "targets", "settings", "quorum", "timeout", "deadline",
+                 "traffic0", "got", "unresolved", "alive", "timers", "judged")
+
+    def __init__(self, index: int, start: float, targets: tuple[str, ...],
+                 settings: ProbeSettings, quorum: int, timeout: float,
+                 traffic0: int | None) -> None:
+        self.index = index
+        self.start = start
+        self.targets = targets
+        self.settings = settings
+        self.quorum = quorum
+        self.timeout = timeout
+        self.deadline = start + (settings.count - 1) * spacing(settings) + timeout
+        self.traffic0 = traffic0
+        self.got: list[list[float]] = [[] for _ in targets]
+        """RTTs of this round's replies that came in time, per target."""
+        self.unresolved = len(targets) * settings.count
+        """Requests neither answered nor lost yet."""
+        self.alive: set[str] = set()
+        """Targets from which any reply (to any request) came during the round."""
+        self.timers: list[asyncio.TimerHandle] = []
+        self.judged = False
+
+    def lively(self) -> int:
+        """How many targets showed life in this round so far."""
+        return sum(1 for a, g in zip(self.targets, self.got) if g or a in self.alive)
 
 
 class Prober:
@@ -178,33 +117,52 @@ class Prober:
         settings: ProbeSettings,
         on_round: Callable[[RoundResult], None],
         source: str | None = None,
-        ping: PingFn | None = None,
+        device: str | None = None,
+        traffic: TrafficFn | None = None,
+        quorum: int | None = None,
+        sockets: SocketFactory = _open_echo,
     ) -> None:
         _check(settings)
         self.name = name
         self.source: str | None = source
         """The WAN's address; probes are sent from it (None: rounds fail "no address")."""
+        self.device = device
+        """The WAN's interface; the probe socket is bound to it."""
         self._targets = tuple(targets)
         self._settings = settings
+        self._quorum = quorum if quorum is not None else majority(len(self._targets))
         self._on_round = on_round
-        self._pinger = IcmpPinger() if ping is None else None
-        self._ping: PingFn = ping or self._pinger  # type: ignore[assignment]
+        self._traffic = traffic or (lambda: None)
+        self._sockets = sockets
+        self._sock: Echo | None = None
+        self._sock_key: tuple[str, str | None] | None = None
+        self._est: dict[str, RttEstimator] = {}
         self._window = Window(settings.window)
         self._last: RoundResult | None = None
-        self._rounds: deque[_Round] = deque()
-        """Rounds started and not yet delivered, oldest first."""
+        self._open: list[_Round] = []
+        self._requests: dict[int, tuple[_Round, int]] = {}
+        self._next = 0
+        self._delivered = -1
         self._timer: asyncio.TimerHandle | None = None
 
-    def update(self, targets: Sequence[str], settings: ProbeSettings) -> None:
-        """Reload targets and settings; they take effect from the next round.
-
-        The window keeps its newest rounds when its size changes.
-        """
+    # ---- configuration and readings --------------------------------------------------
+    def update(self, targets: Sequence[str], settings: ProbeSettings,
+               quorum: int | None = None) -> None:
+        """Reload targets and settings; they take effect from the next round."""
         _check(settings)
         self._targets = tuple(targets)
         self._settings = settings
+        self._quorum = quorum if quorum is not None else majority(len(self._targets))
         if settings.window != self._window.size:
             self._window = self._window.resized(settings.window)
+
+    def reset(self) -> None:
+        """Close the socket: the next round opens a new one with a new identifier (after a
+        link flap, so no conntrack entry of the old probes is reused)."""
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = self._sock_key = None
+        self._requests.clear()
 
     def last(self) -> RoundResult | None:
         """The latest delivered round's result."""
@@ -214,19 +172,25 @@ class Prober:
         """The sliding window of recent rounds."""
         return self._window
 
+    def rtt(self, address: str) -> tuple[float | None, float | None]:
+        """(srtt, rttvar) in seconds of `address` (None before its first reply)."""
+        est = self._est.get(address)
+        return (est.srtt, est.rttvar) if est else (None, None)
+
+    def timeout(self) -> float:
+        """The reply timeout the next round will use."""
+        st = self._settings
+        return max((self._est[t].timeout(st.timeout, st.max_timeout)
+                    for t in self._targets if t in self._est), default=st.timeout)
+
+    # ---- the cadence ------------------------------------------------------------------
     async def run(self) -> None:
         """Start a round every `interval` until cancelled.
 
         Rounds start on a fixed grid (next = previous slot + interval); the first slot is
         the next multiple of `interval` on the loop's clock, so the probers of all WANs
-        wake up together (one loop iteration serves them all).  After a stall (the loop
-        was blocked past whole slots) the missed slots are skipped: one round starts at
-        once for the latest slot and the grid continues from there, so there is never
-        more than one round per slot.  Rounds may overlap when timeout > interval; their
-        results are delivered in order.
-
-        Rounds run on timer and future callbacks, not tasks: a round costs the loop a
-        few wake-ups, shared by every prober whose timers fall due together.
+        wake up together.  After a stall the missed slots are skipped: never more than
+        one round per slot.  Rounds run on timer and socket callbacks, not tasks.
         """
         loop = asyncio.get_running_loop()
         interval = self._settings.interval
@@ -237,14 +201,13 @@ class Prober:
         finally:
             if self._timer is not None:
                 self._timer.cancel()
-            rounds, self._rounds = list(self._rounds), deque()
-            futures = [f for r in rounds for f in r.stop()]
-            await asyncio.gather(*futures, return_exceptions=True)
-            if self._pinger is not None:
-                self._pinger.close()
+            for rnd in self._open:
+                for t in rnd.timers:
+                    t.cancel()
+            self._open.clear()
+            self.reset()
 
     def _tick(self, slot: float) -> None:
-        """The timer of `slot`: schedule the next slot, start a round."""
         loop = asyncio.get_running_loop()
         interval = self._settings.interval
         missed = math.floor((loop.time() - slot) / interval)
@@ -257,128 +220,125 @@ class Prober:
         except Exception:
             log.exception("%s: starting a probe round failed", self.name)
 
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Send a round's first requests and schedule the rest (`count`, `spacing` apart).
+    def _socket(self) -> Echo | None:
+        """The socket for the current source and device, (re)opened when they changed."""
+        assert self.source is not None
+        key = (self.source, self.device)
+        if self._sock is not None and self._sock_key == key:
+            return self._sock
+        self.reset()
+        try:
+            self._sock = self._sockets(self.source, self._answer, self.device)
+        except OSError as e:
+            log.debug("%s: cannot open the probe socket on %s: %s", self.name, key, e)
+            return None
+        self._sock_key = key
+        return self._sock
 
-        Requests still running `timeout + GRACE` after the round's last one are
-        cancelled.  Without a source address nothing is sent.
-        """
-        rnd = _Round(loop, self._targets, self._settings, self.source, self._finished)
-        self._rounds.append(rnd)
-        st = rnd.settings
-        if rnd.source is None or not rnd.left:
-            self._complete(rnd, loop)
+    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
+        st = self._settings
+        now = loop.time()
+        rnd = _Round(self._next, now, self._targets, st, self._quorum, self.timeout(),
+                     self._traffic())
+        self._next += 1
+        if self.source is None or not rnd.targets:
+            self._deliver(rnd, RoundResult(Verdict.FAILED, (), f"no address on {self.name}",
+                                           now, rnd.timeout))
             return
-        now, gap = loop.time(), spacing(st)
+        if self._socket() is None:
+            self._deliver(rnd, RoundResult(Verdict.FAILED, (), "cannot open the probe socket",
+                                           now, rnd.timeout))
+            return
+        self._open.append(rnd)
+        gap = spacing(st)
         rnd.timers = [loop.call_at(now + i * gap, self._send_all, rnd) for i in range(1, st.count)]
-        rnd.timers.append(loop.call_at(now + (st.count - 1) * gap + st.timeout + GRACE,
-                                       rnd.give_up))
+        quiet = now + (st.count - 1) * gap + silence_window(st)
+        if rnd.deadline > quiet + 1e-3:
+            rnd.timers.append(loop.call_at(quiet, self._quiet, rnd))
+        rnd.timers.append(loop.call_at(rnd.deadline, self._judge, rnd, None))
         self._send_all(rnd)
 
     def _send_all(self, rnd: _Round) -> None:
-        """One request to each of the round's targets."""
-        assert rnd.source is not None
-        for futs, address in zip(rnd.sent, rnd.targets):
-            fut = self._send(address, rnd.source, rnd.settings.timeout)
-            futs.append(fut)
-            fut.add_done_callback(rnd.on_done)
+        """One request to each of the round's targets; a failed send is a lost request."""
+        sock = self._sock
+        for i, address in enumerate(rnd.targets):
+            seq = sock.send(address) if sock is not None else None
+            if seq is None:
+                rnd.unresolved -= 1
+            else:
+                self._requests[seq] = (rnd, i)
+        self._complete_if_done(rnd)
 
-    def _finished(self, rnd: _Round) -> None:
-        rnd.left -= 1
-        if rnd.left == 0 and rnd.at is None and not rnd.stopped:
-            self._complete(rnd, rnd.loop)
+    # ---- answers and verdicts ---------------------------------------------------------
+    def _answer(self, a: Answer) -> None:
+        """Every answer of the socket, in time or late (called by the socket)."""
+        if a.error is None:
+            self._est.setdefault(a.address, RttEstimator()).sample(a.rtt)
+            # a late reply proves life in the rounds that started after its request was
+            # sent; an older round whose own requests were lost stays unanswered
+            sent = asyncio.get_running_loop().time() - a.rtt
+            for rnd in self._open:
+                if rnd.start > sent:
+                    rnd.alive.add(a.address)
+        entry = self._requests.pop(a.seq, None)
+        if entry is None:
+            return
+        rnd, i = entry
+        if rnd.judged:
+            return
+        rnd.unresolved -= 1
+        if a.error is None:
+            rnd.alive.add(a.address)
+            if asyncio.get_running_loop().time() <= rnd.deadline:
+                rnd.got[i].append(a.rtt)
+        self._complete_if_done(rnd)
 
-    def _complete(self, rnd: _Round, loop: asyncio.AbstractEventLoop) -> None:
-        """Mark `rnd` complete and deliver every complete round at the head, in order."""
-        rnd.at = loop.time()
+    def _complete_if_done(self, rnd: _Round) -> None:
+        # `unresolved` counts requests not sent yet too: 0 means all sent and resolved
+        if rnd.unresolved <= 0 and not rnd.judged:
+            self._judge(rnd, None)
+
+    def _moved(self, rnd: _Round) -> bool:
+        now = self._traffic()
+        # != rather than >: a rewritten table restarts its counters at 0
+        return rnd.traffic0 is not None and now is not None and now != rnd.traffic0
+
+    def _quiet(self, rnd: _Round) -> None:
+        """The silence check: no sign of life within the silence window fails the round."""
+        if rnd.judged or rnd.lively() >= rnd.quorum or self._moved(rnd):
+            return
+        self._judge(rnd, silence_window(rnd.settings))
+
+    def _judge(self, rnd: _Round, silent_for: float | None) -> None:
+        if rnd.judged:
+            return
+        rnd.judged = True
         for t in rnd.timers:
             t.cancel()
-        while self._rounds and self._rounds[0].at is not None:
-            self._deliver(self._rounds.popleft())
-
-    def _deliver(self, rnd: _Round) -> None:
-        assert rnd.at is not None
+        self._open.remove(rnd)
+        for seq in [s for s, (r, _) in self._requests.items() if r is rnd]:
+            del self._requests[seq]
+        loop = asyncio.get_running_loop()
+        st = rnd.settings
+        samples = [TargetSample(a, st.count, len(g), sum(g) / len(g) if g else None,
+                                a in rnd.alive)
+                   for a, g in zip(rnd.targets, rnd.got)]
         try:
-            if rnd.source is None:
-                result = RoundResult(False, (), f"no address on {self.name}", rnd.at)
-            else:
-                samples = [self._sample(a, futs, rnd.settings)
-                           for a, futs in zip(rnd.targets, rnd.sent)]
-                result = judge(samples, rnd.settings, self._window, at=rnd.at)
-            self._last = result
+            result = judge(samples, st, self._window, rnd.quorum, self._moved(rnd),
+                           at=loop.time(), timeout=rnd.timeout, silent_for=silent_for)
+        except Exception:
+            log.exception("%s: judging a probe round failed", self.name)
+            return
+        self._deliver(rnd, result)
+
+    def _deliver(self, rnd: _Round, result: RoundResult) -> None:
+        if rnd.index <= self._delivered:
+            log.debug("%s: round %d judged after a newer one: %s", self.name, rnd.index,
+                      result.reason)
+            return
+        self._delivered = rnd.index
+        self._last = result
+        try:
             self._on_round(result)
         except Exception:
             log.exception("%s: delivering a probe round failed", self.name)
-
-    def _sample(self, address: str, futs: list[asyncio.Future[float | None]],
-                settings: ProbeSettings) -> TargetSample:
-        rtts = [r for r in (self._rtt(address, f, settings.timeout) for f in futs)
-                if r is not None]
-        return TargetSample(address, settings.count, len(rtts),
-                            sum(rtts) / len(rtts) if rtts else None)
-
-    def _send(self, address: str, source: str, timeout: float) -> asyncio.Future[float | None]:
-        """Start one ping: its Future as is, a coroutine as a task; a raise is a loss."""
-        try:
-            return asyncio.ensure_future(self._ping(address, source, timeout))
-        except Exception as e:
-            log.debug("%s: ping %s failed: %r", self.name, address, e)
-            fut: asyncio.Future[float | None] = asyncio.get_running_loop().create_future()
-            fut.set_result(None)
-            return fut
-
-    def _rtt(self, address: str, fut: asyncio.Future[float | None], timeout: float
-             ) -> float | None:
-        if fut.cancelled():
-            return None
-        if (e := fut.exception()) is not None:  # a failed send is a lost request
-            log.debug("%s: ping %s failed: %r", self.name, address, e)
-            return None
-        rtt = fut.result()
-        return rtt if rtt is not None and rtt <= timeout else None
-
-
-def _cancel(futures: Iterable[asyncio.Future[float | None]]) -> None:
-    for f in futures:
-        f.cancel()
-
-
-class _Round:
-    """One round in flight: its settings, requests (per target), timers and end time."""
-
-    __slots__ = ("loop", "targets", "settings", "source", "sent", "left", "timers", "at",
-                 "stopped", "on_done")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, targets: tuple[str, ...],
-                 settings: ProbeSettings, source: str | None,
-                 finished: Callable[[_Round], None]) -> None:
-        self.loop = loop
-        self.targets = targets
-        self.settings = settings
-        self.source = source
-        self.sent: list[list[asyncio.Future[float | None]]] = [[] for _ in targets]
-        self.left = len(targets) * settings.count
-        """Requests not finished yet (sent or still to send)."""
-        self.timers: list[asyncio.TimerHandle] = []
-        self.at: float | None = None
-        """loop.time() when the round completed (None while running)."""
-        self.stopped = False
-        self.on_done: Callable[[object], None] = lambda _: finished(self)
-
-    @property
-    def futures(self) -> list[asyncio.Future[float | None]]:
-        """Every request sent so far."""
-        return [f for futs in self.sent for f in futs]
-
-    def give_up(self) -> None:
-        """Cancel the requests still running (they count as lost)."""
-        _cancel(self.futures)
-
-    def stop(self) -> list[asyncio.Future[float | None]]:
-        """Cancel the timers and the requests; returns the requests."""
-        self.stopped = True
-        for t in self.timers:
-            t.cancel()
-        futures = self.futures
-        _cancel(futures)
-        return futures

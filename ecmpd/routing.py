@@ -15,10 +15,14 @@ from dataclasses import dataclass, field
 
 from .netlinkimport import AsyncIPRoute, NetlinkError
 
-from .desired import MAIN_TABLE, Desired, Nexthop, RouteSpec, RuleSpec, rule_range, table_range
+from .desired import (MAIN_TABLE, UNICAST, UNREACHABLE, Desired, Nexthop, RouteSpec, RuleSpec,
+                      rule_range, table_range)
 from .model import Config
 
 log = logging.getLogger("ecmpd")
+
+RTN_UNICAST, RTN_UNREACHABLE = 1, 7
+_KINDS = {RTN_UNICAST: UNICAST, RTN_UNREACHABLE: UNREACHABLE}
 
 
 @dataclass
@@ -64,7 +68,11 @@ async def read_actual(ipr: AsyncIPRoute, cfg: Config) -> Actual:
             continue
         if table == MAIN_TABLE and metric != cfg.route_metric:
             continue  # ours is the one at route.metric; others with our proto are left alone
-        actual.routes[(table, metric)] = RouteSpec(table, _nexthops(msg), metric)
+        rtype = msg.get("type", RTN_UNICAST)
+        # another type under our proto (e.g. someone's blackhole) differs from every
+        # desired kind, so it is replaced or removed like any other difference
+        kind = _KINDS.get(rtype, f"type {rtype}")
+        actual.routes[(table, metric)] = RouteSpec(table, _nexthops(msg), metric, kind)
     prios = rule_range(cfg)
     async for msg in await ipr.rule("dump", family=socket.AF_INET):
         prio = msg.get("priority") or 0
@@ -90,7 +98,9 @@ async def read_actual(ipr: AsyncIPRoute, cfg: Config) -> Actual:
 def _route_args(cfg: Config, spec: RouteSpec) -> dict:
     args: dict = {"dst": "0.0.0.0/0", "table": spec.table, "proto": cfg.route_proto,
                   "priority": spec.metric}
-    if len(spec.nexthops) == 1:
+    if spec.kind != UNICAST:
+        args["type"] = spec.kind
+    elif len(spec.nexthops) == 1:
         nh = spec.nexthops[0]
         args.update(gateway=nh.gateway, oif=nh.oif)
     else:

@@ -9,9 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 from . import conntrack, routing
 from .desired import MAIN_TABLE
+from .health import Verdict
 
 if TYPE_CHECKING:
     from .daemon import Daemon
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
 
 
 async def build(d: "Daemon") -> dict[str, Any]:
@@ -34,8 +39,10 @@ async def build(d: "Daemon") -> dict[str, Any]:
             per = rt.prober.window().per_target()
             for addr in wan.probe.resolved_targets(wan.gateway):
                 loss, rtt = per.get(addr, (None, None))
+                srtt, rttvar = rt.prober.rtt(addr)
                 targets[addr] = {"loss_pct": None if loss is None else round(loss, 1),
-                                 "rtt_ms": None if rtt is None else round(rtt * 1000, 3)}
+                                 "rtt_ms": _ms(rtt), "srtt_ms": _ms(srtt),
+                                 "rttvar_ms": _ms(rttvar)}
         last = rt.prober.last() if rt.prober else None
         wans[name] = {
             # DISABLED (by the administrator) overrides; `health` is what the probes say
@@ -44,6 +51,11 @@ async def build(d: "Daemon") -> dict[str, Any]:
             "since": rt.since,
             "reason": rt.health.reason,
             "last_round": last.reason if last else None,
+            "verdict": last.verdict.value if last else None,
+            # "probes late, traffic flowing" and the like: why a WAN is kept although
+            # its probes are not answered in time
+            "note": last.reason if last and last.verdict is Verdict.SLOW else None,
+            "timeout_ms": _ms(rt.prober.timeout()) if rt.prober else None,
             "interface": wan.interface,
             "gateway": str(wan.gateway),
             "address": d.wan_address(wan),

@@ -74,3 +74,7 @@ def test_socket_option_overrides_the_config(tmp_path):
 def test_usage_errors_exit_2():
     p = run("--log-level", "loud")
     assert p.returncode == 2 and "usage:" in p.stderr
+
+
+def test_log_level_notice_is_accepted():
+    assert cli.parser().parse_args(["--log-level", "notice"]).log_level == "notice"

@@ -39,8 +39,9 @@ def problems(text: str) -> list[str]:
 
 
 def test_example_config_loads_to_the_seed_topology() -> None:
-    probe = ProbeSettings(targets=("gateway",), interval=0.2, timeout=0.25, count=2,
-                          down=3, up=5, quorum=1, max_loss=None, max_rtt=None, window=10)
+    probe = ProbeSettings(targets=("gateway",), interval=0.2, timeout=0.25, max_timeout=4.0,
+                          count=2, down=3, up=5, quorum=None, max_loss=None, max_rtt=None,
+                          window=10)
     expected = Config(
         lan_interfaces=("Local",),
         wans=(Wan("wlan1", "wlan1", IPv4Address("10.111.0.1"), weight=1, id=1, probe=probe),
@@ -112,6 +113,50 @@ probe:
                                          quorum=2, max_rtt=0.4)
     assert cfg.wan("b").probe.resolved_targets(IPv4Address("198.51.100.1")) == \
         ("198.51.100.1", "203.0.113.7")
+
+
+GW = IPv4Address("192.0.2.1")
+
+
+@pytest.mark.parametrize("targets, quorum, effective", [
+    (("gateway",), None, 1),
+    (("gateway", "203.0.113.7"), None, 2),                  # a dead upstream fails the WAN
+    (("203.0.113.7", "203.0.113.8", "203.0.113.9"), None, 2),
+    (("gateway", "203.0.113.7", "203.0.113.8", "203.0.113.9"), None, 3),
+    (("gateway", "203.0.113.7", "203.0.113.8"), 1, 1),       # explicit values are kept
+    (("gateway", "192.0.2.1"), 2, 1),                        # the gateway listed twice counts once
+    (("gateway", "192.0.2.1"), None, 1),
+])
+def test_quorum_defaults_to_a_majority_of_the_resolved_targets(
+        targets: tuple[str, ...], quorum: int | None, effective: int) -> None:
+    assert ProbeSettings().quorum is None
+    assert ProbeSettings(targets=targets, quorum=quorum).resolved_quorum(GW) == effective
+
+
+def test_one_dark_target_of_three_beyond_the_gateway_does_not_fail_the_wan() -> None:
+    beyond = ("203.0.113.7", "203.0.113.8", "203.0.113.9")
+    for targets in (beyond, ("gateway",) + beyond):
+        q = ProbeSettings(targets=targets).resolved_quorum(GW)
+        n = len(targets)
+        assert n - 1 >= q                      # one silent target: still a good round
+        if "gateway" in targets:
+            assert 1 < q                       # only the gateway answers: a failed round
+
+
+def test_quorum_null_and_max_timeout_in_yaml() -> None:
+    text = BASE + """\
+    probe: {quorum: null}
+probe:
+  targets: [gateway, 203.0.113.7, 203.0.113.8]
+  quorum: 1
+  timeout: 300ms
+  max_timeout: 2.5s
+"""
+    cfg = parse_config(text, SRC)
+    assert (cfg.wan("a").probe.quorum, cfg.wan("b").probe.quorum) == (1, None)
+    assert cfg.wan("b").probe.resolved_quorum(IPv4Address("198.51.100.1")) == 2
+    assert (cfg.wan("a").probe.timeout, cfg.wan("a").probe.max_timeout) == (0.3, 2.5)
+    assert parse_config(BASE, SRC).wans[0].probe.max_timeout == 4.0
 
 
 def test_yaml_anchors_and_merge_keys_work() -> None:
@@ -338,6 +383,16 @@ BAD = [
     (BASE + "    probe: {interval: 20ms}\n",
      ["10: wans.b.probe.interval: must be at least timeout / 5 (250ms in the default), "
       "got 20ms"]),
+    (BASE + "probe:\n  quorum: 0\n",
+     ["11: probe.quorum: must be an integer from 1 to 255, got 0"]),
+    (BASE + "probe:\n  max_timeout: 200ms\n",
+     ["11: probe.max_timeout: must be at least timeout (250ms in the default), got 200ms"]),
+    (BASE + "    probe: {timeout: 1s}\nprobe:\n  interval: 1s\n  max_timeout: 500ms\n",
+     ["13: probe.max_timeout: must be at least timeout (1s in wans.b.probe.timeout), "
+      "got 500ms"]),
+    (BASE + "probe:\n  interval: 1s\n  timeout: 5s\n",
+     ["12: probe.timeout: must be at most max_timeout (4s in the default), got 5s"]),
+    (BASE + "probe:\n  max_timeout: 2m\n", [f"11: probe.max_timeout: {DURATION}, got '2m'"]),
     (BASE + "probe:\n  max_rtt: 300ms\n",
      ["11: probe.max_rtt: must be at most timeout (250ms in the default), a slower reply "
       "counts as lost; got 300ms"]),

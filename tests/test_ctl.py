@@ -25,7 +25,9 @@ SAMPLE = {
                   "interface": "wlan1", "gateway": "10.111.0.1", "address": "10.111.0.2",
                   "weight": 1, "active": True, "disabled": False, "carrier": True,
                   "mark": "0x10000", "table": 1001, "connections": 17,
-                  "targets": {"10.111.0.1": {"loss_pct": 0.0, "rtt_ms": 0.21},
+                  "last_round": "probes late, traffic flowing", "verdict": "slow",
+                  "timeout_ms": 1850.5,
+                  "targets": {"10.111.0.1": {"loss_pct": 0.0, "rtt_ms": 0.21, "srtt_ms": 640.0},
                               "192.0.2.9": {"loss_pct": 33.3333, "rtt_ms": 12.5}}},
         "wlan2": {"state": "down", "since": NOW - 185, "reason": "0/1 targets answered",
                   "interface": "wlan2", "gateway": "10.112.0.1", "weight": 2,
@@ -110,7 +112,9 @@ def test_status_text(fake_daemon, capsys):
     out = capsys.readouterr().out
     assert out.startswith("ecmpd: pid 123, config /etc/ecmpd/ecmpd.yaml, up 3m12s, hash l4\n")
     assert "wan: wlan1" in out and "state: UP, since" in out
-    assert "10.111.0.1  rtt 0.21ms  loss 0%" in out
+    assert "10.111.0.1  rtt 0.21ms  srtt 640.00ms  loss 0%" in out
+    assert "  last round (slow): probes late, traffic flowing" in out
+    assert "  reply timeout: 1850.50ms" in out
     assert "state: DISABLED" in out
     assert "via 10.111.0.1 dev wlan1 weight 1" in out
     assert "warning: all WANs are down: keeping the last route" in out
@@ -193,18 +197,20 @@ def test_render_sample():
     assert lines[0] == "ecmpd: pid 123, config /etc/ecmpd/ecmpd.yaml, up 3m12s, hash l4"
     w1 = lines.index("wan: wlan1")
     assert lines[w1 + 1] == "  state: UP, since 12s ago (2/2 targets answered)"
-    assert lines[w1 + 2] == "  interface: wlan1, carrier yes"
-    assert lines[w1 + 3] == "  gateway: 10.111.0.1, address 10.111.0.2"
-    assert lines[w1 + 4] == "  weight: 1, active: yes, connections: 17"
-    assert lines[w1 + 5] == "  mark: 0x10000, table: 1001"
-    assert "    10.111.0.1  rtt 0.21ms  loss 0%" in lines
-    assert "    192.0.2.9  rtt 12.50ms  loss 33.3%" in lines
+    assert lines[w1 + 2] == "  last round (slow): probes late, traffic flowing"
+    assert lines[w1 + 3] == "  reply timeout: 1850.50ms"
+    assert lines[w1 + 4] == "  interface: wlan1, carrier yes"
+    assert lines[w1 + 5] == "  gateway: 10.111.0.1, address 10.111.0.2"
+    assert lines[w1 + 6] == "  weight: 1, active: yes, connections: 17"
+    assert lines[w1 + 7] == "  mark: 0x10000, table: 1001"
+    assert "    10.111.0.1  rtt 0.21ms  srtt 640.00ms  loss 0%" in lines
+    assert "    192.0.2.9  rtt 12.50ms  srtt -  loss 33.3%" in lines
     w2 = lines.index("wan: wlan2")
     assert lines[w2 + 1] == \
         "  state: DISABLED (probes say DOWN), since 3m ago (0/1 targets answered)"
     assert lines[w2 + 3] == "  interface: wlan2, carrier no"
     assert lines[w2 + 5] == "  weight: 2, active: no, connections: 0"
-    assert "    10.112.0.1  rtt -  loss 100%" in lines
+    assert "    10.112.0.1  rtt -  srtt -  loss 100%" in lines
     assert "route: default proto ecmpd (kept: the last route while all WANs are down)" in lines
     assert "  via 10.111.0.1 dev wlan1 weight 1" in lines
     assert "stats: reconciles 7, changes 2" in lines
@@ -219,7 +225,7 @@ def test_render_missing_and_odd_fields():
            "route": {"nexthops": [None, {"gateway": "10.0.0.1"}]}, "warnings": "not a list"}
     text = render_status(odd, NOW)
     assert "wan: a\n  state: UNKNOWN, since ?" in text
-    assert "    x  rtt -  loss -" in text and "    y  rtt -  loss -" in text
+    assert "    x  rtt -  srtt -  loss -" in text and "    y  rtt -  srtt -  loss -" in text
     assert "  via 10.0.0.1 dev ?\n" in text  # no weight known: none shown
     assert "warning" not in text
     assert "route: none" in render_status({"route": {"present": False}}, NOW)

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import pytest
 
 from ecmpd.lab.driver import LineReader, TrafficError
-from ecmpd.lab.router import Ecmpd, config_for
+from ecmpd.lab.router import Ecmpd, config_for, nft_table
 from ecmpd.lab.topology import make_spec
 
 pytestmark = pytest.mark.lab
@@ -84,7 +84,7 @@ def test_kill9_and_restart_adopts_without_flap_or_broken_flows(make_lab, ecmpd_i
     held = lab.hold_flows(90, byte_interval=0.1)
     assert held.wait_established() == 90
     route = json.loads(lab.run(lab.ns_router, "ip", "-j", "route", "show", "default").stdout)
-    nft = lab.run(lab.ns_router, "nft", "list", "table", "ip", "ecmpd").stdout
+    nft = nft_table(lab)
     with route_events(lab) as during:
         old_pid = d.proc.pid
         d.kill9()
@@ -101,7 +101,7 @@ def test_kill9_and_restart_adopts_without_flap_or_broken_flows(make_lab, ecmpd_i
     assert json.loads(lab.run(lab.ns_router, "ip", "-j", "route", "show", "default").stdout) \
         == route
     assert st["stats"]["nft_writes"] == 0, "the new ecmpd rewrote its intact nft table"
-    assert lab.run(lab.ns_router, "nft", "list", "table", "ip", "ecmpd").stdout == nft
+    assert nft_table(lab) == nft
     assert "removing stale control socket" in d.log()
     assert "adopting" in d.log()
     assert all(r.ok for r in new_flows), [r for r in new_flows if not r.ok][:3]

@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from ecmpd.lab.router import Ecmpd, config_for, kernel_dump
+from ecmpd.lab.router import Ecmpd, config_for, kernel_dump, nft_table
 from ecmpd.lab.topology import make_spec
 
 pytestmark = pytest.mark.lab
@@ -182,13 +182,13 @@ def test_foreign_objects_survive_start_reload_stop(make_lab):
 def test_keep_on_exit_leaves_the_dataplane_and_a_restart_adopts_it(make_lab, ecmpd_in):
     lab = make_lab()
     d = ecmpd_in(lab, keep_on_exit=True)
-    route, nft = d.route(), lab.run(lab.ns_router, "nft", "list", "table", "ip", "ecmpd").stdout
+    route, nft = d.route(), nft_table(lab)
     assert d.stop() == 0
     assert d.route() == route
     d2 = ecmpd_in(lab, keep_on_exit=True)
     assert d2.status()["stats"]["nft_writes"] == 0     # adopted, not rewritten
     assert d2.route() == route
-    assert lab.run(lab.ns_router, "nft", "list", "table", "ip", "ecmpd").stdout == nft
+    assert nft_table(lab) == nft
 
 
 def test_dry_run_prints_the_plan_and_changes_nothing(make_lab):

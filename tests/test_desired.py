@@ -2,8 +2,8 @@
 
 from ipaddress import IPv4Address
 
-from ecmpd.desired import (MAIN_TABLE, Nexthop, RouteSpec, RuleSpec, build_desired, describe,
-                           rule_range, table_range)
+from ecmpd.desired import (MAIN_TABLE, UNICAST, UNREACHABLE, UNREACHABLE_METRIC, Nexthop,
+                           RouteSpec, RuleSpec, build_desired, describe, rule_range, table_range)
 from ecmpd.model import Config, Wan
 
 WANS = (Wan("a", "ethA", IPv4Address("10.1.0.1"), 1, 1),
@@ -22,7 +22,9 @@ def test_multipath_has_active_wans_with_their_weights():
 def test_every_wan_keeps_its_table_and_rules_whatever_its_health():
     d = build_desired(CFG, LINKS, ADDRS, set(), keep_main=None)
     assert d.main is None
-    assert [t.table for t in d.tables] == [501, 502, 505]
+    assert [(t.table, t.kind) for t in d.tables] == [
+        (501, UNICAST), (501, UNREACHABLE), (502, UNICAST), (502, UNREACHABLE),
+        (505, UNICAST), (505, UNREACHABLE)]
     assert RuleSpec(2000, MAIN_TABLE, suppress_prefixlen=0) in d.rules
     assert RuleSpec(2005, 505, fwmark=0x50000, fwmask=0xFF0000) in d.rules
     assert RuleSpec(2000 + 256 + 5, 505, src="10.3.0.2") in d.rules
@@ -40,9 +42,31 @@ def test_all_down_keeps_the_last_route():
 
 def test_missing_interface_or_address():
     d = build_desired(CFG, {"ethA": 11}, {"a": "10.1.0.2"}, {"a", "b", "c"})
-    assert [t.table for t in d.tables] == [501]
+    # the WANs without an interface keep only their unreachable default: their marked or
+    # sourced packets must not fall through to another WAN
+    assert [(t.table, t.kind) for t in d.tables] == [
+        (501, UNICAST), (501, UNREACHABLE), (502, UNREACHABLE), (505, UNREACHABLE)]
     assert d.main.nexthops == (Nexthop("10.1.0.1", 11, 1),)
     assert not any(r.src == "10.2.0.2" for r in d.rules)
+
+
+def test_every_wan_table_ends_in_an_unreachable_default_below_its_route():
+    d = build_desired(CFG, LINKS, ADDRS, {"a"})
+    for table in (501, 502, 505):
+        routes = [t for t in d.tables if t.table == table]
+        assert [r.kind for r in routes] == [UNICAST, UNREACHABLE]
+        via, unreachable = routes
+        assert unreachable == RouteSpec(table, (), UNREACHABLE_METRIC, UNREACHABLE)
+        assert via.metric < unreachable.metric == 2**32 - 1
+    # a rule sends each WAN's marked and sourced packets to that table
+    assert {r.table for r in d.rules if r.fwmark or r.src} == {501, 502, 505}
+
+
+def test_same_as_compares_the_route_type():
+    unreachable = RouteSpec(501, (), UNREACHABLE_METRIC, UNREACHABLE)
+    assert unreachable.same_as(RouteSpec(501, (), UNREACHABLE_METRIC, UNREACHABLE))
+    assert not unreachable.same_as(RouteSpec(501, (), UNREACHABLE_METRIC))
+    assert not unreachable.same_as(RouteSpec(501, (), UNREACHABLE_METRIC, "type 6"))
 
 
 def test_same_as_ignores_weight_of_single_nexthop_and_order():
@@ -71,3 +95,4 @@ def test_describe_mentions_everything():
     assert "fwmark 0x20000/0xff0000 lookup 502" in text
     assert "suppress_prefixlength 0" in text
     assert "from 10.3.0.2 lookup 505" in text
+    assert "route unreachable default table 505 metric 4294967295" in text

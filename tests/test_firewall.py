@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from ecmpd import nftrules
-from ecmpd.lab import netns
+from ecmpd.lab import Lab, netns
 from ecmpd.lab.driver import tool_env
 from ecmpd.model import Config, Wan
 
@@ -52,6 +52,8 @@ for line in sys.stdin:
             fw.remove()
         elif op == "reconfigure":
             fw.reconfigure(cfg)
+        elif op == "read_counters":
+            result = fw.read_counters()
         else:
             raise ValueError(op)
         reply = {"ok": True, "result": result, "applies": fw.applies}
@@ -98,6 +100,10 @@ class FwProcess:
     def ensure(self) -> tuple[bool, int]:
         r = self.call("ensure")
         return r["result"], r["applies"]
+
+    def counters(self) -> dict[int, int]:
+        """`Firewall.read_counters()` (JSON made the ids strings: back to int)."""
+        return {int(k): v for k, v in self.call("read_counters")["result"].items()}
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -309,3 +315,40 @@ def test_a_renamed_table_replaces_the_old_one(ns: str, firewall: Callable[..., F
     assert tables(ns) == []
     fw.call("remove")                    # already gone: no error
     assert nft(ns, "list", "table", "ip", "ecmpd_b", check=False) == ""
+
+
+def test_traffic_is_counted_per_wan_and_never_rewrites_the_table(
+        make_lab: Callable[..., Lab]) -> None:
+    lab = make_lab()                       # the seed lab: wlan1, wlan2 as in WANS
+    rtr, server = lab.ns_router, lab.spec.server_addresses[0]
+    fw = FwProcess(rtr)
+    try:
+        assert fw.counters() == {}         # no table yet
+        assert fw.ensure() == (True, 1)
+        written, intact = listing(rtr), content(rtr)
+        assert fw.counters() == {1: 0, 2: 0}
+        # the router reaches the server by wlan1; the internet reaches it by wlan2
+        lab.run(rtr, "ip", "route", "add", server, "via", "10.111.0.1")
+        lab.run(rtr, "ip", "route", "add", "100.64.2.0/30", "via", "10.112.0.1")
+        lab.run(rtr, "ping", "-c", "5", "-i", "0.05", "-W", "2", server)
+        lab.run(lab.ns_inet, "ping", "-c", "3", "-i", "0.05", "-W", "2", "10.112.0.2")
+        assert fw.counters() == {1: 5, 2: 3}
+        # the gateways' own answers are no evidence of the upstream: not counted
+        lab.run(rtr, "ping", "-c", "4", "-i", "0.05", "-W", "2", "10.111.0.1")
+        lab.run(rtr, "ping", "-c", "4", "-i", "0.05", "-W", "2", "10.112.0.1")
+        assert fw.counters() == {1: 5, 2: 3}
+        # the kernel's listing moved with the counts; ecmpd's view of it did not
+        assert listing(rtr) != written
+        assert fw.ensure() == (False, 1)
+        assert content(rtr) == intact
+        text = nft(rtr, "list", "table", "ip", "ecmpd")
+        assert "counter rx_1 {\n\t\tpackets 5 " in text
+        # a restarted daemon adopts the counting table too (the counts go on)
+        fw.close()
+        fw = FwProcess(rtr)
+        assert fw.ensure() == (False, 0)
+        assert fw.counters() == {1: 5, 2: 3}
+        fw.call("remove")
+        assert fw.counters() == {}
+    finally:
+        fw.close()

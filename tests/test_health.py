@@ -1,14 +1,22 @@
-"""Tests for ecmpd.health: exhaustive checks against independent references."""
+"""Tests for ecmpd.health: exhaustive checks against independent references.
+
+Rounds have three verdicts: GOOD, SLOW (probes late, but the line is alive) and FAILED.
+Every history of up to MAX_LEN rounds over the three verdicts is checked against two
+references written independently of `step()`: a transition table (`table`) and a model
+working on runs of rounds (`by_runs`).
+"""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Iterator
 
 import pytest
 
 from ecmpd.health import (
     Health,
     State,
+    Verdict,
     carrier_back,
     carrier_lost,
     describe,
@@ -18,8 +26,11 @@ from ecmpd.health import (
 )
 
 I, R, U, F, D = State.INIT, State.RISING, State.UP, State.FALLING, State.DOWN
+G, S, X = Verdict.GOOD, Verdict.SLOW, Verdict.FAILED
+VERDICTS = (G, S, X)
 PARAMS = [(d, u) for d in range(1, 5) for u in range(1, 5)]
 MAX_LEN = 8
+REASON = {G: "good", S: "slow", X: "bad"}
 
 
 def reachable(down: int, up: int) -> list[tuple[State, int]]:
@@ -32,86 +43,125 @@ def reachable(down: int, up: int) -> list[tuple[State, int]]:
     )
 
 
-def table(state: State, count: int, ok: bool, down: int, up: int) -> tuple[State, int]:
-    """The transition table of the brief, written out case by case."""
-    if (state, ok) == (I, True):
+def table(state: State, count: int, v: Verdict, down: int, up: int) -> tuple[State, int]:
+    """The transition table of the design, written out case by case."""
+    if (state, v) in ((I, G), (I, S)):
         return (U, 0)
-    if (state, ok) == (I, False):
+    if (state, v) == (I, X):
         return (D, 0) if count + 1 == down else (I, count + 1)
-    if (state, ok) == (U, True):
+    if (state, v) in ((U, G), (U, S)):
         return (U, 0)
-    if (state, ok) == (U, False):
+    if (state, v) == (U, X):
         return (D, 0) if down == 1 else (F, 1)
-    if (state, ok) == (F, True):
+    if (state, v) in ((F, G), (F, S)):
         return (U, 0)
-    if (state, ok) == (F, False):
+    if (state, v) == (F, X):
         return (D, 0) if count + 1 == down else (F, count + 1)
-    if (state, ok) == (D, True):
+    if (state, v) == (D, G):
         return (U, 0) if up == 1 else (R, 1)
-    if (state, ok) == (D, False):
+    if (state, v) in ((D, X), (D, S)):
         return (D, 0)
-    if (state, ok) == (R, True):
+    if (state, v) == (R, G):
         return (U, 0) if count + 1 == up else (R, count + 1)
-    assert (state, ok) == (R, False)
+    if (state, v) == (R, S):
+        return (R, count)
+    assert (state, v) == (R, X)
     return (D, 0)
 
 
-def by_runs(history: tuple[bool, ...], down: int, up: int) -> tuple[State, int]:
-    """A second reference, from runs of equal rounds instead of counters.
+def by_runs(history: tuple[Verdict, ...], down: int, up: int) -> tuple[State, int]:
+    """A second reference, from runs of rounds instead of counters.
 
-    Split the history into maximal runs.  Starting 'unknown', a good run makes the WAN
-    'up'; a failed run of length >= down makes it 'down'; while 'down', a good run of
-    length >= up makes it 'up'.  The last, possibly incomplete, run gives the count.
+    While 'unknown' or 'up', a SLOW round is as good as a GOOD one (the line is alive):
+    a run of live rounds makes the WAN 'up'; a run of failed rounds of length >= down
+    makes it 'down' (after exactly `down` of them).  While 'down', SLOW rounds do not
+    exist (they neither help nor hurt): a run of `up` GOOD rounds, SLOW ones between them
+    ignored, makes it 'up'; a FAILED round restarts the count.  An incomplete last run
+    gives the count.
     """
-    runs = [(k, len(list(g))) for k, g in itertools.groupby(history)]
-    mode = "unknown"
-    for i, (good, n) in enumerate(runs):
-        last = i == len(runs) - 1
-        if mode in ("unknown", "up") and not good:
-            if n >= down:
-                mode = "down"
-            elif last:
+    mode, rest = "unknown", list(history)
+    while rest:
+        if mode in ("unknown", "up"):
+            live = rest[0] is not X
+            n = len(list(itertools.takewhile(lambda v: (v is not X) == live, rest)))
+            if live:
+                mode, rest = "up", rest[n:]
+            elif n >= down:
+                mode, rest = "down", rest[down:]
+            elif n == len(rest):
                 return (I if mode == "unknown" else F, n)
-        elif mode in ("unknown", "up") and good:
-            mode = "up"
-        elif mode == "down" and good:
-            if n >= up:
-                mode = "up"
-            elif last:
-                return (R, n)
+            else:
+                rest = rest[n:]  # a live run follows
+        else:
+            goods = 0
+            for i, v in enumerate(rest):
+                if v is X:
+                    goods = 0
+                elif v is G:
+                    goods += 1
+                    if goods == up:
+                        mode, rest = "up", rest[i + 1:]
+                        break
+            else:
+                return (R, goods) if goods else (D, 0)
     return {"unknown": (I, 0), "up": (U, 0), "down": (D, 0)}[mode]
 
 
-def run(history: tuple[bool, ...], down: int, up: int, start: Health | None = None) -> list[Health]:
+def run(history: tuple[Verdict, ...], down: int, up: int,
+        start: Health | None = None) -> list[Health]:
     hs = [start or Health()]
-    for ok in history:
-        hs.append(step(hs[-1], ok, down, up, reason="good" if ok else "bad"))
+    for v in history:
+        hs.append(step(hs[-1], v, down, up, reason=REASON[v]))
     return hs
 
 
-def histories(max_len: int = MAX_LEN):
-    for n in range(max_len + 1):
-        yield from itertools.product((True, False), repeat=n)
+def walks(down: int, up: int, start: Health | None = None, max_len: int = MAX_LEN,
+          verdicts: tuple[Verdict, ...] = VERDICTS,
+          ) -> Iterator[tuple[tuple[Verdict, ...], list[Health]]]:
+    """Every history of up to `max_len` rounds with its Health after each round
+    (depth-first: one step() per history, sharing prefixes)."""
+    stack: list[tuple[tuple[Verdict, ...], list[Health]]] = [((), [start or Health()])]
+    while stack:
+        hist, hs = stack.pop()
+        yield hist, hs
+        if len(hist) < max_len:
+            for v in verdicts:
+                stack.append((hist + (v,), hs + [step(hs[-1], v, down, up, REASON[v])]))
+
+
+def test_walks_enumerate_every_history() -> None:
+    got = sorted(h for h, _ in walks(2, 2, max_len=4))
+    want = sorted(h for n in range(5) for h in itertools.product(VERDICTS, repeat=n))
+    assert got == want and len(got) == (3 ** 5 - 1) // 2
 
 
 @pytest.mark.parametrize("down,up", PARAMS)
 def test_every_state_and_round_matches_the_table(down: int, up: int) -> None:
-    for (state, count), ok in itertools.product(reachable(down, up), (True, False)):
-        h = step(Health(state, count, "old"), ok, down, up, "why")
-        assert (h.state, h.count) == table(state, count, ok, down, up), (state, count, ok)
+    for (state, count), v in itertools.product(reachable(down, up), VERDICTS):
+        h = step(Health(state, count, "old"), v, down, up, "why")
+        assert (h.state, h.count) == table(state, count, v, down, up), (state, count, v)
 
 
 @pytest.mark.parametrize("down,up", PARAMS)
-def test_all_histories_match_the_run_reference(down: int, up: int) -> None:
-    for hist in histories():
-        assert (run(hist, down, up)[-1].state, run(hist, down, up)[-1].count) == by_runs(
-            hist, down, up
-        ), hist
+def test_all_histories_match_the_references(down: int, up: int) -> None:
+    for hist, hs in walks(down, up):
+        got = (hs[-1].state, hs[-1].count)
+        assert got == by_runs(hist, down, up), hist
+        prev = hs[-2] if len(hs) > 1 else None
+        if prev is not None:
+            assert got == table(prev.state, prev.count, hist[-1], down, up), hist
+
+
+@pytest.mark.parametrize("down,up", PARAMS)
+def test_two_valued_histories_keep_the_old_behaviour(down: int, up: int) -> None:
+    """Without SLOW rounds the machine is the bool machine it was before SLOW existed."""
+    for hist, hs in walks(down, up, verdicts=(G, X)):
+        assert (hs[-1].state, hs[-1].count) == by_runs(hist, down, up)
 
 
 @pytest.mark.parametrize("down,up", PARAMS)
 def test_every_reachable_state_is_reached(down: int, up: int) -> None:
-    seen = {(h.state, h.count) for hist in histories() for h in run(hist, down, up)}
+    seen = {(h.state, h.count) for _, hs in walks(down, up) for h in hs}
     seen.add((R, 0))  # only carrier_back reaches RISING with count 0
     assert seen == set(reachable(down, up))
 
@@ -123,84 +173,134 @@ def _first_state_index(hs: list[Health], state: State, start: int) -> int | None
     return None
 
 
+def _not_slow_before(hist: tuple[Verdict, ...], i: int, n: int) -> list[Verdict]:
+    """The last `n` non-SLOW verdicts of hist[:i] (fewer when there are not that many)."""
+    return [v for v in hist[:i] if v is not S][-n:]
+
+
 @pytest.mark.parametrize("down,up", PARAMS)
 def test_hysteresis(down: int, up: int) -> None:
-    for hist in histories():
-        hs = run(hist, down, up)
+    for hist, hs in walks(down, up):
         for i in range(1, len(hs)):
-            old, new = hs[i - 1], hs[i]
+            old, new, v = hs[i - 1], hs[i], hist[i - 1]
             if new.state is D and old.state is not D:
                 # the last `down` rounds all failed (or one failed round from RISING)
                 need = 1 if old.state is R else down
-                assert i >= need and not any(hist[i - need : i]), hist
+                assert i >= need and all(x is X for x in hist[i - need: i]), hist
             if new.state is U and old.state in (R, D):
-                assert i >= up and all(hist[i - up : i]), hist
-            if old.state is F and hist[i - 1]:
+                # a GOOD round did it, after `up` GOOD rounds (SLOW ones do not count)
+                assert v is G, hist
+                assert _not_slow_before(hist, i, up) == [G] * up, hist
+            if old.state is F and v is not X:
                 assert new.state is U
-            if old.state is R and not hist[i - 1]:
+            if old.state is R and v is X:
                 assert new.state is D
+            if v is S:
+                # SLOW is life, not health: never down, never up from DOWN/RISING
+                assert new.state is not D or old.state is D
+                assert new.state is (U if old.state in (I, U, F) else old.state)
+                if old.state is R:
+                    assert new.count == old.count
             if old.state in (U, D) and new.state is old.state:
                 assert new.count == 0
 
 
 @pytest.mark.parametrize("down,up", PARAMS)
 def test_up_never_reaches_down_in_fewer_than_down_rounds(down: int, up: int) -> None:
-    for hist in histories():
-        hs = run(hist, down, up, start=Health(U))
+    for hist, hs in walks(down, up, start=Health(U)):
         i = _first_state_index(hs, D, 0)
         if i is not None:
             assert i >= down
-            assert not any(hist[i - down : i])
+            assert all(v is X for v in hist[i - down: i])
 
 
 @pytest.mark.parametrize("down,up", PARAMS)
 def test_down_never_reaches_up_in_fewer_than_up_rounds(down: int, up: int) -> None:
-    for hist in histories():
-        hs = run(hist, down, up, start=Health(D))
+    for hist, hs in walks(down, up, start=Health(D)):
         i = _first_state_index(hs, U, 0)
         if i is not None:
             assert i >= up
-            assert all(hist[i - up : i])
+            assert _not_slow_before(hist, i, up) == [G] * up and hist[i - 1] is G
+
+
+@pytest.mark.parametrize("down,up", PARAMS)
+def test_a_busy_wan_is_never_taken_out(down: int, up: int) -> None:
+    """Without FAILED rounds a WAN in the route stays in it; with SLOW ones only, a DOWN
+    WAN stays out (SLOW is no proof of health)."""
+    for start in (Health(), Health(U), Health(F, down - 1 if down > 1 else 0)):
+        if start.state is F and down == 1:
+            continue
+        for _, hs in walks(down, up, start=start, verdicts=(G, S)):
+            assert all(takes_new_flows(h.state) for h in hs)
+            assert all(h.state is U for h in hs[1:])
+    for _, hs in walks(down, up, start=Health(D), verdicts=(S, X)):
+        assert all(h.state is D for h in hs)
 
 
 def test_step_rejects_bad_parameters() -> None:
     with pytest.raises(ValueError):
-        step(Health(), True, 0, 1)
+        step(Health(), G, 0, 1)
     with pytest.raises(ValueError):
-        step(Health(), True, 1, 0)
+        step(Health(), G, 1, 0)
+
+
+@pytest.mark.parametrize("bad", [True, False, None, "good", 1])
+def test_step_rejects_anything_but_a_verdict(bad: object) -> None:
+    with pytest.raises(TypeError):
+        step(Health(), bad, 3, 5)  # type: ignore[arg-type]
+
+
+def test_verdict_values() -> None:
+    assert [v.value for v in Verdict] == ["good", "slow", "failed"]
+    assert Verdict("slow") is S
 
 
 def test_reason_only_changes_on_transitions() -> None:
     h = Health(U, 0, "after 1 good round: ok")
-    h1 = step(h, False, 3, 2, "0/2 targets answered")
+    h1 = step(h, X, 3, 2, "0/2 targets answered")
     assert (h1.state, h1.count) == (F, 1)
     assert h1.reason == "after 1 failed round: 0/2 targets answered"
-    h2 = step(h1, False, 3, 2, "loss 50% > 20% over 2 rounds")
+    h2 = step(h1, X, 3, 2, "loss 50% > 20% over 2 rounds")
     assert (h2.state, h2.count, h2.reason) == (F, 2, h1.reason)
-    h3 = step(h2, False, 3, 2, "0/2 targets answered (silent: a, b)")
+    h3 = step(h2, X, 3, 2, "0/2 targets answered (silent: a, b)")
     assert h3 == Health(D, 0, "after 3 failed rounds: 0/2 targets answered (silent: a, b)")
-    assert step(h3, False, 3, 2, "other").reason == h3.reason
-    h4 = step(h3, True, 3, 2, "2/2 targets answered")
+    assert step(h3, X, 3, 2, "other").reason == h3.reason
+    assert step(h3, S, 3, 2, "probes late, traffic flowing") == h3
+    h4 = step(h3, G, 3, 2, "2/2 targets answered")
     assert h4 == Health(R, 1, "after 1 good round: 2/2 targets answered")
-    h5 = step(h4, True, 3, 2, "2/2 targets answered")
+    assert step(h4, S, 3, 2, "probes late, replies late") == h4
+    h5 = step(h4, G, 3, 2, "2/2 targets answered")
     assert h5 == Health(U, 0, "after 2 good rounds: 2/2 targets answered")
-    assert step(Health(), True, 3, 2).reason == "after 1 good round"
+    assert step(Health(), G, 3, 2).reason == "after 1 good round"
+
+
+def test_slow_reasons() -> None:
+    f = Health(F, 2, "after 2 failed rounds: 0/2 targets answered")
+    u = step(f, S, 3, 5, "probes late, traffic flowing")
+    assert u == Health(U, 0, "after 1 slow round: probes late, traffic flowing")
+    assert describe(f, u) == "FALLING -> UP after 1 slow round: probes late, traffic flowing"
+    assert step(u, S, 3, 5, "probes late, replies late") == u  # UP stays, reason kept
+    assert step(Health(), S, 3, 5) == Health(U, 0, "after 1 slow round")
+    assert step(Health(I, 2, "x"), S, 3, 5, "r") == Health(U, 0, "after 1 slow round: r")
 
 
 def test_describe_and_transitioned() -> None:
     f2 = Health(F, 2, "after 1 failed round: x")
-    d = step(f2, False, 3, 5, "0/2 targets answered (silent: 10.0.0.1, 203.0.113.10)")
+    d = step(f2, X, 3, 5, "0/2 targets answered (silent: 10.0.0.1, 203.0.113.10)")
     assert transitioned(f2, d)
     assert describe(f2, d) == (
         "FALLING -> DOWN after 3 failed rounds: 0/2 targets answered (silent: 10.0.0.1, 203.0.113.10)"
     )
     u = Health(U)
-    d1 = step(u, False, 1, 1, "2/2 targets silent")
+    d1 = step(u, X, 1, 1, "2/2 targets silent")
     assert describe(u, d1) == "UP -> DOWN after 1 failed round: 2/2 targets silent"
-    f1 = step(u, False, 2, 1, "r")
-    assert not transitioned(f1, step(f1, False, 3, 1, "r"))
-    assert describe(f1, step(f1, False, 3, 1, "r")) == "FALLING (2)"
-    assert describe(u, step(u, True, 3, 1)) == "UP"
+    f1 = step(u, X, 2, 1, "r")
+    assert not transitioned(f1, step(f1, X, 3, 1, "r"))
+    assert describe(f1, step(f1, X, 3, 1, "r")) == "FALLING (2)"
+    assert describe(u, step(u, G, 3, 1)) == "UP"
+    assert describe(u, step(u, S, 3, 1, "slow")) == "UP"
+    r2 = Health(R, 2, "after 1 good round: ok")
+    assert describe(r2, step(r2, S, 3, 5)) == "RISING (2)"
     lost = carrier_lost(u, "carrier lost on eth1")
     assert describe(u, lost) == "UP -> DOWN: carrier lost on eth1"
     assert describe(Health(D), Health(R, 0, "")) == "DOWN -> RISING"
@@ -233,13 +333,17 @@ def test_carrier_back_only_acts_on_down(state: State) -> None:
 def test_carrier_back_then_needs_up_good_rounds(down: int, up: int) -> None:
     h = carrier_back(carrier_lost(Health(U), "lost"), "back")
     assert takes_new_flows(h.state) is False
+    h = step(h, S, down, up, "slow")  # a busy line after carrier back is not yet healthy
+    assert (h.state, h.count) == (R, 0)
     for i in range(1, up):
-        h = step(h, True, down, up, "ok")
+        h = step(h, G, down, up, "ok")
         assert (h.state, h.count) == (R, i)
-    h = step(h, True, down, up, "ok")
+        h = step(h, S, down, up, "slow")
+        assert (h.state, h.count) == (R, i)
+    h = step(h, G, down, up, "ok")
     assert h.state is U
     # and a failed round while RISING after carrier back goes DOWN again
-    h = step(carrier_back(Health(D)), False, down, up, "bad")
+    h = step(carrier_back(Health(D)), X, down, up, "bad")
     assert h.state is D
 
 

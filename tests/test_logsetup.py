@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from ecmpd.logsetup import LOGGER, setup_logging, stream_is_journal, syslog_priority
+from ecmpd.logsetup import (LEVELS, LOGGER, NOTICE, setup_logging, stream_is_journal,
+                            syslog_priority)
 
 
 @pytest.fixture
@@ -120,5 +121,31 @@ def test_other_loggers_untouched(stderr_file, monkeypatch):
 
 
 def test_priorities():
-    assert [syslog_priority(x) for x in (5, 10, 15, 20, 25, 30, 40, 50, 60)] == \
-        [7, 7, 7, 6, 6, 4, 3, 2, 2]
+    assert [syslog_priority(x) for x in (5, 10, 15, 20, 24, 25, 29, 30, 40, 50, 60)] == \
+        [7, 7, 7, 6, 6, 5, 5, 4, 3, 2, 2]
+
+
+def test_notice_level(stderr_file, monkeypatch):
+    assert (NOTICE, LEVELS["notice"]) == (25, 25)
+    assert logging.getLevelName(NOTICE) == "NOTICE"
+    assert logging.INFO < NOTICE < logging.WARNING
+    use(stderr_file, monkeypatch)
+    setup_logging("notice")
+    log = logging.getLogger("ecmpd.daemon")
+    log.info("hidden")
+    log.log(NOTICE, "wan1 back in the route")
+    log.warning("wan2 left the route")
+    pat = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d ecmpd\[\d+\] (\w+) (.*)$"
+    assert [re.match(pat, ln).groups() for ln in output(stderr_file)] == [
+        ("NOTICE", "wan1 back in the route"), ("WARNING", "wan2 left the route")]
+
+
+def test_notice_in_the_journal(stderr_file, monkeypatch):
+    as_journal(stderr_file, monkeypatch)
+    use(stderr_file, monkeypatch)
+    setup_logging("NOTICE")
+    log = logging.getLogger("ecmpd")
+    log.info("i")
+    log.log(NOTICE, "n")
+    log.warning("w")
+    assert output(stderr_file) == ["<5>n", "<4>w"]

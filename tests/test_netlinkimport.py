@@ -126,7 +126,7 @@ def test_layout_change_falls_back_to_the_ordinary_import() -> None:
     assert (out["bare"], out["fallback"], out["full"]) == (False, True, True)
     assert out["class"] == "pyroute2.iproute.linux.AsyncIPRoute" and out["same"]
     assert out["no_bare_left"]
-    assert out["names"] == sorted(["AsyncIPRoute", "AsyncNFCTSocket", "NetlinkError",
+    assert out["names"] == sorted(["AsyncIPRoute", "AsyncNFCTSocket", "NFCTAttrTuple", "NetlinkError",
                                    "RTMGRP_LINK", "RTMGRP_IPV4_IFADDR", "RTMGRP_IPV4_ROUTE",
                                    "RTMGRP_IPV4_RULE"])
 

@@ -1,160 +1,49 @@
-"""Tests for ecmpd.prober.
+"""Tests for ecmpd.prober, without root, namespaces or real sockets.
 
-Pure part: Window, judge() and a Prober driven by a fake ping on a virtual-time event
-loop (asyncio's timers run against a clock that jumps instead of waiting).
-Root part (marker `lab`): a real Prober in a network namespace of its own, run in a
-subprocess with `ip netns exec`, probing a peer namespace over a veth pair.
-The echo socket itself is tested in test_icmpecho.py.
+The Prober gets a fake socket factory (`FakeNet`: records every send, answers each
+request after a scripted delay, with an error, or never; can fail sends or fail to open)
+and a controllable traffic counter.  Most tests run on a virtual-time event loop (a real
+asyncio loop whose clock jumps to the next timer instead of sleeping), so timings are
+exact and the tests are fast whatever the machine's load; two smoke tests run on a real
+loop with short intervals and generous margins.
+
+The last part replays recorded sequences of per-round observations (tests/data/*.json:
+when each echo request was answered, and the WAN's traffic counter) through the real
+Prober and the real health state machine.  The recordings are synthetic; they are made
+by `make_recordings()` below, and a test checks that the committed files are exactly
+what it produces (regenerate with `.venv/bin/python tests/test_prober.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
+import contextlib
 import json
-import os
-import selectors
-import shutil
-import subprocess
+import math
+import random
 import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import ecmpd.prober
-from ecmpd.icmpecho import IcmpPinger
+from ecmpd.health import Health, State, Verdict, step, takes_new_flows
+from ecmpd.icmpecho import Answer
+from ecmpd.judge import SLOW_REPLIES, SLOW_TRAFFIC, RoundResult, judge
+from ecmpd.judge import TargetSample as TS
 from ecmpd.model import ProbeSettings
-from ecmpd.prober import (
-    GRACE,
-    Prober,
-    RoundResult,
-    TargetSample,
-    Window,
-    judge,
-    spacing,
-)
+from ecmpd.prober import silence_window, Prober, spacing
 
-REPO = Path(__file__).resolve().parent.parent
+GOOD, SLOW, FAILED = Verdict.GOOD, Verdict.SLOW, Verdict.FAILED
+DATA = Path(__file__).resolve().parent / "data"
+SOURCE, DEVICE = "192.0.2.1", "eth1"
 
 
-def S(addr: str, sent: int, received: int, rtt: float | None = None) -> TargetSample:
-    return TargetSample(addr, sent, received, rtt)
-
-
-# --- Window ------------------------------------------------------------------------
-
-
-def test_window_empty() -> None:
-    w = Window(3)
-    assert (len(w), w.size, w.loss_pct(), w.mean_rtt(), w.per_target()) == (0, 3, 0.0, None, {})
-    with pytest.raises(ValueError):
-        Window(0)
-
-
-def test_window_stats_and_sliding() -> None:
-    w = Window(3)
-    w.add([S("a", 2, 2, 0.010), S("b", 2, 0)])
-    assert w.loss_pct() == pytest.approx(50.0)
-    assert w.mean_rtt() == pytest.approx(0.010)
-    w.add([S("a", 2, 1, 0.040), S("b", 2, 1, 0.100)])
-    # replies: a 2x10ms + 1x40ms, b 1x100ms -> mean weighted by replies
-    assert w.mean_rtt() == pytest.approx((0.020 + 0.040 + 0.100) / 4)
-    assert w.per_target() == {
-        "a": (pytest.approx(25.0), pytest.approx(0.060 / 3)),
-        "b": (pytest.approx(75.0), pytest.approx(0.100)),
-    }
-    w.add([S("a", 2, 2, 0.010), S("b", 2, 2, 0.010)])
-    w.add([S("a", 2, 2, 0.010), S("b", 2, 2, 0.010)])  # the first round drops out
-    assert len(w) == 3
-    assert w.loss_pct() == pytest.approx(100.0 * 2 / 12)
-    assert w.per_target()["b"][0] == pytest.approx(100.0 / 6)
-
-
-def test_window_resized_keeps_newest() -> None:
-    w = Window(4)
-    for i in range(4):
-        w.add([S("a", 1, 1 if i >= 2 else 0, 0.01)])
-    small = w.resized(2)
-    assert (len(small), small.size, small.loss_pct()) == (2, 2, 0.0)
-    big = w.resized(10)
-    assert (len(big), big.loss_pct()) == (4, 50.0)
-
-
-# --- judge -------------------------------------------------------------------------
-
-OK2 = [S("10.0.0.1", 2, 2, 0.01), S("203.0.113.10", 2, 1, 0.02)]
-HALF = [S("10.0.0.1", 2, 2, 0.01), S("203.0.113.10", 2, 0)]
-NONE = [S("10.0.0.1", 2, 0), S("203.0.113.10", 2, 0)]
-
-
-@dataclass
-class Case:
-    samples: list[TargetSample]
-    settings: dict[str, Any]
-    ok: bool
-    reason: str
-    history: tuple[list[TargetSample], ...] = ()
-
-
-CASES = {
-    "all answered": Case(OK2, {}, True, "2/2 targets answered"),
-    "one silent, quorum 1": Case(
-        HALF, {}, True, "1/2 targets answered (silent: 203.0.113.10)"),
-    "one silent, quorum 2": Case(
-        HALF, {"quorum": 2}, False, "1/2 targets answered (silent: 203.0.113.10)"),
-    "all silent": Case(
-        NONE, {}, False, "0/2 targets answered (silent: 10.0.0.1, 203.0.113.10)"),
-    "no targets": Case([], {}, False, "0/0 targets answered"),
-    "quorum beats loss": Case(
-        NONE, {"max_loss": 1.0, "max_rtt": 0.001}, False,
-        "0/2 targets answered (silent: 10.0.0.1, 203.0.113.10)"),
-    "loss over window": Case(
-        [S("a", 1, 1, 0.01)], {"max_loss": 20.0}, False, "loss 30% > 20% over 10 rounds",
-        history=tuple([[S("a", 1, 0)]] * 3 + [[S("a", 1, 1, 0.01)]] * 6)),
-    "loss at the limit passes": Case(
-        [S("a", 1, 1, 0.01)], {"max_loss": 30.0}, True, "1/1 targets answered",
-        history=tuple([[S("a", 1, 0)]] * 3 + [[S("a", 1, 1, 0.01)]] * 6)),
-    "loss fraction": Case(
-        [S("a", 3, 2, 0.01)], {"max_loss": 20.0}, False, "loss 33.3% > 20% over 1 round"),
-    "old loss slid out": Case(
-        [S("a", 1, 1, 0.01)], {"max_loss": 20.0, "window": 3}, True, "1/1 targets answered",
-        history=([S("a", 1, 0)], [S("a", 1, 1, 0.01)], [S("a", 1, 1, 0.01)])),
-    "rtt over window": Case(
-        [S("a", 1, 1, 0.700)], {"max_rtt": 0.5}, False, "rtt 612ms > 500ms",
-        history=([S("a", 1, 1, 0.524)],)),
-    "rtt under the limit": Case(
-        [S("a", 1, 1, 0.400)], {"max_rtt": 0.5}, True, "1/1 targets answered",
-        history=([S("a", 1, 1, 0.590)],)),
-    "small rtt formatting": Case(
-        [S("a", 1, 1, 0.0045)], {"max_rtt": 0.002}, False, "rtt 4.5ms > 2ms"),
-    "loss beats rtt": Case(
-        [S("a", 2, 1, 0.9)], {"max_loss": 10.0, "max_rtt": 0.5}, False,
-        "loss 50% > 10% over 1 round"),
-}
-
-
-@pytest.mark.parametrize("name", list(CASES))
-def test_judge(name: str) -> None:
-    c = CASES[name]
-    settings = ProbeSettings(**c.settings)
-    w = Window(settings.window)
-    for past in c.history:
-        w.add(past)
-    r = judge(c.samples, settings, w, at=7.5)
-    assert (r.ok, r.reason) == (c.ok, c.reason)
-    assert r.samples == tuple(c.samples) and r.at == 7.5
-    assert len(w) == min(len(c.history) + 1, settings.window)  # the round went in
-
-
-def test_spacing() -> None:
-    assert spacing(ProbeSettings(interval=0.2, count=2)) == pytest.approx(0.02)
-    assert spacing(ProbeSettings(interval=0.04, count=4)) == pytest.approx(0.005)
-
-
-# --- Prober on virtual time -----------------------------------------------------------
+# --- virtual time ----------------------------------------------------------------------
 
 
 class VirtualTimeLoop(asyncio.SelectorEventLoop):
@@ -187,466 +76,1041 @@ def vrun(coro_fn: Callable[[], Any]) -> Any:
         return runner.run(coro_fn())
 
 
-@dataclass
-class Call:
+def now() -> float:
+    return asyncio.get_running_loop().time()
+
+
+# --- the fake network ------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Sent:
+    """One echo request as the fake socket saw it."""
+
+    sock: FakeSocket
+    seq: int | None
+    """None: the send failed."""
     address: str
-    source: str
-    timeout: float
     at: float
 
 
-class FakePing:
-    """Records calls; behaviour per call from `rtt(call_index, address)`.
-
-    A float sleeps that long and returns it; an exception instance is raised; None
-    sleeps the timeout and returns None; "hang" never returns.
-    """
-
-    def __init__(self, rtt: Callable[[int, str], Any] = lambda i, a: 0.01) -> None:
-        self.calls: list[Call] = []
-        self.rtt = rtt
-
-    def record(self, address: str, source: str, timeout: float) -> Any:
-        """Note the call; its scripted behaviour (an exception instance is raised)."""
-        i = len(self.calls)
-        self.calls.append(Call(address, source, timeout, asyncio.get_running_loop().time()))
-        v = self.rtt(i, address)
-        if isinstance(v, BaseException):
-            raise v
-        return v
-
-    async def __call__(self, address: str, source: str, timeout: float) -> float | None:
-        v = self.record(address, source, timeout)
-        if v == "hang":
-            await asyncio.Event().wait()
-        if v is None:
-            await asyncio.sleep(timeout)
-            return None
-        await asyncio.sleep(v)
-        return v
+Reply = Callable[[Sent], Any]
+"""What happens to a request: a delay in seconds (a reply that long after the send),
+("error", delay, type) (an ICMP error), or None (never answered)."""
 
 
-async def collect(p: Prober, results: list[RoundResult], n: int,
-                  during: Callable[[int], None] = lambda k: None) -> None:
-    """Run `p` until `n` results arrived (virtual deadline), then cancel it."""
-    task = asyncio.get_running_loop().create_task(p.run())
-    deadline = asyncio.get_running_loop().time() + 10_000
-    seen = 0
-    while len(results) < n:
-        assert asyncio.get_running_loop().time() < deadline, "prober produced no rounds"
-        await asyncio.sleep(0.001)
-        while seen < len(results):
-            seen += 1
-            during(seen)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+class FakeSocket:
+    """Stands in for `EchoSocket`: sequence numbers from 1; nothing reported after close."""
 
-
-def starts(calls: list[Call], per_round: int) -> list[float]:
-    return [calls[i].at for i in range(0, len(calls), per_round)]
-
-
-def test_cadence_counts_and_spacing() -> None:
-    ping = FakePing()
-    results: list[RoundResult] = []
-    st = ProbeSettings(interval=1.0, timeout=0.5, count=3)
-    p = Prober("wan1", ["a", "b"], st, results.append, source="192.0.2.1", ping=ping)
-
-    async def main() -> None:
-        await collect(p, results, 5)
-        assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-
-    vrun(main)
-    assert [r.ok for r in results[:5]] == [True] * 5
-    assert results[0].samples == (S("a", 3, 3, 0.01), S("b", 3, 3, 0.01))
-    assert results[0].reason == "2/2 targets answered"
-    gap = spacing(st)
-    for k in range(5):
-        rnd = ping.calls[6 * k: 6 * k + 6]
-        for a in "ab":
-            assert [c.at for c in rnd if c.address == a] == pytest.approx(
-                [k + i * gap for i in range(3)])
-        assert {(c.source, c.timeout) for c in rnd} == {("192.0.2.1", 0.5)}
-        assert results[k].at == pytest.approx(k + 2 * gap + 0.01)
-    assert p.last() is results[-1]
-    assert len(p.window()) == len(results)
-
-
-def test_overlapping_rounds_are_delivered_in_order() -> None:
-    # round k takes 2.5 s when k is even, 0.5 s when odd; a round starts every second
-    ping = FakePing(lambda i, a: 2.5 if i % 2 == 0 else 0.5)
-    results: list[RoundResult] = []
-    delivered: list[float] = []
-    st = ProbeSettings(interval=1.0, timeout=3.0, count=1)
-
-    def on_round(r: RoundResult) -> None:
-        results.append(r)
-        delivered.append(asyncio.get_running_loop().time())
-
-    p = Prober("wan1", ["a"], st, on_round, source="192.0.2.1", ping=ping)
-    vrun(lambda: collect(p, results, 6))
-    assert [c.at for c in ping.calls[:6]] == pytest.approx([0, 1, 2, 3, 4, 5])
-    assert [r.samples[0].rtt for r in results[:6]] == [2.5, 0.5] * 3
-    # round 1 ended (at 1.5) before round 0 (at 2.5) but was delivered after it
-    assert [r.at for r in results[:4]] == pytest.approx([2.5, 1.5, 4.5, 3.5])
-    assert delivered[:4] == pytest.approx([2.5, 2.5, 4.5, 4.5])
-
-
-def test_stall_skips_missed_slots() -> None:
-    loop_ref: list[asyncio.AbstractEventLoop] = []
-
-    def rtt(i: int, a: str) -> float:
-        if i == 2:  # the loop is blocked for 3.5 s while round 2 starts
-            loop_ref[0].now += 3.5  # type: ignore[attr-defined]
-        return 0.01
-
-    ping = FakePing(rtt)
-    results: list[RoundResult] = []
-    p = Prober("wan1", ["a"], ProbeSettings(interval=1.0, count=1), results.append,
-               source="192.0.2.1", ping=ping)
-
-    async def main() -> None:
-        loop_ref.append(asyncio.get_running_loop())
-        await collect(p, results, 7)
-
-    vrun(main)
-    # slots 3 and 4 are skipped, slot 5 starts late at 5.5, then back on the grid
-    assert [c.at for c in ping.calls[:7]] == pytest.approx([0, 1, 2, 5.5, 6, 7, 8])
-
-
-def test_no_address_then_address() -> None:
-    ping = FakePing()
-    results: list[RoundResult] = []
-    p = Prober("wan1", ["a"], ProbeSettings(interval=1.0, count=2), results.append, ping=ping)
-
-    def during(k: int) -> None:
-        if k == 2:
-            p.source = "198.51.100.7"
-
-    vrun(lambda: collect(p, results, 4, during))
-    assert [(r.ok, r.reason, r.samples) for r in results[:2]] == [
-        (False, "no address on wan1", ())] * 2
-    assert len(p.window()) >= 2 and p.window().loss_pct() == 0.0  # no-address rounds skipped
-    assert results[2].ok and results[3].ok
-    assert ping.calls and {c.source for c in ping.calls} == {"198.51.100.7"}
-
-
-def test_failures_count_as_lost_and_never_kill_the_prober() -> None:
-    behaviours = {
-        "err": OSError(101, "Network is unreachable"),
-        "perm": PermissionError(1, "Operation not permitted"),
-        "hang": "hang",
-        "none": None,
-        "late": 0.52,  # a reply after the 0.5 s timeout (but within the grace) is lost
-        "good": 0.02,
-    }
-    ping = FakePing(lambda i, a: behaviours[a])
-    results: list[RoundResult] = []
-    st = ProbeSettings(interval=1.0, timeout=0.5, count=2, quorum=1)
-    p = Prober("wan1", list(behaviours), st, results.append, source="192.0.2.1", ping=ping)
-    vrun(lambda: collect(p, results, 3))
-    for r in results[:3]:
-        assert r.ok
-        assert r.reason == "1/6 targets answered (silent: err, perm, hang, none, late)"
-        assert {s.address: (s.sent, s.received) for s in r.samples} == {
-            a: (2, 2 if a == "good" else 0) for a in behaviours}
-    # the hanging ping was cancelled: the round ended by timeout + grace
-    assert results[0].at == pytest.approx(spacing(st) + 0.5 + GRACE)
-
-
-def test_on_round_errors_are_contained() -> None:
-    results: list[RoundResult] = []
-
-    def on_round(r: RoundResult) -> None:
-        results.append(r)
-        raise RuntimeError("callback bug")
-
-    p = Prober("wan1", ["a"], ProbeSettings(interval=1.0), on_round, source="x",
-               ping=FakePing())
-    vrun(lambda: collect(p, results, 3))
-    assert len(results) >= 3
-
-
-def test_update_takes_effect_next_round() -> None:
-    ping = FakePing(lambda i, a: None if a == "c" else 0.01)
-    results: list[RoundResult] = []
-    p = Prober("wan1", ["a", "b"], ProbeSettings(interval=1.0, count=1, window=10),
-               results.append, source="192.0.2.1", ping=ping)
-
-    def during(k: int) -> None:
-        if k == 2:
-            p.update(["c"], ProbeSettings(interval=2.0, count=2, window=3, timeout=0.3))
-
-    vrun(lambda: collect(p, results, 5, during))
-    # updated after round 1 was delivered (t = 1.01): round 2 (t = 2) uses the new targets
-    assert [tuple(s.address for s in r.samples) for r in results[:5]] == [
-        ("a", "b"), ("a", "b"), ("c",), ("c",), ("c",)]
-    assert results[2].reason == "0/1 targets answered (silent: c)"
-    assert results[2].samples[0].sent == 2 and ping.calls[-1].timeout == 0.3
-    assert p.window().size == 3 and len(p.window()) == 3
-    # slot 2 was already due one old interval after slot 1; then the new interval
-    firsts = [c.at for c in ping.calls if c.address == "a"] + [
-        c.at for c in ping.calls if c.address == "c"][::2]
-    assert firsts[:5] == pytest.approx([0, 1, 2, 4, 6])
-
-
-class FuturePing(FakePing):
-    """Like FakePing, but returns Futures as `IcmpPinger` does (no task per request): a
-    float resolves after that long, None after the timeout, "hang" never; an exception
-    instance is raised by the call itself."""
-
-    def __call__(self, address: str, source: str,  # type: ignore[override]
-                 timeout: float) -> asyncio.Future[Any]:
-        v = self.record(address, source, timeout)
-        loop = asyncio.get_running_loop()
-        fut = loop.create_future()
-        if v != "hang":
-            loop.call_later(timeout if v is None else v,
-                            lambda: fut.done() or fut.set_result(v))
-        return fut
-
-
-def test_future_pings_match_coroutine_pings_without_tasks() -> None:
-    behaviours = {"err": OSError(101, "Network is unreachable"), "hang": "hang",
-                  "none": None, "late": 0.52, "good": 0.02, "slow": 0.3}
-    st = ProbeSettings(interval=1.0, timeout=0.5, count=3, quorum=1)
-    out: dict[str, list[RoundResult]] = {}
-    tasks: dict[str, int] = {}
-    for kind, ping in (("coroutine", FakePing(lambda i, a: behaviours[a])),
-                       ("future", FuturePing(lambda i, a: behaviours[a]))):
-        results: list[RoundResult] = []
-        p = Prober("wan1", list(behaviours), st, results.append, source="192.0.2.1",
-                   ping=ping)  # type: ignore[arg-type]
-
-        async def main() -> None:
-            loop = asyncio.get_running_loop()
-
-            def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> Any:
-                tasks[kind] = tasks.get(kind, 0) + 1
-                return asyncio.Task(coro, loop=loop, **kw)
-
-            loop.set_task_factory(factory)
-            await collect(p, results, 3)
-            loop.set_task_factory(None)
-
-        vrun(main)
-        out[kind] = results[:3]
-        gap = spacing(st)
-        assert [c.at for c in ping.calls if c.address == "good"][:6] == pytest.approx(
-            [0, gap, 2 * gap, 1, 1 + gap, 1 + 2 * gap])
-    assert [(r.ok, r.reason, r.samples, r.at) for r in out["future"]] == \
-        [(r.ok, r.reason, r.samples, r.at) for r in out["coroutine"]]
-    r = out["future"][0]
-    assert r.reason == "2/6 targets answered (silent: err, hang, none, late)"
-    assert {s.address: s.received for s in r.samples}["slow"] == 3
-    # the hanging requests were given up timeout + GRACE after the round's last request
-    assert r.at == pytest.approx(2 * spacing(st) + 0.5 + GRACE)
-    # Prober.run is the only task: rounds and requests run on callbacks
-    assert tasks == {"coroutine": 1 + 3 * 6 * 3, "future": 1}
-
-
-def test_probers_share_the_clock_grid() -> None:
-    pings = [FakePing(), FakePing()]
-    results: list[list[RoundResult]] = [[], []]
-    probers = [Prober(f"wan{i}", ["a"], ProbeSettings(interval=1.0, count=1),
-                      results[i].append, source="192.0.2.1", ping=pings[i]) for i in (0, 1)]
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        await asyncio.sleep(0.3)
-        tasks = [loop.create_task(probers[0].run())]
-        await asyncio.sleep(0.45)
-        tasks.append(loop.create_task(probers[1].run()))
-        deadline = loop.time() + 100
-        while min(len(r) for r in results) < 3:
-            assert loop.time() < deadline
-            await asyncio.sleep(0.01)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    vrun(main)
-    # started at 0.3 and 0.75: both wait for the next multiple of the interval
-    for ping in pings:
-        assert [c.at for c in ping.calls[:3]] == pytest.approx([1, 2, 3])
-
-
-class FakeEchoSocket:
-    """Stands in for EchoSocket: replies after 10 ms; records opens and closes."""
-
-    opened: list[FakeEchoSocket] = []
-
-    def __init__(self, source: str) -> None:
-        if source == "203.0.113.99":
-            raise OSError(99, "Cannot assign requested address")
-        self.source = source
-        self.pings = 0
+    def __init__(self, net: FakeNet, source: str, on_answer: Callable[[Answer], None],
+                 device: str | None) -> None:
+        self.net, self.source, self.device, self.on_answer = net, source, device, on_answer
+        self.opened_at = now()
+        self.sent: list[Sent] = []
         self.closed = False
-        FakeEchoSocket.opened.append(self)
+        self.closed_at: float | None = None
+        self._seq = 0
 
-    def ping(self, address: str, timeout: float) -> asyncio.Future[float | None]:
-        assert not self.closed
-        self.pings += 1
-        fut = asyncio.get_running_loop().create_future()
-        asyncio.get_running_loop().call_later(0.01, lambda: fut.done() or fut.set_result(0.01))
-        return fut
+    def send(self, address: str) -> int | None:
+        if self.closed:
+            self.net.misuse.append(f"send({address}) on a closed socket")
+            return None
+        if self.net.fail_send(address, now()):
+            s = Sent(self, None, address, now())
+        else:
+            self._seq += 1
+            s = Sent(self, self._seq, address, now())
+        self.sent.append(s)
+        self.net.sent.append(s)
+        if s.seq is not None:
+            self._schedule(s, self.net.reply(s))
+        return s.seq
+
+    def _schedule(self, s: Sent, what: Any) -> None:
+        if what is None:
+            return
+        if isinstance(what, tuple):
+            _, delay, kind = what
+            asyncio.get_running_loop().call_at(s.at + delay, self.answer, s, kind)
+        else:
+            asyncio.get_running_loop().call_at(s.at + what, self.answer, s)
+
+    def answer(self, s: Sent, error: int | None = None) -> None:
+        """Report the answer to `s` now (nothing once closed, as EchoSocket)."""
+        if self.closed:
+            return
+        assert s.seq is not None
+        self.net.answered.append((now(), s, error))
+        self.on_answer(Answer(s.address, s.seq, max(0.0, now() - s.at), error))
 
     def close(self) -> None:
         self.closed = True
+        self.closed_at = now()
 
 
-def test_default_pinger_keeps_one_socket_per_source(monkeypatch: pytest.MonkeyPatch) -> None:
-    FakeEchoSocket.opened = []
-    monkeypatch.setattr(ecmpd.prober, "IcmpPinger",
-                        lambda: IcmpPinger(factory=FakeEchoSocket))  # type: ignore[arg-type]
-    results: list[RoundResult] = []
-    p = Prober("wan1", ["a", "b"], ProbeSettings(interval=1.0, count=2), results.append,
-               source="192.0.2.1")
+class FakeNet:
+    """A SocketFactory: opens FakeSockets and records everything."""
 
-    def during(k: int) -> None:
-        if k == 3:
-            p.source = "203.0.113.99"  # cannot be bound: rounds fail, nothing raised
-        if k == 5:
-            p.source = "198.51.100.7"
+    def __init__(self, reply: Reply = lambda s: 0.01,
+                 fail_open: Callable[[str, str | None], bool] = lambda src, dev: False,
+                 fail_send: Callable[[str, float], bool] = lambda addr, t: False) -> None:
+        self.reply, self.fail_open, self.fail_send = reply, fail_open, fail_send
+        self.sockets: list[FakeSocket] = []
+        self.opens: list[tuple[float, str, str | None]] = []
+        self.sent: list[Sent] = []
+        self.answered: list[tuple[float, Sent, int | None]] = []
+        self.misuse: list[str] = []
 
-    vrun(lambda: collect(p, results, 8, during))
-    assert [r.ok for r in results[:8]] == [True] * 3 + [False] * 2 + [True] * 3
-    first, second = FakeEchoSocket.opened
-    assert (first.source, second.source) == ("192.0.2.1", "198.51.100.7")
-    assert first.pings == 3 * 4 and first.closed  # every request of 3 rounds, one socket
-    assert second.pings >= 3 * 4 and second.closed  # closed when the prober stopped
+    def __call__(self, source: str, on_answer: Callable[[Answer], None],
+                 device: str | None) -> FakeSocket:
+        self.opens.append((now(), source, device))
+        if self.fail_open(source, device):
+            raise OSError(99, "Cannot assign requested address")
+        sock = FakeSocket(self, source, on_answer, device)
+        self.sockets.append(sock)
+        return sock
+
+    def sends(self, address: str) -> list[float]:
+        """When requests to `address` were sent (successfully or not)."""
+        return [s.at for s in self.sent if s.address == address]
+
+    def open_sockets(self) -> list[FakeSocket]:
+        return [s for s in self.sockets if not s.closed]
+
+
+class Traffic:
+    """The WAN's counter of packets from beyond the gateway, as a function of time."""
+
+    def __init__(self, fn: Callable[[float], int | None] = lambda t: 0) -> None:
+        self.fn = fn
+        self.reads: list[float] = []
+
+    def __call__(self) -> int | None:
+        self.reads.append(now())
+        return self.fn(now())
+
+
+def moving() -> Traffic:
+    """A counter that moves all the time (100 packets a second)."""
+    return Traffic(lambda t: int(t * 100))
+
+
+class Run:
+    """A Prober on fakes, and what it delivered."""
+
+    def __init__(self, targets: Sequence[str] = ("a", "b"), net: FakeNet | None = None,
+                 traffic: Traffic | None = None, quorum: int | None = None,
+                 source: str | None = SOURCE, on_round: Callable[[RoundResult], None] | None = None,
+                 **settings: Any) -> None:
+        self.net = net or FakeNet()
+        self.traffic = traffic
+        self.settings = ProbeSettings(**{"interval": 1.0, "timeout": 0.25, "count": 1,
+                                         **settings})
+        self.results: list[RoundResult] = []
+        self.prober = Prober("wan1", targets, self.settings, on_round or self.results.append,
+                             source=source, device=DEVICE, traffic=traffic, quorum=quorum,
+                             sockets=self.net)
+
+    async def drive(self, until: float, at: dict[float, Callable[[], Any]] | None = None,
+                    start: float = 0.0, alone: bool = True) -> None:
+        """Run the prober from `start` until `until` (loop time), calling `at[t]()` at t;
+        then cancel it and check that it left nothing behind (no task either, when it
+        runs `alone`)."""
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(start - loop.time())
+        task = loop.create_task(self.prober.run())
+        for t, fn in sorted((at or {}).items()):
+            await asyncio.sleep(t - loop.time())
+            fn()
+        await asyncio.sleep(until - loop.time())
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not self.net.open_sockets(), "the prober left its socket open"
+        assert not self.net.misuse, self.net.misuse
+        if alone:
+            assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+
+    def go(self, until: float, at: dict[float, Callable[[], Any]] | None = None,
+           start: float = 0.0) -> list[RoundResult]:
+        vrun(lambda: self.drive(until, at, start))
+        return self.results
+
+    def summary(self) -> list[tuple[float, Verdict, str]]:
+        return [(round(r.at, 6), r.verdict, r.reason) for r in self.results]
+
+
+def starts(net: FakeNet, address: str, count: int) -> list[float]:
+    """The rounds' first requests to `address`."""
+    return net.sends(address)[::count]
+
+
+# --- basics ----------------------------------------------------------------------------
+
+
+def test_spacing() -> None:
+    assert spacing(ProbeSettings(interval=0.2, count=2)) == pytest.approx(0.02)
+    assert spacing(ProbeSettings(interval=0.04, count=4)) == pytest.approx(0.005)
 
 
 def test_bad_settings_rejected() -> None:
-    with pytest.raises(ValueError):
-        Prober("wan1", ["a"], ProbeSettings(interval=0), lambda r: None)
-    p = Prober("wan1", ["a"], ProbeSettings(), lambda r: None)
+    for bad in (ProbeSettings(interval=0), ProbeSettings(timeout=0), ProbeSettings(count=0)):
+        with pytest.raises(ValueError):
+            Prober("wan1", ["a"], bad, lambda r: None, sockets=FakeNet())
+    p = Prober("wan1", ["a"], ProbeSettings(), lambda r: None, sockets=FakeNet())
     with pytest.raises(ValueError):
         p.update(["a"], ProbeSettings(count=0))
 
 
-# --- root part: a real Prober between two namespaces --------------------------------
+def test_grid_cadence_and_early_completion() -> None:
+    r = Run(("a", "b"), count=3, timeout=0.5)
+    results = r.go(5.5, start=0.3)
+    gap = spacing(r.settings)
+    # started at 0.3: the first round waits for the next multiple of the interval
+    for a in "ab":
+        assert r.net.sends(a) == pytest.approx(
+            [k + i * gap for k in range(1, 6) for i in range(3)])
+    assert [x.verdict for x in results] == [GOOD] * 5
+    assert results[0].samples[0] == TS("a", 3, 3, pytest.approx(0.01), True)
+    assert results[0].reason == "2/2 targets answered" and not results[0].traffic
+    # every round completes with its last answer, long before its deadline
+    assert [x.at for x in results] == pytest.approx([k + 2 * gap + 0.01 for k in range(1, 6)])
+    assert all(x.timeout == 0.5 for x in results)
+    assert r.prober.last() is results[-1] and len(r.prober.window()) == 5
+    # one socket for all rounds, on the WAN's address and device, closed on cancel
+    assert [(s.source, s.device) for s in r.net.sockets] == [(SOURCE, DEVICE)]
+    assert r.net.sockets[0].closed_at == pytest.approx(5.5)
 
-NEEDS_ROOT = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("nft"),
-    reason="needs root, ip and nft",
-)
 
-PROBER_SCRIPT = r"""
-import asyncio, json, sys
-from ecmpd.model import ProbeSettings
-from ecmpd.prober import Prober
+def test_a_round_with_an_unanswered_request_waits_for_its_deadline() -> None:
+    # b's second request of every round is never answered
+    net = FakeNet(lambda s: None if s.address == "b" and len(net.sends("b")) % 2 == 0 else 0.01)
+    r = Run(("a", "b"), net=net, count=2, quorum=2)
+    results = r.go(3.5)
+    gap = spacing(r.settings)
+    assert [x.at for x in results] == pytest.approx([k + gap + 0.25 for k in range(4)])
+    assert [x.samples[1] for x in results] == [TS("b", 2, 1, pytest.approx(0.01), True)] * 4
+    assert all(x.verdict is GOOD for x in results)
 
-def out(r):
-    print(json.dumps({"ok": r.ok, "reason": r.reason,
-                      "samples": [[s.address, s.sent, s.received] for s in r.samples]}),
-          flush=True)
 
-st = ProbeSettings(interval=0.2, timeout=1.0, count=2, quorum=int(sys.argv[2]))
-asyncio.run(Prober("wan1", sys.argv[3:], st, out, source=sys.argv[1]).run())
-"""
+def test_probers_share_the_clock_grid() -> None:
+    runs = [Run(("a",)), Run(("a",))]
 
-def sh(*args: str) -> None:
-    r = subprocess.run(args, capture_output=True, text=True)
-    assert r.returncode == 0, f"{' '.join(args)}: {r.stderr.strip()}"
+    async def main() -> None:
+        await asyncio.gather(runs[0].drive(3.5, start=0.3, alone=False),
+                             runs[1].drive(3.5, start=0.75, alone=False))
+
+    vrun(main)
+    for r in runs:  # both wait for the next multiple of the interval
+        assert r.net.sends("a") == pytest.approx([1, 2, 3])
+
+
+def test_stall_skips_missed_slots() -> None:
+    loop_ref: list[VirtualTimeLoop] = []
+
+    def reply(s: Sent) -> float:
+        if len(r.net.sent) == 3:  # the loop is blocked for 3.5 s while round 2 starts
+            loop_ref[0].now += 3.5
+        return 0.01
+
+    r = Run(("a",), net=FakeNet(reply))
+
+    async def main() -> None:
+        loop_ref.append(asyncio.get_running_loop())  # type: ignore[arg-type]
+        await r.drive(8.5)
+
+    vrun(main)
+    # slots 3 and 4 are skipped, slot 5 starts late at 5.5, then back on the grid
+    assert r.net.sends("a") == pytest.approx([0, 1, 2, 5.5, 6, 7, 8])
+
+
+def test_on_round_errors_are_contained() -> None:
+    got: list[RoundResult] = []
+
+    def on_round(res: RoundResult) -> None:
+        got.append(res)
+        raise RuntimeError("callback bug")
+
+    Run(("a",), on_round=on_round).go(3.5)
+    assert len(got) == 4 and all(x.verdict is GOOD for x in got)
+
+
+# --- in time, late, and the adaptive timeout --------------------------------------------
+
+
+def rto(samples: Sequence[float], floor: float, ceiling: float) -> float:
+    """RFC 6298's retransmission timeout after `samples` (reference for the prober)."""
+    srtt = rttvar = None
+    for r in samples:
+        if srtt is None or rttvar is None:
+            srtt, rttvar = r, r / 2
+        else:
+            rttvar = 0.75 * rttvar + 0.25 * abs(srtt - r)
+            srtt = 0.875 * srtt + 0.125 * r
+    if srtt is None or rttvar is None:
+        return floor
+    return min(ceiling, max(floor, srtt + 4 * rttvar))
+
+
+def test_a_late_reply_is_lost_to_its_round_but_feeds_the_estimator() -> None:
+    # (traffic moves: no silence check here, see below)
+    r = Run(("a",), net=FakeNet(lambda s: 0.6), traffic=moving())
+    results = r.go(2.9)
+    # round 0: no estimate yet, timeout 0.25: the reply (0.6 s) is late
+    assert (results[0].at, results[0].verdict, results[0].reason) == (0.25, SLOW, SLOW_TRAFFIC)
+    assert results[0].samples == (TS("a", 1, 0, None, False),) and results[0].timeout == 0.25
+    # the late reply set srtt 0.6, rttvar 0.3: round 1 waits 0.6 + 4 * 0.3 = 1.8 s
+    assert results[1].timeout == pytest.approx(1.8)
+    assert (results[1].at, results[1].verdict) == (pytest.approx(1.6), GOOD)
+    assert results[1].samples == (TS("a", 1, 1, pytest.approx(0.6), True),)
+    # second sample: rttvar 0.75 * 0.3 = 0.225 -> 0.6 + 0.9
+    assert results[2].timeout == pytest.approx(1.5)
+    assert r.prober.rtt("a") == (pytest.approx(0.6), pytest.approx(0.75 * 0.225))
+    assert r.prober.rtt("nobody") == (None, None)
+
+
+def test_a_reply_read_after_the_deadline_is_late_even_before_the_deadline_timer() -> None:
+    """The loop stalls across a round's deadline and the reply is read first (a real
+    socket's reply is an I/O event, run before the due timers): it is late (a sign of
+    life, not an answer in time)."""
+    r = Run(("a",), net=FakeNet(lambda s: None))
+
+    def stalled_read() -> None:
+        asyncio.get_running_loop().now = 0.3  # type: ignore[attr-defined]
+        sock = r.net.sockets[0]
+        sock.answer(sock.sent[0])
+
+    results = r.go(0.5, at={0.2: stalled_read})
+    assert [(x.at, x.verdict, x.reason) for x in results] == [(0.3, SLOW, SLOW_REPLIES)]
+    assert results[0].samples == (TS("a", 1, 0, None, True),)
+
+
+def test_the_timeout_follows_srtt_up_to_max_timeout() -> None:
+    """Every reply, late ones too, feeds RFC 6298; each round uses the timeout of the
+    replies that came before it started, clamped to [timeout, max_timeout]."""
+    rtts = [0.05, 0.3, 0.7, 1.3, 2.1, 2.6, 2.9, 2.9, 2.9, 2.9, 2.9, 2.9, 2.9]
+    net = FakeNet(lambda s: rtts[min(len(net.sent), len(rtts)) - 1])
+    # traffic moves all the time: the silence check never fires, late rounds are SLOW
+    r = Run(("a",), net=net, traffic=moving(), max_timeout=3.0)
+    results = r.go(len(rtts) + 3.5)[:len(rtts)]
+    arrivals = sorted((k + x, x) for k, x in enumerate(rtts))
+    want = []
+    for k, x in enumerate(rtts):
+        t = rto([s for at, s in arrivals if at < k], 0.25, 3.0)
+        late = x > t
+        want.append((pytest.approx(t), SLOW if late else GOOD,
+                     pytest.approx(k + (t if late else x))))
+    assert [(x.timeout, x.verdict, x.at) for x in results] == want
+    assert [x.reason for x in results if x.verdict is SLOW] == [SLOW_TRAFFIC] * sum(
+        w[1] is SLOW for w in want)
+    timeouts = [x.timeout for x in results]
+    assert timeouts == sorted(timeouts) and timeouts[-1] == 3.0  # grew, and hit the ceiling
+    assert 0.25 < timeouts[3] < 3.0
+    assert r.prober.timeout() == 3.0
+    assert results[-1].verdict is GOOD  # 2.9 s replies are in time at last
+
+
+def test_the_timeout_is_the_largest_of_the_targets() -> None:
+    net = FakeNet(lambda s: 0.4 if s.address == "slow" else 0.001)
+    r = Run(("fast", "slow"), net=net, quorum=1)
+    r.go(1.5)
+    assert r.prober.timeout() == pytest.approx(rto([0.4, 0.4], 0.25, 4.0))
+    assert r.results[1].timeout == pytest.approx(1.2)  # after the first 0.4 s reply
+    r.prober.update(["fast"], r.settings)
+    assert r.prober.timeout() == 0.25  # only the targets probed now count
+
+
+# --- the silence check -------------------------------------------------------------------
+
+
+def _line(rtt: float, dies_at: float) -> Reply:
+    """Every request answered `rtt` after it was sent, until the line dies at `dies_at`."""
+    return lambda s: rtt if s.at + rtt < dies_at else None
+
+
+SILENT_AB = "0/2 targets answered within 250ms, no traffic (silent: a, b)"
+
+
+def test_silence_fails_a_round_at_once_when_nothing_came() -> None:
+    # replies 1.1 s late (interval 1 s): round 1 is SLOW by round 0's late replies,
+    # then the estimate (timeout 2.75 s) catches up; the line dies at 5.5 s
+    r = Run(("a", "b"), net=FakeNet(_line(1.1, 5.5)), count=2)
+    gap = spacing(r.settings)
+    results = r.go(8.9)
+    assert r.summary()[:4] == [
+        (0.27, FAILED, "0/2 targets answered (silent: a, b)"),  # nothing yet, no estimate
+        (1.27, SLOW, SLOW_REPLIES),  # round 0's replies came during round 1
+        (3.12, GOOD, "2/2 targets answered"),
+        (4.12, GOOD, "2/2 targets answered"),
+    ]
+    assert results[2].timeout == pytest.approx(rto([1.1, 1.1], 0.25, 4.0))  # 2.75
+    assert r.summary()[4] == (5.12, GOOD, "2/2 targets answered")  # the last replies
+    # round 4's replies (5.1 s) came during round 5: it is not failed early; it is judged
+    # SLOW at its deadline (last request + the adaptive timeout)
+    at5, verdict5, reason5 = r.summary()[5]
+    assert (verdict5, reason5) == (SLOW, SLOW_REPLIES)
+    assert at5 == pytest.approx(5 + gap + results[5].timeout)
+    # rounds 6, 7: nothing for the silence window (1.25 intervals: the interval is longer
+    # than `timeout`) after their last request: FAILED at once, long before their deadlines
+    silent = SILENT_AB.replace("250ms", "1250ms")
+    assert r.summary()[6:] == [(k + gap + 1.25, FAILED, silent) for k in (6, 7)]
+    assert all(x.timeout > 1.1 for x in results[5:])
+    assert len(r.prober.window()) == len(results)
+
+
+def test_silence_does_not_fail_a_round_while_traffic_moves() -> None:
+    r = Run(("a", "b"), net=FakeNet(_line(1.1, 5.5)), traffic=moving(), count=2)
+    gap = spacing(r.settings)
+    results = r.go(12.9)
+    after = [x for x in results if x.at > 5.5]
+    assert after and all(x.verdict is SLOW and x.reason == SLOW_TRAFFIC for x in after)
+    for x in after:  # judged at their deadlines: last request + the adaptive timeout
+        start = x.at - gap - x.timeout
+        assert start == pytest.approx(round(start), abs=1e-6)
+        assert x.timeout > 1.1 and x.traffic  # > srtt: without the counter, FAILED early
+
+
+def test_silence_does_not_fail_a_round_when_late_replies_came() -> None:
+    # probes hopelessly late (3.5 s; the ceiling 2 s) but replies keep coming: every
+    # round sees late replies from both targets within its first 250 ms
+    r = Run(("a", "b"), net=FakeNet(lambda s: 3.5), interval=0.2, count=2, max_timeout=2.0)
+    results = r.go(8.0)
+    late = [x for x in results if x.at > 3.6]
+    assert len(late) >= 10
+    assert {(x.verdict, x.reason) for x in late} == {(SLOW, SLOW_REPLIES)}
+    assert {x.timeout for x in late[1:]} == {2.0}
+    # before the first reply came back (3.5 s) nothing proved the line alive
+    assert {x.verdict for x in results if x.at < 3.5} == {FAILED}
+
+
+def test_silence_counts_life_only_from_the_quorum() -> None:
+    # the gateway answers at once, the target beyond it very late and then not at all
+    def reply(s: Sent) -> float | None:
+        if s.address == "gw":
+            return 0.001
+        return 1.5 if s.at < 2.0 else None
+
+    r = Run(("gw", "beyond"), net=FakeNet(reply), count=2)
+    results = r.go(5.9)
+    failed = [x for x in results if x.verdict is FAILED and x.at > 3.5]
+    gap, quiet = spacing(r.settings), silence_window(r.settings)
+    assert quiet == 1.25  # 1.25 intervals: the interval (1 s) is longer than the timeout
+    assert [x.at for x in failed] == pytest.approx([k + gap + quiet for k in (3, 4)])
+    assert {x.reason for x in failed} == {
+        "1/2 targets answered within 1250ms, no traffic (silent: beyond)"}
+
+
+def test_traffic_counts_only_when_it_moves_during_the_round() -> None:
+    # the counter moves between rounds (at 0.5 s, 1.5 s, ...), never during one
+    r = Run(("a",), net=FakeNet(lambda s: None), traffic=Traffic(lambda t: int(t + 0.5)))
+    results = r.go(3.5)
+    assert [(x.verdict, x.traffic) for x in results] == [(FAILED, False)] * 4
+
+
+@pytest.mark.parametrize("traffic,verdict,reason", [
+    (None, FAILED, "0/1 targets answered (silent: a)"),
+    (Traffic(lambda t: None), FAILED, "0/1 targets answered (silent: a)"),  # unknown
+    (Traffic(lambda t: 7), FAILED, "0/1 targets answered (silent: a)"),  # not moving
+    (moving(), SLOW, SLOW_TRAFFIC),
+    # a counter that restarted (the nft table was rewritten) moved too
+    (Traffic(lambda t: 0 if t % 1.0 > 0.1 else 9000), SLOW, SLOW_TRAFFIC),
+])
+def test_deadline_verdict_slow_or_failed(traffic: Traffic | None, verdict: Verdict,
+                                         reason: str) -> None:
+    r = Run(("a",), net=FakeNet(lambda s: None), traffic=traffic)
+    results = r.go(2.5)
+    assert [(x.at, x.verdict, x.reason) for x in results] == [
+        (0.25, verdict, reason), (1.25, verdict, reason), (2.25, verdict, reason)]
+    assert [x.traffic for x in results] == [verdict is SLOW] * 3
+
+
+def test_a_reply_to_a_newer_round_is_no_late_reply() -> None:
+    """judge.py: "late replies prove life: a reply to any *earlier* request arriving
+    during a round marks its target alive in that round".  At the default cadence
+    (interval 0.2 s < timeout 0.25 s) rounds overlap: round 1's requests to b are lost,
+    and b's in-time replies to round 2 (0.41 s) arrive before round 1's deadline (0.47 s).
+    Nothing was late: round 1 is FAILED (quorum 2 of 2).  Round 2 loses a's second request,
+    so it does not complete before round 1's deadline (round 1 is not stale)."""
+    def reply(s: Sent) -> float | None:
+        if s.address == "b" and 0.19 < s.at < 0.3:
+            return None
+        if s.address == "a" and abs(s.at - 0.42) < 1e-6:
+            return None
+        return 0.01
+
+    r = Run(("a", "b"), net=FakeNet(reply), interval=0.2, count=2)
+    results = r.go(0.9)
+    round1 = next(x for x in results if x.at == pytest.approx(0.47))
+    assert (round1.verdict, round1.reason) == (FAILED, "1/2 targets answered (silent: b)")
+    assert round1.samples[1] == TS("b", 2, 0, None, False)
+
+
+# --- delivery ------------------------------------------------------------------------------
+
+
+def test_newest_verdict_wins() -> None:
+    # round k takes 2.5 s when k is even, 0.5 s when odd; a round starts every second
+    net = FakeNet(lambda s: 2.5 if len(net.sent) % 2 == 1 else 0.5)
+    r = Run(("a",), net=net, timeout=3.0)
+    results = r.go(7.9)
+    # round 1 ended (at 1.5) before round 0 (at 2.5): round 0 is stale, and so on
+    assert [(x.at, x.samples[0].rtt) for x in results] == [
+        (1.5, 0.5), (3.5, 0.5), (5.5, 0.5), (7.5, 0.5)]
+    assert r.prober.last() is results[-1]
+    assert len(r.prober.window()) == 7  # stale rounds still count in the statistics
+    assert r.prober.window().mean_rtt() == pytest.approx((3 * 2.5 + 4 * 0.5) / 7)
+
+
+def test_a_stale_failure_is_not_delivered() -> None:
+    # round 0 is never answered; its deadline (2.5 s) comes after rounds 1 and 2
+    net = FakeNet(lambda s: None if s.at == 0 else 0.01)
+    r = Run(("a",), net=net, timeout=2.5)
+    results = r.go(4.5)
+    assert [(x.at, x.verdict) for x in results] == [
+        (1.01, GOOD), (2.01, GOOD), (3.01, GOOD), (4.01, GOOD)]
+    assert r.prober.window().loss_pct() == 20.0  # but it was judged
+
+
+# --- failures of the socket -------------------------------------------------------------
+
+
+def test_send_failures_count_as_lost_without_waiting() -> None:
+    net = FakeNet(fail_send=lambda addr, t: addr == "b")
+    r = Run(("a", "b"), net=net, count=2, quorum=1)
+    results = r.go(1.5)
+    gap = spacing(r.settings)
+    assert [x.at for x in results] == pytest.approx([gap + 0.01, 1 + gap + 0.01])
+    assert results[0].samples[1] == TS("b", 2, 0, None, False)
+    assert results[0].verdict is GOOD
+    assert results[0].reason == "1/2 targets answered (silent: b)"
+    # with the default quorum (2 of 2) the same round fails, still without waiting
+    r2 = Run(("a", "b"), net=FakeNet(fail_send=lambda addr, t: addr == "b"), count=2)
+    assert [(x.at, x.verdict) for x in r2.go(0.9)] == [(pytest.approx(gap + 0.01), FAILED)]
+
+
+def test_all_sends_failing_fail_the_round_at_its_last_request() -> None:
+    r = Run(("a", "b"), net=FakeNet(fail_send=lambda addr, t: True), count=3)
+    results = r.go(1.5)
+    gap = spacing(r.settings)
+    assert [(x.at, x.verdict) for x in results] == [
+        (pytest.approx(2 * gap), FAILED), (pytest.approx(1 + 2 * gap), FAILED)]
+    assert results[0].samples == (TS("a", 3, 0, None, False), TS("b", 3, 0, None, False))
+    assert results[0].reason == "0/2 targets answered (silent: a, b)"
+
+
+def test_a_socket_that_cannot_open_fails_rounds_until_it_can() -> None:
+    ok_from = 2.5
+    r = Run(("a",), net=FakeNet(fail_open=lambda src, dev: now() < ok_from))
+    results = r.go(4.5)
+    assert [(x.at, x.verdict, x.reason, x.samples) for x in results[:3]] == [
+        (float(k), FAILED, "cannot open the probe socket", ()) for k in range(3)]
+    assert [x.verdict for x in results[3:]] == [GOOD, GOOD]
+    assert [t for t, _, _ in r.net.opens] == [0, 1, 2, 3]  # retried every round, then kept
+    assert len(r.net.sockets) == 1
+    assert len(r.prober.window()) == 2  # rounds that sent nothing are not statistics
+
+
+def test_no_address_fails_rounds_without_opening_a_socket() -> None:
+    r = Run(("a",), source=None)
+    r.go(2.5, at={1.5: lambda: setattr(r.prober, "source", "198.51.100.7")})
+    assert [(x.at, x.verdict, x.reason, x.samples) for x in r.results[:2]] == [
+        (0.0, FAILED, "no address on wan1", ()), (1.0, FAILED, "no address on wan1", ())]
+    assert r.results[2].verdict is GOOD
+    assert [(s, d) for _, s, d in r.net.opens] == [("198.51.100.7", DEVICE)]
+
+
+def test_a_new_source_or_device_opens_a_new_socket() -> None:
+    r = Run(("a",))
+
+    def move() -> None:
+        r.prober.source = "198.51.100.7"
+
+    def rename() -> None:
+        r.prober.device = "eth9"
+
+    results = r.go(5.5, at={1.5: move, 3.5: rename})
+    assert [(t, s, d) for t, s, d in r.net.opens] == [
+        (0, SOURCE, DEVICE), (2, "198.51.100.7", DEVICE), (4, "198.51.100.7", "eth9")]
+    assert [s.closed_at for s in r.net.sockets] == [2, 4, 5.5]
+    assert all(x.verdict is GOOD for x in results)
+
+
+def test_reset_makes_the_next_round_open_a_new_socket() -> None:
+    # replies take 0.5 s; reset() at 1.3 s while round 1's request is in flight
+    r = Run(("a",), net=FakeNet(lambda s: 0.5), timeout=0.8)
+    results = r.go(3.9, at={1.3: r.prober.reset})
+    first, second = r.net.sockets
+    assert (first.opened_at, first.closed_at, second.opened_at) == (0, 1.3, 2)
+    assert [len(first.sent), len(second.sent)] == [2, 2]
+    assert second.sent[0].seq == 1  # a new socket (the real one: a new identifier)
+    # round 1's reply never came (the old socket is closed): failed by the silence check
+    assert [(x.at, x.verdict) for x in results] == [
+        (0.5, GOOD), (pytest.approx(1 + silence_window(r.settings)), FAILED), (2.5, GOOD),
+        (3.5, GOOD)]
+    assert [a for _, a, _ in r.net.answered] == [first.sent[0], second.sent[0], second.sent[1]]
+
+
+# --- answers that are errors -------------------------------------------------------------
+
+
+def test_error_answers_count_as_lost_and_resolve_the_request() -> None:
+    net = FakeNet(lambda s: ("error", 0.005, 3) if s.address == "b" else 0.01)
+    r = Run(("a", "b"), net=net)
+    results = r.go(1.5)
+    assert [(x.at, x.verdict, x.reason) for x in results] == [
+        (0.01, FAILED, "1/2 targets answered (silent: b)"),  # no wait for b's deadline
+        (1.01, FAILED, "1/2 targets answered (silent: b)")]
+    assert results[0].samples[1] == TS("b", 1, 0, None, False)
+    assert r.prober.rtt("b") == (None, None)  # an error is no RTT sample
+
+
+@pytest.mark.parametrize("late,early_fail", [(None, False), (3, True)])
+def test_a_late_error_is_no_sign_of_life(late: int | None, early_fail: bool) -> None:
+    """Round 0's answers come late (a at 0.9 s: the timeout grows; b at 1.1 s, during
+    round 1's silence window): a late reply keeps round 1 from failing early, a late
+    error does not."""
+    def reply(s: Sent) -> Any:
+        if s.at > 0:
+            return None
+        if s.address == "a":
+            return 0.9
+        return 1.1 if late is None else ("error", 1.1, late)
+
+    r = Run(("a", "b"), net=FakeNet(reply), quorum=1)
+    results = r.go(2.5)
+    silent = "0/2 targets answered within 1250ms, no traffic (silent: a, b)"
+    assert results[0].at == 0.25
+    assert [(x.at, x.reason) for x in results[1:]] == ([(2.25, silent)] if early_fail else [])
+
+
+# --- update and quorum -------------------------------------------------------------------
+
+
+def test_update_takes_effect_from_the_next_round() -> None:
+    net = FakeNet(lambda s: None if s.address == "c" else 0.01)
+    r = Run(("a", "b"), net=net, window=10)
+    new = ProbeSettings(interval=2.0, count=2, window=3, timeout=0.3)
+    results = r.go(8.5, at={1.005: lambda: r.prober.update(["c"], new)})
+    # round 1 (started at 1) keeps the old targets; round 2 (slot 2: already due one
+    # old interval after slot 1) uses the new ones, then the new interval
+    assert [tuple(s.address for s in x.samples) for x in results] == [
+        ("a", "b"), ("a", "b"), ("c",), ("c",), ("c",), ("c",)]
+    assert results[2].reason == "0/1 targets answered (silent: c)"
+    assert results[2].samples[0].sent == 2
+    assert results[2].at == pytest.approx(2 + spacing(new) + 0.3)
+    assert starts(net, "c", 2) == pytest.approx([2, 4, 6, 8])
+    assert r.prober.window().size == 3 and len(r.prober.window()) == 3
+
+
+def test_update_changes_the_quorum() -> None:
+    net = FakeNet(lambda s: None if s.address in ("c", "d") else 0.01)
+    r = Run(("a", "b", "c"), net=net)
+    st = r.settings
+
+    def to(targets: list[str], quorum: int | None) -> Callable[[], None]:
+        return lambda: r.prober.update(targets, st, quorum)
+
+    results = r.go(4.5, at={0.5: to(["a", "b", "c", "d"], None),   # majority: 3 of 4
+                            1.5: to(["a", "b", "c", "d"], 2),
+                            2.5: to(["a", "c"], None),             # 2 of 2
+                            3.5: to(["a", "c"], 1)})
+    assert [x.verdict for x in results] == [GOOD, FAILED, GOOD, FAILED, GOOD]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+def test_default_quorum_is_a_majority(n: int) -> None:
+    targets = [f"t{i}" for i in range(n)]
+    for answering in range(n + 1):
+        net = FakeNet(lambda s: 0.01 if int(s.address[1:]) < answering else None)
+        results = Run(targets, net=net).go(0.5)
+        assert results[0].verdict is (GOOD if answering >= n // 2 + 1 else FAILED), answering
+
+
+# --- on a real event loop ------------------------------------------------------------------
+
+
+async def _until(pred: Callable[[], bool], within: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while not pred():
+        assert loop.time() < deadline, "timed out"
+        await asyncio.sleep(0.005)
+
+
+def test_real_loop_cadence_and_early_completion() -> None:
+    interval = 0.03
+    r = Run(("a", "b"), net=FakeNet(lambda s: 0.002), interval=interval, count=2, timeout=0.5)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(r.prober.run())
+        await _until(lambda: len(r.results) >= 8, within=10.0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert all(x.verdict is GOOD for x in r.results)
+    firsts = starts(r.net, "a", 2)
+    for k, x in enumerate(r.results[:8]):
+        assert x.at - firsts[k] < 0.25, "completes with its answers, not at the 0.5 s deadline"
+    # on the grid: never before a slot, never two rounds in one slot
+    for t in firsts:
+        assert t / interval - math.floor(t / interval + 1e-6) < 0.9
+    slots = [math.floor(t / interval + 1e-6) for t in firsts]
+    assert slots == sorted(set(slots))
+    assert r.net.sockets[0].closed
+
+
+def test_real_loop_silence_check() -> None:
+    # replies 0.3 s late grow the timeout beyond 0.2 s; then the line dies
+    dead: list[float] = []
+    r = Run(("a",), net=FakeNet(lambda s: None if dead else 0.3), interval=0.05, count=1,
+            timeout=0.1, max_timeout=2.0)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(r.prober.run())
+        await _until(lambda: r.prober.timeout() > 0.2, within=10.0)
+        dead.append(loop.time())
+        await _until(lambda: any("within" in x.reason for x in r.results), within=10.0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    failed = next(x for x in r.results if "within" in x.reason)
+    assert failed.reason == "0/1 targets answered within 100ms, no traffic (silent: a)"
+    assert failed.timeout > 0.15 and failed.verdict is FAILED
+
+
+# --- recorded sequences ------------------------------------------------------------------
+#
+# A recording holds, per probe round: its start `t`, every echo request as
+# [sent at, reply arrived at or null] per target, and the WAN's traffic counter as
+# [time, value] change points within the round.  Times are seconds from the start.
+# The prober sends on the same grid (interval, spacing), so the replay checks each
+# request's send time and delivers the reply at its recorded arrival time.
+
+PROBE = {"interval": 0.2, "timeout": 0.25, "max_timeout": 4.0, "count": 2, "down": 3, "up": 5,
+         "quorum": None}
+GATEWAY, BEYOND = "10.111.0.1", "192.0.2.10"
+RECORDINGS = ("saturation", "saturation_death", "upstream_death", "random_loss")
+
+
+def _r(x: float) -> float:
+    return round(x, 6)
+
+
+def _grid(duration: float, probe: dict[str, Any]) -> list[tuple[float, list[float]]]:
+    """The rounds' start times and send times, as the prober makes them."""
+    interval, count = probe["interval"], probe["count"]
+    gap = min(0.02, interval / (2 * count))
+    return [(k * interval, [k * interval + i * gap for i in range(count)])
+            for k in range(int(round(duration / interval)))]
+
+
+def _recording(name: str, about: str, targets: list[str], duration: float,
+               arrival: Callable[[str, float], float | None],
+               counter: list[tuple[float, int]], marks: dict[str, float]) -> dict[str, Any]:
+    rounds = []
+    grid = _grid(duration, PROBE)
+    for k, (t, sends) in enumerate(grid):
+        end = grid[k + 1][0] if k + 1 < len(grid) else duration
+        echo = {a: [[_r(s), None if (x := arrival(a, s)) is None else _r(x)] for s in sends]
+                for a in targets}
+        points = [[_r(at), v] for at, v in counter if t <= at < end]
+        rounds.append({"t": _r(t), "echo": echo, "counter": points})
+    return {"name": name, "about": about, "probe": PROBE, "targets": targets,
+            "duration": duration, "marks": marks, "rounds": rounds}
+
+
+def _saturated(rng: random.Random, duration: float, die_at: float | None,
+               drain: float) -> tuple[Callable[[str, float], float | None],
+                                      list[tuple[float, int]], float | None]:
+    """A line whose queue fills from t=1 to t=4 s (RTT 5 ms -> ~1.8 s) and stays full;
+    the modem releases its queue in bursts every 50-250 ms.  With `die_at`, no reply
+    arrives from then on, and the counter stops `drain` seconds later."""
+    bursts, b = [], 1.0
+    while b < duration + 5:
+        bursts.append(_r(b))
+        b += rng.uniform(0.05, 0.25)
+    wander = [rng.uniform(-0.04, 0.04) for _ in range(int(duration * 10) + 60)]
+
+    def queue(t: float) -> float:
+        ramp = min(1.0, max(0.0, (t - 1.0) / 3.0))
+        return ramp * (1.795 + wander[int(t * 10)])
+
+    last = {"at": 0.0}
+
+    def arrival(target: str, sent: float) -> float | None:
+        base = 0.005 if target == GATEWAY else 0.018
+        at = sent + base + queue(sent) + rng.uniform(0, 0.002)
+        if at >= 1.0:
+            at = bursts[bisect.bisect_left(bursts, at)]  # released with the next burst
+        at = max(at, last["at"])  # one FIFO queue
+        last["at"] = at
+        return None if die_at is not None and at >= die_at else at
+
+    # the counter moves with every burst, and every 50 ms anyway (a busy line)
+    stop = None if die_at is None else die_at + drain
+    counter, value = [], 1000
+    moves = sorted({*[x for x in bursts if x < duration],
+                    *[_r(i * 0.05) for i in range(1, int(duration * 20))]})
+    for t in moves:
+        if stop is not None and t >= stop:
+            break
+        value += rng.randint(40, 200) if t >= 1.0 else rng.randint(5, 30)
+        counter.append((t, value))
+    return arrival, counter, (counter[-1][0] if stop is not None else None)
+
+
+def make_recordings() -> dict[str, dict[str, Any]]:
+    """The synthetic recordings of tests/data/ (deterministic: seeded)."""
+    out: dict[str, dict[str, Any]] = {}
+    targets = [GATEWAY, BEYOND]
+
+    arrival, counter, _ = _saturated(random.Random(1), 12.0, None, 0.0)
+    out["saturation"] = _recording(
+        "saturation",
+        "A saturated line: both targets behind the modem's queue; RTT 5 ms, climbing from "
+        "t=1 s to ~1.8 s at t=4 s and staying there; replies released in bursts every "
+        "50-250 ms; the traffic counter moves every round.",
+        targets, 12.0, arrival, counter, {"saturated_from": 4.0})
+
+    arrival, counter, stop = _saturated(random.Random(2), 9.0, 5.0, 0.8)
+    assert stop is not None
+    out["saturation_death"] = _recording(
+        "saturation_death",
+        "As saturation until t=5 s; then no reply arrives, the queue drains for 0.8 s "
+        "(the counter still moves), then nothing at all.",
+        targets, 9.0, arrival, counter, {"replies_stop": 5.0, "counter_stops": stop})
+
+    rng = random.Random(3)
+
+    def upstream(target: str, sent: float) -> float | None:
+        if target == GATEWAY:
+            return sent + 0.001 + rng.uniform(0, 0.0003)
+        return sent + 0.018 + rng.uniform(0, 0.004) if sent < 2.0 else None
+
+    idle, value = [], 500
+    for i in range(1, 40):  # light traffic from beyond the gateway until it dies at 2 s
+        value += rng.randint(1, 20)
+        idle.append((_r(i * 0.05 - 0.001), value))
+    out["upstream_death"] = _recording(
+        "upstream_death",
+        "The gateway answers in ~1 ms every round; the target beyond it (~20 ms) stops "
+        "answering requests sent from t=2 s; the traffic counter stops at 2 s.",
+        targets, 5.0, upstream, [(t, v) for t, v in idle if t < 2.0],
+        {"upstream_stops": 2.0, "counter_stops": max(t for t, _ in idle if t < 2.0)})
+
+    rng = random.Random(4)
+
+    def lossy(target: str, sent: float) -> float | None:
+        lost_out, lost_back = rng.random() < 0.05, rng.random() < 0.05
+        rtt = 0.001 + rng.uniform(0, 0.0005) if target == GATEWAY else 0.018 + rng.uniform(
+            0, 0.006)
+        return None if lost_out or lost_back else sent + rtt
+
+    out["random_loss"] = _recording(
+        "random_loss",
+        "5 % random loss in each direction on every echo request (seed 4), 2 requests per "
+        "target per round, idle line (the counter never moves).",
+        targets, 60.0, lossy, [], {})
+    return out
+
+
+def dump(rec: dict[str, Any]) -> str:
+    """A recording as JSON, one round per line."""
+    head = json.dumps({k: v for k, v in rec.items() if k != "rounds"}, indent=1)
+    rounds = ",\n".join("  " + json.dumps(r, separators=(",", ":")) for r in rec["rounds"])
+    return f'{head[:-2]},\n "rounds": [\n{rounds}\n ]\n}}\n'
+
+
+def write_recordings() -> None:
+    DATA.mkdir(exist_ok=True)
+    for name, rec in make_recordings().items():
+        (DATA / f"{name}.json").write_text(dump(rec))
+
+
+def load(name: str) -> dict[str, Any]:
+    return json.loads((DATA / f"{name}.json").read_text())
+
+
+@dataclass
+class Replay:
+    """What a replay delivered: each round's result and the WAN's health after it."""
+
+    rounds: list[tuple[RoundResult, Health]] = field(default_factory=list)
+    judged: list[RoundResult] = field(default_factory=list)
+    """Every round judged, stale ones (not delivered) included."""
+    prober: Prober | None = None
+
+    def first(self, state: State, after: float = 0.0) -> float | None:
+        """When the WAN first entered `state` at or after `after`."""
+        return next((r.at for r, h in self.rounds if h.state is state and r.at >= after), None)
+
+    def states(self) -> set[State]:
+        return {h.state for _, h in self.rounds}
+
+    def verdicts(self, since: float = 0.0) -> list[Verdict]:
+        return [r.verdict for r, _ in self.rounds if r.at >= since]
+
+
+def replay(rec: dict[str, Any], traffic: bool = True) -> Replay:
+    """Feed `rec` through the real Prober (fake socket: each reply at its recorded time)
+    and the real health state machine; `traffic=False` hides the counter (unknown)."""
+    p = rec["probe"]
+    st = ProbeSettings(interval=p["interval"], timeout=p["timeout"],
+                       max_timeout=p["max_timeout"], count=p["count"], down=p["down"],
+                       up=p["up"], quorum=p["quorum"])
+    requests = {a: [req for rnd in rec["rounds"] for req in rnd["echo"][a]]
+                for a in rec["targets"]}
+    points = [tuple(x) for rnd in rec["rounds"] for x in rnd["counter"]]
+    times = [t for t, _ in points]
+    mismatch: list[str] = []
+
+    def reply(s: Sent) -> float | None:
+        n = sum(1 for x in net.sent if x.address == s.address) - 1
+        sent, arrived = requests[s.address][n]
+        if abs(sent - s.at) > 1e-6:
+            mismatch.append(f"request {n} to {s.address} sent at {s.at}, recorded {sent}")
+        return None if arrived is None else arrived - s.at
+
+    def counter() -> int | None:
+        i = bisect.bisect_right(times, now())
+        return points[i - 1][1] if i else 0
+
+    out = Replay()
+    health = [Health()]
+
+    def on_round(r: RoundResult) -> None:
+        health[0] = step(health[0], r.verdict, st.down, st.up, r.reason)
+        out.rounds.append((r, health[0]))
+
+    net = FakeNet(reply)
+    out.prober = Prober("wan1", rec["targets"], st, on_round, source=SOURCE, device=DEVICE,
+                        traffic=counter if traffic else None, quorum=st.quorum, sockets=net)
+
+    async def main() -> None:
+        task = asyncio.get_running_loop().create_task(out.prober.run())  # type: ignore[union-attr]
+        await asyncio.sleep(rec["duration"] - st.interval / 2)  # no round beyond the recording
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    def spy(*args: Any, **kw: Any) -> RoundResult:
+        res = judge(*args, **kw)
+        out.judged.append(res)
+        return res
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ecmpd.prober, "judge", spy)
+        vrun(main)
+    assert not mismatch, mismatch[:3]
+    assert len(net.sent) == sum(len(v) for v in requests.values()), "not every request replayed"
+    return out
 
 
 @pytest.fixture(scope="module")
-def netns() -> Iterator[tuple[str, str]]:
-    """Two fresh namespaces: A 10.250.0.1/24 <-veth-> B 10.250.0.2/24 + .3/24."""
-    a, b = f"ecmpdprb{os.getpid()}a", f"ecmpdprb{os.getpid()}b"
-    try:
-        sh("ip", "netns", "add", a)
-        sh("ip", "netns", "add", b)
-        sh("ip", "-n", a, "link", "add", "wan", "type", "veth", "peer", "name", "peer", "netns", b)
-        sh("ip", "-n", a, "addr", "add", "10.250.0.1/24", "dev", "wan")
-        sh("ip", "-n", b, "addr", "add", "10.250.0.2/24", "dev", "peer")
-        sh("ip", "-n", b, "addr", "add", "10.250.0.3/24", "dev", "peer")
-        for ns, dev in ((a, "wan"), (b, "peer"), (a, "lo"), (b, "lo")):
-            sh("ip", "-n", ns, "link", "set", "dev", dev, "up")
-        yield a, b
-    finally:
-        for ns in (a, b):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+def recordings() -> dict[str, dict[str, Any]]:
+    return {name: load(name) for name in RECORDINGS}
 
 
-def nft(ns: str, script: str) -> None:
-    r = subprocess.run(["ip", "netns", "exec", ns, "nft", "-f", "-"], input=script,
-                       capture_output=True, text=True)
-    assert r.returncode == 0, f"nft in {ns}: {r.stderr.strip()}\n{script}"
+def test_recordings_are_what_the_generator_makes(recordings: dict[str, dict[str, Any]]) -> None:
+    made = make_recordings()
+    assert sorted(made) == sorted(RECORDINGS)
+    for name in RECORDINGS:
+        assert recordings[name] == json.loads(dump(made[name])), (
+            f"tests/data/{name}.json differs from make_recordings(): regenerate it with "
+            f"`.venv/bin/python tests/test_prober.py`")
 
 
-def drop_echo_to(ns: str, *addrs: str) -> None:
-    rules = "".join(f"ip daddr {a} icmp type echo-request drop\n" for a in addrs)
-    nft(ns, "table ip ecmpdprobetest\ndelete table ip ecmpdprobetest\n"
-            f"table ip ecmpdprobetest {{ chain probe_in {{ type filter hook input priority 0;\n"
-            f"{rules}}}\n}}\n")
+def test_recorded_saturation_looks_like_one(recordings: dict[str, dict[str, Any]]) -> None:
+    rec = recordings["saturation"]
+    rtts = [(s, a - s) for rnd in rec["rounds"] for reqs in rnd["echo"].values()
+            for s, a in reqs if a is not None]
+    assert min(r for s, r in rtts if s < 1.0) >= 0.005 and max(r for s, r in rtts if s < 1.0) < 0.03
+    plateau = [r for s, r in rtts if s > 4.0]
+    assert 1.6 < min(plateau) and max(plateau) < 2.1
+    arrivals = sorted(s + r for s, r in rtts if s > 4.0)
+    assert len(set(arrivals)) < len(arrivals) / 2  # in bursts
+    assert all(rnd["counter"] for rnd in rec["rounds"])  # the counter moves every round
 
 
-class Rounds:
-    """Reads the JSON round lines of a prober subprocess."""
-
-    def __init__(self, proc: subprocess.Popen[str]) -> None:
-        self.proc = proc
-        self.sel = selectors.DefaultSelector()
-        assert proc.stdout is not None
-        self.sel.register(proc.stdout, selectors.EVENT_READ)
-
-    def next(self, deadline: float) -> dict[str, Any]:
-        while time.monotonic() < deadline:
-            if self.sel.select(timeout=max(0.0, deadline - time.monotonic())):
-                line = self.proc.stdout.readline()  # type: ignore[union-attr]
-                assert line, f"prober exited: {self.proc.stderr.read()}"  # type: ignore[union-attr]
-                return json.loads(line)
-        raise AssertionError("no probe round before the deadline")
-
-    def wait_for(self, pred: Callable[[dict[str, Any]], bool], within: float = 15.0) -> dict:
-        deadline = time.monotonic() + within
-        seen = []
-        while True:
-            try:
-                r = self.next(deadline)
-            except AssertionError:
-                raise AssertionError(f"no matching round; last rounds: {seen[-3:]}") from None
-            seen.append(r)
-            if pred(r):
-                return r
+def test_replay_saturation_never_leaves_the_route(recordings: dict[str, dict[str, Any]]) -> None:
+    rec = recordings["saturation"]
+    out = replay(rec)
+    assert out.rounds, "no round delivered"
+    assert out.states() <= {State.UP, State.FALLING}, out.states()
+    assert all(takes_new_flows(h.state) for _, h in out.rounds)
+    assert FAILED not in out.verdicts()
+    assert SLOW in out.verdicts()  # the climb outran the estimator for a while
+    # on the plateau the timeout caught up: probes are in time again, well below the ceiling
+    plateau = [r for r, _ in out.rounds if r.at > 8.0]
+    assert sum(r.verdict is GOOD for r in plateau) > len(plateau) / 2
+    assert all(1.8 <= r.timeout <= 4.0 for r in plateau)
+    srtt, _ = out.prober.rtt(BEYOND)  # type: ignore[union-attr]
+    assert srtt is not None and 1.6 < srtt < 2.1
 
 
-@NEEDS_ROOT
-@pytest.mark.lab
-def test_real_prober_between_namespaces(netns: tuple[str, str]) -> None:
-    a, b = netns
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", a, sys.executable, "-c", PROBER_SCRIPT,
-         "10.250.0.1", "2", "10.250.0.2", "10.250.0.3"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-    )
-    try:
-        rounds = Rounds(proc)
-        full = [["10.250.0.2", 2, 2], ["10.250.0.3", 2, 2]]
-        good = rounds.wait_for(lambda r: r["samples"] == full)
-        assert (good["ok"], good["reason"]) == (True, "2/2 targets answered")
+def test_replay_saturation_without_the_counter(recordings: dict[str, dict[str, Any]]) -> None:
+    """Without the counter (unknown), only late replies prove life.  While the queue
+    fills, replies fall silent for longer than `timeout` (the line goes DOWN for a few
+    seconds: that is what the counter is for); once it is full, late replies flow and the
+    estimator catches up: the WAN is UP again and stays UP."""
+    out = replay(recordings["saturation"], traffic=False)
+    assert [h.state for r, h in out.rounds if r.at > 9.0] == [State.UP] * len(
+        [r for r, _ in out.rounds if r.at > 9.0])
+    assert out.rounds[-1][1].state is State.UP
 
-        drop_echo_to(b, "10.250.0.3")
-        half = "1/2 targets answered (silent: 10.250.0.3)"
-        rounds.wait_for(lambda r: r["reason"] == half)
-        for _ in range(3):  # every round started after the rule fails the quorum of 2
-            r = rounds.next(time.monotonic() + 15)
-            assert (r["ok"], r["reason"]) == (False, half)
 
-        drop_echo_to(b, "10.250.0.2", "10.250.0.3")
-        silent = "0/2 targets answered (silent: 10.250.0.2, 10.250.0.3)"
-        r = rounds.wait_for(lambda r: r["reason"] == silent)
-        assert not r["ok"] and r["samples"] == [["10.250.0.2", 2, 0], ["10.250.0.3", 2, 0]]
+def test_replay_death_under_saturation(recordings: dict[str, dict[str, Any]]) -> None:
+    rec = recordings["saturation_death"]
+    out = replay(rec)
+    stop = rec["marks"]["counter_stops"]
+    before = [h.state for r, h in out.rounds if r.at < stop]
+    assert before and set(before) <= {State.UP, State.FALLING}
+    down = out.first(State.DOWN)
+    assert down is not None, "never DOWN"
+    measured = down - stop
+    assert 0 < measured <= 1.0, f"DOWN {measured:.3f} s after the counter stopped"
+    assert down - rec["marks"]["replies_stop"] > 0.8  # not while the queue still drained
 
-        nft(b, "delete table ip ecmpdprobetest\n")
-        rounds.wait_for(lambda r: r["ok"])
-        for _ in range(3):
-            r = rounds.next(time.monotonic() + 15)
-            assert (r["ok"], r["reason"]) == (True, "2/2 targets answered")
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
+
+def test_replay_upstream_death(recordings: dict[str, dict[str, Any]]) -> None:
+    rec = recordings["upstream_death"]
+    assert rec["probe"]["quorum"] is None  # the default: a majority, 2 of 2
+    out = replay(rec)
+    stop = rec["marks"]["upstream_stops"]
+    assert {h.state for r, h in out.rounds if r.at < stop} == {State.UP}
+    down = out.first(State.DOWN)
+    assert down is not None, "never DOWN: the live gateway alone kept the WAN up"
+    measured = down - stop
+    assert 0 < measured <= 1.0, f"DOWN {measured:.3f} s after the upstream stopped"
+    last = out.rounds[-1][0]
+    assert last.reason == f"1/2 targets answered (silent: {BEYOND})"
+
+
+def test_replay_random_loss(recordings: dict[str, dict[str, Any]]) -> None:
+    rec = recordings["random_loss"]
+    out = replay(rec)
+    assert State.DOWN not in out.states()
+    lost = sum(a is None for rnd in rec["rounds"] for reqs in rnd["echo"].values()
+               for _, a in reqs)
+    total = sum(len(reqs) for rnd in rec["rounds"] for reqs in rnd["echo"].values())
+    assert 0.07 < lost / total < 0.13  # 1 - 0.95 ** 2: 9.75 % of round trips lost
+    # a target losing both requests of a round keeps the round from being GOOD
+    # (quorum 2 of 2); such rounds are mostly stale when judged (the next round
+    # completed first), and never DOWN
+    blank = sum(all(a is None for _, a in reqs) for rnd in rec["rounds"]
+                for reqs in rnd["echo"].values())
+    assert blank >= 5
+    short = [r for r in out.judged if any(s.received == 0 for s in r.samples)]
+    assert len(short) == blank and not any(r.verdict is GOOD for r in short)
+    assert len(out.judged) == len(rec["rounds"])
+
+
+if __name__ == "__main__":
+    write_recordings()
+    print(f"wrote {', '.join(RECORDINGS)} to {DATA}", file=sys.stderr)

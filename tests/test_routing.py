@@ -20,7 +20,8 @@ import pytest
 from pyroute2 import AsyncIPRoute
 
 from ecmpd import routing
-from ecmpd.desired import Desired, build_desired, describe, rule_range, table_range
+from ecmpd.desired import (UNREACHABLE, UNREACHABLE_METRIC, Desired, build_desired, describe,
+                           rule_range, table_range)
 from ecmpd.lab import Lab
 from ecmpd.model import Config, Wan
 
@@ -72,7 +73,9 @@ def kernel_plan(lab: Lab, c: Config) -> list[str]:
             continue
         if table != 254 and table not in tables:
             continue
-        if table == 254:
+        if r.get("type") in ("unreachable", "7"):  # -N: numeric type
+            lines.append(f"route unreachable default table {table} metric {r.get('metric', 0)}")
+        elif table == 254:
             hops = r.get("nexthops") or [{"gateway": r["gateway"], "dev": r["dev"], "weight": 1}]
             hop_text = " ".join(f"nexthop via {h['gateway']} oif {idx[h['dev']]} weight "
                                 f"{h.get('weight', 1)}" for h in hops)
@@ -136,7 +139,7 @@ def test_the_netlink_socket_acts_in_the_lab_not_in_the_host(lab: Lab) -> None:
             links = await routing.read_links(ipr)
             assert {"Local", "wlan1", "wlan2"} <= set(links)
             d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
-            assert await routing.apply(ipr, CFG, d) == 8
+            assert await routing.apply(ipr, CFG, d) == 10
 
     asyncio.run(body())
     assert "proto 236" in lab.run(lab.ns_router, "ip", "route", "show", "default").stdout
@@ -147,13 +150,18 @@ def test_apply_installs_exactly_the_plan_and_a_second_apply_changes_nothing(lab:
     async def body() -> None:
         async with router(lab) as ipr:
             d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
-            assert await routing.apply(ipr, CFG, d) == len(planned(d)) == 8
+            assert await routing.apply(ipr, CFG, d) == len(planned(d)) == 10
             assert kernel_plan(lab, CFG) == planned(d)
             first = snapshot(lab)
             actual = await routing.read_actual(ipr, CFG)
             assert actual.rules == set(d.rules)
             assert actual.foreign_main is None
             assert actual.routes[(254, 0)].same_as(d.main)
+            # the unreachable defaults are read back as such, equal to the desired ones
+            for t in d.tables:
+                assert actual.routes[(t.table, t.metric)].same_as(t)
+            assert {k for k, r in actual.routes.items() if r.kind == UNREACHABLE} == \
+                {(1001, UNREACHABLE_METRIC), (1002, UNREACHABLE_METRIC)}
             assert await routing.apply(ipr, CFG, d) == 0
             assert await routing.apply(ipr, CFG, d, actual) == 0
             assert snapshot(lab) == first
@@ -197,6 +205,7 @@ FOREIGN = [
     "route add default via 10.112.0.1 table 2000",                 # default in a foreign table
     "route add default via 10.111.0.1 proto 236 table 2001",       # our proto, unrelated table
     "route add default via 10.111.0.1 table 1001 metric 50",       # our table, foreign proto
+    "route add unreachable default table 1002 metric 60",          # likewise, unreachable
 ]
 
 
@@ -208,15 +217,16 @@ def test_foreign_objects_survive_apply_and_remove_all(lab: Lab) -> None:
     async def body() -> None:
         async with router(lab) as ipr:
             d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
-            assert await routing.apply(ipr, CFG, d) == 8
+            assert await routing.apply(ipr, CFG, d) == 10
             actual = await routing.read_actual(ipr, CFG)
             assert actual.foreign_main is None
-            assert set(actual.routes) == {(254, 0), (1001, 0), (1002, 0)}
+            assert set(actual.routes) == {(254, 0), (1001, 0), (1002, 0),
+                                          (1001, UNREACHABLE_METRIC), (1002, UNREACHABLE_METRIC)}
             assert actual.rules == set(d.rules)
             assert kernel_plan(lab, CFG) == planned(d)
             assert ours_removed(snapshot(lab), CFG) == ours_removed(before, CFG)
             assert await routing.apply(ipr, CFG, d) == 0
-            assert await routing.remove_all(ipr, CFG) == 8
+            assert await routing.remove_all(ipr, CFG) == 10
             assert await routing.remove_all(ipr, CFG) == 0
 
     asyncio.run(body())
@@ -234,7 +244,7 @@ def test_a_foreign_default_route_in_main_is_not_replaced(
         async with router(lab) as ipr:
             d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
             with caplog.at_level(logging.ERROR, logger="ecmpd"):
-                assert await routing.apply(ipr, CFG, d) == 7  # tables and rules only
+                assert await routing.apply(ipr, CFG, d) == 9  # tables and rules only
             assert "not ecmpd's" in caplog.text and "10.111.0.1" in caplog.text
             actual = await routing.read_actual(ipr, CFG)
             assert actual.foreign_main is not None and "10.111.0.1" in actual.foreign_main
@@ -251,7 +261,7 @@ def test_a_foreign_default_route_in_main_is_not_replaced(
                                           "main", "default").stdout)
             assert [(r.get("metric", 0), r.get("gateway"), len(r.get("nexthops", [])))
                     for r in defaults] == [(0, "10.111.0.1", 0), (100, None, 2)]
-            assert await routing.remove_all(ipr, at_100) == 8
+            assert await routing.remove_all(ipr, at_100) == 10
 
     asyncio.run(body())
     assert snapshot(lab) == before
@@ -264,8 +274,8 @@ def test_remove_all_leaves_nothing_of_ecmpd(lab: Lab) -> None:
         async with router(lab) as ipr:
             d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
             await routing.apply(ipr, CFG, d)
-            assert len(kernel_plan(lab, CFG)) == 8
-            assert await routing.remove_all(ipr, CFG) == 8
+            assert len(kernel_plan(lab, CFG)) == 10
+            assert await routing.remove_all(ipr, CFG) == 10
             actual = await routing.read_actual(ipr, CFG)
             assert (actual.routes, actual.rules, actual.foreign_main) == ({}, set(), None)
 
@@ -297,5 +307,60 @@ def test_read_links_and_read_addresses(lab: Lab) -> None:
             links = await routing.read_links(ipr)
             assert links["wlan2"] == {"index": kernel["wlan2"], "up": False, "carrier": False}
             assert links["wlan1"] == {"index": kernel["wlan1"], "up": True, "carrier": False}
+
+    asyncio.run(body())
+
+
+def exit_of(lab: Lab, *args: str) -> str:
+    """The device `ip route get <args>` picks in the router, or the kernel's error text."""
+    r = lab.run(lab.ns_router, "ip", "-j", "route", "get", *args, check=False)
+    return json.loads(r.stdout)[0]["dev"] if r.returncode == 0 else r.stderr.strip()
+
+
+def test_a_wan_without_carrier_sends_its_packets_nowhere_else(lab: Lab) -> None:
+    server, client = lab.spec.server_addresses[0], lab.clients[0]
+    wan1, wan2 = "10.111.0.2", "10.112.0.2"
+    mark1, mark2 = hex(CFG.mark_of(CFG.wans[0])), hex(CFG.mark_of(CFG.wans[1]))
+    unreachable = "No route to host"
+
+    async def body() -> None:
+        async with router(lab) as ipr:
+            d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
+            await routing.apply(ipr, CFG, d)
+            for path, value in d.sysctls:   # what the daemon sets: ignore_routes_with_linkdown
+                lab.run(lab.ns_router, "sysctl", "-qw", f"{path.replace('/', '.')}={value}")
+
+            def normal_traffic(wan1_ok: bool) -> None:
+                """Rules P (main, suppress), P+id (fwmark) and P+256+id (from) at work."""
+                assert exit_of(lab, server, "from", wan2) == "wlan2"
+                assert exit_of(lab, server, "mark", mark2) == "wlan2"
+                assert exit_of(lab, client, "mark", mark1) == "Local"   # P: connected routes
+                assert exit_of(lab, client, "from", wan1) == "Local"
+                assert exit_of(lab, "10.112.0.1", "mark", mark1) == "wlan2"
+                assert exit_of(lab, server) in ({"wlan1", "wlan2"} if wan1_ok else {"wlan2"})
+
+            normal_traffic(wan1_ok=True)
+            assert exit_of(lab, server, "from", wan1) == "wlan1"
+            assert exit_of(lab, server, "mark", mark1) == "wlan1"
+
+            lab.fault("wlan1", "carrier")
+            # the route via wlan1 is ignored (linkdown): its probes and pinned packets meet
+            # the unreachable default instead of table main's route over wlan2
+            assert unreachable in exit_of(lab, server, "from", wan1)
+            assert unreachable in exit_of(lab, server, "mark", mark1)
+            assert unreachable in exit_of(lab, "10.111.0.1", "from", wan1)  # the gateway too
+            normal_traffic(wan1_ok=False)
+            assert await routing.apply(ipr, CFG, d) == 0
+
+            # without it the packets would leave by the other WAN: the leak it closes
+            lab.run(lab.ns_router, "ip", "route", "del", "unreachable", "default", "table",
+                    "1001", "metric", str(UNREACHABLE_METRIC))
+            assert exit_of(lab, server, "from", wan1) == "wlan2"
+            assert await routing.apply(ipr, CFG, d) == 1
+            assert unreachable in exit_of(lab, server, "from", wan1)
+
+            lab.heal("wlan1")
+            normal_traffic(wan1_ok=True)
+            assert exit_of(lab, server, "from", wan1) == "wlan1"
 
     asyncio.run(body())

@@ -18,9 +18,9 @@ import pytest
 from ecmpd import conntrack, routing, status
 from ecmpd.ctl import render_status
 from ecmpd.desired import MAIN_TABLE, Nexthop, RouteSpec
-from ecmpd.health import Health, State
+from ecmpd.health import Health, State, Verdict
 from ecmpd.model import Config, ProbeSettings, Wan
-from ecmpd.prober import RoundResult, TargetSample, Window
+from ecmpd.judge import RoundResult, TargetSample, Window
 from ecmpd.routing import Actual
 
 CFG = Config(
@@ -34,7 +34,7 @@ MARKS = {"wlan1": 0x10000, "wlan2": 0x20000}
 
 WAN_KEYS = {"state", "health", "since", "reason", "last_round", "interface", "gateway",
             "address", "weight", "active", "disabled", "carrier", "mark", "table",
-            "connections", "targets"}
+            "connections", "targets", "verdict", "note", "timeout_ms"}
 TOP_KEYS = {"pid", "config", "uptime", "hash", "wans", "route", "warnings", "stats"}
 
 
@@ -50,8 +50,16 @@ BOTH = main_route(hop("192.0.2.1", 11, 1), hop("198.51.100.1", 12, 2))
 
 
 class FakeProber:
-    def __init__(self, window: Window, last: RoundResult | None) -> None:
-        self._window, self._last = window, last
+    def __init__(self, window: Window, last: RoundResult | None,
+                 rtts: dict[str, tuple[float, float]] | None = None,
+                 timeout: float = 0.25) -> None:
+        self._window, self._last, self._rtts, self._timeout = window, last, rtts or {}, timeout
+
+    def rtt(self, address: str) -> tuple[float | None, float | None]:
+        return self._rtts.get(address, (None, None))
+
+    def timeout(self) -> float:
+        return self._timeout
 
     def window(self) -> Window:
         return self._window
@@ -290,28 +298,38 @@ def test_targets_loss_and_rtt_come_from_the_probe_window(kernel) -> None:
                 TargetSample("203.0.113.7", 2, 1, 0.050)])
     window.add([TargetSample("192.0.2.1", 2, 2, 0.0123456),
                 TargetSample("203.0.113.7", 1, 0, None)])
-    last = RoundResult(True, (), "2/3 targets answered", 5.0)
-    d.wans["wlan1"].prober = FakeProber(window, last)
+    last = RoundResult(Verdict.GOOD, (), "2/3 targets answered", 5.0)
+    d.wans["wlan1"].prober = FakeProber(window, last, {"192.0.2.1": (0.012, 0.003)}, 0.3)
     w1, w2 = build(d)["wans"].values()
+    none = {"srtt_ms": None, "rttvar_ms": None}
     assert w1["targets"] == {
-        "192.0.2.1": {"loss_pct": 0.0, "rtt_ms": 12.346},
-        "203.0.113.7": {"loss_pct": 66.7, "rtt_ms": 50.0},      # 2 of 3 lost
-        "203.0.113.8": {"loss_pct": None, "rtt_ms": None},      # no sample yet
+        "192.0.2.1": {"loss_pct": 0.0, "rtt_ms": 12.346, "srtt_ms": 12.0, "rttvar_ms": 3.0},
+        "203.0.113.7": {"loss_pct": 66.7, "rtt_ms": 50.0, **none},      # 2 of 3 lost
+        "203.0.113.8": {"loss_pct": None, "rtt_ms": None, **none},      # no sample yet
     }
     assert list(w1["targets"]) == ["192.0.2.1", "203.0.113.7", "203.0.113.8"]
     assert w1["last_round"] == "2/3 targets answered"
+    assert (w1["verdict"], w1["note"], w1["timeout_ms"]) == ("good", None, 300.0)
     # no prober (not started): no targets, no last round
     assert w2["targets"] == {} and w2["last_round"] is None
     text = render_status(build(d), time.time())
-    assert "203.0.113.7  rtt 50.00ms  loss 66.7%" in text
-    assert "last round: 2/3 targets answered" in text
+    assert "203.0.113.7  rtt 50.00ms  srtt -  loss 66.7%" in text
+    assert "last round (good): 2/3 targets answered" in text
+    # probes late but traffic flowing: said in the JSON and the text
+    d.wans["wlan1"].prober = FakeProber(window, RoundResult(
+        Verdict.SLOW, (), "probes late, traffic flowing", 6.0, traffic=True), timeout=1.9)
+    w1 = build(d)["wans"]["wlan1"]
+    assert (w1["verdict"], w1["note"], w1["timeout_ms"]) == (
+        "slow", "probes late, traffic flowing", 1900.0)
+    assert "last round (slow): probes late, traffic flowing" in render_status(build(d), time.time())
 
 
 def test_a_prober_without_any_round_yet(kernel) -> None:
     d = kernel.daemon
     d.wans["wlan2"].prober = FakeProber(Window(10), None)
     w2 = build(d)["wans"]["wlan2"]
-    assert w2["targets"] == {"198.51.100.1": {"loss_pct": None, "rtt_ms": None}}
+    assert w2["targets"] == {"198.51.100.1": {"loss_pct": None, "rtt_ms": None,
+                                              "srtt_ms": None, "rttvar_ms": None}}
     assert w2["last_round"] is None
 
 

@@ -201,11 +201,16 @@ with NFCTSocket() as ct:
     ct.flush(mark=0x10000, mark_mask=0xFF0000)
 
 from ecmpd.control import ControlError, ControlServer
-from ecmpd.icmpecho import icmp_ping
+from ecmpd.icmpecho import EchoSocket
 
 async def main():
-    rtt = await icmp_ping("127.0.0.1", "127.0.0.1", 5)
-    assert rtt is not None
+    # the probe socket as the daemon opens it: raw, BPF filter, bound to a device
+    got = asyncio.get_running_loop().create_future()
+    echo = EchoSocket("127.0.0.1", lambda a: got.done() or got.set_result(a), device="lo")
+    assert echo.send("127.0.0.1") is not None
+    answer = await asyncio.wait_for(got, 5)
+    assert answer.error is None and answer.address == "127.0.0.1", answer
+    echo.close()
     async def handler(req):
         return {}
     srv = ControlServer(os.path.join(sockdir, "ecmpd.sock"), handler, group=str(member_gid))

@@ -9,7 +9,9 @@ Used by the integration tests, the demo and the benchmarks::
 """
 
 from ecmpd.lab.driver import FlowRun, HeldFlows, TrafficError
+from ecmpd.lab.flood import Flood, FloodResult
 from ecmpd.lab.lab import Lab
+from ecmpd.lab.lines import Line, Load, LoadError, StreamResult
 from ecmpd.lab.netns import LabCommandError, random_prefix, sweep
 from ecmpd.lab.topology import LabSpec, LabWan, make_spec, seed_spec
 from ecmpd.lab.traffic import FlowResult, HeldResult, fault_offset, outage
@@ -18,4 +20,5 @@ __all__ = [
     "Lab", "LabSpec", "LabWan", "seed_spec", "make_spec",
     "FlowResult", "HeldResult", "FlowRun", "HeldFlows", "TrafficError", "LabCommandError",
     "outage", "fault_offset", "random_prefix", "sweep",
+    "Line", "Load", "LoadError", "StreamResult", "Flood", "FloodResult",
 ]

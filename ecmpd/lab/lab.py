@@ -23,7 +23,8 @@ import time
 from ipaddress import IPv4Interface, IPv4Network
 from typing import Any, Sequence
 
-from ecmpd.lab import driver, netns
+from ecmpd.lab import driver, lines, netns
+from ecmpd.lab.flood import Flood, start_flood
 from ecmpd.lab.topology import LabSpec, seed_spec, transit, upstream_of, wan_of_source
 from ecmpd.lab.traffic import FlowResult
 
@@ -96,6 +97,8 @@ def loss_script(percent: float) -> str:
     if n == 0:
         return _remove("ip", LOSS_TABLE)
     rule = f"numgen random mod {LOSS_SCALE} < {n} counter drop"
+    if n >= LOSS_SCALE:  # nft refuses `< 10000` (out of numgen's range): 100 % is a plain drop
+        rule = "counter drop"
     return _replace("ip", LOSS_TABLE, (
         "  chain loss_in {\n"
         "    type filter hook prerouting priority -400; policy accept;\n"
@@ -310,7 +313,14 @@ class Lab:
 
     def fault(self, wan: str, mode: str) -> None:
         """Break `wan`'s ISP: ``dead`` (silent), ``upstream`` (forwards nothing) or
-        ``carrier`` (customer link down). Faults add up; `heal` undoes all."""
+        ``carrier`` (customer link down). Faults add up; `heal` undoes all.
+
+        On a shaped line (`shape`) ``dead`` and ``upstream`` drop in nft hooks that run
+        before the qdisc: new packets are dropped, but what already waits in the ISP's tbf
+        still drains to the router (measured: the whole ~1 s backlog arrives during the
+        second after the fault), and upload queued in the router's tbf is sent and dropped
+        at the ISP.  ``carrier`` purges the ISP's queue; the tbf itself survives down/up.
+        """
         isp = self.ns_isp(wan)
         if mode == "carrier":
             netns.ip(isp, "link", "set", "dev", "cust", "down")
@@ -337,6 +347,25 @@ class Lab:
     def set_loss(self, wan: str, percent: float) -> None:
         """Drop `percent` % of packets at random on `wan`'s customer link, each way; 0 = off."""
         netns.nft(self.ns_isp(wan), loss_script(percent))
+
+    # ------------------------------------------------------------ real lines
+
+    def shape(self, wan: str, line: lines.Line) -> None:
+        """Make `wan` a modem-like line: tbf download on the ISP's `cust`, upload on the
+        router's WAN (see `ecmpd.lab.lines`; faults keep working, queued packets drain)."""
+        lines.shape(self, wan, line)
+
+    def unshape(self, wan: str) -> None:
+        """Remove `wan`'s shaping (idempotent)."""
+        lines.unshape(self, wan)
+
+    def load(self, wans: Sequence[str] | None = None, **kw: Any) -> lines.Load:
+        """iperf3 load from the LAN, pinned to `wans` (default all): `lines.Load.start`."""
+        return lines.Load.start(self, wans, **kw)
+
+    def flood(self, wan: str, **kw: Any) -> Flood:
+        """ICMP flood from the inet namespace at the router's `wan` address: `start_flood`."""
+        return start_flood(self, wan, **kw)
 
     # ------------------------------------------------------------ traffic
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -165,8 +166,24 @@ def kernel_hops(lab: Lab) -> set[tuple[str, str, int]]:
     return {(h["gateway"], h["dev"], h.get("weight", 1)) for h in hops}
 
 
+def nft_table(lab: Lab, table: str = "ecmpd") -> str:
+    """`nft list table ip <table>` in the router namespace, counter values left out."""
+    text = lab.run(lab.ns_router, "nft", "list", "table", "ip", table).stdout
+    return re.sub(r"packets \d+ bytes \d+", "packets - bytes -", text)
+
+
+def _without_counts(obj: Any) -> Any:
+    """`obj` (parsed nft JSON) without counter values: they move with every packet."""
+    if isinstance(obj, dict):
+        return {k: _without_counts(v) for k, v in obj.items() if k not in ("packets", "bytes")}
+    if isinstance(obj, list):
+        return [_without_counts(v) for v in obj]
+    return obj
+
+
 def kernel_dump(lab: Lab) -> tuple[str, str, str]:
-    """The router's IPv4 routes (all tables), ip rules and nft ruleset, as JSON text."""
+    """The router's IPv4 routes (all tables), ip rules and nft ruleset (without counter
+    values), as JSON text."""
     r = lambda *cmd: lab.run(lab.ns_router, *cmd).stdout  # noqa: E731
-    return (r("ip", "-4", "-j", "route", "show", "table", "all"), r("ip", "-j", "rule"),
-            r("nft", "-j", "list", "ruleset"))
+    nft = json.dumps(_without_counts(json.loads(r("nft", "-j", "list", "ruleset"))))
+    return (r("ip", "-4", "-j", "route", "show", "table", "all"), r("ip", "-j", "rule"), nft)
