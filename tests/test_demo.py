@@ -16,8 +16,12 @@ def test_demo_runs_and_reports_a_failover(lab_prefix):
                        timeout=180)
     out = p.stdout
     assert p.returncode == 0, out + p.stderr
-    for step in range(1, 8):
+    for step in range(1, 9):
         assert f"[{step}]" in out
+    # saturated lines: no WAN left the route, no transfer broke, the RTT really climbed
+    assert "WANs that left the route: 0; transfers broken: 0 of" in out, out
+    rtts = [int(x) for x in re.findall(r"probe RTT up to (\d+) ms", out)]
+    assert len(rtts) == 2 and max(rtts) >= 200, out
     assert "wlan1: FALLING -> DOWN" in out or "wlan1: UP -> DOWN" in out
     m = re.search(r"outage seen by new connections: ([0-9.]+) s", out)
     assert m and float(m.group(1)) < 5.0, out

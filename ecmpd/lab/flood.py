@@ -191,6 +191,13 @@ class Flood:
                                        icmp - self._before[1], t - self._before[2])
         return self._result
 
+    def router_rate(self, window: float = 1.0) -> float:
+        """Packets/s reaching the router's WAN interface now, sampled over `window` s."""
+        rx0, _, t0 = _router_counters(self.lab, self.wan)
+        time.sleep(window)
+        rx1, _, t1 = _router_counters(self.lab, self.wan)
+        return (rx1 - rx0) / (t1 - t0)
+
     def stop(self, timeout: float = 10) -> FloodResult:
         """End the flood now; what it did so far."""
         if self._result is None and self.proc.poll() is None:
