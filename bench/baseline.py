@@ -159,10 +159,12 @@ def _sysctl_path(name: str) -> str:
     return "/proc/sys/" + name.replace(".", "/")
 
 
-def program(wans: list[SeedWan]) -> dict[str, str]:
-    """Install the seed; returns the sysctl values it replaced."""
+def program(wans: list[SeedWan], hash_policy: int = 0) -> dict[str, str]:
+    """Install the seed (`hash_policy`: ``fib_multipath_hash_policy``, 0 = the seed's L3);
+    returns the sysctl values it replaced."""
     before = {}
-    for name, value in SYSCTLS.items():
+    sysctls = dict(SYSCTLS, **{"net.ipv4.fib_multipath_hash_policy": str(hash_policy)})
+    for name, value in sysctls.items():
         with open(_sysctl_path(name)) as f:
             before[name] = f.read().strip()
         sh(["sysctl", "-q", "-w", f"{name}={value}"])
@@ -223,6 +225,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=int, default=1, help="ping -W seconds")
     p.add_argument("--misses", type=int, default=2)
     p.add_argument("--answers", type=int, default=1)
+    p.add_argument("--hash-policy", type=int, choices=(0, 1), default=0,
+                   help="fib_multipath_hash_policy: 0 = L3, the seed's (default); 1 = L4, "
+                        "for the bench's load, which places one TCP stream per line")
     return p
 
 
@@ -233,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, _stop)
     before: dict[str, str] = {}
     try:
-        before = program(wans)
+        before = program(wans, args.hash_policy)
         say(f"ready {time.time():.6f}")
         check_loop(wans, args.interval, args.first_delay, args.timeout, args.misses,
                    args.answers)

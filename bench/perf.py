@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from ecmpd.ctl import request
 from ecmpd.lab import Lab
@@ -106,10 +107,11 @@ def _read(path: str) -> str:
         return f.read()
 
 
-def usage(lab: Lab, seconds: float, windows: int = 3) -> Usage:
-    """Run ecmpd at defaults (every WAN up, no traffic) for `seconds`, in `windows`
-    consecutive windows; CPU from /proc/<pid>/stat, peak RSS from VmHWM."""
-    d = start_ecmpd(lab)
+def usage(lab: Lab, seconds: float, windows: int = 3,
+          config: dict[str, Any] | None = None) -> Usage:
+    """Run ecmpd at defaults (or on `config`; every WAN up, no traffic) for `seconds`, in
+    `windows` consecutive windows; CPU from /proc/<pid>/stat, peak RSS from VmHWM."""
+    d = start_ecmpd(lab, config=config)
     try:
         assert d.proc is not None
         pid = d.proc.pid

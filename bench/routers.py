@@ -48,11 +48,14 @@ DAEMON_ERRORS: list[str] = []
 
 
 def start_ecmpd(lab: Lab, weights: dict[str, int] | None = None, targets: str = "gateway",
-                cls: type[Ecmpd] = Ecmpd, **top: Any) -> Ecmpd:
-    """Start ecmpd (defaults unless told); return once the kernel route has every WAN and
-    every WAN is UP.  Status is polled gently (5/s) and only after the route is whole, so
-    the observer stays out of the daemon's way."""
-    d = cls(lab, config_for(lab, weights=weights, targets=targets, **top))
+                cls: type[Ecmpd] = Ecmpd, config: dict[str, Any] | None = None,
+                **top: Any) -> Ecmpd:
+    """Start ecmpd (defaults unless told; `config` replaces `config_for`'s); return once
+    the kernel route has every WAN and every WAN is UP.  Status is polled gently (5/s) and
+    only after the route is whole, so the observer stays out of the daemon's way."""
+    if config is None:
+        config = config_for(lab, weights=weights, targets=targets, **top)
+    d = cls(lab, config)
     d.start()
     try:
         wait_routed(lab, {w.name for w in lab.spec.wans}, 15)
@@ -110,12 +113,14 @@ class Baseline:
     """bench/baseline.py running in `lab`'s router namespace."""
 
     def __init__(self, lab: Lab, weights: dict[str, int] | None = None, interval: float = 10.0,
-                 first_delay: float = 0.0) -> None:
+                 first_delay: float = 0.0, hash_policy: int = 0) -> None:
         self.lab = lab
         self.interval = interval
         wans = [f"{w.name},{w.gateway},{(weights or {}).get(w.name, 1)}" for w in lab.spec.wans]
         self.args = [a for w in wans for a in ("--wan", w)]
         self.args += ["--interval", str(interval), "--first-delay", str(first_delay)]
+        if hash_policy:  # 0, the seed's L3, is baseline.py's default
+            self.args += ["--hash-policy", str(hash_policy)]
         self.proc: subprocess.Popen | None = None
         self.reader: LineReader | None = None
         self.first_ping = 0.0

@@ -244,3 +244,103 @@ def log_errors(text: str) -> list[str]:
         out.append(f"{line} -> {exc}" if exc else line)
     return out
 
+
+
+# ------------------------------------------------------------------ figure 9: route timeline
+
+_DEV = re.compile(r"\bdev (\S+)")
+
+
+def default_route_devs(body: str) -> set[str] | None:
+    """The devices of the live nexthops of table main's default route after one
+    `parse_monitor` event: ``set()`` when the route was deleted, None when the event is
+    about another route (another table, another prefix, an ``unreachable`` default).
+    Nexthops flagged ``dead`` do not count."""
+    deleted = body.startswith("Deleted ")
+    if deleted:
+        body = body[len("Deleted "):]
+    if not body.startswith("default ") or " table " in f"{body} ":
+        return None
+    if deleted:
+        return set()
+    parts = re.split(r"\bnexthop\b", body)
+    hops = parts[1:] if len(parts) > 1 else parts
+    return {m.group(1) for h in hops
+            if (m := _DEV.search(h)) and "dead" not in h.split()}
+
+
+def route_timeline(initial: Iterable[str], events: Sequence[tuple[float, str]],
+                   start: float = -math.inf) -> list[tuple[float, frozenset[str]]]:
+    """The default route's devices over time: ``(start, initial)`` then one entry per
+    event about that route (``ip -ts monitor route`` after `parse_monitor`) from `start`
+    on."""
+    out = [(start, frozenset(initial))]
+    for ts, body in events:
+        devs = default_route_devs(body)
+        if devs is not None and ts >= start:
+            out.append((ts, frozenset(devs)))
+    return out
+
+
+def removals(timeline: Sequence[tuple[float, frozenset[str]]], start: float = -math.inf,
+             end: float = math.inf) -> list[tuple[float, str]]:
+    """``(time, device)`` each time a device left the route within [start, end]."""
+    out = []
+    for (_, before), (ts, after) in zip(timeline, timeline[1:]):
+        if start <= ts <= end:
+            out += [(ts, dev) for dev in sorted(before - after)]
+    return out
+
+
+def devs_at(timeline: Sequence[tuple[float, frozenset[str]]], t: float) -> frozenset[str]:
+    """The route's devices at time `t` (the state of the last entry at or before it)."""
+    now = timeline[0][1]
+    for ts, devs in timeline:
+        if ts > t:
+            break
+        now = devs
+    return now
+
+
+def first_removal(timeline: Sequence[tuple[float, frozenset[str]]], dev: str,
+                  after: float) -> float | None:
+    """When `dev` first left the route after `after` (None: it did not)."""
+    return next((ts for ts, d in removals(timeline, after) if d == dev), None)
+
+
+def last_rise(samples: Sequence[tuple[float, int]], until: float) -> float | None:
+    """The last time (at or before `until`) a counter sampled as ``(time, value)`` rose:
+    when a line last delivered a packet (None: it never rose in the samples)."""
+    last = None
+    for (_, before), (ts, value) in zip(samples, samples[1:]):
+        if ts > until:
+            break
+        if value > before:
+            last = ts
+    return last
+
+
+def parse_samples(text: str) -> list[tuple[float, int]]:
+    """``EPOCH VALUE`` lines (a counter poller's output) -> [(epoch, value)]; a partial
+    or foreign line is skipped."""
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            try:
+                out.append((float(parts[0]), int(parts[1])))
+            except ValueError:
+                continue
+    return out
+
+
+def fmt_fault_outs(values: Sequence[float | None], unit: str = "s", digits: int = 2,
+                   window: float | None = None, never: str = "never out") -> str:
+    """`fmt_summary` of fault -> out times, where None marks a run in which the WAN was
+    not in the route any more when the fault came (counted apart)."""
+    measured = [v for v in values if v is not None]
+    before = len(values) - len(measured)
+    out = [fmt_summary(measured, unit, digits, window, never)] if measured else []
+    if before:
+        out.append(f"already out before the fault in {before}/{len(values)} runs")
+    return "; ".join(out) or "no data"
