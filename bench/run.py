@@ -7,9 +7,12 @@ MikroTik export translated literally to Linux, with a check-gateway=ping emulati
 
 Figures: 1 new-flow outage per fault mode, 2 healthy long-lived flows broken across a
 fault and heal, 3 distribution of new flows by weight, 4 forwarding throughput, 5 CPU and
-peak RSS, 6 reaction latency, 7 ``ecmpctl status`` wall time.  The table is printed and
-written to bench/results.md with the command line and the date.  Needs root; touches
-nothing outside the namespaces it creates (and deletes).
+peak RSS, 6 reaction latency, 7 ``ecmpctl status`` wall time, 9 health under load
+(saturated lines, a dead ISP on a busy line, loss, a carrier flap, an ICMP flood, CPU with
+two targets per WAN; bench/underload.py; ~13 min of the run).  Row "log" reports the
+daemons' ERROR lines.
+The table is printed and written to bench/results.md with the command line and the date.
+Needs root; touches nothing outside the namespaces it creates (and deletes).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import traceback
 from dataclasses import dataclass, replace
@@ -35,7 +39,7 @@ if str(ROOT) not in sys.path:
 
 from ecmpd.lab import Lab, make_spec, random_prefix, seed_spec, sweep  # noqa: E402
 
-from bench import figures, routers, stats  # noqa: E402
+from bench import figures, routers, stats, underload  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results.md"
 CLIENTS = 250
@@ -55,17 +59,26 @@ class Plan:
     events: int = 50
     status_cli: int = 20
     status_requests: int = 100
+    soak_seconds: float = 60.0
+    """Figure 9: seconds of saturation, and of random loss, per run."""
+    flood_seconds: float = 15.0
+    """Figure 9: seconds of each ICMP flood."""
 
 
 FULL = Plan()
 QUICK = Plan(reps=1, hold=150, tp_rounds=3, tp_seconds=1.0, cpu_seconds=15.0, events=10,
-             status_cli=5, status_requests=20)
+             status_cli=5, status_requests=20, soak_seconds=15.0, flood_seconds=5.0)
+FIGURES = (1, 2, 3, 4, 5, 6, 7, 9)
+"""Figure numbers (there is no figure 8)."""
+LOG_ROW = 100
+"""The key of the row that reports the daemons' ERROR log lines (sorts last)."""
 
 LAB_SPECS: dict[str, Callable[[], object]] = {
     "2": lambda: replace(seed_spec(), client_extra=CLIENTS),
     "3": lambda: make_spec(3, client_extra=CLIENTS),
     "8": lambda: make_spec(8),
     "32": lambda: make_spec(32),
+    "9": lambda: make_spec(3, names=list(underload.NAMES)),
 }
 
 
@@ -79,7 +92,7 @@ class Bench:
         self.details: list[str] = []
 
     def lab(self, key: str) -> Lab:
-        """The lab `key` ("2", "3", "8", "32"), built on first use, servers running."""
+        """The lab `key` ("2", "3", "8", "32", "9"), built on first use, servers running."""
         if key not in self.labs:
             lab = Lab(LAB_SPECS[key](), prefix=f"{self.prefix}{key}-")  # type: ignore[arg-type]
             self.labs[key] = lab
@@ -115,18 +128,19 @@ class Bench:
 def parse_only(text: str | None) -> list[int]:
     """"1,4" or "1 4" -> [1, 4]; None -> every figure."""
     if not text:
-        return list(range(1, 8))
+        return list(FIGURES)
     out = sorted({int(x) for x in text.replace(",", " ").split()})
-    bad = [x for x in out if not 1 <= x <= 7]
+    bad = [x for x in out if x not in FIGURES]
     if bad:
-        raise ValueError(f"no figure {bad[0]} (figures are 1..7)")
+        raise ValueError(f"no figure {bad[0]} (figures are 1..7 and 9)")
     return out
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="a smoke run: 1 repetition, fewer rounds and events, 15 s of CPU")
+                   help="a smoke run: 1 repetition, fewer rounds and events, 15 s of CPU, "
+                        "15 s soaks and 5 s floods (figure 9)")
     p.add_argument("--only", help="figure numbers to measure, e.g. 1,4 (default: all)")
     p.add_argument("--reps", type=int, help="repetitions (default 3; --quick 1)")
     p.add_argument("--out", default=str(RESULTS), help="where to write the table")
@@ -143,6 +157,7 @@ def run_figures(bench: Bench, only: list[int]) -> dict[int, list[stats.Row]]:
         ((7,), lambda: {7: figures.fig7(bench)}),
         ((4,), lambda: {4: figures.fig4(bench)}),
         ((5,), lambda: {5: figures.fig5(bench)}),
+        ((9,), lambda: {9: figures.fig9(bench)}),
     ]
     for numbers, step in steps:
         wanted = [n for n in numbers if n in only]
@@ -213,8 +228,42 @@ def report(command: str, plan: Plan, rows: dict[int, list[stats.Row]], details: 
         "back after 1 answer), its check phase stratified over the repetitions.  The bench\n"
         "waits on the kernel's route (ip route), not on ecmpd's status, so the observer\n"
         "stays out of the daemon's loop; status is read only to get stats.reaction_ms.\n\n"
+        + (fig9_note(plan) if 9 in rows else "") +
         "## Details\n\n" + "\n".join(f"    {d}" for d in details) + "\n"
     )
+
+
+def fig9_note(plan: Plan) -> str:
+    """How to read figure 9 (for results.md)."""
+    return textwrap.fill(
+        "Figure 9 (bench/underload.py): its own lab of 3 WANs north/south/west; shaped "
+        "lines are 20/40/60 Mbit/s down and a quarter of that up, a tbf of 1 s or 2 s of "
+        "buffer each way (ecmpd.lab.lines); the load is iperf3 (reno), one download and one "
+        "upload stream per loaded line, each pinned to it; the other rows run on idle, "
+        "unshaped lines.  ecmpd: defaults, probe targets the gateway and the ISP's upstream, "
+        "no quorum key (majority: 2).  The baseline hashes L4 here (so that the load can be "
+        "placed on each line; the seed's L3 hash would put the one client's streams on one "
+        "WAN), its check-gateway is unchanged; in the dead-ISP rows its first ping is the "
+        "one after the fault, the phase stratified as in figure 1.  Saturation and loss "
+        f"rows are one run of {plan.soak_seconds:.0f} s per router (all three lines at "
+        "once); the fault rows rotate the dead WAN over the repetitions; a loaded own line "
+        "dies once its download queue is half full (at most "
+        f"{underload.FILL_MAX:.0f} s of load), an idle one after "
+        f"{underload.FILL_OTHERS:.0f} s of load on the others.  \"Out of the route\" is "
+        "read from the kernel (ip -ts monitor route in the router namespace); \"stopped "
+        "delivering\" is the last rise of the router's rx_packets of that WAN, polled every "
+        "20 ms in its namespace.", 88) + "\n\n"
+
+
+def _on_sigterm(main_pid: int) -> Callable[..., None]:
+    """SIGTERM ends the run like ^C (the labs are torn down).  A forked child that
+    inherited the handler (pyroute2's netns helper is a fork of this process, and is
+    ended with SIGTERM) just exits: it must not run the parent's teardown."""
+    def handler(*_: object) -> None:
+        if os.getpid() != main_pid:
+            os._exit(128 + signal.SIGTERM)
+        raise KeyboardInterrupt()
+    return handler
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.reps is not None:
         plan = replace(plan, reps=max(1, args.reps))
     command = " ".join(shlex.quote(a) for a in ["python", "bench/run.py", *sys.argv[1:]])
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, _on_sigterm(os.getpid()))
     bench = Bench(plan)
     start = time.monotonic()
     try:
@@ -240,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         bench.close()
     for line in routers.DAEMON_ERRORS:
         bench.details.append(f"ecmpd ERROR: {line}")
-    rows[8] = [errors_row()]
+    rows[LOG_ROW] = [errors_row()]
     text = report(command, plan, rows, bench.details, time.monotonic() - start)
     Path(args.out).write_text(text)
     print(stats.render_table([r for n in sorted(rows) for r in rows[n]]))

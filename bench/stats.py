@@ -344,3 +344,19 @@ def fmt_fault_outs(values: Sequence[float | None], unit: str = "s", digits: int 
     if before:
         out.append(f"already out before the fault in {before}/{len(values)} runs")
     return "; ".join(out) or "no data"
+
+
+_EPOCH_LINE = re.compile(r"^(\d+\.\d+) ecmpd\[\d+\] (\w+) (.*)$")
+
+
+def log_between(text: str, start: float, end: float,
+                prefix: str = "") -> list[tuple[float, str, str]]:
+    """``(epoch, level, message)`` of the lines of a daemon log written with epoch stamps
+    (`bench.routers.EpochEcmpd`) from `start` to `end` whose message starts with
+    `prefix`."""
+    out = []
+    for line in text.splitlines():
+        m = _EPOCH_LINE.match(line)
+        if m and start <= float(m.group(1)) <= end and m.group(3).startswith(prefix):
+            out.append((float(m.group(1)), m.group(2), m.group(3)))
+    return out

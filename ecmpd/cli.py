@@ -82,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .daemon import Daemon
     from .logsetup import setup_logging
+    from .nslock import hold_namespace
 
     setup_logging(args.log_level)
+    hold_namespace(cfg.control_socket)  # one ecmpd per netns, else exit 1
     try:
         return asyncio.run(Daemon(cfg, args.config).run())
     except KeyboardInterrupt:

@@ -6,7 +6,9 @@ leaves `load_config` / `parse_config`.  `<source>` is printed exactly as the cal
 gave it (`load_config` passes the path as given, so messages name the file the admin
 typed).  List items are addressed 0-based: `lan.interfaces[0]`.  The line is that of
 the offending value; for an unknown or repeated key that of the key; for a missing
-key that of the key owning the mapping it is missing from.  Problems are sorted by line.
+key that of the key owning the mapping it is missing from.  Problems are sorted by line;
+at most `MAX_SHOWN` are listed, then one `<source>: N more problems not shown`.  A file
+that cannot be used at all gets `<source>: <message>` (see `ecmpd.configfile`).
 
 Beyond the schema in config/ecmpd.yaml: an optional section written as null means "all
 defaults"; per-WAN `probe:` keys override the global ones key by key, and a per-WAN
@@ -15,7 +17,12 @@ defaults"; per-WAN `probe:` keys override the global ones key by key, and a per-
 `max_timeout` must be at least `timeout`, and `max_rtt` must not exceed `timeout` (a
 slower reply is never measured).  `quorum` null or absent means a majority of the WAN's
 targets; an explicit quorum must not exceed the number of targets.  `address` is
-only checked (the gateway must lie in its subnet); the model does not keep it.
+only checked (the gateway must lie in its subnet), and so is the optional
+`lan.addresses`: probe targets and gateways must not be this router's own addresses,
+inside a LAN, or a subnet's network/broadcast address (a probe answered by the router
+itself never fails, so the WAN would never fail over).  Interface names must be names
+a real LAN/WAN interface can have (not `all`, `default`, `lo`), and integers must be
+written in plain decimal (see `ecmpd.configvalues`).
 """
 
 from __future__ import annotations
@@ -23,24 +30,30 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable, Sequence
+from functools import partial
 from ipaddress import IPv4Address, IPv4Interface
-from pathlib import Path
 from typing import Any
 
-from ecmpd import yamlpos as yp
+from ecmpd import configvalues as cv
+from ecmpd.configfile import Unreadable, read_text
+from ecmpd.configchecks import Origin, check_beyond, probe_limits
+from ecmpd.configvalues import Bad
 from ecmpd.model import MAX_WANS, Config, ProbeSettings, Wan
-from ecmpd.yamlpos import Bad, YamlProblem, YList, YMap, describe, format_seconds, load_yaml
+from ecmpd.yamlpos import YamlProblem, YList, YMap, describe, load_document
 
+LAN_KEYS = ("interfaces", "addresses")
 TOP_KEYS = ("lan", "wans", "probe", "hash", "marks", "tables", "rules", "route", "nft",
             "keep_on_exit", "control")
 WAN_KEYS = ("interface", "gateway", "weight", "id", "address", "probe")
 PROBE_KEYS = ("targets", "interval", "timeout", "max_timeout", "count", "down", "up",
               "quorum", "max_loss", "max_rtt", "window")
-TIMEOUT_INTERVALS = 5
-"""`probe.timeout` may be at most this many `probe.interval`s (rounds may overlap)."""
 RESERVED_TABLES = {253: "default", 254: "main", 255: "local"}
 _DEFAULT_PROBE = ProbeSettings()
 _WAN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+MAX_SHOWN = 100
+"""Problem lines listed at most (a hostile file can have thousands)."""
+_Message = str | Callable[[], str]
+"""A problem's message, or a function making it (rendered only if it is shown)."""
 
 
 class ConfigError(Exception):
@@ -57,16 +70,10 @@ class ConfigError(Exception):
 def load_config(path: str) -> Config:
     """Read and validate the config file at `path`; raises only `ConfigError`."""
     try:
-        data = Path(path).read_bytes()
-    except (OSError, ValueError) as e:
-        reason = getattr(e, "strerror", None) or str(e)
-        raise ConfigError([f"{path}: cannot read: {reason}"]) from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise ConfigError([f"{path}:{line}: not UTF-8 text "
-                           f"(byte 0x{data[e.start]:02x} at offset {e.start})"]) from None
+        text = read_text(path)
+    except Unreadable as e:
+        where = path if e.line is None else f"{path}:{e.line}"
+        raise ConfigError([f"{where}: {e.message}"]) from None
     return parse_config(text, path)
 
 
@@ -88,8 +95,15 @@ _INVALID: Any = object()
 
 def _keystr(key: Any) -> str:
     if isinstance(key, str):
-        return key if key.isprintable() else repr(key)
+        text = key if key.isprintable() else repr(key)
+        return text if len(text) <= 40 else text[:37] + "..."
     return describe(key)
+
+
+def _unknown_key(key: Any, keys: Sequence[str]) -> str:
+    close = difflib.get_close_matches(_keystr(key), keys, n=1)
+    return "unknown key (" + (f"did you mean '{close[0]}'?" if close else
+                              f"expected one of: {', '.join(keys)}") + ")"
 
 
 def _join(path: str, key: Any) -> str:
@@ -97,25 +111,23 @@ def _join(path: str, key: Any) -> str:
 
 
 _PROBE_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "interval": yp.duration, "timeout": yp.duration, "max_timeout": yp.duration,
-    "count": yp.integer(1, 10), "down": yp.integer(1, 100), "up": yp.integer(1, 100),
-    "quorum": yp.or_null(yp.integer(1, 255)),
-    "max_loss": yp.or_null(yp.percent), "max_rtt": yp.or_null(yp.duration),
-    "window": yp.integer(1, 1000),
+    "interval": cv.duration, "timeout": cv.duration, "max_timeout": cv.duration,
+    "count": cv.integer(1, 10), "down": cv.integer(1, 100), "up": cv.integer(1, 100),
+    "quorum": cv.or_null(cv.integer(1, 255)),
+    "max_loss": cv.or_null(cv.percent), "max_rtt": cv.or_null(cv.duration),
+    "window": cv.integer(1, 1000),
 }
 _SECTIONS: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {
     # section -> key -> (Config field, parser)
-    "marks": {"mask": ("mark_mask", yp.mark_mask)},
-    "tables": {"base": ("table_base", yp.integer(1, 2**32 - 1 - 256))},
-    "rules": {"priority": ("rule_priority", yp.integer(1, 32000))},
-    "route": {"proto": ("route_proto", yp.integer(5, 255)),
-              "metric": ("route_metric", yp.integer(0, 2**32 - 1))},
-    "nft": {"table": ("nft_table", yp.nft_table)},
-    "control": {"socket": ("control_socket", yp.socket_path),
-                "group": ("control_group", yp.group_name)},
+    "marks": {"mask": ("mark_mask", cv.mark_mask)},
+    "tables": {"base": ("table_base", cv.integer(1, 2**32 - 1 - 256))},
+    "rules": {"priority": ("rule_priority", cv.integer(1, 32000))},
+    "route": {"proto": ("route_proto", cv.integer(5, 255)),
+              "metric": ("route_metric", cv.integer(0, 2**32 - 1))},
+    "nft": {"table": ("nft_table", cv.nft_table)},
+    "control": {"socket": ("control_socket", cv.socket_path),
+                "group": ("control_group", cv.group_name)},
 }
-_Origin = tuple[Any, "str | None", int]
-"""A validated probe value, the key path that set it (None: default) and its line."""
 
 
 class _Validator:
@@ -123,18 +135,26 @@ class _Validator:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.found: list[tuple[int, str, str]] = []
+        self.found: list[tuple[int, str, _Message]] = []
+        self.own: list[tuple[str, IPv4Interface]] = []
+        """(key path, address) of this router's addresses: WANs' and LAN's."""
+        self.targets: list[tuple[str, tuple[str, ...], list[int]]] = []
+        """(key path, targets, their lines) of every valid `targets` list."""
+        self.gateways: list[tuple[str, IPv4Address, int]] = []
+        """(WAN key path, gateway, its line)."""
 
-    def add(self, line: int, path: str, message: str) -> None:
+    def add(self, line: int, path: str, message: _Message) -> None:
         self.found.append((line, path, message))
 
     def problems(self) -> list[str]:
+        rows = list(dict.fromkeys(sorted(self.found, key=lambda p: p[0])))
         out: list[str] = []
-        for line, path, msg in sorted(self.found, key=lambda p: p[0]):
-            text = f"{self.source}:{line}: {path}: {msg}" if path else \
-                f"{self.source}:{line}: {msg}"
-            if text not in out:
-                out.append(text)
+        for line, path, msg in rows[:MAX_SHOWN]:
+            text = msg if isinstance(msg, str) else msg()
+            out.append(f"{self.source}:{line}: {path}: {text}" if path else
+                       f"{self.source}:{line}: {text}")
+        if len(rows) > MAX_SHOWN:
+            out.append(f"{self.source}: {len(rows) - MAX_SHOWN} more problems not shown")
         return out
 
     def mapping(self, v: Any, path: str, line: int, keys: Sequence[str] | None,
@@ -151,10 +171,7 @@ class _Validator:
             self.add(kline, _join(path, key), f"duplicate key (first at line {first})")
         for key in v if keys is not None else ():
             if key not in keys or not isinstance(key, str):
-                close = difflib.get_close_matches(_keystr(key), keys, n=1)
-                hint = f"did you mean '{close[0]}'?" if close else \
-                    f"expected one of: {', '.join(keys)}"
-                self.add(v.key_lines[key], _join(path, key), f"unknown key ({hint})")
+                self.add(v.key_lines[key], _join(path, key), partial(_unknown_key, key, keys))
         return v
 
     def field(self, m: YMap, key: str, path: str, parse: Callable[[Any], Any],
@@ -176,7 +193,7 @@ class _Validator:
         if not isinstance(v, YList) or not v:
             self.add(line, path, f"must be a non-empty list of {what}, got {describe(v)}")
             return None
-        out: list[Any] = []
+        first: dict[Any, int] = {}  # value -> index of its first occurrence
         ok = True
         for i, (item, iline) in enumerate(zip(v, v.item_lines)):
             try:
@@ -185,16 +202,16 @@ class _Validator:
                 self.add(iline, f"{path}[{i}]", str(e))
                 ok = False
                 continue
-            if value in out:
-                self.add(iline, f"{path}[{i}]", f"duplicate of {path}[{out.index(value)}]")
+            if value in first:
+                self.add(iline, f"{path}[{i}]", f"duplicate of {path}[{first[value]}]")
                 ok = False
-            out.append(value)
-        return tuple(out) if ok else None
+            first.setdefault(value, i)
+        return tuple(first) if ok else None
 
     def run(self, text: str) -> tuple[Config | None, list[str]]:
         """Validate `text`; returns (config or None, problem lines)."""
         try:
-            doc = load_yaml(text)
+            doc, doc_line = load_document(text)
         except YamlProblem as e:
             self.add(e.line, "", e.message)
             return None, self.problems()
@@ -203,8 +220,7 @@ class _Validator:
                             "and 'wans'")
             return None, self.problems()
         if not isinstance(doc, YMap):
-            self.add(getattr(doc, "line", 1), "",
-                     f"the top level must be a mapping, got {describe(doc)}")
+            self.add(doc_line, "", f"the top level must be a mapping, got {describe(doc)}")
             return None, self.problems()
         config = self.top(doc)
         problems = self.problems()
@@ -216,16 +232,21 @@ class _Validator:
         lan = self.field(doc, "lan", "", lambda v: v, owner_line=doc.line)
         lan_ifs: Any = None
         if lan is not _INVALID:
-            lan_map = self.mapping(lan, "lan", doc.value_lines["lan"], ("interfaces",))
+            lan_map = self.mapping(lan, "lan", doc.value_lines["lan"], LAN_KEYS)
             if lan_map is not None and "interfaces" not in lan_map:
                 self.add(doc.key_lines["lan"], "lan.interfaces", "required key is missing")
             elif lan_map is not None:
                 lan_ifs = self.items(lan_map["interfaces"], "lan.interfaces",
-                                     lan_map.value_lines["interfaces"], yp.ifname,
+                                     lan_map.value_lines["interfaces"], cv.ifname,
                                      "interface names")
+            if lan_map is not None and "addresses" in lan_map:
+                addrs = self.items(lan_map["addresses"], "lan.addresses",
+                                   lan_map.value_lines["addresses"], cv.lan_address,
+                                   "addresses like 192.168.0.1/24")
+                self.own += [(f"lan.addresses[{i}]", a) for i, a in enumerate(addrs or ())]
         for key in ("hash", "keep_on_exit"):
-            kwargs[key] = self.field(doc, key, "", yp.choice("l3", "l4") if key == "hash"
-                                     else yp.boolean, getattr(Config, key))
+            kwargs[key] = self.field(doc, key, "", cv.choice("l3", "l4") if key == "hash"
+                                     else cv.boolean, getattr(Config, key))
         for section, fields in _SECTIONS.items():
             sec = self.mapping(doc.get(section), section, doc.value_lines.get(section, 1),
                                tuple(fields), null_ok=True)
@@ -235,6 +256,7 @@ class _Validator:
         probe = self.probe(doc.get("probe"), "probe", doc.value_lines.get("probe", 1))
         self.merge_probe(probe, ({}, set()))  # cross-key checks even if `wans` is broken
         wans = self.wans(doc, probe, kwargs.get("table_base"))
+        check_beyond(self.add, self.own, self.targets, self.gateways)
         if isinstance(lan_ifs, tuple) and wans:
             by_if = {w.interface: w for w in wans}
             lines = doc["lan"]["interfaces"].item_lines
@@ -246,9 +268,9 @@ class _Validator:
             return None
         return Config(lan_interfaces=lan_ifs, wans=tuple(wans), **kwargs)
 
-    def probe(self, v: Any, path: str, line: int) -> tuple[dict[str, _Origin], set[str]]:
+    def probe(self, v: Any, path: str, line: int) -> tuple[dict[str, Origin], set[str]]:
         """Valid probe keys present in `v` with their origin, and the invalid keys."""
-        got: dict[str, _Origin] = {}
+        got: dict[str, Origin] = {}
         bad: set[str] = set()
         sec = self.mapping(v, path, line, PROBE_KEYS, null_ok=True)
         if sec is None:
@@ -258,8 +280,10 @@ class _Validator:
                 continue
             kline = sec.value_lines[key]
             if key == "targets":
-                value = self.items(sec[key], f"{path}.targets", kline, yp.target,
+                value = self.items(sec[key], f"{path}.targets", kline, cv.target,
                                    "targets ('gateway' or IPv4 addresses)")
+                if value:
+                    self.targets.append((f"{path}.targets", value, sec[key].item_lines))
             else:
                 value = self.field(sec, key, path, _PROBE_PARSERS[key])
             if value is None and key == "targets" or value is _INVALID:
@@ -268,50 +292,19 @@ class _Validator:
                 got[key] = (value, f"{path}.{key}", kline)
         return got, bad
 
-    def merge_probe(self, glob: tuple[dict[str, _Origin], set[str]],
-                    own: tuple[dict[str, _Origin], set[str]]) -> ProbeSettings:
+    def merge_probe(self, glob: tuple[dict[str, Origin], set[str]],
+                    own: tuple[dict[str, Origin], set[str]]) -> ProbeSettings:
         """Defaults <- global <- per-WAN, key by key, then the cross-key checks."""
-        m: dict[str, _Origin] = {k: (getattr(_DEFAULT_PROBE, k), None, 0) for k in PROBE_KEYS}
+        m: dict[str, Origin] = {k: (getattr(_DEFAULT_PROBE, k), None, 0) for k in PROBE_KEYS}
         m.update(glob[0])
         m.update(own[0])
         bad = glob[1] | own[1]
         val = {k: o[0] for k, o in m.items()}
 
-        def where(key: str) -> str:
-            return m[key][1] or "the default"
-
-        n = len(val["targets"])
-        quorum = val["quorum"]  # None: a majority, always possible
-        if not bad & {"targets", "quorum"} and quorum is not None and quorum > n:
-            self.add(m["quorum"][2], where("quorum"), f"must be at most the number of "
-                     f"targets ({n} in {where('targets')}), got {val['quorum']}")
-        ival, tout = val["interval"], val["timeout"]
-        if not bad & {"interval", "timeout"} and tout > TIMEOUT_INTERVALS * ival + 1e-9:
-            if m["timeout"][1]:
-                self.add(m["timeout"][2], where("timeout"), f"must be at most "
-                         f"{TIMEOUT_INTERVALS} x interval ({format_seconds(ival)} in "
-                         f"{where('interval')}), got {format_seconds(tout)}")
-            else:
-                self.add(m["interval"][2], where("interval"), f"must be at least timeout / "
-                         f"{TIMEOUT_INTERVALS} ({format_seconds(tout)} in the default), "
-                         f"got {format_seconds(ival)}")
-        top = val["max_timeout"]
-        if not bad & {"timeout", "max_timeout"} and top < tout - 1e-9:
-            if m["max_timeout"][1]:
-                self.add(m["max_timeout"][2], where("max_timeout"), f"must be at least "
-                         f"timeout ({format_seconds(tout)} in {where('timeout')}), "
-                         f"got {format_seconds(top)}")
-            else:
-                self.add(m["timeout"][2], where("timeout"), f"must be at most max_timeout "
-                         f"({format_seconds(top)} in the default), got {format_seconds(tout)}")
-        rtt = val["max_rtt"]
-        if rtt is not None and not bad & {"timeout", "max_rtt"} and rtt > tout:
-            self.add(m["max_rtt"][2], where("max_rtt"), f"must be at most timeout "
-                     f"({format_seconds(tout)} in {where('timeout')}), a slower reply "
-                     f"counts as lost; got {format_seconds(rtt)}")
+        probe_limits(self.add, m, bad)
         return ProbeSettings(**val)
 
-    def wans(self, doc: YMap, probe: tuple[dict[str, _Origin], set[str]],
+    def wans(self, doc: YMap, probe: tuple[dict[str, Origin], set[str]],
              table_base: Any) -> list[Wan] | None:
         """The WANs (ids assigned) or None; reports per-WAN and cross-WAN problems."""
         line = doc.value_lines.get("wans", doc.line)
@@ -339,12 +332,12 @@ class _Validator:
             kl = v.key_lines[name]
             p: dict[str, Any] = {
                 "name": name, "pos": pos,
-                "interface": self.field(w, "interface", path, yp.ifname, owner_line=kl),
-                "gateway": self.field(w, "gateway", path, yp.ipv4, owner_line=kl),
-                "weight": self.field(w, "weight", path, yp.integer(1, 256), 1),
-                "id": self.field(w, "id", path, yp.integer(1, 255), None),
+                "interface": self.field(w, "interface", path, cv.ifname, owner_line=kl),
+                "gateway": self.field(w, "gateway", path, cv.ipv4, owner_line=kl),
+                "weight": self.field(w, "weight", path, cv.integer(1, 256), 1),
+                "id": self.field(w, "id", path, cv.integer(1, 255), None),
             }
-            addr = self.field(w, "address", path, yp.address, None)
+            addr = self.field(w, "address", path, cv.address, None)
             gw = p["gateway"]
             if isinstance(addr, IPv4Interface) and isinstance(gw, IPv4Address):
                 net = addr.network
@@ -356,6 +349,10 @@ class _Validator:
                 if why:
                     self.add(w.value_lines["gateway"], f"{path}.gateway", f"{gw} {why}")
             p["address"] = addr.ip if isinstance(addr, IPv4Interface) else None
+            if isinstance(addr, IPv4Interface):
+                self.own.append((f"{path}.address", addr))
+            if isinstance(gw, IPv4Address):
+                self.gateways.append((path, gw, w.value_lines["gateway"]))
             p["probe"] = self.merge_probe(
                 probe, self.probe(w.get("probe"), f"{path}.probe",
                                   w.value_lines.get("probe", kl)))

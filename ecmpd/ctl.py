@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import struct
 import sys
 import time
 from typing import Any
@@ -30,13 +31,55 @@ class CtlError(Exception):
         self.code = code
 
 
+RETRY_ERRORS = ("too many clients", "idle connection closed to make room for a new client")
+"""Answers of a daemon whose control socket is full (ecmpd.control's TOO_MANY and
+EVICTED): `request` tries again until its timeout.  Safe for every command: the daemon
+sends them only on connections whose request it has not read."""
+
+
 def request(path: str, req: dict, timeout: float = DEFAULT_TIMEOUT) -> dict:
-    """Send one request to the daemon at `path` and return its decoded answer."""
+    """Send one request to the daemon at `path` and return its decoded answer.
+
+    `timeout` bounds the whole exchange, retries included: when the daemon says its
+    control socket is full (`RETRY_ERRORS`), the request is sent again after a short,
+    growing pause.
+    """
+    deadline = time.monotonic() + timeout
+    pause = 0.02
+    resp = _request_once(path, req, timeout, deadline)
+    while resp.get("ok") is False and resp.get("error") in RETRY_ERRORS:
+        if deadline - time.monotonic() <= pause:
+            break
+        time.sleep(pause)
+        pause = min(pause * 2, 0.5)
+        try:
+            resp = _request_once(path, req, timeout, deadline)
+        except CtlError as e:
+            if e.code == EXIT_NOT_RUNNING:
+                raise
+            break               # out of time: report that the socket was full
+    return resp
+
+
+def _request_once(path: str, req: dict, timeout: float, deadline: float) -> dict:
+    def left() -> float:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise socket.timeout()
+        return remaining
+
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        sock.settimeout(timeout)
         try:
+            # A blocking connect that waits its turn in the kernel while the daemon's
+            # backlog is full (a flood of connections), up to the deadline: SO_SNDTIMEO
+            # bounds it.  (With settimeout() the connect would fail at once, EAGAIN.)
+            wait = left()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                            struct.pack("ll", int(wait), int(wait % 1 * 1e6) or 1))
             sock.connect(path)
+        except BlockingIOError:
+            raise CtlError(f"ecmpd did not accept the connection on {path} within {timeout:g}s")
         except (FileNotFoundError, ConnectionRefusedError):
             raise CtlError(f"ecmpd is not running (no socket at {path})", EXIT_NOT_RUNNING)
         except PermissionError:
@@ -48,8 +91,10 @@ def request(path: str, req: dict, timeout: float = DEFAULT_TIMEOUT) -> dict:
             raise CtlError(f"cannot connect to {path}: {e.strerror or e}", EXIT_NOT_RUNNING)
         buf = bytearray()
         try:
+            sock.settimeout(left())
             sock.sendall(json.dumps(req).encode() + b"\n")
             while b"\n" not in buf:
+                sock.settimeout(left())
                 chunk = sock.recv(65536)
                 if not chunk:
                     break

@@ -18,11 +18,14 @@ ecmpd's routing objects, all of them recognisable as its own:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 
 from .model import Config
 
 MAIN_TABLE = 254
+RESERVED_TABLES = frozenset({0, 253, 254, 255})
+"""Table ids never ecmpd's: unspec, default, main, local."""
 RULE_SPAN = 512
 UNREACHABLE_METRIC = 0xFFFFFFFF
 """Metric of the `unreachable` default in each WAN table: below any real route there."""
@@ -175,3 +178,173 @@ def describe(d: Desired) -> list[str]:
     for path, value in d.sysctls:
         lines.append(f"sysctl {path.replace('/', '.')} = {value}")
     return lines
+
+
+# ---- ownership numbers, and moving from one set of them to another ------------------
+
+@dataclass(frozen=True)
+class Owned:
+    """The numbers by which ecmpd recognises its kernel objects, and the WAN ids that
+    have a table under them (see the module docstring for what they own).
+
+    Two configs with the same `numbers()` own the same objects; a change of any of them
+    (a reload, or a restart with another config) must hand the objects over, or the old
+    ones are orphaned: nobody recognises them any more.
+    """
+
+    route_proto: int
+    route_metric: int
+    table_base: int
+    rule_priority: int
+    nft_table: str = "ecmpd"
+    mark_mask: int = 0x00FF0000
+    ids: tuple[int, ...] = ()
+    """WAN ids (sorted): their tables are ``table_base + id``."""
+
+    @classmethod
+    def of(cls, cfg: "Config | Owned") -> "Owned":
+        """The numbers of a config (an `Owned` is returned as it is)."""
+        if isinstance(cfg, Owned):
+            return cfg
+        return cls(cfg.route_proto, cfg.route_metric, cfg.table_base, cfg.rule_priority,
+                   cfg.nft_table, cfg.mark_mask, tuple(sorted(w.id for w in cfg.wans)))
+
+    def numbers(self) -> tuple[int, int, int, int, str, int]:
+        """What identifies the objects (the ids only say which tables are in use)."""
+        return (self.route_proto, self.route_metric, self.table_base, self.rule_priority,
+                self.nft_table, self.mark_mask)
+
+    def routing_numbers(self) -> tuple[int, int, int, int]:
+        """The numbers that recognise routes and rules (`reconfig.owned_by`'s)."""
+        return (self.route_proto, self.route_metric, self.table_base, self.rule_priority)
+
+    def table_range(self) -> range:
+        return range(self.table_base + 1, self.table_base + 256)
+
+    def rule_range(self) -> range:
+        return range(self.rule_priority, self.rule_priority + RULE_SPAN)
+
+    def wan_tables(self) -> tuple[int, ...]:
+        """The tables of the WAN ids, in id order."""
+        return tuple(self.table_base + i for i in self.ids)
+
+    def to_json(self) -> dict:
+        return {"route_proto": self.route_proto, "route_metric": self.route_metric,
+                "table_base": self.table_base, "rule_priority": self.rule_priority,
+                "nft_table": self.nft_table, "mark_mask": self.mark_mask,
+                "ids": list(self.ids)}
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> "Owned":
+        """The inverse of `to_json`; ValueError/TypeError/KeyError on anything else."""
+        ints = ("route_proto", "route_metric", "table_base", "rule_priority", "mark_mask")
+        for k in ints:
+            if type(d[k]) is not int or d[k] < 0:
+                raise ValueError(f"{k}: not a non-negative integer")
+        if not isinstance(d["nft_table"], str) or not d["nft_table"]:
+            raise ValueError("nft_table: not a name")
+        ids = d.get("ids", [])
+        if not isinstance(ids, list) or any(type(i) is not int or not 1 <= i <= 255 for i in ids):
+            raise ValueError("ids: not a list of WAN ids")
+        return cls(d["route_proto"], d["route_metric"], d["table_base"], d["rule_priority"],
+                   d["nft_table"], d["mark_mask"], tuple(sorted(set(ids))))
+
+
+Routes = Mapping[tuple[int, int], RouteSpec]
+"""(table, metric) → route, as `routing.Actual.routes`."""
+
+
+def translate(routes: Routes, rules: Iterable[RuleSpec], old: Owned, new: Owned) -> Desired:
+    """What is installed under `old` (`routes`, `rules`), renumbered to `new`: the same
+    WAN ids, nexthops, selectors and order, in the new tables, rule priorities and main
+    metric.  A WAN table whose id `new` does not have (when `new.ids` is known) or that
+    would land on a reserved table is left out."""
+    def new_table(t: int) -> int | None:
+        i = t - old.table_base
+        n = new.table_base + i
+        if n in RESERVED_TABLES or n not in new.table_range() or (new.ids and i not in new.ids):
+            return None
+        return n
+
+    tables: list[RouteSpec] = []
+    main = None
+    for (table, metric), spec in sorted(routes.items()):
+        if table == MAIN_TABLE:
+            if metric == old.route_metric:
+                main = replace(spec, metric=new.route_metric)
+            continue
+        if (n := new_table(table)) is not None:
+            tables.append(replace(spec, table=n))
+    out: list[RuleSpec] = []
+    for r in rules:
+        prio = r.priority - old.rule_priority + new.rule_priority
+        if r.table == MAIN_TABLE:
+            out.append(replace(r, priority=prio))
+        elif (n := new_table(r.table)) is not None:
+            out.append(replace(r, priority=prio, table=n))
+    return Desired(main, tuple(tables), tuple(sorted(set(out))))
+
+
+@dataclass(frozen=True)
+class Step:
+    """One netlink change of a handover.  `op`: ``route`` (replace: a route with the same
+    table, prefix and metric is swapped atomically), ``unroute`` (delete, matching
+    `proto` too), ``rule`` (add), ``unrule`` (delete)."""
+
+    op: str
+    route: RouteSpec | None = None
+    rule: RuleSpec | None = None
+    proto: int = 0
+
+    def __str__(self) -> str:
+        if self.route is not None:
+            r = self.route
+            return f"{self.op} table {r.table} metric {r.metric} proto {self.proto} {r.kind}"
+        return f"{self.op} {self.rule}"
+
+
+def plan_handover(routes: Routes, rules: Iterable[RuleSpec], old: Owned, new: Owned,
+                  target: Desired) -> list[Step]:
+    """Steps from the objects installed under `old` (`routes`, `rules`) to `target`
+    (under `new`), making before breaking: at every step a packet finds a route.
+
+    * The new ``lookup main suppress_prefixlength 0`` rule comes first and the old one
+      goes last: every fwmark/from rule always has one before it (replies to the LAN
+      carry a WAN's mark and must still reach the connected routes).
+    * The new main route is set before the old one goes (the same metric: replaced in
+      place, atomically).
+    * Per WAN id: its new table's routes, then its new rules, then its old rules go,
+      then its old table's routes that the target does not reuse.  When the table ranges
+      overlap (tables.base moved by less than 256), a new table may be another WAN's old
+      one: the WANs are taken in the order that empties such a table (of its rules)
+      before it is filled: descending ids when the base grows, ascending when it shrinks.
+    """
+    rules = set(rules)
+    target_rules = set(target.rules)
+    target_keys = {(t.table, t.metric) for t in target.tables}
+    delta = new.table_base - old.table_base
+    ids = ({t - old.table_base for t, _ in routes if t != MAIN_TABLE}
+           | {r.table - old.table_base for r in rules if r.table != MAIN_TABLE}
+           | {t.table - new.table_base for t in target.tables}
+           | {r.table - new.table_base for r in target_rules if r.table != MAIN_TABLE})
+    steps: list[Step] = []
+    steps += [Step("rule", rule=r) for r in sorted(target_rules - rules)
+              if r.table == MAIN_TABLE]
+    if target.main is not None:
+        steps.append(Step("route", route=target.main, proto=new.route_proto))
+    for i in sorted(ids, reverse=delta > 0):
+        tn, to = new.table_base + i, old.table_base + i
+        steps += [Step("route", route=t, proto=new.route_proto)
+                  for t in target.tables if t.table == tn]
+        steps += [Step("rule", rule=r) for r in sorted(target_rules - rules) if r.table == tn]
+        steps += [Step("unrule", rule=r) for r in sorted(rules - target_rules) if r.table == to]
+        steps += [Step("unroute", route=s, proto=old.route_proto)
+                  for (t, m), s in sorted(routes.items())
+                  if t == to and t != MAIN_TABLE and (t, m) not in target_keys]
+    old_main = routes.get((MAIN_TABLE, old.route_metric))
+    if old_main is not None and (target.main is None
+                                 or target.main.metric != old.route_metric):
+        steps.append(Step("unroute", route=old_main, proto=old.route_proto))
+    steps += [Step("unrule", rule=r) for r in sorted(rules - target_rules)
+              if r.table == MAIN_TABLE]
+    return steps

@@ -1,4 +1,4 @@
-"""The WANs an administrator drained with `ecmpctl disable`, remembered across restarts.
+"""The WANs an administrator disabled (`ecmpctl disable`), remembered across restarts.
 
 A small JSON list next to the control socket (in /run/ecmpd under systemd, kept across
 restarts by ``RuntimeDirectoryPreserve=restart``), so a restart — by hand, by an
@@ -14,7 +14,7 @@ import os
 log = logging.getLogger("ecmpd")
 
 
-class DrainStore:
+class DisabledStore:
     """Load and save the set of disabled WAN names at `path`."""
 
     def __init__(self, path: str) -> None:

@@ -1,97 +1,169 @@
-"""The status payload of `ecmpctl status`: what the daemon believes, next to what the
-kernel has right now (the route is read back from the kernel, not from memory)."""
+"""The status payload of `ecmpctl status`, rendered from one immutable `Snapshot`.
+
+The daemon takes the snapshot at one moment (`ecmpd.daemon.Daemon.snapshot`): its state,
+ecmpd's routes as the kernel has them right then (read back, not remembered), the
+prober readings and the counters; conntrack counts are read just before.  `render` is
+pure: every flag in the payload follows from that one snapshot, so none can contradict
+another (e.g. "all WANs are down: keeping the last route" next to WANs that are UP).
+"""
 
 from __future__ import annotations
 
-import os
-import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from . import conntrack, routing
-from .desired import MAIN_TABLE
+from . import state as st_mod
+from .desired import RouteSpec
 from .health import Verdict
+from .judge import RoundResult
+from .state import State
 
-if TYPE_CHECKING:
-    from .daemon import Daemon
+
+@dataclass(frozen=True)
+class TargetReading:
+    """One probe target over the prober's window (seconds; None before any sample)."""
+
+    loss_pct: float | None = None
+    rtt: float | None = None
+    srtt: float | None = None
+    rttvar: float | None = None
+
+
+@dataclass(frozen=True)
+class ProbeReading:
+    """What a WAN's prober measured, copied out of it at snapshot time."""
+
+    targets: Mapping[str, TargetReading]
+    """In the order of the WAN's resolved targets."""
+    timeout: float | None = None
+    last: RoundResult | None = None
+
+
+class _Prober(Protocol):
+    def window(self) -> Any: ...
+    def rtt(self, address: str) -> tuple[float | None, float | None]: ...
+    def timeout(self) -> float: ...
+    def last(self) -> RoundResult | None: ...
+
+
+def reading(prober: _Prober, targets: tuple[str, ...]) -> ProbeReading:
+    """A copy of `prober`'s readings for `targets` (an `ecmpd.prober.Prober`)."""
+    per = prober.window().per_target()
+    out = {}
+    for addr in targets:
+        loss, rtt = per.get(addr, (None, None))
+        srtt, rttvar = prober.rtt(addr)
+        out[addr] = TargetReading(loss, rtt, srtt, rttvar)
+    return ProbeReading(st_mod.frozen(out), prober.timeout(), prober.last())
+
+
+@dataclass(frozen=True)
+class Stats:
+    """The daemon's counters."""
+
+    reconciles: int = 0
+    changes: int = 0
+    nft_writes: int = 0
+    events: int = 0
+    """Kernel events the watcher read."""
+    reactions: tuple[float, ...] = ()
+    """Seconds from recent health decisions to the kernel's ack of the route change."""
+    flushes: int = 0
+    """Conntrack flushes of WANs that went DOWN."""
+    resyncs: int = 0
+    """Full resynchronisations after lost kernel events."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything status shows, taken at one moment."""
+
+    state: State
+    main: RouteSpec | None
+    """ecmpd's route in table main as the kernel has it (read with `state`)."""
+    foreign_main: str | None = None
+    connections: Mapping[str, int] = field(default_factory=dict)
+    probes: Mapping[str, ProbeReading] = field(default_factory=dict)
+    """WAN name -> readings (a WAN without a prober yet has none)."""
+    stats: Stats = Stats()
+    pid: int = 0
+    config_path: str = ""
+    uptime: float = 0.0
 
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-async def build(d: "Daemon") -> dict[str, Any]:
+def _wan(snap: Snapshot, name: str, in_route: set[tuple[str, int]]) -> dict[str, Any]:
+    st, cfg = snap.state, snap.state.cfg
+    wan, ws = cfg.wan(name), st.wan(name)
+    probe = snap.probes.get(name)
+    last = probe.last if probe else None
+    return {
+        # DISABLED (by the administrator) overrides; `health` is what the probes say
+        "state": "disabled" if ws.disabled else ws.health.state.value,
+        "health": ws.health.state.value,
+        "since": ws.since,
+        "reason": ws.health.reason,
+        "last_round": last.reason if last else None,
+        "verdict": last.verdict.value if last else None,
+        # "probes late, traffic flowing" and the like: why a WAN is kept although its
+        # probes are not answered in time
+        "note": last.reason if last and last.verdict is Verdict.SLOW else None,
+        "timeout_ms": _ms(probe.timeout) if probe else None,
+        "interface": wan.interface,
+        "gateway": st_mod.gateway(st, wan),
+        "address": st_mod.address(st, wan),
+        "weight": wan.weight,
+        # in the kernel's route right now, whatever the daemon believes
+        "active": st_mod.hop_of(st, wan) in in_route,
+        "disabled": ws.disabled,
+        "carrier": st_mod.carrier(st, wan),
+        "mark": hex(cfg.mark_of(wan)),
+        "table": cfg.table_of(wan),
+        "connections": snap.connections.get(name, 0),
+        "targets": {addr: {"loss_pct": None if t.loss_pct is None else round(t.loss_pct, 1),
+                           "rtt_ms": _ms(t.rtt), "srtt_ms": _ms(t.srtt),
+                           "rttvar_ms": _ms(t.rttvar)}
+                    for addr, t in (probe.targets.items() if probe else ())},
+    }
+
+
+def render(snap: Snapshot) -> dict[str, Any]:
     """The status as a JSON-ready dict (see ecmpd.ctl.render_status for its text form)."""
-    cfg = d.cfg
-    assert d.ipr is not None
-    async with d.netlink_lock:    # Fix: unlocked, it raced a reconcile's dump (EBUSY)
-        actual = await routing.read_actual(d.ipr, cfg)
-    main = actual.routes.get((MAIN_TABLE, cfg.route_metric))
-    index_to_name = {link["index"]: name for name, link in d.links.items()}
+    st, main = snap.state, snap.main
+    cfg = st.cfg
+    kept = st_mod.keeps_last_route(st, main)
     in_route = main.hops() if main else set()
-    counts = await conntrack.count_marks({w.name: cfg.mark_of(w) for w in cfg.wans},
-                                         cfg.mark_mask)
-    wans: dict[str, Any] = {}
-    for name, rt in d.wans.items():
-        wan = rt.wan
-        link = d.links.get(wan.interface)
-        targets: dict[str, Any] = {}
-        if rt.prober is not None:
-            per = rt.prober.window().per_target()
-            for addr in wan.probe.resolved_targets(wan.gateway):
-                loss, rtt = per.get(addr, (None, None))
-                srtt, rttvar = rt.prober.rtt(addr)
-                targets[addr] = {"loss_pct": None if loss is None else round(loss, 1),
-                                 "rtt_ms": _ms(rtt), "srtt_ms": _ms(srtt),
-                                 "rttvar_ms": _ms(rttvar)}
-        last = rt.prober.last() if rt.prober else None
-        wans[name] = {
-            # DISABLED (by the administrator) overrides; `health` is what the probes say
-            "state": "disabled" if name in d.disabled else rt.health.state.value,
-            "health": rt.health.state.value,
-            "since": rt.since,
-            "reason": rt.health.reason,
-            "last_round": last.reason if last else None,
-            "verdict": last.verdict.value if last else None,
-            # "probes late, traffic flowing" and the like: why a WAN is kept although
-            # its probes are not answered in time
-            "note": last.reason if last and last.verdict is Verdict.SLOW else None,
-            "timeout_ms": _ms(rt.prober.timeout()) if rt.prober else None,
-            "interface": wan.interface,
-            "gateway": str(wan.gateway),
-            "address": d.wan_address(wan),
-            "weight": wan.weight,
-            "active": bool(link) and (str(wan.gateway), link["index"]) in in_route,
-            "disabled": name in d.disabled,
-            "carrier": d.carrier(wan),
-            "mark": hex(cfg.mark_of(wan)),
-            "table": cfg.table_of(wan),
-            "connections": counts.get(name, 0),
-            "targets": targets,
-        }
+    names = {link.index: name for name, link in st.links.items()}
     warnings: list[str] = []
-    if d.kept_last:
+    if kept:
         warnings.append("all WANs are down: keeping the last route")
-    if actual.foreign_main:
+    if snap.foreign_main:
         warnings.append(f"a route that is not ecmpd's holds table main metric "
-                        f"{cfg.route_metric}: {actual.foreign_main}")
+                        f"{cfg.route_metric}: {snap.foreign_main}")
     if main is None:
         warnings.append("no ecmpd route in the kernel")
+    s = snap.stats
     return {
-        "pid": os.getpid(),
-        "config": d.config_path,
-        "uptime": round(time.time() - d.started, 3),
+        "pid": snap.pid,
+        "config": snap.config_path,
+        "uptime": round(snap.uptime, 3),
         "hash": cfg.hash,
-        "wans": wans,
+        "wans": {name: _wan(snap, name, in_route) for name in st.wans},
         "route": {
             "present": main is not None,
-            "kept_last": d.kept_last,
-            "nexthops": [{"gateway": h.gateway, "interface": index_to_name.get(h.oif, str(h.oif)),
+            "kept_last": kept,
+            "nexthops": [{"gateway": h.gateway, "interface": names.get(h.oif, str(h.oif)),
                           # a single-nexthop route carries no weight in the kernel
                           "weight": h.weight if len(main.nexthops) > 1 else None}
                          for h in (main.nexthops if main else ())],
         },
         "warnings": warnings,
-        "stats": {"reconciles": d.reconciles, "changes": d.changes,
-                  "nft_writes": d.firewall.applies, "events": d.watcher.events,
-                  "reaction_ms": [round(x * 1000, 3) for x in d.reactions]},
+        "stats": {"reconciles": s.reconciles, "changes": s.changes,
+                  "nft_writes": s.nft_writes, "events": s.events,
+                  "reaction_ms": [round(x * 1000, 3) for x in s.reactions],
+                  "flushes": s.flushes, "resyncs": s.resyncs},
     }

@@ -1,12 +1,12 @@
-"""Kernel events for the daemon: links, addresses, routes, rules (rtnetlink) and
-nftables ruleset changes (nfnetlink), all read in the daemon's loop.
+"""Kernel events for the daemon: links, addresses, routes, rules (rtnetlink) and nftables
+ruleset changes (nfnetlink), read in the daemon's loop and reported as typed events
+(`ecmpd.events`) to `sink.submit`.  The watcher keeps no state of the daemon's and
+decides nothing: what an event means is `ecmpd.events.step`'s business.
 
-* carrier lost / link down / address removed on a WAN → that WAN is DOWN at once;
-  carrier back → RISING (probes decide the rest);
-* any change to an ecmpd route, an ip rule in ecmpd's range, or the nft ruleset →
-  a reconcile, which puts back whatever is missing (and finds nothing to do when the
-  event was ecmpd's own change);
-* a lost event (ENOBUFS, or any error reading the socket) → a full resync from dumps.
+Lost events (ENOBUFS: the socket overflowed, or any error reading it) are followed by a
+resync that supersedes everything before it: the subscription socket is closed with its
+backlog and a new one opened *before* links and addresses are dumped, so no change after
+the dump is missed and none from before it is replayed.
 """
 
 from __future__ import annotations
@@ -15,16 +15,16 @@ import asyncio
 import errno
 import logging
 import socket
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from .netlinkimport import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE,
-                             RTMGRP_LINK, AsyncIPRoute)
+                            RTMGRP_LINK, AsyncIPRoute)
 
 from . import routing
-from .desired import MAIN_TABLE, rule_range, table_range
-
-if TYPE_CHECKING:
-    from .daemon import Daemon
+from .events import (AddressesChanged, Event, LinkChanged, Resynced, RouteChanged,
+                     RuleChanged, RulesetChanged)
+from .state import Addresses, Link
 
 log = logging.getLogger("ecmpd")
 
@@ -33,29 +33,59 @@ NFNLGRP_NFTABLES = 7
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 RCVBUF = 4 * 1024 * 1024
+GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE
+RETRY = 1.0
+"""Seconds between attempts to subscribe again when subscribing fails."""
+
+
+class Sink(Protocol):
+    """What the watcher needs of the daemon: an inbox and two dumps (done under the
+    daemon's netlink lock; None: no netlink socket yet)."""
+
+    def submit(self, event: Event) -> None: ...
+
+    async def dump_links(self) -> Mapping[str, Link] | None: ...
+
+    async def dump_addresses(self) -> Addresses | None: ...
 
 
 class Watcher:
-    """Turns kernel events into daemon calls."""
+    """Turns kernel events into `Event`s for `sink`."""
 
-    def __init__(self, daemon: "Daemon") -> None:
-        self.daemon = daemon
-        self._ipr: AsyncIPRoute | None = None
+    def __init__(self, sink: Sink, subscription: Callable[[], Any] | None = None) -> None:
+        self.sink = sink
+        self._subscription = subscription
+        """Opens an rtnetlink event socket (default: `AsyncIPRoute`)."""
+        self._ipr: Any = None
         self._task: asyncio.Task[None] | None = None
         self._nft: socket.socket | None = None
         self.events = 0
+        """Kernel event messages read."""
+        self.resyncs = 0
+        """Resynchronisations after lost events."""
 
     async def start(self) -> None:
         """Subscribe to rtnetlink and nftables multicast groups."""
-        self._ipr = AsyncIPRoute()
-        await self._ipr.bind(groups=RTMGRP_LINK | RTMGRP_IPV4_IFADDR
-                             | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE)
-        try:
-            self._ipr.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
-        except (OSError, AttributeError):
-            pass
+        await self._subscribe()
         self._task = asyncio.get_running_loop().create_task(self._rtnl_loop())
         self._open_nft()
+
+    async def _subscribe(self) -> None:
+        """Open a new subscription socket, then close the old one with its backlog (the
+        new one is subscribed first: no event falls in between)."""
+        ipr = (self._subscription or AsyncIPRoute)()
+        try:
+            await ipr.bind(groups=GROUPS)
+        except BaseException:
+            ipr.close()
+            raise
+        try:
+            ipr.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        except (OSError, AttributeError):
+            pass
+        old, self._ipr = self._ipr, ipr
+        if old is not None:
+            old.close()
 
     def _open_nft(self) -> None:
         try:
@@ -77,9 +107,9 @@ class Watcher:
         except BlockingIOError:
             pass
         except OSError:
-            pass  # ENOBUFS included: the reconcile below re-reads the whole table
+            pass  # ENOBUFS included: the reconcile re-reads the whole table anyway
         self.events += 1
-        self.daemon.kick()
+        self.sink.submit(RulesetChanged())
 
     async def stop(self) -> None:
         """Unsubscribe and close the sockets."""
@@ -89,6 +119,7 @@ class Watcher:
                 await self._task
             except (asyncio.CancelledError, Exception):
                 pass
+            self._task = None
         if self._nft is not None:
             asyncio.get_running_loop().remove_reader(self._nft.fileno())
             self._nft.close()
@@ -98,25 +129,34 @@ class Watcher:
             self._ipr = None
 
     async def _rtnl_loop(self) -> None:
-        assert self._ipr is not None
         while True:
             try:
+                # pyroute2's get() ends after each batch of messages: just ask again
                 async for msg in self._ipr.get():
                     self.events += 1
                     await self._handle(msg)
+                continue
             except asyncio.CancelledError:
                 raise
             except OSError as exc:
                 lost = "lost events" if exc.errno == errno.ENOBUFS else str(exc)
                 log.warning("netlink: %s: resynchronising from a full dump", lost)
-                await self._resync_logged()
             except Exception:
                 log.exception("netlink event handling failed: resynchronising")
-                await self._resync_logged()
+            await self._recover()
 
-    async def _resync_logged(self) -> None:
-        # Fix: an exception from resync() inside the handlers above used to end this
-        # task silently, and ecmpd stopped watching the kernel.
+    async def _recover(self) -> None:
+        """Drop the backlog (a new socket), then resync: the dump supersedes it."""
+        self.resyncs += 1
+        while True:
+            try:
+                await self._subscribe()
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error("netlink: cannot subscribe to kernel events (%s): retrying", exc)
+                await asyncio.sleep(RETRY)
         try:
             await self.resync()
         except asyncio.CancelledError:
@@ -125,70 +165,27 @@ class Watcher:
             log.exception("netlink resynchronisation failed; watching on")
 
     async def resync(self) -> None:
-        """Re-read links and addresses, re-derive carrier states, reconcile."""
-        d = self.daemon
-        if d.ipr is None:
+        """Report links and addresses from full dumps (`Resynced`)."""
+        links = await self.sink.dump_links()
+        if links is None:
             return
-        async with d.netlink_lock:    # Fix: unlocked, it raced a reconcile's dump (EBUSY)
-            d.links = await routing.read_links(d.ipr)
-            d.addresses = await routing.read_addresses(d.ipr)
-        for rt in list(d.wans.values()):
-            d.on_link(rt.wan, "resync")
-        d.kick()
+        addresses = await self.sink.dump_addresses()
+        if addresses is None:
+            return
+        self.sink.submit(Resynced(links, addresses))
 
-    async def _handle(self, msg) -> None:
-        d = self.daemon
+    async def _handle(self, msg: Any) -> None:
         event = msg.get("event")
         if event in ("RTM_NEWLINK", "RTM_DELLINK"):
-            name = msg.get("ifname")
-            old = d.links.get(name)
-            if event == "RTM_DELLINK":
-                d.links.pop(name, None)
-            else:
-                # a renamed interface keeps its index: forget its old name
-                for other in [n for n, l in d.links.items()
-                              if l["index"] == msg["index"] and n != name]:
-                    del d.links[other]
-                    for rt in list(d.wans.values()):
-                        if rt.wan.interface == other:
-                            d.on_link(rt.wan, f"interface renamed to {name}")
-                            d.kick()
-                d.links[name] = routing.link_state(msg)
-            new = d.links.get(name)
-            wan_link = False
-            for rt in list(d.wans.values()):
-                if rt.wan.interface == name:
-                    wan_link = True
-                    why = ("interface removed" if new is None else
-                           "link down" if not new["up"] else
-                           "carrier lost" if not new["carrier"] else "carrier up")
-                    d.on_link(rt.wan, why)
-            # Fix: a WAN link set admin down loses its routes without any RTM_DELROUTE,
-            # and coming back up sends none either (nor does DOWN -> RISING reconcile):
-            # the WAN's table route stayed missing.  Its up flag and index feed the
-            # desired state, so a change of them reconciles.
-            if event == "RTM_DELLINK" or (wan_link and (
-                    old is None or (old["up"], old["index"]) != (new["up"], new["index"]))):
-                d.kick()
+            link = Link.of(routing.link_state(msg)) if event == "RTM_NEWLINK" else None
+            self.sink.submit(LinkChanged(msg.get("ifname"), link))
         elif event in ("RTM_NEWADDR", "RTM_DELADDR"):
-            if d.ipr is not None:
-                async with d.netlink_lock:    # Fix: see resync()
-                    d.addresses = await routing.read_addresses(d.ipr)
-            index = msg.get("index")
-            for rt in list(d.wans.values()):
-                link = d.links.get(rt.wan.interface)
-                if link and link["index"] == index:
-                    removed = event == "RTM_DELADDR"
-                    d.on_link(rt.wan, "address removed" if removed else "address added")
-            d.kick()
+            # re-read rather than patched: the kernel's primary/secondary order decides
+            # which address is the WAN's
+            addresses = await self.sink.dump_addresses()
+            self.sink.submit(AddressesChanged(msg.get("index"), event == "RTM_DELADDR",
+                                              addresses))
         elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
-            table = msg.get("table")
-            if msg.get("dst_len") == 0 and (table == MAIN_TABLE or table in table_range(d.cfg)):
-                # Fix: a NEWROUTE with ecmpd's own proto used to be ignored, so somebody
-                # replacing ecmpd's route under its proto (other nexthops, another
-                # gateway in a WAN table) went uncorrected; after ecmpd's own change
-                # the reconcile simply finds nothing to do.
-                d.kick()
+            self.sink.submit(RouteChanged(msg.get("table"), msg.get("dst_len")))
         elif event in ("RTM_NEWRULE", "RTM_DELRULE"):
-            if (msg.get("priority") or 0) in rule_range(d.cfg):
-                d.kick()
+            self.sink.submit(RuleChanged(msg.get("priority") or 0))

@@ -1,24 +1,51 @@
-"""YAML loading that remembers line numbers, plus the value parsers the config uses.
+"""YAML loading that remembers line numbers and refuses hostile documents fast.
 
 `load_yaml()` returns plain Python data in which every mapping is a `YMap` and every
 sequence a `YList`; both record the 1-based line of the container and of each key,
 value and item, and a `YMap` lists repeated keys instead of silently keeping the last.
-Scalars stay plain (`int`, `str`, ...), so their line is looked up in the parent.
+Scalars stay plain (`int`, `str`, ...), so their line is looked up in the parent;
+a number YAML 1.1 reads from a spelling other than plain decimal (`0x10`, `010`,
+`1_000`, `1:30`, `1.5e+3`, `.inf`) stays a `Spelled`, never an `int` or `float`.
 Every YAML problem comes back as one `YamlProblem` (line + one-line message).
 
-The value parsers (`integer`, `duration`, `ipv4`, ...) take one plain YAML value and
-return it parsed or raise `Bad(message)`; `ecmpd.config` adds file, line and key path.
+Cost is bounded by the document's size, whatever it contains: libyaml scans and
+parses (C, when PyYAML has it), the composer counts nodes (aliases included) and
+depth, and merge keys (`<<`) may copy only so many keys in all.  Aliases share
+nodes, so a "billion laughs" document is a small graph, and it is refused by the
+node budget before anything is built.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from decimal import Decimal, InvalidOperation
-from ipaddress import IPv4Address, IPv4Interface
+from dataclasses import dataclass
 from typing import Any
 
 import yaml
+from yaml.composer import Composer, ComposerError
+from yaml.constructor import ConstructorError, SafeConstructor
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.parser import Parser
+from yaml.reader import Reader
+from yaml.resolver import Resolver
+from yaml.scanner import Scanner
+
+try:
+    from yaml._yaml import CParser
+except ImportError:  # PyYAML built without libyaml: the same rules, slower to parse
+    CParser = None
+
+MAX_NODES = 20_000
+"""YAML nodes (scalars, lists, mappings, aliases) in one document.  A config with 255
+WANs, each with its own probe section, has about 10,000."""
+MAX_DEPTH = 50
+"""Nesting levels of lists and mappings (a config needs 5)."""
+MAX_MERGED = 20_000
+"""Key/value pairs that merge keys (`<<`) may copy, over the whole document."""
+
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_DECIMAL_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)")
+_DECIMAL_FLOAT = re.compile(r"[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)")
 
 
 class YamlProblem(Exception):
@@ -49,30 +76,105 @@ class YList(list):
     item_lines: list[int]
 
 
-def _line(node: yaml.Node) -> int:
+@dataclass(frozen=True)
+class Spelled:
+    """A number YAML 1.1 reads from a spelling other than plain decimal: `0x10` (16),
+    `010` (octal 8), `0b11`, `1_000`, `1:30` (sexagesimal 90), `1.5e+3`, `.inf`.
+    `value` is what YAML 1.1 makes of `text` (None when `text` is too long to bother);
+    a value parser accepts it only where the schema documents that spelling (hex for
+    `marks.mask`)."""
+
+    text: str
+    value: int | float | None
+
+
+def _line(node: Node) -> int:
     return node.start_mark.line + 1
 
 
-class _Loader(yaml.SafeLoader):
-    """SafeLoader building YMap/YList and turning value errors into marked errors."""
+class _Composer(Composer):
+    """The composer, counting nodes (aliases too) and depth against the budgets."""
 
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+    def compose_document(self) -> Node:
+        self._nodes, self._depth = 0, 0
+        return super().compose_document()
+
+    def compose_node(self, parent: Node | None, index: Any) -> Node:
+        self._nodes += 1
+        self._depth += 1
+        if self._nodes > MAX_NODES or self._depth > MAX_DEPTH:
+            line = self.peek_event().start_mark.line + 1
+            raise YamlProblem(line, f"more than {MAX_NODES} YAML values (a config has a "
+                                    f"few hundred)" if self._nodes > MAX_NODES else
+                              f"YAML nested more than {MAX_DEPTH} levels deep (a config "
+                              f"needs 5)")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+class _Constructor(SafeConstructor):
+    """SafeConstructor building YMap/YList/Spelled, turning value errors into marked
+    errors and flattening merge keys within `MAX_MERGED`."""
+
+    def construct_document(self, node: Node) -> Any:
+        self._merged, self._flattening = 0, set()
+        return super().construct_document(node)
+
+    def construct_object(self, node: Node, deep: bool = False) -> Any:
         try:
             return super().construct_object(node, deep=deep)
         except (ValueError, TypeError, OverflowError) as e:
             # e.g. an impossible date (2024-13-01) or an int beyond Python's digit limit
             why = "too many digits" if "digits" in str(e) else str(e)
-            shown = describe(node.value) if isinstance(node, yaml.ScalarNode) else "value"
-            raise yaml.constructor.ConstructorError(
-                None, None, f"invalid value {shown}: {why}", node.start_mark) from None
+            shown = describe(node.value) if isinstance(node, ScalarNode) else "value"
+            raise ConstructorError(None, None, f"invalid value {shown}: {why}",
+                                   node.start_mark) from None
+
+    def flatten_mapping(self, node: MappingNode) -> None:
+        """Merged pairs first (earlier sources win), then the node's own pairs."""
+        if id(node) in self._flattening:
+            raise ConstructorError(None, None, "a merge key (<<) includes the mapping it "
+                                   "is in", node.start_mark)
+        self._flattening.add(id(node))
+        merged: list[tuple[Node, Node]] = []
+        own: list[tuple[Node, Node]] = []
+        seen: set[Any] = set()
+        for key_node, value_node in node.value:
+            if key_node.tag != _MERGE_TAG:
+                if key_node.tag == "tag:yaml.org,2002:value":
+                    key_node.tag = "tag:yaml.org,2002:str"
+                own.append((key_node, value_node))
+                continue
+            sources = value_node.value if isinstance(value_node, SequenceNode) \
+                else [value_node]
+            for sub in sources:
+                if not isinstance(sub, MappingNode):
+                    raise ConstructorError(None, None, f"a merge key (<<) takes a mapping "
+                                           f"or a list of mappings, got a {sub.id}",
+                                           sub.start_mark)
+                self.flatten_mapping(sub)
+                self._merged += len(sub.value)
+                if self._merged > MAX_MERGED:
+                    raise ConstructorError(None, None, f"merge keys (<<) copy more than "
+                                           f"{MAX_MERGED} keys", key_node.start_mark)
+                for pair in sub.value:
+                    k = pair[0]
+                    ident = (k.tag, k.value) if isinstance(k, ScalarNode) else id(k)
+                    if ident not in seen:
+                        seen.add(ident)
+                        merged.append(pair)
+        node.value = merged + own
+        self._flattening.discard(id(node))
 
 
-def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Any:
+def _construct_map(loader: _Constructor, node: MappingNode) -> Any:
     data = YMap()
     data.line = _line(node)
     data.key_lines, data.value_lines, data.duplicates, data.bad_keys = {}, {}, [], []
     yield data
-    own = sum(1 for k, _ in node.value if k.tag != "tag:yaml.org,2002:merge")
+    own = sum(1 for k, _ in node.value if k.tag != _MERGE_TAG)
     loader.flatten_mapping(node)
     n_merged = len(node.value) - own  # flatten_mapping puts merged pairs first
     own_keys: set[Any] = set()
@@ -93,7 +195,7 @@ def _construct_map(loader: _Loader, node: yaml.MappingNode) -> Any:
         data.value_lines[key] = _line(value_node)
 
 
-def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> Any:
+def _construct_seq(loader: _Constructor, node: SequenceNode) -> Any:
     data = YList()
     data.line = _line(node)
     data.item_lines = [_line(n) for n in node.value]
@@ -101,41 +203,108 @@ def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> Any:
     data.extend(loader.construct_object(n, deep=False) for n in node.value)
 
 
-_Loader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_Loader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+def _construct_number(loader: _Constructor, node: ScalarNode) -> Any:
+    is_int = node.tag.endswith(":int")
+    plain = (_DECIMAL_INT if is_int else _DECIMAL_FLOAT).fullmatch(node.value)
+    if not plain and len(node.value) > 64:
+        return Spelled(node.value, None)  # sexagesimal costs quadratic time in its length
+    value = (loader.construct_yaml_int if is_int else loader.construct_yaml_float)(node)
+    return value if plain else Spelled(node.value, value)
+
+
+_Constructor.add_constructor("tag:yaml.org,2002:map", _construct_map)
+_Constructor.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
+_Constructor.add_constructor("tag:yaml.org,2002:int", _construct_number)
+_Constructor.add_constructor("tag:yaml.org,2002:float", _construct_number)
+
+class _PyLoader(Reader, Scanner, Parser, _Composer, _Constructor, Resolver):
+    """The pure-Python parser (when PyYAML lacks libyaml); reader offsets are characters."""
+
+    byte_offsets = False
+
+    def __init__(self, text: str) -> None:
+        Reader.__init__(self, text)
+        Scanner.__init__(self)
+        Parser.__init__(self)
+        _Composer.__init__(self)
+        _Constructor.__init__(self)
+        Resolver.__init__(self)
+
+
+_Loader: type = _PyLoader
+if CParser is not None:
+    class _CLoader(_Composer, CParser, _Constructor, Resolver):  # type: ignore[misc]
+        """libyaml's events (C, ten times faster), composed and constructed here;
+        reader offsets are bytes."""
+
+        byte_offsets = True
+
+        def __init__(self, text: str) -> None:
+            CParser.__init__(self, text)
+            _Composer.__init__(self)
+            _Constructor.__init__(self)
+            Resolver.__init__(self)
+
+    _Loader = _CLoader
 
 
 def load_yaml(text: str) -> Any:
     """Parse one YAML document (None when empty); raises only `YamlProblem`."""
+    return load_document(text)[0]
+
+
+def load_document(text: str) -> tuple[Any, int]:
+    """`load_yaml`, and the line where the document's value starts (1 when empty)."""
     try:
         loader = _Loader(text)
         try:
-            return loader.get_single_data()
+            node = loader.get_single_node()
+            if node is None:
+                return None, 1
+            return loader.construct_document(node), _line(node)
         finally:
             loader.dispose()
     except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        msg = e.problem or "cannot parse"
-        if e.context:
-            at = f" at line {e.context_mark.line + 1}" if e.context_mark else ""
-            msg += f" ({e.context}{at})"
-        if "<block end>" in msg:
-            msg += "; check the indentation"
-        elif "'\\t'" in msg:
-            msg += "; indent with spaces, not tabs"
-        kind = "YAML error" if isinstance(e, yaml.constructor.ConstructorError) \
-            else "YAML syntax error"
-        problem = YamlProblem(mark.line + 1 if mark else 1, f"{kind}: {_one_line(msg)}")
+        problem = _marked_problem(e, text)
     except yaml.reader.ReaderError as e:
-        line = text.count("\n", 0, max(e.position, 0)) + 1
+        before = text.encode("utf-8", "surrogatepass")[:max(e.position, 0)].decode(
+            "utf-8", "replace") if _Loader.byte_offsets else text[:max(e.position, 0)]
+        line = before.count("\n") + before.count("\r") - before.count("\r\n") + 1
         char = f" #x{e.character:04x}" if isinstance(e.character, int) else ""
         problem = YamlProblem(line, f"YAML syntax error: unacceptable character{char}: "
                                     f"{e.reason}")
     except yaml.YAMLError as e:
         problem = YamlProblem(1, f"YAML syntax error: {_one_line(str(e))}")
-    except RecursionError:
+    except RecursionError:  # complex keys nest in the constructor; MAX_DEPTH bounds it
         problem = YamlProblem(1, "YAML syntax error: nesting too deep")
     raise problem
+
+
+def _marked_problem(e: yaml.MarkedYAMLError, text: str) -> YamlProblem:
+    """One line for a parser/composer/constructor error, with a hint where one helps."""
+    mark = e.problem_mark or e.context_mark
+    msg = e.problem or "cannot parse"
+    at = f" at line {e.context_mark.line + 1}" if e.context_mark else ""
+    if isinstance(e, ComposerError) and e.context:  # "expected X, but found Y"
+        msg = f"{e.context}{at}, {msg}"
+    elif e.context:
+        msg += f" ({e.context}{at})"
+    if mark is not None and _char_at(text, mark.line, mark.column) == "\t":
+        msg += "; indent with spaces, not tabs"
+    elif any(s in msg for s in ("<block end>", "expected key", "expected '-'")):
+        msg += "; check the indentation"
+    kind = "YAML error" if isinstance(e, (ComposerError, ConstructorError)) \
+        else "YAML syntax error"
+    return YamlProblem(mark.line + 1 if mark else 1, f"{kind}: {_one_line(msg)}")
+
+
+def _char_at(text: str, line: int, column: int) -> str:
+    start = 0
+    for _ in range(line):
+        start = text.find("\n", start) + 1
+        if start == 0:
+            return ""
+    return text[start + column:start + column + 1]
 
 
 def _one_line(s: str) -> str:
@@ -148,6 +317,8 @@ def describe(value: Any) -> str:
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, Spelled):
+        return value.text if len(value.text) <= 40 else value.text[:37] + "..."
     if isinstance(value, int) and value.bit_length() > 128:
         return "a very large integer"  # repr() of > 4300 digits raises ValueError
     if isinstance(value, (int, float)):
@@ -161,218 +332,3 @@ def describe(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "a list" if value else "an empty list"
     return f"a {type(value).__name__} value"
-
-
-_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s)?\s*")
-_PERCENT = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(%?)\s*")
-
-
-def _number(value: Any) -> Decimal | None:
-    """A finite YAML int/float (not a bool) as Decimal; None for anything else."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        d = Decimal(value) if isinstance(value, int) else Decimal(repr(value))
-    except (InvalidOperation, ValueError):
-        return None
-    return d if d.is_finite() else None
-
-
-def parse_duration(value: Any) -> float | None:
-    """Seconds from `1.5`, `2`, `'200ms'`, `'1.5s'`, `'200 ms'`, `'1.5'`; None if not a duration.
-
-    Only the units `ms` and `s` exist; signs, exponents and other units are rejected.
-    The range is the caller's business (a negative number is returned as such).
-    """
-    if isinstance(value, str):
-        m = _DURATION.fullmatch(value)
-        if not m or len(value) > 64:
-            return None
-        d = Decimal(m.group(1))
-        return float(d / 1000 if m.group(2) == "ms" else d)
-    d = _number(value)
-    return None if d is None else float(d)
-
-
-def parse_percent(value: Any) -> float | None:
-    """Percent from `20`, `20.5`, `'20%'`, `'20.5 %'`, `'20'`; None if not a percentage."""
-    if isinstance(value, str):
-        m = _PERCENT.fullmatch(value)
-        if not m or len(value) > 64:
-            return None
-        return float(Decimal(m.group(1)))
-    d = _number(value)
-    return None if d is None else float(d)
-
-
-def format_seconds(seconds: float) -> str:
-    """`0.2` -> `200ms`, `1.5` -> `1.5s` (for messages)."""
-    if seconds < 1:
-        return f"{seconds * 1000:g}ms"
-    return f"{seconds:g}s"
-
-
-# Value parsers: each returns the parsed value or raises `Bad` with the message that
-# follows `key.path: ` in a problem line.
-
-class Bad(Exception):
-    """A value parser's complaint."""
-
-
-NFT_KEYWORDS = frozenset("""
-    accept add all and arp at bridge chain comment continue counter create ct daddr
-    define delete describe destroy drop dup element elements ether exists export fib
-    flags flow flowtable flush fwd get goto hook icmp icmpv6 ip ip6 import in include
-    inet insert iif iifname jump last limit list log map mark masquerade meta monitor
-    netdev nat not notrack oif oifname or policy priority queue quota redirect reject
-    rename replace reset return rt rule ruleset saddr set snat dnat synproxy table tcp
-    to type udp update vmap with xor""".split())
-_NFT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
-
-
-def integer(lo: int, hi: int) -> Callable[[Any], int]:
-    """A parser for a YAML integer (not a boolean) in lo..hi."""
-    def parse(v: Any) -> int:
-        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
-            raise Bad(f"must be an integer from {lo} to {hi}, got {describe(v)}")
-        return v
-    return parse
-
-
-def duration(v: Any) -> float:
-    """Seconds from a duration (see `parse_duration`) in 10ms..60s."""
-    d = parse_duration(v)
-    if d is None or not 0.01 <= d <= 60:
-        raise Bad(f"must be a duration from 10ms to 60s (like 200ms, 1.5s or 1.5), "
-                  f"got {describe(v)}")
-    return d
-
-
-def percent(v: Any) -> float:
-    """A percentage (see `parse_percent`) in 0..100."""
-    p = parse_percent(v)
-    if p is None or not 0 <= p <= 100:
-        raise Bad(f"must be a percentage from 0 to 100 (like 20, 20% or 20.5%), "
-                  f"got {describe(v)}")
-    return p
-
-
-def or_null(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """`parse`, but null is accepted as None."""
-    return lambda v: None if v is None else parse(v)
-
-
-def ifname(v: Any) -> str:
-    """A Linux interface name: 1..15 bytes, not . or .., no '/', ':' or whitespace."""
-    if (not isinstance(v, str) or not v.isprintable() or not 1 <= len(v.encode()) <= 15
-            or v in (".", "..") or any(c in "/:" or c.isspace() for c in v)):
-        raise Bad(f"must be an interface name (1 to 15 bytes, no '/', ':' or "
-                  f"whitespace), got {describe(v)}")
-    return v
-
-
-def unicast(a: IPv4Address, shown: Any) -> None:
-    """Raise `Bad` unless `a` is a usable unicast address."""
-    kind = ("unspecified" if a.is_unspecified else "loopback" if a.is_loopback else
-            "multicast" if a.is_multicast else "broadcast/reserved" if a.is_reserved else "")
-    if kind:
-        raise Bad(f"must be a unicast IPv4 address, got {shown} ({kind})")
-
-
-def ipv4(v: Any) -> IPv4Address:
-    """A unicast IPv4 address written as a string."""
-    try:
-        a = IPv4Address(v) if isinstance(v, str) else None
-    except ValueError:
-        a = None
-    if a is None:
-        raise Bad(f"must be a unicast IPv4 address, got {describe(v)}")
-    unicast(a, a)
-    return a
-
-
-def address(v: Any) -> IPv4Interface:
-    """An address/prefix with room for a gateway (not the network/broadcast address)."""
-    try:
-        i = IPv4Interface(v) if isinstance(v, str) and "/" in v else None
-    except ValueError:
-        i = None
-    if i is None:
-        raise Bad(f"must be an IPv4 address/prefix like 10.111.0.2/24, got {describe(v)}")
-    unicast(i.ip, i)
-    if i.network.prefixlen == 32:
-        raise Bad(f"/32 leaves no room for the gateway, got {i}")
-    if i.network.prefixlen <= 30 and i.ip in (i.network.network_address,
-                                             i.network.broadcast_address):
-        raise Bad(f"{i.ip} is the network or broadcast address of {i.network}")
-    return i
-
-
-def target(v: Any) -> str:
-    """A probe target: `gateway` or a unicast IPv4 address (normalized)."""
-    if v == "gateway":
-        return "gateway"
-    try:
-        return str(ipv4(v))
-    except Bad:
-        raise Bad(f"must be 'gateway' or a unicast IPv4 address, got {describe(v)}") from None
-
-
-def choice(*options: str) -> Callable[[Any], str]:
-    """A parser accepting exactly one of `options`."""
-    def parse(v: Any) -> str:
-        if v not in options or not isinstance(v, str):
-            raise Bad(f"must be {' or '.join(options)}, got {describe(v)}")
-        return v
-    return parse
-
-
-def boolean(v: Any) -> bool:
-    """A YAML boolean."""
-    if not isinstance(v, bool):
-        raise Bad(f"must be true or false, got {describe(v)}")
-    return v
-
-
-def mark_mask(v: Any) -> int:
-    """A 32-bit mark mask (int or '0x...' string): one run of >= 8 contiguous bits."""
-    m: Any = v
-    if isinstance(v, str) and len(v) <= 34:
-        try:
-            m = int(v.strip(), 0)
-        except ValueError:
-            pass
-    low = m >> ((m & -m).bit_length() - 1) if isinstance(m, int) and m > 0 else 0
-    if (isinstance(m, bool) or not isinstance(m, int) or not 0 < m <= 0xFFFFFFFF
-            or low & (low + 1) or low.bit_length() < 8):
-        shown = f"0x{m:08x}" if isinstance(m, int) and not isinstance(m, bool) and \
-            0 <= m <= 0xFFFFFFFF else describe(v)
-        raise Bad(f"must be one run of at least 8 contiguous bits within 32 bits "
-                  f"(like 0x00ff0000), got {shown}")
-    return m  # at least 8 bits: every id 1..255 fits
-
-
-def nft_table(v: Any) -> str:
-    """An nftables table name that is not an nft keyword."""
-    if not isinstance(v, str) or not _NFT_NAME.fullmatch(v):
-        raise Bad(f"must be 1 to 32 letters, digits or _ starting with a letter, "
-                  f"got {describe(v)}")
-    if v.lower() in NFT_KEYWORDS:
-        raise Bad(f"'{v}' is an nft keyword, choose another name")
-    return v
-
-
-def socket_path(v: Any) -> str:
-    """An absolute path that fits a unix socket address (107 bytes)."""
-    if (not isinstance(v, str) or not v.startswith("/") or v.endswith("/")
-            or not v.isprintable() or len(v.encode()) > 107):
-        raise Bad(f"must be an absolute file path of at most 107 bytes, got {describe(v)}")
-    return v
-
-
-def group_name(v: Any) -> str | None:
-    """A group name or None."""
-    if v is not None and (not isinstance(v, str) or not v.isprintable() or not 1 <= len(v) <= 32
-                          or any(c == ":" or c.isspace() for c in v)):
-        raise Bad(f"must be a group name or null, got {describe(v)}")
-    return v

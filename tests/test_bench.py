@@ -159,10 +159,12 @@ def test_broken_cell() -> None:
 
 
 def test_parse_only() -> None:
-    assert parse_only(None) == [1, 2, 3, 4, 5, 6, 7]
+    assert parse_only(None) == [1, 2, 3, 4, 5, 6, 7, 9]
     assert parse_only("4,1 1") == [1, 4]
-    with pytest.raises(ValueError):
-        parse_only("8")
+    assert parse_only("9") == [9]
+    for bad in ("8", "10", "0"):
+        with pytest.raises(ValueError):
+            parse_only(bad)
 
 
 # ------------------------------------------------------------------ the baseline
@@ -265,3 +267,147 @@ def test_log_errors_pairs_each_error_with_its_exception() -> None:
         "pyroute2.netlink.exceptions.NetlinkError: (16, 'Device or resource busy')",
         "2026-11-27 08:17:13 ecmpd[1] ERROR cannot apply nft table ecmpd: boom"]
     assert stats.log_errors("2026-11-27 08:17:11 ecmpd[1] INFO all fine\n") == []
+
+
+# ------------------------------------------------------------------ figure 9
+
+
+ROUTES = """\
+[2026-12-01T07:34:19.478768] default via 10.101.0.1 dev north table 1001 proto 236 
+[2026-12-01T07:34:19.479338] unreachable default table 1001 proto 236 metric 4294967295 
+[2026-12-01T07:34:19.481052] default proto 236 
+\tnexthop via 10.101.0.1 dev north weight 1 
+\tnexthop via 10.102.0.1 dev south weight 1 
+\tnexthop via 10.103.0.1 dev west weight 1 
+[2026-12-01T07:34:20.447671] default proto 236 
+\tnexthop via 10.102.0.1 dev south weight 1 
+\tnexthop via 10.103.0.1 dev west weight 1 
+[2026-12-01T07:34:20.915916] local fe80::e07b:f3ff:fea8:ebf2 dev north table local proto kernel metric 0 pref medium
+[2026-12-01T07:34:21.397499] default proto static 
+\tnexthop via 10.101.0.1 dev north weight 1 dead linkdown 
+\tnexthop via 10.102.0.1 dev south weight 1 
+\tnexthop via 10.103.0.1 dev west weight 1 
+[2026-12-01T07:34:22.000000] default via 10.103.0.1 dev west proto static 
+[2026-12-01T07:34:23.254329] Deleted default via 10.101.0.1 dev north table 1001 proto 236 
+[2026-12-01T07:34:23.255865] Deleted default proto 236 
+\tnexthop via 10.103.0.1 dev west weight 1 
+"""
+
+
+def test_default_route_devs_reads_table_mains_default_only() -> None:
+    bodies = [b for _, b in stats.parse_monitor(ROUTES)]
+    assert [stats.default_route_devs(b) for b in bodies] == [
+        None, None, {"north", "south", "west"}, {"south", "west"}, None,
+        {"south", "west"},  # a dead nexthop does not carry traffic
+        {"west"}, None, set()]
+
+
+def test_route_timeline_and_removals() -> None:
+    events = stats.parse_monitor(ROUTES)
+    t = [ts for ts, _ in events]
+    tl = stats.route_timeline({"north", "south", "west"}, events)
+    assert [sorted(devs) for _, devs in tl] == [
+        ["north", "south", "west"], ["north", "south", "west"], ["south", "west"],
+        ["south", "west"], ["west"], []]
+    assert stats.removals(tl) == [(t[3], "north"), (t[6], "south"), (t[8], "west")]
+    assert stats.removals(tl, start=t[4], end=t[7]) == [(t[6], "south")]
+    assert stats.first_removal(tl, "north", t[0]) == t[3]
+    assert stats.first_removal(tl, "north", t[4]) is None  # gone already, never back
+    assert stats.devs_at(tl, t[3] - 0.001) == {"north", "south", "west"}
+    assert stats.devs_at(tl, t[3]) == {"south", "west"}
+    # events before the watch started are ignored; the initial state stands for them
+    late = stats.route_timeline({"south", "west"}, events, start=t[3] + 0.1)
+    assert [sorted(d) for _, d in late] == [["south", "west"], ["south", "west"], ["west"], []]
+    assert late[0][0] == t[3] + 0.1
+
+
+def test_removals_count_every_exit_and_rejoin() -> None:
+    a, ab = frozenset({"a"}), frozenset({"a", "b"})
+    tl = [(0.0, ab), (1.0, a), (2.0, ab), (3.0, a), (4.0, frozenset())]
+    assert stats.removals(tl) == [(1.0, "b"), (3.0, "b"), (4.0, "a")]
+    assert stats.first_removal(tl, "b", 1.5) == 3.0
+
+
+def test_last_rise_and_parse_samples() -> None:
+    text = "100.000000 5\n100.020000 9\n100.040000 12\n100.500000 12\ngarbage\n100.9 x\n"
+    samples = stats.parse_samples(text)
+    assert samples == [(100.0, 5), (100.02, 9), (100.04, 12), (100.5, 12)]
+    assert stats.last_rise(samples, 101.0) == pytest.approx(100.04)
+    assert stats.last_rise(samples, 100.03) == pytest.approx(100.02)
+    assert stats.last_rise(samples, 100.0) is None
+    assert stats.last_rise([(1.0, 7)], 5.0) is None  # one sample: no rise seen
+
+
+def test_fmt_fault_outs_counts_runs_already_out() -> None:
+    assert stats.fmt_fault_outs([0.8, 1.2, 0.9]) == "0.80 / 0.90 / 1.20 s (n=3)"
+    assert stats.fmt_fault_outs([15.8, None, math.inf], window=24.0) == (
+        "15.80 / 15.80 / 15.80 s (n=1); never out in 1/2 runs (> 24.0 s); "
+        "already out before the fault in 1/3 runs")
+    assert stats.fmt_fault_outs([None]) == "already out before the fault in 1/1 runs"
+    assert stats.fmt_fault_outs([]) == "no data"
+
+
+def _fault(out: float | None, stop_out: float | None = None, window: float = 10.0):
+    from bench.underload import FaultOut
+    return FaultOut("ecmpd", "dead", "north", 0.0, out, window, stop_out)
+
+
+def test_fig9_cells_and_verdicts() -> None:
+    from bench.figures import _outs_cell, _outs_ok, _soak_cells
+    from bench.underload import Soak, buffer_bytes, wan_counts
+    from ecmpd.lab import StreamResult
+
+    assert buffer_bytes("north", "down", 1.0) == 2.5e6      # 20 Mbit/s, 1 s
+    assert buffer_bytes("west", "up", 2.0) == 3.75e6        # 15 Mbit/s, 2 s
+    assert wan_counts([(1.0, "north"), (2.0, "north"), (3.0, "west")]) == {
+        "north": 2, "south": 0, "west": 1}
+
+    runs = [_fault(0.77, 0.70), _fault(1.24, 0.55), _fault(None)]
+    assert _outs_cell(runs) == "0.77 / 1.00 / 1.24 s (n=2); already out before the fault in 1/3 runs"
+    assert _outs_cell(runs, "stop_out") == ("0.55 / 0.62 / 0.70 s (n=2); not measured in 1/3 "
+                                            "runs (not out, or out before the fault)")
+    assert not _outs_ok(runs, 1.5)                          # a run that was not measured fails
+    assert _outs_ok(runs[:2], 1.5) and not _outs_ok(runs[:2], 1.0)
+    assert not _outs_ok([_fault(math.inf)], 1.5) and not _outs_ok([], 1.5)
+    assert not _outs_ok(runs[:2], 0.5, "stop_out") and _outs_ok(runs[:2], 0.7, "stop_out")
+
+    ok = StreamResult("download", "north", "north", 5201, 20000, 10, 1.0, False)
+    bad = StreamResult("upload", "west", "west", 5202, 20001, 10, 1.0, True, "reset")
+    soak = Soak("baseline", "saturation", 60.0, 100.0, [(110.0, "north"), (130.0, "north")],
+                [ok, bad])
+    assert _soak_cells([soak]) == ("2 / 2 / 2 (n=1) — north 2, south 0, west 0",
+                                   "1 / 1 / 1 of 2 streams (n=1)")
+    assert "north at +10.0s, north at +30.0s" in soak.line()
+    assert "streams broken 1/2" in soak.line() and "BROKEN reset" in soak.line()
+
+
+def test_log_between_picks_a_wans_lines_in_a_window() -> None:
+    log = ("1795766419.500000 ecmpd[7] INFO ecmpd 7 running: north, south\n"
+           "1795766420.100000 ecmpd[7] INFO north: UP -> FALLING after 1 failed round: x\n"
+           "1795766420.500000 ecmpd[7] WARNING north: FALLING -> DOWN after 3 failed rounds "
+           "(leaves the route)\n"
+           "1795766420.600000 ecmpd[7] INFO south: UP -> FALLING after 1 failed round\n"
+           "2026-12-01 07:34:19 ecmpd[7] INFO north: DOWN -> RISING\n"
+           "1795766425.000000 ecmpd[7] NOTICE north: RISING -> UP after 5 good rounds\n")
+    assert stats.log_between(log, 1795766420.0, 1795766421.0, "north:") == [
+        (1795766420.1, "INFO", "north: UP -> FALLING after 1 failed round: x"),
+        (1795766420.5, "WARNING", "north: FALLING -> DOWN after 3 failed rounds "
+                                  "(leaves the route)")]
+    assert len(stats.log_between(log, 0, 2e9)) == 5  # the line without an epoch is skipped
+
+
+def test_sigterm_handler_tears_down_only_in_the_main_process() -> None:
+    import os
+    from bench.run import _on_sigterm
+
+    handler = _on_sigterm(os.getpid())
+    with pytest.raises(KeyboardInterrupt):  # the main process unwinds: labs torn down
+        handler()
+    pid = os.fork()  # like pyroute2's netns helper, which is ended with SIGTERM
+    if pid == 0:
+        try:
+            handler()
+        finally:
+            os._exit(1)  # not reached when the handler exits the child itself
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 143

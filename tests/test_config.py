@@ -12,7 +12,7 @@ import pytest
 
 from ecmpd.config import ConfigError, load_config, parse_config, problems_for
 from ecmpd.model import Config, ProbeSettings, Wan
-from ecmpd.yamlpos import parse_duration, parse_percent
+from ecmpd.configvalues import parse_duration, parse_percent
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "ecmpd.yaml"
 SRC = "ecmpd.yaml"
@@ -159,6 +159,12 @@ probe:
     assert parse_config(BASE, SRC).wans[0].probe.max_timeout == 4.0
 
 
+@pytest.mark.parametrize("text, mask", [("0x0000FF00", 0xFF00), ("'0x00ff0000'", 0xFF0000),
+                                        ("16711680", 0xFF0000), ("' 0xff000000 '", 0xFF000000)])
+def test_mark_mask_in_hex_or_decimal(text: str, mask: int) -> None:
+    assert parse_config(BASE + f"marks: {{mask: {text}}}\n", SRC).mark_mask == mask
+
+
 def test_yaml_anchors_and_merge_keys_work() -> None:
     text = """\
 lan: {interfaces: [lan0]}
@@ -226,7 +232,7 @@ def test_load_config_unreadable_and_not_utf8(tmp_path: Path) -> None:
     assert info.value.problems == [f"{missing}: cannot read: No such file or directory"]
     with pytest.raises(ConfigError) as info:
         load_config(str(tmp_path))
-    assert info.value.problems == [f"{tmp_path}: cannot read: Is a directory"]
+    assert info.value.problems == [f"{tmp_path}: not a regular file (a directory)"]
     bad = tmp_path / "latin1.yaml"
     bad.write_bytes(b"lan:\n  interfaces: [caf\xe9]\n")
     with pytest.raises(ConfigError) as info:
@@ -239,15 +245,14 @@ def test_load_config_unreadable_and_not_utf8(tmp_path: Path) -> None:
 
 def test_yaml_syntax_error_is_one_clean_problem() -> None:
     assert problems("lan:\n  interfaces: [lan0\nwans:\n  a: 1\n") == [
-        "ecmpd.yaml:3: YAML syntax error: expected ',' or ']', but got ':' "
+        "ecmpd.yaml:3: YAML syntax error: did not find expected ',' or ']' "
         "(while parsing a flow sequence at line 2)"]
     assert problems("lan:\n  interfaces: [lan0]\n wans: {}\n") == [
-        "ecmpd.yaml:3: YAML syntax error: expected <block end>, but found "
-        "'<block mapping start>' (while parsing a block mapping at line 1); "
-        "check the indentation"]
+        "ecmpd.yaml:3: YAML syntax error: did not find expected key "
+        "(while parsing a block mapping at line 1); check the indentation"]
     assert problems("lan:\n\tinterfaces: [lan0]\n") == [
-        "ecmpd.yaml:2: YAML syntax error: found character '\\t' that cannot start any "
-        "token (while scanning for the next token); indent with spaces, not tabs"]
+        "ecmpd.yaml:2: YAML syntax error: found character that cannot start any token "
+        "(while scanning for the next token at line 2); indent with spaces, not tabs"]
 
 
 def test_yaml_value_errors_are_problems() -> None:
@@ -256,7 +261,10 @@ def test_yaml_value_errors_are_problems() -> None:
     assert problems(BASE + "hash: !!python/object:os.system x\n") == [
         "ecmpd.yaml:10: YAML error: could not determine a constructor for the tag "
         "'tag:yaml.org,2002:python/object:os.system'"]
-    assert problems("[" * 5000) == ["ecmpd.yaml:1: YAML syntax error: nesting too deep"]
+    assert problems("[" * 5000) == ["ecmpd.yaml:1: YAML syntax error: exceeded maximum "
+                                     "nesting depth (while increasing flow level at line 1)"]
+    assert problems("a:\n" + "".join("  " * i + "- \n" for i in range(60))) == [
+        "ecmpd.yaml:51: YAML nested more than 50 levels deep (a config needs 5)"]
 
 
 def test_all_problems_are_collected_in_line_order() -> None:
@@ -274,6 +282,7 @@ def test_all_problems_are_collected_in_line_order() -> None:
 TOP_KEYS = "lan, wans, probe, hash, marks, tables, rules, route, nft, keep_on_exit, control"
 DURATION = "must be a duration from 10ms to 60s (like 200ms, 1.5s or 1.5)"
 MASK = "must be one run of at least 8 contiguous bits within 32 bits (like 0x00ff0000)"
+IFNAME = "must be an interface name (1 to 15 bytes, no '/', ':', '%', '*' or whitespace)"
 TWO_WANS = "lan: {interfaces: [lan0]}\nwans:\n  a: {interface: %s, gateway: %s}\n" \
            "  b: {interface: %s, gateway: %s}\n"
 
@@ -319,11 +328,24 @@ BAD = [
     (BASE + "    weight: 1.5\n", ["10: wans.b.weight: must be an integer from 1 to 256, got 1.5"]),
     (BASE + "    id: 0\n", ["10: wans.b.id: must be an integer from 1 to 255, got 0"]),
     (BASE + "    interface: eth2\n", ["10: wans.b.interface: duplicate key (first at line 8)"]),
-    (BASE.replace("eth2", "a-very-long-name0"),
-     ["8: wans.b.interface: must be an interface name (1 to 15 bytes, no '/', ':' or "
-      "whitespace), got 'a-very-long-name0'"]),
-    (BASE.replace("eth2", "eth2:1"), ["8: wans.b.interface: must be an interface name (1 to 15 "
-                                      "bytes, no '/', ':' or whitespace), got 'eth2:1'"]),
+    (BASE.replace("eth2", "a-very-long-name0"), [f"8: wans.b.interface: {IFNAME}, got "
+                                                 "'a-very-long-name0'"]),
+    (BASE.replace("eth2", "eth2:1"), [f"8: wans.b.interface: {IFNAME}, got 'eth2:1'"]),
+    (BASE.replace("eth2", "all"), ["8: wans.b.interface: 'all' is not an interface: "
+                                   "net.ipv4.conf.all holds the settings of every interface"]),
+    (BASE.replace("lan0", "lo"), ["2: lan.interfaces[0]: 'lo' is the loopback interface, "
+                                  "neither a LAN nor a WAN"]),
+    (BASE + "    weight: 1:30\n", ["10: wans.b.weight: must be an integer from 1 to 256 in "
+                                   "plain decimal, got 1:30 (YAML 1.1 would read it as 90)"]),
+    (BASE + "    id: 010\n", ["10: wans.b.id: must be an integer from 1 to 255 in plain "
+                              "decimal, got 010 (YAML 1.1 would read it as 8)"]),
+    (BASE + "    address: 198.51.100.2/24\n    probe: {targets: [198.51.100.2]}\n",
+     ["11: wans.b.probe.targets[0]: 198.51.100.2 is the router's own address "
+      "(wans.b.address): the router answers it, so the WAN would never fail over"]),
+    (BASE.replace("[lan0]", "[lan0]\n  addresses: [192.168.0.1/24]") +
+     "probe: {targets: [gateway, 192.168.0.9]}\n",
+     ["11: probe.targets[1]: 192.168.0.9 is inside the LAN 192.168.0.0/24 "
+      "(lan.addresses[0]), not beyond a WAN"]),
     (BASE.replace("198.51.100.1", "224.0.0.1"),
      ["9: wans.b.gateway: must be a unicast IPv4 address, got 224.0.0.1 (multicast)"]),
     (BASE.replace("198.51.100.1", "255.255.255.255"),
@@ -370,7 +392,8 @@ BAD = [
      ["11: probe.targets[2]: duplicate of probe.targets[1]"]),
     (BASE + "probe:\n  targets:\n  - gw\n  - 0.0.0.0\n",
      ["12: probe.targets[0]: must be 'gateway' or a unicast IPv4 address, got 'gw'",
-      "13: probe.targets[1]: must be 'gateway' or a unicast IPv4 address, got '0.0.0.0'"]),
+      "13: probe.targets[1]: must be 'gateway' or a unicast IPv4 address, got '0.0.0.0' "
+      "(unspecified)"]),
     (BASE + "probe:\n  targets: []\n", ["11: probe.targets: must be a non-empty list of targets "
                                         "('gateway' or IPv4 addresses), got an empty list"]),
     (BASE + "probe:\n  interval: 200us\n", [f"11: probe.interval: {DURATION}, got '200us'"]),
@@ -407,7 +430,7 @@ BAD = [
     (BASE + "marks:\n  mask: 0x00f0f000\n", [f"11: marks.mask: {MASK}, got 0x00f0f000"]),
     (BASE + "marks:\n  mask: 0x0000f000\n", [f"11: marks.mask: {MASK}, got 0x0000f000"]),
     (BASE + "marks:\n  mask: '0xzz'\n", [f"11: marks.mask: {MASK}, got '0xzz'"]),
-    (BASE + "marks:\n  mask: 0x1ff000000\n", [f"11: marks.mask: {MASK}, got 8573157376"]),
+    (BASE + "marks:\n  mask: 0x1ff000000\n", [f"11: marks.mask: {MASK}, got 0x1ff000000"]),
     (BASE + "marks:\n  msk: 0xff\n", ["11: marks.msk: unknown key (did you mean 'mask'?)"]),
     (BASE + "tables:\n  base: 252\n",
      ["11: tables.base: wans.a (id 1) would use table 253, the kernel's 'default' table",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import grp
 import json
+import logging
 import os
 import shutil
 import socket
@@ -14,7 +15,9 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from ecmpd.control import COMMANDS, ControlError, ControlServer, validate_request
+from ecmpd import control
+from ecmpd.control import (COMMANDS, EVICTED, TOO_MANY, ControlError, ControlServer,
+                           RateLimitedLog, validate_request)
 
 
 @pytest.fixture
@@ -311,31 +314,303 @@ def test_handler_bad_payloads(sockdir, wan, expected):
     assert after["ok"] is True
 
 
-def test_too_many_clients(sockdir):
+def test_at_the_limit_the_longest_idle_connection_makes_room(sockdir):
+    """Idle connections never lock a new client out: the one idle longest is closed
+    (with an error line saying why) and the newcomer is served."""
     path = os.path.join(sockdir, "ecmpd.sock")
 
     async def body(srv, daemon):
-        held = [await Client.connect(path) for _ in range(2)]
-        await held[0].ask({"cmd": "ping"})
-        await held[1].ask({"cmd": "ping"})  # both are registered now
-        third = await Client.connect(path)
-        refused = await third.read()
-        third.close()
-        held[0].close()
-        # A slot frees up once the server notices the close: poll with a deadline.
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 10
-        while True:
-            r = await ask_once(path, {"cmd": "ping"})
-            if r and r.get("ok") or loop.time() > deadline:
-                break
-            await asyncio.sleep(0.02)
-        held[1].close()
-        return refused, r
+        old = await Client.connect(path)     # connected first, never asks anything
+        await asyncio.sleep(0.05)
+        active = await Client.connect(path)
+        await active.ask({"cmd": "ping"})    # idle only since its answer
+        await asyncio.sleep(0.05)
+        old2 = await Client.connect(path)
+        await asyncio.sleep(0.05)
+        new = await Client.connect(path)     # the limit is 3: one must go
+        served = await new.ask({"cmd": "status"})
+        evicted = await old.read(), await old.read()
+        still = await active.ask({"cmd": "ping"}), await old2.ask({"cmd": "ping"})
+        counts = srv.clients, srv.evicted, srv.refused
+        for c in (old, active, old2, new):
+            c.close()
+        return served, evicted, still, counts
 
-    refused, r = run(with_server, path, body, max_clients=2)
-    assert refused == {"ok": False, "error": "too many clients"}
-    assert r == {"ok": True, "message": "ping done"}
+    served, evicted, still, counts = run(with_server, path, body, max_clients=3)
+    assert served == {"ok": True, "pid": 42, "wans": {}}
+    assert evicted == ({"ok": False, "error": EVICTED}, None)   # the error, then EOF
+    assert still == ({"ok": True, "message": "ping done"},) * 2
+    assert counts == (3, 1, 0)
+
+
+class BlockingDaemon(FakeDaemon):
+    """`reload` waits until `release` is set (a handler busy for a long time)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+        self.waiting = 0
+
+    async def __call__(self, req: dict) -> Any:
+        if req["cmd"] == "reload":
+            self.waiting += 1
+            await self.release.wait()
+        return await super().__call__(req)
+
+
+def test_refused_when_every_slot_is_busy_and_none_may_wait(sockdir, caplog):
+    path = os.path.join(sockdir, "ecmpd.sock")
+
+    async def main():
+        daemon = BlockingDaemon()
+        srv = ControlServer(path, daemon, max_clients=2, max_waiting=0)
+        await srv.start()
+        try:
+            busy = [await Client.connect(path) for _ in range(2)]
+            for c in busy:
+                c.writer.write(b'{"cmd": "reload"}\n')
+            while daemon.waiting < 2:
+                await asyncio.sleep(0.01)
+            refused = [await ask_once(path, {"cmd": "ping"}) for _ in range(20)]
+            daemon.release.set()
+            answers = [await c.read() for c in busy]
+            after = await ask_once(path, {"cmd": "ping"})   # an idle slot again: served
+            for c in busy:
+                c.close()
+            return refused, answers, after, srv.refused
+        finally:
+            await srv.close()
+
+    with caplog.at_level(logging.WARNING, logger="ecmpd.control"):
+        refused, answers, after, count = run(main)
+    assert refused == [{"ok": False, "error": TOO_MANY}] * 20
+    assert answers == [{"ok": True, "message": "reload done"}] * 2
+    assert after == {"ok": True, "message": "ping done"}
+    assert count == 20
+    refusals = [r.getMessage() for r in caplog.records
+                if r.levelno >= logging.WARNING and "refusing a new" in r.getMessage()]
+    # 20 refusals: one line at once, and the summary of the other 19 (here at close())
+    assert len(refusals) == 2, refusals
+    assert refusals[1].startswith("19 more like this in the last")
+
+
+def test_when_every_slot_is_busy_newcomers_wait_their_turn(sockdir):
+    """All slots busy: newcomers queue unread, first come first served; a full queue
+    refuses; a finished request hands its slot to the head of the queue (and, others
+    waiting, its connection makes way)."""
+    path = os.path.join(sockdir, "ecmpd.sock")
+
+    async def main():
+        daemon = BlockingDaemon()
+        srv = ControlServer(path, daemon, max_clients=2, max_waiting=3)
+        await srv.start()
+        try:
+            busy = [await Client.connect(path) for _ in range(2)]
+            for c in busy:
+                c.writer.write(b'{"cmd": "reload"}\n')
+            while daemon.waiting < 2:
+                await asyncio.sleep(0.01)
+            queued = []
+            for i in range(3):
+                c = await Client.connect(path)
+                c.writer.write(json.dumps({"cmd": "enable", "wan": f"w{i}"}).encode() + b"\n")
+                queued.append(c)
+                while srv.waiting < i + 1:
+                    await asyncio.sleep(0.01)
+            full = await ask_once(path, {"cmd": "ping"})    # the queue is full
+            counts = srv.clients, srv.waiting
+            daemon.release.set()
+            answers = [await c.read() for c in busy + queued]
+            eofs = [await c.read() for c in busy]       # others waited: they made way
+            order = [r["wan"] for r in daemon.requests if r["cmd"] == "enable"]
+            for c in busy + queued:
+                c.close()
+            return full, counts, answers, eofs, order
+        finally:
+            await srv.close()
+
+    full, counts, answers, eofs, order = run(main)
+    assert full == {"ok": False, "error": TOO_MANY}
+    assert counts == (2, 3)
+    assert answers == [{"ok": True, "message": "reload done"}] * 2 + \
+        [{"ok": True, "message": "enable done"}] * 3
+    assert eofs == [None, None]
+    assert order == ["w0", "w1", "w2"]
+
+
+def test_a_wait_that_times_out_is_refused(sockdir):
+    path = os.path.join(sockdir, "ecmpd.sock")
+
+    async def main():
+        daemon = BlockingDaemon()
+        srv = ControlServer(path, daemon, max_clients=1, idle_timeout=0.3)
+        await srv.start()
+        try:
+            busy = await Client.connect(path)
+            busy.writer.write(b'{"cmd": "reload"}\n')
+            while daemon.waiting < 1:
+                await asyncio.sleep(0.01)
+            r = await ask_once(path, {"cmd": "ping"})
+            daemon.release.set()
+            done = await busy.read()
+            busy.close()
+            return r, done, srv.waiting
+        finally:
+            await srv.close()
+
+    r, done, waiting = run(main)
+    assert r == {"ok": False, "error": TOO_MANY}
+    assert done == {"ok": True, "message": "reload done"} and waiting == 0
+
+
+def test_an_idle_slot_goes_to_a_waiting_connection(sockdir):
+    """A connection that got its slot from the queue and asks nothing keeps it only
+    until another newcomer queues up behind it and GRACE is over."""
+    path = os.path.join(sockdir, "ecmpd.sock")
+
+    async def main():
+        daemon = BlockingDaemon()
+        srv = ControlServer(path, daemon, max_clients=1)
+        await srv.start()
+        try:
+            busy = await Client.connect(path)
+            busy.writer.write(b'{"cmd": "reload"}\n')
+            while daemon.waiting < 1:
+                await asyncio.sleep(0.01)
+            hostile = await Client.connect(path)            # queues, will ask nothing
+            while srv.waiting < 1:
+                await asyncio.sleep(0.01)
+            patient = await Client.connect(path)
+            patient.writer.write(b'{"cmd": "ping"}\n')
+            while srv.waiting < 2:
+                await asyncio.sleep(0.01)
+            daemon.release.set()
+            done = await busy.read()                        # its slot goes to `hostile`
+            await asyncio.sleep(control.GRACE + 0.1)
+            assert srv.waiting == 1                         # `patient` still waits
+            late = await Client.connect(path)               # queues: `hostile` must go
+            late.writer.write(b'{"cmd": "status"}\n')
+            gone = await hostile.read(), await hostile.read()
+            answers = await patient.read(), await late.read()
+            for c in (busy, hostile, patient, late):
+                c.close()
+            return done, gone, answers
+        finally:
+            await srv.close()
+
+    done, gone, answers = run(main)
+    assert done == {"ok": True, "message": "reload done"}
+    assert gone == ({"ok": False, "error": EVICTED}, None)
+    assert answers == ({"ok": True, "message": "ping done"}, {"ok": True, "pid": 42, "wans": {}})
+
+
+def test_many_idle_connections_never_lock_out_and_logs_stay_bounded(sockdir, caplog):
+    """200 idle connections against a limit of 32: every later request is served, at
+    most 32 are open at once, and the evictions write one WARNING line (plus a summary)."""
+    path = os.path.join(sockdir, "ecmpd.sock")
+
+    async def body(srv, daemon):
+        idle = []
+        peak = 0
+        for _ in range(200):
+            idle.append(await Client.connect(path))
+            peak = max(peak, srv.clients)
+        await asyncio.sleep(0.1)
+        answers = [await ask_once(path, {"cmd": "status"}) for _ in range(10)]
+        peak = max(peak, srv.clients)
+        for c in idle:
+            c.close()
+        return answers, peak, srv.evicted
+
+    with caplog.at_level(logging.WARNING, logger="ecmpd.control"):
+        answers, peak, evicted = run(with_server, path, body)
+    assert answers == [{"ok": True, "pid": 42, "wans": {}}] * 10
+    assert peak <= 33 and evicted >= 168
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(lines) == 2 and "more like this" in lines[1], lines
+
+
+def test_client_that_does_not_read_is_dropped(sockdir):
+    """A client pipelining requests without reading the answers is dropped after the
+    idle timeout, its unsent answers discarded (no memory or descriptor kept)."""
+    path = os.path.join(sockdir, "ecmpd.sock")
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+
+    async def body(srv, daemon):
+        before = fds()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(path)
+        s.setblocking(False)
+        sent = 0
+        try:
+            for _ in range(5000):
+                sent += s.send(b'{"cmd": "status"}\n' * 100)
+        except BlockingIOError:
+            pass
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while srv.clients and loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        gone = srv.clients == 0
+        s.close()
+        await asyncio.sleep(0.1)
+        return gone, fds() - before, sent
+
+    gone, extra_fds, sent = run(with_server, path, body, idle_timeout=0.3)
+    assert sent > 0 and gone and extra_fds <= 0
+
+
+def test_rate_limited_log_counts_and_summarises():
+    now = [100.0]
+    records: list[str] = []
+
+    class Sink(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("ecmpd.test.ratelimit")
+    logger.propagate = False
+    logger.addHandler(Sink())
+    logger.setLevel(logging.DEBUG)
+    lim = RateLimitedLog(logger, interval=10.0, clock=lambda: now[0])
+    assert lim.warning("a", "refused %d", 1)
+    for i in range(50):
+        now[0] += 0.1
+        assert not lim.warning("a", "refused %d", i + 2)
+    assert lim.warning("b", "other")             # keys are independent
+    assert lim.suppressed("a") == 50
+    now[0] = 111.0
+    assert lim.warning("a", "refused %d", 99)     # no loop: the count rides on the next
+    assert records == ["refused 1", "other",
+                       "refused 99 (and 50 more like this in the last 11s)"]
+    assert lim.suppressed("a") == 0
+
+
+def test_rate_limited_log_summary_on_the_loop():
+    records: list[str] = []
+
+    class Sink(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger("ecmpd.test.ratelimit2")
+    logger.propagate = False
+    logger.addHandler(Sink())
+
+    async def main():
+        lim = RateLimitedLog(logger, interval=0.2)
+        for i in range(30):
+            lim.warning("k", "x %d", i)
+        await asyncio.sleep(0.35)                 # the summary is written by itself
+        lim.warning("k", "y")                     # inside the summary's interval
+        lim.flush()
+
+    asyncio.run(main())
+    assert records[0] == "x 0"
+    assert records[1].startswith("29 more like this in the last 0s, the last one: x 29")
+    assert records[2].startswith("1 more like this") and records[2].endswith("y")
+    assert len(records) == 3
 
 
 def test_stale_socket_file_replaced(sockdir):

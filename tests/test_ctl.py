@@ -245,3 +245,159 @@ def test_status_now_is_wall_clock(fake_daemon, capsys):
     path = fake_daemon({"status": payload})
     assert main(["--socket", path, "status"]) == 0
     assert "since 2h ago" in capsys.readouterr().out
+
+
+class ScriptedServer:
+    """A Unix socket server in a thread: the n-th connection gets `answers[n]` (bytes,
+    sent after the request line arrives; the last one repeats), or `drip` bytes one by
+    one, one every `drip_interval` seconds, never a newline."""
+
+    def __init__(self, path: str, answers: list[bytes] | None = None, drip: bool = False,
+                 drip_interval: float = 0.05) -> None:
+        import threading
+        self.answers = answers or []
+        self.drip, self.drip_interval = drip, drip_interval
+        self.connections = 0
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(8)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            with conn:
+                n, self.connections = self.connections, self.connections + 1
+                conn.settimeout(5)
+                try:
+                    buf = b""
+                    while b"\n" not in buf:
+                        chunk = conn.recv(4096)
+                        if not chunk:
+                            break
+                        buf += chunk
+                    if self.drip:
+                        while not self.stop.is_set():
+                            conn.sendall(b" ")
+                            time.sleep(self.drip_interval)
+                    else:
+                        conn.sendall(self.answers[min(n, len(self.answers) - 1)])
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def test_retries_while_the_control_socket_is_full(sockdir, capsys):
+    from ecmpd.control import EVICTED, TOO_MANY
+    from ecmpd.ctl import RETRY_ERRORS
+
+    assert set(RETRY_ERRORS) == {TOO_MANY, EVICTED}  # ctl keeps its own copy (no asyncio)
+    path = os.path.join(sockdir, "ecmpd.sock")
+    full = json.dumps({"ok": False, "error": TOO_MANY}).encode() + b"\n"
+    evicted = json.dumps({"ok": False, "error": EVICTED}).encode() + b"\n"
+    srv = ScriptedServer(path, [full, evicted, full, b'{"ok": true, "message": "reloaded"}\n'])
+    try:
+        assert main(["--socket", path, "reload"]) == 0
+    finally:
+        srv.close()
+    assert srv.connections == 4
+    assert capsys.readouterr().out == "reloaded\n"
+
+
+def test_full_until_the_timeout_is_an_error(sockdir, capsys):
+    path = os.path.join(sockdir, "ecmpd.sock")
+    srv = ScriptedServer(path, [b'{"ok": false, "error": "too many clients"}\n'])
+    t0 = time.monotonic()
+    try:
+        assert main(["--socket", path, "--timeout", "0.5", "status"]) == 1
+    finally:
+        srv.close()
+    assert time.monotonic() - t0 < 1.5
+    assert srv.connections >= 3
+    assert capsys.readouterr().err == "ecmpctl: too many clients\n"
+
+
+def test_timeout_bounds_the_whole_exchange(sockdir, capsys):
+    """A daemon dripping bytes without ever finishing its line cannot hold ecmpctl
+    beyond --timeout (the timeout is a deadline, not a per-recv limit)."""
+    path = os.path.join(sockdir, "ecmpd.sock")
+    srv = ScriptedServer(path, drip=True, drip_interval=0.05)
+    t0 = time.monotonic()
+    try:
+        assert main(["--socket", path, "--timeout", "0.5", "status"]) == 1
+    finally:
+        srv.close()
+    assert time.monotonic() - t0 < 1.5
+    assert "no answer from ecmpd within 0.5s" in capsys.readouterr().err
+
+
+def _fill_backlog(path: str) -> tuple[socket.socket, list[socket.socket]]:
+    """A listening socket nobody accepts on, its backlog full: a connect now must wait."""
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(0)
+    fillers = []
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.setblocking(False)
+        try:
+            s.connect(path)
+        except BlockingIOError:
+            s.close()
+            return srv, fillers
+        fillers.append(s)
+
+
+def test_connect_waits_its_turn_while_the_backlog_is_full(sockdir, capsys):
+    """A connection flood fills the daemon's listen backlog: ecmpctl waits in the
+    kernel's queue (not EAGAIN at once) and is served when the daemon catches up."""
+    import threading
+
+    path = os.path.join(sockdir, "ecmpd.sock")
+    srv, fillers = _fill_backlog(path)
+
+    def catch_up() -> None:
+        time.sleep(0.3)
+        srv.settimeout(5)
+        for _ in range(len(fillers) + 1):
+            conn, _ = srv.accept()
+            with conn:
+                conn.settimeout(0.2)
+                try:
+                    if b"\n" in conn.recv(4096):
+                        conn.sendall(b'{"ok": true, "message": "reloaded"}\n')
+                except OSError:
+                    pass
+
+    t = threading.Thread(target=catch_up)
+    t.start()
+    try:
+        assert main(["--socket", path, "--timeout", "5", "reload"]) == 0
+    finally:
+        t.join(10)
+        for s in fillers + [srv]:
+            s.close()
+    assert capsys.readouterr().out == "reloaded\n"
+
+
+def test_a_backlog_that_stays_full_is_a_timeout(sockdir, capsys):
+    path = os.path.join(sockdir, "ecmpd.sock")
+    srv, fillers = _fill_backlog(path)
+    t0 = time.monotonic()
+    try:
+        assert main(["--socket", path, "--timeout", "0.4", "status"]) == 1
+    finally:
+        for s in fillers + [srv]:
+            s.close()
+    assert 0.3 < time.monotonic() - t0 < 1.5
+    assert "did not accept the connection" in capsys.readouterr().err

@@ -15,7 +15,7 @@ from collections import Counter
 
 import pytest
 
-from ecmpd.control import MAX_CLIENTS
+from ecmpd.control import EVICTED, MAX_CLIENTS, MAX_REQUEST
 from ecmpd.lab.router import Ecmpd, config_for, kernel_hops
 from ecmpd.lab.topology import make_spec
 
@@ -156,7 +156,7 @@ MALFORMED = [
     (b'{"cmd": "enable", "wan": ""}', "must not be empty"),
     (b'{"cmd": "enable", "wan": "wan1", "now": true}', "unexpected argument"),
     (b"\xff\xfe\x00garbage", "malformed JSON"),
-    (b"[" * 30000, "malformed JSON"),                      # too deep for the parser
+    (b"[" * (MAX_REQUEST - 100), "malformed JSON"),        # too deep for the parser
 ]
 
 
@@ -171,7 +171,7 @@ def test_malformed_control_requests_are_answered_and_harmless(lab3, daemon):
         assert ans["ok"] is False and why in ans["error"], (req[:40], ans)
     assert answers[-1] == {"ok": True}
     # an oversized line: an error, then the server hangs up
-    over = exchange(path, b'{"cmd": "' + b"x" * 70000 + b'"}\n', None)
+    over = exchange(path, b'{"cmd": "' + b"x" * (MAX_REQUEST + 100) + b'"}\n', None)
     assert len(over) == 1 and "longer than" in json.loads(over[0])["error"]
     # half-open clients: a partial request then EOF gets a close; a whole one its answer
     assert exchange(path, b'{"cmd": "sta', None, shut=True) == []
@@ -179,7 +179,8 @@ def test_malformed_control_requests_are_answered_and_harmless(lab3, daemon):
         == [{"ok": True}]
     # a client that connects and leaves at once
     socket.socket(socket.AF_UNIX, socket.SOCK_STREAM).connect(path)
-    # silent clients do not block others; beyond MAX_CLIENTS one is turned away politely
+    # silent clients do not block others; beyond MAX_CLIENTS the one idle longest makes
+    # room (and is told why)
     silent: list[socket.socket] = []
     try:
         for _ in range(MAX_CLIENTS):
@@ -187,12 +188,16 @@ def test_malformed_control_requests_are_answered_and_harmless(lab3, daemon):
             silent[-1].connect(path)
             if len(silent) == 5:
                 assert daemon.ctl("status", "--json").returncode == 0
-        refused = exchange(path, b'{"cmd": "ping"}\n', None)
-        assert [json.loads(a) for a in refused] == [{"ok": False, "error": "too many clients"}]
+        time.sleep(0.2)                        # all of them served (idle) by now
+        answered = exchange(path, b'{"cmd": "ping"}\n', 1)
+        assert [json.loads(a) for a in answered] == [{"ok": True}]
+        silent[0].settimeout(5)
+        assert json.loads(silent[0].recv(65536).splitlines()[0]) == \
+            {"ok": False, "error": EVICTED}
     finally:
         for s in silent:
             s.close()
-    assert "too many clients" in daemon.log()
+    assert "to make room" in daemon.log()
     end = time.monotonic() + 5                 # until the server has seen them go
     while exchange(path, b'{"cmd": "ping"}\n', 1) != [b'{"ok":true}']:
         assert time.monotonic() < end, "the daemon does not serve again"
@@ -262,3 +267,26 @@ def test_ecmpctl_exit_code_3_after_the_daemon_stopped(lab3, daemon):
     assert daemon.stop() == 0
     res = daemon.ctl("status", check=False)
     assert res.returncode == 3 and daemon.socket in res.stderr, res
+
+
+@pytest.mark.lab
+def test_disabling_the_last_usable_wan_says_it_stays_in_the_route(make_lab, ecmpd_in):
+    lab = make_lab()
+    d = ecmpd_in(lab)
+    lab.fault("wlan1", "dead")
+    d.wait_states({"wlan1": "down"})
+    res = d.ctl("disable", "wlan2", check=False)
+    assert res.returncode == 1, res
+    assert "wlan2 is disabled, but its nexthop stays in the route" in res.stderr
+    st = d.status()                     # marked disabled, yet the kept route holds it
+    w2 = st["wans"]["wlan2"]
+    assert w2["disabled"] and w2["state"] == "disabled" and w2["active"]
+    assert st["route"]["kept_last"] and "keeping the last route" in st["warnings"][0]
+    assert {h["interface"] for h in st["route"]["nexthops"]} == {"wlan2"}
+    assert d.ctl("enable", "wlan2").stdout.strip() == "wlan2: enabled"
+    assert not d.status()["route"]["kept_last"]
+    lab.heal("wlan1")
+    d.wait_states({"wlan1": "up"})
+    # with another usable WAN, disabling is plain
+    assert d.ctl("disable", "wlan2").stdout.strip() == "wlan2: disabled"
+    assert {h["interface"] for h in d.status()["route"]["nexthops"]} == {"wlan1"}

@@ -285,3 +285,28 @@ def test_other_proto_236_defaults_at_another_metric_are_left_alone(make_lab, ecm
     assert "metric 50" in routes
     assert d.stop() == 0
     assert "metric 50" in lab.run(lab.ns_router, "ip", "route", "show", "default").stdout
+
+
+def test_a_dead_wan_at_start_never_enters_the_route(make_lab, tmp_path):
+    """Not adopted from a route found in the kernel, a WAN must earn its place with a
+    probe verdict: a dead one at start never carries a new flow, not even briefly."""
+    lab = make_lab()
+    lab.fault("wlan1", "dead")
+    dead = lab.spec.wans[0].gateway
+    d = Ecmpd(lab, config_for(lab), workdir=str(tmp_path / "d"))
+    with route_events(lab) as during:
+        d.start()
+        try:
+            st = d.wait_states({"wlan1": "down", "wlan2": "up"})
+        except Exception:
+            d.stop()
+            raise
+    try:
+        events = main_route_events(during)
+        assert events and not [e for e in events if dead in e], events
+        assert {h["interface"] for h in st["route"]["nexthops"]} == {"wlan2"}
+        assert "wlan2: INIT -> UP" in d.log() and "(joins the route)" in d.log()
+        lab.heal("wlan1")
+        d.wait_states({"wlan1": "up"})
+    finally:
+        d.stop()

@@ -96,3 +96,160 @@ def test_describe_mentions_everything():
     assert "suppress_prefixlength 0" in text
     assert "from 10.3.0.2 lookup 505" in text
     assert "route unreachable default table 505 metric 4294967295" in text
+
+
+# ---- ownership numbers and make-before-break handovers ---------------------------------
+
+import pytest  # noqa: E402
+
+from ecmpd.desired import Desired, Owned, Step, plan_handover, translate  # noqa: E402
+
+TWO = (Wan("a", "ethA", IPv4Address("10.1.0.1"), 1, 1),
+       Wan("b", "ethB", IPv4Address("10.2.0.1"), 3, 2))
+LAN = "lan"
+
+
+def two(**kw) -> Config:
+    return Config(lan_interfaces=("lan0",), wans=TWO, **kw)
+
+
+def installed(cfg: Config) -> tuple[dict, set]:
+    """What ecmpd installs for `cfg` with both WANs active: (routes, rules) as read back."""
+    d = build_desired(cfg, LINKS, ADDRS, {"a", "b"})
+    routes = {(t.table, t.metric): t for t in d.tables}
+    routes[(MAIN_TABLE, d.main.metric)] = d.main
+    return routes, set(d.rules)
+
+
+class Kernel:
+    """A model of the kernel's policy routing, enough to follow ecmpd's objects: rules in
+    priority order (a new rule goes after those of equal priority), tables keyed by
+    (table, metric) with replace semantics, and a LAN connected route in main."""
+
+    def __init__(self, routes: dict, rules: set, protos: dict) -> None:
+        self.routes = {k: (v, protos.get(k[0], 0)) for k, v in routes.items()}
+        self.rules: list = sorted(rules)
+
+    def step(self, s: Step) -> None:
+        if s.op == "route":
+            self.routes[(s.route.table, s.route.metric)] = (s.route, s.proto)
+        elif s.op == "unroute":
+            key = (s.route.table, s.route.metric)
+            if key in self.routes and self.routes[key][1] == s.proto:
+                del self.routes[key]
+        elif s.op == "rule":
+            assert s.rule not in self.rules, f"rule added twice: {s}"
+            at = len([r for r in self.rules if r.priority <= s.rule.priority])
+            self.rules.insert(at, s.rule)
+        else:
+            self.rules.remove(s.rule)
+
+    def table(self, table: int):
+        specs = sorted((m, spec) for (t, m), (spec, _p) in self.routes.items() if t == table)
+        return specs[0][1] if specs else None
+
+    def lookup(self, mark: int = 0, src: str | None = None, to_lan: bool = False):
+        """The gateways a packet leaves by, LAN, or 'unreachable'."""
+        for r in self.rules:
+            if r.suppress_prefixlen is not None:
+                if to_lan:
+                    return LAN                    # the connected route, not suppressed
+                continue
+            if r.fwmark is not None and (mark & r.fwmask) != r.fwmark:
+                continue
+            if r.src is not None and r.src != src:
+                continue
+            route = self.table(r.table)
+            if route is None:
+                continue
+            return "unreachable" if route.kind == UNREACHABLE else \
+                frozenset(h.gateway for h in route.nexthops)
+        if to_lan:
+            return LAN
+        main = self.table(MAIN_TABLE)
+        return frozenset(h.gateway for h in main.nexthops) if main else None
+
+    def check(self, cfg_marks: dict, where: str) -> None:
+        for name, (mark, src, gw) in cfg_marks.items():
+            assert self.lookup(mark=mark) == {gw}, f"{where}: {name}'s marked packets"
+            assert self.lookup(src=src) == {gw}, f"{where}: from {name}'s address"
+            assert self.lookup(mark=mark, to_lan=True) == LAN, \
+                f"{where}: {name}'s replies to the LAN"
+        assert self.lookup() == {"10.1.0.1", "10.2.0.1"}, f"{where}: new flows"
+
+
+MARKS = {"a": (0x10000, "10.1.0.2", "10.1.0.1"), "b": (0x20000, "10.2.0.2", "10.2.0.1")}
+
+RENUMBERINGS = {
+    "tables.base up by 1 (overlapping: b's old table is a's new one)": dict(table_base=1001),
+    "tables.base down by 1": dict(table_base=999),
+    "tables.base far away": dict(table_base=5000),
+    "rules.priority below (new fwmark rules before the old suppress rule)": dict(rule_priority=900),
+    "rules.priority up by 1 (overlapping ranges)": dict(rule_priority=1001),
+    "route.metric": dict(route_metric=10),
+    "route.proto (same metric: replaced in place)": dict(route_proto=237),
+    "everything": dict(table_base=1001, rule_priority=999, route_metric=5, route_proto=200),
+}
+
+
+@pytest.mark.parametrize("name", list(RENUMBERINGS))
+@pytest.mark.parametrize("mode", ["translated", "desired"])
+def test_a_handover_makes_before_it_breaks(name: str, mode: str) -> None:
+    old_cfg = two(table_base=1000, rule_priority=1000)
+    new_cfg = two(**{"table_base": 1000, "rule_priority": 1000, **RENUMBERINGS[name]})
+    old, new = Owned.of(old_cfg), Owned.of(new_cfg)
+    routes, rules = installed(old_cfg)
+    want_routes, want_rules = installed(new_cfg)
+    target = (translate(routes, rules, old, new) if mode == "translated"
+              else build_desired(new_cfg, LINKS, ADDRS, {"a", "b"}))
+    kernel = Kernel(routes, rules, {t: old.route_proto for t, _ in routes})
+    kernel.check(MARKS, "before")
+    steps = plan_handover(routes, rules, old, new, target)
+    for i, s in enumerate(steps):
+        kernel.step(s)
+        kernel.check(MARKS, f"after step {i} ({s})")
+    # exactly the new objects, under the new proto
+    assert {k: v[0] for k, v in kernel.routes.items()} == want_routes
+    assert all(p == new.route_proto for _, p in kernel.routes.values())
+    assert set(kernel.rules) == want_rules and len(kernel.rules) == len(want_rules)
+    # and nothing done twice
+    assert len(steps) == len(set(steps))
+
+
+def test_translate_renumbers_and_leaves_out_what_the_new_numbers_do_not_own() -> None:
+    old = Owned(236, 0, 1000, 1000, ids=(1, 2))
+    routes, rules = installed(two())
+    t = translate(routes, rules, old, Owned(236, 7, 250, 3000, ids=(1,)))
+    # id 2 is not in the new ids; table 250+4 would be main: neither is translated
+    assert {s.table for s in t.tables} == {251}
+    assert t.main.metric == 7 and t.main.nexthops == routes[(254, 0)].nexthops
+    assert {r.priority for r in t.rules} == {3000, 3001, 3257}
+    assert {r.table for r in t.rules} == {254, 251}
+    # tables.base 252: id 1 would be table 253 ("default"), id 2 table 254 (main)
+    reserved = translate(routes, rules, old, Owned(236, 0, 252, 1000))
+    assert reserved.tables == ()
+    assert [r for r in reserved.rules if r.table == 254] == [
+        RuleSpec(1000, 254, suppress_prefixlen=0)]
+    assert len(reserved.rules) == 1
+
+
+def test_no_main_route_wanted_removes_the_old_one() -> None:
+    old, new = Owned(236, 0, 1000, 1000), Owned(236, 10, 1000, 1000)
+    routes, rules = installed(two())
+    steps = plan_handover(routes, rules, old, new, Desired(None, (), ()))
+    assert Step("unroute", route=routes[(254, 0)], proto=236) in steps
+
+
+def test_owned_round_trips_and_rejects_garbage() -> None:
+    o = Owned.of(two(table_base=2000, route_metric=3, nft_table="x", mark_mask=0xF0))
+    assert o == Owned(236, 3, 2000, 1000, "x", 0xF0, (1, 2))
+    assert Owned.from_json(o.to_json()) == o
+    assert Owned.of(o) is o
+    assert o.wan_tables() == (2001, 2002) and o.table_range() == range(2001, 2256)
+    assert o.rule_range() == range(1000, 1512)
+    for bad in ({**o.to_json(), "table_base": "1"}, {**o.to_json(), "ids": [0]},
+                {**o.to_json(), "nft_table": ""}, {**o.to_json(), "route_metric": -1}):
+        with pytest.raises((ValueError, TypeError, KeyError)):
+            Owned.from_json(bad)
+    with pytest.raises(KeyError):
+        Owned.from_json({"route_proto": 236})

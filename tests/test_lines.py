@@ -165,7 +165,8 @@ def _poll(what: str, fn: Callable[[], object], timeout: float, every: float = 0.
 
 
 @LAB
-def test_shaped_lines_give_their_rate_and_bufferbloat_and_unshape_restores(make_lab: MakeLab) -> None:
+def test_shaped_lines_give_their_rate_and_bufferbloat_and_unshape_restores(
+        make_lab: MakeLab) -> None:
     lab = make_lab()
     _route(lab)
     lab.shape("wlan1", Line(down_mbit=8, up_mbit=2, buffer_s=1.0))
@@ -180,8 +181,8 @@ def test_shaped_lines_give_their_rate_and_bufferbloat_and_unshape_restores(make_
     down = lab.load(["wlan1"], upload=False, seconds=7)
     up = lab.load(["wlan2"], download=False, seconds=7)
     for gw in (gw1, gw2):
-        _poll(f"RTT via {gw} >= 0.5 s", lambda: max(ln.ping_rtts(lab, "rtr", gw, 2, 0.2) or [0]) >= 500,
-              timeout=5, every=0)
+        _poll(f"RTT via {gw} >= 0.5 s",
+              lambda: max(ln.ping_rtts(lab, "rtr", gw, 2, 0.2) or [0]) >= 500, 5, every=0)
     (d,), (u,) = down.wait(), up.wait()
     assert (d.wan, d.control_wan, u.wan, u.control_wan) == ("wlan1",) * 2 + ("wlan2",) * 2
     assert not d.broken and not u.broken
@@ -198,7 +199,7 @@ def test_shaped_lines_give_their_rate_and_bufferbloat_and_unshape_restores(make_
 @LAB
 def test_load_lands_on_the_chosen_wan_or_says_why_not(make_lab: MakeLab) -> None:
     lab = make_lab()
-    with pytest.raises(LoadError, match="no route"):
+    with pytest.raises(LoadError, match="does not route the LAN"):
         lab.load(seconds=1)
     _route(lab, ["wlan1"])
     with pytest.raises(LoadError, match=r"\['wlan2'\] are not nexthops"):
@@ -211,6 +212,9 @@ def test_load_lands_on_the_chosen_wan_or_says_why_not(make_lab: MakeLab) -> None
     for r in results:
         assert r.wan == r.control_wan and not r.broken and r.bytes > 0, r
     assert len({r.port for r in results}) == 8
+    # With the client's socket hash cleared, the router's `ip route get` predicts each flow.
+    assert ln.CLEAR_HASH in lab.run("lan", "tc", "filter", "show", "dev", "eth0", "egress").stdout
+    assert load.route_get([(r.cport, r.port) for r in results]) == [r.wan for r in results]
     # Unpinned: the streams go where the router hashes them, and say where.
     for r in lab.load(upload=False, pin=False, seconds=1).wait():
         assert r.wan in ("wlan1", "wlan2") and not r.broken
@@ -265,7 +269,7 @@ def test_flood_reaches_the_router_at_the_measured_rate(make_lab: MakeLab) -> Non
     r = lab.flood("wlan1", pps=150_000, seconds=2).wait()
     assert r.kind == "echo-reply" and r.errors == 0
     assert r.pps >= 0.5 * 150_000 and r.pps <= 1.05 * 150_000, r  # 1 process: ~750k max here
-    assert r.router_icmp >= 0.95 * r.sent and r.router_pps >= 0.9 * r.pps, r
+    assert r.router_icmp >= 0.95 * r.sent and r.router_pps >= 0.8 * r.pps, r
     u = lab.flood("wlan2", pps=20_000, seconds=1, kind="unreachable", ident=4242).wait()
     assert (u.kind, u.ident) == ("unreachable", 4242) and u.router_icmp >= 0.9 * u.sent
     # A shaped line lets through only its rate: 98-byte frames at 20 Mbit/s = 25.5k pps.
@@ -275,4 +279,4 @@ def test_flood_reaches_the_router_at_the_measured_rate(make_lab: MakeLab) -> Non
     rate = s.router_rate(1.0)
     res = s.wait()
     assert 0.8 * 25_510 <= rate <= 1.2 * 25_510, rate
-    assert res.router_rx < 0.5 * res.sent, res  # the rest was dropped at the ISP's tbf
+    assert res.router_pps <= 1.2 * 25_510 and res.router_rx < res.sent, res  # tbf drops the rest

@@ -1,4 +1,5 @@
-"""routing: read/diff/apply ecmpd's routes and rules in a lab router (root, lab).
+"""routing: read/diff/apply ecmpd's routes and rules in a lab router (root, lab); the
+kernel-filtered reads with a big foreign FIB; handing everything over to new numbers.
 
 The test process never enters another namespace: `AsyncIPRoute(netns=...)` has pyroute2
 create the netlink socket in a forked child that joins the lab's router namespace and
@@ -69,7 +70,7 @@ def kernel_plan(lab: Lab, c: Config) -> list[str]:
     for r in json.loads(lab.run(lab.ns_router, "ip", "-4", "-N", "-j", "route", "show",
                                 "table", "all").stdout):
         table = int(r.get("table", 254))
-        if r["dst"] != "default" or r.get("protocol") != str(PROTO):
+        if r["dst"] != "default" or r.get("protocol") != str(c.route_proto):
             continue
         if table != 254 and table not in tables:
             continue
@@ -362,5 +363,152 @@ def test_a_wan_without_carrier_sends_its_packets_nowhere_else(lab: Lab) -> None:
             lab.heal("wlan1")
             normal_traffic(wan1_ok=True)
             assert exit_of(lab, server, "from", wan1) == "wlan1"
+
+    asyncio.run(body())
+
+
+# ---- reading only ecmpd's routes; handing them over -------------------------------------
+
+import time  # noqa: E402
+
+
+def bgp_lines(count: int, gateway: str = "10.111.0.1") -> list[str]:
+    """`count` foreign /24 routes, half in table main, half in table 100 (a BGP feed)."""
+    half = count // 2
+    def net(first: int, i: int) -> str:
+        return f"{first + (i >> 16)}.{i >> 8 & 255}.{i & 255}.0/24"
+
+    return ([f"route add {net(11, i)} via {gateway} table 100 proto bgp" for i in range(half)]
+            + [f"route add {net(100, i)} via {gateway} proto bgp" for i in range(count - half)])
+
+
+FOREIGN_FIB = 200_000
+
+
+def test_with_a_big_foreign_fib_only_ecmpds_routes_are_read_and_fast(lab: Lab) -> None:
+    lab.run(lab.ns_router, "ip", "-batch", "-", input="\n".join(FOREIGN) + "\n")
+
+    async def body() -> None:
+        async with router(lab) as ipr:
+            d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
+            await routing.apply(ipr, CFG, d)
+            small = await routing.read_actual(ipr, CFG)
+            lab.run(lab.ns_router, "ip", "-batch", "-",
+                    input="\n".join(bgp_lines(FOREIGN_FIB)) + "\n", timeout=300)
+            took = []
+            for _ in range(5):
+                t = time.perf_counter()
+                big = await routing.read_actual(ipr, CFG)
+                took.append(time.perf_counter() - t)
+                assert big == small
+            print(f"\nread_actual with {FOREIGN_FIB} foreign routes: "
+                  f"best {min(took) * 1000:.1f} ms, worst {max(took) * 1000:.1f} ms")
+            assert min(took) < 0.05
+            # the fallback (no strict checking) reads the same, the slow way
+            real = routing.RouteReader.like
+
+            def unsupported(ipr: Any) -> Any:
+                raise routing.StrictUnsupported(92, "no strict checking (test)")
+
+            routing.RouteReader.like = unsupported    # type: ignore[method-assign]
+            try:
+                lab.run(lab.ns_router, "ip", "-batch", "-", input="\n".join(
+                    line.replace(" add ", " del ", 1) for line in bgp_lines(FOREIGN_FIB)) + "\n",
+                    timeout=300)
+                assert await routing.read_actual(ipr, CFG) == small
+            finally:
+                routing.RouteReader.like = real       # type: ignore[method-assign]
+
+    asyncio.run(body())
+
+
+def test_own_proto_routes_at_other_metrics_are_reported_not_touched(lab: Lab) -> None:
+    lab.run(lab.ns_router, "ip", "-batch", "-", input="\n".join([
+        "route add default via 10.112.0.1 proto 236 metric 50",
+        "route add unreachable default proto 236 metric 60",
+        "route add 0.0.0.0/8 via 10.112.0.1 proto 236",         # not a default route
+        "route add default via 10.111.0.1 proto 17 metric 70",   # not our proto
+    ]) + "\n")
+    before = snapshot(lab)
+
+    async def body() -> None:
+        async with router(lab) as ipr:
+            d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
+            await routing.apply(ipr, CFG, d)
+            actual = await routing.read_actual(ipr, CFG)
+            assert sorted((r.metric, r.kind) for r in actual.stray_main) == [
+                (50, "unicast"), (60, "unreachable")]
+            assert actual.foreign_main is None
+            lines = routing.stray_warnings(actual, CFG)
+            assert len(lines) == 2 and "at metric 50 (via 10.112.0.1) sits below" in lines[0]
+            assert "ip route del default proto 236 metric 50" in lines[0]
+            assert await routing.remove_all(ipr, CFG) == 10
+
+    asyncio.run(body())
+    assert snapshot(lab) == before
+
+
+NEW = cfg(table_base=3000, rule_priority=3000, route_metric=10, route_proto=237)
+
+
+def test_handover_moves_everything_to_the_new_numbers_and_nothing_else(lab: Lab) -> None:
+    lab.run(lab.ns_router, "ip", "-batch", "-", input="\n".join(FOREIGN) + "\n")
+    before = snapshot(lab)
+
+    async def body() -> None:
+        async with router(lab) as ipr:
+            d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
+            await routing.apply(ipr, CFG, d)
+            n = await routing.handover(ipr, CFG, NEW)
+            # the new suppress rule, the new main route; per WAN its 2 new routes, 2 new
+            # rules, 2 old rules, 2 old routes; the old main route, the old suppress rule
+            assert n == 1 + 1 + 2 * (2 + 2 + 2 + 2) + 1 + 1
+            assert kernel_plan(lab, CFG) == []
+            want = await desired(ipr, lab, NEW, {"wlan1", "wlan2"})
+            assert kernel_plan(lab, NEW) == planned(want)
+            assert await routing.apply(ipr, NEW, want) == 0   # translated == desired here
+            assert await routing.handover(ipr, NEW, NEW) == 0
+            assert await routing.remove_all(ipr, NEW) == 10
+
+    asyncio.run(body())
+    assert snapshot(lab) == before
+
+
+def test_handover_keeps_the_old_main_route_when_a_foreign_one_holds_the_new_metric(
+        lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
+    lab.run(lab.ns_router, "ip", "route", "add", "default", "via", "10.111.0.1", "metric", "10")
+
+    async def body() -> None:
+        async with router(lab) as ipr:
+            d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
+            await routing.apply(ipr, CFG, d)
+            with caplog.at_level(logging.ERROR, logger="ecmpd"):
+                await routing.handover(ipr, CFG, NEW)
+            assert "ecmpd's route stays at metric 0" in caplog.text
+            old = await routing.read_actual(ipr, CFG)
+            assert set(old.routes) == {(254, 0)} and not old.rules
+            new = await routing.read_actual(ipr, NEW)
+            assert (254, 10) not in new.routes and new.foreign_main is not None
+            assert len(new.rules) == 5
+
+    asyncio.run(body())
+
+
+def test_a_removed_wans_table_is_found_through_its_rules_and_cleaned(lab: Lab) -> None:
+    """Reads cover the configured WANs' tables and every table one of ecmpd's rules
+    points at: a WAN dropped from the config is still cleaned up completely."""
+    only1 = Config(lan_interfaces=("Local",), wans=(CFG.wans[0],))
+
+    async def body() -> None:
+        async with router(lab) as ipr:
+            await routing.apply(ipr, CFG, await desired(ipr, lab, CFG, {"wlan1", "wlan2"}))
+            actual = await routing.read_actual(ipr, only1)
+            assert {t for t, _ in actual.routes} == {254, 1001, 1002}
+            d1 = await desired(ipr, lab, only1, {"wlan1"})
+            # route 1002 x2 removed, rules 1002 and 1258 removed, the main route changed
+            assert await routing.apply(ipr, only1, d1, actual) == 5
+            assert kernel_plan(lab, CFG) == planned(d1)
+            assert "1002" not in lab.run(lab.ns_router, "ip", "rule").stdout
+            assert lab.run(lab.ns_router, "ip", "route", "show", "table", "1002").stdout == ""
 
     asyncio.run(body())

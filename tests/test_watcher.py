@@ -1,7 +1,8 @@
-"""Unit tests of ecmpd.watcher: kernel events → daemon calls, with a fake daemon and fake
-netlink sockets (no root, no namespaces).  Events are real pyroute2 message objects, so
-the `msg.get(...)` lookups are the ones the daemon sees (e.g. RTA_TABLE over the header's
-8-bit table for tables above 255)."""
+"""Unit tests of ecmpd.watcher: kernel events → typed events for the daemon, with a fake
+sink and fake netlink sockets (no root, no namespaces).  Events are real pyroute2 message
+objects, so the `msg.get(...)` lookups are the ones the daemon sees (e.g. RTA_TABLE over
+the header's 8-bit table for tables above 255).  What an event means for the daemon's
+state is ecmpd.events' business (tests/test_state.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import errno
 import logging
 import socket
 import types
-from ipaddress import IPv4Address
 from typing import Any, Awaitable, Callable, Iterator
 
 import pytest
@@ -23,25 +23,21 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from ecmpd import watcher as watcher_mod
-from ecmpd.model import Config, Wan
+from ecmpd.events import (AddressesChanged, LinkChanged, Resynced, RouteChanged, RuleChanged,
+                          RulesetChanged)
 from ecmpd.netlinkimport import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE,
                                  RTMGRP_LINK)
+from ecmpd.state import Link
 from ecmpd.watcher import Watcher
 
 IFF_UP, IFF_RUNNING, IFF_LOWER_UP = 0x1, 0x40, 0x10000
 LINK_OK = IFF_UP | IFF_RUNNING | IFF_LOWER_UP
 ECMPD_PROTO = 236
-
-CFG = Config(
-    lan_interfaces=("lan0",),
-    wans=(Wan("wlan1", "eth1", IPv4Address("192.0.2.1"), weight=1, id=1),
-          Wan("wlan2", "eth2", IPv4Address("198.51.100.1"), weight=2, id=2)),
-)
-"""Tables 1001..1255 and rule priorities 1000..1511 are ecmpd's (defaults)."""
+ENOBUFS = OSError(errno.ENOBUFS, "No buffer space available")
 
 
 def run(coro_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    return asyncio.run(coro_fn(*args))
+    return asyncio.run(asyncio.wait_for(coro_fn(*args), 20))     # a hang fails
 
 
 async def until(cond: Callable[[], bool], what: str, deadline: float = 10.0) -> None:
@@ -63,10 +59,9 @@ def link_msg(event: str, name: str, index: int, flags: int) -> ifinfmsg:
     return m
 
 
-def addr_msg(event: str, index: int, local: str, prefixlen: int = 24,
-             flags: int = 0) -> ifaddrmsg:
+def addr_msg(event: str, index: int, local: str, prefixlen: int = 24) -> ifaddrmsg:
     m = ifaddrmsg()
-    m["index"], m["prefixlen"], m["flags"], m["event"] = index, prefixlen, flags, event
+    m["index"], m["prefixlen"], m["flags"], m["event"] = index, prefixlen, 0, event
     m["family"] = socket.AF_INET
     m["attrs"] = [("IFA_LOCAL", local), ("IFA_ADDRESS", local)]
     return m
@@ -98,75 +93,47 @@ def rule_msg(event: str, priority: int | None, table: int = 1001) -> fibmsg:
 
 # ---- fakes -----------------------------------------------------------------------------
 
-class DumpIpr:
-    """The daemon's AsyncIPRoute as routing.read_links/read_addresses use it."""
+LINKS = {"eth1": Link(11, True, False), "eth2": Link(12, True, True)}
+ADDRS = {11: (("192.0.2.10", 24),), 12: (("198.51.100.99", 24),)}
 
-    def __init__(self, lock: asyncio.Lock, links: list, addrs: list) -> None:
-        self.lock = lock
-        self.links, self.addrs = links, addrs
-        self.dumps: list[tuple[str, bool]] = []
-        """(what, netlink lock held) per dump."""
+
+class Sink:
+    """What the watcher uses of the daemon; `log` records the order of everything."""
+
+    def __init__(self, log: list[str] | None = None) -> None:
+        self.log = log if log is not None else []
+        self.events: list[Any] = []
+        self.started = True
         self.fail: Exception | None = None
+        self.submit_error: Exception | None = None
 
-    async def _dump(self, what: str, msgs: list):
-        self.dumps.append((what, self.lock.locked()))
+    def submit(self, event: Any) -> None:
+        if self.submit_error is not None:
+            raise self.submit_error
+        self.events.append(event)
+        self.log.append(f"submit {type(event).__name__}")
+
+    async def _dump(self, what: str, value: Any) -> Any:
+        self.log.append(f"dump {what}")
+        await asyncio.sleep(0)
         if self.fail is not None:
             raise self.fail
+        return dict(value) if self.started else None
 
-        async def gen():
-            for m in msgs:
-                yield m
-        return gen()
+    async def dump_links(self):
+        return await self._dump("links", LINKS)
 
-    async def link(self, cmd: str, **kw: Any):
-        assert cmd == "dump"
-        return await self._dump("link", self.links)
-
-    async def addr(self, cmd: str, **kw: Any):
-        assert cmd == "dump" and kw.get("family") == socket.AF_INET
-        return await self._dump("addr", self.addrs)
-
-
-class FakeDaemon:
-    """What the watcher uses of ecmpd.daemon.Daemon, recording its calls."""
-
-    def __init__(self, cfg: Config = CFG) -> None:
-        self.cfg = cfg
-        self.wans = {w.name: types.SimpleNamespace(wan=w) for w in cfg.wans}
-        self.links: dict[str, dict] = {
-            "lan0": {"index": 3, "up": True, "carrier": True},
-            "eth1": {"index": 11, "up": True, "carrier": True},
-            "eth2": {"index": 12, "up": True, "carrier": True},
-        }
-        self.addresses: dict[int, list[tuple[str, int]]] = {
-            11: [("192.0.2.10", 24)], 12: [("198.51.100.10", 24)]}
-        self.netlink_lock = asyncio.Lock()
-        self.ipr: DumpIpr | None = None
-        self.on_link_calls: list[tuple[str, str]] = []
-        self.seen_at_on_link: list[tuple[dict | None, list | None]] = []
-        """(the WAN's link, its addresses) as they were when on_link was called."""
-        self.kicks = 0
-        self.on_link_error: Exception | None = None
-
-    def on_link(self, wan: Wan, reason: str) -> None:
-        if self.on_link_error is not None:
-            raise self.on_link_error
-        self.on_link_calls.append((wan.name, reason))
-        link = self.links.get(wan.interface)
-        self.seen_at_on_link.append(
-            (dict(link) if link else None,
-             list(self.addresses.get(link["index"], [])) if link else None))
-
-    def kick(self) -> None:
-        self.kicks += 1
+    async def dump_addresses(self):
+        return await self._dump("addresses", ADDRS)
 
 
 class EventSource:
     """A fake rtnetlink event socket: each `get()` yields one scripted batch of messages,
     then raises the batch's exception (None: blocks until cancelled)."""
 
-    def __init__(self, batches: list[tuple[list, BaseException | None]]) -> None:
-        self.batches = list(batches)
+    def __init__(self, n: int, log: list[str], batches: list[tuple[list, BaseException | None]]
+                 ) -> None:
+        self.n, self.log, self.batches = n, log, list(batches)
         self.gets = 0
         self.closed = False
         self.bound_groups: int | None = None
@@ -189,222 +156,115 @@ class EventSource:
 
     def close(self) -> None:
         self.closed = True
+        self.log.append(f"close {self.n}")
 
 
-def wan_dump_ipr(d: FakeDaemon) -> DumpIpr:
-    """A dump showing eth1 without carrier and a new address on eth2."""
-    return DumpIpr(d.netlink_lock,
-                   links=[link_msg("RTM_NEWLINK", "lan0", 3, LINK_OK),
-                          link_msg("RTM_NEWLINK", "eth1", 11, IFF_UP),
-                          link_msg("RTM_NEWLINK", "eth2", 12, LINK_OK)],
-                   addrs=[addr_msg("RTM_NEWADDR", 11, "192.0.2.10"),
-                          addr_msg("RTM_NEWADDR", 12, "198.51.100.99")])
+class Subscriptions:
+    """The watcher's socket factory: the n-th socket opened plays `scripts[n]`."""
+
+    def __init__(self, log: list[str], *scripts: list) -> None:
+        self.log, self.scripts = log, list(scripts)
+        self.made: list[EventSource] = []
+
+    def __call__(self) -> EventSource:
+        n = len(self.made)
+        self.log.append(f"open {n}")
+        s = EventSource(n, self.log, self.scripts[n] if n < len(self.scripts) else [])
+        self.made.append(s)
+        return s
 
 
-# ---- links -----------------------------------------------------------------------------
+def started(*scripts: list) -> tuple[Watcher, Sink, Subscriptions]:
+    """A watcher reading scripted sockets (no nft socket)."""
+    log: list[str] = []
+    sink, subs = Sink(log), Subscriptions(log, *scripts)
+    return Watcher(sink, subscription=subs), sink, subs
 
-@pytest.mark.parametrize("before, flags, reason, kicks", [
-    # carrier lost, the link still administratively up: the daemon decides (no reconcile)
-    ({"up": True, "carrier": True}, IFF_UP, "carrier lost", 0),
-    ({"up": True, "carrier": False}, LINK_OK, "carrier up", 0),
-    # administratively down: the kernel drops the WAN's routes silently -> reconcile
-    ({"up": True, "carrier": True}, IFF_LOWER_UP, "link down", 1),
-    ({"up": True, "carrier": True}, 0, "link down", 1),
-    # and back up: the WAN's table route must be put back
-    ({"up": False, "carrier": False}, LINK_OK, "carrier up", 1),
-    ({"up": False, "carrier": False}, IFF_UP, "carrier lost", 1),
+
+async def start_rtnl(w: Watcher) -> None:
+    await w._subscribe()
+    w._task = asyncio.get_running_loop().create_task(w._rtnl_loop())
+
+
+async def handle(*msgs: Any) -> list[Any]:
+    sink = Sink()
+    w = Watcher(sink)
+    for m in msgs:
+        await w._handle(m)
+    return sink.events
+
+
+# ---- one message, one event ------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, link", [
+    (LINK_OK, Link(11, True, True)),
+    (IFF_UP, Link(11, True, False)),          # carrier lost
+    (IFF_LOWER_UP, Link(11, False, False)),   # administratively down: no carrier either
+    (0, Link(11, False, False)),
 ])
-def test_newlink_on_a_wan_reports_the_reason(before, flags, reason, kicks) -> None:
-    async def body() -> None:
-        d = FakeDaemon()
-        d.links["eth1"] = {"index": 11, **before}
-        w = Watcher(d)
-        await w._handle(link_msg("RTM_NEWLINK", "eth1", 11, flags))
-        assert d.on_link_calls == [("wlan1", reason)]
-        up = bool(flags & IFF_UP)
-        assert d.links["eth1"] == {"index": 11, "up": up,
-                                   "carrier": up and bool(flags & IFF_LOWER_UP)}
-        # the daemon sees the new link state when it is called
-        assert d.seen_at_on_link[0][0] == d.links["eth1"]
-        assert d.kicks == kicks
-        assert d.links["eth2"]["carrier"] and d.links["lan0"]["up"]
-    run(body)
+def test_newlink_reports_the_link(flags, link) -> None:
+    assert run(handle, link_msg("RTM_NEWLINK", "eth1", 11, flags)) == [LinkChanged("eth1", link)]
 
 
-def test_newlink_of_a_wan_interface_seen_again_with_a_new_index_reconciles() -> None:
-    async def body() -> None:
-        d = FakeDaemon()
-        del d.links["eth2"]
-        w = Watcher(d)
-        await w._handle(link_msg("RTM_NEWLINK", "eth2", 42, LINK_OK))
-        assert d.links["eth2"]["index"] == 42
-        assert d.on_link_calls == [("wlan2", "carrier up")]
-        assert d.kicks == 1
-        d.links["eth2"]["index"] = 41
-        await w._handle(link_msg("RTM_NEWLINK", "eth2", 42, LINK_OK))
-        assert d.kicks == 2
-    run(body)
+def test_dellink_reports_the_interface_gone() -> None:
+    assert run(handle, link_msg("RTM_DELLINK", "eth2", 12, 0)) == [LinkChanged("eth2", None)]
 
 
-def test_newlink_on_a_non_wan_interface_only_updates_links() -> None:
-    async def body() -> None:
-        d = FakeDaemon()
-        w = Watcher(d)
-        await w._handle(link_msg("RTM_NEWLINK", "lan0", 3, 0))
-        await w._handle(link_msg("RTM_NEWLINK", "veth9", 99, LINK_OK))
-        assert d.links["lan0"] == {"index": 3, "up": False, "carrier": False}
-        assert d.links["veth9"] == {"index": 99, "up": True, "carrier": True}
-        assert d.on_link_calls == [] and d.kicks == 0
-    run(body)
+@pytest.mark.parametrize("event, removed", [("RTM_NEWADDR", False), ("RTM_DELADDR", True)])
+def test_address_changes_are_reported_with_the_reread_table(event, removed) -> None:
+    async def body() -> tuple[list, list]:
+        sink = Sink()
+        await Watcher(sink)._handle(addr_msg(event, 12, "198.51.100.99"))
+        return sink.events, sink.log
+    events, log = run(body)
+    assert events == [AddressesChanged(12, removed, ADDRS)]
+    assert log == ["dump addresses", "submit AddressesChanged"]
 
 
-def test_dellink_of_a_wan_removes_the_link_reports_it_and_reconciles() -> None:
-    async def body() -> None:
-        d = FakeDaemon()
-        w = Watcher(d)
-        await w._handle(link_msg("RTM_DELLINK", "eth2", 12, 0))
-        assert "eth2" not in d.links and "eth1" in d.links
-        assert d.on_link_calls == [("wlan2", "interface removed")]
-        assert d.seen_at_on_link == [(None, None)]
-        assert d.kicks == 1
-    run(body)
-
-
-def test_dellink_of_another_interface_reconciles_without_on_link() -> None:
-    async def body() -> None:
-        d = FakeDaemon()
-        w = Watcher(d)
-        await w._handle(link_msg("RTM_DELLINK", "lan0", 3, 0))
-        assert "lan0" not in d.links
-        assert d.on_link_calls == [] and d.kicks == 1
-    run(body)
-
-
-# ---- addresses -------------------------------------------------------------------------
-
-@pytest.mark.parametrize("event, reason", [("RTM_NEWADDR", "address added"),
-                                           ("RTM_DELADDR", "address removed")])
-def test_address_change_on_a_wan_rereads_addresses_then_reports_and_reconciles(
-        event: str, reason: str) -> None:
-    async def body() -> None:
-        d = FakeDaemon()
-        d.ipr = wan_dump_ipr(d)
-        w = Watcher(d)
-        await w._handle(addr_msg(event, 12, "198.51.100.99"))
-        assert d.ipr.dumps == [("addr", True)]          # under the netlink lock
-        assert d.addresses == {11: [("192.0.2.10", 24)], 12: [("198.51.100.99", 24)]}
-        assert d.on_link_calls == [("wlan2", reason)]
-        # on_link already sees the re-read addresses (the daemon's link_ok reads them)
-        assert d.seen_at_on_link[0][1] == [("198.51.100.99", 24)]
-        assert d.kicks == 1
-        assert not d.netlink_lock.locked()
-    run(body)
-
-
-def test_address_change_elsewhere_calls_no_on_link() -> None:
-    async def body() -> None:
-        d = FakeDaemon()
-        d.ipr = wan_dump_ipr(d)
-        w = Watcher(d)
-        await w._handle(addr_msg("RTM_NEWADDR", 3, "10.0.0.1"))
-        await w._handle(addr_msg("RTM_DELADDR", 77, "10.9.9.9"))
-        assert d.on_link_calls == []
-        assert [what for what, _ in d.ipr.dumps] == ["addr", "addr"]
-    run(body)
-
-
-def test_address_change_without_a_netlink_socket_still_reports() -> None:
-    async def body() -> None:
-        d = FakeDaemon()
-        w = Watcher(d)
-        await w._handle(addr_msg("RTM_DELADDR", 11, "192.0.2.10"))
-        assert d.on_link_calls == [("wlan1", "address removed")]
-        assert d.kicks == 1
-    run(body)
-
-
-# ---- routes and rules ------------------------------------------------------------------
-
-@pytest.mark.parametrize("event, table, proto", [
-    ("RTM_DELROUTE", 254, ECMPD_PROTO),      # ecmpd's multipath route deleted
-    ("RTM_DELROUTE", 254, 4),                # a foreign default in main (static)
-    ("RTM_NEWROUTE", 254, 3),                # somebody added one (boot)
-    ("RTM_NEWROUTE", 254, ECMPD_PROTO),      # replaced under ecmpd's own proto
-    ("RTM_DELROUTE", 1001, ECMPD_PROTO),     # a WAN table (RTA_TABLE above 255)
-    ("RTM_NEWROUTE", 1002, ECMPD_PROTO),
-    ("RTM_DELROUTE", 1255, 4),               # the last table of the range
-])
-def test_default_route_events_in_main_or_ecmpd_tables_reconcile(event, table, proto) -> None:
-    async def body() -> None:
-        d = FakeDaemon()
-        w = Watcher(d)
-        await w._handle(route_msg(event, table, proto=proto))
-        assert d.kicks == 1
-        assert d.on_link_calls == []
-    run(body)
+def test_address_change_before_start_reports_no_table() -> None:
+    async def body() -> list:
+        sink = Sink()
+        sink.started = False
+        await Watcher(sink)._handle(addr_msg("RTM_DELADDR", 11, "192.0.2.10"))
+        return sink.events
+    assert run(body) == [AddressesChanged(11, True, None)]
 
 
 @pytest.mark.parametrize("event, table, dst_len", [
-    ("RTM_DELROUTE", 100, 0),        # another table's default
-    ("RTM_DELROUTE", 1000, 0),       # table_base itself is not ecmpd's
-    ("RTM_NEWROUTE", 1256, 0),       # past the range
-    ("RTM_DELROUTE", 255, 0),        # table local
-    ("RTM_DELROUTE", 254, 24),       # not a default route, in main
-    ("RTM_NEWROUTE", 1001, 32),      # not a default route, in a WAN table
+    ("RTM_DELROUTE", 254, 0), ("RTM_NEWROUTE", 1002, 0), ("RTM_DELROUTE", 1255, 0),
+    ("RTM_DELROUTE", 100, 0), ("RTM_NEWROUTE", 1001, 32),
 ])
-def test_other_route_events_do_not_reconcile(event, table, dst_len) -> None:
-    async def body() -> None:
-        d = FakeDaemon()
-        w = Watcher(d)
-        await w._handle(route_msg(event, table, dst_len=dst_len))
-        assert d.kicks == 0
-    run(body)
+def test_route_events_carry_the_real_table(event, table, dst_len) -> None:
+    assert run(handle, route_msg(event, table, dst_len)) == [RouteChanged(table, dst_len)]
 
 
-@pytest.mark.parametrize("event, priority, kicks", [
-    ("RTM_DELRULE", 1000, 1),     # the `lookup main suppress_prefixlength 0` rule
-    ("RTM_DELRULE", 1001, 1),     # a fwmark rule
-    ("RTM_NEWRULE", 1257, 1),     # a `from <address>` rule
-    ("RTM_NEWRULE", 1511, 1),     # the last priority of the range
-    ("RTM_DELRULE", 999, 0),
-    ("RTM_NEWRULE", 1512, 0),
-    ("RTM_DELRULE", 32766, 0),    # the kernel's main rule
-    ("RTM_NEWRULE", None, 0),     # no FRA_PRIORITY: priority 0
-])
-def test_rule_events_reconcile_only_inside_ecmpd_priority_range(event, priority,
-                                                                kicks) -> None:
-    async def body() -> None:
-        d = FakeDaemon()
-        w = Watcher(d)
-        await w._handle(rule_msg(event, priority))
-        assert d.kicks == kicks
-    run(body)
-
-
-def test_the_ranges_follow_the_config() -> None:
-    async def body() -> None:
-        d = FakeDaemon(Config(lan_interfaces=(), wans=CFG.wans, table_base=2000,
-                              rule_priority=500))
-        w = Watcher(d)
-        await w._handle(route_msg("RTM_DELROUTE", 1001))
-        await w._handle(rule_msg("RTM_DELRULE", 1012))     # past 500 + 511
-        await w._handle(rule_msg("RTM_DELRULE", 499))
-        assert d.kicks == 0
-        await w._handle(route_msg("RTM_DELROUTE", 2001))
-        await w._handle(rule_msg("RTM_DELRULE", 500))
-        await w._handle(rule_msg("RTM_DELRULE", 1011))
-        assert d.kicks == 3
-    run(body)
+@pytest.mark.parametrize("priority, reported", [(1000, 1000), (1511, 1511), (None, 0)])
+def test_rule_events_carry_the_priority(priority, reported) -> None:
+    assert run(handle, rule_msg("RTM_DELRULE", priority)) == [RuleChanged(reported)]
 
 
 def test_unrelated_events_are_ignored() -> None:
-    async def body() -> None:
-        d = FakeDaemon()
-        w = Watcher(d)
-        await w._handle({"event": "RTM_NEWNEIGH", "index": 11})
-        await w._handle({"event": None})
-        assert d.kicks == 0 and d.on_link_calls == []
-    run(body)
+    assert run(handle, {"event": "RTM_NEWNEIGH", "index": 11}, {"event": None}) == []
+
+
+def test_the_watcher_writes_nothing_but_events() -> None:
+    """It reads the sink's dumps and calls submit: nothing else of the daemon's."""
+    class Strict(Sink):
+        def __setattr__(self, name: str, value: Any) -> None:
+            if getattr(self, "sealed", False):
+                raise AssertionError(f"the watcher wrote sink.{name}")
+            super().__setattr__(name, value)
+
+    async def body() -> list:
+        sink = Strict()
+        sink.sealed = True
+        w = Watcher(sink)
+        for m in (link_msg("RTM_NEWLINK", "eth1", 11, 0), addr_msg("RTM_NEWADDR", 11, "x"),
+                  route_msg("RTM_DELROUTE", 254), rule_msg("RTM_NEWRULE", 1001)):
+            await w._handle(m)
+        await w.resync()
+        return sink.events
+    assert len(run(body)) == 5
 
 
 # ---- nftables events -------------------------------------------------------------------
@@ -421,221 +281,231 @@ def nft_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
         b.close()
 
 
-def test_nft_readable_drains_the_socket_and_reconciles_once() -> None:
-    async def body() -> None:
-        d = FakeDaemon()
-        w = Watcher(d)
-        with nft_pair() as (a, b):
-            for _ in range(3):
-                b.send(b"nft event")
-            w._nft = a
-            w._nft_readable()
-            assert d.kicks == 1 and w.events == 1
-            with pytest.raises(BlockingIOError):
-                a.recv(100)                       # everything was read
-            w._nft = None
-    run(body)
+def test_nft_readable_drains_the_socket_and_reports_once() -> None:
+    sink = Sink()
+    w = Watcher(sink)
+    with nft_pair() as (a, b):
+        for _ in range(3):
+            b.send(b"nft event")
+        w._nft = a
+        w._nft_readable()
+        assert sink.events == [RulesetChanged()] and w.events == 1
+        with pytest.raises(BlockingIOError):
+            a.recv(100)                       # everything was read
+        w._nft = None
 
 
-def test_nft_read_error_still_reconciles() -> None:
+def test_nft_read_error_still_reports() -> None:
     class Overrun:
         def recv(self, n: int) -> bytes:
-            raise OSError(errno.ENOBUFS, "No buffer space available")
+            raise ENOBUFS
 
+    sink = Sink()
+    w = Watcher(sink)
+    w._nft = Overrun()  # type: ignore[assignment]
+    w._nft_readable()
+    assert sink.events == [RulesetChanged()]
+
+
+def test_nft_events_reach_the_sink_through_the_loop_until_stop() -> None:
     async def body() -> None:
-        d = FakeDaemon()
-        w = Watcher(d)
-        w._nft = Overrun()  # type: ignore[assignment]
-        w._nft_readable()
-        assert d.kicks == 1 and w.events == 1
-    run(body)
-
-
-def test_nft_events_reach_the_daemon_through_the_loop_until_stop() -> None:
-    async def body() -> None:
-        d = FakeDaemon()
-        w = Watcher(d)
+        sink = Sink()
+        w = Watcher(sink)
         with nft_pair() as (a, b):
             w._nft = a
             asyncio.get_running_loop().add_reader(a.fileno(), w._nft_readable)
             b.send(b"ruleset changed")
-            await until(lambda: d.kicks == 1, "the nft event's reconcile")
+            await until(lambda: sink.events == [RulesetChanged()], "the nft event")
             await w.stop()
             assert w._nft is None and a.fileno() == -1      # reader removed, closed
     run(body)
 
 
-# ---- resync and the event loop ---------------------------------------------------------
+# ---- resync, overflow and the event loop ------------------------------------------------
 
-def test_resync_rereads_links_and_addresses_reports_every_wan_and_reconciles() -> None:
-    async def body() -> None:
-        d = FakeDaemon()
-        d.ipr = wan_dump_ipr(d)
-        d.links["stale0"] = {"index": 50, "up": True, "carrier": True}
-        w = Watcher(d)
-        await w.resync()
-        assert d.ipr.dumps == [("link", True), ("addr", True)]
-        assert d.links == {"lan0": {"index": 3, "up": True, "carrier": True},
-                           "eth1": {"index": 11, "up": True, "carrier": False},
-                           "eth2": {"index": 12, "up": True, "carrier": True}}
-        assert d.addresses == {11: [("192.0.2.10", 24)], 12: [("198.51.100.99", 24)]}
-        assert sorted(d.on_link_calls) == [("wlan1", "resync"), ("wlan2", "resync")]
-        # on_link runs after both re-reads
-        assert all(link is not None and addrs for link, addrs in d.seen_at_on_link)
-        assert d.kicks == 1
-        assert not d.netlink_lock.locked()
-    run(body)
+def test_resync_reports_both_dumps_as_one_event() -> None:
+    async def body() -> Sink:
+        sink = Sink()
+        await Watcher(sink).resync()
+        return sink
+    sink = run(body)
+    assert sink.events == [Resynced(LINKS, ADDRS)]
+    assert sink.log == ["dump links", "dump addresses", "submit Resynced"]
 
 
-def test_resync_without_a_netlink_socket_does_nothing() -> None:
-    async def body() -> None:
-        d = FakeDaemon()
-        w = Watcher(d)
-        await w.resync()
-        assert d.on_link_calls == [] and d.kicks == 0
-    run(body)
+def test_resync_before_start_reports_nothing() -> None:
+    async def body() -> Sink:
+        sink = Sink()
+        sink.started = False
+        await Watcher(sink).resync()
+        return sink
+    assert run(body).events == []
 
 
-def start_loop(w: Watcher, source: EventSource) -> None:
-    w._ipr = source  # type: ignore[assignment]
-    w._task = asyncio.get_running_loop().create_task(w._rtnl_loop())
+@pytest.mark.parametrize("error", [ENOBUFS, OSError(errno.EBADMSG, "Bad message"),
+                                   ValueError("undecodable message")])
+def test_lost_events_drop_the_backlog_and_resync_from_a_new_subscription(error, caplog) -> None:
+    """The backlog queued before the overflow is never read: the socket holding it is
+    closed and a new one opened before the dumps, so nothing after them is missed."""
+    stale = link_msg("RTM_DELLINK", "eth2", 12, 0)
+    fresh = link_msg("RTM_NEWLINK", "eth1", 11, LINK_OK)
 
-
-@pytest.mark.parametrize("error", [
-    OSError(errno.ENOBUFS, "No buffer space available"),
-    OSError(errno.EBADMSG, "Bad message"),
-    ValueError("undecodable message"),
-])
-def test_a_broken_event_stream_resyncs_and_the_loop_keeps_running(error, caplog) -> None:
-    async def body() -> None:
-        d = FakeDaemon()
-        d.ipr = wan_dump_ipr(d)
-        w = Watcher(d)
-        source = EventSource([
-            ([rule_msg("RTM_DELRULE", 1001)], error),
-            ([link_msg("RTM_DELLINK", "eth2", 12, 0)], None),
-        ])
-        start_loop(w, source)
-        await until(lambda: "eth2" not in d.links, "the event after the error")
-        assert source.gets == 2
-        assert w.events == 2
-        # the rule kick, the resync's kick, the DELLINK kick
-        assert d.kicks == 3
-        assert [what for what, _ in d.ipr.dumps] == ["link", "addr"]
-        assert d.on_link_calls == [("wlan1", "resync"), ("wlan2", "resync"),
-                                   ("wlan2", "interface removed")]
+    async def body() -> tuple[Watcher, Sink, Subscriptions]:
+        w, sink, subs = started([([rule_msg("RTM_DELRULE", 1001)], error), ([stale], None)],
+                                [([fresh], None)])
+        await start_rtnl(w)
+        await until(lambda: len(sink.events) == 3, "the event after the resync")
         assert not w._task.done()
         await w.stop()
+        return w, sink, subs
+
     with caplog.at_level(logging.WARNING, logger="ecmpd"):
-        run(body)
-    if isinstance(error, OSError) and error.errno == errno.ENOBUFS:
+        w, sink, subs = run(body)
+    assert sink.events == [RuleChanged(1001), Resynced(LINKS, ADDRS),
+                           LinkChanged("eth1", Link(11, True, True))]
+    assert sink.log == ["open 0", "submit RuleChanged", "open 1", "close 0", "dump links",
+                        "dump addresses", "submit Resynced", "submit LinkChanged", "close 1"]
+    assert subs.made[0].gets == 1 and subs.made[0].batches == [([stale], None)]  # never read
+    assert (w.events, w.resyncs) == (2, 1)
+    if error is ENOBUFS:
         assert "lost events" in caplog.text
     assert "resynchronising" in caplog.text
 
 
 def test_an_error_while_handling_an_event_resyncs_and_the_loop_keeps_running() -> None:
+    class Buggy(Sink):
+        bugs = 2
+
+        def submit(self, event: Any) -> None:
+            if self.bugs:
+                self.bugs -= 1
+                raise RuntimeError("daemon bug")
+            super().submit(event)
+
     async def body() -> None:
-        d = FakeDaemon()
-        d.ipr = wan_dump_ipr(d)
-        d.on_link_error = RuntimeError("daemon bug")
-        w = Watcher(d)
-        source = EventSource([([link_msg("RTM_NEWLINK", "eth1", 11, IFF_UP)], None),
-                              ([route_msg("RTM_DELROUTE", 254)], None)])
-        start_loop(w, source)
-        # the first resync fails too (on_link raises): still watching
-        await until(lambda: source.gets == 2, "the loop's second read")
-        d.on_link_error = None
-        await until(lambda: d.kicks >= 1, "the route event after the errors")
+        log: list[str] = []
+        sink = Buggy(log)
+        subs = Subscriptions(log, [([link_msg("RTM_NEWLINK", "eth1", 11, IFF_UP)], None)],
+                             [([route_msg("RTM_DELROUTE", 254)], None)])
+        w = Watcher(sink, subscription=subs)
+        await start_rtnl(w)
+        # the event fails, the resync's submit fails too: still watching, on a new socket
+        await until(lambda: sink.events == [RouteChanged(254, 0)], "the event after the errors")
+        assert sink.bugs == 0 and len(subs.made) == 2
         assert not w._task.done()
         await w.stop()
     run(body)
 
 
 def test_a_failing_resync_does_not_end_the_loop(caplog) -> None:
-    async def body() -> None:
-        d = FakeDaemon()
-        d.ipr = wan_dump_ipr(d)
-        d.ipr.fail = OSError(errno.EBUSY, "Device or resource busy")
-        w = Watcher(d)
-        source = EventSource([([], OSError(errno.ENOBUFS, "No buffer space available")),
-                              ([], OSError(errno.ENOBUFS, "No buffer space available")),
-                              ([route_msg("RTM_DELROUTE", 1001)], None)])
-        start_loop(w, source)
-        await until(lambda: d.kicks == 1, "the route event after two failed resyncs")
-        assert source.gets == 3
-        assert [what for what, _ in d.ipr.dumps] == ["link", "link"]
-        assert not d.netlink_lock.locked()
+    async def body() -> Sink:
+        w, sink, subs = started([([], ENOBUFS)], [([], ENOBUFS)],
+                                [([route_msg("RTM_DELROUTE", 1001)], None)])
+        sink.fail = OSError(errno.EBUSY, "Device or resource busy")
+        await start_rtnl(w)
+        await until(lambda: sink.events == [RouteChanged(1001, 0)], "the route event")
+        assert [s.closed for s in subs.made] == [True, True, False]
         assert not w._task.done()
         await w.stop()
+        return sink
     with caplog.at_level(logging.WARNING, logger="ecmpd"):
-        run(body)
+        sink = run(body)
+    assert sink.log.count("dump links") == 2
     assert "resynchronisation failed" in caplog.text
+
+
+def test_subscribing_again_is_retried_until_it_works(monkeypatch, caplog) -> None:
+    monkeypatch.setattr(watcher_mod, "RETRY", 0.01)
+    log: list[str] = []
+    subs = Subscriptions(log, [([], ENOBUFS)], [], [], [([rule_msg("RTM_NEWRULE", 1000)], None)])
+    failures = [OSError(errno.EMFILE, "Too many open files")] * 2
+
+    def flaky() -> EventSource:
+        s = subs()
+        if len(subs.made) in (2, 3):
+            async def refuse(groups: int = 0) -> None:
+                raise failures.pop()
+            s.bind = refuse  # type: ignore[method-assign]
+        return s
+
+    async def body() -> Sink:
+        sink = Sink(log)
+        w = Watcher(sink, subscription=flaky)
+        await start_rtnl(w)
+        await until(lambda: RuleChanged(1000) in sink.events, "the event on the 4th socket")
+        await w.stop()
+        return sink
+    with caplog.at_level(logging.ERROR, logger="ecmpd"):
+        sink = run(body)
+    assert [s.closed for s in subs.made] == [True, True, True, True]
+    assert sink.events == [Resynced(LINKS, ADDRS), RuleChanged(1000)]
+    assert caplog.text.count("cannot subscribe to kernel events") == 2
+
+
+def test_an_ended_event_stream_is_resubscribed() -> None:
+    class Ends(EventSource):
+        async def get(self):
+            if self.n == 0:
+                return
+            async for m in super().get():
+                yield m
+
+    class Subs(Subscriptions):
+        def __call__(self) -> EventSource:
+            s = Ends(len(self.made), self.log, self.scripts[len(self.made)])
+            self.made.append(s)
+            return s
+
+    async def body() -> Sink:
+        log: list[str] = []
+        sink = Sink(log)
+        w = Watcher(sink, subscription=Subs(log, [], [([rule_msg("RTM_NEWRULE", 1000)], None)]))
+        await start_rtnl(w)
+        await until(lambda: RuleChanged(1000) in sink.events, "the event on the new socket")
+        await w.stop()
+        return sink
+    assert run(body).events == [Resynced(LINKS, ADDRS), RuleChanged(1000)]
 
 
 def test_stop_cancels_the_loop_and_closes_the_socket() -> None:
     async def body() -> None:
-        d = FakeDaemon()
-        w = Watcher(d)
-        source = EventSource([([route_msg("RTM_DELROUTE", 254)], None)])
-        start_loop(w, source)
-        await until(lambda: d.kicks == 1, "the first event")
+        w, sink, subs = started([([route_msg("RTM_DELROUTE", 254)], None)])
+        await start_rtnl(w)
+        await until(lambda: len(sink.events) == 1, "the first event")
         task = w._task
         await w.stop()
         assert task is not None and task.cancelled()
-        assert source.closed and w._ipr is None
+        assert subs.made[0].closed and w._ipr is None
         await w.stop()                          # a second stop is harmless
     run(body)
 
 
 def test_stop_of_a_watcher_never_started_is_harmless() -> None:
-    async def body() -> None:
-        await Watcher(FakeDaemon()).stop()
-    run(body)
+    run(Watcher(Sink()).stop)
 
 
 def test_start_subscribes_to_the_four_groups_and_survives_without_nft(monkeypatch,
                                                                      caplog) -> None:
-    made: list[EventSource] = []
-
-    def fake_iproute() -> EventSource:
-        s = EventSource([([link_msg("RTM_NEWLINK", "eth1", 11, IFF_UP)], None)])
-        made.append(s)
-        return s
-
     def no_netlink_netfilter(*a: Any, **kw: Any) -> socket.socket:
         raise OSError(errno.EPERM, "Operation not permitted")
 
     shim = types.SimpleNamespace(**{k: getattr(socket, k) for k in dir(socket)
                                     if k.isupper()})
     shim.socket = no_netlink_netfilter
-    monkeypatch.setattr(watcher_mod, "AsyncIPRoute", fake_iproute)
     monkeypatch.setattr(watcher_mod, "socket", shim)
 
     async def body() -> None:
-        d = FakeDaemon()
-        w = Watcher(d)
+        w, sink, subs = started([([link_msg("RTM_NEWLINK", "eth1", 11, IFF_UP)], None)])
         await w.start()
-        assert made and made[0].bound_groups == (RTMGRP_LINK | RTMGRP_IPV4_IFADDR
-                                                 | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE)
-        assert (socket.SOL_SOCKET, socket.SO_RCVBUF, watcher_mod.RCVBUF) \
-            in made[0].socket.opts
+        s = subs.made[0]
+        assert s.bound_groups == (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
+                                  | RTMGRP_IPV4_RULE)
+        assert (socket.SOL_SOCKET, socket.SO_RCVBUF, watcher_mod.RCVBUF) in s.socket.opts
         assert w._nft is None
-        await until(lambda: d.on_link_calls == [("wlan1", "carrier lost")],
+        await until(lambda: sink.events == [LinkChanged("eth1", Link(11, True, False))],
                     "the first event")
         await w.stop()
-        assert made[0].closed
+        assert s.closed
     with caplog.at_level(logging.WARNING, logger="ecmpd"):
         run(body)
     assert "cannot watch nftables changes" in caplog.text
-
-
-def test_a_renamed_wan_interface_is_forgotten_under_its_old_name() -> None:
-    async def body() -> None:
-        d = FakeDaemon()
-        w = Watcher(d)
-        index = d.links["eth1"]["index"]
-        await w._handle(link_msg("RTM_NEWLINK", "eth1old", index, LINK_OK))
-        assert "eth1" not in d.links and d.links["eth1old"]["index"] == index
-        assert ("wlan1", "interface renamed to eth1old") in d.on_link_calls
-        assert d.kicks >= 1
-    run(body)

@@ -8,11 +8,13 @@ Used by the integration tests, the demo and the benchmarks::
         print(lab.new_flows(3))
 """
 
+from ecmpd.lab.dhcp import DhcpEvent, DhcpWan
 from ecmpd.lab.driver import FlowRun, HeldFlows, TrafficError
 from ecmpd.lab.flood import Flood, FloodResult
 from ecmpd.lab.lab import Lab
 from ecmpd.lab.lines import Line, Load, LoadError, StreamResult
 from ecmpd.lab.netns import LabCommandError, random_prefix, sweep
+from ecmpd.lab.ptp import PtpSession, PtpWan
 from ecmpd.lab.topology import LabSpec, LabWan, make_spec, seed_spec
 from ecmpd.lab.traffic import FlowResult, HeldResult, fault_offset, outage
 
@@ -21,4 +23,5 @@ __all__ = [
     "FlowResult", "HeldResult", "FlowRun", "HeldFlows", "TrafficError", "LabCommandError",
     "outage", "fault_offset", "random_prefix", "sweep",
     "Line", "Load", "LoadError", "StreamResult", "Flood", "FloodResult",
+    "DhcpWan", "DhcpEvent", "PtpWan", "PtpSession",
 ]

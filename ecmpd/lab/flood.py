@@ -1,14 +1,15 @@
 """ICMP flood at a WAN address of the lab's router, from the inet namespace.
 
 Run as ``python -m ecmpd.lab.flood --dst A --pps N --seconds S [--kind K] [--ident I]
-[--source B]`` inside a namespace (`start_flood` does it through `Lab.popen`): a raw
-socket, a ring of pre-built packets and a paced ``send`` loop.  Prints ``started`` and,
-at the end (or on SIGTERM/SIGINT), one JSON line ``{"sent", "errors", "seconds", "pps",
+[--source B] [--go]`` inside a namespace (`start_flood` does it through `Lab.popen`): a
+raw socket, a ring of pre-built packets and a paced ``send`` loop.  Prints ``ready``
+(with ``--go`` it then waits for a line on stdin before sending) and, at the end (or on
+SIGTERM/SIGINT), one JSON line ``{"sent", "errors", "seconds", "pps",
 "ident", "kind"}``.  Kinds: ``echo-reply`` (type 0) and ``unreachable`` (type 3 code 1
 quoting an echo request from `dst` with identifier `ident`, as a router on the path would).
 
-One process sends ~790 000 echo replies/s here (unpaced), far above the 150 000 asked
-for.  The packets cross the WAN's ISP, so a shaped line limits them like any download:
+One process sends 500 000-790 000 echo replies/s here unpaced (by the machine's load),
+far above the 150 000 asked for, and the router receives all of them.  The packets cross the WAN's ISP, so a shaped line limits them like any download:
 they fill its tbf (RTT -> buffer) and the excess is dropped there.
 """
 
@@ -87,19 +88,21 @@ def random_ident(avoid: Iterable[int] = ()) -> int:
 
 
 def flood(dst: str, pps: float, seconds: float, kind: str, ident: int,
-          source: str | None = None) -> dict[str, object]:
+          source: str | None = None, go: bool = False) -> dict[str, object]:
     """Send `kind` packets to `dst` at `pps` for `seconds` (or until SIGTERM/SIGINT)."""
     ring = packets(kind, dst, ident)
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
     if source:
         sock.bind((source, 0))
     sock.connect((dst, 0))
-    stop = []
+    stop: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.append(1))
     batch = [ring[i % RING] for i in range(max(1, round(pps / 1000)))]  # ~1 ms of packets
     send, sent, errors = sock.send, 0, 0
-    print("started", flush=True)
+    print("ready", flush=True)
+    if go:
+        sys.stdin.readline()
     t0 = time.monotonic()
     end = t0 + seconds
     while not stop:
@@ -135,8 +138,8 @@ class FloodResult:
     ident: int
     kind: str
     router_rx: int
-    """Packets the router's WAN interface received from "started" to the end (the flood
-    and anything else; a shaped line's queue keeps draining after the flood ends)."""
+    """Packets the router's WAN interface received from just before the first packet to
+    the end (the flood and anything else; a shaped line's queue drains on after it)."""
     router_icmp: int
     """ICMP messages the router's IP stack took in meanwhile (``IcmpInMsgs``)."""
     router_seconds: float
@@ -172,8 +175,10 @@ class Flood:
     def __init__(self, lab: Lab, wan: str, proc: subprocess.Popen, seconds: float) -> None:
         self.lab, self.wan, self.proc, self.seconds = lab, wan, proc, seconds
         self._reader = driver.LineReader(proc)
-        self._reader.wait_line("started", 10)
+        self._reader.wait_line("ready", 10)
         self._before = _router_counters(lab, wan)
+        proc.stdin.write(b"go\n")  # type: ignore[union-attr]
+        proc.stdin.flush()  # type: ignore[union-attr]
         self._result: FloodResult | None = None
 
     def wait(self, timeout: float | None = None) -> FloodResult:
@@ -219,11 +224,11 @@ def start_flood(lab: Lab, wan: str, pps: float = 150_000, seconds: float = 5,
         raise ValueError("pps and seconds must be > 0")
     dst = str(lab.spec.wan(wan).interface.ip)
     args = ["--dst", dst, "--pps", str(pps), "--seconds", str(seconds), "--kind", kind,
-            "--ident", str(ident if ident is not None else random_ident())]
+            "--ident", str(ident if ident is not None else random_ident()), "--go"]
     args += ["--source", source] if source else []
     err = tempfile.TemporaryFile()
     proc = lab.popen(lab.ns_inet, sys.executable, "-m", "ecmpd.lab.flood", *args,
-                     stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL,
+                     stdout=subprocess.PIPE, stderr=err, stdin=subprocess.PIPE,
                      env=driver.tool_env())
     proc._lab_stderr = err  # type: ignore[attr-defined]
     return Flood(lab, wan, proc, seconds)
@@ -231,16 +236,19 @@ def start_flood(lab: Lab, wan: str, pps: float = 150_000, seconds: float = 5,
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (inside a namespace)."""
-    p = argparse.ArgumentParser(prog="python -m ecmpd.lab.flood", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m ecmpd.lab.flood",
+                                description=__doc__.split("\n")[0])
     p.add_argument("--dst", required=True)
     p.add_argument("--pps", type=float, default=150_000)
     p.add_argument("--seconds", type=float, default=5)
     p.add_argument("--kind", choices=KINDS, default="echo-reply")
     p.add_argument("--ident", type=int, default=None)
     p.add_argument("--source", default=None)
+    p.add_argument("--go", action="store_true", help="after 'ready', wait for a stdin line")
     a = p.parse_args(argv)
     ident = a.ident if a.ident is not None else random_ident()
-    print(json.dumps(flood(a.dst, a.pps, a.seconds, a.kind, ident, a.source)), flush=True)
+    print(json.dumps(flood(a.dst, a.pps, a.seconds, a.kind, ident, a.source, a.go)),
+          flush=True)
     return 0
 
 

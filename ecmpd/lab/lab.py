@@ -21,12 +21,16 @@ import re
 import subprocess
 import time
 from ipaddress import IPv4Interface, IPv4Network
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ecmpd.lab import driver, lines, netns
 from ecmpd.lab.flood import Flood, start_flood
 from ecmpd.lab.topology import LabSpec, seed_spec, transit, upstream_of, wan_of_source
 from ecmpd.lab.traffic import FlowResult
+
+if TYPE_CHECKING:
+    from ecmpd.lab.dhcp import DhcpWan
+    from ecmpd.lab.ptp import PtpWan
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 
@@ -238,31 +242,35 @@ class Lab:
         for i, w in enumerate(spec.wans, start=1):
             isp = self.ns_isp(w.name)
             isp_side, inet_side = transit(i)
-            # Create the customer link from the router side, the transit from the ISP.
-            netns.ip(self.ns_router, "link", "add", "name", w.name, "type", "veth",
-                     "peer", "name", "cust", "netns", isp)
+            cust: list[str] = []
+            if w.kind == "ether":  # a ptp WAN's customer link appears on connect (lab.ptp)
+                # Create the customer link from the router side, the transit from the ISP.
+                netns.ip(self.ns_router, "link", "add", "name", w.name, "type", "veth",
+                         "peer", "name", "cust", "netns", isp)
+                cust = [f"addr add {w.gateway_interface} dev cust", "link set dev cust up"]
+                rtr += [f"addr add {w.address} dev {w.name}", f"link set dev {w.name} up"]
             netns.ip_batch(isp, [
                 f"link add name up type veth peer name isp{i} netns {self.ns_inet}",
-                f"addr add {w.gateway_interface} dev cust",
+                *cust,
                 f"addr add {isp_side} dev up",
-                "link set dev cust up", "link set dev up up",
+                "link set dev up up",
                 f"route add default via {inet_side.split('/')[0]}",
             ])
             netns.nft(isp, bcp38_script(str(w.network)))
-            rtr += [f"addr add {w.address} dev {w.name}", f"link set dev {w.name} up"]
             inet += [f"addr add {inet_side} dev isp{i}", f"link set dev isp{i} up",
                      f"route add {w.network} via {isp_side.split('/')[0]}"]
         netns.ip_batch(self.ns_router, rtr)
         netns.ip_batch(self.ns_inet, inet)
         # Interfaces inherit conf.default, but set them explicitly: effective = max(all, if).
+        ether = [w.name for w in spec.wans if w.kind == "ether"]
         netns.sysctl(self.ns_router, {f"net.ipv4.conf.{n}.rp_filter": rp for n in
-                                      [spec.lan_interface, *(w.name for w in spec.wans)]})
+                                      [spec.lan_interface, *ether]})
         netns.sysctl(self.ns_inet, {f"net.ipv4.conf.isp{i}.rp_filter": 0
                                     for i in range(1, len(spec.wans) + 1)})
         for w in spec.wans:
-            netns.sysctl(self.ns_isp(w.name), {"net.ipv4.conf.cust.rp_filter": 0,
-                                               "net.ipv4.conf.up.rp_filter": 0})
-        self.wait_carrier([spec.lan_interface, *(w.name for w in spec.wans)], True)
+            netns.sysctl(self.ns_isp(w.name), {"net.ipv4.conf.up.rp_filter": 0, **(
+                {"net.ipv4.conf.cust.rp_filter": 0} if w.kind == "ether" else {})})
+        self.wait_carrier([spec.lan_interface, *ether], True)
 
     def link_up(self, ns: str, ifname: str) -> bool:
         """Whether `ifname` in `ns` has carrier (LOWER_UP) and is admin up."""
@@ -347,6 +355,22 @@ class Lab:
     def set_loss(self, wan: str, percent: float) -> None:
         """Drop `percent` % of packets at random on `wan`'s customer link, each way; 0 = off."""
         netns.nft(self.ns_isp(wan), loss_script(percent))
+
+    # ------------------------------------------------------------ dynamic WANs
+
+    def dhcp(self, wan: str, **kw: Any) -> "DhcpWan":
+        """Make Ethernet WAN `wan` a DHCP WAN, started: dnsmasq in its ISP, udhcpc on the
+        router, the static address removed (`ecmpd.lab.dhcp.DhcpWan`, keywords go there)."""
+        from ecmpd.lab.dhcp import DhcpWan
+        return DhcpWan(self, wan, **kw).start()
+
+    def ptp(self, wan: str, address: str | None = None, **kw: Any) -> "PtpWan":
+        """Connect the session of point-to-point WAN `wan` (``LabWan(kind="ptp")``) with
+        `address`; the returned `ecmpd.lab.ptp.PtpWan` disconnects and reconnects it."""
+        from ecmpd.lab.ptp import PtpWan
+        link = PtpWan(self, wan, **kw)
+        link.connect(address)
+        return link
 
     # ------------------------------------------------------------ real lines
 

@@ -1,23 +1,21 @@
 """Real lines in the lab: modem-like shaping (tbf) and an iperf3 load generator.
 
-A DSL/cable uplink is a token bucket in front of a deep modem buffer: when the line is
-full the RTT climbs toward the buffer depth (~1 s).  `shape` does it where a modem does:
-download on the ISP's ``cust`` egress (ISP -> router), upload on the router's WAN egress
-(router -> ISP), each a ``tbf`` whose ``latency`` is `Line.buffer_s`.  Measured here:
-TCP goodput is ~95.6 % of the rate (tbf counts 1514-byte frames, TCP carries 1448);
-tc accepts any ``burst``, but one below a full frame drops every full-size packet
-(0 bit/s while pings pass), hence `burst_bytes`; the namespaces inherit the host's
-congestion control (``bbr`` here), which keeps the queue nearly empty, ``cubic`` fills
-1 s of buffer only after ~10 s (HyStart), ``reno`` in ~1-2 s: `Load` uses ``reno``.
+A DSL/cable line is a token bucket before a deep modem buffer: when the line is full
+the RTT climbs toward the buffer depth (~1 s).  `shape` puts a ``tbf`` (``latency`` =
+`Line.buffer_s`) where a modem would: download on the ISP's ``cust`` egress, upload on
+the router's WAN egress.  Measured here: TCP gets ~95.6 % of the rate (tbf counts
+1514-byte frames, TCP carries 1448); tc takes any ``burst``, but below one frame every
+full-size packet is dropped (0 bit/s, pings pass): see `burst_bytes`.  The namespaces
+inherit the host's TCP congestion control (``bbr``: queue stays ~15 ms); ``cubic`` needs
+~10 s to fill 1 s of buffer (HyStart), ``reno`` ~1 s, so `Load` uses ``reno``.
 
 Placing a stream on a WAN: the router's l4 multipath hash of a forwarded packet is the
 *sender's* random socket hash (``skb->l4_hash`` crosses the veth), so ``ip route get
-... sport`` does not predict it (measured: 18 of 40).  `reset_client_hash` puts a
-3-instruction tc program on the client's egress (``bpf_set_hash_invalid``), as a NIC
-without RSS hash would be; the router then hashes the 5-tuple and ``ip route get``
-predicts every flow.  iperf3's control connection uses an ephemeral port, so `Load`
-still retries until it leaves by the wanted WAN, and checks both connections on the
-server side (source address -> `Lab.wan_of_source`).
+... sport`` does not predict it (18 of 40 here).  `reset_client_hash` clears it on the
+client's egress (a 3-instruction tc eBPF program); the router then hashes the 5-tuple
+and ``ip route get`` predicts every flow.  iperf3's control connection has an ephemeral
+port: `Load` restarts a stream until it leaves by the wanted WAN too, and checks both on
+the server side (the source address it sees, `Lab.wan_of_source`).
 """
 
 from __future__ import annotations
@@ -76,7 +74,7 @@ def burst_bytes(rate_mbit: float) -> int:
 
 def tbf_argv(dev: str, rate_mbit: float, buffer_s: float, parent: str = "root",
              handle: str = "1:") -> list[str]:
-    """``tc qdisc replace`` of a tbf of `rate_mbit` queueing up to `buffer_s` of line."""
+    """``tc qdisc replace`` of a tbf of `rate_mbit` that queues up to `buffer_s` of line."""
     return ["tc", "qdisc", "replace", "dev", dev, *parent.split(), "handle", handle, "tbf",
             "rate", f"{round(rate_mbit * 1000)}kbit", "burst", str(burst_bytes(rate_mbit)),
             "latency", f"{round(buffer_s * 1000)}ms"]
@@ -90,9 +88,8 @@ def netem_argv(dev: str, delay_ms: float, jitter_ms: float = 0) -> list[str]:
 
 
 def shape_argvs(dev: str, rate_mbit: float, line: Line, netem: bool) -> list[list[str]]:
-    """The tc commands shaping one direction of `line` on `dev`, in order: with netem and
-    a delay, netem is the root and the tbf its child (its ``latency`` still bounds the
-    queue); without netem the delay is left out."""
+    """tc commands shaping one direction of `line` on `dev`: with netem and a delay, netem
+    is the root and the tbf its child (``latency`` still bounds the queue)."""
     if netem and (line.delay_ms or line.jitter_ms):
         return [netem_argv(dev, line.delay_ms, line.jitter_ms),
                 tbf_argv(dev, rate_mbit, line.buffer_s, parent="parent 1:1", handle="10:")]
@@ -136,8 +133,7 @@ _netem: bool | None = None
 
 
 def has_netem(lab: Lab) -> bool:
-    """Whether the kernel has netem (a throw-away qdisc on the LAN namespace's ``lo``);
-    the answer is cached for the process."""
+    """Whether the kernel has netem (a throw-away qdisc on the LAN's ``lo``; cached)."""
     global _netem
     if _netem is None:
         _netem = lab.run(lab.ns_lan, *netem_argv("lo", 1), check=False).returncode == 0
@@ -165,11 +161,12 @@ def shape(lab: Lab, wan: str, line: Line) -> None:
         log.warning("no netem in this kernel: delay %gms / jitter %gms on %s ignored",
                     line.delay_ms, line.jitter_ms, wan)
     for d, (ns, dev) in line_devices(lab, wan).items():
-        argvs = shape_argvs(dev, line.down_mbit if d == "down" else line.up_mbit, line, netem)
-        if lab.run(ns, *argvs[0], check=False).returncode != 0:
+        first, *rest = shape_argvs(dev, line.down_mbit if d == "down" else line.up_mbit,
+                                   line, netem)
+        if lab.run(ns, *first, check=False).returncode != 0:
             lab.run(ns, *unshape_argv(dev), check=False)  # another layout: start afresh
-            lab.run(ns, *argvs[0])
-        for argv in argvs[1:]:
+            lab.run(ns, *first)
+        for argv in rest:
             lab.run(ns, *argv)
 
 
@@ -223,7 +220,8 @@ def parse_ping(text: str) -> list[float]:
     return [float(x) for x in re.findall(r"time=([\d.]+) ms", text)]
 
 
-def ping_rtts(lab: Lab, ns: str, target: str, count: int = 10, interval: float = 0.2) -> list[float]:
+def ping_rtts(lab: Lab, ns: str, target: str, count: int = 10,
+              interval: float = 0.2) -> list[float]:
     """Ping `target` from lab namespace `ns`: the answered RTTs in ms."""
     argv = ["ping", "-n", "-c", str(count), "-i", f"{interval:g}", "-W", "5", target]
     return parse_ping(lab.run(ns, *argv, check=False, timeout=count * interval + 15).stdout)
@@ -284,17 +282,13 @@ class StreamResult:
     """One iperf3 stream of a `Load`: ``download`` (server -> LAN, -R) or ``upload``."""
 
     direction: str
-    wan: str | None
-    """WAN of the data connection: the source address the server saw."""
-    control_wan: str | None
-    """WAN of iperf3's control connection (used at the start and the end)."""
+    wan: str | None  # of the data connection: the source address the server saw
+    control_wan: str | None  # of iperf3's control connection (used at start and end)
     port: int
     cport: int
-    bytes: int
-    """Bytes the receiver got (see `parse_iperf3`)."""
+    bytes: int  # what the receiver got (see `parse_iperf3`)
     seconds: float
-    broken: bool
-    """Never started, ended with an iperf3 error (reset, timeout), or no report in time."""
+    broken: bool  # never started, iperf3 error (reset, timeout) or no report in time
     error: str | None = None
     attempts: int = 1
 
@@ -334,8 +328,7 @@ def _kill(proc: subprocess.Popen | None, sig: int = signal.SIGKILL, wait: float 
 class Load:
     """iperf3 streams between the LAN client and the inet namespace (`Load.start`)."""
 
-    ATTEMPT_S = 10.0
-    """Longest wait for one attempt's connections (a full 1 s buffer slows handshakes)."""
+    ATTEMPT_S = 10.0  # longest wait for one attempt (a full 1 s buffer slows handshakes)
 
     def __init__(self, lab: Lab, seconds: float, predict: bool) -> None:
         self.lab, self.seconds, self.predict = lab, seconds, predict
@@ -385,12 +378,12 @@ class Load:
             raise
         return load
 
-    def _route_get(self, pairs: Sequence[tuple[int, int]]) -> list[str | None]:
+    def route_get(self, pairs: Sequence[tuple[int, int]]) -> list[str | None]:
         """The router's WAN (output device) for LAN TCP flows (sport, dport) to the server."""
-        head = f"route get {self.server} from {self.lab.clients[0]} iif {self.lab.spec.lan_interface}"
+        lab = self.lab
+        head = f"route get {self.server} from {lab.clients[0]} iif {lab.spec.lan_interface}"
         cmds = "".join(f"{head} ipproto tcp sport {sp} dport {dp}\n" for sp, dp in pairs)
-        out = self.lab.run(self.lab.ns_router, "ip", "-force", "-batch", "-", input=cmds,
-                           check=False).stdout
+        out = lab.run(lab.ns_router, "ip", "-force", "-batch", "-", input=cmds, check=False).stdout
         devs = re.findall(r"\sdev (\S+)", out)
         return list(devs) if len(devs) == len(pairs) else [None] * len(pairs)
 
@@ -401,12 +394,13 @@ class Load:
         probe = lab.run(lab.ns_router, "ip", "route", "get", self.server, "from", lab.clients[0],
                         "iif", lab.spec.lan_interface, check=False)
         if probe.returncode != 0:
-            raise LoadError(f"the router has no route from the LAN to {self.server} "
-                            f"({probe.stderr.strip()}): start ecmpd or add a default route")
+            raise LoadError(f"the router does not route the LAN to {self.server} ("
+                            f"{probe.stderr.strip()}): start ecmpd, or add a default route "
+                            "and enable forwarding")
         for s in self.streams:
             s.cports = random.sample(range(20000, 32000), 64)
-        devs = self._route_get([(p, s.port) for s in self.streams for p in s.cports])
-        seen = set(devs) - {None}
+        devs = self.route_get([(p, s.port) for s in self.streams for p in s.cports])
+        seen = {d for d in devs if d}
         if seen and (missing := [w for w in wans if w not in seen]):
             raise LoadError(f"WAN(s) {missing} are not nexthops of the router's route to "
                             f"{self.server} (it uses {sorted(seen)})")
@@ -474,17 +468,17 @@ class Load:
             ctl = {c[3]: c[1] for c in lan if c[3] in data and c[1] != data[c[3]]}
             if self.predict:
                 ask = [(sp, dp) for dp, sp in ctl.items() if (sp, dp) not in routes]
-                routes.update(zip(ask, self._route_get(ask)))
+                routes.update(zip(ask, self.route_get(ask)))
             now = time.monotonic()
             for s in pending:
-                c = ctl.get(s.port)
-                if (retry := self._verdict(s, srv, c, routes.get((c or 0, s.port)), now, end)) is None:
+                pred = routes.get((ctl.get(s.port, 0), s.port))
+                if (retry := self._verdict(s, srv, ctl.get(s.port), pred, now, end)) is None:
                     continue
                 _kill(s.proc)
                 log.debug("stream %s:%d attempt %d: %s", s.direction, s.port, s.attempts, retry)
                 if "parameter error" in retry or now >= end:
-                    s.state = "failed"
-                    s.error = f"not started on {s.want or 'any WAN'} ({s.attempts} attempts): {retry}"
+                    s.state, s.error = "failed", (f"not started on {s.want or 'any WAN'} "
+                                                  f"({s.attempts} attempts): {retry}")
                 else:
                     time.sleep(0.05 if "exited" in retry else 0)  # e.g. "server is busy"
                     self._spawn(s, secs, congestion, idle)

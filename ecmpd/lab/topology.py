@@ -21,6 +21,9 @@ from typing import Sequence
 IFNAMSIZ = 15
 """Longest Linux interface name."""
 
+WAN_KINDS = ("ether", "ptp")
+"""`LabWan.kind` values."""
+
 MAX_LAB_WANS = 155
 """`make_spec` uses 10.(100+i).0.0/24, so at most 155 generated WANs."""
 
@@ -35,6 +38,10 @@ class LabWan:
     """Router's address/prefix on the WAN, e.g. ``10.111.0.2/24``."""
     gateway: str
     """The ISP's address on the customer link, e.g. ``10.111.0.1``."""
+    kind: str = "ether"
+    """``ether``: a veth customer link, router addressed at build.  ``ptp``: no customer
+    link until `ecmpd.lab.ptp.PtpWan.connect` (a tun pair; `address`'s subnet is the ISP's
+    pool, `gateway` its end of the link)."""
 
     @property
     def interface(self) -> IPv4Interface:
@@ -136,6 +143,8 @@ def validate_spec(spec: LabSpec) -> None:
     nets: list[IPv4Network] = [lan.network]
     for w in spec.wans:
         _check_ifname(w.name, "WAN")
+        if w.kind not in WAN_KINDS:
+            raise ValueError(f"{w.name}: kind must be one of {WAN_KINDS}, not {w.kind!r}")
         gw = IPv4Address(w.gateway)
         if gw not in w.network or gw == w.interface.ip:
             raise ValueError(f"{w.name}: gateway {gw} must be another address in {w.network}")

@@ -1,0 +1,273 @@
+"""The config's value parsers: one plain YAML value in, the parsed value or `Bad` out.
+
+`ecmpd.config` adds file, line and key path to a `Bad` message.  Numbers count only as
+written in plain decimal (`yamlpos.Spelled` otherwise): `weight: 1:30` is not 90 and
+`id: 010` is not 8.  Hex is accepted where the schema documents it (`marks.mask`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from decimal import Decimal, InvalidOperation
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from typing import Any
+
+from ecmpd.yamlpos import Spelled, describe
+
+
+class Bad(Exception):
+    """A value parser's complaint (the message that follows `key.path: `)."""
+
+
+_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s)?\s*")
+_PERCENT = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(%?)\s*")
+_MASK_TEXT = re.compile(r"0[xX][0-9a-fA-F]+|[1-9][0-9]*")
+_THIS_NETWORK = IPv4Network("0.0.0.0/8")
+NFT_KEYWORDS = frozenset("""
+    accept add all and arp at bridge chain comment continue counter create ct daddr
+    define delete describe destroy drop dup element elements ether exists export fib
+    flags flow flowtable flush fwd get goto hook icmp icmpv6 ip ip6 import in include
+    inet insert iif iifname jump last limit list log map mark masquerade meta monitor
+    netdev nat not notrack oif oifname or policy priority queue quota redirect reject
+    rename replace reset return rt rule ruleset saddr set snat dnat synproxy table tcp
+    to type udp update vmap with xor""".split())
+_NFT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,31}")
+NOT_INTERFACES = {
+    "all": "'all' is not an interface: net.ipv4.conf.all holds the settings of every "
+           "interface",
+    "default": "'default' is not an interface: net.ipv4.conf.default holds the settings "
+               "for new interfaces",
+    "lo": "'lo' is the loopback interface, neither a LAN nor a WAN",
+}
+"""Names a LAN or WAN interface can never have, and why."""
+
+
+def got(v: Any) -> str:
+    """`v` for a message; a `Spelled` number also says what YAML 1.1 makes of it."""
+    if isinstance(v, Spelled) and v.value is not None:
+        return f"{describe(v)} (YAML 1.1 would read it as {describe(v.value)})"
+    return describe(v)
+
+
+def _number(value: Any) -> Decimal | None:
+    """A finite YAML int/float (not a bool) as Decimal; None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        d = Decimal(value) if isinstance(value, int) else Decimal(repr(value))
+    except (InvalidOperation, ValueError):
+        return None
+    return d if d.is_finite() else None
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from `1.5`, `2`, `'200ms'`, `'1.5s'`, `'200 ms'`, `'1.5'`; None if not a duration.
+
+    Only the units `ms` and `s` exist; signs, exponents and other units are rejected.
+    The range is the caller's business (a negative number is returned as such).
+    """
+    if isinstance(value, str):
+        m = _DURATION.fullmatch(value) if len(value) <= 64 else None
+        if not m:
+            return None
+        d = Decimal(m.group(1))
+        return float(d / 1000 if m.group(2) == "ms" else d)
+    d = _number(value)
+    return None if d is None else float(d)
+
+
+def parse_percent(value: Any) -> float | None:
+    """Percent from `20`, `20.5`, `'20%'`, `'20.5 %'`, `'20'`; None if not a percentage."""
+    if isinstance(value, str):
+        m = _PERCENT.fullmatch(value) if len(value) <= 64 else None
+        if not m:
+            return None
+        return float(Decimal(m.group(1)))
+    d = _number(value)
+    return None if d is None else float(d)
+
+
+def format_seconds(seconds: float) -> str:
+    """`0.2` -> `200ms`, `1.5` -> `1.5s` (for messages)."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s"
+
+
+def integer(lo: int, hi: int) -> Callable[[Any], int]:
+    """A parser for an integer written in plain decimal (not a boolean) in lo..hi."""
+    def parse(v: Any) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+            decimal = " in plain decimal" if isinstance(v, Spelled) else ""
+            raise Bad(f"must be an integer from {lo} to {hi}{decimal}, got {got(v)}")
+        return v
+    return parse
+
+
+def duration(v: Any) -> float:
+    """Seconds from a duration (see `parse_duration`) in 10ms..60s."""
+    d = parse_duration(v)
+    if d is None or not 0.01 <= d <= 60:
+        raise Bad(f"must be a duration from 10ms to 60s (like 200ms, 1.5s or 1.5), "
+                  f"got {got(v)}")
+    return d
+
+
+def percent(v: Any) -> float:
+    """A percentage (see `parse_percent`) in 0..100."""
+    p = parse_percent(v)
+    if p is None or not 0 <= p <= 100:
+        raise Bad(f"must be a percentage from 0 to 100 (like 20, 20% or 20.5%), "
+                  f"got {got(v)}")
+    return p
+
+
+def or_null(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """`parse`, but null is accepted as None."""
+    return lambda v: None if v is None else parse(v)
+
+
+def ifname(v: Any) -> str:
+    """The name of a real LAN or WAN interface.
+
+    The kernel's rules (1..15 bytes, not . or .., no '/', ':' or whitespace), plus: no
+    '%' (the kernel reads it as a name template), no '*' (nft reads it as a wildcard),
+    and not `all`, `default` (sysctl directories, not interfaces) or `lo`.
+    """
+    if (not isinstance(v, str) or not v.isprintable() or not 1 <= len(v.encode()) <= 15
+            or v in (".", "..") or any(c in "/:%*" or c.isspace() for c in v)):
+        raise Bad(f"must be an interface name (1 to 15 bytes, no '/', ':', '%', '*' or "
+                  f"whitespace), got {describe(v)}")
+    if v in NOT_INTERFACES:
+        raise Bad(NOT_INTERFACES[v])
+    return v
+
+
+def unicast_kind(a: IPv4Address) -> str:
+    """Why `a` is no unicast address ('unspecified', 'loopback', ...), or ''."""
+    return ("unspecified" if a.is_unspecified else "this network, 0.0.0.0/8"
+            if a in _THIS_NETWORK else "loopback" if a.is_loopback else
+            "multicast" if a.is_multicast else "broadcast/reserved" if a.is_reserved else "")
+
+
+def unicast(a: IPv4Address, shown: Any) -> None:
+    """Raise `Bad` unless `a` is a usable unicast address."""
+    kind = unicast_kind(a)
+    if kind:
+        raise Bad(f"must be a unicast IPv4 address, got {shown} ({kind})")
+
+
+def _ipv4_or_none(v: Any) -> IPv4Address | None:
+    try:
+        return IPv4Address(v) if isinstance(v, str) else None
+    except ValueError:
+        return None
+
+
+def ipv4(v: Any) -> IPv4Address:
+    """A unicast IPv4 address written as a string."""
+    a = _ipv4_or_none(v)
+    if a is None:
+        raise Bad(f"must be a unicast IPv4 address, got {describe(v)}")
+    unicast(a, a)
+    return a
+
+
+def _interface(v: Any) -> IPv4Interface:
+    """A unicast address/prefix that is not its network's network or broadcast address."""
+    try:
+        i = IPv4Interface(v) if isinstance(v, str) and "/" in v else None
+    except ValueError:
+        i = None
+    if i is None:
+        raise Bad(f"must be an IPv4 address/prefix like 10.111.0.2/24, got {describe(v)}")
+    unicast(i.ip, i)
+    if i.network.prefixlen <= 30 and i.ip in (i.network.network_address,
+                                             i.network.broadcast_address):
+        raise Bad(f"{i.ip} is the network or broadcast address of {i.network}")
+    return i
+
+
+def address(v: Any) -> IPv4Interface:
+    """A WAN's address/prefix: room for a gateway (not /32, not network/broadcast)."""
+    i = _interface(v)
+    if i.network.prefixlen == 32:
+        raise Bad(f"/32 leaves no room for the gateway, got {i}")
+    return i
+
+
+def lan_address(v: Any) -> IPv4Interface:
+    """A LAN address/prefix of this router."""
+    return _interface(v)
+
+
+def target(v: Any) -> str:
+    """A probe target: `gateway` or a unicast IPv4 address (normalized)."""
+    if v == "gateway":
+        return "gateway"
+    a = _ipv4_or_none(v)
+    kind = unicast_kind(a) if a is not None else ""
+    if a is None or kind:
+        raise Bad(f"must be 'gateway' or a unicast IPv4 address, got {describe(v)}"
+                  + (f" ({kind})" if kind else ""))
+    return str(a)
+
+
+def choice(*options: str) -> Callable[[Any], str]:
+    """A parser accepting exactly one of `options`."""
+    def parse(v: Any) -> str:
+        if v not in options or not isinstance(v, str):
+            raise Bad(f"must be {' or '.join(options)}, got {describe(v)}")
+        return v
+    return parse
+
+
+def boolean(v: Any) -> bool:
+    """A YAML boolean."""
+    if not isinstance(v, bool):
+        raise Bad(f"must be true or false, got {describe(v)}")
+    return v
+
+
+def mark_mask(v: Any) -> int:
+    """A 32-bit mark mask, one run of >= 8 contiguous bits: a decimal integer, or hex
+    (0x00ff0000) written bare or as a string."""
+    m: Any = v
+    text = v.strip() if isinstance(v, str) else v.text if isinstance(v, Spelled) else None
+    if text is not None and len(text) <= 34 and _MASK_TEXT.fullmatch(text):
+        m = int(text, 16 if text.lower().startswith("0x") else 10)
+    low = m >> ((m & -m).bit_length() - 1) if isinstance(m, int) and m > 0 else 0
+    if (isinstance(m, bool) or not isinstance(m, int) or not 0 < m <= 0xFFFFFFFF
+            or low & (low + 1) or low.bit_length() < 8):
+        shown = f"0x{m:08x}" if isinstance(m, int) and not isinstance(m, bool) and \
+            0 <= m <= 0xFFFFFFFF else describe(v)
+        raise Bad(f"must be one run of at least 8 contiguous bits within 32 bits "
+                  f"(like 0x00ff0000), got {shown}")
+    return m  # at least 8 bits: every id 1..255 fits
+
+
+def nft_table(v: Any) -> str:
+    """An nftables table name that is not an nft keyword."""
+    if not isinstance(v, str) or not _NFT_NAME.fullmatch(v):
+        raise Bad(f"must be 1 to 32 letters, digits or _ starting with a letter, "
+                  f"got {describe(v)}")
+    if v.lower() in NFT_KEYWORDS:
+        raise Bad(f"'{v}' is an nft keyword, choose another name")
+    return v
+
+
+def socket_path(v: Any) -> str:
+    """An absolute path that fits a unix socket address (107 bytes)."""
+    if (not isinstance(v, str) or not v.startswith("/") or v.endswith("/")
+            or not v.isprintable() or len(v.encode()) > 107):
+        raise Bad(f"must be an absolute file path of at most 107 bytes, got {describe(v)}")
+    return v
+
+
+def group_name(v: Any) -> str | None:
+    """A group name or None."""
+    if v is not None and (not isinstance(v, str) or not v.isprintable() or not 1 <= len(v) <= 32
+                          or any(c == ":" or c.isspace() for c in v)):
+        raise Bad(f"must be a group name or null, got {describe(v)}")
+    return v

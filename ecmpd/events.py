@@ -1,0 +1,330 @@
+"""Events and their effects: `step(state, event, now) -> (state, effects)`.  Pure.
+
+Every change of what the daemon knows is an event: the watcher reports kernel events
+(links, addresses, ecmpd's routes and rules, the nft ruleset, a resync after lost
+events), the probers their rounds, the control socket an administrator's disable or
+enable, the daemon itself the route found at start and a reloaded config.  `step` turns
+one event and the current `State` into the next `State` and the effects the daemon must
+carry out: log lines, a reconcile, a conntrack flush, a prober reset.
+
+Rules:
+* a WAN whose link stops being OK is DOWN at once; one whose link is OK again starts
+  RISING, and its prober starts afresh (its old probes may live on in conntrack);
+* a health transition that changes whether the WAN is usable, or ends DOWN, asks for an
+  urgent reconcile (timed as a reaction); DOWN also flushes the WAN's connections (after
+  that reconcile);
+* `Resynced` replaces links and addresses whole: it supersedes every event before it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Union
+
+from . import health
+from .desired import MAIN_TABLE, RouteSpec, rule_range, table_range
+from .health import Health, State as HealthState, Verdict
+from .logsetup import NOTICE
+from .model import Config
+from .reconfig import ReloadPlan
+from .state import (Addresses, Link, State, WanState, active, address, hop_of, link_ok,
+                    observed, usable)
+
+
+# ---- events ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LinkChanged:
+    """RTM_NEWLINK (`link` set) or RTM_DELLINK (`link` None) of interface `name`."""
+
+    name: str
+    link: Link | None
+
+
+@dataclass(frozen=True)
+class AddressesChanged:
+    """An IPv4 address was added to or removed from interface `index`; `addresses` is
+    the re-read table (None: it could not be read, keep the last one)."""
+
+    index: int
+    removed: bool
+    addresses: Addresses | None
+
+
+@dataclass(frozen=True)
+class RouteChanged:
+    """A route was added, changed or deleted in `table`."""
+
+    table: int
+    dst_len: int
+
+
+@dataclass(frozen=True)
+class RuleChanged:
+    """An ip rule at `priority` was added or deleted."""
+
+    priority: int
+
+
+@dataclass(frozen=True)
+class RulesetChanged:
+    """The nftables ruleset changed (or its events were lost)."""
+
+
+@dataclass(frozen=True)
+class Resynced:
+    """Links and addresses from a full dump, after events were lost."""
+
+    links: Mapping[str, Link]
+    addresses: Addresses
+
+
+@dataclass(frozen=True)
+class ProbeRound:
+    """A prober's verdict on one round of WAN `name`."""
+
+    name: str
+    verdict: Verdict
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class SetDisabled:
+    """The administrator disabled (or enabled) WAN `name`."""
+
+    name: str
+    disabled: bool
+
+
+@dataclass(frozen=True)
+class Adopted:
+    """ecmpd's route in table main found in the kernel at start (None: none)."""
+
+    main: RouteSpec | None
+
+
+@dataclass(frozen=True)
+class Reloaded:
+    """A new valid config, and the plan `reconfig.plan_reload` made for it."""
+
+    cfg: Config
+    plan: ReloadPlan
+
+
+Event = Union[LinkChanged, AddressesChanged, RouteChanged, RuleChanged, RulesetChanged,
+              Resynced, ProbeRound, SetDisabled, Adopted, Reloaded]
+
+
+# ---- effects --------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Log:
+    level: int
+    message: str
+
+
+@dataclass(frozen=True)
+class Reconcile:
+    """Make the kernel match the new state; `urgent`: a WAN joined or left the route
+    (or went DOWN), timed from the decision to the kernel's ack."""
+
+    urgent: bool = False
+
+
+@dataclass(frozen=True)
+class Flush:
+    """Delete the conntrack entries under `mark`/`mask` once the reconcile is done;
+    `name`: the WAN that went DOWN (None: a mark that no longer means that WAN)."""
+
+    mark: int
+    mask: int
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class ResetProber:
+    """WAN `name`'s link is back: new probe socket, and the conntrack entries of its old
+    probes from `source` deleted."""
+
+    name: str
+    source: str | None
+
+
+Effect = Union[Log, Reconcile, Flush, ResetProber]
+Result = tuple[State, tuple[Effect, ...]]
+
+
+# ---- transitions ----------------------------------------------------------------------
+
+def set_health(st: State, name: str, new: Health, now: float,
+               before: State | None = None) -> Result:
+    """WAN `name`'s health becomes `new`: the log line and what a transition needs.
+    `before`: the state the WAN's usability is compared with (default `st`; the state
+    before the links changed when they are what made the health change)."""
+    ws = st.wan(name)
+    old = ws.health
+    if not health.transitioned(old, new):
+        return st.with_wan(name, replace(ws, health=new)), ()
+    after = st.with_wan(name, replace(ws, health=new, since=now))
+    was, now_ = usable(before or st, name), usable(after, name)
+    if was == now_:
+        level, what = logging.INFO, ""
+    elif was:
+        level, what = logging.WARNING, " (leaves the route)"
+    elif old.state is HealthState.INIT:
+        level, what = logging.INFO, " (joins the route)"
+    else:
+        level, what = NOTICE, " (back in the route)"
+    effects: list[Effect] = [Log(level, f"{name}: {health.describe(old, new)}{what}")]
+    if was != now_ or new.state is HealthState.DOWN:
+        effects.append(Reconcile(urgent=True))
+    if new.state is HealthState.DOWN:
+        wan = st.cfg.wan(name)
+        effects.append(Flush(st.cfg.mark_of(wan), st.cfg.mark_mask, name))
+    return after, tuple(effects)
+
+
+def _links(before: State, after: State, reasons: dict[str, str], now: float) -> Result:
+    """Links or addresses changed from `before` to `after`; `reasons`: WAN -> why.  A WAN
+    whose link check flipped goes DOWN at once, or starts RISING with a fresh prober."""
+    st, effects = after, []
+    for name, why in reasons.items():
+        wan = st.cfg.wan(name)
+        ok = link_ok(after, wan)
+        if ok == link_ok(before, wan):
+            continue
+        ws = st.wan(name)
+        if not ok:
+            st, more = set_health(st, name, health.carrier_lost(ws.health, why), now, before)
+        else:
+            st, more = set_health(st, name, health.carrier_back(ws.health, why), now, before)
+            more += (ResetProber(name, address(after, wan)),)
+        effects += more
+    return st, tuple(effects)
+
+
+def _link_changed(st: State, ev: LinkChanged, now: float) -> Result:
+    links = dict(st.links)
+    old = links.get(ev.name)
+    reasons: dict[str, str] = {}
+    reconcile = ev.link is None
+    if ev.link is None:
+        links.pop(ev.name, None)
+    else:
+        # a renamed interface keeps its index: forget its old name
+        for other in [n for n, l in links.items() if l.index == ev.link.index and n != ev.name]:
+            del links[other]
+            for w in st.cfg.wans:
+                if w.interface == other:
+                    reasons[w.name] = f"interface renamed to {ev.name}"
+                    reconcile = True
+        links[ev.name] = ev.link
+    new = ev.link
+    why = ("interface removed" if new is None else "link down" if not new.up else
+           "carrier lost" if not new.carrier else "carrier up")
+    for w in st.cfg.wans:
+        if w.interface == ev.name:
+            reasons[w.name] = why
+            # a WAN link's up flag and index feed the desired state (an admin down drops
+            # its routes without any RTM_DELROUTE): their change reconciles
+            if old is None or new is None or (old.up, old.index) != (new.up, new.index):
+                reconcile = True
+    after, effects = _links(st, replace(st, links=links), reasons, now)
+    return after, effects + ((Reconcile(),) if reconcile else ())
+
+
+def _addresses_changed(st: State, ev: AddressesChanged, now: float) -> Result:
+    after = st if ev.addresses is None else replace(st, addresses=ev.addresses)
+    why = "address removed" if ev.removed else "address added"
+    reasons = {w.name: why for w in st.cfg.wans
+               if (link := st.links.get(w.interface)) and link.index == ev.index}
+    after, effects = _links(st, after, reasons, now)
+    return after, effects + (Reconcile(),)
+
+
+def _resynced(st: State, ev: Resynced, now: float) -> Result:
+    after = replace(st, links=ev.links, addresses=ev.addresses)
+    after, effects = _links(st, after, {w.name: "resync" for w in st.cfg.wans}, now)
+    return after, effects + (Reconcile(),)
+
+
+def _adopted(st: State, ev: Adopted) -> Result:
+    """At start: WANs in the route found are adopted; those missing from it are DOWN."""
+    if ev.main is None:
+        return st, ()
+    hops = ev.main.hops()
+    wans = {}
+    for w in st.cfg.wans:
+        ws = st.wan(w.name)
+        if link_ok(st, w):
+            if hop_of(st, w) in hops:
+                ws = replace(ws, adopted=True)
+            else:
+                ws = replace(ws, health=Health(HealthState.DOWN, 0,
+                                               "not in the route found at start"))
+        wans[w.name] = ws
+    return (replace(st, wans=wans),
+            (Log(logging.INFO, "found ecmpd's route in the kernel: adopting it"),))
+
+
+def _reloaded(st: State, ev: Reloaded, now: float) -> Result:
+    """Unchanged WANs keep their state; new and re-addressed ones start INIT (DOWN
+    without a usable link) and must earn their place with a verdict."""
+    plan, old = ev.plan, st.cfg
+    effects: list[Effect] = [
+        Log(logging.WARNING, f"{name}: id {before} -> {after} (ids default to the position "
+                             f"in `wans`): its connections are reset; give WANs explicit ids "
+                             f"to avoid this")
+        for name, before, after in plan.renumbered]
+    base = replace(st, cfg=ev.cfg, wans={})
+    wans = {}
+    for w in ev.cfg.wans:
+        ws = st.wans.get(w.name)
+        if ws is None or w.name in plan.rejudged:
+            ws = observed(base, w, WanState(since=now, disabled=ws.disabled if ws else False))
+        wans[w.name] = ws
+    effects += [Flush(mark, old.mark_mask) for mark in plan.stale_marks]
+    return replace(base, wans=wans), (*effects, Reconcile())
+
+
+def step(st: State, ev: Event, now: float) -> Result:
+    """The state after `ev` and the effects to carry out; `now`: epoch seconds."""
+    cfg = st.cfg
+    if isinstance(ev, ProbeRound):
+        if ev.name not in st.wans or not link_ok(st, cfg.wan(ev.name)):
+            return st, ()         # a WAN without link is DOWN: no round changes that
+        p = cfg.wan(ev.name).probe
+        return set_health(st, ev.name,
+                          health.step(st.wan(ev.name).health, ev.verdict, p.down, p.up,
+                                      ev.reason), now)
+    if isinstance(ev, LinkChanged):
+        return _link_changed(st, ev, now)
+    if isinstance(ev, AddressesChanged):
+        return _addresses_changed(st, ev, now)
+    if isinstance(ev, RouteChanged):
+        ours = ev.dst_len == 0 and (ev.table == MAIN_TABLE or ev.table in table_range(cfg))
+        return st, (Reconcile(),) if ours else ()
+    if isinstance(ev, RuleChanged):
+        return st, (Reconcile(),) if ev.priority in rule_range(cfg) else ()
+    if isinstance(ev, RulesetChanged):
+        return st, (Reconcile(),)
+    if isinstance(ev, Resynced):
+        return _resynced(st, ev, now)
+    if isinstance(ev, SetDisabled):
+        if ev.name not in st.wans:
+            return st, ()
+        after = st.with_wan(ev.name, replace(st.wan(ev.name), disabled=ev.disabled))
+        level, what = logging.INFO, "enabled by the administrator"
+        if ev.disabled and usable(st, ev.name) and not active(after):
+            level, what = logging.WARNING, ("disabled by the administrator, but no other "
+                                            "WAN is usable: the last route is kept")
+        elif ev.disabled:
+            what = "disabled by the administrator (its nexthop leaves the route)"
+        return after, (Log(level, f"{ev.name}: {what}"), Reconcile())
+    if isinstance(ev, Adopted):
+        return _adopted(st, ev)
+    if isinstance(ev, Reloaded):
+        return _reloaded(st, ev, now)
+    raise TypeError(f"not an event: {ev!r}")

@@ -1,0 +1,242 @@
+"""The ledger: which ownership numbers ecmpd's objects in the kernel may carry, kept
+next to the control socket (``<socket>.owned.json``, like the drained-WANs file), so
+that a change of them never orphans what an earlier run installed.
+
+ecmpd recognises its routes, rules and nft table only by numbers from its config
+(`desired.Owned`: route proto and metric, tables base, rule priority, nft table, mark
+mask, and the WAN ids whose tables exist).  Change one of them and restart — after a
+``kill -9``, or with ``keep_on_exit`` — and the old objects are nobody's: the old
+metric-0 multipath route even outranks the new one and never fails over.  So:
+
+* before anything is installed under new numbers, the record lists the old numberings
+  *and* the new one (written atomically: temporary file, fsync, rename);
+* the old objects are then handed over (`routing.handover`: the new ones installed
+  first, then the old ones that the new state does not have removed — routes with the
+  old proto in the old tables or at the old metric in main, rules in the old priority
+  range pointing at the old tables; nothing else is touched);
+* once the new nft table is in place (`settle`, after the first reconcile), the old nft
+  table is deleted — only when it carries ecmpd's digest comment — and the record
+  lists only the current numbers.
+
+A crash at any point leaves a record that covers everything that may be installed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .desired import Owned
+from .model import Config
+
+log = logging.getLogger("ecmpd")
+
+SUFFIX = ".owned.json"
+VERSION = 1
+
+
+def path_for(control_socket: str) -> str:
+    """The ledger file of the daemon with this control socket."""
+    return control_socket + SUFFIX
+
+
+# ---- the file ------------------------------------------------------------------------
+
+def parse(text: str) -> tuple[Owned, ...]:
+    """The numberings in a ledger file's text; ValueError when it is not one."""
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"not JSON: {exc}") from None
+    if not isinstance(doc, dict) or doc.get("version") != VERSION \
+            or not isinstance(doc.get("owned"), list):
+        raise ValueError(f"not an ecmpd ledger (version {VERSION})")
+    out = []
+    for i, entry in enumerate(doc["owned"]):
+        if not isinstance(entry, dict):
+            raise ValueError(f"owned[{i}]: not an object")
+        try:
+            out.append(Owned.from_json(entry))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"owned[{i}]: {exc}") from None
+    return tuple(out)
+
+
+def render(owned: Iterable[Owned]) -> str:
+    return json.dumps({"version": VERSION, "owned": [o.to_json() for o in owned]},
+                      indent=1) + "\n"
+
+
+def load(path: str) -> tuple[Owned, ...]:
+    """The recorded numberings, oldest first; none when there is no (valid) file."""
+    try:
+        with open(path) as f:
+            return parse(f.read())
+    except FileNotFoundError:
+        return ()
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring %s: %s", path, exc)
+        return ()
+
+
+def save(path: str, owned: Sequence[Owned]) -> bool:
+    """Write the record atomically and durably; False (logged) when it cannot be."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(render(owned))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        try:
+            dirfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+            try:
+                os.fsync(dirfd)
+            finally:
+                os.close(dirfd)
+        except OSError:
+            pass
+        return True
+    except OSError as exc:
+        log.warning("cannot record ecmpd's ownership numbers in %s: %s (objects left under "
+                    "other numbers by this run would not be found by the next)", path, exc)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        return False
+
+
+# ---- planning (pure) -----------------------------------------------------------------
+
+def merge(*groups: Iterable[Owned]) -> tuple[Owned, ...]:
+    """The numberings of `groups` in order, one per `numbers()`: a later entry with the
+    same numbers replaces an earlier one (its ids are the newer), at the later place."""
+    out: dict[tuple, Owned] = {}
+    for group in groups:
+        for o in group:
+            out.pop(o.numbers(), None)
+            out[o.numbers()] = o
+    return tuple(out.values())
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a start or a reload does about the numberings recorded."""
+
+    retire: tuple[Owned, ...]
+    """Numberings whose objects must be handed over to the current ones, oldest first."""
+    before: tuple[Owned, ...]
+    """The record to write before the kernel is touched."""
+    after: tuple[Owned, ...]
+    """The record once the retired objects are gone (`Ledger.settle`)."""
+
+    def describe(self) -> list[str]:
+        return [describe(o) for o in self.retire]
+
+
+def plan(recorded: Sequence[Owned], current: Owned) -> Plan:
+    """For a start with `current` when the ledger holds `recorded`."""
+    retire = tuple(o for o in merge(recorded) if o.numbers() != current.numbers())
+    return Plan(retire, merge(retire, [current]), (current,))
+
+
+def plan_switch(pending: Sequence[Owned], old: Owned, new: Owned) -> Plan:
+    """For a reload from `old` to `new` while `pending` numberings are not yet settled."""
+    retire = tuple(o for o in merge(pending, [old]) if o.numbers() != new.numbers())
+    return Plan(retire, merge(retire, [new]), (new,))
+
+
+def describe(o: Owned) -> str:
+    return (f"proto {o.route_proto}, metric {o.route_metric}, tables {o.table_base}+id, "
+            f"rules {o.rule_priority}.., nft table {o.nft_table}, mark mask {o.mark_mask:#x}")
+
+
+# ---- doing it ------------------------------------------------------------------------
+
+def remove_nft_table(name: str, nft: Any = None) -> bool:
+    """Delete ``table ip <name>`` if it is ecmpd's (carries its digest comment); True when
+    deleted.  A missing table is no error; a foreign one is left alone (logged)."""
+    from . import nftrules
+    if nft is None:
+        import nftables
+        nft = nftables.Nftables()
+        nft.set_json_output(True)
+    rc, out, _err = nft.json_cmd(
+        {"nftables": [{"list": {"table": {"family": "ip", "name": name}}}]})
+    if rc != 0:
+        return False                                  # not there
+    listing = out if isinstance(out, dict) else json.loads(out or "{}")
+    if nftrules.listing_digest(listing) is None:
+        log.warning("nft table ip %s (recorded as ecmpd's) carries no ecmpd digest: "
+                    "leaving it alone", name)
+        return False
+    rc, _out, err = nft.json_cmd(nftrules.delete_commands(name))
+    if rc != 0:
+        log.error("cannot remove ecmpd's old nft table %s: %s", name, str(err).strip())
+        return False
+    log.info("removed ecmpd's old nft table ip %s", name)
+    return True
+
+
+class Ledger:
+    """The daemon's ledger.  Call, holding the netlink lock:
+
+    * `take_over(ipr, cfg)` at start, before the first read of ecmpd's objects;
+    * `switch(ipr, old_cfg, new_cfg)` on every reload, before the new config is applied
+      (it replaces removing the old objects first: make before break);
+    * `settle(cfg)` after the first reconcile with `cfg` (start and reload).
+    """
+
+    def __init__(self, control_socket: str) -> None:
+        self.path = path_for(control_socket)
+        self.pending: tuple[Owned, ...] = ()
+        """Numberings handed over whose nft table still has to go (`settle`)."""
+
+    async def take_over(self, ipr: Any, cfg: Config) -> int:
+        """Record `cfg`'s numbers and hand over what a previous run left under others;
+        returns the netlink changes made."""
+        from . import routing
+        current = Owned.of(cfg)
+        p = plan(load(self.path), current)
+        save(self.path, p.before)
+        changes = 0
+        for o in p.retire:
+            log.warning("ecmpd's objects of an earlier run under other numbers (%s): "
+                        "handing them over to the current ones (%s)",
+                        describe(o), describe(current))
+            try:
+                changes += await routing.handover(ipr, o, current)
+            except Exception:
+                log.exception("handing over ecmpd's objects under %s failed", describe(o))
+        self.pending = p.retire
+        return changes
+
+    async def switch(self, ipr: Any, old: Config | Owned, new: Config | Owned) -> int:
+        """Reload from `old` to `new`: record both, then hand the routes and rules over
+        (new first, then the old ones go) when the numbers recognising them change."""
+        from . import routing
+        o, n = Owned.of(old), Owned.of(new)
+        p = plan_switch(self.pending, o, n)
+        save(self.path, p.before)
+        self.pending = p.retire
+        if o.routing_numbers() == n.routing_numbers() or ipr is None:
+            return 0
+        return await routing.handover(ipr, o, n)
+
+    def settle(self, cfg: Config, nft: Any = None) -> None:
+        """The current numbers are installed: delete the handed-over nft tables (ecmpd's
+        only) and record `cfg` alone."""
+        current = Owned.of(cfg)
+        for o in self.pending:
+            if o.nft_table != current.nft_table:
+                try:
+                    remove_nft_table(o.nft_table, nft)
+                except Exception as exc:
+                    log.error("cannot remove ecmpd's old nft table %s: %s", o.nft_table, exc)
+        self.pending = ()
+        save(self.path, (current,))

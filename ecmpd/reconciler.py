@@ -1,0 +1,150 @@
+"""Reconcile passes: make the kernel match the daemon's current state.
+
+A pass reads ecmpd's routes and rules from the kernel, takes the state snapshot right
+after that read (nothing runs in between: one loop), derives the desired kernel state and
+its flags from that one snapshot (`ecmpd.state.decide`) and applies the difference.
+Re-applying the same desired state changes nothing.
+
+Requests coalesce: `kick()` asks for a pass; everything asked before a pass starts is
+covered by it (its snapshot is newer), so a burst of events costs one or two passes.
+Conntrack flushes of WANs that went DOWN run after the pass that took them out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from .netlinkimport import AsyncIPRoute
+
+from . import conntrack, routing
+from .events import Flush
+from .firewall import Firewall
+from .state import Decision, State, decide, main_route
+from .sysctl import Sysctls
+
+log = logging.getLogger("ecmpd")
+
+Spawn = Callable[[Coroutine[Any, Any, Any]], None]
+
+
+class Reconciler:
+    """Serialised, coalesced reconcile passes over `current()`, the daemon's state."""
+
+    def __init__(self, current: Callable[[], State], firewall: Firewall, sysctls: Sysctls,
+                 spawn: Spawn) -> None:
+        self.current = current
+        self.firewall = firewall
+        self.sysctls = sysctls
+        self.spawn = spawn
+        self.ipr: AsyncIPRoute | None = None
+        self.lock = asyncio.Lock()
+        """Held while using `ipr`: the kernel runs one dump at a time per netlink socket
+        (a concurrent second dump fails with EBUSY)."""
+        self.passes = self.changes = self.flushes = 0
+        self.reactions: deque[float] = deque(maxlen=200)
+        """Seconds from a health decision to the kernel's route reflecting it."""
+        self.closed = False
+        """No pass starts any more (shutting down)."""
+        self._task: asyncio.Task[None] | None = None
+        self._again = False
+        # what the next pass covers, taken when it starts
+        self._decided: list[float] = []
+        self._flushes: list[Flush] = []
+        self._waiters: list[asyncio.Future[Decision]] = []
+        self._kept = False
+        """The last pass kept the route with no WAN usable (for its log line only)."""
+
+    def kick(self, decided: float | None = None, flush: Flush | None = None) -> None:
+        """Ask for a pass soon.  `decided`: the loop time of the health decision it
+        applies (its reaction time is recorded); `flush`: to run after it."""
+        if self.closed:
+            return
+        if decided is not None:
+            self._decided.append(decided)
+        if flush is not None:
+            self._flushes.append(flush)
+        self._again = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def settled(self) -> Decision:
+        """Wait for a pass that saw the state as it is now; returns its decision."""
+        waiter: asyncio.Future[Decision] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self.kick()
+        return await waiter
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Start no further pass; wait (bounded) for the current one."""
+        self.closed, self._again = True, False
+        if self._task is not None and not self._task.done():
+            try:
+                await asyncio.wait_for(self._task, timeout)
+            except (asyncio.TimeoutError, Exception):
+                pass
+
+    async def _run(self) -> None:
+        retried = False
+        while self._again:
+            self._again = False
+            decided, self._decided = self._decided, []
+            flushes, self._flushes = self._flushes, []
+            waiters, self._waiters = self._waiters, []
+            try:
+                decision = await self.reconcile()
+            except Exception as exc:
+                log.exception("reconcile failed%s", ": retrying" if decided else "")
+                for w in waiters:
+                    if not w.done():
+                        w.set_exception(exc)
+                if decided and not retried:      # a state change must not be lost
+                    self._decided[:0] = decided
+                    self._again = retried = True
+            else:
+                retried = False
+                now = asyncio.get_running_loop().time()
+                self.reactions.extend(now - t for t in decided)
+                for w in waiters:
+                    if not w.done():
+                        w.set_result(decision)
+            finally:
+                # a DOWN WAN's connections go even if the route change needs a retry
+                for f in flushes:
+                    self.spawn(self._flush(f))
+
+    async def reconcile(self) -> Decision:
+        """One pass, now; returns its decision."""
+        async with self.lock:
+            assert self.ipr is not None
+            actual = await routing.read_actual(self.ipr, self.current().cfg)
+            # the snapshot goes with the kernel read (a reload that changes the numbers
+            # recognising ecmpd's objects swaps the config under this lock)
+            snap = self.current()
+            decision = decide(snap, main_route(actual.routes, snap.cfg))
+            if decision.kept != self._kept:
+                if decision.kept:
+                    log.warning("all WANs are down: keeping the last route")
+                self._kept = decision.kept
+            changes = self.sysctls.apply(decision.desired.sysctls)
+            changes += await routing.apply(self.ipr, snap.cfg, decision.desired, actual)
+            try:
+                changes += int(self.firewall.ensure())
+            except Exception as exc:
+                log.error("cannot apply nft table %s: %s", snap.cfg.nft_table, exc)
+            self.passes += 1
+            self.changes += changes
+            return decision
+
+    async def _flush(self, f: Flush) -> None:
+        if f.name is not None:
+            cfg = self.current().cfg
+            wan = next((w for w in cfg.wans if w.name == f.name), None)
+            if wan is None or cfg.mark_of(wan) != f.mark:
+                return              # removed or renumbered meanwhile: not its mark now
+            self.flushes += 1
+        if await conntrack.flush_mark(f.mark, f.mask) and f.name is not None:
+            log.info("%s: its connections were removed from conntrack", f.name)

@@ -1,0 +1,1 @@
+"""Reliability tests: attacks, fuzzing and failure injection against the daemon."""

@@ -1,0 +1,402 @@
+"""Unit tests of ecmpd.state (snapshots and what is derived from one) and ecmpd.events
+(the pure transitions `step(state, event, now) -> (state, effects)`).  No root, no loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import random
+from ipaddress import IPv4Address
+
+import pytest
+
+from ecmpd import events as ev
+from ecmpd.desired import MAIN_TABLE, Nexthop, RouteSpec
+from ecmpd.health import Health, State as H, Verdict
+from ecmpd.logsetup import NOTICE
+from ecmpd.model import Config, ProbeSettings, Wan
+from ecmpd.reconfig import plan_reload
+from ecmpd.state import (Link, State, WanState, active, address, awaiting_verdict, carrier,
+                         decide, initial, keeps_last_route, link_ok, usable)
+
+CFG = Config(
+    lan_interfaces=("lan0",),
+    wans=(Wan("wlan1", "eth1", IPv4Address("192.0.2.1"), weight=1, id=1),
+          Wan("wlan2", "eth2", IPv4Address("198.51.100.1"), weight=2, id=2)),
+)
+"""Marks 0x10000/0x20000 under 0xff0000; tables 1001..1255, rules 1000..1511 (defaults)."""
+UP_LINK = Link(11, True, True)
+LINKS = {"lan0": Link(3, True, True), "eth1": UP_LINK, "eth2": Link(12, True, True)}
+ADDRS = {11: (("192.0.2.10", 24), ("192.0.2.11", 24)), 12: (("198.51.100.10", 24),)}
+T0 = 1_700_000_000.0
+UP = Health(H.UP, 0, "after 1 good round")
+
+
+def start(links=LINKS, addrs=ADDRS, disabled=(), cfg=CFG) -> State:
+    return initial(cfg, links, addrs, disabled, T0)
+
+
+def up(st: State, *names: str) -> State:
+    for name in names or tuple(st.wans):
+        st = st.with_wan(name, dataclasses.replace(st.wan(name), health=UP))
+    return st
+
+
+def step(st: State, event, now: float = T0 + 10):
+    return ev.step(st, event, now)
+
+
+def kinds(effects) -> list[str]:
+    return [type(e).__name__ for e in effects]
+
+
+def logs(effects) -> list[tuple[int, str]]:
+    return [(e.level, e.message) for e in effects if isinstance(e, ev.Log)]
+
+
+def main_route(*gw_oif: tuple[str, int]) -> RouteSpec:
+    return RouteSpec(MAIN_TABLE, tuple(Nexthop(g, o, 1) for g, o in gw_oif), 0)
+
+
+# ---- the snapshot --------------------------------------------------------------------
+
+def test_a_state_is_immutable_and_copies_what_it_is_given() -> None:
+    links = dict(LINKS)
+    st = start(links=links)
+    links["eth9"] = Link(99, True, True)            # the caller's dict is not the state's
+    assert "eth9" not in st.links
+    with pytest.raises(TypeError):
+        st.links["eth9"] = Link(99, True, True)  # type: ignore[index]
+    with pytest.raises(TypeError):
+        st.wans["wlan1"] = WanState()  # type: ignore[index]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        st.cfg = CFG  # type: ignore[misc]
+    after, _ = step(st, ev.LinkChanged("eth1", Link(11, True, False)))
+    assert st.links["eth1"] == UP_LINK and after.links["eth1"].carrier is False
+    assert st.wan("wlan1").health == Health() and after.wan("wlan1").health.state is H.DOWN
+
+
+def test_initial_judges_links_from_what_netlink_shows() -> None:
+    st = start(links={"eth1": UP_LINK, "eth2": Link(12, True, False)}, disabled={"wlan1"})
+    w1, w2 = st.wan("wlan1"), st.wan("wlan2")
+    assert (w1.health, w1.since, w1.disabled, w1.adopted) == (Health(), T0, True, False)
+    assert w2.health == Health(H.DOWN, 0, "no carrier")
+    assert list(st.wans) == ["wlan1", "wlan2"]
+    assert start(links={}).wan("wlan1").health.reason == "no such interface"
+    assert start(addrs={12: ADDRS[12]}).wan("wlan1").health.reason == "no IPv4 address"
+
+
+def test_address_carrier_and_link_check_are_derived() -> None:
+    st = start()
+    w1, w2 = CFG.wans
+    assert address(st, w1) == "192.0.2.10"          # the primary one
+    assert carrier(st, w1) and link_ok(st, w1)
+    st = dataclasses.replace(st, links={**LINKS, "eth2": Link(12, True, False)})
+    assert address(st, w2) == "198.51.100.10" and not carrier(st, w2) and not link_ok(st, w2)
+
+
+@pytest.mark.parametrize("health, adopted, disabled, usable_", [
+    (Health(), False, False, False),             # INIT: not before its first verdict...
+    (Health(), True, False, True),               # ...unless adopted from the kernel's route
+    (Health(H.INIT, 1, ""), False, False, False),
+    (UP, False, False, True),
+    (Health(H.FALLING, 1, ""), False, False, True),
+    (Health(H.RISING, 2, ""), False, False, False),
+    (Health(H.DOWN, 0, ""), True, False, False),
+    (UP, False, True, False),                    # disabled by the administrator
+])
+def test_usable(health, adopted, disabled, usable_) -> None:
+    st = start().with_wan("wlan1", WanState(health, T0, disabled, adopted))
+    assert usable(st, "wlan1") is usable_
+    assert ("wlan1" in active(st)) is usable_
+
+
+def test_waiting_for_first_verdicts() -> None:
+    st = start(links={"eth1": UP_LINK})             # wlan2: no interface, DOWN
+    assert awaiting_verdict(st) == ["wlan1"]
+    st, _ = step(st, ev.ProbeRound("wlan1", Verdict.FAILED, "silent"))
+    assert awaiting_verdict(st) == []                # INIT with one failed round: judged
+    assert not usable(st, "wlan1")
+
+
+def test_decide_routes_and_the_kept_flag_from_one_snapshot() -> None:
+    kernel = main_route(("192.0.2.1", 11), ("198.51.100.1", 12))
+    st = up(start(), "wlan2")
+    d = decide(st, kernel)
+    assert d.active == {"wlan2"} and not d.kept
+    assert d.desired.main == RouteSpec(MAIN_TABLE, (Nexthop("198.51.100.1", 12, 2),), 0)
+    assert d.in_route("wlan2") and not d.in_route("wlan1")
+    # nothing usable: the kernel's route is kept, and said so
+    st = st.with_wan("wlan2", WanState(Health(H.DOWN, 0, "x"), T0))
+    d = decide(st, kernel)
+    assert d.kept and d.desired.main == kernel and d.in_route("wlan1")
+    assert keeps_last_route(st, kernel) and not keeps_last_route(st, None)
+    assert not decide(st, None).kept and decide(st, None).desired.main is None
+    # an administratively down interface gets no route via it
+    st = dataclasses.replace(up(st), links={**LINKS, "eth1": Link(11, False, False)})
+    tables = {(t.table, t.kind) for t in decide(st, kernel).desired.tables}
+    assert (1001, "unicast") not in tables and (1002, "unicast") in tables
+
+
+# ---- probe rounds --------------------------------------------------------------------
+
+def test_the_first_good_verdict_brings_a_wan_into_the_route() -> None:
+    st, effects = step(start(), ev.ProbeRound("wlan1", Verdict.GOOD, "1/1 targets answered"))
+    assert st.wan("wlan1").health.state is H.UP and st.wan("wlan1").since == T0 + 10
+    assert usable(st, "wlan1")
+    assert logs(effects) == [(logging.INFO, "wlan1: INIT -> UP after 1 good round: "
+                                            "1/1 targets answered (joins the route)")]
+    assert ev.Reconcile(urgent=True) in effects
+
+
+def test_down_after_failed_rounds_leaves_the_route_and_flushes_after_the_reconcile() -> None:
+    st = up(start())
+    effects: tuple = ()
+    for i in range(3):
+        st, effects = step(st, ev.ProbeRound("wlan1", Verdict.FAILED, "0/1 answered"), T0 + i)
+        if i < 2:
+            assert st.wan("wlan1").health.state is H.FALLING
+    assert st.wan("wlan1").health.state is H.DOWN and st.wan("wlan1").since == T0 + 2
+    assert kinds(effects) == ["Log", "Reconcile", "Flush"]
+    assert effects[0].level == logging.WARNING and effects[0].message.endswith("(leaves the route)")
+    assert effects[1] == ev.Reconcile(urgent=True)
+    assert effects[2] == ev.Flush(0x10000, 0xFF0000, "wlan1")
+
+
+def test_rising_back_to_up_and_falling_back_down() -> None:
+    st = start().with_wan("wlan1", WanState(Health(H.DOWN, 0, "x"), T0))
+    st, effects = step(st, ev.ProbeRound("wlan1", Verdict.GOOD))
+    assert st.wan("wlan1").health.state is H.RISING
+    assert kinds(effects) == ["Log"]                 # RISING takes no flows: no reconcile
+    for _ in range(4):
+        st, effects = step(st, ev.ProbeRound("wlan1", Verdict.GOOD))
+    assert st.wan("wlan1").health.state is H.UP
+    assert logs(effects)[0][0] == NOTICE and "(back in the route)" in logs(effects)[0][1]
+    st = st.with_wan("wlan1", WanState(Health(H.RISING, 2, "x"), T0))
+    st, effects = step(st, ev.ProbeRound("wlan1", Verdict.FAILED))
+    # no change of membership, but DOWN: its connections go
+    assert kinds(effects) == ["Log", "Reconcile", "Flush"]
+
+
+def test_rounds_count_only_for_known_wans_with_a_link() -> None:
+    st = start(links={"eth1": UP_LINK})
+    assert step(st, ev.ProbeRound("nope", Verdict.GOOD)) == (st, ())
+    assert step(st, ev.ProbeRound("wlan2", Verdict.GOOD)) == (st, ())
+    st2, effects = step(up(st, "wlan1"), ev.ProbeRound("wlan1", Verdict.GOOD))
+    assert effects == () and st2.wan("wlan1").since == T0     # no transition: since stays
+
+
+# ---- links and addresses -------------------------------------------------------------
+
+@pytest.mark.parametrize("before, after, reason, plain", [
+    # carrier lost, the link still administratively up: the health change reconciles
+    (Link(11, True, True), Link(11, True, False), "carrier lost", False),
+    (Link(11, True, False), Link(11, True, True), "carrier up", False),
+    # administratively down: the kernel drops the WAN's routes silently -> reconcile
+    (Link(11, True, True), Link(11, False, False), "link down", True),
+    # and back up: the WAN's table route must be put back
+    (Link(11, False, False), Link(11, True, True), "carrier up", True),
+    (Link(11, False, False), Link(11, True, False), "carrier lost", True),
+])
+def test_a_wan_link_change(before, after, reason, plain) -> None:
+    st = start(links={**LINKS, "eth1": before})
+    if before.carrier:
+        st = up(st, "wlan1")
+    st2, effects = step(st, ev.LinkChanged("eth1", after))
+    assert st2.links["eth1"] == after and st2.links["eth2"] == LINKS["eth2"]
+    assert (ev.Reconcile() in effects) is plain
+    if before.carrier and not after.carrier:
+        assert st2.wan("wlan1").health == Health(H.DOWN, 0, reason)
+        assert ev.Flush(0x10000, 0xFF0000, "wlan1") in effects
+        assert "(leaves the route)" in logs(effects)[0][1]
+    elif after.carrier:
+        assert st2.wan("wlan1").health == Health(H.RISING, 0, reason)
+        assert ev.ResetProber("wlan1", "192.0.2.10") in effects
+    else:
+        assert st2.wan("wlan1") == st.wan("wlan1")         # was DOWN, stays DOWN
+
+
+def test_non_wan_links_are_recorded_without_effects() -> None:
+    st, effects = step(start(), ev.LinkChanged("lan0", Link(3, False, False)))
+    st, more = step(st, ev.LinkChanged("veth9", Link(99, True, True)))
+    assert st.links["lan0"] == Link(3, False, False) and st.links["veth9"].index == 99
+    assert effects == more == ()
+
+
+def test_dellink_and_a_new_index() -> None:
+    st = up(start())
+    st2, effects = step(st, ev.LinkChanged("eth2", None))
+    assert "eth2" not in st2.links
+    assert st2.wan("wlan2").health == Health(H.DOWN, 0, "interface removed")
+    assert ev.Reconcile() in effects
+    assert step(st, ev.LinkChanged("lan0", None))[1] == (ev.Reconcile(),)
+    # the interface comes back with another index (its routes need it) but no address
+    # yet: still DOWN; RISING once the address is there
+    st3, effects = step(st2, ev.LinkChanged("eth2", Link(42, True, True)))
+    assert st3.wan("wlan2").health.state is H.DOWN and effects == (ev.Reconcile(),)
+    st4, effects = step(st3, ev.AddressesChanged(42, False, {42: ADDRS[12]}))
+    assert st4.wan("wlan2").health == Health(H.RISING, 0, "address added")
+    assert ev.ResetProber("wlan2", "198.51.100.10") in effects
+
+
+def test_a_renamed_wan_interface_is_forgotten_under_its_old_name() -> None:
+    st, effects = step(up(start()), ev.LinkChanged("eth1old", UP_LINK))
+    assert "eth1" not in st.links and st.links["eth1old"] == UP_LINK
+    assert st.wan("wlan1").health == Health(H.DOWN, 0, "interface renamed to eth1old")
+    assert ev.Reconcile() in effects
+
+
+def test_addresses_removed_and_added() -> None:
+    st = up(start())
+    gone = {12: ADDRS[12]}
+    st2, effects = step(st, ev.AddressesChanged(11, True, gone))
+    assert st2.addresses == gone
+    assert st2.wan("wlan1").health == Health(H.DOWN, 0, "address removed")
+    assert ev.Reconcile() in effects and ev.Reconcile(urgent=True) in effects
+    back = {**gone, 11: (("192.0.2.77", 24),)}
+    st3, effects = step(st2, ev.AddressesChanged(11, False, back))
+    assert st3.wan("wlan1").health == Health(H.RISING, 0, "address added")
+    assert ev.ResetProber("wlan1", "192.0.2.77") in effects
+    # elsewhere: only a reconcile; an unreadable table keeps the last one
+    assert step(st, ev.AddressesChanged(3, False, ADDRS))[1] == (ev.Reconcile(),)
+    st4, _ = step(st, ev.AddressesChanged(11, True, None))
+    assert st4.addresses == st.addresses and st4.wan("wlan1") == st.wan("wlan1")
+
+
+def test_a_resync_replaces_links_and_addresses_whole() -> None:
+    st = up(start(links={**LINKS, "stale0": Link(50, True, True)}))
+    links = {"lan0": LINKS["lan0"], "eth1": Link(11, True, False), "eth2": LINKS["eth2"]}
+    st2, effects = step(st, ev.Resynced(links, {11: ADDRS[11], 12: (("198.51.100.99", 24),)}))
+    assert dict(st2.links) == links
+    assert st2.wan("wlan1").health == Health(H.DOWN, 0, "resync")
+    assert st2.wan("wlan2") == st.wan("wlan2")              # unchanged link: untouched
+    assert address(st2, CFG.wans[1]) == "198.51.100.99"
+    assert effects[-1] == ev.Reconcile()
+    # the same dump again changes nothing
+    assert step(st2, ev.Resynced(links, st2.addresses))[0] == st2
+
+
+# ---- routes, rules, ruleset ------------------------------------------------------------
+
+@pytest.mark.parametrize("table, dst_len, reconcile", [
+    (254, 0, True), (1001, 0, True), (1255, 0, True),
+    (100, 0, False), (1000, 0, False), (1256, 0, False), (255, 0, False),
+    (254, 24, False), (1001, 32, False),
+])
+def test_route_events_reconcile_only_for_default_routes_in_ecmpd_tables(
+        table, dst_len, reconcile) -> None:
+    st = start()
+    assert step(st, ev.RouteChanged(table, dst_len)) == (st, (ev.Reconcile(),) if reconcile
+                                                         else ())
+
+
+@pytest.mark.parametrize("priority, reconcile", [
+    (1000, True), (1001, True), (1257, True), (1511, True),
+    (999, False), (1512, False), (32766, False), (0, False)])
+def test_rule_events_reconcile_only_inside_ecmpd_range(priority, reconcile) -> None:
+    st = start()
+    assert bool(step(st, ev.RuleChanged(priority))[1]) is reconcile
+
+
+def test_the_ranges_follow_the_config_and_the_ruleset_always_reconciles() -> None:
+    st = start(cfg=dataclasses.replace(CFG, table_base=2000, rule_priority=500))
+    assert step(st, ev.RouteChanged(1001, 0))[1] == ()
+    assert step(st, ev.RouteChanged(2001, 0))[1] == (ev.Reconcile(),)
+    assert step(st, ev.RuleChanged(1012))[1] == ()
+    assert step(st, ev.RuleChanged(500))[1] == (ev.Reconcile(),)
+    assert step(st, ev.RulesetChanged()) == (st, (ev.Reconcile(),))
+
+
+# ---- administrator, start, reload ------------------------------------------------------
+
+def test_disable_and_enable() -> None:
+    st = up(start())
+    st2, effects = step(st, ev.SetDisabled("wlan2", True))
+    assert st2.wan("wlan2").disabled and not usable(st2, "wlan2")
+    assert st2.wan("wlan2").health == UP                    # the probes go on
+    assert kinds(effects) == ["Log", "Reconcile"] and "disabled" in effects[0].message
+    st3, _ = step(st2, ev.SetDisabled("wlan2", False))
+    assert usable(st3, "wlan2")
+    # the last usable WAN: marked disabled, but the route is kept (and the log says so)
+    st4, effects = step(st3, ev.SetDisabled("wlan1", True))
+    st5, effects = step(st4, ev.SetDisabled("wlan2", True))
+    assert st5.wan("wlan2").disabled and not active(st5)
+    assert logs(effects) == [(logging.WARNING, "wlan2: disabled by the administrator, but "
+                                               "no other WAN is usable: the last route is kept")]
+    assert step(st, ev.SetDisabled("nope", True)) == (st, ())
+
+
+def test_adoption_at_start() -> None:
+    st = start(links={"eth1": UP_LINK, "eth2": LINKS["eth2"]})
+    assert step(st, ev.Adopted(None)) == (st, ())
+    st2, effects = step(st, ev.Adopted(main_route(("192.0.2.1", 11))))
+    assert st2.wan("wlan1").adopted and usable(st2, "wlan1")          # no flap
+    assert st2.wan("wlan2").health == Health(H.DOWN, 0, "not in the route found at start")
+    assert "adopting" in effects[0].message
+    # a WAN without link keeps its own reason
+    st3, _ = step(start(links={"eth1": UP_LINK}), ev.Adopted(main_route(("192.0.2.1", 11))))
+    assert st3.wan("wlan2").health.reason == "no such interface"
+
+
+def test_reload_keeps_unchanged_wans_and_judges_new_ones_anew() -> None:
+    st = up(start(), "wlan1")
+    st = st.with_wan("wlan2", dataclasses.replace(st.wan("wlan2"), disabled=True))
+    wan3 = Wan("wlan3", "eth3", IPv4Address("203.0.113.1"), id=3)
+    new = dataclasses.replace(CFG, wans=(
+        CFG.wans[0], dataclasses.replace(CFG.wans[1], gateway=IPv4Address("198.51.100.2")),
+        wan3))
+    st2, effects = step(st, ev.Reloaded(new, plan_reload(CFG, new)), T0 + 50)
+    assert st2.cfg is new and list(st2.wans) == ["wlan1", "wlan2", "wlan3"]
+    assert st2.wan("wlan1") == st.wan("wlan1")                        # since kept
+    assert st2.wan("wlan2") == WanState(Health(), T0 + 50, disabled=True)   # rejudged
+    assert st2.wan("wlan3").health == Health(H.DOWN, 0, "no such interface")
+    assert effects == (ev.Reconcile(),)
+    # removed and renumbered: their old marks are flushed, the renumbering said
+    gone = dataclasses.replace(CFG, wans=(dataclasses.replace(CFG.wans[1], id=1),))
+    st3, effects = step(st2, ev.Reloaded(gone, plan_reload(new, gone)))
+    assert list(st3.wans) == ["wlan2"]
+    assert ev.Flush(0x10000, 0xFF0000) in effects and ev.Flush(0x20000, 0xFF0000) in effects
+    assert any(e.level == logging.WARNING and "id 2 -> 1" in e.message
+               for e in effects if isinstance(e, ev.Log))
+
+
+def test_an_unknown_event_is_a_type_error() -> None:
+    with pytest.raises(TypeError):
+        step(start(), object())  # type: ignore[arg-type]
+
+
+# ---- invariants over random event sequences --------------------------------------------
+
+def random_event(rng: random.Random):
+    name = rng.choice(["eth1", "eth2", "lan0"])
+    index = {"eth1": 11, "eth2": 12, "lan0": 3}[name]
+    return rng.choice([
+        lambda: ev.ProbeRound(rng.choice(["wlan1", "wlan2"]), rng.choice(list(Verdict))),
+        lambda: ev.LinkChanged(name, Link(index, rng.random() < .8, rng.random() < .7)),
+        lambda: ev.LinkChanged(name, None),
+        lambda: ev.AddressesChanged(index, True, {k: v for k, v in ADDRS.items()
+                                                  if k != index}),
+        lambda: ev.AddressesChanged(index, False, ADDRS),
+        lambda: ev.SetDisabled(rng.choice(["wlan1", "wlan2"]), rng.random() < .3),
+        lambda: ev.Resynced(LINKS, ADDRS),
+    ])()
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_invariants_hold_after_every_event(seed: int) -> None:
+    """A WAN without a usable link is DOWN; "keeping the last route" never goes with a
+    usable WAN (the flaky status); an urgent reconcile comes with every change of the
+    active set."""
+    rng = random.Random(seed)
+    kernel = main_route(("192.0.2.1", 11))
+    st = start()
+    for i in range(300):
+        before = st
+        st, effects = step(st, random_event(rng), T0 + i)
+        for w in CFG.wans:
+            if not link_ok(st, w):
+                assert st.wan(w.name).health.state is H.DOWN, (seed, i, st)
+        assert not (keeps_last_route(st, kernel) and active(st))
+        if active(before) != active(st):
+            assert any(isinstance(e, ev.Reconcile) for e in effects), (seed, i)
+        assert list(st.wans) == ["wlan1", "wlan2"]
