@@ -26,6 +26,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Protocol
 
 from .health import Verdict
@@ -64,11 +65,24 @@ def spacing(settings: ProbeSettings) -> float:
     return min(MAX_SPACING, settings.interval / (2 * max(1, settings.count)))
 
 
-def silence_window(settings: ProbeSettings) -> float:
+def silence_window(settings: ProbeSettings, busy: bool = False) -> float:
     """How long a round may see no sign of life before it fails: `timeout`, but at least
     1.25 intervals, since a live line whose RTT exceeds the timeout shows life once per
-    interval (the late reply of an earlier round)."""
-    return max(settings.timeout, 1.25 * settings.interval)
+    interval (the late reply of an earlier round).  Half of that on a busy line: one
+    that carried `BUSY_PACKETS` or more in the last interval and then nothing at all for
+    that long has stopped delivering."""
+    window = max(settings.timeout, 1.25 * settings.interval)
+    return window / 2 if busy else window
+
+
+BUSY_PACKETS = 20
+"""Packets from beyond the gateway in the interval before a round that make the line
+busy: then a silent window is strong evidence on its own (20 packets missing)."""
+
+
+def fast_window(settings: ProbeSettings) -> float:
+    """The wait of a fast follow-up round: a quarter interval (at least 20 ms)."""
+    return max(0.02, settings.interval / 4)
 
 
 def _check(settings: ProbeSettings) -> None:
@@ -80,11 +94,12 @@ class _Round:
     """One round in flight."""
 
     __slots__ = ("index", "start", "targets", "settings", "quorum", "timeout", "deadline",
-                 "traffic0", "got", "unresolved", "alive", "timers", "judged")
+                 "traffic0", "got", "unresolved", "alive", "timers", "judged", "followups",
+                 "busy")
 
     def __init__(self, index: int, start: float, targets: tuple[str, ...],
                  settings: ProbeSettings, quorum: int, timeout: float,
-                 traffic0: int | None) -> None:
+                 traffic0: int | None, followups: int = 0, busy: bool = False) -> None:
         self.index = index
         self.start = start
         self.targets = targets
@@ -101,6 +116,10 @@ class _Round:
         """Targets from which any reply (to any request) came during the round."""
         self.timers: list[asyncio.TimerHandle] = []
         self.judged = False
+        self.followups = followups
+        """Fast rounds that may follow this one if it fails (see `Prober._follow_up`)."""
+        self.busy = busy
+        """The line carried traffic from beyond its gateway just before the round."""
 
     def lively(self) -> int:
         """How many targets showed life in this round so far."""
@@ -143,6 +162,8 @@ class Prober:
         self._requests: dict[int, tuple[_Round, int]] = {}
         self._next = 0
         self._delivered = -1
+        self._last_traffic: int | None = None
+        """The traffic counter at the start of the last grid round."""
         self._timer: asyncio.TimerHandle | None = None
 
     # ---- configuration and readings --------------------------------------------------
@@ -235,11 +256,20 @@ class Prober:
         self._sock_key = key
         return self._sock
 
-    def _start(self, loop: asyncio.AbstractEventLoop) -> None:
-        st = self._settings
+    def _start(self, loop: asyncio.AbstractEventLoop, after: _Round | None = None) -> None:
+        """Start a round on the grid, or (`after`) a fast follow-up of a failed round."""
         now = loop.time()
-        rnd = _Round(self._next, now, self._targets, st, self._quorum, self.timeout(),
-                     self._traffic())
+        traffic = self._traffic()
+        if after is None:
+            st = self._settings
+            last, self._last_traffic = self._last_traffic, traffic
+            busy = traffic is not None and last is not None and traffic - last >= BUSY_PACKETS
+            rnd = _Round(self._next, now, self._targets, st, self._quorum, self.timeout(),
+                         traffic, st.down - 1, busy)
+        else:
+            st = replace(after.settings, count=1)
+            rnd = _Round(self._next, now, after.targets, st, after.quorum, fast_window(st),
+                         traffic, after.followups - 1, after.busy)
         self._next += 1
         if self.source is None or not rnd.targets:
             self._deliver(rnd, RoundResult(Verdict.FAILED, (), f"no address on {self.name}",
@@ -250,10 +280,10 @@ class Prober:
                                            now, rnd.timeout))
             return
         self._open.append(rnd)
-        gap = spacing(st)
+        gap = spacing(st) if after is None else 0.0
         rnd.timers = [loop.call_at(now + i * gap, self._send_all, rnd) for i in range(1, st.count)]
-        quiet = now + (st.count - 1) * gap + silence_window(st)
-        if rnd.deadline > quiet + 1e-3:
+        quiet = now + (st.count - 1) * gap + silence_window(st, rnd.busy)
+        if after is None and rnd.deadline > quiet + 1e-3:
             rnd.timers.append(loop.call_at(quiet, self._quiet, rnd))
         rnd.timers.append(loop.call_at(rnd.deadline, self._judge, rnd, None))
         self._send_all(rnd)
@@ -307,7 +337,7 @@ class Prober:
         """The silence check: no sign of life within the silence window fails the round."""
         if rnd.judged or rnd.lively() >= rnd.quorum or self._moved(rnd):
             return
-        self._judge(rnd, silence_window(rnd.settings))
+        self._judge(rnd, silence_window(rnd.settings, rnd.busy))
 
     def _judge(self, rnd: _Round, silent_for: float | None) -> None:
         if rnd.judged:
@@ -323,22 +353,51 @@ class Prober:
         samples = [TargetSample(a, st.count, len(g), sum(g) / len(g) if g else None,
                                 a in rnd.alive)
                    for a, g in zip(rnd.targets, rnd.got)]
+        answered = sum(1 for g in rnd.got if g)
+        # the counter is read only when it can change the verdict (one libnftables call)
+        moved = answered < rnd.quorum and self._moved(rnd)
         try:
-            result = judge(samples, st, self._window, rnd.quorum, self._moved(rnd),
+            result = judge(samples, st, self._window, rnd.quorum, moved,
                            at=loop.time(), timeout=rnd.timeout, silent_for=silent_for)
         except Exception:
             log.exception("%s: judging a probe round failed", self.name)
             return
-        self._deliver(rnd, result)
+        if self._deliver(rnd, result) and result.verdict is Verdict.FAILED \
+                and answered < rnd.quorum and self._fast_ok(rnd):
+            loop.call_soon(self._follow_up, rnd)
 
-    def _deliver(self, rnd: _Round, result: RoundResult) -> None:
+    def _fast_ok(self, rnd: _Round) -> bool:
+        """Whether a fast follow-up round can judge this WAN in `fast_window`: the line
+        was busy (its silence is evidence by itself), or every target answers well
+        within the window (srtt + 4·rttvar) when alive."""
+        if rnd.followups <= 0:
+            return False
+        if rnd.busy:
+            return True
+        window = fast_window(rnd.settings)
+        return all(t in self._est and self._est[t].timeout(0.0, math.inf) <= window / 2
+                   for t in rnd.targets)
+
+    def _follow_up(self, failed: _Round) -> None:
+        """A failed round is followed at once by fast rounds (one request per target,
+        `fast_window` to answer) until one succeeds or `down` rounds failed in a row:
+        a dead line leaves after about `timeout` + (down - 1) fast windows instead of
+        (down - 1) whole intervals.  Each is a round like any other; the grid goes on."""
+        try:
+            self._start(asyncio.get_running_loop(), after=failed)
+        except Exception:
+            log.exception("%s: starting a follow-up round failed", self.name)
+
+    def _deliver(self, rnd: _Round, result: RoundResult) -> bool:
+        """Hand `result` on unless a newer round was delivered already; whether it was."""
         if rnd.index <= self._delivered:
             log.debug("%s: round %d judged after a newer one: %s", self.name, rnd.index,
                       result.reason)
-            return
+            return False
         self._delivered = rnd.index
         self._last = result
         try:
             self._on_round(result)
         except Exception:
             log.exception("%s: delivering a probe round failed", self.name)
+        return True

@@ -36,7 +36,7 @@ from ecmpd.icmpecho import Answer
 from ecmpd.judge import SLOW_REPLIES, SLOW_TRAFFIC, RoundResult, judge
 from ecmpd.judge import TargetSample as TS
 from ecmpd.model import ProbeSettings
-from ecmpd.prober import silence_window, Prober, spacing
+from ecmpd.prober import Prober, fast_window, silence_window, spacing
 
 GOOD, SLOW, FAILED = Verdict.GOOD, Verdict.SLOW, Verdict.FAILED
 DATA = Path(__file__).resolve().parent / "data"
@@ -683,6 +683,66 @@ def test_a_late_error_is_no_sign_of_life(late: int | None, early_fail: bool) -> 
     assert [(x.at, x.reason) for x in results[1:]] == ([(2.25, silent)] if early_fail else [])
 
 
+# --- fast follow-up rounds ------------------------------------------------------------
+
+
+def _downs(results: list[RoundResult], down: int = 3) -> float | None:
+    """When `down` failed rounds in a row were first delivered (the FSM's DOWN)."""
+    streak = 0
+    for r in results:
+        streak = streak + 1 if r.verdict is FAILED else 0
+        if streak >= down:
+            return r.at
+    return None
+
+
+def test_a_failed_round_on_a_fast_line_is_followed_by_fast_rounds() -> None:
+    # a 1 ms line dies at 1.05 s: the round of 1.2 s fails at its deadline (1.47 s), then
+    # two fast rounds (one request each, 50 ms to answer) fail: down=3 at ~1.57 s, where
+    # the grid alone would need the rounds of 1.4 and 1.6 s (~1.87 s)
+    r = Run(("a", "b"), net=FakeNet(_line(0.001, 1.05)), interval=0.2, count=2, down=3)
+    results = r.go(2.5)
+    at = _downs(results)
+    assert at is not None and at == pytest.approx(1.2 + spacing(r.settings) + 0.25 + 0.1,
+                                                  abs=0.01), r.summary()
+    fast = [x for x in results if x.samples and x.samples[0].sent == 1]
+    assert len(fast) >= 2 and all(x.timeout == fast_window(r.settings) for x in fast)
+
+
+def test_a_fast_line_that_answers_the_follow_up_stays_up() -> None:
+    # one round loses every request, the follow-up is answered: one failed round only
+    lost = {1.0, 1.0 + spacing(ProbeSettings(interval=1.0, count=2))}
+    r = Run(("a",), net=FakeNet(lambda s: None if round(s.at, 6) in lost else 0.001),
+            interval=1.0, count=2, down=3)
+    results = r.go(2.5)
+    assert [x.verdict for x in results].count(FAILED) == 1, r.summary()
+    assert _downs(results, 2) is None
+    fast = [x for x in results if x.samples[0].sent == 1]
+    assert [(x.at, x.verdict) for x in fast] == [(pytest.approx(1.0 + 0.02 + 0.25 + 0.001),
+                                                  GOOD)]
+
+
+def test_a_slow_idle_line_gets_no_follow_up() -> None:
+    # replies take 0.3 s (no traffic counter): a fast round could not be answered in
+    # 50 ms, so a failed round is not followed up (no false DOWN from one lost reply)
+    r = Run(("a",), net=FakeNet(lambda s: None if 1.0 <= s.at < 1.1 else 0.3),
+            interval=0.2, count=2, down=3)
+    results = r.go(3.0)
+    assert all(x.samples[0].sent == 2 for x in results if x.samples), r.summary()
+    assert _downs(results) is None
+
+
+def test_a_busy_line_that_goes_silent_is_followed_up_even_when_slow() -> None:
+    # a saturated line (replies 1.5 s late, 1000 packets/s from beyond) stops at 3.0 s
+    traffic = Traffic(lambda t: int(min(t, 3.0) * 1000))
+    r = Run(("a", "b"), net=FakeNet(_line(1.5, 3.0)), traffic=traffic, interval=0.2,
+            count=2, down=3)
+    results = r.go(5.0)
+    at = _downs(results)
+    assert at is not None and at - 3.0 <= 0.6, r.summary()
+    assert all(x.verdict is not FAILED for x in results if x.at < 3.0)
+
+
 # --- update and quorum -------------------------------------------------------------------
 
 
@@ -945,6 +1005,8 @@ class Replay:
     judged: list[RoundResult] = field(default_factory=list)
     """Every round judged, stale ones (not delivered) included."""
     prober: Prober | None = None
+    followups: int = 0
+    """Requests of fast follow-up rounds (not on the grid, not in the recording)."""
 
     def first(self, state: State, after: float = 0.0) -> float | None:
         """When the WAN first entered `state` at or after `after`."""
@@ -971,11 +1033,23 @@ def replay(rec: dict[str, Any], traffic: bool = True) -> Replay:
     mismatch: list[str] = []
 
     def reply(s: Sent) -> float | None:
-        n = sum(1 for x in net.sent if x.address == s.address) - 1
-        sent, arrived = requests[s.address][n]
-        if abs(sent - s.at) > 1e-6:
-            mismatch.append(f"request {n} to {s.address} sent at {s.at}, recorded {sent}")
-        return None if arrived is None else arrived - s.at
+        recorded = requests[s.address]
+        # the recorded request sent at that moment; a fast follow-up round's request
+        # (not on the grid) shares the fate of the last one recorded before it
+        k = bisect.bisect_right([sent for sent, _ in recorded], s.at + 1e-6) - 1
+        if k < 0:
+            mismatch.append(f"request to {s.address} at {s.at} before the recording")
+            return None
+        sent, arrived = recorded[k]
+        if abs(sent - s.at) > 1e-6 and on_grid(s.at):
+            mismatch.append(f"request to {s.address} sent at {s.at}, recorded {sent}")
+        return None if arrived is None else arrived - sent
+
+    def on_grid(t: float) -> bool:
+        """A grid round's request (its start, or `gap` after it), not a follow-up's."""
+        gap = spacing(st)
+        return any(abs(x - round(x / st.interval) * st.interval) < 1e-6
+                   for x in (t - i * gap for i in range(st.count)))
 
     def counter() -> int | None:
         i = bisect.bisect_right(times, now())
@@ -1008,7 +1082,9 @@ def replay(rec: dict[str, Any], traffic: bool = True) -> Replay:
         mp.setattr(ecmpd.prober, "judge", spy)
         vrun(main)
     assert not mismatch, mismatch[:3]
-    assert len(net.sent) == sum(len(v) for v in requests.values()), "not every request replayed"
+    grid = [x for x in net.sent if on_grid(x.at)]
+    assert len(grid) == sum(len(v) for v in requests.values()), "not every request replayed"
+    out.followups = len(net.sent) - len(grid)
     return out
 
 
@@ -1106,9 +1182,15 @@ def test_replay_random_loss(recordings: dict[str, dict[str, Any]]) -> None:
     blank = sum(all(a is None for _, a in reqs) for rnd in rec["rounds"]
                 for reqs in rnd["echo"].values())
     assert blank >= 5
-    short = [r for r in out.judged if any(s.received == 0 for s in r.samples)]
+    grid = [r for r in out.judged if r.samples and r.samples[0].sent == rec["probe"]["count"]]
+    short = [r for r in grid if any(s.received == 0 for s in r.samples)]
     assert len(short) == blank and not any(r.verdict is GOOD for r in short)
-    assert len(out.judged) == len(rec["rounds"])
+    assert len(grid) == len(rec["rounds"])
+    # a failed round may be followed by a fast round (one request per target): the line
+    # answers it, so the WAN never falls further
+    fast = [r for r in out.judged if r not in grid]
+    assert len(fast) * len(rec["targets"]) == out.followups
+    assert all(r.verdict is GOOD for r in fast), fast
 
 
 if __name__ == "__main__":
