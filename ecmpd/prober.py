@@ -95,7 +95,7 @@ class _Round:
 
     __slots__ = ("index", "start", "targets", "settings", "quorum", "timeout", "deadline",
                  "traffic0", "got", "unresolved", "alive", "timers", "judged", "followups",
-                 "busy")
+                 "busy", "sends_left")
 
     def __init__(self, index: int, start: float, targets: tuple[str, ...],
                  settings: ProbeSettings, quorum: int, timeout: float,
@@ -116,6 +116,8 @@ class _Round:
         """Targets from which any reply (to any request) came during the round."""
         self.timers: list[asyncio.TimerHandle] = []
         self.judged = False
+        self.sends_left = settings.count
+        """Batches (one request per target) still to send."""
         self.followups = followups
         """Fast rounds that may follow this one if it fails (see `Prober._follow_up`)."""
         self.busy = busy
@@ -162,8 +164,8 @@ class Prober:
         self._requests: dict[int, tuple[_Round, int]] = {}
         self._next = 0
         self._delivered = -1
-        self._last_traffic: int | None = None
-        """The traffic counter at the start of the last grid round."""
+        self._last_traffic: tuple[float, int] | None = None
+        """(loop time, value) of the traffic counter's last reading for a grid round."""
         self._timer: asyncio.TimerHandle | None = None
 
     # ---- configuration and readings --------------------------------------------------
@@ -259,17 +261,14 @@ class Prober:
     def _start(self, loop: asyncio.AbstractEventLoop, after: _Round | None = None) -> None:
         """Start a round on the grid, or (`after`) a fast follow-up of a failed round."""
         now = loop.time()
-        traffic = self._traffic()
         if after is None:
             st = self._settings
-            last, self._last_traffic = self._last_traffic, traffic
-            busy = traffic is not None and last is not None and traffic - last >= BUSY_PACKETS
             rnd = _Round(self._next, now, self._targets, st, self._quorum, self.timeout(),
-                         traffic, st.down - 1, busy)
+                         None, st.down - 1)
         else:
             st = replace(after.settings, count=1)
             rnd = _Round(self._next, now, after.targets, st, after.quorum, fast_window(st),
-                         traffic, after.followups - 1, after.busy)
+                         None, after.followups - 1, after.busy)
         self._next += 1
         if self.source is None or not rnd.targets:
             self._deliver(rnd, RoundResult(Verdict.FAILED, (), f"no address on {self.name}",
@@ -282,14 +281,39 @@ class Prober:
         self._open.append(rnd)
         gap = spacing(st) if after is None else 0.0
         rnd.timers = [loop.call_at(now + i * gap, self._send_all, rnd) for i in range(1, st.count)]
-        quiet = now + (st.count - 1) * gap + silence_window(st, rnd.busy)
-        if after is None and rnd.deadline > quiet + 1e-3:
-            rnd.timers.append(loop.call_at(quiet, self._quiet, rnd))
         rnd.timers.append(loop.call_at(rnd.deadline, self._judge, rnd, None))
+        if st.count == 1:
+            self._observe(rnd, fresh=after is None)
         self._send_all(rnd)
+
+    def _observe(self, rnd: _Round, fresh: bool = True) -> None:
+        """Read the traffic counter for `rnd` (its baseline), judge whether the line is
+        busy (`fresh`: a grid round) and arm the silence check.
+
+        A grid round with several requests per target does this only when its first
+        requests are still unanswered at its second send: a healthy idle line costs no
+        counter read at all (one libnftables call each)."""
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        rnd.traffic0 = traffic = self._traffic()
+        if fresh and traffic is not None:
+            last, self._last_traffic = self._last_traffic, (now, traffic)
+            if last is not None:
+                per_interval = rnd.settings.interval / max(now - last[0], rnd.settings.interval)
+                rnd.busy = (traffic - last[1]) * per_interval >= BUSY_PACKETS
+        st = rnd.settings
+        quiet = rnd.start + (st.count - 1) * spacing(st) + silence_window(st, rnd.busy)
+        if fresh and rnd.deadline > quiet + 1e-3:
+            rnd.timers.append(loop.call_at(max(quiet, now), self._quiet, rnd))
 
     def _send_all(self, rnd: _Round) -> None:
         """One request to each of the round's targets; a failed send is a lost request."""
+        n = len(rnd.targets)
+        unsent = n * rnd.sends_left
+        if rnd.traffic0 is None and rnd.sends_left < rnd.settings.count \
+                and rnd.unresolved > unsent:  # an earlier request is still unanswered
+            self._observe(rnd)
+        rnd.sends_left -= 1
         sock = self._sock
         for i, address in enumerate(rnd.targets):
             seq = sock.send(address) if sock is not None else None

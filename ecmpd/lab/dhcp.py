@@ -275,7 +275,7 @@ class DhcpWan:
             raise RuntimeError(f"dnsmasq exited {server.returncode}: {self._log('dnsmasq.log')}")
 
     def _stop_server(self) -> None:
-        _terminate(self.server)
+        netns.terminate(self.server)
         self.server = None
 
     def _restart_server(self) -> None:
@@ -417,7 +417,7 @@ class DhcpWan:
     def stop(self) -> None:
         """Kill client and server (the client does not release: its address and route stay,
         as after a crash).  Idempotent; removes the temporary work directory."""
-        _terminate(self.client)
+        netns.terminate(self.client)
         self.client = None
         self._stop_server()
         if self._tmp is not None:
@@ -445,12 +445,3 @@ class DhcpWan:
             return []
 
 
-def _terminate(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.terminate()
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()

@@ -110,6 +110,18 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def terminate(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
+    """SIGTERM `proc` (if running) and reap it; SIGKILL when it outlives `timeout`."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def kill_all(namespaces: list[str], deadline: float = 5.0) -> list[int]:
     """SIGKILL every process in `namespaces`; wait (until `deadline` s) for them to go.
 

@@ -234,13 +234,7 @@ class PtpWan:
 
     def _end(self, timeout: float = 5.0) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        netns.terminate(proc, timeout)
 
     def disconnect(self, timeout: float = 5.0) -> None:
         """End the session: the relay exits, the router's device (and the ISP's) vanish.
