@@ -26,6 +26,7 @@ from . import conntrack, routing, status
 from .config import ConfigError, load_config
 from .control import ControlServer
 from .desired import Desired
+from .ledger import Ledger
 from .drain import DisabledStore
 from .events import (Adopted, Effect, Event, Flush, Log, ProbeRound, Reconcile, Reloaded,
                      ResetProber, SetDisabled, step)
@@ -57,6 +58,8 @@ class Daemon:
         self.firewall = Firewall(cfg)
         self.reconciler = Reconciler(lambda: self.state, self.firewall, Sysctls(), self._spawn)
         self.watcher = Watcher(self)
+        self.ledger = Ledger(cfg.control_socket)
+        """The ownership numbers installed (`<socket>.owned.json`): nothing is orphaned."""
         self.control: ControlServer | None = None
         self._probers: dict[str, Prober] = {}
         self._probing: dict[str, asyncio.Task[None]] = {}
@@ -197,16 +200,19 @@ class Daemon:
                           control_group=self.cfg.control_group)
             plan = plan_reload(self.cfg, cfg)
             async with self.netlink_lock:
-                # ecmpd's objects are recognised by the numbers in `owned_by`: remove the
-                # old ones first, or they would be orphaned under the old numbers
-                if plan.reinstall and self.ipr is not None:
+                # ecmpd's objects are recognised by their numbers: when those change, the
+                # ledger records both and hands the routes and rules over, new first
+                # (make before break), so nothing is orphaned and no packet finds no route
+                if plan.reinstall:
                     log.info("route proto/metric, tables or rule priorities changed: "
-                             "reinstalling routes and rules")
-                    await routing.remove_all(self.ipr, self.cfg)
+                             "handing routes and rules over to the new numbers")
+                await self.ledger.switch(self.ipr, self.cfg, cfg)
                 self.submit(Reloaded(cfg, plan))
                 self.firewall.reconfigure(cfg)
                 self._reconfigure_probers(cfg)
+                self.watcher.follow(cfg)
             await self.reconciler.settled()
+            self.ledger.settle(self.cfg)  # a later reload may have replaced cfg already
             log.info("reloaded %s", self.config_path)
             return True, "reloaded"
         finally:
@@ -269,13 +275,20 @@ class Daemon:
         self.state = initial(cfg, links or {}, addresses or {},
                              self.disabled_store.load({w.name for w in cfg.wans}), time.time())
         async with self.netlink_lock:
+            # what an earlier run left under other numbers (kill -9, then a config with
+            # other tables/priorities/metric/nft table) is handed over, not orphaned
+            await self.ledger.take_over(self.ipr, cfg)
             actual = await routing.read_actual(self.ipr, cfg)
+        for line in routing.stray_warnings(actual, cfg):
+            log.warning("%s", line)
         self.submit(Adopted(main_route(actual.routes, cfg)))
         self.control = ControlServer(cfg.control_socket, self.handle, cfg.control_group)
         await self.control.start()
+        self.watcher.follow(cfg)
         await self.watcher.start()
         await self.watcher.resync()       # what changed before the subscription
         await self.reconciler.settled()
+        self.ledger.settle(cfg)
         for wan in cfg.wans:
             self._start_prober(wan)
         await self._first_verdicts()

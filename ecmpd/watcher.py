@@ -21,7 +21,9 @@ from typing import Any, Protocol
 from .netlinkimport import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE,
                             RTMGRP_LINK, AsyncIPRoute)
 
-from . import routing
+from . import routing, rtfilter
+from .desired import table_range
+from .model import Config
 from .events import (AddressesChanged, Event, LinkChanged, Resynced, RouteChanged,
                      RuleChanged, RulesetChanged)
 from .state import Addresses, Link
@@ -63,6 +65,9 @@ class Watcher:
         """Kernel event messages read."""
         self.resyncs = 0
         """Resynchronisations after lost events."""
+        self._tables: tuple[range, ...] | None = None
+        """ecmpd's routing tables: route events about other tables' and non-default
+        routes are dropped in the kernel (`ecmpd.rtfilter`); None: not filtered."""
 
     async def start(self) -> None:
         """Subscribe to rtnetlink and nftables multicast groups."""
@@ -83,9 +88,26 @@ class Watcher:
             ipr.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         except (OSError, AttributeError):
             pass
+        self._filter(ipr)
         old, self._ipr = self._ipr, ipr
         if old is not None:
             old.close()
+
+    def follow(self, cfg: Config) -> None:
+        """Watch `cfg`'s routing tables: a router carrying a full BGP table sends a route
+        event per foreign route, and the kernel drops them before they reach Python."""
+        self._tables = (table_range(cfg),)
+        if self._ipr is not None:
+            self._filter(self._ipr)
+
+    def _filter(self, ipr: Any) -> None:
+        if self._tables is None:
+            return
+        try:
+            rtfilter.attach(ipr.socket, rtfilter.route_event_program(self._tables))
+        except (OSError, AttributeError) as exc:
+            log.warning("cannot filter route events in the kernel (%s): every route "
+                        "event reaches ecmpd", exc)
 
     def _open_nft(self) -> None:
         try:
@@ -131,11 +153,17 @@ class Watcher:
     async def _rtnl_loop(self) -> None:
         while True:
             try:
-                # pyroute2's get() ends after each batch of messages: just ask again
+                # pyroute2's get() ends after each batch of messages: ask again; one that
+                # ends without any is a dead subscription (never spin on it)
+                got = 0
                 async for msg in self._ipr.get():
+                    got += 1
                     self.events += 1
                     await self._handle(msg)
-                continue
+                if got:
+                    continue
+                log.warning("netlink: the event stream ended: resubscribing")
+                await asyncio.sleep(RETRY / 10)
             except asyncio.CancelledError:
                 raise
             except OSError as exc:
