@@ -29,11 +29,9 @@ creates and deletes its own network namespaces, nothing else.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -47,6 +45,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from ecmpd import routing  # noqa: E402
+from ecmpd.ctl import CtlError, request  # noqa: E402
 from ecmpd.lab import Lab, random_prefix, seed_spec, sweep  # noqa: E402
 from ecmpd.lab.router import Ecmpd, config_for  # noqa: E402
 from ecmpd.lab.traffic import fault_offset, outage  # noqa: E402
@@ -150,19 +149,9 @@ def status_request(path: str, timeout: float) -> float:
     `ecmpctl status`, without starting a Python process); inf when it fails."""
     t = time.monotonic()
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(path)
-            s.sendall(b'{"cmd": "status"}\n')
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(65536)
-                if not chunk:
-                    return math.inf
-                data += chunk
-        if not json.loads(data).get("ok"):
+        if not request(path, {"cmd": "status"}, timeout).get("ok"):
             return math.inf
-    except (OSError, ValueError):
+    except CtlError:
         return math.inf
     return time.monotonic() - t
 

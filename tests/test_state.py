@@ -14,7 +14,7 @@ from ecmpd import events as ev
 from ecmpd.desired import MAIN_TABLE, Nexthop, RouteSpec
 from ecmpd.health import Health, State as H, Verdict
 from ecmpd.logsetup import NOTICE
-from ecmpd.model import Config, ProbeSettings, Wan
+from ecmpd.model import Config, Wan
 from ecmpd.reconfig import plan_reload
 from ecmpd.state import (Link, State, WanState, active, address, awaiting_verdict, carrier,
                          decide, initial, keeps_last_route, link_ok, usable)

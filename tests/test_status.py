@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from ecmpd import conntrack, routing, status
+from ecmpd import conntrack, routing
 from ecmpd.ctl import render_status
 from ecmpd.desired import MAIN_TABLE, Nexthop, RouteSpec
 from ecmpd.health import Health, State as H, Verdict

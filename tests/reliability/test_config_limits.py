@@ -12,7 +12,6 @@ within `BUDGET_S` of CPU time.  Run this file as a script for the table of timin
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -22,7 +21,7 @@ import pytest
 from ecmpd import configfile, yamlpos
 from ecmpd.config import ConfigError, load_config, parse_config
 from ecmpd.configfile import MAX_BYTES
-from ecmpd.yamlpos import MAX_NODES, load_yaml
+from ecmpd.yamlpos import load_yaml
 
 BUDGET_S = 1.0
 """CPU seconds allowed for the worst 1 MiB config (the watchdog allows several)."""

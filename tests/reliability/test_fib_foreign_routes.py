@@ -15,13 +15,13 @@ attached by the watcher).  ``ECMPD_TEST_FIB`` sets the number of foreign routes.
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import tempfile
 import time
 
 import pytest
+
+from ecmpd.ctl import request
 
 from ecmpd.lab.router import Ecmpd, config_for
 
@@ -48,17 +48,8 @@ def batch(lab, count: int, verb: str, octets: tuple[int, int]) -> None:
 def status_request(path: str) -> tuple[float, dict]:
     """One status request on the control socket (a unix socket: reachable from here)."""
     t = time.monotonic()
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(30)
-        s.connect(path)
-        s.sendall(b'{"cmd": "status"}\n')
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
-    return time.monotonic() - t, json.loads(data)
+    answer = request(path, {"cmd": "status"}, 30)
+    return time.monotonic() - t, answer
 
 
 def peak_rss_mb(pid: int) -> float:

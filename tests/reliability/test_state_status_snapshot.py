@@ -12,12 +12,13 @@ all-down / all-up cycles; every answer must be consistent.
 from __future__ import annotations
 
 import json
-import socket
 import sys
 import threading
 import time
 
 import pytest
+
+from ecmpd.ctl import request
 
 from ecmpd.lab.router import Ecmpd, config_for
 
@@ -41,17 +42,7 @@ for i in range(n):
 
 def ask_status(path: str) -> dict:
     """One status request on the control socket (no process: as fast as it answers)."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(path)
-        s.sendall(b'{"cmd": "status"}\n')
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                break
-            buf += chunk
-    return json.loads(buf)
+    return request(path, {"cmd": "status"}, 10)
 
 
 def inconsistent(st: dict) -> str | None:
