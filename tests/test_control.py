@@ -358,6 +358,16 @@ class BlockingDaemon(FakeDaemon):
         return await super().__call__(req)
 
 
+async def occupy(path: str, daemon: "BlockingDaemon", n: int) -> list["Client"]:
+    """`n` clients whose reloads block in `daemon`: every one of them holds a slot."""
+    busy = [await Client.connect(path) for _ in range(n)]
+    for c in busy:
+        c.writer.write(b'{"cmd": "reload"}\n')
+    while daemon.waiting < n:
+        await asyncio.sleep(0.01)
+    return busy
+
+
 def test_refused_when_every_slot_is_busy_and_none_may_wait(sockdir, caplog):
     path = os.path.join(sockdir, "ecmpd.sock")
 
@@ -366,11 +376,7 @@ def test_refused_when_every_slot_is_busy_and_none_may_wait(sockdir, caplog):
         srv = ControlServer(path, daemon, max_clients=2, max_waiting=0)
         await srv.start()
         try:
-            busy = [await Client.connect(path) for _ in range(2)]
-            for c in busy:
-                c.writer.write(b'{"cmd": "reload"}\n')
-            while daemon.waiting < 2:
-                await asyncio.sleep(0.01)
+            busy = await occupy(path, daemon, 2)
             refused = [await ask_once(path, {"cmd": "ping"}) for _ in range(20)]
             daemon.release.set()
             answers = [await c.read() for c in busy]
@@ -405,11 +411,7 @@ def test_when_every_slot_is_busy_newcomers_wait_their_turn(sockdir):
         srv = ControlServer(path, daemon, max_clients=2, max_waiting=3)
         await srv.start()
         try:
-            busy = [await Client.connect(path) for _ in range(2)]
-            for c in busy:
-                c.writer.write(b'{"cmd": "reload"}\n')
-            while daemon.waiting < 2:
-                await asyncio.sleep(0.01)
+            busy = await occupy(path, daemon, 2)
             queued = []
             for i in range(3):
                 c = await Client.connect(path)
