@@ -333,7 +333,7 @@ class _Validator:
             p: dict[str, Any] = {
                 "name": name, "pos": pos,
                 "interface": self.field(w, "interface", path, cv.ifname, owner_line=kl),
-                "gateway": self.field(w, "gateway", path, cv.ipv4, owner_line=kl),
+                "gateway": self.field(w, "gateway", path, cv.gateway, owner_line=kl),
                 "weight": self.field(w, "weight", path, cv.integer(1, 256), 1),
                 "id": self.field(w, "id", path, cv.integer(1, 255), None),
             }
@@ -375,6 +375,10 @@ class _Validator:
                 p["id"] = free[0]
                 used.add(free[0])
         if isinstance(table_base, int):
+            if table_base in RESERVED_TABLES:
+                self.add(doc["tables"].value_lines["base"], "tables.base",
+                         f"ecmpd's multipath route lives in table tables.base ({table_base}),"
+                         f" the kernel's '{RESERVED_TABLES[table_base]}' table")
             for p in parts:
                 table = table_base + p["id"] if isinstance(p["id"], int) else 0
                 if table in RESERVED_TABLES:

@@ -174,6 +174,21 @@ def ipv4(v: Any) -> IPv4Address:
     return a
 
 
+AUTO = "auto"
+"""`gateway: auto`: the gateway is learned from the kernel (see `ecmpd.gateways`)."""
+
+
+def gateway(v: Any) -> IPv4Address | None:
+    """A WAN's gateway: a unicast IPv4 address, or `auto` (None: learned at run time)."""
+    if v == AUTO:
+        return None
+    a = _ipv4_or_none(v)
+    if a is None:
+        raise Bad(f"must be a unicast IPv4 address or 'auto', got {describe(v)}")
+    unicast(a, a)
+    return a
+
+
 def _interface(v: Any) -> IPv4Interface:
     """A unicast address/prefix that is not its network's network or broadcast address."""
     try:

@@ -44,16 +44,39 @@ async def flush_probes(source: str) -> int:
     probes reuse their echo identifier, so such an entry would otherwise live for good.
     The dump is filtered in the kernel by source and protocol; returns how many went.
     """
+    flt = NFCTAttrTuple(saddr=source, proto=socket.IPPROTO_ICMP)
+    return await _delete(
+        {"tuple_orig": flt},
+        lambda orig, reply: orig.saddr == source and orig.proto == socket.IPPROTO_ICMP,
+        f"probes from {source}")
+
+
+async def flush_address(address: str) -> int:
+    """Delete the conntrack entries whose replies go to `address`: connections
+    masqueraded to it and the router's own from it.  Once a WAN's address is gone (a
+    PPP reconnect, a new DHCP lease) they cannot work any more; deleted, their next
+    packet starts a new connection (NATed to the WAN's address now) instead of being
+    sent with a source address that no longer exists.  Returns how many went."""
+    return await _delete({"tuple_reply": NFCTAttrTuple(daddr=address)},
+                         lambda orig, reply: reply is not None and reply.daddr == address,
+                         f"connections to {address}")
+
+
+async def _delete(dump_filter: dict, match, what: str) -> int:
+    """Delete the entries of a dump filtered in the kernel by `dump_filter` (kernels
+    before 5.8 ignore it, so `match(orig, reply)` decides)."""
     ct = None
     try:
         ct = AsyncNFCTSocket()
-        flt = NFCTAttrTuple(saddr=source, proto=socket.IPPROTO_ICMP)
-        found = [NFCTAttrTuple.from_netlink(socket.AF_INET, m.get_attr("CTA_TUPLE_ORIG"))
-                 async for m in await ct.dump(tuple_orig=flt)]
+        found = []
+        async for m in await ct.dump(**dump_filter):
+            orig = NFCTAttrTuple.from_netlink(socket.AF_INET, m.get_attr("CTA_TUPLE_ORIG"))
+            raw = m.get_attr("CTA_TUPLE_REPLY")
+            reply = NFCTAttrTuple.from_netlink(socket.AF_INET, raw) if raw else None
+            if match(orig, reply):
+                found.append(orig)
         gone = 0
         for tup in found:
-            if tup.saddr != source or tup.proto != socket.IPPROTO_ICMP:
-                continue  # kernels before 5.8 ignore the filter
             try:
                 await ct.entry("del", tuple_orig=tup)
                 gone += 1
@@ -61,7 +84,7 @@ async def flush_probes(source: str) -> int:
                 log.debug("conntrack delete of %s failed: %s", tup, exc)
         return gone
     except Exception as exc:  # a netlink error must never stop the daemon
-        log.warning("conntrack flush of probes from %s failed: %s", source, exc)
+        log.warning("conntrack flush of %s failed: %s", what, exc)
         return 0
     finally:
         if ct is not None:

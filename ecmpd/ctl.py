@@ -181,6 +181,10 @@ def _wan_block(name: str, w: Any, now: float) -> list[str]:
         iface += f", carrier {_yesno(w['carrier'])}"
     out.append(iface)
     gw = f"  gateway: {w.get('gateway', '?')}"
+    if w.get("gateway_source") == "learned":
+        gw = f"  gateway: {w.get('gateway') or 'none yet'} (learned)"
+        if (w.get("nexthop") or "").startswith("dev "):
+            gw = f"  gateway: none needed (point-to-point: {w['nexthop']})"
     if w.get("address"):
         gw += f", address {w['address']}"
     out.append(gw)
@@ -208,7 +212,8 @@ def _route_block(route: Any) -> list[str]:
     for nh in hops if isinstance(hops, list) else []:
         nh = nh if isinstance(nh, dict) else {}
         weight = f" weight {nh['weight']}" if nh.get("weight") is not None else ""
-        out.append(f"  via {nh.get('gateway', '?')} dev {nh.get('interface', '?')}{weight}")
+        via = f"via {nh['gateway']} " if nh.get("gateway") else ""
+        out.append(f"  {via}dev {nh.get('interface', '?')}{weight}")
     return out
 
 

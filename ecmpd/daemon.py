@@ -22,14 +22,14 @@ from typing import Any
 
 from .netlinkimport import AsyncIPRoute
 
-from . import conntrack, routing, status
+from . import conntrack, gateways, routing, status
 from .config import ConfigError, load_config
 from .control import ControlServer
-from .desired import Desired
+from .desired import Desired, table_range
 from .ledger import Ledger
 from .drain import DisabledStore
-from .events import (Adopted, Effect, Event, Flush, Log, ProbeRound, Reconcile, Reloaded,
-                     ResetProber, SetDisabled, step)
+from .events import (Adopted, Effect, Event, Flush, ForgetAddress, Log, ProbeRound,
+                     Reconcile, Reloaded, ResetProber, SetDisabled, step)
 from .reconciler import Reconciler
 from .firewall import Firewall
 from .model import Config, Wan
@@ -37,8 +37,8 @@ from .prober import Prober
 from .judge import RoundResult
 from .reconfig import plan_reload
 from .sdnotify import Notifier
-from .state import (Addresses, Link, State, active, address, awaiting_verdict, initial,
-                    main_route)
+from .state import (Addresses, Defaults, Link, State, active, address, awaiting_verdict,
+                    initial, main_route, probe_gateway)
 from .sysctl import Sysctls
 from .watcher import Watcher
 
@@ -88,11 +88,25 @@ class Daemon:
         """Feed one event: the state is replaced whole, then its effects carried out."""
         before = self.state
         self.state, effects = step(before, event, time.time())
-        if self.state.links is not before.links or self.state.addresses is not before.addresses:
-            for wan in self.state.cfg.wans:
-                if (prober := self._probers.get(wan.name)) is not None:
-                    prober.source = address(self.state, wan)
+        if (self.state.links is not before.links or self.state.addresses is not before.addresses
+                or self.state.defaults is not before.defaults):
+            self._follow_probers()
         self._carry_out(effects)
+
+    def _follow_probers(self) -> None:
+        """Probers follow their WAN's address and gateway (learned ones move)."""
+        for wan in self.state.cfg.wans:
+            if (prober := self._probers.get(wan.name)) is None:
+                continue
+            prober.source = address(self.state, wan)
+            targets, quorum = self._targets(wan)
+            if targets != prober.targets:
+                prober.update(targets, wan.probe, quorum)
+
+    def _targets(self, wan: Wan) -> tuple[tuple[str, ...], int]:
+        """The WAN's probe targets and quorum now (`gateway` resolved)."""
+        gw = probe_gateway(self.state, wan)
+        return wan.probe.resolved_targets(gw), wan.probe.resolved_quorum(gw)
 
     def _carry_out(self, effects: Iterable[Effect]) -> None:
         for e in effects:
@@ -109,6 +123,13 @@ class Daemon:
                     prober.reset()
                 if e.source is not None:
                     self._spawn(conntrack.flush_probes(e.source))
+            elif isinstance(e, ForgetAddress):
+                self._spawn(self._forget(e))
+
+    async def _forget(self, e: ForgetAddress) -> None:
+        if gone := await conntrack.flush_address(e.address):
+            log.info("%s: %d connections NATed to its old address %s removed from conntrack",
+                     e.name, gone, e.address)
 
     async def dump_links(self) -> dict[str, Link] | None:
         """Every link, from a dump (None before start)."""
@@ -116,6 +137,21 @@ class Daemon:
             return None
         async with self.netlink_lock:
             return {n: Link.of(v) for n, v in (await routing.read_links(self.ipr)).items()}
+
+    async def dump_defaults(self, table: int | None = None) -> Defaults | None:
+        """Other programs' default routes: of `table`, or (None) of every table where
+        a `gateway: auto` WAN may learn its gateway; {} when no WAN learns one (None
+        before start)."""
+        if self.ipr is None:
+            return None
+        cfg = self.cfg
+        if all(w.gateway is not None for w in cfg.wans):
+            return {}
+        async with self.netlink_lock:
+            if table is not None:
+                return {table: await gateways.read_table(self.ipr, table, cfg.route_proto)}
+            return await gateways.read_defaults(self.ipr, cfg.route_proto, table_range(cfg),
+                                                self.state.defaults)
 
     async def dump_addresses(self) -> Addresses | None:
         """Every IPv4 address, from a dump (None before start)."""
@@ -150,11 +186,11 @@ class Daemon:
         self.submit(ProbeRound(name, result.verdict, result.reason))
 
     def _start_prober(self, wan: Wan) -> None:
-        prober = Prober(wan.name, wan.probe.resolved_targets(wan.gateway), wan.probe,
+        targets, quorum = self._targets(wan)
+        prober = Prober(wan.name, targets, wan.probe,
                         lambda r, n=wan.name: self._on_round(n, r),
                         source=address(self.state, wan), device=wan.interface,
-                        traffic=lambda n=wan.name: self._traffic_of(n),
-                        quorum=wan.probe.resolved_quorum(wan.gateway))
+                        traffic=lambda n=wan.name: self._traffic_of(n), quorum=quorum)
         self._probers[wan.name] = prober
         self._probing[wan.name] = asyncio.get_running_loop().create_task(prober.run())
 
@@ -172,8 +208,8 @@ class Daemon:
             if prober is None:
                 self._start_prober(wan)
                 continue
-            prober.update(wan.probe.resolved_targets(wan.gateway), wan.probe,
-                          wan.probe.resolved_quorum(wan.gateway))
+            targets, quorum = self._targets(wan)
+            prober.update(targets, wan.probe, quorum)
             prober.source = address(self.state, wan)
             prober.device = wan.interface
 
@@ -211,6 +247,8 @@ class Daemon:
                 self.firewall.reconfigure(cfg)
                 self._reconfigure_probers(cfg)
                 self.watcher.follow(cfg)
+            if any(w.gateway is None for w in cfg.wans):
+                await self.watcher.resync()     # gateways to learn: read the defaults
             await self.reconciler.settled()
             self.ledger.settle(self.cfg)  # a later reload may have replaced cfg already
             log.info("reloaded %s", self.config_path)
@@ -251,7 +289,7 @@ class Daemon:
         async with self.netlink_lock:
             actual = await routing.read_actual(self.ipr, cfg)
             st = self.state                 # with the kernel read: nothing in between
-            probes = {w.name: status.reading(p, w.probe.resolved_targets(w.gateway))
+            probes = {w.name: status.reading(p, p.targets)
                       for w in st.cfg.wans if (p := self._probers.get(w.name))}
             r = self.reconciler
             stats = status.Stats(r.passes, r.changes, self.firewall.applies,
@@ -273,7 +311,8 @@ class Daemon:
         self.disabled_store = DisabledStore(cfg.control_socket + ".disabled.json")
         links, addresses = await self.dump_links(), await self.dump_addresses()
         self.state = initial(cfg, links or {}, addresses or {},
-                             self.disabled_store.load({w.name for w in cfg.wans}), time.time())
+                             self.disabled_store.load({w.name for w in cfg.wans}), time.time(),
+                             await self.dump_defaults())
         async with self.netlink_lock:
             # what an earlier run left under other numbers (kill -9, then a config with
             # other tables/priorities/metric/nft table) is handed over, not orphaned

@@ -2,18 +2,26 @@
 
 ecmpd's routing objects, all of them recognisable as its own:
 
-* table main: ``default proto <ours> metric <m>`` — the weighted multipath route over
-  the WANs that take new flows;
-* table ``base + id`` per WAN: ``default via <gateway> dev <wan> proto <ours>`` and,
-  below it, ``unreachable default proto <ours> metric 4294967295``: when the WAN's route
-  is gone or ignored (link down, ``ignore_routes_with_linkdown=1``), a packet sent from
-  the WAN's address or carrying its mark gets EHOSTUNREACH instead of falling through
-  to table main and leaving by another WAN (a probe must only ever test its own WAN);
-* ip rules, priorities ``P .. P+511`` (P = ``rules.priority``):
-  ``P``: ``lookup main suppress_prefixlength 0`` (marked packets still reach connected
-  and more specific routes: the LAN, the WAN subnets), ``P+id``: ``fwmark <wan
-  mark>/<mask> lookup <wan table>``, ``P+256+id``: ``from <wan address> lookup <wan
-  table>`` (the router's replies and the prober's probes leave by that WAN).
+* table ``base`` (``tables.base``): ``default proto <ours> metric <m>`` — the weighted
+  multipath route over the WANs that take new flows.  It lives in a table of ecmpd's,
+  not in main, so that default routes other programs put in main (a DHCP client's at
+  metric 0, NetworkManager's at 100+) are shadowed by ecmpd's rules, never fought over;
+  when ecmpd has no route, lookups fall through to main and those routes work;
+* table ``base + id`` per WAN: ``default via <gateway> dev <wan> proto <ours>`` (``dev
+  <wan>`` alone on a point-to-point link) and, below it, ``unreachable default proto
+  <ours> metric 4294967295``: when the WAN's route is gone or ignored (link down,
+  ``ignore_routes_with_linkdown=1``, gateway not yet learned), a packet sent from the
+  WAN's address or carrying its mark gets EHOSTUNREACH instead of falling through to
+  another table and leaving by another WAN (a probe must only ever test its own WAN);
+* ip rules, priorities ``P .. P+512`` (P = ``rules.priority``):
+  ``P``: ``lookup main suppress_prefixlength 0`` (everything reaches connected and more
+  specific routes: the LAN, the WAN subnets; main's default routes are suppressed),
+  ``P+id``: ``fwmark <wan mark>/<mask> lookup <wan table>``, ``P+256+id``: ``from <wan
+  address> lookup <wan table>`` (the router's replies and the prober's probes leave by
+  that WAN), ``P+512``: ``lookup <base>`` (new flows: the multipath route).
+
+A nexthop's ``gateway`` is an address, or ``""`` for a device nexthop (a point-to-point
+link needs no gateway).
 """
 
 from __future__ import annotations
@@ -26,7 +34,10 @@ from .model import Config
 MAIN_TABLE = 254
 RESERVED_TABLES = frozenset({0, 253, 254, 255})
 """Table ids never ecmpd's: unspec, default, main, local."""
-RULE_SPAN = 512
+RULE_SPAN = 513
+BALANCE_RULE = RULE_SPAN - 1
+"""Offset from `rules.priority` of the rule looking up ecmpd's multipath table: after
+every fwmark and source rule (a pinned connection keeps its WAN)."""
 UNREACHABLE_METRIC = 0xFFFFFFFF
 """Metric of the `unreachable` default in each WAN table: below any real route there."""
 UNICAST, UNREACHABLE = "unicast", "unreachable"
@@ -34,7 +45,8 @@ UNICAST, UNREACHABLE = "unicast", "unreachable"
 
 @dataclass(frozen=True, order=True)
 class Nexthop:
-    """One gateway of a route; `weight` is the kernel weight (1..256)."""
+    """One gateway of a route (``""``: the device itself, on a point-to-point link);
+    `weight` is the kernel weight (1..256)."""
 
     gateway: str
     oif: int
@@ -85,7 +97,7 @@ class Desired:
     """Everything ecmpd wants in the kernel's routing, as plain data."""
 
     main: RouteSpec | None
-    """The multipath route, or None when no WAN can carry it."""
+    """The multipath route (in table `balance_table`), or None when no WAN can carry it."""
     tables: tuple[RouteSpec, ...] = ()
     rules: tuple[RuleSpec, ...] = ()
     sysctls: tuple[tuple[str, str], ...] = field(default=())
@@ -97,27 +109,38 @@ def rule_range(cfg: Config) -> range:
 
 
 def table_range(cfg: Config) -> range:
-    """The routing tables ecmpd owns."""
-    return range(cfg.table_base + 1, cfg.table_base + 256)
+    """The routing tables ecmpd owns: its multipath table, then one per WAN id."""
+    return range(cfg.table_base, cfg.table_base + 256)
+
+
+def balance_table(cfg: "Config | Owned") -> int:
+    """The table of ecmpd's multipath default route (``tables.base``)."""
+    return cfg.table_base
 
 
 def build_desired(
     cfg: Config,
-    links: dict[str, int],
-    addresses: dict[str, str],
+    links: Mapping[str, int],
+    addresses: Mapping[str, str],
     active: set[str],
     keep_main: RouteSpec | None = None,
+    gateways: Mapping[str, str] | None = None,
 ) -> Desired:
     """The desired routing state.
 
     `links` maps interface names to indexes (a missing interface gets no route via it,
     only its table's unreachable default),
     `addresses` maps WAN names to the router's IPv4 address on them, `active` holds the
-    WANs whose nexthop belongs in the multipath route.  When no WAN is active,
+    WANs whose nexthop belongs in the multipath route, `gateways` maps WAN names to
+    their nexthop gateway (``""``: the device; a WAN missing from it has no known
+    gateway and no route; None: the config's fixed gateways).  When no WAN is active,
     `keep_main` (the route in the kernel now) is kept rather than leaving no route.
     """
+    if gateways is None:
+        gateways = {w.name: str(w.gateway) for w in cfg.wans if w.gateway is not None}
     tables: list[RouteSpec] = []
-    rules: list[RuleSpec] = [RuleSpec(cfg.rule_priority, MAIN_TABLE, suppress_prefixlen=0)]
+    rules: list[RuleSpec] = [RuleSpec(cfg.rule_priority, MAIN_TABLE, suppress_prefixlen=0),
+                             RuleSpec(cfg.rule_priority + BALANCE_RULE, balance_table(cfg))]
     hops: list[Nexthop] = []
     for wan in cfg.wans:
         table = cfg.table_of(wan)
@@ -127,14 +150,18 @@ def build_desired(
             rules.append(RuleSpec(cfg.rule_priority + 256 + wan.id, table,
                                   src=addresses[wan.name]))
         oif = links.get(wan.interface)
-        if oif is not None:
-            nh = Nexthop(str(wan.gateway), oif, wan.weight)
-            tables.append(RouteSpec(table, (Nexthop(nh.gateway, oif, 1),), 0))
+        gw = gateways.get(wan.name)
+        if oif is not None and gw is not None:
+            tables.append(RouteSpec(table, (Nexthop(gw, oif, 1),), 0))
             if wan.name in active:
-                hops.append(nh)
+                hops.append(Nexthop(gw, oif, wan.weight))
         # needs no interface: it stays when the link (and the route via it) is gone
         tables.append(RouteSpec(table, (), UNREACHABLE_METRIC, UNREACHABLE))
-    main = RouteSpec(MAIN_TABLE, tuple(hops), cfg.route_metric) if hops else keep_main
+    if hops:
+        main: RouteSpec | None = RouteSpec(balance_table(cfg), tuple(hops), cfg.route_metric)
+    else:
+        main = keep_main and replace(keep_main, table=balance_table(cfg),
+                                     metric=cfg.route_metric)
     return Desired(main, tuple(tables), tuple(sorted(rules)), sysctls_for(cfg))
 
 
@@ -156,20 +183,22 @@ def describe(d: Desired) -> list[str]:
     """The plan as `ip route` / `ip rule`-like lines (for --dry-run and logs)."""
     lines: list[str] = []
     if d.main is not None:
-        hops = " ".join(f"nexthop via {h.gateway} oif {h.oif} weight {h.weight}"
+        hops = " ".join(f"nexthop {_via(h)}oif {h.oif} weight {h.weight}"
                         for h in d.main.nexthops)
-        lines.append(f"route default table main metric {d.main.metric} {hops}")
+        lines.append(f"route default table {d.main.table} metric {d.main.metric} {hops}")
     else:
-        lines.append("route default table main: none (no usable WAN)")
+        lines.append("route default: none (no usable WAN)")
     for t in d.tables:
         if t.kind == UNREACHABLE:
             lines.append(f"route unreachable default table {t.table} metric {t.metric}")
             continue
         h = t.nexthops[0]
-        lines.append(f"route default table {t.table} via {h.gateway} oif {h.oif}")
+        lines.append(f"route default table {t.table} {_via(h)}oif {h.oif}")
     for r in d.rules:
         if r.suppress_prefixlen is not None:
             what = f"from all lookup main suppress_prefixlength {r.suppress_prefixlen}"
+        elif r.fwmark is None and r.src is None:
+            what = f"from all lookup {r.table}"
         elif r.fwmark is not None:
             what = f"from all fwmark {r.fwmark:#x}/{r.fwmask:#x} lookup {r.table}"
         else:
@@ -178,6 +207,10 @@ def describe(d: Desired) -> list[str]:
     for path, value in d.sysctls:
         lines.append(f"sysctl {path.replace('/', '.')} = {value}")
     return lines
+
+
+def _via(h: Nexthop) -> str:
+    return f"via {h.gateway} " if h.gateway else ""
 
 
 # ---- ownership numbers, and moving from one set of them to another ------------------
@@ -219,14 +252,14 @@ class Owned:
         return (self.route_proto, self.route_metric, self.table_base, self.rule_priority)
 
     def table_range(self) -> range:
-        return range(self.table_base + 1, self.table_base + 256)
+        return range(self.table_base, self.table_base + 256)
 
     def rule_range(self) -> range:
         return range(self.rule_priority, self.rule_priority + RULE_SPAN)
 
     def wan_tables(self) -> tuple[int, ...]:
-        """The tables of the WAN ids, in id order."""
-        return tuple(self.table_base + i for i in self.ids)
+        """The multipath table, then the tables of the WAN ids, in id order."""
+        return (self.table_base, *(self.table_base + i for i in self.ids))
 
     def to_json(self) -> dict:
         return {"route_proto": self.route_proto, "route_metric": self.route_metric,
@@ -258,20 +291,22 @@ def translate(routes: Routes, rules: Iterable[RuleSpec], old: Owned, new: Owned)
     """What is installed under `old` (`routes`, `rules`), renumbered to `new`: the same
     WAN ids, nexthops, selectors and order, in the new tables, rule priorities and main
     metric.  A WAN table whose id `new` does not have (when `new.ids` is known) or that
-    would land on a reserved table is left out."""
+    would land on a reserved table is left out.  The multipath route moves to `new`'s
+    multipath table (from `old`'s, or from table main, where earlier versions kept it)."""
     def new_table(t: int) -> int | None:
         i = t - old.table_base
         n = new.table_base + i
-        if n in RESERVED_TABLES or n not in new.table_range() or (new.ids and i not in new.ids):
+        if n in RESERVED_TABLES or n not in new.table_range() or (
+                new.ids and i != 0 and i not in new.ids):
             return None
         return n
 
     tables: list[RouteSpec] = []
-    main = None
+    old_main = routes.get((old.table_base, old.route_metric)) or \
+        routes.get((MAIN_TABLE, old.route_metric))
+    main = old_main and replace(old_main, table=new.table_base, metric=new.route_metric)
     for (table, metric), spec in sorted(routes.items()):
-        if table == MAIN_TABLE:
-            if metric == old.route_metric:
-                main = replace(spec, metric=new.route_metric)
+        if table in (MAIN_TABLE, old.table_base):
             continue
         if (n := new_table(table)) is not None:
             tables.append(replace(spec, table=n))
@@ -311,9 +346,10 @@ def plan_handover(routes: Routes, rules: Iterable[RuleSpec], old: Owned, new: Ow
     * The new ``lookup main suppress_prefixlength 0`` rule comes first and the old one
       goes last: every fwmark/from rule always has one before it (replies to the LAN
       carry a WAN's mark and must still reach the connected routes).
-    * The new main route is set before the old one goes (the same metric: replaced in
-      place, atomically).
-    * Per WAN id: its new table's routes, then its new rules, then its old rules go,
+    * The multipath table is id 0 here (``table_base + 0``), handled like a WAN's: its
+      new route and rule come before the old rule and route go.  A multipath route in
+      table main (where earlier versions kept it) goes last.
+    * Per id: its new table's routes, then its new rules, then its old rules go,
       then its old table's routes that the target does not reuse.  When the table ranges
       overlap (tables.base moved by less than 256), a new table may be another WAN's old
       one: the WANs are taken in the order that empties such a table (of its rules)
@@ -321,29 +357,27 @@ def plan_handover(routes: Routes, rules: Iterable[RuleSpec], old: Owned, new: Ow
     """
     rules = set(rules)
     target_rules = set(target.rules)
-    target_keys = {(t.table, t.metric) for t in target.tables}
+    new_tables = [*target.tables, *([target.main] if target.main is not None else [])]
+    target_keys = {(t.table, t.metric) for t in new_tables}
     delta = new.table_base - old.table_base
     ids = ({t - old.table_base for t, _ in routes if t != MAIN_TABLE}
            | {r.table - old.table_base for r in rules if r.table != MAIN_TABLE}
-           | {t.table - new.table_base for t in target.tables}
+           | {t.table - new.table_base for t in new_tables}
            | {r.table - new.table_base for r in target_rules if r.table != MAIN_TABLE})
     steps: list[Step] = []
     steps += [Step("rule", rule=r) for r in sorted(target_rules - rules)
               if r.table == MAIN_TABLE]
-    if target.main is not None:
-        steps.append(Step("route", route=target.main, proto=new.route_proto))
     for i in sorted(ids, reverse=delta > 0):
         tn, to = new.table_base + i, old.table_base + i
         steps += [Step("route", route=t, proto=new.route_proto)
-                  for t in target.tables if t.table == tn]
+                  for t in new_tables if t.table == tn]
         steps += [Step("rule", rule=r) for r in sorted(target_rules - rules) if r.table == tn]
         steps += [Step("unrule", rule=r) for r in sorted(rules - target_rules) if r.table == to]
         steps += [Step("unroute", route=s, proto=old.route_proto)
                   for (t, m), s in sorted(routes.items())
                   if t == to and t != MAIN_TABLE and (t, m) not in target_keys]
     old_main = routes.get((MAIN_TABLE, old.route_metric))
-    if old_main is not None and (target.main is None
-                                 or target.main.metric != old.route_metric):
+    if old_main is not None:
         steps.append(Step("unroute", route=old_main, proto=old.route_proto))
     steps += [Step("unrule", rule=r) for r in sorted(rules - target_rules)
               if r.table == MAIN_TABLE]

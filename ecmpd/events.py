@@ -1,8 +1,8 @@
 """Events and their effects: `step(state, event, now) -> (state, effects)`.  Pure.
 
 Every change of what the daemon knows is an event: the watcher reports kernel events
-(links, addresses, ecmpd's routes and rules, the nft ruleset, a resync after lost
-events), the probers their rounds, the control socket an administrator's disable or
+(links, addresses, ecmpd's routes and rules, other programs' default routes, the nft
+ruleset, a resync after lost events), the probers their rounds, the control socket an administrator's disable or
 enable, the daemon itself the route found at start and a reloaded config.  `step` turns
 one event and the current `State` into the next `State` and the effects the daemon must
 carry out: log lines, a reconcile, a conntrack flush, a prober reset.
@@ -10,6 +10,9 @@ carry out: log lines, a reconcile, a conntrack flush, a prober reset.
 Rules:
 * a WAN whose link stops being OK is DOWN at once; one whose link is OK again starts
   RISING, and its prober starts afresh (its old probes may live on in conntrack);
+* a WAN whose address changes or goes loses the connections NATed to the old one
+  (they cannot work any more); one whose learned gateway moves keeps its health: its
+  routes and probes follow the new gateway at once;
 * a health transition that changes whether the WAN is usable, or ends DOWN, asks for an
   urgent reconcile (timed as a reaction); DOWN also flushes the WAN's connections (after
   that reconcile);
@@ -29,8 +32,9 @@ from .health import Health, State as HealthState, Verdict
 from .logsetup import NOTICE
 from .model import Config
 from .reconfig import ReloadPlan
-from .state import (Addresses, Link, State, WanState, active, address, hop_of, link_ok,
-                    observed, usable)
+from .state import (Addresses, Default, Defaults, Link, State, WanState, active, address,
+                    gateway, hop_of, link_ok, link_problem, observed,
+                    remember_gateways, usable)
 
 
 # ---- events ---------------------------------------------------------------------------
@@ -62,6 +66,15 @@ class RouteChanged:
 
 
 @dataclass(frozen=True)
+class DefaultsChanged:
+    """Another program's default route in `table` changed; `defaults` is that table's
+    re-read (None: it could not be read, keep the last one)."""
+
+    table: int
+    defaults: tuple[Default, ...] | None
+
+
+@dataclass(frozen=True)
 class RuleChanged:
     """An ip rule at `priority` was added or deleted."""
 
@@ -75,10 +88,12 @@ class RulesetChanged:
 
 @dataclass(frozen=True)
 class Resynced:
-    """Links and addresses from a full dump, after events were lost."""
+    """Links, addresses and (None: unchanged) default routes re-read, after events
+    were lost."""
 
     links: Mapping[str, Link]
     addresses: Addresses
+    defaults: Defaults | None = None
 
 
 @dataclass(frozen=True)
@@ -113,8 +128,8 @@ class Reloaded:
     plan: ReloadPlan
 
 
-Event = Union[LinkChanged, AddressesChanged, RouteChanged, RuleChanged, RulesetChanged,
-              Resynced, ProbeRound, SetDisabled, Adopted, Reloaded]
+Event = Union[LinkChanged, AddressesChanged, RouteChanged, DefaultsChanged, RuleChanged,
+              RulesetChanged, Resynced, ProbeRound, SetDisabled, Adopted, Reloaded]
 
 
 # ---- effects --------------------------------------------------------------------------
@@ -152,7 +167,15 @@ class ResetProber:
     source: str | None
 
 
-Effect = Union[Log, Reconcile, Flush, ResetProber]
+@dataclass(frozen=True)
+class ForgetAddress:
+    """WAN `name`'s address `address` is gone: delete the connections NATed to it."""
+
+    name: str
+    address: str
+
+
+Effect = Union[Log, Reconcile, Flush, ResetProber, ForgetAddress]
 Result = tuple[State, tuple[Effect, ...]]
 
 
@@ -187,13 +210,28 @@ def set_health(st: State, name: str, new: Health, now: float,
 
 
 def _links(before: State, after: State, reasons: dict[str, str], now: float) -> Result:
-    """Links or addresses changed from `before` to `after`; `reasons`: WAN -> why.  A WAN
-    whose link check flipped goes DOWN at once, or starts RISING with a fresh prober."""
+    """Links, addresses or default routes changed from `before` to `after`; `reasons`:
+    WAN -> why.  A WAN whose link check flipped goes DOWN at once, or starts RISING with
+    a fresh prober; one whose address changed forgets the connections NATed to the old
+    one; one whose gateway moved follows it (a reconcile)."""
     st, effects = after, []
     for name, why in reasons.items():
         wan = st.cfg.wan(name)
+        old_addr, new_addr = address(before, wan), address(after, wan)
+        if old_addr is not None and old_addr != new_addr:
+            effects.append(ForgetAddress(name, old_addr))
         ok = link_ok(after, wan)
+        old_gw, new_gw = gateway(before, wan), gateway(after, wan)
+        if old_gw != new_gw and wan.gateway is None:
+            effects.append(Log(logging.INFO if old_gw is None or new_gw is None else NOTICE,
+                               f"{name}: gateway {_gw(old_gw, wan)} -> {_gw(new_gw, wan)}"))
+            effects.append(Reconcile(urgent=ok and link_ok(before, wan)))
         if ok == link_ok(before, wan):
+            problem = link_problem(after, wan)
+            if not ok and problem and problem != link_problem(before, wan):
+                # still DOWN, for another reason now (an address back, no gateway yet)
+                ws = st.wan(name)
+                st = st.with_wan(name, replace(ws, health=replace(ws.health, reason=problem)))
             continue
         ws = st.wan(name)
         if not ok:
@@ -203,6 +241,10 @@ def _links(before: State, after: State, reasons: dict[str, str], now: float) -> 
             more += (ResetProber(name, address(after, wan)),)
         effects += more
     return st, tuple(effects)
+
+
+def _gw(gw: str | None, wan) -> str:
+    return "none" if gw is None else gw or f"dev {wan.interface}"
 
 
 def _link_changed(st: State, ev: LinkChanged, now: float) -> Result:
@@ -231,12 +273,13 @@ def _link_changed(st: State, ev: LinkChanged, now: float) -> Result:
             # its routes without any RTM_DELROUTE): their change reconciles
             if old is None or new is None or (old.up, old.index) != (new.up, new.index):
                 reconcile = True
-    after, effects = _links(st, replace(st, links=links), reasons, now)
+    after, effects = _links(st, remember_gateways(replace(st, links=links)), reasons, now)
     return after, effects + ((Reconcile(),) if reconcile else ())
 
 
 def _addresses_changed(st: State, ev: AddressesChanged, now: float) -> Result:
-    after = st if ev.addresses is None else replace(st, addresses=ev.addresses)
+    after = st if ev.addresses is None else remember_gateways(replace(st,
+                                                                      addresses=ev.addresses))
     why = "address removed" if ev.removed else "address added"
     reasons = {w.name: why for w in st.cfg.wans
                if (link := st.links.get(w.interface)) and link.index == ev.index}
@@ -244,8 +287,21 @@ def _addresses_changed(st: State, ev: AddressesChanged, now: float) -> Result:
     return after, effects + (Reconcile(),)
 
 
+def _defaults_changed(st: State, ev: DefaultsChanged, now: float) -> Result:
+    if ev.defaults is None:
+        return st, ()
+    defaults = {t: d for t, d in st.defaults.items() if t != ev.table}
+    if ev.defaults:
+        defaults[ev.table] = ev.defaults
+    after = remember_gateways(replace(st, defaults=defaults))
+    return _links(st, after, {w.name: link_problem(after, w) or "gateway learned"
+                              for w in st.cfg.wans if w.gateway is None}, now)
+
+
 def _resynced(st: State, ev: Resynced, now: float) -> Result:
-    after = replace(st, links=ev.links, addresses=ev.addresses)
+    after = remember_gateways(replace(st, links=ev.links, addresses=ev.addresses,
+                                      defaults=st.defaults if ev.defaults is None
+                                      else ev.defaults))
     after, effects = _links(st, after, {w.name: "resync" for w in st.cfg.wans}, now)
     return after, effects + (Reconcile(),)
 
@@ -286,7 +342,10 @@ def _reloaded(st: State, ev: Reloaded, now: float) -> Result:
             ws = observed(base, w, WanState(since=now, disabled=ws.disabled if ws else False))
         wans[w.name] = ws
     effects += [Flush(mark, old.mark_mask) for mark in plan.stale_marks]
-    return replace(base, wans=wans), (*effects, Reconcile())
+    after = remember_gateways(replace(base, wans=wans))
+    after = replace(after, wans={w.name: observed(after, w, after.wan(w.name))
+                                 for w in ev.cfg.wans})
+    return after, (*effects, Reconcile())
 
 
 def step(st: State, ev: Event, now: float) -> Result:
@@ -306,6 +365,8 @@ def step(st: State, ev: Event, now: float) -> Result:
     if isinstance(ev, RouteChanged):
         ours = ev.dst_len == 0 and (ev.table == MAIN_TABLE or ev.table in table_range(cfg))
         return st, (Reconcile(),) if ours else ()
+    if isinstance(ev, DefaultsChanged):
+        return _defaults_changed(st, ev, now)
     if isinstance(ev, RuleChanged):
         return st, (Reconcile(),) if ev.priority in rule_range(cfg) else ()
     if isinstance(ev, RulesetChanged):

@@ -46,16 +46,17 @@ class ProbeSettings:
     window: int = 10
     """Rounds in the sliding window for `max_loss` and `max_rtt`."""
 
-    def resolved_targets(self, gateway: IPv4Address) -> tuple[str, ...]:
-        """The targets with `gateway` replaced by the WAN's gateway address."""
+    def resolved_targets(self, gateway: IPv4Address | str | None) -> tuple[str, ...]:
+        """The targets with `gateway` replaced by the WAN's gateway address (left out
+        while it is unknown: None, a `gateway: auto` WAN that has learned none)."""
         out: list[str] = []
         for t in self.targets:
-            addr = str(gateway) if t == GATEWAY_TARGET else t
-            if addr not in out:
+            addr = (str(gateway) if gateway else None) if t == GATEWAY_TARGET else t
+            if addr is not None and addr not in out:
                 out.append(addr)
         return tuple(out)
 
-    def resolved_quorum(self, gateway: IPv4Address) -> int:
+    def resolved_quorum(self, gateway: IPv4Address | str | None) -> int:
         """Targets that must answer for a good round, among `resolved_targets(gateway)`.
 
         None means a majority (n // 2 + 1): with the gateway and any target beyond it, a
@@ -79,7 +80,10 @@ class Wan:
 
     name: str
     interface: str
-    gateway: IPv4Address
+    gateway: IPv4Address | None
+    """The fixed gateway; None: `gateway: auto`, learned from the kernel (the default
+    route a DHCP client installs for `interface`, or the device of a point-to-point
+    link; see `ecmpd.state.gateway`)."""
     weight: int = 1
     id: int = 1
     """1..255: selects the WAN's packet/ct mark, routing table and rule priorities."""

@@ -59,8 +59,9 @@ def _ours(mask: int) -> Json:
 
 
 def gateways_of(cfg: Config) -> dict[str, str]:
-    """WAN name → gateway address, as the config has them."""
-    return {w.name: str(w.gateway) for w in cfg.wans}
+    """WAN name → gateway address, as the config has them (`gateway: auto` ones are
+    learned: see `ecmpd.state.probe_gateways`)."""
+    return {w.name: str(w.gateway) for w in cfg.wans if w.gateway is not None}
 
 
 def _rx(wan_id: int) -> str:

@@ -169,6 +169,11 @@ class Prober:
         self._timer: asyncio.TimerHandle | None = None
 
     # ---- configuration and readings --------------------------------------------------
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The addresses probed."""
+        return self._targets
+
     def update(self, targets: Sequence[str], settings: ProbeSettings,
                quorum: int | None = None) -> None:
         """Reload targets and settings; they take effect from the next round."""

@@ -23,7 +23,7 @@ from .netlinkimport import AsyncIPRoute
 from . import conntrack, routing
 from .events import Flush
 from .firewall import Firewall
-from .state import Decision, State, decide, main_route
+from .state import Decision, State, decide, main_route, probe_gateways
 from .sysctl import Sysctls
 
 log = logging.getLogger("ecmpd")
@@ -132,6 +132,7 @@ class Reconciler:
             changes = self.sysctls.apply(decision.desired.sysctls)
             changes += await routing.apply(self.ipr, snap.cfg, decision.desired, actual)
             try:
+                self.firewall.reconfigure(snap.cfg, probe_gateways(snap))
                 changes += int(self.firewall.ensure())
             except Exception as exc:
                 log.error("cannot apply nft table %s: %s", snap.cfg.nft_table, exc)

@@ -2,9 +2,10 @@
 and change only what differs (pyroute2 AsyncIPRoute, in the daemon's loop).
 
 Only objects that are provably ecmpd's are ever read back as "ours": routes with
-ecmpd's ``proto`` (default routes in table main or in ecmpd's table range) and rules
-in ecmpd's priority range that point at table main or at ecmpd's tables.  Anything
-else is never changed or removed.
+ecmpd's ``proto`` (default routes in ecmpd's table range, or in table main at
+``route.metric``, where earlier versions kept the multipath route: it is removed once
+the one in ecmpd's table is in place) and rules in ecmpd's priority range that point at
+table main or at ecmpd's tables.  Anything else is never changed or removed.
 
 Reading only what is ecmpd's (a router may also carry a full BGP table, ~1M routes):
 routes are read on a short-lived rtnetlink socket of our own, in the namespace of the
@@ -44,7 +45,7 @@ from .netlinkimport import AsyncIPRoute, NetlinkError
 
 from pyroute2.netlink.rtnl.rtmsg import rtmsg  # noqa: E402 (pyroute2 is loaded bare above)
 
-from .desired import (MAIN_TABLE, UNICAST, UNREACHABLE, Desired, Nexthop, Owned, RouteSpec,
+from .desired import (BALANCE_RULE, MAIN_TABLE, UNICAST, UNREACHABLE, Desired, Nexthop, Owned, RouteSpec,
                       RuleSpec, Step, plan_handover, translate)
 from .model import Config
 
@@ -79,7 +80,7 @@ CLONE_NEWNET = 0x40000000
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-RTA_TABLE = 15
+RTA_OIF, RTA_TABLE = 4, 15
 _HDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _RECV = 1 << 18
@@ -188,10 +189,12 @@ class RouteReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, table: int, proto: int) -> None:
+    def _request(self, table: int, proto: int, oif: int = 0) -> None:
         self._seq += 1
         body = _RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, proto, 0, 0, 0)
         body += struct.pack("=HHI", 8, RTA_TABLE, table)
+        if oif:
+            body += struct.pack("=HHI", 8, RTA_OIF, oif)
         self.sock.send(_HDR.pack(_HDR.size + len(body), RTM_GETROUTE,
                                  NLM_F_REQUEST | NLM_F_DUMP, self._seq, 0) + body)
 
@@ -216,9 +219,10 @@ class RouteReader:
                         yield data[off:off + length]
                 off += (length + 3) & ~3
 
-    def dump(self, table: int, proto: int = 0) -> list:
-        """The routes of `table` (with `proto`; 0: any), filtered by the kernel."""
-        self._request(table, proto)
+    def dump(self, table: int, proto: int = 0, oif: int = 0) -> list:
+        """The routes of `table` (0: every table) with `proto` (0: any) and a nexthop
+        via interface `oif` (0: any), filtered by the kernel."""
+        self._request(table, proto, oif)
         out = []
         for raw in self._messages():
             msg = rtmsg(raw)
@@ -247,19 +251,21 @@ class RouteReader:
 _strict_missing_logged = False
 
 
-def _nexthops(msg) -> tuple[Nexthop, ...]:
+def nexthops_of(msg) -> tuple[Nexthop, ...]:
+    """The nexthops of a route message (gateway ``""``: a device nexthop)."""
     mp = msg.get("multipath")
     if mp:
         hops = []
         for nh in mp:
             gw = dict(nh.get("attrs", [])).get("RTA_GATEWAY") if "attrs" in nh else None
             gw = gw or nh.get("gateway")
-            hops.append(Nexthop(str(gw), int(nh["oif"]), int(nh.get("hops", 0)) + 1))
+            hops.append(Nexthop(str(gw) if gw else "", int(nh["oif"]),
+                                int(nh.get("hops", 0)) + 1))
         return tuple(sorted(hops))
-    gw = msg.get("gateway")
-    if gw is None:
+    gw, oif = msg.get("gateway"), msg.get("oif")
+    if gw is None and (not oif or msg.get("type", RTN_UNICAST) != RTN_UNICAST):
         return ()
-    return (Nexthop(str(gw), int(msg.get("oif") or 0), 1),)
+    return (Nexthop(str(gw) if gw else "", int(oif or 0), 1),)
 
 
 def _kind(msg) -> str:
@@ -270,8 +276,8 @@ def _kind(msg) -> str:
 
 
 def _describe_route(msg) -> str:
-    hops = _nexthops(msg)
-    via = ", ".join(h.gateway for h in hops) or "no gateway"
+    hops = nexthops_of(msg)
+    via = ", ".join(h.gateway or f"dev {h.oif}" for h in hops) or "no gateway"
     return f"default via {via} proto {msg['proto']} metric {msg.get('priority') or 0}"
 
 
@@ -304,17 +310,27 @@ async def read_rules(ipr: AsyncIPRoute, owned: Owned) -> set[RuleSpec]:
 
 
 def _add_main(actual: Actual, owned: Owned, msg) -> None:
-    """Sort one default route of table main into `actual`."""
+    """Sort one default route of table main into `actual`: other programs' are theirs
+    (shadowed by ecmpd's rules, never touched); ecmpd's at `route.metric` is an earlier
+    version's multipath route (ours: removed), at other metrics a stray."""
     metric = msg.get("priority") or 0
     if msg["proto"] != owned.route_proto:
-        if metric == owned.route_metric:
-            actual.foreign_main = _describe_route(msg)
         return
-    spec = RouteSpec(MAIN_TABLE, _nexthops(msg), metric, _kind(msg))
+    spec = RouteSpec(MAIN_TABLE, nexthops_of(msg), metric, _kind(msg))
     if metric == owned.route_metric:
         actual.routes[(MAIN_TABLE, metric)] = spec
     else:
         actual.stray_main += (spec,)
+
+
+def _add_route(actual: Actual, owned: Owned, table: int, msg) -> None:
+    """Sort one default route of one of ecmpd's tables into `actual`: a foreign one
+    where the multipath route goes blocks it (`foreign_main`), others are ignored."""
+    metric = msg.get("priority") or 0
+    if msg["proto"] == owned.route_proto:
+        actual.routes[(table, metric)] = RouteSpec(table, nexthops_of(msg), metric, _kind(msg))
+    elif table == owned.table_base and metric == owned.route_metric:
+        actual.foreign_main = _describe_route(msg)
 
 
 async def read_actual(ipr: AsyncIPRoute, cfg: Config | Owned,
@@ -342,11 +358,11 @@ async def read_actual(ipr: AsyncIPRoute, cfg: Config | Owned,
         return await _read_full(ipr, owned, actual)
     with reader:
         for table in wanted:
-            for msg in reader.dump(table, owned.route_proto):
-                if msg["dst_len"] == 0 and msg["proto"] == owned.route_proto:
-                    metric = msg.get("priority") or 0
-                    actual.routes[(table, metric)] = RouteSpec(table, _nexthops(msg), metric,
-                                                               _kind(msg))
+            # the multipath table: any proto (a foreign route there blocks ecmpd's)
+            proto = 0 if table == owned.table_base else owned.route_proto
+            for msg in reader.dump(table, proto):
+                if msg["dst_len"] == 0:
+                    _add_route(actual, owned, table, msg)
         for msg in reader.defaults(MAIN_TABLE):
             if msg["dst_len"] == 0:
                 _add_main(actual, owned, msg)
@@ -362,10 +378,8 @@ async def _read_full(ipr: AsyncIPRoute, owned: Owned, actual: Actual) -> Actual:
             continue
         if table == MAIN_TABLE:
             _add_main(actual, owned, msg)
-        elif msg["proto"] == owned.route_proto:
-            metric = msg.get("priority") or 0
-            actual.routes[(table, metric)] = RouteSpec(table, _nexthops(msg), metric,
-                                                       _kind(msg))
+        else:
+            _add_route(actual, owned, table, msg)
     return actual
 
 
@@ -375,7 +389,7 @@ def stray_warnings(actual: Actual, cfg: Config | Owned) -> list[str]:
     owned = Owned.of(cfg)
     out = []
     for r in actual.stray_main:
-        via = ", ".join(h.gateway for h in r.nexthops) or r.kind
+        via = ", ".join(h.gateway or f"dev {h.oif}" for h in r.nexthops) or r.kind
         rank = "outranks" if r.metric < owned.route_metric else "sits below"
         out.append(f"a default route with ecmpd's proto {owned.route_proto} at metric "
                    f"{r.metric} (via {via}) {rank} ecmpd's route at route.metric "
@@ -392,11 +406,15 @@ def _route_args(proto: int, spec: RouteSpec) -> dict:
         args["type"] = spec.kind
     elif len(spec.nexthops) == 1:
         nh = spec.nexthops[0]
-        args.update(gateway=nh.gateway, oif=nh.oif)
+        args.update(_hop(nh))
     else:
-        args["multipath"] = [{"gateway": h.gateway, "oif": h.oif, "hops": h.weight - 1}
-                             for h in spec.nexthops]
+        args["multipath"] = [{**_hop(h), "hops": h.weight - 1} for h in spec.nexthops]
     return args
+
+
+def _hop(h: Nexthop) -> dict:
+    """A nexthop's netlink arguments: via its gateway, or the device alone."""
+    return {"gateway": h.gateway, "oif": h.oif} if h.gateway else {"oif": h.oif}
 
 
 def _rule_args(spec: RuleSpec) -> dict:
@@ -419,11 +437,11 @@ async def apply(ipr: AsyncIPRoute, cfg: Config, desired: Desired,
     want: dict[tuple[int, int], RouteSpec] = {(t.table, t.metric): t for t in desired.tables}
     if desired.main is not None:
         if actual.foreign_main is not None:
-            log.error("a default route that is not ecmpd's occupies table main metric %d (%s):"
-                      " leaving it alone; remove it or set route.metric",
+            log.error("a default route that is not ecmpd's occupies table %d metric %d (%s):"
+                      " leaving it alone; remove it or set tables.base", desired.main.table,
                       cfg.route_metric, actual.foreign_main)
         else:
-            want[(MAIN_TABLE, desired.main.metric)] = desired.main
+            want[(desired.main.table, desired.main.metric)] = desired.main
     # make before break: new and changed routes, new rules, then what goes
     for key, spec in want.items():
         have = actual.routes.get(key)
@@ -514,15 +532,22 @@ async def handover(ipr: AsyncIPRoute, old: Config | Owned, new: Config | Owned,
     target = desired if desired is not None else translate(have.routes, have.rules, o, n)
     if target.main is not None:
         there = await read_actual(ipr, n)
-        # at the same metric, a route with the old proto is ecmpd's own (old) route
-        ours_there = (n.route_metric == o.route_metric
-                      and (MAIN_TABLE, o.route_metric) in have.routes)
+        # at the same table and metric, a route with the old proto is ecmpd's own
+        old_key = (o.table_base, o.route_metric)
+        ours_there = (n.table_base, n.route_metric) == old_key and old_key in have.routes
         if there.foreign_main is not None and not ours_there:
-            log.error("a default route that is not ecmpd's occupies table main metric %d "
-                      "(%s): ecmpd's route stays at metric %d", n.route_metric,
-                      there.foreign_main, o.route_metric)
-            target = Desired(None, target.tables, target.rules, target.sysctls)
+            log.error("a default route that is not ecmpd's occupies table %d metric %d "
+                      "(%s): ecmpd's route stays in table %d metric %d", n.table_base,
+                      n.route_metric, there.foreign_main, o.table_base, o.route_metric)
+            # the old route stays, and so does the rule that looks it up
+            target = Desired(None, target.tables,
+                             tuple(r for r in target.rules if r.table != n.table_base),
+                             target.sysctls)
+            have.routes.pop(old_key, None)
             have.routes.pop((MAIN_TABLE, o.route_metric), None)
+            have.rules = {r for r in have.rules
+                          if (r.priority, r.table) != (o.rule_priority + BALANCE_RULE,
+                                                       o.table_base)}
     steps = plan_handover(have.routes, have.rules, o, n, target)
     changes = await run_steps(ipr, steps)
     log.info("handed ecmpd's routes and rules over from proto %d metric %d tables %d+ "
@@ -532,14 +557,15 @@ async def handover(ipr: AsyncIPRoute, old: Config | Owned, new: Config | Owned,
     return changes
 
 
-IFF_UP, IFF_LOWER_UP = 0x1, 0x10000
+IFF_UP, IFF_POINTOPOINT, IFF_LOWER_UP = 0x1, 0x10, 0x10000
 
 
 def link_state(msg) -> dict:
-    """{index, up, carrier} of a link from its netlink message (dump or event)."""
+    """{index, up, carrier, pointopoint} of a link from its netlink message."""
     flags = msg.get("flags", 0)
     up = bool(flags & IFF_UP)
-    return {"index": msg["index"], "up": up, "carrier": up and bool(flags & IFF_LOWER_UP)}
+    return {"index": msg["index"], "up": up, "carrier": up and bool(flags & IFF_LOWER_UP),
+            "pointopoint": bool(flags & IFF_POINTOPOINT)}
 
 
 def primary_address(links: dict[str, dict], addresses: dict[int, list[tuple[str, int]]],
@@ -555,14 +581,18 @@ async def read_links(ipr: AsyncIPRoute) -> dict[str, dict]:
     return {msg.get("ifname"): link_state(msg) async for msg in await ipr.link("dump")}
 
 
-async def read_addresses(ipr: AsyncIPRoute) -> dict[int, list[tuple[str, int]]]:
-    """Interface index → its IPv4 (address, prefixlen) list, primary first."""
-    out: dict[int, list[tuple[str, int]]] = {}
-    secondary: dict[int, list[tuple[str, int]]] = {}
+async def read_addresses(ipr: AsyncIPRoute) -> dict[int, list[tuple]]:
+    """Interface index → its IPv4 (address, prefixlen) list, primary first; on a
+    point-to-point link with a peer address (address, prefixlen, peer)."""
+    out: dict[int, list[tuple]] = {}
+    secondary: dict[int, list[tuple]] = {}
     async for msg in await ipr.addr("dump", family=socket.AF_INET):
-        addr = msg.get("local") or msg.get("address")
+        local, peer = msg.get("local"), msg.get("address")
+        addr = local or peer
         if addr:
-            entry = (str(addr), msg["prefixlen"])
+            entry: tuple = (str(addr), msg["prefixlen"])
+            if local and peer and peer != local:
+                entry += (str(peer),)
             # primaries in the kernel's order (the first one is the interface's address)
             into = secondary if msg["flags"] & 0x01 else out  # IFA_F_SECONDARY
             into.setdefault(msg["index"], []).append(entry)

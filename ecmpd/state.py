@@ -1,17 +1,19 @@
 """What the daemon knows, as immutable snapshots, and what follows from one.  Pure.
 
-`State` is the whole of it: the config in force, the links and IPv4 addresses netlink
-reported, and per WAN its health, since when, whether the administrator disabled it and
+`State` is the whole of it: the config in force, the links, IPv4 addresses and other
+programs' default routes netlink reported, and per WAN its health, since when, whether the administrator disabled it and
 whether it was adopted from ecmpd's route found in the kernel at start.  The daemon owns
 the one current `State` and replaces it whole (`ecmpd.events.step`); nothing mutates one.
 
 Everything else is derived from a single snapshot, never stored beside it, so no two
-facts can be read at different moments: a WAN's address, carrier and link check, whether
+facts can be read at different moments: a WAN's address, gateway (fixed, or learned for
+`gateway: auto`), carrier and link check, whether
 it is usable, the active set, the desired kernel state, and whether the last route is kept
 because no WAN is usable (from the snapshot and the kernel route read with it).
 
 Invariants (kept by `ecmpd.events.step`):
-* a WAN whose link is not OK (no interface, link down, no carrier, no IPv4 address) is DOWN;
+* a WAN whose link is not OK (no interface, link down, no carrier, no IPv4 address, no
+  gateway known) is DOWN;
 * `wans` follows the order of `cfg.wans` and holds exactly its names.
 """
 
@@ -23,12 +25,13 @@ from types import MappingProxyType
 from typing import Any
 
 from . import health
-from .desired import MAIN_TABLE, Desired, RouteSpec, build_desired
+from .desired import MAIN_TABLE, Desired, RouteSpec, balance_table, build_desired
 from .health import Health, State as HealthState
 from .model import Config, Wan
 
-Addresses = Mapping[int, tuple[tuple[str, int], ...]]
-"""Interface index -> its IPv4 (address, prefix length) pairs, primary first."""
+Addresses = Mapping[int, tuple[tuple, ...]]
+"""Interface index -> its IPv4 addresses, primary first: (address, prefix length), or
+(address, prefix length, peer) on a point-to-point link with a peer address."""
 
 _EMPTY: Mapping[Any, Any] = MappingProxyType({})
 
@@ -49,11 +52,29 @@ class Link:
     """Administratively up (IFF_UP)."""
     carrier: bool
     """Up and with carrier (IFF_LOWER_UP)."""
+    pointopoint: bool = False
+    """A point-to-point link (IFF_POINTOPOINT: ppp, tun, raw-ip wwan): its nexthop is
+    the device, no gateway needed."""
 
     @classmethod
     def of(cls, state: Mapping[str, Any]) -> "Link":
-        """From `routing.link_state`'s {index, up, carrier}."""
-        return cls(int(state["index"]), bool(state["up"]), bool(state["carrier"]))
+        """From `routing.link_state`'s {index, up, carrier, pointopoint}."""
+        return cls(int(state["index"]), bool(state["up"]), bool(state["carrier"]),
+                   bool(state.get("pointopoint", False)))
+
+
+@dataclass(frozen=True, order=True)
+class Default:
+    """One nexthop of another program's default route (a DHCP client's, pppd's, ...):
+    where a `gateway: auto` WAN learns its gateway."""
+
+    metric: int
+    oif: int
+    gateway: str
+    """The gateway address; ``""``: the device itself (``default dev ppp0``)."""
+
+Defaults = Mapping[int, tuple[Default, ...]]
+"""Routing table -> the default routes in it that are not ecmpd's."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +89,11 @@ class WanState:
     adopted: bool = False
     """In ecmpd's route found in the kernel at start: usable while still INIT (no flap).
     A WAN that is not adopted is usable only after a probe verdict."""
+    learned: str | None = None
+    """`gateway: auto`: the gateway its interface's default route named last.  It stays
+    in use while no default route names one (a DHCP client deletes its route before it
+    adds the renewed one; the probes judge a gateway that is really gone) and is
+    forgotten with the interface or its address (`remember_gateways`)."""
 
 
 @dataclass(frozen=True)
@@ -80,9 +106,12 @@ class State:
     addresses: Addresses = field(default_factory=lambda: _EMPTY)
     wans: Mapping[str, WanState] = field(default_factory=lambda: _EMPTY)
     """WAN name -> what was decided about it, in config order."""
+    defaults: Defaults = field(default_factory=lambda: _EMPTY)
+    """Other programs' default routes via interfaces (read only when a WAN learns its
+    gateway: `gateway: auto`)."""
 
     def __post_init__(self) -> None:
-        for name in ("links", "addresses", "wans"):
+        for name in ("links", "addresses", "wans", "defaults"):
             object.__setattr__(self, name, frozen(getattr(self, name)))
 
     def wan(self, name: str) -> WanState:
@@ -95,13 +124,14 @@ class State:
 
 
 def initial(cfg: Config, links: Mapping[str, Link], addresses: Addresses,
-            disabled: Iterable[str], now: float) -> State:
+            disabled: Iterable[str], now: float, defaults: Defaults | None = None) -> State:
     """The state at start: every WAN INIT (DOWN without a usable link), not adopted."""
     off = set(disabled)
-    st = State(cfg, links, addresses)
-    return replace(st, wans={w.name: observed(st, w, WanState(since=now,
-                                                             disabled=w.name in off))
-                             for w in cfg.wans})
+    st = State(cfg, links, addresses, defaults=defaults or {})
+    st = remember_gateways(replace(st, wans={w.name: WanState(since=now,
+                                                              disabled=w.name in off)
+                                             for w in cfg.wans}))
+    return replace(st, wans={w.name: observed(st, w, st.wan(w.name)) for w in cfg.wans})
 
 
 # ---- derived from one snapshot -----------------------------------------------------------
@@ -113,9 +143,76 @@ def address(st: State, wan: Wan) -> str | None:
     return addrs[0][0] if addrs else None
 
 
-def gateway(st: State, wan: Wan) -> str:
-    """The WAN's gateway: the configured one (a DHCP-learned one would be observed state)."""
-    return str(wan.gateway)
+def peer(st: State, wan: Wan) -> str | None:
+    """The peer address of the WAN's point-to-point link (None: none, or not ptp)."""
+    link = st.links.get(wan.interface)
+    addrs = st.addresses.get(link.index, ()) if link else ()
+    return addrs[0][2] if addrs and len(addrs[0]) > 2 else None
+
+
+def gateway(st: State, wan: Wan) -> str | None:
+    """The WAN's nexthop gateway: the fixed one; for `gateway: auto` the device (``""``)
+    on a point-to-point link, else the gateway of the best (lowest metric, table main
+    first) default route another program put via the interface, in any table; None
+    while there is none."""
+    if wan.gateway is not None:
+        return str(wan.gateway)
+    link = st.links.get(wan.interface)
+    if link is None:
+        return None
+    if link.pointopoint:
+        return ""
+    best = _routed(st, link.index)
+    if best is not None:
+        return best
+    ws = st.wans.get(wan.name)
+    return ws.learned if ws is not None else None
+
+
+def _routed(st: State, oif: int) -> str | None:
+    """The gateway of the best default route via interface `oif` (lowest metric, table
+    main first), among other programs' routes."""
+    best = min(((d.metric, table != MAIN_TABLE, table, d.gateway)
+                for table, ds in st.defaults.items() for d in ds if d.oif == oif),
+               default=None)
+    return best[3] if best is not None else None
+
+
+def remember_gateways(st: State) -> State:
+    """`st` with each `gateway: auto` WAN's `learned` gateway brought up to date: the
+    one its best default route names, the last one while none does, none once the
+    interface or its address is gone."""
+    wans = dict(st.wans)
+    for w in st.cfg.wans:
+        ws = wans.get(w.name)
+        if w.gateway is not None or ws is None:
+            continue
+        link = st.links.get(w.interface)
+        if link is None or address(st, w) is None:
+            learned = None
+        else:
+            learned = _routed(st, link.index)
+            learned = ws.learned if learned is None else learned
+        if learned != ws.learned:
+            wans[w.name] = replace(ws, learned=learned)
+    return st if wans == dict(st.wans) else replace(st, wans=wans)
+
+
+def probe_gateway(st: State, wan: Wan) -> str | None:
+    """The address the probe target `gateway` means: the gateway, or on a
+    point-to-point link the peer (None: unknown; the target is left out)."""
+    return gateway(st, wan) or peer(st, wan)
+
+
+def probe_gateways(st: State) -> dict[str, str]:
+    """WAN name -> the address `gateway` means for it, where known (the source the
+    arrival counters leave out: the gateway's own answers prove nothing beyond it)."""
+    return {w.name: g for w in st.cfg.wans if (g := probe_gateway(st, w))}
+
+
+def gateways(st: State) -> dict[str, str]:
+    """WAN name -> nexthop gateway, for the WANs whose gateway is known."""
+    return {w.name: g for w in st.cfg.wans if (g := gateway(st, w)) is not None}
 
 
 def carrier(st: State, wan: Wan) -> bool:
@@ -127,16 +224,18 @@ def carrier(st: State, wan: Wan) -> bool:
 def link_problem(st: State, wan: Wan) -> str | None:
     """Why the WAN's link is not usable, or None when it is (carrier and an address)."""
     if wan.interface not in st.links:
-        return "no such interface"
+        return "interface missing"
     if not carrier(st, wan):
         return "no carrier"
     if address(st, wan) is None:
         return "no IPv4 address"
+    if gateway(st, wan) is None:
+        return "waiting for a gateway"
     return None
 
 
 def link_ok(st: State, wan: Wan) -> bool:
-    """Carrier up and an IPv4 address on the WAN's interface."""
+    """Carrier up, an IPv4 address on the WAN's interface and its gateway known."""
     return link_problem(st, wan) is None
 
 
@@ -174,9 +273,11 @@ def keeps_last_route(st: State, main: RouteSpec | None) -> bool:
 
 
 def hop_of(st: State, wan: Wan) -> tuple[str, int] | None:
-    """(gateway, interface index) of the WAN's nexthop (None: no such interface)."""
+    """(gateway, interface index) of the WAN's nexthop (None: no such interface or no
+    gateway known)."""
     link = st.links.get(wan.interface)
-    return (gateway(st, wan), link.index) if link else None
+    gw = gateway(st, wan)
+    return (gw, link.index) if link and gw is not None else None
 
 
 @dataclass(frozen=True)
@@ -204,10 +305,13 @@ def decide(st: State, kernel_main: RouteSpec | None) -> Decision:
     links = {name: link.index for name, link in st.links.items() if link.up}
     addrs = {w.name: a for w in cfg.wans if (a := address(st, w))}
     act = active(st)
-    desired = build_desired(cfg, links, addrs, set(act), keep_main=kernel_main)
+    desired = build_desired(cfg, links, addrs, set(act), keep_main=kernel_main,
+                            gateways=gateways(st))
     return Decision(st, desired, act, keeps_last_route(st, kernel_main))
 
 
 def main_route(routes: Mapping[tuple[int, int], RouteSpec], cfg: Config) -> RouteSpec | None:
-    """ecmpd's route in table main (at `route.metric`) among `routes` read from the kernel."""
-    return routes.get((MAIN_TABLE, cfg.route_metric))
+    """ecmpd's multipath route among `routes` read from the kernel: in its table (at
+    `route.metric`), or where an earlier version kept it, in table main."""
+    return (routes.get((balance_table(cfg), cfg.route_metric))
+            or routes.get((MAIN_TABLE, cfg.route_metric)))

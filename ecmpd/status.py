@@ -114,7 +114,11 @@ def _wan(snap: Snapshot, name: str, in_route: set[tuple[str, int]]) -> dict[str,
         "note": last.reason if last and last.verdict is Verdict.SLOW else None,
         "timeout_ms": _ms(probe.timeout) if probe else None,
         "interface": wan.interface,
-        "gateway": st_mod.gateway(st, wan),
+        # the gateway in use: fixed, or learned (`gateway: auto`; null while unknown, or
+        # on a point-to-point link, whose nexthop is the interface itself)
+        "gateway": st_mod.gateway(st, wan) or None,
+        "gateway_source": "config" if wan.gateway is not None else "learned",
+        "nexthop": _nexthop(st_mod.gateway(st, wan), wan.interface),
         "address": st_mod.address(st, wan),
         "weight": wan.weight,
         # in the kernel's route right now, whatever the daemon believes
@@ -129,6 +133,13 @@ def _wan(snap: Snapshot, name: str, in_route: set[tuple[str, int]]) -> dict[str,
                            "rttvar_ms": _ms(t.rttvar)}
                     for addr, t in (probe.targets.items() if probe else ())},
     }
+
+
+def _nexthop(gateway: str | None, interface: str) -> str | None:
+    """``via <gateway> dev <interface>``, ``dev <interface>`` or None (unknown)."""
+    if gateway is None:
+        return None
+    return f"via {gateway} dev {interface}" if gateway else f"dev {interface}"
 
 
 def render(snap: Snapshot) -> dict[str, Any]:
@@ -156,7 +167,7 @@ def render(snap: Snapshot) -> dict[str, Any]:
         "route": {
             "present": main is not None,
             "kept_last": kept,
-            "nexthops": [{"gateway": h.gateway, "interface": names.get(h.oif, str(h.oif)),
+            "nexthops": [{"gateway": h.gateway or None, "interface": names.get(h.oif, str(h.oif)),
                           # a single-nexthop route carries no weight in the kernel
                           "weight": h.weight if len(main.nexthops) > 1 else None}
                          for h in (main.nexthops if main else ())],

@@ -24,9 +24,9 @@ from .netlinkimport import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_R
 from . import routing, rtfilter
 from .desired import table_range
 from .model import Config
-from .events import (AddressesChanged, Event, LinkChanged, Resynced, RouteChanged,
-                     RuleChanged, RulesetChanged)
-from .state import Addresses, Link
+from .events import (AddressesChanged, DefaultsChanged, Event, LinkChanged, Resynced,
+                     RouteChanged, RuleChanged, RulesetChanged)
+from .state import Addresses, Defaults, Link
 
 log = logging.getLogger("ecmpd")
 
@@ -50,6 +50,8 @@ class Sink(Protocol):
 
     async def dump_addresses(self) -> Addresses | None: ...
 
+    async def dump_defaults(self, table: int | None = None) -> Defaults | None: ...
+
 
 class Watcher:
     """Turns kernel events into `Event`s for `sink`."""
@@ -65,9 +67,11 @@ class Watcher:
         """Kernel event messages read."""
         self.resyncs = 0
         """Resynchronisations after lost events."""
-        self._tables: tuple[range, ...] | None = None
-        """ecmpd's routing tables: route events about other tables' and non-default
-        routes are dropped in the kernel (`ecmpd.rtfilter`); None: not filtered."""
+        self._program: list | None = None
+        """The kernel filter for route events (`ecmpd.rtfilter`); None: not filtered."""
+        self._learning: tuple[int, range] | None = None
+        """(ecmpd's route proto, its tables) while a WAN learns its gateway: other
+        programs' default routes are then re-read when they change."""
 
     async def start(self) -> None:
         """Subscribe to rtnetlink and nftables multicast groups."""
@@ -95,16 +99,20 @@ class Watcher:
 
     def follow(self, cfg: Config) -> None:
         """Watch `cfg`'s routing tables: a router carrying a full BGP table sends a route
-        event per foreign route, and the kernel drops them before they reach Python."""
-        self._tables = (table_range(cfg),)
+        event per foreign route, and the kernel drops them before they reach Python
+        (only default routes pass; of any table while a WAN learns its gateway)."""
+        learning = any(w.gateway is None for w in cfg.wans)
+        self._learning = (cfg.route_proto, table_range(cfg)) if learning else None
+        self._program = rtfilter.route_event_program(None if learning else
+                                                     (table_range(cfg),))
         if self._ipr is not None:
             self._filter(self._ipr)
 
     def _filter(self, ipr: Any) -> None:
-        if self._tables is None:
+        if self._program is None:
             return
         try:
-            rtfilter.attach(ipr.socket, rtfilter.route_event_program(self._tables))
+            rtfilter.attach(ipr.socket, self._program)
         except (OSError, AttributeError) as exc:
             log.warning("cannot filter route events in the kernel (%s): every route "
                         "event reaches ecmpd", exc)
@@ -193,14 +201,15 @@ class Watcher:
             log.exception("netlink resynchronisation failed; watching on")
 
     async def resync(self) -> None:
-        """Report links and addresses from full dumps (`Resynced`)."""
+        """Report links, addresses and other programs' default routes from full dumps
+        (`Resynced`)."""
         links = await self.sink.dump_links()
         if links is None:
             return
         addresses = await self.sink.dump_addresses()
         if addresses is None:
             return
-        self.sink.submit(Resynced(links, addresses))
+        self.sink.submit(Resynced(links, addresses, await self.sink.dump_defaults()))
 
     async def _handle(self, msg: Any) -> None:
         event = msg.get("event")
@@ -214,6 +223,14 @@ class Watcher:
             self.sink.submit(AddressesChanged(msg.get("index"), event == "RTM_DELADDR",
                                               addresses))
         elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
-            self.sink.submit(RouteChanged(msg.get("table"), msg.get("dst_len")))
+            table, dst_len = msg.get("table"), msg.get("dst_len")
+            self.sink.submit(RouteChanged(table, dst_len))
+            if (dst_len == 0 and self._learning is not None
+                    and msg.get("proto") != self._learning[0] and table not in self._learning[1]):
+                # another program's default route: re-read its table (a replace, an
+                # append and a delete all look alike here)
+                defaults = await self.sink.dump_defaults(table)
+                self.sink.submit(DefaultsChanged(
+                    table, None if defaults is None else defaults.get(table, ())))
         elif event in ("RTM_NEWRULE", "RTM_DELRULE"):
             self.sink.submit(RuleChanged(msg.get("priority") or 0))

@@ -270,7 +270,7 @@ def test_yaml_value_errors_are_problems() -> None:
 def test_all_problems_are_collected_in_line_order() -> None:
     text = BASE.replace("192.0.2.1", "192.0.2.300") + "    weight: 0\nhash: l5\nwan: {}\n"
     assert problems(text) == [
-        "ecmpd.yaml:6: wans.a.gateway: must be a unicast IPv4 address, got '192.0.2.300'",
+        "ecmpd.yaml:6: wans.a.gateway: must be a unicast IPv4 address or 'auto', got '192.0.2.300'",
         "ecmpd.yaml:10: wans.b.weight: must be an integer from 1 to 256, got 0",
         "ecmpd.yaml:11: hash: must be l3 or l4, got 'l5'",
         "ecmpd.yaml:12: wan: unknown key (did you mean 'wans'?)",
@@ -354,7 +354,7 @@ BAD = [
     (BASE.replace("198.51.100.1", "127.0.0.1"),
      ["9: wans.b.gateway: must be a unicast IPv4 address, got 127.0.0.1 (loopback)"]),
     (BASE.replace("198.51.100.1", "::1"),
-     ["9: wans.b.gateway: must be a unicast IPv4 address, got '::1'"]),
+     ["9: wans.b.gateway: must be a unicast IPv4 address or 'auto', got '::1'"]),
     (BASE + "    address: 10.0.0.2/24\n",
      ["9: wans.b.gateway: 198.51.100.1 is not inside wans.b.address 10.0.0.2/24"]),
     (BASE + "    address: 198.51.100.1/24\n",

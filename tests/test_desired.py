@@ -1,5 +1,6 @@
 """desired: config + links + health → routes, rules, sysctls (pure)."""
 
+from dataclasses import replace
 from ipaddress import IPv4Address
 
 from ecmpd.desired import (MAIN_TABLE, UNICAST, UNREACHABLE, UNREACHABLE_METRIC, Nexthop,
@@ -16,7 +17,21 @@ ADDRS = {"a": "10.1.0.2", "b": "10.2.0.2", "c": "10.3.0.2"}
 
 def test_multipath_has_active_wans_with_their_weights():
     d = build_desired(CFG, LINKS, ADDRS, {"a", "c"})
-    assert d.main == RouteSpec(MAIN_TABLE, (Nexthop("10.1.0.1", 11, 1), Nexthop("10.3.0.1", 13, 3)), 0)
+    assert d.main == RouteSpec(500, (Nexthop("10.1.0.1", 11, 1), Nexthop("10.3.0.1", 13, 3)), 0)
+    # looked up after every fwmark and source rule: a pinned connection keeps its WAN
+    assert d.rules[-1] == RuleSpec(2512, 500)
+    assert max(r.priority for r in d.rules if r.fwmark or r.src) < 2512
+
+
+def test_learned_gateways_and_device_nexthops():
+    d = build_desired(CFG, LINKS, ADDRS, {"a", "b", "c"},
+                      gateways={"a": "10.1.0.254", "b": ""})
+    # c's gateway is not known: no route via it, only its table's unreachable default
+    assert d.main.nexthops == (Nexthop("10.1.0.254", 11, 1), Nexthop("", 12, 2))
+    assert [(t.table, t.nexthops) for t in d.tables if t.kind == UNICAST] == [
+        (501, (Nexthop("10.1.0.254", 11, 1),)), (502, (Nexthop("", 12, 1),))]
+    text = "\n".join(describe(d))
+    assert "nexthop oif 12 weight 2" in text and "route default table 502 oif 12" in text
 
 
 def test_every_wan_keeps_its_table_and_rules_whatever_its_health():
@@ -33,8 +48,11 @@ def test_every_wan_keeps_its_table_and_rules_whatever_its_health():
 
 
 def test_all_down_keeps_the_last_route():
-    last = RouteSpec(MAIN_TABLE, (Nexthop("10.1.0.1", 11, 1),), 0)
+    last = RouteSpec(500, (Nexthop("10.1.0.1", 11, 1),), 0)
     assert build_desired(CFG, LINKS, ADDRS, set(), keep_main=last).main == last
+    # one an earlier version left in table main is kept, in ecmpd's table
+    legacy = RouteSpec(MAIN_TABLE, (Nexthop("10.1.0.1", 11, 1),), 0)
+    assert build_desired(CFG, LINKS, ADDRS, set(), keep_main=legacy).main == last
     # but with an active WAN the kept route is ignored
     assert build_desired(CFG, LINKS, ADDRS, {"b"}, keep_main=last).main.nexthops == \
         (Nexthop("10.2.0.1", 12, 2),)
@@ -117,7 +135,7 @@ def installed(cfg: Config) -> tuple[dict, set]:
     """What ecmpd installs for `cfg` with both WANs active: (routes, rules) as read back."""
     d = build_desired(cfg, LINKS, ADDRS, {"a", "b"})
     routes = {(t.table, t.metric): t for t in d.tables}
-    routes[(MAIN_TABLE, d.main.metric)] = d.main
+    routes[(d.main.table, d.main.metric)] = d.main
     return routes, set(d.rules)
 
 
@@ -222,22 +240,42 @@ def test_translate_renumbers_and_leaves_out_what_the_new_numbers_do_not_own() ->
     t = translate(routes, rules, old, Owned(236, 7, 250, 3000, ids=(1,)))
     # id 2 is not in the new ids; table 250+4 would be main: neither is translated
     assert {s.table for s in t.tables} == {251}
-    assert t.main.metric == 7 and t.main.nexthops == routes[(254, 0)].nexthops
-    assert {r.priority for r in t.rules} == {3000, 3001, 3257}
-    assert {r.table for r in t.rules} == {254, 251}
+    assert (t.main.table, t.main.metric) == (250, 7)
+    assert t.main.nexthops == routes[(1000, 0)].nexthops
+    assert {r.priority for r in t.rules} == {3000, 3001, 3257, 3512}
+    assert {r.table for r in t.rules} == {254, 251, 250}
     # tables.base 252: id 1 would be table 253 ("default"), id 2 table 254 (main)
     reserved = translate(routes, rules, old, Owned(236, 0, 252, 1000))
     assert reserved.tables == ()
     assert [r for r in reserved.rules if r.table == 254] == [
         RuleSpec(1000, 254, suppress_prefixlen=0)]
-    assert len(reserved.rules) == 1
+    assert reserved.rules == (RuleSpec(1000, 254, suppress_prefixlen=0), RuleSpec(1512, 252))
 
 
 def test_no_main_route_wanted_removes_the_old_one() -> None:
     old, new = Owned(236, 0, 1000, 1000), Owned(236, 10, 1000, 1000)
     routes, rules = installed(two())
     steps = plan_handover(routes, rules, old, new, Desired(None, (), ()))
-    assert Step("unroute", route=routes[(254, 0)], proto=236) in steps
+    assert Step("unroute", route=routes[(1000, 0)], proto=236) in steps
+
+
+def test_a_route_an_earlier_version_kept_in_main_moves_to_ecmpds_table() -> None:
+    """Earlier versions kept the multipath route in table main and had no rule for it:
+    the new route and its rule come first, the one in main goes last."""
+    cfg = two(table_base=1000, rule_priority=1000)
+    routes, rules = installed(cfg)
+    legacy = {**{k: v for k, v in routes.items() if k[0] != 1000},
+              (MAIN_TABLE, 0): replace(routes[(1000, 0)], table=MAIN_TABLE)}
+    old_rules = {r for r in rules if r.priority != 1512}
+    o = Owned.of(cfg)
+    steps = plan_handover(legacy, old_rules, o, o, build_desired(cfg, LINKS, ADDRS, {"a", "b"}))
+    kernel = Kernel(legacy, old_rules, {t: 236 for t, _ in legacy})
+    kernel.check(MARKS, "before")
+    for i, s in enumerate(steps):
+        kernel.step(s)
+        kernel.check(MARKS, f"after step {i} ({s})")
+    assert steps[-1] == Step("unroute", route=legacy[(MAIN_TABLE, 0)], proto=236)
+    assert {k: v[0] for k, v in kernel.routes.items()} == routes
 
 
 def test_owned_round_trips_and_rejects_garbage() -> None:
@@ -245,8 +283,8 @@ def test_owned_round_trips_and_rejects_garbage() -> None:
     assert o == Owned(236, 3, 2000, 1000, "x", 0xF0, (1, 2))
     assert Owned.from_json(o.to_json()) == o
     assert Owned.of(o) is o
-    assert o.wan_tables() == (2001, 2002) and o.table_range() == range(2001, 2256)
-    assert o.rule_range() == range(1000, 1512)
+    assert o.wan_tables() == (2000, 2001, 2002) and o.table_range() == range(2000, 2256)
+    assert o.rule_range() == range(1000, 1513)
     for bad in ({**o.to_json(), "table_base": "1"}, {**o.to_json(), "ids": [0]},
                 {**o.to_json(), "nft_table": ""}, {**o.to_json(), "route_metric": -1}):
         with pytest.raises((ValueError, TypeError, KeyError)):

@@ -76,11 +76,11 @@ def kernel_plan(lab: Lab, c: Config) -> list[str]:
             continue
         if r.get("type") in ("unreachable", "7"):  # -N: numeric type
             lines.append(f"route unreachable default table {table} metric {r.get('metric', 0)}")
-        elif table == 254:
+        elif table in (254, c.table_base):
             hops = r.get("nexthops") or [{"gateway": r["gateway"], "dev": r["dev"], "weight": 1}]
             hop_text = " ".join(f"nexthop via {h['gateway']} oif {idx[h['dev']]} weight "
                                 f"{h.get('weight', 1)}" for h in hops)
-            lines.append(f"route default table main metric {r.get('metric', 0)} {hop_text}")
+            lines.append(f"route default table {table} metric {r.get('metric', 0)} {hop_text}")
         else:
             lines.append(f"route default table {table} via {r['gateway']} oif {idx[r['dev']]}")
     for r in json.loads(lab.run(lab.ns_router, "ip", "-N", "-j", "rule").stdout):
@@ -91,6 +91,8 @@ def kernel_plan(lab: Lab, c: Config) -> list[str]:
             what = f"from all lookup main suppress_prefixlength {r['suppress_prefixlen']}"
         elif "fwmark" in r:
             what = f"from all fwmark {r['fwmark']}/{r['fwmask']} lookup {table}"
+        elif r["src"] == "all":
+            what = f"from all lookup {table}"
         else:
             what = f"from {r['src']} lookup {table}"
         lines.append(f"rule {r['priority']}: {what}")
@@ -140,10 +142,11 @@ def test_the_netlink_socket_acts_in_the_lab_not_in_the_host(lab: Lab) -> None:
             links = await routing.read_links(ipr)
             assert {"Local", "wlan1", "wlan2"} <= set(links)
             d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
-            assert await routing.apply(ipr, CFG, d) == 10
+            assert await routing.apply(ipr, CFG, d) == 11
 
     asyncio.run(body())
-    assert "proto 236" in lab.run(lab.ns_router, "ip", "route", "show", "default").stdout
+    assert "proto 236" in lab.run(lab.ns_router, "ip", "route", "show", "default", "table",
+                                  "1000").stdout
     assert host_state() == before
 
 
@@ -151,13 +154,13 @@ def test_apply_installs_exactly_the_plan_and_a_second_apply_changes_nothing(lab:
     async def body() -> None:
         async with router(lab) as ipr:
             d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
-            assert await routing.apply(ipr, CFG, d) == len(planned(d)) == 10
+            assert await routing.apply(ipr, CFG, d) == len(planned(d)) == 11
             assert kernel_plan(lab, CFG) == planned(d)
             first = snapshot(lab)
             actual = await routing.read_actual(ipr, CFG)
             assert actual.rules == set(d.rules)
             assert actual.foreign_main is None
-            assert actual.routes[(254, 0)].same_as(d.main)
+            assert actual.routes[(1000, 0)].same_as(d.main)
             # the unreachable defaults are read back as such, equal to the desired ones
             for t in d.tables:
                 assert actual.routes[(t.table, t.metric)].same_as(t)
@@ -181,13 +184,14 @@ def test_a_change_of_activity_changes_only_the_main_route(lab: Lab) -> None:
             assert kernel_plan(lab, CFG) == planned(one)
             routes1, rules1 = snapshot(lab)
             assert rules1 == rules0
-            main = lab.run(lab.ns_router, "ip", "route", "show", "table", "main", "default").stdout
+            main = lab.run(lab.ns_router, "ip", "route", "show", "table", "1000", "default").stdout
             assert main.split() == "default via 10.111.0.1 dev wlan1 proto 236".split()
             def not_main_default(routes: str) -> list[Any]:
-                return [r for r in json.loads(routes) if r["dst"] != "default" or "table" in r]
+                return [r for r in json.loads(routes)
+                        if r["dst"] != "default" or r.get("table") != "1000"]
             assert not_main_default(routes1) == not_main_default(routes0)
             # every WAN down: the daemon keeps the route it has (0 changes)
-            kept = (await routing.read_actual(ipr, CFG)).routes[(254, 0)]
+            kept = (await routing.read_actual(ipr, CFG)).routes[(1000, 0)]
             assert await routing.apply(ipr, CFG, await desired(ipr, lab, CFG, set(), kept)) == 0
             assert await routing.apply(ipr, CFG, both) == 1
             assert snapshot(lab) == (routes0, rules0)
@@ -198,7 +202,7 @@ def test_a_change_of_activity_changes_only_the_main_route(lab: Lab) -> None:
 FOREIGN = [
     "rule add priority 1001 lookup 2000",                          # in range, other table
     "rule add priority 1300 fwmark 0x10000/0xff0000 lookup 2000",  # in range, our mark, other table
-    "rule add priority 1512 fwmark 0x10000/0xff0000 lookup 1001",  # just outside the range
+    "rule add priority 1513 fwmark 0x10000/0xff0000 lookup 1001",  # just outside the range
     "rule add priority 999 lookup main suppress_prefixlength 0",   # outside, same as ours
     "route add 198.51.100.0/24 via 10.111.0.1",                    # main, not default
     "route add 198.51.100.128/25 via 10.112.0.1 proto 236",        # main, our proto, not default
@@ -218,39 +222,64 @@ def test_foreign_objects_survive_apply_and_remove_all(lab: Lab) -> None:
     async def body() -> None:
         async with router(lab) as ipr:
             d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
-            assert await routing.apply(ipr, CFG, d) == 10
+            assert await routing.apply(ipr, CFG, d) == 11
             actual = await routing.read_actual(ipr, CFG)
             assert actual.foreign_main is None
-            assert set(actual.routes) == {(254, 0), (1001, 0), (1002, 0),
+            assert set(actual.routes) == {(1000, 0), (1001, 0), (1002, 0),
                                           (1001, UNREACHABLE_METRIC), (1002, UNREACHABLE_METRIC)}
             assert actual.rules == set(d.rules)
             assert kernel_plan(lab, CFG) == planned(d)
             assert ours_removed(snapshot(lab), CFG) == ours_removed(before, CFG)
             assert await routing.apply(ipr, CFG, d) == 0
-            assert await routing.remove_all(ipr, CFG) == 10
+            assert await routing.remove_all(ipr, CFG) == 11
             assert await routing.remove_all(ipr, CFG) == 0
 
     asyncio.run(body())
     assert snapshot(lab) == before
 
 
-def test_a_foreign_default_route_in_main_is_not_replaced(
-        lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
-    lab.run(lab.ns_router, "ip", "route", "add", "default", "via", "10.111.0.1")
+def test_default_routes_in_main_are_shadowed_not_touched(lab: Lab) -> None:
+    """A DHCP client's default route in main at metric 0 (what ifupdown + dhclient
+    install): ecmpd's route lives in its own table; main's routes stay as they are and
+    carry the traffic again when ecmpd's route is gone."""
+    server = lab.spec.server_addresses[0]
+    lab.run(lab.ns_router, "ip", "route", "add", "default", "via", "10.111.0.1", "proto", "dhcp")
     before = snapshot(lab)
-    foreign = lab.run(lab.ns_router, "ip", "-j", "route", "show", "table", "main", "default").stdout
+    main = lab.run(lab.ns_router, "ip", "-j", "route", "show", "table", "main", "default").stdout
+
+    async def body() -> None:
+        async with router(lab) as ipr:
+            d = await desired(ipr, lab, CFG, {"wlan2"})
+            assert await routing.apply(ipr, CFG, d) == 11
+            assert (await routing.read_actual(ipr, CFG)).foreign_main is None
+            assert exit_of(lab, server) == "wlan2"       # ecmpd's route, not main's
+            assert lab.run(lab.ns_router, "ip", "-j", "route", "show", "table", "main",
+                           "default").stdout == main
+            assert await routing.apply(ipr, CFG, d) == 0
+            assert await routing.remove_all(ipr, CFG) == 11
+            assert exit_of(lab, server) == "wlan1"       # main's again
+
+    asyncio.run(body())
+    assert snapshot(lab) == before
+
+
+def test_a_foreign_default_route_in_ecmpds_table_is_not_replaced(
+        lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
+    lab.run(lab.ns_router, "ip", "route", "add", "default", "via", "10.111.0.1", "table", "1000")
+    before = snapshot(lab)
+    foreign = lab.run(lab.ns_router, "ip", "-j", "route", "show", "table", "1000", "default").stdout
     at_100 = cfg(route_metric=100)
 
     async def body() -> None:
         async with router(lab) as ipr:
             d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
             with caplog.at_level(logging.ERROR, logger="ecmpd"):
-                assert await routing.apply(ipr, CFG, d) == 9  # tables and rules only
+                assert await routing.apply(ipr, CFG, d) == 10  # tables and rules only
             assert "not ecmpd's" in caplog.text and "10.111.0.1" in caplog.text
             actual = await routing.read_actual(ipr, CFG)
             assert actual.foreign_main is not None and "10.111.0.1" in actual.foreign_main
-            assert (254, 0) not in actual.routes
-            assert lab.run(lab.ns_router, "ip", "-j", "route", "show", "table", "main",
+            assert (1000, 0) not in actual.routes
+            assert lab.run(lab.ns_router, "ip", "-j", "route", "show", "table", "1000",
                            "default").stdout == foreign
             assert await routing.apply(ipr, CFG, d) == 0
             # with another metric ecmpd's route sits next to the foreign one
@@ -259,10 +288,10 @@ def test_a_foreign_default_route_in_main_is_not_replaced(
             assert (await routing.read_actual(ipr, at_100)).foreign_main is None
             assert kernel_plan(lab, at_100) == planned(d100)
             defaults = json.loads(lab.run(lab.ns_router, "ip", "-j", "route", "show", "table",
-                                          "main", "default").stdout)
+                                          "1000", "default").stdout)
             assert [(r.get("metric", 0), r.get("gateway"), len(r.get("nexthops", [])))
                     for r in defaults] == [(0, "10.111.0.1", 0), (100, None, 2)]
-            assert await routing.remove_all(ipr, at_100) == 10
+            assert await routing.remove_all(ipr, at_100) == 11
 
     asyncio.run(body())
     assert snapshot(lab) == before
@@ -275,8 +304,8 @@ def test_remove_all_leaves_nothing_of_ecmpd(lab: Lab) -> None:
         async with router(lab) as ipr:
             d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
             await routing.apply(ipr, CFG, d)
-            assert len(kernel_plan(lab, CFG)) == 10
-            assert await routing.remove_all(ipr, CFG) == 10
+            assert len(kernel_plan(lab, CFG)) == 11
+            assert await routing.remove_all(ipr, CFG) == 11
             actual = await routing.read_actual(ipr, CFG)
             assert (actual.routes, actual.rules, actual.foreign_main) == ({}, set(), None)
 
@@ -295,7 +324,8 @@ def test_read_links_and_read_addresses(lab: Lab) -> None:
         async with router(lab) as ipr:
             links = await routing.read_links(ipr)
             assert {n: v["index"] for n, v in links.items()} == kernel
-            assert links["wlan1"] == {"index": kernel["wlan1"], "up": True, "carrier": True}
+            assert links["wlan1"] == {"index": kernel["wlan1"], "up": True, "carrier": True,
+                                      "pointopoint": False}
             addrs = await routing.read_addresses(ipr)
             assert addrs[kernel["wlan1"]][0] == ("10.111.0.2", 24)
             assert sorted(addrs[kernel["wlan1"]]) == [("10.111.0.2", 24), ("10.111.0.3", 24),
@@ -306,8 +336,10 @@ def test_read_links_and_read_addresses(lab: Lab) -> None:
             lab.run(lab.ns_router, "ip", "link", "set", "dev", "wlan2", "down")
             lab.fault("wlan1", "carrier")  # the ISP's side goes down: no carrier, still admin up
             links = await routing.read_links(ipr)
-            assert links["wlan2"] == {"index": kernel["wlan2"], "up": False, "carrier": False}
-            assert links["wlan1"] == {"index": kernel["wlan1"], "up": True, "carrier": False}
+            assert links["wlan2"] == {"index": kernel["wlan2"], "up": False, "carrier": False,
+                                      "pointopoint": False}
+            assert links["wlan1"] == {"index": kernel["wlan1"], "up": True, "carrier": False,
+                                      "pointopoint": False}
 
     asyncio.run(body())
 
@@ -442,7 +474,7 @@ def test_own_proto_routes_at_other_metrics_are_reported_not_touched(lab: Lab) ->
             lines = routing.stray_warnings(actual, CFG)
             assert len(lines) == 2 and "at metric 50 (via 10.112.0.1) sits below" in lines[0]
             assert "ip route del default proto 236 metric 50" in lines[0]
-            assert await routing.remove_all(ipr, CFG) == 10
+            assert await routing.remove_all(ipr, CFG) == 11
 
     asyncio.run(body())
     assert snapshot(lab) == before
@@ -460,15 +492,16 @@ def test_handover_moves_everything_to_the_new_numbers_and_nothing_else(lab: Lab)
             d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
             await routing.apply(ipr, CFG, d)
             n = await routing.handover(ipr, CFG, NEW)
-            # the new suppress rule, the new main route; per WAN its 2 new routes, 2 new
-            # rules, 2 old rules, 2 old routes; the old main route, the old suppress rule
-            assert n == 1 + 1 + 2 * (2 + 2 + 2 + 2) + 1 + 1
+            # the new suppress rule; per WAN its 2 new routes, 2 new rules, 2 old rules, 2
+            # old routes; the new multipath route and rule, the old rule and route; the old
+            # suppress rule
+            assert n == 1 + 2 * (2 + 2 + 2 + 2) + 4 + 1
             assert kernel_plan(lab, CFG) == []
             want = await desired(ipr, lab, NEW, {"wlan1", "wlan2"})
             assert kernel_plan(lab, NEW) == planned(want)
             assert await routing.apply(ipr, NEW, want) == 0   # translated == desired here
             assert await routing.handover(ipr, NEW, NEW) == 0
-            assert await routing.remove_all(ipr, NEW) == 10
+            assert await routing.remove_all(ipr, NEW) == 11
 
     asyncio.run(body())
     assert snapshot(lab) == before
@@ -476,7 +509,8 @@ def test_handover_moves_everything_to_the_new_numbers_and_nothing_else(lab: Lab)
 
 def test_handover_keeps_the_old_main_route_when_a_foreign_one_holds_the_new_metric(
         lab: Lab, caplog: pytest.LogCaptureFixture) -> None:
-    lab.run(lab.ns_router, "ip", "route", "add", "default", "via", "10.111.0.1", "metric", "10")
+    lab.run(lab.ns_router, "ip", "route", "add", "default", "via", "10.111.0.1", "metric", "10",
+            "table", "3000")
 
     async def body() -> None:
         async with router(lab) as ipr:
@@ -484,11 +518,11 @@ def test_handover_keeps_the_old_main_route_when_a_foreign_one_holds_the_new_metr
             await routing.apply(ipr, CFG, d)
             with caplog.at_level(logging.ERROR, logger="ecmpd"):
                 await routing.handover(ipr, CFG, NEW)
-            assert "ecmpd's route stays at metric 0" in caplog.text
+            assert "ecmpd's route stays in table 1000 metric 0" in caplog.text
             old = await routing.read_actual(ipr, CFG)
-            assert set(old.routes) == {(254, 0)} and not old.rules
+            assert set(old.routes) == {(1000, 0)} and len(old.rules) == 1
             new = await routing.read_actual(ipr, NEW)
-            assert (254, 10) not in new.routes and new.foreign_main is not None
+            assert (3000, 10) not in new.routes and new.foreign_main is not None
             assert len(new.rules) == 5
 
     asyncio.run(body())
@@ -503,7 +537,7 @@ def test_a_removed_wans_table_is_found_through_its_rules_and_cleaned(lab: Lab) -
         async with router(lab) as ipr:
             await routing.apply(ipr, CFG, await desired(ipr, lab, CFG, {"wlan1", "wlan2"}))
             actual = await routing.read_actual(ipr, only1)
-            assert {t for t, _ in actual.routes} == {254, 1001, 1002}
+            assert {t for t, _ in actual.routes} == {1000, 1001, 1002}
             d1 = await desired(ipr, lab, only1, {"wlan1"})
             # route 1002 x2 removed, rules 1002 and 1258 removed, the main route changed
             assert await routing.apply(ipr, only1, d1, actual) == 5

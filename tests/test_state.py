@@ -16,7 +16,7 @@ from ecmpd.health import Health, State as H, Verdict
 from ecmpd.logsetup import NOTICE
 from ecmpd.model import Config, Wan
 from ecmpd.reconfig import plan_reload
-from ecmpd.state import (Link, State, WanState, active, address, awaiting_verdict, carrier,
+from ecmpd.state import (Default, Link, State, WanState, active, address, awaiting_verdict, carrier,
                          decide, initial, keeps_last_route, link_ok, usable)
 
 CFG = Config(
@@ -55,7 +55,7 @@ def logs(effects) -> list[tuple[int, str]]:
 
 
 def main_route(*gw_oif: tuple[str, int]) -> RouteSpec:
-    return RouteSpec(MAIN_TABLE, tuple(Nexthop(g, o, 1) for g, o in gw_oif), 0)
+    return RouteSpec(1000, tuple(Nexthop(g, o, 1) for g, o in gw_oif), 0)
 
 
 # ---- the snapshot --------------------------------------------------------------------
@@ -82,7 +82,7 @@ def test_initial_judges_links_from_what_netlink_shows() -> None:
     assert (w1.health, w1.since, w1.disabled, w1.adopted) == (Health(), T0, True, False)
     assert w2.health == Health(H.DOWN, 0, "no carrier")
     assert list(st.wans) == ["wlan1", "wlan2"]
-    assert start(links={}).wan("wlan1").health.reason == "no such interface"
+    assert start(links={}).wan("wlan1").health.reason == "interface missing"
     assert start(addrs={12: ADDRS[12]}).wan("wlan1").health.reason == "no IPv4 address"
 
 
@@ -124,7 +124,7 @@ def test_decide_routes_and_the_kept_flag_from_one_snapshot() -> None:
     st = up(start(), "wlan2")
     d = decide(st, kernel)
     assert d.active == {"wlan2"} and not d.kept
-    assert d.desired.main == RouteSpec(MAIN_TABLE, (Nexthop("198.51.100.1", 12, 2),), 0)
+    assert d.desired.main == RouteSpec(1000, (Nexthop("198.51.100.1", 12, 2),), 0)
     assert d.in_route("wlan2") and not d.in_route("wlan1")
     # nothing usable: the kernel's route is kept, and said so
     st = st.with_wan("wlan2", WanState(Health(H.DOWN, 0, "x"), T0))
@@ -279,8 +279,8 @@ def test_a_resync_replaces_links_and_addresses_whole() -> None:
 # ---- routes, rules, ruleset ------------------------------------------------------------
 
 @pytest.mark.parametrize("table, dst_len, reconcile", [
-    (254, 0, True), (1001, 0, True), (1255, 0, True),
-    (100, 0, False), (1000, 0, False), (1256, 0, False), (255, 0, False),
+    (254, 0, True), (1000, 0, True), (1001, 0, True), (1255, 0, True),
+    (100, 0, False), (999, 0, False), (1256, 0, False), (255, 0, False),
     (254, 24, False), (1001, 32, False),
 ])
 def test_route_events_reconcile_only_for_default_routes_in_ecmpd_tables(
@@ -291,8 +291,8 @@ def test_route_events_reconcile_only_for_default_routes_in_ecmpd_tables(
 
 
 @pytest.mark.parametrize("priority, reconcile", [
-    (1000, True), (1001, True), (1257, True), (1511, True),
-    (999, False), (1512, False), (32766, False), (0, False)])
+    (1000, True), (1001, True), (1257, True), (1511, True), (1512, True),
+    (999, False), (1513, False), (32766, False), (0, False)])
 def test_rule_events_reconcile_only_inside_ecmpd_range(priority, reconcile) -> None:
     st = start()
     assert bool(step(st, ev.RuleChanged(priority))[1]) is reconcile
@@ -302,7 +302,7 @@ def test_the_ranges_follow_the_config_and_the_ruleset_always_reconciles() -> Non
     st = start(cfg=dataclasses.replace(CFG, table_base=2000, rule_priority=500))
     assert step(st, ev.RouteChanged(1001, 0))[1] == ()
     assert step(st, ev.RouteChanged(2001, 0))[1] == (ev.Reconcile(),)
-    assert step(st, ev.RuleChanged(1012))[1] == ()
+    assert step(st, ev.RuleChanged(1013))[1] == ()
     assert step(st, ev.RuleChanged(500))[1] == (ev.Reconcile(),)
     assert step(st, ev.RulesetChanged()) == (st, (ev.Reconcile(),))
 
@@ -335,7 +335,7 @@ def test_adoption_at_start() -> None:
     assert "adopting" in effects[0].message
     # a WAN without link keeps its own reason
     st3, _ = step(start(links={"eth1": UP_LINK}), ev.Adopted(main_route(("192.0.2.1", 11))))
-    assert st3.wan("wlan2").health.reason == "no such interface"
+    assert st3.wan("wlan2").health.reason == "interface missing"
 
 
 def test_reload_keeps_unchanged_wans_and_judges_new_ones_anew() -> None:
@@ -349,7 +349,7 @@ def test_reload_keeps_unchanged_wans_and_judges_new_ones_anew() -> None:
     assert st2.cfg is new and list(st2.wans) == ["wlan1", "wlan2", "wlan3"]
     assert st2.wan("wlan1") == st.wan("wlan1")                        # since kept
     assert st2.wan("wlan2") == WanState(Health(), T0 + 50, disabled=True)   # rejudged
-    assert st2.wan("wlan3").health == Health(H.DOWN, 0, "no such interface")
+    assert st2.wan("wlan3").health == Health(H.DOWN, 0, "interface missing")
     assert effects == (ev.Reconcile(),)
     # removed and renumbered: their old marks are flushed, the renumbering said
     gone = dataclasses.replace(CFG, wans=(dataclasses.replace(CFG.wans[1], id=1),))
@@ -400,3 +400,91 @@ def test_invariants_hold_after_every_event(seed: int) -> None:
         if active(before) != active(st):
             assert any(isinstance(e, ev.Reconcile) for e in effects), (seed, i)
         assert list(st.wans) == ["wlan1", "wlan2"]
+
+
+# ---- gateway: auto -------------------------------------------------------------------
+
+AUTO = Config(
+    lan_interfaces=("lan0",),
+    wans=(Wan("dhcp", "eth1", None, weight=1, id=1),
+          Wan("ppp", "ppp0", None, weight=5, id=2),
+          Wan("fixed", "eth2", IPv4Address("198.51.100.1"), id=3)),
+)
+PPP = Link(20, True, True, pointopoint=True)
+AUTO_LINKS = {**LINKS, "ppp0": PPP}
+AUTO_ADDRS = {**ADDRS, 20: (("10.64.0.7", 32, "10.64.0.1"),)}
+
+
+def dhcp_route(gw: str, metric: int = 0, oif: int = 11) -> tuple:
+    return (Default(metric, oif, gw),)
+
+
+def test_a_learned_gateway_comes_from_another_programs_default_route() -> None:
+    from ecmpd.state import gateway, link_problem, probe_gateway
+    st = start(links=AUTO_LINKS, addrs=AUTO_ADDRS, cfg=AUTO)
+    dhcp, ppp, fixed = AUTO.wans
+    # nothing learned yet: DOWN, waiting; the point-to-point link needs no gateway
+    assert gateway(st, dhcp) is None and link_problem(st, dhcp) == "waiting for a gateway"
+    assert st.wan("dhcp").health.state is H.DOWN
+    assert gateway(st, ppp) == "" and probe_gateway(st, ppp) == "10.64.0.1"
+    assert gateway(st, fixed) == "198.51.100.1"
+    # any table, any metric; the lowest metric wins, table main first among equals;
+    # routes via other interfaces do not count
+    st = dataclasses.replace(st, defaults={
+        254: dhcp_route("192.0.2.1", 100) + dhcp_route("198.51.100.1", 0, oif=12),
+        77: dhcp_route("192.0.2.254", 50)})
+    assert gateway(st, dhcp) == "192.0.2.254"
+    st = dataclasses.replace(st, defaults={254: dhcp_route("192.0.2.1", 50),
+                                           77: dhcp_route("192.0.2.254", 50)})
+    assert gateway(st, dhcp) == "192.0.2.1"
+    assert link_problem(st, dhcp) is None
+
+
+def test_learning_a_gateway_starts_rising_and_losing_it_goes_down() -> None:
+    st = start(links=AUTO_LINKS, addrs=AUTO_ADDRS, cfg=AUTO)
+    st2, effects = step(st, ev.DefaultsChanged(254, dhcp_route("192.0.2.1")))
+    assert st2.wan("dhcp").health.state is H.RISING
+    assert "ResetProber" in kinds(effects) and "Reconcile" in kinds(effects)
+    assert (logging.INFO, "dhcp: gateway none -> 192.0.2.1") in logs(effects)
+    # the route goes (a DHCP client deletes it before adding the renewed one): the last
+    # gateway stays in use, the probes judge it
+    st3, effects = step(up(st2, "dhcp"), ev.DefaultsChanged(254, ()))
+    assert st3.wan("dhcp").health == UP and 254 not in st3.defaults
+    assert st3.wan("dhcp").learned == "192.0.2.1" and effects == ()
+    # the address goes (the lease is lost): the gateway is forgotten with it
+    st4, effects = step(st3, ev.AddressesChanged(11, True, {12: ADDRS[12]}))
+    assert st4.wan("dhcp").health == Health(H.DOWN, 0, "address removed")
+    assert st4.wan("dhcp").learned is None and "Flush" in kinds(effects)
+    st5, _ = step(st4, ev.AddressesChanged(11, False, ADDRS))
+    assert st5.wan("dhcp").health == Health(H.DOWN, 0, "waiting for a gateway")
+    # a table that could not be read changes nothing
+    assert step(st2, ev.DefaultsChanged(254, None)) == (st2, ())
+
+
+def test_a_moved_gateway_keeps_the_health_and_the_route_follows() -> None:
+    st = up(step(start(links=AUTO_LINKS, addrs=AUTO_ADDRS, cfg=AUTO),
+                 ev.DefaultsChanged(254, dhcp_route("192.0.2.1")))[0])
+    st2, effects = step(st, ev.DefaultsChanged(254, dhcp_route("192.0.2.254")))
+    assert st2.wan("dhcp").health == UP
+    assert (NOTICE, "dhcp: gateway 192.0.2.1 -> 192.0.2.254") in logs(effects)
+    assert ev.Reconcile(urgent=True) in effects and "Flush" not in kinds(effects)
+    hops = decide(st2, None).desired.main.hops()
+    assert hops == {("192.0.2.254", 11), ("", 20), ("198.51.100.1", 12)}
+
+
+def test_a_new_address_forgets_the_connections_nated_to_the_old_one() -> None:
+    st = up(start(links=AUTO_LINKS, addrs=AUTO_ADDRS, cfg=AUTO))
+    # PPP reconnect: the interface goes (address with it), comes back with another
+    st2, effects = step(st, ev.LinkChanged("ppp0", None))
+    assert ev.ForgetAddress("ppp", "10.64.0.7") in effects
+    assert st2.wan("ppp").health == Health(H.DOWN, 0, "interface removed")
+    st3, effects = step(st2, ev.LinkChanged("ppp0", Link(21, True, True, pointopoint=True)))
+    assert "ForgetAddress" not in kinds(effects)
+    st4, effects = step(st3, ev.AddressesChanged(21, False, {**ADDRS, 21: (("10.64.0.9", 32),)}))
+    assert st4.wan("ppp").health.state is H.RISING and "ResetProber" in kinds(effects)
+    # an address replaced in place (a new DHCP lease) forgets the old one too; a carrier
+    # loss, which keeps the address, forgets nothing
+    st5, effects = step(st4, ev.AddressesChanged(21, False, {**ADDRS, 21: (("10.64.0.10", 32),)}))
+    assert ev.ForgetAddress("ppp", "10.64.0.9") in effects
+    _, effects = step(st5, ev.LinkChanged("ppp0", Link(21, True, False, pointopoint=True)))
+    assert "ForgetAddress" not in kinds(effects)

@@ -23,7 +23,7 @@ from ecmpd.health import Health, State as H, Verdict
 from ecmpd.judge import RoundResult, TargetSample, Window
 from ecmpd.model import Config, ProbeSettings, Wan
 from ecmpd.routing import Actual
-from ecmpd.state import Link, State, WanState, initial
+from ecmpd.state import Default, Link, State, WanState, initial
 from ecmpd.status import ProbeReading, Snapshot, Stats, TargetReading, reading, render
 
 CFG = Config(
@@ -40,7 +40,8 @@ UP = Health(H.UP, 0, "after 5 good rounds")
 
 WAN_KEYS = {"state", "health", "since", "reason", "last_round", "interface", "gateway",
             "address", "weight", "active", "disabled", "carrier", "mark", "table",
-            "connections", "targets", "verdict", "note", "timeout_ms"}
+            "connections", "targets", "verdict", "note", "timeout_ms", "gateway_source",
+            "nexthop"}
 TOP_KEYS = {"pid", "config", "uptime", "hash", "wans", "route", "warnings", "stats"}
 STATS_KEYS = {"reconciles", "changes", "nft_writes", "events", "reaction_ms", "flushes",
               "resyncs"}
@@ -86,6 +87,28 @@ def test_the_payload_has_the_documented_keys_and_is_json() -> None:
     assert "wan: wlan1" in text and "wan: wlan2" in text
     assert "via 198.51.100.1 dev eth2 weight 2" in text
     assert "warning" not in text
+
+
+def test_learned_gateways_show_what_is_in_use_and_null_while_unknown() -> None:
+    cfg = dataclasses.replace(CFG, wans=(dataclasses.replace(CFG.wans[0], gateway=None),
+                                         dataclasses.replace(CFG.wans[1], gateway=None,
+                                                             interface="ppp0")))
+    links = {**LINKS, "ppp0": Link(20, True, True, pointopoint=True)}
+    st = initial(cfg, links, {**ADDRS, 20: (("10.64.0.7", 32, "10.64.0.1"),)}, (), 0.0)
+    payload = render(snap(st, main=route(hop("", 20))))
+    w1, w2 = payload["wans"]["wlan1"], payload["wans"]["wlan2"]
+    assert (w1["gateway"], w1["nexthop"], w1["gateway_source"]) == (None, None, "learned")
+    assert (w1["state"], w1["reason"]) == ("down", "waiting for a gateway")
+    assert (w2["gateway"], w2["nexthop"]) == (None, "dev ppp0")
+    assert payload["route"]["nexthops"] == [{"gateway": None, "interface": "ppp0",
+                                             "weight": None}]
+    text = render_status(payload, time.time())
+    assert "gateway: none yet (learned)" in text
+    assert "gateway: none needed (point-to-point: dev ppp0)" in text
+    assert "\n  dev ppp0\n" in text + "\n"
+    learned = dataclasses.replace(st, defaults={254: (Default(0, 11, "192.0.2.254"),)})
+    w1 = render(snap(learned))["wans"]["wlan1"]
+    assert (w1["gateway"], w1["nexthop"]) == ("192.0.2.254", "via 192.0.2.254 dev eth1")
 
 
 def test_a_snapshot_is_immutable() -> None:

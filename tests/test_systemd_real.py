@@ -127,8 +127,8 @@ class Setup:
         return json.loads(self.ctl("status", "--json").stdout)
 
     def route(self) -> str:
-        """The container's default route(s), as `ip route` prints them."""
-        return self.m.run("ip", "route", "show", "default").stdout
+        """ecmpd's multipath default route in the container (table `tables.base`)."""
+        return self.m.run("ip", "route", "show", "default", "table", "1000").stdout
 
     def ensure_running(self) -> int:
         """Start ecmpd if it is not running; its MainPID."""

@@ -12,6 +12,7 @@ import errno
 import logging
 import socket
 import types
+from ipaddress import IPv4Address
 from typing import Any, Awaitable, Callable, Iterator
 
 import pytest
@@ -23,11 +24,13 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from ecmpd import watcher as watcher_mod
-from ecmpd.events import (AddressesChanged, LinkChanged, Resynced, RouteChanged, RuleChanged,
+from ecmpd.events import (AddressesChanged, DefaultsChanged, LinkChanged, Resynced,
+                          RouteChanged, RuleChanged,
                           RulesetChanged)
 from ecmpd.netlinkimport import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE,
                                  RTMGRP_LINK)
-from ecmpd.state import Link
+from ecmpd.model import Config, Wan
+from ecmpd.state import Default, Link
 from ecmpd.watcher import Watcher
 
 IFF_UP, IFF_RUNNING, IFF_LOWER_UP = 0x1, 0x40, 0x10000
@@ -125,6 +128,9 @@ class Sink:
 
     async def dump_addresses(self):
         return await self._dump("addresses", ADDRS)
+
+    async def dump_defaults(self, table=None):
+        return {}
 
 
 class EventSource:
@@ -243,6 +249,35 @@ def test_rule_events_carry_the_priority(priority, reported) -> None:
     assert run(handle, rule_msg("RTM_DELRULE", priority)) == [RuleChanged(reported)]
 
 
+def test_other_programs_default_routes_are_reread_while_a_wan_learns_its_gateway() -> None:
+    """A DHCP client's default route (proto dhcp, 16) in any table: that table is re-read
+    and reported; ecmpd's own routes, other prefixes and configs without `gateway: auto`
+    read nothing."""
+    class Defaults(Sink):
+        async def dump_defaults(self, table=None):
+            self.log.append(f"dump defaults {table}")
+            return {table: (Default(0, 11, "192.0.2.1"),)}
+
+    def events(cfg, *msgs) -> list:
+        async def body() -> list:
+            sink = Defaults()
+            w = Watcher(sink)
+            w.follow(cfg)
+            for m in msgs:
+                await w._handle(m)
+            return sink.events
+        return run(body)
+
+    auto = Config(("lan0",), (Wan("w", "eth1", None),))
+    fixed = Config(("lan0",), (Wan("w", "eth1", IPv4Address("192.0.2.1")),))
+    learned = DefaultsChanged(77, (Default(0, 11, "192.0.2.1"),))
+    assert events(auto, route_msg("RTM_NEWROUTE", 77, proto=16)) == [RouteChanged(77, 0),
+                                                                     learned]
+    assert events(auto, route_msg("RTM_NEWROUTE", 1001), route_msg("RTM_NEWROUTE", 77, 24, 16),
+                  ) == [RouteChanged(1001, 0), RouteChanged(77, 24)]
+    assert events(fixed, route_msg("RTM_DELROUTE", 254, proto=16)) == [RouteChanged(254, 0)]
+
+
 def test_unrelated_events_are_ignored() -> None:
     assert run(handle, {"event": "RTM_NEWNEIGH", "index": 11}, {"event": None}) == []
 
@@ -329,7 +364,7 @@ def test_resync_reports_both_dumps_as_one_event() -> None:
         await Watcher(sink).resync()
         return sink
     sink = run(body)
-    assert sink.events == [Resynced(LINKS, ADDRS)]
+    assert sink.events == [Resynced(LINKS, ADDRS, {})]
     assert sink.log == ["dump links", "dump addresses", "submit Resynced"]
 
 
@@ -361,7 +396,7 @@ def test_lost_events_drop_the_backlog_and_resync_from_a_new_subscription(error, 
 
     with caplog.at_level(logging.WARNING, logger="ecmpd"):
         w, sink, subs = run(body)
-    assert sink.events == [RuleChanged(1001), Resynced(LINKS, ADDRS),
+    assert sink.events == [RuleChanged(1001), Resynced(LINKS, ADDRS, {}),
                            LinkChanged("eth1", Link(11, True, True))]
     assert sink.log == ["open 0", "submit RuleChanged", "open 1", "close 0", "dump links",
                         "dump addresses", "submit Resynced", "submit LinkChanged", "close 1"]
@@ -438,7 +473,7 @@ def test_subscribing_again_is_retried_until_it_works(monkeypatch, caplog) -> Non
     with caplog.at_level(logging.ERROR, logger="ecmpd"):
         sink = run(body)
     assert [s.closed for s in subs.made] == [True, True, True, True]
-    assert sink.events == [Resynced(LINKS, ADDRS), RuleChanged(1000)]
+    assert sink.events == [Resynced(LINKS, ADDRS, {}), RuleChanged(1000)]
     assert caplog.text.count("cannot subscribe to kernel events") == 2
 
 
@@ -464,7 +499,7 @@ def test_an_ended_event_stream_is_resubscribed() -> None:
         await until(lambda: RuleChanged(1000) in sink.events, "the event on the new socket")
         await w.stop()
         return sink
-    assert run(body).events == [Resynced(LINKS, ADDRS), RuleChanged(1000)]
+    assert run(body).events == [Resynced(LINKS, ADDRS, {}), RuleChanged(1000)]
 
 
 def test_stop_cancels_the_loop_and_closes_the_socket() -> None:

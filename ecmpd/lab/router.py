@@ -153,17 +153,36 @@ class Ecmpd:
         except OSError:
             return ""
 
+    def table(self) -> int:
+        """The table of ecmpd's multipath route (`tables.base` of its config)."""
+        try:
+            cfg = yaml.safe_load(self.config_path.read_text()) or {}
+            return int((cfg.get("tables") or {}).get("base", DEFAULT_TABLE))
+        except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):
+            return DEFAULT_TABLE
+
     def route(self) -> str:
-        """`ip route show default` in the router namespace."""
-        return self.lab.run(self.lab.ns_router, "ip", "route", "show", "default").stdout
+        """ecmpd's multipath default route (`ip route show default table <base>`)."""
+        return route_text(self.lab, self.table())
 
 
-def kernel_hops(lab: Lab) -> set[tuple[str, str, int]]:
-    """(gateway, dev, weight) of the router's main default route, from `ip -j route`."""
-    routes = json.loads(lab.run(lab.ns_router, "ip", "-j", "route", "show", "default").stdout)
+DEFAULT_TABLE = 1000
+"""`tables.base` by default: the table of ecmpd's multipath route."""
+
+
+def route_text(lab: Lab, table: int = DEFAULT_TABLE) -> str:
+    """`ip route show default table <table>` in the router namespace."""
+    return lab.run(lab.ns_router, "ip", "route", "show", "default", "table", str(table)).stdout
+
+
+def kernel_hops(lab: Lab, table: int = DEFAULT_TABLE) -> set[tuple[str, str, int]]:
+    """(gateway, dev, weight) of ecmpd's multipath default route, from `ip -j route`
+    (gateway "" for a device nexthop)."""
+    routes = json.loads(lab.run(lab.ns_router, "ip", "-j", "route", "show", "default",
+                                "table", str(table)).stdout)
     assert len(routes) == 1, routes
     hops = routes[0].get("nexthops") or [dict(routes[0], weight=1)]
-    return {(h["gateway"], h["dev"], h.get("weight", 1)) for h in hops}
+    return {(h.get("gateway", ""), h["dev"], h.get("weight", 1)) for h in hops}
 
 
 def nft_table(lab: Lab, table: str = "ecmpd") -> str:

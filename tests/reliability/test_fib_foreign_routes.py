@@ -58,11 +58,11 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def route_without(lab, gateway: str, timeout: float, since: float) -> float:
-    """Seconds from `since` until ecmpd's main route no longer has `gateway` (inf: not
-    within `timeout`)."""
+    """Seconds from `since` until ecmpd's multipath route (table 1000, `tables.base`) no
+    longer has `gateway` (inf: not within `timeout`)."""
     t0 = since
     while time.monotonic() - t0 < timeout:
-        out = lab.run(lab.ns_router, "ip", "route", "show", "table", "main", "proto", "236").stdout
+        out = lab.run(lab.ns_router, "ip", "route", "show", "table", "1000", "proto", "236").stdout
         if "default" in out and gateway not in out:
             return time.monotonic() - t0
         time.sleep(0.005)
