@@ -62,13 +62,14 @@ def progress(line: str) -> None:
 # ---- the kernel, observed directly -----------------------------------------------------
 
 def route_gateways(ns: str) -> set[str] | None:
-    """Gateways of ecmpd's main route (proto 236, lowest metric), None when absent."""
+    """Gateways of ecmpd's multipath route (proto 236, lowest metric, in its table
+    `tables.base`, 1000), None when absent."""
     reader = routing.RouteReader(routing.socket_in_netns(ns))
-    msgs = [m for m in reader.defaults() if m["dst_len"] == 0 and m["proto"] == PROTO]
+    msgs = [m for m in reader.defaults(1000) if m["dst_len"] == 0 and m["proto"] == PROTO]
     if not msgs:
         return None
     msg = min(msgs, key=lambda m: m.get("priority") or 0)
-    return {h.gateway for h in routing._nexthops(msg)}
+    return {h.gateway for h in routing.nexthops_of(msg)}
 
 
 def wait_route(ns: str, pred, timeout: float, since: float | None = None,

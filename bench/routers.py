@@ -86,17 +86,21 @@ def flush_conntrack(lab: Lab) -> None:
 
 
 def route_interfaces(lab: Lab) -> set[str]:
-    """The interfaces of table main's default route in the router (empty: none)."""
-    out = lab.run(lab.ns_router, "ip", "-j", "route", "show", "default").stdout
+    """The interfaces of the router's default route for new flows (empty: none): ecmpd's
+    in its table (`stats.ECMPD_TABLE`), or the baseline's in table main."""
+    out = lab.run(lab.ns_router, "ip", "-j", "route", "show", "default", "table", "all").stdout
     found: set[str] = set()
     for route in json.loads(out or "[]"):
+        if route.get("table", "main") not in ("main", stats.ECMPD_TABLE) \
+                or route.get("type", "unicast") != "unicast":
+            continue
         hops = route.get("nexthops") or [route]
         found |= {h["dev"] for h in hops if "dev" in h and "dead" not in h.get("flags", [])}
     return found
 
 
 def wait_routed(lab: Lab, names: set[str], timeout: float) -> None:
-    """Poll the kernel until table main's default route uses exactly `names`."""
+    """Poll the kernel until the default route for new flows uses exactly `names`."""
     wait_until(lambda: route_interfaces(lab) == names, timeout, f"route over {sorted(names)}")
 
 

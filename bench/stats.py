@@ -202,11 +202,22 @@ def parse_monitor(text: str) -> list[tuple[float, str]]:
     return events
 
 
+ECMPD_TABLE = "1000"
+"""The table of ecmpd's multipath route (`tables.base` by default); the seed baseline
+keeps its route in table main.  "The default route" below is whichever of them exists."""
+
+
+def _other_table(body: str) -> bool:
+    """Whether a monitor line is about a table other than main and ecmpd's."""
+    m = re.search(r" table (\S+)", f"{body} ")
+    return m is not None and m.group(1) != ECMPD_TABLE
+
+
 def main_route_without(events: Sequence[tuple[float, str]], gateway: str) -> list[float]:
-    """Times of new default routes in table main that do not use `gateway`."""
+    """Times of new default routes (table main or ecmpd's) that do not use `gateway`."""
     out = []
     for ts, body in events:
-        if body.startswith("default ") and " table " not in body \
+        if body.startswith("default ") and not _other_table(body) \
                 and f"via {gateway} " not in body + " ":
             out.append(ts)
     return out
@@ -252,14 +263,15 @@ _DEV = re.compile(r"\bdev (\S+)")
 
 
 def default_route_devs(body: str) -> set[str] | None:
-    """The devices of the live nexthops of table main's default route after one
+    """The devices of the live nexthops of the default route (table main's, or ecmpd's
+    table's: `ECMPD_TABLE`) after one
     `parse_monitor` event: ``set()`` when the route was deleted, None when the event is
     about another route (another table, another prefix, an ``unreachable`` default).
     Nexthops flagged ``dead`` do not count."""
     deleted = body.startswith("Deleted ")
     if deleted:
         body = body[len("Deleted "):]
-    if not body.startswith("default ") or " table " in f"{body} ":
+    if not body.startswith("default ") or _other_table(body) or " unreachable " in body:
         return None
     if deleted:
         return set()

@@ -1,3 +1,3 @@
 """ecmpd: Linux multi-WAN gateway daemon."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

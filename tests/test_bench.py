@@ -411,3 +411,15 @@ def test_sigterm_handler_tears_down_only_in_the_main_process() -> None:
             os._exit(1)  # not reached when the handler exits the child itself
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 143
+
+
+def test_ecmpds_table_counts_as_the_default_route_other_tables_do_not() -> None:
+    ecmpd = ("default table 1000 proto 236 metric 0 nexthop via 10.111.0.1 dev wlan1 "
+             "weight 1 nexthop via 10.112.0.1 dev wlan2 weight 5")
+    assert stats.default_route_devs(ecmpd) == {"wlan1", "wlan2"}
+    assert stats.default_route_devs("default via 10.111.0.1 dev wlan1 table 1001 proto 236") \
+        is None
+    assert stats.default_route_devs("unreachable default table 1000 proto 236") is None
+    assert stats.main_route_without([(1.0, ecmpd), (2.0, "default via 10.112.0.1 dev wlan2 "
+                                                         "table 1000 proto 236")],
+                                    "10.111.0.1") == [2.0]

@@ -9,10 +9,12 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 import pytest
+import yaml
 
 from ecmpd.config import ConfigError, load_config, parse_config, problems_for
 from ecmpd.model import Config, ProbeSettings, Wan
 from ecmpd.configvalues import parse_duration, parse_percent
+from ecmpd.yamlpos import describe
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "ecmpd.yaml"
 SRC = "ecmpd.yaml"
@@ -513,3 +515,25 @@ def test_fuzzed_example_only_ever_loads_or_raises_config_error() -> None:
                 line.encode("utf-8")  # printable to any UTF-8 terminal: no lone surrogates
     # the mutations must exercise both paths, or the test proves nothing
     assert outcomes["ok"] > 20 and outcomes["error"] > 200, outcomes
+
+
+def test_gateway_auto_and_the_forms_it_refuses() -> None:
+    cfg = parse_config(BASE.replace("192.0.2.1", "auto\n    address: 203.0.113.2/24"), SRC)
+    assert cfg.wans[0].gateway is None and cfg.wans[1].gateway == IPv4Address("198.51.100.1")
+    two_auto = parse_config(BASE.replace("192.0.2.1", "auto").replace("198.51.100.1", "auto"),
+                            SRC)
+    assert [w.gateway for w in two_auto.wans] == [None, None]
+    for form in ("dhcp", "AUTO", "ppp", "''", "[auto]"):
+        assert problems(BASE.replace("192.0.2.1", form)) == [
+            f"ecmpd.yaml:6: wans.a.gateway: must be a unicast IPv4 address or 'auto', got "
+            f"{describe(yaml.safe_load(form))}"]
+    # a fixed gateway outside the WAN's subnet stays an error
+    assert problems(BASE + "    address: 203.0.113.2/24\n") == [
+        "ecmpd.yaml:9: wans.b.gateway: 198.51.100.1 is not inside wans.b.address "
+        "203.0.113.2/24"]
+
+
+def test_tables_base_itself_must_not_be_a_kernel_table() -> None:
+    assert problems(BASE + "tables:\n  base: 255\n") == [
+        "ecmpd.yaml:11: tables.base: ecmpd's multipath route lives in table tables.base "
+        "(255), the kernel's 'local' table"]

@@ -163,4 +163,4 @@ def test_a_ppp_reconnect_with_a_new_address(dyn) -> None:
     assert not [r for r in others if r.broken]
     ptp.disconnect()
     expect(wans_view(d, "state"), {"wlan1": ("up",), "wlan2": ("up",), "ppp0": ("down",)})
-    assert d.status()["wans"]["ppp0"]["reason"] == "interface removed"
+    assert d.status()["wans"]["ppp0"]["reason"] == "interface missing"
