@@ -35,11 +35,14 @@ TS = re.compile(r"^\[[^\]]*\]\s*")
 
 
 def main_route_events(lines: list[str]) -> list[str]:
-    """The `ip monitor route` lines about a default route in table main."""
+    """The `ip monitor route` lines about ecmpd's multipath default route (table 1000,
+    `tables.base`) or a default route in table main."""
     out = []
     for line in lines:
         line = TS.sub("", line)
-        if re.match(r"^(Deleted )?default\b", line) and " table " not in line:
+        table = re.search(r" table (\S+)", line)
+        if re.match(r"^(Deleted )?default\b", line) and (table is None
+                                                         or table.group(1) == "1000"):
             out.append(line)
     return out
 
@@ -116,7 +119,7 @@ def test_restart_with_a_wan_down_keeps_it_out_until_it_recovers(make_lab, ecmpd_
     d = ecmpd_in(lab)
     lab.fault("wan2", "dead")
     d.wait_states({"wan2": "down"})
-    route = lab.run(lab.ns_router, "ip", "route", "show", "default").stdout
+    route = lab.run(lab.ns_router, "ip", "route", "show", "default", "table", "1000").stdout
     assert "wan1" in route and "wan2" not in route
     with route_events(lab) as during:
         d.kill9()
@@ -125,7 +128,8 @@ def test_restart_with_a_wan_down_keeps_it_out_until_it_recovers(make_lab, ecmpd_
         assert st["wans"]["wan2"]["state"] == "down" and not st["wans"]["wan2"]["active"]
         d.wait_states({"wan1": "up", "wan2": "down", "wan3": "up"})
     assert not main_route_events(during), main_route_events(during)
-    assert lab.run(lab.ns_router, "ip", "route", "show", "default").stdout == route
+    assert lab.run(lab.ns_router, "ip", "route", "show", "default", "table",
+                   "1000").stdout == route
     lab.heal("wan2")                        # and then it converges
     st = d.wait_states({"wan2": "up"})
     assert {h["interface"] for h in st["route"]["nexthops"]} == {"wan1", "wan2", "wan3"}
@@ -175,16 +179,17 @@ def test_external_deletions_and_changes_are_undone_within_a_second(make_lab, ecm
     table = prio = "1001"
     assert d.status()["wans"]["wlan1"]["table"] == 1001
     objects = {
-        "main route": (lambda: ip("-j", "route", "show", "default"),
-                       ("route", "del", "default", "proto", "236")),
+        "multipath route": (lambda: ip("-j", "route", "show", "default", "table", "1000"),
+                            ("route", "del", "default", "table", "1000", "proto", "236")),
         "fwmark rule": (lambda: ip("-j", "rule", "show"),
                         ("rule", "del", "priority", prio)),
         "table 1001": (lambda: ip("-j", "route", "show", "table", table),
                        ("route", "flush", "table", table)),
         # changed rather than deleted, under ecmpd's own proto
-        "main route replaced": (lambda: ip("-j", "route", "show", "default"),
-                                ("route", "replace", "default", "proto", "236",
-                                 "via", "10.111.0.1", "dev", "wlan1")),
+        "multipath route replaced": (lambda: ip("-j", "route", "show", "default", "table",
+                                                "1000"),
+                                     ("route", "replace", "default", "table", "1000", "proto",
+                                      "236", "via", "10.111.0.1", "dev", "wlan1")),
         "table 1001 replaced": (lambda: ip("-j", "route", "show", "table", table),
                                 ("route", "replace", "default", "proto", "236", "table", table,
                                  "via", "10.112.0.1", "dev", "wlan2")),
@@ -224,12 +229,12 @@ from pyroute2 import IPRoute
 rounds, deadline = int(sys.argv[1]), float(sys.argv[2])
 ipr = IPRoute()
 def present():
-    main = [r for r in ipr.get_routes(table=254) if r['dst_len'] == 0 and r['proto'] == 236]
+    main = [r for r in ipr.get_routes(table=1000) if r['dst_len'] == 0 and r['proto'] == 236]
     rule = [r for r in ipr.get_rules() if r.get('priority') == 1001]
     return bool(main and rule)
 times, lost = [], 0
 for i in range(rounds):
-    ipr.route('del', dst='0.0.0.0/0', table=254, proto=236)
+    ipr.route('del', dst='0.0.0.0/0', table=1000, proto=236)
     time.sleep(random.uniform(0, 0.004))
     ipr.rule('del', priority=1001, table=1001, fwmark=0x10000, fwmask=0xff0000)
     start = time.monotonic()

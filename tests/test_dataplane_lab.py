@@ -211,7 +211,7 @@ def test_reload_with_other_tables_and_priorities_leaves_no_orphans(make_lab, ecm
     d.wait_states({"wlan1": "up", "wlan2": "up"})
     rules = json.loads(lab.run(lab.ns_router, "ip", "-j", "rule").stdout)
     prios = sorted(r["priority"] for r in rules if r["priority"] not in (0, 32766, 32767))
-    assert prios == [3000, 3001, 3002, 3257, 3258]
+    assert prios == [3000, 3001, 3002, 3257, 3258, 3512]
     routes = lab.run(lab.ns_router, "ip", "route", "show", "table", "all").stdout
     assert "proto 236" not in routes and "table 1001" not in routes
     assert "table 2001" in routes and "table 2002" in routes

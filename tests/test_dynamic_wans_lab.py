@@ -85,6 +85,16 @@ def dyn(make_lab):
     dhcp.stop()
 
 
+def all_up_holding(lab: Lab, d: Ecmpd, flows: int) -> tuple[Any, Any]:
+    """Connect ppp0, start ecmpd, wait for every WAN UP, then hold `flows` LAN flows."""
+    ptp = lab.ptp("ppp0")
+    d.start()
+    d.wait_states({"wlan1": "up", "wlan2": "up", "ppp0": "up"})
+    held = lab.hold_flows(flows, byte_interval=0.1)
+    held.wait_established()
+    return ptp, held
+
+
 def test_gateways_are_learned_and_main_default_routes_are_left_alone(dyn) -> None:
     lab, dhcp, d = dyn
     # ppp0 does not exist yet: ecmpd starts, the WAN waits
@@ -115,11 +125,7 @@ def test_gateways_are_learned_and_main_default_routes_are_left_alone(dyn) -> Non
 
 def test_a_moved_dhcp_gateway_is_followed_and_other_wans_flows_live_on(dyn) -> None:
     lab, dhcp, d = dyn
-    ptp = lab.ptp("ppp0")
-    d.start()
-    d.wait_states({"wlan1": "up", "wlan2": "up", "ppp0": "up"})
-    held = lab.hold_flows(60, byte_interval=0.1)
-    held.wait_established()
+    ptp, held = all_up_holding(lab, d, 60)
     # the ISP moves its gateway; the old one goes at once, the lease renews
     lease = dhcp.move_gateway("10.111.0.254")
     assert lease.gateway == "10.111.0.254"
@@ -141,11 +147,7 @@ def test_a_moved_dhcp_gateway_is_followed_and_other_wans_flows_live_on(dyn) -> N
 
 def test_a_ppp_reconnect_with_a_new_address(dyn) -> None:
     lab, dhcp, d = dyn
-    ptp = lab.ptp("ppp0")
-    d.start()
-    d.wait_states({"wlan1": "up", "wlan2": "up", "ppp0": "up"})
-    held = lab.hold_flows(90, byte_interval=0.1)
-    held.wait_established()
+    ptp, held = all_up_holding(lab, d, 90)
     assert conntrack_to(lab, "10.113.0.2") > 0
     ptp.reconnect("10.113.0.7")
     expect(wans_view(d, "state", "address", "nexthop"), {

@@ -46,7 +46,7 @@ NEW = {"tables": {"base": 2000}, "rules": {"priority": 3000}, "route": {"metric"
 
 def ours(lab, proto: int = 236) -> dict:
     """ecmpd-looking objects in the router: default routes with `proto` (table, metric),
-    rules in 1000..1511 and 3000..3511 by (priority, table), nft tables ecmpd*."""
+    rules in 1000..1512 and 3000..3512 by (priority, table), nft tables ecmpd*."""
     routes = json.loads(lab.run(lab.ns_router, "ip", "-4", "-N", "-j", "route", "show", "table",
                                 "all", "proto", str(proto)).stdout)
     rules = json.loads(lab.run(lab.ns_router, "ip", "-N", "-j", "rule").stdout)
@@ -55,7 +55,7 @@ def ours(lab, proto: int = 236) -> dict:
         "routes": sorted((int(r.get("table", 254)), r.get("metric", 0)) for r in routes
                          if r["dst"] == "default" and int(r.get("table", 254)) != 2400),
         "rules": sorted((r["priority"], int(r["table"])) for r in rules
-                        if (1000 <= r["priority"] <= 1511 or 3000 <= r["priority"] <= 3511)
+                        if (1000 <= r["priority"] <= 1512 or 3000 <= r["priority"] <= 3512)
                         and int(r["table"]) not in (2100, 2600)),
         "nft": sorted(t["table"]["name"] for t in nft["nftables"] if "table" in t
                       and t["table"]["name"].startswith("ecmpd")),
@@ -63,13 +63,15 @@ def ours(lab, proto: int = 236) -> dict:
 
 
 OLD_OBJECTS = {
-    "routes": [(254, 0), (1001, 0), (1001, 4294967295), (1002, 0), (1002, 4294967295)],
-    "rules": [(1000, 254), (1001, 1001), (1002, 1002), (1257, 1001), (1258, 1002)],
+    "routes": [(1000, 0), (1001, 0), (1001, 4294967295), (1002, 0), (1002, 4294967295)],
+    "rules": [(1000, 254), (1001, 1001), (1002, 1002), (1257, 1001), (1258, 1002),
+              (1512, 1000)],
     "nft": ["ecmpd"],
 }
 NEW_OBJECTS = {
-    "routes": [(254, 10), (2001, 0), (2001, 4294967295), (2002, 0), (2002, 4294967295)],
-    "rules": [(3000, 254), (3001, 2001), (3002, 2002), (3257, 2001), (3258, 2002)],
+    "routes": [(2000, 10), (2001, 0), (2001, 4294967295), (2002, 0), (2002, 4294967295)],
+    "rules": [(3000, 254), (3001, 2001), (3002, 2002), (3257, 2001), (3258, 2002),
+              (3512, 2000)],
     "nft": ["ecmpd2"],
 }
 
@@ -100,7 +102,8 @@ def test_a_restart_with_other_numbers_after_kill9_leaves_no_orphans(make_lab, tm
         record = ledger.load(d.socket + ledger.SUFFIX)
         assert record == (Owned(236, 10, 2000, 3000, "ecmpd2", 0xFF0000, (1, 2)),)
         mine = [r for r in json.loads(lab.run(lab.ns_router, "ip", "-j", "route", "show",
-                                              "default").stdout) if r.get("protocol") == "236"]
+                                              "default", "table", "2000").stdout)
+                if r.get("protocol") == "236"]
         assert [(r["metric"], sorted(h["dev"] for h in r["nexthops"])) for r in mine] == \
             [(10, ["wlan1", "wlan2"])]
         # the foreign objects are all still there, untouched
@@ -114,7 +117,8 @@ def test_a_restart_with_other_numbers_after_kill9_leaves_no_orphans(make_lab, tm
         # the new route fails over: no old metric-0 route outranks it
         lab.fault("wlan1", "dead")
         d.wait_states({"wlan1": "down", "wlan2": "up"}, timeout=5)
-        defaults = lab.run(lab.ns_router, "ip", "route", "show", "default").stdout
+        defaults = lab.run(lab.ns_router, "ip", "route", "show", "default", "table",
+                           "2000").stdout
         assert defaults.splitlines()[0].split()[:6] == \
             "default via 10.112.0.1 dev wlan2 proto".split(), defaults
         flows = lab.new_flows(40, timeout=2.0)

@@ -116,8 +116,9 @@ def test_renumbering_reloads_break_no_flow(make_lab, ecmpd_in):
     metric = last.get("route", {}).get("metric", 0)
     proto = str(last.get("route", {}).get("proto", 236))
     routes, rules = ecmpd_objects(lab)
-    assert routes == sorted([(254, metric, proto)] + [
+    assert routes == sorted([(base, metric, proto)] + [
         (base + i, m, proto) for i in (1, 2) for m in (0, 4294967295)])
     assert rules == sorted([(prio, 254), (prio + 1, base + 1), (prio + 2, base + 2),
-                            (prio + 257, base + 1), (prio + 258, base + 2)])
+                            (prio + 257, base + 1), (prio + 258, base + 2),
+                            (prio + 512, base)])
     assert "cannot" not in d.log() and "ERROR" not in d.log(), d.log()[-3000:]
