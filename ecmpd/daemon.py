@@ -296,8 +296,8 @@ class Daemon:
                                  self.watcher.events, tuple(r.reactions), r.flushes,
                                  self.watcher.resyncs)
         return status.Snapshot(st, main_route(actual.routes, st.cfg), actual.foreign_main,
-                               counts, probes, stats, os.getpid(), self.config_path,
-                               time.time() - self.started)
+                               tuple(routing.stray_warnings(actual, st.cfg)), counts, probes,
+                               stats, os.getpid(), self.config_path, time.time() - self.started)
 
     # ---- life ----------------------------------------------------------------------
     async def run(self) -> int:

@@ -81,8 +81,10 @@ class Snapshot:
 
     state: State
     main: RouteSpec | None
-    """ecmpd's route in table main as the kernel has it (read with `state`)."""
+    """ecmpd's multipath route as the kernel has it (read with `state`)."""
     foreign_main: str | None = None
+    stray: tuple[str, ...] = ()
+    """Warnings about default routes with ecmpd's proto it does not own (`routing.stray_warnings`)."""
     connections: Mapping[str, int] = field(default_factory=dict)
     probes: Mapping[str, ProbeReading] = field(default_factory=dict)
     """WAN name -> readings (a WAN without a prober yet has none)."""
@@ -153,8 +155,9 @@ def render(snap: Snapshot) -> dict[str, Any]:
     if kept:
         warnings.append("all WANs are down: keeping the last route")
     if snap.foreign_main:
-        warnings.append(f"a route that is not ecmpd's holds table main metric "
+        warnings.append(f"a route that is not ecmpd's holds table {cfg.table_base} metric "
                         f"{cfg.route_metric}: {snap.foreign_main}")
+    warnings += snap.stray
     if main is None:
         warnings.append("no ecmpd route in the kernel")
     s = snap.stats

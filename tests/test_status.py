@@ -227,6 +227,12 @@ def test_a_foreign_route_in_ecmpd_place_is_a_warning() -> None:
     assert st["warnings"][0].endswith(foreign) and "metric 0" in st["warnings"][0]
     assert "not ecmpd's" in st["warnings"][0]
     assert st["warnings"][1] == "no ecmpd route in the kernel"
+    assert "holds table 1000 metric 0" in st["warnings"][0]
+
+
+def test_stray_own_proto_routes_are_warnings() -> None:
+    stray = ("a default route with ecmpd's proto 236 at metric 77 (via 192.0.2.1) sits below",)
+    assert render(snap(stray=stray))["warnings"] == list(stray)
 
 
 def test_connections_come_from_the_counts() -> None:

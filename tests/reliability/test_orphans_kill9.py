@@ -145,6 +145,8 @@ def test_an_own_proto_route_at_another_metric_is_warned_about(make_lab, tmp_path
         d.wait_states({"wlan1": "up", "wlan2": "up"})
         assert "a default route with ecmpd's proto 236 at metric 77 (via 10.112.0.1) sits " \
                "below ecmpd's route at route.metric 0" in d.log()
+        # and status says so, for as long as the route is there
+        assert any("at metric 77" in w for w in d.status()["warnings"])
         assert "metric 77" in lab.run(lab.ns_router, "ip", "route", "show", "default").stdout
     finally:
         d.stop()
