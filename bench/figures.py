@@ -8,7 +8,7 @@ import statistics
 import traceback
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from bench import flows, perf, stats, underload
+from bench import dynamic, flows, perf, stats, underload
 from bench.stats import Row, fmt_summary, meets, verdict
 
 if TYPE_CHECKING:
@@ -431,3 +431,20 @@ def _idle_rows(bench: "Bench", idle: Any, base_loss: Any, soak: float) -> list[R
         rows.append(Row("9 random loss: WANs out of the route", lsetup,
                         _soak_cells([idle.loss])[0], b, "0", verdict(not idle.loss.removals)))
     return rows
+
+
+# ------------------------------------------------------------------ figure 10
+
+
+def fig10(bench: "Bench") -> list[Row]:
+    """Dynamic WANs (bench/dynamic.py): a DHCP gateway move (old gateway gone at once,
+    and kept until the renewal), a PPP reconnect with a new address, a DHCP client's
+    metric-0 route in main; one saturated-line move."""
+    lab = bench.lab("10")
+    try:
+        res = dynamic.measure(lab, bench.plan.reps, progress=bench.progress)
+    finally:
+        bench.drop("10")
+    for line in dynamic.details(res):
+        bench.note(line)
+    return dynamic.rows(res, bench.plan.reps)

@@ -9,8 +9,9 @@ Figures: 1 new-flow outage per fault mode, 2 healthy long-lived flows broken acr
 fault and heal, 3 distribution of new flows by weight, 4 forwarding throughput, 5 CPU and
 peak RSS, 6 reaction latency, 7 ``ecmpctl status`` wall time, 9 health under load
 (saturated lines, a dead ISP on a busy line, loss, a carrier flap, an ICMP flood, CPU with
-two targets per WAN; bench/underload.py; ~13 min of the run).  Row "log" reports the
-daemons' ERROR lines.
+two targets per WAN; bench/underload.py; ~13 min of the run), 10 dynamic WANs (a DHCP
+gateway move, a PPP reconnect with a new address, a DHCP client's route in main;
+bench/dynamic.py).  Row "log" reports the daemons' ERROR lines.
 The table is printed and written to bench/results.md with the command line and the date.
 Needs root; touches nothing outside the namespaces it creates (and deletes).
 """
@@ -39,7 +40,7 @@ if str(ROOT) not in sys.path:
 
 from ecmpd.lab import Lab, make_spec, random_prefix, seed_spec, sweep  # noqa: E402
 
-from bench import figures, routers, stats, underload  # noqa: E402
+from bench import dynamic, figures, routers, stats, underload  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results.md"
 CLIENTS = 250
@@ -68,7 +69,7 @@ class Plan:
 FULL = Plan()
 QUICK = Plan(reps=1, hold=150, tp_rounds=3, tp_seconds=1.0, cpu_seconds=15.0, events=10,
              status_cli=5, status_requests=20, soak_seconds=15.0, flood_seconds=5.0)
-FIGURES = (1, 2, 3, 4, 5, 6, 7, 9)
+FIGURES = (1, 2, 3, 4, 5, 6, 7, 9, 10)
 """Figure numbers (there is no figure 8)."""
 LOG_ROW = 100
 """The key of the row that reports the daemons' ERROR log lines (sorts last)."""
@@ -79,6 +80,7 @@ LAB_SPECS: dict[str, Callable[[], object]] = {
     "8": lambda: make_spec(8),
     "32": lambda: make_spec(32),
     "9": lambda: make_spec(3, names=list(underload.NAMES)),
+    "10": lambda: dynamic.SPEC,
 }
 
 
@@ -132,7 +134,7 @@ def parse_only(text: str | None) -> list[int]:
     out = sorted({int(x) for x in text.replace(",", " ").split()})
     bad = [x for x in out if x not in FIGURES]
     if bad:
-        raise ValueError(f"no figure {bad[0]} (figures are 1..7 and 9)")
+        raise ValueError(f"no figure {bad[0]} (figures are 1..7, 9 and 10)")
     return out
 
 
@@ -158,6 +160,7 @@ def run_figures(bench: Bench, only: list[int]) -> dict[int, list[stats.Row]]:
         ((4,), lambda: {4: figures.fig4(bench)}),
         ((5,), lambda: {5: figures.fig5(bench)}),
         ((9,), lambda: {9: figures.fig9(bench)}),
+        ((10,), lambda: {10: figures.fig10(bench)}),
     ]
     for numbers, step in steps:
         wanted = [n for n in numbers if n in only]
@@ -228,7 +231,8 @@ def report(command: str, plan: Plan, rows: dict[int, list[stats.Row]], details: 
         "back after 1 answer), its check phase stratified over the repetitions.  The bench\n"
         "waits on the kernel's route (ip route), not on ecmpd's status, so the observer\n"
         "stays out of the daemon's loop; status is read only to get stats.reaction_ms.\n\n"
-        + (fig9_note(plan) if 9 in rows else "") +
+        + (fig9_note(plan) if 9 in rows else "")
+        + (fig10_note() if 10 in rows else "") +
         "## Details\n\n" + "\n".join(f"    {d}" for d in details) + "\n"
     )
 
@@ -253,6 +257,23 @@ def fig9_note(plan: Plan) -> str:
         "read from the kernel (ip -ts monitor route in the router namespace); \"stopped "
         "delivering\" is the last rise of the router's rx_packets of that WAN, polled every "
         "20 ms in its namespace.", 88) + "\n\n"
+
+
+def fig10_note() -> str:
+    """How to read figure 10 (for results.md)."""
+    return (textwrap.fill(
+        "Figure 10 (bench/dynamic.py): its own lab of 3 WANs, wlan1 a DHCP WAN (dnsmasq "
+        "in its ISP, busybox udhcpc on the router putting default via the gateway in table "
+        "main at metric 0, proto dhcp, as ifupdown + dhclient do; `gateway: auto`), wlan2 "
+        "static, ppp0 a point-to-point link (a tun pair; a new address on every "
+        "reconnect; `gateway: auto`); ecmpd at its defaults, no baseline (the seed has no "
+        "dynamic WANs).  Times of routes are read from the kernel (ip -ts monitor route "
+        "in the router namespace).  The gateway move alternates between 10.111.0.1 and "
+        "10.111.0.254; both are addresses of the same ISP interface, so packets sent via "
+        "the old gateway still pass while its neighbour entry is cached: the new-flow time "
+        "counts from flows started after table 1001 moved.  The lease time is "
+        "DhcpEvent.applied (the client script's clock after it changed the routes).", 88)
+            + "\n\n")
 
 
 def _on_sigterm(main_pid: int) -> Callable[..., None]:

@@ -148,12 +148,22 @@ def _read(path: str) -> str:
         return f.read()
 
 
-def _spool(f: Any) -> str:
+def spool(f: Any) -> str:
     """Everything a child wrote to the temporary file `f` so far (complete lines only),
     read without moving the offset the child shares."""
     size = os.fstat(f.fileno()).st_size
     data = os.pread(f.fileno(), size, 0).decode(errors="replace")
     return data[:data.rfind("\n") + 1]
+
+
+def monitor_routes(lab: Lab) -> tuple[subprocess.Popen, Any, float]:
+    """Start ``ip -ts monitor route`` in the router namespace, writing to a temporary
+    file (read it with `spool`); returns (process, file, epoch time it subscribed by)."""
+    out = tempfile.TemporaryFile()
+    proc = lab.popen(lab.ns_router, "ip", "-ts", "monitor", "route", stdout=out,
+                     stderr=subprocess.DEVNULL)
+    time.sleep(0.3)  # let it subscribe before the starting state is read
+    return proc, out, time.time()
 
 
 class RouteWatch:
@@ -162,15 +172,11 @@ class RouteWatch:
 
     def __init__(self, lab: Lab) -> None:
         self.lab = lab
-        self.out = tempfile.TemporaryFile()
-        self.proc = lab.popen(lab.ns_router, "ip", "-ts", "monitor", "route",
-                              stdout=self.out, stderr=subprocess.DEVNULL)
-        time.sleep(0.3)  # let it subscribe before the starting state is read
-        self.start = time.time()
+        self.proc, self.out, self.start = monitor_routes(lab)
         self.initial = route_interfaces(lab)
 
     def timeline(self) -> list[tuple[float, frozenset[str]]]:
-        return stats.route_timeline(self.initial, stats.parse_monitor(_spool(self.out)),
+        return stats.route_timeline(self.initial, stats.parse_monitor(spool(self.out)),
                                     self.start)
 
     def now(self) -> frozenset[str]:
@@ -218,7 +224,7 @@ class RxWatch:
                               f"/sys/class/net/{dev}/statistics/rx_packets", str(step),
                               stdout=self.out, stderr=subprocess.DEVNULL)
         end = time.monotonic() + timeout
-        while not _spool(self.out):  # its first sample: it runs
+        while not spool(self.out):  # its first sample: it runs
             if self.proc.poll() is not None or time.monotonic() > end:
                 self.stop()
                 raise RuntimeError(f"the rx_packets poller of {dev} did not start")
@@ -228,7 +234,7 @@ class RxWatch:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait()
-        return stats.parse_samples(_spool(self.out))
+        return stats.parse_samples(spool(self.out))
 
 
 # ------------------------------------------------------------------ results

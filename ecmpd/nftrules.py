@@ -5,7 +5,8 @@ The table is the seed's firewall export, done so that each connection keeps its 
 * ``prerouting`` (filter, mangle priority): first, every unicast packet arriving on WAN
   X from a source other than X's gateway adds to the named counter ``rx_<id>`` (passive
   evidence that the WAN carries traffic beyond its gateway; the gateway's own answers
-  do not count, so a dead upstream behind a live gateway stays visible).  Then a
+  do not count, so a dead upstream behind a live gateway stays visible; nor do ICMP
+  redirects, which only a router on the WAN's own segment sends).  Then a
   connection that arrives on WAN X and has no ecmpd mark yet gets ct mark X (inbound
   connections to the router, or DNAT'ed to a LAN host); then every packet of a marked
   connection gets its ct mark copied into the packet mark, so the fwmark rule sends it
@@ -87,6 +88,12 @@ def render_rules(cfg: Config, gateways: dict[str, str] | None = None) -> list[Ru
         if wan.name in gws:
             saddr = {"payload": {"protocol": "ip", "field": "saddr"}}
             count.insert(0, {"match": {"op": "!=", "left": saddr, "right": gws[wan.name]}})
+        # a redirect (the ISP's router telling us of a better hop, e.g. while probes
+        # still go to a gateway address it no longer has) proves nothing beyond it
+        rules.append((_rx(wan.id), [
+            {"match": {"op": "==", "left": {"payload": {"protocol": "icmp", "field": "type"}},
+                       "right": "redirect"}},
+            {"return": None}], None))
         rules.append((_rx(wan.id), count, None))
     for wan in cfg.wans:
         mark = cfg.mark_of(wan)

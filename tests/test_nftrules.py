@@ -71,11 +71,16 @@ def test_arrivals_are_counted_first_in_prerouting_by_one_lookup():
     assert first["expr"] == expr and first["comment"].startswith(nftrules.DIGEST_PREFIX)
 
 
-def test_the_gateways_own_packets_are_not_counted():
-    assert rules_of(cfg(), "rx_1") == [("rx_1", [
+REDIRECT = ("rx_1", [{"match": {"op": "==", "left": {"payload": {"protocol": "icmp",
+                                                                 "field": "type"}},
+                                 "right": "redirect"}}, {"return": None}], None)
+
+
+def test_the_gateways_own_packets_and_redirects_are_not_counted():
+    assert rules_of(cfg(), "rx_1") == [REDIRECT, ("rx_1", [
         {"match": {"op": "!=", "left": SADDR, "right": "10.1.0.1"}}, UNICAST,
         {"counter": "rx_1"}], None)]
-    assert rules_of(cfg(), "rx_7")[0][1][0]["match"]["right"] == "10.2.0.1"
+    assert rules_of(cfg(), "rx_7")[1][1][0]["match"]["right"] == "10.2.0.1"
     counters = [o["counter"] for o in nftrules.render_table(cfg()) if "counter" in o]
     assert counters == [{"family": "ip", "table": "ecmpd", "name": "rx_1"},
                         {"family": "ip", "table": "ecmpd", "name": "rx_7"}]
