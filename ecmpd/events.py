@@ -75,6 +75,14 @@ class DefaultsChanged:
 
 
 @dataclass(frozen=True)
+class DefaultsRead:
+    """Other programs' default routes of every table re-read (after a link or address
+    went: the kernel drops the routes that depended on it without telling anyone)."""
+
+    defaults: Defaults
+
+
+@dataclass(frozen=True)
 class RuleChanged:
     """An ip rule at `priority` was added or deleted."""
 
@@ -128,8 +136,9 @@ class Reloaded:
     plan: ReloadPlan
 
 
-Event = Union[LinkChanged, AddressesChanged, RouteChanged, DefaultsChanged, RuleChanged,
-              RulesetChanged, Resynced, ProbeRound, SetDisabled, Adopted, Reloaded]
+Event = Union[LinkChanged, AddressesChanged, RouteChanged, DefaultsChanged, DefaultsRead,
+              RuleChanged, RulesetChanged, Resynced, ProbeRound, SetDisabled, Adopted,
+              Reloaded]
 
 
 # ---- effects --------------------------------------------------------------------------
@@ -293,6 +302,10 @@ def _defaults_changed(st: State, ev: DefaultsChanged, now: float) -> Result:
     defaults = {t: d for t, d in st.defaults.items() if t != ev.table}
     if ev.defaults:
         defaults[ev.table] = ev.defaults
+    return _new_defaults(st, defaults, now)
+
+
+def _new_defaults(st: State, defaults: Defaults, now: float) -> Result:
     after = remember_gateways(replace(st, defaults=defaults))
     return _links(st, after, {w.name: link_problem(after, w) or "gateway learned"
                               for w in st.cfg.wans if w.gateway is None}, now)
@@ -367,6 +380,8 @@ def step(st: State, ev: Event, now: float) -> Result:
         return st, (Reconcile(),) if ours else ()
     if isinstance(ev, DefaultsChanged):
         return _defaults_changed(st, ev, now)
+    if isinstance(ev, DefaultsRead):
+        return _new_defaults(st, ev.defaults, now)
     if isinstance(ev, RuleChanged):
         return st, (Reconcile(),) if ev.priority in rule_range(cfg) else ()
     if isinstance(ev, RulesetChanged):

@@ -80,7 +80,8 @@ class Firewall:
                 return False
             if current == self._baseline:
                 return False
-            log.info("nft table %s differs from ecmpd's: rewriting it", self.cfg.nft_table)
+            if self._baseline is not None:       # not our own new config or gateways
+                log.info("nft table %s differs from ecmpd's: rewriting it", self.cfg.nft_table)
         self.apply()
         return True
 

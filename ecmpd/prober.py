@@ -276,8 +276,9 @@ class Prober:
                          None, after.followups - 1, after.busy)
         self._next += 1
         if self.source is None or not rnd.targets:
-            self._deliver(rnd, RoundResult(Verdict.FAILED, (), f"no address on {self.name}",
-                                           now, rnd.timeout))
+            why = (f"no address on {self.device or self.name}" if self.source is None
+                   else "no target to probe (the gateway is not known yet)")
+            self._deliver(rnd, RoundResult(Verdict.FAILED, (), why, now, rnd.timeout))
             return
         if self._socket() is None:
             self._deliver(rnd, RoundResult(Verdict.FAILED, (), "cannot open the probe socket",

@@ -305,8 +305,10 @@ def decide(st: State, kernel_main: RouteSpec | None) -> Decision:
     links = {name: link.index for name, link in st.links.items() if link.up}
     addrs = {w.name: a for w in cfg.wans if (a := address(st, w))}
     act = active(st)
-    desired = build_desired(cfg, links, addrs, set(act), keep_main=kernel_main,
-                            gateways=gateways(st))
+    # a WAN without an address has no route in its table (a gateway it cannot reach
+    # is refused by the kernel): only the unreachable default
+    gws = {n: g for n, g in gateways(st).items() if n in addrs}
+    desired = build_desired(cfg, links, addrs, set(act), keep_main=kernel_main, gateways=gws)
     return Decision(st, desired, act, keeps_last_route(st, kernel_main))
 
 

@@ -24,8 +24,8 @@ from .netlinkimport import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_R
 from . import routing, rtfilter
 from .desired import table_range
 from .model import Config
-from .events import (AddressesChanged, DefaultsChanged, Event, LinkChanged, Resynced,
-                     RouteChanged, RuleChanged, RulesetChanged)
+from .events import (AddressesChanged, DefaultsChanged, DefaultsRead, Event, LinkChanged,
+                     Resynced, RouteChanged, RuleChanged, RulesetChanged)
 from .state import Addresses, Defaults, Link
 
 log = logging.getLogger("ecmpd")
@@ -69,6 +69,8 @@ class Watcher:
         """Resynchronisations after lost events."""
         self._program: list | None = None
         """The kernel filter for route events (`ecmpd.rtfilter`); None: not filtered."""
+        self._reread: asyncio.Task[None] | None = None
+        self._reread_due = False
         self._learning: tuple[int, range] | None = None
         """(ecmpd's route proto, its tables) while a WAN learns its gateway: other
         programs' default routes are then re-read when they change."""
@@ -141,8 +143,24 @@ class Watcher:
         self.events += 1
         self.sink.submit(RulesetChanged())
 
+    def _reread_defaults(self) -> None:
+        """Re-read other programs' default routes soon (one read for a burst)."""
+        self._reread_due = True
+        if self._reread is None or self._reread.done():
+            self._reread = asyncio.get_running_loop().create_task(self._read_defaults())
+
+    async def _read_defaults(self) -> None:
+        while self._reread_due:
+            self._reread_due = False
+            await asyncio.sleep(0)          # let the rest of a burst be read first
+            defaults = await self.sink.dump_defaults()
+            if defaults is not None:
+                self.sink.submit(DefaultsRead(defaults))
+
     async def stop(self) -> None:
         """Unsubscribe and close the sockets."""
+        if self._reread is not None:
+            self._reread.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -216,12 +234,16 @@ class Watcher:
         if event in ("RTM_NEWLINK", "RTM_DELLINK"):
             link = Link.of(routing.link_state(msg)) if event == "RTM_NEWLINK" else None
             self.sink.submit(LinkChanged(msg.get("ifname"), link))
+            if self._learning is not None and (link is None or not link.up):
+                self._reread_defaults()     # its routes went, silently
         elif event in ("RTM_NEWADDR", "RTM_DELADDR"):
             # re-read rather than patched: the kernel's primary/secondary order decides
             # which address is the WAN's
             addresses = await self.sink.dump_addresses()
             self.sink.submit(AddressesChanged(msg.get("index"), event == "RTM_DELADDR",
                                               addresses))
+            if self._learning is not None and event == "RTM_DELADDR":
+                self._reread_defaults()     # routes via a gateway it reached went, silently
         elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
             table, dst_len = msg.get("table"), msg.get("dst_len")
             self.sink.submit(RouteChanged(table, dst_len))

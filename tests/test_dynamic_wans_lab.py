@@ -121,6 +121,18 @@ def test_gateways_are_learned_and_main_default_routes_are_left_alone(dyn) -> Non
     assert all(r.ok for r in res), [r for r in res if not r.ok][:3]
     assert {r.wan for r in res} == {"wlan1", "wlan2", "ppp0"}
     assert "error" not in d.log().lower()
+    # the address goes from under the client: the kernel drops its route silently (no
+    # route event); the address back, the gateway is not known until a lease says so
+    lab.run(lab.ns_router, "ip", "addr", "flush", "dev", "wlan1")
+    expect(lambda: (d.status()["wans"]["wlan1"]["state"],
+                    d.status()["wans"]["wlan1"]["gateway"]), ("down", None), timeout=5.0)
+    lab.run(lab.ns_router, "ip", "addr", "add", "10.111.0.2/24", "dev", "wlan1")
+    expect(lambda: (d.status()["wans"]["wlan1"]["reason"],
+                    d.status()["wans"]["wlan1"]["gateway"]), ("waiting for a gateway", None))
+    assert table_route(lab, 1001) == []
+    dhcp.renew()
+    expect(wans_view(d, "state", "gateway"), {
+        "wlan1": ("up", "10.111.0.1"), "wlan2": ("up", "10.112.0.1"), "ppp0": ("up", None)})
 
 
 def test_a_moved_dhcp_gateway_is_followed_and_other_wans_flows_live_on(dyn) -> None:

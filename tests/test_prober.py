@@ -614,7 +614,7 @@ def test_no_address_fails_rounds_without_opening_a_socket() -> None:
     r = Run(("a",), source=None)
     r.go(2.5, at={1.5: lambda: setattr(r.prober, "source", "198.51.100.7")})
     assert [(x.at, x.verdict, x.reason, x.samples) for x in r.results[:2]] == [
-        (0.0, FAILED, "no address on wan1", ()), (1.0, FAILED, "no address on wan1", ())]
+        (0.0, FAILED, "no address on eth1", ()), (1.0, FAILED, "no address on eth1", ())]
     assert r.results[2].verdict is GOOD
     assert [(s, d) for _, s, d in r.net.opens] == [("198.51.100.7", DEVICE)]
 

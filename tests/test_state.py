@@ -488,3 +488,13 @@ def test_a_new_address_forgets_the_connections_nated_to_the_old_one() -> None:
     assert ev.ForgetAddress("ppp", "10.64.0.9") in effects
     _, effects = step(st5, ev.LinkChanged("ppp0", Link(21, True, False, pointopoint=True)))
     assert "ForgetAddress" not in kinds(effects)
+
+
+def test_defaults_read_whole_replace_every_table() -> None:
+    st = step(start(links=AUTO_LINKS, addrs=AUTO_ADDRS, cfg=AUTO),
+              ev.DefaultsChanged(254, dhcp_route("192.0.2.1")))[0]
+    st = step(st, ev.DefaultsChanged(77, dhcp_route("198.51.100.1", oif=12)))[0]
+    st2, effects = step(st, ev.DefaultsRead({77: dhcp_route("198.51.100.1", oif=12)}))
+    assert dict(st2.defaults) == {77: dhcp_route("198.51.100.1", oif=12)}
+    # the route went, the address stayed: the last gateway stays in use
+    assert st2.wan("dhcp").learned == "192.0.2.1" and effects == ()

@@ -24,7 +24,8 @@ from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from ecmpd import watcher as watcher_mod
-from ecmpd.events import (AddressesChanged, DefaultsChanged, LinkChanged, Resynced,
+from ecmpd.events import (AddressesChanged, DefaultsChanged, DefaultsRead, LinkChanged,
+                          Resynced,
                           RouteChanged, RuleChanged,
                           RulesetChanged)
 from ecmpd.netlinkimport import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE,
@@ -276,6 +277,38 @@ def test_other_programs_default_routes_are_reread_while_a_wan_learns_its_gateway
     assert events(auto, route_msg("RTM_NEWROUTE", 1001), route_msg("RTM_NEWROUTE", 77, 24, 16),
                   ) == [RouteChanged(1001, 0), RouteChanged(77, 24)]
     assert events(fixed, route_msg("RTM_DELROUTE", 254, proto=16)) == [RouteChanged(254, 0)]
+
+
+def test_a_link_or_address_that_goes_rereads_the_defaults_once_while_learning() -> None:
+    """The kernel drops the routes via a gateway a deleted address reached, or via a link
+    set down, without a route event: while a WAN learns its gateway, one re-read of
+    every table's default routes follows (one for a burst)."""
+    class Defaults(Sink):
+        async def dump_defaults(self, table=None):
+            self.log.append(f"dump defaults {table}")
+            return {}
+
+    async def body(cfg, *msgs) -> tuple[list, list]:
+        sink = Defaults()
+        w = Watcher(sink)
+        w.follow(cfg)
+        for m in msgs:
+            await w._handle(m)
+        await asyncio.sleep(0.01)
+        return sink.events, [line for line in sink.log if "defaults" in line]
+
+    auto = Config(("lan0",), (Wan("w", "eth1", None),))
+    fixed = Config(("lan0",), (Wan("w", "eth1", IPv4Address("192.0.2.1")),))
+    gone = (addr_msg("RTM_DELADDR", 11, "192.0.2.10"), link_msg("RTM_NEWLINK", "eth1", 11, 0),
+            link_msg("RTM_DELLINK", "eth1", 11, 0))
+    events, dumps = asyncio.run(body(auto, *gone))
+    assert dumps == ["dump defaults None"] and events[-1] == DefaultsRead({})
+    events, dumps = asyncio.run(body(fixed, *gone))
+    assert dumps == [] and not any(isinstance(e, DefaultsRead) for e in events)
+    # an address added, a link up: nothing went
+    _, dumps = asyncio.run(body(auto, addr_msg("RTM_NEWADDR", 11, "192.0.2.10"),
+                                link_msg("RTM_NEWLINK", "eth1", 11, 0x10001)))
+    assert dumps == []
 
 
 def test_unrelated_events_are_ignored() -> None:
