@@ -124,3 +124,90 @@ static_ifaces() {
     log "$name: $cidr"
   done
 }
+
+# wan_ifaces SPEC...: the router's DHCP and PPPoE WANs ("NAME,MAC,dhcp" and
+# "NAME,MAC,pppoe:PPPIF"), as a user sets them up with ifupdown, brought up now and at
+# every boot.  No default route is forced or removed: dhclient installs its own in table
+# main (ecmpd learns the gateway there, `gateway: auto`), pppd adds none (`nodefaultroute`:
+# ecmpd's nexthop for a point-to-point link is the device).
+wan_ifaces() {
+  local conf=/etc/network/interfaces.d/ecmpd-lab-wans dhconf=/etc/dhcp/dhclient.conf
+  local secrets=/etc/ppp/chap-secrets spec name mac how ppp dhcp=0
+  echo "# ecmpd lab: the router's DHCP and PPPoE WANs (written by vagrant provisioning)" > "$conf"
+  [ ! -f "$dhconf" ] || sed -i '/^# ecmpd-lab begin/,/^# ecmpd-lab end/d' "$dhconf"
+  for spec in "$@"; do
+    IFS=, read -r name mac how <<<"$spec"
+    case "$how" in
+      dhcp)
+        # allow-hotplug: dhclient starts when the NIC appears and never holds up the boot
+        # (it waits for the ISP in the background).
+        printf '\n# %s: DHCP; dhclient installs "default via <ISP gateway> dev %s" in main\nallow-hotplug %s\niface %s inet dhcp\n' \
+          "$name" "$name" "$name" "$name" >> "$conf"
+        dhcp=1
+        ;;
+      pppoe:*)
+        ppp=${how#pppoe:}
+        install -d -m 0755 /etc/ppp/peers
+        cat > "/etc/ppp/peers/$name" <<PEER
+# ecmpd lab: PPPoE over $name -> $ppp (written by vagrant provisioning).
+# pon $name / poff $name; ifupdown: \`iface $ppp inet ppp\` with \`provider $name\`.
+plugin rp-pppoe.so
+nic-$name
+user $PPP_USER
+unit ${ppp#ppp}
+noipdefault
+# No default route from pppd: ecmpd (gateway: auto) routes over $ppp itself, a
+# point-to-point link.  With \`defaultroute\` pppd would add "default dev $ppp" to main
+# only when main has no default route yet (here dhclient's via wlan1 is there); ecmpd's
+# rule shadows main either way.
+nodefaultroute
+noauth
+hide-password
+# Reconnect forever (a new session may get another address from the ISP's pool).
+persist
+maxfail 0
+holdoff 2
+# A dead session is noticed within ~5 s.
+lcp-echo-interval 1
+lcp-echo-failure 5
+mtu 1492
+mru 1492
+PEER
+        touch "$secrets" && chmod 600 "$secrets"
+        grep -q "^$PPP_USER \* " "$secrets" || echo "$PPP_USER * $PPP_SECRET *" >> "$secrets"
+        printf '\n# %s: PPPoE over %s (pppd: /etc/ppp/peers/%s)\nauto %s\niface %s inet ppp\n    pre-up ip link set dev %s up\n    provider %s\n' \
+          "$ppp" "$name" "$name" "$ppp" "$ppp" "$name" "$name" >> "$conf"
+        ;;
+      *) die "wan_ifaces: $spec is neither dhcp nor pppoe:PPPIF" ;;
+    esac
+  done
+  # dhclient retries every 10 s, not every 5 min, while an ISP does not answer (the isp
+  # VM may boot after the router).  Global, not an `interface "NAME" {}` block: with one,
+  # every dhclient (eth0's too) would also run DHCP on that interface.
+  if [ "$dhcp" = 1 ]; then
+    printf '# ecmpd-lab begin (written by vagrant provisioning)\nretry 10;\n# ecmpd-lab end\n' >> "$dhconf"
+  fi
+  for spec in "$@"; do
+    IFS=, read -r name mac how <<<"$spec"
+    case "$how" in
+      dhcp)
+        if ip -4 -o addr show dev "$name" scope global | grep -q inet; then
+          log "$name: DHCP ($(ip -4 -o addr show dev "$name" scope global | awk '{print $4; exit}'))"
+        else
+          ip link set dev "$name" up
+          systemctl --no-block restart "ifup@$name.service"
+          log "$name: DHCP (dhclient started; it waits for the ISP in the background)"
+        fi
+        ;;
+      pppoe:*)
+        ppp=${how#pppoe:}
+        if pgrep -f "pppd call $name( |\$)" >/dev/null; then
+          log "$ppp: pppd over $name already runs"
+        else
+          ifup "$ppp"
+          log "$ppp: pppd over $name started (persist: it connects once the ISP answers)"
+        fi
+        ;;
+    esac
+  done
+}

@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # Provision the isp VM: both ISPs and the "internet" as network namespaces (see
-# isp-net.sh), rebuilt at every boot by ecmpd-lab-isp.service, and the internet server
-# (labtool serve, in namespace inet) as ecmpd-lab-server.service.
+# isp-net.sh), rebuilt at every boot by ecmpd-lab-isp.service with their DHCP and PPPoE
+# servers, and the internet server (labtool serve, in namespace inet) as
+# ecmpd-lab-server.service.
 #
-#   isp.sh ISP_SPEC...      each NS,MAC,GATEWAY/PREFIX, in WAN order (wlan1 first)
+#   isp.sh ISP_SPEC...      each NS,MAC,GATEWAY/PREFIX,KIND,ROUTER_MAC in WAN order
+#                           (wlan1 first); KIND static, dhcp or pppoe (see isp-net.sh)
 set -euo pipefail
 # shellcheck source=common.sh
 . /vagrant/vagrant/provision/common.sh
-[ $# -ge 1 ] || die "usage: isp.sh NS,MAC,GATEWAY/PREFIX..."
+[ $# -ge 1 ] || die "usage: isp.sh NS,MAC,GATEWAY/PREFIX[,KIND[,ROUTER_MAC]]..."
 
-need "command -v ip" iproute2 \
-     "command -v nft" nftables \
-     "command -v python3" python3
+checks=("command -v ip" iproute2
+        "command -v nft" nftables
+        "command -v python3" python3)
+case " $* " in *,dhcp,*|*,dhcp\ *) checks+=("command -v dnsmasq" dnsmasq-base) ;; esac
+case " $* " in
+  *,pppoe,*|*,pppoe\ *) checks+=("command -v pppoe-server" pppoe "command -v pppd" ppp) ;;
+esac
+need "${checks[@]}"
 
 install -D -m 0644 "$LAB_DIR/common.sh" /usr/local/lib/ecmpd-lab/common.sh
 install -D -m 0755 "$LAB_DIR/isp-net.sh" /usr/local/sbin/ecmpd-lab-isp
@@ -31,7 +38,7 @@ until ip netns exec inet ss -Htln 'sport = :80' | grep -q .; do
   sleep 0.5
 done
 for spec in "$@"; do
-  IFS=, read -r ns mac gw <<<"$spec"
+  IFS=, read -r ns _ <<<"$spec"
   log "$ns: $(ip -n "$ns" -br addr show dev cust)"
 done
 log "isp ready: try 'sudo ip -n isp1 link set cust down' to fail the first WAN (README.md)"

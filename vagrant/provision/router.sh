@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
-# Provision the lab router: name the lab NICs as config/ecmpd.yaml expects, give them
-# their addresses (no default route: ecmpd installs it), install ecmpd from the synced
+# Provision the lab router: name the lab NICs as the lab's ecmpd config expects, bring up
+# the LAN (static) and the WANs (static, DHCP or PPPoE), install ecmpd from the synced
 # project folder into a venv from the wheelhouse, and run it under systemd/ecmpd.service
-# with config/ecmpd.yaml as /etc/ecmpd/ecmpd.yaml.
+# with that config (vagrant/ecmpd.yaml, or $ECMPD_LAB_CONFIG) as /etc/ecmpd/ecmpd.yaml.
 #
-#   router.sh LAN_SPEC WAN_SPEC...      each spec NAME,MAC,CIDR (see common.sh)
+#   router.sh LAN_SPEC WAN_SPEC...
+#     LAN_SPEC  NAME,MAC,CIDR
+#     WAN_SPEC  NAME,MAC,CIDR         static address, no gateway (ecmpd routes)
+#               NAME,MAC,dhcp         ifupdown + dhclient: `iface NAME inet dhcp`; dhclient
+#                                     installs the default route via the ISP in table main
+#               NAME,MAC,pppoe:PPPIF  pppd over the NIC NAME (peer file /etc/ppp/peers/NAME,
+#                                     `persist`) creates PPPIF; `pon NAME` / `poff NAME`
 set -euo pipefail
 # shellcheck source=common.sh
 . /vagrant/vagrant/provision/common.sh
@@ -13,18 +19,35 @@ PROJECT=/vagrant
 WHEELHOUSE=$PROJECT/vagrant/.wheelhouse
 VENV=/opt/ecmpd/venv
 CONF=/etc/ecmpd/ecmpd.yaml
+SRC_CONF=$PROJECT/${ECMPD_LAB_CONFIG:-vagrant/ecmpd.yaml}
+# shellcheck disable=SC2034  # used by wan_ifaces (common.sh)
+PPP_USER=customer PPP_SECRET=lab     # the ISP's CHAP secret (isp-net.sh)
 [ $# -ge 2 ] || die "usage: router.sh LAN_SPEC WAN_SPEC..."
+[ -f "$SRC_CONF" ] || die "$SRC_CONF is missing"
 
-need "command -v ip" iproute2 \
-     "command -v nft" nftables \
-     "ldconfig -p | grep -q 'libnftables\.so\.1 '" libnftables1 \
-     "python3 -c 'import ensurepip, venv'" python3-venv \
-     "command -v ping" iputils-ping
+statics=("$1") dhcps=() pppoes=()
+for spec in "${@:2}"; do
+  case "${spec##*,}" in
+    dhcp) dhcps+=("$spec") ;;
+    pppoe:*) pppoes+=("$spec") ;;
+    *) statics+=("$spec") ;;
+  esac
+done
+
+checks=("command -v ip" iproute2
+        "command -v nft" nftables
+        "ldconfig -p | grep -q 'libnftables\.so\.1 '" libnftables1
+        "python3 -c 'import ensurepip, venv'" python3-venv
+        "command -v ping" iputils-ping)
+[ ${#dhcps[@]} -eq 0 ] || checks+=("command -v dhclient" isc-dhcp-client)
+[ ${#pppoes[@]} -eq 0 ] || checks+=("command -v pppd && command -v pon" ppp)
+need "${checks[@]}"
 
 # --- interfaces -------------------------------------------------------------------
 name_nics "$@"
 no_default_via "$(mgmt_iface "$@")"
-static_ifaces - "$@"
+static_ifaces - "${statics[@]}"
+wan_ifaces "${dhcps[@]}" "${pppoes[@]}"
 
 # --- ecmpd into a venv, offline ----------------------------------------------------
 compgen -G "$WHEELHOUSE/*.whl" >/dev/null ||
@@ -42,11 +65,11 @@ ln -sfn "$VENV/bin/ecmpctl" /usr/local/bin/ecmpctl
 
 # --- config and unit ----------------------------------------------------------------
 install -d -m 0755 /etc/ecmpd
-if [ -f "$CONF" ] && ! cmp -s "$PROJECT/config/ecmpd.yaml" "$CONF"; then
+if [ -f "$CONF" ] && ! cmp -s "$SRC_CONF" "$CONF"; then
   cp -p "$CONF" "$CONF.previous"
-  log "$CONF differed from config/ecmpd.yaml: replaced, old one kept as $CONF.previous"
+  log "$CONF differed from ${SRC_CONF#"$PROJECT"/}: replaced, old one kept as $CONF.previous"
 fi
-install -m 0644 "$PROJECT/config/ecmpd.yaml" "$CONF"
+install -m 0644 "$SRC_CONF" "$CONF"
 /usr/local/bin/ecmpd --config "$CONF" --check
 
 install -m 0644 "$PROJECT/systemd/ecmpd.service" /etc/systemd/system/ecmpd.service
@@ -65,4 +88,4 @@ until ecmpctl status >/dev/null 2>&1; do
   sleep 0.5
 done
 ecmpctl status
-log "router ready (WANs turn UP once the isp VM answers the probes)"
+log "router ready (WANs turn UP once the isp VM's DHCP and PPPoE servers answer)"
