@@ -84,6 +84,8 @@ class RoundResult:
     """The reply timeout the round used (seconds)."""
     traffic: bool = False
     """Packets from beyond the gateway arrived during the round."""
+    followup: bool = False
+    """A fast follow-up of a failed round (off the grid)."""
 
     @property
     def ok(self) -> bool:
@@ -168,12 +170,13 @@ SLOW_REPLIES = "probes late, replies late"
 
 def judge(samples: Sequence[TargetSample], settings: ProbeSettings, window: Window,
           quorum: int, traffic: bool = False, at: float = 0.0, timeout: float = 0.0,
-          silent_for: float | None = None) -> RoundResult:
+          silent_for: float | None = None, followup: bool = False) -> RoundResult:
     """Add a round's samples to `window` and judge the round (see the module).
 
     `traffic`: the WAN's counter of packets from beyond its gateway moved during the
     round.  `silent_for`: set when the round is judged early by the silence check (the
-    seconds of silence), which only changes the reason.
+    seconds of silence), which only changes the reason.  `followup`: a fast follow-up
+    round (recorded in the result only).
     """
     samples = tuple(samples)
     window.add(samples)
@@ -186,7 +189,7 @@ def judge(samples: Sequence[TargetSample], settings: ProbeSettings, window: Wind
         tally += f" (silent: {', '.join(silent)})"
 
     def result(verdict: Verdict, reason: str) -> RoundResult:
-        return RoundResult(verdict, samples, reason, at, timeout, traffic)
+        return RoundResult(verdict, samples, reason, at, timeout, traffic, followup)
 
     if len(answered) < quorum:
         alive = [s for s in samples if s.received > 0 or s.alive]
