@@ -2,13 +2,18 @@
 """A soak: the real ecmpd in a 3-WAN lab for N minutes while faults toggle and status is
 polled; prints RSS and open descriptors over time and whether they level off.
 
-    sudo .venv/bin/python bench/soak.py [--minutes 10] [--out FILE]
+    sudo .venv/bin/python bench/soak.py [--minutes 10] [--warmup 2] [--out FILE]
 
 Every few seconds one WAN gets a fault (dead, upstream, carrier, 20 % loss) or is healed,
-in a fixed rotation; `ecmpctl status --json` runs every second and the daemon's VmRSS and
-fd count are sampled every 10 s.  The verdict compares the second half of the run with
-the first: "flat" when the RSS slope over the second half is under 0.05 MB/min and the fd
-count ends where it started.  Touches only the namespaces it creates.
+in a fixed rotation; `ecmpctl status --json` runs every second and the daemon's VmRSS,
+the resident part of its brk heap (glibc's main arena: `[heap]` in smaps; Python's own
+pymalloc arenas are separate mappings), its resident file pages (RssFile: code of the
+interpreter and libraries, touched once per code path) and its fd count are sampled
+every 10 s.  The
+first `--warmup` minutes are shown but not judged.  The verdict: "flat" when the RSS
+slope after the warm-up is under 0.05 MB/min over its second half (the first half's
+slope is shown too) and the fd count ends where it started.  Touches only the
+namespaces it creates.
 """
 
 from __future__ import annotations
@@ -31,9 +36,22 @@ STEP = 4.0
 """Seconds between two fault changes."""
 
 
-def rss_kb(pid: int) -> int:
+def rss_kb(pid: int, field: str = "VmRSS") -> int:
+    """A kB field of /proc/PID/status: VmRSS = RssAnon + RssFile (+ RssShmem)."""
     with open(f"/proc/{pid}/status") as f:
-        return next(int(x.split()[1]) for x in f if x.startswith("VmRSS:"))
+        return next(int(x.split()[1]) for x in f if x.startswith(field + ":"))
+
+
+def heap_kb(pid: int) -> int:
+    """Resident kB of the process's brk heap (glibc's main arena)."""
+    with open(f"/proc/{pid}/smaps") as f:
+        inside = False
+        for line in f:
+            if line[0] in "0123456789abcdef" and "-" in line.split()[0]:
+                inside = line.rstrip().endswith("[heap]")
+            elif inside and line.startswith("Rss:"):
+                return int(line.split()[1])
+    return 0
 
 
 def fds(pid: int) -> int:
@@ -54,6 +72,8 @@ def slope_mb_per_min(samples: list[tuple[float, int]]) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench/soak.py", description=__doc__.splitlines()[0])
     p.add_argument("--minutes", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=2.0,
+                   help="minutes at the start shown but left out of the verdict")
     p.add_argument("--out", help="also write the table to this file")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
@@ -69,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             pid = d.proc.pid
             t0 = time.monotonic()
             end = t0 + args.minutes * 60
-            samples: list[tuple[float, int, int]] = []
+            samples: list[tuple[float, int, int, int, int]] = []
             statuses = failures = changes = 0
             next_fault, next_sample, k = t0, t0, 0
             active: tuple[str, str] | None = None
@@ -89,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                     changes += 1
                     next_fault = now + STEP
                 if now >= next_sample:
-                    samples.append((now - t0, rss_kb(pid), fds(pid)))
+                    samples.append((now - t0, rss_kb(pid), fds(pid), heap_kb(pid),
+                                    rss_kb(pid, "RssFile")))
                     next_sample = now + 10
                 try:
                     d.status()
@@ -97,14 +118,17 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception:
                     failures += 1
                 time.sleep(1.0)
-            samples.append((time.monotonic() - t0, rss_kb(pid), fds(pid)))
+            samples.append((time.monotonic() - t0, rss_kb(pid), fds(pid), heap_kb(pid),
+                            rss_kb(pid, "RssFile")))
             errors = [x for x in d.log().splitlines() if " ERROR " in x or "Traceback" in x]
         finally:
             d.stop()
-    half = samples[len(samples) // 2:]
-    first = samples[: len(samples) // 2 + 1]
-    slope2 = slope_mb_per_min([(t, v) for t, v, _ in half])
-    slope1 = slope_mb_per_min([(t, v) for t, v, _ in first])
+    judged = [x for x in samples if x[0] >= args.warmup * 60] or samples
+    half = judged[len(judged) // 2:]
+    first = judged[: len(judged) // 2 + 1]
+    slope2 = slope_mb_per_min([(t, v) for t, v, *_ in half])
+    slope1 = slope_mb_per_min([(t, v) for t, v, *_ in first])
+    heap2 = slope_mb_per_min([(t, h) for t, _, _, h, _ in half])
     fd_start, fd_end = samples[0][2], samples[-1][2]
     flat = slope2 < 0.05 and fd_end <= fd_start
     lines += [
@@ -112,12 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         f"changes (every {STEP:g} s: {', '.join(FAULTS)} and heal), {statuses} status calls "
         f"({failures} failed), {len(errors)} ERROR/traceback log lines",
         "",
-        "| t (s) | VmRSS (MB) | open fds |",
-        "|---|---|---|",
-        *(f"| {t:.0f} | {v / 1024:.1f} | {n} |" for t, v, n in samples),
+        "| t (s) | VmRSS (MB) | of it brk heap (MB) | of it file pages (MB) | open fds |",
+        "|---|---|---|---|---|",
+        *(f"| {t:.0f}{' (warm-up)' if t < args.warmup * 60 else ''} | {v / 1024:.1f} | "
+          f"{h / 1024:.1f} | {fl / 1024:.1f} | {n} |" for t, v, n, h, fl in samples),
         "",
-        f"RSS slope: first half {slope1:+.3f} MB/min, second half {slope2:+.3f} MB/min; "
-        f"fds {fd_start} -> {fd_end}: {'flat' if flat else 'NOT flat'}",
+        f"RSS slope after the {args.warmup:g} min warm-up: first half {slope1:+.3f} MB/min, "
+        f"second half {slope2:+.3f} MB/min (brk heap {heap2:+.3f}); fds {fd_start} -> "
+        f"{fd_end}: {'flat' if flat else 'NOT flat'}",
     ]
     text = "\n".join(lines)
     print(text)

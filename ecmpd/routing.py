@@ -83,7 +83,9 @@ NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
 RTA_OIF, RTA_TABLE = 4, 15
 _HDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
-_RECV = 1 << 18
+_RECV = 1 << 16
+"""A dump's datagrams are at most 32 KiB; a smaller buffer keeps each read's
+allocation below glibc's mmap threshold (see `cli.fix_mmap_threshold`)."""
 
 
 class StrictUnsupported(OSError):
