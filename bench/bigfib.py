@@ -19,7 +19,7 @@ its defaults) is measured:
   how many times it lost events (ENOBUFS) and resynchronised.
 
 The kernel is observed directly (a strict-checked rtnetlink dump of main's default
-routes, `ecmpd.routing.RouteReader`), never through ecmpd's status, so a slow status does
+routes, `ecmpd.routereader.RouteReader`), never through ecmpd's status, so a slow status does
 not slow the other figures.  Every step has a time limit (--timeout): a figure that is
 not reached within it shows as "> limit".  ``--tree DIR`` runs the daemon and ecmpctl
 of another checkout (e.g. one before a change) while this one observes.  Needs root;
@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ecmpd import routing  # noqa: E402
+from ecmpd import routereader, routing  # noqa: E402
 from ecmpd.ctl import CtlError, request  # noqa: E402
 from ecmpd.lab import Lab, random_prefix, seed_spec, sweep  # noqa: E402
 from ecmpd.lab.router import Ecmpd, config_for  # noqa: E402
@@ -64,7 +64,7 @@ def progress(line: str) -> None:
 def route_gateways(ns: str) -> set[str] | None:
     """Gateways of ecmpd's multipath route (proto 236, lowest metric, in its table
     `tables.base`, 1000), None when absent."""
-    reader = routing.RouteReader(routing.socket_in_netns(ns))
+    reader = routereader.RouteReader(routereader.socket_in_netns(ns))
     msgs = [m for m in reader.defaults(1000) if m["dst_len"] == 0 and m["proto"] == PROTO]
     if not msgs:
         return None

@@ -110,9 +110,9 @@ def _experiments(names: str) -> None:
         elif name == "smallrecv":
             import asyncio.selector_events as se
 
-            import ecmpd.routing
+            import ecmpd.routereader
             se._SelectorDatagramTransport.max_size = 1 << 16
-            ecmpd.routing._RECV = 1 << 16
+            ecmpd.routereader._RECV = 1 << 16
             print("leakhunt: 64 KiB netlink receive buffers", file=sys.stderr)
         else:
             raise SystemExit(f"leakhunt: unknown experiment {name!r}")

@@ -8,7 +8,7 @@ WAN interface, the best one via that interface.
 
 Reads are cheap on a router that also carries a full BGP table: every default route of
 a table lives in the first leaf of its trie, so `read_table` reads a table's dump only
-up to the first other destination (`routing.RouteReader.defaults`, ~0.1 ms with 1M
+up to the first other destination (`routereader.RouteReader.defaults`, ~0.1 ms with 1M
 routes).  Which tables: main, ``default`` (253), every table an ip rule looks up (a
 route in a table no rule looks up carries no traffic) and every table a route event
 named (`Watcher`: events about other default routes pass the kernel filter while a WAN
@@ -22,7 +22,8 @@ from collections.abc import Iterable
 
 from .desired import MAIN_TABLE
 from .netlinkimport import AsyncIPRoute
-from .routing import RTN_UNICAST, RouteReader, StrictUnsupported, nexthops_of
+from .routereader import RouteReader, StrictUnsupported
+from .routing import RTN_UNICAST, nexthops_of
 from .state import Default, Defaults
 
 DEFAULT_TABLE = 253
