@@ -50,6 +50,8 @@ class Firewall:
         self.gateways = gateways
         """WAN name → gateway the arrival counters leave out; None: the config's."""
         self._baseline: list[dict[str, Any]] | None = None
+        self._retired: set[str] = set()
+        """Tables of earlier names, removed once the current one is in place."""
         self.applies = 0
         """How many times the table was (re)written by this process."""
 
@@ -68,7 +70,15 @@ class Firewall:
         return out
 
     def ensure(self) -> bool:
-        """Make the kernel's table match the config; True when it had to be written."""
+        """Make the kernel's table match the config; True when it had to be written.
+        Tables of earlier names go once it is in place (make before break)."""
+        written = self._ensure()
+        for name in sorted(self._retired):
+            self._cmd(nftrules.delete_commands(name))
+            self._retired.discard(name)
+        return written
+
+    def _ensure(self) -> bool:
         listing = self.listing()
         if listing is not None:
             current = nftrules.normalize_listing(listing, self.cfg.nft_table)
@@ -96,10 +106,12 @@ class Firewall:
         return nftrules.digest(self.cfg, self.gateways)
 
     def reconfigure(self, cfg: Config, gateways: dict[str, str] | None = None) -> None:
-        """Use a new config (and gateways; None: the config's): a renamed table is
-        removed, the rest is left to ensure()."""
+        """Use a new config (and gateways; None: the config's); the rest is left to
+        ensure(), which removes the table of the old name once the new one is written."""
         if cfg.nft_table != self.cfg.nft_table:
-            self.remove()
+            self._retired.add(self.cfg.nft_table)
+            self._retired.discard(cfg.nft_table)
+            self._baseline = None
         before = self._digest()
         self.cfg, self.gateways = cfg, gateways
         if self._digest() != before:
@@ -115,6 +127,8 @@ class Firewall:
         return nftrules.parse_counters(out, self.cfg.nft_table)
 
     def remove(self) -> None:
-        """Delete ecmpd's table (no error when it is already gone)."""
-        self._cmd(nftrules.delete_commands(self.cfg.nft_table))
+        """Delete ecmpd's table, and any of an earlier name (no error when gone)."""
+        for name in sorted(self._retired | {self.cfg.nft_table}):
+            self._cmd(nftrules.delete_commands(name))
+        self._retired.clear()
         self._baseline = None

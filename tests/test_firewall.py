@@ -308,9 +308,14 @@ def test_a_renamed_table_replaces_the_old_one(ns: str, firewall: Callable[..., F
     fw = firewall()
     fw.ensure()
     fw.call("reconfigure", nft_table="ecmpd_b")
-    assert tables(ns) == []              # the old table goes at once
+    assert tables(ns) == [("ip", "ecmpd")]   # the old table stays until the new one is in
     assert fw.ensure() == (True, 2)
     assert tables(ns) == [("ip", "ecmpd_b")]
+    fw.call("reconfigure", nft_table="ecmpd_c")
+    fw.call("remove")                    # stopped before the new one was written
+    assert tables(ns) == []
+    fw.ensure()
+    fw.call("reconfigure", nft_table="ecmpd_b")
     fw.call("remove")
     assert tables(ns) == []
     fw.call("remove")                    # already gone: no error
