@@ -3,9 +3,8 @@ checking (``NETLINK_GET_STRICT_CHK``, Linux >= 4.20), in the network namespace o
 caller's netlink socket, so that a router carrying a full BGP table (~1M routes) costs
 ecmpd nothing to read its own routes from (`ecmpd.routing`, `ecmpd.gateways`):
 
-* `RouteReader.dump`: a dump filtered by table (``RTA_TABLE``), protocol and output
-  interface (``RTA_OIF``) — the kernel walks only that table and returns only the
-  matching routes;
+* `RouteReader.dump`: a dump filtered by table (``RTA_TABLE``) and protocol — the
+  kernel walks only that table and returns only the matching routes;
 * `RouteReader.defaults`: the kernel cannot filter a dump by prefix length
   (``rtm_dst_len`` must be 0 in a strict dump request), but a table dump walks the trie
   in key order and every default route (0.0.0.0/0) lives in the first leaf, key
@@ -41,7 +40,7 @@ CLONE_NEWNET = 0x40000000
 RTM_NEWROUTE, RTM_GETROUTE = 24, 26
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_DUMP = 0x1, 0x300
-RTA_OIF, RTA_TABLE = 4, 15
+RTA_TABLE = 15
 _HDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _RECV = 1 << 16
@@ -152,12 +151,10 @@ class RouteReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, table: int, proto: int, oif: int = 0) -> None:
+    def _request(self, table: int, proto: int) -> None:
         self._seq += 1
         body = _RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, proto, 0, 0, 0)
         body += struct.pack("=HHI", 8, RTA_TABLE, table)
-        if oif:
-            body += struct.pack("=HHI", 8, RTA_OIF, oif)
         self.sock.send(_HDR.pack(_HDR.size + len(body), RTM_GETROUTE,
                                  NLM_F_REQUEST | NLM_F_DUMP, self._seq, 0) + body)
 
@@ -182,10 +179,9 @@ class RouteReader:
                         yield data[off:off + length]
                 off += (length + 3) & ~3
 
-    def dump(self, table: int, proto: int = 0, oif: int = 0) -> list:
-        """The routes of `table` (0: every table) with `proto` (0: any) and a nexthop
-        via interface `oif` (0: any), filtered by the kernel."""
-        self._request(table, proto, oif)
+    def dump(self, table: int, proto: int = 0) -> list:
+        """The routes of `table` with `proto` (0: any), filtered by the kernel."""
+        self._request(table, proto)
         out = []
         for raw in self._messages():
             msg = rtmsg(raw)
