@@ -51,20 +51,29 @@ async def dry_run(cfg: Config) -> None:
     """Print the plan for the current network namespace's links and addresses."""
     from .netlinkimport import AsyncIPRoute
 
-    from . import nftrules, routing
-    from .desired import build_desired, describe
+    from . import gateways, nftrules, routing, state
+    from .desired import build_desired, describe, table_range
 
     async with AsyncIPRoute() as ipr:
         links = await routing.read_links(ipr)
         addrs = await routing.read_addresses(ipr)
+        defaults = (await gateways.read_defaults(ipr, cfg.route_proto, table_range(cfg))
+                    if any(w.gateway is None for w in cfg.wans) else {})
     index = {name: link["index"] for name, link in links.items()}
+    st = state.initial(cfg, {n: state.Link.of(v) for n, v in links.items()},
+                       {i: tuple(a) for i, a in addrs.items()}, (), 0.0, defaults)
+    gws = state.gateways(st)
     for wan in cfg.wans:
         if wan.interface not in links:
             print(f"# {wan.name}: interface {wan.interface} does not exist (no routes for it)")
+        elif wan.gateway is None:
+            gw = gws.get(wan.name)
+            print(f"# {wan.name}: gateway auto: " + ("none known yet" if gw is None else
+                                                      gw or f"the device {wan.interface}"))
     wan_addrs = {w.name: a for w in cfg.wans
                  if (a := routing.primary_address(links, addrs, w.interface))}
     active = {w.name for w in cfg.wans if links.get(w.interface, {}).get("carrier")}
-    for line in describe(build_desired(cfg, index, wan_addrs, active)):
+    for line in describe(build_desired(cfg, index, wan_addrs, active, gateways=gws)):
         print(line)
     print(f"# nft table ip {cfg.nft_table} (one atomic transaction):")
     print(json.dumps(nftrules.replace_commands(cfg), indent=1))

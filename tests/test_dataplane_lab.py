@@ -200,6 +200,17 @@ def test_dry_run_prints_the_plan_and_changes_nothing(make_lab):
     assert '"masquerade"' in out
     assert lab.run(lab.ns_router, "ip", "route", "show", "default").stdout == ""
     assert lab.run(lab.ns_router, "nft", "list", "ruleset").stdout.strip() == ""
+    # a WAN learning its gateway: the plan uses what the kernel's default routes say
+    lab.run(lab.ns_router, "ip", "route", "add", "default", "via", "10.111.0.1", "proto", "dhcp")
+    auto = config_for(lab)
+    for w in auto["wans"].values():
+        w["gateway"] = "auto"
+        del w["address"]
+    d.write_config(auto)
+    out = lab.run(lab.ns_router, *d.argv("--dry-run")).stdout
+    assert "# wlan1: gateway auto: 10.111.0.1" in out
+    assert "# wlan2: gateway auto: none known yet" in out
+    assert "route default table 1001 via 10.111.0.1" in out and "table 1002 via" not in out
 
 
 def test_reload_with_other_tables_and_priorities_leaves_no_orphans(make_lab, ecmpd_in):
