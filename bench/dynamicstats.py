@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from ecmpd.lab.traffic import FlowResult, HeldResult
@@ -250,3 +250,123 @@ def share_cell(per_rep: Sequence[Mapping[str, float]], names: Sequence[str]) -> 
         s = stats.summarize([r.get(n, 0.0) for r in per_rep])
         parts.append(f"{n} {s.min:.0f} / {s.median:.0f} / {s.max:.0f} %")
     return "; ".join(parts) + f" (n={len(per_rep)})"
+
+
+# ------------------------------------------------------------------ results
+
+
+@dataclass
+class Move:
+    """One gateway move of the DHCP WAN (epoch times; None: not seen)."""
+
+    keep_old: bool
+    old: str
+    new: str
+    moved: float
+    """When `move_gateway` was called (the ISP's addresses change at once)."""
+    applied: float
+    """The renewed lease's `DhcpEvent.applied`."""
+    main_at: float | None
+    """When the client's route via the new gateway appeared in table main (monitor)."""
+    table_at: float | None
+    """When table 1001 first routed via the new gateway."""
+    flow_at: float | None
+    """When the first flow started after `table_at` succeeded."""
+    back_at: float | None
+    """When wlan1 via the new gateway was in table 1000."""
+    left_at: list[float]
+    """When wlan1 left table 1000 from `moved` until the end of the run."""
+    flows_failed_before: int
+    """Router flows bound to the WAN address, started from `moved` until `table_at`, failed."""
+    flows_failed_after: int
+    flows_total: int
+    broken: int
+    held: int
+    broken_own: int
+    held_own: int
+    saturated: bool = False
+    quiet: bool = False
+    """No traffic on wlan1 (no held or router flows): only the probes judge it."""
+    redirects: int | None = None
+    """ICMP redirects wlan1's ISP sent from the move until the lease was applied."""
+    notes: list[str] = field(default_factory=list)
+
+    def since(self, t: float | None) -> float | None:
+        return None if t is None else t - self.applied
+
+    def line(self) -> str:
+        def f(t: float | None) -> str:
+            return "never" if t is None else f"{t - self.applied:+.3f}s"
+        tag = "saturated " if self.saturated else "quiet " if self.quiet else ""
+        return (f"{tag}move {self.old} -> {self.new}"
+                f"{' keep_old' if self.keep_old else ''}: renewal applied "
+                f"{self.applied - self.moved:.3f}s after the move; from applied: main route "
+                f"{f(self.main_at)}, table 1001 {f(self.table_at)}, new flow ok "
+                f"{f(self.flow_at)}, back in table 1000 {f(self.back_at)}; left table 1000 "
+                f"{len(self.left_at)}x ({', '.join(f(t) for t in self.left_at) or '-'}); "
+                f"router flows failed {self.flows_failed_before} before table 1001 moved, "
+                f"{self.flows_failed_after} after (of {self.flows_total}); held flows broken: "
+                f"others {self.broken}/{self.held}, wlan1 {self.broken_own}/{self.held_own}"
+                + (f" ({'; '.join(self.notes)})" if self.notes else ""))
+
+
+@dataclass
+class Reconnect:
+    old: str
+    new: str
+    disconnected: float
+    connected: float
+    back_at: float | None
+    addr_at: float | None
+    """When the new address appeared (the kernel's ``local <address> dev ppp0`` route)."""
+    ct_before: int
+    ct_after: int | None
+    broken: int
+    held: int
+    broken_own: int
+    held_own: int
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def back(self) -> float | None:
+        return None if self.back_at is None else self.back_at - self.connected
+
+    @property
+    def from_addr(self) -> float | None:
+        """Seconds from the new address appearing to ppp0 back in table 1000."""
+        if self.back_at is None or self.addr_at is None:
+            return None
+        return self.back_at - self.addr_at
+
+    def line(self) -> str:
+        back = "never" if self.back is None else f"{self.back:.3f}s"
+        addr = ("never" if self.addr_at is None else
+                f"{self.addr_at - self.connected:+.3f}s")
+        return (f"reconnect {self.old} -> {self.new}: session down "
+                f"{self.connected - self.disconnected:.3f}s, new address in the kernel {addr} "
+                f"from connected, connected -> ppp0 back in table 1000 {back}; conntrack to the old address "
+                f"{self.ct_before} before, {self.ct_after} once back; held flows broken: "
+                f"others {self.broken}/{self.held}, ppp0 {self.broken_own}/{self.held_own}"
+                + (f" ({'; '.join(self.notes)})" if self.notes else ""))
+
+
+@dataclass
+class Shares:
+    per_rep: list[dict[str, float]]
+    failed: list[int]
+    main_before: list[Any]
+    main_with: list[Any]
+    main_after: list[Any] | None = None
+    """Table main's defaults after ecmpd stopped (None: not read yet)."""
+    lease_gateway: str | None = None
+    """The gateway of the DHCP client's last lease (its route should be the one in main)."""
+
+
+@dataclass
+class Fig10:
+    shares: Shares | None = None
+    moves: list[Move] = field(default_factory=list)
+    reconnects: list[Reconnect] = field(default_factory=list)
+    saturated: list[Move] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    log_errors: list[str] = field(default_factory=list)

@@ -8,7 +8,7 @@ import statistics
 import traceback
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from bench import dynamic, flows, perf, stats, underload
+from bench import dynamic, dynamicrows, flows, perf, stats, underload
 from bench.stats import Row, fmt_summary, meets, verdict
 
 if TYPE_CHECKING:
@@ -445,6 +445,6 @@ def fig10(bench: "Bench") -> list[Row]:
         res = dynamic.measure(lab, bench.plan.reps, progress=bench.progress)
     finally:
         bench.drop("10")
-    for line in dynamic.details(res):
+    for line in dynamicrows.details(res):
         bench.note(line)
-    return dynamic.rows(res, bench.plan.reps)
+    return dynamicrows.rows(res, bench.plan.reps)

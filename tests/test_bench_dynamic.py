@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import dynamic as dy, dynamicstats as ds, stats  # noqa: E402
+from bench import dynamicrows as dr, dynamicstats as ds, stats  # noqa: E402
 from ecmpd.lab.traffic import FlowResult, HeldResult  # noqa: E402
 
 
@@ -152,33 +152,33 @@ def test_next_gateway_keeps_or_avoids_the_first_offer_server() -> None:
         assert ds.next_gateway(cur, False) != first
 
 
-def _move(**kw: object) -> dy.Move:
+def _move(**kw: object) -> ds.Move:
     base = dict(keep_old=False, old="10.111.0.1", new="10.111.0.254", moved=100.0,
                 applied=101.1, main_at=101.095, table_at=101.1, flow_at=101.12,
                 back_at=101.1, left_at=[], flows_failed_before=0, flows_failed_after=0,
                 flows_total=300, broken=0, held=40, broken_own=0, held_own=20)
     base.update(kw)
-    return dy.Move(**base)  # type: ignore[arg-type]
+    return ds.Move(**base)  # type: ignore[arg-type]
 
 
 def test_rows_and_main_check() -> None:
-    sh = dy.Shares([{"wlan1": 33.0, "wlan2": 34.0, "ppp0": 33.0}], [0],
+    sh = ds.Shares([{"wlan1": 33.0, "wlan2": 34.0, "ppp0": 33.0}], [0],
                    [{"dst": "default", "gateway": "10.111.0.1", "dev": "wlan1",
                      "protocol": "dhcp", "flags": []}],
                    [{"dst": "default", "gateway": "10.111.0.1", "dev": "wlan1",
                      "protocol": "dhcp", "flags": []}],
                    [{"dst": "default", "gateway": "10.111.0.254", "dev": "wlan1",
                      "protocol": "dhcp", "flags": []}], "10.111.0.254")
-    ok, text = dy.main_ok(sh)
+    ok, text = dr.main_ok(sh)
     assert ok and text.startswith("identical")
-    bad = dy.Shares(sh.per_rep, sh.failed, sh.main_before, [], sh.main_after, "10.111.0.254")
-    assert not dy.main_ok(bad)[0]
-    res = dy.Fig10(shares=sh, moves=[
+    bad = ds.Shares(sh.per_rep, sh.failed, sh.main_before, [], sh.main_after, "10.111.0.254")
+    assert not dr.main_ok(bad)[0]
+    res = ds.Fig10(shares=sh, moves=[
         _move(), _move(keep_old=True, left_at=[100.5]),
         _move(quiet=True, flow_at=None, back_at=102.0, left_at=[100.4], held=0, held_own=0)],
-        reconnects=[dy.Reconnect("10.113.0.2", "10.113.0.3", 200.0, 200.2, 201.1, 200.19, 90,
+        reconnects=[ds.Reconnect("10.113.0.2", "10.113.0.3", 200.0, 200.2, 201.1, 200.19, 90,
                                  0, 0, 60, 30, 30)])
-    rows = dy.rows(res, 1)
+    rows = dr.rows(res, 1)
     byname = {r.figure: r for r in rows}
     assert all(r.result != "**ERROR**" for r in rows)
     keep = byname["10 DHCP gateway moved (old gateway kept until the renewal, traffic on the "
@@ -191,6 +191,6 @@ def test_rows_and_main_check() -> None:
     assert [r.result for r in ppp[1:]] == ["pass", "pass"]
     res.errors["ptp"] = "TimeoutError: x"
     assert any(r.result == "**ERROR**" and r.figure.startswith("10 PPP")
-               for r in dy.rows(res, 1))
-    assert any("quiet move" in d for d in dy.details(res))
+               for r in dr.rows(res, 1))
+    assert any("quiet move" in d for d in dr.details(res))
     assert math.isclose(res.reconnects[0].from_addr or 0, 0.91)
