@@ -86,7 +86,9 @@ def test_kill9_and_restart_adopts_without_flap_or_broken_flows(make_lab, ecmpd_i
     lab.start_servers()
     held = lab.hold_flows(90, byte_interval=0.1)
     assert held.wait_established() == 90
-    route = json.loads(lab.run(lab.ns_router, "ip", "-j", "route", "show", "default").stdout)
+    route = json.loads(lab.run(lab.ns_router, "ip", "-j", "route", "show", "default", "table",
+                                "1000").stdout)
+    assert len(route) == 1
     nft = nft_table(lab)
     with route_events(lab) as during:
         old_pid = d.proc.pid
@@ -101,8 +103,8 @@ def test_kill9_and_restart_adopts_without_flap_or_broken_flows(make_lab, ecmpd_i
         new_flows = lab.new_flows(60, timeout=3.0)
     flaps = main_route_events(during)
     assert not flaps, f"the main default route changed across the restart: {flaps}"
-    assert json.loads(lab.run(lab.ns_router, "ip", "-j", "route", "show", "default").stdout) \
-        == route
+    assert json.loads(lab.run(lab.ns_router, "ip", "-j", "route", "show", "default", "table",
+                              "1000").stdout) == route
     assert st["stats"]["nft_writes"] == 0, "the new ecmpd rewrote its intact nft table"
     assert nft_table(lab) == nft
     assert "removing stale control socket" in d.log()
@@ -315,3 +317,38 @@ def test_a_dead_wan_at_start_never_enters_the_route(make_lab, tmp_path):
         d.wait_states({"wlan1": "up"})
     finally:
         d.stop()
+
+
+def test_an_upgrade_moves_the_route_out_of_main_without_a_gap(make_lab, ecmpd_in):
+    """ecmpd 0.1 kept its multipath route in table main, with no rule for it.  Over what
+    0.1 left (kill -9), this version adopts that route, installs it in its own table
+    behind rule 1512 and only then removes the one in main: held flows live on."""
+    lab = make_lab()
+    d = ecmpd_in(lab)
+    lab.start_servers()
+    held = lab.hold_flows(40, byte_interval=0.1)
+    assert held.wait_established() == 40
+    d.kill9()
+    ip = lambda *a: lab.run(lab.ns_router, "ip", *a).stdout  # noqa: E731
+    # what 0.1 left: the same route in main instead of table 1000, and no rule 1512
+    ip("route", "add", "default", "proto", "236", "metric", "0", "nexthop", "via",
+       "10.111.0.1", "dev", "wlan1", "weight", "1", "nexthop", "via", "10.112.0.1", "dev",
+       "wlan2", "weight", "1")
+    ip("rule", "del", "priority", "1512")
+    ip("route", "del", "default", "table", "1000", "proto", "236")
+    with route_events(lab) as during:
+        d.start()
+        d.wait_states({"wlan1": "up", "wlan2": "up"})
+    assert "adopting" in d.log()
+    assert "proto 236" not in ip("route", "show", "table", "main")
+    assert "nexthop via 10.111.0.1" in ip("route", "show", "table", "1000")
+    assert "1512:\tfrom all lookup 1000" in ip("rule")
+    # the new route came before the old one went
+    lines = main_route_events(during)
+    new = next(i for i, line in enumerate(lines) if " table 1000 " in f" {line} "
+               and not line.startswith("Deleted"))
+    old = next(i for i, line in enumerate(lines) if line.startswith("Deleted")
+               and " table " not in line)
+    assert new < old, lines
+    results = held.stop()
+    assert not [r for r in results if r.broken], [r for r in results if r.broken][:3]
