@@ -25,11 +25,11 @@ from .netlinkimport import AsyncIPRoute
 from . import conntrack, gateways, routing, status
 from .config import ConfigError, load_config
 from .control import ControlServer
-from .desired import Desired, table_range
+from .desired import table_range
 from .ledger import Ledger
 from .drain import DisabledStore
-from .events import (Adopted, Effect, Event, Flush, ForgetAddress, Log, ProbeRound,
-                     Reconcile, Reloaded, ResetProber, SetDisabled, step)
+from .events import (Adopted, DefaultsRead, Effect, Event, Flush, ForgetAddress, Log,
+                     ProbeRound, Reconcile, Reloaded, ResetProber, SetDisabled, step)
 from .reconciler import Reconciler
 from .firewall import Firewall
 from .model import Config, Wan
@@ -93,14 +93,16 @@ class Daemon:
             self._follow_probers()
         self._carry_out(effects)
 
-    def _follow_probers(self) -> None:
-        """Probers follow their WAN's address and gateway (learned ones move)."""
+    def _follow_probers(self, reconfigured: bool = False) -> None:
+        """Probers follow their WAN's address, interface and gateway (learned ones move);
+        `reconfigured`: the probe settings may have changed too."""
         for wan in self.state.cfg.wans:
             if (prober := self._probers.get(wan.name)) is None:
                 continue
             prober.source = address(self.state, wan)
+            prober.device = wan.interface
             targets, quorum = self._targets(wan)
-            if targets != prober.targets:
+            if reconfigured or targets != prober.targets:
                 prober.update(targets, wan.probe, quorum)
 
     def _targets(self, wan: Wan) -> tuple[tuple[str, ...], int]:
@@ -145,7 +147,7 @@ class Daemon:
         if self.ipr is None:
             return None
         cfg = self.cfg
-        if all(w.gateway is not None for w in cfg.wans):
+        if not gateways.learns(cfg):
             return {}
         async with self.netlink_lock:
             if table is not None:
@@ -203,15 +205,10 @@ class Daemon:
         """Probers for `cfg`: new WANs get one, removed ones lose theirs, others update."""
         for name in [n for n in self._probers if n not in {w.name for w in cfg.wans}]:
             self._stop_prober(name)
+        self._follow_probers(reconfigured=True)
         for wan in cfg.wans:
-            prober = self._probers.get(wan.name)
-            if prober is None:
+            if wan.name not in self._probers:
                 self._start_prober(wan)
-                continue
-            targets, quorum = self._targets(wan)
-            prober.update(targets, wan.probe, quorum)
-            prober.source = address(self.state, wan)
-            prober.device = wan.interface
 
     # ---- start-up, reload, control ---------------------------------------------------
     async def _hup(self) -> None:
@@ -244,11 +241,10 @@ class Daemon:
                              "handing routes and rules over to the new numbers")
                 await self.ledger.switch(self.ipr, self.cfg, cfg)
                 self.submit(Reloaded(cfg, plan))
-                self.firewall.reconfigure(cfg)
                 self._reconfigure_probers(cfg)
                 self.watcher.follow(cfg)
-            if any(w.gateway is None for w in cfg.wans):
-                await self.watcher.resync()     # gateways to learn: read the defaults
+            if (defaults := await self.dump_defaults()) is not None:
+                self.submit(DefaultsRead(defaults))    # the gateways to learn now
             await self.reconciler.settled()
             self.ledger.settle(self.cfg)  # a later reload may have replaced cfg already
             log.info("reloaded %s", self.config_path)
@@ -374,7 +370,7 @@ class Daemon:
             log.info("keep_on_exit: leaving routes, rules and nft table in place")
         elif self.ipr is not None:
             async with self.netlink_lock:
-                removed = await routing.apply(self.ipr, cfg, Desired(main=None))
+                removed = await routing.remove_all(self.ipr, cfg)
                 try:
                     self.firewall.remove()
                 except Exception as exc:

@@ -123,7 +123,7 @@ class SetDisabled:
 
 @dataclass(frozen=True)
 class Adopted:
-    """ecmpd's route in table main found in the kernel at start (None: none)."""
+    """ecmpd's multipath route found in the kernel at start (None: none)."""
 
     main: RouteSpec | None
 

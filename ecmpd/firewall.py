@@ -108,6 +108,8 @@ class Firewall:
     def reconfigure(self, cfg: Config, gateways: dict[str, str] | None = None) -> None:
         """Use a new config (and gateways; None: the config's); the rest is left to
         ensure(), which removes the table of the old name once the new one is written."""
+        if cfg is self.cfg and gateways == self.gateways:
+            return                      # every reconcile calls this: mostly nothing new
         if cfg.nft_table != self.cfg.nft_table:
             self._retired.add(self.cfg.nft_table)
             self._retired.discard(cfg.nft_table)

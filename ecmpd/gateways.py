@@ -21,12 +21,19 @@ import socket
 from collections.abc import Iterable
 
 from .desired import MAIN_TABLE
+from .model import Config
 from .netlinkimport import AsyncIPRoute
 from .routereader import RouteReader, StrictUnsupported
 from .routing import RTN_UNICAST, nexthops_of
 from .state import Default, Defaults
 
 DEFAULT_TABLE = 253
+
+
+def learns(cfg: Config) -> bool:
+    """Whether a WAN of `cfg` learns its gateway (`gateway: auto`): only then are other
+    programs' default routes read and watched."""
+    return any(w.gateway is None for w in cfg.wans)
 
 
 def defaults_of(msgs: Iterable, our_proto: int) -> tuple[Default, ...]:

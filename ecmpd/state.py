@@ -298,7 +298,7 @@ class Decision:
 
 
 def decide(st: State, kernel_main: RouteSpec | None) -> Decision:
-    """The desired kernel state for `st`; `kernel_main` is ecmpd's route in table main
+    """The desired kernel state for `st`; `kernel_main` is ecmpd's multipath route
     as read from the kernel with `st` (kept when no WAN is usable)."""
     cfg = st.cfg
     # the kernel refuses routes via an interface that is administratively down

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from .netlinkimport import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE,
                             RTMGRP_LINK, AsyncIPRoute)
 
-from . import routing, rtfilter
+from . import gateways, routing, rtfilter
 from .desired import table_range
 from .model import Config
 from .events import (AddressesChanged, DefaultsChanged, DefaultsRead, Event, LinkChanged,
@@ -103,7 +103,7 @@ class Watcher:
         """Watch `cfg`'s routing tables: a router carrying a full BGP table sends a route
         event per foreign route, and the kernel drops them before they reach Python
         (only default routes pass; of any table while a WAN learns its gateway)."""
-        learning = any(w.gateway is None for w in cfg.wans)
+        learning = gateways.learns(cfg)
         self._learning = (cfg.route_proto, table_range(cfg)) if learning else None
         self._program = rtfilter.route_event_program(None if learning else
                                                      (table_range(cfg),))
