@@ -58,7 +58,7 @@ async def dry_run(cfg: Config) -> None:
         links = await routing.read_links(ipr)
         addrs = await routing.read_addresses(ipr)
         defaults = (await gateways.read_defaults(ipr, cfg.route_proto, table_range(cfg))
-                    if any(w.gateway is None for w in cfg.wans) else {})
+                    if gateways.learns(cfg) else {})
     index = {name: link["index"] for name, link in links.items()}
     st = state.initial(cfg, {n: state.Link.of(v) for n, v in links.items()},
                        {i: tuple(a) for i, a in addrs.items()}, (), 0.0, defaults)

@@ -300,7 +300,6 @@ class _Validator:
         m.update(own[0])
         bad = glob[1] | own[1]
         val = {k: o[0] for k, o in m.items()}
-
         probe_limits(self.add, m, bad)
         return ProbeSettings(**val)
 

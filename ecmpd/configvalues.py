@@ -165,15 +165,6 @@ def _ipv4_or_none(v: Any) -> IPv4Address | None:
         return None
 
 
-def ipv4(v: Any) -> IPv4Address:
-    """A unicast IPv4 address written as a string."""
-    a = _ipv4_or_none(v)
-    if a is None:
-        raise Bad(f"must be a unicast IPv4 address, got {describe(v)}")
-    unicast(a, a)
-    return a
-
-
 AUTO = "auto"
 """`gateway: auto`: the gateway is learned from the kernel (see `ecmpd.gateways`)."""
 
@@ -189,8 +180,9 @@ def gateway(v: Any) -> IPv4Address | None:
     return a
 
 
-def _interface(v: Any) -> IPv4Interface:
-    """A unicast address/prefix that is not its network's network or broadcast address."""
+def lan_address(v: Any) -> IPv4Interface:
+    """A unicast address/prefix of this router, not its network's network or broadcast
+    address."""
     try:
         i = IPv4Interface(v) if isinstance(v, str) and "/" in v else None
     except ValueError:
@@ -206,15 +198,10 @@ def _interface(v: Any) -> IPv4Interface:
 
 def address(v: Any) -> IPv4Interface:
     """A WAN's address/prefix: room for a gateway (not /32, not network/broadcast)."""
-    i = _interface(v)
+    i = lan_address(v)
     if i.network.prefixlen == 32:
         raise Bad(f"/32 leaves no room for the gateway, got {i}")
     return i
-
-
-def lan_address(v: Any) -> IPv4Interface:
-    """A LAN address/prefix of this router."""
-    return _interface(v)
 
 
 def target(v: Any) -> str:

@@ -111,21 +111,21 @@ class RateLimitedLog:
         self.interval = interval
         self.clock = clock
         self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-        self._pending: dict[str, tuple[int, str, tuple]] = {}
+        self._held: dict[str, tuple[int, int, str, tuple]] = {}
+        """key -> (records held back since its last line, the last one's level, msg, args)."""
         self._timers: dict[str, asyncio.TimerHandle] = {}
 
     def suppressed(self, key: str) -> int:
         """How many records of `key` were held back since its last line."""
-        return self._suppressed.get(key, 0)
+        held = self._held.get(key)
+        return held[0] if held else 0
 
     def log(self, key: str, level: int, msg: str, *args: Any, exc_info: bool = False) -> bool:
         """Write the record or count it; True when it was written."""
         now = self.clock()
         last = self._last.get(key)
         if last is not None and now - last < self.interval:
-            self._suppressed[key] = self._suppressed.get(key, 0) + 1
-            self._pending[key] = (level, msg, args)
+            self._held[key] = (self.suppressed(key) + 1, level, msg, args)
             if key not in self._timers:
                 try:
                     loop = asyncio.get_running_loop()
@@ -136,10 +136,9 @@ class RateLimitedLog:
                         max(0.0, last + self.interval - now), self._summary, key)
             return False
         self._cancel(key)
-        n = self._suppressed.pop(key, 0)
-        self._pending.pop(key, None)
-        if n:
-            msg += f" (and {n} more like this in the last {now - last:.0f}s)"
+        held = self._held.pop(key, None)
+        if held:
+            msg += f" (and {held[0]} more like this in the last {now - last:.0f}s)"
         self._last[key] = now
         self.logger.log(level, msg, *args, exc_info=exc_info)
         return True
@@ -149,11 +148,10 @@ class RateLimitedLog:
 
     def _summary(self, key: str) -> None:
         self._timers.pop(key, None)
-        n = self._suppressed.pop(key, 0)
-        pending = self._pending.pop(key, None)
-        if not n or pending is None:
+        held = self._held.pop(key, None)
+        if held is None:
             return
-        level, msg, args = pending
+        n, level, msg, args = held
         now = self.clock()
         last = self._last.get(key, now)
         self._last[key] = now
@@ -167,7 +165,7 @@ class RateLimitedLog:
 
     def flush(self) -> None:
         """Write the pending summaries now (e.g. when the server closes)."""
-        for key in list(self._pending):
+        for key in list(self._held):
             self._cancel(key)
             self._summary(key)
 

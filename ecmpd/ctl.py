@@ -78,15 +78,13 @@ def _request_once(path: str, req: dict, timeout: float, deadline: float) -> dict
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
                             struct.pack("ll", int(wait), int(wait % 1 * 1e6) or 1))
             sock.connect(path)
-        except BlockingIOError:
+        except (BlockingIOError, socket.timeout):
             raise CtlError(f"ecmpd did not accept the connection on {path} within {timeout:g}s")
         except (FileNotFoundError, ConnectionRefusedError):
             raise CtlError(f"ecmpd is not running (no socket at {path})", EXIT_NOT_RUNNING)
         except PermissionError:
             raise CtlError(f"permission denied on {path} (run as root or as a member of "
                            "the socket's group)")
-        except socket.timeout:
-            raise CtlError(f"ecmpd did not accept the connection on {path} within {timeout:g}s")
         except OSError as e:
             raise CtlError(f"cannot connect to {path}: {e.strerror or e}", EXIT_NOT_RUNNING)
         buf = bytearray()

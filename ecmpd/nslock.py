@@ -111,15 +111,11 @@ class AlreadyRunning(NamespaceLockError):
             "network namespace)")
 
 
-def _command(pid: int | None) -> str | None:
-    if not pid:
-        return None
+def _command(pid: int, argv: list[str]) -> str | None:
+    """The holder's command line (`argv`), or its comm when that is empty."""
+    if argv:
+        return " ".join(argv)[:200]
     try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            argv = f.read(1024).rstrip(b"\0").split(b"\0")
-        text = " ".join(a.decode(errors="replace") for a in argv if a)
-        if text:
-            return text[:200]
         with open(f"/proc/{pid}/comm") as f:
             return f.read().strip() or None
     except OSError:
@@ -154,9 +150,7 @@ def _binder_pid(name: str) -> int | None:
     return None
 
 
-def _argv(pid: int | None) -> list[str]:
-    if not pid:
-        return []
+def _argv(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return [a.decode(errors="replace") for a in f.read(65536).split(b"\0") if a]
@@ -164,9 +158,8 @@ def _argv(pid: int | None) -> list[str]:
         return []
 
 
-def _info(pid: int | None) -> dict[str, Any]:
+def _info(pid: int, argv: list[str]) -> dict[str, Any]:
     """What the holder's command line says about it: is it ecmpd, its config and socket."""
-    argv = _argv(pid)
     # `ecmpd …`, `python …/ecmpd …` (console scripts) or `python -m ecmpd.cli …`
     named = [os.path.basename(a) for a in argv[:2]] + argv[2:3] * (argv[1:2] == ["-m"])
     if not {"ecmpd", "ecmpd.cli"} & set(named):
@@ -196,7 +189,7 @@ def _info(pid: int | None) -> dict[str, Any]:
     return info
 
 
-def _uid(pid: int | None) -> int | None:
+def _uid(pid: int) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as f:
             return next(int(x.split()[1]) for x in f if x.startswith("Uid:"))
@@ -207,7 +200,10 @@ def _uid(pid: int | None) -> int | None:
 def query(name: str = LOCK_NAME) -> Holder | None:
     """Who holds the lock `name` in this network namespace; None when nobody does."""
     pid = _binder_pid(name)
-    return Holder(pid, _uid(pid), _info(pid), _command(pid)) if pid else None
+    if not pid:
+        return None
+    argv = _argv(pid)  # /proc/<pid>/cmdline, read once
+    return Holder(pid, _uid(pid), _info(pid, argv), _command(pid, argv))
 
 
 class NamespaceLock:

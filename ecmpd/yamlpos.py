@@ -25,10 +25,7 @@ import yaml
 from yaml.composer import Composer, ComposerError
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
-from yaml.parser import Parser
-from yaml.reader import Reader
 from yaml.resolver import Resolver
-from yaml.scanner import Scanner
 
 try:
     from yaml._yaml import CParser
@@ -217,18 +214,11 @@ _Constructor.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
 _Constructor.add_constructor("tag:yaml.org,2002:int", _construct_number)
 _Constructor.add_constructor("tag:yaml.org,2002:float", _construct_number)
 
-class _PyLoader(Reader, Scanner, Parser, _Composer, _Constructor, Resolver):
+
+class _PyLoader(_Composer, _Constructor, yaml.SafeLoader):
     """The pure-Python parser (when PyYAML lacks libyaml); reader offsets are characters."""
 
     byte_offsets = False
-
-    def __init__(self, text: str) -> None:
-        Reader.__init__(self, text)
-        Scanner.__init__(self)
-        Parser.__init__(self)
-        _Composer.__init__(self)
-        _Constructor.__init__(self)
-        Resolver.__init__(self)
 
 
 _Loader: type = _PyLoader

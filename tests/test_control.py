@@ -56,8 +56,8 @@ def run(coro_fn: Callable[..., Awaitable[Any]], *args: Any, **kw: Any) -> Any:
 
 
 async def with_server(path: str, body: Callable[[ControlServer, FakeDaemon], Awaitable[Any]],
-                      **kw: Any) -> Any:
-    daemon = FakeDaemon()
+                      daemon: FakeDaemon | None = None, **kw: Any) -> Any:
+    daemon = daemon or FakeDaemon()
     srv = ControlServer(path, daemon, **kw)
     await srv.start()
     try:
@@ -371,24 +371,19 @@ async def occupy(path: str, daemon: "BlockingDaemon", n: int) -> list["Client"]:
 def test_refused_when_every_slot_is_busy_and_none_may_wait(sockdir, caplog):
     path = os.path.join(sockdir, "ecmpd.sock")
 
-    async def main():
-        daemon = BlockingDaemon()
-        srv = ControlServer(path, daemon, max_clients=2, max_waiting=0)
-        await srv.start()
-        try:
-            busy = await occupy(path, daemon, 2)
-            refused = [await ask_once(path, {"cmd": "ping"}) for _ in range(20)]
-            daemon.release.set()
-            answers = [await c.read() for c in busy]
-            after = await ask_once(path, {"cmd": "ping"})   # an idle slot again: served
-            for c in busy:
-                c.close()
-            return refused, answers, after, srv.refused
-        finally:
-            await srv.close()
+    async def body(srv, daemon):
+        busy = await occupy(path, daemon, 2)
+        refused = [await ask_once(path, {"cmd": "ping"}) for _ in range(20)]
+        daemon.release.set()
+        answers = [await c.read() for c in busy]
+        after = await ask_once(path, {"cmd": "ping"})   # an idle slot again: served
+        for c in busy:
+            c.close()
+        return refused, answers, after, srv.refused
 
     with caplog.at_level(logging.WARNING, logger="ecmpd.control"):
-        refused, answers, after, count = run(main)
+        refused, answers, after, count = run(with_server, path, body, BlockingDaemon(),
+                                             max_clients=2, max_waiting=0)
     assert refused == [{"ok": False, "error": TOO_MANY}] * 20
     assert answers == [{"ok": True, "message": "reload done"}] * 2
     assert after == {"ok": True, "message": "ping done"}
@@ -406,32 +401,27 @@ def test_when_every_slot_is_busy_newcomers_wait_their_turn(sockdir):
     waiting, its connection makes way)."""
     path = os.path.join(sockdir, "ecmpd.sock")
 
-    async def main():
-        daemon = BlockingDaemon()
-        srv = ControlServer(path, daemon, max_clients=2, max_waiting=3)
-        await srv.start()
-        try:
-            busy = await occupy(path, daemon, 2)
-            queued = []
-            for i in range(3):
-                c = await Client.connect(path)
-                c.writer.write(json.dumps({"cmd": "enable", "wan": f"w{i}"}).encode() + b"\n")
-                queued.append(c)
-                while srv.waiting < i + 1:
-                    await asyncio.sleep(0.01)
-            full = await ask_once(path, {"cmd": "ping"})    # the queue is full
-            counts = srv.clients, srv.waiting
-            daemon.release.set()
-            answers = [await c.read() for c in busy + queued]
-            eofs = [await c.read() for c in busy]       # others waited: they made way
-            order = [r["wan"] for r in daemon.requests if r["cmd"] == "enable"]
-            for c in busy + queued:
-                c.close()
-            return full, counts, answers, eofs, order
-        finally:
-            await srv.close()
+    async def body(srv, daemon):
+        busy = await occupy(path, daemon, 2)
+        queued = []
+        for i in range(3):
+            c = await Client.connect(path)
+            c.writer.write(json.dumps({"cmd": "enable", "wan": f"w{i}"}).encode() + b"\n")
+            queued.append(c)
+            while srv.waiting < i + 1:
+                await asyncio.sleep(0.01)
+        full = await ask_once(path, {"cmd": "ping"})    # the queue is full
+        counts = srv.clients, srv.waiting
+        daemon.release.set()
+        answers = [await c.read() for c in busy + queued]
+        eofs = [await c.read() for c in busy]       # others waited: they made way
+        order = [r["wan"] for r in daemon.requests if r["cmd"] == "enable"]
+        for c in busy + queued:
+            c.close()
+        return full, counts, answers, eofs, order
 
-    full, counts, answers, eofs, order = run(main)
+    full, counts, answers, eofs, order = run(with_server, path, body, BlockingDaemon(),
+                                             max_clients=2, max_waiting=3)
     assert full == {"ok": False, "error": TOO_MANY}
     assert counts == (2, 3)
     assert answers == [{"ok": True, "message": "reload done"}] * 2 + \
@@ -443,24 +433,16 @@ def test_when_every_slot_is_busy_newcomers_wait_their_turn(sockdir):
 def test_a_wait_that_times_out_is_refused(sockdir):
     path = os.path.join(sockdir, "ecmpd.sock")
 
-    async def main():
-        daemon = BlockingDaemon()
-        srv = ControlServer(path, daemon, max_clients=1, idle_timeout=0.3)
-        await srv.start()
-        try:
-            busy = await Client.connect(path)
-            busy.writer.write(b'{"cmd": "reload"}\n')
-            while daemon.waiting < 1:
-                await asyncio.sleep(0.01)
-            r = await ask_once(path, {"cmd": "ping"})
-            daemon.release.set()
-            done = await busy.read()
-            busy.close()
-            return r, done, srv.waiting
-        finally:
-            await srv.close()
+    async def body(srv, daemon):
+        busy, = await occupy(path, daemon, 1)
+        r = await ask_once(path, {"cmd": "ping"})
+        daemon.release.set()
+        done = await busy.read()
+        busy.close()
+        return r, done, srv.waiting
 
-    r, done, waiting = run(main)
+    r, done, waiting = run(with_server, path, body, BlockingDaemon(), max_clients=1,
+                           idle_timeout=0.3)
     assert r == {"ok": False, "error": TOO_MANY}
     assert done == {"ok": True, "message": "reload done"} and waiting == 0
 
@@ -470,37 +452,28 @@ def test_an_idle_slot_goes_to_a_waiting_connection(sockdir):
     until another newcomer queues up behind it and GRACE is over."""
     path = os.path.join(sockdir, "ecmpd.sock")
 
-    async def main():
-        daemon = BlockingDaemon()
-        srv = ControlServer(path, daemon, max_clients=1)
-        await srv.start()
-        try:
-            busy = await Client.connect(path)
-            busy.writer.write(b'{"cmd": "reload"}\n')
-            while daemon.waiting < 1:
-                await asyncio.sleep(0.01)
-            hostile = await Client.connect(path)            # queues, will ask nothing
-            while srv.waiting < 1:
-                await asyncio.sleep(0.01)
-            patient = await Client.connect(path)
-            patient.writer.write(b'{"cmd": "ping"}\n')
-            while srv.waiting < 2:
-                await asyncio.sleep(0.01)
-            daemon.release.set()
-            done = await busy.read()                        # its slot goes to `hostile`
-            await asyncio.sleep(control.GRACE + 0.1)
-            assert srv.waiting == 1                         # `patient` still waits
-            late = await Client.connect(path)               # queues: `hostile` must go
-            late.writer.write(b'{"cmd": "status"}\n')
-            gone = await hostile.read(), await hostile.read()
-            answers = await patient.read(), await late.read()
-            for c in (busy, hostile, patient, late):
-                c.close()
-            return done, gone, answers
-        finally:
-            await srv.close()
+    async def body(srv, daemon):
+        busy, = await occupy(path, daemon, 1)
+        hostile = await Client.connect(path)            # queues, will ask nothing
+        while srv.waiting < 1:
+            await asyncio.sleep(0.01)
+        patient = await Client.connect(path)
+        patient.writer.write(b'{"cmd": "ping"}\n')
+        while srv.waiting < 2:
+            await asyncio.sleep(0.01)
+        daemon.release.set()
+        done = await busy.read()                        # its slot goes to `hostile`
+        await asyncio.sleep(control.GRACE + 0.1)
+        assert srv.waiting == 1                         # `patient` still waits
+        late = await Client.connect(path)               # queues: `hostile` must go
+        late.writer.write(b'{"cmd": "status"}\n')
+        gone = await hostile.read(), await hostile.read()
+        answers = await patient.read(), await late.read()
+        for c in (busy, hostile, patient, late):
+            c.close()
+        return done, gone, answers
 
-    done, gone, answers = run(main)
+    done, gone, answers = run(with_server, path, body, BlockingDaemon(), max_clients=1)
     assert done == {"ok": True, "message": "reload done"}
     assert gone == ({"ok": False, "error": EVICTED}, None)
     assert answers == ({"ok": True, "message": "ping done"}, {"ok": True, "pid": 42, "wans": {}})
@@ -563,17 +536,23 @@ def test_client_that_does_not_read_is_dropped(sockdir):
     assert sent > 0 and gone and extra_fds <= 0
 
 
-def test_rate_limited_log_counts_and_summarises():
-    now = [100.0]
+def captured(name: str) -> tuple[logging.Logger, list[str]]:
+    """Logger `name`, not propagating, and the list its messages are appended to."""
     records: list[str] = []
 
     class Sink(logging.Handler):
         def emit(self, record):
             records.append(record.getMessage())
 
-    logger = logging.getLogger("ecmpd.test.ratelimit")
+    logger = logging.getLogger(name)
     logger.propagate = False
     logger.addHandler(Sink())
+    return logger, records
+
+
+def test_rate_limited_log_counts_and_summarises():
+    now = [100.0]
+    logger, records = captured("ecmpd.test.ratelimit")
     logger.setLevel(logging.DEBUG)
     lim = RateLimitedLog(logger, interval=10.0, clock=lambda: now[0])
     assert lim.warning("a", "refused %d", 1)
@@ -590,15 +569,7 @@ def test_rate_limited_log_counts_and_summarises():
 
 
 def test_rate_limited_log_summary_on_the_loop():
-    records: list[str] = []
-
-    class Sink(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    logger = logging.getLogger("ecmpd.test.ratelimit2")
-    logger.propagate = False
-    logger.addHandler(Sink())
+    logger, records = captured("ecmpd.test.ratelimit2")
 
     async def main():
         lim = RateLimitedLog(logger, interval=0.2)

@@ -296,6 +296,12 @@ class ScriptedServer:
         self.thread.join(5)
         self.sock.close()
 
+    def __enter__(self) -> "ScriptedServer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def test_retries_while_the_control_socket_is_full(sockdir, capsys):
     from ecmpd.control import EVICTED, TOO_MANY
@@ -305,23 +311,18 @@ def test_retries_while_the_control_socket_is_full(sockdir, capsys):
     path = os.path.join(sockdir, "ecmpd.sock")
     full = json.dumps({"ok": False, "error": TOO_MANY}).encode() + b"\n"
     evicted = json.dumps({"ok": False, "error": EVICTED}).encode() + b"\n"
-    srv = ScriptedServer(path, [full, evicted, full, b'{"ok": true, "message": "reloaded"}\n'])
-    try:
+    answers = [full, evicted, full, b'{"ok": true, "message": "reloaded"}\n']
+    with ScriptedServer(path, answers) as srv:
         assert main(["--socket", path, "reload"]) == 0
-    finally:
-        srv.close()
     assert srv.connections == 4
     assert capsys.readouterr().out == "reloaded\n"
 
 
 def test_full_until_the_timeout_is_an_error(sockdir, capsys):
     path = os.path.join(sockdir, "ecmpd.sock")
-    srv = ScriptedServer(path, [b'{"ok": false, "error": "too many clients"}\n'])
-    t0 = time.monotonic()
-    try:
+    with ScriptedServer(path, [b'{"ok": false, "error": "too many clients"}\n']) as srv:
+        t0 = time.monotonic()
         assert main(["--socket", path, "--timeout", "0.5", "status"]) == 1
-    finally:
-        srv.close()
     assert time.monotonic() - t0 < 1.5
     assert srv.connections >= 3
     assert capsys.readouterr().err == "ecmpctl: too many clients\n"
@@ -331,12 +332,9 @@ def test_timeout_bounds_the_whole_exchange(sockdir, capsys):
     """A daemon dripping bytes without ever finishing its line cannot hold ecmpctl
     beyond --timeout (the timeout is a deadline, not a per-recv limit)."""
     path = os.path.join(sockdir, "ecmpd.sock")
-    srv = ScriptedServer(path, drip=True, drip_interval=0.05)
-    t0 = time.monotonic()
-    try:
+    with ScriptedServer(path, drip=True, drip_interval=0.05):
+        t0 = time.monotonic()
         assert main(["--socket", path, "--timeout", "0.5", "status"]) == 1
-    finally:
-        srv.close()
     assert time.monotonic() - t0 < 1.5
     assert "no answer from ecmpd within 0.5s" in capsys.readouterr().err
 
