@@ -60,15 +60,12 @@ class Health:
     """Why the last state change happened (human-readable)."""
 
 
-def _rounds(n: int, kind: str) -> str:
-    return f"{n} {kind} round{'' if n == 1 else 's'}"
-
-
-def _moved(h: Health, state: State, count: int, streak: int, kind: str, reason: str) -> Health:
+def _moved(h: Health, state: State, count: int, streak: int, verdict: Verdict,
+           reason: str) -> Health:
     """The new Health; the reason is rewritten only when the state changes."""
     if state == h.state:
         return Health(state, count, h.reason)
-    why = f"after {_rounds(streak, kind)}"
+    why = f"after {streak} {verdict.value} round{'' if streak == 1 else 's'}"
     return Health(state, count, f"{why}: {reason}" if reason else why)
 
 
@@ -83,31 +80,24 @@ def step(h: Health, verdict: Verdict, down: int, up: int, reason: str = "") -> H
     if not isinstance(verdict, Verdict):
         raise TypeError(f"verdict must be a Verdict, got {verdict!r}")
     s = h.state
+    if verdict is not Verdict.FAILED and s in (State.INIT, State.UP, State.FALLING):
+        return _moved(h, State.UP, 0, 1, verdict, reason)
     if verdict is Verdict.SLOW:
-        if s in (State.INIT, State.UP, State.FALLING):
-            return _moved(h, State.UP, 0, 1, "slow", reason)
         return h  # RISING keeps its streak, DOWN stays DOWN
-    if verdict is Verdict.GOOD:
-        if s in (State.INIT, State.UP, State.FALLING):
-            return _moved(h, State.UP, 0, 1, "good", reason)
-        if s is State.DOWN:
-            if up == 1:
-                return _moved(h, State.UP, 0, 1, "good", reason)
-            return _moved(h, State.RISING, 1, 1, "good", reason)
-        # RISING
-        n = h.count + 1
+    if verdict is Verdict.GOOD:  # DOWN or RISING
+        n = h.count + 1 if s is State.RISING else 1
         if n >= up:
-            return _moved(h, State.UP, 0, n, "good", reason)
-        return _moved(h, State.RISING, n, n, "good", reason)
+            return _moved(h, State.UP, 0, n, verdict, reason)
+        return _moved(h, State.RISING, n, n, verdict, reason)
     # a failed round
     if s in (State.INIT, State.UP, State.FALLING):
         n = h.count + 1 if s is not State.UP else 1
         if n >= down:
-            return _moved(h, State.DOWN, 0, n, "failed", reason)
+            return _moved(h, State.DOWN, 0, n, verdict, reason)
         nxt = State.INIT if s is State.INIT else State.FALLING
-        return _moved(h, nxt, n, n, "failed", reason)
+        return _moved(h, nxt, n, n, verdict, reason)
     # DOWN stays DOWN; RISING falls back at once
-    return _moved(h, State.DOWN, 0, 1, "failed", reason)
+    return _moved(h, State.DOWN, 0, 1, verdict, reason)
 
 
 def carrier_lost(h: Health, reason: str) -> Health:

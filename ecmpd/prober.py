@@ -43,8 +43,6 @@ MAX_SPACING = 0.02
 class Echo(Protocol):
     """What the prober needs of a socket (`ecmpd.icmpecho.EchoSocket`; tests fake it)."""
 
-    source: str
-
     def send(self, address: str) -> int | None: ...
 
     def close(self) -> None: ...
@@ -100,22 +98,24 @@ def _check(settings: ProbeSettings) -> None:
 class _Round:
     """One round in flight."""
 
-    __slots__ = ("index", "start", "targets", "settings", "quorum", "timeout", "deadline",
-                 "traffic0", "got", "unresolved", "alive", "timers", "judged", "followups",
-                 "busy", "sends_left", "copies")
+    __slots__ = ("index", "start", "targets", "settings", "quorum", "timeout", "sent_by",
+                 "deadline", "traffic0", "got", "unresolved", "alive", "timers", "judged",
+                 "followups", "busy", "sends_left", "copies")
 
     def __init__(self, index: int, start: float, targets: tuple[str, ...],
-                 settings: ProbeSettings, quorum: int, timeout: float,
-                 traffic0: int | None, followups: int = 0, busy: bool = False,
-                 copies: int = 1) -> None:
+                 settings: ProbeSettings, quorum: int, timeout: float, followups: int = 0,
+                 busy: bool = False, copies: int = 1) -> None:
         self.index = index
         self.start = start
         self.targets = targets
         self.settings = settings
         self.quorum = quorum
         self.timeout = timeout
-        self.deadline = start + (settings.count - 1) * spacing(settings) + timeout
-        self.traffic0 = traffic0
+        self.sent_by = start + (settings.count - 1) * spacing(settings)
+        """When the last batch of requests goes out."""
+        self.deadline = self.sent_by + timeout
+        self.traffic0: int | None = None
+        """The traffic counter when the round began to be watched (see `Prober._observe`)."""
         self.got: list[list[float]] = [[] for _ in targets]
         """RTTs of this round's replies that came in time, per target."""
         self.copies = copies
@@ -279,11 +279,11 @@ class Prober:
         if after is None:
             st = self._settings
             rnd = _Round(self._next, now, self._targets, st, self._quorum, self.timeout(),
-                         None, st.down - 1)
+                         st.down - 1)
         else:
             st = replace(after.settings, count=1)
             rnd = _Round(self._next, now, after.targets, st, after.quorum, fast_window(st),
-                         None, after.followups - 1, after.busy, FOLLOWUP_COPIES)
+                         after.followups - 1, after.busy, FOLLOWUP_COPIES)
         self._next += 1
         if self.source is None or not rnd.targets:
             why = (f"no address on {self.device or self.name}" if self.source is None
@@ -317,8 +317,7 @@ class Prober:
             if last is not None:
                 per_interval = rnd.settings.interval / max(now - last[0], rnd.settings.interval)
                 rnd.busy = (traffic - last[1]) * per_interval >= BUSY_PACKETS
-        st = rnd.settings
-        quiet = rnd.start + (st.count - 1) * spacing(st) + silence_window(st, rnd.busy)
+        quiet = rnd.sent_by + silence_window(rnd.settings, rnd.busy)
         if fresh and rnd.deadline > quiet + 1e-3:
             rnd.timers.append(loop.call_at(max(quiet, now), self._quiet, rnd))
 
@@ -343,11 +342,12 @@ class Prober:
     # ---- answers and verdicts ---------------------------------------------------------
     def _answer(self, a: Answer) -> None:
         """Every answer of the socket, in time or late (called by the socket)."""
+        now = asyncio.get_running_loop().time()
         if a.error is None:
             self._est.setdefault(a.address, RttEstimator()).sample(a.rtt)
             # a late reply proves life in the rounds that started after its request was
             # sent; an older round whose own requests were lost stays unanswered
-            sent = asyncio.get_running_loop().time() - a.rtt
+            sent = now - a.rtt
             for rnd in self._open:
                 if rnd.start > sent:
                     rnd.alive.add(a.address)
@@ -360,7 +360,7 @@ class Prober:
         rnd.unresolved -= 1
         if a.error is None:
             rnd.alive.add(a.address)
-            if asyncio.get_running_loop().time() <= rnd.deadline:
+            if now <= rnd.deadline:
                 rnd.got[i].append(a.rtt)
         self._complete_if_done(rnd)
 

@@ -32,6 +32,7 @@ import pytest
 from ecmpd import icmpecho
 from ecmpd.icmpecho import PAYLOAD, Answer, EchoSocket, bpf_program
 from ecmpd.lab import netns
+from ecmpd.lab.flood import checksum
 
 REPO = Path(__file__).resolve().parent.parent
 OUR, OTHER = 0x4242, 0x4243
@@ -40,14 +41,6 @@ A6, T6, R6 = "2001:db8::1", "2001:db8:1::7", "2001:db8:2::9"
 
 
 # --- packets (also imported by the lab's helper processes) -----------------------------
-
-
-def checksum(data: bytes) -> int:
-    """The Internet checksum (RFC 1071)."""
-    data += b"\0" * (len(data) % 2)
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total & 0xFFFF) + (total >> 16)
-    return ~(total + (total >> 16)) & 0xFFFF
 
 
 def icmp(kind: int, code: int, rest: bytes, v6: bool = False) -> bytes:

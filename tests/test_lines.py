@@ -1,4 +1,4 @@
-"""Real lines in the lab (`ecmpd.lab.lines`, `ecmpd.lab.flood`): tc rendering and output
+"""Real lines in the lab (`ecmpd.lab.lines`, `.load`, `.flood`): tc rendering and output
 parsing (pure), then shaping, the iperf3 load and the ICMP flood on real traffic (root)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pytest
 from ecmpd.lab import Lab, Line, LoadError
 from ecmpd.lab import flood as fl
 from ecmpd.lab import lines as ln
+from ecmpd.lab import load as ld
 
 MakeLab = Callable[..., Lab]
 LAB = pytest.mark.lab
@@ -72,12 +73,12 @@ def test_parse_ss_established_and_listening() -> None:
     est = ("0      0      [::ffff:203.0.113.10]:5202 [::ffff:10.111.0.2]:40000\n"
            "ESTAB 0 0 192.168.0.2:25000 203.0.113.10:5201\n"
            "SYN-SENT 0 1 192.168.0.2:51234 203.0.113.10:5203 users:((\"iperf3\",pid=9,fd=5))\n")
-    assert ln.parse_ss(est) == [("203.0.113.10", 5202, "10.111.0.2", 40000),
+    assert ld.parse_ss(est) == [("203.0.113.10", 5202, "10.111.0.2", 40000),
                                 ("192.168.0.2", 25000, "203.0.113.10", 5201),
                                 ("192.168.0.2", 51234, "203.0.113.10", 5203)]
     lst = ("LISTEN 0 4096 *:5201 *:*\nLISTEN 0 4096 0.0.0.0:5000 0.0.0.0:*\n"
            "LISTEN 0 5 [::]:5202 [::]:*\n")
-    assert ln.parse_listening(lst) == {5000, 5201, 5202}
+    assert ld.parse_listening(lst) == {5000, 5201, 5202}
 
 
 def _report(intervals: list[int], received: int | None, error: str | None = None) -> str:
@@ -90,14 +91,14 @@ def _report(intervals: list[int], received: int | None, error: str | None = None
 
 
 def test_parse_iperf3_reports() -> None:
-    assert ln.parse_iperf3(_report([100, 200], 290)) == (290, 2.5, None)       # completed
-    assert ln.parse_iperf3(_report([100, 200], 0, "interrupt - the client has terminated")) \
+    assert ld.parse_iperf3(_report([100, 200], 290)) == (290, 2.5, None)       # completed
+    assert ld.parse_iperf3(_report([100, 200], 0, "interrupt - the client has terminated")) \
         == (300, 2.0, "interrupt - the client has terminated")                 # no server count
-    assert ln.parse_iperf3(_report([100], None, "error - Connection reset by peer")) \
+    assert ld.parse_iperf3(_report([100], None, "error - Connection reset by peer")) \
         == (100, 1.0, "error - Connection reset by peer")
-    assert ln.parse_iperf3("iperf3: error") == (0, 0.0, "no JSON report")
-    r = ln.StreamResult("download", "wlan1", "wlan1", 5201, 25000, 1_000_000, 2.0, False)
-    assert r.mbit == 4.0 and ln.StreamResult("upload", None, None, 1, 1, 0, 0, True).mbit == 0
+    assert ld.parse_iperf3("iperf3: error") == (0, 0.0, "no JSON report")
+    r = ld.StreamResult("download", "wlan1", "wlan1", 5201, 25000, 1_000_000, 2.0, False)
+    assert r.mbit == 4.0 and ld.StreamResult("upload", None, None, 1, 1, 0, 0, True).mbit == 0
 
 
 def test_parse_ping() -> None:
@@ -213,7 +214,7 @@ def test_load_lands_on_the_chosen_wan_or_says_why_not(make_lab: MakeLab) -> None
         assert r.wan == r.control_wan and not r.broken and r.bytes > 0, r
     assert len({r.port for r in results}) == 8
     # With the client's socket hash cleared, the router's `ip route get` predicts each flow.
-    assert ln.CLEAR_HASH in lab.run("lan", "tc", "filter", "show", "dev", "eth0", "egress").stdout
+    assert ld.CLEAR_HASH in lab.run("lan", "tc", "filter", "show", "dev", "eth0", "egress").stdout
     assert load.route_get([(r.cport, r.port) for r in results]) == [r.wan for r in results]
     # Unpinned: the streams go where the router hashes them, and say where.
     for r in lab.load(upload=False, pin=False, seconds=1).wait():

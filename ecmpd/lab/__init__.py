@@ -12,7 +12,8 @@ from ecmpd.lab.dhcp import DhcpEvent, DhcpWan
 from ecmpd.lab.driver import FlowRun, HeldFlows, TrafficError
 from ecmpd.lab.flood import Flood, FloodResult
 from ecmpd.lab.lab import Lab
-from ecmpd.lab.lines import Line, Load, LoadError, StreamResult
+from ecmpd.lab.lines import Line
+from ecmpd.lab.load import Load, LoadError, StreamResult
 from ecmpd.lab.netns import LabCommandError, random_prefix, sweep
 from ecmpd.lab.ptp import PtpSession, PtpWan
 from ecmpd.lab.topology import LabSpec, LabWan, make_spec, seed_spec

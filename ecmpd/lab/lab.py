@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from ecmpd.lab import driver, lines, netns
 from ecmpd.lab.flood import Flood, start_flood
+from ecmpd.lab.load import Load
 from ecmpd.lab.topology import LabSpec, seed_spec, transit, upstream_of, wan_of_source
 from ecmpd.lab.traffic import FlowResult
 
@@ -383,9 +384,9 @@ class Lab:
         """Remove `wan`'s shaping (idempotent)."""
         lines.unshape(self, wan)
 
-    def load(self, wans: Sequence[str] | None = None, **kw: Any) -> lines.Load:
-        """iperf3 load from the LAN, pinned to `wans` (default all): `lines.Load.start`."""
-        return lines.Load.start(self, wans, **kw)
+    def load(self, wans: Sequence[str] | None = None, **kw: Any) -> Load:
+        """iperf3 load from the LAN, pinned to `wans` (default all): `Load.start`."""
+        return Load.start(self, wans, **kw)
 
     def flood(self, wan: str, **kw: Any) -> Flood:
         """ICMP flood from the inet namespace at the router's `wan` address: `start_flood`."""

@@ -110,11 +110,12 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
-def terminate(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
-    """SIGTERM `proc` (if running) and reap it; SIGKILL when it outlives `timeout`."""
+def terminate(proc: subprocess.Popen | None, timeout: float = 5.0,
+              sig: int = signal.SIGTERM) -> None:
+    """Send `sig` to `proc` (if running) and reap it; SIGKILL when it outlives `timeout`."""
     if proc is None or proc.poll() is not None:
         return
-    proc.terminate()
+    proc.send_signal(sig)
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
