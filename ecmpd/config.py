@@ -120,10 +120,10 @@ _PROBE_PARSERS: dict[str, Callable[[Any], Any]] = {
 _SECTIONS: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {
     # section -> key -> (Config field, parser)
     "marks": {"mask": ("mark_mask", cv.mark_mask)},
-    "tables": {"base": ("table_base", cv.integer(1, 2**32 - 1 - 256))},
-    "rules": {"priority": ("rule_priority", cv.integer(1, 32000))},
-    "route": {"proto": ("route_proto", cv.integer(5, 255)),
-              "metric": ("route_metric", cv.integer(0, 2**32 - 1))},
+    "tables": {"base": ("table_base", cv.table_base)},
+    "rules": {"priority": ("rule_priority", cv.rule_priority)},
+    "route": {"proto": ("route_proto", cv.route_proto),
+              "metric": ("route_metric", cv.route_metric)},
     "nft": {"table": ("nft_table", cv.nft_table)},
     "control": {"socket": ("control_socket", cv.socket_path),
                 "group": ("control_group", cv.group_name)},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Callable
 
 MAX_BYTES = 1 << 20
 """Largest config accepted (1 MiB); a real one is a few KiB, 255 WANs well under 1 MiB."""
@@ -22,10 +23,12 @@ _KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
 class Unreadable(Exception):
     """The file cannot be used; `message` follows `file: ` (or `file:line: ` if `line`)."""
 
-    def __init__(self, message: str, line: int | None = None) -> None:
+    def __init__(self, message: str, line: int | None = None, missing: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.line = line
+        self.missing = missing
+        """There is no file at the path (not an error for optional state files)."""
 
 
 def _not_regular(mode: int) -> Unreadable | None:
@@ -35,13 +38,29 @@ def _not_regular(mode: int) -> Unreadable | None:
     return Unreadable(f"not a regular file ({kind})")
 
 
-def read_bytes(path: str) -> bytes:
-    """The contents of the regular file `path`; raises only `Unreadable`."""
+def _size(n: int) -> str:
+    return f"{n >> 20} MiB" if n >= 1 << 20 and not n % (1 << 20) else \
+        f"{n >> 10} KiB" if not n % 1024 else f"{n} bytes"
+
+
+def read_bytes(path: str, limit: int = MAX_BYTES, *, nofollow: bool = False,
+               trusted: Callable[[os.stat_result], str | None] | None = None) -> bytes:
+    """The contents of the regular file `path`, at most `limit` bytes; raises only
+    `Unreadable` (`missing` set when there is no file at all).
+
+    `nofollow`: a symlink at `path` is refused, not followed.  `trusted(stat)`: a reason
+    to refuse the open file (its owner, its mode), or None."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
-        problem = _not_regular(os.stat(path).st_mode)  # follows symlinks, opens nothing
+        st0 = os.lstat(path) if nofollow else os.stat(path)   # opens nothing
+        if nofollow and stat.S_ISLNK(st0.st_mode):
+            raise Unreadable("a symbolic link (not followed)")
+        problem = _not_regular(st0.st_mode)
         if problem:
             raise problem
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        fd = os.open(path, flags | (os.O_NOFOLLOW if nofollow else 0))
+    except FileNotFoundError as e:
+        raise Unreadable(f"cannot read: {e.strerror}", missing=True) from None
     except OSError as e:
         raise Unreadable(f"cannot read: {e.strerror or e}") from None
     except ValueError as e:  # e.g. an embedded NUL in the path
@@ -51,10 +70,13 @@ def read_bytes(path: str) -> bytes:
         problem = _not_regular(st.st_mode)
         if problem:
             raise problem
-        if st.st_size > MAX_BYTES:
-            raise Unreadable("larger than 1 MiB")
+        why = trusted(st) if trusted is not None else None
+        if why:
+            raise Unreadable(why)
+        if st.st_size > limit:
+            raise Unreadable(f"larger than {_size(limit)}")
         chunks: list[bytes] = []
-        left = MAX_BYTES + 1
+        left = limit + 1
         while left > 0:
             chunk = os.read(fd, min(left, 1 << 16))
             if not chunk:
@@ -66,7 +88,7 @@ def read_bytes(path: str) -> bytes:
     finally:
         os.close(fd)
     if left <= 0:
-        raise Unreadable("larger than 1 MiB")
+        raise Unreadable(f"larger than {_size(limit)}")
     return b"".join(chunks)
 
 

@@ -105,6 +105,32 @@ def integer(lo: int, hi: int) -> Callable[[Any], int]:
     return parse
 
 
+OTHERS_PROTOS = {
+    0: "unspec", 1: "redirect", 2: "kernel", 3: "boot", 4: "static", 8: "gated", 9: "ra",
+    10: "mrt", 11: "zebra", 12: "bird", 13: "dnrouted", 14: "xorp", 15: "ntk", 16: "dhcp",
+    17: "mrouted", 18: "keepalived", 42: "babel", 99: "openr", 186: "bgp", 187: "isis",
+    188: "ospf", 189: "rip", 190: "ripng", 191: "nhrp", 192: "eigrp", 193: "ldp",
+    194: "sharp", 195: "pbr", 196: "static (FRR)", 197: "openfabric", 198: "srte"}
+"""Route protocols the kernel (``rtnetlink.h``) or routing suites (FRR's
+``rt_protos.d``) tag their routes with: ecmpd would take such routes for its own."""
+_PROTO = integer(5, 255)
+table_base = integer(1, 2**32 - 1 - 256)
+"""`tables.base`: the multipath table; WAN id i uses table base + i (up to 255)."""
+rule_priority = integer(1, 32000)
+"""`rules.priority`: ecmpd's rules span it .. +512, all below main's 32766."""
+route_metric = integer(0, 2**32 - 1)
+
+
+def route_proto(v: Any) -> int:
+    """`route.proto`: 5..255 and no other program's protocol."""
+    n = _PROTO(v)
+    if n in OTHERS_PROTOS:
+        raise Bad(f"{n} is the '{OTHERS_PROTOS[n]}' protocol of the kernel or another "
+                  f"routing program: ecmpd would take its routes for its own; choose "
+                  f"another from 5 to 255 (default 236)")
+    return n
+
+
 def duration(v: Any) -> float:
     """Seconds from a duration (see `parse_duration`) in 10ms..60s."""
     d = parse_duration(v)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import socket
 import struct
 import sys
@@ -240,12 +241,27 @@ def render_status(payload: dict, now: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+MAX_TIMEOUT = 86400.0
+
+
+def _timeout(text: str) -> float:
+    """--timeout: seconds, more than 0 and at most a day (a finite number)."""
+    try:
+        t = float(text)
+    except ValueError:
+        t = math.nan
+    if not 0 < t <= MAX_TIMEOUT:
+        raise argparse.ArgumentTypeError(
+            f"must be a number of seconds above 0 and at most {MAX_TIMEOUT:g}, got {text!r}")
+    return t
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `ecmpctl` argument parser."""
     p = argparse.ArgumentParser(prog="ecmpctl", description="Control a running ecmpd.")
     p.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH",
                    help=f"control socket (default {DEFAULT_SOCKET})")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S",
+    p.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="S",
                    help=f"seconds to wait for the daemon (default {DEFAULT_TIMEOUT:g})")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
     st = sub.add_parser("status", help="show WAN states, probes and the route")
@@ -261,9 +277,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `ecmpctl`; returns the exit code."""
     args = build_parser().parse_args(argv)
-    if not args.timeout > 0:
-        print("ecmpctl: --timeout must be positive", file=sys.stderr)
-        return EXIT_USAGE
     req: dict[str, Any] = {"cmd": args.cmd}
     if args.cmd in ("disable", "enable"):
         req["wan"] = args.wan

@@ -37,8 +37,8 @@ from .prober import Prober
 from .judge import RoundResult
 from .reconfig import plan_reload
 from .sdnotify import Notifier
-from .state import (Addresses, Defaults, Link, State, active, address, awaiting_verdict,
-                    initial, main_route, probe_gateway)
+from .state import (Addresses, Decision, Defaults, Link, State, active, address,
+                    awaiting_verdict, initial, main_route, probe_gateway)
 from .sysctl import Sysctls
 from .watcher import Watcher
 
@@ -56,7 +56,10 @@ class Daemon:
         """The one current state; replaced whole by `submit`, never mutated."""
         self.disabled_store = DisabledStore(cfg.control_socket + ".disabled.json")
         self.firewall = Firewall(cfg)
-        self.reconciler = Reconciler(lambda: self.state, self.firewall, Sysctls(), self._spawn)
+        self.reconciler = Reconciler(lambda: self.state, self.firewall, Sysctls(), self._spawn,
+                                     self._record_disabled)
+        self._recorded_disabled: frozenset[str] | None = None
+        """The disabled WANs last written to `disabled_store` (None: not yet)."""
         self.watcher = Watcher(self)
         self.ledger = Ledger(cfg.control_socket)
         """The ownership numbers installed (`<socket>.owned.json`): nothing is orphaned."""
@@ -268,13 +271,23 @@ class Daemon:
             return {"ok": False, "error": f"no WAN named {name!r} (have: {names})"}
         disabled = cmd == "disable"
         self.submit(SetDisabled(name, disabled))
-        self.disabled_store.save({n for n, ws in self.state.wans.items() if ws.disabled})
         decision = await self.reconciler.settled()
         if disabled and decision.in_route(name):
             return {"ok": False, "wan": name, "disabled": True,
                     "error": f"{name} is disabled, but its nexthop stays in the route: no "
-                             f"other WAN is usable, so the last route is kept"}
+                             f"other WAN is usable, so the last route is kept (the disable is "
+                             f"remembered across a restart once it leaves the route)"}
         return {"ok": True, "wan": name, "disabled": disabled}
+
+    def _record_disabled(self, decision: Decision) -> None:
+        """Remember the disables that took effect: a disabled WAN still in the route
+        (the last usable one) is not recorded until it leaves it, so a restart never
+        starts with fewer usable WANs than the router had (none, at worst)."""
+        names = frozenset(n for n, ws in decision.state.wans.items()
+                          if ws.disabled and not decision.in_route(n))
+        if names != self._recorded_disabled:
+            self.disabled_store.save(set(names))
+            self._recorded_disabled = names
 
     async def snapshot(self) -> status.Snapshot:
         """What status shows, taken at one moment (conntrack counted just before)."""
@@ -306,8 +319,9 @@ class Daemon:
         cfg = self.cfg
         self.disabled_store = DisabledStore(cfg.control_socket + ".disabled.json")
         links, addresses = await self.dump_links(), await self.dump_addresses()
-        self.state = initial(cfg, links or {}, addresses or {},
-                             self.disabled_store.load({w.name for w in cfg.wans}), time.time(),
+        disabled = self.disabled_store.load({w.name for w in cfg.wans})
+        self._recorded_disabled = frozenset(disabled)
+        self.state = initial(cfg, links or {}, addresses or {}, disabled, time.time(),
                              await self.dump_defaults())
         async with self.netlink_lock:
             # what an earlier run left under other numbers (kill -9, then a config with

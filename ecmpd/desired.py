@@ -28,7 +28,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
+from . import configvalues as cv
+from .configvalues import Bad
 from .model import Config
 
 MAIN_TABLE = 254
@@ -252,7 +255,13 @@ class Owned:
         return (self.route_proto, self.route_metric, self.table_base, self.rule_priority)
 
     def table_range(self) -> range:
+        """Tables ``base .. base + 255`` (those of them in `RESERVED_TABLES` excepted:
+        see `owns_table`)."""
         return range(self.table_base, self.table_base + 256)
+
+    def owns_table(self, table: int) -> bool:
+        """Whether `table` can be one of ecmpd's (never main, local, default or 0)."""
+        return table in self.table_range() and table not in RESERVED_TABLES
 
     def rule_range(self) -> range:
         return range(self.rule_priority, self.rule_priority + RULE_SPAN)
@@ -269,18 +278,39 @@ class Owned:
 
     @classmethod
     def from_json(cls, d: Mapping) -> "Owned":
-        """The inverse of `to_json`; ValueError/TypeError/KeyError on anything else."""
-        ints = ("route_proto", "route_metric", "table_base", "rule_priority", "mark_mask")
-        for k in ints:
-            if type(d[k]) is not int or d[k] < 0:
-                raise ValueError(f"{k}: not a non-negative integer")
-        if not isinstance(d["nft_table"], str) or not d["nft_table"]:
-            raise ValueError("nft_table: not a name")
+        """The inverse of `to_json`: numbers that a valid config could hold, or
+        ValueError naming the first that no config could (TypeError/KeyError on a wrong
+        shape).  Nothing read from disk may name an object ecmpd could not own."""
+        fields: dict[str, Any] = {}
+        for key, parse in _PARSERS.items():
+            try:
+                fields[key] = parse(d[key])
+            except Bad as exc:
+                raise ValueError(f"{key}: {exc}") from None
         ids = d.get("ids", [])
         if not isinstance(ids, list) or any(type(i) is not int or not 1 <= i <= 255 for i in ids):
             raise ValueError("ids: not a list of WAN ids")
-        return cls(d["route_proto"], d["route_metric"], d["table_base"], d["rule_priority"],
-                   d["nft_table"], d["mark_mask"], tuple(sorted(set(ids))))
+        owned = cls(fields["route_proto"], fields["route_metric"], fields["table_base"],
+                    fields["rule_priority"], fields["nft_table"], fields["mark_mask"],
+                    tuple(sorted(set(ids))))
+        if reserved := [t for t in owned.wan_tables() if t in RESERVED_TABLES]:
+            raise ValueError(f"table {reserved[0]} is one of the kernel's own tables")
+        return owned
+
+
+    def problem(self) -> str | None:
+        """Why no valid config could hold these numbers (None: one could)."""
+        try:
+            Owned.from_json(self.to_json())
+        except (KeyError, TypeError, ValueError) as exc:
+            return str(exc)
+        return None
+
+
+_PARSERS = {"route_proto": cv.route_proto, "route_metric": cv.route_metric,
+            "table_base": cv.table_base, "rule_priority": cv.rule_priority,
+            "nft_table": cv.nft_table, "mark_mask": cv.mark_mask}
+"""The config's own parsers of the ownership numbers (`ecmpd.config` uses them too)."""
 
 
 Routes = Mapping[tuple[int, int], RouteSpec]

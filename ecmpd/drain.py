@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+
+from . import statefile
 
 log = logging.getLogger("ecmpd")
 
@@ -21,29 +22,28 @@ class DisabledStore:
         self.path = path
 
     def load(self, known: set[str]) -> set[str]:
-        """The remembered names that are still WANs of the config (none if no file)."""
-        try:
-            with open(self.path) as f:
-                names = json.load(f)
-        except FileNotFoundError:
-            return set()
-        except (OSError, ValueError) as exc:
-            log.warning("ignoring %s: %s", self.path, exc)
+        """The remembered names that are still WANs of the config (none if no file, or
+        the file is refused: `statefile.read_json`).  Never every WAN of the config:
+        a router with all its WANs disabled by a file would start without a route."""
+        names = statefile.read_json(self.path)
+        if names is None:
             return set()
         if not isinstance(names, list):
             log.warning("ignoring %s: not a list of WAN names", self.path)
             return set()
         kept = {n for n in names if isinstance(n, str) and n in known}
+        if kept and kept == known:
+            log.warning("ignoring %s: it disables every WAN (%s), which would leave the "
+                        "router without a route", self.path, ", ".join(sorted(kept)))
+            return set()
         if kept:
             log.info("still disabled by the administrator: %s", ", ".join(sorted(kept)))
         return kept
 
     def save(self, names: set[str]) -> None:
-        """Write `names` atomically; a failure is logged, never raised."""
-        tmp = self.path + ".tmp"
+        """Write `names` atomically (`statefile.write`); a failure is logged, never
+        raised."""
         try:
-            with open(tmp, "w") as f:
-                json.dump(sorted(names), f)
-            os.replace(tmp, self.path)
+            statefile.write(self.path, json.dumps(sorted(names)))
         except OSError as exc:
             log.warning("cannot remember disabled WANs in %s: %s", self.path, exc)

@@ -9,7 +9,7 @@ mask, and the WAN ids whose tables exist).  Change one of them and restart — a
 metric-0 multipath route even outranks the new one and never fails over.  So:
 
 * before anything is installed under new numbers, the record lists the old numberings
-  *and* the new one (written atomically: temporary file, fsync, rename);
+  *and* the new one (`statefile.write`: a fresh temporary file, fsync, rename);
 * the old objects are then handed over (`routing.handover`: the new ones installed
   first, then the old ones that the new state does not have removed — routes with the
   old proto in the old tables or at the old metric in main, rules in the old priority
@@ -19,17 +19,21 @@ metric-0 multipath route even outranks the new one and never fails over.  So:
   lists only the current numbers.
 
 A crash at any point leaves a record that covers everything that may be installed.
+
+The file is input, not truth: it is read as an untrusted state file (`statefile`), and
+only entries whose numbers a valid config could hold count (`entries`).  What it can
+make ecmpd remove is therefore bounded by what ecmpd's own config could have created.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from . import statefile
 from .desired import Owned
 from .model import Config
 
@@ -46,24 +50,25 @@ def path_for(control_socket: str) -> str:
 
 # ---- the file ------------------------------------------------------------------------
 
-def parse(text: str) -> tuple[Owned, ...]:
-    """The numberings in a ledger file's text; ValueError when it is not one."""
-    try:
-        doc = json.loads(text)
-    except ValueError as exc:
-        raise ValueError(f"not JSON: {exc}") from None
+def entries(doc: Any) -> tuple[tuple[Owned, ...], list[str]]:
+    """The numberings of a ledger document, and why each entry left out is unusable.
+
+    An entry counts only when a valid config could hold its numbers (`Owned.from_json`
+    checks them with the config's own parsers, and refuses the kernel's tables and other
+    programs' route protocols): a forged entry can never make ecmpd take a host's
+    rule, route or table for its own.  ValueError when `doc` is no ledger at all."""
     if not isinstance(doc, dict) or doc.get("version") != VERSION \
             or not isinstance(doc.get("owned"), list):
         raise ValueError(f"not an ecmpd ledger (version {VERSION})")
-    out = []
+    out, bad = [], []
     for i, entry in enumerate(doc["owned"]):
-        if not isinstance(entry, dict):
-            raise ValueError(f"owned[{i}]: not an object")
         try:
+            if not isinstance(entry, dict):
+                raise ValueError("not an object")
             out.append(Owned.from_json(entry))
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"owned[{i}]: {exc}") from None
-    return tuple(out)
+            bad.append(f"owned[{i}]: {exc if not isinstance(exc, KeyError) else f'no {exc}'}")
+    return tuple(out), bad
 
 
 def render(owned: Iterable[Owned]) -> str:
@@ -72,42 +77,32 @@ def render(owned: Iterable[Owned]) -> str:
 
 
 def load(path: str) -> tuple[Owned, ...]:
-    """The recorded numberings, oldest first; none when there is no (valid) file."""
-    try:
-        with open(path) as f:
-            return parse(f.read())
-    except FileNotFoundError:
+    """The usable recorded numberings, oldest first; none when there is no file or it
+    is refused (`statefile.read_json`) or is no ledger.  Unusable entries are left out
+    (one warning)."""
+    doc = statefile.read_json(path)
+    if doc is None:
         return ()
-    except (OSError, ValueError) as exc:
+    try:
+        out, bad = entries(doc)
+    except ValueError as exc:
         log.warning("ignoring %s: %s", path, exc)
         return ()
+    if bad:
+        log.warning("ignoring %d entr%s of %s that no ecmpd config could hold: %s%s",
+                    len(bad), "y" if len(bad) == 1 else "ies", path, bad[0],
+                    f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+    return out
 
 
 def save(path: str, owned: Sequence[Owned]) -> bool:
     """Write the record atomically and durably; False (logged) when it cannot be."""
-    tmp = f"{path}.{os.getpid()}.tmp"
     try:
-        with open(tmp, "w") as f:
-            f.write(render(owned))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        try:
-            dirfd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-            try:
-                os.fsync(dirfd)
-            finally:
-                os.close(dirfd)
-        except OSError:
-            pass
+        statefile.write(path, render(owned))
         return True
     except OSError as exc:
         log.warning("cannot record ecmpd's ownership numbers in %s: %s (objects left under "
                     "other numbers by this run would not be found by the next)", path, exc)
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
         return False
 
 

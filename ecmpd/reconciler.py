@@ -35,8 +35,10 @@ class Reconciler:
     """Serialised, coalesced reconcile passes over `current()`, the daemon's state."""
 
     def __init__(self, current: Callable[[], State], firewall: Firewall, sysctls: Sysctls,
-                 spawn: Spawn) -> None:
+                 spawn: Spawn, on_pass: Callable[[Decision], None] | None = None) -> None:
         self.current = current
+        self.on_pass = on_pass
+        """Called with every pass's decision once it is applied."""
         self.firewall = firewall
         self.sysctls = sysctls
         self.spawn = spawn
@@ -108,6 +110,8 @@ class Reconciler:
                 retried = False
                 now = asyncio.get_running_loop().time()
                 self.reactions.extend(now - t for t in decided)
+                if self.on_pass is not None:
+                    self.on_pass(decision)
                 for w in waiters:
                     if not w.done():
                         w.set_result(decision)

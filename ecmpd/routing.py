@@ -96,18 +96,23 @@ def _rule_of(msg) -> RuleSpec:
     )
 
 
+def is_ours(rule: RuleSpec, owned: Owned) -> bool:
+    """Whether `rule` is one ecmpd could have made under `owned`: in its priority range
+    and looking up one of its tables, or its one ``lookup main suppress_prefixlength 0``
+    at exactly the base priority.  Never a rule looking up local, default or plain main."""
+    if rule.priority not in owned.rule_range():
+        return False
+    if rule.table == MAIN_TABLE:
+        return rule.priority == owned.rule_priority and rule.suppress_prefixlen == 0
+    return owned.owns_table(rule.table)
+
+
 async def read_rules(ipr: AsyncIPRoute, owned: Owned) -> set[RuleSpec]:
-    """ecmpd's rules under `owned`: in its priority range and pointing at one of its
-    tables, or its one `lookup main` rule at exactly the base priority."""
-    tables, prios = owned.table_range(), owned.rule_range()
+    """ecmpd's rules under `owned` (`is_ours`)."""
     out: set[RuleSpec] = set()
     async for msg in await ipr.rule("dump", family=socket.AF_INET):
-        prio = msg.get("priority") or 0
-        table = msg.get("table")
-        if prio not in prios or not (table in tables or
-                                     (table == MAIN_TABLE and prio == owned.rule_priority)):
-            continue
-        out.add(_rule_of(msg))
+        if is_ours(rule := _rule_of(msg), owned):
+            out.add(rule)
     return out
 
 
@@ -146,10 +151,8 @@ async def read_actual(ipr: AsyncIPRoute, cfg: Config | Owned,
     owned = Owned.of(cfg)
     actual = Actual()
     actual.rules = await read_rules(ipr, owned)
-    in_range = owned.table_range()
-    wanted = sorted({*owned.wan_tables(), *tables,
-                     *(r.table for r in actual.rules if r.table != MAIN_TABLE)}
-                    & set(in_range))
+    wanted = sorted(t for t in {*owned.wan_tables(), *tables, *(r.table for r in actual.rules)}
+                    if owned.owns_table(t))
     try:
         reader = RouteReader.like(ipr)
     except StrictUnsupported as exc:
@@ -173,10 +176,9 @@ async def read_actual(ipr: AsyncIPRoute, cfg: Config | Owned,
 
 async def _read_full(ipr: AsyncIPRoute, owned: Owned, actual: Actual) -> Actual:
     """The fallback without strict checking: one full dump, filtered here."""
-    tables = owned.table_range()
     async for msg in await ipr.route("dump", family=socket.AF_INET):
         table = msg.get("table")
-        if msg["dst_len"] != 0 or not (table == MAIN_TABLE or table in tables):
+        if msg["dst_len"] != 0 or not (table == MAIN_TABLE or owned.owns_table(table)):
             continue
         if table == MAIN_TABLE:
             _add_main(actual, owned, msg)
@@ -329,6 +331,9 @@ async def handover(ipr: AsyncIPRoute, old: Config | Owned, new: Config | Owned,
     orphan than no route; `stray_warnings` reports it).  Returns the changes made."""
     o, n = Owned.of(old), Owned.of(new)
     if o.routing_numbers() == n.routing_numbers():
+        return 0
+    if why := o.problem() or n.problem():
+        log.error("not handing ecmpd's routes over from %s to %s: %s", o, n, why)
         return 0
     have = await read_actual(ipr, o)
     target = desired if desired is not None else translate(have.routes, have.rules, o, n)

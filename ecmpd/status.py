@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import state as st_mod
-from .desired import RouteSpec
+from .desired import Nexthop, RouteSpec
+from .model import Config
 from .health import Verdict
 from .judge import RoundResult
 from .state import State
@@ -144,6 +145,15 @@ def _nexthop(gateway: str | None, interface: str) -> str | None:
     return f"via {gateway} dev {interface}" if gateway else f"dev {interface}"
 
 
+def _weight(cfg: Config, interface: str | None, hop: Nexthop, hops: int) -> int:
+    """A nexthop's weight: the kernel's; on a single-nexthop route (where the kernel keeps
+    none) the weight of the WAN on that interface, which it carries as soon as another
+    nexthop joins."""
+    if hops == 1:
+        return next((w.weight for w in cfg.wans if w.interface == interface), hop.weight)
+    return hop.weight
+
+
 def render(snap: Snapshot) -> dict[str, Any]:
     """The status as a JSON-ready dict (see ecmpd.ctl.render_status for its text form)."""
     st, main = snap.state, snap.main
@@ -171,8 +181,7 @@ def render(snap: Snapshot) -> dict[str, Any]:
             "present": main is not None,
             "kept_last": kept,
             "nexthops": [{"gateway": h.gateway or None, "interface": names.get(h.oif, str(h.oif)),
-                          # a single-nexthop route carries no weight in the kernel
-                          "weight": h.weight if len(main.nexthops) > 1 else None}
+                          "weight": _weight(cfg, names.get(h.oif), h, len(main.nexthops))}
                          for h in (main.nexthops if main else ())],
         },
         "warnings": warnings,

@@ -73,7 +73,7 @@ hash: l3
 marks: {mask: '0x0000ff00'}
 tables: {base: 5000}
 rules: {priority: 2000}
-route: {proto: 99, metric: 50}
+route: {proto: 201, metric: 50}
 nft: {table: multiwan}
 keep_on_exit: true
 control: {socket: /run/x.sock, group: netadm}
@@ -82,7 +82,7 @@ control: {socket: /run/x.sock, group: netadm}
     assert cfg.wan("b") == Wan("b", "eth2", IPv4Address("198.51.100.1"), weight=7, id=9)
     assert (cfg.hash, cfg.mark_mask, cfg.table_base, cfg.rule_priority, cfg.route_proto,
             cfg.route_metric, cfg.nft_table, cfg.keep_on_exit, cfg.control_socket,
-            cfg.control_group) == ("l3", 0xFF00, 5000, 2000, 99, 50, "multiwan", True,
+            cfg.control_group) == ("l3", 0xFF00, 5000, 2000, 201, 50, "multiwan", True,
                                    "/run/x.sock", "netadm")
     assert cfg.mark_of(cfg.wan("b")) == 9 << 8
 
@@ -443,6 +443,13 @@ BAD = [
     (BASE + "rules:\n  priority: 32001\n",
      ["11: rules.priority: must be an integer from 1 to 32000, got 32001"]),
     (BASE + "route:\n  proto: 4\n", ["11: route.proto: must be an integer from 5 to 255, got 4"]),
+    (BASE + "route:\n  proto: 16\n",
+     ["11: route.proto: 16 is the 'dhcp' protocol of the kernel or another routing program: "
+      "ecmpd would take its routes for its own; choose another from 5 to 255 (default 236)"]),
+    (BASE + "route:\n  proto: 186\n", ["11: route.proto: 186 is the 'bgp' protocol of the "
+                                       "kernel or another routing program: ecmpd would take "
+                                       "its routes for its own; choose another from 5 to 255 "
+                                       "(default 236)"]),
     (BASE + "route:\n  metric: -1\n",
      ["11: route.metric: must be an integer from 0 to 4294967295, got -1"]),
     (BASE + "nft:\n  table: in\n", ["11: nft.table: 'in' is an nft keyword, choose another name"]),

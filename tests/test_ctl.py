@@ -187,8 +187,14 @@ def test_usage_exit_2(argv, capsys):
     assert e.value.code == 2
 
 
-def test_nonpositive_timeout_exit_2(capsys):
-    assert main(["--timeout", "0", "status"]) == 2
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "nan", "1e300", "86401"])
+def test_a_timeout_not_in_0_to_a_day_is_a_usage_error(value, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--socket", "/nonexistent/ecmpd.sock", "--timeout", value, "status"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert "--timeout: must be a number of seconds above 0 and at most 86400" in err
+    assert "Traceback" not in err
 
 
 def test_render_sample():

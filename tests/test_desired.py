@@ -279,8 +279,8 @@ def test_a_route_an_earlier_version_kept_in_main_moves_to_ecmpds_table() -> None
 
 
 def test_owned_round_trips_and_rejects_garbage() -> None:
-    o = Owned.of(two(table_base=2000, route_metric=3, nft_table="x", mark_mask=0xF0))
-    assert o == Owned(236, 3, 2000, 1000, "x", 0xF0, (1, 2))
+    o = Owned.of(two(table_base=2000, route_metric=3, nft_table="x", mark_mask=0xFF0))
+    assert o == Owned(236, 3, 2000, 1000, "x", 0xFF0, (1, 2))
     assert Owned.from_json(o.to_json()) == o
     assert Owned.of(o) is o
     assert o.wan_tables() == (2000, 2001, 2002) and o.table_range() == range(2000, 2256)
@@ -291,3 +291,39 @@ def test_owned_round_trips_and_rejects_garbage() -> None:
             Owned.from_json(bad)
     with pytest.raises(KeyError):
         Owned.from_json({"route_proto": 236})
+    assert o.problem() is None
+
+
+HOSTS = {
+    "the kernel's route proto": {"route_proto": 2},
+    "boot's route proto": {"route_proto": 3},
+    "a DHCP client's route proto": {"route_proto": 16},
+    "bird's route proto": {"route_proto": 12},
+    "rule priority 0 (lookup local)": {"rule_priority": 0},
+    "rule priority 32766 (lookup main)": {"rule_priority": 32766},
+    "tables.base = main": {"table_base": 254},
+    "tables.base = local": {"table_base": 255},
+    "a WAN table on local": {"table_base": 250, "ids": [5]},
+    "tables beyond 32 bits": {"table_base": 2**32 - 10},
+    "a bool for a number": {"route_metric": True},
+    "an nft keyword": {"nft_table": "filter table"},
+    "an empty mark mask": {"mark_mask": 0},
+}
+
+
+@pytest.mark.parametrize("change", HOSTS.values(), ids=HOSTS.keys())
+def test_owned_numbers_no_config_could_hold_are_refused(change) -> None:
+    o = Owned.of(two()).to_json()
+    with pytest.raises(ValueError):
+        Owned.from_json({**o, **change})
+    numbers = {**o, **change}
+    forged = Owned(numbers["route_proto"], numbers["route_metric"], numbers["table_base"],
+                   numbers["rule_priority"], numbers["nft_table"], numbers["mark_mask"],
+                   tuple(numbers["ids"]))
+    assert forged.problem()
+
+
+def test_owns_table_never_the_kernels_tables() -> None:
+    o = Owned(236, 0, 200, 1000, "ecmpd", 0xFF0000, (1,))
+    assert o.owns_table(200) and o.owns_table(252) and o.owns_table(455)
+    assert not any(o.owns_table(t) for t in (253, 254, 255, 199, 456))

@@ -182,3 +182,34 @@ def test_the_ledger_flow_at_start_and_on_reload(tmp_path, monkeypatch) -> None:
         assert [o.nft_table for o in second.pending] == ["ecmpd"]
 
     asyncio.run(body())
+
+
+def test_entries_no_config_could_hold_are_left_out_with_one_warning(tmp_path, caplog) -> None:
+    path = tmp_path / "x.sock.owned.json"
+    host = [{**A.to_json(), "rule_priority": 0},          # lookup local's priority
+            {**A.to_json(), "rule_priority": 32766},      # lookup main's
+            {**A.to_json(), "table_base": 254},           # table main
+            {**A.to_json(), "route_proto": 3},            # boot
+            {**A.to_json(), "route_proto": 2, "table_base": 250, "ids": [4, 5]},
+            {**A.to_json(), "mark_mask": "everything"},
+            "not an object", {"route_proto": 236}]
+    path.write_text(json.dumps({"version": 1, "owned": [*host, B.to_json()]}))
+    os.chmod(path, 0o644)
+    with caplog.at_level(logging.WARNING, logger="ecmpd"):
+        assert ledger.load(str(path)) == (B,)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, caplog.text
+    assert "ignoring 8 entries" in caplog.text and "no ecmpd config could hold" in caplog.text
+    assert ledger.entries(json.loads(path.read_text()))[0] == (B,)
+    with pytest.raises(ValueError):
+        ledger.entries({"version": 2, "owned": []})
+
+
+def test_a_hostile_ledger_file_counts_as_none(tmp_path) -> None:
+    fifo = tmp_path / "fifo.owned.json"
+    os.mkfifo(fifo)
+    os.symlink("/dev/zero", tmp_path / "zero.owned.json")
+    big = tmp_path / "big.owned.json"
+    big.write_text(json.dumps({"version": 1, "owned": [A.to_json()] * 2000}))
+    for p in (fifo, tmp_path / "zero.owned.json", big):
+        assert ledger.load(str(p)) == ()

@@ -100,12 +100,13 @@ def test_learned_gateways_show_what_is_in_use_and_null_while_unknown() -> None:
     assert (w1["gateway"], w1["nexthop"], w1["gateway_source"]) == (None, None, "learned")
     assert (w1["state"], w1["reason"]) == ("down", "waiting for a gateway")
     assert (w2["gateway"], w2["nexthop"]) == (None, "dev ppp0")
+    # a single nexthop: the WAN's weight (the kernel keeps none on a one-nexthop route)
     assert payload["route"]["nexthops"] == [{"gateway": None, "interface": "ppp0",
-                                             "weight": None}]
+                                             "weight": 2}]
     text = render_status(payload, time.time())
     assert "gateway: none yet (learned)" in text
     assert "gateway: none needed (point-to-point: dev ppp0)" in text
-    assert "\n  dev ppp0\n" in text + "\n"
+    assert "\n  dev ppp0 weight 2\n" in text + "\n"
     learned = dataclasses.replace(st, defaults={254: (Default(0, 11, "192.0.2.254"),)})
     w1 = render(snap(learned))["wans"]["wlan1"]
     assert (w1["gateway"], w1["nexthop"]) == ("192.0.2.254", "via 192.0.2.254 dev eth1")
@@ -175,11 +176,13 @@ def test_multipath_nexthops_carry_the_kernel_weights_and_interface_names() -> No
     assert st["wans"]["wlan2"]["weight"] == 2                            # config's
 
 
-def test_a_single_nexthop_route_shows_no_weight() -> None:
+def test_a_single_nexthop_route_shows_its_wans_weight() -> None:
+    # the kernel keeps no weight on a one-nexthop route: the WAN's, which it carries as
+    # soon as another nexthop joins
     st = render(snap(main=route(hop("198.51.100.1", 12, 1))))
     assert st["route"]["nexthops"] == [
-        {"gateway": "198.51.100.1", "interface": "eth2", "weight": None}]
-    assert "weight" not in render_status(st, time.time()).split("route:")[1]
+        {"gateway": "198.51.100.1", "interface": "eth2", "weight": 2}]
+    assert "dev eth2 weight 2" in render_status(st, time.time()).split("route:")[1]
 
 
 def test_no_route_in_the_kernel_is_a_warning() -> None:
