@@ -97,14 +97,25 @@ def _rule_of(msg) -> RuleSpec:
 
 
 def is_ours(rule: RuleSpec, owned: Owned) -> bool:
-    """Whether `rule` is one ecmpd could have made under `owned`: in its priority range
-    and looking up one of its tables, or its one ``lookup main suppress_prefixlength 0``
-    at exactly the base priority.  Never a rule looking up local, default or plain main."""
-    if rule.priority not in owned.rule_range():
-        return False
+    """Whether `rule` is one ecmpd makes under `owned` (`desired.build_desired`'s
+    layout, P = ``rules.priority``, B = ``tables.base``): ``P: lookup main
+    suppress_prefixlength 0``, ``P+id: fwmark … lookup B+id``, ``P+256+id: from … lookup
+    B+id``, ``P+512: lookup B``.  Nothing else in ecmpd's priority span is its own: never
+    a rule looking up local, default or plain main, nor one whose table does not match
+    its priority."""
+    off = rule.priority - owned.rule_priority
     if rule.table == MAIN_TABLE:
-        return rule.priority == owned.rule_priority and rule.suppress_prefixlen == 0
-    return owned.owns_table(rule.table)
+        return off == 0 and rule.suppress_prefixlen == 0
+    if not owned.owns_table(rule.table) or rule.suppress_prefixlen is not None:
+        return False
+    wan = rule.table - owned.table_base
+    if off == BALANCE_RULE:
+        return wan == 0 and rule.fwmark is None and rule.src is None
+    if 1 <= off <= 255:
+        return wan == off and rule.fwmark is not None and rule.src is None
+    if 257 <= off <= 511:
+        return wan == off - 256 and rule.src is not None and rule.fwmark is None
+    return False
 
 
 async def read_rules(ipr: AsyncIPRoute, owned: Owned) -> set[RuleSpec]:
