@@ -35,9 +35,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def load(args: argparse.Namespace) -> Config | None:
-    """The validated config, or None after printing every problem to stderr."""
+    """The validated config, or None after printing every problem to stderr.  `--check`
+    also refuses probe targets that are this machine's addresses (when it can read them)."""
+    local = None
+    if args.check:
+        from .ownaddr import read_now
+        local = read_now()
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, local)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

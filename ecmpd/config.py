@@ -20,7 +20,8 @@ targets; an explicit quorum must not exceed the number of targets.  `address` is
 only checked (the gateway must lie in its subnet), and so is the optional
 `lan.addresses`: probe targets and gateways must not be this router's own addresses,
 inside a LAN, or a subnet's network/broadcast address (a probe answered by the router
-itself never fails, so the WAN would never fail over).  Interface names must be names
+itself never fails, so the WAN would never fail over); given the addresses the machine
+has (`local`: `--check` on the router), targets must not be any of those either.  Interface names must be names
 a real LAN/WAN interface can have (not `all`, `default`, `lo`), and integers must be
 written in plain decimal (see `ecmpd.configvalues`).
 """
@@ -36,7 +37,7 @@ from typing import Any
 
 from ecmpd import configvalues as cv
 from ecmpd.configfile import Unreadable, read_text
-from ecmpd.configchecks import Origin, check_beyond, probe_limits
+from ecmpd.configchecks import Origin, check_beyond, check_local, probe_limits
 from ecmpd.configvalues import Bad
 from ecmpd.model import MAX_WANS, Config, ProbeSettings, Wan
 from ecmpd.yamlpos import YamlProblem, YList, YMap, describe, load_document
@@ -67,19 +68,21 @@ class ConfigError(Exception):
         return "\n".join(self.problems)
 
 
-def load_config(path: str) -> Config:
-    """Read and validate the config file at `path`; raises only `ConfigError`."""
+def load_config(path: str, local: frozenset[str] | None = None) -> Config:
+    """Read and validate the config file at `path`; raises only `ConfigError`.
+    `local`: this machine's addresses (normalized), refused as probe targets."""
     try:
         text = read_text(path)
     except Unreadable as e:
         where = path if e.line is None else f"{path}:{e.line}"
         raise ConfigError([f"{where}: {e.message}"]) from None
-    return parse_config(text, path)
+    return parse_config(text, path, local)
 
 
-def parse_config(text: str, source: str) -> Config:
-    """Validate YAML `text`; `source` names it in messages and becomes `Config.source`."""
-    config, problems = _Validator(source).run(text)
+def parse_config(text: str, source: str, local: frozenset[str] | None = None) -> Config:
+    """Validate YAML `text`; `source` names it in messages and becomes `Config.source`;
+    `local`: as for `load_config`."""
+    config, problems = _Validator(source, local).run(text)
     if problems or config is None:
         raise ConfigError(problems or [f"{source}:1: invalid configuration"])
     return config
@@ -133,8 +136,10 @@ _SECTIONS: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {
 class _Validator:
     """One validation run: collects (line, path, message) problems."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(self, source: str, local: frozenset[str] | None = None) -> None:
         self.source = source
+        self.local = local
+        """This machine's addresses (None: not known, not checked)."""
         self.found: list[tuple[int, str, _Message]] = []
         self.own: list[tuple[str, IPv4Interface]] = []
         """(key path, address) of this router's addresses: WANs' and LAN's."""
@@ -257,6 +262,8 @@ class _Validator:
         self.merge_probe(probe, ({}, set()))  # cross-key checks even if `wans` is broken
         wans = self.wans(doc, probe, kwargs.get("table_base"))
         check_beyond(self.add, self.own, self.targets, self.gateways)
+        if self.local:
+            check_local(self.add, self.local, {str(a.ip) for _, a in self.own}, self.targets)
         if isinstance(lan_ifs, tuple) and wans:
             by_if = {w.interface: w for w in wans}
             lines = doc["lan"]["interfaces"].item_lines

@@ -6,10 +6,11 @@ and never raises; values already found invalid are skipped by the caller's `bad`
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
+from ecmpd import ownaddr
 from ecmpd.configvalues import format_seconds
 from ecmpd.model import GATEWAY_TARGET
 
@@ -97,3 +98,16 @@ def check_beyond(add: Add, own: Sequence[tuple[str, IPv4Interface]],
         else:
             continue
         add(line, path, f"{a} {why}")
+
+
+def check_local(add: Add, local: Collection[str], configured: Collection[str],
+                targets: Sequence[tuple[str, tuple[str, ...], list[int]]]) -> None:
+    """Probe targets must not be one of this machine's addresses (`local`, read from
+    the kernel by `--check`): the router would answer them itself.  Targets that are
+    addresses `configured` in the file are left to `check_beyond`."""
+    for path, values, lines in targets:
+        for i, t in enumerate(values):
+            if t != GATEWAY_TARGET and t not in configured and ownaddr.normal(t) in local:
+                add(lines[i], f"{path}[{i}]", f"{t} is one of this router's own addresses "
+                    f"(on this machine now): the router answers it, so the WAN would never "
+                    f"fail over")

@@ -157,8 +157,9 @@ def _target_line(addr: str, t: Any) -> str:
     t = t if isinstance(t, dict) else {}
     loss = _num(t.get("loss_pct"))
     loss_s = "-" if loss is None else f"{loss:.3g}%"
-    return (f"    {addr}  rtt {_ms(t.get('rtt_ms'))}  srtt {_ms(t.get('srtt_ms'))}  "
+    line = (f"    {addr}  rtt {_ms(t.get('rtt_ms'))}  srtt {_ms(t.get('srtt_ms'))}  "
             f"loss {loss_s}")
+    return line + (f"  ({t['reason']}: counts as failed)" if t.get("reason") else "")
 
 
 def _wan_block(name: str, w: Any, now: float) -> list[str]:

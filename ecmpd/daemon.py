@@ -22,7 +22,7 @@ from typing import Any
 
 from .netlinkimport import AsyncIPRoute
 
-from . import conntrack, gateways, routing, status
+from . import conntrack, gateways, ownaddr, routing, status
 from .config import ConfigError, load_config
 from .control import ControlServer
 from .desired import table_range
@@ -38,7 +38,7 @@ from .judge import RoundResult
 from .reconfig import plan_reload
 from .sdnotify import Notifier
 from .state import (Addresses, Decision, Defaults, Link, State, active, address,
-                    awaiting_verdict, initial, main_route, probe_gateway)
+                    awaiting_verdict, initial, main_route, own_targets, probe_targets)
 from .sysctl import Sysctls
 from .watcher import Watcher
 
@@ -92,13 +92,15 @@ class Daemon:
         before = self.state
         self.state, effects = step(before, event, time.time())
         if (self.state.links is not before.links or self.state.addresses is not before.addresses
-                or self.state.defaults is not before.defaults):
+                or self.state.defaults is not before.defaults
+                or self.state.local is not before.local):
             self._follow_probers()
         self._carry_out(effects)
 
     def _follow_probers(self, reconfigured: bool = False) -> None:
-        """Probers follow their WAN's address, interface and gateway (learned ones move);
-        `reconfigured`: the probe settings may have changed too."""
+        """Probers follow their WAN's address, interface, gateway (learned ones move) and
+        which targets are the router's own addresses; `reconfigured`: the probe settings
+        may have changed too."""
         for wan in self.state.cfg.wans:
             if (prober := self._probers.get(wan.name)) is None:
                 continue
@@ -107,11 +109,11 @@ class Daemon:
             targets, quorum = self._targets(wan)
             if reconfigured or targets != prober.targets:
                 prober.update(targets, wan.probe, quorum)
+            prober.set_own(own_targets(self.state, wan))
 
     def _targets(self, wan: Wan) -> tuple[tuple[str, ...], int]:
         """The WAN's probe targets and quorum now (`gateway` resolved)."""
-        gw = probe_gateway(self.state, wan)
-        return wan.probe.resolved_targets(gw), wan.probe.resolved_quorum(gw)
+        return probe_targets(self.state, wan)
 
     def _carry_out(self, effects: Iterable[Effect]) -> None:
         for e in effects:
@@ -158,6 +160,13 @@ class Daemon:
             return await gateways.read_defaults(self.ipr, cfg.route_proto, table_range(cfg),
                                                 self.state.defaults)
 
+    async def dump_local(self) -> ownaddr.Local | None:
+        """Every address of the router, both families, from a dump (None before start)."""
+        if self.ipr is None:
+            return None
+        async with self.netlink_lock:
+            return await ownaddr.read(self.ipr)
+
     async def dump_addresses(self) -> Addresses | None:
         """Every IPv4 address, from a dump (None before start)."""
         if self.ipr is None:
@@ -196,6 +205,7 @@ class Daemon:
                         lambda r, n=wan.name: self._on_round(n, r),
                         source=address(self.state, wan), device=wan.interface,
                         traffic=lambda n=wan.name: self._traffic_of(n), quorum=quorum)
+        prober.set_own(own_targets(self.state, wan))
         self._probers[wan.name] = prober
         self._probing[wan.name] = asyncio.get_running_loop().create_task(prober.run())
 
@@ -322,7 +332,10 @@ class Daemon:
         disabled = self.disabled_store.load({w.name for w in cfg.wans})
         self._recorded_disabled = frozenset(disabled)
         self.state = initial(cfg, links or {}, addresses or {}, disabled, time.time(),
-                             await self.dump_defaults())
+                             await self.dump_defaults(), await self.dump_local() or frozenset())
+        for level, message in ownaddr.changes({}, {w.name: own_targets(self.state, w)
+                                                   for w in cfg.wans}):
+            log.log(level, message)
         async with self.netlink_lock:
             # what an earlier run left under other numbers (kill -9, then a config with
             # other tables/priorities/metric/nft table) is handed over, not orphaned

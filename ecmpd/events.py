@@ -16,7 +16,10 @@ Rules:
 * a health transition that changes whether the WAN is usable, or ends DOWN, asks for an
   urgent reconcile (timed as a reaction); DOWN also flushes the WAN's connections (after
   that reconcile);
-* `Resynced` replaces links and addresses whole: it supersedes every event before it.
+* `Resynced` replaces links and addresses whole: it supersedes every event before it;
+* a probe target that becomes one of the router's own addresses (by any event: an
+  address added anywhere, a learned gateway, a reload) is logged once, as a WARNING;
+  the daemon's prober counts it as failed (`state.own_targets`).
 """
 
 from __future__ import annotations
@@ -26,14 +29,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Union
 
-from . import health
+from . import health, ownaddr
 from .desired import MAIN_TABLE, RouteSpec, rule_range, table_range
 from .health import Health, State as HealthState, Verdict
 from .logsetup import NOTICE
 from .model import Config
 from .reconfig import ReloadPlan
 from .state import (Addresses, Default, Defaults, Link, State, WanState, active, address,
-                    gateway, hop_of, link_ok, link_problem, observed,
+                    gateway, hop_of, link_ok, link_problem, observed, own_targets,
                     remember_gateways, usable)
 
 
@@ -50,11 +53,21 @@ class LinkChanged:
 @dataclass(frozen=True)
 class AddressesChanged:
     """An IPv4 address was added to or removed from interface `index`; `addresses` is
-    the re-read table (None: it could not be read, keep the last one)."""
+    the re-read table, `local` every address of the router re-read (None: it could not
+    be read, keep the last one)."""
 
     index: int
     removed: bool
     addresses: Addresses | None
+    local: ownaddr.Local | None = None
+
+
+@dataclass(frozen=True)
+class LocalChanged:
+    """The router's own addresses re-read, both families (after an IPv6 address came
+    or went; IPv4 ones come with `AddressesChanged`)."""
+
+    local: ownaddr.Local
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,7 @@ class Resynced:
     links: Mapping[str, Link]
     addresses: Addresses
     defaults: Defaults | None = None
+    local: ownaddr.Local | None = None
 
 
 @dataclass(frozen=True)
@@ -136,7 +150,7 @@ class Reloaded:
     plan: ReloadPlan
 
 
-Event = Union[LinkChanged, AddressesChanged, RouteChanged, DefaultsChanged, DefaultsRead,
+Event = Union[LinkChanged, AddressesChanged, LocalChanged, RouteChanged, DefaultsChanged, DefaultsRead,
               RuleChanged, RulesetChanged, Resynced, ProbeRound, SetDisabled, Adopted,
               Reloaded]
 
@@ -289,6 +303,8 @@ def _link_changed(st: State, ev: LinkChanged, now: float) -> Result:
 def _addresses_changed(st: State, ev: AddressesChanged, now: float) -> Result:
     after = st if ev.addresses is None else remember_gateways(replace(st,
                                                                       addresses=ev.addresses))
+    if ev.local is not None:
+        after = replace(after, local=ev.local)
     why = "address removed" if ev.removed else "address added"
     reasons = {w.name: why for w in st.cfg.wans
                if (link := st.links.get(w.interface)) and link.index == ev.index}
@@ -314,7 +330,8 @@ def _new_defaults(st: State, defaults: Defaults, now: float) -> Result:
 def _resynced(st: State, ev: Resynced, now: float) -> Result:
     after = remember_gateways(replace(st, links=ev.links, addresses=ev.addresses,
                                       defaults=st.defaults if ev.defaults is None
-                                      else ev.defaults))
+                                      else ev.defaults,
+                                      local=st.local if ev.local is None else ev.local))
     after, effects = _links(st, after, {w.name: "resync" for w in st.cfg.wans}, now)
     return after, effects + (Reconcile(),)
 
@@ -363,6 +380,18 @@ def _reloaded(st: State, ev: Reloaded, now: float) -> Result:
 
 def step(st: State, ev: Event, now: float) -> Result:
     """The state after `ev` and the effects to carry out; `now`: epoch seconds."""
+    after, effects = _step(st, ev, now)
+    if isinstance(ev, (ProbeRound, SetDisabled)) or after is st:
+        return after, effects         # neither moves an address, a target or a gateway
+    logs = ownaddr.changes(_own(st), _own(after))
+    return after, effects + tuple(Log(level, message) for level, message in logs)
+
+
+def _own(st: State) -> dict[str, tuple[str, ...]]:
+    return {w.name: own_targets(st, w) for w in st.cfg.wans}
+
+
+def _step(st: State, ev: Event, now: float) -> Result:
     cfg = st.cfg
     if isinstance(ev, ProbeRound):
         if ev.name not in st.wans or not link_ok(st, cfg.wan(ev.name)):
@@ -375,6 +404,8 @@ def step(st: State, ev: Event, now: float) -> Result:
         return _link_changed(st, ev, now)
     if isinstance(ev, AddressesChanged):
         return _addresses_changed(st, ev, now)
+    if isinstance(ev, LocalChanged):
+        return (st, ()) if ev.local == st.local else (replace(st, local=ev.local), ())
     if isinstance(ev, RouteChanged):
         ours = ev.dst_len == 0 and (ev.table == MAIN_TABLE or ev.table in table_range(cfg))
         return st, (Reconcile(),) if ours else ()

@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from . import ownaddr
 from .health import Verdict
 from .model import ProbeSettings
 
@@ -69,6 +70,8 @@ class TargetSample:
     """Mean RTT in seconds of those replies (None without them)."""
     alive: bool = False
     """A reply from this target (to any request, late ones included) came during the round."""
+    own: bool = False
+    """The target is one of the router's own addresses: not probed, a failed target."""
 
 
 @dataclass(frozen=True)
@@ -181,12 +184,13 @@ def judge(samples: Sequence[TargetSample], settings: ProbeSettings, window: Wind
     samples = tuple(samples)
     window.add(samples)
     answered = [s for s in samples if s.received > 0]
-    silent = [s.address for s in samples if s.received == 0 and not s.alive]
+    silent = [s.address for s in samples if s.received == 0 and not s.alive and not s.own]
     tally = f"{len(answered)}/{len(samples)} targets answered"
     if silent_for is not None:
         tally += f" within {ms(silent_for)}, no traffic"
     if silent:
         tally += f" (silent: {', '.join(silent)})"
+    tally += "".join(f"; {ownaddr.reason(s.address)}" for s in samples if s.own)
 
     def result(verdict: Verdict, reason: str) -> RoundResult:
         return RoundResult(verdict, samples, reason, at, timeout, traffic, followup)

@@ -15,6 +15,10 @@ hands each round's observations to `ecmpd.judge.judge()`:
   the WAN's counter) is judged FAILED at once: a line that stopped delivering leaves as
   fast as an idle one, however deep its queue was.
 
+A target that is one of the router's own addresses (`set_own`) is never sent a request
+and counts as a failed target: the kernel would answer it whatever the ISP does.  A
+round whose other targets cannot make its quorum fails at once.
+
 Verdicts reach `on_round` newest-first-wins: a round judged after a newer one was
 delivered is stale and only updates the statistics.  The health state machine lives in
 `ecmpd.health`; this module only measures.
@@ -25,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import replace
 from typing import Protocol
 
@@ -100,11 +104,11 @@ class _Round:
 
     __slots__ = ("index", "start", "targets", "settings", "quorum", "timeout", "sent_by",
                  "deadline", "traffic0", "got", "unresolved", "alive", "timers", "judged",
-                 "followups", "busy", "sends_left", "copies")
+                 "followups", "busy", "sends_left", "copies", "own")
 
     def __init__(self, index: int, start: float, targets: tuple[str, ...],
                  settings: ProbeSettings, quorum: int, timeout: float, followups: int = 0,
-                 busy: bool = False, copies: int = 1) -> None:
+                 busy: bool = False, copies: int = 1, own: frozenset[str] = frozenset()) -> None:
         self.index = index
         self.start = start
         self.targets = targets
@@ -132,10 +136,17 @@ class _Round:
         """Fast rounds that may follow this one if it fails (see `Prober._follow_up`)."""
         self.busy = busy
         """The line carried traffic from beyond its gateway just before the round."""
+        self.own = own
+        """Targets that are the router's own addresses: not probed, counted as failed."""
+
+    def hopeless(self) -> bool:
+        """Too few targets that are not the router's own to make the quorum."""
+        return len(self.targets) - len(self.own) < self.quorum
 
     def lively(self) -> int:
         """How many targets showed life in this round so far."""
-        return sum(1 for a, g in zip(self.targets, self.got) if g or a in self.alive)
+        return sum(1 for a, g in zip(self.targets, self.got)
+                   if (g or a in self.alive) and a not in self.own)
 
 
 class Prober:
@@ -177,6 +188,7 @@ class Prober:
         self._last_traffic: tuple[float, int] | None = None
         """(loop time, value) of the traffic counter's last reading for a grid round."""
         self._timer: asyncio.TimerHandle | None = None
+        self._own: frozenset[str] = frozenset()
 
     # ---- configuration and readings --------------------------------------------------
     @property
@@ -193,6 +205,11 @@ class Prober:
         self._quorum = quorum if quorum is not None else majority(len(self._targets))
         if settings.window != self._window.size:
             self._window = self._window.resized(settings.window)
+
+    def set_own(self, targets: Collection[str]) -> None:
+        """The targets that are the router's own addresses now (any others are not):
+        from the next round they get no request and count as failed targets."""
+        self._own = frozenset(targets)
 
     def reset(self) -> None:
         """Close the socket: the next round opens a new one with a new identifier (after a
@@ -279,16 +296,21 @@ class Prober:
         if after is None:
             st = self._settings
             rnd = _Round(self._next, now, self._targets, st, self._quorum, self.timeout(),
-                         st.down - 1)
+                         st.down - 1, own=self._own.intersection(self._targets))
         else:
             st = replace(after.settings, count=1)
             rnd = _Round(self._next, now, after.targets, st, after.quorum, fast_window(st),
-                         after.followups - 1, after.busy, FOLLOWUP_COPIES)
+                         after.followups - 1, after.busy, FOLLOWUP_COPIES,
+                         self._own.intersection(after.targets))
         self._next += 1
         if self.source is None or not rnd.targets:
             why = (f"no address on {self.device or self.name}" if self.source is None
                    else "no target to probe (the gateway is not known yet)")
             self._deliver(rnd, RoundResult(Verdict.FAILED, (), why, now, rnd.timeout))
+            return
+        if rnd.hopeless():          # judged now: nothing it could send would change that
+            self._open.append(rnd)
+            self._judge(rnd, None)
             return
         if self._socket() is None:
             self._deliver(rnd, RoundResult(Verdict.FAILED, (), "cannot open the probe socket",
@@ -332,7 +354,8 @@ class Prober:
         sock = self._sock
         for i, address in enumerate(rnd.targets):
             for _ in range(rnd.copies):
-                seq = sock.send(address) if sock is not None else None
+                own = address in rnd.own
+                seq = sock.send(address) if sock is not None and not own else None
                 if seq is None:
                     rnd.unresolved -= 1
                 else:
@@ -391,8 +414,9 @@ class Prober:
             del self._requests[seq]
         loop = asyncio.get_running_loop()
         st = rnd.settings
-        samples = [TargetSample(a, st.count * rnd.copies, len(g), sum(g) / len(g) if g else None,
-                                a in rnd.alive)
+        samples = [TargetSample(a, st.count * rnd.copies, 0, None, False, True) if a in rnd.own
+                   else TargetSample(a, st.count * rnd.copies, len(g),
+                                     sum(g) / len(g) if g else None, a in rnd.alive)
                    for a, g in zip(rnd.targets, rnd.got)]
         answered = sum(1 for g in rnd.got if g)
         # the counter is read only when it can change the verdict (one libnftables call)
@@ -414,7 +438,7 @@ class Prober:
         within the window (srtt + 4·rttvar) when alive."""
         if rnd.followups <= 0:
             return False
-        if rnd.busy:
+        if rnd.busy or rnd.hopeless():    # a hopeless round costs no packet
             return True
         window = fast_window(rnd.settings)
         return all(t in self._est and self._est[t].timeout(0.0, math.inf) <= window / 2

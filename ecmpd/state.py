@@ -1,7 +1,7 @@
 """What the daemon knows, as immutable snapshots, and what follows from one.  Pure.
 
-`State` is the whole of it: the config in force, the links, IPv4 addresses and other
-programs' default routes netlink reported, and per WAN its health, since when, whether the administrator disabled it and
+`State` is the whole of it: the config in force, the links, IPv4 addresses, every local
+address of the router (both families) and other programs' default routes netlink reported, and per WAN its health, since when, whether the administrator disabled it and
 whether it was adopted from ecmpd's route found in the kernel at start.  The daemon owns
 the one current `State` and replaces it whole (`ecmpd.events.step`); nothing mutates one.
 
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-from . import health
+from . import health, ownaddr
 from .desired import MAIN_TABLE, Desired, RouteSpec, balance_table, build_desired
 from .health import Health, State as HealthState
 from .model import Config, Wan
@@ -109,10 +109,15 @@ class State:
     defaults: Defaults = field(default_factory=lambda: _EMPTY)
     """Other programs' default routes via interfaces (read only when a WAN learns its
     gateway: `gateway: auto`)."""
+    local: ownaddr.Local = frozenset()
+    """Every address of the router, any interface, IPv4 and IPv6 (normalized): a probe
+    target among them is answered by the router itself."""
 
     def __post_init__(self) -> None:
         for name in ("links", "addresses", "wans", "defaults"):
             object.__setattr__(self, name, frozen(getattr(self, name)))
+        if not isinstance(self.local, frozenset):
+            object.__setattr__(self, "local", frozenset(self.local))
 
     def wan(self, name: str) -> WanState:
         """The WAN called `name` (KeyError when there is none)."""
@@ -124,10 +129,11 @@ class State:
 
 
 def initial(cfg: Config, links: Mapping[str, Link], addresses: Addresses,
-            disabled: Iterable[str], now: float, defaults: Defaults | None = None) -> State:
+            disabled: Iterable[str], now: float, defaults: Defaults | None = None,
+            local: ownaddr.Local = frozenset()) -> State:
     """The state at start: every WAN INIT (DOWN without a usable link), not adopted."""
     off = set(disabled)
-    st = State(cfg, links, addresses, defaults=defaults or {})
+    st = State(cfg, links, addresses, defaults=defaults or {}, local=local)
     st = remember_gateways(replace(st, wans={w.name: WanState(since=now,
                                                               disabled=w.name in off)
                                              for w in cfg.wans}))
@@ -208,6 +214,18 @@ def probe_gateways(st: State) -> dict[str, str]:
     """WAN name -> the address `gateway` means for it, where known (the source the
     arrival counters leave out: the gateway's own answers prove nothing beyond it)."""
     return {w.name: g for w in st.cfg.wans if (g := probe_gateway(st, w))}
+
+
+def probe_targets(st: State, wan: Wan) -> tuple[tuple[str, ...], int]:
+    """The WAN's probe targets (`gateway` resolved) and quorum now."""
+    gw = probe_gateway(st, wan)
+    return wan.probe.resolved_targets(gw), wan.probe.resolved_quorum(gw)
+
+
+def own_targets(st: State, wan: Wan) -> tuple[str, ...]:
+    """The WAN's probe targets that are the router's own addresses (they count as
+    failed: the router answers them itself)."""
+    return ownaddr.own(st.local, probe_targets(st, wan)[0])
 
 
 def gateways(st: State) -> dict[str, str]:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import state as st_mod
+from . import ownaddr, state as st_mod
 from .desired import Nexthop, RouteSpec
 from .model import Config
 from .health import Verdict
@@ -104,6 +104,7 @@ def _wan(snap: Snapshot, name: str, in_route: set[tuple[str, int]]) -> dict[str,
     wan, ws = cfg.wan(name), st.wan(name)
     probe = snap.probes.get(name)
     last = probe.last if probe else None
+    own = st_mod.own_targets(st, wan)
     return {
         # DISABLED (by the administrator) overrides; `health` is what the probes say
         "state": "disabled" if ws.disabled else ws.health.state.value,
@@ -133,7 +134,9 @@ def _wan(snap: Snapshot, name: str, in_route: set[tuple[str, int]]) -> dict[str,
         "connections": snap.connections.get(name, 0),
         "targets": {addr: {"loss_pct": None if t.loss_pct is None else round(t.loss_pct, 1),
                            "rtt_ms": _ms(t.rtt), "srtt_ms": _ms(t.srtt),
-                           "rttvar_ms": _ms(t.rttvar)}
+                           "rttvar_ms": _ms(t.rttvar),
+                           # why a target counts as failed whatever it answers
+                           "reason": ownaddr.reason(addr) if addr in own else None}
                     for addr, t in (probe.targets.items() if probe else ())},
     }
 

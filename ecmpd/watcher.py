@@ -21,11 +21,11 @@ from typing import Any, Protocol
 from .netlinkimport import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE,
                             RTMGRP_LINK, AsyncIPRoute)
 
-from . import gateways, routing, rtfilter
+from . import gateways, ownaddr, routing, rtfilter
 from .desired import table_range
 from .model import Config
 from .events import (AddressesChanged, DefaultsChanged, DefaultsRead, Event, LinkChanged,
-                     Resynced, RouteChanged, RuleChanged, RulesetChanged)
+                     LocalChanged, Resynced, RouteChanged, RuleChanged, RulesetChanged)
 from .state import Addresses, Defaults, Link
 
 log = logging.getLogger("ecmpd")
@@ -35,13 +35,14 @@ NFNLGRP_NFTABLES = 7
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 RCVBUF = 4 * 1024 * 1024
-GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE
+GROUPS = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | ownaddr.RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE
+          | RTMGRP_IPV4_RULE)
 RETRY = 1.0
 """Seconds between attempts to subscribe again when subscribing fails."""
 
 
 class Sink(Protocol):
-    """What the watcher needs of the daemon: an inbox and two dumps (done under the
+    """What the watcher needs of the daemon: an inbox and the dumps (done under the
     daemon's netlink lock; None: no netlink socket yet)."""
 
     def submit(self, event: Event) -> None: ...
@@ -49,6 +50,8 @@ class Sink(Protocol):
     async def dump_links(self) -> Mapping[str, Link] | None: ...
 
     async def dump_addresses(self) -> Addresses | None: ...
+
+    async def dump_local(self) -> ownaddr.Local | None: ...
 
     async def dump_defaults(self, table: int | None = None) -> Defaults | None: ...
 
@@ -227,7 +230,8 @@ class Watcher:
         addresses = await self.sink.dump_addresses()
         if addresses is None:
             return
-        self.sink.submit(Resynced(links, addresses, await self.sink.dump_defaults()))
+        defaults = await self.sink.dump_defaults()
+        self.sink.submit(Resynced(links, addresses, defaults, await self.sink.dump_local()))
 
     async def _handle(self, msg: Any) -> None:
         event = msg.get("event")
@@ -236,12 +240,17 @@ class Watcher:
             self.sink.submit(LinkChanged(msg.get("ifname"), link))
             if self._learning is not None and (link is None or not link.up):
                 self._reread_defaults()     # its routes went, silently
+        elif event in ("RTM_NEWADDR", "RTM_DELADDR") and msg.get("family") == socket.AF_INET6:
+            local = await self.sink.dump_local()    # the router's own: targets to discount
+            if local is not None:
+                self.sink.submit(LocalChanged(local))
         elif event in ("RTM_NEWADDR", "RTM_DELADDR"):
             # re-read rather than patched: the kernel's primary/secondary order decides
             # which address is the WAN's
             addresses = await self.sink.dump_addresses()
+            local = await self.sink.dump_local()
             self.sink.submit(AddressesChanged(msg.get("index"), event == "RTM_DELADDR",
-                                              addresses))
+                                              addresses, local))
             if self._learning is not None and event == "RTM_DELADDR":
                 self._reread_defaults()     # routes via a gateway it reached went, silently
         elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):

@@ -845,6 +845,45 @@ def test_real_loop_silence_check() -> None:
     assert failed.timeout > 0.15 and failed.verdict is FAILED
 
 
+
+# --- targets that are the router's own addresses ------------------------------------------
+
+
+def test_a_target_that_is_the_routers_own_address_is_not_probed_and_counts_as_failed() -> None:
+    r = Run(("a", "b", "c"), quorum=2)
+    r.prober.set_own(["b"])
+    results = r.go(1.5)
+    assert r.net.sends("b") == [] and len(r.net.sends("a")) == 2
+    assert [x.verdict for x in results] == [GOOD, GOOD]     # a and c make the quorum
+    assert results[0].samples[1] == TS("b", 1, 0, None, False, True)
+    assert results[0].reason == ("2/3 targets answered; target b is this router's own "
+                                 "address")
+
+
+def test_a_round_that_cannot_make_its_quorum_without_own_addresses_fails_at_once() -> None:
+    # b is answered by the kernel in no time: it must not keep the WAN up (nor traffic)
+    r = Run(("b",), net=FakeNet(lambda s: 0.0001), traffic=moving(), down=3)
+    r.prober.set_own(["b"])
+    results = r.go(0.5)
+    assert r.net.sends("b") == []
+    # the grid round and its fast follow-ups, judged on the spot: DOWN with no wait
+    assert [(x.at, x.verdict, x.followup) for x in results] == [
+        (0.0, FAILED, False), (0.0, FAILED, True), (0.0, FAILED, True)]
+    assert results[0].reason == "0/1 targets answered; target b is this router's own address"
+    h = Health(State.UP)
+    for x in results:
+        h = step(h, x.verdict, 3, 5, x.reason)
+    assert h.state is State.DOWN and "b is this router's own address" in h.reason
+
+
+def test_own_addresses_are_followed_from_round_to_round() -> None:
+    r = Run(("a",), net=FakeNet(lambda s: 0.001), down=1)
+    results = r.go(4.5, at={1.5: lambda: r.prober.set_own({"a"}),
+                            2.5: lambda: r.prober.set_own(())})
+    assert [x.verdict for x in results] == [GOOD, GOOD, FAILED, GOOD, GOOD]
+    assert r.net.sends("a") == pytest.approx([0.0, 1.0, 3.0, 4.0])
+
+
 # --- recorded sequences ------------------------------------------------------------------
 #
 # A recording holds, per probe round: its start `t`, every echo request as

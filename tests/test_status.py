@@ -277,9 +277,10 @@ def test_targets_loss_and_rtt_come_from_the_probe_window() -> None:
     probe = reading(prober, TARGETS)
     assert probe.targets["203.0.113.8"] == TargetReading()
     w1, w2 = render(snap(probes={"wlan1": probe}))["wans"].values()
-    none = {"srtt_ms": None, "rttvar_ms": None}
+    none = {"srtt_ms": None, "rttvar_ms": None, "reason": None}
     assert w1["targets"] == {
-        "192.0.2.1": {"loss_pct": 0.0, "rtt_ms": 12.346, "srtt_ms": 12.0, "rttvar_ms": 3.0},
+        "192.0.2.1": {"loss_pct": 0.0, "rtt_ms": 12.346, "srtt_ms": 12.0, "rttvar_ms": 3.0,
+                      "reason": None},
         "203.0.113.7": {"loss_pct": 66.7, "rtt_ms": 50.0, **none},      # 2 of 3 lost
         "203.0.113.8": {"loss_pct": None, "rtt_ms": None, **none},      # no sample yet
     }
@@ -307,7 +308,8 @@ def test_a_prober_without_any_round_yet() -> None:
     assert probe == ProbeReading({"198.51.100.1": TargetReading()}, 0.25, None)
     w2 = render(snap(probes={"wlan2": probe}))["wans"]["wlan2"]
     assert w2["targets"] == {"198.51.100.1": {"loss_pct": None, "rtt_ms": None,
-                                              "srtt_ms": None, "rttvar_ms": None}}
+                                              "srtt_ms": None, "rttvar_ms": None,
+                                              "reason": None}}
     assert w2["last_round"] is None
 
 
@@ -369,3 +371,15 @@ def test_the_daemon_takes_the_snapshot_with_its_kernel_read(kernel) -> None:
     assert (w2["active"], w2["state"], w2["health"]) == (False, "disabled", "init")
     assert payload["route"]["kept_last"] is False
     assert payload["stats"]["events"] == 0 and payload["stats"]["nft_writes"] == 0
+
+
+def test_a_target_that_is_the_routers_own_address_says_so_per_target() -> None:
+    st = dataclasses.replace(state(), local=frozenset({"203.0.113.8", "2001:db8::1"}))
+    window = Window(10)
+    probe = reading(FakeProber(window, None, {}, 0.25), TARGETS)
+    payload = render(snap(st, probes={"wlan1": probe}))
+    targets = payload["wans"]["wlan1"]["targets"]
+    assert targets["203.0.113.8"]["reason"] == "target 203.0.113.8 is this router's own address"
+    assert targets["203.0.113.7"]["reason"] is None
+    text = render_status(payload, time.time())
+    assert "(target 203.0.113.8 is this router's own address: counts as failed)" in text

@@ -25,12 +25,14 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from ecmpd import watcher as watcher_mod
 from ecmpd.events import (AddressesChanged, DefaultsChanged, DefaultsRead, LinkChanged,
+                          LocalChanged,
                           Resynced,
                           RouteChanged, RuleChanged,
                           RulesetChanged)
 from ecmpd.netlinkimport import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE,
                                  RTMGRP_LINK)
 from ecmpd.model import Config, Wan
+from ecmpd.ownaddr import RTMGRP_IPV6_IFADDR
 from ecmpd.state import Default, Link
 from ecmpd.watcher import Watcher
 
@@ -99,6 +101,7 @@ def rule_msg(event: str, priority: int | None, table: int = 1001) -> fibmsg:
 
 LINKS = {"eth1": Link(11, True, False), "eth2": Link(12, True, True)}
 ADDRS = {11: (("192.0.2.10", 24),), 12: (("198.51.100.99", 24),)}
+LOCAL = frozenset({"192.0.2.10", "198.51.100.99", "2001:db8::10"})
 
 
 class Sink:
@@ -132,6 +135,10 @@ class Sink:
 
     async def dump_defaults(self, table=None):
         return {}
+
+    async def dump_local(self):
+        await asyncio.sleep(0)
+        return LOCAL if self.started else None
 
 
 class EventSource:
@@ -224,8 +231,21 @@ def test_address_changes_are_reported_with_the_reread_table(event, removed) -> N
         await Watcher(sink)._handle(addr_msg(event, 12, "198.51.100.99"))
         return sink.events, sink.log
     events, log = run(body)
-    assert events == [AddressesChanged(12, removed, ADDRS)]
+    assert events == [AddressesChanged(12, removed, ADDRS, LOCAL)]
     assert log == ["dump addresses", "submit AddressesChanged"]
+
+
+@pytest.mark.parametrize("event", ["RTM_NEWADDR", "RTM_DELADDR"])
+def test_an_ipv6_address_change_rereads_the_routers_own_addresses_only(event) -> None:
+    msg = addr_msg(event, 12, "2001:db8::10", 64)
+    msg["family"] = socket.AF_INET6
+    async def body() -> tuple[list, list]:
+        sink = Sink()
+        await Watcher(sink)._handle(msg)
+        return sink.events, sink.log
+    events, log = run(body)
+    assert events == [LocalChanged(LOCAL)]
+    assert log == ["submit LocalChanged"]
 
 
 def test_address_change_before_start_reports_no_table() -> None:
@@ -397,7 +417,7 @@ def test_resync_reports_both_dumps_as_one_event() -> None:
         await Watcher(sink).resync()
         return sink
     sink = run(body)
-    assert sink.events == [Resynced(LINKS, ADDRS, {})]
+    assert sink.events == [Resynced(LINKS, ADDRS, {}, LOCAL)]
     assert sink.log == ["dump links", "dump addresses", "submit Resynced"]
 
 
@@ -429,7 +449,7 @@ def test_lost_events_drop_the_backlog_and_resync_from_a_new_subscription(error, 
 
     with caplog.at_level(logging.WARNING, logger="ecmpd"):
         w, sink, subs = run(body)
-    assert sink.events == [RuleChanged(1001), Resynced(LINKS, ADDRS, {}),
+    assert sink.events == [RuleChanged(1001), Resynced(LINKS, ADDRS, {}, LOCAL),
                            LinkChanged("eth1", Link(11, True, True))]
     assert sink.log == ["open 0", "submit RuleChanged", "open 1", "close 0", "dump links",
                         "dump addresses", "submit Resynced", "submit LinkChanged", "close 1"]
@@ -506,7 +526,7 @@ def test_subscribing_again_is_retried_until_it_works(monkeypatch, caplog) -> Non
     with caplog.at_level(logging.ERROR, logger="ecmpd"):
         sink = run(body)
     assert [s.closed for s in subs.made] == [True, True, True, True]
-    assert sink.events == [Resynced(LINKS, ADDRS, {}), RuleChanged(1000)]
+    assert sink.events == [Resynced(LINKS, ADDRS, {}, LOCAL), RuleChanged(1000)]
     assert caplog.text.count("cannot subscribe to kernel events") == 2
 
 
@@ -532,7 +552,7 @@ def test_an_ended_event_stream_is_resubscribed() -> None:
         await until(lambda: RuleChanged(1000) in sink.events, "the event on the new socket")
         await w.stop()
         return sink
-    assert run(body).events == [Resynced(LINKS, ADDRS, {}), RuleChanged(1000)]
+    assert run(body).events == [Resynced(LINKS, ADDRS, {}, LOCAL), RuleChanged(1000)]
 
 
 def test_stop_cancels_the_loop_and_closes_the_socket() -> None:
@@ -566,8 +586,8 @@ def test_start_subscribes_to_the_four_groups_and_survives_without_nft(monkeypatc
         w, sink, subs = started([([link_msg("RTM_NEWLINK", "eth1", 11, IFF_UP)], None)])
         await w.start()
         s = subs.made[0]
-        assert s.bound_groups == (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE
-                                  | RTMGRP_IPV4_RULE)
+        assert s.bound_groups == (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
+                                  | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE)
         assert (socket.SOL_SOCKET, socket.SO_RCVBUF, watcher_mod.RCVBUF) in s.socket.opts
         assert w._nft is None
         await until(lambda: sink.events == [LinkChanged("eth1", Link(11, True, False))],
