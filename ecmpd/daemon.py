@@ -38,7 +38,7 @@ from .judge import RoundResult
 from .reconfig import plan_reload
 from .sdnotify import Notifier
 from .state import (Addresses, Defaults, Link, State, active, address, awaiting_verdict,
-                    initial, main_route, probe_gateway)
+                    initial, main_route, no_target, probe_gateway)
 from .sysctl import Sysctls
 from .watcher import Watcher
 
@@ -56,7 +56,8 @@ class Daemon:
         """The one current state; replaced whole by `submit`, never mutated."""
         self.disabled_store = DisabledStore(cfg.control_socket + ".disabled.json")
         self.firewall = Firewall(cfg)
-        self.reconciler = Reconciler(lambda: self.state, self.firewall, Sysctls(), self._spawn)
+        self.reconciler = Reconciler(lambda: self.state, self.firewall, Sysctls(), self._spawn,
+                                     self.submit)
         self.watcher = Watcher(self)
         self.ledger = Ledger(cfg.control_socket)
         """The ownership numbers installed (`<socket>.owned.json`): nothing is orphaned."""
@@ -101,6 +102,7 @@ class Daemon:
                 continue
             prober.source = address(self.state, wan)
             prober.device = wan.interface
+            prober.no_target = no_target(self.state, wan)
             targets, quorum = self._targets(wan)
             if reconfigured or targets != prober.targets:
                 prober.update(targets, wan.probe, quorum)
@@ -193,6 +195,7 @@ class Daemon:
                         lambda r, n=wan.name: self._on_round(n, r),
                         source=address(self.state, wan), device=wan.interface,
                         traffic=lambda n=wan.name: self._traffic_of(n), quorum=quorum)
+        prober.no_target = no_target(self.state, wan)
         self._probers[wan.name] = prober
         self._probing[wan.name] = asyncio.get_running_loop().create_task(prober.run())
 

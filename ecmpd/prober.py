@@ -159,6 +159,8 @@ class Prober:
         """The WAN's address; probes are sent from it (None: rounds fail "no address")."""
         self.device = device
         """The WAN's interface; the probe socket is bound to it."""
+        self.no_target = "no target to probe"
+        """Why there is no target, when there is none (the daemon says what is wrong)."""
         self._targets = tuple(targets)
         self._settings = settings
         self._quorum = quorum if quorum is not None else majority(len(self._targets))
@@ -287,7 +289,7 @@ class Prober:
         self._next += 1
         if self.source is None or not rnd.targets:
             why = (f"no address on {self.device or self.name}" if self.source is None
-                   else "no target to probe (the gateway is not known yet)")
+                   else self.no_target)
             self._deliver(rnd, RoundResult(Verdict.FAILED, (), why, now, rnd.timeout))
             return
         if self._socket() is None:

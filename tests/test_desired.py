@@ -291,3 +291,15 @@ def test_owned_round_trips_and_rejects_garbage() -> None:
             Owned.from_json(bad)
     with pytest.raises(KeyError):
         Owned.from_json({"route_proto": 236})
+
+
+def test_an_onlink_gateway_keeps_its_flag_in_every_route():
+    d = build_desired(CFG, LINKS, ADDRS, {"a", "b"}, gateways={"a": "203.0.113.1", "b": ""},
+                      onlink={"a", "b"})
+    assert d.main.nexthops == (Nexthop("203.0.113.1", 11, 1, True), Nexthop("", 12, 2))
+    assert d.tables[0].nexthops == (Nexthop("203.0.113.1", 11, 1, True),)
+    text = "\n".join(describe(d))
+    assert "nexthop via 203.0.113.1 onlink oif 11" in text
+    # the flag is part of the route: a route without it is not the same
+    plain = RouteSpec(501, (Nexthop("203.0.113.1", 11, 1),), 0)
+    assert not d.tables[0].same_as(plain) and d.tables[0].same_as(d.tables[0])
