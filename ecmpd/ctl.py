@@ -184,7 +184,9 @@ def _wan_block(name: str, w: Any, now: float) -> list[str]:
     if w.get("gateway_source") == "learned":
         gw = f"  gateway: {w.get('gateway') or 'none yet'} (learned)"
         if (w.get("nexthop") or "").startswith("dev "):
-            gw = f"  gateway: none needed (point-to-point: {w['nexthop']})"
+            gw = (f"  gateway: none needed (point-to-point: {w['nexthop']})"
+                  if w.get("point_to_point", True) else
+                  f"  gateway: none (learned: default {w['nexthop']}, not point-to-point)")
     if w.get("address"):
         gw += f", address {w['address']}"
     out.append(gw)
@@ -213,7 +215,8 @@ def _route_block(route: Any) -> list[str]:
         nh = nh if isinstance(nh, dict) else {}
         weight = f" weight {nh['weight']}" if nh.get("weight") is not None else ""
         via = f"via {nh['gateway']} " if nh.get("gateway") else ""
-        out.append(f"  {via}dev {nh.get('interface', '?')}{weight}")
+        onlink = " onlink" if nh.get("onlink") else ""
+        out.append(f"  {via}dev {nh.get('interface', '?')}{weight}{onlink}")
     return out
 
 

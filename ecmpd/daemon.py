@@ -38,7 +38,8 @@ from .judge import RoundResult
 from .reconfig import plan_reload
 from .sdnotify import Notifier
 from .state import (Addresses, Decision, Defaults, Link, State, active, address,
-                    awaiting_verdict, initial, main_route, own_targets, probe_targets)
+                    awaiting_verdict, initial, main_route, no_target, own_targets,
+                    probe_targets)
 from .sysctl import Sysctls
 from .watcher import Watcher
 
@@ -57,7 +58,7 @@ class Daemon:
         self.disabled_store = DisabledStore(cfg.control_socket + ".disabled.json")
         self.firewall = Firewall(cfg)
         self.reconciler = Reconciler(lambda: self.state, self.firewall, Sysctls(), self._spawn,
-                                     self._record_disabled)
+                                     report=self.submit, on_pass=self._record_disabled)
         self._recorded_disabled: frozenset[str] | None = None
         """The disabled WANs last written to `disabled_store` (None: not yet)."""
         self.watcher = Watcher(self)
@@ -104,12 +105,14 @@ class Daemon:
         for wan in self.state.cfg.wans:
             if (prober := self._probers.get(wan.name)) is None:
                 continue
-            prober.source = address(self.state, wan)
-            prober.device = wan.interface
             targets, quorum = self._targets(wan)
             if reconfigured or targets != prober.targets:
                 prober.update(targets, wan.probe, quorum)
-            prober.set_own(own_targets(self.state, wan))
+            self._follow(prober, wan)
+
+    def _follow(self, prober: Prober, wan: Wan) -> None:
+        prober.follow(address(self.state, wan), wan.interface, own_targets(self.state, wan),
+                      no_target(self.state, wan))
 
     def _targets(self, wan: Wan) -> tuple[tuple[str, ...], int]:
         """The WAN's probe targets and quorum now (`gateway` resolved)."""
@@ -205,7 +208,7 @@ class Daemon:
                         lambda r, n=wan.name: self._on_round(n, r),
                         source=address(self.state, wan), device=wan.interface,
                         traffic=lambda n=wan.name: self._traffic_of(n), quorum=quorum)
-        prober.set_own(own_targets(self.state, wan))
+        self._follow(prober, wan)
         self._probers[wan.name] = prober
         self._probing[wan.name] = asyncio.get_running_loop().create_task(prober.run())
 

@@ -26,7 +26,7 @@ link needs no gateway).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -49,11 +49,13 @@ UNICAST, UNREACHABLE = "unicast", "unreachable"
 @dataclass(frozen=True, order=True)
 class Nexthop:
     """One gateway of a route (``""``: the device itself, on a point-to-point link);
-    `weight` is the kernel weight (1..256)."""
+    `weight` is the kernel weight (1..256); `onlink`: the gateway is taken as on the
+    link without a route to it (RTNH_F_ONLINK: an off-subnet gateway, a /32 lease)."""
 
     gateway: str
     oif: int
     weight: int = 1
+    onlink: bool = False
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class RouteSpec:
             return False
         if len(self.nexthops) == 1 and len(other.nexthops) == 1:
             a, b = self.nexthops[0], other.nexthops[0]
-            return (a.gateway, a.oif) == (b.gateway, b.oif)
+            return (a.gateway, a.oif, a.onlink) == (b.gateway, b.oif, b.onlink)
         return sorted(self.nexthops) == sorted(other.nexthops)
 
 
@@ -128,6 +130,7 @@ def build_desired(
     active: set[str],
     keep_main: RouteSpec | None = None,
     gateways: Mapping[str, str] | None = None,
+    onlink: Collection[str] = (),
 ) -> Desired:
     """The desired routing state.
 
@@ -136,7 +139,8 @@ def build_desired(
     `addresses` maps WAN names to the router's IPv4 address on them, `active` holds the
     WANs whose nexthop belongs in the multipath route, `gateways` maps WAN names to
     their nexthop gateway (``""``: the device; a WAN missing from it has no known
-    gateway and no route; None: the config's fixed gateways).  When no WAN is active,
+    gateway and no route; None: the config's fixed gateways), `onlink` names the WANs
+    whose gateway is on the link without a route to it.  When no WAN is active,
     `keep_main` (the route in the kernel now) is kept rather than leaving no route.
     """
     if gateways is None:
@@ -155,9 +159,10 @@ def build_desired(
         oif = links.get(wan.interface)
         gw = gateways.get(wan.name)
         if oif is not None and gw is not None:
-            tables.append(RouteSpec(table, (Nexthop(gw, oif, 1),), 0))
+            on = bool(gw) and wan.name in onlink
+            tables.append(RouteSpec(table, (Nexthop(gw, oif, 1, on),), 0))
             if wan.name in active:
-                hops.append(Nexthop(gw, oif, wan.weight))
+                hops.append(Nexthop(gw, oif, wan.weight, on))
         # needs no interface: it stays when the link (and the route via it) is gone
         tables.append(RouteSpec(table, (), UNREACHABLE_METRIC, UNREACHABLE))
     if hops:
@@ -213,7 +218,9 @@ def describe(d: Desired) -> list[str]:
 
 
 def _via(h: Nexthop) -> str:
-    return f"via {h.gateway} " if h.gateway else ""
+    if not h.gateway:
+        return ""
+    return f"via {h.gateway} onlink " if h.onlink else f"via {h.gateway} "
 
 
 # ---- ownership numbers, and moving from one set of them to another ------------------

@@ -16,6 +16,9 @@ Rules:
 * a health transition that changes whether the WAN is usable, or ends DOWN, asks for an
   urgent reconcile (timed as a reaction); DOWN also flushes the WAN's connections (after
   that reconcile);
+* a WAN whose nexthop the kernel refuses (`NexthopsRefused`, from a reconcile) is DOWN
+  with the kernel's reason until a reconcile installs it or its nexthop changes; the
+  other WANs' routes are installed without it;
 * `Resynced` replaces links and addresses whole: it supersedes every event before it;
 * a probe target that becomes one of the router's own addresses (by any event: an
   address added anywhere, a learned gateway, a reload) is logged once, as a WARNING;
@@ -35,9 +38,9 @@ from .health import Health, State as HealthState, Verdict
 from .logsetup import NOTICE
 from .model import Config
 from .reconfig import ReloadPlan
-from .state import (Addresses, Default, Defaults, Link, State, WanState, active, address,
-                    gateway, hop_of, link_ok, link_problem, observed, own_targets,
-                    remember_gateways, usable)
+from .state import (Addresses, Default, Defaults, Link, Refusal, State, WanState, active,
+                    address, gateway, hop_of, link_ok, link_problem, observed, own_targets,
+                    refusal, remember_gateways, usable)
 
 
 # ---- events ---------------------------------------------------------------------------
@@ -119,6 +122,15 @@ class Resynced:
 
 
 @dataclass(frozen=True)
+class NexthopsRefused:
+    """A reconcile pass's findings: WAN name -> the kernel's refusal of its nexthop, for
+    every WAN whose nexthop it refused; a WAN left out had its nexthop taken (or not
+    tried)."""
+
+    refused: Mapping[str, Refusal]
+
+
+@dataclass(frozen=True)
 class ProbeRound:
     """A prober's verdict on one round of WAN `name`."""
 
@@ -152,7 +164,7 @@ class Reloaded:
 
 Event = Union[LinkChanged, AddressesChanged, LocalChanged, RouteChanged, DefaultsChanged, DefaultsRead,
               RuleChanged, RulesetChanged, Resynced, ProbeRound, SetDisabled, Adopted,
-              Reloaded]
+              Reloaded, NexthopsRefused]
 
 
 # ---- effects --------------------------------------------------------------------------
@@ -336,6 +348,34 @@ def _resynced(st: State, ev: Resynced, now: float) -> Result:
     return after, effects + (Reconcile(),)
 
 
+def _nexthops_refused(st: State, ev: NexthopsRefused, now: float) -> Result:
+    """Each WAN's refusal becomes the pass's finding; one whose refusal starts or ends
+    changes like a link (DOWN at once, or RISING with a fresh prober)."""
+    changed = {w.name: replace(ws, refused=r) for w in st.cfg.wans
+               if (r := ev.refused.get(w.name)) != (ws := st.wan(w.name)).refused}
+    if not changed:
+        return st, ()
+    after = replace(st, wans={**st.wans, **changed})
+    effects: list[Effect] = []
+    reasons = {}
+    for name in changed:
+        wan = st.cfg.wan(name)
+        was, why = refusal(st, wan), refusal(after, wan)
+        if why and why != was:
+            effects.append(Log(logging.WARNING, f"{name}: {why}: the other WANs' routes are "
+                                                f"installed without it"))
+        elif was and not why:
+            effects.append(Log(NOTICE, f"{name}: the kernel takes its route now"))
+        reasons[name] = why or "route installed"
+    after, more = _links(st, after, reasons, now)
+    for name in changed:
+        # DOWN for this reason, whatever made it DOWN before (the probes, refused too)
+        ws = after.wan(name)
+        if (why := refusal(after, after.cfg.wan(name))) and ws.health.reason != why:
+            after = after.with_wan(name, replace(ws, health=replace(ws.health, reason=why)))
+    return after, (*effects, *more)
+
+
 def _adopted(st: State, ev: Adopted) -> Result:
     """At start: WANs in the route found are adopted; those missing from it are DOWN."""
     if ev.main is None:
@@ -434,4 +474,6 @@ def _step(st: State, ev: Event, now: float) -> Result:
         return _adopted(st, ev)
     if isinstance(ev, Reloaded):
         return _reloaded(st, ev, now)
+    if isinstance(ev, NexthopsRefused):
+        return _nexthops_refused(st, ev, now)
     raise TypeError(f"not an event: {ev!r}")

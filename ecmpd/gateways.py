@@ -45,7 +45,7 @@ def defaults_of(msgs: Iterable, our_proto: int) -> tuple[Default, ...]:
                 or msg.get("type", RTN_UNICAST) != RTN_UNICAST):
             continue
         metric = msg.get("priority") or 0
-        out += [Default(metric, h.oif, h.gateway) for h in nexthops_of(msg) if h.oif]
+        out += [Default(metric, h.oif, h.gateway, h.onlink) for h in nexthops_of(msg) if h.oif]
     return tuple(sorted(out))
 
 

@@ -4,7 +4,7 @@ A probe sent to one of the router's own addresses never leaves it: the kernel an
 it locally, so the target "answers" with the WAN's ISP dead and the WAN would never
 fail over.  ecmpd therefore tracks every local address of the router (every
 interface, IPv4 and IPv6, fed by netlink) and counts a target that is one of them as
-failed (`ecmpd.prober.Prober.set_own`); `--check` run on the router refuses one.
+failed (`ecmpd.prober.Prober.follow`); `--check` run on the router refuses one.
 
 Addresses are kept as normalized strings (`normal`): ``str(ipaddress.ip_address(x))``,
 so one address is spelled one way whatever reported it.

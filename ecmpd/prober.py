@@ -15,7 +15,7 @@ hands each round's observations to `ecmpd.judge.judge()`:
   the WAN's counter) is judged FAILED at once: a line that stopped delivering leaves as
   fast as an idle one, however deep its queue was.
 
-A target that is one of the router's own addresses (`set_own`) is never sent a request
+A target that is one of the router's own addresses (`follow`) is never sent a request
 and counts as a failed target: the kernel would answer it whatever the ISP does.  A
 round whose other targets cannot make its quorum fails at once.
 
@@ -170,6 +170,8 @@ class Prober:
         """The WAN's address; probes are sent from it (None: rounds fail "no address")."""
         self.device = device
         """The WAN's interface; the probe socket is bound to it."""
+        self.no_target = "no target to probe"
+        """Why there is no target, when there is none (the daemon says what is wrong)."""
         self._targets = tuple(targets)
         self._settings = settings
         self._quorum = quorum if quorum is not None else majority(len(self._targets))
@@ -206,10 +208,16 @@ class Prober:
         if settings.window != self._window.size:
             self._window = self._window.resized(settings.window)
 
-    def set_own(self, targets: Collection[str]) -> None:
-        """The targets that are the router's own addresses now (any others are not):
-        from the next round they get no request and count as failed targets."""
-        self._own = frozenset(targets)
+    def follow(self, source: str | None, device: str | None,
+               own: Collection[str] = (), no_target: str = "no target to probe") -> None:
+        """The WAN as it is now: its address (`source`), its interface (`device`), the
+        targets that are the router's own addresses (`own`: from the next round they get
+        no request and count as failed targets), and why there is no target when there
+        is none (`no_target`).  The socket follows a new source or device at the next
+        round."""
+        self.source, self.device = source, device
+        self._own = frozenset(own)
+        self.no_target = no_target
 
     def reset(self) -> None:
         """Close the socket: the next round opens a new one with a new identifier (after a
@@ -305,7 +313,7 @@ class Prober:
         self._next += 1
         if self.source is None or not rnd.targets:
             why = (f"no address on {self.device or self.name}" if self.source is None
-                   else "no target to probe (the gateway is not known yet)")
+                   else self.no_target)
             self._deliver(rnd, RoundResult(Verdict.FAILED, (), why, now, rnd.timeout))
             return
         if rnd.hopeless():          # judged now: nothing it could send would change that

@@ -8,6 +8,8 @@ Re-applying the same desired state changes nothing.
 Requests coalesce: `kick()` asks for a pass; everything asked before a pass starts is
 covered by it (its snapshot is newer), so a burst of events costs one or two passes.
 Conntrack flushes of WANs that went DOWN run after the pass that took them out.
+Nexthops the kernel refused in a pass are reported as an event (`NexthopsRefused`) to
+the state's owner, never written into the state here.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from typing import Any
 from .netlinkimport import AsyncIPRoute
 
 from . import conntrack, routing
-from .events import Flush
+from .events import Event, Flush, NexthopsRefused
 from .firewall import Firewall
-from .state import Decision, State, decide, main_route, probe_gateways
+from .refused import Refused
+from .state import (Decision, Refusal, State, decide, full_hop, main_route,
+                    probe_gateways)
 from .sysctl import Sysctls
 
 log = logging.getLogger("ecmpd")
@@ -35,8 +39,11 @@ class Reconciler:
     """Serialised, coalesced reconcile passes over `current()`, the daemon's state."""
 
     def __init__(self, current: Callable[[], State], firewall: Firewall, sysctls: Sysctls,
-                 spawn: Spawn, on_pass: Callable[[Decision], None] | None = None) -> None:
+                 spawn: Spawn, report: Callable[[Event], None] = lambda ev: None,
+                 on_pass: Callable[[Decision], None] | None = None) -> None:
         self.current = current
+        self.report = report
+        """Feeds an event to the state's owner (the pass's refused nexthops)."""
         self.on_pass = on_pass
         """Called with every pass's decision once it is applied."""
         self.firewall = firewall
@@ -134,7 +141,10 @@ class Reconciler:
                     log.warning("all WANs are down: keeping the last route")
                 self._kept = decision.kept
             changes = self.sysctls.apply(decision.desired.sysctls)
-            changes += await routing.apply(self.ipr, snap.cfg, decision.desired, actual)
+            refused: Refused = {}
+            changes += await routing.apply(self.ipr, snap.cfg, decision.desired, actual,
+                                           refused)
+            self.report(refusals(snap, refused))
             try:
                 self.firewall.reconfigure(snap.cfg, probe_gateways(snap))
                 changes += int(self.firewall.ensure())
@@ -153,3 +163,13 @@ class Reconciler:
             self.flushes += 1
         if await conntrack.flush_mark(f.mark, f.mask) and f.name is not None:
             log.info("%s: its connections were removed from conntrack", f.name)
+
+
+def refusals(snap: State, refused: Refused) -> NexthopsRefused:
+    """The event reporting the nexthops the kernel refused in a pass over `snap`."""
+    out = {}
+    for wan in snap.cfg.wans:
+        hop = full_hop(snap, wan)
+        if hop is not None and (err := refused.get(hop[:2])) is not None:
+            out[wan.name] = Refusal(hop, err)
+    return NexthopsRefused(out)

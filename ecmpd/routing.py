@@ -26,11 +26,13 @@ from .netlinkimport import AsyncIPRoute, NetlinkError
 from .desired import (BALANCE_RULE, MAIN_TABLE, UNICAST, UNREACHABLE, Desired, Nexthop, Owned,
                       RouteSpec, RuleSpec, Step, plan_handover, translate)
 from .model import Config
+from .refused import Refused, install_main, refused_single
 from .routereader import RouteReader, StrictUnsupported
 
 log = logging.getLogger("ecmpd")
 
 RTN_UNICAST, RTN_UNREACHABLE = 1, 7
+RTNH_F_ONLINK = 4
 _KINDS = {RTN_UNICAST: UNICAST, RTN_UNREACHABLE: UNREACHABLE}
 
 
@@ -62,12 +64,18 @@ def nexthops_of(msg) -> tuple[Nexthop, ...]:
             gw = dict(nh.get("attrs", [])).get("RTA_GATEWAY") if "attrs" in nh else None
             gw = gw or nh.get("gateway")
             hops.append(Nexthop(str(gw) if gw else "", int(nh["oif"]),
-                                int(nh.get("hops", 0)) + 1))
+                                int(nh.get("hops", 0)) + 1, _onlink(nh, gw)))
         return tuple(sorted(hops))
     gw, oif = msg.get("gateway"), msg.get("oif")
     if gw is None and (not oif or msg.get("type", RTN_UNICAST) != RTN_UNICAST):
         return ()
-    return (Nexthop(str(gw) if gw else "", int(oif or 0), 1),)
+    # a single nexthop's flags are the route's (rtm_flags)
+    return (Nexthop(str(gw) if gw else "", int(oif or 0), 1, _onlink(msg, gw)),)
+
+
+def _onlink(msg, gateway) -> bool:
+    """RTNH_F_ONLINK on a nexthop with a gateway (a device nexthop needs none)."""
+    return bool(gateway) and bool((msg.get("flags") or 0) & RTNH_F_ONLINK)
 
 
 def _kind(msg) -> str:
@@ -229,7 +237,9 @@ def _route_args(proto: int, spec: RouteSpec) -> dict:
 
 def _hop(h: Nexthop) -> dict:
     """A nexthop's netlink arguments: via its gateway, or the device alone."""
-    return {"gateway": h.gateway, "oif": h.oif} if h.gateway else {"oif": h.oif}
+    if not h.gateway:
+        return {"oif": h.oif}
+    return {"gateway": h.gateway, "oif": h.oif, **({"flags": RTNH_F_ONLINK} if h.onlink else {})}
 
 
 def _rule_args(spec: RuleSpec) -> dict:
@@ -244,10 +254,13 @@ def _rule_args(spec: RuleSpec) -> dict:
 
 
 async def apply(ipr: AsyncIPRoute, cfg: Config, desired: Desired,
-                actual: Actual | None = None) -> int:
-    """Make the kernel match `desired`; returns the number of netlink changes made."""
+                actual: Actual | None = None, refused: Refused | None = None) -> int:
+    """Make the kernel match `desired`; returns the number of netlink changes made.
+    The multipath route goes in without the nexthops the kernel refuses (`ecmpd.refused`);
+    `refused` receives them: (gateway, oif) -> the kernel's error."""
     if actual is None:
         actual = await read_actual(ipr, cfg)
+    refused = {} if refused is None else refused
     changes = 0
     want: dict[tuple[int, int], RouteSpec] = {(t.table, t.metric): t for t in desired.tables}
     if desired.main is not None:
@@ -257,16 +270,25 @@ async def apply(ipr: AsyncIPRoute, cfg: Config, desired: Desired,
                       cfg.route_metric, actual.foreign_main)
         else:
             want[(desired.main.table, desired.main.metric)] = desired.main
-    # make before break: new and changed routes, new rules, then what goes
+    async def put(spec: RouteSpec) -> None:
+        await ipr.route("replace", **_route_args(cfg.route_proto, spec))
+
+    # make before break: new and changed routes (the WAN tables' first: a nexthop the
+    # kernel refuses there stays out of the multipath route), new rules, then what goes
     for key, spec in want.items():
         have = actual.routes.get(key)
+        if desired.main is not None and key == (desired.main.table, desired.main.metric):
+            changes += await install_main(spec, have, refused, put)
+            continue
         if have is not None and have.same_as(spec):
             continue
         try:
-            await ipr.route("replace", **_route_args(cfg.route_proto, spec))
+            await put(spec)
             changes += 1
         except NetlinkError as exc:
-            log.warning("cannot set route %s: %s", spec, exc)
+            # a refused nexthop is reported once, by the state it makes DOWN
+            level = logging.DEBUG if refused_single(spec, exc, refused) else logging.WARNING
+            log.log(level, "cannot set route %s: %s", spec, exc)
     wanted_rules = set(desired.rules)
     for rule in sorted(wanted_rules - actual.rules):
         try:

@@ -13,7 +13,7 @@ because no WAN is usable (from the snapshot and the kernel route read with it).
 
 Invariants (kept by `ecmpd.events.step`):
 * a WAN whose link is not OK (no interface, link down, no carrier, no IPv4 address, no
-  gateway known) is DOWN;
+  gateway known, its nexthop refused by the kernel) is DOWN;
 * `wans` follows the order of `cfg.wans` and holds exactly its names.
 """
 
@@ -72,9 +72,25 @@ class Default:
     oif: int
     gateway: str
     """The gateway address; ``""``: the device itself (``default dev ppp0``)."""
+    onlink: bool = False
+    """Installed ``onlink`` (RTNH_F_ONLINK): the gateway is outside the interface's
+    subnets (a /32 lease) and ecmpd's routes via it need the flag too."""
 
 Defaults = Mapping[int, tuple[Default, ...]]
 """Routing table -> the default routes in it that are not ecmpd's."""
+
+Hop = tuple[str, int, bool]
+"""A WAN's nexthop as installed: (gateway, interface index, onlink)."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """The kernel refused the WAN's nexthop `hop` (its route update failed: `error`).
+    It holds while the WAN's nexthop is `hop`; the next reconcile that installs it
+    forgets it."""
+
+    hop: Hop
+    error: str
 
 
 @dataclass(frozen=True)
@@ -94,6 +110,10 @@ class WanState:
     in use while no default route names one (a DHCP client deletes its route before it
     adds the renewed one; the probes judge a gateway that is really gone) and is
     forgotten with the interface or its address (`remember_gateways`)."""
+    learned_onlink: bool = False
+    """The `learned` gateway's route was installed ``onlink``."""
+    refused: Refusal | None = None
+    """The last reconcile found the kernel refusing this WAN's nexthop."""
 
 
 @dataclass(frozen=True)
@@ -170,15 +190,28 @@ def gateway(st: State, wan: Wan) -> str | None:
         return ""
     best = _routed(st, link.index)
     if best is not None:
-        return best
+        return best.gateway
     ws = st.wans.get(wan.name)
     return ws.learned if ws is not None else None
 
 
-def _routed(st: State, oif: int) -> str | None:
-    """The gateway of the best default route via interface `oif` (lowest metric, table
-    main first), among other programs' routes."""
-    best = min(((d.metric, table != MAIN_TABLE, table, d.gateway)
+def onlink(st: State, wan: Wan) -> bool:
+    """Whether the WAN's learned gateway is on the link without a route to it (its
+    default route was installed ``onlink``); a fixed gateway or a device never is."""
+    link = st.links.get(wan.interface)
+    if wan.gateway is not None or link is None or link.pointopoint:
+        return False
+    best = _routed(st, link.index)
+    if best is not None:
+        return bool(best.gateway) and best.onlink
+    ws = st.wans.get(wan.name)
+    return ws is not None and ws.learned is not None and ws.learned_onlink
+
+
+def _routed(st: State, oif: int) -> Default | None:
+    """The best default route via interface `oif` (lowest metric, table main first),
+    among other programs' routes."""
+    best = min(((d.metric, table != MAIN_TABLE, table, d)
                 for table, ds in st.defaults.items() for d in ds if d.oif == oif),
                default=None)
     return best[3] if best is not None else None
@@ -194,13 +227,13 @@ def remember_gateways(st: State) -> State:
         if w.gateway is not None or ws is None:
             continue
         link = st.links.get(w.interface)
-        if link is None or address(st, w) is None:
-            learned = None
-        else:
-            learned = _routed(st, link.index)
-            learned = ws.learned if learned is None else learned
-        if learned != ws.learned:
-            wans[w.name] = replace(ws, learned=learned)
+        learned, on = None, False
+        if link is not None and address(st, w) is not None:
+            best = _routed(st, link.index)
+            learned, on = ((ws.learned, ws.learned_onlink) if best is None
+                           else (best.gateway, best.onlink and bool(best.gateway)))
+        if (learned, on) != (ws.learned, ws.learned_onlink):
+            wans[w.name] = replace(ws, learned=learned, learned_onlink=on)
     return st if wans == dict(st.wans) else replace(st, wans=wans)
 
 
@@ -208,6 +241,19 @@ def probe_gateway(st: State, wan: Wan) -> str | None:
     """The address the probe target `gateway` means: the gateway, or on a
     point-to-point link the peer (None: unknown; the target is left out)."""
     return gateway(st, wan) or peer(st, wan)
+
+
+def no_target(st: State, wan: Wan) -> str:
+    """Why the probe target `gateway` means no address for the WAN (its only target)."""
+    link, iface = st.links.get(wan.interface), wan.interface
+    if gateway(st, wan) is None:
+        return "no target to probe: the gateway is not known yet"
+    if link is not None and link.pointopoint:
+        return (f"no target to probe: {iface} is point-to-point without a peer address; "
+                f"list probe targets beyond it")
+    return (f"no target to probe: the default route via {iface} names no gateway "
+            f"(default dev {iface}) and {iface} is not point-to-point; give the WAN a "
+            f"gateway, or probe targets beyond it")
 
 
 def probe_gateways(st: State) -> dict[str, str]:
@@ -240,7 +286,8 @@ def carrier(st: State, wan: Wan) -> bool:
 
 
 def link_problem(st: State, wan: Wan) -> str | None:
-    """Why the WAN's link is not usable, or None when it is (carrier and an address)."""
+    """Why the WAN's link is not usable, or None when it is (carrier, an address, a
+    gateway, and a nexthop the kernel takes)."""
     if wan.interface not in st.links:
         return "interface missing"
     if not carrier(st, wan):
@@ -249,7 +296,26 @@ def link_problem(st: State, wan: Wan) -> str | None:
         return "no IPv4 address"
     if gateway(st, wan) is None:
         return "waiting for a gateway"
-    return None
+    return refusal(st, wan)
+
+
+def full_hop(st: State, wan: Wan) -> Hop | None:
+    """(gateway, interface index, onlink) of the WAN's nexthop (None: unknown)."""
+    hop = hop_of(st, wan)
+    return None if hop is None else (*hop, onlink(st, wan))
+
+
+def refusal(st: State, wan: Wan) -> str | None:
+    """Why the kernel refuses the WAN's nexthop as it is now (None: it does not, as far
+    as the last reconcile that tried it found)."""
+    ws = st.wans.get(wan.name)
+    r = ws.refused if ws is not None else None
+    if r is None or r.hop != full_hop(st, wan):
+        return None
+    gw, _, on = r.hop
+    what = f"via {gw} dev {wan.interface}{' onlink' if on else ''}" if gw else \
+        f"dev {wan.interface}"
+    return f"the kernel refuses the route {what}: {r.error}"
 
 
 def link_ok(st: State, wan: Wan) -> bool:
@@ -326,7 +392,9 @@ def decide(st: State, kernel_main: RouteSpec | None) -> Decision:
     # a WAN without an address has no route in its table (a gateway it cannot reach
     # is refused by the kernel): only the unreachable default
     gws = {n: g for n, g in gateways(st).items() if n in addrs}
-    desired = build_desired(cfg, links, addrs, set(act), keep_main=kernel_main, gateways=gws)
+    on = {w.name for w in cfg.wans if onlink(st, w)}
+    desired = build_desired(cfg, links, addrs, set(act), keep_main=kernel_main, gateways=gws,
+                            onlink=on)
     return Decision(st, desired, act, keeps_last_route(st, kernel_main))
 
 

@@ -99,7 +99,7 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-def _wan(snap: Snapshot, name: str, in_route: set[tuple[str, int]]) -> dict[str, Any]:
+def _wan(snap: Snapshot, name: str, in_route: set[int]) -> dict[str, Any]:
     st, cfg = snap.state, snap.state.cfg
     wan, ws = cfg.wan(name), st.wan(name)
     probe = snap.probes.get(name)
@@ -122,11 +122,13 @@ def _wan(snap: Snapshot, name: str, in_route: set[tuple[str, int]]) -> dict[str,
         # on a point-to-point link, whose nexthop is the interface itself)
         "gateway": st_mod.gateway(st, wan) or None,
         "gateway_source": "config" if wan.gateway is not None else "learned",
-        "nexthop": _nexthop(st_mod.gateway(st, wan), wan.interface),
+        "nexthop": _nexthop(st_mod.gateway(st, wan), wan.interface, st_mod.onlink(st, wan)),
         "address": st_mod.address(st, wan),
+        "point_to_point": bool((lk := st.links.get(wan.interface)) and lk.pointopoint),
         "weight": wan.weight,
-        # in the kernel's route right now, whatever the daemon believes
-        "active": st_mod.hop_of(st, wan) in in_route,
+        # a nexthop via its interface is in the kernel's route right now, whatever the
+        # daemon believes (a gateway the kernel still has from before counts)
+        "active": (link := st.links.get(wan.interface)) is not None and link.index in in_route,
         "disabled": ws.disabled,
         "carrier": st_mod.carrier(st, wan),
         "mark": hex(cfg.mark_of(wan)),
@@ -141,11 +143,13 @@ def _wan(snap: Snapshot, name: str, in_route: set[tuple[str, int]]) -> dict[str,
     }
 
 
-def _nexthop(gateway: str | None, interface: str) -> str | None:
-    """``via <gateway> dev <interface>``, ``dev <interface>`` or None (unknown)."""
+def _nexthop(gateway: str | None, interface: str, onlink: bool = False) -> str | None:
+    """``via <gateway> dev <interface> [onlink]``, ``dev <interface>`` or None (unknown)."""
     if gateway is None:
         return None
-    return f"via {gateway} dev {interface}" if gateway else f"dev {interface}"
+    if not gateway:
+        return f"dev {interface}"
+    return f"via {gateway} dev {interface}{' onlink' if onlink else ''}"
 
 
 def _weight(cfg: Config, interface: str | None, hop: Nexthop, hops: int) -> int:
@@ -162,7 +166,7 @@ def render(snap: Snapshot) -> dict[str, Any]:
     st, main = snap.state, snap.main
     cfg = st.cfg
     kept = st_mod.keeps_last_route(st, main)
-    in_route = main.hops() if main else set()
+    in_route = {h.oif for h in main.nexthops} if main else set()
     names = {link.index: name for name, link in st.links.items()}
     warnings: list[str] = []
     if kept:
@@ -184,6 +188,7 @@ def render(snap: Snapshot) -> dict[str, Any]:
             "present": main is not None,
             "kept_last": kept,
             "nexthops": [{"gateway": h.gateway or None, "interface": names.get(h.oif, str(h.oif)),
+                          "onlink": h.onlink,
                           "weight": _weight(cfg, names.get(h.oif), h, len(main.nexthops))}
                          for h in (main.nexthops if main else ())],
         },

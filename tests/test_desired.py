@@ -327,3 +327,15 @@ def test_owns_table_never_the_kernels_tables() -> None:
     o = Owned(236, 0, 200, 1000, "ecmpd", 0xFF0000, (1,))
     assert o.owns_table(200) and o.owns_table(252) and o.owns_table(455)
     assert not any(o.owns_table(t) for t in (253, 254, 255, 199, 456))
+
+
+def test_an_onlink_gateway_keeps_its_flag_in_every_route():
+    d = build_desired(CFG, LINKS, ADDRS, {"a", "b"}, gateways={"a": "203.0.113.1", "b": ""},
+                      onlink={"a", "b"})
+    assert d.main.nexthops == (Nexthop("203.0.113.1", 11, 1, True), Nexthop("", 12, 2))
+    assert d.tables[0].nexthops == (Nexthop("203.0.113.1", 11, 1, True),)
+    text = "\n".join(describe(d))
+    assert "nexthop via 203.0.113.1 onlink oif 11" in text
+    # the flag is part of the route: a route without it is not the same
+    plain = RouteSpec(501, (Nexthop("203.0.113.1", 11, 1),), 0)
+    assert not d.tables[0].same_as(plain) and d.tables[0].same_as(d.tables[0])

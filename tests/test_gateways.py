@@ -44,3 +44,13 @@ def test_every_nexthop_of_a_multipath_route_counts() -> None:
             {"oif": 12, "hops": 4, "attrs": [("RTA_GATEWAY", "198.51.100.1")]}]
     assert defaults_of([route(multipath=hops, metric=5)], OURS) == (
         Default(5, 11, "192.0.2.1"), Default(5, 12, "198.51.100.1"))
+
+
+def test_an_onlink_route_is_learned_with_its_flag() -> None:
+    onlink = route("203.0.113.1")
+    onlink["flags"] = 4                       # RTNH_F_ONLINK: `default via X dev wan onlink`
+    hops = [{"oif": 12, "hops": 0, "flags": 4, "attrs": [("RTA_GATEWAY", "198.51.100.1")]},
+            {"oif": 13, "hops": 0, "flags": 0x10, "attrs": [("RTA_GATEWAY", "10.0.0.1")]}]
+    assert defaults_of([onlink, route(multipath=hops, metric=5)], OURS) == (
+        Default(0, 11, "203.0.113.1", True), Default(5, 12, "198.51.100.1", True),
+        Default(5, 13, "10.0.0.1", False))    # linkdown (0x10) is no onlink

@@ -612,7 +612,7 @@ def test_a_socket_that_cannot_open_fails_rounds_until_it_can() -> None:
 
 def test_no_address_fails_rounds_without_opening_a_socket() -> None:
     r = Run(("a",), source=None)
-    r.go(2.5, at={1.5: lambda: setattr(r.prober, "source", "198.51.100.7")})
+    r.go(2.5, at={1.5: lambda: r.prober.follow("198.51.100.7", r.prober.device)})
     assert [(x.at, x.verdict, x.reason, x.samples) for x in r.results[:2]] == [
         (0.0, FAILED, "no address on eth1", ()), (1.0, FAILED, "no address on eth1", ())]
     assert r.results[2].verdict is GOOD
@@ -623,10 +623,10 @@ def test_a_new_source_or_device_opens_a_new_socket() -> None:
     r = Run(("a",))
 
     def move() -> None:
-        r.prober.source = "198.51.100.7"
+        r.prober.follow("198.51.100.7", r.prober.device)
 
     def rename() -> None:
-        r.prober.device = "eth9"
+        r.prober.follow(r.prober.source, "eth9")
 
     results = r.go(5.5, at={1.5: move, 3.5: rename})
     assert [(t, s, d) for t, s, d in r.net.opens] == [
@@ -851,7 +851,7 @@ def test_real_loop_silence_check() -> None:
 
 def test_a_target_that_is_the_routers_own_address_is_not_probed_and_counts_as_failed() -> None:
     r = Run(("a", "b", "c"), quorum=2)
-    r.prober.set_own(["b"])
+    r.prober.follow(SOURCE, DEVICE, ["b"])
     results = r.go(1.5)
     assert r.net.sends("b") == [] and len(r.net.sends("a")) == 2
     assert [x.verdict for x in results] == [GOOD, GOOD]     # a and c make the quorum
@@ -863,7 +863,7 @@ def test_a_target_that_is_the_routers_own_address_is_not_probed_and_counts_as_fa
 def test_a_round_that_cannot_make_its_quorum_without_own_addresses_fails_at_once() -> None:
     # b is answered by the kernel in no time: it must not keep the WAN up (nor traffic)
     r = Run(("b",), net=FakeNet(lambda s: 0.0001), traffic=moving(), down=3)
-    r.prober.set_own(["b"])
+    r.prober.follow(SOURCE, DEVICE, ["b"])
     results = r.go(0.5)
     assert r.net.sends("b") == []
     # the grid round and its fast follow-ups, judged on the spot: DOWN with no wait
@@ -878,8 +878,8 @@ def test_a_round_that_cannot_make_its_quorum_without_own_addresses_fails_at_once
 
 def test_own_addresses_are_followed_from_round_to_round() -> None:
     r = Run(("a",), net=FakeNet(lambda s: 0.001), down=1)
-    results = r.go(4.5, at={1.5: lambda: r.prober.set_own({"a"}),
-                            2.5: lambda: r.prober.set_own(())})
+    results = r.go(4.5, at={1.5: lambda: r.prober.follow(SOURCE, DEVICE, {"a"}),
+                            2.5: lambda: r.prober.follow(SOURCE, DEVICE, ())})
     assert [x.verdict for x in results] == [GOOD, GOOD, FAILED, GOOD, GOOD]
     assert r.net.sends("a") == pytest.approx([0.0, 1.0, 3.0, 4.0])
 

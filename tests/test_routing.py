@@ -546,3 +546,30 @@ def test_a_removed_wans_table_is_found_through_its_rules_and_cleaned(lab: Lab) -
             assert lab.run(lab.ns_router, "ip", "route", "show", "table", "1002").stdout == ""
 
     asyncio.run(body())
+
+
+def test_an_onlink_nexthop_is_read_back_and_a_refused_one_is_left_out(lab: Lab) -> None:
+    lab.run(lab.ns_router, "ip", "addr", "flush", "dev", "wlan1")
+    lab.run(lab.ns_router, "ip", "addr", "add", "10.111.0.2/32", "dev", "wlan1")
+
+    async def body() -> None:
+        async with router(lab) as ipr:
+            links = {name: v["index"] for name, v in (await routing.read_links(ipr)).items()}
+            addrs = {"wlan1": "10.111.0.2", "wlan2": "10.112.0.2"}
+            # wlan1's gateway is off its /32 (onlink); wlan2's is nowhere the kernel knows
+            d = build_desired(CFG, links, addrs, {"wlan1", "wlan2"},
+                              gateways={"wlan1": "10.111.0.1", "wlan2": "10.99.0.1"},
+                              onlink={"wlan1"})
+            refused: dict = {}
+            assert await routing.apply(ipr, CFG, d, refused=refused) > 0
+            assert refused == {("10.99.0.1", links["wlan2"]): "Network is unreachable"}
+            main = lab.run(lab.ns_router, "ip", "route", "show", "table", "1000").stdout
+            assert main.split() == \
+                "default via 10.111.0.1 dev wlan1 proto 236 onlink".split()
+            # read back with its flag: the same desired state again changes nothing
+            first = snapshot(lab)
+            again: dict = {}
+            assert await routing.apply(ipr, CFG, d, refused=again) == 0
+            assert again == refused and snapshot(lab) == first
+
+    asyncio.run(body())

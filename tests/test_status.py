@@ -41,7 +41,7 @@ UP = Health(H.UP, 0, "after 5 good rounds")
 WAN_KEYS = {"state", "health", "since", "reason", "last_round", "interface", "gateway",
             "address", "weight", "active", "disabled", "carrier", "mark", "table",
             "connections", "targets", "verdict", "note", "timeout_ms", "gateway_source",
-            "nexthop"}
+            "nexthop", "point_to_point"}
 TOP_KEYS = {"pid", "config", "uptime", "hash", "wans", "route", "warnings", "stats"}
 STATS_KEYS = {"reconciles", "changes", "nft_writes", "events", "reaction_ms", "flushes",
               "resyncs"}
@@ -102,7 +102,7 @@ def test_learned_gateways_show_what_is_in_use_and_null_while_unknown() -> None:
     assert (w2["gateway"], w2["nexthop"]) == (None, "dev ppp0")
     # a single nexthop: the WAN's weight (the kernel keeps none on a one-nexthop route)
     assert payload["route"]["nexthops"] == [{"gateway": None, "interface": "ppp0",
-                                             "weight": 2}]
+                                             "onlink": False, "weight": 2}]
     text = render_status(payload, time.time())
     assert "gateway: none yet (learned)" in text
     assert "gateway: none needed (point-to-point: dev ppp0)" in text
@@ -152,10 +152,12 @@ def test_active_is_what_the_kernel_route_holds_not_what_the_daemon_believes() ->
     assert render(snap(st))["wans"]["wlan1"]["active"] is True
 
 
-def test_active_needs_the_same_gateway_and_interface() -> None:
-    wans = render(snap(main=route(hop("192.0.2.99", 11), hop("198.51.100.1", 13))))["wans"]
-    assert wans["wlan1"]["active"] is False     # right interface, other gateway
-    assert wans["wlan2"]["active"] is False     # right gateway, other interface
+def test_active_is_a_nexthop_via_its_interface_in_the_kernels_route() -> None:
+    st = render(snap(main=route(hop("192.0.2.99", 11), hop("198.51.100.1", 13))))
+    # the kernel still routes through eth1 (via a gateway it has from before): active
+    assert st["wans"]["wlan1"]["active"] is True
+    assert st["wans"]["wlan2"]["active"] is False     # right gateway, other interface
+    assert st["route"]["nexthops"][0]["gateway"] == "192.0.2.99"
 
 
 def test_a_wan_without_its_interface() -> None:
@@ -169,9 +171,11 @@ def test_multipath_nexthops_carry_the_kernel_weights_and_interface_names() -> No
     st = render(snap(main=route(hop("192.0.2.1", 11, 1), hop("198.51.100.1", 12, 3),
                                 hop("203.0.113.1", 77, 2))))
     assert st["route"] == {"present": True, "kept_last": False, "nexthops": [
-        {"gateway": "192.0.2.1", "interface": "eth1", "weight": 1},
-        {"gateway": "198.51.100.1", "interface": "eth2", "weight": 3},   # not config's 2
-        {"gateway": "203.0.113.1", "interface": "77", "weight": 2},      # unknown index
+        {"gateway": "192.0.2.1", "interface": "eth1", "onlink": False, "weight": 1},
+        {"gateway": "198.51.100.1", "interface": "eth2", "onlink": False,
+         "weight": 3},                                                    # not config's 2
+        {"gateway": "203.0.113.1", "interface": "77", "onlink": False,
+         "weight": 2},                                                    # unknown index
     ]}
     assert st["wans"]["wlan2"]["weight"] == 2                            # config's
 
@@ -181,7 +185,7 @@ def test_a_single_nexthop_route_shows_its_wans_weight() -> None:
     # soon as another nexthop joins
     st = render(snap(main=route(hop("198.51.100.1", 12, 1))))
     assert st["route"]["nexthops"] == [
-        {"gateway": "198.51.100.1", "interface": "eth2", "weight": 2}]
+        {"gateway": "198.51.100.1", "interface": "eth2", "onlink": False, "weight": 2}]
     assert "dev eth2 weight 2" in render_status(st, time.time()).split("route:")[1]
 
 
