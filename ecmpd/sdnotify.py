@@ -25,6 +25,10 @@ def _address(value: str) -> str | bytes | None:
     return None  # e.g. vsock:... (not supported) or empty
 
 
+MIN_WATCHDOG_USEC = 20_000
+"""Shortest watchdog period honoured (20 ms: a ping every 10 ms)."""
+
+
 class Notifier:
     """Talks to the service manager; a no-op outside systemd (or Type=notify)."""
 
@@ -95,6 +99,12 @@ class Notifier:
             usec = int(self._watchdog_usec or 0)
         except ValueError:
             return None
+        if 0 < usec < MIN_WATCHDOG_USEC:
+            # pinging every few microseconds would spin the loop: the environment is not
+            # trusted more than the config
+            log.warning("WATCHDOG_USEC=%d is below %d ms: pinging every %d ms", usec,
+                        MIN_WATCHDOG_USEC // 1000, MIN_WATCHDOG_USEC // 2000)
+            usec = MIN_WATCHDOG_USEC
         return usec / 1e6 if usec > 0 else None
 
     def close(self) -> None:

@@ -132,6 +132,7 @@ def test_full_receiver_does_not_block():
     ({"WATCHDOG_USEC": "0"}, None),
     ({"WATCHDOG_USEC": "-5"}, None),
     ({"WATCHDOG_USEC": "ten"}, None),
+    ({"WATCHDOG_USEC": "1"}, 0.02),                  # never a busy loop
     ({}, None),
 ])
 def test_watchdog_interval(env, expected):
