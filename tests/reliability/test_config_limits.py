@@ -25,6 +25,8 @@ from ecmpd.yamlpos import load_yaml
 
 BUDGET_S = 1.0
 """CPU seconds allowed for the worst 1 MiB config (the watchdog allows several)."""
+PY_FACTOR = 3.0
+"""Without libyaml: CPU allowed per shape, in units of scanning 1 MiB of comments."""
 FULL_WAN = ("  w{i}:\n    interface: e{i}\n    gateway: 10.{a}.{b}.1\n    weight: 1\n"
             "    id: {id}\n    address: 10.{a}.{b}.2/24\n    probe:\n"
             "      targets: [gateway, 198.18.{a}.{b}]\n      interval: 200ms\n"
@@ -121,12 +123,17 @@ def test_valid_255_wans_load_and_fit_the_budgets() -> None:
                                   "a merge chain (quadratic without a budget)",
                                   "nesting at the depth limit, repeated", "empty lines only"])
 def test_without_libyaml_the_same_rules_hold_in_time(name: str, monkeypatch) -> None:
+    """The pure-Python scanner costs ~1-2 us a byte whatever the shape: each shape must
+    stay within a small multiple of scanning 1 MiB of comments, measured in the same run
+    (a shape that is superlinear in the loader goes far past it; shared machines make an
+    absolute budget on this path noisy)."""
     text = SHAPES[name]()
     with_libyaml = measure(text)[2]
     monkeypatch.setattr(yamlpos, "_Loader", yamlpos._PyLoader)
+    baseline = min(measure("#\n" * (MAX_BYTES // 2))[0] for _ in range(2))
     cpu, wall, outcome = measure(text)
     assert outcome == with_libyaml
-    assert cpu < BUDGET_S, (name, cpu, wall, outcome)
+    assert cpu < PY_FACTOR * baseline, (name, cpu, baseline, wall, outcome)
 
 
 def test_merge_keys_earlier_sources_win_and_own_keys_win_over_merged() -> None:
