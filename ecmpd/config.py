@@ -28,6 +28,7 @@ written in plain decimal (see `ecmpd.configvalues`).
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import re
 from collections.abc import Callable, Sequence
@@ -35,19 +36,17 @@ from functools import partial
 from ipaddress import IPv4Address, IPv4Interface
 from typing import Any
 
-from ecmpd import configvalues as cv
+from ecmpd import schema
 from ecmpd.configfile import Unreadable, read_text
 from ecmpd.configchecks import Origin, check_beyond, check_local, probe_limits
 from ecmpd.configvalues import Bad
 from ecmpd.model import MAX_WANS, Config, ProbeSettings, Wan
 from ecmpd.yamlpos import YamlProblem, YList, YMap, describe, load_document
 
-LAN_KEYS = ("interfaces", "addresses")
-TOP_KEYS = ("lan", "wans", "probe", "hash", "marks", "tables", "rules", "route", "nft",
-            "keep_on_exit", "control")
-WAN_KEYS = ("interface", "gateway", "weight", "id", "address", "probe")
-PROBE_KEYS = ("targets", "interval", "timeout", "max_timeout", "count", "down", "up",
-              "quorum", "max_loss", "max_rtt", "window")
+LAN_KEYS = schema.keys("lan")
+TOP_KEYS = schema.keys("")
+WAN_KEYS = schema.keys("wans.*")
+PROBE_KEYS = schema.keys("probe")
 RESERVED_TABLES = {253: "default", 254: "main", 255: "local"}
 _DEFAULT_PROBE = ProbeSettings()
 _WAN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
@@ -113,24 +112,10 @@ def _join(path: str, key: Any) -> str:
     return f"{path}.{_keystr(key)}" if path else _keystr(key)
 
 
-_PROBE_PARSERS: dict[str, Callable[[Any], Any]] = {
-    "interval": cv.duration, "timeout": cv.duration, "max_timeout": cv.duration,
-    "count": cv.integer(1, 10), "down": cv.integer(1, 100), "up": cv.integer(1, 100),
-    "quorum": cv.or_null(cv.integer(1, 255)),
-    "max_loss": cv.or_null(cv.percent), "max_rtt": cv.or_null(cv.duration),
-    "window": cv.integer(1, 1000),
-}
-_SECTIONS: dict[str, dict[str, tuple[str, Callable[[Any], Any]]]] = {
-    # section -> key -> (Config field, parser)
-    "marks": {"mask": ("mark_mask", cv.mark_mask)},
-    "tables": {"base": ("table_base", cv.table_base)},
-    "rules": {"priority": ("rule_priority", cv.rule_priority)},
-    "route": {"proto": ("route_proto", cv.route_proto),
-              "metric": ("route_metric", cv.route_metric)},
-    "nft": {"table": ("nft_table", cv.nft_table)},
-    "control": {"socket": ("control_socket", cv.socket_path),
-                "group": ("control_group", cv.group_name)},
-}
+_PROBE = schema.section("probe")
+_WAN_VALUES = tuple(k for k in schema.section("wans.*") if not k.is_section)
+_SECTIONS = schema.config_sections()
+"""Sections of plain `Config` fields (`marks`, `tables`, ...) -> their keys."""
 
 
 class _Validator:
@@ -181,10 +166,12 @@ class _Validator:
 
     def field(self, m: YMap, key: str, path: str, parse: Callable[[Any], Any],
               default: Any = _INVALID, owner_line: int = 1) -> Any:
-        """Parsed `m[key]`; `default` if absent (missing-key problem if no default)."""
+        """Parsed `m[key]`; `default` if absent (missing-key problem if there is none:
+        `_INVALID` or `schema.REQUIRED`)."""
         if key not in m:
-            if default is _INVALID:
+            if default is _INVALID or default is schema.REQUIRED:
                 self.add(owner_line, _join(path, key), "required key is missing")
+                return _INVALID
             return default
         try:
             return parse(m[key])
@@ -192,11 +179,14 @@ class _Validator:
             self.add(m.value_lines[key], _join(path, key), str(e))
             return _INVALID
 
-    def items(self, v: Any, path: str, line: int, parse: Callable[[Any], Any],
-              what: str) -> tuple[Any, ...] | None:
-        """A non-empty list of unique parsed items, or None after reporting."""
+    def items(self, m: YMap, key: schema.Key, path: str) -> tuple[Any, ...] | None:
+        """`m[key.name]` as a non-empty list of unique items parsed by `key.parse`, or
+        None after reporting."""
+        v, line, parse = m[key.name], m.value_lines[key.name], key.parse
+        path = _join(path, key.name)
+        assert parse is not None
         if not isinstance(v, YList) or not v:
-            self.add(line, path, f"must be a non-empty list of {what}, got {describe(v)}")
+            self.add(line, path, f"must be a non-empty list of {key.items}, got {describe(v)}")
             return None
         first: dict[Any, int] = {}  # value -> index of its first occurrence
         ok = True
@@ -241,23 +231,18 @@ class _Validator:
             if lan_map is not None and "interfaces" not in lan_map:
                 self.add(doc.key_lines["lan"], "lan.interfaces", "required key is missing")
             elif lan_map is not None:
-                lan_ifs = self.items(lan_map["interfaces"], "lan.interfaces",
-                                     lan_map.value_lines["interfaces"], cv.ifname,
-                                     "interface names")
+                lan_ifs = self.items(lan_map, schema.key("lan.interfaces"), "lan")
             if lan_map is not None and "addresses" in lan_map:
-                addrs = self.items(lan_map["addresses"], "lan.addresses",
-                                   lan_map.value_lines["addresses"], cv.lan_address,
-                                   "addresses like 192.168.0.1/24")
+                addrs = self.items(lan_map, schema.key("lan.addresses"), "lan")
                 self.own += [(f"lan.addresses[{i}]", a) for i, a in enumerate(addrs or ())]
-        for key in ("hash", "keep_on_exit"):
-            kwargs[key] = self.field(doc, key, "", cv.choice("l3", "l4") if key == "hash"
-                                     else cv.boolean, getattr(Config, key))
-        for section, fields in _SECTIONS.items():
+        for key in schema.section(""):
+            if not key.is_section:
+                kwargs[key.field] = self.field(doc, key.name, "", key.parse, key.default)
+        for section, keys in _SECTIONS.items():
             sec = self.mapping(doc.get(section), section, doc.value_lines.get(section, 1),
-                               tuple(fields), null_ok=True)
-            for key, (attr, parse) in fields.items():
-                if sec is not None:
-                    kwargs[attr] = self.field(sec, key, section, parse, getattr(Config, attr))
+                               tuple(k.name for k in keys), null_ok=True)
+            for key in keys if sec is not None else ():
+                kwargs[key.field] = self.field(sec, key.name, section, key.parse, key.default)
         probe = self.probe(doc.get("probe"), "probe", doc.value_lines.get("probe", 1))
         self.merge_probe(probe, ({}, set()))  # cross-key checks even if `wans` is broken
         wans = self.wans(doc, probe, kwargs.get("table_base"))
@@ -282,18 +267,18 @@ class _Validator:
         sec = self.mapping(v, path, line, PROBE_KEYS, null_ok=True)
         if sec is None:
             return got, set(PROBE_KEYS)
-        for key in PROBE_KEYS:
+        for k in _PROBE:
+            key = k.name
             if key not in sec:
                 continue
             kline = sec.value_lines[key]
-            if key == "targets":
-                value = self.items(sec[key], f"{path}.targets", kline, cv.target,
-                                   "targets ('gateway' or IPv4 addresses)")
+            if k.items:
+                value = self.items(sec, k, path)
                 if value:
-                    self.targets.append((f"{path}.targets", value, sec[key].item_lines))
+                    self.targets.append((f"{path}.{key}", value, sec[key].item_lines))
             else:
-                value = self.field(sec, key, path, _PROBE_PARSERS[key])
-            if value is None and key == "targets" or value is _INVALID:
+                value = self.field(sec, key, path, k.parse)
+            if value is None and k.items or value is _INVALID:
                 bad.add(key)
             else:
                 got[key] = (value, f"{path}.{key}", kline)
@@ -336,14 +321,10 @@ class _Validator:
             if w is None:
                 continue
             kl = v.key_lines[name]
-            p: dict[str, Any] = {
-                "name": name, "pos": pos,
-                "interface": self.field(w, "interface", path, cv.ifname, owner_line=kl),
-                "gateway": self.field(w, "gateway", path, cv.gateway, owner_line=kl),
-                "weight": self.field(w, "weight", path, cv.integer(1, 256), 1),
-                "id": self.field(w, "id", path, cv.integer(1, 255), None),
-            }
-            addr = self.field(w, "address", path, cv.address, None)
+            p: dict[str, Any] = {"name": name, "pos": pos}
+            for k in _WAN_VALUES:
+                p[k.name] = self.field(w, k.name, path, k.parse, k.default, owner_line=kl)
+            addr = p.pop("address")
             gw = p["gateway"]
             if isinstance(addr, IPv4Interface) and isinstance(gw, IPv4Address):
                 net = addr.network
@@ -393,7 +374,7 @@ class _Validator:
                              f"{table}, the kernel's '{RESERVED_TABLES[table]}' table")
         out = []
         for p in parts:
-            fields = {k: p[k] for k in ("name", "interface", "gateway", "weight", "id", "probe")}
+            fields = {f.name: p[f.name] for f in dataclasses.fields(Wan)}
             if _INVALID not in fields.values():
                 out.append(Wan(**fields))
         return out

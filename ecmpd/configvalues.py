@@ -13,6 +13,7 @@ from decimal import Decimal, InvalidOperation
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
+from ecmpd.model import Config
 from ecmpd.yamlpos import Spelled, describe
 
 
@@ -113,12 +114,19 @@ OTHERS_PROTOS = {
     194: "sharp", 195: "pbr", 196: "static (FRR)", 197: "openfabric", 198: "srte"}
 """Route protocols the kernel (``rtnetlink.h``) or routing suites (FRR's
 ``rt_protos.d``) tag their routes with: ecmpd would take such routes for its own."""
-_PROTO = integer(5, 255)
-table_base = integer(1, 2**32 - 1 - 256)
+PROTOS = (5, 255)
+TABLE_BASES = (1, 2**32 - 1 - 256)
 """`tables.base`: the multipath table; WAN id i uses table base + i (up to 255)."""
-rule_priority = integer(1, 32000)
+RULE_PRIORITIES = (1, 32000)
 """`rules.priority`: ecmpd's rules span it .. +512, all below main's 32766."""
-route_metric = integer(0, 2**32 - 1)
+ROUTE_METRICS = (0, 2**32 - 1)
+DURATIONS = (0.01, 60.0)
+"""Seconds: the range of every duration."""
+PERCENTS = (0.0, 100.0)
+_PROTO = integer(*PROTOS)
+table_base = integer(*TABLE_BASES)
+rule_priority = integer(*RULE_PRIORITIES)
+route_metric = integer(*ROUTE_METRICS)
 
 
 def route_proto(v: Any) -> int:
@@ -127,24 +135,26 @@ def route_proto(v: Any) -> int:
     if n in OTHERS_PROTOS:
         raise Bad(f"{n} is the '{OTHERS_PROTOS[n]}' protocol of the kernel or another "
                   f"routing program: ecmpd would take its routes for its own; choose "
-                  f"another from 5 to 255 (default 236)")
+                  f"another from {PROTOS[0]} to {PROTOS[1]} (default {Config.route_proto})")
     return n
 
 
 def duration(v: Any) -> float:
-    """Seconds from a duration (see `parse_duration`) in 10ms..60s."""
+    """Seconds from a duration (see `parse_duration`) in `DURATIONS`."""
     d = parse_duration(v)
-    if d is None or not 0.01 <= d <= 60:
-        raise Bad(f"must be a duration from 10ms to 60s (like 200ms, 1.5s or 1.5), "
-                  f"got {got(v)}")
+    lo, hi = DURATIONS
+    if d is None or not lo <= d <= hi:
+        raise Bad(f"must be a duration from {format_seconds(lo)} to {format_seconds(hi)} "
+                  f"(like 200ms, 1.5s or 1.5), got {got(v)}")
     return d
 
 
 def percent(v: Any) -> float:
-    """A percentage (see `parse_percent`) in 0..100."""
+    """A percentage (see `parse_percent`) in `PERCENTS`."""
     p = parse_percent(v)
-    if p is None or not 0 <= p <= 100:
-        raise Bad(f"must be a percentage from 0 to 100 (like 20, 20% or 20.5%), "
+    lo, hi = PERCENTS
+    if p is None or not lo <= p <= hi:
+        raise Bad(f"must be a percentage from {lo:g} to {hi:g} (like 20, 20% or 20.5%), "
                   f"got {got(v)}")
     return p
 

@@ -27,10 +27,10 @@ link needs no gateway).
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields as dataclass_fields, replace
 from typing import Any
 
-from . import configvalues as cv
+from . import configvalues as cv, schema
 from .configvalues import Bad
 from .model import Config
 
@@ -314,10 +314,9 @@ class Owned:
         return None
 
 
-_PARSERS = {"route_proto": cv.route_proto, "route_metric": cv.route_metric,
-            "table_base": cv.table_base, "rule_priority": cv.rule_priority,
-            "nft_table": cv.nft_table, "mark_mask": cv.mark_mask}
-"""The config's own parsers of the ownership numbers (`ecmpd.config` uses them too)."""
+_PARSERS = {f.name: schema.parser_of(Config, f.name) for f in dataclass_fields(Owned)
+            if f.name != "ids"}
+"""The config's own parsers of the ownership numbers (`ecmpd.schema`'s)."""
 
 
 Routes = Mapping[tuple[int, int], RouteSpec]

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ecmpd import schema
 from ecmpd.config import ConfigError, load_config, parse_config, problems_for
 from ecmpd.model import Config, ProbeSettings, Wan
 from ecmpd.configvalues import parse_duration, parse_percent
@@ -281,7 +282,7 @@ def test_all_problems_are_collected_in_line_order() -> None:
     assert problems_for(BASE, SRC) == []
 
 
-TOP_KEYS = "lan, wans, probe, hash, marks, tables, rules, route, nft, keep_on_exit, control"
+TOP_KEYS = ", ".join(schema.keys(""))
 DURATION = "must be a duration from 10ms to 60s (like 200ms, 1.5s or 1.5)"
 MASK = "must be one run of at least 8 contiguous bits within 32 bits (like 0x00ff0000)"
 IFNAME = "must be an interface name (1 to 15 bytes, no '/', ':', '%', '*' or whitespace)"
