@@ -101,12 +101,12 @@ class Key:
         """The default as the example's comments state it: ``default 200ms``,
         ``required``, ``optional`` (only checked); empty for a section."""
         d = self.default
+        if self.is_section:
+            return ""
         if self.shown_default:
             return f"default {self.shown_default}"
         if d is REQUIRED:
             return "required"
-        if self.is_section:
-            return ""
         if d is None and self.model is None:
             return "optional"
         return f"default {self.show(d)}"

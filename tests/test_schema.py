@@ -1,0 +1,136 @@
+"""The schema table (`ecmpd.schema`) against the model, the validator and the commented
+example config/ecmpd.yaml, whose comments must state each default and range the code has."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+
+import pytest
+
+from ecmpd import config, schema
+from ecmpd.config import load_config, parse_config
+from ecmpd.desired import _PARSERS, Owned
+from ecmpd.model import Config, ProbeSettings, Wan
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "ecmpd.yaml"
+_KEY_LINE = re.compile(r"( *)([A-Za-z0-9_.-]+):(?: (.*))?$")
+_COMMENT = re.compile(r"( *)#(.*)$")
+_NAMED = re.compile(r"([a-z_]+):")
+
+
+def _path(parts: list[str]) -> str:
+    """Dotted path of nested keys, every WAN's name as `*`."""
+    if len(parts) > 1 and parts[0] == "wans":
+        parts = ["wans", "*", *parts[2:]]
+    return ".".join(parts)
+
+
+def documentation(text: str) -> dict[str, str]:
+    """Key path -> the comments that document the key in `text`.
+
+    A key's documentation is the comment on its line and the comment lines below it
+    indented deeper than the key (a continued end-of-line comment), the comment lines
+    just above it in its section, and for a key shown only commented out (`# max_rtt:
+    ...`) the comment lines from that one on to the next key of its section.  A blank
+    line ends a run of comment lines."""
+    docs: dict[str, list[str]] = {}
+    stack: list[tuple[int, str]] = []       # (indent, key) of the enclosing key lines
+    pending: dict[str, list[str]] = {}      # section -> comment lines before its next key
+    current: dict[str, str] = {}            # section -> the commented-out key described
+    for line in text.splitlines():
+        if not line.strip():
+            pending.clear()
+            current.clear()
+            continue
+        if m := _COMMENT.fullmatch(line):
+            indent, body = len(m[1]), m[2].strip()
+            where = _path([k for i, k in stack if i < indent])
+            if where in {k.path for k in schema.SCHEMA if not k.is_section}:
+                docs.setdefault(where, []).append(body)       # a continued line comment
+                continue
+            named = _NAMED.match(body)
+            sect = "probe" if where.endswith(".probe") else where
+            if named and named[1] in schema.keys(sect):
+                current[where] = f"{where}.{named[1]}" if where else named[1]
+            if where in current:
+                docs.setdefault(current[where], []).append(body)
+            else:
+                pending.setdefault(where, []).append(body)
+            continue
+        m = _KEY_LINE.fullmatch(line)
+        assert m, f"not a key line: {line!r}"
+        indent = len(m[1])
+        stack = [(i, k) for i, k in stack if i < indent] + [(indent, m[2])]
+        where, path = _path([k for _, k in stack[:-1]]), _path([k for _, k in stack])
+        comment = (m[3] or "").partition("#")[2].strip()
+        docs.setdefault(path, []).extend(pending.pop(where, []) + [comment])
+        current.pop(where, None)
+    return {path: " ".join(lines) for path, lines in docs.items()}
+
+
+DOCS = documentation(EXAMPLE.read_text())
+KEYS = [k for k in schema.SCHEMA]
+
+
+@pytest.mark.parametrize("key", KEYS, ids=[k.path for k in KEYS])
+def test_the_example_documents_every_key_with_its_default_and_range(key: schema.Key) -> None:
+    assert key.path in DOCS, f"config/ecmpd.yaml does not show {key.path}"
+    doc = " ".join(DOCS[key.path].lower().split())
+    assert key.default_text().lower() in doc, (key.path, key.default_text(), doc)
+    assert key.range.lower() in doc, (key.path, key.range, doc)
+    # and states no other default
+    for stated in re.findall(r"\(default ([^):;,]+)", doc):
+        said = f"default {stated}".strip()
+        assert re.match(re.escape(key.default_text().lower()) + r"(?![\w.])", said), (
+            key.path, said)
+
+
+def test_the_example_shows_no_key_the_schema_lacks() -> None:
+    paths = {k.path for k in schema.SCHEMA}
+    assert set(DOCS) - {"wans.*"} <= paths
+
+
+def test_documentation_finds_comments_above_beside_and_commented_out() -> None:
+    text = ("# header\n\nprobe:\n  # above\n  count: 2   # beside\n              # more\n"
+            "  # max_rtt: 1s  # out\n  #   (default null)\n  window: 3\n")
+    assert documentation(text) == {
+        "probe": "", "probe.count": "above beside more",
+        "probe.max_rtt": "max_rtt: 1s  # out (default null)", "probe.window": ""}
+
+
+def test_defaults_are_the_models() -> None:
+    for k in schema.SCHEMA:
+        if k.model is ProbeSettings:
+            assert k.default == getattr(ProbeSettings(), k.field)
+        elif k.model is Config and k.field not in ("lan_interfaces", "wans"):
+            assert k.default == getattr(Config, k.field)
+    assert schema.key("wans.*.weight").default == Wan.weight
+    assert schema.key("wans.*.interface").default is schema.REQUIRED
+    assert schema.key("wans.*.id").default is None        # the WAN's position
+
+
+def test_every_model_field_has_a_key() -> None:
+    filled = {(k.model, k.field) for k in schema.SCHEMA if k.model is not None}
+    for model, extra in ((Config, {"wans", "source"}), (Wan, {"name", "probe"}),
+                         (ProbeSettings, set())):
+        names = {f.name for f in dataclasses.fields(model)} - extra
+        assert names == {f for m, f in filled if m is model}, model
+
+
+def test_key_lists_and_parsers_come_from_the_table() -> None:
+    assert config.TOP_KEYS == ("lan", "wans", "probe", "hash", "marks", "tables", "rules",
+                               "route", "nft", "keep_on_exit", "control")
+    assert config.PROBE_KEYS == tuple(f.name for f in dataclasses.fields(ProbeSettings))
+    assert set(_PARSERS) == {f.name for f in dataclasses.fields(Owned)} - {"ids"}
+    assert _PARSERS["route_proto"] is schema.key("route.proto").parse
+
+
+def test_the_example_loads_to_its_documented_values() -> None:
+    cfg = load_config(str(EXAMPLE))
+    bare = parse_config("lan: {interfaces: [l]}\nwans: {a: {interface: e, gateway: 192.0.2.1}}\n",
+                        "x")
+    for k in schema.SCHEMA:
+        if k.model is Config and k.section not in ("lan",) and k.field != "hash":
+            assert getattr(cfg, k.field) == getattr(bare, k.field) == k.default, k.path
