@@ -13,10 +13,17 @@ import ctypes
 import json
 import logging
 import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from .config import ConfigError, load_config
 from .model import Config
+
+if TYPE_CHECKING:
+    from . import ownaddr
+    from .desired import RouteSpec
+    from .state import Addresses, Defaults, Link
 
 DEFAULT_CONFIG = "/etc/ecmpd/ecmpd.yaml"
 log = logging.getLogger("ecmpd")
@@ -53,35 +60,82 @@ def load(args: argparse.Namespace) -> Config | None:
 
 
 async def dry_run(cfg: Config) -> None:
-    """Print the plan for the current network namespace's links and addresses."""
+    """Print the plan for the current network namespace (see `plan`).  Only reads:
+    netlink dumps and the disabled WANs' file; needs no root."""
     from .netlinkimport import AsyncIPRoute
 
-    from . import gateways, nftrules, routing, state
-    from .desired import build_desired, describe, table_range
+    from . import gateways, nftrules, ownaddr, routing
+    from .desired import table_range
+    from .drain import DisabledStore
+    from .state import Link, main_route
 
     async with AsyncIPRoute() as ipr:
-        links = await routing.read_links(ipr)
-        addrs = await routing.read_addresses(ipr)
+        links = {n: Link.of(v) for n, v in (await routing.read_links(ipr)).items()}
+        addrs = {i: tuple(a) for i, a in (await routing.read_addresses(ipr)).items()}
         defaults = (await gateways.read_defaults(ipr, cfg.route_proto, table_range(cfg))
                     if gateways.learns(cfg) else {})
-    index = {name: link["index"] for name, link in links.items()}
-    st = state.initial(cfg, {n: state.Link.of(v) for n, v in links.items()},
-                       {i: tuple(a) for i, a in addrs.items()}, (), 0.0, defaults)
-    gws = state.gateways(st)
-    for wan in cfg.wans:
-        if wan.interface not in links:
-            print(f"# {wan.name}: interface {wan.interface} does not exist (no routes for it)")
-        elif wan.gateway is None:
-            gw = gws.get(wan.name)
-            print(f"# {wan.name}: gateway auto: " + ("none known yet" if gw is None else
-                                                      gw or f"the device {wan.interface}"))
-    wan_addrs = {w.name: a for w in cfg.wans
-                 if (a := routing.primary_address(links, addrs, w.interface))}
-    active = {w.name for w in cfg.wans if links.get(w.interface, {}).get("carrier")}
-    for line in describe(build_desired(cfg, index, wan_addrs, active, gateways=gws)):
+        local = await ownaddr.read(ipr)
+        actual = await routing.read_actual(ipr, cfg)
+    disabled = DisabledStore(cfg.control_socket + ".disabled.json").load(
+        {w.name for w in cfg.wans})
+    for line in plan(cfg, links, addrs, defaults, local, disabled,
+                     main_route(actual.routes, cfg)):
         print(line)
     print(f"# nft table ip {cfg.nft_table} (one atomic transaction):")
     print(json.dumps(nftrules.replace_commands(cfg), indent=1))
+
+
+def plan(cfg: Config, links: Mapping[str, "Link"], addresses: "Addresses",
+         defaults: "Defaults", local: "ownaddr.Local", disabled: Iterable[str],
+         kernel_main: "RouteSpec | None") -> list[str]:
+    """What the daemon started now would install, as `# notes` and the plan's lines.
+
+    The daemon's own path: the state at start from the same dumps (`state.initial`), the
+    route found in the kernel adopted (`events.Adopted`), then `state.decide`.  A WAN
+    that waits for its first probe verdict takes no new flows in the daemon; the plan
+    shows the route once the first rounds passed: such a WAN is given a good round
+    (`events.ProbeRound`) unless its probes cannot pass (no target, or too few that are
+    not the router's own addresses).
+    """
+    from . import events, state
+    from .desired import describe
+    from .health import Verdict
+
+    st = state.initial(cfg, links, addresses, disabled, 0.0, defaults, local)
+    st, _ = events.step(st, events.Adopted(kernel_main), 0.0)
+    notes: list[str] = []
+    waiting = set(state.awaiting_verdict(st))
+    for wan in cfg.wans:
+        name, ws = wan.name, st.wan(wan.name)
+        if wan.interface not in links:
+            notes.append(f"# {name}: interface {wan.interface} does not exist "
+                         f"(no routes for it)")
+            continue
+        if wan.gateway is None:
+            gw = state.gateway(st, wan)
+            notes.append(f"# {name}: gateway auto: " + (
+                "none known yet" if gw is None else gw or f"the device {wan.interface}"))
+        targets, quorum = state.probe_targets(st, wan)
+        own = state.own_targets(st, wan)
+        passes = bool(targets) and len(targets) - len(own) >= quorum
+        if name in waiting and passes:
+            st, _ = events.step(st, events.ProbeRound(name, Verdict.GOOD), 0.0)
+        if ws.disabled:
+            why = "out: disabled by the administrator"
+        elif name in waiting:
+            why = ("joins once its first probe round passes" if passes else
+                   "out: " + (state.no_target(st, wan) if not targets else
+                              f"its probe targets {', '.join(own)} are this router's "
+                              f"own addresses"))
+        elif ws.adopted:
+            why = "adopted from ecmpd's route in the kernel"
+        else:
+            why = f"out: {ws.health.reason or ws.health.state.value}"
+        notes.append(f"# {name}: {why}")
+    decision = state.decide(st, kernel_main)
+    if decision.kept:
+        notes.append("# no WAN is usable: ecmpd's route in the kernel is kept")
+    return notes + describe(decision.desired)
 
 
 M_MMAP_THRESHOLD = -3

@@ -139,24 +139,25 @@ def route_proto(v: Any) -> int:
     return n
 
 
+def _within(x: float | None, bounds: tuple[float, float], show: Callable[[float], str],
+            what: str, v: Any) -> float:
+    """`x` (parsed from `v`; None: not parsable) if it lies in `bounds`, else `Bad`."""
+    lo, hi = bounds
+    if x is None or not lo <= x <= hi:
+        raise Bad(f"must be {what.format(lo=show(lo), hi=show(hi))}, got {got(v)}")
+    return x
+
+
 def duration(v: Any) -> float:
     """Seconds from a duration (see `parse_duration`) in `DURATIONS`."""
-    d = parse_duration(v)
-    lo, hi = DURATIONS
-    if d is None or not lo <= d <= hi:
-        raise Bad(f"must be a duration from {format_seconds(lo)} to {format_seconds(hi)} "
-                  f"(like 200ms, 1.5s or 1.5), got {got(v)}")
-    return d
+    return _within(parse_duration(v), DURATIONS, format_seconds,
+                   "a duration from {lo} to {hi} (like 200ms, 1.5s or 1.5)", v)
 
 
 def percent(v: Any) -> float:
     """A percentage (see `parse_percent`) in `PERCENTS`."""
-    p = parse_percent(v)
-    lo, hi = PERCENTS
-    if p is None or not lo <= p <= hi:
-        raise Bad(f"must be a percentage from {lo:g} to {hi:g} (like 20, 20% or 20.5%), "
-                  f"got {got(v)}")
-    return p
+    return _within(parse_percent(v), PERCENTS, "{:g}".format,
+                   "a percentage from {lo} to {hi} (like 20, 20% or 20.5%)", v)
 
 
 def or_null(parse: Callable[[Any], Any]) -> Callable[[Any], Any]:

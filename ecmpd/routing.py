@@ -408,14 +408,6 @@ def link_state(msg) -> dict:
             "pointopoint": bool(flags & IFF_POINTOPOINT)}
 
 
-def primary_address(links: dict[str, dict], addresses: dict[int, list[tuple[str, int]]],
-                    ifname: str) -> str | None:
-    """The primary IPv4 address on interface `ifname` (None: no such link or address)."""
-    link = links.get(ifname)
-    addrs = addresses.get(link["index"], []) if link else []
-    return addrs[0][0] if addrs else None
-
-
 async def read_links(ipr: AsyncIPRoute) -> dict[str, dict]:
     """Interface name → {index, up, carrier} for every link."""
     return {msg.get("ifname"): link_state(msg) async for msg in await ipr.link("dump")}

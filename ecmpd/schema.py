@@ -21,6 +21,7 @@ from typing import Any
 
 from ecmpd import configvalues as cv
 from ecmpd.model import Config, ProbeSettings, Wan
+from ecmpd.yamlpos import describe
 
 REQUIRED: Any = object()
 """The default of a key that must be given."""
@@ -29,13 +30,9 @@ _FROM_MODEL: Any = object()
 
 def _yaml(v: Any) -> str:
     """`v` written as in the YAML file."""
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return str(v).lower()
     if isinstance(v, tuple):
         return "[" + ", ".join(map(_yaml, v)) + "]"
-    return str(v)
+    return describe(v) if v is None or isinstance(v, bool) else str(v)
 
 
 def _number(v: float) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -78,3 +80,80 @@ def test_usage_errors_exit_2():
 
 def test_log_level_notice_is_accepted():
     assert cli.parser().parse_args(["--log-level", "notice"]).log_level == "notice"
+
+
+# ---- --dry-run: the plan from the daemon's own decision ------------------------------
+
+from ecmpd.config import parse_config  # noqa: E402
+from ecmpd.desired import Nexthop, RouteSpec, balance_table  # noqa: E402
+from ecmpd.state import Link  # noqa: E402
+
+PLAN_CFG = parse_config("lan: {interfaces: [lan0]}\nwans:\n"
+                        "  a: {interface: eth1, gateway: 192.0.2.1, weight: 1}\n"
+                        "  b: {interface: eth2, gateway: 198.51.100.1, weight: 5}\n", "x")
+LINKS = {"lan0": Link(3, True, True), "eth1": Link(11, True, True),
+         "eth2": Link(12, True, True)}
+ADDRS = {11: (("192.0.2.2", 24),), 12: (("198.51.100.2", 24),)}
+
+
+def plan(links=LINKS, addrs=ADDRS, local=frozenset(), disabled=(), main=None, cfg=PLAN_CFG):
+    return cli.plan(cfg, links, addrs, {}, local, disabled, main)
+
+
+def multipath(lines):
+    return [line for line in lines if "nexthop" in line]
+
+
+def test_plan_routes_every_wan_whose_first_rounds_pass():
+    lines = plan()
+    assert "# a: joins once its first probe round passes" in lines
+    [route] = multipath(lines)
+    assert "nexthop via 192.0.2.1 oif 11 weight 1" in route
+    assert "nexthop via 198.51.100.1 oif 12 weight 5" in route
+
+
+def test_plan_leaves_out_a_wan_the_daemon_would_not_route():
+    # carrier but no address: the old plan (carrier = active) routed it
+    [route] = multipath(plan(addrs={11: ADDRS[11]}))
+    assert "192.0.2.1" in route and "198.51.100.1" not in route
+    assert "# b: out: no IPv4 address" in plan(addrs={11: ADDRS[11]})
+    # administratively down, disabled, or probing only the router's own address
+    lines = plan(links={**LINKS, "eth2": Link(12, False, False)})
+    assert "# b: out: no carrier" in lines and "198.51.100.1 oif" not in multipath(lines)[0]
+    lines = plan(disabled={"b"})
+    assert "# b: out: disabled by the administrator" in lines
+    assert "198.51.100.1" not in multipath(lines)[0]
+    lines = plan(local=frozenset({"198.51.100.1"}))
+    assert ("# b: out: its probe targets 198.51.100.1 are this router's own addresses"
+            in lines)
+
+
+def test_plan_without_a_usable_wan_keeps_the_kernels_route_or_has_none():
+    down = {**LINKS, "eth1": Link(11, True, False), "eth2": Link(12, True, False)}
+    assert multipath(plan(links=down)) == []
+    kept = RouteSpec(balance_table(PLAN_CFG), (Nexthop("192.0.2.1", 11, 1),
+                                               Nexthop("198.51.100.1", 12, 5)), 0)
+    lines = plan(links=down, main=kept)
+    assert "# no WAN is usable: ecmpd's route in the kernel is kept" in lines
+    assert len(multipath(lines)) == 1
+
+
+def test_plan_adopts_the_route_found_and_leaves_out_wans_missing_from_it():
+    found = RouteSpec(balance_table(PLAN_CFG), (Nexthop("192.0.2.1", 11, 1),), 0)
+    lines = plan(main=found)
+    assert "# a: adopted from ecmpd's route in the kernel" in lines
+    assert "# b: out: not in the route found at start" in lines
+    [route] = multipath(lines)
+    assert "198.51.100.1" not in route
+
+
+def test_dry_run_reads_only_and_needs_no_privilege():
+    """In this namespace (its links are only read), without any capability when run as
+    root."""
+    drop = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"] \
+        if os.geteuid() == 0 and shutil.which("setpriv") else []
+    p = subprocess.run([*drop, sys.executable, "-m", "ecmpd.cli", "--config", str(EXAMPLE),
+                        "--dry-run"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "rule 1512: from all lookup 1000" in p.stdout
+    assert "# nft table ip ecmpd (one atomic transaction):" in p.stdout
