@@ -30,7 +30,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field, fields as dataclass_fields, replace
 from typing import Any
 
-from . import configvalues as cv, schema
+from . import schema
 from .configvalues import Bad
 from .model import Config
 
