@@ -19,11 +19,11 @@ from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import Any, Callable
 
-from ecmpd.lab import Lab, netns
-from ecmpd.lab.driver import LineReader, TrafficError
-from ecmpd.lab.lab import bcp38_script
-from ecmpd.lab.router import Ecmpd, config_for
-from ecmpd.lab.topology import transit
+from lab import Lab, netns
+from lab.driver import LineReader, TrafficError
+from lab.lab import bcp38_script
+from lab.router import Ecmpd, config_for
+from lab.topology import transit
 
 from bench import stats
 

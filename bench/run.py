@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ecmpd.lab import Lab, make_spec, random_prefix, seed_spec, sweep  # noqa: E402
+from lab import Lab, make_spec, random_prefix, seed_spec, sweep  # noqa: E402
 
 from bench import dynamic, figures, routers, stats, underload  # noqa: E402
 
@@ -242,7 +242,7 @@ def fig9_note(plan: Plan) -> str:
     return textwrap.fill(
         "Figure 9 (bench/underload.py): its own lab of 3 WANs north/south/west; shaped "
         "lines are 20/40/60 Mbit/s down and a quarter of that up, a tbf of 1 s or 2 s of "
-        "buffer each way (ecmpd.lab.lines); the load is iperf3 (reno), one download and one "
+        "buffer each way (lab.lines); the load is iperf3 (reno), one download and one "
         "upload stream per loaded line, each pinned to it; the other rows run on idle, "
         "unshaped lines.  ecmpd: defaults, probe targets the gateway and the ISP's upstream, "
         "no quorum key (majority: 2).  The baseline hashes L4 here (so that the load can be "

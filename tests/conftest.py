@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from ecmpd.lab import Lab, LabSpec, sweep
+from lab import Lab, LabSpec, sweep
 
 RUN_STEM = f"ecl{secrets.token_hex(2)}"
 """Namespace-name stem shared by every lab of this pytest process."""
@@ -81,7 +81,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def ecmpd_in(tmp_path):
     """Factory `ecmpd_in(lab, config=None, **config_for_kw) -> Ecmpd`: the real ecmpd in
     the lab's router namespace, started and all its WANs UP; always stopped at test end."""
-    from ecmpd.lab.router import Ecmpd, config_for
+    from lab.router import Ecmpd, config_for
 
     started: list = []
 

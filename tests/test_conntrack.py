@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from ecmpd.lab import Lab, seed_spec
-from ecmpd.lab.driver import HeldFlows
+from lab import Lab, seed_spec
+from lab.driver import HeldFlows
 
 pytestmark = pytest.mark.lab
 

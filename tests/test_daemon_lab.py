@@ -16,8 +16,8 @@ from collections import Counter
 import pytest
 
 from ecmpd.control import EVICTED, MAX_CLIENTS, MAX_REQUEST
-from ecmpd.lab.router import Ecmpd, config_for, kernel_hops
-from ecmpd.lab.topology import make_spec
+from lab.router import Ecmpd, config_for, kernel_hops
+from lab.topology import make_spec
 
 WEIGHTS = {"wan1": 1, "wan2": 2, "wan3": 3}
 

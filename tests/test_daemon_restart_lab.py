@@ -21,9 +21,9 @@ from typing import Callable, Iterator
 
 import pytest
 
-from ecmpd.lab.driver import LineReader, TrafficError
-from ecmpd.lab.router import Ecmpd, config_for, nft_table
-from ecmpd.lab.topology import make_spec
+from lab.driver import LineReader, TrafficError
+from lab.router import Ecmpd, config_for, nft_table
+from lab.topology import make_spec
 
 pytestmark = pytest.mark.lab
 

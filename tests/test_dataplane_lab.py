@@ -14,8 +14,8 @@ from collections import Counter
 
 import pytest
 
-from ecmpd.lab.router import Ecmpd, config_for, kernel_dump, nft_table
-from ecmpd.lab.topology import make_spec
+from lab.router import Ecmpd, config_for, kernel_dump, nft_table
+from lab.topology import make_spec
 
 pytestmark = pytest.mark.lab
 
@@ -55,7 +55,7 @@ def test_three_wans_1_2_3_other_names(make_lab, ecmpd_in):
 
 def test_l3_hash_keeps_a_client_server_pair_on_one_wan(make_lab, ecmpd_in):
     from dataclasses import replace
-    from ecmpd.lab.topology import seed_spec
+    from lab.topology import seed_spec
     lab = make_lab(replace(seed_spec(), client_extra=40))
     ecmpd_in(lab, weights={"wlan1": 1, "wlan2": 1}, hash="l3")
     lab.start_servers()

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from ecmpd.lab import Lab, LabSpec, LabWan
-from ecmpd.lab.router import Ecmpd
+from lab import Lab, LabSpec, LabWan
+from lab.router import Ecmpd
 
 pytestmark = pytest.mark.lab
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from ecmpd.lab.router import Ecmpd, config_for
-from ecmpd.lab.topology import make_spec
+from lab.router import Ecmpd, config_for
+from lab.topology import make_spec
 
 pytestmark = pytest.mark.lab
 

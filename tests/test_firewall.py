@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from ecmpd import nftrules
-from ecmpd.lab import Lab, netns
-from ecmpd.lab.driver import tool_env
+from lab import Lab, netns
+from lab.driver import tool_env
 from ecmpd.model import Config, Wan
 
 pytestmark = pytest.mark.lab

@@ -31,8 +31,8 @@ import pytest
 
 from ecmpd import icmpecho
 from ecmpd.icmpecho import PAYLOAD, Answer, EchoSocket, bpf_program
-from ecmpd.lab import netns
-from ecmpd.lab.flood import checksum
+from lab import netns
+from lab.flood import checksum
 
 REPO = Path(__file__).resolve().parent.parent
 OUR, OTHER = 0x4242, 0x4243

@@ -8,10 +8,10 @@ from typing import Callable
 
 import pytest
 
-from ecmpd.lab import Lab, LabCommandError, LabSpec, LabWan, make_spec, netns, seed_spec
-from ecmpd.lab import lab as lab_module
-from ecmpd.lab.lab import loss_script
-from ecmpd.lab.traffic import FlowResult
+from lab import Lab, LabCommandError, LabSpec, LabWan, make_spec, netns, seed_spec
+from lab import lab as lab_module
+from lab.lab import loss_script
+from lab.traffic import FlowResult
 
 MakeLab = Callable[..., Lab]
 

@@ -1,4 +1,4 @@
-"""The lab's DHCP ISP (`ecmpd.lab.dhcp`): dnsmasq in the ISP, udhcpc + our script on the router."""
+"""The lab's DHCP ISP (`lab.dhcp`): dnsmasq in the ISP, udhcpc + our script on the router."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Callable
 
 import pytest
 
-from ecmpd.lab import DhcpWan, Lab, seed_spec
-from ecmpd.lab.dhcp import (MIN_LEASE_S, SCRIPT, dhcp_bcp38_script, dnsmasq_argv, parse_events,
+from lab import DhcpWan, Lab, seed_spec
+from lab.dhcp import (MIN_LEASE_S, SCRIPT, dhcp_bcp38_script, dnsmasq_argv, parse_events,
                             udhcpc_argv)
 
 MakeLab = Callable[..., Lab]

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from ecmpd.lab import Lab, LabSpec, LabWan
-from ecmpd.lab.router import Ecmpd, kernel_hops
+from lab import Lab, LabSpec, LabWan
+from lab.router import Ecmpd, kernel_hops
 
 pytestmark = pytest.mark.lab
 

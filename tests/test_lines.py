@@ -1,4 +1,4 @@
-"""Real lines in the lab (`ecmpd.lab.lines`, `.load`, `.flood`): tc rendering and output
+"""Real lines in the lab (`lab.lines`, `.load`, `.flood`): tc rendering and output
 parsing (pure), then shaping, the iperf3 load and the ICMP flood on real traffic (root)."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Callable
 
 import pytest
 
-from ecmpd.lab import Lab, Line, LoadError
-from ecmpd.lab import flood as fl
-from ecmpd.lab import lines as ln
-from ecmpd.lab import load as ld
+from lab import Lab, Line, LoadError
+from lab import flood as fl
+from lab import lines as ln
+from lab import load as ld
 
 MakeLab = Callable[..., Lab]
 LAB = pytest.mark.lab

@@ -18,7 +18,7 @@ from typing import Iterator
 
 import pytest
 
-from ecmpd.lab import netns
+from lab import netns
 from ecmpd.nslock import EXIT_LOCKED, LOCK_NAME, AlreadyRunning, Holder
 
 HOLDER = r"""

@@ -12,8 +12,8 @@ from ipaddress import IPv4Interface
 
 import pytest
 
-from ecmpd.lab.lines import Line
-from ecmpd.lab.router import Ecmpd, config_for, kernel_hops
+from lab.lines import Line
+from lab.router import Ecmpd, config_for, kernel_hops
 
 pytestmark = pytest.mark.lab
 

@@ -9,8 +9,8 @@ from typing import Iterator
 
 import pytest
 
-from ecmpd.lab import driver, netns
-from ecmpd.lab.traffic import (FlowResult, fault_offset, main, outage, parse_flows,
+from lab import driver, netns
+from lab.traffic import (FlowResult, fault_offset, main, outage, parse_flows,
                                parse_held)
 
 

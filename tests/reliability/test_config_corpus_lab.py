@@ -19,7 +19,7 @@ from typing import Callable
 
 import pytest
 
-from ecmpd.lab.router import kernel_dump
+from lab.router import kernel_dump
 from .test_config_corpus import FILES, expected
 
 pytestmark = pytest.mark.lab

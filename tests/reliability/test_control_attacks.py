@@ -22,7 +22,7 @@ from typing import Iterator
 import pytest
 
 from ecmpd.control import IDLE_TIMEOUT, MAX_CLIENTS, MAX_REQUEST, TOO_MANY
-from ecmpd.lab.router import Ecmpd
+from lab.router import Ecmpd
 
 pytestmark = pytest.mark.lab
 

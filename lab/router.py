@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from ecmpd.lab.lab import Lab
+from lab.lab import Lab
 
 
 def config_for(lab: Lab, weights: dict[str, int] | None = None, targets: str = "gateway",

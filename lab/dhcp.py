@@ -24,7 +24,7 @@ Every script run appends one JSON line to ``events.jsonl`` in the work directory
 (`DhcpEvent`: the event, address, gateway, lease time, server, and when it was applied),
 so tests see what the client did and when.
 
-The ISP's BCP38 table (`ecmpd.lab.lab.BCP38_TABLE`) is replaced by one that also lets
+The ISP's BCP38 table (`lab.lab.BCP38_TABLE`) is replaced by one that also lets
 DHCP from ``0.0.0.0`` (udp 68 -> 67) in, as an ISP's DHCP snooping does; everything else
 from outside the customer subnet is still dropped.  Addresses and gateways stay inside
 the WAN's subnet (`LabWan.network`), so BCP38, the inet routes and
@@ -58,17 +58,17 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ecmpd.lab import netns
-from ecmpd.lab.lab import BCP38_TABLE, CUST
+from lab import netns
+from lab.lab import BCP38_TABLE, CUST
 
 if TYPE_CHECKING:
-    from ecmpd.lab.lab import Lab
+    from lab.lab import Lab
 
 MIN_LEASE_S = 120
 """dnsmasq's shortest lease: anything shorter is raised to this."""
 
 SCRIPT = r"""#!/bin/sh
-# udhcpc event script written by ecmpd.lab.dhcp: applies a lease as ifupdown + dhclient do
+# udhcpc event script written by lab.dhcp: applies a lease as ifupdown + dhclient do
 # and appends one JSON line per event to $LAB_EVENTS.  From udhcpc: $1 (deconfig, bound,
 # renew, nak, leasefail), $interface $ip $mask $router $lease $serverid.  From the lab:
 # LAB_EVENTS LAB_TABLE LAB_METRIC LAB_PROTO LAB_LIFETIME (1: addresses expire with the lease).

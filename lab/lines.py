@@ -1,4 +1,4 @@
-"""Real lines in the lab: modem-like shaping (tbf); the load is `ecmpd.lab.load`.
+"""Real lines in the lab: modem-like shaping (tbf); the load is `lab.load`.
 
 A DSL/cable line is a token bucket before a deep modem buffer: when the line is full
 the RTT climbs toward the buffer depth (~1 s).  `shape` puts a ``tbf`` (``latency`` =
@@ -7,7 +7,7 @@ the router's WAN egress.  Measured here: TCP gets ~95.6 % of the rate (tbf count
 1514-byte frames, TCP carries 1448); tc takes any ``burst``, but below one frame every
 full-size packet is dropped (0 bit/s, pings pass): see `burst_bytes`.  The namespaces
 inherit the host's TCP congestion control (``bbr``: queue stays ~15 ms); ``cubic`` needs
-~10 s to fill 1 s of buffer (HyStart), ``reno`` ~1 s, so `ecmpd.lab.load.Load` uses ``reno``.
+~10 s to fill 1 s of buffer (HyStart), ``reno`` ~1 s, so `lab.load.Load` uses ``reno``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ecmpd.lab.lab import Lab
+    from lab.lab import Lab
 
 log = logging.getLogger(__name__)
 FRAME = 1514

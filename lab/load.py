@@ -27,10 +27,10 @@ import time
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Sequence
 
-from ecmpd.lab.netns import terminate
+from lab.netns import terminate
 
 if TYPE_CHECKING:
-    from ecmpd.lab.lab import Lab
+    from lab.lab import Lab
 
 log = logging.getLogger(__name__)
 

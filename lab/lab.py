@@ -23,15 +23,15 @@ import time
 from ipaddress import IPv4Interface, IPv4Network
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ecmpd.lab import driver, lines, netns
-from ecmpd.lab.flood import Flood, start_flood
-from ecmpd.lab.load import Load
-from ecmpd.lab.topology import LabSpec, seed_spec, transit, upstream_of, wan_of_source
-from ecmpd.lab.traffic import FlowResult
+from lab import driver, lines, netns
+from lab.flood import Flood, start_flood
+from lab.load import Load
+from lab.topology import LabSpec, seed_spec, transit, upstream_of, wan_of_source
+from lab.traffic import FlowResult
 
 if TYPE_CHECKING:
-    from ecmpd.lab.dhcp import DhcpWan
-    from ecmpd.lab.ptp import PtpWan
+    from lab.dhcp import DhcpWan
+    from lab.ptp import PtpWan
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 
@@ -361,14 +361,14 @@ class Lab:
 
     def dhcp(self, wan: str, **kw: Any) -> "DhcpWan":
         """Make Ethernet WAN `wan` a DHCP WAN, started: dnsmasq in its ISP, udhcpc on the
-        router, the static address removed (`ecmpd.lab.dhcp.DhcpWan`, keywords go there)."""
-        from ecmpd.lab.dhcp import DhcpWan
+        router, the static address removed (`lab.dhcp.DhcpWan`, keywords go there)."""
+        from lab.dhcp import DhcpWan
         return DhcpWan(self, wan, **kw).start()
 
     def ptp(self, wan: str, address: str | None = None, **kw: Any) -> "PtpWan":
         """Connect the session of point-to-point WAN `wan` (``LabWan(kind="ptp")``) with
-        `address`; the returned `ecmpd.lab.ptp.PtpWan` disconnects and reconnects it."""
-        from ecmpd.lab.ptp import PtpWan
+        `address`; the returned `lab.ptp.PtpWan` disconnects and reconnects it."""
+        from lab.ptp import PtpWan
         link = PtpWan(self, wan, **kw)
         link.connect(address)
         return link
@@ -377,7 +377,7 @@ class Lab:
 
     def shape(self, wan: str, line: lines.Line) -> None:
         """Make `wan` a modem-like line: tbf download on the ISP's `cust`, upload on the
-        router's WAN (see `ecmpd.lab.lines`; faults keep working, queued packets drain)."""
+        router's WAN (see `lab.lines`; faults keep working, queued packets drain)."""
         lines.shape(self, wan, line)
 
     def unshape(self, wan: str) -> None:

@@ -9,7 +9,7 @@ A tun device is exactly that kind of device, so a session here is:
 * the router's tun, named like the WAN (e.g. ``ppp0``), and the ISP's tun, named
   ``cust`` like the Ethernet ISPs' customer link (so `Lab.fault` ``dead``/``upstream``,
   `Lab.set_loss` and the BCP38 table work on it unchanged), both opened by one relay
-  process: ``python -m ecmpd.lab.ptp relay`` starts in the router namespace under
+  process: ``python -m lab.ptp relay`` starts in the router namespace under
   `Lab.popen`, opens its tun there, enters the ISP namespace (``setns``) and opens the
   other; two threads copy packets between the two file descriptors;
 * "connect": the ISP side gets ``<gateway> peer <customer>/32`` (so the ISP routes the
@@ -48,11 +48,11 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING
 
-from ecmpd.lab import driver, netns
-from ecmpd.lab.lab import CUST, bcp38_script
+from lab import driver, netns
+from lab.lab import CUST, bcp38_script
 
 if TYPE_CHECKING:
-    from ecmpd.lab.lab import Lab
+    from lab.lab import Lab
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -122,8 +122,8 @@ def relay(a: int, b: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ecmpd.lab.ptp relay --ifname N --peer-netns PATH --peer-ifname M``."""
-    p = argparse.ArgumentParser(prog="python -m ecmpd.lab.ptp", description=__doc__.split("\n")[0])
+    """``python -m lab.ptp relay --ifname N --peer-netns PATH --peer-ifname M``."""
+    p = argparse.ArgumentParser(prog="python -m lab.ptp", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("relay", help="create both tun devices and relay between them")
     r.add_argument("--ifname", required=True, help="tun device here (the router's)")
@@ -205,7 +205,7 @@ class PtpWan:
         isp = self.lab.ns_isp(self.wan)
         err = tempfile.TemporaryFile()
         proc = self.lab.popen(
-            self.lab.ns_router, sys.executable, "-m", "ecmpd.lab.ptp", "relay",
+            self.lab.ns_router, sys.executable, "-m", "lab.ptp", "relay",
             "--ifname", self.wan, "--peer-netns", str(netns.NETNS_DIR / isp),
             "--peer-ifname", CUST, stdout=subprocess.PIPE, stderr=err,
             stdin=subprocess.DEVNULL, env=driver.tool_env())
