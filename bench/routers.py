@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from lab import Lab, netns
 from lab.driver import LineReader, TrafficError
-from lab.lab import bcp38_script
+from lab.isp import bcp38_script
 from lab.router import Ecmpd, config_for
 from lab.topology import transit
 

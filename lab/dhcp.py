@@ -24,7 +24,7 @@ Every script run appends one JSON line to ``events.jsonl`` in the work directory
 (`DhcpEvent`: the event, address, gateway, lease time, server, and when it was applied),
 so tests see what the client did and when.
 
-The ISP's BCP38 table (`lab.lab.BCP38_TABLE`) is replaced by one that also lets
+The ISP's BCP38 table (`lab.isp.BCP38_TABLE`) is replaced by one that also lets
 DHCP from ``0.0.0.0`` (udp 68 -> 67) in, as an ISP's DHCP snooping does; everything else
 from outside the customer subnet is still dropped.  Addresses and gateways stay inside
 the WAN's subnet (`LabWan.network`), so BCP38, the inet routes and
@@ -59,10 +59,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from lab import netns
-from lab.lab import BCP38_TABLE, CUST
+from lab.isp import BCP38_TABLE, CUST
 
 if TYPE_CHECKING:
-    from lab.lab import Lab
+    from lab.base import LabLike
 
 MIN_LEASE_S = 120
 """dnsmasq's shortest lease: anything shorter is raised to this."""
@@ -195,7 +195,7 @@ class DhcpWan:
     directory removed by `stop` or when this object goes away).
     """
 
-    def __init__(self, lab: Lab, wan: str, *, metric: int = 0, table: int | str = "main",
+    def __init__(self, lab: LabLike, wan: str, *, metric: int = 0, table: int | str = "main",
                  proto: str = "dhcp", lease_s: int = MIN_LEASE_S, address: str | None = None,
                  gateway: str | None = None, lifetimes: bool = False, retry_s: int = 1,
                  workdir: str | os.PathLike[str] | None = None) -> None:

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Iterable
 from lab import driver
 
 if TYPE_CHECKING:
-    from lab.lab import Lab
+    from lab.base import LabLike
 
 KINDS = ("echo-reply", "unreachable")
 RING = 64
@@ -162,7 +162,7 @@ def parse_snmp(text: str) -> dict[str, int]:
     return out
 
 
-def _router_counters(lab: Lab, wan: str) -> tuple[int, int, float]:
+def _router_counters(lab: LabLike, wan: str) -> tuple[int, int, float]:
     t = time.monotonic()
     link = json.loads(lab.run(lab.ns_router, "ip", "-j", "-s", "link", "show", "dev", wan).stdout)
     snmp = parse_snmp(lab.run(lab.ns_router, "cat", "/proc/net/snmp").stdout)
@@ -172,7 +172,7 @@ def _router_counters(lab: Lab, wan: str) -> tuple[int, int, float]:
 class Flood:
     """A running flood (`start_flood`); `wait()` / `stop()` return a `FloodResult`."""
 
-    def __init__(self, lab: Lab, wan: str, proc: subprocess.Popen, seconds: float) -> None:
+    def __init__(self, lab: LabLike, wan: str, proc: subprocess.Popen, seconds: float) -> None:
         self.lab, self.wan, self.proc, self.seconds = lab, wan, proc, seconds
         self._reader = driver.LineReader(proc)
         self._reader.wait_line("ready", 10)
@@ -210,7 +210,7 @@ class Flood:
         return self.wait(timeout)
 
 
-def start_flood(lab: Lab, wan: str, pps: float = 150_000, seconds: float = 5,
+def start_flood(lab: LabLike, wan: str, pps: float = 150_000, seconds: float = 5,
                 kind: str = "echo-reply", ident: int | None = None,
                 source: str | None = None) -> Flood:
     """Flood the router's address on `wan` from the inet namespace; returns once sending.

@@ -49,10 +49,10 @@ from ipaddress import IPv4Address
 from typing import TYPE_CHECKING
 
 from lab import driver, netns
-from lab.lab import CUST, bcp38_script
+from lab.isp import CUST, bcp38_script
 
 if TYPE_CHECKING:
-    from lab.lab import Lab
+    from lab.base import LabLike
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -158,7 +158,7 @@ class PtpSession:
 class PtpWan:
     """Connects, disconnects and reconnects the session of a ``kind="ptp"`` lab WAN."""
 
-    def __init__(self, lab: Lab, wan: str, mtu: int = PPPOE_MTU) -> None:
+    def __init__(self, lab: LabLike, wan: str, mtu: int = PPPOE_MTU) -> None:
         self.lab = lab
         self.wan = wan
         self.spec = lab.spec.wan(wan)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from types import SimpleNamespace
 from typing import Callable
@@ -72,10 +71,7 @@ def test_parameters_are_checked(tmp_path) -> None:
 
 
 @pytest.fixture
-def dhcp_lab(make_lab: MakeLab) -> Lab:
-    for tool in ("dnsmasq", "udhcpc"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed (Debian dnsmasq-base, udhcpc: ./dev setup)")
+def dhcp_lab(dhcp_tools: None, make_lab: MakeLab) -> Lab:
     return make_lab()
 
 

@@ -15,6 +15,7 @@ from lab import Lab, Line, LoadError
 from lab import flood as fl
 from lab import lines as ln
 from lab import load as ld
+from lab.wait import until
 
 MakeLab = Callable[..., Lab]
 LAB = pytest.mark.lab
@@ -157,12 +158,7 @@ def _rx_bytes(lab: Lab, wan: str) -> int:
 
 
 def _poll(what: str, fn: Callable[[], object], timeout: float, every: float = 0.1) -> object:
-    end = time.monotonic() + timeout
-    while not (got := fn()):
-        if time.monotonic() >= end:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(every)
-    return got
+    return until(fn, timeout, what, every)
 
 
 @LAB

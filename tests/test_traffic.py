@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Iterator
+from typing import Callable
 
 import pytest
 
@@ -96,14 +96,9 @@ def test_cli_rejects_bad_arguments() -> None:
 
 
 @pytest.fixture
-def loopback_ns(lab_prefix: str) -> Iterator[str]:
+def loopback_ns(make_netns: Callable[[str], str]) -> str:
     """A fresh namespace with only `lo` up; destroyed afterwards."""
-    ns = lab_prefix + "lo"
-    try:
-        netns.create(ns)
-        yield ns
-    finally:
-        netns.destroy([ns])
+    return make_netns("lo")
 
 
 @pytest.mark.lab
