@@ -52,7 +52,6 @@ import os
 import signal
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
@@ -60,6 +59,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from lab import netns
 from lab.isp import BCP38_TABLE, CUST
+from lab.wait import until
 
 if TYPE_CHECKING:
     from lab.base import LabLike
@@ -315,16 +315,9 @@ class DhcpWan:
         return None
 
     def _wait(self, cond: Callable[[], Any], what: str, timeout: float) -> Any:
-        end = time.monotonic() + timeout
-        while True:
-            found = cond()
-            if found:
-                return found
-            if time.monotonic() >= end:
-                raise TimeoutError(f"{self.wan}: no {what} within {timeout}s; "
-                                   f"udhcpc: {self._log('udhcpc.log')!r}; "
-                                   f"dnsmasq: {self._log('dnsmasq.log')!r}")
-            time.sleep(0.01)
+        return until(cond, timeout, lambda _: f"{self.wan}: no {what} within {timeout}s; "
+                     f"udhcpc: {self._log('udhcpc.log')!r}; "
+                     f"dnsmasq: {self._log('dnsmasq.log')!r}", interval=0.01)
 
     def wait_event(self, pred: Callable[[DhcpEvent], bool], after: int = 0, timeout: float = 10.0,
                    what: str = "matching DHCP event") -> DhcpEvent:

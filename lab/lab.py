@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import time
 from ipaddress import IPv4Interface
 from typing import Any, Sequence
 
@@ -28,6 +27,7 @@ from lab.load import Load
 from lab.ptp import PtpWan
 from lab.topology import LabSpec, seed_spec, transit, upstream_of, wan_of_source
 from lab.traffic import FlowResult
+from lab.wait import until
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 
@@ -198,14 +198,14 @@ class Lab:
 
     def wait_carrier(self, ifnames: Sequence[str], up: bool, timeout: float = 5.0) -> None:
         """Wait until every router interface in `ifnames` has (or lacks) carrier."""
-        end = time.monotonic() + timeout
-        while True:
-            pending = [n for n in ifnames if self.link_up(self.ns_router, n) != up]
-            if not pending:
-                return
-            if time.monotonic() >= end:
-                raise TimeoutError(f"router links {pending} not {'up' if up else 'down'}")
-            time.sleep(0.01)
+        pending: list[str] = []
+
+        def settled() -> bool:
+            pending[:] = [n for n in ifnames if self.link_up(self.ns_router, n) != up]
+            return not pending
+
+        until(settled, timeout, lambda _: f"router links {pending} not {'up' if up else 'down'}",
+              interval=0.01)
 
     def teardown(self) -> None:
         """Kill every process in the lab's namespaces and delete them. Never raises."""

@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING
 
 from lab import driver, netns
 from lab.isp import CUST, bcp38_script
+from lab.wait import until
 
 if TYPE_CHECKING:
     from lab.base import LabLike
@@ -241,11 +242,8 @@ class PtpWan:
         Idempotent."""
         self._end(timeout)
         self.session = None
-        end = time.monotonic() + timeout
-        while self.device_exists():
-            if time.monotonic() >= end:
-                raise TimeoutError(f"{self.wan} still exists {timeout}s after the disconnect")
-            time.sleep(0.01)
+        until(lambda: not self.device_exists(), timeout,
+              lambda _: f"{self.wan} still exists {timeout}s after the disconnect", interval=0.01)
 
     def reconnect(self, address: str | None = None, timeout: float = 5.0,
                   defaultroute: int | None = None) -> PtpSession:

@@ -16,7 +16,7 @@ import asyncio
 import difflib
 import pprint
 import time
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Generator, TypeVar
 
 T = TypeVar("T")
 Message = str | Callable[[Any], str]
@@ -33,18 +33,31 @@ def _failure(message: Message, timeout: float, last: Any) -> WaitTimeout:
     return WaitTimeout(f"timed out after {timeout:g}s waiting for {message} (last: {last!r})")
 
 
-def until(predicate: Callable[[], T], timeout: float = 10.0, message: Message = "condition",
-          interval: float = 0.05) -> T:
-    """Call `predicate` until it returns something true (at least once, every `interval`
-    s) and return that; `WaitTimeout` with `message` once `timeout` s have passed."""
-    end = time.monotonic() + timeout
+def _polls(predicate: Callable[[], T], timeout: float, message: Message,
+           clock: Callable[[], float]) -> Generator[None, None, T]:
+    """The poll without its sleeps: yields whenever the caller is to sleep, returns the
+    true value, raises `WaitTimeout` at the deadline."""
+    end = clock() + timeout
     while True:
         last = predicate()
         if last:
             return last
-        if time.monotonic() >= end:
+        if clock() >= end:
             raise _failure(message, timeout, last)
-        time.sleep(interval)
+        yield
+
+
+def until(predicate: Callable[[], T], timeout: float = 10.0, message: Message = "condition",
+          interval: float = 0.05) -> T:
+    """Call `predicate` until it returns something true (at least once, every `interval`
+    s) and return that; `WaitTimeout` with `message` once `timeout` s have passed."""
+    polls = _polls(predicate, timeout, message, time.monotonic)
+    try:
+        while True:
+            next(polls)
+            time.sleep(interval)
+    except StopIteration as done:
+        return done.value
 
 
 def within(predicate: Callable[[], object], timeout: float, interval: float = 0.05) -> bool:
@@ -72,15 +85,13 @@ def during(seconds: float, check: Callable[[], object], interval: float = 0.0) -
 async def until_async(predicate: Callable[[], T], timeout: float = 10.0,
                       message: Message = "condition", interval: float = 0.001) -> T:
     """`until` on the running event loop: `asyncio.sleep(interval)` between the polls."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while True:
-        last = predicate()
-        if last:
-            return last
-        if loop.time() >= end:
-            raise _failure(message, timeout, last)
-        await asyncio.sleep(interval)
+    polls = _polls(predicate, timeout, message, asyncio.get_running_loop().time)
+    try:
+        while True:
+            next(polls)
+            await asyncio.sleep(interval)
+    except StopIteration as done:
+        return done.value
 
 
 def diff(want: Any, got: Any) -> str:
