@@ -7,7 +7,7 @@
 For each FIB size (0 and --routes foreign /24 routes, by default half in table main and
 half in table 100; ``--split main`` puts all of them in main, where a BGP table lives)
 a fresh seed lab (2 WANs) is built, the routes are loaded into the router namespace
-*before* ecmpd starts, and the real ecmpd (``ecmpd.lab.router.Ecmpd``'s command line, at
+*before* ecmpd starts, and the real ecmpd (``lab.router.Ecmpd``'s command line, at
 its defaults) is measured:
 
 * ``ecmpctl status`` wall time: a new process each time, median of 5;
@@ -46,9 +46,9 @@ if str(ROOT) not in sys.path:
 
 from ecmpd import routereader, routing  # noqa: E402
 from ecmpd.ctl import CtlError, request  # noqa: E402
-from ecmpd.lab import Lab, random_prefix, seed_spec, sweep  # noqa: E402
-from ecmpd.lab.router import Ecmpd, config_for  # noqa: E402
-from ecmpd.lab.traffic import fault_offset, outage  # noqa: E402
+from lab import Lab, random_prefix, seed_spec, sweep  # noqa: E402
+from lab.router import Ecmpd, config_for  # noqa: E402
+from lab.traffic import fault_offset, outage  # noqa: E402
 
 PROTO = 236
 GATEWAYS = {"wlan1": "10.111.0.1", "wlan2": "10.112.0.1"}

@@ -44,7 +44,7 @@ import shutil
 import time
 from typing import Any, Callable
 
-from ecmpd.lab import Lab, LabSpec, LabWan, Line
+from lab import Lab, LabSpec, LabWan, Line
 
 from bench import stats
 from bench.routers import wait_until
@@ -86,7 +86,7 @@ SETTLE = 10.0
 AFTER = 1.0
 """Seconds the held flows run on after the route settled (a late break would show)."""
 SATURATED = Line(20.0, 5.0, 1.0)
-"""The saturated-line row: 20 Mbit/s down, 5 up, 1 s buffers (`ecmpd.lab.lines`)."""
+"""The saturated-line row: 20 Mbit/s down, 5 up, 1 s buffers (`lab.lines`)."""
 SAT_FILL = 6.0
 """Seconds of load before the move on the saturated line."""
 

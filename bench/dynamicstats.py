@@ -9,14 +9,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from ecmpd.lab.traffic import FlowResult, HeldResult
+from lab.traffic import FlowResult, HeldResult
 
 from bench import stats
 
 GATEWAYS = ("10.111.0.1", "10.111.0.254", "10.111.0.253")
 """The DHCP WAN's gateways over the moves (`next_gateway`); the first is the one udhcpc
 got its first OFFER from, and busybox udhcpc keeps unicasting renewals to that server
-(`ecmpd.lab.dhcp`)."""
+(`lab.dhcp`)."""
 
 
 # ------------------------------------------------------------------ pure: gateways

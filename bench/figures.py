@@ -1,18 +1,16 @@
 """Each figure: measure (with bench.flows, bench.perf, bench.underload) and turn the
-numbers into table rows and detail lines.  `bench` is run.Bench: its labs, plan and notes."""
+numbers into table rows and detail lines.  `bench` is plan.Bench: its labs, plan and notes."""
 
 from __future__ import annotations
 
 import os
 import statistics
 import traceback
-from typing import TYPE_CHECKING, Any, Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from bench import dynamic, dynamicrows, flows, perf, stats, underload
+from bench.plan import Bench
 from bench.stats import Row, fmt_summary, meets, verdict
-
-if TYPE_CHECKING:
-    from bench.run import Bench
 
 T = TypeVar("T")
 

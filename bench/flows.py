@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from ecmpd.lab import Lab
-from ecmpd.lab.traffic import fault_offset
+from lab import Lab
+from lab.traffic import fault_offset
 
 from bench import stats
 from bench.routers import Baseline, start_ecmpd, stop_ecmpd, wait_routed

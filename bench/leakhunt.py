@@ -263,8 +263,8 @@ def analyse(dumpdir: Path, cycles_at: list[int], top: int = 25) -> list[str]:
 
 def drive(args: argparse.Namespace) -> int:
     from ecmpd.ctl import request
-    from ecmpd.lab import Lab, make_spec
-    from ecmpd.lab.router import Ecmpd, config_for
+    from lab import Lab, make_spec
+    from lab.router import Ecmpd, config_for
 
     dumpdir = Path(args.out).resolve()
     dumpdir.mkdir(parents=True, exist_ok=True)

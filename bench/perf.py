@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ecmpd.ctl import request
-from ecmpd.lab import Lab
+from lab import Lab
 
 from bench import stats
 from bench.routers import (EpochEcmpd, open_plain_path, program_natgw, program_plain,

@@ -14,16 +14,16 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import Any, Callable
 
-from ecmpd.lab import Lab, netns
-from ecmpd.lab.driver import LineReader, TrafficError
-from ecmpd.lab.lab import bcp38_script
-from ecmpd.lab.router import Ecmpd, config_for
-from ecmpd.lab.topology import transit
+from lab import Lab, netns
+from lab.driver import LineReader, TrafficError
+from lab.isp import bcp38_script
+from lab.router import Ecmpd, config_for
+from lab.topology import transit
+from lab.wait import until
 
 from bench import stats
 
@@ -106,11 +106,7 @@ def wait_routed(lab: Lab, names: set[str], timeout: float) -> None:
 
 def wait_until(pred: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> None:
     """Poll `pred` until true; TimeoutError after `timeout` s."""
-    end = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > end:
-            raise TimeoutError(f"{what} not reached within {timeout:.0f}s")
-        time.sleep(step)
+    until(pred, timeout, lambda _: f"{what} not reached within {timeout:.0f}s", step)
 
 
 class Baseline:

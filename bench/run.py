@@ -29,7 +29,7 @@ import sys
 import textwrap
 import time
 import traceback
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Callable
@@ -38,93 +38,14 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ecmpd.lab import Lab, make_spec, random_prefix, seed_spec, sweep  # noqa: E402
-
-from bench import dynamic, figures, routers, stats, underload  # noqa: E402
+from bench import figures, routers, stats, underload  # noqa: E402
+from bench.plan import CLIENTS, FULL, QUICK, Bench, Plan  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results.md"
-CLIENTS = 250
-"""Extra client addresses in the 2- and 3-WAN labs (flows cycle over all of them)."""
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How much to measure."""
-
-    reps: int = 3
-    hold: int = 200
-    dist_flows: int = 3000
-    tp_rounds: int = 10
-    tp_seconds: float = 3.0
-    cpu_seconds: float = 60.0
-    events: int = 50
-    status_cli: int = 20
-    status_requests: int = 100
-    soak_seconds: float = 60.0
-    """Figure 9: seconds of saturation, and of random loss, per run."""
-    flood_seconds: float = 15.0
-    """Figure 9: seconds of each ICMP flood."""
-
-
-FULL = Plan()
-QUICK = Plan(reps=1, hold=150, tp_rounds=3, tp_seconds=1.0, cpu_seconds=15.0, events=10,
-             status_cli=5, status_requests=20, soak_seconds=15.0, flood_seconds=5.0)
 FIGURES = (1, 2, 3, 4, 5, 6, 7, 9, 10)
 """Figure numbers (there is no figure 8)."""
 LOG_ROW = 100
 """The key of the row that reports the daemons' ERROR log lines (sorts last)."""
-
-LAB_SPECS: dict[str, Callable[[], object]] = {
-    "2": lambda: replace(seed_spec(), client_extra=CLIENTS),
-    "3": lambda: make_spec(3, client_extra=CLIENTS),
-    "8": lambda: make_spec(8),
-    "32": lambda: make_spec(32),
-    "9": lambda: make_spec(3, names=list(underload.NAMES)),
-    "10": lambda: dynamic.SPEC,
-}
-
-
-class Bench:
-    """Labs (built on first use, all torn down by `close`), the plan, the notes."""
-
-    def __init__(self, plan: Plan) -> None:
-        self.plan = plan
-        self.prefix = random_prefix("ebn")
-        self.labs: dict[str, Lab] = {}
-        self.details: list[str] = []
-
-    def lab(self, key: str) -> Lab:
-        """The lab `key` ("2", "3", "8", "32", "9"), built on first use, servers running."""
-        if key not in self.labs:
-            lab = Lab(LAB_SPECS[key](), prefix=f"{self.prefix}{key}-")  # type: ignore[arg-type]
-            self.labs[key] = lab
-            t = time.monotonic()
-            lab.build()
-            self.progress(f"built lab {key} ({len(lab.spec.wans)} WANs) in "
-                          f"{time.monotonic() - t:.1f}s")
-        lab = self.labs[key]
-        lab.start_servers()
-        return lab
-
-    def drop(self, key: str) -> None:
-        """Tear lab `key` down (to free the machine)."""
-        lab = self.labs.pop(key, None)
-        if lab is not None:
-            lab.teardown()
-
-    def close(self) -> None:
-        for key in list(self.labs):
-            self.drop(key)
-        sweep(self.prefix)
-
-    def note(self, line: str) -> None:
-        """A detail line: printed now and kept for results.md."""
-        self.details.append(line)
-        print("  " + line, file=sys.stderr, flush=True)
-
-    @staticmethod
-    def progress(line: str) -> None:
-        print(f"[{datetime.now():%H:%M:%S}] {line}", file=sys.stderr, flush=True)
 
 
 def parse_only(text: str | None) -> list[int]:
@@ -242,7 +163,7 @@ def fig9_note(plan: Plan) -> str:
     return textwrap.fill(
         "Figure 9 (bench/underload.py): its own lab of 3 WANs north/south/west; shaped "
         "lines are 20/40/60 Mbit/s down and a quarter of that up, a tbf of 1 s or 2 s of "
-        "buffer each way (ecmpd.lab.lines); the load is iperf3 (reno), one download and one "
+        "buffer each way (lab.lines); the load is iperf3 (reno), one download and one "
         "upload stream per loaded line, each pinned to it; the other rows run on idle, "
         "unshaped lines.  ecmpd: defaults, probe targets the gateway and the ISP's upstream, "
         "no quorum key (majority: 2).  The baseline hashes L4 here (so that the load can be "

@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from ecmpd.lab import Lab, make_spec  # noqa: E402
-from ecmpd.lab.router import Ecmpd, config_for  # noqa: E402
+from lab import Lab, make_spec  # noqa: E402
+from lab.router import Ecmpd, config_for  # noqa: E402
 
 FAULTS = ("dead", "upstream", "carrier", "loss")
 STEP = 4.0

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Iterable, Mapping, Sequence
 
-from ecmpd.lab.traffic import FlowResult, outage
+from lab.traffic import FlowResult, outage
 
 
 @dataclass(frozen=True)
@@ -123,7 +123,7 @@ def render_table(rows: Iterable[Row]) -> str:
 
 
 def settled_outage(results: Sequence[FlowResult], fault_t: float, settle: float = 1.0) -> float:
-    """`ecmpd.lab.traffic.outage`, but a recovery counts only when every flow of at least
+    """`lab.traffic.outage`, but a recovery counts only when every flow of at least
     the last `settle` seconds of the run succeeded: when flows alternate between a dead
     and a live WAN, a lucky last flow or two must not read as a recovery."""
     o = outage(results, fault_t)

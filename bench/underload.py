@@ -3,7 +3,7 @@ a carrier flap, an ICMP flood at a WAN address, and the daemon's cost with two t
 per WAN — ecmpd against the baseline, one after the other in the same lab.
 
 The lab has 3 WANs, north / south / west, that are modem-like lines when shaped
-(`ecmpd.lab.lines`): 20 / 40 / 60 Mbit/s down, a quarter of that up, a tbf buffer of 1 s
+(`lab.lines`): 20 / 40 / 60 Mbit/s down, a quarter of that up, a tbf buffer of 1 s
 or 2 s each way.  The load is iperf3 (TCP reno, one download and one upload stream per
 loaded line, each pinned to its line).  Rows without load run on unshaped (idle) lines.
 
@@ -35,8 +35,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
-from ecmpd.lab import Lab, Line, StreamResult, lines
-from ecmpd.lab.router import Ecmpd, config_for
+from lab import Lab, Line, StreamResult, lines
+from lab.router import Ecmpd, config_for
 
 from bench import stats
 from bench.routers import Baseline, EpochEcmpd, route_interfaces, start_ecmpd, stop_ecmpd

@@ -1,4 +1,5 @@
-"""Lab fixtures: `make_lab` (factory), `lab` (a built seed lab), `lab_prefix`; a session sweep.
+"""Lab fixtures: `make_lab` (factory), `lab` (a built seed lab), `lab3` (three WANs),
+`make_netns` (bare namespaces), `lab_prefix`, `dhcp_tools`; a session sweep.
 
 Every lab of this test run gets a namespace prefix starting with `RUN_STEM`, so the
 session-end sweep deletes exactly this run's leftovers and nobody else's.
@@ -14,7 +15,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from ecmpd.lab import Lab, LabSpec, sweep
+from lab import Lab, LabSpec, make_spec, netns, sweep
 
 RUN_STEM = f"ecl{secrets.token_hex(2)}"
 """Namespace-name stem shared by every lab of this pytest process."""
@@ -71,6 +72,45 @@ def lab(make_lab: Callable[..., Lab]) -> Lab:
     return make_lab()
 
 
+@pytest.fixture
+def lab3_names() -> list[str] | None:
+    """The WAN names of `lab3` (None: wan1, wan2, wan3); a test module overrides it."""
+    return None
+
+
+@pytest.fixture
+def lab3(make_lab: Callable[..., Lab], lab3_names: list[str] | None) -> Lab:
+    """A built lab with three WANs (`make_spec(3, names=lab3_names)`)."""
+    return make_lab(make_spec(3, names=lab3_names))
+
+
+@pytest.fixture
+def make_netns(lab_prefix: str) -> Iterator[Callable[[str], str]]:
+    """Factory `make_netns(name) -> str`: a bare namespace of this run (`lab_prefix` +
+    `name`, loopback up); every one is destroyed, its processes killed, at test end.
+    The only place besides the lab that adds a namespace."""
+    made: list[str] = []
+
+    def make(name: str) -> str:
+        ns = lab_prefix + name
+        made.append(ns)  # before it exists: a half-made one is deleted too
+        netns.create(ns)
+        return ns
+
+    try:
+        yield make
+    finally:
+        netns.destroy(made)
+
+
+@pytest.fixture
+def dhcp_tools() -> None:
+    """Skip unless the DHCP ISP's tools are installed (dnsmasq, busybox udhcpc)."""
+    for tool in ("dnsmasq", "udhcpc"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed (Debian dnsmasq-base, udhcpc: ./dev setup)")
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Delete any namespace this run left behind (e.g. after a crash mid-test)."""
     if os.geteuid() == 0:
@@ -81,7 +121,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def ecmpd_in(tmp_path):
     """Factory `ecmpd_in(lab, config=None, **config_for_kw) -> Ecmpd`: the real ecmpd in
     the lab's router namespace, started and all its WANs UP; always stopped at test end."""
-    from ecmpd.lab.router import Ecmpd, config_for
+    from lab.router import Ecmpd, config_for
 
     started: list = []
 

@@ -14,7 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import baseline, stats  # noqa: E402
-from ecmpd.lab.traffic import FlowResult  # noqa: E402
+from lab.traffic import FlowResult  # noqa: E402
 from bench.flows import FaultRun  # noqa: E402
 from bench.figures import _broken_cell, _outage_cell  # noqa: E402
 from bench.run import parse_only  # noqa: E402
@@ -355,7 +355,7 @@ def _fault(out: float | None, stop_out: float | None = None, window: float = 10.
 def test_fig9_cells_and_verdicts() -> None:
     from bench.figures import _outs_cell, _outs_ok, _soak_cells
     from bench.underload import Soak, buffer_bytes, wan_counts
-    from ecmpd.lab import StreamResult
+    from lab import StreamResult
 
     assert buffer_bytes("north", "down", 1.0) == 2.5e6      # 20 Mbit/s, 1 s
     assert buffer_bytes("west", "up", 2.0) == 3.75e6        # 15 Mbit/s, 2 s

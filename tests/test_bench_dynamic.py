@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import dynamicrows as dr, dynamicstats as ds, stats  # noqa: E402
-from ecmpd.lab.traffic import FlowResult, HeldResult  # noqa: E402
+from lab.traffic import FlowResult, HeldResult  # noqa: E402
 
 
 def _ts(text: str) -> float:

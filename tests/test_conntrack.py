@@ -15,14 +15,14 @@ import json
 import re
 import shutil
 import sys
-import time
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from ecmpd.lab import Lab, seed_spec
-from ecmpd.lab.driver import HeldFlows
+from lab import Lab, seed_spec
+from lab.driver import HeldFlows
+from lab.wait import until
 
 pytestmark = pytest.mark.lab
 
@@ -140,14 +140,15 @@ def test_flush_mark_removes_only_that_wans_entries(held: tuple[Lab, HeldFlows]) 
         {"wlan1": 0, "wlan2": 4}
     # the surviving connections keep carrying traffic on their entries: wait until each
     # one has seen at least 5 more reply packets (about 5 echo rounds)
-    deadline = time.monotonic() + 10
-    while True:
-        now = entries(lab)
+    now: dict = {}
+
+    def carried() -> bool:
+        now.clear()
+        now.update(entries(lab))
         assert set(now) == set(after), "entries appeared or vanished after the flush"
-        if all(now[k]["reply_packets"] >= after[k]["reply_packets"] + 5 for k in after):
-            break
-        assert time.monotonic() < deadline, f"no traffic on the surviving entries: {now}"
-        time.sleep(0.1)
+        return all(now[k]["reply_packets"] >= after[k]["reply_packets"] + 5 for k in after)
+
+    until(carried, 10, lambda _: f"no traffic on the surviving entries: {now}", interval=0.1)
     results = flows.stop()
     assert len(results) == 12
     survivors = [r for r in results if r.bind not in ("192.168.0.2", "192.168.0.4")]

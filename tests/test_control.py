@@ -18,6 +18,7 @@ import pytest
 from ecmpd import control
 from ecmpd.control import (COMMANDS, EVICTED, TOO_MANY, ControlError, ControlServer,
                            RateLimitedLog, validate_request)
+from lab.wait import until_async
 
 
 @pytest.fixture
@@ -523,10 +524,7 @@ def test_client_that_does_not_read_is_dropped(sockdir):
                 sent += s.send(b'{"cmd": "status"}\n' * 100)
         except BlockingIOError:
             pass
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5
-        while srv.clients and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+        await until_async(lambda: not srv.clients, 5, "the client dropped", interval=0.05)
         gone = srv.clients == 0
         s.close()
         await asyncio.sleep(0.1)

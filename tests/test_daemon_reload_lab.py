@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 from collections import Counter
 
 import pytest
 
-from ecmpd.lab.router import config_for, kernel_hops, kernel_dump
-from ecmpd.lab.topology import make_spec
+from lab.router import config_for, kernel_hops, kernel_dump
+from lab.wait import within
 
 pytestmark = pytest.mark.lab
 
@@ -27,6 +26,11 @@ def unbroken(results, wans: set[str]) -> None:
     assert wans <= set(by_wan), by_wan
     broken = [r for r in results if r.wan in wans and r.broken]
     assert not broken, f"{len(broken)} held flows on {sorted(wans)} broke: {broken[:3]}"
+
+
+@pytest.fixture
+def lab3_names() -> list[str]:
+    return ["north", "south", "west"]
 
 
 def test_reload_changed_weights_by_sighup_and_ecmpctl(make_lab, ecmpd_in):
@@ -62,8 +66,8 @@ def test_reload_changed_weights_by_sighup_and_ecmpctl(make_lab, ecmpd_in):
     unbroken(held.stop(), {"wlan1", "wlan2"})
 
 
-def test_reload_adds_then_removes_a_wan(make_lab, ecmpd_in):
-    lab = make_lab(make_spec(3, names=["north", "south", "west"]))
+def test_reload_adds_then_removes_a_wan(lab3, ecmpd_in):
+    lab = lab3
     full = config_for(lab)
     for i, wan in enumerate(full["wans"].values(), 1):
         wan["id"] = i                      # explicit ids: removing a WAN renumbers nothing
@@ -129,9 +133,7 @@ def test_broken_config_is_refused_and_changes_nothing(make_lab, ecmpd_in):
     logged = d.log().count(f"reload refused: {problems[0]}")
     assert logged == 1
     d.signal(signal.SIGHUP)
-    end = time.monotonic() + 5
-    while d.log().count(f"reload refused: {problems[0]}") == logged and time.monotonic() < end:
-        time.sleep(0.05)
+    within(lambda: d.log().count(f"reload refused: {problems[0]}") != logged, 5)
     assert d.log().count(f"reload refused: {problems[0]}") == logged + 1, d.log()[-2000:]
     assert f"reload refused: {problems[1]}" in d.log()
     assert kernel_dump(lab) == kernel
@@ -152,7 +154,7 @@ def test_broken_config_is_refused_and_changes_nothing(make_lab, ecmpd_in):
 def test_reload_onto_a_real_interface_judges_it_from_what_is_observed(make_lab, tmp_path):
     """A WAN first configured on a missing interface, then reloaded onto the real one
     whose ISP is dead, must go DOWN by its probes (not sit INIT in the route)."""
-    from ecmpd.lab.router import Ecmpd
+    from lab.router import Ecmpd
     lab = make_lab()
     cfg = config_for(lab)
     cfg["wans"]["wlan1"]["interface"] = "ghost0"
@@ -174,8 +176,8 @@ def test_reload_onto_a_real_interface_judges_it_from_what_is_observed(make_lab, 
         d.stop()
 
 
-def test_removing_a_wan_by_reload_deletes_its_pinned_connections(make_lab, ecmpd_in):
-    lab = make_lab(make_spec(3, names=["north", "south", "west"]))
+def test_removing_a_wan_by_reload_deletes_its_pinned_connections(lab3, ecmpd_in):
+    lab = lab3
     cfg = config_for(lab)
     for i, wan in enumerate(cfg["wans"].values(), 1):
         wan["id"] = i        # explicit ids: west keeps its mark when south goes
@@ -191,9 +193,7 @@ def test_removing_a_wan_by_reload_deletes_its_pinned_connections(make_lab, ecmpd
     del cfg["wans"]["south"]
     d.write_config(cfg)
     d.ctl("reload")
-    deadline = time.monotonic() + 5
-    while count() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    within(lambda: not count(), 5)
     assert count() == 0
     results = held.stop()
     assert not [r for r in results if r.wan != "south" and r.broken]

@@ -21,9 +21,9 @@ from typing import Callable, Iterator
 
 import pytest
 
-from ecmpd.lab.driver import LineReader, TrafficError
-from ecmpd.lab.router import Ecmpd, config_for, nft_table
-from ecmpd.lab.topology import make_spec
+from lab.driver import LineReader, TrafficError
+from lab.router import Ecmpd, config_for, nft_table
+from lab.wait import until, within
 
 pytestmark = pytest.mark.lab
 
@@ -57,17 +57,17 @@ def route_events(lab) -> Iterator[list[str]]:
     route = lambda verb: lab.run(lab.ns_router, "ip", "route", verb, MARKER, "dev", "Local")
     events = LineReader(monitor)
     try:
-        end = time.monotonic() + 5
-        while True:                         # until the monitor reports the marker
+        def reported() -> bool:             # the monitor reports the marker
             route("add")
             try:
                 events.wait(lambda ls: True if any(MARKER in x for x in ls) else None,
                             "marker route", 0.3)
-                break
+                return True
             except TrafficError:
-                if time.monotonic() > end:
-                    raise
-            route("del")
+                route("del")
+                return False
+
+        until(reported, 5, "the monitor to report the marker route", interval=0)
         first = len(events.lines)
         out: list[str] = []
         yield out
@@ -80,8 +80,8 @@ def route_events(lab) -> Iterator[list[str]]:
         monitor.wait(5)
 
 
-def test_kill9_and_restart_adopts_without_flap_or_broken_flows(make_lab, ecmpd_in):
-    lab = make_lab(make_spec(3))
+def test_kill9_and_restart_adopts_without_flap_or_broken_flows(lab3, ecmpd_in):
+    lab = lab3
     d = ecmpd_in(lab, weights={"wan1": 1, "wan2": 2, "wan3": 3})
     lab.start_servers()
     held = lab.hold_flows(90, byte_interval=0.1)
@@ -116,8 +116,8 @@ def test_kill9_and_restart_adopts_without_flap_or_broken_flows(make_lab, ecmpd_i
     assert not broken, f"{len(broken)} held flows broke across kill -9 + restart: {broken[:3]}"
 
 
-def test_restart_with_a_wan_down_keeps_it_out_until_it_recovers(make_lab, ecmpd_in):
-    lab = make_lab(make_spec(3))
+def test_restart_with_a_wan_down_keeps_it_out_until_it_recovers(lab3, ecmpd_in):
+    lab = lab3
     d = ecmpd_in(lab)
     lab.fault("wan2", "dead")
     d.wait_states({"wan2": "down"})
@@ -158,12 +158,9 @@ def test_a_second_ecmpd_on_the_same_socket_refuses_to_start(make_lab, ecmpd_in):
 
 def _poll(check: Callable[[], bool], start: float, deadline: float) -> float | None:
     """Seconds from `start` until check() is true, or None if not by `start + deadline`."""
-    while True:
-        if check():
-            return time.monotonic() - start
-        if time.monotonic() > start + deadline:
-            return None
-        time.sleep(0.005)
+    if within(check, start + deadline - time.monotonic(), interval=0.005):
+        return time.monotonic() - start
+    return None
 
 
 RESTORE_TIMES: dict[str, float] = {}

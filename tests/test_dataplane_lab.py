@@ -14,8 +14,8 @@ from collections import Counter
 
 import pytest
 
-from ecmpd.lab.router import Ecmpd, config_for, kernel_dump, nft_table
-from ecmpd.lab.topology import make_spec
+from lab.router import Ecmpd, config_for, kernel_dump, nft_table
+from lab.topology import make_spec
 
 pytestmark = pytest.mark.lab
 
@@ -55,7 +55,7 @@ def test_three_wans_1_2_3_other_names(make_lab, ecmpd_in):
 
 def test_l3_hash_keeps_a_client_server_pair_on_one_wan(make_lab, ecmpd_in):
     from dataclasses import replace
-    from ecmpd.lab.topology import seed_spec
+    from lab.topology import seed_spec
     lab = make_lab(replace(seed_spec(), client_extra=40))
     ecmpd_in(lab, weights={"wlan1": 1, "wlan2": 1}, hash="l3")
     lab.start_servers()
@@ -68,8 +68,8 @@ def test_l3_hash_keeps_a_client_server_pair_on_one_wan(make_lab, ecmpd_in):
     assert {r.wan for r in many} == {"wlan1", "wlan2"}
 
 
-def test_inbound_to_router_answered_by_the_same_wan(make_lab, ecmpd_in):
-    lab = make_lab(make_spec(3))
+def test_inbound_to_router_answered_by_the_same_wan(lab3, ecmpd_in):
+    lab = lab3
     ecmpd_in(lab)
     lab.start_servers(ns=lab.ns_router)
     for w in lab.spec.wans:
@@ -87,8 +87,8 @@ table ip portfwd {
 """
 
 
-def test_dnat_port_forward_answered_by_the_same_wan(make_lab, ecmpd_in):
-    lab = make_lab(make_spec(3))
+def test_dnat_port_forward_answered_by_the_same_wan(lab3, ecmpd_in):
+    lab = lab3
     ecmpd_in(lab)
     client = lab.clients[0]
     rules = "\n".join(f'    iifname "{w.name}" tcp dport {8000 + i} dnat to {client}:5000'
@@ -104,8 +104,8 @@ def test_dnat_port_forward_answered_by_the_same_wan(make_lab, ecmpd_in):
     assert "dnat to" in lab.run(lab.ns_router, "nft", "list", "table", "ip", "portfwd").stdout
 
 
-def test_pinned_flows_survive_nexthop_removal_and_restore(make_lab, ecmpd_in):
-    lab = make_lab(make_spec(3))
+def test_pinned_flows_survive_nexthop_removal_and_restore(lab3, ecmpd_in):
+    lab = lab3
     d = ecmpd_in(lab)
     lab.start_servers()
     held = lab.hold_flows(90, byte_interval=0.1)

@@ -5,15 +5,17 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 pytestmark = pytest.mark.lab
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_demo_runs_and_reports_a_failover(lab_prefix):
-    p = subprocess.run([sys.executable, "-m", "ecmpd.demo"], capture_output=True, text=True,
-                       timeout=180)
+    p = subprocess.run([sys.executable, "-m", "lab.demo"], capture_output=True, text=True,
+                       timeout=180, cwd=ROOT)
     out = p.stdout
     assert p.returncode == 0, out + p.stderr
     for step in range(1, 9):

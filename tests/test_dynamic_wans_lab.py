@@ -4,22 +4,21 @@ dhclient do), a point-to-point WAN (a PPP-like tun link that appears on connect 
 vanishes on disconnect, with a new address on every reconnect) and a static WAN, with the
 real ecmpd in the router namespace and real TCP flows from the LAN.
 
-Expectations are data (`expect`): a view of the status or the kernel is polled until it
+Expectations are data (`lab.wait.expect`): a view of the status or the kernel is polled until it
 equals what is wanted, with a deadline, and a failure shows the difference.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from ecmpd.lab import Lab, LabSpec, LabWan
-from ecmpd.lab.router import Ecmpd
+from lab import Lab, LabSpec, LabWan
+from lab.router import Ecmpd
+from lab.wait import expect
 
 pytestmark = pytest.mark.lab
 
@@ -32,17 +31,6 @@ CONFIG: dict[str, Any] = {
              "wlan2": {"interface": "wlan2", "gateway": "10.112.0.1", "id": 2},
              "ppp0": {"interface": "ppp0", "gateway": "auto", "id": 3}},
 }
-
-
-def expect(view: Callable[[], Any], want: Any, timeout: float = 10.0) -> Any:
-    """Poll `view()` until it equals `want` (deadline `timeout` s); fail with the diff."""
-    deadline = time.monotonic() + timeout
-    got = view()
-    while got != want and time.monotonic() < deadline:
-        time.sleep(0.05)
-        got = view()
-    assert got == want
-    return got
 
 
 def wans_view(d: Ecmpd, *keys: str) -> Callable[[], dict[str, tuple]]:
@@ -72,10 +60,7 @@ def conntrack_to(lab: Lab, address: str) -> int:
 
 
 @pytest.fixture
-def dyn(make_lab):
-    for tool in ("dnsmasq", "udhcpc"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed (Debian dnsmasq-base, udhcpc: ./dev setup)")
+def dyn(dhcp_tools, make_lab):
     lab = make_lab(SPEC)
     dhcp = lab.dhcp("wlan1")         # default via 10.111.0.1 in main, metric 0, proto dhcp
     lab.start_servers()

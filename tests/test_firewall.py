@@ -20,8 +20,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from ecmpd import nftrules
-from ecmpd.lab import Lab, netns
-from ecmpd.lab.driver import tool_env
+from lab import Lab, netns
+from lab.driver import tool_env
 from ecmpd.model import Config, Wan
 
 pytestmark = pytest.mark.lab
@@ -115,14 +115,9 @@ class FwProcess:
 
 
 @pytest.fixture
-def ns(lab_prefix: str) -> Iterator[str]:
+def ns(make_netns: Callable[[str], str]) -> str:
     """A bare network namespace of this test (deleted at the end, whatever happens)."""
-    name = f"{lab_prefix}fw"
-    netns.create(name)
-    try:
-        yield name
-    finally:
-        netns.destroy([name])
+    return make_netns("fw")
 
 
 @pytest.fixture

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from ecmpd.lab.lines import Line
-from ecmpd.lab.router import Ecmpd, config_for
-from ecmpd.lab.topology import make_spec
+from lab.lines import Line
+from lab.router import Ecmpd, config_for
+from lab.topology import make_spec
 
 pytestmark = pytest.mark.lab
 

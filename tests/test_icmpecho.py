@@ -20,9 +20,8 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,9 @@ import pytest
 
 from ecmpd import icmpecho
 from ecmpd.icmpecho import PAYLOAD, Answer, EchoSocket, bpf_program
-from ecmpd.lab import netns
-from ecmpd.lab.flood import checksum
+from lab import netns
+from lab.flood import checksum
+from lab.wait import within
 
 REPO = Path(__file__).resolve().parent.parent
 OUR, OTHER = 0x4242, 0x4243
@@ -661,35 +661,28 @@ oifname "wan1" icmpv6 type echo-request counter name "w1v6"
 
 
 @pytest.fixture
-def echolab(lab_prefix: str) -> Iterator[dict[str, str]]:
+def echolab(make_netns: Callable[[str], str]) -> dict[str, str]:
     """The namespaces above: {"p": ..., "t": ..., "o": ...}; deleted at the end."""
-    names = {k: f"{lab_prefix}e{k}" for k in "pto"}
+    names = {k: make_netns(f"e{k}") for k in "pto"}
     p, t, o = names["p"], names["t"], names["o"]
-    try:
-        for ns in names.values():
-            netns.create(ns)
-        netns.ip(p, "link", "add", "wan0", "type", "veth", "peer", "name", "t0", "netns", t)
-        netns.ip(p, "link", "add", "wan1", "type", "veth", "peer", "name", "o0", "netns", o)
-        netns.ip_batch(p, [
-            "addr add 10.252.0.1/24 dev wan0", "addr add fd00:252::1/64 dev wan0 nodad",
-            "addr add 10.252.1.1/24 dev wan1", "addr add fd00:253::1/64 dev wan1 nodad",
-            "link set wan0 up", "link set wan1 up",
-            "route add default via 10.252.1.2", "route add default via fd00:253::2"])
-        netns.ip_batch(t, [*(f"addr add 10.252.0.{i}/24 dev t0" for i in (2, 3, 4, 5)),
-                           "addr add fd00:252::2/64 dev t0 nodad",
-                           "addr add fd00:252::4/64 dev t0 nodad", "link set t0 up"])
-        netns.ip_batch(o, ["addr add 10.252.1.2/24 dev o0", "addr add fd00:253::2/64 dev o0 nodad",
-                           "link set o0 up"])
-        netns.sysctl(t, {"net.ipv4.icmp_ratelimit": 0, "net.ipv6.icmp.ratelimit": 0})
-        netns.nft(t, T_NFT)
-        # IPv6 on a veth works only once the kernel's link watch (up to 1 s) has activated it
-        for _ in range(50):
-            if netns.run_in(p, "ping", "-c1", "-W0.2", "fd00:252::2", check=False).returncode == 0:
-                break
-            time.sleep(0.1)
-        yield names
-    finally:
-        netns.destroy(list(names.values()))
+    netns.ip(p, "link", "add", "wan0", "type", "veth", "peer", "name", "t0", "netns", t)
+    netns.ip(p, "link", "add", "wan1", "type", "veth", "peer", "name", "o0", "netns", o)
+    netns.ip_batch(p, [
+        "addr add 10.252.0.1/24 dev wan0", "addr add fd00:252::1/64 dev wan0 nodad",
+        "addr add 10.252.1.1/24 dev wan1", "addr add fd00:253::1/64 dev wan1 nodad",
+        "link set wan0 up", "link set wan1 up",
+        "route add default via 10.252.1.2", "route add default via fd00:253::2"])
+    netns.ip_batch(t, [*(f"addr add 10.252.0.{i}/24 dev t0" for i in (2, 3, 4, 5)),
+                       "addr add fd00:252::2/64 dev t0 nodad",
+                       "addr add fd00:252::4/64 dev t0 nodad", "link set t0 up"])
+    netns.ip_batch(o, ["addr add 10.252.1.2/24 dev o0", "addr add fd00:253::2/64 dev o0 nodad",
+                       "link set o0 up"])
+    netns.sysctl(t, {"net.ipv4.icmp_ratelimit": 0, "net.ipv6.icmp.ratelimit": 0})
+    netns.nft(t, T_NFT)
+    # IPv6 on a veth works only once the kernel's link watch (up to 1 s) has activated it
+    within(lambda: netns.run_in(p, "ping", "-c1", "-W0.2", "fd00:252::2",
+                                check=False).returncode == 0, 15, interval=0.1)
+    return names
 
 
 def env() -> dict[str, str]:

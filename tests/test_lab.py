@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import re
-import time
 from typing import Callable
 
 import pytest
 
-from ecmpd.lab import Lab, LabCommandError, LabSpec, LabWan, make_spec, netns, seed_spec
-from ecmpd.lab import lab as lab_module
-from ecmpd.lab.lab import loss_script
-from ecmpd.lab.traffic import FlowResult
+from lab import Lab, LabCommandError, LabSpec, LabWan, make_spec, netns, seed_spec
+from lab import lab as lab_module
+from lab.isp import loss_script
+from lab.traffic import FlowResult
+from lab.wait import until
 
 MakeLab = Callable[..., Lab]
 
@@ -78,12 +78,13 @@ def route_via(lab: Lab, wan: str, masquerade: bool = True) -> None:
 
 def wait_flows_ok(lab: Lab, timeout: float = 10.0, **kw: object) -> list[FlowResult]:
     """Poll with new flows until every one succeeds; the successful batch."""
-    end = time.monotonic() + timeout
-    while True:
-        res = lab.new_flows(3, timeout=0.5, **kw)  # type: ignore[arg-type]
-        if all(r.ok for r in res):
-            return res
-        assert time.monotonic() < end, f"flows still failing: {res}"
+    res: list[FlowResult] = []
+
+    def batch() -> list[FlowResult] | None:
+        res[:] = lab.new_flows(3, timeout=0.5, **kw)  # type: ignore[arg-type]
+        return list(res) if all(r.ok for r in res) else None
+
+    return until(batch, timeout, lambda _: f"flows still failing: {res}", interval=0)
 
 
 def pings(lab: Lab, ns: str, dst: str, *opts: str) -> bool:

@@ -1,17 +1,16 @@
-"""The lab's DHCP ISP (`ecmpd.lab.dhcp`): dnsmasq in the ISP, udhcpc + our script on the router."""
+"""The lab's DHCP ISP (`lab.dhcp`): dnsmasq in the ISP, udhcpc + our script on the router."""
 
 from __future__ import annotations
 
 import re
-import shutil
 import time
 from types import SimpleNamespace
 from typing import Callable
 
 import pytest
 
-from ecmpd.lab import DhcpWan, Lab, seed_spec
-from ecmpd.lab.dhcp import (MIN_LEASE_S, SCRIPT, dhcp_bcp38_script, dnsmasq_argv, parse_events,
+from lab import DhcpWan, Lab, seed_spec
+from lab.dhcp import (MIN_LEASE_S, SCRIPT, dhcp_bcp38_script, dnsmasq_argv, parse_events,
                             udhcpc_argv)
 
 MakeLab = Callable[..., Lab]
@@ -72,10 +71,7 @@ def test_parameters_are_checked(tmp_path) -> None:
 
 
 @pytest.fixture
-def dhcp_lab(make_lab: MakeLab) -> Lab:
-    for tool in ("dnsmasq", "udhcpc"):
-        if shutil.which(tool) is None:
-            pytest.skip(f"{tool} not installed (Debian dnsmasq-base, udhcpc: ./dev setup)")
+def dhcp_lab(dhcp_tools: None, make_lab: MakeLab) -> Lab:
     return make_lab()
 
 

@@ -1,4 +1,4 @@
-"""The lab's point-to-point ISP (`ecmpd.lab.ptp`): a PPP-like tun pair and its relay."""
+"""The lab's point-to-point ISP (`lab.ptp`): a PPP-like tun pair and its relay."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from typing import Callable
 
 import pytest
 
-from ecmpd.lab import Lab, LabSpec, LabWan, PtpWan
-from ecmpd.lab.ptp import PPPOE_MTU, _pump
+from lab import Lab, LabSpec, LabWan, PtpWan
+from lab.ptp import PPPOE_MTU, _pump
 
 MakeLab = Callable[..., Lab]
 

@@ -1,4 +1,4 @@
-"""Real lines in the lab (`ecmpd.lab.lines`, `.load`, `.flood`): tc rendering and output
+"""Real lines in the lab (`lab.lines`, `.load`, `.flood`): tc rendering and output
 parsing (pure), then shaping, the iperf3 load and the ICMP flood on real traffic (root)."""
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from typing import Callable
 
 import pytest
 
-from ecmpd.lab import Lab, Line, LoadError
-from ecmpd.lab import flood as fl
-from ecmpd.lab import lines as ln
-from ecmpd.lab import load as ld
+from lab import Lab, Line, LoadError
+from lab import flood as fl
+from lab import lines as ln
+from lab import load as ld
+from lab.wait import until
 
 MakeLab = Callable[..., Lab]
 LAB = pytest.mark.lab
@@ -157,12 +158,7 @@ def _rx_bytes(lab: Lab, wan: str) -> int:
 
 
 def _poll(what: str, fn: Callable[[], object], timeout: float, every: float = 0.1) -> object:
-    end = time.monotonic() + timeout
-    while not (got := fn()):
-        if time.monotonic() >= end:
-            raise AssertionError(f"{what}: not within {timeout}s")
-        time.sleep(every)
-    return got
+    return until(fn, timeout, what, every)
 
 
 @LAB

@@ -11,7 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -179,15 +179,8 @@ print(json.dumps(out))
 
 
 @pytest.fixture
-def netns() -> Iterator[str]:
-    name = f"ecmpdnli{os.getpid()}"
-    try:
-        subprocess.run(["ip", "netns", "add", name], check=True, capture_output=True)
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True,
-                       capture_output=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True)
+def netns(make_netns: Callable[[str], str]) -> str:
+    return make_netns("nli")
 
 
 @NEEDS_ROOT

@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import uuid
 from ipaddress import IPv4Address
 
 import pytest
@@ -188,31 +187,27 @@ def test_listing_helpers():
 
 @pytest.mark.lab
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a network namespace")
-def test_libnftables_accepts_and_lists_back_the_table():
-    ns = "eclnft" + uuid.uuid4().hex[:6]
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        doc = json.dumps(nftrules.replace_commands(cfg()))
-        for _ in range(2):  # the replace works on an existing table as well
-            subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "-f", "-"], input=doc,
-                           text=True, check=True)
-        out = subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "list", "ruleset"],
-                             capture_output=True, text=True, check=True).stdout
-        listing = json.loads(out)
-        assert nftrules.listing_digest(listing) == nftrules.digest(cfg())
-        tables = [o["table"]["name"] for o in listing["nftables"] if "table" in o]
-        assert tables == ["ecmpd"]
-        text = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", "ip", "ecmpd"],
+def test_libnftables_accepts_and_lists_back_the_table(make_netns):
+    ns = make_netns("nft")
+    doc = json.dumps(nftrules.replace_commands(cfg()))
+    for _ in range(2):  # the replace works on an existing table as well
+        subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "-f", "-"], input=doc,
+                       text=True, check=True)
+    out = subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "list", "ruleset"],
+                         capture_output=True, text=True, check=True).stdout
+    listing = json.loads(out)
+    assert nftrules.listing_digest(listing) == nftrules.digest(cfg())
+    tables = [o["table"]["name"] for o in listing["nftables"] if "table" in o]
+    assert tables == ["ecmpd"]
+    text = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "table", "ip", "ecmpd"],
+                          capture_output=True, text=True, check=True).stdout
+    assert 'oifname "ethA" masquerade' in text
+    assert "ct mark & 0x00ff0000 vmap" in text
+    pre = text.split("chain prerouting {")[1].split("}\n")[0].splitlines()
+    assert pre[2].strip().startswith(
+        'iifname vmap { "ethA" : jump rx_1, "ethB" : jump rx_7 }')
+    assert 'ip saddr != 10.1.0.1 meta pkttype host counter name "rx_1"' in text
+    counters = subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "-f", "-"],
+                              input=json.dumps(nftrules.counters_command("ecmpd")),
                               capture_output=True, text=True, check=True).stdout
-        assert 'oifname "ethA" masquerade' in text
-        assert "ct mark & 0x00ff0000 vmap" in text
-        pre = text.split("chain prerouting {")[1].split("}\n")[0].splitlines()
-        assert pre[2].strip().startswith(
-            'iifname vmap { "ethA" : jump rx_1, "ethB" : jump rx_7 }')
-        assert 'ip saddr != 10.1.0.1 meta pkttype host counter name "rx_1"' in text
-        counters = subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "-f", "-"],
-                                  input=json.dumps(nftrules.counters_command("ecmpd")),
-                                  capture_output=True, text=True, check=True).stdout
-        assert nftrules.parse_counters(json.loads(counters), "ecmpd") == {1: 0, 7: 0}
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
+    assert nftrules.parse_counters(json.loads(counters), "ecmpd") == {1: 0, 7: 0}

@@ -14,11 +14,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Iterator
+from typing import Callable
 
 import pytest
 
-from ecmpd.lab import netns
+from lab import netns
 from ecmpd.nslock import EXIT_LOCKED, LOCK_NAME, AlreadyRunning, Holder
 
 HOLDER = r"""
@@ -56,15 +56,9 @@ print(json.dumps(None if h is None else {"pid": h.pid, "uid": h.uid, "info": h.i
 
 
 @pytest.fixture
-def namespaces(lab_prefix: str) -> Iterator[list[str]]:
+def namespaces(make_netns: Callable[[str], str]) -> list[str]:
     """Two fresh, empty network namespaces of this run (deleted at the end)."""
-    names = [f"{lab_prefix}la", f"{lab_prefix}lb"]
-    for ns in names:
-        netns.create(ns)
-    try:
-        yield names
-    finally:
-        netns.destroy(names)
+    return [make_netns("la"), make_netns("lb")]
 
 
 def as_ecmpd(script: str) -> list[str]:

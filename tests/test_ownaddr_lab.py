@@ -12,8 +12,9 @@ from ipaddress import IPv4Interface
 
 import pytest
 
-from ecmpd.lab.lines import Line
-from ecmpd.lab.router import Ecmpd, config_for, kernel_hops
+from lab.lines import Line
+from lab.router import Ecmpd, config_for, kernel_hops
+from lab.wait import during
 
 pytestmark = pytest.mark.lab
 
@@ -32,12 +33,11 @@ def wan1_in_kernel(lab) -> bool:
 def stays_out(d: Ecmpd, lab, seconds: float) -> int:
     """Check for `seconds` that wlan1 is neither active in status nor in the kernel's
     route; how many times it was checked."""
-    end, n = time.monotonic() + seconds, 0
-    while time.monotonic() < end:
+    def out() -> None:
         st = d.status()["wans"]["wlan1"]
         assert not st["active"] and not wan1_in_kernel(lab), st
-        n += 1
-    return n
+
+    return during(seconds, out)
 
 
 def out_within(d: Ecmpd, lab, t0: float) -> float:

@@ -37,6 +37,7 @@ from ecmpd.judge import SLOW_REPLIES, SLOW_TRAFFIC, RoundResult, judge
 from ecmpd.judge import TargetSample as TS
 from ecmpd.model import ProbeSettings
 from ecmpd.prober import FOLLOWUP_COPIES, Prober, fast_window, silence_window, spacing
+from lab.wait import until_async
 
 GOOD, SLOW, FAILED = Verdict.GOOD, Verdict.SLOW, Verdict.FAILED
 DATA = Path(__file__).resolve().parent / "data"
@@ -790,14 +791,6 @@ def test_default_quorum_is_a_majority(n: int) -> None:
 # --- on a real event loop ------------------------------------------------------------------
 
 
-async def _until(pred: Callable[[], bool], within: float) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not pred():
-        assert loop.time() < deadline, "timed out"
-        await asyncio.sleep(0.005)
-
-
 def test_real_loop_cadence_and_early_completion() -> None:
     interval = 0.03
     r = Run(("a", "b"), net=FakeNet(lambda s: 0.002), interval=interval, count=2, timeout=0.5)
@@ -805,7 +798,7 @@ def test_real_loop_cadence_and_early_completion() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         task = loop.create_task(r.prober.run())
-        await _until(lambda: len(r.results) >= 8, within=10.0)
+        await until_async(lambda: len(r.results) >= 8, 10.0, interval=0.005)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -832,9 +825,10 @@ def test_real_loop_silence_check() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         task = loop.create_task(r.prober.run())
-        await _until(lambda: r.prober.timeout() > 0.2, within=10.0)
+        await until_async(lambda: r.prober.timeout() > 0.2, 10.0, interval=0.005)
         dead.append(loop.time())
-        await _until(lambda: any("within" in x.reason for x in r.results), within=10.0)
+        await until_async(lambda: any("within" in x.reason for x in r.results), 10.0,
+                          interval=0.005)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task

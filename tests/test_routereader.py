@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ecmpd.lab import Lab
+from lab import Lab
 from ecmpd.routereader import RouteReader, socket_in_netns
 
 pytestmark = pytest.mark.lab

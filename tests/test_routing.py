@@ -23,7 +23,7 @@ from pyroute2 import AsyncIPRoute
 from ecmpd import routing
 from ecmpd.desired import (UNREACHABLE, UNREACHABLE_METRIC, Desired, build_desired, describe,
                            rule_range, table_range)
-from ecmpd.lab import Lab
+from lab import Lab
 from ecmpd.model import Config, Wan
 
 pytestmark = pytest.mark.lab

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Iterator
+from typing import Callable
 
 import pytest
 
-from ecmpd.lab import driver, netns
-from ecmpd.lab.traffic import (FlowResult, fault_offset, main, outage, parse_flows,
+from lab import driver, netns
+from lab.traffic import (FlowResult, fault_offset, main, outage, parse_flows,
                                parse_held)
 
 
@@ -96,14 +96,9 @@ def test_cli_rejects_bad_arguments() -> None:
 
 
 @pytest.fixture
-def loopback_ns(lab_prefix: str) -> Iterator[str]:
+def loopback_ns(make_netns: Callable[[str], str]) -> str:
     """A fresh namespace with only `lo` up; destroyed afterwards."""
-    ns = lab_prefix + "lo"
-    try:
-        netns.create(ns)
-        yield ns
-    finally:
-        netns.destroy([ns])
+    return make_netns("lo")
 
 
 @pytest.mark.lab

@@ -285,11 +285,9 @@ ip netns list | awk '{print $1}' | tr '\n' ' '; echo "<- left"
 
 
 @pytest.mark.lab
-def test_isp_namespaces_route_and_enforce_bcp38(tmp_path: Path) -> None:
+def test_isp_namespaces_route_and_enforce_bcp38(tmp_path: Path, dhcp_tools: None) -> None:
     if os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("nft") is None:
         pytest.skip("needs root, unshare and nft")
-    if shutil.which("dnsmasq") is None or shutil.which("udhcpc") is None:
-        pytest.skip("needs dnsmasq and busybox's udhcpc (the DHCP ISP)")
     isps = tmp_path / "isps"
     run = tmp_path / "run"
     run.mkdir()

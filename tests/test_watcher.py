@@ -35,6 +35,7 @@ from ecmpd.model import Config, Wan
 from ecmpd.ownaddr import RTMGRP_IPV6_IFADDR
 from ecmpd.state import Default, Link
 from ecmpd.watcher import Watcher
+from lab.wait import until_async
 
 IFF_UP, IFF_RUNNING, IFF_LOWER_UP = 0x1, 0x40, 0x10000
 LINK_OK = IFF_UP | IFF_RUNNING | IFF_LOWER_UP
@@ -44,16 +45,6 @@ ENOBUFS = OSError(errno.ENOBUFS, "No buffer space available")
 
 def run(coro_fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro_fn(*args), 20))     # a hang fails
-
-
-async def until(cond: Callable[[], bool], what: str, deadline: float = 10.0) -> None:
-    """Yield to the loop until `cond()` holds; fail after `deadline` seconds (hang guard)."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + deadline
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.001)
 
 
 # ---- pyroute2-shaped messages ---------------------------------------------------------
@@ -403,7 +394,7 @@ def test_nft_events_reach_the_sink_through_the_loop_until_stop() -> None:
             w._nft = a
             asyncio.get_running_loop().add_reader(a.fileno(), w._nft_readable)
             b.send(b"ruleset changed")
-            await until(lambda: sink.events == [RulesetChanged()], "the nft event")
+            await until_async(lambda: sink.events == [RulesetChanged()], message="the nft event")
             await w.stop()
             assert w._nft is None and a.fileno() == -1      # reader removed, closed
     run(body)
@@ -442,7 +433,7 @@ def test_lost_events_drop_the_backlog_and_resync_from_a_new_subscription(error, 
         w, sink, subs = started([([rule_msg("RTM_DELRULE", 1001)], error), ([stale], None)],
                                 [([fresh], None)])
         await start_rtnl(w)
-        await until(lambda: len(sink.events) == 3, "the event after the resync")
+        await until_async(lambda: len(sink.events) == 3, message="the event after the resync")
         assert not w._task.done()
         await w.stop()
         return w, sink, subs
@@ -478,7 +469,8 @@ def test_an_error_while_handling_an_event_resyncs_and_the_loop_keeps_running() -
         w = Watcher(sink, subscription=subs)
         await start_rtnl(w)
         # the event fails, the resync's submit fails too: still watching, on a new socket
-        await until(lambda: sink.events == [RouteChanged(254, 0)], "the event after the errors")
+        await until_async(lambda: sink.events == [RouteChanged(254, 0)],
+                          message="the event after the errors")
         assert sink.bugs == 0 and len(subs.made) == 2
         assert not w._task.done()
         await w.stop()
@@ -491,7 +483,7 @@ def test_a_failing_resync_does_not_end_the_loop(caplog) -> None:
                                 [([route_msg("RTM_DELROUTE", 1001)], None)])
         sink.fail = OSError(errno.EBUSY, "Device or resource busy")
         await start_rtnl(w)
-        await until(lambda: sink.events == [RouteChanged(1001, 0)], "the route event")
+        await until_async(lambda: sink.events == [RouteChanged(1001, 0)], message="the route event")
         assert [s.closed for s in subs.made] == [True, True, False]
         assert not w._task.done()
         await w.stop()
@@ -520,7 +512,8 @@ def test_subscribing_again_is_retried_until_it_works(monkeypatch, caplog) -> Non
         sink = Sink(log)
         w = Watcher(sink, subscription=flaky)
         await start_rtnl(w)
-        await until(lambda: RuleChanged(1000) in sink.events, "the event on the 4th socket")
+        await until_async(lambda: RuleChanged(1000) in sink.events,
+                          message="the event on the 4th socket")
         await w.stop()
         return sink
     with caplog.at_level(logging.ERROR, logger="ecmpd"):
@@ -549,7 +542,8 @@ def test_an_ended_event_stream_is_resubscribed() -> None:
         sink = Sink(log)
         w = Watcher(sink, subscription=Subs(log, [], [([rule_msg("RTM_NEWRULE", 1000)], None)]))
         await start_rtnl(w)
-        await until(lambda: RuleChanged(1000) in sink.events, "the event on the new socket")
+        await until_async(lambda: RuleChanged(1000) in sink.events,
+                          message="the event on the new socket")
         await w.stop()
         return sink
     assert run(body).events == [Resynced(LINKS, ADDRS, {}, LOCAL), RuleChanged(1000)]
@@ -559,7 +553,7 @@ def test_stop_cancels_the_loop_and_closes_the_socket() -> None:
     async def body() -> None:
         w, sink, subs = started([([route_msg("RTM_DELROUTE", 254)], None)])
         await start_rtnl(w)
-        await until(lambda: len(sink.events) == 1, "the first event")
+        await until_async(lambda: len(sink.events) == 1, message="the first event")
         task = w._task
         await w.stop()
         assert task is not None and task.cancelled()
@@ -590,8 +584,8 @@ def test_start_subscribes_to_the_four_groups_and_survives_without_nft(monkeypatc
                                   | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE)
         assert (socket.SOL_SOCKET, socket.SO_RCVBUF, watcher_mod.RCVBUF) in s.socket.opts
         assert w._nft is None
-        await until(lambda: sink.events == [LinkChanged("eth1", Link(11, True, False))],
-                    "the first event")
+        await until_async(lambda: sink.events == [LinkChanged("eth1", Link(11, True, False))],
+                          message="the first event")
         await w.stop()
         assert s.closed
     with caplog.at_level(logging.WARNING, logger="ecmpd"):

@@ -19,7 +19,8 @@ from typing import Callable
 
 import pytest
 
-from ecmpd.lab.router import kernel_dump
+from lab.router import kernel_dump
+from lab.wait import within
 from .test_config_corpus import FILES, expected
 
 pytestmark = pytest.mark.lab
@@ -85,9 +86,7 @@ def test_hostile_configs_sent_as_reloads_change_nothing(make_lab, ecmpd_in) -> N
         path.write_bytes(f.read_bytes())
         d.signal(signal.SIGHUP)
         last = expected(f, str(path))[-1]
-        deadline = time.monotonic() + 5
-        while f"reload refused: {last}" not in d.log() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        within(lambda: f"reload refused: {last}" in d.log(), 5, interval=0.02)
         assert f"reload refused: {last}" in d.log(), f.name
     elapsed = time.monotonic() - started
     assert kernel_dump(lab) == before

@@ -22,7 +22,8 @@ from typing import Iterator
 import pytest
 
 from ecmpd.control import IDLE_TIMEOUT, MAX_CLIENTS, MAX_REQUEST, TOO_MANY
-from ecmpd.lab.router import Ecmpd
+from lab.router import Ecmpd
+from lab.wait import during, within
 
 pytestmark = pytest.mark.lab
 
@@ -98,12 +99,11 @@ def watched(d: Ecmpd, name: str, max_warnings: int) -> Iterator[Watch]:
     w.rss0, w.fds0 = proc_stats(d.proc.pid)
     w.mark = len(d.log())
     yield w
-    deadline = time.monotonic() + IDLE_TIMEOUT + 5
-    while True:                             # closed attack connections are noticed
+    def noticed() -> bool:                  # closed attack connections are noticed
         w.rss1, w.fds1 = proc_stats(d.proc.pid)
-        if w.fds1 <= w.fds0 or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
+        return w.fds1 <= w.fds0
+
+    within(noticed, IDLE_TIMEOUT + 5, interval=0.1)
     w.status_times.append(status_ok(d))
     w.warnings = warning_lines(d.log()[w.mark:])
     print("\n" + w.report(name))
@@ -192,11 +192,8 @@ def test_reconnecting_idle_flood_does_not_lock_out_status(make_lab, ecmpd_in):
         flood = Reconnector(d.socket, 200)
         flood.start()
         t0 = time.monotonic()
-        end = t0 + duration
         try:
-            while time.monotonic() < end:
-                w.status()
-                time.sleep(0.3)
+            during(duration, w.status, interval=0.3)
         finally:
             flood.stop.set()
             flood.join(10)
@@ -220,8 +217,10 @@ def test_slowloris(make_lab, ecmpd_in):
         conns = {connect(d.socket): time.monotonic() for _ in range(n)}
         closed_after: list[float] = []
         i = 0
-        deadline = time.monotonic() + IDLE_TIMEOUT + 5
-        while conns and time.monotonic() < deadline:
+
+        def drip() -> bool:
+            """A byte more on every connection; whether all are closed."""
+            nonlocal i
             for s, t0 in list(conns.items()):
                 try:
                     s.send(request[i % len(request):][:1])
@@ -238,7 +237,10 @@ def test_slowloris(make_lab, ecmpd_in):
             i += 1
             if i % 3 == 0:
                 w.status()
-            time.sleep(1.0)
+            return not conns
+
+        if conns:
+            within(drip, IDLE_TIMEOUT + 5, interval=1.0)
         for s in conns:
             s.close()
         assert not conns, f"{len(conns)} slowloris connections still open"

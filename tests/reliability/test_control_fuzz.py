@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ecmpd.control import COMMANDS, ControlServer, validate_request
+from lab.wait import until_async
 
 MAX_REQUEST = 512
 """The fuzzed server's line limit: small, so that the limit is often crossed."""
@@ -67,12 +68,9 @@ class Harness:
     def assert_idle(self) -> None:
         """The server keeps nothing of finished connections (they may need a few loop
         turns to notice the end)."""
-        async def settle() -> None:
-            for _ in range(200):
-                if not (self.srv.clients or self.srv.waiting or self.srv._tasks):
-                    return
-                await asyncio.sleep(0.005)
-        self.run(settle())
+        srv = self.srv
+        settled = lambda: not (srv.clients or srv.waiting or srv._tasks)  # noqa: E731
+        self.run(until_async(settled, 1.0, "the server to forget its connections", 0.005))
         assert (self.srv.clients, self.srv.waiting, len(self.srv._tasks)) == (0, 0, 0)
 
 

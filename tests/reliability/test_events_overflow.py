@@ -16,6 +16,8 @@ import time
 
 import pytest
 
+from lab.wait import within
+
 pytestmark = pytest.mark.lab
 
 TOGGLES = 20_000
@@ -56,11 +58,8 @@ def test_a_link_storm_while_stopped_converges_from_one_resync(make_lab, ecmpd_in
         os.kill(d.proc.pid, signal.SIGCONT)
     start = time.monotonic()
     took = None
-    while took is None and time.monotonic() - start < 30:
-        if converged(lab, d, wan, table):
-            took = time.monotonic() - start
-        else:
-            time.sleep(0.02)
+    if within(lambda: converged(lab, d, wan, table), 30, interval=0.02):
+        took = time.monotonic() - start
     time.sleep(1.0)                      # and it stays so: no stale backlog replayed late
     stable = converged(lab, d, wan, table)
     reconciles = d.status()["stats"]["reconciles"] - before

@@ -23,7 +23,8 @@ import pytest
 
 from ecmpd.ctl import request
 
-from ecmpd.lab.router import Ecmpd, config_for
+from lab.router import Ecmpd, config_for
+from lab.wait import within
 
 pytestmark = pytest.mark.lab
 
@@ -60,12 +61,12 @@ def peak_rss_mb(pid: int) -> float:
 def route_without(lab, gateway: str, timeout: float, since: float) -> float:
     """Seconds from `since` until ecmpd's multipath route (table 1000, `tables.base`) no
     longer has `gateway` (inf: not within `timeout`)."""
-    t0 = since
-    while time.monotonic() - t0 < timeout:
+    def gone() -> bool:
         out = lab.run(lab.ns_router, "ip", "route", "show", "table", "1000", "proto", "236").stdout
-        if "default" in out and gateway not in out:
-            return time.monotonic() - t0
-        time.sleep(0.005)
+        return "default" in out and gateway not in out
+
+    if within(gone, timeout - (time.monotonic() - since), interval=0.005):
+        return time.monotonic() - since
     return float("inf")
 
 

@@ -19,7 +19,7 @@ from typing import Callable
 
 import pytest
 
-from ecmpd.lab.router import Ecmpd, config_for, kernel_dump
+from lab.router import Ecmpd, config_for, kernel_dump
 
 pytestmark = pytest.mark.lab
 

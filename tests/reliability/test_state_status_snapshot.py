@@ -20,7 +20,7 @@ import pytest
 
 from ecmpd.ctl import request
 
-from ecmpd.lab.router import Ecmpd, config_for
+from lab.router import Ecmpd, config_for
 
 pytestmark = pytest.mark.lab
 

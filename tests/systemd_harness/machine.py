@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence, TypeVar
 
+from lab.wait import until
+
 T = TypeVar("T")
 
 INIT = Path("/usr/lib/systemd/systemd")
@@ -56,14 +58,7 @@ def skip_reason() -> str | None:
 def wait_until(check: Callable[[], T | None], timeout: float, what: str,
                interval: float = 0.1) -> T:
     """Poll `check` until it returns something truthy, or fail after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(interval)
+    return until(check, timeout, what, interval)
 
 
 def cgroup_hierarchies() -> list[Path]:

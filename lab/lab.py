@@ -9,110 +9,27 @@ The router is left unprogrammed (no default route, no forwarding, no nft) for ec
 test.  Each ISP enforces BCP38 on its customer link and can be broken with `Lab.fault`.
 Every command runs inside the lab's own namespaces; nothing touches the host's.
 
-In an ISP, BCP38, faults and loss each live in an nft table of their own, and every
-script replaces its table atomically (``add`` + ``delete`` + ``add`` in one
-transaction), so they never disturb each other and are idempotent.  Chain names avoid
-nft keywords (``fwd`` fails to parse).
+In an ISP, BCP38, faults and loss each live in an nft table of their own (`lab.isp`).
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
-import time
-from ipaddress import IPv4Interface, IPv4Network
-from typing import TYPE_CHECKING, Any, Sequence
+from ipaddress import IPv4Interface
+from typing import Any, Sequence
 
-from ecmpd.lab import driver, lines, netns
-from ecmpd.lab.flood import Flood, start_flood
-from ecmpd.lab.load import Load
-from ecmpd.lab.topology import LabSpec, seed_spec, transit, upstream_of, wan_of_source
-from ecmpd.lab.traffic import FlowResult
-
-if TYPE_CHECKING:
-    from ecmpd.lab.dhcp import DhcpWan
-    from ecmpd.lab.ptp import PtpWan
+from lab import driver, lines, netns
+from lab.dhcp import DhcpWan
+from lab.flood import Flood, start_flood
+from lab.isp import ALL_MODES, FAULT_MODES, bcp38_script, fault_script, heal_script, loss_script
+from lab.load import Load
+from lab.ptp import PtpWan
+from lab.topology import LabSpec, seed_spec, transit, upstream_of, wan_of_source
+from lab.traffic import FlowResult
+from lab.wait import until
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
-
-# ------------------------------------------------------------ nft scripts for the ISPs
-
-CUST = "cust"
-"""The ISP's customer-facing interface."""
-BCP38_TABLE = "lab_bcp38"
-DEAD_TABLE = "lab_dead"
-UPSTREAM_TABLE = "lab_upstream"
-LOSS_TABLE = "lab_loss"
-FAULT_MODES = ("dead", "upstream")
-"""Fault modes implemented with nft (``carrier`` is a link state)."""
-ALL_MODES = ("dead", "upstream", "carrier")
-LOSS_SCALE = 10000
-"""`numgen random mod LOSS_SCALE`: loss resolution is 0.01 %."""
-
-
-def _replace(family: str, table: str, body: str) -> str:
-    return (f"add table {family} {table}\ndelete table {family} {table}\n"
-            f"table {family} {table} {{\n{body}}}\n")
-
-
-def _remove(family: str, table: str) -> str:
-    return f"add table {family} {table}\ndelete table {family} {table}\n"
-
-
-def bcp38_script(customer_net: str) -> str:
-    """Drop what arrives on `cust` from outside `customer_net` (forwarded or local)."""
-    net = IPv4Network(customer_net)
-    return _replace("ip", BCP38_TABLE, (
-        "  chain bcp38 {\n"
-        "    type filter hook prerouting priority -300; policy accept;\n"
-        f'    iifname "{CUST}" ip saddr != {net} counter drop\n'
-        "  }\n"))
-
-
-def fault_script(mode: str) -> str:
-    """The nft script that puts fault `mode` (``dead`` or ``upstream``) in place."""
-    if mode == "dead":
-        # Silent both ways on the customer link, ARP included.
-        return _replace("netdev", DEAD_TABLE, (
-            "  chain dead_in {\n"
-            f'    type filter hook ingress device "{CUST}" priority -500; policy drop;\n'
-            "  }\n"
-            "  chain dead_out {\n"
-            f'    type filter hook egress device "{CUST}" priority -500; policy drop;\n'
-            "  }\n"))
-    if mode == "upstream":
-        # The gateway itself still answers (input/output untouched); nothing is forwarded.
-        return _replace("ip", UPSTREAM_TABLE, (
-            "  chain drop_forward {\n"
-            "    type filter hook forward priority -500; policy drop;\n"
-            "  }\n"))
-    raise ValueError(f"no nft fault mode {mode!r}")
-
-
-def heal_script() -> str:
-    """Remove every nft fault table (absent ones are fine)."""
-    return _remove("netdev", DEAD_TABLE) + _remove("ip", UPSTREAM_TABLE)
-
-
-def loss_script(percent: float) -> str:
-    """Random drop of `percent` % of IP packets on `cust`, each direction; 0 removes it."""
-    if not 0 <= percent <= 100:
-        raise ValueError(f"loss percent {percent} out of 0..100")
-    n = round(percent * LOSS_SCALE / 100)
-    if n == 0:
-        return _remove("ip", LOSS_TABLE)
-    rule = f"numgen random mod {LOSS_SCALE} < {n} counter drop"
-    if n >= LOSS_SCALE:  # nft refuses `< 10000` (out of numgen's range): 100 % is a plain drop
-        rule = "counter drop"
-    return _replace("ip", LOSS_TABLE, (
-        "  chain loss_in {\n"
-        "    type filter hook prerouting priority -400; policy accept;\n"
-        f'    iifname "{CUST}" {rule}\n'
-        "  }\n"
-        "  chain loss_out {\n"
-        "    type filter hook postrouting priority 400; policy accept;\n"
-        f'    oifname "{CUST}" {rule}\n'
-        "  }\n"))
 
 
 def _close_files(proc: subprocess.Popen) -> None:
@@ -281,14 +198,14 @@ class Lab:
 
     def wait_carrier(self, ifnames: Sequence[str], up: bool, timeout: float = 5.0) -> None:
         """Wait until every router interface in `ifnames` has (or lacks) carrier."""
-        end = time.monotonic() + timeout
-        while True:
-            pending = [n for n in ifnames if self.link_up(self.ns_router, n) != up]
-            if not pending:
-                return
-            if time.monotonic() >= end:
-                raise TimeoutError(f"router links {pending} not {'up' if up else 'down'}")
-            time.sleep(0.01)
+        pending: list[str] = []
+
+        def settled() -> bool:
+            pending[:] = [n for n in ifnames if self.link_up(self.ns_router, n) != up]
+            return not pending
+
+        until(settled, timeout, lambda _: f"router links {pending} not {'up' if up else 'down'}",
+              interval=0.01)
 
     def teardown(self) -> None:
         """Kill every process in the lab's namespaces and delete them. Never raises."""
@@ -359,16 +276,14 @@ class Lab:
 
     # ------------------------------------------------------------ dynamic WANs
 
-    def dhcp(self, wan: str, **kw: Any) -> "DhcpWan":
+    def dhcp(self, wan: str, **kw: Any) -> DhcpWan:
         """Make Ethernet WAN `wan` a DHCP WAN, started: dnsmasq in its ISP, udhcpc on the
-        router, the static address removed (`ecmpd.lab.dhcp.DhcpWan`, keywords go there)."""
-        from ecmpd.lab.dhcp import DhcpWan
+        router, the static address removed (`lab.dhcp.DhcpWan`, keywords go there)."""
         return DhcpWan(self, wan, **kw).start()
 
-    def ptp(self, wan: str, address: str | None = None, **kw: Any) -> "PtpWan":
+    def ptp(self, wan: str, address: str | None = None, **kw: Any) -> PtpWan:
         """Connect the session of point-to-point WAN `wan` (``LabWan(kind="ptp")``) with
-        `address`; the returned `ecmpd.lab.ptp.PtpWan` disconnects and reconnects it."""
-        from ecmpd.lab.ptp import PtpWan
+        `address`; the returned `lab.ptp.PtpWan` disconnects and reconnects it."""
         link = PtpWan(self, wan, **kw)
         link.connect(address)
         return link
@@ -377,7 +292,7 @@ class Lab:
 
     def shape(self, wan: str, line: lines.Line) -> None:
         """Make `wan` a modem-like line: tbf download on the ISP's `cust`, upload on the
-        router's WAN (see `ecmpd.lab.lines`; faults keep working, queued packets drain)."""
+        router's WAN (see `lab.lines`; faults keep working, queued packets drain)."""
         lines.shape(self, wan, line)
 
     def unshape(self, wan: str) -> None:

@@ -1,6 +1,6 @@
 """ICMP flood at a WAN address of the lab's router, from the inet namespace.
 
-Run as ``python -m ecmpd.lab.flood --dst A --pps N --seconds S [--kind K] [--ident I]
+Run as ``python -m lab.flood --dst A --pps N --seconds S [--kind K] [--ident I]
 [--source B] [--go]`` inside a namespace (`start_flood` does it through `Lab.popen`): a
 raw socket, a ring of pre-built packets and a paced ``send`` loop.  Prints ``ready``
 (with ``--go`` it then waits for a line on stdin before sending) and, at the end (or on
@@ -29,10 +29,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
-from ecmpd.lab import driver
+from lab import driver
 
 if TYPE_CHECKING:
-    from ecmpd.lab.lab import Lab
+    from lab.base import LabLike
 
 KINDS = ("echo-reply", "unreachable")
 RING = 64
@@ -162,7 +162,7 @@ def parse_snmp(text: str) -> dict[str, int]:
     return out
 
 
-def _router_counters(lab: Lab, wan: str) -> tuple[int, int, float]:
+def _router_counters(lab: LabLike, wan: str) -> tuple[int, int, float]:
     t = time.monotonic()
     link = json.loads(lab.run(lab.ns_router, "ip", "-j", "-s", "link", "show", "dev", wan).stdout)
     snmp = parse_snmp(lab.run(lab.ns_router, "cat", "/proc/net/snmp").stdout)
@@ -172,7 +172,7 @@ def _router_counters(lab: Lab, wan: str) -> tuple[int, int, float]:
 class Flood:
     """A running flood (`start_flood`); `wait()` / `stop()` return a `FloodResult`."""
 
-    def __init__(self, lab: Lab, wan: str, proc: subprocess.Popen, seconds: float) -> None:
+    def __init__(self, lab: LabLike, wan: str, proc: subprocess.Popen, seconds: float) -> None:
         self.lab, self.wan, self.proc, self.seconds = lab, wan, proc, seconds
         self._reader = driver.LineReader(proc)
         self._reader.wait_line("ready", 10)
@@ -210,7 +210,7 @@ class Flood:
         return self.wait(timeout)
 
 
-def start_flood(lab: Lab, wan: str, pps: float = 150_000, seconds: float = 5,
+def start_flood(lab: LabLike, wan: str, pps: float = 150_000, seconds: float = 5,
                 kind: str = "echo-reply", ident: int | None = None,
                 source: str | None = None) -> Flood:
     """Flood the router's address on `wan` from the inet namespace; returns once sending.
@@ -227,7 +227,7 @@ def start_flood(lab: Lab, wan: str, pps: float = 150_000, seconds: float = 5,
             "--ident", str(ident if ident is not None else random_ident()), "--go"]
     args += ["--source", source] if source else []
     err = tempfile.TemporaryFile()
-    proc = lab.popen(lab.ns_inet, sys.executable, "-m", "ecmpd.lab.flood", *args,
+    proc = lab.popen(lab.ns_inet, sys.executable, "-m", "lab.flood", *args,
                      stdout=subprocess.PIPE, stderr=err, stdin=subprocess.PIPE,
                      env=driver.tool_env())
     proc._lab_stderr = err  # type: ignore[attr-defined]
@@ -236,7 +236,7 @@ def start_flood(lab: Lab, wan: str, pps: float = 150_000, seconds: float = 5,
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (inside a namespace)."""
-    p = argparse.ArgumentParser(prog="python -m ecmpd.lab.flood",
+    p = argparse.ArgumentParser(prog="python -m lab.flood",
                                 description=__doc__.split("\n")[0])
     p.add_argument("--dst", required=True)
     p.add_argument("--pps", type=float, default=150_000)

@@ -24,7 +24,7 @@ Every script run appends one JSON line to ``events.jsonl`` in the work directory
 (`DhcpEvent`: the event, address, gateway, lease time, server, and when it was applied),
 so tests see what the client did and when.
 
-The ISP's BCP38 table (`ecmpd.lab.lab.BCP38_TABLE`) is replaced by one that also lets
+The ISP's BCP38 table (`lab.isp.BCP38_TABLE`) is replaced by one that also lets
 DHCP from ``0.0.0.0`` (udp 68 -> 67) in, as an ISP's DHCP snooping does; everything else
 from outside the customer subnet is still dropped.  Addresses and gateways stay inside
 the WAN's subnet (`LabWan.network`), so BCP38, the inet routes and
@@ -52,23 +52,23 @@ import os
 import signal
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ecmpd.lab import netns
-from ecmpd.lab.lab import BCP38_TABLE, CUST
+from lab import netns
+from lab.isp import BCP38_TABLE, CUST
+from lab.wait import until
 
 if TYPE_CHECKING:
-    from ecmpd.lab.lab import Lab
+    from lab.base import LabLike
 
 MIN_LEASE_S = 120
 """dnsmasq's shortest lease: anything shorter is raised to this."""
 
 SCRIPT = r"""#!/bin/sh
-# udhcpc event script written by ecmpd.lab.dhcp: applies a lease as ifupdown + dhclient do
+# udhcpc event script written by lab.dhcp: applies a lease as ifupdown + dhclient do
 # and appends one JSON line per event to $LAB_EVENTS.  From udhcpc: $1 (deconfig, bound,
 # renew, nak, leasefail), $interface $ip $mask $router $lease $serverid.  From the lab:
 # LAB_EVENTS LAB_TABLE LAB_METRIC LAB_PROTO LAB_LIFETIME (1: addresses expire with the lease).
@@ -195,7 +195,7 @@ class DhcpWan:
     directory removed by `stop` or when this object goes away).
     """
 
-    def __init__(self, lab: Lab, wan: str, *, metric: int = 0, table: int | str = "main",
+    def __init__(self, lab: LabLike, wan: str, *, metric: int = 0, table: int | str = "main",
                  proto: str = "dhcp", lease_s: int = MIN_LEASE_S, address: str | None = None,
                  gateway: str | None = None, lifetimes: bool = False, retry_s: int = 1,
                  workdir: str | os.PathLike[str] | None = None) -> None:
@@ -315,16 +315,9 @@ class DhcpWan:
         return None
 
     def _wait(self, cond: Callable[[], Any], what: str, timeout: float) -> Any:
-        end = time.monotonic() + timeout
-        while True:
-            found = cond()
-            if found:
-                return found
-            if time.monotonic() >= end:
-                raise TimeoutError(f"{self.wan}: no {what} within {timeout}s; "
-                                   f"udhcpc: {self._log('udhcpc.log')!r}; "
-                                   f"dnsmasq: {self._log('dnsmasq.log')!r}")
-            time.sleep(0.01)
+        return until(cond, timeout, lambda _: f"{self.wan}: no {what} within {timeout}s; "
+                     f"udhcpc: {self._log('udhcpc.log')!r}; "
+                     f"dnsmasq: {self._log('dnsmasq.log')!r}", interval=0.01)
 
     def wait_event(self, pred: Callable[[DhcpEvent], bool], after: int = 0, timeout: float = 10.0,
                    what: str = "matching DHCP event") -> DhcpEvent:

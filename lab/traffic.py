@@ -1,6 +1,6 @@
 """Lab traffic tool (asyncio): an echo server, new-flow bursts and long-lived flows.
 
-Run as ``python -m ecmpd.lab.traffic {serve,flows,hold} ...`` (the Lab runs it inside a
+Run as ``python -m lab.traffic {serve,flows,hold} ...`` (the Lab runs it inside a
 namespace with ``ip netns exec``):
 
 * ``serve --port P``: TCP greets each connection with ``"<peer_ip> <peer_port>\\n"`` and
@@ -344,7 +344,7 @@ async def hold(server: str, port: int, count: int, byte_interval: float,
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m ecmpd.lab.traffic", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m lab.traffic", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="TCP+UDP greeting/echo server")
     s.add_argument("--port", type=int, default=5000)

@@ -16,14 +16,14 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from ipaddress import IPv4Interface
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ecmpd.lab.lab import Lab
+from lab.lab import Lab
+from lab.wait import until
 
 
 def config_for(lab: Lab, weights: dict[str, int] | None = None, targets: str = "gateway",
@@ -86,14 +86,14 @@ class Ecmpd:
         self.proc = self.lab.popen(self.lab.ns_router, *self.argv("--log-level", self.log_level),
                                    stdout=log, stderr=subprocess.STDOUT)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def answers() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"ecmpd exited with {self.proc.returncode}:\n{self.log()}")
-            if self.ctl("status", "--json", check=False).returncode == 0:
-                return self
-            time.sleep(0.05)
-        raise TimeoutError(f"ecmpd did not answer within {timeout}s:\n{self.log()}")
+            return self.ctl("status", "--json", check=False).returncode == 0
+
+        until(answers, timeout, lambda _: f"ecmpd did not answer within {timeout}s:\n{self.log()}")
+        return self
 
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run `ecmpctl --socket <ours> ARGS` (in the router namespace)."""
@@ -106,15 +106,15 @@ class Ecmpd:
 
     def wait_for(self, predicate, timeout: float = 10.0, what: str = "condition") -> dict[str, Any]:
         """Poll status until predicate(status) is true; returns that status."""
-        deadline = time.monotonic() + timeout
         st: dict[str, Any] = {}
-        while time.monotonic() < deadline:
+
+        def reached() -> dict[str, Any] | None:
+            nonlocal st
             st = self.status()
-            if predicate(st):
-                return st
-            time.sleep(0.05)
-        raise TimeoutError(f"{what} not reached within {timeout}s; last status: "
-                           f"{json.dumps(st, indent=1)}\n{self.log()[-3000:]}")
+            return st if predicate(st) else None
+
+        return until(reached, timeout, lambda _: f"{what} not reached within {timeout}s; last "
+                     f"status: {json.dumps(st, indent=1)}\n{self.log()[-3000:]}")
 
     def wait_states(self, states: dict[str, str], timeout: float = 10.0) -> dict[str, Any]:
         """Wait until every named WAN is in the given state ("up", "down", ...) and, for

@@ -3,7 +3,7 @@ config/ecmpd.yaml, traffic over modem-like lines (rate-limited, 1 s buffers), bo
 saturated, a dead ISP and its recovery — then everything torn down.
 
     sudo ./dev demo                      # the seed topology and config/ecmpd.yaml
-    python -m ecmpd.demo --config FILE   # another config for the same lab interfaces
+    python -m lab.demo --config FILE     # another config for the same lab interfaces
 
 Only the lab's own namespaces are touched; all traffic goes to lab addresses.
 """
@@ -17,9 +17,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from ecmpd.lab import Lab, fault_offset, outage, seed_spec
-from ecmpd.lab.lines import Line
-from ecmpd.lab.router import Ecmpd
+from lab import Lab, fault_offset, outage, seed_spec
+from lab.lines import Line
+from lab.router import Ecmpd
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "ecmpd.yaml"
 LINES = (Line(20, 5, buffer_s=1.0), Line(40, 10, buffer_s=1.0))

@@ -27,10 +27,10 @@ import time
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Sequence
 
-from ecmpd.lab.netns import terminate
+from lab.netns import terminate
 
 if TYPE_CHECKING:
-    from ecmpd.lab.lab import Lab
+    from lab.base import LabLike
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def _clear_hash_prog() -> int:
     return fd
 
 
-def reset_client_hash(lab: Lab) -> bool:
+def reset_client_hash(lab: LabLike) -> bool:
     """Clear the socket hash of every packet leaving the LAN client (tc egress program on
     its ``eth0``), so the router hashes flows by 5-tuple; False (logged) if impossible."""
     shown = lab.run(lab.ns_lan, "tc", "filter", "show", "dev", "eth0", "egress", check=False)
@@ -168,7 +168,7 @@ class Load:
 
     ATTEMPT_S = 10.0  # longest wait for one attempt (a full 1 s buffer slows handshakes)
 
-    def __init__(self, lab: Lab, seconds: float, predict: bool) -> None:
+    def __init__(self, lab: LabLike, seconds: float, predict: bool) -> None:
         self.lab, self.seconds, self.predict = lab, seconds, predict
         self.server = lab.spec.server_addresses[0]
         self.streams: list[_Stream] = []
@@ -177,7 +177,7 @@ class Load:
         self._results: list[StreamResult] | None = None
 
     @classmethod
-    def start(cls, lab: Lab, wans: Sequence[str] | None = None, download: bool = True,
+    def start(cls, lab: LabLike, wans: Sequence[str] | None = None, download: bool = True,
               upload: bool = True, streams_per_wan: int = 1, seconds: float = 10,
               pin: bool = True, congestion: str | None = "reno", connect_timeout: float = 30,
               idle_timeout: float = 10) -> "Load":

@@ -9,7 +9,7 @@ A tun device is exactly that kind of device, so a session here is:
 * the router's tun, named like the WAN (e.g. ``ppp0``), and the ISP's tun, named
   ``cust`` like the Ethernet ISPs' customer link (so `Lab.fault` ``dead``/``upstream``,
   `Lab.set_loss` and the BCP38 table work on it unchanged), both opened by one relay
-  process: ``python -m ecmpd.lab.ptp relay`` starts in the router namespace under
+  process: ``python -m lab.ptp relay`` starts in the router namespace under
   `Lab.popen`, opens its tun there, enters the ISP namespace (``setns``) and opens the
   other; two threads copy packets between the two file descriptors;
 * "connect": the ISP side gets ``<gateway> peer <customer>/32`` (so the ISP routes the
@@ -48,11 +48,12 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address
 from typing import TYPE_CHECKING
 
-from ecmpd.lab import driver, netns
-from ecmpd.lab.lab import CUST, bcp38_script
+from lab import driver, netns
+from lab.isp import CUST, bcp38_script
+from lab.wait import until
 
 if TYPE_CHECKING:
-    from ecmpd.lab.lab import Lab
+    from lab.base import LabLike
 
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
@@ -122,8 +123,8 @@ def relay(a: int, b: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ecmpd.lab.ptp relay --ifname N --peer-netns PATH --peer-ifname M``."""
-    p = argparse.ArgumentParser(prog="python -m ecmpd.lab.ptp", description=__doc__.split("\n")[0])
+    """``python -m lab.ptp relay --ifname N --peer-netns PATH --peer-ifname M``."""
+    p = argparse.ArgumentParser(prog="python -m lab.ptp", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("relay", help="create both tun devices and relay between them")
     r.add_argument("--ifname", required=True, help="tun device here (the router's)")
@@ -158,7 +159,7 @@ class PtpSession:
 class PtpWan:
     """Connects, disconnects and reconnects the session of a ``kind="ptp"`` lab WAN."""
 
-    def __init__(self, lab: Lab, wan: str, mtu: int = PPPOE_MTU) -> None:
+    def __init__(self, lab: LabLike, wan: str, mtu: int = PPPOE_MTU) -> None:
         self.lab = lab
         self.wan = wan
         self.spec = lab.spec.wan(wan)
@@ -205,7 +206,7 @@ class PtpWan:
         isp = self.lab.ns_isp(self.wan)
         err = tempfile.TemporaryFile()
         proc = self.lab.popen(
-            self.lab.ns_router, sys.executable, "-m", "ecmpd.lab.ptp", "relay",
+            self.lab.ns_router, sys.executable, "-m", "lab.ptp", "relay",
             "--ifname", self.wan, "--peer-netns", str(netns.NETNS_DIR / isp),
             "--peer-ifname", CUST, stdout=subprocess.PIPE, stderr=err,
             stdin=subprocess.DEVNULL, env=driver.tool_env())
@@ -241,11 +242,8 @@ class PtpWan:
         Idempotent."""
         self._end(timeout)
         self.session = None
-        end = time.monotonic() + timeout
-        while self.device_exists():
-            if time.monotonic() >= end:
-                raise TimeoutError(f"{self.wan} still exists {timeout}s after the disconnect")
-            time.sleep(0.01)
+        until(lambda: not self.device_exists(), timeout,
+              lambda _: f"{self.wan} still exists {timeout}s after the disconnect", interval=0.01)
 
     def reconnect(self, address: str | None = None, timeout: float = 5.0,
                   defaultroute: int | None = None) -> PtpSession:

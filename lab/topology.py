@@ -1,6 +1,6 @@
 """Lab topology description: which WANs, which addresses, and the derived address plan.
 
-A `LabSpec` is a small frozen description; `Lab` (in `ecmpd.lab.lab`) builds it from
+A `LabSpec` is a small frozen description; `Lab` (in `lab.lab`) builds it from
 network namespaces and veth pairs.  Everything here is pure (no system access).
 
 Address plan for WAN number ``i`` (1-based, in spec order):
@@ -40,7 +40,7 @@ class LabWan:
     """The ISP's address on the customer link, e.g. ``10.111.0.1``."""
     kind: str = "ether"
     """``ether``: a veth customer link, router addressed at build.  ``ptp``: no customer
-    link until `ecmpd.lab.ptp.PtpWan.connect` (a tun pair; `address`'s subnet is the ISP's
+    link until `lab.ptp.PtpWan.connect` (a tun pair; `address`'s subnet is the ISP's
     pool, `gateway` its end of the link)."""
 
     @property

@@ -1,4 +1,4 @@
-"""Run the traffic tool (`ecmpd.lab.traffic`) inside a namespace and read its results.
+"""Run the traffic tool (`lab.traffic`) inside a namespace and read its results.
 
 Synchronous (subprocess) on purpose: tests and benchmarks call these between
 configuration steps.  Works with any named namespace, so it is usable without a `Lab`.
@@ -17,11 +17,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
-from ecmpd.lab import netns
-from ecmpd.lab.traffic import FlowResult, HeldResult, parse_flows, parse_held
+from lab import netns
+from lab.traffic import FlowResult, HeldResult, parse_flows, parse_held
 
-_ROOT = str(Path(__file__).resolve().parents[2])
-"""The directory holding the `ecmpd` package (put on PYTHONPATH for the tool)."""
+_ROOT = str(Path(__file__).resolve().parents[1])
+"""The project root, holding `lab` and `ecmpd` (put on PYTHONPATH for the tool)."""
 
 Popen = Callable[..., subprocess.Popen]
 WanOf = Callable[[str | None], str | None]
@@ -42,8 +42,8 @@ def tool_env() -> dict[str, str]:
 
 
 def tool_argv(ns: str, *args: str) -> list[str]:
-    """The argv running ``python -m ecmpd.lab.traffic args`` inside namespace `ns`."""
-    return netns.exec_argv(ns, sys.executable, "-m", "ecmpd.lab.traffic", *args)
+    """The argv running ``python -m lab.traffic args`` inside namespace `ns`."""
+    return netns.exec_argv(ns, sys.executable, "-m", "lab.traffic", *args)
 
 
 def plain_popen(argv: list[str], **kw: Any) -> subprocess.Popen:

@@ -1,4 +1,4 @@
-"""Real lines in the lab: modem-like shaping (tbf); the load is `ecmpd.lab.load`.
+"""Real lines in the lab: modem-like shaping (tbf); the load is `lab.load`.
 
 A DSL/cable line is a token bucket before a deep modem buffer: when the line is full
 the RTT climbs toward the buffer depth (~1 s).  `shape` puts a ``tbf`` (``latency`` =
@@ -7,7 +7,7 @@ the router's WAN egress.  Measured here: TCP gets ~95.6 % of the rate (tbf count
 1514-byte frames, TCP carries 1448); tc takes any ``burst``, but below one frame every
 full-size packet is dropped (0 bit/s, pings pass): see `burst_bytes`.  The namespaces
 inherit the host's TCP congestion control (``bbr``: queue stays ~15 ms); ``cubic`` needs
-~10 s to fill 1 s of buffer (HyStart), ``reno`` ~1 s, so `ecmpd.lab.load.Load` uses ``reno``.
+~10 s to fill 1 s of buffer (HyStart), ``reno`` ~1 s, so `lab.load.Load` uses ``reno``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ecmpd.lab.lab import Lab
+    from lab.base import LabLike
 
 log = logging.getLogger(__name__)
 FRAME = 1514
@@ -111,7 +111,7 @@ def parse_qdiscs(text: str) -> list[Qdisc]:
 _netem: bool | None = None
 
 
-def has_netem(lab: Lab) -> bool:
+def has_netem(lab: LabLike) -> bool:
     """Whether the kernel has netem (a throw-away qdisc on the LAN's ``lo``; cached)."""
     global _netem
     if _netem is None:
@@ -121,19 +121,19 @@ def has_netem(lab: Lab) -> bool:
     return _netem
 
 
-def line_devices(lab: Lab, wan: str) -> dict[str, tuple[str, str]]:
+def line_devices(lab: LabLike, wan: str) -> dict[str, tuple[str, str]]:
     """``{"down": (ISP namespace, "cust"), "up": (router namespace, wan)}``."""
     lab.spec.wan(wan)  # KeyError for an unknown WAN
     return {"down": (lab.ns_isp(wan), "cust"), "up": (lab.ns_router, wan)}
 
 
-def qdiscs(lab: Lab, wan: str) -> dict[str, list[Qdisc]]:
+def qdiscs(lab: LabLike, wan: str) -> dict[str, list[Qdisc]]:
     """The qdiscs (with counters) of both directions of `wan`'s line."""
     return {d: parse_qdiscs(lab.run(ns, "tc", "-s", "-j", "qdisc", "show", "dev", dev).stdout)
             for d, (ns, dev) in line_devices(lab, wan).items()}
 
 
-def shape(lab: Lab, wan: str, line: Line) -> None:
+def shape(lab: LabLike, wan: str, line: Line) -> None:
     """Make `wan` a real line (both directions); replaces any earlier shaping."""
     netem = has_netem(lab)
     if (line.delay_ms or line.jitter_ms) and not netem:
@@ -149,7 +149,7 @@ def shape(lab: Lab, wan: str, line: Line) -> None:
             lab.run(ns, *argv)
 
 
-def unshape(lab: Lab, wan: str) -> None:
+def unshape(lab: LabLike, wan: str) -> None:
     """Remove `wan`'s shaping; idempotent (tc's "handle of zero" error means none)."""
     for ns, dev in line_devices(lab, wan).values():
         lab.run(ns, *unshape_argv(dev), check=False)
@@ -165,7 +165,7 @@ def parse_ping(text: str) -> list[float]:
     return [float(x) for x in re.findall(r"time=([\d.]+) ms", text)]
 
 
-def ping_rtts(lab: Lab, ns: str, target: str, count: int = 10,
+def ping_rtts(lab: LabLike, ns: str, target: str, count: int = 10,
               interval: float = 0.2) -> list[float]:
     """Ping `target` from lab namespace `ns`: the answered RTTs in ms."""
     argv = ["ping", "-n", "-c", str(count), "-i", f"{interval:g}", "-W", "5", target]
