@@ -7,7 +7,7 @@
 For each FIB size (0 and --routes foreign /24 routes, by default half in table main and
 half in table 100; ``--split main`` puts all of them in main, where a BGP table lives)
 a fresh seed lab (2 WANs) is built, the routes are loaded into the router namespace
-*before* ecmpd starts, and the real ecmpd (``lab.router.Ecmpd``'s command line, at
+*before* ecmpd starts, and the real ecmpd (``lab.runner.Ecmpd``'s command line, at
 its defaults) is measured:
 
 * ``ecmpctl status`` wall time: a new process each time, median of 5;
@@ -45,9 +45,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from ecmpd import routereader, routing  # noqa: E402
-from ecmpd.ctl import CtlError, request  # noqa: E402
+from ecmpd.ecmpctl_command import CtlError, request  # noqa: E402
 from lab import Lab, random_prefix, seed_spec, sweep  # noqa: E402
-from lab.router import Ecmpd, config_for  # noqa: E402
+from lab.runner import Ecmpd, config_for  # noqa: E402
 from lab.traffic import fault_offset, outage  # noqa: E402
 
 PROTO = 236
@@ -133,7 +133,7 @@ def launch(d: Ecmpd) -> None:
 
 def status_time(d: Ecmpd, timeout: float) -> tuple[float, str | None]:
     """(wall seconds of one `ecmpctl status --json`, its error or None)."""
-    argv = [sys.executable, "-m", "ecmpd.ctl", "--socket", d.socket, "status", "--json"]
+    argv = [sys.executable, "-m", "ecmpd.ecmpctl_command", "--socket", d.socket, "status", "--json"]
     t = time.monotonic()
     try:
         r = d.lab.run(d.lab.ns_router, *argv, check=False, timeout=timeout)
@@ -319,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="the checkout whose ecmpd is measured (default: this one)")
     args = p.parse_args(argv)
     tree = Path(args.tree).resolve()
-    if not (tree / "ecmpd" / "cli.py").is_file():
+    if not (tree / "ecmpd" / "daemon.py").is_file():
         print(f"bench/bigfib.py: no ecmpd checkout at {tree}", file=sys.stderr)
         return 2
     # the daemon, ecmpctl and the lab's tools run it (`python -m` puts the working

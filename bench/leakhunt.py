@@ -10,7 +10,7 @@ writes into DIR: a tracemalloc snapshot (``snapN.pickle``) and ``snapN.json`` wi
 traced bytes, VmRSS, pymalloc's allocated blocks, glibc's mallinfo2 (heap in use / free),
 the RSS after ``malloc_trim(0)`` (``--trim``), gc object counts by type, asyncio task
 count and the containers (dict/list/set/deque) holding more than 100 entries.  ecmpd
-itself is not changed: the wrapper calls ``ecmpd.cli.main``.
+itself is not changed: the wrapper calls ``ecmpd.ecmpd_command.main``.
 
 The driver runs `--warmup` cycles, takes snapshot 0, then `--rounds` times `--cycles`
 cycles and a snapshot after each.  A cycle breaks one WAN (dead, upstream, carrier in
@@ -174,7 +174,7 @@ def wrap(dumpdir: str, frames: int, trim: bool, args: list[str]) -> int:
 
     signal.signal(signal.SIGUSR2, dump)
     _experiments(os.environ.get("LEAKHUNT_EXPERIMENT", ""))
-    from ecmpd.cli import main as ecmpd_main
+    from ecmpd.ecmpd_command import main as ecmpd_main
     return ecmpd_main(args)
 
 
@@ -262,9 +262,9 @@ def analyse(dumpdir: Path, cycles_at: list[int], top: int = 25) -> list[str]:
 
 
 def drive(args: argparse.Namespace) -> int:
-    from ecmpd.ctl import request
+    from ecmpd.ecmpctl_command import request
     from lab import Lab, make_spec
-    from lab.router import Ecmpd, config_for
+    from lab.runner import Ecmpd, config_for
 
     dumpdir = Path(args.out).resolve()
     dumpdir.mkdir(parents=True, exist_ok=True)

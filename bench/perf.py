@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ecmpd.ctl import request
+from ecmpd.ecmpctl_command import request
 from lab import Lab
 
 from bench import stats
@@ -116,7 +116,7 @@ def usage(lab: Lab, seconds: float, windows: int = 3,
         assert d.proc is not None
         pid = d.proc.pid
         cmdline = _read(f"/proc/{pid}/cmdline")
-        if "ecmpd.cli" not in cmdline:
+        if "ecmpd.ecmpd_command" not in cmdline:
             raise RuntimeError(f"pid {pid} is not ecmpd: {cmdline!r}")
         clk = os.sysconf("SC_CLK_TCK")
         cpu, hwm = [], []
@@ -193,7 +193,7 @@ def reaction(lab: Lab, events: int) -> Reaction:
 
 def _ecmpctl() -> list[str]:
     exe = shutil.which("ecmpctl", path=os.path.dirname(sys.executable))
-    return [exe] if exe else [sys.executable, "-m", "ecmpd.ctl"]
+    return [exe] if exe else [sys.executable, "-m", "ecmpd.ecmpctl_command"]
 
 
 @dataclass

@@ -21,7 +21,7 @@ from typing import Any, Callable
 from lab import Lab, netns
 from lab.driver import LineReader, TrafficError
 from lab.isp import bcp38_script
-from lab.router import Ecmpd, config_for
+from lab.runner import Ecmpd, config_for
 from lab.topology import transit
 from lab.wait import until
 
@@ -31,7 +31,7 @@ BASELINE = str(Path(__file__).resolve().with_name("baseline.py"))
 
 _EPOCH_LOG = ("import sys, ecmpd.logsetup as l; "
               "l.PLAIN_FORMAT = '%(created).6f ecmpd[%(process)d] %(levelname)s %(message)s'; "
-              "from ecmpd.cli import main; sys.argv[0] = 'ecmpd'; sys.exit(main())")
+              "from ecmpd.ecmpd_command import main; sys.argv[0] = 'ecmpd'; sys.exit(main())")
 
 
 class EpochEcmpd(Ecmpd):

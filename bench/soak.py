@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from lab import Lab, make_spec  # noqa: E402
-from lab.router import Ecmpd, config_for  # noqa: E402
+from lab.runner import Ecmpd, config_for  # noqa: E402
 
 FAULTS = ("dead", "upstream", "carrier", "loss")
 STEP = 4.0

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from lab import Lab, Line, StreamResult, lines
-from lab.router import Ecmpd, config_for
+from lab.runner import Ecmpd, config_for
 
 from bench import stats
 from bench.routers import Baseline, EpochEcmpd, route_interfaces, start_ecmpd, stop_ecmpd

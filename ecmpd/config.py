@@ -1,4 +1,4 @@
-"""Load and validate ecmpd's YAML config into an `ecmpd.model.Config`.
+"""Load and validate ecmpd's YAML config into an `ecmpd.configmodel.Config`.
 
 Every mistake becomes one line `<source>:<line>: <key.path>: <message>` in
 `ConfigError.problems`, all of them collected before raising; no other exception
@@ -40,7 +40,7 @@ from ecmpd import schema
 from ecmpd.configfile import Unreadable, read_text
 from ecmpd.configchecks import Origin, check_beyond, check_local, probe_limits
 from ecmpd.configvalues import Bad
-from ecmpd.model import MAX_WANS, Config, ProbeSettings, Wan
+from ecmpd.configmodel import MAX_WANS, Config, ProbeSettings, Wan
 from ecmpd.yamlpos import YamlProblem, YList, YMap, describe, load_document
 
 LAN_KEYS = schema.keys("lan")

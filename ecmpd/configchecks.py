@@ -12,7 +12,7 @@ from typing import Any
 
 from ecmpd import ownaddr
 from ecmpd.configvalues import format_seconds
-from ecmpd.model import GATEWAY_TARGET
+from ecmpd.configmodel import GATEWAY_TARGET
 
 TIMEOUT_INTERVALS = 5
 """`probe.timeout` may be at most this many `probe.interval`s (rounds may overlap)."""

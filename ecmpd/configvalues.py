@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any
 
-from ecmpd.model import Config
+from ecmpd.configmodel import Config
 from ecmpd.yamlpos import Spelled, describe
 
 

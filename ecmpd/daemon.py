@@ -24,18 +24,18 @@ from .netlinkimport import AsyncIPRoute
 
 from . import conntrack, gateways, ownaddr, routing, status
 from .config import ConfigError, load_config
-from .control import ControlServer
+from .control_server import ControlServer
 from .desired import table_range
 from .ledger import Ledger
-from .drain import DisabledStore
+from .disabled import DisabledStore
 from .events import (Adopted, DefaultsRead, Effect, Event, Flush, ForgetAddress, Log,
                      ProbeRound, Reconcile, Reloaded, ResetProber, SetDisabled, step)
 from .reconciler import Reconciler
 from .firewall import Firewall
-from .model import Config, Wan
+from .configmodel import Config, Wan
 from .prober import Prober
 from .judge import RoundResult
-from .reconfig import plan_reload
+from .reloadplan import plan_reload
 from .sdnotify import Notifier
 from .state import (Addresses, Decision, Defaults, Link, State, active, address,
                     awaiting_verdict, initial, main_route, no_target, own_targets,

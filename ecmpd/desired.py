@@ -32,7 +32,7 @@ from typing import Any
 
 from . import schema
 from .configvalues import Bad
-from .model import Config
+from .configmodel import Config
 
 MAIN_TABLE = 254
 RESERVED_TABLES = frozenset({0, 253, 254, 255})
@@ -258,7 +258,7 @@ class Owned:
                 self.nft_table, self.mark_mask)
 
     def routing_numbers(self) -> tuple[int, int, int, int]:
-        """The numbers that recognise routes and rules (`reconfig.owned_by`'s)."""
+        """The numbers that recognise routes and rules (`reloadplan.owned_by`'s)."""
         return (self.route_proto, self.route_metric, self.table_base, self.rule_priority)
 
     def table_range(self) -> range:

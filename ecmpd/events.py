@@ -34,10 +34,10 @@ from typing import Union
 
 from . import health, ownaddr
 from .desired import MAIN_TABLE, RouteSpec, rule_range, table_range
-from .health import Health, State as HealthState, Verdict
+from .health import Health, Phase, Verdict
 from .logsetup import NOTICE
-from .model import Config
-from .reconfig import ReloadPlan
+from .configmodel import Config
+from .reloadplan import ReloadPlan
 from .state import (Addresses, Default, Defaults, Link, Refusal, State, WanState, active,
                     address, gateway, hop_of, link_ok, link_problem, observed, own_targets,
                     refusal, remember_gateways, usable)
@@ -156,7 +156,7 @@ class Adopted:
 
 @dataclass(frozen=True)
 class Reloaded:
-    """A new valid config, and the plan `reconfig.plan_reload` made for it."""
+    """A new valid config, and the plan `reloadplan.plan_reload` made for it."""
 
     cfg: Config
     plan: ReloadPlan
@@ -231,14 +231,14 @@ def set_health(st: State, name: str, new: Health, now: float,
         level, what = logging.INFO, ""
     elif was:
         level, what = logging.WARNING, " (leaves the route)"
-    elif old.state is HealthState.INIT:
+    elif old.state is Phase.INIT:
         level, what = logging.INFO, " (joins the route)"
     else:
         level, what = NOTICE, " (back in the route)"
     effects: list[Effect] = [Log(level, f"{name}: {health.describe(old, new)}{what}")]
-    if was != now_ or new.state is HealthState.DOWN:
+    if was != now_ or new.state is Phase.DOWN:
         effects.append(Reconcile(urgent=True))
-    if new.state is HealthState.DOWN:
+    if new.state is Phase.DOWN:
         wan = st.cfg.wan(name)
         effects.append(Flush(st.cfg.mark_of(wan), st.cfg.mark_mask, name))
     return after, tuple(effects)
@@ -388,7 +388,7 @@ def _adopted(st: State, ev: Adopted) -> Result:
             if hop_of(st, w) in hops:
                 ws = replace(ws, adopted=True)
             else:
-                ws = replace(ws, health=Health(HealthState.DOWN, 0,
+                ws = replace(ws, health=Health(Phase.DOWN, 0,
                                                "not in the route found at start"))
         wans[w.name] = ws
     return (replace(st, wans=wans),

@@ -17,7 +17,7 @@ from typing import Any
 import nftables
 
 from . import nftrules
-from .model import Config
+from .configmodel import Config
 
 log = logging.getLogger("ecmpd")
 

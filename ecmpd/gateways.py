@@ -21,7 +21,7 @@ import socket
 from collections.abc import Iterable
 
 from .desired import MAIN_TABLE
-from .model import Config
+from .configmodel import Config
 from .netlinkimport import AsyncIPRoute
 from .routereader import RouteReader, StrictUnsupported
 from .routing import RTN_UNICAST, nexthops_of

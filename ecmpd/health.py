@@ -39,8 +39,8 @@ class Verdict(str, Enum):
     FAILED = "failed"
 
 
-class State(str, Enum):
-    """Health state of one WAN."""
+class Phase(str, Enum):
+    """The health phase of one WAN (`ecmpd.state.State` is the daemon's whole state)."""
 
     INIT = "init"
     RISING = "rising"
@@ -53,14 +53,14 @@ class State(str, Enum):
 class Health:
     """A WAN's health: the state, the streak toward the next change and its reason."""
 
-    state: State = State.INIT
+    state: Phase = Phase.INIT
     count: int = 0
     """Consecutive rounds counted toward the next transition."""
     reason: str = ""
     """Why the last state change happened (human-readable)."""
 
 
-def _moved(h: Health, state: State, count: int, streak: int, verdict: Verdict,
+def _moved(h: Health, state: Phase, count: int, streak: int, verdict: Verdict,
            reason: str) -> Health:
     """The new Health; the reason is rewritten only when the state changes."""
     if state == h.state:
@@ -80,24 +80,24 @@ def step(h: Health, verdict: Verdict, down: int, up: int, reason: str = "") -> H
     if not isinstance(verdict, Verdict):
         raise TypeError(f"verdict must be a Verdict, got {verdict!r}")
     s = h.state
-    if verdict is not Verdict.FAILED and s in (State.INIT, State.UP, State.FALLING):
-        return _moved(h, State.UP, 0, 1, verdict, reason)
+    if verdict is not Verdict.FAILED and s in (Phase.INIT, Phase.UP, Phase.FALLING):
+        return _moved(h, Phase.UP, 0, 1, verdict, reason)
     if verdict is Verdict.SLOW:
         return h  # RISING keeps its streak, DOWN stays DOWN
     if verdict is Verdict.GOOD:  # DOWN or RISING
-        n = h.count + 1 if s is State.RISING else 1
+        n = h.count + 1 if s is Phase.RISING else 1
         if n >= up:
-            return _moved(h, State.UP, 0, n, verdict, reason)
-        return _moved(h, State.RISING, n, n, verdict, reason)
+            return _moved(h, Phase.UP, 0, n, verdict, reason)
+        return _moved(h, Phase.RISING, n, n, verdict, reason)
     # a failed round
-    if s in (State.INIT, State.UP, State.FALLING):
-        n = h.count + 1 if s is not State.UP else 1
+    if s in (Phase.INIT, Phase.UP, Phase.FALLING):
+        n = h.count + 1 if s is not Phase.UP else 1
         if n >= down:
-            return _moved(h, State.DOWN, 0, n, verdict, reason)
-        nxt = State.INIT if s is State.INIT else State.FALLING
+            return _moved(h, Phase.DOWN, 0, n, verdict, reason)
+        nxt = Phase.INIT if s is Phase.INIT else Phase.FALLING
         return _moved(h, nxt, n, n, verdict, reason)
     # DOWN stays DOWN; RISING falls back at once
-    return _moved(h, State.DOWN, 0, 1, verdict, reason)
+    return _moved(h, Phase.DOWN, 0, 1, verdict, reason)
 
 
 def carrier_lost(h: Health, reason: str) -> Health:
@@ -105,9 +105,9 @@ def carrier_lost(h: Health, reason: str) -> Health:
 
     A WAN already DOWN keeps its reason (the reason changes only with the state).
     """
-    if h.state is State.DOWN:
-        return Health(State.DOWN, 0, h.reason)
-    return Health(State.DOWN, 0, reason)
+    if h.state is Phase.DOWN:
+        return Health(Phase.DOWN, 0, h.reason)
+    return Health(Phase.DOWN, 0, reason)
 
 
 def carrier_back(h: Health, reason: str = "carrier up") -> Health:
@@ -115,17 +115,17 @@ def carrier_back(h: Health, reason: str = "carrier up") -> Health:
 
     The WAN then needs `up` good rounds to be UP again.
     """
-    if h.state is not State.DOWN:
+    if h.state is not Phase.DOWN:
         return h
-    return Health(State.RISING, 0, reason)
+    return Health(Phase.RISING, 0, reason)
 
 
-def takes_new_flows(state: State) -> bool:
+def takes_new_flows(state: Phase) -> bool:
     """Whether a WAN in `state` gets new connections (a nexthop in the multipath route).
 
     INIT and FALLING are given the benefit of the doubt; RISING must prove itself first.
     """
-    return state in (State.INIT, State.UP, State.FALLING)
+    return state in (Phase.INIT, Phase.UP, Phase.FALLING)
 
 
 def transitioned(old: Health, new: Health) -> bool:

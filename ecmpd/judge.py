@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from . import ownaddr
 from .health import Verdict
-from .model import ProbeSettings
+from .configmodel import ProbeSettings
 
 ALPHA = 1 / 8
 BETA = 1 / 4

@@ -35,7 +35,7 @@ from typing import Any
 
 from . import statefile
 from .desired import Owned
-from .model import Config
+from .configmodel import Config
 
 log = logging.getLogger("ecmpd")
 

@@ -1,4 +1,5 @@
-"""Logging set-up for the daemon: plain stderr lines, or journald-style priorities.
+"""Logging set-up for the daemon: plain stderr lines, or journald-style priorities; and
+`RateLimitedLog`, for lines that other programs' behaviour can repeat at any rate.
 
 Under systemd (stderr is the journal stream named by ``$JOURNAL_STREAM``) lines carry no
 timestamp and start with the syslog priority ``<N>`` so journald files them at the right
@@ -8,10 +9,13 @@ level (the sd-daemon(3) convention).  Otherwise lines look like
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
-from typing import TextIO
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
 
 LOGGER = "ecmpd"
 NOTICE = 25
@@ -84,3 +88,78 @@ def setup_logging(level: str) -> None:
     logger.addHandler(handler)
     logger.setLevel(levelno)
     logger.propagate = False
+
+
+class RateLimitedLog:
+    """Log through `logger` at most one record per key every `interval` seconds.
+
+    Records within the interval are counted, not written; when the interval after a
+    written record is over, one summary line says how many there were (and repeats the
+    last one).  So whatever clients do, a key writes at most one line per interval.
+    The summary is scheduled on the running asyncio loop; without one it is appended to
+    the next record written.  Keys are a fixed few, so the state is bounded.
+    """
+
+    def __init__(self, logger: logging.Logger, interval: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._held: dict[str, tuple[int, int, str, tuple]] = {}
+        """key -> (records held back since its last line, the last one's level, msg, args)."""
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+
+    def suppressed(self, key: str) -> int:
+        """How many records of `key` were held back since its last line."""
+        held = self._held.get(key)
+        return held[0] if held else 0
+
+    def log(self, key: str, level: int, msg: str, *args: Any, exc_info: bool = False) -> bool:
+        """Write the record or count it; True when it was written."""
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] = (self.suppressed(key) + 1, level, msg, args)
+            if key not in self._timers:
+                try:
+                    loop = asyncio.get_running_loop()
+                except RuntimeError:
+                    pass
+                else:
+                    self._timers[key] = loop.call_later(
+                        max(0.0, last + self.interval - now), self._summary, key)
+            return False
+        self._cancel(key)
+        held = self._held.pop(key, None)
+        if held:
+            msg += f" (and {held[0]} more like this in the last {now - last:.0f}s)"
+        self._last[key] = now
+        self.logger.log(level, msg, *args, exc_info=exc_info)
+        return True
+
+    def warning(self, key: str, msg: str, *args: Any, exc_info: bool = False) -> bool:
+        return self.log(key, logging.WARNING, msg, *args, exc_info=exc_info)
+
+    def _summary(self, key: str) -> None:
+        self._timers.pop(key, None)
+        held = self._held.pop(key, None)
+        if held is None:
+            return
+        n, level, msg, args = held
+        now = self.clock()
+        last = self._last.get(key, now)
+        self._last[key] = now
+        self.logger.log(level, "%d more like this in the last %.0fs, the last one: " + msg,
+                        n, now - last, *args)
+
+    def _cancel(self, key: str) -> None:
+        timer = self._timers.pop(key, None)
+        if timer is not None:
+            timer.cancel()
+
+    def flush(self) -> None:
+        """Write the pending summaries now (e.g. when the server closes)."""
+        for key in list(self._held):
+            self._cancel(key)
+            self._summary(key)

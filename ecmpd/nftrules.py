@@ -30,7 +30,7 @@ import hashlib
 import json
 from typing import Any
 
-from .model import Config
+from .configmodel import Config
 
 FULL = 0xFFFFFFFF
 DIGEST_PREFIX = "ecmpd:"

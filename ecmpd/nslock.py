@@ -160,9 +160,10 @@ def _argv(pid: int) -> list[str]:
 
 def _info(pid: int, argv: list[str]) -> dict[str, Any]:
     """What the holder's command line says about it: is it ecmpd, its config and socket."""
-    # `ecmpd …`, `python …/ecmpd …` (console scripts) or `python -m ecmpd.cli …`
+    # `ecmpd …`, `python …/ecmpd …` (console scripts) or `python -m ecmpd.ecmpd_command …`
+    # (`ecmpd.cli` before 0.3: the one being upgraded still holds the lock)
     named = [os.path.basename(a) for a in argv[:2]] + argv[2:3] * (argv[1:2] == ["-m"])
-    if not {"ecmpd", "ecmpd.cli"} & set(named):
+    if not {"ecmpd", "ecmpd.ecmpd_command", "ecmpd.cli"} & set(named):
         return {}
     info: dict[str, Any] = {"ecmpd": 1, "pid": pid}
     for opt, key in (("--config", "config"), ("--socket", "socket")):

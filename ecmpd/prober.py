@@ -36,7 +36,7 @@ from typing import Protocol
 from .health import Verdict
 from .icmpecho import Answer, EchoSocket
 from .judge import RoundResult, RttEstimator, TargetSample, Window, judge
-from .model import ProbeSettings, majority
+from .configmodel import ProbeSettings, majority
 
 log = logging.getLogger(__name__)
 

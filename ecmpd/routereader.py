@@ -45,7 +45,7 @@ _HDR = struct.Struct("=IHHII")
 _RTMSG = struct.Struct("=BBBBBBBBI")
 _RECV = 1 << 16
 """A dump's datagrams are at most 32 KiB; a smaller buffer keeps each read's
-allocation below glibc's mmap threshold (see `cli.fix_mmap_threshold`)."""
+allocation below glibc's mmap threshold (see `ecmpd_command.fix_mmap_threshold`)."""
 
 
 class StrictUnsupported(OSError):

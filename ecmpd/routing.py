@@ -25,7 +25,7 @@ from .netlinkimport import AsyncIPRoute, NetlinkError
 
 from .desired import (BALANCE_RULE, MAIN_TABLE, UNICAST, UNREACHABLE, Desired, Nexthop, Owned,
                       RouteSpec, RuleSpec, Step, plan_handover, translate)
-from .model import Config
+from .configmodel import Config
 from .refused import Refused, install_main, refused_single
 from .routereader import RouteReader, StrictUnsupported
 

@@ -5,7 +5,7 @@ its default and its range.
 the section it belongs to (``""`` the top level, ``wans.*`` every WAN; a WAN's own
 ``probe:`` takes the keys of ``probe``), the model field it fills, its value parser
 (`ecmpd.configvalues`) and the range as config/ecmpd.yaml states it.  Defaults are not
-written here: they are the model's dataclass defaults (`ecmpd.model`), so the model, the
+written here: they are the model's dataclass defaults (`ecmpd.configmodel`), so the model, the
 validator and the example cannot disagree.  `ecmpd.config` takes its key lists, parsers,
 defaults and "did you mean" candidates from here, `ecmpd.desired` its parsers of the
 ownership numbers; tests/test_schema.py checks that the example's comments state each
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ecmpd import configvalues as cv
-from ecmpd.model import Config, ProbeSettings, Wan
+from ecmpd.configmodel import Config, ProbeSettings, Wan
 from ecmpd.yamlpos import describe
 
 REQUIRED: Any = object()

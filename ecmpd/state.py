@@ -26,8 +26,8 @@ from typing import Any
 
 from . import health, ownaddr
 from .desired import MAIN_TABLE, Desired, RouteSpec, balance_table, build_desired
-from .health import Health, State as HealthState
-from .model import Config, Wan
+from .health import Health, Phase
+from .configmodel import Config, Wan
 
 Addresses = Mapping[int, tuple[tuple, ...]]
 """Interface index -> its IPv4 addresses, primary first: (address, prefix length), or
@@ -326,7 +326,7 @@ def link_ok(st: State, wan: Wan) -> bool:
 def observed(st: State, wan: Wan, ws: WanState) -> WanState:
     """`ws` made consistent with the link: DOWN (with the reason) when it is not OK."""
     why = link_problem(st, wan)
-    return ws if why is None else replace(ws, health=Health(HealthState.DOWN, 0, why))
+    return ws if why is None else replace(ws, health=Health(Phase.DOWN, 0, why))
 
 
 def usable(st: State, name: str) -> bool:
@@ -334,7 +334,7 @@ def usable(st: State, name: str) -> bool:
     ws = st.wans.get(name)
     if ws is None or ws.disabled or not health.takes_new_flows(ws.health.state):
         return False
-    if ws.health.state is HealthState.INIT and not ws.adopted:
+    if ws.health.state is Phase.INIT and not ws.adopted:
         return False
     return link_ok(st, st.cfg.wan(name))
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from . import ownaddr, state as st_mod
 from .desired import Nexthop, RouteSpec
-from .model import Config
+from .configmodel import Config
 from .health import Verdict
 from .judge import RoundResult
 from .state import State
@@ -162,7 +162,7 @@ def _weight(cfg: Config, interface: str | None, hop: Nexthop, hops: int) -> int:
 
 
 def render(snap: Snapshot) -> dict[str, Any]:
-    """The status as a JSON-ready dict (see ecmpd.ctl.render_status for its text form)."""
+    """The status as a JSON-ready dict (see ecmpd.ecmpctl_command.render_status for its text form)."""
     st, main = snap.state, snap.main
     cfg = st.cfg
     kept = st_mod.keeps_last_route(st, main)

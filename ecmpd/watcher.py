@@ -23,7 +23,7 @@ from .netlinkimport import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_R
 
 from . import gateways, ownaddr, routing, rtfilter
 from .desired import table_range
-from .model import Config
+from .configmodel import Config
 from .events import (AddressesChanged, DefaultsChanged, DefaultsRead, Event, LinkChanged,
                      LocalChanged, Resynced, RouteChanged, RuleChanged, RulesetChanged)
 from .state import Addresses, Defaults, Link

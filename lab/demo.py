@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lab import Lab, fault_offset, outage, seed_spec
 from lab.lines import Line
-from lab.router import Ecmpd
+from lab.runner import Ecmpd
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "ecmpd.yaml"
 LINES = (Line(20, 5, buffer_s=1.0), Line(40, 10, buffer_s=1.0))

@@ -121,7 +121,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def ecmpd_in(tmp_path):
     """Factory `ecmpd_in(lab, config=None, **config_for_kw) -> Ecmpd`: the real ecmpd in
     the lab's router namespace, started and all its WANs UP; always stopped at test end."""
-    from lab.router import Ecmpd, config_for
+    from lab.runner import Ecmpd, config_for
 
     started: list = []
 

@@ -13,7 +13,7 @@ import yaml
 
 from ecmpd import schema
 from ecmpd.config import ConfigError, load_config, parse_config, problems_for
-from ecmpd.model import Config, ProbeSettings, Wan
+from ecmpd.configmodel import Config, ProbeSettings, Wan
 from ecmpd.configvalues import parse_duration, parse_percent
 from ecmpd.yamlpos import describe
 

@@ -15,8 +15,9 @@ from collections import Counter
 
 import pytest
 
-from ecmpd.control import EVICTED, MAX_CLIENTS, MAX_REQUEST
-from lab.router import Ecmpd, config_for, kernel_hops
+from ecmpd.control_protocol import EVICTED, MAX_REQUEST
+from ecmpd.control_server import MAX_CLIENTS
+from lab.runner import Ecmpd, config_for, kernel_hops
 from lab.wait import until
 
 WEIGHTS = {"wan1": 1, "wan2": 2, "wan3": 3}
@@ -236,7 +237,7 @@ def test_status_while_reconciling_never_fails(lab3, daemon):
 
 
 def ctl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ecmpd.ctl", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ecmpd.ecmpctl_command", *args], capture_output=True,
                           text=True, timeout=30)
 
 

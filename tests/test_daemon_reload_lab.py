@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from lab.router import config_for, kernel_hops, kernel_dump
+from lab.runner import config_for, kernel_hops, kernel_dump
 from lab.wait import within
 
 pytestmark = pytest.mark.lab
@@ -154,7 +154,7 @@ def test_broken_config_is_refused_and_changes_nothing(make_lab, ecmpd_in):
 def test_reload_onto_a_real_interface_judges_it_from_what_is_observed(make_lab, tmp_path):
     """A WAN first configured on a missing interface, then reloaded onto the real one
     whose ISP is dead, must go DOWN by its probes (not sit INIT in the route)."""
-    from lab.router import Ecmpd
+    from lab.runner import Ecmpd
     lab = make_lab()
     cfg = config_for(lab)
     cfg["wans"]["wlan1"]["interface"] = "ghost0"

@@ -22,7 +22,7 @@ from typing import Callable, Iterator
 import pytest
 
 from lab.driver import LineReader, TrafficError
-from lab.router import Ecmpd, config_for, nft_table
+from lab.runner import Ecmpd, config_for, nft_table
 from lab.wait import until, within
 
 pytestmark = pytest.mark.lab

@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from lab.router import Ecmpd, config_for, kernel_dump, nft_table
+from lab.runner import Ecmpd, config_for, kernel_dump, nft_table
 from lab.topology import make_spec
 
 pytestmark = pytest.mark.lab

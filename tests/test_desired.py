@@ -5,7 +5,7 @@ from ipaddress import IPv4Address
 
 from ecmpd.desired import (MAIN_TABLE, UNICAST, UNREACHABLE, UNREACHABLE_METRIC, Nexthop,
                            RouteSpec, RuleSpec, build_desired, describe, rule_range, table_range)
-from ecmpd.model import Config, Wan
+from ecmpd.configmodel import Config, Wan
 
 WANS = (Wan("a", "ethA", IPv4Address("10.1.0.1"), 1, 1),
         Wan("b", "ethB", IPv4Address("10.2.0.1"), 2, 2),

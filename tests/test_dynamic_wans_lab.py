@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from lab import Lab, LabSpec, LabWan
-from lab.router import Ecmpd
+from lab.runner import Ecmpd
 from lab.wait import expect
 
 pytestmark = pytest.mark.lab

@@ -9,7 +9,7 @@ import re
 
 import pytest
 
-from lab.router import Ecmpd, config_for
+from lab.runner import Ecmpd, config_for
 from lab.wait import during, within
 
 pytestmark = pytest.mark.lab

@@ -22,7 +22,7 @@ import pytest
 from ecmpd import nftrules
 from lab import Lab, netns
 from lab.driver import tool_env
-from ecmpd.model import Config, Wan
+from ecmpd.configmodel import Config, Wan
 
 pytestmark = pytest.mark.lab
 
@@ -33,7 +33,7 @@ HELPER = r'''
 import json, sys
 from ipaddress import IPv4Address
 from ecmpd.firewall import Firewall
-from ecmpd.model import Config, Wan
+from ecmpd.configmodel import Config, Wan
 WANS = (Wan("wlan1", "wlan1", IPv4Address("10.111.0.1"), 1, 1),
         Wan("wlan2", "wlan2", IPv4Address("10.112.0.1"), 3, 2))
 fw = None

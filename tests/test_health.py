@@ -15,7 +15,7 @@ import pytest
 
 from ecmpd.health import (
     Health,
-    State,
+    Phase,
     Verdict,
     carrier_back,
     carrier_lost,
@@ -25,7 +25,7 @@ from ecmpd.health import (
     transitioned,
 )
 
-I, R, U, F, D = State.INIT, State.RISING, State.UP, State.FALLING, State.DOWN
+I, R, U, F, D = Phase.INIT, Phase.RISING, Phase.UP, Phase.FALLING, Phase.DOWN
 G, S, X = Verdict.GOOD, Verdict.SLOW, Verdict.FAILED
 VERDICTS = (G, S, X)
 PARAMS = [(d, u) for d in range(1, 5) for u in range(1, 5)]
@@ -33,7 +33,7 @@ MAX_LEN = 8
 REASON = {G: "good", S: "slow", X: "bad"}
 
 
-def reachable(down: int, up: int) -> list[tuple[State, int]]:
+def reachable(down: int, up: int) -> list[tuple[Phase, int]]:
     """Every (state, count) the machine can be in for these parameters."""
     return (
         [(I, c) for c in range(down)]
@@ -43,7 +43,7 @@ def reachable(down: int, up: int) -> list[tuple[State, int]]:
     )
 
 
-def table(state: State, count: int, v: Verdict, down: int, up: int) -> tuple[State, int]:
+def table(state: Phase, count: int, v: Verdict, down: int, up: int) -> tuple[Phase, int]:
     """The transition table of the design, written out case by case."""
     if (state, v) in ((I, G), (I, S)):
         return (U, 0)
@@ -69,7 +69,7 @@ def table(state: State, count: int, v: Verdict, down: int, up: int) -> tuple[Sta
     return (D, 0)
 
 
-def by_runs(history: tuple[Verdict, ...], down: int, up: int) -> tuple[State, int]:
+def by_runs(history: tuple[Verdict, ...], down: int, up: int) -> tuple[Phase, int]:
     """A second reference, from runs of rounds instead of counters.
 
     While 'unknown' or 'up', a SLOW round is as good as a GOOD one (the line is alive):
@@ -166,7 +166,7 @@ def test_every_reachable_state_is_reached(down: int, up: int) -> None:
     assert seen == set(reachable(down, up))
 
 
-def _first_state_index(hs: list[Health], state: State, start: int) -> int | None:
+def _first_state_index(hs: list[Health], state: Phase, start: int) -> int | None:
     for i in range(start, len(hs)):
         if hs[i].state is state:
             return i
@@ -306,8 +306,8 @@ def test_describe_and_transitioned() -> None:
     assert describe(Health(D), Health(R, 0, "")) == "DOWN -> RISING"
 
 
-@pytest.mark.parametrize("state", list(State))
-def test_carrier_lost_goes_down_at_once(state: State) -> None:
+@pytest.mark.parametrize("state", list(Phase))
+def test_carrier_lost_goes_down_at_once(state: Phase) -> None:
     for count in range(4):
         h = Health(state, count, "before")
         lost = carrier_lost(h, "carrier lost")
@@ -319,8 +319,8 @@ def test_carrier_lost_goes_down_at_once(state: State) -> None:
             assert transitioned(h, lost)
 
 
-@pytest.mark.parametrize("state", list(State))
-def test_carrier_back_only_acts_on_down(state: State) -> None:
+@pytest.mark.parametrize("state", list(Phase))
+def test_carrier_back_only_acts_on_down(state: Phase) -> None:
     h = Health(state, 1 if state in (F, R, I) else 0, "before")
     back = carrier_back(h)
     if state is D:
@@ -348,9 +348,9 @@ def test_carrier_back_then_needs_up_good_rounds(down: int, up: int) -> None:
 
 
 def test_takes_new_flows() -> None:
-    assert {s for s in State if takes_new_flows(s)} == {I, U, F}
+    assert {s for s in Phase if takes_new_flows(s)} == {I, U, F}
 
 
 def test_state_values_are_strings() -> None:
-    assert [s.value for s in State] == ["init", "rising", "up", "falling", "down"]
-    assert State("down") is D and D == "down"
+    assert [s.value for s in Phase] == ["init", "rising", "up", "falling", "down"]
+    assert Phase("down") is D and D == "down"

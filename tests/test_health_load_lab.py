@@ -13,7 +13,7 @@ import time
 import pytest
 
 from lab.lines import Line
-from lab.router import Ecmpd, config_for
+from lab.runner import Ecmpd, config_for
 from lab.topology import make_spec
 
 pytestmark = pytest.mark.lab

@@ -24,7 +24,7 @@ from ecmpd.judge import (
     judge,
     ms,
 )
-from ecmpd.model import ProbeSettings
+from ecmpd.configmodel import ProbeSettings
 
 GOOD, SLOW, FAILED = Verdict.GOOD, Verdict.SLOW, Verdict.FAILED
 GW, BEYOND, THIRD = "10.111.0.1", "192.0.2.10", "198.51.100.53"

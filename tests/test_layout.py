@@ -113,7 +113,7 @@ def test_the_cycle_finder_sees_type_only_and_relative_imports(tmp_path: Path) ->
 
 def test_no_import_cycles_in_ecmpd_lab_or_bench() -> None:
     graph = import_graph()
-    assert {"ecmpd.cli", "lab.lab", "lab.dhcp", "bench.run", "bench.figures"} <= set(graph)
+    assert {"ecmpd.ecmpd_command", "lab.lab", "lab.dhcp", "bench.run", "bench.figures"} <= set(graph)
     assert cycles(graph) == []
 
 
@@ -151,7 +151,7 @@ def test_the_wheel_holds_only_the_daemon_and_ecmpctl(tmp_path: Path) -> None:
     wheel_zip = zipfile.ZipFile(wheel)
     assert wheel_zip.read(f"{dist_info}/top_level.txt").decode().split() == ["ecmpd"]
     entry = wheel_zip.read(f"{dist_info}/entry_points.txt").decode()
-    assert "ecmpd = ecmpd.cli:main" in entry and "ecmpctl = ecmpd.ctl:main" in entry
+    assert "ecmpd = ecmpd.ecmpd_command:main" in entry and "ecmpctl = ecmpd.ecmpctl_command:main" in entry
 
 
 # ------------------------------------------------------------------ namespaces

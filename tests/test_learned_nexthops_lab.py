@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from lab import Lab, LabSpec, LabWan
-from lab.router import Ecmpd, kernel_hops
+from lab.runner import Ecmpd, kernel_hops
 from lab.wait import within
 
 pytestmark = pytest.mark.lab

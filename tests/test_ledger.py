@@ -18,7 +18,7 @@ import pytest
 from ecmpd import ledger, routing
 from ecmpd.desired import Owned
 from ecmpd.ledger import Ledger, merge, plan, plan_switch
-from ecmpd.model import Config, Wan
+from ecmpd.configmodel import Config, Wan
 
 WANS = (Wan("a", "ethA", IPv4Address("10.1.0.1"), 1, 1),
         Wan("b", "ethB", IPv4Address("10.2.0.1"), 1, 2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -9,7 +10,7 @@ import sys
 
 import pytest
 
-from ecmpd.logsetup import (LEVELS, LOGGER, NOTICE, setup_logging, stream_is_journal,
+from ecmpd.logsetup import (RateLimitedLog, LEVELS, LOGGER, NOTICE, setup_logging, stream_is_journal,
                             syslog_priority)
 
 
@@ -149,3 +150,53 @@ def test_notice_in_the_journal(stderr_file, monkeypatch):
     log.log(NOTICE, "n")
     log.warning("w")
     assert output(stderr_file) == ["<5>n", "<4>w"]
+
+
+def captured(name: str) -> tuple[logging.Logger, list[str]]:
+    """Logger `name`, not propagating, and the list its messages are appended to."""
+    records: list[str] = []
+
+    class Sink(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    logger = logging.getLogger(name)
+    logger.propagate = False
+    logger.addHandler(Sink())
+    return logger, records
+
+
+def test_rate_limited_log_counts_and_summarises():
+    now = [100.0]
+    logger, records = captured("ecmpd.test.ratelimit")
+    logger.setLevel(logging.DEBUG)
+    lim = RateLimitedLog(logger, interval=10.0, clock=lambda: now[0])
+    assert lim.warning("a", "refused %d", 1)
+    for i in range(50):
+        now[0] += 0.1
+        assert not lim.warning("a", "refused %d", i + 2)
+    assert lim.warning("b", "other")             # keys are independent
+    assert lim.suppressed("a") == 50
+    now[0] = 111.0
+    assert lim.warning("a", "refused %d", 99)     # no loop: the count rides on the next
+    assert records == ["refused 1", "other",
+                       "refused 99 (and 50 more like this in the last 11s)"]
+    assert lim.suppressed("a") == 0
+
+
+def test_rate_limited_log_summary_on_the_loop():
+    logger, records = captured("ecmpd.test.ratelimit2")
+
+    async def main():
+        lim = RateLimitedLog(logger, interval=0.2)
+        for i in range(30):
+            lim.warning("k", "x %d", i)
+        await asyncio.sleep(0.35)                 # the summary is written by itself
+        lim.warning("k", "y")                     # inside the summary's interval
+        lim.flush()
+
+    asyncio.run(main())
+    assert records[0] == "x 0"
+    assert records[1].startswith("29 more like this in the last 0s, the last one: x 29")
+    assert records[2].startswith("1 more like this") and records[2].endswith("y")
+    assert len(records) == 3

@@ -33,7 +33,7 @@ def fresh(script: str, netns: str | None = None) -> Any:
 
 IMPORTS = r"""
 import json, logging, sys
-import ecmpd.daemon, ecmpd.cli, ecmpd.conntrack, ecmpd.routing, ecmpd.watcher
+import ecmpd.daemon, ecmpd.ecmpd_command, ecmpd.conntrack, ecmpd.routing, ecmpd.watcher
 from ecmpd import netlinkimport as n
 import pyroute2.iproute.linux as linux
 import pyroute2.netlink.exceptions as exc

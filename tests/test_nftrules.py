@@ -8,7 +8,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from ecmpd import nftrules
-from ecmpd.model import Config, Wan
+from ecmpd.configmodel import Config, Wan
 
 
 def cfg(**kw) -> Config:

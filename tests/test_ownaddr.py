@@ -11,11 +11,11 @@ from ipaddress import IPv4Address
 import pytest
 
 from ecmpd import ownaddr
-from ecmpd.cli import main
+from ecmpd.ecmpd_command import main
 from ecmpd.config import ConfigError, parse_config
 from ecmpd.events import AddressesChanged, LocalChanged, Log, ProbeRound, Resynced, step
 from ecmpd.health import Verdict
-from ecmpd.model import Config, ProbeSettings, Wan
+from ecmpd.configmodel import Config, ProbeSettings, Wan
 from ecmpd.state import Link, initial, own_targets
 
 CFG = Config(

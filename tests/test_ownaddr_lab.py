@@ -13,7 +13,7 @@ from ipaddress import IPv4Interface
 import pytest
 
 from lab.lines import Line
-from lab.router import Ecmpd, config_for, kernel_hops
+from lab.runner import Ecmpd, config_for, kernel_hops
 from lab.wait import during
 
 pytestmark = pytest.mark.lab

@@ -31,11 +31,11 @@ from typing import Any
 import pytest
 
 import ecmpd.prober
-from ecmpd.health import Health, State, Verdict, step, takes_new_flows
+from ecmpd.health import Health, Phase, Verdict, step, takes_new_flows
 from ecmpd.icmpecho import Answer
 from ecmpd.judge import SLOW_REPLIES, SLOW_TRAFFIC, RoundResult, judge
 from ecmpd.judge import TargetSample as TS
-from ecmpd.model import ProbeSettings
+from ecmpd.configmodel import ProbeSettings
 from ecmpd.prober import FOLLOWUP_COPIES, Prober, fast_window, silence_window, spacing
 from lab.wait import until_async
 
@@ -864,10 +864,10 @@ def test_a_round_that_cannot_make_its_quorum_without_own_addresses_fails_at_once
     assert [(x.at, x.verdict, x.followup) for x in results] == [
         (0.0, FAILED, False), (0.0, FAILED, True), (0.0, FAILED, True)]
     assert results[0].reason == "0/1 targets answered; target b is this router's own address"
-    h = Health(State.UP)
+    h = Health(Phase.UP)
     for x in results:
         h = step(h, x.verdict, 3, 5, x.reason)
-    assert h.state is State.DOWN and "b is this router's own address" in h.reason
+    assert h.state is Phase.DOWN and "b is this router's own address" in h.reason
 
 
 def test_own_addresses_are_followed_from_round_to_round() -> None:
@@ -1042,11 +1042,11 @@ class Replay:
     followups: int = 0
     """Requests of fast follow-up rounds (not on the grid, not in the recording)."""
 
-    def first(self, state: State, after: float = 0.0) -> float | None:
+    def first(self, state: Phase, after: float = 0.0) -> float | None:
         """When the WAN first entered `state` at or after `after`."""
         return next((r.at for r, h in self.rounds if h.state is state and r.at >= after), None)
 
-    def states(self) -> set[State]:
+    def states(self) -> set[Phase]:
         return {h.state for _, h in self.rounds}
 
     def verdicts(self, since: float = 0.0) -> list[Verdict]:
@@ -1152,7 +1152,7 @@ def test_replay_saturation_never_leaves_the_route(recordings: dict[str, dict[str
     rec = recordings["saturation"]
     out = replay(rec)
     assert out.rounds, "no round delivered"
-    assert out.states() <= {State.UP, State.FALLING}, out.states()
+    assert out.states() <= {Phase.UP, Phase.FALLING}, out.states()
     assert all(takes_new_flows(h.state) for _, h in out.rounds)
     assert FAILED not in out.verdicts()
     assert SLOW in out.verdicts()  # the climb outran the estimator for a while
@@ -1170,9 +1170,9 @@ def test_replay_saturation_without_the_counter(recordings: dict[str, dict[str, A
     seconds: that is what the counter is for); once it is full, late replies flow and the
     estimator catches up: the WAN is UP again and stays UP."""
     out = replay(recordings["saturation"], traffic=False)
-    assert [h.state for r, h in out.rounds if r.at > 9.0] == [State.UP] * len(
+    assert [h.state for r, h in out.rounds if r.at > 9.0] == [Phase.UP] * len(
         [r for r, _ in out.rounds if r.at > 9.0])
-    assert out.rounds[-1][1].state is State.UP
+    assert out.rounds[-1][1].state is Phase.UP
 
 
 def test_replay_death_under_saturation(recordings: dict[str, dict[str, Any]]) -> None:
@@ -1180,8 +1180,8 @@ def test_replay_death_under_saturation(recordings: dict[str, dict[str, Any]]) ->
     out = replay(rec)
     stop = rec["marks"]["counter_stops"]
     before = [h.state for r, h in out.rounds if r.at < stop]
-    assert before and set(before) <= {State.UP, State.FALLING}
-    down = out.first(State.DOWN)
+    assert before and set(before) <= {Phase.UP, Phase.FALLING}
+    down = out.first(Phase.DOWN)
     assert down is not None, "never DOWN"
     measured = down - stop
     assert 0 < measured <= 1.0, f"DOWN {measured:.3f} s after the counter stopped"
@@ -1193,8 +1193,8 @@ def test_replay_upstream_death(recordings: dict[str, dict[str, Any]]) -> None:
     assert rec["probe"]["quorum"] is None  # the default: a majority, 2 of 2
     out = replay(rec)
     stop = rec["marks"]["upstream_stops"]
-    assert {h.state for r, h in out.rounds if r.at < stop} == {State.UP}
-    down = out.first(State.DOWN)
+    assert {h.state for r, h in out.rounds if r.at < stop} == {Phase.UP}
+    down = out.first(Phase.DOWN)
     assert down is not None, "never DOWN: the live gateway alone kept the WAN up"
     measured = down - stop
     assert 0 < measured <= 1.0, f"DOWN {measured:.3f} s after the upstream stopped"
@@ -1205,7 +1205,7 @@ def test_replay_upstream_death(recordings: dict[str, dict[str, Any]]) -> None:
 def test_replay_random_loss(recordings: dict[str, dict[str, Any]]) -> None:
     rec = recordings["random_loss"]
     out = replay(rec)
-    assert State.DOWN not in out.states()
+    assert Phase.DOWN not in out.states()
     lost = sum(a is None for rnd in rec["rounds"] for reqs in rnd["echo"].values()
                for _, a in reqs)
     total = sum(len(reqs) for rnd in rec["rounds"] for reqs in rnd["echo"].values())

@@ -12,8 +12,8 @@ from ipaddress import IPv4Address
 
 from ecmpd import events as ev
 from ecmpd.desired import Nexthop, RouteSpec
-from ecmpd.health import Health, State as H
-from ecmpd.model import Config, Wan
+from ecmpd.health import Health, Phase as H
+from ecmpd.configmodel import Config, Wan
 from ecmpd.netlinkimport import NetlinkError
 from ecmpd.reconciler import refusals
 from ecmpd.refused import by_wan, install_main, refused_single

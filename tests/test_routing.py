@@ -24,7 +24,7 @@ from ecmpd import routing
 from ecmpd.desired import (UNREACHABLE, UNREACHABLE_METRIC, Desired, build_desired, describe,
                            rule_range, table_range)
 from lab import Lab
-from ecmpd.model import Config, Wan
+from ecmpd.configmodel import Config, Wan
 
 pytestmark = pytest.mark.lab
 

@@ -12,7 +12,7 @@ import pytest
 from ecmpd import config, schema
 from ecmpd.config import load_config, parse_config
 from ecmpd.desired import _PARSERS, Owned
-from ecmpd.model import Config, ProbeSettings, Wan
+from ecmpd.configmodel import Config, ProbeSettings, Wan
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "ecmpd.yaml"
 _KEY_LINE = re.compile(r"( *)([A-Za-z0-9_.-]+):(?: (.*))?$")

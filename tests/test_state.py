@@ -12,10 +12,10 @@ import pytest
 
 from ecmpd import events as ev
 from ecmpd.desired import MAIN_TABLE, Nexthop, RouteSpec
-from ecmpd.health import Health, State as H, Verdict
+from ecmpd.health import Health, Phase as H, Verdict
 from ecmpd.logsetup import NOTICE
-from ecmpd.model import Config, Wan
-from ecmpd.reconfig import plan_reload
+from ecmpd.configmodel import Config, Wan
+from ecmpd.reloadplan import plan_reload
 from ecmpd.state import (Default, Link, State, WanState, active, address, awaiting_verdict, carrier,
                          decide, initial, keeps_last_route, link_ok, usable)
 

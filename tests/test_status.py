@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from ecmpd import conntrack, routing
-from ecmpd.ctl import render_status
+from ecmpd.ecmpctl_command import render_status
 from ecmpd.desired import MAIN_TABLE, Nexthop, RouteSpec
-from ecmpd.health import Health, State as H, Verdict
+from ecmpd.health import Health, Phase as H, Verdict
 from ecmpd.judge import RoundResult, TargetSample, Window
-from ecmpd.model import Config, ProbeSettings, Wan
+from ecmpd.configmodel import Config, ProbeSettings, Wan
 from ecmpd.routing import Actual
 from ecmpd.state import Default, Link, State, WanState, initial
 from ecmpd.status import ProbeReading, Snapshot, Stats, TargetReading, reading, render

@@ -91,8 +91,8 @@ def drop_in(unit: str, python: str, env: dict[str, str]) -> str:
     for key in ("ExecStart", "ExecReload"):
         values = re.findall(rf"^{key}=(.*)$", unit, flags=re.M)
         assert len(values) == 1, f"expected one {key}= in the unit, found {values}"
-        new = re.sub(r"^\S*/ecmpd(?=\s|$)", f"{python} -m ecmpd.cli", values[0])
-        new = re.sub(r"^\S*/ecmpctl(?=\s|$)", f"{python} -m ecmpd.ctl", new)
+        new = re.sub(r"^\S*/ecmpd(?=\s|$)", f"{python} -m ecmpd.ecmpd_command", values[0])
+        new = re.sub(r"^\S*/ecmpctl(?=\s|$)", f"{python} -m ecmpd.ecmpctl_command", new)
         if new != values[0]:
             lines += [f"{key}=", f"{key}={new}"]
     lines.append("Environment=" + " ".join(f'"{k}={v}"' for k, v in env.items()))
@@ -120,7 +120,7 @@ class Setup:
         self.config.write_text(CONFIG.format(w1=w1))
 
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.m.run(self.python, "-m", "ecmpd.ctl", *args, env=self.env, check=check)
+        return self.m.run(self.python, "-m", "ecmpd.ecmpctl_command", *args, env=self.env, check=check)
 
     def status(self) -> dict:
         """`ecmpctl status --json`, run inside the container."""

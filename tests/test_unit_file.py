@@ -200,7 +200,7 @@ with IPRoute() as ipr:
 with NFCTSocket() as ct:
     ct.flush(mark=0x10000, mark_mask=0xFF0000)
 
-from ecmpd.control import ControlError, ControlServer
+from ecmpd.control_server import ControlError, ControlServer
 from ecmpd.icmpecho import EchoSocket
 
 async def main():

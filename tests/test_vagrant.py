@@ -151,7 +151,7 @@ def test_lab_config_passes_ecmpd_check() -> None:
     from ecmpd import configvalues
     if not hasattr(configvalues, "AUTO"):
         pytest.skip("this ecmpd has no `gateway: auto` yet")
-    r = subprocess.run([sys.executable, "-m", "ecmpd.cli", "--config", str(LAB / "ecmpd.yaml"),
+    r = subprocess.run([sys.executable, "-m", "ecmpd.ecmpd_command", "--config", str(LAB / "ecmpd.yaml"),
                         "--check"], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
 

@@ -31,7 +31,7 @@ from ecmpd.events import (AddressesChanged, DefaultsChanged, DefaultsRead, LinkC
                           RulesetChanged)
 from ecmpd.netlinkimport import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE,
                                  RTMGRP_LINK)
-from ecmpd.model import Config, Wan
+from ecmpd.configmodel import Config, Wan
 from ecmpd.ownaddr import RTMGRP_IPV6_IFADDR
 from ecmpd.state import Default, Link
 from ecmpd.watcher import Watcher

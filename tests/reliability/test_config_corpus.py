@@ -21,7 +21,7 @@ from typing import Callable
 
 import pytest
 
-from ecmpd import cli
+from ecmpd import ecmpd_command
 from ecmpd.configfile import MAX_BYTES
 from ecmpd.yamlpos import MAX_NODES
 
@@ -48,7 +48,7 @@ def expected(path: Path, shown: str | None = None) -> list[str]:
 
 def check(path: str) -> subprocess.CompletedProcess[str]:
     """`ecmpd --config PATH --check` as a process (a hang fails after 10 s)."""
-    return subprocess.run([sys.executable, "-m", "ecmpd.cli", "--config", path, "--check"],
+    return subprocess.run([sys.executable, "-m", "ecmpd.ecmpd_command", "--config", path, "--check"],
                           capture_output=True, text=True, timeout=10)
 
 
@@ -63,7 +63,7 @@ def test_the_corpus_is_large_and_every_file_has_an_expectation() -> None:
 
 @pytest.mark.parametrize("path", FILES, ids=[f.stem for f in FILES])
 def test_hostile_config_is_refused_with_its_lines(path: Path, capsys) -> None:
-    assert cli.main(["--config", str(path), "--check"]) == 2
+    assert ecmpd_command.main(["--config", str(path), "--check"]) == 2
     out = capsys.readouterr()
     assert out.out == ""
     assert out.err.splitlines() == expected(path)
@@ -145,7 +145,7 @@ def test_unusable_file_is_one_line(name: str, make: Callable[[Path], Path], rest
 def test_permission_denied_is_one_line(tmp_path: Path) -> None:
     path = _text(tmp_path, "lan: {}\n")
     path.chmod(0)
-    argv = [sys.executable, "-m", "ecmpd.cli", "--config", str(path), "--check"]
+    argv = [sys.executable, "-m", "ecmpd.ecmpd_command", "--config", str(path), "--check"]
     if os.geteuid() == 0:  # root reads anything: drop the capabilities that allow it
         if shutil.which("setpriv") is None:
             pytest.skip("needs setpriv to read as root without CAP_DAC_OVERRIDE")

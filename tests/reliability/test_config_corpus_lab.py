@@ -19,7 +19,7 @@ from typing import Callable
 
 import pytest
 
-from lab.router import kernel_dump
+from lab.runner import kernel_dump
 from lab.wait import within
 from .test_config_corpus import FILES, expected
 

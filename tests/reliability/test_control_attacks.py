@@ -21,8 +21,9 @@ from typing import Iterator
 
 import pytest
 
-from ecmpd.control import IDLE_TIMEOUT, MAX_CLIENTS, MAX_REQUEST, TOO_MANY
-from lab.router import Ecmpd
+from ecmpd.control_protocol import MAX_REQUEST, TOO_MANY
+from ecmpd.control_server import IDLE_TIMEOUT, MAX_CLIENTS
+from lab.runner import Ecmpd
 from lab.wait import during, within
 
 pytestmark = pytest.mark.lab

@@ -23,7 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ecmpd.control import COMMANDS, ControlServer, validate_request
+from ecmpd.control_protocol import COMMANDS, validate_request
+from ecmpd.control_server import ControlServer
 from lab.wait import until_async
 
 MAX_REQUEST = 512

@@ -21,9 +21,9 @@ import time
 
 import pytest
 
-from ecmpd.ctl import request
+from ecmpd.ecmpctl_command import request
 
-from lab.router import Ecmpd, config_for
+from lab.runner import Ecmpd, config_for
 from lab.wait import within
 
 pytestmark = pytest.mark.lab

@@ -19,7 +19,7 @@ from typing import Callable
 
 import pytest
 
-from lab.router import Ecmpd, config_for, kernel_dump
+from lab.runner import Ecmpd, config_for, kernel_dump
 
 pytestmark = pytest.mark.lab
 

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from lab.router import Ecmpd, config_for, kernel_dump
+from lab.runner import Ecmpd, config_for, kernel_dump
 from ecmpd.nslock import EXIT_LOCKED
 
 pytestmark = pytest.mark.lab

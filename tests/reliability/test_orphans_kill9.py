@@ -21,7 +21,7 @@ import pytest
 
 from ecmpd import ledger
 from ecmpd.desired import Owned
-from lab.router import Ecmpd, config_for, kernel_dump
+from lab.runner import Ecmpd, config_for, kernel_dump
 
 pytestmark = pytest.mark.lab
 

@@ -25,7 +25,7 @@ from collections import Counter
 
 import pytest
 
-from lab.router import config_for
+from lab.runner import config_for
 
 pytestmark = pytest.mark.lab
 

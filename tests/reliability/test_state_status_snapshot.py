@@ -18,9 +18,9 @@ import time
 
 import pytest
 
-from ecmpd.ctl import request
+from ecmpd.ecmpctl_command import request
 
-from lab.router import Ecmpd, config_for
+from lab.runner import Ecmpd, config_for
 
 pytestmark = pytest.mark.lab
 

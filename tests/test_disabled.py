@@ -6,7 +6,7 @@ import json
 import logging
 import os
 
-from ecmpd.drain import DisabledStore
+from ecmpd.disabled import DisabledStore
 
 KNOWN = {"wlan1", "wlan2", "wlan3"}
 

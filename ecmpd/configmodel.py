@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
+from .control_protocol import DEFAULT_SOCKET
+
 GATEWAY_TARGET = "gateway"
 """The probe target keyword meaning 'this WAN's own gateway'."""
 
@@ -113,7 +115,7 @@ class Config:
     """Name of ecmpd's own nftables table (family ip)."""
     keep_on_exit: bool = False
     """Leave the dataplane installed when the daemon stops."""
-    control_socket: str = "/run/ecmpd/ecmpd.sock"
+    control_socket: str = DEFAULT_SOCKET
     control_group: str | None = None
     """Group allowed to use the control socket (mode 0660); None: root only."""
     source: str = "<config>"

@@ -1,10 +1,10 @@
-"""reconfig: what a reload changes (pure)."""
+"""reloadplan: what a reload changes (pure)."""
 
 from dataclasses import replace
 from ipaddress import IPv4Address
 
-from ecmpd.model import Config, Wan
-from ecmpd.reconfig import owned_by, plan_reload
+from ecmpd.configmodel import Config, Wan
+from ecmpd.reloadplan import owned_by, plan_reload
 
 A = Wan("a", "ethA", IPv4Address("10.1.0.1"), 1, 1)
 B = Wan("b", "ethB", IPv4Address("10.2.0.1"), 2, 2)

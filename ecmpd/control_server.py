@@ -2,8 +2,7 @@
 
 Each request is one JSON object on one line, ``{"cmd": "status"}``; each answer is one
 line, ``{"ok": true, ...payload}`` or ``{"ok": false, "error": "message"}``.  A client
-may send several requests on one connection.  Requests are validated here (see
-`COMMANDS`) before the daemon's handler sees them; no client can hurt the server.
+may send several requests on one connection.  Requests are validated (`control_protocol.validate_request`) before the daemon's handler sees them; no client can hurt the server.
 
 Resources are bounded whatever the clients do:
 
@@ -40,23 +39,17 @@ import logging
 import os
 import socket
 import stat
-import time
 from collections import deque
-from typing import Any, Awaitable, Callable
+from typing import Awaitable, Callable
 
-log = logging.getLogger("ecmpd.control")
+from .control_protocol import (EVICTED, MAX_REQUEST, TOO_MANY, encode as _encode,
+                               error as _error, validate_request)
+from .logsetup import RateLimitedLog
+
+log = logging.getLogger("ecmpd.control_server")
 
 Handler = Callable[[dict], Awaitable[dict]]
 """Gets a validated request, returns the response payload."""
-
-COMMANDS: dict[str, dict[str, type]] = {
-    "ping": {},
-    "status": {},
-    "reload": {},
-    "disable": {"wan": str},
-    "enable": {"wan": str},
-}
-"""Command name -> its required arguments and their types (no optional ones)."""
 
 IDLE_TIMEOUT = 10.0
 """Seconds a connection may take to send a whole request line (silent or dripping), to
@@ -77,9 +70,6 @@ DISCARD = 65536
 DISCARD_SECONDS = 1.0
 """After an oversized request: how much more of it is read and dropped, for how long."""
 
-MAX_REQUEST = 8192
-"""Longest request line, in bytes (the longest real one is well under 200)."""
-
 READ_CHUNK = 4096
 """Bytes asked of the socket per read.  With asyncio's default, 256 KiB, a flood of
 oversized requests held ~0.5 MB per connection for a moment; now a connection buffers at
@@ -88,86 +78,7 @@ most about 2 x MAX_REQUEST + READ_CHUNK = 20 KiB."""
 LOG_INTERVAL = 10.0
 """Seconds between two client-caused WARNINGs of one kind (the rest are counted)."""
 
-TOO_MANY = "too many clients"
-"""The error of a refused connection (``ecmpctl`` retries on it)."""
 
-EVICTED = "idle connection closed to make room for a new client"
-"""The error line sent to a connection closed to make room."""
-
-
-class RateLimitedLog:
-    """Log through `logger` at most one record per key every `interval` seconds.
-
-    Records within the interval are counted, not written; when the interval after a
-    written record is over, one summary line says how many there were (and repeats the
-    last one).  So whatever clients do, a key writes at most one line per interval.
-    The summary is scheduled on the running asyncio loop; without one it is appended to
-    the next record written.  Keys are a fixed few, so the state is bounded.
-    """
-
-    def __init__(self, logger: logging.Logger, interval: float = LOG_INTERVAL,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.logger = logger
-        self.interval = interval
-        self.clock = clock
-        self._last: dict[str, float] = {}
-        self._held: dict[str, tuple[int, int, str, tuple]] = {}
-        """key -> (records held back since its last line, the last one's level, msg, args)."""
-        self._timers: dict[str, asyncio.TimerHandle] = {}
-
-    def suppressed(self, key: str) -> int:
-        """How many records of `key` were held back since its last line."""
-        held = self._held.get(key)
-        return held[0] if held else 0
-
-    def log(self, key: str, level: int, msg: str, *args: Any, exc_info: bool = False) -> bool:
-        """Write the record or count it; True when it was written."""
-        now = self.clock()
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            self._held[key] = (self.suppressed(key) + 1, level, msg, args)
-            if key not in self._timers:
-                try:
-                    loop = asyncio.get_running_loop()
-                except RuntimeError:
-                    pass
-                else:
-                    self._timers[key] = loop.call_later(
-                        max(0.0, last + self.interval - now), self._summary, key)
-            return False
-        self._cancel(key)
-        held = self._held.pop(key, None)
-        if held:
-            msg += f" (and {held[0]} more like this in the last {now - last:.0f}s)"
-        self._last[key] = now
-        self.logger.log(level, msg, *args, exc_info=exc_info)
-        return True
-
-    def warning(self, key: str, msg: str, *args: Any, exc_info: bool = False) -> bool:
-        return self.log(key, logging.WARNING, msg, *args, exc_info=exc_info)
-
-    def _summary(self, key: str) -> None:
-        self._timers.pop(key, None)
-        held = self._held.pop(key, None)
-        if held is None:
-            return
-        n, level, msg, args = held
-        now = self.clock()
-        last = self._last.get(key, now)
-        self._last[key] = now
-        self.logger.log(level, "%d more like this in the last %.0fs, the last one: " + msg,
-                        n, now - last, *args)
-
-    def _cancel(self, key: str) -> None:
-        timer = self._timers.pop(key, None)
-        if timer is not None:
-            timer.cancel()
-
-    def flush(self) -> None:
-        """Write the pending summaries now (e.g. when the server closes)."""
-        for key in list(self._held):
-            self._cancel(key)
-            self._summary(key)
 
 
 class _Conn:
@@ -188,38 +99,6 @@ class ControlError(Exception):
 
     The handler may raise it too: its message becomes the ``error`` of the answer.
     """
-
-
-def validate_request(req: Any) -> str | None:
-    """Return why `req` is not a valid request, or None when it is."""
-    if not isinstance(req, dict):
-        return "request must be a JSON object"
-    cmd = req.get("cmd")
-    if not isinstance(cmd, str):
-        return 'request needs a "cmd" string'
-    if cmd not in COMMANDS:
-        return f"unknown command {cmd!r} (known: {', '.join(sorted(COMMANDS))})"
-    args = COMMANDS[cmd]
-    for name, typ in args.items():
-        if name not in req:
-            return f"{cmd}: missing argument {name!r}"
-        if not isinstance(req[name], typ) or isinstance(req[name], bool) and typ is not bool:
-            return f"{cmd}: argument {name!r} must be a {typ.__name__}"
-        if typ is str and not req[name]:
-            return f"{cmd}: argument {name!r} must not be empty"
-    extra = sorted(k for k in req if k != "cmd" and k not in args)
-    if extra:
-        return f"{cmd}: unexpected argument(s) {', '.join(map(repr, extra))}"
-    return None
-
-
-def _encode(resp: dict) -> bytes:
-    """One response line."""
-    return json.dumps(resp, separators=(",", ":")).encode() + b"\n"
-
-
-def _error(message: str) -> bytes:
-    return _encode({"ok": False, "error": message})
 
 
 class ControlServer:
@@ -247,7 +126,7 @@ class ControlServer:
         self._clients: dict[asyncio.StreamWriter, _Conn] = {}
         self._tasks: set[asyncio.Task] = set()
         self._waiting: deque[tuple[asyncio.Future[bool], _Conn]] = deque()
-        self.limited = RateLimitedLog(log)
+        self.limited = RateLimitedLog(log, LOG_INTERVAL)
         """Client-caused WARNINGs go through it."""
         self.evicted = 0
         self.refused = 0

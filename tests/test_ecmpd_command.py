@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from ecmpd import cli
+from ecmpd import ecmpd_command
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "config" / "ecmpd.yaml"
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ecmpd.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ecmpd.ecmpd_command", *args], capture_output=True,
                           text=True, timeout=60)
 
 
@@ -61,16 +61,16 @@ def test_invalid_config_never_starts_the_daemon(tmp_path, monkeypatch):
     bad.write_text("wans: {}\n")
     started = []
     monkeypatch.setattr("ecmpd.daemon.Daemon.run", lambda self: started.append(1))
-    assert cli.main(["--config", str(bad)]) == 2
+    assert ecmpd_command.main(["--config", str(bad)]) == 2
     assert not started
 
 
 def test_socket_option_overrides_the_config(tmp_path):
-    args = cli.parser().parse_args(["--config", str(EXAMPLE), "--socket", str(tmp_path / "s")])
-    cfg = cli.load(args)
+    args = ecmpd_command.parser().parse_args(["--config", str(EXAMPLE), "--socket", str(tmp_path / "s")])
+    cfg = ecmpd_command.load(args)
     assert cfg is not None and cfg.control_socket == str(tmp_path / "s")
-    args = cli.parser().parse_args(["--config", str(EXAMPLE)])
-    assert cli.load(args).control_socket == "/run/ecmpd/ecmpd.sock"
+    args = ecmpd_command.parser().parse_args(["--config", str(EXAMPLE)])
+    assert ecmpd_command.load(args).control_socket == "/run/ecmpd/ecmpd.sock"
 
 
 def test_usage_errors_exit_2():
@@ -79,7 +79,7 @@ def test_usage_errors_exit_2():
 
 
 def test_log_level_notice_is_accepted():
-    assert cli.parser().parse_args(["--log-level", "notice"]).log_level == "notice"
+    assert ecmpd_command.parser().parse_args(["--log-level", "notice"]).log_level == "notice"
 
 
 # ---- --dry-run: the plan from the daemon's own decision ------------------------------
@@ -97,7 +97,7 @@ ADDRS = {11: (("192.0.2.2", 24),), 12: (("198.51.100.2", 24),)}
 
 
 def plan(links=LINKS, addrs=ADDRS, local=frozenset(), disabled=(), main=None, cfg=PLAN_CFG):
-    return cli.plan(cfg, links, addrs, {}, local, disabled, main)
+    return ecmpd_command.plan(cfg, links, addrs, {}, local, disabled, main)
 
 
 def multipath(lines):
@@ -152,7 +152,7 @@ def test_dry_run_reads_only_and_needs_no_privilege():
     root."""
     drop = ["setpriv", "--bounding-set=-all", "--inh-caps=-all"] \
         if os.geteuid() == 0 and shutil.which("setpriv") else []
-    p = subprocess.run([*drop, sys.executable, "-m", "ecmpd.cli", "--config", str(EXAMPLE),
+    p = subprocess.run([*drop, sys.executable, "-m", "ecmpd.ecmpd_command", "--config", str(EXAMPLE),
                         "--dry-run"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "rule 1512: from all lookup 1000" in p.stdout

@@ -17,7 +17,9 @@ import sys
 import time
 from typing import Any
 
-DEFAULT_SOCKET = "/run/ecmpd/ecmpd.sock"
+from . import control_protocol as proto
+from .control_protocol import DEFAULT_SOCKET, RETRY_ERRORS
+
 DEFAULT_TIMEOUT = 10.0
 MAX_RESPONSE = 16 * 1024 * 1024
 
@@ -30,12 +32,6 @@ class CtlError(Exception):
     def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
         super().__init__(message)
         self.code = code
-
-
-RETRY_ERRORS = ("too many clients", "idle connection closed to make room for a new client")
-"""Answers of a daemon whose control socket is full (ecmpd.control's TOO_MANY and
-EVICTED): `request` tries again until its timeout.  Safe for every command: the daemon
-sends them only on connections whose request it has not read."""
 
 
 def request(path: str, req: dict, timeout: float = DEFAULT_TIMEOUT) -> dict:
@@ -281,9 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `ecmpctl`; returns the exit code."""
     args = build_parser().parse_args(argv)
-    req: dict[str, Any] = {"cmd": args.cmd}
-    if args.cmd in ("disable", "enable"):
-        req["wan"] = args.wan
+    req = proto.request(args.cmd, getattr(args, "wan", None))
     try:
         resp = request(args.socket, req, args.timeout)
     except CtlError as e:

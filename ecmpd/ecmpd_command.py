@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .config import ConfigError, load_config
-from .model import Config
+from .configmodel import Config
 
 if TYPE_CHECKING:
     from . import ownaddr
@@ -66,7 +66,7 @@ async def dry_run(cfg: Config) -> None:
 
     from . import gateways, nftrules, ownaddr, routing
     from .desired import table_range
-    from .drain import DisabledStore
+    from .disabled import DisabledStore
     from .state import Link, main_route
 
     async with AsyncIPRoute() as ipr:

@@ -1,4 +1,4 @@
-"""Tests for ecmpd.control: a real ControlServer on a Unix socket in a temp dir."""
+"""Tests for ecmpd.control_server: a real ControlServer on a Unix socket in a temp dir."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from ecmpd import control
-from ecmpd.control import (COMMANDS, EVICTED, TOO_MANY, ControlError, ControlServer,
-                           RateLimitedLog, validate_request)
+from ecmpd import control_server
+from ecmpd.control_protocol import EVICTED, TOO_MANY
+from ecmpd.control_server import ControlError, ControlServer
 from lab.wait import until_async
 
 
@@ -187,12 +187,6 @@ def test_malformed_requests_get_errors_and_connection_survives(sockdir, raw, fra
     assert bad["ok"] is False and fragment in bad["error"]
     assert good == {"ok": True, "message": "ping done"}
     assert reqs == [{"cmd": "ping"}]  # the handler never saw the bad one
-
-
-def test_validate_request_table():
-    assert set(COMMANDS) == {"ping", "status", "reload", "disable", "enable"}
-    assert validate_request({"cmd": "disable", "wan": "a"}) is None
-    assert validate_request({"cmd": "disable", "wan": True}) is not None
 
 
 def test_empty_lines_ignored(sockdir):
@@ -382,7 +376,7 @@ def test_refused_when_every_slot_is_busy_and_none_may_wait(sockdir, caplog):
             c.close()
         return refused, answers, after, srv.refused
 
-    with caplog.at_level(logging.WARNING, logger="ecmpd.control"):
+    with caplog.at_level(logging.WARNING, logger="ecmpd.control_server"):
         refused, answers, after, count = run(with_server, path, body, BlockingDaemon(),
                                              max_clients=2, max_waiting=0)
     assert refused == [{"ok": False, "error": TOO_MANY}] * 20
@@ -464,7 +458,7 @@ def test_an_idle_slot_goes_to_a_waiting_connection(sockdir):
             await asyncio.sleep(0.01)
         daemon.release.set()
         done = await busy.read()                        # its slot goes to `hostile`
-        await asyncio.sleep(control.GRACE + 0.1)
+        await asyncio.sleep(control_server.GRACE + 0.1)
         assert srv.waiting == 1                         # `patient` still waits
         late = await Client.connect(path)               # queues: `hostile` must go
         late.writer.write(b'{"cmd": "status"}\n')
@@ -498,7 +492,7 @@ def test_many_idle_connections_never_lock_out_and_logs_stay_bounded(sockdir, cap
             c.close()
         return answers, peak, srv.evicted
 
-    with caplog.at_level(logging.WARNING, logger="ecmpd.control"):
+    with caplog.at_level(logging.WARNING, logger="ecmpd.control_server"):
         answers, peak, evicted = run(with_server, path, body)
     assert answers == [{"ok": True, "pid": 42, "wans": {}}] * 10
     assert peak <= 33 and evicted >= 168
@@ -532,56 +526,6 @@ def test_client_that_does_not_read_is_dropped(sockdir):
 
     gone, extra_fds, sent = run(with_server, path, body, idle_timeout=0.3)
     assert sent > 0 and gone and extra_fds <= 0
-
-
-def captured(name: str) -> tuple[logging.Logger, list[str]]:
-    """Logger `name`, not propagating, and the list its messages are appended to."""
-    records: list[str] = []
-
-    class Sink(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    logger = logging.getLogger(name)
-    logger.propagate = False
-    logger.addHandler(Sink())
-    return logger, records
-
-
-def test_rate_limited_log_counts_and_summarises():
-    now = [100.0]
-    logger, records = captured("ecmpd.test.ratelimit")
-    logger.setLevel(logging.DEBUG)
-    lim = RateLimitedLog(logger, interval=10.0, clock=lambda: now[0])
-    assert lim.warning("a", "refused %d", 1)
-    for i in range(50):
-        now[0] += 0.1
-        assert not lim.warning("a", "refused %d", i + 2)
-    assert lim.warning("b", "other")             # keys are independent
-    assert lim.suppressed("a") == 50
-    now[0] = 111.0
-    assert lim.warning("a", "refused %d", 99)     # no loop: the count rides on the next
-    assert records == ["refused 1", "other",
-                       "refused 99 (and 50 more like this in the last 11s)"]
-    assert lim.suppressed("a") == 0
-
-
-def test_rate_limited_log_summary_on_the_loop():
-    logger, records = captured("ecmpd.test.ratelimit2")
-
-    async def main():
-        lim = RateLimitedLog(logger, interval=0.2)
-        for i in range(30):
-            lim.warning("k", "x %d", i)
-        await asyncio.sleep(0.35)                 # the summary is written by itself
-        lim.warning("k", "y")                     # inside the summary's interval
-        lim.flush()
-
-    asyncio.run(main())
-    assert records[0] == "x 0"
-    assert records[1].startswith("29 more like this in the last 0s, the last one: x 29")
-    assert records[2].startswith("1 more like this") and records[2].endswith("y")
-    assert len(records) == 3
 
 
 def test_stale_socket_file_replaced(sockdir):

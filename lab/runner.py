@@ -77,7 +77,7 @@ class Ecmpd:
         self.config_path.write_text(text)
 
     def argv(self, *extra: str) -> list[str]:
-        return [sys.executable, "-m", "ecmpd.cli", "--config", str(self.config_path),
+        return [sys.executable, "-m", "ecmpd.ecmpd_command", "--config", str(self.config_path),
                 "--socket", self.socket, *extra]
 
     def start(self, timeout: float = 15.0) -> "Ecmpd":
@@ -97,7 +97,7 @@ class Ecmpd:
 
     def ctl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run `ecmpctl --socket <ours> ARGS` (in the router namespace)."""
-        argv = [sys.executable, "-m", "ecmpd.ctl", "--socket", self.socket, *args]
+        argv = [sys.executable, "-m", "ecmpd.ecmpctl_command", "--socket", self.socket, *args]
         return self.lab.run(self.lab.ns_router, *argv, check=check, timeout=30)
 
     def status(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Tests for ecmpd.ctl: main() against a fake daemon (a ControlServer in a subprocess)."""
+"""Tests for ecmpd.ecmpctl_command: main() against a fake daemon (a ControlServer in a subprocess)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from ecmpd.ctl import human_duration, main, render_status
+from ecmpd.ecmpctl_command import human_duration, main, render_status
 
 NOW = 1764000100.0
 
@@ -43,7 +43,7 @@ SAMPLE = {
 
 FAKE_DAEMON = r"""
 import asyncio, json, sys
-from ecmpd.control import ControlError, ControlServer
+from ecmpd.control_server import ControlError, ControlServer
 
 path, answers = sys.argv[1], json.loads(sys.argv[2])
 
@@ -310,8 +310,8 @@ class ScriptedServer:
 
 
 def test_retries_while_the_control_socket_is_full(sockdir, capsys):
-    from ecmpd.control import EVICTED, TOO_MANY
-    from ecmpd.ctl import RETRY_ERRORS
+    from ecmpd.control_protocol import EVICTED, TOO_MANY
+    from ecmpd.ecmpctl_command import RETRY_ERRORS
 
     assert set(RETRY_ERRORS) == {TOO_MANY, EVICTED}  # ctl keeps its own copy (no asyncio)
     path = os.path.join(sockdir, "ecmpd.sock")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .model import Config
+from .configmodel import Config
 
 
 def owned_by(cfg: Config) -> tuple[int, int, int, int]:

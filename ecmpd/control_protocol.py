@@ -1,0 +1,77 @@
+"""The control protocol between ecmpd and ecmpctl, used by both sides.
+
+Newline-delimited JSON over a Unix stream socket at `DEFAULT_SOCKET` (or the config's
+``control.socket``).  Each request is one JSON object on one line, ``{"cmd": "status"}``
+or ``{"cmd": "disable", "wan": "wlan2"}`` (`COMMANDS`), at most `MAX_REQUEST` bytes;
+each answer is one line, ``{"ok": true, ...payload}`` or ``{"ok": false, "error":
+"message"}``.  A daemon whose connections are all taken answers `TOO_MANY` or, to an
+idle connection closed to make room, `EVICTED`, both before reading its request: a
+client may send the same request again (`RETRY_ERRORS`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+DEFAULT_SOCKET = "/run/ecmpd/ecmpd.sock"
+"""Where the daemon listens unless ``control.socket`` or ``--socket`` says otherwise."""
+
+COMMANDS: dict[str, dict[str, type]] = {
+    "ping": {},
+    "status": {},
+    "reload": {},
+    "disable": {"wan": str},
+    "enable": {"wan": str},
+}
+"""Command name -> its required arguments and their types (no optional ones)."""
+
+MAX_REQUEST = 8192
+"""Longest request line, in bytes (the longest real one is well under 200)."""
+
+TOO_MANY = "too many clients"
+"""The error of a refused connection (``ecmpctl`` retries on it)."""
+
+EVICTED = "idle connection closed to make room for a new client"
+"""The error line sent to a connection closed to make room."""
+
+RETRY_ERRORS = (TOO_MANY, EVICTED)
+"""Answers sent before a request was read: safe to send the same request again."""
+
+
+def request(cmd: str, wan: str | None = None) -> dict[str, Any]:
+    """The request for `cmd` (`wan`: the WAN it names, for disable and enable)."""
+    return {"cmd": cmd} if wan is None else {"cmd": cmd, "wan": wan}
+
+
+def validate_request(req: Any) -> str | None:
+    """Return why `req` is not a valid request, or None when it is."""
+    if not isinstance(req, dict):
+        return "request must be a JSON object"
+    cmd = req.get("cmd")
+    if not isinstance(cmd, str):
+        return 'request needs a "cmd" string'
+    if cmd not in COMMANDS:
+        return f"unknown command {cmd!r} (known: {', '.join(sorted(COMMANDS))})"
+    args = COMMANDS[cmd]
+    for name, typ in args.items():
+        if name not in req:
+            return f"{cmd}: missing argument {name!r}"
+        if not isinstance(req[name], typ) or isinstance(req[name], bool) and typ is not bool:
+            return f"{cmd}: argument {name!r} must be a {typ.__name__}"
+        if typ is str and not req[name]:
+            return f"{cmd}: argument {name!r} must not be empty"
+    extra = sorted(k for k in req if k != "cmd" and k not in args)
+    if extra:
+        return f"{cmd}: unexpected argument(s) {', '.join(map(repr, extra))}"
+    return None
+
+
+def encode(resp: dict) -> bytes:
+    """One response line."""
+    return json.dumps(resp, separators=(",", ":")).encode() + b"\n"
+
+
+def error(message: str) -> bytes:
+    """One error line."""
+    return encode({"ok": False, "error": message})
