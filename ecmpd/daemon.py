@@ -24,7 +24,7 @@ from .netlinkimport import AsyncIPRoute
 
 from . import conntrack, gateways, routing, status
 from .config import ConfigError, load_config
-from .control import ControlServer
+from .control import ControlServer, RateLimitedLog
 from .desired import table_range
 from .ledger import Ledger
 from .drain import DisabledStore
@@ -65,6 +65,8 @@ class Daemon:
         self._probing: dict[str, asyncio.Task[None]] = {}
         self._counters: tuple[float, dict[int, int]] = (-1.0, {})
         """(loop time read, WAN id -> packets from beyond its gateway): see `traffic`."""
+        self._limited = RateLimitedLog(log)
+        """Keyed log lines (a gateway that moves): one per key every 10 s, then a count."""
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -113,7 +115,10 @@ class Daemon:
     def _carry_out(self, effects: Iterable[Effect]) -> None:
         for e in effects:
             if isinstance(e, Log):
-                log.log(e.level, e.message)
+                if e.key is None:
+                    log.log(e.level, e.message)
+                else:
+                    self._limited.log(e.key, e.level, "%s", e.message)
             elif isinstance(e, Reconcile):
                 self.reconciler.kick(asyncio.get_running_loop().time() if e.urgent else None)
             elif isinstance(e, Flush):

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Union
 
 from . import health
@@ -59,10 +59,12 @@ class AddressesChanged:
 
 @dataclass(frozen=True)
 class RouteChanged:
-    """A route was added, changed or deleted in `table`."""
+    """A route was added, changed or deleted in `table`; `proto` (None: unknown; not
+    compared: it refines the report) tells another program's route from ecmpd's."""
 
     table: int
     dst_len: int
+    proto: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ Event = Union[LinkChanged, AddressesChanged, RouteChanged, DefaultsChanged, Defa
 class Log:
     level: int
     message: str
+    key: str | None = None
+    """Lines of one key are rate-limited (None: always written)."""
 
 
 @dataclass(frozen=True)
@@ -233,7 +237,8 @@ def _links(before: State, after: State, reasons: dict[str, str], now: float) -> 
         old_gw, new_gw = gateway(before, wan), gateway(after, wan)
         if old_gw != new_gw and wan.gateway is None:
             effects.append(Log(logging.INFO if old_gw is None or new_gw is None else NOTICE,
-                               f"{name}: gateway {_gw(old_gw, wan)} -> {_gw(new_gw, wan)}"))
+                               f"{name}: gateway {_gw(old_gw, wan)} -> {_gw(new_gw, wan)}",
+                               f"gateway {name}"))
             effects.append(Reconcile(urgent=ok and link_ok(before, wan)))
         if ok == link_ok(before, wan):
             problem = link_problem(after, wan)
@@ -297,8 +302,8 @@ def _addresses_changed(st: State, ev: AddressesChanged, now: float) -> Result:
 
 
 def _defaults_changed(st: State, ev: DefaultsChanged, now: float) -> Result:
-    if ev.defaults is None:
-        return st, ()
+    if ev.defaults is None or st.defaults.get(ev.table, ()) == ev.defaults:
+        return st, ()       # unchanged: a burst of another program's re-adds costs nothing
     defaults = {t: d for t, d in st.defaults.items() if t != ev.table}
     if ev.defaults:
         defaults[ev.table] = ev.defaults
@@ -317,6 +322,18 @@ def _resynced(st: State, ev: Resynced, now: float) -> Result:
                                       else ev.defaults))
     after, effects = _links(st, after, {w.name: "resync" for w in st.cfg.wans}, now)
     return after, effects + (Reconcile(),)
+
+
+def _ours(cfg: Config, ev: RouteChanged) -> bool:
+    """Whether a route event may concern ecmpd's routes: a default route in its tables,
+    or one of its proto in main (a delete reports the deleted route's proto).  Other
+    programs' default routes in main are no reconcile's business (`routing._add_main`
+    skips them): churn of a DHCP client's route costs no pass."""
+    if ev.dst_len != 0:
+        return False
+    if ev.table in table_range(cfg):
+        return True
+    return ev.table == MAIN_TABLE and ev.proto in (None, cfg.route_proto)
 
 
 def _adopted(st: State, ev: Adopted) -> Result:
@@ -376,8 +393,7 @@ def step(st: State, ev: Event, now: float) -> Result:
     if isinstance(ev, AddressesChanged):
         return _addresses_changed(st, ev, now)
     if isinstance(ev, RouteChanged):
-        ours = ev.dst_len == 0 and (ev.table == MAIN_TABLE or ev.table in table_range(cfg))
-        return st, (Reconcile(),) if ours else ()
+        return st, (Reconcile(),) if _ours(cfg, ev) else ()
     if isinstance(ev, DefaultsChanged):
         return _defaults_changed(st, ev, now)
     if isinstance(ev, DefaultsRead):
