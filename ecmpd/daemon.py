@@ -197,7 +197,8 @@ class Daemon:
         prober = Prober(wan.name, targets, wan.probe,
                         lambda r, n=wan.name: self._on_round(n, r),
                         source=address(self.state, wan), device=wan.interface,
-                        traffic=lambda n=wan.name: self._traffic_of(n), quorum=quorum)
+                        traffic=lambda n=wan.name: self._traffic_of(n), quorum=quorum,
+                        spare=True)
         self._probers[wan.name] = prober
         self._probing[wan.name] = asyncio.get_running_loop().create_task(prober.run())
 

@@ -201,6 +201,8 @@ def set_health(st: State, name: str, new: Health, now: float,
     before the links changed when they are what made the health change)."""
     ws = st.wan(name)
     old = ws.health
+    if new == old:
+        return st, ()           # a steady WAN's round: the state stays the same object
     if not health.transitioned(old, new):
         return st.with_wan(name, replace(ws, health=new)), ()
     after = st.with_wan(name, replace(ws, health=new, since=now))

@@ -43,6 +43,10 @@ BATCH = 64
 _V4 = (0, frozenset({3, 11, 12}))  # unreachable, time exceeded, parameter problem
 _V6 = (129, frozenset({1, 2, 3, 4}))  # unreachable, too big, time exceeded, parameter problem
 _SOL_RAW, _ICMP_FILTER = 255, 1  # ICMP_FILTER (IPv4), ICMP6_FILTER (IPv6): bit set = dropped
+_HEADER = struct.Struct("!BBHHH")  # type, code, checksum, identifier, sequence
+_ID_SEQ = struct.Struct("!HH")
+TTL = 64
+"""The TTL of IPv4 requests (icmplib's default), set once on the socket."""
 SO_ATTACH_FILTER = 26  # <asm-generic/socket.h>; the socket module does not define it
 _live: set[int] = set()  # identifiers of the open EchoSockets of this process
 
@@ -125,6 +129,20 @@ def _without_options(packet: bytes) -> bytes:
     return packet
 
 
+def _sum16(data: bytes) -> int:
+    """The unfolded sum of `data`'s big-endian 16-bit words (the Internet checksum's)."""
+    if len(data) % 2:
+        data += b"\0"
+    return sum(struct.unpack(f"!{len(data) // 2}H", data))
+
+
+def _fold(total: int) -> int:
+    """The one's complement checksum of words summing to `total`."""
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
 def _new_ident() -> int:
     """A 16-bit identifier no open EchoSocket of this process uses, from icmplib's own
     counter (so icmplib's ping functions in this process draw distinct ones too)."""
@@ -180,6 +198,9 @@ class EchoSocket:
             _live.discard(self._ident)
             raise
         self._sock = sock
+        if not self._v6:   # requests are built here: the sum of all but the sequence is fixed
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, TTL)
+        self._sum = (8 << 8) + self._ident + _sum16(PAYLOAD)
         self._seq = 0
         self._pending: dict[int, tuple[str, bytes, float]] = {}  # seq -> (address, key, sent at)
         self._loop.add_reader(sock.fileno(), self._readable)
@@ -208,8 +229,12 @@ class EchoSocket:
             del pending[first]
         seq = self._seq = (self._seq + 1) & 0xFFFF
         try:
-            self._icmp.send(icmplib.ICMPRequest(address, self._ident, seq, payload=PAYLOAD))
-        except icmplib.ICMPLibError as e:  # no route, filtered, buffer full, source gone, ...
+            if self._v6:   # icmplib resolves a scope (fe80::1%wan); the kernel checksums
+                self._icmp.send(icmplib.ICMPRequest(address, self._ident, seq, payload=PAYLOAD))
+            else:          # icmplib's packet, without a lookup and two setsockopt per request
+                self._sock.sendto(_HEADER.pack(8, 0, _fold(self._sum + seq), self._ident, seq)
+                                  + PAYLOAD, (address, 0))
+        except (icmplib.ICMPLibError, OSError) as e:  # no route, filtered, buffer full, ...
             log.debug("ping %s from %s: send failed: %s", address, self.source, e)
             return None
         pending.pop(seq, None)  # a wrapped sequence goes to the end: the dict stays in order
@@ -236,6 +261,11 @@ class EchoSocket:
     def _handle(self, packet: bytes, peer: str, now: float) -> None:
         if not self._v6:
             packet = _without_options(packet)
+            if packet[20] == 0 and len(packet) >= 28:   # an echo reply: read it directly
+                ident, seq = _ID_SEQ.unpack_from(packet, 24)
+                if ident == self._ident:
+                    self._answered(seq, None, peer, now)
+                return
         reply = self._icmp._parse_reply(packet, peer, now)
         if reply is None or reply.id != self._ident:  # the BPF filter already checked the id
             return
@@ -245,7 +275,11 @@ class EchoSocket:
             error = reply.type
         else:
             return
-        entry = self._pending.get(reply.sequence)
+        self._answered(reply.sequence, error, peer, now)
+
+    def _answered(self, seq: int, error: int | None, peer: str, now: float) -> None:
+        """Request `seq` was answered by `peer` (an echo reply, or ICMP error `error`)."""
+        entry = self._pending.get(seq)
         if entry is None:  # unknown, pruned or already answered
             return
         address, key, sent = entry
@@ -253,8 +287,8 @@ class EchoSocket:
             return
         if error is None and socket.inet_pton(self._family, peer.partition("%")[0]) != key:
             return  # an echo reply counts only from the address the request went to
-        del self._pending[reply.sequence]
-        self._on_answer(Answer(address, reply.sequence, max(0.0, now - sent), error))
+        del self._pending[seq]
+        self._on_answer(Answer(address, seq, max(0.0, now - sent), error))
 
     def close(self) -> None:
         """Stop reading and close the socket; idempotent.  Nothing is reported afterwards."""
