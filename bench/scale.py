@@ -246,6 +246,8 @@ class ScaleRow:
     rss: float = math.nan
     hwm: float = math.nan
     cli: list[float] = field(default_factory=list)
+    floor: list[float] = field(default_factory=list)
+    """The same command line without ecmpctl (`python -c pass`): the interpreter's start."""
     request: list[float] = field(default_factory=list)
     dead: list[float] = field(default_factory=list)
 
@@ -266,6 +268,9 @@ def scale_case(lab: Lab, tree: Path, seconds: float, reps: int,
             t = time.monotonic()
             lab.run(lab.ns_router, *d.ctl_argv(), timeout=60)
             row.cli.append(1000 * (time.monotonic() - t))
+            t = time.monotonic()
+            lab.run(lab.ns_router, sys.executable, "-c", "pass", timeout=60)
+            row.floor.append(1000 * (time.monotonic() - t))
         row.request = [1000 * status_request(d.socket, 30) for _ in range(20)]
         row.rss, row.hwm = rss(d)
         w = lab.spec.wans[0]
@@ -306,11 +311,12 @@ def table(churns: list[ChurnRow], scales: list[ScaleRow]) -> str:
         out.append("")
     if scales:
         out += ["| tree | WANs × 2 targets | idle CPU % (min/med/max) | of it system % "
-                "| RSS / HWM MB | ecmpctl status ms | request ms | dead ISP → out of route s |",
-                "|---|---|---|---|---|---|---|---|"]
+                "| RSS / HWM MB | ecmpctl status ms | of it python start ms | request ms "
+                "| dead ISP → out of route s |", "|---|---|---|---|---|---|---|---|---|"]
         out += [f"| {r.tree} | {r.wans} | {_mmm(r.cpu, '{:.2f}')} | "
                 f"{statistics.median(r.sys):.2f} | {r.rss:.0f} / {r.hwm:.0f} "
-                f"| {_mmm(r.cli, '{:.0f}')} | {_mmm(r.request)} | {_mmm(r.dead, '{:.2f}')} |"
+                f"| {_mmm(r.cli, '{:.0f}')} | {_mmm(r.floor, '{:.0f}')} | {_mmm(r.request)} "
+                f"| {_mmm(r.dead, '{:.2f}')} |"
                 for r in scales]
     return "\n".join(out)
 

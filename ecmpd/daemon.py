@@ -58,6 +58,7 @@ class Daemon:
         self.firewall = Firewall(cfg)
         self.reconciler = Reconciler(lambda: self.state, self.firewall, Sysctls(), self._spawn)
         self.watcher = Watcher(self)
+        self.reconciler.stamp = lambda: (self.watcher.events, self.watcher.resyncs)
         self.ledger = Ledger(cfg.control_socket)
         """The ownership numbers installed (`<socket>.owned.json`): nothing is orphaned."""
         self.control: ControlServer | None = None
@@ -289,7 +290,8 @@ class Daemon:
         counts = await conntrack.count_marks({w.name: cfg.mark_of(w) for w in cfg.wans},
                                              cfg.mark_mask)
         async with self.netlink_lock:
-            actual = await routing.read_actual(self.ipr, cfg)
+            # unchanged since a pass that changed nothing: that read is the kernel's state
+            actual = self.reconciler.unchanged() or await routing.read_actual(self.ipr, cfg)
             st = self.state                 # with the kernel read: nothing in between
             probes = {w.name: status.reading(p, p.targets)
                       for w in st.cfg.wans if (p := self._probers.get(w.name))}
