@@ -384,12 +384,12 @@ def step(st: State, ev: Event, now: float) -> Result:
     """The state after `ev` and the effects to carry out; `now`: epoch seconds."""
     cfg = st.cfg
     if isinstance(ev, ProbeRound):
-        if ev.name not in st.wans or not link_ok(st, cfg.wan(ev.name)):
+        ws = st.wans.get(ev.name)
+        if ws is None or not link_ok(st, wan := cfg.wan(ev.name)):
             return st, ()         # a WAN without link is DOWN: no round changes that
-        p = cfg.wan(ev.name).probe
+        p = wan.probe
         return set_health(st, ev.name,
-                          health.step(st.wan(ev.name).health, ev.verdict, p.down, p.up,
-                                      ev.reason), now)
+                          health.step(ws.health, ev.verdict, p.down, p.up, ev.reason), now)
     if isinstance(ev, LinkChanged):
         return _link_changed(st, ev, now)
     if isinstance(ev, AddressesChanged):

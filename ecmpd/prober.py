@@ -360,7 +360,7 @@ class Prober:
             self._est.setdefault(a.address, RttEstimator()).sample(a.rtt)
             # a late reply proves life in the rounds that started after its request was
             # sent; an older round whose own requests were lost stays unanswered
-            sent = now - a.rtt
+            sent = now - (a.rtt if a.age is None else a.age)
             for rnd in self._open:
                 if rnd.start > sent:
                     rnd.alive.add(a.address)

@@ -39,9 +39,9 @@ GROUPS = RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE
 RETRY = 1.0
 """Seconds between attempts to subscribe again when subscribing fails."""
 READS = (4, 20.0)
-"""Re-reads of a table's default routes at once (a DHCP client's delete and add), then
-per second while another program keeps changing them (a token bucket): the one read
-held back comes when a token does, so the last change is always read."""
+"""Re-reads of other programs' default routes at once (a DHCP client's delete and add),
+then per second while they keep changing (a token bucket): the read held back comes
+when a token does, so the last change is always read."""
 
 
 class Sink(Protocol):
@@ -199,7 +199,11 @@ class Watcher:
                 continue
             tables, self._held = self._held, set()
             for table in sorted(tables):
-                await self._read_table(table)
+                try:
+                    await self._read_table(table)
+                except Exception as exc:    # the next change (or a resync) reads it
+                    log.warning("cannot re-read the default routes of table %d: %s",
+                                table, exc)
             wait = 1 / READS[1]     # a change meanwhile is read a token later
 
     async def _read_table(self, table: int) -> None:
