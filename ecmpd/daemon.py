@@ -25,6 +25,7 @@ from .netlinkimport import AsyncIPRoute
 from . import conntrack, gateways, ownaddr, routing, status
 from .config import ConfigError, load_config
 from .control_server import ControlServer
+from .logsetup import RateLimitedLog
 from .desired import table_range
 from .ledger import Ledger
 from .disabled import DisabledStore
@@ -62,6 +63,7 @@ class Daemon:
         self._recorded_disabled: frozenset[str] | None = None
         """The disabled WANs last written to `disabled_store` (None: not yet)."""
         self.watcher = Watcher(self)
+        self.reconciler.stamp = lambda: (self.watcher.events, self.watcher.resyncs)
         self.ledger = Ledger(cfg.control_socket)
         """The ownership numbers installed (`<socket>.owned.json`): nothing is orphaned."""
         self.control: ControlServer | None = None
@@ -69,6 +71,8 @@ class Daemon:
         self._probing: dict[str, asyncio.Task[None]] = {}
         self._counters: tuple[float, dict[int, int]] = (-1.0, {})
         """(loop time read, WAN id -> packets from beyond its gateway): see `traffic`."""
+        self._limited = RateLimitedLog(log)
+        """Keyed log lines (a gateway that moves): one per key every 10 s, then a count."""
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -121,7 +125,10 @@ class Daemon:
     def _carry_out(self, effects: Iterable[Effect]) -> None:
         for e in effects:
             if isinstance(e, Log):
-                log.log(e.level, e.message)
+                if e.key is None:
+                    log.log(e.level, e.message)
+                else:
+                    self._limited.log(e.key, e.level, "%s", e.message)
             elif isinstance(e, Reconcile):
                 self.reconciler.kick(asyncio.get_running_loop().time() if e.urgent else None)
             elif isinstance(e, Flush):
@@ -207,7 +214,8 @@ class Daemon:
         prober = Prober(wan.name, targets, wan.probe,
                         lambda r, n=wan.name: self._on_round(n, r),
                         source=address(self.state, wan), device=wan.interface,
-                        traffic=lambda n=wan.name: self._traffic_of(n), quorum=quorum)
+                        traffic=lambda n=wan.name: self._traffic_of(n), quorum=quorum,
+                        spare=True)
         self._follow(prober, wan)
         self._probers[wan.name] = prober
         self._probing[wan.name] = asyncio.get_running_loop().create_task(prober.run())
@@ -309,7 +317,8 @@ class Daemon:
         counts = await conntrack.count_marks({w.name: cfg.mark_of(w) for w in cfg.wans},
                                              cfg.mark_mask)
         async with self.netlink_lock:
-            actual = await routing.read_actual(self.ipr, cfg)
+            # unchanged since a pass that changed nothing: that read is the kernel's state
+            actual = self.reconciler.unchanged() or await routing.read_actual(self.ipr, cfg)
             st = self.state                 # with the kernel read: nothing in between
             probes = {w.name: status.reading(p, p.targets)
                       for w in st.cfg.wans if (p := self._probers.get(w.name))}

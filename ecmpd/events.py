@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Union
 
 from . import health, ownaddr
@@ -75,10 +75,12 @@ class LocalChanged:
 
 @dataclass(frozen=True)
 class RouteChanged:
-    """A route was added, changed or deleted in `table`."""
+    """A route was added, changed or deleted in `table`; `proto` (None: unknown; not
+    compared: it refines the report) tells another program's route from ecmpd's."""
 
     table: int
     dst_len: int
+    proto: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -173,6 +175,8 @@ Event = Union[LinkChanged, AddressesChanged, LocalChanged, RouteChanged, Default
 class Log:
     level: int
     message: str
+    key: str | None = None
+    """Lines of one key are rate-limited (None: always written)."""
 
 
 @dataclass(frozen=True)
@@ -223,6 +227,8 @@ def set_health(st: State, name: str, new: Health, now: float,
     before the links changed when they are what made the health change)."""
     ws = st.wan(name)
     old = ws.health
+    if new == old:
+        return st, ()           # a steady WAN's round: the state stays the same object
     if not health.transitioned(old, new):
         return st.with_wan(name, replace(ws, health=new)), ()
     after = st.with_wan(name, replace(ws, health=new, since=now))
@@ -259,7 +265,8 @@ def _links(before: State, after: State, reasons: dict[str, str], now: float) -> 
         old_gw, new_gw = gateway(before, wan), gateway(after, wan)
         if old_gw != new_gw and wan.gateway is None:
             effects.append(Log(logging.INFO if old_gw is None or new_gw is None else NOTICE,
-                               f"{name}: gateway {_gw(old_gw, wan)} -> {_gw(new_gw, wan)}"))
+                               f"{name}: gateway {_gw(old_gw, wan)} -> {_gw(new_gw, wan)}",
+                               f"gateway {name}"))
             effects.append(Reconcile(urgent=ok and link_ok(before, wan)))
         if ok == link_ok(before, wan):
             problem = link_problem(after, wan)
@@ -325,8 +332,8 @@ def _addresses_changed(st: State, ev: AddressesChanged, now: float) -> Result:
 
 
 def _defaults_changed(st: State, ev: DefaultsChanged, now: float) -> Result:
-    if ev.defaults is None:
-        return st, ()
+    if ev.defaults is None or st.defaults.get(ev.table, ()) == ev.defaults:
+        return st, ()       # unchanged: a burst of another program's re-adds costs nothing
     defaults = {t: d for t, d in st.defaults.items() if t != ev.table}
     if ev.defaults:
         defaults[ev.table] = ev.defaults
@@ -374,6 +381,18 @@ def _nexthops_refused(st: State, ev: NexthopsRefused, now: float) -> Result:
         if (why := refusal(after, after.cfg.wan(name))) and ws.health.reason != why:
             after = after.with_wan(name, replace(ws, health=replace(ws.health, reason=why)))
     return after, (*effects, *more)
+
+
+def _ours(cfg: Config, ev: RouteChanged) -> bool:
+    """Whether a route event may concern ecmpd's routes: a default route in its tables,
+    or one of its proto in main (a delete reports the deleted route's proto).  Other
+    programs' default routes in main are no reconcile's business (`routing._add_main`
+    skips them): churn of a DHCP client's route costs no pass."""
+    if ev.dst_len != 0:
+        return False
+    if ev.table in table_range(cfg):
+        return True
+    return ev.table == MAIN_TABLE and ev.proto in (None, cfg.route_proto)
 
 
 def _adopted(st: State, ev: Adopted) -> Result:
@@ -434,12 +453,12 @@ def _own(st: State) -> dict[str, tuple[str, ...]]:
 def _step(st: State, ev: Event, now: float) -> Result:
     cfg = st.cfg
     if isinstance(ev, ProbeRound):
-        if ev.name not in st.wans or not link_ok(st, cfg.wan(ev.name)):
+        ws = st.wans.get(ev.name)
+        if ws is None or not link_ok(st, wan := cfg.wan(ev.name)):
             return st, ()         # a WAN without link is DOWN: no round changes that
-        p = cfg.wan(ev.name).probe
+        p = wan.probe
         return set_health(st, ev.name,
-                          health.step(st.wan(ev.name).health, ev.verdict, p.down, p.up,
-                                      ev.reason), now)
+                          health.step(ws.health, ev.verdict, p.down, p.up, ev.reason), now)
     if isinstance(ev, LinkChanged):
         return _link_changed(st, ev, now)
     if isinstance(ev, AddressesChanged):
@@ -447,8 +466,7 @@ def _step(st: State, ev: Event, now: float) -> Result:
     if isinstance(ev, LocalChanged):
         return (st, ()) if ev.local == st.local else (replace(st, local=ev.local), ())
     if isinstance(ev, RouteChanged):
-        ours = ev.dst_len == 0 and (ev.table == MAIN_TABLE or ev.table in table_range(cfg))
-        return st, (Reconcile(),) if ours else ()
+        return st, (Reconcile(),) if _ours(cfg, ev) else ()
     if isinstance(ev, DefaultsChanged):
         return _defaults_changed(st, ev, now)
     if isinstance(ev, DefaultsRead):

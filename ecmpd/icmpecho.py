@@ -28,6 +28,7 @@ import errno
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,6 +44,13 @@ BATCH = 64
 _V4 = (0, frozenset({3, 11, 12}))  # unreachable, time exceeded, parameter problem
 _V6 = (129, frozenset({1, 2, 3, 4}))  # unreachable, too big, time exceeded, parameter problem
 _SOL_RAW, _ICMP_FILTER = 255, 1  # ICMP_FILTER (IPv4), ICMP6_FILTER (IPv6): bit set = dropped
+_HEADER = struct.Struct("!BBHHH")  # type, code, checksum, identifier, sequence
+_ID_SEQ = struct.Struct("!HH")
+TTL = 64
+"""The TTL of IPv4 requests (icmplib's default), set once on the socket."""
+SO_TIMESTAMPNS = 35  # <asm-generic/socket.h>; also the SCM type of its ancillary data
+_TIMESPEC = struct.Struct("@qq")
+_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
 SO_ATTACH_FILTER = 26  # <asm-generic/socket.h>; the socket module does not define it
 _live: set[int] = set()  # identifiers of the open EchoSockets of this process
 
@@ -53,8 +61,9 @@ class Answer:
 
     address: str  # the destination the request was sent to
     seq: int
-    rtt: float  # seconds from send to receipt (loop.time() based)
+    rtt: float  # seconds from send to the kernel's receipt (else to the loop's read)
     error: int | None  # None for an echo reply; else the ICMP(v6) error type quoting our request
+    age: float | None = None  # seconds from send to the loop's read (None: = rtt)
 
 
 def bpf_program(family: int, ident: int) -> list[tuple[int, int, int, int]]:
@@ -125,6 +134,20 @@ def _without_options(packet: bytes) -> bytes:
     return packet
 
 
+def _sum16(data: bytes) -> int:
+    """The unfolded sum of `data`'s big-endian 16-bit words (the Internet checksum's)."""
+    if len(data) % 2:
+        data += b"\0"
+    return sum(struct.unpack(f"!{len(data) // 2}H", data))
+
+
+def _fold(total: int) -> int:
+    """The one's complement checksum of words summing to `total`."""
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
 def _new_ident() -> int:
     """A 16-bit identifier no open EchoSocket of this process uses, from icmplib's own
     counter (so icmplib's ping functions in this process draw distinct ones too)."""
@@ -180,8 +203,20 @@ class EchoSocket:
             _live.discard(self._ident)
             raise
         self._sock = sock
+        if not self._v6:   # requests are built here: the sum of all but the sequence is fixed
+            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, TTL)
+        # the kernel stamps each reply on receipt: an RTT without the time the reply
+        # waited for a busy loop (64 WANs' rounds start in one burst)
+        self._stamped = hasattr(sock, "recvmsg")
+        if self._stamped:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            except OSError:
+                self._stamped = False
+        self._sum = (8 << 8) + self._ident + _sum16(PAYLOAD)
         self._seq = 0
-        self._pending: dict[int, tuple[str, bytes, float]] = {}  # seq -> (address, key, sent at)
+        # seq -> (address, key, sent at (loop time), sent at (wall clock))
+        self._pending: dict[int, tuple[str, bytes, float, float]] = {}
         self._loop.add_reader(sock.fileno(), self._readable)
 
     @property
@@ -207,13 +242,18 @@ class EchoSocket:
                 break
             del pending[first]
         seq = self._seq = (self._seq + 1) & 0xFFFF
+        wall = time.time()  # before the send: the reply's stamp can come before it returns
         try:
-            self._icmp.send(icmplib.ICMPRequest(address, self._ident, seq, payload=PAYLOAD))
-        except icmplib.ICMPLibError as e:  # no route, filtered, buffer full, source gone, ...
+            if self._v6:   # icmplib resolves a scope (fe80::1%wan); the kernel checksums
+                self._icmp.send(icmplib.ICMPRequest(address, self._ident, seq, payload=PAYLOAD))
+            else:          # icmplib's packet, without a lookup and two setsockopt per request
+                self._sock.sendto(_HEADER.pack(8, 0, _fold(self._sum + seq), self._ident, seq)
+                                  + PAYLOAD, (address, 0))
+        except (icmplib.ICMPLibError, OSError) as e:  # no route, filtered, buffer full, ...
             log.debug("ping %s from %s: send failed: %s", address, self.source, e)
             return None
         pending.pop(seq, None)  # a wrapped sequence goes to the end: the dict stays in order
-        pending[seq] = (address, key, now)  # at most 65536 entries: bounded by the seq space
+        pending[seq] = (address, key, now, wall)  # at most 65536 entries: the seq space
         return seq
 
     def _readable(self) -> None:
@@ -221,21 +261,34 @@ class EchoSocket:
         for _ in range(BATCH):
             if self._icmp.is_closed:  # on_answer may close us
                 return
+            stamp = None
             try:
-                packet, peer = self._sock.recvfrom(1024)
+                if self._stamped:
+                    packet, ancillary, _, peer = self._sock.recvmsg(1024, _ANCILLARY)
+                    for level, kind, data in ancillary:
+                        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
+                            sec, nsec = _TIMESPEC.unpack_from(data)
+                            stamp = sec + nsec * 1e-9
+                else:
+                    packet, peer = self._sock.recvfrom(1024)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:  # a pending socket error, reported once; data may follow
                 log.debug("echo socket %s: %s", self.source, e)
                 continue
             try:
-                self._handle(packet, peer[0], self._loop.time())
+                self._handle(packet, peer[0], self._loop.time(), stamp)
             except Exception:  # noqa: BLE001 - a bad packet or callback must not stop reading
                 log.exception("echo socket %s: answer handling failed", self.source)
 
-    def _handle(self, packet: bytes, peer: str, now: float) -> None:
+    def _handle(self, packet: bytes, peer: str, now: float, stamp: float | None = None) -> None:
         if not self._v6:
             packet = _without_options(packet)
+            if packet[20] == 0 and len(packet) >= 28:   # an echo reply: read it directly
+                ident, seq = _ID_SEQ.unpack_from(packet, 24)
+                if ident == self._ident:
+                    self._answered(seq, None, peer, now, stamp)
+                return
         reply = self._icmp._parse_reply(packet, peer, now)
         if reply is None or reply.id != self._ident:  # the BPF filter already checked the id
             return
@@ -245,16 +298,25 @@ class EchoSocket:
             error = reply.type
         else:
             return
-        entry = self._pending.get(reply.sequence)
+        self._answered(reply.sequence, error, peer, now, stamp)
+
+    def _answered(self, seq: int, error: int | None, peer: str, now: float,
+                  stamp: float | None) -> None:
+        """Request `seq` was answered by `peer` (an echo reply, or ICMP error `error`);
+        `stamp`: the kernel's wall-clock time of receipt (None: not known)."""
+        entry = self._pending.get(seq)
         if entry is None:  # unknown, pruned or already answered
             return
-        address, key, sent = entry
+        address, key, sent, wall = entry
         if now - sent > self._keep:
             return
         if error is None and socket.inet_pton(self._family, peer.partition("%")[0]) != key:
             return  # an echo reply counts only from the address the request went to
-        del self._pending[reply.sequence]
-        self._on_answer(Answer(address, reply.sequence, max(0.0, now - sent), error))
+        del self._pending[seq]
+        age = max(0.0, now - sent)
+        # never more than the loop saw: a wall-clock step must not make an RTT up
+        rtt = age if stamp is None else min(age, max(0.0, stamp - wall))
+        self._on_answer(Answer(address, seq, rtt, error, age))
 
     def close(self) -> None:
         """Stop reading and close the socket; idempotent.  Nothing is reported afterwards."""

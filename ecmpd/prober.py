@@ -104,7 +104,7 @@ class _Round:
 
     __slots__ = ("index", "start", "targets", "settings", "quorum", "timeout", "sent_by",
                  "deadline", "traffic0", "got", "unresolved", "alive", "timers", "judged",
-                 "followups", "busy", "sends_left", "copies", "own")
+                 "followups", "busy", "sends_left", "copies", "own", "spared")
 
     def __init__(self, index: int, start: float, targets: tuple[str, ...],
                  settings: ProbeSettings, quorum: int, timeout: float, followups: int = 0,
@@ -138,6 +138,8 @@ class _Round:
         """The line carried traffic from beyond its gateway just before the round."""
         self.own = own
         """Targets that are the router's own addresses: not probed, counted as failed."""
+        self.spared = [0] * len(targets)
+        """Requests per target not sent: it had answered this round already."""
 
     def hopeless(self) -> bool:
         """Too few targets that are not the router's own to make the quorum."""
@@ -163,6 +165,7 @@ class Prober:
         traffic: TrafficFn | None = None,
         quorum: int | None = None,
         sockets: SocketFactory = _open_echo,
+        spare: bool = False,
     ) -> None:
         _check(settings)
         self.name = name
@@ -191,6 +194,11 @@ class Prober:
         """(loop time, value) of the traffic counter's last reading for a grid round."""
         self._timer: asyncio.TimerHandle | None = None
         self._own: frozenset[str] = frozenset()
+        self._spare = spare
+        """A round's later requests go only to the targets that have not answered it yet:
+        the verdict is the same (a target answers if any reply comes, and one unanswered
+        at the next send gets that request as before); an idle healthy line whose RTT
+        is below the spacing costs one request per target per round instead of `count`."""
 
     # ---- configuration and readings --------------------------------------------------
     @property
@@ -358,9 +366,14 @@ class Prober:
         if rnd.traffic0 is None and rnd.sends_left < rnd.settings.count \
                 and rnd.unresolved > unsent:  # an earlier request is still unanswered
             self._observe(rnd)
+        later = rnd.sends_left < rnd.settings.count
         rnd.sends_left -= 1
         sock = self._sock
         for i, address in enumerate(rnd.targets):
+            if later and self._spare and rnd.got[i]:
+                rnd.spared[i] += rnd.copies
+                rnd.unresolved -= rnd.copies
+                continue
             for _ in range(rnd.copies):
                 own = address in rnd.own
                 seq = sock.send(address) if sock is not None and not own else None
@@ -378,7 +391,7 @@ class Prober:
             self._est.setdefault(a.address, RttEstimator()).sample(a.rtt)
             # a late reply proves life in the rounds that started after its request was
             # sent; an older round whose own requests were lost stays unanswered
-            sent = now - a.rtt
+            sent = now - (a.rtt if a.age is None else a.age)
             for rnd in self._open:
                 if rnd.start > sent:
                     rnd.alive.add(a.address)
@@ -397,7 +410,14 @@ class Prober:
 
     def _complete_if_done(self, rnd: _Round) -> None:
         # `unresolved` counts requests not sent yet too: 0 means all sent and resolved
-        if rnd.unresolved <= 0 and not rnd.judged:
+        if rnd.judged:
+            return
+        unsent = len(rnd.targets) * rnd.copies * rnd.sends_left
+        if self._spare and unsent and rnd.unresolved == unsent and all(rnd.got):
+            # every target answered and no request is out: the rest are spared
+            rnd.spared = [n + rnd.copies * rnd.sends_left for n in rnd.spared]
+            rnd.unresolved = rnd.sends_left = 0
+        if rnd.unresolved <= 0:
             self._judge(rnd, None)
 
     def _moved(self, rnd: _Round) -> bool:
@@ -423,9 +443,9 @@ class Prober:
         loop = asyncio.get_running_loop()
         st = rnd.settings
         samples = [TargetSample(a, st.count * rnd.copies, 0, None, False, True) if a in rnd.own
-                   else TargetSample(a, st.count * rnd.copies, len(g),
+                   else TargetSample(a, st.count * rnd.copies - spared, len(g),
                                      sum(g) / len(g) if g else None, a in rnd.alive)
-                   for a, g in zip(rnd.targets, rnd.got)]
+                   for a, g, spared in zip(rnd.targets, rnd.got, rnd.spared)]
         answered = sum(1 for g in rnd.got if g)
         # the counter is read only when it can change the verdict (one libnftables call)
         moved = answered < rnd.quorum and self._moved(rnd)

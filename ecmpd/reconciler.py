@@ -66,6 +66,10 @@ class Reconciler:
         self._waiters: list[asyncio.Future[Decision]] = []
         self._kept = False
         """The last pass kept the route with no WAN usable (for its log line only)."""
+        self.stamp: Callable[[], object] = lambda: None
+        """A token that changes with every kernel event read (the daemon's watcher)."""
+        self._quiet: tuple[object, Any, routing.Actual] | None = None
+        """(stamp, config, kernel read) of the last pass when it changed nothing."""
 
     def kick(self, decided: float | None = None, flush: Flush | None = None) -> None:
         """Ask for a pass soon.  `decided`: the loop time of the health decision it
@@ -127,10 +131,22 @@ class Reconciler:
                 for f in flushes:
                     self.spawn(self._flush(f))
 
+    def unchanged(self) -> routing.Actual | None:
+        """The last pass's kernel read, when it is still the kernel's state: that pass
+        changed nothing, no pass is due and no kernel event was read since (every change
+        of ecmpd's routes and rules, and of the links and addresses they depend on, is
+        one).  Call it holding `lock`; None: read the kernel."""
+        if self._quiet is None or self._again or (self._task and not self._task.done()):
+            return None
+        stamp, cfg, actual = self._quiet
+        return actual if stamp == self.stamp() and cfg is self.current().cfg else None
+
     async def reconcile(self) -> Decision:
         """One pass, now; returns its decision."""
         async with self.lock:
             assert self.ipr is not None
+            self._quiet = None
+            stamp = self.stamp()
             actual = await routing.read_actual(self.ipr, self.current().cfg)
             # the snapshot goes with the kernel read (a reload that changes the numbers
             # recognising ecmpd's objects swaps the config under this lock)
@@ -152,6 +168,8 @@ class Reconciler:
                 log.error("cannot apply nft table %s: %s", snap.cfg.nft_table, exc)
             self.passes += 1
             self.changes += changes
+            if not changes:
+                self._quiet = (stamp, snap.cfg, actual)
             return decision
 
     async def _flush(self, f: Flush) -> None:

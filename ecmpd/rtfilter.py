@@ -8,7 +8,10 @@ puts it on a socket.  The program drops an RTM_NEWROUTE / RTM_DELROUTE message w
 
 * its destination prefix is not /0 (``rtm_dst_len != 0``): ecmpd has only default
   routes; or, when `tables` are given,
-* its table is neither main (254) nor in one of `tables`.  The header's ``rtm_table``
+* its table is neither main (254) nor in one of `tables`; or, when `proto` is given too,
+  it is in main with another ``rtm_protocol`` (another program's, which no reconcile
+  reads: a DHCP client or a routing daemon churning it never wakes ecmpd up).  The
+  header's ``rtm_table``
   is one byte (tables above 255 show as RT_TABLE_COMPAT, 252), so the real id is read
   from the ``RTA_TABLE`` attribute, which the kernel puts first in every route message;
   a message without it there is judged by ``rtm_table``, and passes when that is 252.
@@ -19,8 +22,7 @@ many routes in one buffer.  Netlink fields are in host byte order while BPF load
 big-endian, so the program is built for a byte order (the host's by default): half-words
 are compared with byte-swapped constants, and the 32-bit table id is assembled byte by
 byte.  The filter is the same predicate the daemon applies to route events
-(`ecmpd.events`: ``dst_len == 0 and (table == main or table in table_range)``), only
-earlier.
+(`ecmpd.events._ours`), only earlier.
 
 Usage (the watcher, after subscribing)::
 
@@ -49,6 +51,7 @@ NLMSG_HDRLEN, RTMSG_LEN = 16, 12
 OFF_TYPE, OFF_FLAGS = 4, 6                      # in struct nlmsghdr
 OFF_DST_LEN = NLMSG_HDRLEN + 1                  # struct rtmsg: family, dst_len, ...
 OFF_TABLE = NLMSG_HDRLEN + 4                    # ... src_len, tos, table
+OFF_PROTO = NLMSG_HDRLEN + 5                    # ... protocol
 OFF_ATTR = NLMSG_HDRLEN + RTMSG_LEN             # the first attribute: len, type, value
 PASS, DROP = 0xFFFFFFFF, 0
 
@@ -94,13 +97,14 @@ class _Asm:
 
 
 def route_event_program(tables: Sequence[range] | None = None,
-                        byteorder: str = sys.byteorder) -> list[Insn]:
+                        byteorder: str = sys.byteorder, proto: int | None = None) -> list[Insn]:
     """The classic BPF program (see the module docstring).
 
     `tables`: ranges of table ids whose default routes concern ecmpd besides main
     (ecmpd's: ``[desired.table_range(cfg)]``; during a renumbering reload the old range
     as well); None: no table check, only the prefix length.  `byteorder`: ``"little"``
-    or ``"big"``, the byte order of the netlink messages (the host's)."""
+    or ``"big"``, the byte order of the netlink messages (the host's).  `proto`: with
+    `tables`, main's default routes pass only with this protocol (ecmpd's)."""
     if byteorder not in ("little", "big"):
         raise ValueError(f"byteorder {byteorder!r}")
     big = byteorder == "big"
@@ -119,8 +123,9 @@ def route_event_program(tables: Sequence[range] | None = None,
     if tables is None:
         a.op(RET_K, PASS)
     else:
+        main = "pass" if proto is None else "main"
         a.op(LD_B_ABS, OFF_TABLE)
-        a.op(JEQ, RT_TABLE_MAIN, "pass", 0)
+        a.op(JEQ, RT_TABLE_MAIN, main, 0)
         a.op(LD_W_LEN)
         a.op(JGE, OFF_ATTR + 8, 0, "header")          # room for RTA_TABLE (len 8)?
         a.op(LD_H_ABS, OFF_ATTR + 2)                 # the first attribute's type
@@ -139,12 +144,16 @@ def route_event_program(tables: Sequence[range] | None = None,
         a.op(LD_B_ABS, OFF_TABLE)
         a.op(JEQ, RT_TABLE_COMPAT, "pass", 0)        # a big table, id unknown: keep it
         a.label("check")
-        a.op(JEQ, RT_TABLE_MAIN, "pass", 0)
+        a.op(JEQ, RT_TABLE_MAIN, main, 0)
         for n, r in enumerate(t for t in tables if len(t)):
             a.op(JGE, r.start, 0, f"next{n}")
             a.op(JGT, r.stop - 1, f"next{n}", "pass")
             a.label(f"next{n}")
         a.op(RET_K, DROP)
+        if proto is not None:
+            a.label("main")
+            a.op(LD_B_ABS, OFF_PROTO)
+            a.op(JEQ, proto & 0xFF, "pass", "drop")
     a.label("pass")
     a.op(RET_K, PASS)
     a.label("drop")

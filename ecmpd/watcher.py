@@ -39,6 +39,10 @@ GROUPS = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | ownaddr.RTMGRP_IPV6_IFADDR | RTMGRP
           | RTMGRP_IPV4_RULE)
 RETRY = 1.0
 """Seconds between attempts to subscribe again when subscribing fails."""
+READS = (4, 20.0)
+"""Re-reads of other programs' default routes at once (a DHCP client's delete and add),
+then per second while they keep changing (a token bucket): the read held back comes
+when a token does, so the last change is always read."""
 
 
 class Sink(Protocol):
@@ -74,6 +78,11 @@ class Watcher:
         """The kernel filter for route events (`ecmpd.rtfilter`); None: not filtered."""
         self._reread: asyncio.Task[None] | None = None
         self._reread_due = False
+        self._tokens: tuple[float, float] = (float(READS[0]), 0.0)
+        """(re-read tokens left, loop time they were counted)."""
+        self._held: set[int] = set()
+        """Tables whose default routes changed and wait for a token to be re-read."""
+        self._holding: asyncio.Task[None] | None = None
         self._learning: tuple[int, range] | None = None
         """(ecmpd's route proto, its tables) while a WAN learns its gateway: other
         programs' default routes are then re-read when they change."""
@@ -105,11 +114,13 @@ class Watcher:
     def follow(self, cfg: Config) -> None:
         """Watch `cfg`'s routing tables: a router carrying a full BGP table sends a route
         event per foreign route, and the kernel drops them before they reach Python
-        (only default routes pass; of any table while a WAN learns its gateway)."""
+        (only default routes pass: of any table while a WAN learns its gateway, else of
+        ecmpd's tables and its own in main)."""
         learning = gateways.learns(cfg)
         self._learning = (cfg.route_proto, table_range(cfg)) if learning else None
-        self._program = rtfilter.route_event_program(None if learning else
-                                                     (table_range(cfg),))
+        self._program = (rtfilter.route_event_program() if learning else
+                         rtfilter.route_event_program((table_range(cfg),),
+                                                      proto=cfg.route_proto))
         if self._ipr is not None:
             self._filter(self._ipr)
 
@@ -160,10 +171,54 @@ class Watcher:
             if defaults is not None:
                 self.sink.submit(DefaultsRead(defaults))
 
+    def _token(self) -> float:
+        """Take a re-read token: 0 when one was there, else the seconds until one is."""
+        tokens, at = self._tokens
+        now = asyncio.get_running_loop().time()
+        tokens = min(float(READS[0]), tokens + (now - at) * READS[1])
+        if tokens >= 1:
+            self._tokens = (tokens - 1, now)
+            return 0.0
+        self._tokens = (tokens, now)
+        return (1 - tokens) / READS[1]
+
+    async def _table_changed(self, table: int) -> None:
+        """Another program changed `table`'s default routes: re-read it now, or (a burst)
+        once a token comes, one read for every change held back meanwhile."""
+        if table in self._held or self._holding is not None and not self._holding.done():
+            self._held.add(table)
+            return
+        wait = self._token()
+        if wait:
+            self._held.add(table)
+            self._holding = asyncio.get_running_loop().create_task(self._read_held(wait))
+            return
+        await self._read_table(table)
+
+    async def _read_held(self, wait: float) -> None:
+        while self._held:
+            await asyncio.sleep(wait)
+            if wait := self._token():
+                continue
+            tables, self._held = self._held, set()
+            for table in sorted(tables):
+                try:
+                    await self._read_table(table)
+                except Exception as exc:    # the next change (or a resync) reads it
+                    log.warning("cannot re-read the default routes of table %d: %s",
+                                table, exc)
+            wait = 1 / READS[1]     # a change meanwhile is read a token later
+
+    async def _read_table(self, table: int) -> None:
+        defaults = await self.sink.dump_defaults(table)
+        self.sink.submit(DefaultsChanged(table, None if defaults is None
+                                         else defaults.get(table, ())))
+
     async def stop(self) -> None:
         """Unsubscribe and close the sockets."""
-        if self._reread is not None:
-            self._reread.cancel()
+        for task in (self._reread, self._holding):
+            if task is not None:
+                task.cancel()
         if self._task is not None:
             self._task.cancel()
             try:
@@ -255,13 +310,11 @@ class Watcher:
                 self._reread_defaults()     # routes via a gateway it reached went, silently
         elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
             table, dst_len = msg.get("table"), msg.get("dst_len")
-            self.sink.submit(RouteChanged(table, dst_len))
+            self.sink.submit(RouteChanged(table, dst_len, msg.get("proto")))
             if (dst_len == 0 and self._learning is not None
                     and msg.get("proto") != self._learning[0] and table not in self._learning[1]):
                 # another program's default route: re-read its table (a replace, an
                 # append and a delete all look alike here)
-                defaults = await self.sink.dump_defaults(table)
-                self.sink.submit(DefaultsChanged(
-                    table, None if defaults is None else defaults.get(table, ())))
+                await self._table_changed(table)
         elif event in ("RTM_NEWRULE", "RTM_DELRULE"):
             self.sink.submit(RuleChanged(msg.get("priority") or 0))

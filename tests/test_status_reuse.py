@@ -1,0 +1,79 @@
+"""Status reuses the last reconcile's kernel read while it is still the kernel's state
+(issue #16, item 7: `ecmpctl status` with 64 WANs): only after a pass that changed
+nothing, with no pass due and no kernel event read since."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import pytest
+
+from ecmpd import routing
+from ecmpd.reconciler import Reconciler
+from ecmpd.routing import Actual
+from ecmpd.state import initial
+
+from tests.test_status import ADDRS, CFG, LINKS
+
+
+class Kernel:
+    def __init__(self) -> None:
+        self.reads = 0
+        self.changes = 0
+
+    async def read_actual(self, ipr: Any, cfg: Any, tables: Any = ()) -> Actual:
+        self.reads += 1
+        return Actual()
+
+    async def apply(self, ipr: Any, cfg: Any, desired: Any, actual: Any = None,
+                    refused: Any = None) -> int:
+        return self.changes
+
+
+class Firewall:
+    def reconfigure(self, cfg: Any, gateways: Any = None) -> None: ...
+
+    def ensure(self) -> bool:
+        return False
+
+
+class Sysctls:
+    def apply(self, wanted: Any) -> int:
+        return 0
+
+
+@pytest.fixture
+def kernel(monkeypatch: pytest.MonkeyPatch) -> Kernel:
+    k = Kernel()
+    monkeypatch.setattr(routing, "read_actual", k.read_actual)
+    monkeypatch.setattr(routing, "apply", k.apply)
+    return k
+
+
+def test_the_read_of_a_quiet_pass_is_reused_until_an_event_or_a_change(kernel) -> None:
+    async def body() -> list:
+        st = [initial(CFG, LINKS, ADDRS, (), 0.0)]
+        events = [0]
+        r = Reconciler(lambda: st[0], Firewall(), Sysctls(), asyncio.ensure_future)  # type: ignore[arg-type]
+        r.ipr = object()  # type: ignore[assignment]
+        r.stamp = lambda: events[0]
+        seen = [r.unchanged()]                      # no pass yet
+        await r.settled()
+        seen.append(r.unchanged())                  # a quiet pass: its read
+        events[0] += 1
+        seen.append(r.unchanged())                  # an event since
+        await r.settled()
+        r.kick()
+        seen.append(r.unchanged())                  # a pass due
+        await r.settled()
+        st[0] = dataclasses.replace(st[0], cfg=dataclasses.replace(CFG, route_metric=7))
+        seen.append(r.unchanged())                  # another config
+        kernel.changes = 1
+        await r.settled()
+        seen.append(r.unchanged())                  # a pass that changed the kernel
+        return seen
+
+    seen = asyncio.run(body())
+    assert [isinstance(x, Actual) for x in seen] == [False, True, False, False, False, False]
