@@ -18,6 +18,12 @@ any small timeout loses those read after a preemption, while the final, empty ca
 blocks the event loop for at least a millisecond (poll() rounds up).  `_parse_reply` is
 icmplib's own parser (private, hence the `<4` pin); it assumes 20-byte IPv4 headers, so
 `_without_options` cuts IP options out first.
+
+IPv4 requests are icmplib's packets (`_create_packet`) sent with ``sendto`` on its
+socket: its ``send`` adds a ``getaddrinfo`` and two ``setsockopt`` calls per request for
+a destination and TTL that never change.  The codec stays icmplib's (measured: building
+a request 7.1 us and parsing a reply 2.2 us, against 0.8 us for both by hand; at 64 WANs
+x 2 targets that is about 1 % of a core, the price of not keeping a codec of our own).
 """
 
 from __future__ import annotations
@@ -44,8 +50,6 @@ BATCH = 64
 _V4 = (0, frozenset({3, 11, 12}))  # unreachable, time exceeded, parameter problem
 _V6 = (129, frozenset({1, 2, 3, 4}))  # unreachable, too big, time exceeded, parameter problem
 _SOL_RAW, _ICMP_FILTER = 255, 1  # ICMP_FILTER (IPv4), ICMP6_FILTER (IPv6): bit set = dropped
-_HEADER = struct.Struct("!BBHHH")  # type, code, checksum, identifier, sequence
-_ID_SEQ = struct.Struct("!HH")
 TTL = 64
 """The TTL of IPv4 requests (icmplib's default), set once on the socket."""
 SO_TIMESTAMPNS = 35  # <asm-generic/socket.h>; also the SCM type of its ancillary data
@@ -134,20 +138,6 @@ def _without_options(packet: bytes) -> bytes:
     return packet
 
 
-def _sum16(data: bytes) -> int:
-    """The unfolded sum of `data`'s big-endian 16-bit words (the Internet checksum's)."""
-    if len(data) % 2:
-        data += b"\0"
-    return sum(struct.unpack(f"!{len(data) // 2}H", data))
-
-
-def _fold(total: int) -> int:
-    """The one's complement checksum of words summing to `total`."""
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def _new_ident() -> int:
     """A 16-bit identifier no open EchoSocket of this process uses, from icmplib's own
     counter (so icmplib's ping functions in this process draw distinct ones too)."""
@@ -203,8 +193,8 @@ class EchoSocket:
             _live.discard(self._ident)
             raise
         self._sock = sock
-        if not self._v6:   # requests are built here: the sum of all but the sequence is fixed
-            sock.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, TTL)
+        if not self._v6:   # set once, not by icmplib's send() on every request
+            self._icmp._set_ttl(TTL)
         # the kernel stamps each reply on receipt: an RTT without the time the reply
         # waited for a busy loop (64 WANs' rounds start in one burst)
         self._stamped = hasattr(sock, "recvmsg")
@@ -213,7 +203,6 @@ class EchoSocket:
                 sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
             except OSError:
                 self._stamped = False
-        self._sum = (8 << 8) + self._ident + _sum16(PAYLOAD)
         self._seq = 0
         # seq -> (address, key, sent at (loop time), sent at (wall clock))
         self._pending: dict[int, tuple[str, bytes, float, float]] = {}
@@ -247,8 +236,8 @@ class EchoSocket:
             if self._v6:   # icmplib resolves a scope (fe80::1%wan); the kernel checksums
                 self._icmp.send(icmplib.ICMPRequest(address, self._ident, seq, payload=PAYLOAD))
             else:          # icmplib's packet, without a lookup and two setsockopt per request
-                self._sock.sendto(_HEADER.pack(8, 0, _fold(self._sum + seq), self._ident, seq)
-                                  + PAYLOAD, (address, 0))
+                self._sock.sendto(self._icmp._create_packet(self._ident, seq, PAYLOAD),
+                                  (address, 0))
         except (icmplib.ICMPLibError, OSError) as e:  # no route, filtered, buffer full, ...
             log.debug("ping %s from %s: send failed: %s", address, self.source, e)
             return None
@@ -284,11 +273,6 @@ class EchoSocket:
     def _handle(self, packet: bytes, peer: str, now: float, stamp: float | None = None) -> None:
         if not self._v6:
             packet = _without_options(packet)
-            if packet[20] == 0 and len(packet) >= 28:   # an echo reply: read it directly
-                ident, seq = _ID_SEQ.unpack_from(packet, 24)
-                if ident == self._ident:
-                    self._answered(seq, None, peer, now, stamp)
-                return
         reply = self._icmp._parse_reply(packet, peer, now)
         if reply is None or reply.id != self._ident:  # the BPF filter already checked the id
             return
