@@ -20,27 +20,24 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import replace
 from typing import Any
 
-from .netlinkimport import AsyncIPRoute
-
-from . import conntrack, gateways, ownaddr, routing, status
+from . import conntrack, ownaddr, routing, status
 from .config import ConfigError, load_config
+from .configmodel import Config, Wan
 from .control_server import ControlServer
-from .logsetup import RateLimitedLog
-from .desired import table_range
-from .ledger import Ledger
 from .disabled import DisabledStore
 from .events import (Adopted, DefaultsRead, Effect, Event, Flush, ForgetAddress, Log,
                      ProbeRound, Reconcile, Reloaded, ResetProber, SetDisabled, step)
-from .reconciler import Reconciler
 from .firewall import Firewall
-from .configmodel import Config, Wan
-from .prober import Prober
 from .judge import RoundResult
+from .kernel import Kernel
+from .ledger import Ledger
+from .logsetup import RateLimitedLog
+from .prober import Prober
+from .reconciler import Reconciler
 from .reloadplan import plan_reload
 from .sdnotify import Notifier
-from .state import (Addresses, Decision, Defaults, Link, State, active, address,
-                    awaiting_verdict, initial, main_route, no_target, own_targets,
-                    probe_targets)
+from .state import (Decision, State, active, address, awaiting_verdict, initial, main_route,
+                    no_target, own_targets, probe_targets)
 from .sysctl import Sysctls
 from .watcher import Watcher
 
@@ -58,12 +55,15 @@ class Daemon:
         """The one current state; replaced whole by `submit`, never mutated."""
         self.disabled_store = DisabledStore(cfg.control_socket + ".disabled.json")
         self.firewall = Firewall(cfg)
-        self.reconciler = Reconciler(lambda: self.state, self.firewall, Sysctls(), self._spawn,
-                                     report=self.submit, on_pass=self._record_disabled)
+        self.kernel = Kernel(lambda: self.state)
+        """The rtnetlink socket for dumps and changes, its lock and its reads."""
+        self.watcher = Watcher(self, reads=self.kernel)
+        self.reconciler = Reconciler(
+            lambda: self.state, self.kernel, self.firewall, Sysctls(), self._spawn,
+            report=self.submit, on_pass=self._record_disabled,
+            stamp=lambda: (self.watcher.events, self.watcher.resyncs))
         self._recorded_disabled: frozenset[str] | None = None
         """The disabled WANs last written to `disabled_store` (None: not yet)."""
-        self.watcher = Watcher(self)
-        self.reconciler.stamp = lambda: (self.watcher.events, self.watcher.resyncs)
         self.ledger = Ledger(cfg.control_socket)
         """The ownership numbers installed (`<socket>.owned.json`): nothing is orphaned."""
         self.control: ControlServer | None = None
@@ -80,16 +80,6 @@ class Daemon:
     def cfg(self) -> Config:
         """The config in force (the current state's)."""
         return self.state.cfg
-
-    @property
-    def ipr(self) -> AsyncIPRoute | None:
-        """The netlink socket for dumps and changes (hold `netlink_lock` to use it)."""
-        return self.reconciler.ipr
-
-    @property
-    def netlink_lock(self) -> asyncio.Lock:
-        """Hold it while using `ipr`: one dump at a time per netlink socket."""
-        return self.reconciler.lock
 
     # ---- events --------------------------------------------------------------------
     def submit(self, event: Event) -> None:
@@ -147,42 +137,6 @@ class Daemon:
         if gone := await conntrack.flush_address(e.address):
             log.info("%s: %d connections NATed to its old address %s removed from conntrack",
                      e.name, gone, e.address)
-
-    async def dump_links(self) -> dict[str, Link] | None:
-        """Every link, from a dump (None before start)."""
-        if self.ipr is None:
-            return None
-        async with self.netlink_lock:
-            return {n: Link.of(v) for n, v in (await routing.read_links(self.ipr)).items()}
-
-    async def dump_defaults(self, table: int | None = None) -> Defaults | None:
-        """Other programs' default routes: of `table`, or (None) of every table where
-        a `gateway: auto` WAN may learn its gateway; {} when no WAN learns one (None
-        before start)."""
-        if self.ipr is None:
-            return None
-        cfg = self.cfg
-        if not gateways.learns(cfg):
-            return {}
-        async with self.netlink_lock:
-            if table is not None:
-                return {table: await gateways.read_table(self.ipr, table, cfg.route_proto)}
-            return await gateways.read_defaults(self.ipr, cfg.route_proto, table_range(cfg),
-                                                self.state.defaults)
-
-    async def dump_local(self) -> ownaddr.Local | None:
-        """Every address of the router, both families, from a dump (None before start)."""
-        if self.ipr is None:
-            return None
-        async with self.netlink_lock:
-            return await ownaddr.read(self.ipr)
-
-    async def dump_addresses(self) -> Addresses | None:
-        """Every IPv4 address, from a dump (None before start)."""
-        if self.ipr is None:
-            return None
-        async with self.netlink_lock:
-            return {i: tuple(a) for i, a in (await routing.read_addresses(self.ipr)).items()}
 
     # ---- probers -------------------------------------------------------------------
     def traffic(self, wan: Wan) -> int | None:
@@ -256,18 +210,18 @@ class Daemon:
             cfg = replace(cfg, control_socket=self.cfg.control_socket,
                           control_group=self.cfg.control_group)
             plan = plan_reload(self.cfg, cfg)
-            async with self.netlink_lock:
+            async with self.kernel.lock:
                 # ecmpd's objects are recognised by their numbers: when those change, the
                 # ledger records both and hands the routes and rules over, new first
                 # (make before break), so nothing is orphaned and no packet finds no route
                 if plan.reinstall:
                     log.info("route proto/metric, tables or rule priorities changed: "
                              "handing routes and rules over to the new numbers")
-                await self.ledger.switch(self.ipr, self.cfg, cfg)
+                await self.ledger.switch(self.kernel.ipr, self.cfg, cfg)
                 self.submit(Reloaded(cfg, plan))
                 self._reconfigure_probers(cfg)
                 self.watcher.follow(cfg)
-            if (defaults := await self.dump_defaults()) is not None:
+            if (defaults := await self.kernel.dump_defaults()) is not None:
                 self.submit(DefaultsRead(defaults))    # the gateways to learn now
             await self.reconciler.settled()
             self.ledger.settle(self.cfg)  # a later reload may have replaced cfg already
@@ -312,13 +266,14 @@ class Daemon:
 
     async def snapshot(self) -> status.Snapshot:
         """What status shows, taken at one moment (conntrack counted just before)."""
-        assert self.ipr is not None
+        assert self.kernel.ipr is not None
         cfg = self.cfg
         counts = await conntrack.count_marks({w.name: cfg.mark_of(w) for w in cfg.wans},
                                              cfg.mark_mask)
-        async with self.netlink_lock:
+        async with self.kernel.lock:
             # unchanged since a pass that changed nothing: that read is the kernel's state
-            actual = self.reconciler.unchanged() or await routing.read_actual(self.ipr, cfg)
+            actual = (self.reconciler.unchanged()
+                      or await routing.read_actual(self.kernel.ipr, cfg))
             st = self.state                 # with the kernel read: nothing in between
             probes = {w.name: status.reading(p, p.targets)
                       for w in st.cfg.wans if (p := self._probers.get(w.name))}
@@ -337,22 +292,23 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._hup()))
-        self.reconciler.ipr = AsyncIPRoute()
+        self.kernel.open()
+        k = self.kernel
         cfg = self.cfg
         self.disabled_store = DisabledStore(cfg.control_socket + ".disabled.json")
-        links, addresses = await self.dump_links(), await self.dump_addresses()
+        links, addresses = await k.dump_links(), await k.dump_addresses()
         disabled = self.disabled_store.load({w.name for w in cfg.wans})
         self._recorded_disabled = frozenset(disabled)
         self.state = initial(cfg, links or {}, addresses or {}, disabled, time.time(),
-                             await self.dump_defaults(), await self.dump_local() or frozenset())
+                             await k.dump_defaults(), await k.dump_local() or frozenset())
         for level, message in ownaddr.changes({}, {w.name: own_targets(self.state, w)
                                                    for w in cfg.wans}):
             log.log(level, message)
-        async with self.netlink_lock:
+        async with k.lock:
             # what an earlier run left under other numbers (kill -9, then a config with
             # other tables/priorities/metric/nft table) is handed over, not orphaned
-            await self.ledger.take_over(self.ipr, cfg)
-            actual = await routing.read_actual(self.ipr, cfg)
+            await self.ledger.take_over(k.ipr, cfg)
+            actual = await routing.read_actual(k.ipr, cfg)
         for line in routing.stray_warnings(actual, cfg):
             log.warning("%s", line)
         self.submit(Adopted(main_route(actual.routes, cfg)))
@@ -407,17 +363,16 @@ class Daemon:
         cfg = self.cfg
         if cfg.keep_on_exit:
             log.info("keep_on_exit: leaving routes, rules and nft table in place")
-        elif self.ipr is not None:
-            async with self.netlink_lock:
-                removed = await routing.remove_all(self.ipr, cfg)
+        elif self.kernel.ipr is not None:
+            async with self.kernel.lock:
+                removed = await routing.remove_all(self.kernel.ipr, cfg)
                 try:
                     self.firewall.remove()
                 except Exception as exc:
                     log.error("cannot remove nft table %s: %s", cfg.nft_table, exc)
                 self.reconciler.sysctls.restore()
             log.info("removed ecmpd's routes and rules (%d) and nft table", removed)
-        if self.ipr is not None:
-            self.ipr.close()
+        self.kernel.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run `coro` as a task the daemon keeps a reference to until it is done."""

@@ -62,20 +62,22 @@ def load(args: argparse.Namespace) -> Config | None:
 async def dry_run(cfg: Config) -> None:
     """Print the plan for the current network namespace (see `plan`).  Only reads:
     netlink dumps and the disabled WANs' file; needs no root."""
-    from .netlinkimport import AsyncIPRoute
-
-    from . import gateways, nftrules, ownaddr, routing
-    from .desired import table_range
+    from . import nftrules, routing
     from .disabled import DisabledStore
-    from .state import Link, main_route
+    from .kernel import Kernel
+    from .state import initial, main_route
 
-    async with AsyncIPRoute() as ipr:
-        links = {n: Link.of(v) for n, v in (await routing.read_links(ipr)).items()}
-        addrs = {i: tuple(a) for i, a in (await routing.read_addresses(ipr)).items()}
-        defaults = (await gateways.read_defaults(ipr, cfg.route_proto, table_range(cfg))
-                    if gateways.learns(cfg) else {})
-        local = await ownaddr.read(ipr)
-        actual = await routing.read_actual(ipr, cfg)
+    # the daemon's reads (`Kernel`), before anything is known of the state
+    kernel = Kernel(lambda: initial(cfg, {}, {}, (), 0.0))
+    kernel.open()
+    try:
+        links, addrs = await kernel.dump_links() or {}, await kernel.dump_addresses() or {}
+        defaults = await kernel.dump_defaults() or {}
+        local = await kernel.dump_local() or frozenset()
+        async with kernel.lock:
+            actual = await routing.read_actual(kernel.ipr, cfg)
+    finally:
+        kernel.close()
     disabled = DisabledStore(cfg.control_socket + ".disabled.json").load(
         {w.name for w in cfg.wans})
     for line in plan(cfg, links, addrs, defaults, local, disabled,

@@ -20,11 +20,10 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .netlinkimport import AsyncIPRoute
-
 from . import conntrack, routing
 from .events import Event, Flush, NexthopsRefused
 from .firewall import Firewall
+from .kernel import Kernel
 from .refused import Refused
 from .state import (Decision, Refusal, State, decide, full_hop, main_route,
                     probe_gateways)
@@ -34,14 +33,17 @@ log = logging.getLogger("ecmpd")
 
 Spawn = Callable[[Coroutine[Any, Any, Any]], None]
 
-
 class Reconciler:
     """Serialised, coalesced reconcile passes over `current()`, the daemon's state."""
 
-    def __init__(self, current: Callable[[], State], firewall: Firewall, sysctls: Sysctls,
-                 spawn: Spawn, report: Callable[[Event], None] = lambda ev: None,
-                 on_pass: Callable[[Decision], None] | None = None) -> None:
+    def __init__(self, current: Callable[[], State], kernel: Kernel, firewall: Firewall,
+                 sysctls: Sysctls, spawn: Spawn,
+                 report: Callable[[Event], None] = lambda ev: None,
+                 on_pass: Callable[[Decision], None] | None = None,
+                 stamp: Callable[[], object] = lambda: None) -> None:
         self.current = current
+        self.kernel = kernel
+        """The rtnetlink socket and its lock (`ecmpd.kernel`)."""
         self.report = report
         """Feeds an event to the state's owner (the pass's refused nexthops)."""
         self.on_pass = on_pass
@@ -49,10 +51,6 @@ class Reconciler:
         self.firewall = firewall
         self.sysctls = sysctls
         self.spawn = spawn
-        self.ipr: AsyncIPRoute | None = None
-        self.lock = asyncio.Lock()
-        """Held while using `ipr`: the kernel runs one dump at a time per netlink socket
-        (a concurrent second dump fails with EBUSY)."""
         self.passes = self.changes = self.flushes = 0
         self.reactions: deque[float] = deque(maxlen=200)
         """Seconds from a health decision to the kernel's route reflecting it."""
@@ -66,7 +64,7 @@ class Reconciler:
         self._waiters: list[asyncio.Future[Decision]] = []
         self._kept = False
         """The last pass kept the route with no WAN usable (for its log line only)."""
-        self.stamp: Callable[[], object] = lambda: None
+        self.stamp = stamp
         """A token that changes with every kernel event read (the daemon's watcher)."""
         self._quiet: tuple[object, Any, routing.Actual] | None = None
         """(stamp, config, kernel read) of the last pass when it changed nothing."""
@@ -135,7 +133,7 @@ class Reconciler:
         """The last pass's kernel read, when it is still the kernel's state: that pass
         changed nothing, no pass is due and no kernel event was read since (every change
         of ecmpd's routes and rules, and of the links and addresses they depend on, is
-        one).  Call it holding `lock`; None: read the kernel."""
+        one).  Call it holding the kernel's lock; None: read the kernel."""
         if self._quiet is None or self._again or (self._task and not self._task.done()):
             return None
         stamp, cfg, actual = self._quiet
@@ -143,11 +141,12 @@ class Reconciler:
 
     async def reconcile(self) -> Decision:
         """One pass, now; returns its decision."""
-        async with self.lock:
-            assert self.ipr is not None
+        async with self.kernel.lock:
+            ipr = self.kernel.ipr
+            assert ipr is not None
             self._quiet = None
             stamp = self.stamp()
-            actual = await routing.read_actual(self.ipr, self.current().cfg)
+            actual = await routing.read_actual(ipr, self.current().cfg)
             # the snapshot goes with the kernel read (a reload that changes the numbers
             # recognising ecmpd's objects swaps the config under this lock)
             snap = self.current()
@@ -158,8 +157,7 @@ class Reconciler:
                 self._kept = decision.kept
             changes = self.sysctls.apply(decision.desired.sysctls)
             refused: Refused = {}
-            changes += await routing.apply(self.ipr, snap.cfg, decision.desired, actual,
-                                           refused)
+            changes += await routing.apply(ipr, snap.cfg, decision.desired, actual, refused)
             self.report(refusals(snap, refused))
             try:
                 self.firewall.reconfigure(snap.cfg, probe_gateways(snap))
@@ -181,7 +179,6 @@ class Reconciler:
             self.flushes += 1
         if await conntrack.flush_mark(f.mark, f.mask) and f.name is not None:
             log.info("%s: its connections were removed from conntrack", f.name)
-
 
 def refusals(snap: State, refused: Refused) -> NexthopsRefused:
     """The event reporting the nexthops the kernel refused in a pass over `snap`."""

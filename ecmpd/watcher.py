@@ -46,10 +46,14 @@ when a token does, so the last change is always read."""
 
 
 class Sink(Protocol):
-    """What the watcher needs of the daemon: an inbox and the dumps (done under the
-    daemon's netlink lock; None: no netlink socket yet)."""
+    """Where the watcher's events go: the daemon, the state's one owner."""
 
     def submit(self, event: Event) -> None: ...
+
+
+class Reads(Protocol):
+    """The dumps the watcher needs (`ecmpd.kernel.Kernel`'s, under its lock; None: no
+    netlink socket yet)."""
 
     async def dump_links(self) -> Mapping[str, Link] | None: ...
 
@@ -63,8 +67,11 @@ class Sink(Protocol):
 class Watcher:
     """Turns kernel events into `Event`s for `sink`."""
 
-    def __init__(self, sink: Sink, subscription: Callable[[], Any] | None = None) -> None:
+    def __init__(self, sink: Sink, subscription: Callable[[], Any] | None = None,
+                 reads: Reads | None = None) -> None:
         self.sink = sink
+        self.reads: Reads = reads if reads is not None else sink  # type: ignore[assignment]
+        """The kernel's dumps (default: `sink` provides them too, as test doubles do)."""
         self._subscription = subscription
         """Opens an rtnetlink event socket (default: `AsyncIPRoute`)."""
         self._ipr: Any = None
@@ -167,7 +174,7 @@ class Watcher:
         while self._reread_due:
             self._reread_due = False
             await asyncio.sleep(0)          # let the rest of a burst be read first
-            defaults = await self.sink.dump_defaults()
+            defaults = await self.reads.dump_defaults()
             if defaults is not None:
                 self.sink.submit(DefaultsRead(defaults))
 
@@ -210,7 +217,7 @@ class Watcher:
             wait = 1 / READS[1]     # a change meanwhile is read a token later
 
     async def _read_table(self, table: int) -> None:
-        defaults = await self.sink.dump_defaults(table)
+        defaults = await self.reads.dump_defaults(table)
         self.sink.submit(DefaultsChanged(table, None if defaults is None
                                          else defaults.get(table, ())))
 
@@ -279,14 +286,14 @@ class Watcher:
     async def resync(self) -> None:
         """Report links, addresses and other programs' default routes from full dumps
         (`Resynced`)."""
-        links = await self.sink.dump_links()
+        links = await self.reads.dump_links()
         if links is None:
             return
-        addresses = await self.sink.dump_addresses()
+        addresses = await self.reads.dump_addresses()
         if addresses is None:
             return
-        defaults = await self.sink.dump_defaults()
-        self.sink.submit(Resynced(links, addresses, defaults, await self.sink.dump_local()))
+        defaults = await self.reads.dump_defaults()
+        self.sink.submit(Resynced(links, addresses, defaults, await self.reads.dump_local()))
 
     async def _handle(self, msg: Any) -> None:
         event = msg.get("event")
@@ -296,14 +303,14 @@ class Watcher:
             if self._learning is not None and (link is None or not link.up):
                 self._reread_defaults()     # its routes went, silently
         elif event in ("RTM_NEWADDR", "RTM_DELADDR") and msg.get("family") == socket.AF_INET6:
-            local = await self.sink.dump_local()    # the router's own: targets to discount
+            local = await self.reads.dump_local()    # the router's own: targets to discount
             if local is not None:
                 self.sink.submit(LocalChanged(local))
         elif event in ("RTM_NEWADDR", "RTM_DELADDR"):
             # re-read rather than patched: the kernel's primary/secondary order decides
             # which address is the WAN's
-            addresses = await self.sink.dump_addresses()
-            local = await self.sink.dump_local()
+            addresses = await self.reads.dump_addresses()
+            local = await self.reads.dump_local()
             self.sink.submit(AddressesChanged(msg.get("index"), event == "RTM_DELADDR",
                                               addresses, local))
             if self._learning is not None and event == "RTM_DELADDR":

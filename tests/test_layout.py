@@ -205,3 +205,53 @@ def test_tests_wait_only_through_lab_wait(tmp_path: Path) -> None:
     found = {p.relative_to(ROOT).as_posix(): lines for p in sorted((ROOT / "tests").rglob("*.py"))
              if (lines := deadline_loops(p))}
     assert found == {}
+
+
+# ------------------------------------------------------------------ kernel I/O, ownership
+
+def _calls_named(tree: ast.AST, suffix: str) -> list[int]:
+    return [n.lineno for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and ast.unparse(n.func).endswith(suffix)]
+
+
+def test_one_place_opens_the_daemons_rtnetlink_socket() -> None:
+    opened = {p.stem: lines for p in sorted((ROOT / "ecmpd").glob("*.py"))
+              if (lines := _calls_named(ast.parse(p.read_text()), "IPRoute")
+                  + _calls_named(ast.parse(p.read_text()), "self._factory"))}
+    # kernel: the daemon's socket for dumps and changes; watcher: its event subscription
+    # (a socket of its own, bound to multicast groups); ownaddr: `--check`, outside the
+    # daemon, one synchronous dump
+    assert set(opened) == {"kernel", "watcher", "ownaddr"}, opened
+    watcher = (ROOT / "ecmpd" / "watcher.py").read_text()
+    assert "await ipr.bind(groups=GROUPS)" in watcher
+
+
+OWN_TYPES = {
+    # module: names of objects of its own types (or the stdlib's/libraries' documented
+    # setters) that it may assign attributes of
+    "config": {"m"}, "yamlpos": {"data", "node", "key_node"},
+    "control_server": {"conn", "transport"}, "prober": {"rnd"},
+    "routing": {"actual", "have"}, "logsetup": {"handler", "logger"},
+    "icmpecho": {"self._icmp"}, "netlinkimport": {"module"},
+}
+
+
+def test_no_module_assigns_another_modules_fields() -> None:
+    """Outside `self`, an attribute is assigned only on an object of the module's own
+    types (`OWN_TYPES`): the daemon never writes the prober's, the reconciler's or the
+    watcher's fields, they are told through a method."""
+    found = []
+    for path in sorted((ROOT / "ecmpd").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = (node.targets if isinstance(node, ast.Assign) else
+                       [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign))
+                       else [])
+            for t in targets:
+                for el in t.elts if isinstance(t, ast.Tuple) else [t]:
+                    if not isinstance(el, ast.Attribute):
+                        continue
+                    base = ast.unparse(el.value)
+                    if base in ("self", "cls") or base in OWN_TYPES.get(path.stem, ()):
+                        continue
+                    found.append(f"{path.name}:{el.lineno}: {ast.unparse(el)}")
+    assert not found, found

@@ -333,7 +333,7 @@ def kernel(monkeypatch):
                               counts={"wlan1": 7}, reads=[], count_calls=[], during=None)
 
     async def read_actual(ipr: Any, cfg: Config) -> Actual:
-        k.reads.append((ipr, cfg, k.daemon.netlink_lock.locked()))
+        k.reads.append((ipr, cfg, k.daemon.kernel.lock.locked()))
         if k.during is not None:
             k.during()                  # the state changes while the kernel is read
         return k.actual
@@ -355,7 +355,7 @@ def test_the_daemon_takes_the_snapshot_with_its_kernel_read(kernel) -> None:
     async def body() -> tuple[Snapshot, State]:
         d = Daemon(CFG, "/tmp/ecmpd-test.yaml", Notifier(environ={}))
         kernel.daemon = d
-        d.reconciler.ipr = object()  # type: ignore[assignment]
+        d.kernel.ipr = object()  # type: ignore[assignment]
         d.reconciler.closed = True      # no reconcile pass: nothing may touch this host
         d.state = initial(CFG, LINKS, ADDRS, (), time.time())
         d.submit(SetDisabled("wlan2", True))

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from ecmpd import routing
+from ecmpd import kernel as kernel_mod
 from ecmpd.reconciler import Reconciler
 from ecmpd.routing import Actual
 from ecmpd.state import initial
@@ -56,9 +57,10 @@ def test_the_read_of_a_quiet_pass_is_reused_until_an_event_or_a_change(kernel) -
     async def body() -> list:
         st = [initial(CFG, LINKS, ADDRS, (), 0.0)]
         events = [0]
-        r = Reconciler(lambda: st[0], Firewall(), Sysctls(), asyncio.ensure_future)  # type: ignore[arg-type]
-        r.ipr = object()  # type: ignore[assignment]
-        r.stamp = lambda: events[0]
+        k = kernel_mod.Kernel(lambda: st[0], factory=object)  # type: ignore[arg-type]
+        k.open()
+        r = Reconciler(lambda: st[0], k, Firewall(), Sysctls(),  # type: ignore[arg-type]
+                       asyncio.ensure_future, stamp=lambda: events[0])
         seen = [r.unchanged()]                      # no pass yet
         await r.settled()
         seen.append(r.unchanged())                  # a quiet pass: its read
