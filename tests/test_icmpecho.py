@@ -20,6 +20,7 @@ import socket
 import struct
 import subprocess
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ import icmplib
 import pytest
 
 from ecmpd import icmpecho
-from ecmpd.icmpecho import PAYLOAD, Answer, EchoSocket, bpf_program
+from ecmpd.icmpecho import PAYLOAD, SO_TIMESTAMPNS, Answer, EchoSocket, bpf_program
 from lab import netns
 from lab.flood import checksum
 from lab.wait import within
@@ -953,3 +954,56 @@ def test_lab_device_binding_keeps_requests_on_their_device(echolab: dict[str, st
     # the control: the same requests from unbound sockets do leave by wan1
     assert out["sent_free"] == [1, 1]
     assert free["w1v4"] == bound["w1v4"] + 1 and free["w1v6"] == bound["w1v6"] + 1
+
+
+# ---- EchoSocket's RTT from the kernel's receive stamp (SO_TIMESTAMPNS, issue #16 item 7):
+
+def test_the_rtt_is_the_kernels_and_the_age_the_loops(fakes: Fakes, monkeypatch) -> None:
+    stamps: list[float] = []
+
+    def recvmsg(self: FakeRaw, size: int, ancsize: int) -> tuple[Any, ...]:
+        packet, peer = self.recvfrom(size)
+        sec, frac = divmod(stamps.pop(0), 1)
+        cmsg = (socket.SOL_SOCKET, SO_TIMESTAMPNS, struct.pack("@qq", int(sec), int(frac * 1e9)))
+        return packet, [cmsg], 0, peer
+
+    monkeypatch.setattr(FakeRaw, "recvmsg", recvmsg, raising=False)
+    made = fakes()
+
+    async def main() -> list[Answer]:
+        got: list[Answer] = []
+        s = EchoSocket(A4, got.append)
+        fake = made[-1]
+        assert fake.options[(socket.SOL_SOCKET, SO_TIMESTAMPNS)] == 1
+        s.send(T4)
+        stamps.append(time.time() + 0.005)        # the kernel had it after 5 ms
+        await asyncio.sleep(0.1)                  # the loop reads it 100 ms after the send
+        fake.inject(*reply_to(fake))
+        s.send(T4)
+        stamps.append(time.time() - 3600)         # a wall-clock step back: no made-up RTT
+        fake.inject(*reply_to(fake))
+        await asyncio.sleep(0.01)
+        s.close()
+        return got
+
+    first, second = run(main())
+    assert 0.004 < first.rtt < 0.05 and first.age is not None and first.age >= 0.1
+    assert second.rtt == 0.0 and second.age is not None
+
+
+def test_without_recvmsg_the_rtt_is_the_loops(fakes: Fakes) -> None:
+    made = fakes()
+
+    async def main() -> Answer:
+        got: list[Answer] = []
+        s = EchoSocket(A4, got.append)
+        assert (socket.SOL_SOCKET, SO_TIMESTAMPNS) not in made[-1].options
+        s.send(T4)
+        await asyncio.sleep(0.05)
+        made[-1].inject(*reply_to(made[-1]))
+        await asyncio.sleep(0.01)
+        s.close()
+        return got[0]
+
+    a = run(main())
+    assert a.rtt == a.age and a.rtt >= 0.05
