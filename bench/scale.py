@@ -64,23 +64,25 @@ class TreeEcmpd(Ecmpd):
         super().__init__(lab, config)
         self.tree, self.profile = tree, profile
 
+    def module(self, name: str, before: str) -> str:
+        """`name`, or its name in a tree from before the modules were renamed (an
+        editable install of this checkout would otherwise win the import)."""
+        return name if (self.tree / "ecmpd" / f"{name}.py").is_file() else before
+
     def argv(self, *extra: str) -> list[str]:
         run = "sys.exit(main())"
         if self.profile:
             run = (f"import cProfile; p = cProfile.Profile(); p.enable()\ntry: main()\n"
                    f"finally: p.disable(); p.dump_stats({self.profile!r})")
-        # a tree from before the modules' renaming has ecmpd.cli and ecmpd.ctl
-        code = (f"import sys; sys.path.insert(0, {str(self.tree)!r})\n"
-                f"try: from ecmpd.ecmpd_command import main\n"
-                f"except ImportError: from ecmpd.cli import main\n"
+        code = (f"import sys; sys.path.insert(0, {str(self.tree)!r}); "
+                f"from ecmpd.{self.module('ecmpd_command', 'cli')} import main; "
                 f"sys.argv[0] = 'ecmpd'\n{run}")
         return [sys.executable, "-c", code, "--config", str(self.config_path),
                 "--socket", self.socket, *extra]
 
     def ctl_argv(self) -> list[str]:
-        return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(self.tree)!r})\n"
-                "try: from ecmpd.ecmpctl_command import main\n"
-                "except ImportError: from ecmpd.ctl import main\n"
+        return [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(self.tree)!r}); "
+                f"from ecmpd.{self.module('ecmpctl_command', 'ctl')} import main; "
                 "sys.exit(main())",
                 "--socket", self.socket, "status"]
 
