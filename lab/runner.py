@@ -191,6 +191,14 @@ def nft_table(lab: Lab, table: str = "ecmpd") -> str:
     return re.sub(r"packets \d+ bytes \d+", "packets - bytes -", text)
 
 
+def add_foreign(lab: Lab, ip_commands: list[str], nft_script: str | None = None) -> None:
+    """Give the router objects that are not ecmpd's: `ip -batch` lines (routes, rules)
+    and an nft script (other tables), for tests that ecmpd leaves them alone."""
+    lab.run(lab.ns_router, "ip", "-batch", "-", input="\n".join(ip_commands) + "\n")
+    if nft_script:
+        lab.nft(lab.ns_router, nft_script)
+
+
 def _without_counts(obj: Any) -> Any:
     """`obj` (parsed nft JSON) without counter values: they move with every packet."""
     if isinstance(obj, dict):

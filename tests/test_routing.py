@@ -24,6 +24,7 @@ from ecmpd import routing
 from ecmpd.desired import (UNREACHABLE, UNREACHABLE_METRIC, Desired, build_desired, describe,
                            rule_range, table_range)
 from lab import Lab
+from lab.runner import add_foreign
 from ecmpd.configmodel import Config, Wan
 
 pytestmark = pytest.mark.lab
@@ -215,7 +216,7 @@ FOREIGN = [
 
 
 def test_foreign_objects_survive_apply_and_remove_all(lab: Lab) -> None:
-    lab.run(lab.ns_router, "ip", "-batch", "-", input="\n".join(FOREIGN) + "\n")
+    add_foreign(lab, FOREIGN)
     before = snapshot(lab)
     assert before[1].count('"table":"2000"') == 2
 
@@ -418,7 +419,7 @@ FOREIGN_FIB = 200_000
 
 
 def test_with_a_big_foreign_fib_only_ecmpds_routes_are_read_and_fast(lab: Lab) -> None:
-    lab.run(lab.ns_router, "ip", "-batch", "-", input="\n".join(FOREIGN) + "\n")
+    add_foreign(lab, FOREIGN)
 
     async def body() -> None:
         async with router(lab) as ipr:
@@ -484,7 +485,7 @@ NEW = cfg(table_base=3000, rule_priority=3000, route_metric=10, route_proto=237)
 
 
 def test_handover_moves_everything_to_the_new_numbers_and_nothing_else(lab: Lab) -> None:
-    lab.run(lab.ns_router, "ip", "-batch", "-", input="\n".join(FOREIGN) + "\n")
+    add_foreign(lab, FOREIGN)
     before = snapshot(lab)
 
     async def body() -> None:

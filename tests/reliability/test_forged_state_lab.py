@@ -19,7 +19,7 @@ from typing import Callable
 
 import pytest
 
-from lab.runner import Ecmpd, config_for, kernel_dump
+from lab.runner import Ecmpd, add_foreign, config_for, kernel_dump
 
 pytestmark = pytest.mark.lab
 
@@ -110,8 +110,7 @@ def diff(a: dict, b: dict) -> dict:
 
 def test_forged_state_never_touches_foreign_objects(make_lab, tmp_path):
     lab = make_lab()
-    lab.run(lab.ns_router, "ip", "-batch", "-", input="\n".join(FOREIGN) + "\n")
-    lab.nft(lab.ns_router, FOREIGN_NFT)
+    add_foreign(lab, FOREIGN, FOREIGN_NFT)
     lab.start_servers()
     before = foreign(lab)
     assert any('"priority": 1100' in r for r in before["rules"])

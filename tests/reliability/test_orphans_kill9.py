@@ -21,7 +21,7 @@ import pytest
 
 from ecmpd import ledger
 from ecmpd.desired import Owned
-from lab.runner import Ecmpd, config_for, kernel_dump
+from lab.runner import Ecmpd, add_foreign, config_for, kernel_dump
 
 pytestmark = pytest.mark.lab
 
@@ -78,8 +78,7 @@ NEW_OBJECTS = {
 
 def test_a_restart_with_other_numbers_after_kill9_leaves_no_orphans(make_lab, tmp_path):
     lab = make_lab()
-    lab.run(lab.ns_router, "ip", "-batch", "-", input="\n".join(FOREIGN) + "\n")
-    lab.nft(lab.ns_router, FOREIGN_NFT)
+    add_foreign(lab, FOREIGN, FOREIGN_NFT)
     lab.start_servers()
     before = kernel_dump(lab)
     workdir = str(tmp_path / "ecmpd")
