@@ -260,9 +260,8 @@ class Daemon:
         starts with fewer usable WANs than the router had (none, at worst)."""
         names = frozenset(n for n, ws in decision.state.wans.items()
                           if ws.disabled and not decision.in_route(n))
-        if names != self._recorded_disabled:
-            self.disabled_store.save(set(names))
-            self._recorded_disabled = names
+        if names != self._recorded_disabled and self.disabled_store.save(set(names)):
+            self._recorded_disabled = names     # else the next pass writes it again
 
     async def snapshot(self) -> status.Snapshot:
         """What status shows, taken at one moment (conntrack counted just before)."""

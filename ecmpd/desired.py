@@ -95,6 +95,9 @@ class RuleSpec:
     fwmask: int | None = None
     src: str | None = None
     suppress_prefixlen: int | None = None
+    other: bool = False
+    """Read from the kernel with a selector, flag or action ecmpd never sets (iif, oif,
+    ``not``, a destination, tos, a goto…): never one of ecmpd's."""
 
 
 @dataclass(frozen=True)

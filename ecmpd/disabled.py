@@ -40,10 +40,12 @@ class DisabledStore:
             log.info("still disabled by the administrator: %s", ", ".join(sorted(kept)))
         return kept
 
-    def save(self, names: set[str]) -> None:
-        """Write `names` atomically (`statefile.write`); a failure is logged, never
-        raised."""
+    def save(self, names: set[str]) -> bool:
+        """Write `names` atomically (`statefile.write`); False when it could not be (the
+        failure is logged, never raised)."""
         try:
             statefile.write(self.path, json.dumps(sorted(names)))
+            return True
         except OSError as exc:
             log.warning("cannot remember disabled WANs in %s: %s", self.path, exc)
+            return False

@@ -1,5 +1,5 @@
 """The ledger: which ownership numbers ecmpd's objects in the kernel may carry, kept
-next to the control socket (``<socket>.owned.json``, like the drained-WANs file), so
+next to the control socket (``<socket>.owned.json``, like the disabled-WANs file), so
 that a change of them never orphans what an earlier run installed.
 
 ecmpd recognises its routes, rules and nft table only by numbers from its config

@@ -31,6 +31,9 @@ from .sysctl import Sysctls
 
 log = logging.getLogger("ecmpd")
 
+RETRY_REFUSED = 5.0
+"""Seconds between passes while the kernel refuses a nexthop."""
+
 Spawn = Callable[[Coroutine[Any, Any, Any]], None]
 
 class Reconciler:
@@ -66,6 +69,8 @@ class Reconciler:
         """The last pass kept the route with no WAN usable (for its log line only)."""
         self.stamp = stamp
         """A token that changes with every kernel event read (the daemon's watcher)."""
+        self._retry: asyncio.TimerHandle | None = None
+        """The pass that retries refused nexthops (`_retry_refused`)."""
         self._quiet: tuple[object, Any, routing.Actual] | None = None
         """(stamp, config, kernel read) of the last pass when it changed nothing."""
 
@@ -92,6 +97,9 @@ class Reconciler:
     async def close(self, timeout: float = 5.0) -> None:
         """Start no further pass; wait (bounded) for the current one."""
         self.closed, self._again = True, False
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         if self._task is not None and not self._task.done():
             try:
                 await asyncio.wait_for(self._task, timeout)
@@ -159,6 +167,8 @@ class Reconciler:
             refused: Refused = {}
             changes += await routing.apply(ipr, snap.cfg, decision.desired, actual, refused)
             self.report(refusals(snap, refused))
+            if refused:
+                self._retry_refused()
             try:
                 self.firewall.reconfigure(snap.cfg, probe_gateways(snap))
                 changes += int(self.firewall.ensure())
@@ -169,6 +179,17 @@ class Reconciler:
             if not changes:
                 self._quiet = (stamp, snap.cfg, actual)
             return decision
+
+    def _retry_refused(self) -> None:
+        """A refused nexthop may be taken later (a route to its gateway added, a link
+        that comes up) by a change no event announces to ecmpd: while the kernel refuses
+        one, a pass comes at least every `RETRY_REFUSED` seconds."""
+        if self._retry is None and not self.closed:
+            self._retry = asyncio.get_running_loop().call_later(RETRY_REFUSED, self._retried)
+
+    def _retried(self) -> None:
+        self._retry = None
+        self.kick()
 
     async def _flush(self, f: Flush) -> None:
         if f.name is not None:

@@ -43,6 +43,17 @@ def error_text(exc: NetlinkError) -> str:
     return os.strerror(code) if code else str(exc)
 
 
+NOT_ABOUT_NEXTHOPS = frozenset({errno.ENOMEM, errno.ENOBUFS, errno.EPERM, errno.EBUSY,
+                                errno.EINTR, errno.EAGAIN})
+"""Errors of the moment or of the process, never a verdict on a nexthop."""
+
+
+def about_a_nexthop(exc: NetlinkError) -> bool:
+    """Whether the kernel's error may be about a nexthop (not memory, rights, a busy
+    socket): only such an error makes a nexthop refused."""
+    return getattr(exc, "code", 0) not in NOT_ABOUT_NEXTHOPS
+
+
 def single_hop(spec: RouteSpec) -> Nexthop | None:
     """The one nexthop of a plain unicast route (a WAN table's), else None."""
     return spec.nexthops[0] if spec.kind == UNICAST and len(spec.nexthops) == 1 else None
@@ -53,7 +64,7 @@ def refused_single(spec: RouteSpec, exc: NetlinkError, refused: Refused) -> bool
     nexthop; False when `spec` is no plain unicast route, or `exc` is about no nexthop
     (ENOMEM, EPERM, ...)."""
     hop = single_hop(spec)
-    if hop is None or exc.code in (errno.ENOMEM, errno.ENOBUFS, errno.EPERM, errno.EBUSY):
+    if hop is None or not about_a_nexthop(exc):
         return False
     refused[key(hop)] = error_text(exc)
     return True
@@ -75,6 +86,10 @@ async def install_main(spec: RouteSpec, have: RouteSpec | None, refused: Refused
             return 1
         except NetlinkError as exc:
             first = exc
+        if not about_a_nexthop(first):
+            # no nexthop is to blame: the next pass tries the whole route again
+            log.warning("cannot set route %s: %s", route, first)
+            return 0
         if len(hops) == 1:
             refused[key(hops[0])] = error_text(first)
             break

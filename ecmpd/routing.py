@@ -91,6 +91,20 @@ def _describe_route(msg) -> str:
     return f"default via {via} proto {msg['proto']} metric {msg.get('priority') or 0}"
 
 
+_RULE_ATTRS = frozenset({"FRA_TABLE", "FRA_PRIORITY", "FRA_FWMARK", "FRA_FWMASK", "FRA_SRC",
+                         "FRA_SUPPRESS_PREFIXLEN", "FRA_PROTOCOL"})
+"""What ecmpd's rules carry (the kernel adds FRA_PROTOCOL and FRA_SUPPRESS_PREFIXLEN)."""
+FIB_RULE_INVERT, FR_ACT_TO_TBL = 0x2, 1
+
+
+def _other_selectors(msg) -> bool:
+    """Whether the rule says more than ecmpd's rules do (`RuleSpec.other`)."""
+    return bool(msg.get("flags", 0) & FIB_RULE_INVERT or msg.get("action", FR_ACT_TO_TBL)
+                != FR_ACT_TO_TBL or msg.get("dst_len") or msg.get("tos")
+                or msg.get("src_len") not in (None, 0, 32)
+                or any(name not in _RULE_ATTRS for name, *_ in msg.get("attrs", ())))
+
+
 def _rule_of(msg) -> RuleSpec:
     src = msg.get("src")
     suppress = msg.get("suppress_prefixlen")
@@ -101,6 +115,7 @@ def _rule_of(msg) -> RuleSpec:
         src=str(src) if src else None,
         # the kernel reports FRA_SUPPRESS_PREFIXLEN 0xffffffff (-1) on every rule without one
         suppress_prefixlen=None if suppress in (None, -1, 0xFFFFFFFF) else suppress,
+        other=_other_selectors(msg),
     )
 
 
@@ -112,15 +127,19 @@ def is_ours(rule: RuleSpec, owned: Owned) -> bool:
     a rule looking up local, default or plain main, nor one whose table does not match
     its priority."""
     off = rule.priority - owned.rule_priority
+    if rule.other:
+        return False
     if rule.table == MAIN_TABLE:
-        return off == 0 and rule.suppress_prefixlen == 0
+        return (off == 0 and rule.suppress_prefixlen == 0 and rule.fwmark is None
+                and rule.src is None)
     if not owned.owns_table(rule.table) or rule.suppress_prefixlen is not None:
         return False
     wan = rule.table - owned.table_base
     if off == BALANCE_RULE:
         return wan == 0 and rule.fwmark is None and rule.src is None
     if 1 <= off <= 255:
-        return wan == off and rule.fwmark is not None and rule.src is None
+        return (wan == off and rule.fwmark is not None and rule.fwmask == owned.mark_mask
+                and rule.src is None)
     if 257 <= off <= 511:
         return wan == off - 256 and rule.src is not None and rule.fwmark is None
     return False

@@ -48,3 +48,8 @@ def test_save_failure_is_logged_not_raised(tmp_path, caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="ecmpd"):
         DisabledStore(str(tmp_path / "no" / "dir.json")).save({"wlan1"})
     assert "cannot remember disabled WANs" in caplog.text
+
+
+def test_save_says_whether_it_wrote(tmp_path) -> None:
+    assert store(tmp_path).save({"wlan1"}) is True
+    assert DisabledStore(str(tmp_path / "no" / "dir.json")).save({"wlan1"}) is False

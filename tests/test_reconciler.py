@@ -15,6 +15,7 @@ from ecmpd import kernel as kernel_mod
 from ecmpd.reconciler import Reconciler
 from ecmpd.routing import Actual
 from ecmpd.state import initial
+from lab.wait import until_async
 
 from tests.test_status import ADDRS, CFG, LINKS
 
@@ -79,3 +80,39 @@ def test_the_read_of_a_quiet_pass_is_reused_until_an_event_or_a_change(kernel) -
 
     seen = asyncio.run(body())
     assert [isinstance(x, Actual) for x in seen] == [False, True, False, False, False, False]
+
+
+def test_while_a_nexthop_is_refused_a_pass_comes_again(kernel, monkeypatch) -> None:
+    """A refusal can end without any event ecmpd hears of (a route to the gateway
+    added): the reconciler tries again on its own, and stops once nothing is refused."""
+    from ecmpd import reconciler as rec
+
+    monkeypatch.setattr(rec, "RETRY_REFUSED", 0.05)
+    refusing = [True]
+
+    async def apply(ipr: Any, cfg: Any, desired: Any, actual: Any = None,
+                    refused: Any = None) -> int:
+        if refusing[0] and refused is not None:
+            refused[("192.0.2.1", 11)] = "Network is unreachable"
+        return 0
+
+    monkeypatch.setattr(routing, "apply", apply)
+
+    async def body() -> tuple[int, int, int]:
+        st = initial(CFG, LINKS, ADDRS, (), 0.0)
+        k = kernel_mod.Kernel(lambda: st, factory=object)  # type: ignore[arg-type]
+        k.open()
+        r = Reconciler(lambda: st, k, Firewall(), Sysctls(),  # type: ignore[arg-type]
+                       asyncio.ensure_future)
+        await r.settled()
+        await until_async(lambda: r.passes >= 3, 2.0, "passes retrying the refusal")
+        refusing[0] = False
+        await until_async(lambda: r._retry is None and not r._again and r._task.done(), 2.0,
+                          "retries ended")
+        settled = r.passes
+        await asyncio.sleep(0.2)                 # no retry is due: no pass comes
+        await r.close()
+        return settled, r.passes, int(r._retry is None)
+
+    settled, later, idle = asyncio.run(body())
+    assert later == settled and idle

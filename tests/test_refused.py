@@ -95,6 +95,20 @@ def test_a_nexthop_refused_in_its_wan_table_stays_out_of_the_multipath_route() -
     assert not refused_single(RouteSpec(1001, (A,), 0), NetlinkError(errno.ENOMEM), {})
 
 
+def test_an_error_of_the_moment_blames_no_nexthop() -> None:
+    class Busy(Kernel):
+        async def put(self, spec: RouteSpec) -> None:
+            self.tries += 1
+            if self.tries == 1:
+                raise NetlinkError(errno.ENOMEM, "Cannot allocate memory")
+            self.route = spec
+
+    refused: dict = {}
+    kernel = Busy()
+    assert install(kernel, refused) == 0 and refused == {} and kernel.tries == 1
+    assert install(kernel, refused) == 1 and kernel.route.nexthops == (A, B, C)
+
+
 def test_a_multipath_refusal_is_narrowed_to_one_nexthop() -> None:
     refused: dict = {}
     kernel = Kernel(B)

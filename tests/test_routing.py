@@ -574,3 +574,22 @@ def test_an_onlink_nexthop_is_read_back_and_a_refused_one_is_left_out(lab: Lab) 
             assert again == refused and snapshot(lab) == first
 
     asyncio.run(body())
+
+
+def test_a_rule_is_ecmpds_only_in_its_own_layout() -> None:
+    from ecmpd.desired import Owned, RuleSpec
+    o = Owned(236, 0, 1000, 1000, "ecmpd", 0xFF0000, (1, 2))
+    mine = [RuleSpec(1000, 254, suppress_prefixlen=0),
+            RuleSpec(1001, 1001, fwmark=0x10000, fwmask=0xFF0000),
+            RuleSpec(1258, 1002, src="10.0.0.2"), RuleSpec(1512, 1000)]
+    theirs = [RuleSpec(1000, 254),                                   # plain lookup main
+              RuleSpec(1000, 254, fwmark=5, fwmask=0xFF, suppress_prefixlen=0),
+              RuleSpec(1000, 255), RuleSpec(1100, 254),              # local, main
+              RuleSpec(1001, 1002, fwmark=0x10000, fwmask=0xFF0000),  # another id's table
+              RuleSpec(1001, 1001, fwmark=0x10000, fwmask=0xFFFF0000),  # not ecmpd's mask
+              RuleSpec(1200, 1300),                                  # a table out of place
+              RuleSpec(1257, 1001, src="10.0.0.2", other=True),      # `not from`, iif, to...
+              RuleSpec(1512, 1001), RuleSpec(999, 1000), RuleSpec(1513, 1000)]
+    assert all(routing.is_ours(r, o) for r in mine)
+    assert not any(routing.is_ours(r, o) for r in theirs), \
+        [r for r in theirs if routing.is_ours(r, o)]
