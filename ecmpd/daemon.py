@@ -99,7 +99,7 @@ class Daemon:
         for wan in self.state.cfg.wans:
             if (prober := self._probers.get(wan.name)) is None:
                 continue
-            targets, quorum = self._targets(wan)
+            targets, quorum = probe_targets(self.state, wan)
             if reconfigured or targets != prober.targets:
                 prober.update(targets, wan.probe, quorum)
             self._follow(prober, wan)
@@ -107,10 +107,6 @@ class Daemon:
     def _follow(self, prober: Prober, wan: Wan) -> None:
         prober.follow(address(self.state, wan), wan.interface, own_targets(self.state, wan),
                       no_target(self.state, wan))
-
-    def _targets(self, wan: Wan) -> tuple[tuple[str, ...], int]:
-        """The WAN's probe targets and quorum now (`gateway` resolved)."""
-        return probe_targets(self.state, wan)
 
     def _carry_out(self, effects: Iterable[Effect]) -> None:
         for e in effects:
@@ -164,13 +160,12 @@ class Daemon:
         self.submit(ProbeRound(name, result.verdict, result.reason))
 
     def _start_prober(self, wan: Wan) -> None:
-        targets, quorum = self._targets(wan)
+        targets, quorum = probe_targets(self.state, wan)
         prober = Prober(wan.name, targets, wan.probe,
                         lambda r, n=wan.name: self._on_round(n, r),
-                        source=address(self.state, wan), device=wan.interface,
                         traffic=lambda n=wan.name: self._traffic_of(n), quorum=quorum,
                         spare=True)
-        self._follow(prober, wan)
+        self._follow(prober, wan)            # its address, device and own targets
         self._probers[wan.name] = prober
         self._probing[wan.name] = asyncio.get_running_loop().create_task(prober.run())
 

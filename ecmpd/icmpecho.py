@@ -271,6 +271,8 @@ class EchoSocket:
                 log.exception("echo socket %s: answer handling failed", self.source)
 
     def _handle(self, packet: bytes, peer: str, now: float, stamp: float | None = None) -> None:
+        """One packet from `peer` read at loop time `now`; `stamp`: the kernel's wall-clock
+        time of its receipt (None: not known)."""
         if not self._v6:
             packet = _without_options(packet)
         reply = self._icmp._parse_reply(packet, peer, now)
@@ -282,12 +284,7 @@ class EchoSocket:
             error = reply.type
         else:
             return
-        self._answered(reply.sequence, error, peer, now, stamp)
-
-    def _answered(self, seq: int, error: int | None, peer: str, now: float,
-                  stamp: float | None) -> None:
-        """Request `seq` was answered by `peer` (an echo reply, or ICMP error `error`);
-        `stamp`: the kernel's wall-clock time of receipt (None: not known)."""
+        seq = reply.sequence
         entry = self._pending.get(seq)
         if entry is None:  # unknown, pruned or already answered
             return
