@@ -310,8 +310,9 @@ class _Validator:
         if len(v) > MAX_WANS:
             self.add(line, "wans", f"at most {MAX_WANS} WANs, got {len(v)}")
         parts: list[dict[str, Any]] = []
-        seen: dict[str, dict[Any, str]] = {"interface": {}, "gateway": {}, "address": {},
-                                           "id": {}}
+        # gateways may repeat: two modems at 192.168.1.1, two ISPs' routers at fe80::1,
+        # each on its own interface (everything is keyed by WAN and interface)
+        seen: dict[str, dict[Any, str]] = {"interface": {}, "address": {}, "id": {}}
         for pos, (name, body) in enumerate(v.items(), start=1):
             path = _join("wans", name)
             if not isinstance(name, str) or not _WAN_NAME.fullmatch(name):
@@ -325,6 +326,11 @@ class _Validator:
             for k in _WAN_VALUES:
                 p[k.name] = self.field(w, k.name, path, k.parse, k.default, owner_line=kl)
             addr = p.pop("address")
+            p["families"] = tuple(f for f, k in ((4, "gateway"), (6, "gateway6")) if k in w)
+            if not p["families"]:
+                self.add(kl, f"{path}.gateway", "required key is missing: a WAN needs "
+                         "gateway (IPv4), gateway6 (IPv6) or both ('auto' learns either)")
+                p["families"] = _INVALID
             gw = p["gateway"]
             if isinstance(addr, IPv4Interface) and isinstance(gw, IPv4Address):
                 net = addr.network
@@ -343,6 +349,7 @@ class _Validator:
             p["probe"] = self.merge_probe(
                 probe, self.probe(w.get("probe"), f"{path}.probe",
                                   w.value_lines.get("probe", kl)))
+            self.family_targets(w, path, p, probe)
             for key, taken in seen.items():
                 value = p[key]
                 if value is None or value is _INVALID:
@@ -378,6 +385,26 @@ class _Validator:
             if _INVALID not in fields.values():
                 out.append(Wan(**fields))
         return out
+
+
+    def family_targets(self, w: YMap, path: str, p: dict[str, Any],
+                       probe: tuple[dict[str, Origin], set[str]]) -> None:
+        """Each family the WAN carries needs a probe target of that family."""
+        settings, families = p["probe"], p["families"]
+        if (settings is _INVALID or families is _INVALID
+                or not isinstance(getattr(settings, "targets", None), tuple)):
+            return
+        own = w.get("probe")
+        where = (f"{path}.probe.targets" if isinstance(own, YMap) and "targets" in own
+                 else "probe.targets")
+        origin = probe[0].get("targets")
+        line = (own.value_lines["targets"] if where.startswith(path) else
+                origin[2] if origin else w.value_lines.get("gateway6", 1))
+        for f in families:
+            if not settings.family_targets(f):
+                self.add(line, where, f"wans.{p['name']} carries IPv{f} "
+                         f"({'gateway' if f == 4 else 'gateway6'}) but lists no IPv{f} "
+                         f"target: add 'gateway' or an IPv{f} address")
 
 
 def _empty_map(line: int) -> YMap:

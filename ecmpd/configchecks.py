@@ -7,7 +7,8 @@ and never raises; values already found invalid are skipped by the caller's `bad`
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Sequence
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import (IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface,
+                       IPv6Network, ip_address)
 from typing import Any
 
 from ecmpd import ownaddr
@@ -59,42 +60,47 @@ def probe_limits(add: Add, m: dict[str, Origin], bad: set[str]) -> None:
             f"counts as lost; got {format_seconds(rtt)}")
 
 
-def check_beyond(add: Add, own: Sequence[tuple[str, IPv4Interface]],
+def check_beyond(add: Add, own: Sequence[tuple[str, IPv4Interface | IPv6Interface]],
                  targets: Sequence[tuple[str, tuple[str, ...], list[int]]],
                  gateways: Sequence[tuple[str, IPv4Address, int]]) -> None:
     """Probe targets and gateways must lie beyond the router: not one of its own
-    addresses (`own`: key path, address), not inside a LAN, not a subnet's network or
-    broadcast address.  A probe the router answers itself never fails: the WAN would
+    addresses (`own`: key path, address), not inside a LAN, not an IPv4 subnet's network
+    or broadcast address.  A probe the router answers itself never fails: the WAN would
     never fail over.  `targets`: (key path, targets, their lines); `gateways`: (WAN key
     path, gateway, its line), whose own WAN's subnet is checked by the caller.
     Lookups are by dictionary: a hostile file may list thousands of each."""
-    mine: dict[IPv4Address, list[str]] = {}
+    mine: dict[IPv4Address | IPv6Address, list[str]] = {}
     edges: dict[IPv4Address, tuple[str, IPv4Network]] = {}
-    lans: dict[tuple[int, int], tuple[str, IPv4Network]] = {}  # (network, length) ->
+    # (version, network, length) -> (key path, network)
+    lans: dict[tuple[int, int, int], tuple[str, IPv4Network | IPv6Network]] = {}
     for where, addr in own:
         net = addr.network
         mine.setdefault(addr.ip, []).append(where)
         if where.startswith("lan."):
-            lans.setdefault((int(net.network_address), net.prefixlen), (where, net))
-        if net.prefixlen <= 30:
+            lans.setdefault((net.version, int(net.network_address), net.prefixlen),
+                            (where, net))
+        if net.version == 4 and net.prefixlen <= 30:
             for edge in (net.network_address, net.broadcast_address):
                 edges.setdefault(edge, (where, net))
-    masks = [(n, 0xFFFFFFFF ^ (0xFFFFFFFF >> n)) for n in sorted({k[1] for k in lans})]
-    checks = [(IPv4Address(t), f"{path}[{i}]", lines[i], "")
+    bits = {4: 32, 6: 128}
+    masks = [(v, n, (1 << bits[v]) - (1 << (bits[v] - n)))
+             for v, n in sorted({(k[0], k[2]) for k in lans})]
+    checks = [(ip_address(t), f"{path}[{i}]", lines[i], "")
               for path, values, lines in targets
               for i, t in enumerate(values) if t != GATEWAY_TARGET]
     checks += [(gw, f"{path}.gateway", line, f"{path}.address") for path, gw, line in gateways]
     for a, path, line, skip in checks:
         where = next((w for w in mine.get(a, ()) if w != skip), None)
-        lan = next((lans[k] for n, mask in masks if (k := (int(a) & mask, n)) in lans), None)
+        lan = next((lans[k] for v, n, mask in masks
+                    if v == a.version and (k := (v, int(a) & mask, n)) in lans), None)
         if where:
             why = f"is the router's own address ({where})"
             if not skip:
                 why += ": the router answers it, so the WAN would never fail over"
         elif lan:
             why = f"is inside the LAN {lan[1]} ({lan[0]}), not beyond a WAN"
-        elif a in edges and edges[a][0] != skip:
-            why = f"is the network or broadcast address of {edges[a][1]} ({edges[a][0]})"
+        elif a in edges and edges[a][0] != skip:  # type: ignore[comparison-overlap]
+            why = f"is the network or broadcast address of {edges[a][1]} ({edges[a][0]})"  # type: ignore[index]
         else:
             continue
         add(line, path, f"{a} {why}")

@@ -8,12 +8,20 @@ with `==`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 
 from .control_protocol import DEFAULT_SOCKET
 
 GATEWAY_TARGET = "gateway"
-"""The probe target keyword meaning 'this WAN's own gateway'."""
+"""The probe target keyword meaning 'this WAN's own gateway' (of each family)."""
+
+FAMILIES = (4, 6)
+"""IP versions, in the order they are shown and applied."""
+
+
+def family_of(address: str) -> int:
+    """4 or 6: the version of an address literal (a ':' makes it IPv6)."""
+    return 6 if ":" in address else 4
 
 MAX_WANS = 255
 
@@ -23,7 +31,8 @@ class ProbeSettings:
     """How one WAN is probed (the global `probe:` merged with the WAN's overrides)."""
 
     targets: tuple[str, ...] = (GATEWAY_TARGET,)
-    """`"gateway"` and/or IPv4 addresses (as strings), probed through this WAN."""
+    """`"gateway"` and/or IPv4 and IPv6 addresses (as strings, normalized), probed
+    through this WAN: each family's addresses by that family's probes."""
     interval: float = 0.2
     """Seconds between the starts of two probe rounds."""
     timeout: float = 0.25
@@ -48,17 +57,24 @@ class ProbeSettings:
     window: int = 10
     """Rounds in the sliding window for `max_loss` and `max_rtt`."""
 
-    def resolved_targets(self, gateway: IPv4Address | str | None) -> tuple[str, ...]:
-        """The targets with `gateway` replaced by the WAN's gateway address (left out
-        while it is unknown: None, a `gateway: auto` WAN that has learned none)."""
+    def family_targets(self, family: int) -> tuple[str, ...]:
+        """The targets a probe of `family` uses (`gateway` included), unresolved."""
+        return tuple(t for t in self.targets
+                     if t == GATEWAY_TARGET or family_of(t) == family)
+
+    def resolved_targets(self, gateway: IPv4Address | IPv6Address | str | None,
+                         family: int = 4) -> tuple[str, ...]:
+        """The targets of `family` with `gateway` replaced by the WAN's gateway of that
+        family (left out while it is unknown: None, an `auto` gateway not learned yet)."""
         out: list[str] = []
-        for t in self.targets:
+        for t in self.family_targets(family):
             addr = (str(gateway) if gateway else None) if t == GATEWAY_TARGET else t
             if addr is not None and addr not in out:
                 out.append(addr)
         return tuple(out)
 
-    def resolved_quorum(self, gateway: IPv4Address | str | None) -> int:
+    def resolved_quorum(self, gateway: IPv4Address | IPv6Address | str | None,
+                        family: int = 4) -> int:
         """Targets that must answer for a good round, among `resolved_targets(gateway)`.
 
         None means a majority (n // 2 + 1): with the gateway and any target beyond it, a
@@ -67,7 +83,7 @@ class ProbeSettings:
         capped at n: an address listed next to `gateway` that is this WAN's gateway
         counts once.
         """
-        n = len(self.resolved_targets(gateway))
+        n = len(self.resolved_targets(gateway, family))
         return majority(n) if self.quorum is None else min(self.quorum, n)
 
 
@@ -78,18 +94,34 @@ def majority(n: int) -> int:
 
 @dataclass(frozen=True)
 class Wan:
-    """One WAN uplink."""
+    """One WAN uplink, carrying IPv4, IPv6 or both (`families`)."""
 
     name: str
     interface: str
     gateway: IPv4Address | None
-    """The fixed gateway; None: `gateway: auto`, learned from the kernel (the default
-    route a DHCP client installs for `interface`, or the device of a point-to-point
-    link; see `ecmpd.state.gateway`)."""
+    """The fixed IPv4 gateway; None: `gateway: auto`, learned from the kernel (the
+    default route a DHCP client installs for `interface`, or the device of a
+    point-to-point link; see `ecmpd.state.gateway`), or no IPv4 on this WAN (4 not in
+    `families`)."""
     weight: int = 1
     id: int = 1
     """1..255: selects the WAN's packet/ct mark, routing table and rule priorities."""
     probe: ProbeSettings = field(default_factory=ProbeSettings)
+    gateway6: IPv6Address | None = None
+    """The fixed IPv6 gateway (often link-local: meaningful only with `interface`);
+    None: `gateway6: auto` (learned from the default route that router advertisements,
+    a DHCPv6 client or pppd put via `interface`), or no IPv6 on this WAN."""
+    families: tuple[int, ...] = (4,)
+    """The IP versions this WAN carries: 4 when `gateway` is given, 6 when `gateway6`
+    is; at least one."""
+
+    def has(self, family: int) -> bool:
+        """Whether this WAN carries IP version `family`."""
+        return family in self.families
+
+    def fixed_gateway(self, family: int) -> IPv4Address | IPv6Address | None:
+        """The configured gateway of `family` (None: `auto`, or no such family)."""
+        return self.gateway if family == 4 else self.gateway6
 
 
 @dataclass(frozen=True)
@@ -112,7 +144,7 @@ class Config:
     route_metric: int = 0
     """Metric (priority) of ecmpd's multipath default route in table main."""
     nft_table: str = "ecmpd"
-    """Name of ecmpd's own nftables table (family ip)."""
+    """Name of ecmpd's own nftables table (family inet: both IP versions)."""
     keep_on_exit: bool = False
     """Leave the dataplane installed when the daemon stops."""
     control_socket: str = DEFAULT_SOCKET
@@ -127,6 +159,10 @@ class Config:
             if w.name == name:
                 return w
         raise KeyError(name)
+
+    def families(self) -> tuple[int, ...]:
+        """The IP versions at least one WAN carries, in `FAMILIES` order."""
+        return tuple(f for f in FAMILIES if any(w.has(f) for w in self.wans))
 
     def mark_of(self, wan: Wan) -> int:
         """The packet/ct mark value of `wan` (already inside `mark_mask`)."""

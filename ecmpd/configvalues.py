@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface
 from typing import Any
 
 from ecmpd.configmodel import Config
@@ -195,6 +195,21 @@ def unicast(a: IPv4Address, shown: Any) -> None:
         raise Bad(f"must be a unicast IPv4 address, got {shown} ({kind})")
 
 
+def unicast6_kind(a: IPv6Address) -> str:
+    """Why `a` is no unicast IPv6 address ('unspecified', 'multicast', ...), or ''."""
+    return ("unspecified" if a.is_unspecified else "loopback" if a.is_loopback else
+            "multicast" if a.is_multicast else
+            "IPv4-mapped" if a.ipv4_mapped is not None else "")
+
+
+def _ipv6_or_none(v: Any) -> IPv6Address | None:
+    """An IPv6 literal without a scope (``%eth0``: the WAN's interface is the scope)."""
+    try:
+        return IPv6Address(v) if isinstance(v, str) and "%" not in v else None
+    except ValueError:
+        return None
+
+
 def _ipv4_or_none(v: Any) -> IPv4Address | None:
     try:
         return IPv4Address(v) if isinstance(v, str) else None
@@ -217,9 +232,36 @@ def gateway(v: Any) -> IPv4Address | None:
     return a
 
 
-def lan_address(v: Any) -> IPv4Interface:
-    """A unicast address/prefix of this router, not its network's network or broadcast
-    address."""
+def gateway6(v: Any) -> IPv6Address | None:
+    """A WAN's IPv6 gateway: a unicast IPv6 address (link-local included: the WAN's
+    interface is its scope), or `auto` (None: learned at run time)."""
+    if v == AUTO:
+        return None
+    a = _ipv6_or_none(v)
+    kind = unicast6_kind(a) if a is not None else ""
+    if a is None or kind:
+        raise Bad(f"must be a unicast IPv6 address (without %scope: the WAN's interface "
+                  f"is the scope) or 'auto', got {describe(v)}" + (f" ({kind})" if kind else ""))
+    return a
+
+
+def lan_address(v: Any) -> IPv4Interface | IPv6Interface:
+    """A unicast address/prefix of this router (IPv4 or IPv6), not its IPv4 network's
+    network or broadcast address."""
+    if not (isinstance(v, str) and ":" in v and "/" in v):
+        return _ipv4_interface(v)
+    try:
+        i6: IPv6Interface | None = IPv6Interface(v)
+    except ValueError:
+        i6 = None
+    kind = unicast6_kind(i6.ip) if i6 is not None else ""
+    if i6 is None or kind:
+        raise Bad(f"must be an IPv6 address/prefix like fd00:1::1/64, got {describe(v)}"
+                  + (f" ({kind})" if kind else ""))
+    return i6
+
+
+def _ipv4_interface(v: Any) -> IPv4Interface:
     try:
         i = IPv4Interface(v) if isinstance(v, str) and "/" in v else None
     except ValueError:
@@ -234,21 +276,32 @@ def lan_address(v: Any) -> IPv4Interface:
 
 
 def address(v: Any) -> IPv4Interface:
-    """A WAN's address/prefix: room for a gateway (not /32, not network/broadcast)."""
-    i = lan_address(v)
+    """A WAN's IPv4 address/prefix: room for a gateway (not /32, not network/broadcast)."""
+    i = _ipv4_interface(v)
     if i.network.prefixlen == 32:
         raise Bad(f"/32 leaves no room for the gateway, got {i}")
     return i
 
 
 def target(v: Any) -> str:
-    """A probe target: `gateway` or a unicast IPv4 address (normalized)."""
+    """A probe target: `gateway` (each family's own) or a unicast IPv4 or IPv6 address
+    (normalized); an IPv6 target is global (a link-local one means nothing without its
+    interface: `gateway` is the way to probe a link-local gateway)."""
     if v == "gateway":
         return "gateway"
+    if isinstance(v, str) and ":" in v:
+        a6 = _ipv6_or_none(v)
+        kind = unicast6_kind(a6) if a6 is not None else ""
+        if a6 is not None and not kind and a6.is_link_local:
+            kind = "link-local: probe a link-local gateway with 'gateway'"
+        if a6 is None or kind:
+            raise Bad(f"must be 'gateway' or a unicast IPv4 or IPv6 address, got "
+                      f"{describe(v)}" + (f" ({kind})" if kind else ""))
+        return str(a6)
     a = _ipv4_or_none(v)
     kind = unicast_kind(a) if a is not None else ""
     if a is None or kind:
-        raise Bad(f"must be 'gateway' or a unicast IPv4 address, got {describe(v)}"
+        raise Bad(f"must be 'gateway' or a unicast IPv4 or IPv6 address, got {describe(v)}"
                   + (f" ({kind})" if kind else ""))
     return str(a)
 

@@ -374,8 +374,6 @@ BAD = [
       "198.51.100.0/24"]),
     (TWO_WANS % ("eth1", "192.0.2.1", "eth1", "192.0.2.2"),
      ["4: wans.b.interface: 'eth1' is already the interface of wans.a"]),
-    (TWO_WANS % ("eth1", "192.0.2.1", "eth2", "192.0.2.1"),
-     ["4: wans.b.gateway: 192.0.2.1 is already the gateway of wans.a"]),
     (BASE + "    id: 3\n" + "  c: {interface: eth3, gateway: 203.0.113.1, id: 3}\n",
      ["11: wans.c.id: 3 is already the id of wans.b"]),
     (BASE.replace("[lan0]", "[lan0, eth2]"),
@@ -394,11 +392,11 @@ BAD = [
     (BASE + "probe:\n  targets: [gateway, 192.0.2.99, 192.0.2.99]\n",
      ["11: probe.targets[2]: duplicate of probe.targets[1]"]),
     (BASE + "probe:\n  targets:\n  - gw\n  - 0.0.0.0\n",
-     ["12: probe.targets[0]: must be 'gateway' or a unicast IPv4 address, got 'gw'",
-      "13: probe.targets[1]: must be 'gateway' or a unicast IPv4 address, got '0.0.0.0' "
+     ["12: probe.targets[0]: must be 'gateway' or a unicast IPv4 or IPv6 address, got 'gw'",
+      "13: probe.targets[1]: must be 'gateway' or a unicast IPv4 or IPv6 address, got '0.0.0.0' "
       "(unspecified)"]),
     (BASE + "probe:\n  targets: []\n", ["11: probe.targets: must be a non-empty list of targets "
-                                        "('gateway' or IPv4 addresses), got an empty list"]),
+                                        "('gateway' or IPv4/IPv6 addresses), got an empty list"]),
     (BASE + "probe:\n  interval: 200us\n", [f"11: probe.interval: {DURATION}, got '200us'"]),
     (BASE + "probe:\n  interval: 0\n", [f"11: probe.interval: {DURATION}, got 0"]),
     (BASE + "probe:\n  interval: -1s\n", [f"11: probe.interval: {DURATION}, got '-1s'"]),

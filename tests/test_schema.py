@@ -17,7 +17,7 @@ from ecmpd.configmodel import Config, ProbeSettings, Wan
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "ecmpd.yaml"
 _KEY_LINE = re.compile(r"( *)([A-Za-z0-9_.-]+):(?: (.*))?$")
 _COMMENT = re.compile(r"( *)#(.*)$")
-_NAMED = re.compile(r"([a-z_]+):")
+_NAMED = re.compile(r"([a-z_][a-z0-9_]*):")
 
 
 def _path(parts: list[str]) -> str:
@@ -113,7 +113,7 @@ def test_defaults_are_the_models() -> None:
 
 def test_every_model_field_has_a_key() -> None:
     filled = {(k.model, k.field) for k in schema.SCHEMA if k.model is not None}
-    for model, extra in ((Config, {"wans", "source"}), (Wan, {"name", "probe"}),
+    for model, extra in ((Config, {"wans", "source"}), (Wan, {"name", "probe", "families"}),
                          (ProbeSettings, set())):
         names = {f.name for f in dataclasses.fields(model)} - extra
         assert names == {f for m, f in filled if m is model}, model
