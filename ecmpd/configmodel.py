@@ -57,15 +57,17 @@ class ProbeSettings:
     window: int = 10
     """Rounds in the sliding window for `max_loss` and `max_rtt`."""
 
-    def family_targets(self, family: int) -> tuple[str, ...]:
-        """The targets a probe of `family` uses (`gateway` included), unresolved."""
+    def family_targets(self, family: int | None) -> tuple[str, ...]:
+        """The targets a probe of IP version `family` uses (`gateway` included),
+        unresolved (None: all of them)."""
         return tuple(t for t in self.targets
-                     if t == GATEWAY_TARGET or family_of(t) == family)
+                     if family is None or t == GATEWAY_TARGET or family_of(t) == family)
 
     def resolved_targets(self, gateway: IPv4Address | IPv6Address | str | None,
-                         family: int = 4) -> tuple[str, ...]:
-        """The targets of `family` with `gateway` replaced by the WAN's gateway of that
-        family (left out while it is unknown: None, an `auto` gateway not learned yet)."""
+                         family: int | None = None) -> tuple[str, ...]:
+        """The targets of `family` (None: all; a plane's WANs have only their version's)
+        with `gateway` replaced by the WAN's gateway of that version (left out while it is
+        unknown: None, an `auto` gateway not learned yet)."""
         out: list[str] = []
         for t in self.family_targets(family):
             addr = (str(gateway) if gateway else None) if t == GATEWAY_TARGET else t
@@ -74,7 +76,7 @@ class ProbeSettings:
         return tuple(out)
 
     def resolved_quorum(self, gateway: IPv4Address | IPv6Address | str | None,
-                        family: int = 4) -> int:
+                        family: int | None = None) -> int:
         """Targets that must answer for a good round, among `resolved_targets(gateway)`.
 
         None means a majority (n // 2 + 1): with the gateway and any target beyond it, a

@@ -20,6 +20,11 @@ Rules:
   with the kernel's reason until a reconcile installs it or its nexthop changes; the
   other WANs' routes are installed without it;
 * `Resynced` replaces links and addresses whole: it supersedes every event before it;
+* IPv4 and IPv6 are judged apart: an event about one version (a probe round, an
+  address, a default route, a refused nexthop) runs in that version's plane
+  (`state.plane`) and changes only it; a link event, a resync, a reload or a disable
+  runs in both.  A version's DOWN flushes only that version's connections of the WAN;
+  log lines of an IPv6 plane, and of a WAN carrying both, name the version;
 * a probe target that becomes one of the router's own addresses (by any event: an
   address added anywhere, a learned gateway, a reload) is logged once, as a WARNING;
   the daemon's prober counts it as failed (`state.own_targets`).
@@ -38,9 +43,10 @@ from .health import Health, Phase, Verdict
 from .logsetup import NOTICE
 from .configmodel import Config
 from .reloadplan import ReloadPlan
+from .configmodel import FAMILIES
 from .state import (Addresses, Default, Defaults, Link, Refusal, State, WanState, active,
-                    address, gateway, hop_of, link_ok, link_problem, observed, own_targets,
-                    refusal, remember_gateways, usable)
+                    address, gateway, hop_of, link_ok, link_problem, merge, observed,
+                    own_targets, plane, project, refusal, remember_gateways, usable)
 
 
 # ---- events ---------------------------------------------------------------------------
@@ -55,14 +61,15 @@ class LinkChanged:
 
 @dataclass(frozen=True)
 class AddressesChanged:
-    """An IPv4 address was added to or removed from interface `index`; `addresses` is
-    the re-read table, `local` every address of the router re-read (None: it could not
-    be read, keep the last one)."""
+    """An address of IP version `family` was added to or removed from interface
+    `index`; `addresses` is that version's re-read table, `local` every address of the
+    router re-read (None: it could not be read, keep the last one)."""
 
     index: int
     removed: bool
     addresses: Addresses | None
     local: ownaddr.Local | None = None
+    family: int = 4
 
 
 @dataclass(frozen=True)
@@ -90,6 +97,7 @@ class DefaultsChanged:
 
     table: int
     defaults: tuple[Default, ...] | None
+    family: int = 4
 
 
 @dataclass(frozen=True)
@@ -98,6 +106,7 @@ class DefaultsRead:
     went: the kernel drops the routes that depended on it without telling anyone)."""
 
     defaults: Defaults
+    family: int = 4
 
 
 @dataclass(frozen=True)
@@ -121,6 +130,9 @@ class Resynced:
     addresses: Addresses
     defaults: Defaults | None = None
     local: ownaddr.Local | None = None
+    addresses6: Addresses | None = None
+    """None: unchanged."""
+    defaults6: Defaults | None = None
 
 
 @dataclass(frozen=True)
@@ -130,15 +142,17 @@ class NexthopsRefused:
     tried)."""
 
     refused: Mapping[str, Refusal]
+    family: int = 4
 
 
 @dataclass(frozen=True)
 class ProbeRound:
-    """A prober's verdict on one round of WAN `name`."""
+    """A prober's verdict on one round of WAN `name`'s IP version `family`."""
 
     name: str
     verdict: Verdict
     reason: str = ""
+    family: int = 4
 
 
 @dataclass(frozen=True)
@@ -151,9 +165,11 @@ class SetDisabled:
 
 @dataclass(frozen=True)
 class Adopted:
-    """ecmpd's multipath route found in the kernel at start (None: none)."""
+    """ecmpd's multipath route of IP version `family` found in the kernel at start
+    (None: none)."""
 
     main: RouteSpec | None
+    family: int = 4
 
 
 @dataclass(frozen=True)
@@ -195,6 +211,8 @@ class Flush:
     mark: int
     mask: int
     name: str | None = None
+    family: int | None = None
+    """The IP version whose connections go (None: both)."""
 
 
 @dataclass(frozen=True)
@@ -204,6 +222,7 @@ class ResetProber:
 
     name: str
     source: str | None
+    family: int = 4
 
 
 @dataclass(frozen=True)
@@ -437,17 +456,73 @@ def _reloaded(st: State, ev: Reloaded, now: float) -> Result:
     return after, (*effects, Reconcile())
 
 
+_ONE_PLANE = (ProbeRound, AddressesChanged, DefaultsChanged, DefaultsRead, NexthopsRefused,
+              Adopted)
+"""Events about one IP version (their `family`); the others concern both."""
+
+
 def step(st: State, ev: Event, now: float) -> Result:
     """The state after `ev` and the effects to carry out; `now`: epoch seconds."""
-    after, effects = _step(st, ev, now)
+    if isinstance(ev, _ONE_PLANE):
+        after, effects = _in_plane(st, ev.family, ev, now)
+    elif isinstance(ev, Resynced):
+        after, effects = st, ()
+        for family in FAMILIES:
+            one = ev if family == 4 else replace(
+                ev, addresses=st.addresses6 if ev.addresses6 is None else ev.addresses6,
+                defaults=ev.defaults6)
+            after, more = _in_plane(after, family, one, now)
+            effects += more
+    elif isinstance(ev, (LinkChanged, Reloaded, SetDisabled)):
+        after, effects = st, ()
+        for family in FAMILIES:
+            after, more = _in_plane(after, family, ev, now)
+            effects += more
+        if isinstance(ev, Reloaded):
+            after = replace(after, cfg=ev.cfg)
+    else:
+        after, effects = _step(st, ev, now)
+    effects = tuple(dict.fromkeys(effects))   # both planes may ask for the same reconcile
     if isinstance(ev, (ProbeRound, SetDisabled)) or after is st:
         return after, effects         # neither moves an address, a target or a gateway
     logs = ownaddr.changes(_own(st), _own(after))
     return after, effects + tuple(Log(level, message) for level, message in logs)
 
 
+def _in_plane(st: State, family: int, ev: Event, now: float) -> Result:
+    """`ev` stepped in IP version `family`'s plane of `st`, put back into `st`, and its
+    effects made that version's."""
+    p = plane(st, family)
+    if isinstance(ev, Reloaded):
+        ev = replace(ev, cfg=project(ev.cfg, family))
+    after, effects = _step(p, ev, now)
+    return (st if after is p else merge(st, after),
+            tuple(_versioned(st.cfg, family, e) for e in effects))
+
+
+def _versioned(cfg: Config, family: int, e: Effect) -> Effect:
+    """Effect `e` of IP version `family`'s plane, made that version's: a DOWN's flush
+    and a prober reset concern only it; a WAN's log line names the version when the
+    WAN carries both, or only IPv6."""
+    if isinstance(e, Flush) and e.name is not None:
+        return replace(e, family=family)
+    if isinstance(e, ResetProber):
+        return replace(e, family=family)
+    if isinstance(e, Log):
+        name, sep, rest = e.message.partition(": ")
+        if sep and " " not in name and any(w.name == name and (family == 6 or len(
+                w.families) > 1) for w in cfg.wans):
+            return replace(e, message=f"{name} IPv{family}: {rest}")
+    return e
+
+
 def _own(st: State) -> dict[str, tuple[str, ...]]:
-    return {w.name: own_targets(st, w) for w in st.cfg.wans}
+    own: dict[str, tuple[str, ...]] = {}
+    for family in FAMILIES:
+        p = plane(st, family)
+        for w in p.cfg.wans:
+            own[w.name] = own.get(w.name, ()) + own_targets(p, w)
+    return own
 
 
 def _step(st: State, ev: Event, now: float) -> Result:

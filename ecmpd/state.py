@@ -11,10 +11,20 @@ facts can be read at different moments: a WAN's address, gateway (fixed, or lear
 it is usable, the active set, the desired kernel state, and whether the last route is kept
 because no WAN is usable (from the snapshot and the kernel route read with it).
 
+IPv4 and IPv6 are judged apart (an ISP's IPv6 may break while its IPv4 works): each
+WAN has one `WanState` per version it carries, in `wans` (IPv4) and `wans6` (IPv6), and
+the addresses and other programs' default routes of each version are kept apart too.
+Every rule below is written once, for one version: `plane(st, 6)` projects a snapshot
+onto IPv6 (its `wans`, `addresses` and `defaults` are the IPv6 ones, its config's WANs
+are those carrying IPv6, with `gateway6` as their gateway and their IPv6 targets), and
+`merge` puts a plane's result back.  A plane's `family` says which version it is.
+
 Invariants (kept by `ecmpd.events.step`):
-* a WAN whose link is not OK (no interface, link down, no carrier, no IPv4 address, no
-  gateway known, its nexthop refused by the kernel) is DOWN;
-* `wans` follows the order of `cfg.wans` and holds exactly its names.
+* a WAN whose link is not OK for a version (no interface, link down, no carrier, no
+  address of that version, no gateway known, its nexthop refused by the kernel) is DOWN
+  in that version; carrier loss takes both down at once;
+* `wans` follows the order of `cfg.wans` and holds exactly the names of the WANs that
+  carry IPv4, `wans6` those that carry IPv6.
 """
 
 from __future__ import annotations
@@ -27,7 +37,7 @@ from typing import Any
 from . import health, ownaddr
 from .desired import MAIN_TABLE, Desired, RouteSpec, balance_table, build_desired
 from .health import Health, Phase
-from .configmodel import Config, Wan
+from .configmodel import FAMILIES, Config, Wan
 
 Addresses = Mapping[int, tuple[tuple, ...]]
 """Interface index -> its IPv4 addresses, primary first: (address, prefix length), or
@@ -132,9 +142,20 @@ class State:
     local: ownaddr.Local = frozenset()
     """Every address of the router, any interface, IPv4 and IPv6 (normalized): a probe
     target among them is answered by the router itself."""
+    wans6: Mapping[str, WanState] = field(default_factory=lambda: _EMPTY)
+    """WAN name -> what was decided about its IPv6, for the WANs carrying IPv6."""
+    addresses6: Addresses = field(default_factory=lambda: _EMPTY)
+    """Interface index -> its global IPv6 addresses (address, prefix length), the one
+    ecmpd uses first (link-local ones are no source for NAT66 or from-rules)."""
+    defaults6: Defaults = field(default_factory=lambda: _EMPTY)
+    """Other programs' IPv6 default routes (router advertisements', DHCPv6's, pppd's)."""
+    family: int = 4
+    """The IP version `wans`, `addresses` and `defaults` describe: 4 in the daemon's
+    snapshot, 6 in its IPv6 plane (`plane`)."""
 
     def __post_init__(self) -> None:
-        for name in ("links", "addresses", "wans", "defaults"):
+        for name in ("links", "addresses", "wans", "defaults", "wans6", "addresses6",
+                     "defaults6"):
             object.__setattr__(self, name, frozen(getattr(self, name)))
         if not isinstance(self.local, frozenset):
             object.__setattr__(self, "local", frozenset(self.local))
@@ -150,14 +171,69 @@ class State:
 
 def initial(cfg: Config, links: Mapping[str, Link], addresses: Addresses,
             disabled: Iterable[str], now: float, defaults: Defaults | None = None,
-            local: ownaddr.Local = frozenset()) -> State:
-    """The state at start: every WAN INIT (DOWN without a usable link), not adopted."""
+            local: ownaddr.Local = frozenset(), addresses6: Addresses | None = None,
+            defaults6: Defaults | None = None) -> State:
+    """The state at start: every WAN INIT in each version it carries (DOWN without a
+    usable link), not adopted."""
     off = set(disabled)
-    st = State(cfg, links, addresses, defaults=defaults or {}, local=local)
-    st = remember_gateways(replace(st, wans={w.name: WanState(since=now,
-                                                              disabled=w.name in off)
-                                             for w in cfg.wans}))
-    return replace(st, wans={w.name: observed(st, w, st.wan(w.name)) for w in cfg.wans})
+    st = State(cfg, links, addresses, defaults=defaults or {}, local=local,
+               addresses6=addresses6 or {}, defaults6=defaults6 or {})
+    for family in FAMILIES:
+        p = plane(st, family)
+        p = remember_gateways(replace(p, wans={w.name: WanState(since=now,
+                                                                disabled=w.name in off)
+                                               for w in p.cfg.wans}))
+        p = replace(p, wans={w.name: observed(p, w, p.wan(w.name)) for w in p.cfg.wans})
+        st = merge(st, p)
+    return st
+
+
+# ---- one IP version's plane ------------------------------------------------------------
+
+_PROJECTED: dict[tuple[int, int], tuple[Config, Config]] = {}
+"""(id(config), version) -> (config, its projection): a config is projected once."""
+
+
+def project(cfg: Config, family: int) -> Config:
+    """`cfg` as IP version `family` sees it: the WANs carrying it, each with that
+    version's gateway in `gateway`, `families` just (family,) and only that version's
+    probe targets.  The IPv4 projection of a config without IPv6 is the config itself."""
+    hit = _PROJECTED.get((id(cfg), family))
+    if hit is not None and hit[0] is cfg:
+        return hit[1]
+    wans = tuple(replace(w, gateway=w.fixed_gateway(family), families=(family,),
+                         probe=replace(w.probe, targets=w.probe.family_targets(family)))
+                 for w in cfg.wans if w.has(family))
+    out = cfg if wans == cfg.wans else replace(cfg, wans=wans)
+    if len(_PROJECTED) > 64:
+        _PROJECTED.clear()
+    _PROJECTED[(id(cfg), family)] = (cfg, out)
+    return out
+
+
+def plane(st: State, family: int) -> State:
+    """The snapshot as IP version `family` sees it (see the module docstring)."""
+    if family == st.family:
+        cfg = project(st.cfg, family)
+        return st if cfg is st.cfg else replace(st, cfg=cfg)
+    assert st.family == 4, "a plane is projected from the whole snapshot"
+    return replace(st, cfg=project(st.cfg, 6), wans=st.wans6, addresses=st.addresses6,
+                   defaults=st.defaults6, wans6={}, addresses6={}, defaults6={}, family=6)
+
+
+def merge(st: State, p: State) -> State:
+    """The whole snapshot `st` with plane `p`'s findings put back (its links and local
+    addresses are the whole router's)."""
+    if p.family == 4:
+        return replace(st, links=p.links, local=p.local, wans=p.wans, addresses=p.addresses,
+                       defaults=p.defaults)
+    return replace(st, links=p.links, local=p.local, wans6=p.wans, addresses6=p.addresses,
+                   defaults6=p.defaults)
+
+
+def version(wan: Wan) -> int:
+    """The IP version of a WAN of a plane's config (it carries exactly one)."""
+    return wan.families[0] if len(wan.families) == 1 else 4
 
 
 # ---- derived from one snapshot -----------------------------------------------------------
@@ -293,7 +369,7 @@ def link_problem(st: State, wan: Wan) -> str | None:
     if not carrier(st, wan):
         return "no carrier"
     if address(st, wan) is None:
-        return "no IPv4 address"
+        return f"no IPv{version(wan)} address"
     if gateway(st, wan) is None:
         return "waiting for a gateway"
     return refusal(st, wan)
