@@ -22,7 +22,7 @@ from typing import Any
 
 from . import conntrack, ownaddr, routing, status
 from .config import ConfigError, load_config
-from .configmodel import Config, Wan
+from .configmodel import FAMILIES, Config, Wan
 from .control_server import ControlServer
 from .disabled import DisabledStore
 from .events import (Adopted, DefaultsRead, Effect, Event, Flush, ForgetAddress, Log,
@@ -37,7 +37,7 @@ from .reconciler import Reconciler
 from .reloadplan import plan_reload
 from .sdnotify import Notifier
 from .state import (Decision, State, active, address, awaiting_verdict, initial, main_route,
-                    no_target, own_targets, probe_targets)
+                    no_target, own_targets, plane, probe_targets, project)
 from .sysctl import Sysctls
 from .watcher import Watcher
 
@@ -67,10 +67,12 @@ class Daemon:
         self.ledger = Ledger(cfg.control_socket)
         """The ownership numbers installed (`<socket>.owned.json`): nothing is orphaned."""
         self.control: ControlServer | None = None
-        self._probers: dict[str, Prober] = {}
-        self._probing: dict[str, asyncio.Task[None]] = {}
-        self._counters: tuple[float, dict[int, int]] = (-1.0, {})
-        """(loop time read, WAN id -> packets from beyond its gateway): see `traffic`."""
+        self._probers: dict[tuple[str, int], Prober] = {}
+        """(WAN name, IP version) -> its prober: each version is probed on its own."""
+        self._probing: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._counters: tuple[float, dict[tuple[int, int], int]] = (-1.0, {})
+        """(loop time read, (IP version, WAN id) -> packets from beyond its gateway):
+        see `traffic`."""
         self._limited = RateLimitedLog(log)
         """Keyed log lines (a gateway that moves): one per key every 10 s, then a count."""
         self._stop = asyncio.Event()
@@ -86,9 +88,11 @@ class Daemon:
         """Feed one event: the state is replaced whole, then its effects carried out."""
         before = self.state
         self.state, effects = step(before, event, time.time())
-        if (self.state.links is not before.links or self.state.addresses is not before.addresses
-                or self.state.defaults is not before.defaults
-                or self.state.local is not before.local):
+        after = self.state
+        if (after.links is not before.links or after.addresses is not before.addresses
+                or after.defaults is not before.defaults or after.local is not before.local
+                or after.addresses6 is not before.addresses6
+                or after.defaults6 is not before.defaults6):
             self._follow_probers()
         self._carry_out(effects)
 
@@ -96,17 +100,20 @@ class Daemon:
         """Probers follow their WAN's address, interface, gateway (learned ones move) and
         which targets are the router's own addresses; `reconfigured`: the probe settings
         may have changed too."""
-        for wan in self.state.cfg.wans:
-            if (prober := self._probers.get(wan.name)) is None:
-                continue
-            targets, quorum = probe_targets(self.state, wan)
-            if reconfigured or targets != prober.targets:
-                prober.update(targets, wan.probe, quorum)
-            self._follow(prober, wan)
+        for family in FAMILIES:
+            p = plane(self.state, family)
+            for wan in p.cfg.wans:
+                if (prober := self._probers.get((wan.name, family))) is None:
+                    continue
+                targets, quorum = probe_targets(p, wan)
+                if reconfigured or targets != prober.targets:
+                    prober.update(targets, wan.probe, quorum)
+                self._follow(prober, p, wan)
 
-    def _follow(self, prober: Prober, wan: Wan) -> None:
-        prober.follow(address(self.state, wan), wan.interface, own_targets(self.state, wan),
-                      no_target(self.state, wan))
+    @staticmethod
+    def _follow(prober: Prober, p: State, wan: Wan) -> None:
+        """`prober` follows `wan` as plane `p` has it."""
+        prober.follow(address(p, wan), wan.interface, own_targets(p, wan), no_target(p, wan))
 
     def _carry_out(self, effects: Iterable[Effect]) -> None:
         for e in effects:
@@ -122,7 +129,7 @@ class Daemon:
             elif isinstance(e, ResetProber):
                 # probes sent while the link was down may have left by another WAN and
                 # live on in conntrack under its NAT and mark: start afresh
-                if (prober := self._probers.get(e.name)) is not None:
+                if (prober := self._probers.get((e.name, e.family))) is not None:
                     prober.reset()
                 if e.source is not None:
                     self._spawn(conntrack.flush_probes(e.source))
@@ -135,8 +142,9 @@ class Daemon:
                      e.name, gone, e.address)
 
     # ---- probers -------------------------------------------------------------------
-    def traffic(self, wan: Wan) -> int | None:
-        """Packets that arrived on `wan` from beyond its gateway (ecmpd's nft counter).
+    def traffic(self, wan: Wan, family: int = 4) -> int | None:
+        """Packets of IP version `family` that arrived on `wan` from beyond its gateway
+        (ecmpd's nft counter).
 
         One read serves every prober for 10 ms: their rounds start on one grid, so a
         round of all WANs costs one libnftables call.  None when it cannot be read.
@@ -150,38 +158,48 @@ class Daemon:
                 log.debug("cannot read nft counters: %s", exc)
                 counts = {}
             self._counters = (now, counts)
-        return counts.get(wan.id)
+        return counts.get((family, wan.id))
 
-    def _traffic_of(self, name: str) -> int | None:
+    def _traffic_of(self, name: str, family: int) -> int | None:
         wan = next((w for w in self.cfg.wans if w.name == name), None)
-        return self.traffic(wan) if wan is not None else None
+        return self.traffic(wan, family) if wan is not None else None
 
-    def _on_round(self, name: str, result: RoundResult) -> None:
-        self.submit(ProbeRound(name, result.verdict, result.reason))
+    def _on_round(self, name: str, family: int, result: RoundResult) -> None:
+        self.submit(ProbeRound(name, result.verdict, result.reason, family))
 
-    def _start_prober(self, wan: Wan) -> None:
-        targets, quorum = probe_targets(self.state, wan)
-        prober = Prober(wan.name, targets, wan.probe,
-                        lambda r, n=wan.name: self._on_round(n, r),
-                        traffic=lambda n=wan.name: self._traffic_of(n), quorum=quorum,
-                        spare=True)
-        self._follow(prober, wan)            # its address, device and own targets
-        self._probers[wan.name] = prober
-        self._probing[wan.name] = asyncio.get_running_loop().create_task(prober.run())
+    def _start_prober(self, wan: Wan, family: int) -> None:
+        """A prober for IP version `family` of `wan` (a WAN of that version's plane)."""
+        p = plane(self.state, family)
+        targets, quorum = probe_targets(p, wan)
+        label = wan.name if family == 4 else f"{wan.name} IPv6"
+        prober = Prober(label, targets, wan.probe,
+                        lambda r, n=wan.name, f=family: self._on_round(n, f, r),
+                        traffic=lambda n=wan.name, f=family: self._traffic_of(n, f),
+                        quorum=quorum, spare=True)
+        self._follow(prober, p, wan)            # its address, device and own targets
+        self._probers[(wan.name, family)] = prober
+        self._probing[(wan.name, family)] = asyncio.get_running_loop().create_task(prober.run())
 
-    def _stop_prober(self, name: str) -> None:
-        if (task := self._probing.pop(name, None)) is not None:
+    def _stop_prober(self, key: tuple[str, int]) -> None:
+        if (task := self._probing.pop(key, None)) is not None:
             task.cancel()
-        self._probers.pop(name, None)
+        self._probers.pop(key, None)
+
+    @staticmethod
+    def _probed(cfg: Config) -> list[tuple[Wan, int]]:
+        """(WAN of a version's plane, version) for every version each WAN carries."""
+        return [(w, f) for f in FAMILIES for w in project(cfg, f).wans]
 
     def _reconfigure_probers(self, cfg: Config) -> None:
-        """Probers for `cfg`: new WANs get one, removed ones lose theirs, others update."""
-        for name in [n for n in self._probers if n not in {w.name for w in cfg.wans}]:
-            self._stop_prober(name)
+        """Probers for `cfg`: new WANs (and versions) get one, removed ones lose theirs,
+        others update."""
+        keys = {(w.name, f) for w, f in self._probed(cfg)}
+        for key in [k for k in self._probers if k not in keys]:
+            self._stop_prober(key)
         self._follow_probers(reconfigured=True)
-        for wan in cfg.wans:
-            if wan.name not in self._probers:
-                self._start_prober(wan)
+        for wan, family in self._probed(cfg):
+            if (wan.name, family) not in self._probers:
+                self._start_prober(wan, family)
 
     # ---- start-up, reload, control ---------------------------------------------------
     async def _hup(self) -> None:
@@ -216,8 +234,9 @@ class Daemon:
                 self.submit(Reloaded(cfg, plan))
                 self._reconfigure_probers(cfg)
                 self.watcher.follow(cfg)
-            if (defaults := await self.kernel.dump_defaults()) is not None:
-                self.submit(DefaultsRead(defaults))    # the gateways to learn now
+            for family in FAMILIES:     # the gateways to learn now
+                if (defaults := await self.kernel.dump_defaults(family=family)) is not None:
+                    self.submit(DefaultsRead(defaults, family))
             await self.reconciler.settled()
             self.ledger.settle(self.cfg)  # a later reload may have replaced cfg already
             log.info("reloaded %s", self.config_path)
@@ -236,13 +255,13 @@ class Daemon:
             ok, message = await self.reload()
             return {"ok": ok, "message": message} if ok else {"ok": False, "error": message}
         name = req["wan"]
-        if name not in self.state.wans:
-            names = ", ".join(self.state.wans)
+        if name not in {w.name for w in self.cfg.wans}:
+            names = ", ".join(w.name for w in self.cfg.wans)
             return {"ok": False, "error": f"no WAN named {name!r} (have: {names})"}
         disabled = cmd == "disable"
         self.submit(SetDisabled(name, disabled))
         decision = await self.reconciler.settled()
-        if disabled and decision.in_route(name):
+        if disabled and any(decision.in_route(name, f) for f in FAMILIES):
             return {"ok": False, "wan": name, "disabled": True,
                     "error": f"{name} is disabled, but its nexthop stays in the route: no "
                              f"other WAN is usable, so the last route is kept (the disable is "
@@ -253,8 +272,9 @@ class Daemon:
         """Remember the disables that took effect: a disabled WAN still in the route
         (the last usable one) is not recorded until it leaves it, so a restart never
         starts with fewer usable WANs than the router had (none, at worst)."""
-        names = frozenset(n for n, ws in decision.state.wans.items()
-                          if ws.disabled and not decision.in_route(n))
+        st = decision.state
+        names = frozenset(n for f in FAMILIES for n, ws in plane(st, f).wans.items()
+                          if ws.disabled and not any(decision.in_route(n, g) for g in FAMILIES))
         if names != self._recorded_disabled and self.disabled_store.save(set(names)):
             self._recorded_disabled = names     # else the next pass writes it again
 
@@ -266,18 +286,19 @@ class Daemon:
                                              cfg.mark_mask)
         async with self.kernel.lock:
             # unchanged since a pass that changed nothing: that read is the kernel's state
-            actual = (self.reconciler.unchanged()
-                      or await routing.read_actual(self.kernel.ipr, cfg))
+            actual = self.reconciler.unchanged() or {
+                f: await routing.read_actual(self.kernel.ipr, cfg, family=f) for f in FAMILIES}
             st = self.state                 # with the kernel read: nothing in between
-            probes = {w.name: status.reading(p, p.targets)
-                      for w in st.cfg.wans if (p := self._probers.get(w.name))}
+            probes = {key: status.reading(p, p.targets) for key, p in self._probers.items()}
             r = self.reconciler
             stats = status.Stats(r.passes, r.changes, self.firewall.applies,
                                  self.watcher.events, tuple(r.reactions), r.flushes,
                                  self.watcher.resyncs)
-        return status.Snapshot(st, main_route(actual.routes, st.cfg), actual.foreign_main,
-                               tuple(routing.stray_warnings(actual, st.cfg)), counts, probes,
-                               stats, os.getpid(), self.config_path, time.time() - self.started)
+        return status.Snapshot(st, main_route(actual[4].routes, st.cfg), actual[4].foreign_main,
+                               tuple(routing.stray_warnings(actual[4], st.cfg)), counts, probes,
+                               stats, os.getpid(), self.config_path, time.time() - self.started,
+                               main6=main_route(actual[6].routes, st.cfg, 6),
+                               foreign_main6=actual[6].foreign_main)
 
     # ---- life ----------------------------------------------------------------------
     async def run(self) -> int:
@@ -294,18 +315,22 @@ class Daemon:
         disabled = self.disabled_store.load({w.name for w in cfg.wans})
         self._recorded_disabled = frozenset(disabled)
         self.state = initial(cfg, links or {}, addresses or {}, disabled, time.time(),
-                             await k.dump_defaults(), await k.dump_local() or frozenset())
-        for level, message in ownaddr.changes({}, {w.name: own_targets(self.state, w)
-                                                   for w in cfg.wans}):
+                             await k.dump_defaults(), await k.dump_local() or frozenset(),
+                             await k.dump_addresses(6), await k.dump_defaults(family=6))
+        own: dict[str, tuple[str, ...]] = {}
+        for w, f in self._probed(cfg):
+            own[w.name] = own.get(w.name, ()) + own_targets(plane(self.state, f), w)
+        for level, message in ownaddr.changes({}, own):
             log.log(level, message)
         async with k.lock:
             # what an earlier run left under other numbers (kill -9, then a config with
             # other tables/priorities/metric/nft table) is handed over, not orphaned
             await self.ledger.take_over(k.ipr, cfg)
-            actual = await routing.read_actual(k.ipr, cfg)
-        for line in routing.stray_warnings(actual, cfg):
+            actual = {f: await routing.read_actual(k.ipr, cfg, family=f) for f in FAMILIES}
+        for line in routing.stray_warnings(actual[4], cfg):
             log.warning("%s", line)
-        self.submit(Adopted(main_route(actual.routes, cfg)))
+        for f in FAMILIES:
+            self.submit(Adopted(main_route(actual[f].routes, cfg, f), f))
         self.control = ControlServer(cfg.control_socket, self.handle, cfg.control_group)
         await self.control.start()
         self.watcher.follow(cfg)
@@ -313,12 +338,15 @@ class Daemon:
         await self.watcher.resync()       # what changed before the subscription
         await self.reconciler.settled()
         self.ledger.settle(cfg)
-        for wan in cfg.wans:
-            self._start_prober(wan)
+        for wan, family in self._probed(cfg):
+            self._start_prober(wan, family)
         await self._first_verdicts()
-        self.notifier.ready(f"{len(active(self.state))}/{len(self.state.wans)} WANs active")
+        st = self.state
+        usable = {n for f in FAMILIES for n in active(plane(st, f))}
+        self.notifier.ready(f"{len(usable)}/{len(cfg.wans)} WANs active")
         log.info("ecmpd %d running: %s", os.getpid(), ", ".join(
-            f"{n} {ws.health.state.name}" for n, ws in self.state.wans.items()))
+            f"{n}{'' if f == 4 and len(cfg.wan(n).families) == 1 else f' IPv{f}'} "
+            f"{ws.health.state.name}" for f in FAMILIES for n, ws in plane(st, f).wans.items()))
         dog = loop.create_task(self._watchdog())
         try:
             await self._stop.wait()
@@ -334,7 +362,8 @@ class Daemon:
         loop = asyncio.get_running_loop()
         end = loop.time() + 0.5 + max((w.probe.interval + 2 * w.probe.timeout
                                        for w in self.cfg.wans), default=0.0)
-        while awaiting_verdict(self.state) and loop.time() < end:
+        while (any(awaiting_verdict(plane(self.state, f)) for f in FAMILIES)
+               and loop.time() < end):
             await asyncio.sleep(0.01)
         await self.reconciler.settled()
 
@@ -348,8 +377,8 @@ class Daemon:
 
     async def shutdown(self) -> None:
         """Stop probing and, unless keep_on_exit, remove everything ecmpd installed."""
-        for name in list(self._probers):
-            self._stop_prober(name)
+        for key in list(self._probers):
+            self._stop_prober(key)
         await self.watcher.stop()
         if self.control is not None:
             await self.control.close()

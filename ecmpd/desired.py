@@ -22,6 +22,10 @@ ecmpd's routing objects, all of them recognisable as its own:
 
 A nexthop's ``gateway`` is an address, or ``""`` for a device nexthop (a point-to-point
 link needs no gateway).
+
+IPv4 and IPv6 each get all of the above, under the same numbers (tables and rules are
+per version in the kernel): `build_desired` makes one version's `Desired` from that
+version's plane (`ecmpd.state.plane`); every route and rule carries its `family`.
 """
 
 from __future__ import annotations
@@ -44,6 +48,15 @@ every fwmark and source rule (a pinned connection keeps its WAN)."""
 UNREACHABLE_METRIC = 0xFFFFFFFF
 """Metric of the `unreachable` default in each WAN table: below any real route there."""
 UNICAST, UNREACHABLE = "unicast", "unreachable"
+IPV6_METRIC_ZERO = 1024
+"""The kernel stores an IPv6 route given metric 0 at 1024 (IP6_RT_PRIO_USER): ecmpd's
+IPv6 routes use 1024 where its IPv4 routes use 0, so what it reads back is what it
+wanted (`metric_of`)."""
+
+
+def metric_of(metric: int, family: int) -> int:
+    """The metric a route of IP version `family` meant at `metric` has in the kernel."""
+    return metric if family == 4 or metric else IPV6_METRIC_ZERO
 
 
 @dataclass(frozen=True, order=True)
@@ -70,6 +83,8 @@ class RouteSpec:
     nexthops: tuple[Nexthop, ...]
     metric: int = 0
     kind: str = UNICAST
+    family: int = 4
+    """The IP version (4 or 6)."""
 
     def hops(self) -> set[tuple[str, int]]:
         """(gateway, oif) of every nexthop."""
@@ -98,6 +113,7 @@ class RuleSpec:
     other: bool = False
     """Read from the kernel with a selector, flag or action ecmpd never sets (iif, oif,
     ``not``, a destination, tos, a goto…): never one of ecmpd's."""
+    family: int = 4
 
 
 @dataclass(frozen=True)
@@ -109,6 +125,8 @@ class Desired:
     tables: tuple[RouteSpec, ...] = ()
     rules: tuple[RuleSpec, ...] = ()
     sysctls: tuple[tuple[str, str], ...] = field(default=())
+    family: int = 4
+    """The IP version of every route and rule here."""
 
 
 def rule_range(cfg: Config) -> range:
@@ -134,6 +152,7 @@ def build_desired(
     keep_main: RouteSpec | None = None,
     gateways: Mapping[str, str] | None = None,
     onlink: Collection[str] = (),
+    family: int = 4,
 ) -> Desired:
     """The desired routing state.
 
@@ -145,35 +164,60 @@ def build_desired(
     gateway and no route; None: the config's fixed gateways), `onlink` names the WANs
     whose gateway is on the link without a route to it.  When no WAN is active,
     `keep_main` (the route in the kernel now) is kept rather than leaving no route.
+    `family`: the IP version; `cfg` is that version's plane's config (its WANs carry
+    it, `gateway` is theirs).  A config with no WAN of that version wants nothing.
     """
+    if not cfg.wans:
+        return Desired(None, family=family)
     if gateways is None:
         gateways = {w.name: str(w.gateway) for w in cfg.wans if w.gateway is not None}
     tables: list[RouteSpec] = []
-    rules: list[RuleSpec] = [RuleSpec(cfg.rule_priority, MAIN_TABLE, suppress_prefixlen=0),
-                             RuleSpec(cfg.rule_priority + BALANCE_RULE, balance_table(cfg))]
+    rules: list[RuleSpec] = [
+        RuleSpec(cfg.rule_priority, MAIN_TABLE, suppress_prefixlen=0, family=family),
+        RuleSpec(cfg.rule_priority + BALANCE_RULE, balance_table(cfg), family=family)]
     hops: list[Nexthop] = []
     for wan in cfg.wans:
         table = cfg.table_of(wan)
-        rules.append(RuleSpec(cfg.rule_priority + wan.id, table,
-                              fwmark=cfg.mark_of(wan), fwmask=cfg.mark_mask))
+        rules.append(RuleSpec(cfg.rule_priority + wan.id, table, fwmark=cfg.mark_of(wan),
+                              fwmask=cfg.mark_mask, family=family))
         if wan.name in addresses:
             rules.append(RuleSpec(cfg.rule_priority + 256 + wan.id, table,
-                                  src=addresses[wan.name]))
+                                  src=addresses[wan.name], family=family))
         oif = links.get(wan.interface)
         gw = gateways.get(wan.name)
         if oif is not None and gw is not None:
             on = bool(gw) and wan.name in onlink
-            tables.append(RouteSpec(table, (Nexthop(gw, oif, 1, on),), 0))
+            tables.append(RouteSpec(table, (Nexthop(gw, oif, 1, on),), metric_of(0, family),
+                                    family=family))
             if wan.name in active:
                 hops.append(Nexthop(gw, oif, wan.weight, on))
         # needs no interface: it stays when the link (and the route via it) is gone
-        tables.append(RouteSpec(table, (), UNREACHABLE_METRIC, UNREACHABLE))
+        tables.append(RouteSpec(table, (), UNREACHABLE_METRIC, UNREACHABLE, family=family))
     if hops:
-        main: RouteSpec | None = RouteSpec(balance_table(cfg), tuple(hops), cfg.route_metric)
+        main: RouteSpec | None = RouteSpec(balance_table(cfg), tuple(hops),
+                                           metric_of(cfg.route_metric, family), family=family)
     else:
         main = keep_main and replace(keep_main, table=balance_table(cfg),
-                                     metric=cfg.route_metric)
-    return Desired(main, tuple(tables), tuple(sorted(rules)), sysctls_for(cfg))
+                                     metric=metric_of(cfg.route_metric, family), family=family)
+    sysctls = sysctls_for(cfg) if family == 4 else sysctls6_for(cfg)
+    return Desired(main, tuple(tables), tuple(sorted(rules)), sysctls, family)
+
+
+def sysctls6_for(cfg: Config) -> tuple[tuple[str, str], ...]:
+    """The IPv6 sysctls ecmpd sets for the WANs of an IPv6 plane's config `cfg`.
+
+    IPv6 forwarding has one switch, ``conf/all/forwarding`` (the per-interface value
+    only selects host or router behaviour).  A forwarding interface ignores router
+    advertisements unless ``accept_ra`` is 2: it is set on the WANs that learn their
+    gateway (``gateway6: auto``), before forwarding goes on.  The multipath hash policy
+    has its own IPv6 sysctl."""
+    out: list[tuple[str, str]] = [(f"net/ipv6/conf/{w.interface}/accept_ra", "2")
+                                  for w in cfg.wans if w.gateway is None]
+    out.append(("net/ipv6/conf/all/forwarding", "1"))
+    out.append(("net/ipv6/fib_multipath_hash_policy", "1" if cfg.hash == "l4" else "0"))
+    out += [(f"net/ipv6/conf/{w.interface}/ignore_routes_with_linkdown", "1")
+            for w in cfg.wans]
+    return tuple(out)
 
 
 def sysctls_for(cfg: Config) -> tuple[tuple[str, str], ...]:
@@ -193,18 +237,19 @@ def sysctls_for(cfg: Config) -> tuple[tuple[str, str], ...]:
 def describe(d: Desired) -> list[str]:
     """The plan as `ip route` / `ip rule`-like lines (for --dry-run and logs)."""
     lines: list[str] = []
+    v = "" if d.family == 4 else "-6 "
     if d.main is not None:
         hops = " ".join(f"nexthop {_via(h)}oif {h.oif} weight {h.weight}"
                         for h in d.main.nexthops)
-        lines.append(f"route default table {d.main.table} metric {d.main.metric} {hops}")
+        lines.append(f"{v}route default table {d.main.table} metric {d.main.metric} {hops}")
     else:
-        lines.append("route default: none (no usable WAN)")
+        lines.append(f"{v}route default: none (no usable WAN)")
     for t in d.tables:
         if t.kind == UNREACHABLE:
-            lines.append(f"route unreachable default table {t.table} metric {t.metric}")
+            lines.append(f"{v}route unreachable default table {t.table} metric {t.metric}")
             continue
         h = t.nexthops[0]
-        lines.append(f"route default table {t.table} {_via(h)}oif {h.oif}")
+        lines.append(f"{v}route default table {t.table} {_via(h)}oif {h.oif}")
     for r in d.rules:
         if r.suppress_prefixlen is not None:
             what = f"from all lookup main suppress_prefixlength {r.suppress_prefixlen}"
@@ -214,7 +259,7 @@ def describe(d: Desired) -> list[str]:
             what = f"from all fwmark {r.fwmark:#x}/{r.fwmask:#x} lookup {r.table}"
         else:
             what = f"from {r.src} lookup {r.table}"
-        lines.append(f"rule {r.priority}: {what}")
+        lines.append(f"{v}rule {r.priority}: {what}")
     for path, value in d.sysctls:
         lines.append(f"sysctl {path.replace('/', '.')} = {value}")
     return lines
@@ -254,6 +299,12 @@ class Owned:
             return cfg
         return cls(cfg.route_proto, cfg.route_metric, cfg.table_base, cfg.rule_priority,
                    cfg.nft_table, cfg.mark_mask, tuple(sorted(w.id for w in cfg.wans)))
+
+    def for_family(self, family: int) -> "Owned":
+        """These numbers as IP version `family`'s routes have them in the kernel (an
+        IPv6 route metric of 0 is 1024: `metric_of`)."""
+        m = metric_of(self.route_metric, family)
+        return self if m == self.route_metric else replace(self, route_metric=m)
 
     def numbers(self) -> tuple[int, int, int, int, str, int]:
         """What identifies the objects (the ids only say which tables are in use)."""
@@ -326,7 +377,8 @@ Routes = Mapping[tuple[int, int], RouteSpec]
 """(table, metric) → route, as `routing.Actual.routes`."""
 
 
-def translate(routes: Routes, rules: Iterable[RuleSpec], old: Owned, new: Owned) -> Desired:
+def translate(routes: Routes, rules: Iterable[RuleSpec], old: Owned, new: Owned,
+              family: int = 4) -> Desired:
     """What is installed under `old` (`routes`, `rules`), renumbered to `new`: the same
     WAN ids, nexthops, selectors and order, in the new tables, rule priorities and main
     metric.  A WAN table whose id `new` does not have (when `new.ids` is known) or that
@@ -356,7 +408,7 @@ def translate(routes: Routes, rules: Iterable[RuleSpec], old: Owned, new: Owned)
             out.append(replace(r, priority=prio))
         elif (n := new_table(r.table)) is not None:
             out.append(replace(r, priority=prio, table=n))
-    return Desired(main, tuple(tables), tuple(sorted(set(out))))
+    return Desired(main, tuple(tables), tuple(sorted(set(out))), family=family)
 
 
 @dataclass(frozen=True)

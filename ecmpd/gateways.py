@@ -30,10 +30,12 @@ from .state import Default, Defaults
 DEFAULT_TABLE = 253
 
 
-def learns(cfg: Config) -> bool:
-    """Whether a WAN of `cfg` learns its gateway (`gateway: auto`): only then are other
-    programs' default routes read and watched."""
-    return any(w.gateway is None for w in cfg.wans)
+def learns(cfg: Config, family: int | None = None) -> bool:
+    """Whether a WAN of `cfg` learns its gateway of IP version `family` (None: of any)
+    (`gateway: auto`, `gateway6: auto`): only then are other programs' default routes
+    of that version read and watched."""
+    return any(w.has(f) and w.fixed_gateway(f) is None for w in cfg.wans
+               for f in ((4, 6) if family is None else (family,)))
 
 
 def defaults_of(msgs: Iterable, our_proto: int) -> tuple[Default, ...]:
@@ -49,33 +51,35 @@ def defaults_of(msgs: Iterable, our_proto: int) -> tuple[Default, ...]:
     return tuple(sorted(out))
 
 
-async def read_table(ipr: AsyncIPRoute, table: int, our_proto: int) -> tuple[Default, ...]:
-    """The other programs' default routes in `table` (kernel-filtered, first leaf only;
-    a full dump when the kernel cannot filter)."""
+async def read_table(ipr: AsyncIPRoute, table: int, our_proto: int,
+                     family: int = 4) -> tuple[Default, ...]:
+    """The other programs' default routes of IP version `family` in `table`
+    (kernel-filtered: `RouteReader.defaults`; a full dump when the kernel cannot
+    filter)."""
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
     try:
         reader = RouteReader.like(ipr)
     except StrictUnsupported:
-        msgs = [m async for m in await ipr.route("dump", family=socket.AF_INET)
-                if m.get("table") == table]
+        msgs = [m async for m in await ipr.route("dump", family=af) if m.get("table") == table]
         return defaults_of(msgs, our_proto)
     with reader:
-        return defaults_of(reader.defaults(table), our_proto)
+        return defaults_of(reader.defaults(table, af), our_proto)
 
 
-async def rule_tables(ipr: AsyncIPRoute) -> set[int]:
-    """The tables ip rules look up (IPv4)."""
-    return {t async for m in await ipr.rule("dump", family=socket.AF_INET)
-            if (t := m.get("table"))}
+async def rule_tables(ipr: AsyncIPRoute, family: int = 4) -> set[int]:
+    """The tables ip rules of IP version `family` look up."""
+    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    return {t async for m in await ipr.rule("dump", family=af) if (t := m.get("table"))}
 
 
 async def read_defaults(ipr: AsyncIPRoute, our_proto: int, ours: range,
-                        known: Iterable[int] = ()) -> Defaults:
-    """Table -> other programs' default routes, for main, ``default``, the tables ip
-    rules look up and `known` ones, except ecmpd's own tables (`ours`); tables without
-    any are left out."""
-    tables = {MAIN_TABLE, DEFAULT_TABLE, *known, *await rule_tables(ipr)}
+                        known: Iterable[int] = (), family: int = 4) -> Defaults:
+    """Table -> other programs' default routes of IP version `family`, for main,
+    ``default``, the tables ip rules look up and `known` ones, except ecmpd's own tables
+    (`ours`); tables without any are left out."""
+    tables = {MAIN_TABLE, DEFAULT_TABLE, *known, *await rule_tables(ipr, family)}
     out: dict[int, tuple[Default, ...]] = {}
     for table in sorted(t for t in tables if t not in ours and t != 255):
-        if found := await read_table(ipr, table, our_proto):
+        if found := await read_table(ipr, table, our_proto, family):
             out[table] = found
     return out

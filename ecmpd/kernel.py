@@ -45,12 +45,14 @@ class Kernel:
         async with self.lock:
             return {n: Link.of(v) for n, v in (await routing.read_links(self.ipr)).items()}
 
-    async def dump_addresses(self) -> Addresses | None:
-        """Every IPv4 address, from a dump (None while closed)."""
+    async def dump_addresses(self, family: int = 4) -> Addresses | None:
+        """Every address of IP version `family` (IPv6: global ones), from a dump (None
+        while closed)."""
         if self.ipr is None:
             return None
         async with self.lock:
-            return {i: tuple(a) for i, a in (await routing.read_addresses(self.ipr)).items()}
+            return {i: tuple(a) for i, a in
+                    (await routing.read_addresses(self.ipr, family)).items()}
 
     async def dump_local(self) -> ownaddr.Local | None:
         """Every address of the router, both families, from a dump (None while closed)."""
@@ -59,18 +61,21 @@ class Kernel:
         async with self.lock:
             return await ownaddr.read(self.ipr)
 
-    async def dump_defaults(self, table: int | None = None) -> Defaults | None:
-        """Other programs' default routes: of `table`, or (None) of every table where
-        a `gateway: auto` WAN may learn its gateway; {} when no WAN learns one (None
-        while closed)."""
+    async def dump_defaults(self, table: int | None = None,
+                            family: int = 4) -> Defaults | None:
+        """Other programs' default routes of IP version `family`: of `table`, or (None)
+        of every table where an `auto` gateway of that version may be learned; {} when
+        no WAN learns one (None while closed)."""
         if self.ipr is None:
             return None
         st = self.current()
         cfg = st.cfg
-        if not gateways.learns(cfg):
+        if not gateways.learns(cfg, family):
             return {}
         async with self.lock:
             if table is not None:
-                return {table: await gateways.read_table(self.ipr, table, cfg.route_proto)}
-            return await gateways.read_defaults(self.ipr, cfg.route_proto, table_range(cfg),
-                                                st.defaults)
+                return {table: await gateways.read_table(self.ipr, table, cfg.route_proto,
+                                                         family)}
+            return await gateways.read_defaults(
+                self.ipr, cfg.route_proto, table_range(cfg),
+                st.defaults if family == 4 else st.defaults6, family)

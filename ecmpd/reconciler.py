@@ -25,7 +25,8 @@ from .events import Event, Flush, NexthopsRefused
 from .firewall import Firewall
 from .kernel import Kernel
 from .refused import Refused
-from .state import (Decision, Refusal, State, decide, full_hop, main_route,
+from .configmodel import FAMILIES
+from .state import (Decision, Refusal, State, decide, full_hop, main_route, plane,
                     probe_gateways)
 from .sysctl import Sysctls
 
@@ -65,7 +66,7 @@ class Reconciler:
         self._decided: list[float] = []
         self._flushes: list[Flush] = []
         self._waiters: list[asyncio.Future[Decision]] = []
-        self._kept = False
+        self._kept = (False, False)
         """The last pass kept the route with no WAN usable (for its log line only)."""
         self.stamp = stamp
         """A token that changes with every kernel event read (the daemon's watcher)."""
@@ -137,11 +138,12 @@ class Reconciler:
                 for f in flushes:
                     self.spawn(self._flush(f))
 
-    def unchanged(self) -> routing.Actual | None:
+    def unchanged(self) -> dict[int, routing.Actual] | None:
         """The last pass's kernel read, when it is still the kernel's state: that pass
         changed nothing, no pass is due and no kernel event was read since (every change
         of ecmpd's routes and rules, and of the links and addresses they depend on, is
-        one).  Call it holding the kernel's lock; None: read the kernel."""
+        one): IP version -> what was read.  Call it holding the kernel's lock; None: read
+        the kernel."""
         if self._quiet is None or self._again or (self._task and not self._task.done()):
             return None
         stamp, cfg, actual = self._quiet
@@ -154,20 +156,30 @@ class Reconciler:
             assert ipr is not None
             self._quiet = None
             stamp = self.stamp()
-            actual = await routing.read_actual(ipr, self.current().cfg)
+            cfg = self.current().cfg
+            actual = {f: await routing.read_actual(ipr, cfg, family=f) for f in FAMILIES}
             # the snapshot goes with the kernel read (a reload that changes the numbers
             # recognising ecmpd's objects swaps the config under this lock)
             snap = self.current()
-            decision = decide(snap, main_route(actual.routes, snap.cfg))
-            if decision.kept != self._kept:
-                if decision.kept:
-                    log.warning("all WANs are down: keeping the last route")
-                self._kept = decision.kept
-            changes = self.sysctls.apply(decision.desired.sysctls)
-            refused: Refused = {}
-            changes += await routing.apply(ipr, snap.cfg, decision.desired, actual, refused)
-            self.report(refusals(snap, refused))
-            if refused:
+            decision = decide(snap, *(main_route(actual[f].routes, snap.cfg, f)
+                                      for f in FAMILIES))
+            kept = (decision.kept, decision.kept6)
+            if kept != self._kept:
+                for f, was, now in zip(FAMILIES, self._kept, kept):
+                    if now and not was:
+                        log.warning("all %sWANs are down: keeping the last route",
+                                    "" if f == 4 and not snap.cfg.families() == (4, 6)
+                                    else f"IPv{f} ")
+                self._kept = kept
+            changes = self.sysctls.apply(decision.desired.sysctls + decision.desired6.sysctls)
+            any_refused = False
+            for f in FAMILIES:
+                refused: Refused = {}
+                changes += await routing.apply(ipr, snap.cfg, decision.of(f)[0], actual[f],
+                                               refused)
+                self.report(refusals(snap, refused, f))
+                any_refused = any_refused or bool(refused)
+            if any_refused:
                 self._retry_refused()
             try:
                 self.firewall.reconfigure(snap.cfg, probe_gateways(snap))
@@ -201,11 +213,13 @@ class Reconciler:
         if await conntrack.flush_mark(f.mark, f.mask) and f.name is not None:
             log.info("%s: its connections were removed from conntrack", f.name)
 
-def refusals(snap: State, refused: Refused) -> NexthopsRefused:
-    """The event reporting the nexthops the kernel refused in a pass over `snap`."""
+def refusals(snap: State, refused: Refused, family: int = 4) -> NexthopsRefused:
+    """The event reporting the nexthops of IP version `family` the kernel refused in a
+    pass over `snap`."""
     out = {}
-    for wan in snap.cfg.wans:
-        hop = full_hop(snap, wan)
+    p = plane(snap, family)
+    for wan in p.cfg.wans:
+        hop = full_hop(p, wan)
         if hop is not None and (err := refused.get(hop[:2])) is not None:
             out[wan.name] = Refusal(hop, err)
-    return NexthopsRefused(out)
+    return NexthopsRefused(out, family)

@@ -151,9 +151,9 @@ class RouteReader:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _request(self, table: int, proto: int) -> None:
+    def _request(self, table: int, proto: int, family: int = socket.AF_INET) -> None:
         self._seq += 1
-        body = _RTMSG.pack(socket.AF_INET, 0, 0, 0, 0, proto, 0, 0, 0)
+        body = _RTMSG.pack(family, 0, 0, 0, 0, proto, 0, 0, 0)
         body += struct.pack("=HHI", 8, RTA_TABLE, table)
         self.sock.send(_HDR.pack(_HDR.size + len(body), RTM_GETROUTE,
                                  NLM_F_REQUEST | NLM_F_DUMP, self._seq, 0) + body)
@@ -179,9 +179,10 @@ class RouteReader:
                         yield data[off:off + length]
                 off += (length + 3) & ~3
 
-    def dump(self, table: int, proto: int = 0) -> list:
-        """The routes of `table` with `proto` (0: any), filtered by the kernel."""
-        self._request(table, proto)
+    def dump(self, table: int, proto: int = 0, family: int = socket.AF_INET) -> list:
+        """The routes of `table` with `proto` (0: any) of address `family`, filtered by
+        the kernel."""
+        self._request(table, proto, family)
         out = []
         for raw in self._messages():
             msg = rtmsg(raw)
@@ -189,16 +190,22 @@ class RouteReader:
             out.append(msg)
         return out
 
-    def defaults(self, table: int = MAIN_TABLE) -> list:
-        """Every route of `table` whose destination is 0.0.0.0 (all default routes among
-        them), without walking the rest: the dump is left at the first other
-        destination and the socket closed."""
-        self._request(table, 0)
+    def defaults(self, table: int = MAIN_TABLE, family: int = socket.AF_INET) -> list:
+        """Every route of `table` whose destination is the default (all default routes
+        among them).  IPv4: without walking the rest (the dump is left at the first other
+        destination and the socket closed).  IPv6's tree dumps the root, where ::/0
+        lives, last: the table is read whole (kernel-filtered by table) and the socket
+        closed."""
+        self._request(table, 0, family)
         out = []
         try:
             for raw in self._messages():
                 msg = rtmsg(raw)
                 msg.decode()
+                if family == socket.AF_INET6:
+                    if msg["dst_len"] == 0:
+                        out.append(msg)
+                    continue
                 if (msg.get("dst") or "0.0.0.0") != "0.0.0.0":
                     break
                 out.append(msg)

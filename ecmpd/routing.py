@@ -7,6 +7,10 @@ ecmpd's ``proto`` (default routes in ecmpd's table range, or in table main at
 the one in ecmpd's table is in place) and rules in ecmpd's priority range that point at
 table main or at ecmpd's tables.  Anything else is never changed or removed.
 
+IPv4 and IPv6 are read and changed apart (the kernel keeps tables and rules per
+version, under the same numbers): every function takes the version, from its `family`
+argument or from the `Desired` it applies; `remove_all` and `handover` do both.
+
 Reading only what is ecmpd's (a router may also carry a full BGP table, ~1M routes):
 ecmpd's tables and the default routes of table main are read with kernel-filtered dumps
 (`ecmpd.routereader`), never the whole FIB.  Without strict checking (an old kernel) the
@@ -23,15 +27,19 @@ from dataclasses import dataclass, field
 
 from .netlinkimport import AsyncIPRoute, NetlinkError
 
-from .desired import (BALANCE_RULE, MAIN_TABLE, UNICAST, UNREACHABLE, Desired, Nexthop, Owned,
-                      RouteSpec, RuleSpec, Step, plan_handover, translate)
-from .configmodel import Config
+from .desired import (BALANCE_RULE, MAIN_TABLE, UNICAST, UNREACHABLE, Desired,
+                      Nexthop, Owned, RouteSpec, RuleSpec, Step, plan_handover, translate)
+from .configmodel import FAMILIES, Config
 from .refused import Refused, install_main, refused_single
 from .routereader import RouteReader, StrictUnsupported
 
 log = logging.getLogger("ecmpd")
 
 RTN_UNICAST, RTN_UNREACHABLE = 1, 7
+AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+"""IP version -> address family."""
+_ANY = {4: "0.0.0.0/0", 6: "::/0"}
+_HOST = {4: 32, 6: 128}
 RTNH_F_ONLINK = 4
 _KINDS = {RTN_UNICAST: UNICAST, RTN_UNREACHABLE: UNREACHABLE}
 
@@ -42,6 +50,7 @@ class Actual:
 
     routes: dict[tuple[int, int], RouteSpec] = field(default_factory=dict)
     """(table, metric) → route."""
+    family: int = 4
     rules: set[RuleSpec] = field(default_factory=set)
     foreign_main: str | None = None
     """Description of a foreign default route sitting where ecmpd's main route goes."""
@@ -97,15 +106,15 @@ _RULE_ATTRS = frozenset({"FRA_TABLE", "FRA_PRIORITY", "FRA_FWMARK", "FRA_FWMASK"
 FIB_RULE_INVERT, FR_ACT_TO_TBL = 0x2, 1
 
 
-def _other_selectors(msg) -> bool:
+def _other_selectors(msg, family: int = 4) -> bool:
     """Whether the rule says more than ecmpd's rules do (`RuleSpec.other`)."""
     return bool(msg.get("flags", 0) & FIB_RULE_INVERT or msg.get("action", FR_ACT_TO_TBL)
                 != FR_ACT_TO_TBL or msg.get("dst_len") or msg.get("tos")
-                or msg.get("src_len") not in (None, 0, 32)
+                or msg.get("src_len") not in (None, 0, _HOST[family])
                 or any(name not in _RULE_ATTRS for name, *_ in msg.get("attrs", ())))
 
 
-def _rule_of(msg) -> RuleSpec:
+def _rule_of(msg, family: int = 4) -> RuleSpec:
     src = msg.get("src")
     suppress = msg.get("suppress_prefixlen")
     return RuleSpec(
@@ -115,7 +124,8 @@ def _rule_of(msg) -> RuleSpec:
         src=str(src) if src else None,
         # the kernel reports FRA_SUPPRESS_PREFIXLEN 0xffffffff (-1) on every rule without one
         suppress_prefixlen=None if suppress in (None, -1, 0xFFFFFFFF) else suppress,
-        other=_other_selectors(msg),
+        other=_other_selectors(msg, family),
+        family=family,
     )
 
 
@@ -145,11 +155,11 @@ def is_ours(rule: RuleSpec, owned: Owned) -> bool:
     return False
 
 
-async def read_rules(ipr: AsyncIPRoute, owned: Owned) -> set[RuleSpec]:
-    """ecmpd's rules under `owned` (`is_ours`)."""
+async def read_rules(ipr: AsyncIPRoute, owned: Owned, family: int = 4) -> set[RuleSpec]:
+    """ecmpd's rules of IP version `family` under `owned` (`is_ours`)."""
     out: set[RuleSpec] = set()
-    async for msg in await ipr.rule("dump", family=socket.AF_INET):
-        if is_ours(rule := _rule_of(msg), owned):
+    async for msg in await ipr.rule("dump", family=AF[family]):
+        if is_ours(rule := _rule_of(msg, family), owned):
             out.add(rule)
     return out
 
@@ -161,7 +171,7 @@ def _add_main(actual: Actual, owned: Owned, msg) -> None:
     metric = msg.get("priority") or 0
     if msg["proto"] != owned.route_proto:
         return
-    spec = RouteSpec(MAIN_TABLE, nexthops_of(msg), metric, _kind(msg))
+    spec = RouteSpec(MAIN_TABLE, nexthops_of(msg), metric, _kind(msg), actual.family)
     if metric == owned.route_metric:
         actual.routes[(MAIN_TABLE, metric)] = spec
     else:
@@ -173,22 +183,24 @@ def _add_route(actual: Actual, owned: Owned, table: int, msg) -> None:
     where the multipath route goes blocks it (`foreign_main`), others are ignored."""
     metric = msg.get("priority") or 0
     if msg["proto"] == owned.route_proto:
-        actual.routes[(table, metric)] = RouteSpec(table, nexthops_of(msg), metric, _kind(msg))
+        actual.routes[(table, metric)] = RouteSpec(table, nexthops_of(msg), metric, _kind(msg),
+                                                   actual.family)
     elif table == owned.table_base and metric == owned.route_metric:
         actual.foreign_main = _describe_route(msg)
 
 
 async def read_actual(ipr: AsyncIPRoute, cfg: Config | Owned,
-                      tables: Iterable[int] = ()) -> Actual:
-    """ecmpd's routes and rules under `cfg`'s numbers (and a foreign route in its place).
+                      tables: Iterable[int] = (), family: int = 4) -> Actual:
+    """ecmpd's routes and rules of IP version `family` under `cfg`'s numbers (and a
+    foreign route in its place).
 
     Routes are read from the WAN tables of `cfg`'s WANs, from every table one of
     ecmpd's rules points at (a removed WAN's table keeps its rules until they are
     removed with it), from `tables`, and the default routes of table main — each with a
     kernel-filtered dump (see the module docstring), never the whole FIB."""
-    owned = Owned.of(cfg)
-    actual = Actual()
-    actual.rules = await read_rules(ipr, owned)
+    owned = Owned.of(cfg).for_family(family)
+    actual = Actual(family=family)
+    actual.rules = await read_rules(ipr, owned, family)
     wanted = sorted(t for t in {*owned.wan_tables(), *tables, *(r.table for r in actual.rules)}
                     if owned.owns_table(t))
     try:
@@ -203,22 +215,25 @@ async def read_actual(ipr: AsyncIPRoute, cfg: Config | Owned,
         for table in wanted:
             # the multipath table: any proto (a foreign route there blocks ecmpd's)
             proto = 0 if table == owned.table_base else owned.route_proto
-            for msg in reader.dump(table, proto):
+            for msg in reader.dump(table, proto, AF[family]):
                 if msg["dst_len"] == 0:
                     _add_route(actual, owned, table, msg)
-        for msg in reader.defaults(MAIN_TABLE):
-            if msg["dst_len"] == 0:
-                _add_main(actual, owned, msg)
+        if family == 4:   # no version of ecmpd kept an IPv6 route in main
+            for msg in reader.defaults(MAIN_TABLE):
+                if msg["dst_len"] == 0:
+                    _add_main(actual, owned, msg)
     return actual
 
 
 async def _read_full(ipr: AsyncIPRoute, owned: Owned, actual: Actual) -> Actual:
     """The fallback without strict checking: one full dump, filtered here."""
-    async for msg in await ipr.route("dump", family=socket.AF_INET):
+    async for msg in await ipr.route("dump", family=AF[actual.family]):
         table = msg.get("table")
         if msg["dst_len"] != 0 or not (table == MAIN_TABLE or owned.owns_table(table)):
             continue
         if table == MAIN_TABLE:
+            if actual.family == 6:
+                continue
             _add_main(actual, owned, msg)
         else:
             _add_route(actual, owned, table, msg)
@@ -242,8 +257,8 @@ def stray_warnings(actual: Actual, cfg: Config | Owned) -> list[str]:
 
 
 def _route_args(proto: int, spec: RouteSpec) -> dict:
-    args: dict = {"dst": "0.0.0.0/0", "table": spec.table, "proto": proto,
-                  "priority": spec.metric}
+    args: dict = {"dst": _ANY[spec.family], "family": AF[spec.family], "table": spec.table,
+                  "proto": proto, "priority": spec.metric}
     if spec.kind != UNICAST:
         args["type"] = spec.kind
     elif len(spec.nexthops) == 1:
@@ -262,11 +277,11 @@ def _hop(h: Nexthop) -> dict:
 
 
 def _rule_args(spec: RuleSpec) -> dict:
-    args: dict = {"priority": spec.priority, "table": spec.table, "family": socket.AF_INET}
+    args: dict = {"priority": spec.priority, "table": spec.table, "family": AF[spec.family]}
     if spec.fwmark is not None:
         args.update(fwmark=spec.fwmark, fwmask=spec.fwmask)
     if spec.src is not None:
-        args.update(src=spec.src, src_len=32)
+        args.update(src=spec.src, src_len=_HOST[spec.family])
     if spec.suppress_prefixlen is not None:
         args["suppress_prefixlen"] = spec.suppress_prefixlen
     return args
@@ -277,8 +292,9 @@ async def apply(ipr: AsyncIPRoute, cfg: Config, desired: Desired,
     """Make the kernel match `desired`; returns the number of netlink changes made.
     The multipath route goes in without the nexthops the kernel refuses (`ecmpd.refused`);
     `refused` receives them: (gateway, oif) -> the kernel's error."""
+    family = desired.family
     if actual is None:
-        actual = await read_actual(ipr, cfg)
+        actual = await read_actual(ipr, cfg, family=family)
     refused = {} if refused is None else refused
     changes = 0
     want: dict[tuple[int, int], RouteSpec] = {(t.table, t.metric): t for t in desired.tables}
@@ -325,8 +341,8 @@ async def apply(ipr: AsyncIPRoute, cfg: Config, desired: Desired,
         if key in want:
             continue
         try:
-            await ipr.route("del", dst="0.0.0.0/0", table=have.table, proto=cfg.route_proto,
-                            priority=have.metric)
+            await ipr.route("del", dst=_ANY[family], family=AF[family], table=have.table,
+                            proto=cfg.route_proto, priority=have.metric)
             changes += 1
         except NetlinkError as exc:
             log.warning("cannot remove route %s: %s", have, exc)
@@ -334,8 +350,10 @@ async def apply(ipr: AsyncIPRoute, cfg: Config, desired: Desired,
 
 
 async def remove_all(ipr: AsyncIPRoute, cfg: Config | Owned) -> int:
-    """Remove every route and rule of ecmpd's (on stop); returns the count removed."""
-    return await apply(ipr, cfg, Desired(main=None))  # type: ignore[arg-type]
+    """Remove every route and rule of ecmpd's, both versions (on stop); returns the
+    count removed."""
+    return sum([await apply(ipr, cfg, Desired(main=None, family=f))  # type: ignore[arg-type]
+                for f in FAMILIES])
 
 
 async def run_steps(ipr: AsyncIPRoute, steps: Iterable[Step]) -> int:
@@ -350,8 +368,9 @@ async def run_steps(ipr: AsyncIPRoute, steps: Iterable[Step]) -> int:
                 await ipr.route("replace", **_route_args(step.proto, step.route))
             elif step.op == "unroute":
                 assert step.route is not None
-                await ipr.route("del", dst="0.0.0.0/0", table=step.route.table,
-                                proto=step.proto, priority=step.route.metric)
+                await ipr.route("del", dst=_ANY[step.route.family], family=AF[step.route.family],
+                                table=step.route.table, proto=step.proto,
+                                priority=step.route.metric)
             elif step.op == "rule":
                 assert step.rule is not None
                 await ipr.rule("add", **_rule_args(step.rule))
@@ -387,10 +406,28 @@ async def handover(ipr: AsyncIPRoute, old: Config | Owned, new: Config | Owned,
     if why := o.problem() or n.problem():
         log.error("not handing ecmpd's routes over from %s to %s: %s", o, n, why)
         return 0
-    have = await read_actual(ipr, o)
-    target = desired if desired is not None else translate(have.routes, have.rules, o, n)
+    changes = 0
+    for family in FAMILIES:
+        mine = desired if desired is not None and desired.family == family else None
+        changes += await _handover(ipr, o, n, mine, family)
+    log.info("handed ecmpd's routes and rules over from proto %d metric %d tables %d+ "
+             "rules %d+ to proto %d metric %d tables %d+ rules %d+ (%d changes)",
+             o.route_proto, o.route_metric, o.table_base, o.rule_priority, n.route_proto,
+             n.route_metric, n.table_base, n.rule_priority, changes)
+    return changes
+
+
+async def _handover(ipr: AsyncIPRoute, o: Owned, n: Owned, desired: Desired | None,
+                    family: int) -> int:
+    """`handover` of IP version `family`'s routes and rules."""
+    o, n = o.for_family(family), n.for_family(family)
+    have = await read_actual(ipr, o, family=family)
+    if not have.routes and not have.rules and desired is None:
+        return 0
+    target = desired if desired is not None else translate(have.routes, have.rules, o, n,
+                                                           family)
     if target.main is not None:
-        there = await read_actual(ipr, n)
+        there = await read_actual(ipr, n, family=family)
         # at the same table and metric, a route with the old proto is ecmpd's own
         old_key = (o.table_base, o.route_metric)
         ours_there = (n.table_base, n.route_metric) == old_key and old_key in have.routes
@@ -401,19 +438,14 @@ async def handover(ipr: AsyncIPRoute, old: Config | Owned, new: Config | Owned,
             # the old route stays, and so does the rule that looks it up
             target = Desired(None, target.tables,
                              tuple(r for r in target.rules if r.table != n.table_base),
-                             target.sysctls)
+                             target.sysctls, family)
             have.routes.pop(old_key, None)
             have.routes.pop((MAIN_TABLE, o.route_metric), None)
             have.rules = {r for r in have.rules
                           if (r.priority, r.table) != (o.rule_priority + BALANCE_RULE,
                                                        o.table_base)}
     steps = plan_handover(have.routes, have.rules, o, n, target)
-    changes = await run_steps(ipr, steps)
-    log.info("handed ecmpd's routes and rules over from proto %d metric %d tables %d+ "
-             "rules %d+ to proto %d metric %d tables %d+ rules %d+ (%d changes)",
-             o.route_proto, o.route_metric, o.table_base, o.rule_priority, n.route_proto,
-             n.route_metric, n.table_base, n.rule_priority, changes)
-    return changes
+    return await run_steps(ipr, steps)
 
 
 IFF_UP, IFF_POINTOPOINT, IFF_LOWER_UP = 0x1, 0x10, 0x10000
@@ -432,9 +464,13 @@ async def read_links(ipr: AsyncIPRoute) -> dict[str, dict]:
     return {msg.get("ifname"): link_state(msg) async for msg in await ipr.link("dump")}
 
 
-async def read_addresses(ipr: AsyncIPRoute) -> dict[int, list[tuple]]:
-    """Interface index → its IPv4 (address, prefixlen) list, primary first; on a
-    point-to-point link with a peer address (address, prefixlen, peer)."""
+async def read_addresses(ipr: AsyncIPRoute, family: int = 4) -> dict[int, list[tuple]]:
+    """Interface index → its addresses of IP version `family`, (address, prefixlen),
+    primary first; IPv4 on a point-to-point link with a peer address (address,
+    prefixlen, peer).  IPv6: global addresses only, usable ones (not tentative, not
+    failed duplicate detection) before deprecated ones."""
+    if family == 6:
+        return await _read_addresses6(ipr)
     out: dict[int, list[tuple]] = {}
     secondary: dict[int, list[tuple]] = {}
     async for msg in await ipr.addr("dump", family=socket.AF_INET):
@@ -448,5 +484,25 @@ async def read_addresses(ipr: AsyncIPRoute) -> dict[int, list[tuple]]:
             into = secondary if msg["flags"] & 0x01 else out  # IFA_F_SECONDARY
             into.setdefault(msg["index"], []).append(entry)
     for index, extra in secondary.items():
+        out.setdefault(index, []).extend(extra)
+    return out
+
+
+IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TENTATIVE = 0x08, 0x20, 0x40
+RT_SCOPE_UNIVERSE = 0
+
+
+async def _read_addresses6(ipr: AsyncIPRoute) -> dict[int, list[tuple]]:
+    out: dict[int, list[tuple]] = {}
+    later: dict[int, list[tuple]] = {}
+    async for msg in await ipr.addr("dump", family=socket.AF_INET6):
+        addr = msg.get("address")
+        flags = msg.get("IFA_FLAGS") or msg.get("flags") or 0
+        if (not addr or msg.get("scope", RT_SCOPE_UNIVERSE) != RT_SCOPE_UNIVERSE
+                or flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)):
+            continue
+        into = later if flags & IFA_F_DEPRECATED else out
+        into.setdefault(msg["index"], []).append((str(addr), msg["prefixlen"]))
+    for index, extra in later.items():
         out.setdefault(index, []).extend(extra)
     return out

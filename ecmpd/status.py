@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import ownaddr, state as st_mod
-from .desired import Nexthop, RouteSpec
+from .desired import Nexthop, RouteSpec, metric_of
 from .configmodel import Config
 from .health import Verdict
 from .judge import RoundResult
@@ -87,24 +87,30 @@ class Snapshot:
     stray: tuple[str, ...] = ()
     """Warnings about default routes with ecmpd's proto it does not own (`routing.stray_warnings`)."""
     connections: Mapping[str, int] = field(default_factory=dict)
-    probes: Mapping[str, ProbeReading] = field(default_factory=dict)
-    """WAN name -> readings (a WAN without a prober yet has none)."""
+    probes: Mapping[Any, ProbeReading] = field(default_factory=dict)
+    """(WAN name, IP version) -> readings (a WAN without a prober yet has none); a plain
+    WAN name means its IPv4 prober."""
     stats: Stats = Stats()
     pid: int = 0
     config_path: str = ""
     uptime: float = 0.0
+    main6: RouteSpec | None = None
+    """ecmpd's IPv6 multipath route as the kernel has it."""
+    foreign_main6: str | None = None
 
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-def _wan(snap: Snapshot, name: str, in_route: set[int]) -> dict[str, Any]:
-    st, cfg = snap.state, snap.state.cfg
-    wan, ws = cfg.wan(name), st.wan(name)
-    probe = snap.probes.get(name)
+def _family(snap: Snapshot, family: int, name: str, in_route: set[int]) -> dict[str, Any]:
+    """WAN `name`'s fields of IP version `family` (a version it carries)."""
+    p = st_mod.plane(snap.state, family)
+    cfg = p.cfg
+    wan, ws = cfg.wan(name), p.wan(name)
+    probe = snap.probes.get((name, family)) or (snap.probes.get(name) if family == 4 else None)
     last = probe.last if probe else None
-    own = st_mod.own_targets(st, wan)
+    own = st_mod.own_targets(p, wan)
     return {
         # DISABLED (by the administrator) overrides; `health` is what the probes say
         "state": "disabled" if ws.disabled else ws.health.state.value,
@@ -117,23 +123,15 @@ def _wan(snap: Snapshot, name: str, in_route: set[int]) -> dict[str, Any]:
         # probes are not answered in time
         "note": last.reason if last and last.verdict is Verdict.SLOW else None,
         "timeout_ms": _ms(probe.timeout) if probe else None,
-        "interface": wan.interface,
         # the gateway in use: fixed, or learned (`gateway: auto`; null while unknown, or
         # on a point-to-point link, whose nexthop is the interface itself)
-        "gateway": st_mod.gateway(st, wan) or None,
+        "gateway": st_mod.gateway(p, wan) or None,
         "gateway_source": "config" if wan.gateway is not None else "learned",
-        "nexthop": _nexthop(st_mod.gateway(st, wan), wan.interface, st_mod.onlink(st, wan)),
-        "address": st_mod.address(st, wan),
-        "point_to_point": bool((lk := st.links.get(wan.interface)) and lk.pointopoint),
-        "weight": wan.weight,
+        "nexthop": _nexthop(st_mod.gateway(p, wan), wan.interface, st_mod.onlink(p, wan)),
+        "address": st_mod.address(p, wan),
         # a nexthop via its interface is in the kernel's route right now, whatever the
         # daemon believes (a gateway the kernel still has from before counts)
-        "active": (link := st.links.get(wan.interface)) is not None and link.index in in_route,
-        "disabled": ws.disabled,
-        "carrier": st_mod.carrier(st, wan),
-        "mark": hex(cfg.mark_of(wan)),
-        "table": cfg.table_of(wan),
-        "connections": snap.connections.get(name, 0),
+        "active": (link := p.links.get(wan.interface)) is not None and link.index in in_route,
         "targets": {addr: {"loss_pct": None if t.loss_pct is None else round(t.loss_pct, 1),
                            "rtt_ms": _ms(t.rtt), "srtt_ms": _ms(t.srtt),
                            "rttvar_ms": _ms(t.rttvar),
@@ -141,6 +139,32 @@ def _wan(snap: Snapshot, name: str, in_route: set[int]) -> dict[str, Any]:
                            "reason": ownaddr.reason(addr) if addr in own else None}
                     for addr, t in (probe.targets.items() if probe else ())},
     }
+
+
+def _wan(snap: Snapshot, name: str, in_route: dict[int, set[int]]) -> dict[str, Any]:
+    """WAN `name`: its IPv4 fields at the top (the IPv6 ones on an IPv6-only WAN), each
+    version it carries under ``ipv4`` / ``ipv6`` (null: not carried)."""
+    st, cfg = snap.state, snap.state.cfg
+    wan = cfg.wan(name)
+    per = {f: _family(snap, f, name, in_route[f]) if wan.has(f) else None for f in (4, 6)}
+    top = per[4] or per[6]
+    assert top is not None
+    disabled = (st.wans.get(name) or st.wans6[name]).disabled
+    out = {k: v for k, v in top.items()}
+    out.update({
+        "interface": wan.interface,
+        "families": [f"ipv{f}" for f in wan.families],
+        "point_to_point": bool((lk := st.links.get(wan.interface)) and lk.pointopoint),
+        "weight": wan.weight,
+        "disabled": disabled,
+        "carrier": st_mod.carrier(st, wan),
+        "mark": hex(cfg.mark_of(wan)),
+        "table": cfg.table_of(wan),
+        "connections": snap.connections.get(name, 0),
+        "ipv4": per[4],
+        "ipv6": per[6],
+    })
+    return out
 
 
 def _nexthop(gateway: str | None, interface: str, onlink: bool = False) -> str | None:
@@ -161,37 +185,51 @@ def _weight(cfg: Config, interface: str | None, hop: Nexthop, hops: int) -> int:
     return hop.weight
 
 
+def _route(cfg: Config, main: RouteSpec | None, names: Mapping[int, str],
+           kept: bool) -> dict[str, Any]:
+    return {
+        "present": main is not None,
+        "kept_last": kept,
+        "nexthops": [{"gateway": h.gateway or None, "interface": names.get(h.oif, str(h.oif)),
+                      "onlink": h.onlink,
+                      "weight": _weight(cfg, names.get(h.oif), h, len(main.nexthops))}
+                     for h in (main.nexthops if main else ())],
+    }
+
+
 def render(snap: Snapshot) -> dict[str, Any]:
-    """The status as a JSON-ready dict (see ecmpd.ecmpctl_command.render_status for its text form)."""
-    st, main = snap.state, snap.main
+    """The status as a JSON-ready dict (see ecmpd.ecmpctl_command.render_status for its
+    text form).  `route` is the IPv4 multipath route, `route6` the IPv6 one."""
+    st = snap.state
     cfg = st.cfg
-    kept = st_mod.keeps_last_route(st, main)
-    in_route = {h.oif for h in main.nexthops} if main else set()
+    mains = {4: snap.main, 6: snap.main6}
+    kept = {f: st_mod.keeps_last_route(st_mod.plane(st, f), mains[f]) for f in (4, 6)}
+    in_route = {f: {h.oif for h in m.nexthops} if m else set() for f, m in mains.items()}
     names = {link.index: name for name, link in st.links.items()}
+    families = cfg.families()
     warnings: list[str] = []
-    if kept:
-        warnings.append("all WANs are down: keeping the last route")
-    if snap.foreign_main:
-        warnings.append(f"a route that is not ecmpd's holds table {cfg.table_base} metric "
-                        f"{cfg.route_metric}: {snap.foreign_main}")
+    for f in families:
+        v = "" if families == (4,) else f"IPv{f} "
+        if kept[f]:
+            warnings.append(f"all {v}WANs are down: keeping the last route")
+        foreign = snap.foreign_main if f == 4 else snap.foreign_main6
+        if foreign:
+            warnings.append(f"a {v}route that is not ecmpd's holds table {cfg.table_base} "
+                            f"metric {metric_of(cfg.route_metric, f)}: {foreign}")
     warnings += snap.stray
-    if main is None:
-        warnings.append("no ecmpd route in the kernel")
+    for f in families:
+        if mains[f] is None:
+            warnings.append("no ecmpd route in the kernel" if families == (4,) else
+                            f"no ecmpd IPv{f} route in the kernel")
     s = snap.stats
     return {
         "pid": snap.pid,
         "config": snap.config_path,
         "uptime": round(snap.uptime, 3),
         "hash": cfg.hash,
-        "wans": {name: _wan(snap, name, in_route) for name in st.wans},
-        "route": {
-            "present": main is not None,
-            "kept_last": kept,
-            "nexthops": [{"gateway": h.gateway or None, "interface": names.get(h.oif, str(h.oif)),
-                          "onlink": h.onlink,
-                          "weight": _weight(cfg, names.get(h.oif), h, len(main.nexthops))}
-                         for h in (main.nexthops if main else ())],
-        },
+        "wans": {w.name: _wan(snap, w.name, in_route) for w in cfg.wans},
+        "route": _route(cfg, snap.main, names, kept[4]),
+        "route6": _route(cfg, snap.main6, names, kept[6]),
         "warnings": warnings,
         "stats": {"reconciles": s.reconciles, "changes": s.changes,
                   "nft_writes": s.nft_writes, "events": s.events,

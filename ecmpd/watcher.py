@@ -23,9 +23,9 @@ from .netlinkimport import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_R
 
 from . import gateways, ownaddr, routing, rtfilter
 from .desired import table_range
-from .configmodel import Config
+from .configmodel import FAMILIES, Config
 from .events import (AddressesChanged, DefaultsChanged, DefaultsRead, Event, LinkChanged,
-                     LocalChanged, Resynced, RouteChanged, RuleChanged, RulesetChanged)
+                     Resynced, RouteChanged, RuleChanged, RulesetChanged)
 from .state import Addresses, Defaults, Link
 
 log = logging.getLogger("ecmpd")
@@ -35,8 +35,10 @@ NFNLGRP_NFTABLES = 7
 SOL_NETLINK = 270
 NETLINK_ADD_MEMBERSHIP = 1
 RCVBUF = 4 * 1024 * 1024
+RTMGRP_IPV6_ROUTE, RTMGRP_IPV6_RULE = 0x400, 1 << (19 - 1)  # RTNLGRP_IPV6_ROUTE, _RULE
 GROUPS = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | ownaddr.RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE
-          | RTMGRP_IPV4_RULE)
+          | RTMGRP_IPV4_RULE | RTMGRP_IPV6_ROUTE | RTMGRP_IPV6_RULE)
+_VERSION = {socket.AF_INET: 4, socket.AF_INET6: 6}
 RETRY = 1.0
 """Seconds between attempts to subscribe again when subscribing fails."""
 READS = (4, 20.0)
@@ -57,11 +59,12 @@ class Reads(Protocol):
 
     async def dump_links(self) -> Mapping[str, Link] | None: ...
 
-    async def dump_addresses(self) -> Addresses | None: ...
+    async def dump_addresses(self, family: int = 4) -> Addresses | None: ...
 
     async def dump_local(self) -> ownaddr.Local | None: ...
 
-    async def dump_defaults(self, table: int | None = None) -> Defaults | None: ...
+    async def dump_defaults(self, table: int | None = None,
+                            family: int = 4) -> Defaults | None: ...
 
 
 class Watcher:
@@ -87,7 +90,7 @@ class Watcher:
         self._reread_due = False
         self._tokens: tuple[float, float] = (float(READS[0]), 0.0)
         """(re-read tokens left, loop time they were counted)."""
-        self._held: set[int] = set()
+        self._held: set[tuple[int, int]] = set()
         """Tables whose default routes changed and wait for a token to be re-read."""
         self._holding: asyncio.Task[None] | None = None
         self._learning: tuple[int, range] | None = None
@@ -174,9 +177,10 @@ class Watcher:
         while self._reread_due:
             self._reread_due = False
             await asyncio.sleep(0)          # let the rest of a burst be read first
-            defaults = await self.reads.dump_defaults()
-            if defaults is not None:
-                self.sink.submit(DefaultsRead(defaults))
+            for family in FAMILIES:
+                defaults = await self.reads.dump_defaults(family=family)
+                if defaults is not None:
+                    self.sink.submit(DefaultsRead(defaults, family))
 
     def _token(self) -> float:
         """Take a re-read token: 0 when one was there, else the seconds until one is."""
@@ -189,9 +193,10 @@ class Watcher:
         self._tokens = (tokens, now)
         return (1 - tokens) / READS[1]
 
-    async def _table_changed(self, table: int) -> None:
-        """Another program changed `table`'s default routes: re-read it now, or (a burst)
-        once a token comes, one read for every change held back meanwhile."""
+    async def _table_changed(self, table: tuple[int, int]) -> None:
+        """Another program changed the default routes of `table` (IP version, id): re-read
+        it now, or (a burst) once a token comes, one read for every change held back
+        meanwhile."""
         if table in self._held or self._holding is not None and not self._holding.done():
             self._held.add(table)
             return
@@ -212,14 +217,15 @@ class Watcher:
                 try:
                     await self._read_table(table)
                 except Exception as exc:    # the next change (or a resync) reads it
-                    log.warning("cannot re-read the default routes of table %d: %s",
-                                table, exc)
+                    log.warning("cannot re-read the IPv%d default routes of table %d: %s",
+                                *table, exc)
             wait = 1 / READS[1]     # a change meanwhile is read a token later
 
-    async def _read_table(self, table: int) -> None:
-        defaults = await self.reads.dump_defaults(table)
-        self.sink.submit(DefaultsChanged(table, None if defaults is None
-                                         else defaults.get(table, ())))
+    async def _read_table(self, table: tuple[int, int]) -> None:
+        family, number = table
+        defaults = await self.reads.dump_defaults(number, family)
+        self.sink.submit(DefaultsChanged(number, None if defaults is None
+                                         else defaults.get(number, ()), family))
 
     async def stop(self) -> None:
         """Unsubscribe and close the sockets."""
@@ -290,10 +296,13 @@ class Watcher:
         if links is None:
             return
         addresses = await self.reads.dump_addresses()
-        if addresses is None:
+        addresses6 = await self.reads.dump_addresses(6)
+        if addresses is None or addresses6 is None:
             return
         defaults = await self.reads.dump_defaults()
-        self.sink.submit(Resynced(links, addresses, defaults, await self.reads.dump_local()))
+        defaults6 = await self.reads.dump_defaults(family=6)
+        self.sink.submit(Resynced(links, addresses, defaults, await self.reads.dump_local(),
+                                  addresses6, defaults6))
 
     async def _handle(self, msg: Any) -> None:
         event = msg.get("event")
@@ -302,17 +311,14 @@ class Watcher:
             self.sink.submit(LinkChanged(msg.get("ifname"), link))
             if self._learning is not None and (link is None or not link.up):
                 self._reread_defaults()     # its routes went, silently
-        elif event in ("RTM_NEWADDR", "RTM_DELADDR") and msg.get("family") == socket.AF_INET6:
-            local = await self.reads.dump_local()    # the router's own: targets to discount
-            if local is not None:
-                self.sink.submit(LocalChanged(local))
         elif event in ("RTM_NEWADDR", "RTM_DELADDR"):
             # re-read rather than patched: the kernel's primary/secondary order decides
             # which address is the WAN's
-            addresses = await self.reads.dump_addresses()
+            family = _VERSION.get(msg.get("family"), 4)
+            addresses = await self.reads.dump_addresses(family)
             local = await self.reads.dump_local()
             self.sink.submit(AddressesChanged(msg.get("index"), event == "RTM_DELADDR",
-                                              addresses, local))
+                                              addresses, local, family))
             if self._learning is not None and event == "RTM_DELADDR":
                 self._reread_defaults()     # routes via a gateway it reached went, silently
         elif event in ("RTM_NEWROUTE", "RTM_DELROUTE"):
@@ -322,6 +328,6 @@ class Watcher:
                     and msg.get("proto") != self._learning[0] and table not in self._learning[1]):
                 # another program's default route: re-read its table (a replace, an
                 # append and a delete all look alike here)
-                await self._table_changed(table)
+                await self._table_changed((_VERSION.get(msg.get("family"), 4), table))
         elif event in ("RTM_NEWRULE", "RTM_DELRULE"):
             self.sink.submit(RuleChanged(msg.get("priority") or 0))
