@@ -1,7 +1,9 @@
 """Conntrack by ecmpd's marks: count a WAN's connections, delete only a WAN's.
 
 Deleting uses pyroute2's asyncio conntrack socket; counting reads a raw dump (see
-`count_marks`).  Neither blocks the daemon's loop.
+`count_marks`).  Neither blocks the daemon's loop.  IPv4 and IPv6 entries alike: the
+requests by mark carry family AF_UNSPEC (the kernel then takes entries of every
+family), the ones by address that address's family.
 """
 
 from __future__ import annotations
@@ -11,21 +13,32 @@ import logging
 import os
 import socket
 import struct
+from ipaddress import ip_address
 
 from .netlinkimport import AsyncNFCTSocket, NFCTAttrTuple
 
 log = logging.getLogger("ecmpd")
-ICMP = 1
+ICMP, ICMPV6 = socket.IPPROTO_ICMP, socket.IPPROTO_ICMPV6
+PINGS = frozenset((ICMP, ICMPV6))
+"""Protocols of ecmpd's probes (and pings): not connections to report."""
+
+
+def _address(address: str) -> tuple[int, str]:
+    """(AF_INET or AF_INET6, the address in the kernel's text form) of an address
+    literal (an IPv6 scope, ``%dev``, is dropped: conntrack tuples have none)."""
+    addr = ip_address(address.split("%", 1)[0])
+    return (socket.AF_INET6 if addr.version == 6 else socket.AF_INET), str(addr)
 
 
 async def flush_mark(mark: int, mask: int) -> bool:
-    """Delete the conntrack entries whose ``mark & mask == mark`` (one kernel request).
+    """Delete the conntrack entries whose ``mark & mask == mark`` (one kernel request),
+    IPv4 and IPv6 alike (family AF_UNSPEC).
 
     Entries of every other WAN, and unmarked ones, are never touched.
     """
     ct = None
     try:
-        ct = AsyncNFCTSocket()
+        ct = AsyncNFCTSocket(socket.AF_UNSPEC)
         await ct.flush(mark=mark, mark_mask=mask)
         return True
     except Exception as exc:  # a netlink error must never stop the daemon
@@ -37,17 +50,28 @@ async def flush_mark(mark: int, mask: int) -> bool:
 
 
 async def flush_probes(source: str) -> int:
-    """Delete the ICMP conntrack entries that the router's address `source` started.
+    """Delete the ICMP (IPv4) or ICMPv6 (IPv6 `source`) conntrack entries that the
+    router's address `source` started.
 
     These are a WAN's own probes (and pings from that address).  An entry created while
     the WAN's link was down may have been routed, NATed and pinned through another WAN;
     probes reuse their echo identifier, so such an entry would otherwise live for good.
-    The dump is filtered in the kernel by source and protocol; returns how many went.
+    The dump is filtered in the kernel by protocol (and, IPv4, source); returns how
+    many went.
     """
-    flt = NFCTAttrTuple(saddr=source, proto=socket.IPPROTO_ICMP)
+    try:
+        family, addr = _address(source)
+    except ValueError as exc:
+        log.warning("conntrack flush of probes from %s: %s", source, exc)
+        return 0
+    proto = ICMPV6 if family == socket.AF_INET6 else ICMP
+    # the kernel's IPv6 address filter matches the opposite (every other address; seen
+    # on 6.x): IPv6 dumps are filtered by protocol only
+    flt = NFCTAttrTuple(family=family, proto=proto,
+                        saddr=addr if family == socket.AF_INET else None)
     return await _delete(
-        {"tuple_orig": flt},
-        lambda orig, reply: orig.saddr == source and orig.proto == socket.IPPROTO_ICMP,
+        family, {"tuple_orig": flt},
+        lambda orig, reply: _same(orig.saddr, addr) and orig.proto == proto,
         f"probes from {source}")
 
 
@@ -56,23 +80,44 @@ async def flush_address(address: str) -> int:
     masqueraded to it and the router's own from it.  Once a WAN's address is gone (a
     PPP reconnect, a new DHCP lease) they cannot work any more; deleted, their next
     packet starts a new connection (NATed to the WAN's address now) instead of being
-    sent with a source address that no longer exists.  Returns how many went."""
-    return await _delete({"tuple_reply": NFCTAttrTuple(daddr=address)},
-                         lambda orig, reply: reply is not None and reply.daddr == address,
+    sent with a source address that no longer exists.  `address` may be IPv4 or IPv6.
+    Returns how many went."""
+    try:
+        family, addr = _address(address)
+    except ValueError as exc:
+        log.warning("conntrack flush of connections to %s: %s", address, exc)
+        return 0
+    # IPv6: the whole IPv6 table, matched here (see flush_probes)
+    flt = ({"tuple_reply": NFCTAttrTuple(family=family, daddr=addr)}
+           if family == socket.AF_INET else {})
+    return await _delete(family, flt,
+                         lambda orig, reply: reply is not None and _same(reply.daddr, addr),
                          f"connections to {address}")
 
 
-async def _delete(dump_filter: dict, match, what: str) -> int:
-    """Delete the entries of a dump filtered in the kernel by `dump_filter` (kernels
-    before 5.8 ignore it, so `match(orig, reply)` decides)."""
+def _same(kernel_addr: object, addr: str) -> bool:
+    """Whether an address pyroute2 decoded from a tuple is `addr` (normalized)."""
+    try:
+        return kernel_addr is not None and str(ip_address(str(kernel_addr))) == addr
+    except ValueError:
+        return False
+
+
+async def _delete(family: int, dump_filter: dict, match, what: str) -> int:
+    """Delete the `family` entries of a dump filtered in the kernel by `dump_filter`
+    (kernels before 5.8 ignore it, IPv6 addresses are not filtered right: so
+    `match(orig, reply)` decides)."""
     ct = None
     try:
-        ct = AsyncNFCTSocket()
+        ct = AsyncNFCTSocket(family)
         found = []
         async for m in await ct.dump(**dump_filter):
-            orig = NFCTAttrTuple.from_netlink(socket.AF_INET, m.get_attr("CTA_TUPLE_ORIG"))
+            fam = m.get("nfgen_family")
+            if fam != family:
+                continue
+            orig = NFCTAttrTuple.from_netlink(fam, m.get_attr("CTA_TUPLE_ORIG"))
             raw = m.get_attr("CTA_TUPLE_REPLY")
-            reply = NFCTAttrTuple.from_netlink(socket.AF_INET, raw) if raw else None
+            reply = NFCTAttrTuple.from_netlink(fam, raw) if raw else None
             if match(orig, reply):
                 found.append(orig)
         gone = 0
@@ -92,9 +137,10 @@ async def _delete(dump_filter: dict, match, what: str) -> int:
 
 
 async def count_marks(marks: dict[str, int], mask: int) -> dict[str, int]:
-    """Number of non-ICMP conntrack entries per name whose ``mark & mask`` equals its mark.
+    """Number of conntrack entries, IPv4 and IPv6, that are neither ICMP nor ICMPv6, per
+    name whose ``mark & mask`` equals its mark.
 
-    One dump of the whole table read from a raw netlink socket, with only the mark and
+    One dump of the whole table (both families) read from a raw netlink socket, with only the mark and
     the protocol number picked out of each entry: status stays cheap (no per-entry
     objects) on a router with tens of thousands of connections.
     """
@@ -102,7 +148,7 @@ async def count_marks(marks: dict[str, int], mask: int) -> dict[str, int]:
     by_mark = {mark: name for name, mark in marks.items()}
     try:
         async for ct_mark, proto in dump_marks():
-            if proto == ICMP:
+            if proto in PINGS:
                 continue  # ecmpd's own probes (and pings) are not connections to report
             name = by_mark.get(ct_mark & mask)
             if name is not None:
@@ -147,13 +193,14 @@ def parse_entry(buf: bytes, start: int, end: int) -> tuple[int, int]:
 
 
 async def dump_marks():
-    """Yield (ct mark, protocol number) for every IPv4 conntrack entry."""
+    """Yield (ct mark, protocol number) for every conntrack entry, IPv4 and IPv6 (one
+    dump with family AF_UNSPEC)."""
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
                          NETLINK_NETFILTER)
     try:
         sock.bind((0, 0))
-        body = struct.pack("=BBH", socket.AF_INET, 0, 0)
+        body = struct.pack("=BBH", socket.AF_UNSPEC, 0, 0)
         sock.send(_HDR.pack(_HDR.size + len(body), CT_GET, NLM_F_REQUEST | NLM_F_DUMP, 1, 0)
                   + body)
         while True:

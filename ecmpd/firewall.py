@@ -1,4 +1,5 @@
-"""Apply ecmpd's nftables table through libnftables, only when it differs.
+"""Apply ecmpd's nftables table (``table inet <nft_table>``) through libnftables, only
+when it differs.
 
 The table is replaced whole in one transaction (see `nftrules.replace_commands`), so
 packets never see a half-built ruleset.  A digest of the rendered table is kept in a
@@ -6,7 +7,9 @@ rule comment: a restarted daemon that finds its own table intact adopts it witho
 touching it.  After each apply the kernel's listing is remembered; a later check that
 finds a different listing (someone deleted or edited the table) applies it again.
 Counter values are not part of that comparison (see `nftrules.normalize_listing`), so
-traffic never causes a rewrite; a rewrite does restart the counters at zero.
+traffic never causes a rewrite; a rewrite does restart the counters at zero.  A
+``table ip`` of the same name (an older ecmpd's, IPv4 only) is never adopted: while it
+exists, `ensure` rewrites, and the rewrite's transaction deletes it.
 """
 
 from __future__ import annotations
@@ -42,13 +45,17 @@ def _shape(objs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
 class Firewall:
     """ecmpd's one nftables table in the current network namespace."""
 
-    def __init__(self, cfg: Config, gateways: dict[str, str] | None = None) -> None:
+    def __init__(self, cfg: Config, gateways: dict[str, str] | None = None,
+                 gateways6: dict[str, str] | None = None) -> None:
         self._nft = nftables.Nftables()
         self._nft.set_json_output(True)
         self._nft.set_handle_output(False)
         self.cfg = cfg
         self.gateways = gateways
-        """WAN name → gateway the arrival counters leave out; None: the config's."""
+        """WAN name → IPv4 gateway the arrival counters leave out; None: the config's."""
+        self.gateways6 = gateways6
+        """WAN name → IPv6 gateway (no scope) the IPv6 counters leave out; None: the
+        config's."""
         self._baseline: list[dict[str, Any]] | None = None
         self._retired: set[str] = set()
         """Tables of earlier names, removed once the current one is in place."""
@@ -63,11 +70,17 @@ class Firewall:
 
     def listing(self) -> dict[str, Any] | None:
         """The kernel's listing of ecmpd's table, or None when it does not exist."""
-        rc, out, _err = self._nft.json_cmd(
-            {"nftables": [{"list": {"table": {"family": "ip", "name": self.cfg.nft_table}}}]})
+        rc, out, _err = self._nft.json_cmd(nftrules.list_command(self.cfg.nft_table))
         if rc != 0 or not isinstance(out, dict):
             return None
         return out
+
+    def _families(self) -> set[str] | None:
+        """The families of the tables named like ecmpd's (None: cannot tell)."""
+        rc, out, _err = self._nft.json_cmd(nftrules.tables_command())
+        if rc != 0 or not isinstance(out, dict):
+            return None
+        return nftrules.families_of(out, self.cfg.nft_table)
 
     def ensure(self) -> bool:
         """Make the kernel's table match the config; True when it had to be written.
@@ -79,13 +92,19 @@ class Firewall:
         return written
 
     def _ensure(self) -> bool:
-        listing = self.listing()
-        if listing is not None:
+        families = self._families()
+        listing = (self.listing() if families is None or nftrules.FAMILY in families
+                   else None)
+        if families is not None and nftrules.LEGACY_FAMILY in families:
+            log.info("nft table %s %s of an older ecmpd: replacing it by table %s %s",
+                     nftrules.LEGACY_FAMILY, self.cfg.nft_table, nftrules.FAMILY,
+                     self.cfg.nft_table)
+        elif listing is not None:
             current = nftrules.normalize_listing(listing, self.cfg.nft_table)
             if (self._baseline is None
                     and nftrules.listing_digest(listing) == self._digest()
-                    and _shape(current) == _shape(nftrules.render_table(self.cfg,
-                                                                        self.gateways))):
+                    and _shape(current) == _shape(nftrules.render_table(
+                        self.cfg, self.gateways, self.gateways6))):
                 self._baseline = current      # adopt the intact table a previous ecmpd left
                 return False
             if current == self._baseline:
@@ -97,39 +116,43 @@ class Firewall:
 
     def apply(self) -> None:
         """Replace the table atomically and remember what the kernel then shows."""
-        self._cmd(nftrules.replace_commands(self.cfg, self.gateways))
+        self._cmd(nftrules.replace_commands(self.cfg, self.gateways, self.gateways6))
         self.applies += 1
         listing = self.listing()
         self._baseline = nftrules.normalize_listing(listing or {}, self.cfg.nft_table)
 
     def _digest(self) -> str:
-        return nftrules.digest(self.cfg, self.gateways)
+        return nftrules.digest(self.cfg, self.gateways, self.gateways6)
 
-    def reconfigure(self, cfg: Config, gateways: dict[str, str] | None = None) -> None:
-        """Use a new config (and gateways; None: the config's); the rest is left to
-        ensure(), which removes the table of the old name once the new one is written."""
-        if cfg is self.cfg and gateways == self.gateways:
+    def reconfigure(self, cfg: Config, gateways: dict[str, str] | None = None,
+                    gateways6: dict[str, str] | None = None) -> None:
+        """Use a new config (and gateways of each family; None: the config's); the rest
+        is left to ensure(), which removes the table of the old name once the new one is
+        written."""
+        if cfg is self.cfg and gateways == self.gateways and gateways6 == self.gateways6:
             return                      # every reconcile calls this: mostly nothing new
         if cfg.nft_table != self.cfg.nft_table:
             self._retired.add(self.cfg.nft_table)
             self._retired.discard(cfg.nft_table)
             self._baseline = None
         before = self._digest()
-        self.cfg, self.gateways = cfg, gateways
+        self.cfg, self.gateways, self.gateways6 = cfg, gateways, gateways6
         if self._digest() != before:
             self._baseline = None
 
-    def read_counters(self) -> dict[int, int]:
-        """WAN id → packets that arrived on it from a source other than its gateway
-        (one libnftables call; {} when the table does not exist).  The counts restart at
-        zero whenever the table is rewritten."""
+    def read_counters(self) -> dict[tuple[int, int], int]:
+        """(family, WAN id) → packets of that IP version (4 or 6) that arrived on the WAN
+        from a source other than its gateway of that family (IPv6: nor link-local; see
+        `nftrules`).  Every WAN has both keys.  One libnftables call; {} when the table
+        does not exist.  The counts restart at zero whenever the table is rewritten."""
         rc, out, _err = self._nft.json_cmd(nftrules.counters_command(self.cfg.nft_table))
         if rc != 0 or not isinstance(out, dict):
             return {}
         return nftrules.parse_counters(out, self.cfg.nft_table)
 
     def remove(self) -> None:
-        """Delete ecmpd's table, and any of an earlier name (no error when gone)."""
+        """Delete ecmpd's table, and any of an earlier name, of both families (an older
+        ecmpd's ``table ip`` too; no error when gone)."""
         for name in sorted(self._retired | {self.cfg.nft_table}):
             self._cmd(nftrules.delete_commands(name))
         self._retired.clear()

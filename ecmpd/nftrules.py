@@ -1,41 +1,64 @@
-"""Render ecmpd's one nftables table (family ip) as libnftables JSON — pure, no I/O.
+"""Render ecmpd's one nftables table (family inet: IPv4 and IPv6) as libnftables JSON — pure, no I/O.
 
-The table is the seed's firewall export, done so that each connection keeps its WAN:
+The table is the seed's firewall export, done so that each connection keeps its WAN, for
+both IP versions in one table (one transaction changes both):
 
 * ``prerouting`` (filter, mangle priority): first, every unicast packet arriving on WAN
-  X from a source other than X's gateway adds to the named counter ``rx_<id>`` (passive
-  evidence that the WAN carries traffic beyond its gateway; the gateway's own answers
-  do not count, so a dead upstream behind a live gateway stays visible; nor do ICMP
-  redirects, which only a router on the WAN's own segment sends).  Then a
-  connection that arrives on WAN X and has no ecmpd mark yet gets ct mark X (inbound
-  connections to the router, or DNAT'ed to a LAN host); then every packet of a marked
-  connection gets its ct mark copied into the packet mark, so the fwmark rule sends it
-  to WAN X's routing table.
+  X from a source other than X's gateway of that family adds to the named counter
+  ``rx_<id>`` (IPv4) or ``rx6_<id>`` (IPv6): passive evidence that the WAN carries
+  traffic beyond its gateway.  The gateway's own answers do not count, so a dead
+  upstream behind a live gateway stays visible; nor do what only a router or host on the
+  WAN's own segment sends: ICMP redirects, ICMPv6 router/neighbour discovery and
+  redirects (types 133..137), and any IPv6 packet from a link-local source (fe80::/10;
+  a link-local IPv6 gateway is therefore never named in the table).  Then a connection
+  that arrives on WAN X and has no ecmpd mark yet gets ct mark X (inbound connections
+  to the router, or DNAT'ed to a LAN host); then every packet of a marked connection
+  gets its ct mark copied into the packet mark, so the fwmark rule sends it to WAN X's
+  routing table.
 * ``output`` (route, mangle priority): the same restore for the router's own packets;
   a route-type chain re-runs the route lookup when the mark changes (the seed's
   ``mark-routing``).
 * ``postrouting`` (filter, mangle priority): a not-yet-marked connection leaving by WAN
   X gets ct mark X — this is where a LAN connection is pinned to the WAN the multipath
   route picked for its first packet.
-* ``nat`` (nat, srcnat priority): masquerade per WAN out-interface.
+* ``nat`` (nat, srcnat priority): masquerade per WAN out-interface, both families
+  (NAT66 for IPv6: the LAN may use a ULA or a delegated prefix alike).
 
-Marks are only ever read and written under ``mark_mask``; the other bits of the packet
-and ct marks are left to whoever else uses them.  Per-WAN decisions are verdict-map
-lookups, so the cost per packet does not grow with the number of WANs.
+Every WAN gets both counters whatever families it carries (the table's shape does not
+depend on them; an IPv4-only WAN's ``rx6_<id>`` merely counts what IPv6 arrives anyway,
+with no gateway left out).  Marks are only ever read and written under ``mark_mask``;
+the other bits of the packet and ct marks are left to whoever else uses them.  Per-WAN
+decisions are verdict-map lookups (one by ``iifname`` per arriving packet for the
+counters), so the cost per packet does not grow with the number of WANs.
+
+An older ecmpd kept this table as ``table ip <name>`` (IPv4 only): the replace
+transaction and `delete_commands` remove a family-``ip`` table of the same name too, so
+the host never keeps both.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from ipaddress import IPv6Address, ip_address
 from typing import Any
 
 from .configmodel import Config
 
 FULL = 0xFFFFFFFF
 DIGEST_PREFIX = "ecmpd:"
+FAMILY = "inet"
+"""The nftables family of ecmpd's table (both IP versions)."""
+LEGACY_FAMILY = "ip"
+"""The family an older ecmpd used for a table of the same name: removed on replace."""
 RX_PREFIX = "rx_"
-"""Name prefix of the per-WAN arrival counters (and of the chains that feed them)."""
+"""Name prefix of the per-WAN IPv4 arrival counters (and of the chains that feed both)."""
+RX6_PREFIX = "rx6_"
+"""Name prefix of the per-WAN IPv6 arrival counters."""
+ND_TYPES = ("nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit",
+            "nd-neighbor-advert", "nd-redirect")
+"""ICMPv6 types 133..137: they prove the WAN's segment only, never the path beyond."""
+LINK_LOCAL6 = ("fe80::", 10)
 _COUNTS = ("packets", "bytes")
 
 Json = dict[str, Any]
@@ -50,6 +73,14 @@ def _meta(key: str) -> Json:
     return {"meta": {"key": key}}
 
 
+def _match(left: Json, right: Any, op: str = "==") -> Json:
+    return {"match": {"op": op, "left": left, "right": right}}
+
+
+def _payload(protocol: str, field: str) -> Json:
+    return {"payload": {"protocol": protocol, "field": field}}
+
+
 def _set_under_mask(key: Json, mask: int, value: int) -> Json:
     """`<key> set <key> & ~mask | value`."""
     return {"mangle": {"key": key, "value": {"|": [{"&": [key, FULL & ~mask]}, value]}}}
@@ -60,41 +91,82 @@ def _ours(mask: int) -> Json:
 
 
 def gateways_of(cfg: Config) -> dict[str, str]:
-    """WAN name → gateway address, as the config has them (`gateway: auto` ones are
+    """WAN name → IPv4 gateway address, as the config has them (`gateway: auto` ones are
     learned: see `ecmpd.state.probe_gateways`)."""
     return {w.name: str(w.gateway) for w in cfg.wans if w.gateway is not None}
+
+
+def gateways6_of(cfg: Config) -> dict[str, str]:
+    """WAN name → IPv6 gateway address (no scope), as the config has them (`gateway6:
+    auto` ones are learned)."""
+    return {w.name: str(w.gateway6) for w in cfg.wans if w.gateway6 is not None}
 
 
 def _rx(wan_id: int) -> str:
     return f"{RX_PREFIX}{wan_id}"
 
 
-def render_rules(cfg: Config, gateways: dict[str, str] | None = None) -> list[Rule]:
+def _rx6(wan_id: int) -> str:
+    return f"{RX6_PREFIX}{wan_id}"
+
+
+def counter_name(family: int, wan_id: int) -> str:
+    """The name of WAN `wan_id`'s arrival counter of IP version `family` (4 or 6)."""
+    return _rx6(wan_id) if family == 6 else _rx(wan_id)
+
+
+def _excluded6(address: str | None) -> str | None:
+    """The IPv6 gateway the counter must leave out by name: None when unknown or
+    link-local (every link-local source is left out anyway), scope dropped."""
+    if not address:
+        return None
+    addr = ip_address(address.split("%", 1)[0])
+    if not isinstance(addr, IPv6Address):
+        raise ValueError(f"not an IPv6 gateway: {address!r}")
+    return None if addr.is_link_local else str(addr)
+
+
+def _count_rules(wan_id: int, gw4: str | None, gw6: str | None) -> list[Rule]:
+    """The rules of chain ``rx_<id>``: what is no evidence returns, the rest is counted
+    by family."""
+    chain = _rx(wan_id)
+    # a redirect (the ISP's router telling us of a better hop, e.g. while probes still
+    # go to a gateway address it no longer has) proves nothing beyond it; neither does
+    # IPv6 neighbour/router discovery, nor anything from a link-local address
+    rules: list[Rule] = [
+        (chain, [_match(_payload("icmp", "type"), "redirect"), {"return": None}], None),
+        (chain, [_match(_payload("icmpv6", "type"), {"set": list(ND_TYPES)}),
+                 {"return": None}], None),
+        (chain, [_match(_payload("ip6", "saddr"),
+                        {"prefix": {"addr": LINK_LOCAL6[0], "len": LINK_LOCAL6[1]}}),
+                 {"return": None}], None),
+    ]
+    # unicast to the router only: broadcasts and multicast from neighbours on the
+    # WAN's segment prove nothing about the path beyond the gateway
+    unicast = _match(_meta("pkttype"), "host")
+    for proto, nfproto, gw, counter in (("ip", "ipv4", gw4, _rx(wan_id)),
+                                        ("ip6", "ipv6", gw6, _rx6(wan_id))):
+        which = (_match(_payload(proto, "saddr"), gw, "!=") if gw
+                 else _match(_meta("nfproto"), nfproto))
+        rules.append((chain, [which, unicast, {"counter": counter}], None))
+    return rules
+
+
+def render_rules(cfg: Config, gateways: dict[str, str] | None = None,
+                 gateways6: dict[str, str] | None = None) -> list[Rule]:
     """(chain, expressions, comment) for every rule of the table, in order.
 
-    `gateways` (WAN name → address; default: the config's) are the sources the arrival
-    counters leave out; a WAN missing from it counts every arrival.
+    `gateways` (WAN name → IPv4 address; default: the config's, `gateways_of`) and
+    `gateways6` (WAN name → IPv6 address without scope; default: `gateways6_of`) are the
+    sources the arrival counters of that family leave out; a WAN missing from one counts
+    every arrival of that family (link-local IPv6 sources are never counted).
     """
     gws = gateways_of(cfg) if gateways is None else gateways
+    gws6 = gateways6_of(cfg) if gateways6 is None else gateways6
     mask = cfg.mark_mask
     rules: list[Rule] = []
     for wan in cfg.wans:
-        # unicast to the router only: broadcasts and multicast from neighbours on the
-        # WAN's segment prove nothing about the path beyond the gateway
-        count: list[Json] = [
-            {"match": {"op": "==", "left": _meta("pkttype"), "right": "host"}},
-            {"counter": _rx(wan.id)},
-        ]
-        if wan.name in gws:
-            saddr = {"payload": {"protocol": "ip", "field": "saddr"}}
-            count.insert(0, {"match": {"op": "!=", "left": saddr, "right": gws[wan.name]}})
-        # a redirect (the ISP's router telling us of a better hop, e.g. while probes
-        # still go to a gateway address it no longer has) proves nothing beyond it
-        rules.append((_rx(wan.id), [
-            {"match": {"op": "==", "left": {"payload": {"protocol": "icmp", "field": "type"}},
-                       "right": "redirect"}},
-            {"return": None}], None))
-        rules.append((_rx(wan.id), count, None))
+        rules += _count_rules(wan.id, gws.get(wan.name), _excluded6(gws6.get(wan.name)))
     for wan in cfg.wans:
         mark = cfg.mark_of(wan)
         rules.append((f"restore_{wan.id}", [_set_under_mask(_meta("mark"), mask, mark)], None))
@@ -137,39 +209,42 @@ def render_chains(cfg: Config) -> list[Json]:
         ("nat", "nat", "postrouting", 100),
     ]
     chains: list[Json] = [
-        {"family": "ip", "table": cfg.nft_table, "name": name, "type": ctype,
+        {"family": FAMILY, "table": cfg.nft_table, "name": name, "type": ctype,
          "hook": hook, "prio": prio, "policy": "accept"}
         for name, ctype, hook, prio in base
     ]
     for wan in cfg.wans:
         for kind in ("restore", "pin"):
-            chains.append({"family": "ip", "table": cfg.nft_table, "name": f"{kind}_{wan.id}"})
-        chains.append({"family": "ip", "table": cfg.nft_table, "name": _rx(wan.id)})
+            chains.append({"family": FAMILY, "table": cfg.nft_table, "name": f"{kind}_{wan.id}"})
+        chains.append({"family": FAMILY, "table": cfg.nft_table, "name": _rx(wan.id)})
     return chains
 
 
 def render_counters(cfg: Config) -> list[Json]:
-    """The named counter objects ``rx_<id>``, one per WAN."""
-    return [{"family": "ip", "table": cfg.nft_table, "name": _rx(w.id)} for w in cfg.wans]
+    """The named counter objects: ``rx_<id>`` (IPv4) and ``rx6_<id>`` (IPv6) per WAN."""
+    return [{"family": FAMILY, "table": cfg.nft_table, "name": counter_name(f, w.id)}
+            for w in cfg.wans for f in (4, 6)]
 
 
-def digest(cfg: Config, gateways: dict[str, str] | None = None) -> str:
+def digest(cfg: Config, gateways: dict[str, str] | None = None,
+           gateways6: dict[str, str] | None = None) -> str:
     """A short digest of the rendered table, stored in a rule comment to recognise it."""
-    blob = json.dumps([render_counters(cfg), render_chains(cfg), render_rules(cfg, gateways)],
-                      sort_keys=True)
+    blob = json.dumps([FAMILY, render_counters(cfg), render_chains(cfg),
+                       render_rules(cfg, gateways, gateways6)], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def render_table(cfg: Config, gateways: dict[str, str] | None = None) -> list[Json]:
+def render_table(cfg: Config, gateways: dict[str, str] | None = None,
+                 gateways6: dict[str, str] | None = None) -> list[Json]:
     """The table's objects (table, counters, chains, rules) without any command wrapper."""
     table = cfg.nft_table
-    objs: list[Json] = [{"table": {"family": "ip", "name": table}}]
+    objs: list[Json] = [{"table": {"family": FAMILY, "name": table}}]
     objs += [{"counter": c} for c in render_counters(cfg)]
     objs += [{"chain": c} for c in render_chains(cfg)]
-    mark_comment = DIGEST_PREFIX + digest(cfg, gateways)
+    mark_comment = DIGEST_PREFIX + digest(cfg, gateways, gateways6)
     first = True
-    for chain, expr, comment in render_rules(cfg, gateways):
-        rule: Json = {"family": "ip", "table": table, "chain": chain, "expr": expr}
+    for chain, expr, comment in render_rules(cfg, gateways, gateways6):
+        rule: Json = {"family": FAMILY, "table": table, "chain": chain, "expr": expr}
         if chain == "prerouting" and first:
             rule["comment"] = mark_comment
             first = False
@@ -179,23 +254,46 @@ def render_table(cfg: Config, gateways: dict[str, str] | None = None) -> list[Js
     return objs
 
 
-def replace_commands(cfg: Config, gateways: dict[str, str] | None = None) -> Json:
+def _gone(family: str, table: str) -> list[Json]:
+    """``add table`` + ``delete table``: the table is gone, whether it existed or not."""
+    t = {"table": {"family": family, "name": table}}
+    return [{"add": t}, {"delete": t}]
+
+
+def replace_commands(cfg: Config, gateways: dict[str, str] | None = None,
+                     gateways6: dict[str, str] | None = None) -> Json:
     """One libnftables transaction replacing ecmpd's table (and nothing else) atomically.
 
     ``add table`` + ``delete table`` first makes the delete succeed whether the table
-    exists or not; then the table is created anew.  All of it is one kernel transaction:
-    packets see either the old table or the new one.
+    exists or not; the same for a ``table ip`` of the same name an older ecmpd left
+    (`LEGACY_FAMILY`); then the table is created anew.  All of it is one kernel
+    transaction: packets see either the old table(s) or the new one.
     """
-    table = {"table": {"family": "ip", "name": cfg.nft_table}}
-    cmds: list[Json] = [{"add": table}, {"delete": table}]
-    cmds += [{"add": obj} for obj in render_table(cfg, gateways)]
+    cmds = _gone(FAMILY, cfg.nft_table) + _gone(LEGACY_FAMILY, cfg.nft_table)
+    cmds += [{"add": obj} for obj in render_table(cfg, gateways, gateways6)]
     return {"nftables": cmds}
 
 
 def delete_commands(table: str) -> Json:
-    """Remove ecmpd's table if it exists (add+delete makes a missing table no error)."""
-    t = {"table": {"family": "ip", "name": table}}
-    return {"nftables": [{"add": t}, {"delete": t}]}
+    """Remove ecmpd's table of that name if it exists, of both families (``inet`` and an
+    older ecmpd's ``ip``), in one transaction; a missing one is no error."""
+    return {"nftables": _gone(FAMILY, table) + _gone(LEGACY_FAMILY, table)}
+
+
+def list_command(table: str, family: str = FAMILY) -> Json:
+    """One libnftables command listing ``table <family> <table>`` (rc != 0: no such table)."""
+    return {"nftables": [{"list": {"table": {"family": family, "name": table}}}]}
+
+
+def tables_command() -> Json:
+    """One libnftables command listing every table (names and families only)."""
+    return {"nftables": [{"list": {"tables": None}}]}
+
+
+def families_of(answer: Json, table: str) -> set[str]:
+    """The families of the tables named `table` in a `tables_command` answer."""
+    return {str(t["family"]) for item in answer.get("nftables", [])
+            if isinstance(t := item.get("table"), dict) and t.get("name") == table}
 
 
 def _without_counts(value: Any) -> Any:
@@ -211,7 +309,8 @@ def _without_counts(value: Any) -> Any:
 
 
 def normalize_listing(listing: Json, table: str) -> list[Json]:
-    """The objects of `table` from a `list table` JSON answer, without handles/metainfo.
+    """The objects of ``table inet <table>`` from a `list table` JSON answer, without
+    handles/metainfo (objects of another family are left out).
 
     Counter values are left out too: they change with every packet, and a listing that
     differs only in them is the same table (no rewrite, no lost counts).
@@ -219,7 +318,7 @@ def normalize_listing(listing: Json, table: str) -> list[Json]:
     out: list[Json] = []
     for item in listing.get("nftables", []):
         (kind, body), = item.items()
-        if kind == "metainfo":
+        if kind == "metainfo" or body.get("family") != FAMILY:
             continue
         if body.get("table", body.get("name")) != table and kind != "table":
             continue
@@ -230,20 +329,24 @@ def normalize_listing(listing: Json, table: str) -> list[Json]:
 
 def counters_command(table: str) -> Json:
     """One libnftables command listing the named counters of `table` (for `parse_counters`)."""
-    return {"nftables": [{"list": {"counters": {"family": "ip", "table": table}}}]}
+    return {"nftables": [{"list": {"counters": {"family": FAMILY, "table": table}}}]}
 
 
-def parse_counters(answer: Json, table: str) -> dict[int, int]:
-    """WAN id → packets of its ``rx_<id>`` counter, from a `counters_command` answer."""
-    out: dict[int, int] = {}
+def parse_counters(answer: Json, table: str) -> dict[tuple[int, int], int]:
+    """(family, WAN id) → packets, from a `counters_command` answer: family 4 is the
+    ``rx_<id>`` counter (IPv4 arrivals), 6 the ``rx6_<id>`` one (IPv6 arrivals).  Only
+    the counters of ``table inet <table>`` count."""
+    out: dict[tuple[int, int], int] = {}
     for item in answer.get("nftables", []):
         c = item.get("counter")
-        if not isinstance(c, dict) or c.get("table") != table or c.get("family") != "ip":
+        if not isinstance(c, dict) or c.get("table") != table or c.get("family") != FAMILY:
             continue
         name = str(c.get("name", ""))
-        wid = name[len(RX_PREFIX):]
-        if name.startswith(RX_PREFIX) and wid.isdigit():
-            out[int(wid)] = int(c.get("packets", 0))
+        for family, prefix in ((6, RX6_PREFIX), (4, RX_PREFIX)):
+            wid = name[len(prefix):]
+            if name.startswith(prefix) and wid.isdigit():
+                out[(family, int(wid))] = int(c.get("packets", 0))
+                break
     return out
 
 

@@ -14,14 +14,15 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import sys
 from dataclasses import replace
 from typing import Any
 
 import pytest
 
-from lab import Lab, seed_spec
-from lab.driver import HeldFlows
+from lab import Lab, netns, seed_spec
+from lab.driver import HeldFlows, tool_env
 from lab.wait import until
 
 pytestmark = pytest.mark.lab
@@ -172,3 +173,103 @@ def test_parse_entry_picks_mark_and_protocol_from_a_raw_message():
     icmp = _nla(1, _nla(2, _nla(1, bytes([1])), nested=True), nested=True)
     assert parse_entry(icmp, 0, len(icmp)) == (0, 1)
     assert parse_entry(b"\x02\x00", 0, 2) == (0, 0)          # truncated: nothing, no crash
+
+
+# ------------------------------------------------- both families, bare namespaces
+
+DUAL_SNIPPET = r'''
+import asyncio, json, sys
+from ecmpd import conntrack
+op, args = sys.argv[1], json.loads(sys.argv[2])
+fn = {"count": conntrack.count_marks, "flush": conntrack.flush_mark,
+      "probes": conntrack.flush_probes, "address": conntrack.flush_address}[op]
+print(json.dumps(asyncio.run(fn(**args))))
+'''
+
+V4, V6A, V6B, PEER4, PEER6 = "10.77.0.1", "fd00:77::1", "fd00:77::3", "10.77.0.2", "fd00:77::2"
+# (source, destination, UDP port): port 5001 is marked 0x10000, 5002 0x20000, 5003 0x1
+DUAL_FLOWS = [(V4, PEER4, 5001), (V4, PEER4, 5002), (V4, PEER4, 5003),
+              (V6A, PEER6, 5001), (V6A, PEER6, 5002),
+              (V6B, PEER6, 5001), (V6B, PEER6, 5003)]
+SEND = r'''
+import json, socket, sys
+for src, dst, port in json.loads(sys.argv[1]):
+    fam = socket.AF_INET6 if ":" in src else socket.AF_INET
+    with socket.socket(fam, socket.SOCK_DGRAM) as s:
+        s.bind((src, 0))
+        s.sendto(b"x", (dst, port))
+'''
+
+
+def dual_entries(ns: str) -> set[tuple[str, str, str]]:
+    """(protocol, source, destination port or '-') of every conntrack entry in `ns`,
+    both families, read with the conntrack CLI (the witness)."""
+    found = set()
+    for family in ("ipv4", "ipv6"):
+        out = netns.run_in(ns, "conntrack", "-L", "-f", family).stdout
+        for line in out.splitlines():
+            src = re.search(r"src=(\S+)", line)
+            dport = re.search(r"dport=(\d+)", line)
+            assert src, f"unexpected conntrack line: {line}"
+            found.add((line.split()[0], src.group(1), dport.group(1) if dport else "-"))
+    return found
+
+
+def ct_op(ns: str, op: str, **args: Any) -> Any:
+    out = subprocess.run(netns.exec_argv(ns, sys.executable, "-c", DUAL_SNIPPET, op,
+                                         json.dumps(args)),
+                         capture_output=True, text=True, check=True, env=tool_env()).stdout
+    return json.loads(out)
+
+
+@pytest.mark.skipif(shutil.which("conntrack") is None, reason="needs the conntrack CLI")
+def test_both_families_are_counted_and_flushed(make_netns: Any) -> None:
+    """IPv4 and IPv6 entries side by side: counted and flushed by mark in one request,
+    by source (probes) and by reply address per family, never the other family's."""
+    here, peer = make_netns("ct6"), make_netns("ct6peer")
+    netns.run(["ip", "link", "add", "r0", "netns", here, "type", "veth",
+               "peer", "name", "p0", "netns", peer])
+    netns.ip_batch(here, ["link set r0 up", f"addr add {V4}/24 dev r0",
+                          f"addr add {V6A}/64 dev r0 nodad", f"addr add {V6B}/64 dev r0 nodad"])
+    netns.ip_batch(peer, ["link set p0 up", f"addr add {PEER4}/24 dev p0",
+                          f"addr add {PEER6}/64 dev p0 nodad"])
+    netns.sysctl(here, {"net.netfilter.nf_conntrack_udp_timeout": 600,
+                        "net.netfilter.nf_conntrack_icmp_timeout": 600,
+                        "net.netfilter.nf_conntrack_icmpv6_timeout": 600})
+    netns.nft(here, """
+table inet ctlab {
+  chain out {
+    type filter hook output priority -150; policy accept;
+    ct state new udp dport 5001 ct mark set 0x10000
+    ct state new udp dport 5002 ct mark set 0x20000
+    ct state new udp dport 5003 ct mark set 0x1
+    ct state new meta l4proto { icmp, ipv6-icmp } ct mark set 0x10000
+  }
+}""")
+    subprocess.run(netns.exec_argv(here, sys.executable, "-c", SEND, json.dumps(DUAL_FLOWS)),
+                   check=True)
+    for src, dst in ((V4, PEER4), (V6A, PEER6), (V6B, PEER6)):
+        netns.run_in(here, "ping", "-c", "1", "-W", "5", "-I", src, dst)
+    udp = {("udp", s, str(p)) for s, _, p in DUAL_FLOWS}
+    pings = {("icmp", V4, "-"), ("icmpv6", V6A, "-"), ("icmpv6", V6B, "-")}
+    assert dual_entries(here) == udp | pings
+
+    # counted in both families; the pings (marked like 5001) are not connections
+    assert ct_op(here, "count", marks={"a": 0x10000, "b": 0x20000, "c": 0x30000},
+                 mask=MASK) == {"a": 3, "b": 2, "c": 0}
+    # probes of one IPv6 source: its ICMPv6 entry only
+    assert ct_op(here, "probes", source=V6B) == 1
+    assert dual_entries(here) == udp | pings - {("icmpv6", V6B, "-")}
+    # an IPv6 address gone: everything whose replies go to it, nothing of the others
+    assert ct_op(here, "address", address=V6A) == 3
+    udp -= {("udp", V6A, "5001"), ("udp", V6A, "5002")}
+    assert dual_entries(here) == udp | {("icmp", V4, "-")}
+    # by mark: IPv4 and IPv6 in one request, the other marks untouched
+    assert ct_op(here, "flush", mark=0x10000, mask=MASK) is True
+    assert dual_entries(here) == {("udp", V4, "5002"), ("udp", V4, "5003"),
+                                  ("udp", V6B, "5003")}
+    assert ct_op(here, "count", marks={"a": 0x10000, "b": 0x20000}, mask=MASK) == \
+        {"a": 0, "b": 1}
+    # the IPv4 paths still work next to IPv6 entries
+    assert ct_op(here, "address", address=V4) == 2
+    assert dual_entries(here) == {("udp", V6B, "5003")}

@@ -53,7 +53,7 @@ for line in sys.stdin:
         elif op == "reconfigure":
             fw.reconfigure(cfg)
         elif op == "read_counters":
-            result = fw.read_counters()
+            result = {f"{f}:{w}": n for (f, w), n in fw.read_counters().items()}
         else:
             raise ValueError(op)
         reply = {"ok": True, "result": result, "applies": fw.applies}
@@ -101,9 +101,10 @@ class FwProcess:
         r = self.call("ensure")
         return r["result"], r["applies"]
 
-    def counters(self) -> dict[int, int]:
-        """`Firewall.read_counters()` (JSON made the ids strings: back to int)."""
-        return {int(k): v for k, v in self.call("read_counters")["result"].items()}
+    def counters(self) -> dict[tuple[int, int], int]:
+        """`Firewall.read_counters()`: (family, WAN id) -> packets (sent as "f:id")."""
+        return {(int(k.split(":")[0]), int(k.split(":")[1])): v
+                for k, v in self.call("read_counters")["result"].items()}
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -140,7 +141,7 @@ def nft(ns: str, *args: str, check: bool = True) -> str:
     return netns.run_in(ns, "nft", *args, check=check).stdout
 
 
-def listing(ns: str, family: str = "ip", table: str = "ecmpd") -> str:
+def listing(ns: str, family: str = "inet", table: str = "ecmpd") -> str:
     """``nft -j list table`` with handles: any rewrite changes it."""
     return nft(ns, "-j", "list", "table", family, table)
 
@@ -170,10 +171,10 @@ def test_ensure_writes_the_table_once(ns: str, firewall: Callable[..., FwProcess
     assert tables(ns) == []
     fw = firewall()
     assert fw.ensure() == (True, 1)
-    assert tables(ns) == [("ip", "ecmpd")]
+    assert tables(ns) == [("inet", "ecmpd")]
     written = listing(ns)
     assert nftrules.listing_digest(json.loads(written)) == nftrules.digest(cfg())
-    assert 'oifname "wlan2" masquerade' in nft(ns, "list", "table", "ip", "ecmpd")
+    assert 'oifname "wlan2" masquerade' in nft(ns, "list", "table", "inet", "ecmpd")
     assert fw.ensure() == (False, 1)
     assert fw.ensure() == (False, 1)
     assert listing(ns) == written
@@ -189,7 +190,7 @@ def test_a_restarted_daemon_adopts_its_intact_table(
     assert again.ensure() == (False, 0)
     assert listing(ns) == written
     # the adopted table is watched like one it wrote itself
-    nft(ns, "delete", "rule", "ip", "ecmpd", "nat", "handle",
+    nft(ns, "delete", "rule", "inet", "ecmpd", "nat", "handle",
         str(handle_of_rule(ns, "nat", "masquerade wlan1")))
     assert again.ensure() == (True, 1)
     assert nftrules.listing_digest(json.loads(listing(ns))) == nftrules.digest(cfg())
@@ -202,13 +203,13 @@ def test_a_restarted_daemon_rewrites_a_damaged_or_strange_table(
     first.close()
     intact = content(ns)
     # damaged while no daemon ran: the digest comment is still there, a rule is not
-    nft(ns, "delete", "rule", "ip", "ecmpd", "nat", "handle",
+    nft(ns, "delete", "rule", "inet", "ecmpd", "nat", "handle",
         str(handle_of_rule(ns, "nat", "masquerade wlan2")))
     assert firewall().ensure() == (True, 1)
     assert content(ns) == intact
     # a table of that name that ecmpd did not write (no digest)
-    nft(ns, "delete", "table", "ip", "ecmpd")
-    netns.nft(ns, "table ip ecmpd {\n chain c {\n type filter hook input priority 0;\n"
+    nft(ns, "delete", "table", "inet", "ecmpd")
+    netns.nft(ns, "table inet ecmpd {\n chain c {\n type filter hook input priority 0;\n"
                   " policy accept;\n counter\n }\n}")
     assert firewall().ensure() == (True, 1)
     assert content(ns) == intact
@@ -218,14 +219,14 @@ def test_external_changes_are_rewritten(ns: str, firewall: Callable[..., FwProce
     fw = firewall()
     fw.ensure()
     intact = content(ns)
-    nft(ns, "delete", "rule", "ip", "ecmpd", "postrouting", "handle",
+    nft(ns, "delete", "rule", "inet", "ecmpd", "postrouting", "handle",
         str(handle_of_rule(ns, "postrouting", "pin new connections")))
     assert fw.ensure() == (True, 2)
     assert content(ns) == intact
-    nft(ns, "delete", "table", "ip", "ecmpd")
+    nft(ns, "delete", "table", "inet", "ecmpd")
     assert fw.ensure() == (True, 3)
     assert content(ns) == intact
-    nft(ns, "add", "rule", "ip", "ecmpd", "nat", "counter")  # an extra rule in ecmpd's table
+    nft(ns, "add", "rule", "inet", "ecmpd", "nat", "counter")  # an extra rule in ecmpd's table
     assert fw.ensure() == (True, 4)
     assert content(ns) == intact
     assert fw.ensure() == (False, 4)
@@ -250,14 +251,15 @@ table ip nat {
     ip saddr @lan oifname "wlan1" masquerade
   }
 }
-table inet ecmpd {
+table ip6 ecmpd {
   chain output {
     type filter hook output priority 0; policy accept;
     meta mark 0x10000 counter
   }
 }
 """
-FOREIGN_TABLES = [("inet", "filter"), ("ip", "nat"), ("inet", "ecmpd")]
+FOREIGN_TABLES = [("inet", "filter"), ("ip", "nat"), ("ip6", "ecmpd")]
+"""Foreign tables, one of them of ecmpd's name in a family ecmpd never uses (ip6)."""
 
 
 def test_foreign_tables_are_never_touched(ns: str, firewall: Callable[..., FwProcess]) -> None:
@@ -277,7 +279,7 @@ def test_foreign_tables_are_never_touched(ns: str, firewall: Callable[..., FwPro
     fw.call("reconfigure", mark_mask=0xFF00, nft_table="ecmpd_b")
     assert untouched()
     assert fw.ensure() == (True, 4) and untouched()
-    assert tables(ns) == sorted(FOREIGN_TABLES + [("ip", "ecmpd_b")])
+    assert tables(ns) == sorted(FOREIGN_TABLES + [("inet", "ecmpd_b")])
     fw.call("remove")
     assert untouched()
     assert tables(ns) == sorted(FOREIGN_TABLES)
@@ -291,7 +293,7 @@ def test_reconfigure_rewrites_only_when_the_table_changes(
     assert fw.ensure() == (True, 2)
     digest = nftrules.listing_digest(json.loads(listing(ns)))
     assert digest == nftrules.digest(cfg(mark_mask=0xFF00))
-    assert "ct mark & 0x0000ff00" in nft(ns, "list", "table", "ip", "ecmpd")
+    assert "ct mark & 0x0000ff00" in nft(ns, "list", "table", "inet", "ecmpd")
     assert fw.ensure() == (False, 2)
     written = listing(ns)
     fw.call("reconfigure", mark_mask=0xFF00, route_metric=5, rule_priority=3000)  # not nft's
@@ -303,9 +305,9 @@ def test_a_renamed_table_replaces_the_old_one(ns: str, firewall: Callable[..., F
     fw = firewall()
     fw.ensure()
     fw.call("reconfigure", nft_table="ecmpd_b")
-    assert tables(ns) == [("ip", "ecmpd")]   # the old table stays until the new one is in
+    assert tables(ns) == [("inet", "ecmpd")]   # the old table stays until the new one is in
     assert fw.ensure() == (True, 2)
-    assert tables(ns) == [("ip", "ecmpd_b")]
+    assert tables(ns) == [("inet", "ecmpd_b")]
     fw.call("reconfigure", nft_table="ecmpd_c")
     fw.call("remove")                    # stopped before the new one was written
     assert tables(ns) == []
@@ -314,7 +316,57 @@ def test_a_renamed_table_replaces_the_old_one(ns: str, firewall: Callable[..., F
     fw.call("remove")
     assert tables(ns) == []
     fw.call("remove")                    # already gone: no error
-    assert nft(ns, "list", "table", "ip", "ecmpd_b", check=False) == ""
+    assert nft(ns, "list", "table", "inet", "ecmpd_b", check=False) == ""
+
+
+OLD_TABLE = """
+table ip ecmpd {
+  counter rx_1 { }
+  chain prerouting {
+    type filter hook prerouting priority -150; policy accept;
+    iifname vmap { "wlan1" : jump rx_1 } comment "ecmpd:0123456789abcdef"
+  }
+  chain rx_1 {
+    ip saddr != 10.111.0.1 meta pkttype host counter name "rx_1"
+  }
+  chain nat {
+    type nat hook postrouting priority 100; policy accept;
+    oifname "wlan1" masquerade
+  }
+}
+"""
+"""What an older ecmpd (``table ip``, IPv4 only) left."""
+
+
+def test_an_older_ecmpds_ip_table_gives_way_to_the_inet_one(
+        ns: str, firewall: Callable[..., FwProcess]) -> None:
+    netns.nft(ns, FOREIGN)
+    foreign = {t: listing(ns, *t) for t in FOREIGN_TABLES}
+    netns.nft(ns, OLD_TABLE)
+    fw = firewall()
+    assert fw.ensure() == (True, 1)
+    assert tables(ns) == sorted(FOREIGN_TABLES + [("inet", "ecmpd")])
+    assert nftrules.listing_digest(json.loads(listing(ns))) == nftrules.digest(cfg())
+    assert fw.ensure() == (False, 1)
+    written = listing(ns)
+    # left over next to an intact inet table: a restarted daemon does not adopt, it
+    # rewrites (and the rewrite removes the ip table)
+    fw.close()
+    netns.nft(ns, OLD_TABLE)
+    again = firewall()
+    assert again.ensure() == (True, 1)
+    assert tables(ns) == sorted(FOREIGN_TABLES + [("inet", "ecmpd")])
+    assert content(ns) == nftrules.normalize_listing(json.loads(written), "ecmpd")
+    # the same while running
+    netns.nft(ns, OLD_TABLE)
+    assert again.ensure() == (True, 2)
+    assert again.ensure() == (False, 2)
+    assert tables(ns) == sorted(FOREIGN_TABLES + [("inet", "ecmpd")])
+    # remove takes both families of ecmpd's name, nothing else
+    netns.nft(ns, OLD_TABLE)
+    again.call("remove")
+    assert tables(ns) == sorted(FOREIGN_TABLES)
+    assert {t: listing(ns, *t) for t in FOREIGN_TABLES} == foreign
 
 
 def test_traffic_is_counted_per_wan_and_never_rewrites_the_table(
@@ -326,28 +378,28 @@ def test_traffic_is_counted_per_wan_and_never_rewrites_the_table(
         assert fw.counters() == {}         # no table yet
         assert fw.ensure() == (True, 1)
         written, intact = listing(rtr), content(rtr)
-        assert fw.counters() == {1: 0, 2: 0}
+        assert fw.counters() == {(4, 1): 0, (6, 1): 0, (4, 2): 0, (6, 2): 0}
         # the router reaches the server by wlan1; the internet reaches it by wlan2
         lab.run(rtr, "ip", "route", "add", server, "via", "10.111.0.1")
         lab.run(rtr, "ip", "route", "add", "100.64.2.0/30", "via", "10.112.0.1")
         lab.run(rtr, "ping", "-c", "5", "-i", "0.05", "-W", "2", server)
         lab.run(lab.ns_inet, "ping", "-c", "3", "-i", "0.05", "-W", "2", "10.112.0.2")
-        assert fw.counters() == {1: 5, 2: 3}
+        assert fw.counters() == {(4, 1): 5, (6, 1): 0, (4, 2): 3, (6, 2): 0}
         # the gateways' own answers are no evidence of the upstream: not counted
         lab.run(rtr, "ping", "-c", "4", "-i", "0.05", "-W", "2", "10.111.0.1")
         lab.run(rtr, "ping", "-c", "4", "-i", "0.05", "-W", "2", "10.112.0.1")
-        assert fw.counters() == {1: 5, 2: 3}
+        assert fw.counters() == {(4, 1): 5, (6, 1): 0, (4, 2): 3, (6, 2): 0}
         # the kernel's listing moved with the counts; ecmpd's view of it did not
         assert listing(rtr) != written
         assert fw.ensure() == (False, 1)
         assert content(rtr) == intact
-        text = nft(rtr, "list", "table", "ip", "ecmpd")
+        text = nft(rtr, "list", "table", "inet", "ecmpd")
         assert "counter rx_1 {\n\t\tpackets 5 " in text
         # a restarted daemon adopts the counting table too (the counts go on)
         fw.close()
         fw = FwProcess(rtr)
         assert fw.ensure() == (False, 0)
-        assert fw.counters() == {1: 5, 2: 3}
+        assert fw.counters() == {(4, 1): 5, (6, 1): 0, (4, 2): 3, (6, 2): 0}
         fw.call("remove")
         assert fw.counters() == {}
     finally:
