@@ -30,15 +30,19 @@ def _address(address: str) -> tuple[int, str]:
     return (socket.AF_INET6 if addr.version == 6 else socket.AF_INET), str(addr)
 
 
-async def flush_mark(mark: int, mask: int) -> bool:
-    """Delete the conntrack entries whose ``mark & mask == mark`` (one kernel request),
-    IPv4 and IPv6 alike (family AF_UNSPEC).
+_AF = {None: socket.AF_UNSPEC, 4: socket.AF_INET, 6: socket.AF_INET6}
 
-    Entries of every other WAN, and unmarked ones, are never touched.
+
+async def flush_mark(mark: int, mask: int, family: int | None = None) -> bool:
+    """Delete the conntrack entries of IP version `family` (None: IPv4 and IPv6 alike,
+    family AF_UNSPEC) whose ``mark & mask == mark`` (one kernel request).
+
+    Entries of every other WAN, of the other version, and unmarked ones, are never
+    touched.
     """
     ct = None
     try:
-        ct = AsyncNFCTSocket(socket.AF_UNSPEC)
+        ct = AsyncNFCTSocket(_AF[family])
         await ct.flush(mark=mark, mark_mask=mask)
         return True
     except Exception as exc:  # a netlink error must never stop the daemon

@@ -18,12 +18,12 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .config import ConfigError, load_config
-from .configmodel import Config
+from .configmodel import Config, Wan
 
 if TYPE_CHECKING:
     from . import ownaddr
     from .desired import RouteSpec
-    from .state import Addresses, Defaults, Link
+    from .state import Addresses, Defaults, Link, State
 
 DEFAULT_CONFIG = "/etc/ecmpd/ecmpd.yaml"
 log = logging.getLogger("ecmpd")
@@ -74,22 +74,27 @@ async def dry_run(cfg: Config) -> None:
         links, addrs = await kernel.dump_links() or {}, await kernel.dump_addresses() or {}
         defaults = await kernel.dump_defaults() or {}
         local = await kernel.dump_local() or frozenset()
+        addrs6 = await kernel.dump_addresses(6) or {}
+        defaults6 = await kernel.dump_defaults(family=6) or {}
         async with kernel.lock:
-            actual = await routing.read_actual(kernel.ipr, cfg)
+            actual = {f: await routing.read_actual(kernel.ipr, cfg, family=f) for f in (4, 6)}
     finally:
         kernel.close()
     disabled = DisabledStore(cfg.control_socket + ".disabled.json").load(
         {w.name for w in cfg.wans})
     for line in plan(cfg, links, addrs, defaults, local, disabled,
-                     main_route(actual.routes, cfg)):
+                     main_route(actual[4].routes, cfg), addrs6, defaults6,
+                     main_route(actual[6].routes, cfg, 6)):
         print(line)
-    print(f"# nft table ip {cfg.nft_table} (one atomic transaction):")
+    print(f"# nft table inet {cfg.nft_table} (one atomic transaction):")
     print(json.dumps(nftrules.replace_commands(cfg), indent=1))
 
 
 def plan(cfg: Config, links: Mapping[str, "Link"], addresses: "Addresses",
          defaults: "Defaults", local: "ownaddr.Local", disabled: Iterable[str],
-         kernel_main: "RouteSpec | None") -> list[str]:
+         kernel_main: "RouteSpec | None", addresses6: "Addresses | None" = None,
+         defaults6: "Defaults | None" = None,
+         kernel_main6: "RouteSpec | None" = None) -> list[str]:
     """What the daemon started now would install, as `# notes` and the plan's lines.
 
     The daemon's own path: the state at start from the same dumps (`state.initial`), the
@@ -101,43 +106,62 @@ def plan(cfg: Config, links: Mapping[str, "Link"], addresses: "Addresses",
     """
     from . import events, state
     from .desired import describe
+
+    st = state.initial(cfg, links, addresses, disabled, 0.0, defaults, local, addresses6,
+                       defaults6)
+    st, _ = events.step(st, events.Adopted(kernel_main), 0.0)
+    st, _ = events.step(st, events.Adopted(kernel_main6, 6), 0.0)
+    notes: list[str] = []
+    for family in (4, 6):
+        p = state.plane(st, family)
+        waiting = set(state.awaiting_verdict(p))
+        for wan in p.cfg.wans:
+            label = wan.name if family == 4 and cfg.families() == (4,) else \
+                f"{wan.name} IPv{family}"
+            st, more = _plan_wan(st, family, wan, label, wan.name in waiting, links)
+            notes += more
+    decision = state.decide(st, kernel_main, kernel_main6)
+    for family in cfg.families():
+        desired, _, kept = decision.of(family)
+        if kept:
+            notes.append(f"# no IPv{family} WAN is usable: ecmpd's route in the kernel is "
+                         f"kept")
+    return notes + describe(decision.desired) + (
+        describe(decision.desired6) if 6 in cfg.families() else [])
+
+
+def _plan_wan(st: "State", family: int, wan: Wan, label: str, waiting: bool,
+              links: Mapping[str, "Link"]) -> tuple["State", list[str]]:
+    """One WAN's notes in one IP version's plan, and the state after its first round."""
+    from . import events, state
     from .health import Verdict
 
-    st = state.initial(cfg, links, addresses, disabled, 0.0, defaults, local)
-    st, _ = events.step(st, events.Adopted(kernel_main), 0.0)
-    notes: list[str] = []
-    waiting = set(state.awaiting_verdict(st))
-    for wan in cfg.wans:
-        name, ws = wan.name, st.wan(wan.name)
-        if wan.interface not in links:
-            notes.append(f"# {name}: interface {wan.interface} does not exist "
-                         f"(no routes for it)")
-            continue
-        if wan.gateway is None:
-            gw = state.gateway(st, wan)
-            notes.append(f"# {name}: gateway auto: " + (
-                "none known yet" if gw is None else gw or f"the device {wan.interface}"))
-        targets, quorum = state.probe_targets(st, wan)
-        own = state.own_targets(st, wan)
-        passes = bool(targets) and len(targets) - len(own) >= quorum
-        if name in waiting and passes:
-            st, _ = events.step(st, events.ProbeRound(name, Verdict.GOOD), 0.0)
-        if ws.disabled:
-            why = "out: disabled by the administrator"
-        elif name in waiting:
-            why = ("joins once its first probe round passes" if passes else
-                   "out: " + (state.no_target(st, wan) if not targets else
-                              f"its probe targets {', '.join(own)} are this router's "
-                              f"own addresses"))
-        elif ws.adopted:
-            why = "adopted from ecmpd's route in the kernel"
-        else:
-            why = f"out: {ws.health.reason or ws.health.state.value}"
-        notes.append(f"# {name}: {why}")
-    decision = state.decide(st, kernel_main)
-    if decision.kept:
-        notes.append("# no WAN is usable: ecmpd's route in the kernel is kept")
-    return notes + describe(decision.desired)
+    p = state.plane(st, family)
+    name, ws = wan.name, p.wan(wan.name)
+    if wan.interface not in links:
+        return st, [f"# {label}: interface {wan.interface} does not exist (no routes for it)"]
+    notes = []
+    if wan.gateway is None:
+        gw = state.gateway(p, wan)
+        notes.append(f"# {label}: gateway{'' if family == 4 else '6'} auto: " + (
+            "none known yet" if gw is None else gw or f"the device {wan.interface}"))
+    targets, quorum = state.probe_targets(p, wan)
+    own = state.own_targets(p, wan)
+    passes = bool(targets) and len(targets) - len(own) >= quorum
+    if waiting and passes:
+        st, _ = events.step(st, events.ProbeRound(name, Verdict.GOOD, family=family), 0.0)
+    if ws.disabled:
+        why = "out: disabled by the administrator"
+    elif waiting:
+        why = ("joins once its first probe round passes" if passes else
+               "out: " + (state.no_target(p, wan) if not targets else
+                          f"its probe targets {', '.join(own)} are this router's "
+                          f"own addresses"))
+    elif ws.adopted:
+        why = "adopted from ecmpd's route in the kernel"
+    else:
+        why = f"out: {ws.health.reason or ws.health.state.value}"
+    return st, notes + [f"# {label}: {why}"]
 
 
 M_MMAP_THRESHOLD = -3

@@ -154,27 +154,32 @@ def describe(o: Owned) -> str:
 # ---- doing it ------------------------------------------------------------------------
 
 def remove_nft_table(name: str, nft: Any = None) -> bool:
-    """Delete ``table ip <name>`` if it is ecmpd's (carries its digest comment); True when
-    deleted.  A missing table is no error; a foreign one is left alone (logged)."""
+    """Delete ecmpd's table `name` (``table inet``, or ``table ip`` an older ecmpd made)
+    if it is ecmpd's (carries its digest comment); True when deleted.  A missing table is
+    no error; a foreign one is left alone (logged)."""
     from . import nftrules
     if nft is None:
         import nftables
         nft = nftables.Nftables()
         nft.set_json_output(True)
-    rc, out, _err = nft.json_cmd(
-        {"nftables": [{"list": {"table": {"family": "ip", "name": name}}}]})
-    if rc != 0:
-        return False                                  # not there
-    listing = out if isinstance(out, dict) else json.loads(out or "{}")
-    if nftrules.listing_digest(listing) is None:
-        log.warning("nft table ip %s (recorded as ecmpd's) carries no ecmpd digest: "
-                    "leaving it alone", name)
+    found = False
+    for family in (nftrules.FAMILY, nftrules.LEGACY_FAMILY):
+        rc, out, _err = nft.json_cmd(nftrules.list_command(name, family))
+        if rc != 0:
+            continue                                  # not there
+        listing = out if isinstance(out, dict) else json.loads(out or "{}")
+        if nftrules.listing_digest(listing) is None:
+            log.warning("nft table %s %s (recorded as ecmpd's) carries no ecmpd digest: "
+                        "leaving it alone", family, name)
+            return False
+        found = True
+    if not found:
         return False
     rc, _out, err = nft.json_cmd(nftrules.delete_commands(name))
     if rc != 0:
         log.error("cannot remove ecmpd's old nft table %s: %s", name, str(err).strip())
         return False
-    log.info("removed ecmpd's old nft table ip %s", name)
+    log.info("removed ecmpd's old nft table %s", name)
     return True
 
 

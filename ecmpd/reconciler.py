@@ -182,7 +182,8 @@ class Reconciler:
             if any_refused:
                 self._retry_refused()
             try:
-                self.firewall.reconfigure(snap.cfg, probe_gateways(snap))
+                self.firewall.reconfigure(snap.cfg, probe_gateways(snap),
+                                          probe_gateways(plane(snap, 6)))
                 changes += int(self.firewall.ensure())
             except Exception as exc:
                 log.error("cannot apply nft table %s: %s", snap.cfg.nft_table, exc)
@@ -210,8 +211,9 @@ class Reconciler:
             if wan is None or cfg.mark_of(wan) != f.mark:
                 return              # removed or renumbered meanwhile: not its mark now
             self.flushes += 1
-        if await conntrack.flush_mark(f.mark, f.mask) and f.name is not None:
-            log.info("%s: its connections were removed from conntrack", f.name)
+        if await conntrack.flush_mark(f.mark, f.mask, f.family) and f.name is not None:
+            what = "" if f.family is None else f"IPv{f.family} "
+            log.info("%s: its %sconnections were removed from conntrack", f.name, what)
 
 def refusals(snap: State, refused: Refused, family: int = 4) -> NexthopsRefused:
     """The event reporting the nexthops of IP version `family` the kernel refused in a

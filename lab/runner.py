@@ -186,8 +186,8 @@ def kernel_hops(lab: Lab, table: int = DEFAULT_TABLE) -> set[tuple[str, str, int
 
 
 def nft_table(lab: Lab, table: str = "ecmpd") -> str:
-    """`nft list table ip <table>` in the router namespace, counter values left out."""
-    text = lab.run(lab.ns_router, "nft", "list", "table", "ip", table).stdout
+    """`nft list table inet <table>` in the router namespace, counter values left out."""
+    text = lab.run(lab.ns_router, "nft", "list", "table", "inet", table).stdout
     return re.sub(r"packets \d+ bytes \d+", "packets - bytes -", text)
 
 

@@ -96,7 +96,7 @@ def test_reload_adds_then_removes_a_wan(lab3, ecmpd_in):
     st = d.wait_for(lambda s: "south" not in s["wans"], what="south gone")
     assert {h[1] for h in kernel_hops(lab)} == {"north", "west"}
     assert table(1002) == "" and not {1002, 1258} & rules()
-    assert "south" not in lab.run(ns, "nft", "list", "table", "ip", "ecmpd").stdout
+    assert "south" not in lab.run(ns, "nft", "list", "table", "inet", "ecmpd").stdout
     assert st["wans"]["north"]["since"] == north_since and st["wans"]["north"]["state"] == "up"
     res = lab.new_flows(60, timeout=3.0)
     assert all(r.ok for r in res) and {r.wan for r in res} == {"north", "west"}

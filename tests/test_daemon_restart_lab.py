@@ -202,13 +202,13 @@ def test_external_deletions_and_changes_are_undone_within_a_second(make_lab, ecm
         took = _poll(lambda: read() == before, start, RESTORE_DEADLINE)
         assert took is not None, f"{name} not restored within {RESTORE_DEADLINE}s: {read()}"
         RESTORE_TIMES[name] = took
-    table_text = nft("list", "table", "ip", "ecmpd")
+    table_text = nft("list", "table", "inet", "ecmpd")
     assert "masquerade" in table_text
-    for name, cmd in (("nft table", ("delete", "table", "ip", "ecmpd")),
-                      ("nft chain flushed", ("flush", "chain", "ip", "ecmpd", "nat"))):
+    for name, cmd in (("nft table", ("delete", "table", "inet", "ecmpd")),
+                      ("nft chain flushed", ("flush", "chain", "inet", "ecmpd", "nat"))):
         start = time.monotonic()
         lab.run(ns, "nft", *cmd)
-        took = _poll(lambda: nft("list", "table", "ip", "ecmpd") == table_text, start,
+        took = _poll(lambda: nft("list", "table", "inet", "ecmpd") == table_text, start,
                      RESTORE_DEADLINE)
         assert took is not None, f"{name} not restored within {RESTORE_DEADLINE}s"
         RESTORE_TIMES[name] = took

@@ -222,7 +222,7 @@ def test_reload_with_other_tables_and_priorities_leaves_no_orphans(make_lab, ecm
     d.wait_states({"wlan1": "up", "wlan2": "up"})
     # the renamed nft table replaced the old one (written first, then the old one went)
     assert lab.run(lab.ns_router, "nft", "list", "tables").stdout.split() == [
-        "table", "ip", "ecmpd_b"]
+        "table", "inet", "ecmpd_b"]
     rules = json.loads(lab.run(lab.ns_router, "ip", "-j", "rule").stdout)
     prios = sorted(r["priority"] for r in rules if r["priority"] not in (0, 32766, 32767))
     assert prios == [3000, 3001, 3002, 3257, 3258, 3512]

@@ -35,7 +35,7 @@ class Kernel:
 
 
 class Firewall:
-    def reconfigure(self, cfg: Any, gateways: Any = None) -> None: ...
+    def reconfigure(self, cfg: Any, gateways: Any = None, gateways6: Any = None) -> None: ...
 
     def ensure(self) -> bool:
         return False
