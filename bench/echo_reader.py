@@ -3,10 +3,10 @@ loop adds, and a flood of foreign ICMP that the kernel filter must keep out of P
 
     sudo PYTHONPATH=. .venv/bin/python -m bench.echo_reader [--reps 3] [--replies 10000]
 
-Builds two namespaces of its own (prefix ``eer`` + random; always deleted): the prober
-``p`` (wan0 10.253.0.1, fd00:254::1, fe80::1) and the target ``t`` (t0 10.253.0.2,
-fd00:254::2, fe80::2) on a veth pair; the target's kernel answers the echo requests.
-Then it runs itself inside ``p`` (``--inside``) and interleaves, per repetition and
+Builds a one-WAN lab (`lab.Lab`, prefix ``eer`` + random; always torn down): the router
+``rtr`` (wan1 10.101.0.2, fd00:254::1, fe80::1) and its ISP ``isp1`` (cust 10.101.0.1,
+fd00:254::2, fe80::2) on a veth pair; the ISP's kernel answers the echo requests.
+Then it runs itself inside ``rtr`` (``--inside``) and interleaves, per repetition and
 family, three readers on the same workloads:
 
 * ``74519b9``: the reader before this change, copied verbatim below (BASELINE_74519B9):
@@ -49,9 +49,9 @@ import icmplib
 from ecmpd import icmpecho
 
 REPO = Path(__file__).resolve().parent.parent
-WAN4, TGT4 = "10.253.0.1", "10.253.0.2"
 WAN6, TGT6 = "fd00:254::1", "fd00:254::2"
-LL6 = "fe80::2%wan0"
+DEVICE = "wan1"
+LL6 = f"fe80::2%{DEVICE}"
 BURST = 64
 SINGLE = 2000
 FLOOD_SECONDS = 3.0
@@ -502,20 +502,21 @@ def ip6(src, dst, payload):
                        socket.inet_pton(socket.AF_INET6, dst)) + payload
 
 ident, seconds, v6 = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "6"
+wan, me = sys.argv[4], sys.argv[5]  # the router's address, ours
 other, packets = ident ^ 0x8000, []
 for seq in range(1, 257):  # a foreign identifier; the sequences are the ones we use
     if v6:
         packets.append(echo(129, other, seq, v6=True))
-        quoted = ip6("fd00:254::1", "fd00:254::9", echo(128, other, seq, v6=True))
+        quoted = ip6(wan, "fd00:254::9", echo(128, other, seq, v6=True))
         packets.append(icmp(1, 3, b"\0" * 4 + quoted, True))
     else:
-        packets.append(ip4("10.253.0.2", "10.253.0.1", echo(0, other, seq)))
-        quoted = ip4("10.253.0.1", "10.253.0.9", echo(8, other, seq)[:8])
-        packets.append(ip4("10.253.0.2", "10.253.0.1", icmp(3, 1, b"\0" * 4 + quoted)))
+        packets.append(ip4(me, wan, echo(0, other, seq)))
+        quoted = ip4(wan, "192.0.2.9", echo(8, other, seq)[:8])
+        packets.append(ip4(me, wan, icmp(3, 1, b"\0" * 4 + quoted)))
 if v6:
-    tx, to = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6), ("fd00:254::1", 0)
+    tx, to = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6), (wan, 0)
 else:
-    tx, to = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW), ("10.253.0.1", 0)
+    tx, to = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW), (wan, 0)
 print("ready", flush=True)
 sent, start = 0, time.monotonic()
 while time.monotonic() - start < seconds:
@@ -538,7 +539,7 @@ async def flood(make: Factory, source: str, target: str, target_ns: str,
     v = "6" if ":" in source else "4"
     flooder = subprocess.Popen(
         ["ip", "netns", "exec", target_ns, sys.executable, "-c", FLOODER, str(s.ident),
-         str(FLOOD_SECONDS + 0.5), v], stdout=subprocess.PIPE, text=True)
+         str(FLOOD_SECONDS + 0.5), v, source, target], stdout=subprocess.PIPE, text=True)
     assert flooder.stdout is not None and flooder.stdout.readline().strip() == "ready"
     await asyncio.sleep(0.25)
     sent, c0, w0 = 0, cpu(), time.monotonic()
@@ -557,11 +558,11 @@ async def flood(make: Factory, source: str, target: str, target_ns: str,
 async def inside(args: argparse.Namespace) -> dict[str, Any]:
     old = baseline()
     readers: dict[str, Factory] = {
-        "74519b9": lambda src, cb: old.EchoSocket(src, cb, device="wan0"),
-        "AsyncSocket": lambda src, cb: AsyncSocketEcho(src, cb, device="wan0"),
-        "receive": lambda src, cb: icmpecho.EchoSocket(src, cb, device="wan0"),
+        "74519b9": lambda src, cb: old.EchoSocket(src, cb, device=DEVICE),
+        "AsyncSocket": lambda src, cb: AsyncSocketEcho(src, cb, device=DEVICE),
+        "receive": lambda src, cb: icmpecho.EchoSocket(src, cb, device=DEVICE),
     }
-    families = {"IPv4": (WAN4, TGT4), "IPv6": (WAN6, TGT6)}
+    families = {"IPv4": (args.wan4, args.gw4), "IPv6": (WAN6, TGT6)}
     rows: dict[str, list[dict[str, float]]] = {}
     for _ in range(args.reps):  # interleaved: every reader in every repetition
         for fam, (src, dst) in families.items():
@@ -584,21 +585,21 @@ async def inside(args: argparse.Namespace) -> dict[str, Any]:
 # --- the namespaces, and the table ---------------------------------------------------------
 
 
-def build(prefix: str) -> tuple[str, str]:
+def build(lab: Any) -> tuple[str, str, str, str]:
+    """The lab's router and ISP with IPv6 on the WAN: (router ns, ISP ns, router's IPv4
+    address on the WAN, the ISP's)."""
     from lab import netns
     from lab.wait import until
-    p, t = prefix + "p", prefix + "t"
-    netns.create(p)
-    netns.create(t)
-    netns.ip(p, "link", "add", "wan0", "type", "veth", "peer", "name", "t0", "netns", t)
-    netns.ip_batch(p, ["addr add 10.253.0.1/24 dev wan0", "addr add fd00:254::1/64 dev wan0 nodad",
-                       "addr add fe80::1/64 dev wan0 nodad", "link set wan0 up"])
-    netns.ip_batch(t, ["addr add 10.253.0.2/24 dev t0", "addr add fd00:254::2/64 dev t0 nodad",
-                       "addr add fe80::2/64 dev t0 nodad", "link set t0 up"])
-    netns.sysctl(t, {"net.ipv4.icmp_ratelimit": 0, "net.ipv6.icmp.ratelimit": 0})
-    until(lambda: netns.run_in(p, "ping", "-c1", "-W0.2", TGT6, check=False).returncode == 0,
-          15, "IPv6 on the veth", interval=0.1)
-    return p, t
+    wan = lab.spec.wans[0]
+    assert wan.name == DEVICE
+    rtr, isp = lab.ns_router, lab.ns_isp(wan.name)
+    netns.ip_batch(rtr, [f"addr add {WAN6}/64 dev {DEVICE} nodad",
+                         f"addr add fe80::1/64 dev {DEVICE} nodad"])
+    netns.ip_batch(isp, [f"addr add {TGT6}/64 dev cust nodad", "addr add fe80::2/64 dev cust nodad"])
+    netns.sysctl(isp, {"net.ipv4.icmp_ratelimit": 0, "net.ipv6.icmp.ratelimit": 0})
+    until(lambda: netns.run_in(rtr, "ping", "-c1", "-W0.2", TGT6, check=False).returncode == 0,
+          15, "IPv6 on the WAN", interval=0.1)
+    return rtr, isp, str(wan.interface.ip), wan.gateway
 
 
 def table(out: dict[str, Any]) -> str:
@@ -634,26 +635,26 @@ def main() -> None:
     ap.add_argument("--replies", type=int, default=10000)
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--target-ns", help=argparse.SUPPRESS)
+    ap.add_argument("--wan4", help=argparse.SUPPRESS)
+    ap.add_argument("--gw4", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.inside:
         print(json.dumps(asyncio.run(inside(args))))
         return
     if os.geteuid() != 0:
         sys.exit("needs root (namespaces, raw sockets)")
-    from lab import netns
-    prefix = netns.random_prefix("eer")
-    try:
-        p, t = build(prefix)
+    from lab import Lab, make_spec, netns
+    with Lab(make_spec(1), prefix=netns.random_prefix("eer")) as lab:
+        p, t, wan4, gw4 = build(lab)
         r = subprocess.run(netns.exec_argv(p, sys.executable, "-m", "bench.echo_reader",
-                                           "--inside", "--target-ns", t, "--reps",
-                                           str(args.reps), "--replies", str(args.replies)),
+                                           "--inside", "--target-ns", t, "--wan4", wan4,
+                                           "--gw4", gw4, "--reps", str(args.reps),
+                                           "--replies", str(args.replies)),
                            cwd=REPO, capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": str(REPO)})
-        if r.returncode:
-            sys.exit(r.stderr)
-        print(table(json.loads(r.stdout.strip().splitlines()[-1])))
-    finally:
-        netns.sweep(prefix)
+    if r.returncode:
+        sys.exit(r.stderr)
+    print(table(json.loads(r.stdout.strip().splitlines()[-1])))
 
 
 if __name__ == "__main__":
