@@ -37,8 +37,8 @@ between the kernel's receipt and the callback (p50 ~125 us against 35-53 us): a
 ``finally`` removes the reader of icmplib's socket, so the socket cannot be closed
 before the cancelled task has run: ``close`` could not be synchronous.  So the reader
 is the loop's: ``loop.add_reader`` on the raw socket and, each time it is readable, one
-blocking ``ICMPSocket.receive(None, READ_TIMEOUT)`` (2.0-2.3x the old reader's CPU per
-reply, ~25 us; 1.4-1.9x in all; p50 ~64 us added).  The socket holds a packet icmplib
+blocking ``ICMPSocket.receive(None, READ_TIMEOUT)`` (1.9-2.3x the old reader's CPU per
+reply, ~25 us; 1.4-1.9x in all; p50 65-100 us added).  The socket holds a packet icmplib
 can parse (the filter), so ``receive`` returns at once; READ_TIMEOUT only bounds what a
 surprise could cost (the loop blocked that long) and is long enough that a reply is not
 lost to ``receive``'s "read after the deadline" check (it would take a preemption of
@@ -46,7 +46,7 @@ that length between two of its statements).  ``receive`` leaves the socket in ti
 mode, in which ``send`` would wait for room in a full send buffer: `send` makes it
 non-blocking again first.  The filter keeps a flood out as before: at 75-135k foreign
 packets/s the process uses 0.5 % of a core and answers every probe (without the filter:
-40-60 % and a third to half of the probes lost).
+25-97 % and up to 87 % of the probes lost).
 
 The RTT is measured from icmplib's ``ICMPRequest.time`` (the wall clock just before
 ``sendto``) to the kernel's receipt of the reply: its receive stamp of the last packet
