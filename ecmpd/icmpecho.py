@@ -1,29 +1,64 @@
-"""ICMP echo on icmplib's persistent socket layer, one socket per WAN, filtered in the kernel.
+"""ICMP echo on icmplib's public socket API, one socket per WAN, filtered in the kernel.
 
 `EchoSocket` keeps one privileged `icmplib.ICMPv4Socket` / `ICMPv6Socket` bound to a WAN's
 address (and device) and reports every answer to one of its requests through a callback,
-however late, up to `keep` seconds; deciding what is late is the caller's job.
+however late, up to `keep` seconds; deciding what is late is the caller's job.  Both
+families work alike; an IPv6 target may be link-local with its scope (``fe80::1%wan1``):
+icmplib's ``send`` resolves the scope, the socket is bound to the device anyway, and a
+reply's source is compared without it.
+
+Only icmplib's public names are used: ``ICMPv4Socket`` / ``ICMPv6Socket`` (``send``,
+``receive``, ``blocking``, ``is_closed``, ``close`` and the ``sock`` property, the raw
+socket, which the docs allow "if the feature you want is not yet implemented": the
+device binding, the two filters and the receive stamp below are socket options no
+icmplib version offers), ``ICMPRequest`` (``time``), ``ICMPReply`` and the exceptions.
 
 Why the kernel filters: a raw ICMP socket receives every ICMP packet to its address, so
 an internet host flooding echo replies or unreachables at a WAN address would wake
 Python up for each one (about half a core and lost probes at 150k packets/s).  A classic
 BPF program (`bpf_program`) lets through only echo replies carrying this socket's
 identifier and ICMP errors quoting an echo request with it; ICMP_FILTER drops the other
-types even earlier.
+types even earlier.  The program also lets through only packets icmplib's parser reads
+right: it reads at fixed offsets (20-byte IPv4 headers) and needs the identifier and the
+sequence, so IPv4 packets with IP options (outside or in the quoted header; our requests
+carry none, and neither do the replies of hosts we probe) and truncated ones stay in the
+kernel.  Hence also every packet that reaches the reader is one ``receive`` returns.
 
-Why the reader calls `recvfrom` and icmplib's `_parse_reply` rather than
-`ICMPSocket.receive(None, timeout)`: `receive` reads the packet first and then raises
-TimeoutExceeded if its wall-clock budget is spent, so `timeout=0` loses every reply and
-any small timeout loses those read after a preemption, while the final, empty call
-blocks the event loop for at least a millisecond (poll() rounds up).  `_parse_reply` is
-icmplib's own parser (private, hence the `<4` pin); it assumes 20-byte IPv4 headers, so
-`_without_options` cuts IP options out first.
+Why not icmplib's ``AsyncSocket`` (``await receive(None, timeout)`` in one reader task,
+the documented way to read from a loop): (1) its replies have no source address
+(``ICMPReply.source`` is None: it reads with ``loop.sock_recv``), so an echo reply could
+not be checked to come from the address the request went to; (2) measured in
+bench/echo_reader.py (veth pair, 3 interleaved runs of 10 000 replies per family), its
+reading costs 7.5-8.6x the CPU per reply of the reader before it (74519b9: recvmsg and
+the private parser) and 2.7-4.5x in all with sending, and adds 2.5-3.4x the latency
+between the kernel's receipt and the callback (p50 ~125 us against 35-53 us): a
+``wait_for`` task plus a reader added and removed per reply; (3) like the blocking
+``receive`` it drops a reply read after its own wall-clock deadline; (4) its
+``finally`` removes the reader of icmplib's socket, so the socket cannot be closed
+before the cancelled task has run: ``close`` could not be synchronous.  So the reader
+is the loop's: ``loop.add_reader`` on the raw socket and, each time it is readable, one
+blocking ``ICMPSocket.receive(None, READ_TIMEOUT)`` (1.9-2.3x the old reader's CPU per
+reply, ~25 us; 1.4-1.9x in all; p50 65-100 us added).  The socket holds a packet icmplib
+can parse (the filter), so ``receive`` returns at once; READ_TIMEOUT only bounds what a
+surprise could cost (the loop blocked that long) and is long enough that a reply is not
+lost to ``receive``'s "read after the deadline" check (it would take a preemption of
+that length between two of its statements).  ``receive`` leaves the socket in timeout
+mode, in which ``send`` would wait for room in a full send buffer: `send` makes it
+non-blocking again first.  The filter keeps a flood out as before: at 75-135k foreign
+packets/s the process uses 0.5 % of a core and answers every probe (without the filter:
+25-97 % and up to 87 % of the probes lost).
 
-IPv4 requests are icmplib's packets (`_create_packet`) sent with ``sendto`` on its
-socket: its ``send`` adds a ``getaddrinfo`` and two ``setsockopt`` calls per request for
-a destination and TTL that never change.  The codec stays icmplib's (measured: building
-a request 7.1 us and parsing a reply 2.2 us, against 0.8 us for both by hand; at 64 WANs
-x 2 targets that is about 1 % of a core, the price of not keeping a codec of our own).
+The RTT is measured from icmplib's ``ICMPRequest.time`` (the wall clock just before
+``sendto``) to the kernel's receipt of the reply: its receive stamp of the last packet
+read on the socket (SIOCGSTAMPNS, asked right after ``receive``), so it leaves out the
+time the reply waited for a busy loop (64 WANs' rounds start in one burst).  Without a
+stamp it is icmplib's ``ICMPReply.time`` (the wall clock just after the read).  It is
+never more than `Answer.age`, measured on the loop's monotonic clock from the send to
+the read: a wall-clock step does not make an RTT up.
+
+Requests are icmplib's (``send(ICMPRequest(...))``): that is a ``getaddrinfo`` on the
+literal and two ``setsockopt`` (TTL, traffic class) per request, a few microseconds,
+about 1 % of a core at 64 WANs x 2 targets several times a second.
 """
 
 from __future__ import annotations
@@ -31,10 +66,10 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import errno
+import fcntl
 import logging
 import socket
 import struct
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -44,18 +79,17 @@ log = logging.getLogger(__name__)
 
 PAYLOAD = b"ecmpd probe " + bytes(range(44))
 """56 bytes of echo payload, as ping(8) sends; fixed, so no random bytes per request."""
-BATCH = 64
-"""Packets read per reader callback at most: the loop calls again while more are queued."""
+READ_TIMEOUT = 0.05
+"""``receive``'s timeout when the socket is readable (see the module docstring)."""
+TTL = 64
+"""The TTL (hop limit) of requests."""
 # per family: echo reply type, error types that quote the offending packet
 _V4 = (0, frozenset({3, 11, 12}))  # unreachable, time exceeded, parameter problem
 _V6 = (129, frozenset({1, 2, 3, 4}))  # unreachable, too big, time exceeded, parameter problem
 _SOL_RAW, _ICMP_FILTER = 255, 1  # ICMP_FILTER (IPv4), ICMP6_FILTER (IPv6): bit set = dropped
-TTL = 64
-"""The TTL of IPv4 requests (icmplib's default), set once on the socket."""
-SO_TIMESTAMPNS = 35  # <asm-generic/socket.h>; also the SCM type of its ancillary data
-_TIMESPEC = struct.Struct("@qq")
-_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size)
 SO_ATTACH_FILTER = 26  # <asm-generic/socket.h>; the socket module does not define it
+SIOCGSTAMPNS = 0x8907  # <asm-generic/sockios.h>: the receive stamp of the last packet read
+_TIMESPEC = struct.Struct("@qq")
 _live: set[int] = set()  # identifiers of the open EchoSockets of this process
 
 
@@ -72,52 +106,56 @@ class Answer:
 
 def bpf_program(family: int, ident: int) -> list[tuple[int, int, int, int]]:
     """Classic BPF (code, jt, jf, k) accepting only echo replies with identifier `ident` and
-    ICMP errors quoting an echo request with it.  An IPv4 raw socket's packet starts with
-    the IP header (variable IHL, likewise the quoted one); an IPv6 one with the ICMPv6
+    ICMP errors quoting an echo request with it, each with the identifier and sequence
+    where icmplib's parser reads them.  An IPv4 raw socket's packet starts with the IP
+    header (only 20-byte ones pass, outside and quoted); an IPv6 one with the ICMPv6
     header.  Loads beyond the packet's end drop it, so truncated packets never pass."""
     ok, drop = 0x40000, 0  # accept: the whole packet (up to 256 KiB)
     if family == 4:
         return [                  # pc  instruction          meaning
-            (0xB1, 0, 0, 0),      # 0   ldxb 4*([0]&0xf)     X = IP header length
-            (0x50, 0, 0, 0),      # 1   ldb [x+0]            ICMP type
-            (0x15, 4, 0, 0),      # 2   jeq #0 -> 7          echo reply
-            (0x15, 5, 0, 3),      # 3   jeq #3 -> 9          destination unreachable
-            (0x15, 4, 0, 11),     # 4   jeq #11 -> 9         time exceeded
-            (0x15, 3, 0, 12),     # 5   jeq #12 -> 9         parameter problem
-            (0x06, 0, 0, drop),   # 6   ret #0               any other type
-            (0x48, 0, 0, 4),      # 7   ldh [x+4]            identifier
-            (0x15, 11, 12, ident),  # 8 jeq #ident -> 20 / 21
-            (0x50, 0, 0, 17),     # 9   ldb [x+17]           quoted IP protocol
-            (0x15, 0, 10, 1),     # 10  jeq #1 / -> 21       ICMP
-            (0x50, 0, 0, 8),      # 11  ldb [x+8]            quoted version and IHL
-            (0x54, 0, 0, 0x0F),   # 12  and #0xf
-            (0x64, 0, 0, 2),      # 13  lsh #2               quoted IP header length
-            (0x0C, 0, 0, 0),      # 14  add x
-            (0x07, 0, 0, 0),      # 15  tax                  X = quoted ICMP header - 8
-            (0x50, 0, 0, 8),      # 16  ldb [x+8]            quoted ICMP type
-            (0x15, 0, 3, 8),      # 17  jeq #8 / -> 21       echo request
-            (0x48, 0, 0, 12),     # 18  ldh [x+12]           quoted identifier
-            (0x15, 0, 1, ident),  # 19  jeq #ident / -> 21
+            (0x30, 0, 0, 0),      # 0   ldb [0]              version and IHL
+            (0x15, 0, 19, 0x45),  # 1   jeq #0x45 / -> 21    IPv4 without options
+            (0x30, 0, 0, 20),     # 2   ldb [20]             ICMP type
+            (0x15, 3, 0, 0),      # 3   jeq #0 -> 7          echo reply
+            (0x15, 6, 0, 3),      # 4   jeq #3 -> 11         destination unreachable
+            (0x15, 5, 0, 11),     # 5   jeq #11 -> 11        time exceeded
+            (0x15, 4, 14, 12),    # 6   jeq #12 -> 11 / 21   parameter problem
+            (0x28, 0, 0, 24),     # 7   ldh [24]             identifier
+            (0x15, 0, 12, ident),  # 8  jeq #ident / -> 21
+            (0x28, 0, 0, 26),     # 9   ldh [26]             sequence (there)
+            (0x06, 0, 0, ok),     # 10  ret #0x40000         accept
+            (0x30, 0, 0, 28),     # 11  ldb [28]             quoted version and IHL
+            (0x15, 0, 8, 0x45),   # 12  jeq #0x45 / -> 21    without options
+            (0x30, 0, 0, 37),     # 13  ldb [37]             quoted IP protocol
+            (0x15, 0, 6, 1),      # 14  jeq #1 / -> 21       ICMP
+            (0x30, 0, 0, 48),     # 15  ldb [48]             quoted ICMP type
+            (0x15, 0, 4, 8),      # 16  jeq #8 / -> 21       echo request
+            (0x28, 0, 0, 52),     # 17  ldh [52]             quoted identifier
+            (0x15, 0, 2, ident),  # 18  jeq #ident / -> 21
+            (0x28, 0, 0, 54),     # 19  ldh [54]             quoted sequence (there)
             (0x06, 0, 0, ok),     # 20  ret #0x40000         accept
             (0x06, 0, 0, drop),   # 21  ret #0               drop
         ]
     return [                      # pc  instruction          meaning
         (0x30, 0, 0, 0),          # 0   ldb [0]              ICMPv6 type
         (0x15, 4, 0, 129),        # 1   jeq #129 -> 6        echo reply
-        (0x15, 5, 0, 1),          # 2   jeq #1 -> 8          destination unreachable
-        (0x15, 4, 0, 2),          # 3   jeq #2 -> 8          packet too big
-        (0x15, 3, 0, 3),          # 4   jeq #3 -> 8          time exceeded
-        (0x15, 2, 9, 4),          # 5   jeq #4 -> 8 / 15     parameter problem
+        (0x15, 7, 0, 1),          # 2   jeq #1 -> 10         destination unreachable
+        (0x15, 6, 0, 2),          # 3   jeq #2 -> 10         packet too big
+        (0x15, 5, 0, 3),          # 4   jeq #3 -> 10         time exceeded
+        (0x15, 4, 12, 4),         # 5   jeq #4 -> 10 / 18    parameter problem
         (0x28, 0, 0, 4),          # 6   ldh [4]              identifier
-        (0x15, 6, 7, ident),      # 7   jeq #ident -> 14 / 15
-        (0x30, 0, 0, 14),         # 8   ldb [14]             quoted next header: our requests
-        (0x15, 0, 5, 58),         # 9   jeq #58 / -> 15      have no extension headers
-        (0x30, 0, 0, 48),         # 10  ldb [48]             quoted ICMPv6 type
-        (0x15, 0, 3, 128),        # 11  jeq #128 / -> 15     echo request
-        (0x28, 0, 0, 52),         # 12  ldh [52]             quoted identifier
-        (0x15, 0, 1, ident),      # 13  jeq #ident / -> 15
-        (0x06, 0, 0, ok),         # 14  ret #0x40000         accept
-        (0x06, 0, 0, drop),       # 15  ret #0               drop
+        (0x15, 0, 10, ident),     # 7   jeq #ident / -> 18
+        (0x28, 0, 0, 6),          # 8   ldh [6]              sequence (there)
+        (0x06, 0, 0, ok),         # 9   ret #0x40000         accept
+        (0x30, 0, 0, 14),         # 10  ldb [14]             quoted next header: our requests
+        (0x15, 0, 6, 58),         # 11  jeq #58 / -> 18      have no extension headers
+        (0x30, 0, 0, 48),         # 12  ldb [48]             quoted ICMPv6 type
+        (0x15, 0, 4, 128),        # 13  jeq #128 / -> 18     echo request
+        (0x28, 0, 0, 52),         # 14  ldh [52]             quoted identifier
+        (0x15, 0, 2, ident),      # 15  jeq #ident / -> 18
+        (0x28, 0, 0, 54),         # 16  ldh [54]             quoted sequence (there)
+        (0x06, 0, 0, ok),         # 17  ret #0x40000         accept
+        (0x06, 0, 0, drop),       # 18  ret #0               drop
     ]
 
 
@@ -128,14 +166,14 @@ def attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]])
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
 
 
-def _without_options(packet: bytes) -> bytes:
-    """`packet` (IPv4) with IP options cut out of the outer and the quoted IP header:
-    icmplib's parser reads at fixed offsets for 20-byte headers."""
-    if packet[0] & 0x0F != 5:
-        packet = packet[:20] + packet[(packet[0] & 0x0F) * 4:]
-    if len(packet) > 28 and packet[20] != 0 and packet[28] & 0x0F != 5:
-        packet = packet[:48] + packet[28 + (packet[28] & 0x0F) * 4:]
-    return packet
+def receipt_stamp(fd: int) -> float | None:
+    """The kernel's wall-clock receive stamp of the last packet read on socket `fd`
+    (SIOCGSTAMPNS); None when it has none (the first call turns stamping on)."""
+    try:
+        sec, nsec = _TIMESPEC.unpack(fcntl.ioctl(fd, SIOCGSTAMPNS, bytes(_TIMESPEC.size)))
+    except OSError:
+        return None
+    return sec + nsec * 1e-9
 
 
 def _new_ident() -> int:
@@ -173,8 +211,8 @@ class EchoSocket:
             code = cause.errno if isinstance(cause, OSError) else None
             raise OSError(code, f"echo socket on {source}: {e}") from e
         self._ident = _new_ident()
+        sock = self._icmp.sock  # the raw socket: icmplib's public property
         try:
-            sock = self._icmp.sock
             if device:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
             blocked = [0xFFFFFFFF] * (8 if self._v6 else 1)
@@ -193,20 +231,12 @@ class EchoSocket:
             _live.discard(self._ident)
             raise
         self._sock = sock
-        if not self._v6:   # set once, not by icmplib's send() on every request
-            self._icmp._set_ttl(TTL)
-        # the kernel stamps each reply on receipt: an RTT without the time the reply
-        # waited for a busy loop (64 WANs' rounds start in one burst)
-        self._stamped = hasattr(sock, "recvmsg")
-        if self._stamped:
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-            except OSError:
-                self._stamped = False
+        self._fd = sock.fileno()
+        receipt_stamp(self._fd)  # turns the kernel's receive stamps on (SOCK_TIMESTAMP)
         self._seq = 0
-        # seq -> (address, key, sent at (loop time), sent at (wall clock))
+        # seq -> (address, key, sent at (loop time), sent at (icmplib's wall clock))
         self._pending: dict[int, tuple[str, bytes, float, float]] = {}
-        self._loop.add_reader(sock.fileno(), self._readable)
+        self._loop.add_reader(self._fd, self._readable)
 
     @property
     def ident(self) -> int:
@@ -215,7 +245,8 @@ class EchoSocket:
 
     def send(self, address: str) -> int | None:
         """Send one echo request to `address`; its sequence number, or None when the send
-        failed (logged at debug).  `address` must be a literal (no name lookups here)."""
+        failed (logged at debug).  `address` must be a literal (no name lookups here); an
+        IPv6 one may carry a scope (``fe80::1%wan1``)."""
         if self._icmp.is_closed:
             return None
         try:
@@ -231,52 +262,38 @@ class EchoSocket:
                 break
             del pending[first]
         seq = self._seq = (self._seq + 1) & 0xFFFF
-        wall = time.time()  # before the send: the reply's stamp can come before it returns
+        request = icmplib.ICMPRequest(address, self._ident, seq, payload=PAYLOAD, ttl=TTL)
         try:
-            if self._v6:   # icmplib resolves a scope (fe80::1%wan); the kernel checksums
-                self._icmp.send(icmplib.ICMPRequest(address, self._ident, seq, payload=PAYLOAD))
-            else:          # icmplib's packet, without a lookup and two setsockopt per request
-                self._sock.sendto(self._icmp._create_packet(self._ident, seq, PAYLOAD),
-                                  (address, 0))
+            if self._sock.gettimeout() != 0.0:  # receive() left a timeout: never wait here
+                self._icmp.blocking = False
+            self._icmp.send(request)  # icmplib resolves a scope; the kernel sums ICMPv6
         except (icmplib.ICMPLibError, OSError) as e:  # no route, filtered, buffer full, ...
             log.debug("ping %s from %s: send failed: %s", address, self.source, e)
             return None
         pending.pop(seq, None)  # a wrapped sequence goes to the end: the dict stays in order
-        pending[seq] = (address, key, now, wall)  # at most 65536 entries: the seq space
+        pending[seq] = (address, key, now, request.time)  # at most 65536: the seq space
         return seq
 
     def _readable(self) -> None:
-        """Read what is queued (up to BATCH packets); never raises into the loop."""
-        for _ in range(BATCH):
-            if self._icmp.is_closed:  # on_answer may close us
-                return
-            stamp = None
-            try:
-                if self._stamped:
-                    packet, ancillary, _, peer = self._sock.recvmsg(1024, _ANCILLARY)
-                    for level, kind, data in ancillary:
-                        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                            sec, nsec = _TIMESPEC.unpack_from(data)
-                            stamp = sec + nsec * 1e-9
-                else:
-                    packet, peer = self._sock.recvfrom(1024)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as e:  # a pending socket error, reported once; data may follow
-                log.debug("echo socket %s: %s", self.source, e)
-                continue
-            try:
-                self._handle(packet, peer[0], self._loop.time(), stamp)
-            except Exception:  # noqa: BLE001 - a bad packet or callback must not stop reading
-                log.exception("echo socket %s: answer handling failed", self.source)
+        """Read one reply (the loop calls again while more are queued); never raises into
+        the loop."""
+        if self._icmp.is_closed:
+            return
+        try:
+            reply = self._icmp.receive(None, READ_TIMEOUT)
+        except icmplib.TimeoutExceeded:  # nothing after all, or read after the deadline
+            return
+        except (icmplib.ICMPLibError, OSError) as e:  # a pending socket error, reported once
+            log.debug("echo socket %s: %s", self.source, e)
+            return
+        try:
+            self._handle(reply, self._loop.time())
+        except Exception:  # noqa: BLE001 - a bad packet or callback must not stop reading
+            log.exception("echo socket %s: answer handling failed", self.source)
 
-    def _handle(self, packet: bytes, peer: str, now: float, stamp: float | None = None) -> None:
-        """One packet from `peer` read at loop time `now`; `stamp`: the kernel's wall-clock
-        time of its receipt (None: not known)."""
-        if not self._v6:
-            packet = _without_options(packet)
-        reply = self._icmp._parse_reply(packet, peer, now)
-        if reply is None or reply.id != self._ident:  # the BPF filter already checked the id
+    def _handle(self, reply: icmplib.ICMPReply, now: float) -> None:
+        """One reply from icmplib, read at loop time `now`."""
+        if reply.id != self._ident:  # the BPF filter already checked the id
             return
         if reply.type == self._reply:
             error = None
@@ -291,19 +308,27 @@ class EchoSocket:
         address, key, sent, wall = entry
         if now - sent > self._keep:
             return
-        if error is None and socket.inet_pton(self._family, peer.partition("%")[0]) != key:
+        if error is None and not self._from(reply.source, key):
             return  # an echo reply counts only from the address the request went to
         del self._pending[seq]
         age = max(0.0, now - sent)
+        stamp = receipt_stamp(self._fd)
         # never more than the loop saw: a wall-clock step must not make an RTT up
-        rtt = age if stamp is None else min(age, max(0.0, stamp - wall))
+        rtt = min(age, max(0.0, (reply.time if stamp is None else stamp) - wall))
         self._on_answer(Answer(address, seq, rtt, error, age))
+
+    def _from(self, source: str | None, key: bytes) -> bool:
+        """Whether `source` (icmplib's, with a scope for a link-local address) is `key`."""
+        try:
+            return socket.inet_pton(self._family, (source or "").partition("%")[0]) == key
+        except OSError:
+            return False
 
     def close(self) -> None:
         """Stop reading and close the socket; idempotent.  Nothing is reported afterwards."""
         if self._icmp.is_closed:
             return
-        self._loop.remove_reader(self._sock.fileno())
+        self._loop.remove_reader(self._fd)
         self._icmp.close()
         _live.discard(self._ident)
         self._pending.clear()

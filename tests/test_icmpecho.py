@@ -30,10 +30,10 @@ import icmplib
 import pytest
 
 from ecmpd import icmpecho
-from ecmpd.icmpecho import PAYLOAD, SO_TIMESTAMPNS, Answer, EchoSocket, bpf_program
+from ecmpd.icmpecho import PAYLOAD, READ_TIMEOUT, TTL, Answer, EchoSocket, bpf_program
 from lab import netns
 from lab.flood import checksum
-from lab.wait import within
+from lab.wait import until_async, within
 
 REPO = Path(__file__).resolve().parent.parent
 OUR, OTHER = 0x4242, 0x4243
@@ -150,11 +150,12 @@ BPF_CASES: dict[str, tuple[int, bytes, bool]] = {
     "v4 echo reply": (4, ip4(T4, A4, echo(0, OUR, 77)), True),
     "v4 echo reply, other id": (4, ip4(T4, A4, echo(0, OTHER, 77)), False),
     "v4 echo reply, id byte-swapped": (4, ip4(T4, A4, echo(0, 0x4242 ^ 0x0100, 77)), False),
-    "v4 echo reply with IP options": (4, ip4(T4, A4, echo(0, OUR, 77), options=2), True),
+    "v4 echo reply with IP options": (4, ip4(T4, A4, echo(0, OUR, 77), options=2), False),
     "v4 echo reply, other id, IP options": (4, ip4(T4, A4, echo(0, OTHER, 77), options=1),
                                             False),
     "v4 echo reply, no payload": (4, ip4(T4, A4, echo(0, OUR, 1, b"")), True),
     "v4 truncated echo reply": (4, ip4(T4, A4, echo(0, OUR, 77))[:25], False),
+    "v4 echo reply without its sequence": (4, ip4(T4, A4, echo(0, OUR, 77))[:27], False),
     "v4 echo request (ours, looped back)": (4, ip4(A4, A4, REQ4), False),
     "v4 unreachable quoting ours": (4, err4(3, 1, ip4(A4, T4, REQ4[:8])), True),
     "v4 unreachable quoting ours, whole request": (4, err4(3, 3, ip4(A4, T4, REQ4)), True),
@@ -163,7 +164,12 @@ BPF_CASES: dict[str, tuple[int, bytes, bool]] = {
     "v4 time exceeded quoting ours": (4, err4(11, 0, ip4(A4, T4, REQ4[:8])), True),
     "v4 parameter problem quoting ours": (4, err4(12, 0, ip4(A4, T4, REQ4[:8])), True),
     "v4 error quoting ours, options outside and inside": (
-        4, err4(11, 0, ip4(A4, T4, REQ4[:8], options=3), options=1), True),
+        4, err4(11, 0, ip4(A4, T4, REQ4[:8], options=3), options=1), False),
+    "v4 error quoting ours, options outside": (4, err4(11, 0, ip4(A4, T4, REQ4[:8]), options=1),
+                                               False),
+    "v4 error quoting ours, options inside": (4, err4(3, 1, ip4(A4, T4, REQ4[:8], options=1)),
+                                              False),
+    "v4 error quoting ours without its sequence": (4, err4(3, 1, ip4(A4, T4, REQ4[:6])), False),
     "v4 error quoting another id, options inside": (
         4, err4(11, 0, ip4(A4, T4, echo(8, OTHER, 77)[:8], options=2)), False),
     "v4 unreachable quoting UDP": (4, err4(3, 3, ip4(A4, T4, UDP, proto=17)), False),
@@ -180,6 +186,8 @@ BPF_CASES: dict[str, tuple[int, bytes, bool]] = {
     "v6 echo reply": (6, echo(129, OUR, 77, v6=True), True),
     "v6 echo reply, other id": (6, echo(129, OTHER, 77, v6=True), False),
     "v6 truncated echo reply": (6, echo(129, OUR, 77, v6=True)[:5], False),
+    "v6 echo reply without its sequence": (6, echo(129, OUR, 77, v6=True)[:7], False),
+    "v6 echo reply, no payload": (6, echo(129, OUR, 77, b"", v6=True), True),
     "v6 unreachable quoting ours": (6, icmp(1, 3, b"\0" * 4 + ip6(A6, T6, REQ6), True), True),
     "v6 too big quoting ours": (6, icmp(2, 0, struct.pack("!I", 1280) + ip6(A6, T6, REQ6), True),
                                 True),
@@ -192,6 +200,8 @@ BPF_CASES: dict[str, tuple[int, bytes, bool]] = {
     "v6 unreachable quoting a reply with our id": (
         6, icmp(1, 4, b"\0" * 4 + ip6(A6, T6, echo(129, OUR, 77, v6=True)), True), False),
     "v6 truncated error": (6, icmp(1, 3, b"\0" * 4 + ip6(A6, T6, REQ6), True)[:52], False),
+    "v6 error quoting ours without its sequence": (
+        6, icmp(1, 3, b"\0" * 4 + ip6(A6, T6, REQ6), True)[:55], False),
     "v6 echo request (ours)": (6, REQ6, False),
     "v6 neighbour solicitation": (6, icmp(135, 0, b"\0" * 20, True), False),
     "v6 empty": (6, b"", False),
@@ -207,6 +217,21 @@ def test_bpf_program(name: str) -> None:
     if accepted:  # whole packets pass, and only for this identifier
         assert run_bpf(program, packet) >= len(packet)
         assert run_bpf(bpf_program(family, OTHER), packet) == 0
+
+
+@pytest.mark.parametrize("name", [name for name, case in BPF_CASES.items() if case[2]])
+def test_what_the_filter_passes_icmplibs_public_receive_parses(name: str, fakes: Fakes) -> None:
+    """icmplib's parser reads fixed offsets: every packet the filter passes must come out of
+    its public `receive` with our identifier and the sequence (else the reader would wait
+    in `receive` for another packet)."""
+    family, packet, _ = BPF_CASES[name]
+    made = fakes()
+    sock = (icmplib.ICMPv6Socket if family == 6 else icmplib.ICMPv4Socket)(privileged=True)
+    made[-1].inject(packet, T6 if family == 6 else T4)
+    reply = sock.receive(None, READ_TIMEOUT)
+    assert (reply.id, reply.sequence) in {(OUR, 77), (OUR, 1)}
+    assert reply.type == packet[0 if family == 6 else 20]
+    sock.close()
 
 
 def test_bpf_programs_for_every_identifier_are_valid() -> None:
@@ -236,6 +261,8 @@ class FakeRaw:
         self.sent: list[tuple[bytes, Any]] = []
         self.bound: Any = None
         self.blocking = True
+        self.timeout: float | None = None
+        self.timeouts: list[float | None] = []  # as each recvfrom found it
         self.filtered = 0
         self.closed = False
         for packet, source in faults.pop("preload", []):
@@ -257,6 +284,14 @@ class FakeRaw:
 
     def setblocking(self, flag: bool) -> None:
         self.blocking = flag
+        self.timeout = None if flag else 0.0
+
+    def settimeout(self, timeout: float | None) -> None:
+        self.timeout = timeout
+        self.blocking = timeout != 0.0
+
+    def gettimeout(self) -> float | None:
+        return self.timeout
 
     def getblocking(self) -> bool:
         return self.blocking
@@ -265,6 +300,7 @@ class FakeRaw:
         return self._r.fileno()
 
     def sendto(self, data: bytes, address: Any) -> int:
+        assert self.timeout == 0.0, "EchoSocket must send without waiting"
         if "sendto" in self.faults:
             raise self.faults["sendto"]
         self.sent.append((data, address))
@@ -278,8 +314,12 @@ class FakeRaw:
         self._w.send(b"!")
 
     def recvfrom(self, size: int) -> tuple[bytes, tuple[Any, ...]]:
-        assert not self.blocking, "EchoSocket must read without blocking"
+        self.timeouts.append(self.timeout)
+        assert self.timeout is not None and self.timeout <= READ_TIMEOUT, \
+            "EchoSocket must never read with a long wait"
         if not self.queue:
+            if self.timeout:  # the kernel would wait up to the timeout first
+                raise socket.timeout("timed out")
             raise BlockingIOError(11, "Resource temporarily unavailable")
         self._r.recv(1)
         packet, source = self.queue.popleft()
@@ -326,6 +366,12 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> Fakes:
     return configure
 
 
+async def drained(*fakes: FakeRaw, timeout: float = 10.0) -> None:
+    """Poll until the reader has read every packet queued on `fakes`."""
+    await until_async(lambda: all(not f.queue for f in fakes), timeout,
+                      "the reader to read every queued packet")
+
+
 def run(coro: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 30))
 
@@ -363,7 +409,7 @@ def test_opens_an_icmplib_socket_with_filters_and_device(fakes: Fakes) -> None:
         (mask,) = struct.unpack("=I", fake.options[(255, 1)])  # ICMP_FILTER: bit set = dropped
         assert [t for t in range(32) if not mask >> t & 1] == [0, 3, 11, 12]
         assert fake.program == bpf_program(4, s.ident)
-        await tick()
+        await drained(*made)
         assert not got
         s6 = EchoSocket(A6, got.append)
         fake6 = made[-1]
@@ -421,11 +467,13 @@ def test_requests_are_icmplib_echo_requests(fakes: Fakes) -> None:
             assert packet == echo(8, s.ident, i + 1)  # ours, checksummed, with PAYLOAD
             assert checksum(packet) == 0 and len(PAYLOAD) == 56
             assert dest[0] == (T4, R4, T4)[i]
+        assert made[-1].options[(socket.IPPROTO_IP, socket.IP_TTL)] == TTL
         s6 = EchoSocket(A6, lambda a: None)
         assert s6.send(T6) == 1
         p6 = made[-1].sent[0][0]
         assert (p6[0], p6[1], *struct.unpack_from("!HH", p6, 4), p6[8:]) == (128, 0, s6.ident, 1,
                                                                           PAYLOAD)
+        assert made[-1].options[(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS)] == TTL
         s.close()
         s6.close()
 
@@ -442,17 +490,17 @@ def test_answers_once_from_the_target(fakes: Fakes) -> None:
         seq = s.send(T4)
         await tick(0.05)
         fake.inject(*reply_to(fake, source=R4))  # from elsewhere: not an answer
-        await tick()
+        await drained(*made)
         assert got == []
         fake.inject(*reply_to(fake))
         fake.inject(*reply_to(fake))  # a duplicate
         unknown = ip4(T4, A4, echo(0, s.ident, 999))
         fake.inject(unknown, T4)
-        await tick()
+        await drained(*made)
         assert [(a.address, a.seq, a.error) for a in got] == [(T4, seq, None)]
         assert 0.05 <= got[0].rtt < 1.0
         fake.inject(*reply_to(fake, source=R4))  # already answered
-        await tick()
+        await drained(*made)
         assert len(got) == 1
         s.close()
         return got
@@ -469,13 +517,19 @@ def test_errors_and_ip_options(fakes: Fakes) -> None:
         fake = made[-1]
         for kind in (3, 11, 12):
             s.send(T4)
-            fake.inject(*reply_to(fake, kind=kind, options=kind % 3))  # options both places
+            fake.inject(*reply_to(fake, kind=kind))
         s.send(T4)
-        fake.inject(*reply_to(fake, options=2))
+        fake.inject(*reply_to(fake))
         s.send(T4)
         fake.inject(*reply_to(fake, kind=5))  # a redirect quoting it: not an answer
-        await tick()
+        # IP options (outside, or in the quoted header) stay in the kernel: icmplib's parser
+        # reads at fixed offsets
+        s.send(T4)
+        fake.inject(*reply_to(fake, options=2))
+        fake.inject(*reply_to(fake, kind=11, options=1))
+        await drained(*made)
         assert [(a.seq, a.error) for a in got] == [(1, 3), (2, 11), (3, 12), (4, None)]
+        assert fake.filtered == 3
         s6 = EchoSocket(A6, got.append)
         fake6 = made[-1]
         for kind in (1, 2, 3, 4):
@@ -484,7 +538,7 @@ def test_errors_and_ip_options(fakes: Fakes) -> None:
         s6.send(T6)
         fake6.inject(*reply_to(fake6, source=R6))  # wrong source
         fake6.inject(*reply_to(fake6, source=T6.replace("::", ":0::")))  # same address
-        await tick()
+        await drained(*made)
         assert [(a.address, a.seq, a.error) for a in got[4:]] == [
             (T6, 1, 1), (T6, 2, 2), (T6, 3, 3), (T6, 4, 4), (T6, 5, None)]
         s.close()
@@ -506,11 +560,11 @@ def test_foreign_packets_stop_in_the_filter(fakes: Fakes) -> None:
         for seq in (1, 2, 3):
             fake.inject(ip4(T4, A4, echo(0, other, seq)), T4)
             fake.inject(err4(3, 1, ip4(A4, T4, echo(8, other, seq)[:8])), R4)
-        await tick()
+        await drained(*made)
         assert fake.filtered == 6 and not got
         fake.program = None  # should one get through anyway, Python checks the id too
         fake.inject(ip4(T4, A4, echo(0, other, 1)), T4)
-        await tick()
+        await drained(*made)
         assert not got and not fake.queue
         s.close()
 
@@ -530,7 +584,7 @@ def test_late_answers_within_keep_only(fakes: Fakes) -> None:
         fake.inject(*reply_to(fake, 1))  # late, but kept
         await tick(0.5)
         fake.inject(*reply_to(fake, 0))  # 0.7 s: forgotten
-        await tick()
+        await drained(*made)
         assert [a.seq for a in got] == [2] and 0.2 <= got[0].rtt < 0.5
         assert list(s._pending) == [1]
         s.send(T4)  # sending prunes what expired
@@ -557,9 +611,9 @@ def test_reader_is_bounded_and_survives_callbacks(fakes: Fakes,
         for i in range(200):
             s.send(T4)
             fake.inject(*reply_to(fake))
-        s._readable()  # one call reads at most BATCH packets
-        assert len(fake.queue) == 200 - icmpecho.BATCH and len(got) == icmpecho.BATCH
-        await tick()
+        s._readable()  # one call reads one packet: the loop calls again while more are queued
+        assert len(fake.queue) == 199 and got == [1]
+        await drained(*made)
         assert got == list(range(1, 201))  # a raising callback does not stop the others
         s.close()
 
@@ -579,10 +633,83 @@ def test_close_from_a_callback_and_twice(fakes: Fakes) -> None:
         s.send(T4)
         fake.inject(*reply_to(fake, 0))
         fake.inject(*reply_to(fake, 1))
-        await tick()
-        assert len(got) == 1 and fake.closed
+        await until_async(lambda: fake.closed, 10, "the callback to close the socket")
+        assert len(got) == 1 and len(fake.queue) == 1  # the second reply: never read
         s.close()  # idempotent
         assert s.send(T4) is None
+        await asyncio.sleep(0)
+        assert len(got) == 1
+
+    run(main())
+
+
+def test_close_with_requests_in_flight_and_replies_queued(
+        fakes: Fakes, caplog: pytest.LogCaptureFixture) -> None:
+    made = fakes()
+
+    async def main() -> None:
+        got: list[Answer] = []
+        before = asyncio.all_tasks()
+        s = EchoSocket(A4, got.append)
+        s6 = EchoSocket(A6, got.append)
+        fake, fake6 = made[-2:]
+        fake.timeouts.clear()  # the drain at open
+        s.send(T4)
+        s.send(T4)
+        s6.send(T6)
+        fake.inject(*reply_to(fake, 0))  # queued, not read yet: the loop has not run
+        s.close()
+        s6.close()
+        s6.close()
+        assert fake.closed and fake6.closed and not s._pending and not s6._pending
+        assert asyncio.all_tasks() == before  # no reader task left behind
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        assert not got and fake.timeouts == []  # nothing read, nothing reported
+
+    with caplog.at_level(logging.DEBUG):
+        run(main())
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_send_after_a_read_never_waits(fakes: Fakes) -> None:
+    """icmplib's receive leaves the socket in timeout mode, in which sendto would wait for
+    room in a full send buffer: the next send makes it non-blocking again (FakeRaw's
+    sendto asserts it)."""
+    made = fakes()
+
+    async def main() -> None:
+        got: list[Answer] = []
+        s = EchoSocket(A4, got.append)
+        fake = made[-1]
+        fake.timeouts.clear()  # the drain at open
+        s.send(T4)
+        fake.inject(*reply_to(fake))
+        await until_async(lambda: got, 10, "the answer")
+        assert fake.timeouts == [READ_TIMEOUT] and fake.timeout == READ_TIMEOUT
+        assert s.send(T4) == 2 and fake.timeout == 0.0
+        s.close()
+
+    run(main())
+
+
+def test_link_local_targets_with_their_scope(fakes: Fakes) -> None:
+    """fe80::7%lo: icmplib's send resolves the scope into the address it sends to; the
+    reply's source (with the scope, as the kernel gives it) matches without it."""
+    made = fakes()
+    lo = socket.if_nametoindex("lo")
+
+    async def main() -> None:
+        got: list[Answer] = []
+        s = EchoSocket(A6, got.append, device="lo")
+        fake = made[-1]
+        seq = s.send("fe80::7%lo")
+        assert fake.sent[-1][1][0].partition("%")[0] == "fe80::7" and fake.sent[-1][1][3] == lo
+        fake.inject(*reply_to(fake, source="fe80::8%lo"))  # another neighbour: not an answer
+        fake.inject(*reply_to(fake, source="fe80::7%lo"))
+        await drained(fake)
+        assert [(a.address, a.seq, a.error) for a in got] == [("fe80::7%lo", seq, None)]
+        s.close()
 
     run(main())
 
@@ -632,6 +759,7 @@ def test_needs_a_running_loop() -> None:
 #
 #   prober ns P                           targets ns T
 #   wan0 10.252.0.1, fd00:252::1  <->  t0 10.252.0.2-5, fd00:252::2, fd00:252::4
+#        fe80::1                          fe80::2
 #   wan1 10.252.1.1, fd00:253::1  <->  o0 10.252.1.2, fd00:253::2   (ns O; P's default routes)
 #
 # T answers .2 and fd00:252::2 itself, rejects .4 (host unreachable) and fd00:252::4
@@ -670,12 +798,14 @@ def echolab(make_netns: Callable[[str], str]) -> dict[str, str]:
     netns.ip(p, "link", "add", "wan1", "type", "veth", "peer", "name", "o0", "netns", o)
     netns.ip_batch(p, [
         "addr add 10.252.0.1/24 dev wan0", "addr add fd00:252::1/64 dev wan0 nodad",
+        "addr add fe80::1/64 dev wan0 nodad",
         "addr add 10.252.1.1/24 dev wan1", "addr add fd00:253::1/64 dev wan1 nodad",
         "link set wan0 up", "link set wan1 up",
         "route add default via 10.252.1.2", "route add default via fd00:253::2"])
     netns.ip_batch(t, [*(f"addr add 10.252.0.{i}/24 dev t0" for i in (2, 3, 4, 5)),
                        "addr add fd00:252::2/64 dev t0 nodad",
-                       "addr add fd00:252::4/64 dev t0 nodad", "link set t0 up"])
+                       "addr add fd00:252::4/64 dev t0 nodad",
+                       "addr add fe80::2/64 dev t0 nodad", "link set t0 up"])
     netns.ip_batch(o, ["addr add 10.252.1.2/24 dev o0", "addr add fd00:253::2/64 dev o0 nodad",
                        "link set o0 up"])
     netns.sysctl(t, {"net.ipv4.icmp_ratelimit": 0, "net.ipv6.icmp.ratelimit": 0})
@@ -709,6 +839,7 @@ def spawn(ns: str, code: str, *args: str) -> subprocess.Popen[str]:
 BASIC = r"""
 import asyncio, dataclasses, json
 from ecmpd.icmpecho import EchoSocket
+from lab.wait import until_async
 
 async def main():
     got = []
@@ -716,8 +847,11 @@ async def main():
     s6 = EchoSocket("fd00:252::1", got.append, device="wan0")
     sent = {"ok4": s4.send("10.252.0.2"), "rejected4": s4.send("10.252.0.4"),
             "dropped4": s4.send("10.252.0.3"), "self4": s4.send("10.252.0.1"),
-            "ok6": s6.send("fd00:252::2"), "rejected6": s6.send("fd00:252::4")}
-    await asyncio.sleep(1.0)
+            "ok6": s6.send("fd00:252::2"), "rejected6": s6.send("fd00:252::4"),
+            "link6": s6.send("fe80::2%wan0")}
+    await until_async(lambda: len(got) >= 6, 20, "six answers")
+    s6.send("fd00:252::2")  # the dropped request's answer would be in by now: a last one
+    await until_async(lambda: len(got) >= 7, 20, "the last answer")
     bad = []
     for source in ("10.252.0.99", "fd00:252::99"):
         try:
@@ -740,12 +874,12 @@ def test_lab_answers_errors_and_ipv6(echolab: dict[str, str]) -> None:
     assert len(by) == len(out["answers"])  # one answer per request
     expect = {"ok4": ("10.252.0.2", None), "rejected4": ("10.252.0.4", 3),
               "self4": ("10.252.0.1", None), "ok6": ("fd00:252::2", None),
-              "rejected6": ("fd00:252::4", 1)}
+              "rejected6": ("fd00:252::4", 1), "link6": ("fe80::2%wan0", None)}
     for name, (address, error) in expect.items():
         a = by.pop((address, sent[name]))
         assert a["error"] == error, name
-        assert 0 < a["rtt"] < 0.5, name
-    assert by == {}  # nothing for the dropped request
+        assert 0 < a["rtt"] <= a["age"], name
+    assert list(by) == [("fd00:252::2", sent["link6"] + 1)]  # nothing for the dropped request
     assert out["idents"][0] != out["idents"][1]
     assert out["bad"] == [99, 99]  # EADDRNOTAVAIL, as OSError
 
@@ -773,11 +907,12 @@ while True:
             reply = echo(0, ident, seq, request[8:])
             delay = 0.6 if seq % 2 else 1.6
             plan = [(0.05, ip4("10.252.0.2", src, reply)),  # from another address first
-                    (delay, ip4(dst, src, reply, options=1)),  # the answer, with IP options
+                    (delay - 0.05, ip4(dst, src, reply, options=1)),  # IP options: dropped
+                    (delay, ip4(dst, src, reply)),  # the answer
                     (delay + 0.05, ip4(dst, src, reply))]  # and a duplicate
-        elif dst == "10.252.0.5":  # time exceeded from a "router", options everywhere
-            quoted = ip4(src, dst, request[:8], options=2)
-            plan = [(0.3, ip4("10.252.0.2", src, icmp(11, 0, b"\0" * 4 + quoted), options=1))]
+        elif dst == "10.252.0.5":  # time exceeded from a "router"
+            quoted = ip4(src, dst, request[:8])
+            plan = [(0.3, ip4("10.252.0.2", src, icmp(11, 0, b"\0" * 4 + quoted)))]
         else:
             continue
         for delay, packet in plan:
@@ -818,12 +953,12 @@ def test_lab_late_duplicate_misdirected_and_optioned_answers(echolab: dict[str, 
         responder.wait(10)
     s1, s2, s3, s4 = out["sent"]
     answers = [(a["address"], a["seq"], a["error"]) for a in out["answers"]]
-    # the 0.6 s answers once each (not the misdirected one at 0.05 s, not the duplicate),
-    # the 1.6 s ones never (keep = 1 s); the error quoting our request with options
+    # the 0.6 s answers once each (not the misdirected one at 0.05 s, not the one with IP
+    # options, not the duplicate), the 1.6 s ones never (keep = 1 s); the error
     assert sorted(answers) == sorted([("10.252.0.3", s1, None), ("10.252.0.3", s3, None),
                                       ("10.252.0.5", out["error"], 11)])
     for a in out["answers"]:
-        assert (0.6 if a["error"] is None else 0.3) <= a["rtt"] < 0.95, a
+        assert (0.6 if a["error"] is None else 0.3) <= a["rtt"] <= a["age"], a
 
 
 FLOODER = r"""
@@ -904,10 +1039,9 @@ def test_lab_foreign_flood_stays_in_the_kernel(echolab: dict[str, str]) -> None:
     print(json.dumps(out, indent=1))
     assert quiet["sent"] == quiet["answered"] == 60
     assert flood["flood_pps"] > 20000, "the flooder did not flood: the test proves nothing"
-    # under the flood: every request answered, in time, and Python saw our replies only
+    # under the flood: every request answered, and Python saw our replies only
     assert flood["sent"] == flood["answered"] == 60
     assert flood["packets"] == 60 and flood["wakeups"] <= 60
-    assert flood["max"] < 0.05
     # the control: without the BPF program the same flood does reach Python
     assert unfiltered["packets"] > 20 * 60
 
@@ -956,54 +1090,50 @@ def test_lab_device_binding_keeps_requests_on_their_device(echolab: dict[str, st
     assert free["w1v4"] == bound["w1v4"] + 1 and free["w1v6"] == bound["w1v6"] + 1
 
 
-# ---- EchoSocket's RTT from the kernel's receive stamp (SO_TIMESTAMPNS, issue #16 item 7):
+# ---- EchoSocket's RTT from the kernel's receive stamp (SIOCGSTAMPNS, issue #16 item 7):
 
-def test_the_rtt_is_the_kernels_and_the_age_the_loops(fakes: Fakes, monkeypatch) -> None:
+def test_the_rtt_is_the_kernels_and_the_age_the_loops(fakes: Fakes,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     stamps: list[float] = []
-
-    def recvmsg(self: FakeRaw, size: int, ancsize: int) -> tuple[Any, ...]:
-        packet, peer = self.recvfrom(size)
-        sec, frac = divmod(stamps.pop(0), 1)
-        cmsg = (socket.SOL_SOCKET, SO_TIMESTAMPNS, struct.pack("@qq", int(sec), int(frac * 1e9)))
-        return packet, [cmsg], 0, peer
-
-    monkeypatch.setattr(FakeRaw, "recvmsg", recvmsg, raising=False)
+    monkeypatch.setattr(icmpecho, "receipt_stamp", lambda fd: stamps.pop(0) if stamps else None)
     made = fakes()
 
     async def main() -> list[Answer]:
         got: list[Answer] = []
         s = EchoSocket(A4, got.append)
         fake = made[-1]
-        assert fake.options[(socket.SOL_SOCKET, SO_TIMESTAMPNS)] == 1
         s.send(T4)
         stamps.append(time.time() + 0.005)        # the kernel had it after 5 ms
         await asyncio.sleep(0.1)                  # the loop reads it 100 ms after the send
         fake.inject(*reply_to(fake))
+        await until_async(lambda: got, 10, "the first answer")
         s.send(T4)
         stamps.append(time.time() - 3600)         # a wall-clock step back: no made-up RTT
         fake.inject(*reply_to(fake))
-        await asyncio.sleep(0.01)
+        await until_async(lambda: len(got) == 2, 10, "the second answer")
         s.close()
         return got
 
     first, second = run(main())
-    assert 0.004 < first.rtt < 0.05 and first.age is not None and first.age >= 0.1
+    assert 0.004 < first.rtt < first.age and first.age is not None and first.age >= 0.1
     assert second.rtt == 0.0 and second.age is not None
 
 
-def test_without_recvmsg_the_rtt_is_the_loops(fakes: Fakes) -> None:
+def test_without_a_kernel_stamp_the_rtt_is_icmplibs(fakes: Fakes) -> None:
+    """FakeRaw's descriptor is a unix socket: SIOCGSTAMPNS fails there, so the RTT is
+    icmplib's, from ICMPRequest.time to ICMPReply.time (the read)."""
     made = fakes()
 
     async def main() -> Answer:
         got: list[Answer] = []
         s = EchoSocket(A4, got.append)
-        assert (socket.SOL_SOCKET, SO_TIMESTAMPNS) not in made[-1].options
+        assert icmpecho.receipt_stamp(made[-1].fileno()) is None
         s.send(T4)
         await asyncio.sleep(0.05)
         made[-1].inject(*reply_to(made[-1]))
-        await asyncio.sleep(0.01)
+        await until_async(lambda: got, 10, "the answer")
         s.close()
         return got[0]
 
     a = run(main())
-    assert a.rtt == a.age and a.rtt >= 0.05
+    assert a.age is not None and 0.05 <= a.rtt <= a.age
