@@ -39,8 +39,9 @@ from typing import Any
 from ecmpd import schema
 from ecmpd.configfile import Unreadable, read_text
 from ecmpd.configchecks import Origin, check_beyond, check_local, probe_limits
+from ecmpd import configvalues as cv
 from ecmpd.configvalues import Bad
-from ecmpd.configmodel import MAX_WANS, Config, ProbeSettings, Wan
+from ecmpd.configmodel import GATEWAY_TARGET, MAX_WANS, Config, ProbeSettings, Wan, family_of
 from ecmpd.yamlpos import YamlProblem, YList, YMap, describe, load_document
 
 LAN_KEYS = schema.keys("lan")
@@ -246,6 +247,7 @@ class _Validator:
         probe = self.probe(doc.get("probe"), "probe", doc.value_lines.get("probe", 1))
         self.merge_probe(probe, ({}, set()))  # cross-key checks even if `wans` is broken
         wans = self.wans(doc, probe, kwargs.get("table_base"))
+        self.global_targets(doc, wans)
         check_beyond(self.add, self.own, self.targets, self.gateways)
         if self.local:
             check_local(self.add, self.local, {str(a.ip) for _, a in self.own}, self.targets)
@@ -405,6 +407,33 @@ class _Validator:
                 self.add(line, where, f"wans.{p['name']} carries IPv{f} "
                          f"({'gateway' if f == 4 else 'gateway6'}) but lists no IPv{f} "
                          f"target: add 'gateway' or an IPv{f} address")
+        for f in (4, 6):
+            if f not in families and where != "probe.targets" and any(
+                    t != GATEWAY_TARGET and family_of(t) == f for t in settings.targets):
+                self.add(line, where, f"lists IPv{f} targets, but wans.{p['name']} carries "
+                         f"no IPv{f} (no {'gateway' if f == 4 else 'gateway6'})")
+
+    def global_targets(self, doc: YMap, wans: list[Wan] | None) -> None:
+        """An address family in `probe.targets` that no WAN carries is a mistake."""
+        probe = doc.get("probe")
+        if not wans or not isinstance(probe, YMap) or not isinstance(
+                targets := probe.get("targets"), list):
+            return
+        for f in (4, 6):
+            if (not any(w.has(f) for w in wans) and any(
+                    _parses(t) and t != GATEWAY_TARGET and family_of(t) == f
+                    for t in targets)):
+                self.add(probe.value_lines["targets"], "probe.targets",
+                         f"lists IPv{f} targets, but no WAN carries IPv{f} "
+                         f"(no {'gateway' if f == 4 else 'gateway6'})")
+
+
+def _parses(target: Any) -> bool:
+    try:
+        cv.target(target)
+    except Bad:
+        return False
+    return True
 
 
 def _empty_map(line: int) -> YMap:
