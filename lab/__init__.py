@@ -16,11 +16,12 @@ from lab.lines import Line
 from lab.load import Load, LoadError, StreamResult
 from lab.netns import LabCommandError, random_prefix, sweep
 from lab.ptp import PtpSession, PtpWan
-from lab.topology import LabSpec, LabWan, make_spec, seed_spec
+from lab.ra import RaServer
+from lab.topology import LabSpec, LabWan, make_spec, modem_spec, seed_spec
 from lab.traffic import FlowResult, HeldResult, fault_offset, outage
 
 __all__ = [
-    "Lab", "LabSpec", "LabWan", "seed_spec", "make_spec",
+    "Lab", "LabSpec", "LabWan", "seed_spec", "make_spec", "modem_spec", "RaServer",
     "FlowResult", "HeldResult", "FlowRun", "HeldFlows", "TrafficError", "LabCommandError",
     "outage", "fault_offset", "random_prefix", "sweep",
     "Line", "Load", "LoadError", "StreamResult", "Flood", "FloodResult",

@@ -1,7 +1,7 @@
 """`LabLike`: the part of `lab.lab.Lab` that the lab's tools use (typing only).
 
-`lab.lines`, `lab.load`, `lab.flood`, `lab.dhcp` and `lab.ptp` are driven by a `Lab` and
-`Lab` offers them as methods (`Lab.shape`, `Lab.load`, ...): they name this protocol
+`lab.lines`, `lab.load`, `lab.flood`, `lab.dhcp`, `lab.ptp` and `lab.ra` are driven by a
+`Lab` and `Lab` offers them as methods (`Lab.shape`, `Lab.load`, ...): they name this protocol
 rather than `Lab`, so that no module of the lab imports one that imports it back.
 """
 
@@ -34,3 +34,5 @@ class LabLike(Protocol):
     def popen(self, ns: str, *cmd: str, **kw: Any) -> subprocess.Popen: ...
 
     def wait_carrier(self, ifnames: Sequence[str], up: bool, timeout: float = 5.0) -> None: ...
+
+    def set_isp_link_local(self, wan: str, address: str) -> None: ...

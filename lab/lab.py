@@ -5,27 +5,40 @@
     lan(eth0) -- (Local)rtr(wlan1) -- (cust)isp1(up) -- (isp1)
                           (wlan2) -- (cust)isp2(up) -- (isp2)inet(lo: servers)
 
-The router is left unprogrammed (no default route, no forwarding, no nft) for ecmpd or a
-test.  Each ISP enforces BCP38 on its customer link and can be broken with `Lab.fault`.
-Every command runs inside the lab's own namespaces; nothing touches the host's.
+The router is left unprogrammed (no default route, no forwarding in either family, no
+nft) for ecmpd or a test.  Each ISP enforces BCP38 (IPv4 and IPv6) on its customer link
+and can be broken with `Lab.fault` (both families or one).  Every command runs inside the
+lab's own namespaces; nothing touches the host's.
 
-In an ISP, BCP38, faults and loss each live in an nft table of their own (`lab.isp`).
+The lab is dual-stack (address plan: `lab.topology`).  In every lab namespace duplicate
+address detection is off (``accept_dad=0``, all and default, set before any link
+exists), so addresses are usable at once; the router's IPv6 is a plain host's
+(``forwarding=0``, the kernel's default ``accept_ra=1``), as its IPv4 is
+(``ip_forward=0``); the ISPs and inet forward both families.  An ISP's ``cust`` has one
+link-local address (`LabWan.link_local6`, no EUI-64 one), which `Lab.set_isp_link_local`
+changes and `Lab.ra` advertises (`lab.ra`).
+
+In an ISP, BCP38, faults, loss and modem NAT each live in an nft table of their own
+(`lab.isp`).
 """
 
 from __future__ import annotations
 
 import re
 import subprocess
-from ipaddress import IPv4Interface
+from ipaddress import IPv4Interface, IPv6Address, IPv6Interface
 from typing import Any, Sequence
 
 from lab import driver, lines, netns
 from lab.dhcp import DhcpWan
 from lab.flood import Flood, start_flood
-from lab.isp import ALL_MODES, FAULT_MODES, bcp38_script, fault_script, heal_script, loss_script
+from lab.isp import (ALL_MODES, CUST, FAULT_MODES, bcp38_6_script, bcp38_script, fault_script,
+                     heal_script, loss_script, modem_script)
 from lab.load import Load
 from lab.ptp import PtpWan
-from lab.topology import LabSpec, seed_spec, transit, upstream_of, wan_of_source
+from lab.ra import RaServer
+from lab.topology import (LINK_LOCAL, LabSpec, seed_spec, transit, transit6, upstream6_of,
+                          upstream_of, wan_of_source)
 from lab.traffic import FlowResult
 from lab.wait import until
 
@@ -58,6 +71,7 @@ class Lab:
         self._procs: list[subprocess.Popen] = []
         self._servers: dict[tuple[str, int], subprocess.Popen] = {}
         self._faults: dict[str, set[str]] = {w.name: set() for w in self.spec.wans}
+        self._isp_ll: dict[str, str] = {w.name: w.link_local6 for w in self.spec.wans}
 
     # ------------------------------------------------------------ names
 
@@ -76,9 +90,29 @@ class Lab:
         """The client's addresses (no prefix length), first the main one."""
         return [str(IPv4Interface(a).ip) for a in self.spec.client_addresses]
 
+    @property
+    def clients6(self) -> list[str]:
+        """The client's IPv6 addresses (no prefix length), first the main one."""
+        return [str(IPv6Interface(a).ip) for a in self.spec.client_addresses6]
+
+    @property
+    def server6(self) -> str:
+        """The first inet IPv6 server address (``2001:db8:feed::10`` by default)."""
+        return self.spec.server_addresses6[0]
+
     def upstream_address(self, wan: str) -> str:
         """An address beyond `wan`'s gateway, reached only through that ISP (probe target)."""
         return upstream_of(self.spec.wan_index(wan))
+
+    def upstream_address6(self, wan: str) -> str:
+        """The IPv6 address beyond `wan`'s gateway, reached only through that ISP
+        (``2001:db8:ffff:<i>::2``; routed by the ISP whatever its customer link carries)."""
+        return upstream6_of(self.spec.wan_index(wan))
+
+    def isp_link_local(self, wan: str) -> str:
+        """The link-local address `wan`'s ISP has on ``cust`` right now (what its router
+        advertisements come from)."""
+        return self._isp_ll[wan]
 
     def wan_of_source(self, addr: str | None) -> str | None:
         """Which WAN a source address seen by a server belongs to (None: no WAN)."""
@@ -139,44 +173,78 @@ class Lab:
         for ns in self.namespaces:
             netns.create(ns)
         rp = spec.router_rp_filter
-        netns.sysctl(self.ns_lan, {"net.ipv4.ip_forward": 0})
+        # Before any link exists: links take conf.default at creation.
+        v6 = {"net.ipv6.conf.all.accept_dad": 0, "net.ipv6.conf.default.accept_dad": 0}
+        netns.sysctl(self.ns_lan, {"net.ipv4.ip_forward": 0, "net.ipv6.conf.all.forwarding": 0,
+                                   **v6})
         netns.sysctl(self.ns_router, {"net.ipv4.ip_forward": 0, "net.ipv4.conf.all.rp_filter": rp,
-                                      "net.ipv4.conf.default.rp_filter": rp})
+                                      "net.ipv4.conf.default.rp_filter": rp,
+                                      "net.ipv6.conf.all.forwarding": 0, **v6})
         transit_sys = {"net.ipv4.ip_forward": 1, "net.ipv4.conf.all.rp_filter": 0,
-                       "net.ipv4.conf.default.rp_filter": 0}
+                       "net.ipv4.conf.default.rp_filter": 0, "net.ipv6.conf.all.forwarding": 1,
+                       # A carrier fault (cust down) keeps the ISP's global IPv6 addresses.
+                       "net.ipv6.conf.all.keep_addr_on_down": 1,
+                       "net.ipv6.conf.default.keep_addr_on_down": 1, **v6}
         for ns in [self.ns_inet] + [self.ns_isp(w.name) for w in spec.wans]:
             netns.sysctl(ns, transit_sys)
 
         lan_ip = str(IPv4Interface(spec.lan_address).ip)
+        lan6 = []
+        if spec.lan_address6 is not None:
+            lan6 = [*(f"addr add {a} dev eth0 nodad" for a in spec.client_addresses6),
+                    f"route add ::/0 via {IPv6Interface(spec.lan_address6).ip}"]
         netns.ip_batch(self.ns_lan, [
             f"link add name eth0 type veth peer name {spec.lan_interface} netns {self.ns_router}",
             *(f"addr add {a} dev eth0" for a in spec.client_addresses),
             "link set dev eth0 up",
             f"route add default via {lan_ip}",
+            *lan6,
         ])
         rtr = [f"addr add {spec.lan_address} dev {spec.lan_interface}",
                f"link set dev {spec.lan_interface} up"]
+        if spec.lan_address6 is not None:
+            rtr.insert(1, f"addr add {spec.lan_address6} dev {spec.lan_interface} nodad")
         inet = [f"addr add {a}/32 dev lo" for a in spec.server_addresses]
+        inet += [f"addr add {a}/128 dev lo nodad" for a in spec.server_addresses6]
         for i, w in enumerate(spec.wans, start=1):
             isp = self.ns_isp(w.name)
             isp_side, inet_side = transit(i)
+            isp6, inet6 = transit6(i)
             cust: list[str] = []
             if w.kind == "ether":  # a ptp WAN's customer link appears on connect (lab.ptp)
                 # Create the customer link from the router side, the transit from the ISP.
                 netns.ip(self.ns_router, "link", "add", "name", w.name, "type", "veth",
-                         "peer", "name", "cust", "netns", isp)
-                cust = [f"addr add {w.gateway_interface} dev cust", "link set dev cust up"]
-                rtr += [f"addr add {w.address} dev {w.name}", f"link set dev {w.name} up"]
+                         "peer", "name", CUST, "netns", isp)
+                if w.has4:
+                    cust.append(f"addr add {w.gateway_interface} dev {CUST}")
+                    rtr.append(f"addr add {w.address} dev {w.name}")
+                if w.has6:
+                    cust += [f"link set dev {CUST} addrgenmode none", *self._cust6(w.name)]
+                    rtr.append(f"addr add {w.address6} dev {w.name} nodad")
+                else:  # an IPv4-only link: not even a link-local answers on the ISP's side
+                    netns.sysctl(isp, {f"net.ipv6.conf.{CUST}.disable_ipv6": 1})
+                cust.append(f"link set dev {CUST} up")
+                rtr.append(f"link set dev {w.name} up")
             netns.ip_batch(isp, [
                 f"link add name up type veth peer name isp{i} netns {self.ns_inet}",
                 *cust,
                 f"addr add {isp_side} dev up",
+                f"addr add {isp6} dev up nodad",
                 "link set dev up up",
                 f"route add default via {inet_side.split('/')[0]}",
+                f"route add ::/0 via {inet6.split('/')[0]}",
             ])
-            netns.nft(isp, bcp38_script(str(w.network)))
-            inet += [f"addr add {inet_side} dev isp{i}", f"link set dev isp{i} up",
-                     f"route add {w.network} via {isp_side.split('/')[0]}"]
+            netns.nft(isp, bcp38_script(str(w.network)) if w.has4 else bcp38_script(None))
+            netns.nft(isp, bcp38_6_script(str(w.network6) if w.has6 else None))
+            if w.modem_nat:
+                netns.nft(isp, modem_script())
+            inet += [f"addr add {inet_side} dev isp{i}", f"addr add {inet6} dev isp{i} nodad",
+                     f"link set dev isp{i} up"]
+            if not w.modem_nat:  # a modem's customers are behind its NAT
+                if w.has4:
+                    inet.append(f"route add {w.network} via {isp_side.split('/')[0]}")
+                if w.has6:
+                    inet.append(f"route add {w.network6} via {isp6.split('/')[0]}")
         netns.ip_batch(self.ns_router, rtr)
         netns.ip_batch(self.ns_inet, inet)
         # Interfaces inherit conf.default, but set them explicitly: effective = max(all, if).
@@ -189,6 +257,12 @@ class Lab:
             netns.sysctl(self.ns_isp(w.name), {"net.ipv4.conf.up.rp_filter": 0, **(
                 {"net.ipv4.conf.cust.rp_filter": 0} if w.kind == "ether" else {})})
         self.wait_carrier([spec.lan_interface, *ether], True)
+
+    def _cust6(self, wan: str, verb: str = "add") -> list[str]:
+        """``ip`` lines giving `wan`'s ISP ``cust`` its IPv6 addresses (link-local, global)."""
+        w = self.spec.wan(wan)
+        return [f"addr {verb} {self._isp_ll[wan]}/64 dev {CUST} nodad",
+                f"addr {verb} {w.isp_interface6} dev {CUST} nodad"]
 
     def link_up(self, ns: str, ifname: str) -> bool:
         """Whether `ifname` in `ns` has carrier (LOWER_UP) and is admin up."""
@@ -237,9 +311,15 @@ class Lab:
 
     # ------------------------------------------------------------ faults
 
-    def fault(self, wan: str, mode: str) -> None:
+    def fault(self, wan: str, mode: str, family: int | None = None) -> None:
         """Break `wan`'s ISP: ``dead`` (silent), ``upstream`` (forwards nothing) or
         ``carrier`` (customer link down). Faults add up; `heal` undoes all.
+
+        `family` 4 or 6 limits ``dead`` / ``upstream`` to that family (an IPv6-only
+        outage: ``fault(wan, "dead", family=6)`` drops every IPv6 frame on the customer
+        link, neighbour discovery included, while IPv4 works; ``upstream`` with a family
+        stops forwarding that family only); it is recorded in `active_faults` as e.g.
+        ``dead6``.  ``carrier`` has no family.
 
         On a shaped line (`shape`) ``dead`` and ``upstream`` drop in nft hooks that run
         before the qdisc: new packets are dropped, but what already waits in the ISP's tbf
@@ -249,13 +329,15 @@ class Lab:
         """
         isp = self.ns_isp(wan)
         if mode == "carrier":
+            if family is not None:
+                raise ValueError("a carrier fault has no family")
             netns.ip(isp, "link", "set", "dev", "cust", "down")
             self.wait_carrier([wan], False)
         elif mode in FAULT_MODES:
-            netns.nft(isp, fault_script(mode))
+            netns.nft(isp, fault_script(mode, family))
         else:
             raise ValueError(f"unknown fault mode {mode!r} (one of {ALL_MODES})")
-        self._faults[wan].add(mode)
+        self._faults[wan].add(mode if family is None else f"{mode}{family}")
 
     def active_faults(self, wan: str) -> frozenset[str]:
         """The fault modes active on `wan` (set through this object)."""
@@ -266,6 +348,9 @@ class Lab:
         isp = self.ns_isp(wan)
         netns.nft(isp, heal_script())
         netns.ip(isp, "link", "set", "dev", "cust", "up")
+        w = self.spec.wan(wan)
+        if w.kind == "ether" and w.has6:  # link down dropped the link-local (and addrgenmode
+            netns.ip_batch(isp, self._cust6(wan, "replace"))  # none makes no new one)
         if "carrier" in self._faults[wan]:
             self.wait_carrier([wan], True)
         self._faults[wan].clear()
@@ -273,6 +358,30 @@ class Lab:
     def set_loss(self, wan: str, percent: float) -> None:
         """Drop `percent` % of packets at random on `wan`'s customer link, each way; 0 = off."""
         netns.nft(self.ns_isp(wan), loss_script(percent))
+
+    # ------------------------------------------------------------ IPv6 router advertisements
+
+    def set_isp_link_local(self, wan: str, address: str) -> None:
+        """Give `wan`'s ISP another link-local address on ``cust`` (the old one goes): "the
+        ISP's router changes".  A running `lab.ra.RaServer` keeps advertising from the old
+        one until restarted: use `RaServer.change_link_local`, which does all of it."""
+        w = self.spec.wan(wan)
+        if w.kind != "ether" or not w.has6:
+            raise ValueError(f"{wan} has no IPv6 customer link")
+        new = IPv6Address(address)
+        if new not in LINK_LOCAL:
+            raise ValueError(f"{address} is not a link-local address")
+        old = self._isp_ll[wan]
+        if new == IPv6Address(old):
+            return
+        netns.ip_batch(self.ns_isp(wan), [f"addr add {new}/64 dev {CUST} nodad",
+                                          f"addr del {old}/64 dev {CUST}"])
+        self._isp_ll[wan] = str(new)
+
+    def ra(self, wan: str, **kw: Any) -> RaServer:
+        """Start router advertisements (dnsmasq) on `wan`'s customer link, from the ISP's
+        link-local address, for its /64 (`lab.ra.RaServer`, keywords go there)."""
+        return RaServer(self, wan, **kw).start()
 
     # ------------------------------------------------------------ dynamic WANs
 
@@ -310,7 +419,8 @@ class Lab:
     # ------------------------------------------------------------ traffic
 
     def start_servers(self, ns: str | None = None, port: int = 5000) -> subprocess.Popen:
-        """Start the traffic server in `ns` (default inet) on 0.0.0.0:`port`; wait until it listens."""
+        """Start the traffic server in `ns` (default inet) on 0.0.0.0:`port` and [::]:`port`
+        (TCP and UDP); wait until it listens."""
         name = self._ns(ns) if ns is not None else self.ns_inet
         proc = self._servers.get((name, port))
         if proc is None or proc.poll() is not None:
@@ -331,7 +441,8 @@ class Lab:
     def new_flows(self, count: int, interval: float = 0.0, timeout: float = 1.0,
                   server: str | None = None, port: int = 5000, proto: str = "tcp",
                   from_ns: str | None = None, sources: list[str] | None = None) -> list[FlowResult]:
-        """Open `count` new flows (one every `interval` s) from `from_ns` (default lan)."""
+        """Open `count` new flows (one every `interval` s) from `from_ns` (default lan) to
+        `server` (default the first IPv4 server; ``server=lab.server6`` for IPv6)."""
         return self.start_flows(count, interval, timeout, server, port, proto, from_ns,
                                 sources).result()
 

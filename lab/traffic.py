@@ -3,11 +3,16 @@
 Run as ``python -m lab.traffic {serve,flows,hold} ...`` (the Lab runs it inside a
 namespace with ``ip netns exec``):
 
-* ``serve --port P``: TCP greets each connection with ``"<peer_ip> <peer_port>\\n"`` and
-  then echoes every byte; UDP on the same port answers each datagram with that line
-  (from the address the datagram was sent to).  Prints ``listening P`` when ready.
+* ``serve --port P [--host H]``: TCP greets each connection with
+  ``"<peer_ip> <peer_port>\\n"`` and then echoes every byte; UDP on the same port answers
+  each datagram with that line (from the address the datagram was sent to).  Listens on
+  both families (0.0.0.0 and an IPv6-only ``::`` socket, so an IPv4 peer is reported as
+  ``a.b.c.d``, never ``::ffff:a.b.c.d``) unless `--host` names one address.  Prints
+  ``listening P`` when ready.  The ``source`` of every result below is the peer address
+  this server saw, so after NAT it names the WAN (or the modem) a flow left by.
 * ``flows --server A --port P --count N --interval S --timeout T [--udp] [--bind a,b]``:
-  starts flow i at i*S seconds (each flow its own task), reads the greeting, closes;
+  starts flow i at i*S seconds (each flow its own task), reads the greeting, closes
+  (the server address ``A`` may be IPv4 or IPv6, and so may the ``--bind`` addresses);
   prints one JSON list of ``{"t","ok","source","latency","error","bind","wall"}``.
 * ``hold --server A --port P --count N --byte-interval S``: N long-lived TCP flows, one
   byte every S seconds, each echo due within ``--echo-timeout``; prints
@@ -34,6 +39,8 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; Python lacks the constant
+IPV6_RECVPKTINFO = getattr(socket, "IPV6_RECVPKTINFO", 49)  # Linux values
+IPV6_PKTINFO = getattr(socket, "IPV6_PKTINFO", 50)
 
 
 @dataclass(frozen=True)
@@ -169,7 +176,7 @@ def _udp_reader(sock: socket.socket) -> None:
     """Answer every queued datagram from the address it was sent to (IP_PKTINFO)."""
     while True:
         try:
-            _, anc, _, addr = sock.recvmsg(2048, socket.CMSG_SPACE(12))
+            _, anc, _, addr = sock.recvmsg(2048, socket.CMSG_SPACE(20))  # in6_pktinfo: 20 bytes
         except OSError:  # BlockingIOError: queue drained
             return
         cmsg = []
@@ -177,27 +184,46 @@ def _udp_reader(sock: socket.socket) -> None:
             if level == socket.IPPROTO_IP and kind == IP_PKTINFO and len(data) >= 12:
                 dst = data[8:12]  # in_pktinfo.ipi_addr: the header destination
                 cmsg = [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("I4s4s", 0, dst, b"\0" * 4))]
+            elif level == socket.IPPROTO_IPV6 and kind == IPV6_PKTINFO and len(data) >= 16:
+                # in6_pktinfo: the destination, then the ifindex (0: let routing choose)
+                cmsg = [(socket.IPPROTO_IPV6, IPV6_PKTINFO, struct.pack("16sI", data[:16], 0))]
         try:
             sock.sendmsg([_peer_line(addr)], cmsg, 0, addr)
         except OSError:
             pass
 
 
-async def serve(port: int, host: str = "0.0.0.0") -> None:
-    """Run the TCP+UDP greeting/echo server until SIGTERM/SIGINT."""
-    stop = _stop_event()
-    server = await asyncio.start_server(_tcp_echo, host, port, reuse_address=True, backlog=4096)
-    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+def _udp_socket(host: str, port: int) -> socket.socket:
+    """A UDP socket on `host`:`port` that learns each datagram's destination address."""
+    if ":" in host:
+        udp = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        udp.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        udp.setsockopt(socket.IPPROTO_IPV6, IPV6_RECVPKTINFO, 1)
+    else:
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
     udp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    udp.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
     udp.bind((host, port))
     udp.setblocking(False)
+    return udp
+
+
+async def serve(port: int, host: str | None = None) -> None:
+    """Run the TCP+UDP greeting/echo server until SIGTERM/SIGINT, on `host` or (None) on
+    0.0.0.0 and :: (IPv6-only sockets: each family its own)."""
+    stop = _stop_event()
+    hosts = [host] if host else ["0.0.0.0", "::"]
+    # asyncio sets IPV6_V6ONLY on its IPv6 listening sockets.
+    server = await asyncio.start_server(_tcp_echo, hosts, port, reuse_address=True, backlog=4096)
+    udps = [_udp_socket(h, port) for h in hosts]
     loop = asyncio.get_running_loop()
-    loop.add_reader(udp.fileno(), _udp_reader, udp)
+    for udp in udps:
+        loop.add_reader(udp.fileno(), _udp_reader, udp)
     print(f"listening {port}", flush=True)
     await stop.wait()
-    loop.remove_reader(udp.fileno())
-    udp.close()
+    for udp in udps:
+        loop.remove_reader(udp.fileno())
+        udp.close()
     server.close()
 
 
@@ -348,7 +374,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve", help="TCP+UDP greeting/echo server")
     s.add_argument("--port", type=int, default=5000)
-    s.add_argument("--host", default="0.0.0.0")
+    s.add_argument("--host", default=None, help="one address (default: 0.0.0.0 and ::)")
     for name in ("flows", "hold"):
         c = sub.add_parser(name)
         c.add_argument("--server", required=True)
