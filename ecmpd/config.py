@@ -312,9 +312,10 @@ class _Validator:
         if len(v) > MAX_WANS:
             self.add(line, "wans", f"at most {MAX_WANS} WANs, got {len(v)}")
         parts: list[dict[str, Any]] = []
-        # gateways may repeat: two modems at 192.168.1.1, two ISPs' routers at fe80::1,
+        # gateways and addresses may repeat: two modems at 192.168.1.1 (the router at
+        # 192.168.1.2 behind each), two ISPs. routers at fe80::1,
         # each on its own interface (everything is keyed by WAN and interface)
-        seen: dict[str, dict[Any, str]] = {"interface": {}, "address": {}, "id": {}}
+        seen: dict[str, dict[Any, str]] = {"interface": {}, "id": {}}
         for pos, (name, body) in enumerate(v.items(), start=1):
             path = _join("wans", name)
             if not isinstance(name, str) or not _WAN_NAME.fullmatch(name):

@@ -27,24 +27,35 @@ from lab.wait import until
 
 
 def config_for(lab: Lab, weights: dict[str, int] | None = None, targets: str = "gateway",
-               probe: dict[str, Any] | None = None, **top: Any) -> dict[str, Any]:
+               probe: dict[str, Any] | None = None, ipv6: bool = False,
+               **top: Any) -> dict[str, Any]:
     """An ecmpd config (as a dict) for `lab`: every lab WAN, LAN = the router's LAN side.
 
     `targets`: ``gateway`` (the gateway only), ``beyond`` (two addresses beyond the
     gateway, reached only through this WAN: its ISP's upstream and the first internet
-    server; quorum 1), or ``both`` (the gateway and the ISP's upstream, quorum 2).
+    server; quorum 1), or ``both`` (the gateway and the ISP's upstream, quorum 2); with
+    `ipv6`, each WAN carrying IPv6 gets its `gateway6` and the same targets of IPv6.
+    A lab WAN without IPv4 gets no `gateway` (an IPv6-only WAN).
     """
     wans: dict[str, Any] = {}
     for w in lab.spec.wans:
-        upstream = lab.upstream_address(w.name)
-        tg, quorum = {"gateway": (["gateway"], 1),
-                      "beyond": ([upstream, lab.spec.server_addresses[0]], 1),
-                      "both": (["gateway", upstream], 2)}[targets]
-        wan: dict[str, Any] = {"interface": w.name, "gateway": w.gateway,
-                               "weight": (weights or {}).get(w.name, 1),
-                               "address": str(IPv4Interface(w.address))}
+        six = ipv6 and w.has6
+        tg: list[str] = []
+        quorum = {"gateway": 1, "beyond": 1, "both": 2}[targets]
+        for has, upstream, server in (
+                (w.has4, w.has4 and lab.upstream_address(w.name), lab.spec.server_addresses[0]),
+                (six, six and lab.upstream_address6(w.name), lab.server6)):
+            if has:
+                tg += {"gateway": ["gateway"], "beyond": [upstream, server],
+                       "both": ["gateway", upstream]}[targets]
+        wan: dict[str, Any] = {"interface": w.name, "weight": (weights or {}).get(w.name, 1)}
+        if w.has4:
+            wan["gateway"] = w.gateway
+            wan["address"] = str(IPv4Interface(w.address))
+        if six:
+            wan["gateway6"] = w.gateway6
         if targets != "gateway":
-            wan["probe"] = {"targets": tg, "quorum": quorum}
+            wan["probe"] = {"targets": list(dict.fromkeys(tg)), "quorum": quorum}
         wans[w.name] = wan
     cfg: dict[str, Any] = {"lan": {"interfaces": [lab.spec.lan_interface]}, "wans": wans}
     if probe:
@@ -116,19 +127,25 @@ class Ecmpd:
         return until(reached, timeout, lambda _: f"{what} not reached within {timeout}s; last "
                      f"status: {json.dumps(st, indent=1)}\n{self.log()[-3000:]}")
 
-    def wait_states(self, states: dict[str, str], timeout: float = 10.0) -> dict[str, Any]:
+    def wait_states(self, states: dict[str, str], timeout: float = 10.0,
+                    family: int | None = None) -> dict[str, Any]:
         """Wait until every named WAN is in the given state ("up", "down", ...) and, for
-        "up" and "down", the kernel's route agrees (the nexthop is in it, or not)."""
+        "up" and "down", the kernel's route agrees (the nexthop is in it, or not).
+        `family` 4 or 6: that IP version's state and route (None: the WAN's top-level
+        fields, its IPv4 ones when it carries IPv4)."""
+        route = "route6" if family == 6 else "route"
+
         def settled(st: dict[str, Any]) -> bool:
             for name, state in states.items():
-                wan = st["wans"][name]
-                if state not in (wan["state"], wan.get("health")):
+                top = st["wans"][name]
+                wan = top if family is None else top[f"ipv{family}"]
+                if wan is None or state not in (wan["state"], wan.get("health")):
                     return False
-                if state in ("up", "down") and not wan["disabled"] \
-                        and not st["route"]["kept_last"] and wan["active"] != (state == "up"):
+                if state in ("up", "down") and not top["disabled"] \
+                        and not st[route]["kept_last"] and wan["active"] != (state == "up"):
                     return False
             return True
-        return self.wait_for(settled, timeout, f"states {states}")
+        return self.wait_for(settled, timeout, f"IPv{family or 4} states {states}")
 
     def signal(self, sig: int) -> None:
         assert self.proc is not None
