@@ -194,15 +194,28 @@ def _wan_block(name: str, w: Any, now: float) -> list[str]:
     if isinstance(targets, dict) and targets:
         out.append("  targets (rtt and loss over the window, srtt now):")
         out.extend(_target_line(str(a), t) for a, t in targets.items())
+    six = w.get("ipv6")
+    if isinstance(six, dict) and w.get("ipv4"):     # dual-stack: IPv6 judged on its own
+        state6 = str(six.get("state") or "unknown").upper()
+        line = f"  ipv6: state {state6}, since {_ago(six.get('since'), now)}"
+        if six.get("reason"):
+            line += f" ({six['reason']})"
+        out.append(line)
+        learned = " (learned)" if six.get("gateway_source") == "learned" else ""
+        out.append(f"    gateway: {six.get('gateway') or 'none yet'}{learned}, address "
+                   f"{six.get('address') or 'none'}, active: {_yesno(six.get('active'))}")
+        t6 = six.get("targets")
+        if isinstance(t6, dict) and t6:
+            out.extend("  " + _target_line(str(a), t) for a, t in t6.items())
     return out
 
 
-def _route_block(route: Any) -> list[str]:
+def _route_block(route: Any, name: str = "route") -> list[str]:
     if not isinstance(route, dict):
-        return ["route: unknown"]
+        return [f"{name}: unknown"]
     if not route.get("present", True):
-        return ["route: none (ecmpd has no default route installed)"]
-    head = "route: default proto ecmpd"
+        return [f"{name}: none (ecmpd has no default route installed)"]
+    head = f"{name}: default proto ecmpd"
     if route.get("kept_last"):
         head += " (kept: the last route while all WANs are down)"
     out = [head]
@@ -230,6 +243,9 @@ def render_status(payload: dict, now: float) -> str:
             lines.extend(_wan_block(str(name), w, now))
     lines.append("")
     lines.extend(_route_block(payload.get("route")))
+    if isinstance(wans, dict) and any(isinstance(w, dict) and w.get("ipv6")
+                                      for w in wans.values()):
+        lines.extend(_route_block(payload.get("route6"), "route6"))
     stats = payload.get("stats")
     if isinstance(stats, dict) and stats:
         lines.append("")

@@ -88,14 +88,16 @@ def scenario(lab: Lab, d: Ecmpd, config: Path, wans: list[str]) -> int:
     say(indent(d.ctl("status").stdout))
 
     lab.start_servers()
-    step(3, "600 new TCP connections from the LAN client to the internet server")
-    res = lab.new_flows(600, timeout=3.0)
+    step(3, "600 new TCP connections from the LAN client to the internet server, over "
+            "IPv4 and over IPv6")
     total = sum(weights.values())
-    count = Counter(r.wan for r in res)
-    for w in wans:
-        say(f"    {w}: {100 * count.get(w, 0) / len(res):5.1f}% of connections"
-            f"  (weight {weights[w]} of {total} = {100 * weights[w] / total:.1f}%)")
-    say(f"    failed: {sum(not r.ok for r in res)}")
+    for version, server in (("IPv4", None), ("IPv6", lab.server6)):
+        res = lab.new_flows(600, timeout=3.0, server=server)
+        count = Counter(r.wan for r in res)
+        for w in wans:
+            say(f"    {version} {w}: {100 * count.get(w, 0) / len(res):5.1f}% of connections"
+                f"  (weight {weights[w]} of {total} = {100 * weights[w] / total:.1f}%)")
+        say(f"    {version} failed: {sum(not r.ok for r in res)}")
 
     step(4, f"Both lines saturated for {SATURATE_S} s (iperf3, download and upload at once)")
     mark = len(d.log())
@@ -128,16 +130,20 @@ def scenario(lab: Lab, d: Ecmpd, config: Path, wans: list[str]) -> int:
     step(6, f"ISP of {victim} dies (goes silent) while a new connection starts every 20 ms")
     mark = len(d.log())
     run_ = lab.start_flows(250, interval=0.02, timeout=1.0)
+    run6 = lab.start_flows(250, interval=0.02, timeout=1.0, server=lab.server6)
     time.sleep(0.5)
     fault_at = time.time()
     lab.fault(victim, "dead")
     d.wait_states({victim: "down"}, timeout=15)
-    flows = run_.result()
-    out = outage(flows, fault_offset(flows, fault_at))
-    failed = [r for r in flows if not r.ok]
+    d.wait_states({victim: "down"}, timeout=15, family=6)
+    flows, flows6 = run_.result(), run6.result()
     say("    ecmpd's events:\n" + indent("\n".join(events_since(d.log(), mark)), "      "))
-    say(f"    outage seen by new connections: {out:.2f} s "
-        f"({len(failed)} of {len(flows)} failed; budget 1.0 s; the seed's check-gateway needs ~20 s)")
+    for version, fl in (("IPv4", flows), ("IPv6", flows6)):
+        out = outage(fl, fault_offset(fl, fault_at))
+        failed = [r for r in fl if not r.ok]
+        say(f"    {version} outage seen by new connections: {out:.2f} s "
+            f"({len(failed)} of {len(fl)} failed; budget 1.0 s; the seed's check-gateway "
+            f"needs ~20 s)")
     say(f"    new connections after the failover went to: {split([r for r in flows if r.ok and r.t > 1.5], wans)}")
     say(indent(d.ctl("status").stdout))
 
@@ -146,6 +152,7 @@ def scenario(lab: Lab, d: Ecmpd, config: Path, wans: list[str]) -> int:
     t0 = time.monotonic()
     lab.heal(victim)
     d.wait_states({victim: "up"}, timeout=15)
+    d.wait_states({victim: "up"}, timeout=15, family=6)
     say(f"    {victim} back in the route {time.monotonic() - t0:.1f} s after the heal"
         " (it has to answer several probe rounds in a row first: no flapping)")
     say(indent("\n".join(events_since(d.log(), mark)), "      "))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import replace
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from pathlib import Path
 
 import pytest
@@ -47,8 +47,10 @@ def test_example_config_loads_to_the_seed_topology() -> None:
                           window=10)
     expected = Config(
         lan_interfaces=("Local",),
-        wans=(Wan("wlan1", "wlan1", IPv4Address("10.111.0.1"), weight=1, id=1, probe=probe),
-              Wan("wlan2", "wlan2", IPv4Address("10.112.0.1"), weight=5, id=2, probe=probe)),
+        wans=(Wan("wlan1", "wlan1", IPv4Address("10.111.0.1"), weight=1, id=1, probe=probe,
+                  gateway6=IPv6Address("2001:db8:1::1"), families=(4, 6)),
+              Wan("wlan2", "wlan2", IPv4Address("10.112.0.1"), weight=5, id=2, probe=probe,
+                  gateway6=IPv6Address("2001:db8:2::1"), families=(4, 6))),
         hash="l4", mark_mask=0x00FF0000, table_base=1000, rule_priority=1000,
         route_proto=236, route_metric=0, nft_table="ecmpd", keep_on_exit=False,
         control_socket="/run/ecmpd/ecmpd.sock", control_group=None, source=str(EXAMPLE))

@@ -24,9 +24,10 @@ def test_demo_runs_and_reports_a_failover(lab_prefix):
     assert "WANs that left the route: 0; transfers broken: 0 of" in out, out
     rtts = [int(x) for x in re.findall(r"probe RTT up to (\d+) ms", out)]
     assert len(rtts) == 2 and max(rtts) >= 200, out
-    assert "wlan1: FALLING -> DOWN" in out or "wlan1: UP -> DOWN" in out
-    m = re.search(r"outage seen by new connections: ([0-9.]+) s", out)
-    assert m and float(m.group(1)) < 5.0, out
+    for v in (4, 6):
+        assert f"wlan1 IPv{v}: FALLING -> DOWN" in out or f"wlan1 IPv{v}: UP -> DOWN" in out
+        m = re.search(rf"IPv{v} outage seen by new connections: ([0-9.]+) s", out)
+        assert m and float(m.group(1)) < 5.0, out
     assert "Healthy WANs' connections: none broken." in out
     assert "state: UP" in out and "state: DOWN" in out
     # its namespaces are gone

@@ -12,7 +12,7 @@ import errno
 import logging
 import socket
 import types
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any, Awaitable, Callable, Iterator
 
 import pytest
@@ -25,7 +25,6 @@ from pyroute2.netlink.rtnl.rtmsg import rtmsg
 
 from ecmpd import watcher as watcher_mod
 from ecmpd.events import (AddressesChanged, DefaultsChanged, DefaultsRead, LinkChanged,
-                          LocalChanged,
                           Resynced,
                           RouteChanged, RuleChanged,
                           RulesetChanged)
@@ -40,6 +39,7 @@ from lab.wait import until_async
 IFF_UP, IFF_RUNNING, IFF_LOWER_UP = 0x1, 0x40, 0x10000
 LINK_OK = IFF_UP | IFF_RUNNING | IFF_LOWER_UP
 ECMPD_PROTO = 236
+RTMGRP_IPV6_ROUTE, RTMGRP_IPV6_RULE = 0x400, 0x40000     # linux/rtnetlink.h
 ENOBUFS = OSError(errno.ENOBUFS, "No buffer space available")
 
 
@@ -64,15 +64,17 @@ def addr_msg(event: str, index: int, local: str, prefixlen: int = 24) -> ifaddrm
     return m
 
 
-def route_msg(event: str, table: int, dst_len: int = 0, proto: int = ECMPD_PROTO) -> rtmsg:
+def route_msg(event: str, table: int, dst_len: int = 0, proto: int = ECMPD_PROTO,
+              family: int = 4) -> rtmsg:
     m = rtmsg()
     # the header holds 8 bits (RT_TABLE_COMPAT 252 above 255); RTA_TABLE the real id
     m["table"] = table if table < 256 else 252
     m["dst_len"], m["proto"], m["event"] = dst_len, proto, event
-    m["family"] = socket.AF_INET
-    attrs: list = [("RTA_TABLE", table), ("RTA_GATEWAY", "192.0.2.1"), ("RTA_OIF", 11)]
+    m["family"] = socket.AF_INET if family == 4 else socket.AF_INET6
+    attrs: list = [("RTA_TABLE", table),
+                   ("RTA_GATEWAY", "192.0.2.1" if family == 4 else "fe80::1"), ("RTA_OIF", 11)]
     if dst_len:
-        attrs.append(("RTA_DST", "203.0.113.0"))
+        attrs.append(("RTA_DST", "203.0.113.0" if family == 4 else "2001:db8:113::"))
     m["attrs"] = attrs
     return m
 
@@ -92,6 +94,7 @@ def rule_msg(event: str, priority: int | None, table: int = 1001) -> fibmsg:
 
 LINKS = {"eth1": Link(11, True, False), "eth2": Link(12, True, True)}
 ADDRS = {11: (("192.0.2.10", 24),), 12: (("198.51.100.99", 24),)}
+ADDRS6 = {12: (("2001:db8::10", 64),)}
 LOCAL = frozenset({"192.0.2.10", "198.51.100.99", "2001:db8::10"})
 
 
@@ -121,10 +124,12 @@ class Sink:
     async def dump_links(self):
         return await self._dump("links", LINKS)
 
-    async def dump_addresses(self):
-        return await self._dump("addresses", ADDRS)
+    async def dump_addresses(self, family=4):
+        if family == 4:
+            return await self._dump("addresses", ADDRS)
+        return await self._dump("addresses6", ADDRS6)
 
-    async def dump_defaults(self, table=None):
+    async def dump_defaults(self, table=None, family=4):
         return {}
 
     async def dump_local(self):
@@ -222,12 +227,14 @@ def test_address_changes_are_reported_with_the_reread_table(event, removed) -> N
         await Watcher(sink)._handle(addr_msg(event, 12, "198.51.100.99"))
         return sink.events, sink.log
     events, log = run(body)
-    assert events == [AddressesChanged(12, removed, ADDRS, LOCAL)]
+    assert events == [AddressesChanged(12, removed, ADDRS, LOCAL, 4)]
     assert log == ["dump addresses", "submit AddressesChanged"]
 
 
-@pytest.mark.parametrize("event", ["RTM_NEWADDR", "RTM_DELADDR"])
-def test_an_ipv6_address_change_rereads_the_routers_own_addresses_only(event) -> None:
+@pytest.mark.parametrize("event, removed", [("RTM_NEWADDR", False), ("RTM_DELADDR", True)])
+def test_an_ipv6_address_change_rereads_the_ipv6_addresses(event, removed) -> None:
+    """An IPv6 address event re-reads the IPv6 table only (never the IPv4 one) and
+    reports it as IPv6's, with the router's own addresses."""
     msg = addr_msg(event, 12, "2001:db8::10", 64)
     msg["family"] = socket.AF_INET6
     async def body() -> tuple[list, list]:
@@ -235,8 +242,8 @@ def test_an_ipv6_address_change_rereads_the_routers_own_addresses_only(event) ->
         await Watcher(sink)._handle(msg)
         return sink.events, sink.log
     events, log = run(body)
-    assert events == [LocalChanged(LOCAL)]
-    assert log == ["submit LocalChanged"]
+    assert events == [AddressesChanged(12, removed, ADDRS6, LOCAL, 6)]
+    assert log == ["dump addresses6", "submit AddressesChanged"]
 
 
 def test_address_change_before_start_reports_no_table() -> None:
@@ -263,41 +270,50 @@ def test_rule_events_carry_the_priority(priority, reported) -> None:
 
 def test_other_programs_default_routes_are_reread_while_a_wan_learns_its_gateway() -> None:
     """A DHCP client's default route (proto dhcp, 16) in any table: that table is re-read
-    and reported; ecmpd's own routes, other prefixes and configs without `gateway: auto`
-    read nothing."""
+    in the route's IP version and reported as that version's; ecmpd's own routes, other
+    prefixes and configs without `gateway: auto` / `gateway6: auto` read nothing."""
     class Defaults(Sink):
-        async def dump_defaults(self, table=None):
-            self.log.append(f"dump defaults {table}")
-            return {table: (Default(0, 11, "192.0.2.1"),)}
+        async def dump_defaults(self, table=None, family=4):
+            self.log.append(f"dump defaults {table} {family}")
+            return {table: (Default(0, 11, "192.0.2.1" if family == 4 else "fe80::1"),)}
 
-    def events(cfg, *msgs) -> list:
-        async def body() -> list:
+    def events(cfg, *msgs) -> tuple[list, list]:
+        async def body() -> tuple[list, list]:
             sink = Defaults()
             w = Watcher(sink)
             w.follow(cfg)
             for m in msgs:
                 await w._handle(m)
-            return sink.events
+            return sink.events, [line for line in sink.log if "defaults" in line]
         return run(body)
 
     auto = Config(("lan0",), (Wan("w", "eth1", None),))
     fixed = Config(("lan0",), (Wan("w", "eth1", IPv4Address("192.0.2.1")),))
-    learned = DefaultsChanged(77, (Default(0, 11, "192.0.2.1"),))
-    assert events(auto, route_msg("RTM_NEWROUTE", 77, proto=16)) == [RouteChanged(77, 0),
-                                                                     learned]
+    auto6 = Config(("lan0",), (Wan("w", "eth1", None, families=(6,)),))
+    fixed6 = Config(("lan0",), (Wan("w", "eth1", None, gateway6=IPv6Address("fe80::1"),
+                                    families=(6,)),))
+    learned = DefaultsChanged(77, (Default(0, 11, "192.0.2.1"),), 4)
+    learned6 = DefaultsChanged(77, (Default(0, 11, "fe80::1"),), 6)
+    assert events(auto, route_msg("RTM_NEWROUTE", 77, proto=16)) == (
+        [RouteChanged(77, 0), learned], ["dump defaults 77 4"])
+    assert events(auto6, route_msg("RTM_NEWROUTE", 77, proto=16, family=6)) == (
+        [RouteChanged(77, 0), learned6], ["dump defaults 77 6"])
     assert events(auto, route_msg("RTM_NEWROUTE", 1001), route_msg("RTM_NEWROUTE", 77, 24, 16),
-                  ) == [RouteChanged(1001, 0), RouteChanged(77, 24)]
-    assert events(fixed, route_msg("RTM_DELROUTE", 254, proto=16)) == [RouteChanged(254, 0)]
+                  ) == ([RouteChanged(1001, 0), RouteChanged(77, 24)], [])
+    assert events(fixed, route_msg("RTM_DELROUTE", 254, proto=16)) == (
+        [RouteChanged(254, 0)], [])
+    assert events(fixed6, route_msg("RTM_DELROUTE", 254, proto=16, family=6)) == (
+        [RouteChanged(254, 0)], [])
 
 
 def test_a_link_or_address_that_goes_rereads_the_defaults_once_while_learning() -> None:
     """The kernel drops the routes via a gateway a deleted address reached, or via a link
     set down, without a route event: while a WAN learns its gateway, one re-read of
-    every table's default routes follows (one for a burst)."""
+    every table's default routes of each IP version follows (one for a burst)."""
     class Defaults(Sink):
-        async def dump_defaults(self, table=None):
-            self.log.append(f"dump defaults {table}")
-            return {}
+        async def dump_defaults(self, table=None, family=4):
+            self.log.append(f"dump defaults {table} {family}")
+            return {254: (Default(0, 11, "192.0.2.1" if family == 4 else "fe80::1"),)}
 
     async def body(cfg, *msgs) -> tuple[list, list]:
         sink = Defaults()
@@ -310,10 +326,17 @@ def test_a_link_or_address_that_goes_rereads_the_defaults_once_while_learning() 
 
     auto = Config(("lan0",), (Wan("w", "eth1", None),))
     fixed = Config(("lan0",), (Wan("w", "eth1", IPv4Address("192.0.2.1")),))
+    gone6 = addr_msg("RTM_DELADDR", 11, "2001:db8::10", 64)
+    gone6["family"] = socket.AF_INET6
     gone = (addr_msg("RTM_DELADDR", 11, "192.0.2.10"), link_msg("RTM_NEWLINK", "eth1", 11, 0),
-            link_msg("RTM_DELLINK", "eth1", 11, 0))
+            link_msg("RTM_DELLINK", "eth1", 11, 0), gone6)
+    read = [DefaultsRead({254: (Default(0, 11, "192.0.2.1"),)}, 4),
+            DefaultsRead({254: (Default(0, 11, "fe80::1"),)}, 6)]
     events, dumps = asyncio.run(body(auto, *gone))
-    assert dumps == ["dump defaults None"] and events[-1] == DefaultsRead({})
+    assert dumps == ["dump defaults None 4", "dump defaults None 6"] and events[-2:] == read
+    assert sum(isinstance(e, DefaultsRead) for e in events) == 2
+    events, dumps = asyncio.run(body(auto, gone6))           # an IPv6 address alone
+    assert dumps == ["dump defaults None 4", "dump defaults None 6"] and events[-2:] == read
     events, dumps = asyncio.run(body(fixed, *gone))
     assert dumps == [] and not any(isinstance(e, DefaultsRead) for e in events)
     # an address added, a link up: nothing went
@@ -408,8 +431,23 @@ def test_resync_reports_both_dumps_as_one_event() -> None:
         await Watcher(sink).resync()
         return sink
     sink = run(body)
-    assert sink.events == [Resynced(LINKS, ADDRS, {}, LOCAL)]
-    assert sink.log == ["dump links", "dump addresses", "submit Resynced"]
+    assert sink.events == [Resynced(LINKS, ADDRS, {}, LOCAL, ADDRS6, {})]
+    assert sink.log == ["dump links", "dump addresses", "dump addresses6", "submit Resynced"]
+
+
+def test_resync_reports_each_versions_default_routes_as_its_own() -> None:
+    class Defaults(Sink):
+        async def dump_defaults(self, table=None, family=4):
+            assert table is None
+            return {254: (Default(0, 11, "192.0.2.1" if family == 4 else "fe80::1"),)}
+
+    async def body() -> Sink:
+        sink = Defaults()
+        await Watcher(sink).resync()
+        return sink
+    [resynced] = run(body).events
+    assert resynced == Resynced(LINKS, ADDRS, {254: (Default(0, 11, "192.0.2.1"),)}, LOCAL,
+                                ADDRS6, {254: (Default(0, 11, "fe80::1"),)})
 
 
 def test_resync_before_start_reports_nothing() -> None:
@@ -440,10 +478,11 @@ def test_lost_events_drop_the_backlog_and_resync_from_a_new_subscription(error, 
 
     with caplog.at_level(logging.WARNING, logger="ecmpd"):
         w, sink, subs = run(body)
-    assert sink.events == [RuleChanged(1001), Resynced(LINKS, ADDRS, {}, LOCAL),
+    assert sink.events == [RuleChanged(1001), Resynced(LINKS, ADDRS, {}, LOCAL, ADDRS6, {}),
                            LinkChanged("eth1", Link(11, True, True))]
     assert sink.log == ["open 0", "submit RuleChanged", "open 1", "close 0", "dump links",
-                        "dump addresses", "submit Resynced", "submit LinkChanged", "close 1"]
+                        "dump addresses", "dump addresses6", "submit Resynced",
+                        "submit LinkChanged", "close 1"]
     assert subs.made[0].gets == 1 and subs.made[0].batches == [([stale], None)]  # never read
     assert (w.events, w.resyncs) == (2, 1)
     if error is ENOBUFS:
@@ -519,7 +558,7 @@ def test_subscribing_again_is_retried_until_it_works(monkeypatch, caplog) -> Non
     with caplog.at_level(logging.ERROR, logger="ecmpd"):
         sink = run(body)
     assert [s.closed for s in subs.made] == [True, True, True, True]
-    assert sink.events == [Resynced(LINKS, ADDRS, {}, LOCAL), RuleChanged(1000)]
+    assert sink.events == [Resynced(LINKS, ADDRS, {}, LOCAL, ADDRS6, {}), RuleChanged(1000)]
     assert caplog.text.count("cannot subscribe to kernel events") == 2
 
 
@@ -546,7 +585,8 @@ def test_an_ended_event_stream_is_resubscribed() -> None:
                           message="the event on the new socket")
         await w.stop()
         return sink
-    assert run(body).events == [Resynced(LINKS, ADDRS, {}, LOCAL), RuleChanged(1000)]
+    assert run(body).events == [Resynced(LINKS, ADDRS, {}, LOCAL, ADDRS6, {}),
+                                RuleChanged(1000)]
 
 
 def test_stop_cancels_the_loop_and_closes_the_socket() -> None:
@@ -566,7 +606,7 @@ def test_stop_of_a_watcher_never_started_is_harmless() -> None:
     run(Watcher(Sink()).stop)
 
 
-def test_start_subscribes_to_the_four_groups_and_survives_without_nft(monkeypatch,
+def test_start_subscribes_to_the_groups_of_both_versions_and_survives_without_nft(monkeypatch,
                                                                      caplog) -> None:
     def no_netlink_netfilter(*a: Any, **kw: Any) -> socket.socket:
         raise OSError(errno.EPERM, "Operation not permitted")
@@ -581,7 +621,8 @@ def test_start_subscribes_to_the_four_groups_and_survives_without_nft(monkeypatc
         await w.start()
         s = subs.made[0]
         assert s.bound_groups == (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR
-                                  | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE)
+                                  | RTMGRP_IPV4_ROUTE | RTMGRP_IPV4_RULE
+                                  | RTMGRP_IPV6_ROUTE | RTMGRP_IPV6_RULE)
         assert (socket.SOL_SOCKET, socket.SO_RCVBUF, watcher_mod.RCVBUF) in s.socket.opts
         assert w._nft is None
         await until_async(lambda: sink.events == [LinkChanged("eth1", Link(11, True, False))],
