@@ -73,13 +73,16 @@ class Sink:
     def __init__(self) -> None:
         self.events: list = []
         self.reads = 0
+        self.tables: list[tuple[int, int | None]] = []
+        """(IP version, table) of every read, in order."""
 
     def submit(self, event) -> None:
         self.events.append(event)
 
-    async def dump_defaults(self, table=None):
+    async def dump_defaults(self, table=None, family=4):
         self.reads += 1
-        return {table: (Default(self.reads, 11, "192.0.2.1"),)}
+        self.tables.append((family, table))
+        return {table: (Default(self.reads, 11, "192.0.2.1" if family == 4 else "fe80::1"),)}
 
 
 def test_a_burst_of_changes_is_read_a_bounded_number_of_times_and_the_last_is_read() -> None:
@@ -99,6 +102,7 @@ def test_a_burst_of_changes_is_read_a_bounded_number_of_times_and_the_last_is_re
     assert sink.reads == READS[0] + 1          # one read for everything held back
     reads = [e for e in sink.events if isinstance(e, ev.DefaultsChanged)]
     assert reads[-1].defaults == (Default(sink.reads, 11, "192.0.2.1"),)
+    assert {(e.family, e.table) for e in reads} == {(4, 254)} and len(reads) == sink.reads
     assert len([e for e in sink.events if isinstance(e, ev.RouteChanged)]) == 200
 
 
@@ -119,6 +123,30 @@ def test_held_changes_are_read_after_the_token_comes() -> None:
         return counts
 
     assert asyncio.run(asyncio.wait_for(body(), 10)) == [READS[0], READS[0] + 1, READS[0] + 2]
+
+
+def test_held_tables_of_the_two_versions_are_read_apart() -> None:
+    """Table 254 of IPv4 and of IPv6 are two tables: held back in one burst, each is read
+    once, in its own version, when the token comes."""
+    async def body() -> Sink:
+        sink = Sink()
+        w = Watcher(sink)
+        w.follow(AUTO)
+        for _ in range(READS[0]):
+            await w._handle(route_msg("RTM_NEWROUTE", 254, proto=16))
+        for family in (6, 4, 6, 4):
+            await w._handle(route_msg("RTM_NEWROUTE", 254, proto=16, family=family))
+        held = len(sink.tables)
+        await asyncio.sleep(3 / READS[1])
+        await w.stop()
+        assert held == READS[0]
+        return sink
+
+    sink = asyncio.run(asyncio.wait_for(body(), 10))
+    assert sink.tables == [(4, 254)] * READS[0] + [(4, 254), (6, 254)]
+    reads = [e for e in sink.events if isinstance(e, ev.DefaultsChanged)]
+    assert [(e.family, e.table) for e in reads[-2:]] == [(4, 254), (6, 254)]
+    assert reads[-1].defaults == (Default(sink.reads, 11, "fe80::1"),)
 
 
 def test_the_daemon_rate_limits_keyed_log_lines(caplog) -> None:

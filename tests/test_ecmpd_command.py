@@ -85,7 +85,7 @@ def test_log_level_notice_is_accepted():
 # ---- --dry-run: the plan from the daemon's own decision ------------------------------
 
 from ecmpd.config import parse_config  # noqa: E402
-from ecmpd.desired import Nexthop, RouteSpec, balance_table  # noqa: E402
+from ecmpd.desired import Nexthop, RouteSpec, balance_table, metric_of  # noqa: E402
 from ecmpd.state import Link  # noqa: E402
 
 PLAN_CFG = parse_config("lan: {interfaces: [lan0]}\nwans:\n"
@@ -134,8 +134,10 @@ def test_plan_without_a_usable_wan_keeps_the_kernels_route_or_has_none():
     kept = RouteSpec(balance_table(PLAN_CFG), (Nexthop("192.0.2.1", 11, 1),
                                                Nexthop("198.51.100.1", 12, 5)), 0)
     lines = plan(links=down, main=kept)
-    assert "# no WAN is usable: ecmpd's route in the kernel is kept" in lines
+    assert "# no IPv4 WAN is usable: ecmpd's route in the kernel is kept" in lines
+    assert not any("IPv6" in line for line in lines)          # an IPv4-only config
     assert len(multipath(lines)) == 1
+    assert not any("is kept" in line for line in plan(links=down))   # nothing to keep
 
 
 def test_plan_adopts_the_route_found_and_leaves_out_wans_missing_from_it():
@@ -157,3 +159,43 @@ def test_dry_run_reads_only_and_needs_no_privilege():
     assert p.returncode == 0, p.stderr
     assert "rule 1512: from all lookup 1000" in p.stdout
     assert "# nft table inet ecmpd (one atomic transaction):" in p.stdout
+
+
+DUAL_CFG = parse_config("lan: {interfaces: [lan0]}\nwans:\n"
+                        "  a: {interface: eth1, gateway: 192.0.2.1, gateway6: 'fe80::1',"
+                        " weight: 1}\n"
+                        "  b: {interface: eth2, gateway: 198.51.100.1, weight: 5}\n", "x")
+ADDRS6 = {11: (("2001:db8:1::2", 64),)}
+
+
+def plan6(links=LINKS, addrs6=ADDRS6, main=None, main6=None):
+    return ecmpd_command.plan(DUAL_CFG, links, ADDRS, {}, frozenset(), (), main, addrs6, {},
+                              main6)
+
+
+def test_plan_of_a_dual_stack_config_routes_each_version_apart():
+    lines = plan6()
+    assert "# a IPv4: joins once its first probe round passes" in lines
+    assert "# a IPv6: joins once its first probe round passes" in lines
+    assert not any(line.startswith("# b IPv6") for line in lines)     # b: IPv4 only
+    v4, v6 = multipath(lines)
+    assert "nexthop via 192.0.2.1 oif 11 weight 1" in v4
+    assert "nexthop via 198.51.100.1 oif 12 weight 5" in v4 and not v4.startswith("-6")
+    assert v6.startswith("-6 ") and "nexthop via fe80::1 oif 11" in v6
+    assert "198.51.100.1" not in v6 and "192.0.2.1" not in v6
+    # no IPv6 address on eth1: a is out of the IPv6 route only
+    lines = plan6(addrs6={})
+    assert "# a IPv6: out: no IPv6 address" in lines
+    [v4] = multipath(lines)
+    assert "192.0.2.1" in v4 and not v4.startswith("-6")
+
+
+def test_plan_keeps_each_versions_kernel_route_apart():
+    down = {**LINKS, "eth1": Link(11, True, False), "eth2": Link(12, True, False)}
+    kept6 = RouteSpec(balance_table(DUAL_CFG), (Nexthop("fe80::1", 11, 1),
+                                                Nexthop("fe80::2", 12, 1)), metric_of(0, 6))
+    lines = plan6(links=down, main6=kept6)
+    assert "# no IPv6 WAN is usable: ecmpd's route in the kernel is kept" in lines
+    assert not any("no IPv4 WAN is usable" in line for line in lines)  # none to keep
+    [v6] = multipath(lines)
+    assert v6.startswith("-6 ") and "fe80::2" in v6

@@ -94,42 +94,68 @@ def test_plan_on_reload() -> None:
 
 
 class FakeNft:
-    """libnftables' json_cmd over a dict of tables (name -> listing)."""
+    """libnftables' json_cmd over a dict of tables ((family, name) -> listing); a command
+    document is one transaction: it fails whole (nothing changed) when one of its
+    commands does, as nft's does."""
 
-    def __init__(self, tables: dict[str, dict]) -> None:
+    def __init__(self, tables: dict[tuple[str, str], dict]) -> None:
         self.tables = tables
         self.calls: list[str] = []
 
     def json_cmd(self, doc: dict) -> tuple[int, Any, str]:
-        (cmd,) = doc["nftables"][:1]
-        if "list" in cmd:
-            name = cmd["list"]["table"]["name"]
-            self.calls.append(f"list {name}")
-            if name not in self.tables:
+        cmds = doc["nftables"]
+        if "list" in cmds[0]:
+            (cmd,) = cmds
+            t = cmd["list"]["table"]
+            self.calls.append(f"list {t['family']} {t['name']}")
+            if (t["family"], t["name"]) not in self.tables:
                 return 1, "", "No such file or directory"
-            return 0, self.tables[name], ""
-        name = doc["nftables"][1]["delete"]["table"]["name"]
-        self.calls.append(f"delete {name}")
-        self.tables.pop(name, None)
+            return 0, self.tables[(t["family"], t["name"])], ""
+        tables = dict(self.tables)
+        done = []
+        for cmd in cmds:
+            (verb, obj), = cmd.items()
+            key = (obj["table"]["family"], obj["table"]["name"])
+            if verb == "add":
+                tables.setdefault(key, {"nftables": []})
+            elif verb == "delete":
+                if key not in tables:
+                    return 1, "", "No such file or directory"      # all of it undone
+                del tables[key]
+                done.append(" ".join(key))
+            else:
+                raise AssertionError(f"unexpected nft command {cmd}")
+        self.calls.append("delete " + ", ".join(done))
+        self.tables = tables
         return 0, "", ""
 
 
-def listing(comment: str | None) -> dict:
-    rule = {"family": "ip", "table": "t", "chain": "prerouting", "expr": []}
+def listing(comment: str | None, family: str = "inet") -> dict:
+    rule = {"family": family, "table": "t", "chain": "prerouting", "expr": []}
     if comment:
         rule["comment"] = comment
-    return {"nftables": [{"table": {"family": "ip", "name": "t"}}, {"rule": rule}]}
+    return {"nftables": [{"table": {"family": family, "name": "t"}}, {"rule": rule}]}
 
 
 def test_only_an_nft_table_with_ecmpds_digest_is_removed(caplog) -> None:
-    nft = FakeNft({"old": listing("ecmpd:0123456789abcdef"), "theirs": listing("mine"),
-                   "bare": listing(None)})
+    nft = FakeNft({("inet", "old"): listing("ecmpd:0123456789abcdef"),
+                   ("ip", "older"): listing("ecmpd:0123456789abcdef", "ip"),   # an older ecmpd's
+                   ("inet", "theirs"): listing("mine"), ("inet", "bare"): listing(None),
+                   ("ip", "iptheirs"): listing("mine", "ip"),
+                   ("inet", "both"): listing("ecmpd:00"), ("ip", "both"): listing("ecmpd:11", "ip"),
+                   ("inet", "mixed"): listing("ecmpd:00"), ("ip", "mixed"): listing(None, "ip")})
     assert ledger.remove_nft_table("old", nft)
+    assert nft.calls == ["list inet old", "list ip old", "delete inet old, ip old"]
+    assert ledger.remove_nft_table("older", nft)
+    assert ledger.remove_nft_table("both", nft)
     with caplog.at_level(logging.WARNING, logger="ecmpd"):
         assert not ledger.remove_nft_table("theirs", nft)
         assert not ledger.remove_nft_table("bare", nft)
+        assert not ledger.remove_nft_table("iptheirs", nft)
+        assert not ledger.remove_nft_table("mixed", nft)       # its table ip is not ecmpd's
     assert not ledger.remove_nft_table("absent", nft)
-    assert set(nft.tables) == {"theirs", "bare"}
+    assert set(nft.tables) == {("inet", "theirs"), ("inet", "bare"), ("ip", "iptheirs"),
+                               ("inet", "mixed"), ("ip", "mixed")}
     assert "carries no ecmpd digest" in caplog.text
 
 
@@ -151,7 +177,7 @@ def test_the_ledger_flow_at_start_and_on_reload(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(routing, "handover", handover)
     old_cfg = cfg(sock)
     new_cfg = cfg(sock, table_base=2000, rule_priority=3000, route_metric=10, nft_table="e2")
-    nft = FakeNft({"ecmpd": listing("ecmpd:00"), "e2": listing("ecmpd:11")})
+    nft = FakeNft({("inet", "ecmpd"): listing("ecmpd:00"), ("inet", "e2"): listing("ecmpd:11")})
 
     async def body() -> None:
         first = Ledger(sock)
@@ -165,16 +191,17 @@ def test_the_ledger_flow_at_start_and_on_reload(tmp_path, monkeypatch) -> None:
         assert calls == [(Owned.of(old_cfg), Owned.of(new_cfg))]
         assert ledger.load(second.path) == (Owned.of(old_cfg), Owned.of(new_cfg))
         second.settle(new_cfg, nft)
-        assert nft.calls == ["list ecmpd", "delete ecmpd"] and set(nft.tables) == {"e2"}
+        assert nft.calls == ["list inet ecmpd", "list ip ecmpd", "delete inet ecmpd, ip ecmpd"]
+        assert set(nft.tables) == {("inet", "e2")}
         assert ledger.load(second.path) == (Owned.of(new_cfg),)
         # a reload back: recorded, handed over, settled
         calls.clear()
         assert await second.switch(object(), new_cfg, old_cfg) == 3
         assert calls == [(Owned.of(new_cfg), Owned.of(old_cfg))]
         assert ledger.load(second.path) == (Owned.of(new_cfg), Owned.of(old_cfg))
-        nft.tables["ecmpd"] = listing("ecmpd:22")
+        nft.tables[("inet", "ecmpd")] = listing("ecmpd:22")
         second.settle(old_cfg, nft)
-        assert set(nft.tables) == {"ecmpd"}
+        assert set(nft.tables) == {("inet", "ecmpd")}
         # a reload that changes only WANs or the nft table name hands no route over
         calls.clear()
         assert await second.switch(object(), old_cfg, cfg(sock, nft_table="e3")) == 0

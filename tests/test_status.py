@@ -38,11 +38,13 @@ LINKS = {"lan0": Link(3, True, True), "eth1": Link(11, True, True), "eth2": Link
 ADDRS = {11: (("192.0.2.10", 24), ("192.0.2.11", 24)), 12: (("198.51.100.10", 24),)}
 UP = Health(H.UP, 0, "after 5 good rounds")
 
-WAN_KEYS = {"state", "health", "since", "reason", "last_round", "interface", "gateway",
-            "address", "weight", "active", "disabled", "carrier", "mark", "table",
-            "connections", "targets", "verdict", "note", "timeout_ms", "gateway_source",
-            "nexthop", "point_to_point"}
-TOP_KEYS = {"pid", "config", "uptime", "hash", "wans", "route", "warnings", "stats"}
+FAMILY_KEYS = {"state", "health", "since", "reason", "last_round", "gateway", "address",
+               "active", "targets", "verdict", "note", "timeout_ms", "gateway_source",
+               "nexthop"}
+"""A WAN's fields of one IP version (under "ipv4" / "ipv6"; the IPv4 ones also at its top)."""
+WAN_KEYS = FAMILY_KEYS | {"interface", "weight", "disabled", "carrier", "mark", "table",
+                          "connections", "point_to_point", "families", "ipv4", "ipv6"}
+TOP_KEYS = {"pid", "config", "uptime", "hash", "wans", "route", "route6", "warnings", "stats"}
 STATS_KEYS = {"reconciles", "changes", "nft_writes", "events", "reaction_ms", "flushes",
               "resyncs"}
 
@@ -79,7 +81,14 @@ def test_the_payload_has_the_documented_keys_and_is_json() -> None:
     assert list(st["wans"]) == ["wlan1", "wlan2"]
     for w in st["wans"].values():
         assert set(w) == WAN_KEYS
+        # an IPv4-only WAN: its IPv4 fields at the top and under "ipv4", no IPv6
+        assert w["families"] == ["ipv4"] and w["ipv6"] is None
+        assert set(w["ipv4"]) == FAMILY_KEYS
+        assert {k: w[k] for k in FAMILY_KEYS} == w["ipv4"]
+    assert st["wans"]["wlan2"]["ipv4"]["gateway"] == "198.51.100.1"
     assert set(st["route"]) == {"present", "kept_last", "nexthops"}
+    # no IPv6 route in an IPv4-only config, and no warning about it
+    assert st["route6"] == {"present": False, "kept_last": False, "nexthops": []}
     assert set(st["stats"]) == STATS_KEYS
     assert st["warnings"] == []
     assert json.loads(json.dumps(st)) == st
@@ -289,6 +298,10 @@ def test_targets_loss_and_rtt_come_from_the_probe_window() -> None:
         "203.0.113.8": {"loss_pct": None, "rtt_ms": None, **none},      # no sample yet
     }
     assert list(w1["targets"]) == list(TARGETS)
+    # probes are keyed (WAN, IP version); a plain name is the IPv4 prober
+    keyed = render(snap(probes={("wlan1", 4): probe}))["wans"]["wlan1"]
+    assert keyed["targets"] == w1["targets"] and keyed["ipv4"]["targets"] == w1["targets"]
+    assert render(snap(probes={("wlan1", 6): probe}))["wans"]["wlan1"]["targets"] == {}
     assert w1["last_round"] == "2/3 targets answered"
     assert (w1["verdict"], w1["note"], w1["timeout_ms"]) == ("good", None, 300.0)
     # no prober (not started): no targets, no last round
@@ -330,13 +343,14 @@ def kernel(monkeypatch):
     """The kernel as the daemon reads it: set `.actual` and `.counts`; records calls."""
     k = types.SimpleNamespace(actual=Actual(routes={(MAIN_TABLE, 0): route(hop("192.0.2.1",
                                                                                11))}),
+                              actual6=Actual(family=6),
                               counts={"wlan1": 7}, reads=[], count_calls=[], during=None)
 
-    async def read_actual(ipr: Any, cfg: Config) -> Actual:
-        k.reads.append((ipr, cfg, k.daemon.kernel.lock.locked()))
+    async def read_actual(ipr: Any, cfg: Config, tables: Any = (), family: int = 4) -> Actual:
+        k.reads.append((ipr, cfg, k.daemon.kernel.lock.locked(), family))
         if k.during is not None:
             k.during()                  # the state changes while the kernel is read
-        return k.actual
+        return k.actual if family == 4 else k.actual6
 
     async def count_marks(marks: dict[str, int], mask: int) -> dict[str, int]:
         k.count_calls.append((dict(marks), mask))
@@ -365,7 +379,9 @@ def test_the_daemon_takes_the_snapshot_with_its_kernel_read(kernel) -> None:
 
     s, now = asyncio.run(body())
     assert s.state is now
-    assert kernel.reads[0][1:] == (CFG, True)                   # under the netlink lock
+    # both IP versions read, under the netlink lock
+    assert [r[1:] for r in kernel.reads] == [(CFG, True, 4), (CFG, True, 6)]
+    assert s.main == route(hop("192.0.2.1", 11)) and s.main6 is None
     assert kernel.count_calls == [(MARKS, 0x00FF0000)]
     payload = render(s)
     assert set(payload) == TOP_KEYS and payload["pid"] == os.getpid()
@@ -374,7 +390,32 @@ def test_the_daemon_takes_the_snapshot_with_its_kernel_read(kernel) -> None:
         (True, "192.0.2.10", True, "up")
     assert (w2["active"], w2["state"], w2["health"]) == (False, "disabled", "init")
     assert payload["route"]["kept_last"] is False
+    assert payload["route6"]["present"] is False
     assert payload["stats"]["events"] == 0 and payload["stats"]["nft_writes"] == 0
+
+
+def test_the_snapshot_takes_the_ipv6_route_from_the_ipv6_read(kernel) -> None:
+    from ecmpd.daemon import Daemon
+    from ecmpd.desired import balance_table, metric_of
+    from ecmpd.sdnotify import Notifier
+
+    six = RouteSpec(balance_table(CFG), (Nexthop("fe80::1", 11, 1),), metric_of(0, 6))
+    kernel.actual6 = Actual(routes={(six.table, six.metric): six}, family=6,
+                            foreign_main="default via fe80::99 dev eth2 proto ra")
+
+    async def body() -> Snapshot:
+        d = Daemon(CFG, "/tmp/ecmpd-test.yaml", Notifier(environ={}))
+        kernel.daemon = d
+        d.kernel.ipr = object()  # type: ignore[assignment]
+        d.reconciler.closed = True
+        d.state = initial(CFG, LINKS, ADDRS, (), time.time())
+        return await d.snapshot()
+
+    s = asyncio.run(body())
+    assert (s.main, s.main6) == (route(hop("192.0.2.1", 11)), six)
+    assert (s.foreign_main, s.foreign_main6) == (None, "default via fe80::99 dev eth2 proto ra")
+    assert render(s)["route6"]["nexthops"] == [
+        {"gateway": "fe80::1", "interface": "eth1", "onlink": False, "weight": 1}]
 
 
 def test_a_target_that_is_the_routers_own_address_says_so_per_target() -> None:
