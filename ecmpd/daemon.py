@@ -20,7 +20,7 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import replace
 from typing import Any
 
-from . import conntrack, ownaddr, routing, status
+from . import conntrack, learned, ownaddr, routing, status
 from .config import ConfigError, load_config
 from .configmodel import FAMILIES, Config, Wan
 from .control_server import ControlServer
@@ -30,6 +30,7 @@ from .events import (Adopted, DefaultsRead, Effect, Event, Flush, ForgetAddress,
 from .firewall import Firewall
 from .judge import RoundResult
 from .kernel import Kernel
+from .learned import LearnedStore
 from .ledger import Ledger
 from .logsetup import RateLimitedLog
 from .prober import Prober
@@ -60,10 +61,13 @@ class Daemon:
         self.watcher = Watcher(self, reads=self.kernel)
         self.reconciler = Reconciler(
             lambda: self.state, self.kernel, self.firewall, Sysctls(), self._spawn,
-            report=self.submit, on_pass=self._record_disabled,
+            report=self.submit, on_pass=self._after_pass,
             stamp=lambda: (self.watcher.events, self.watcher.resyncs))
         self._recorded_disabled: frozenset[str] | None = None
         """The disabled WANs last written to `disabled_store` (None: not yet)."""
+        self.learned_store = LearnedStore(cfg.control_socket + ".learned.json")
+        self._recorded_learned: dict[tuple[str, int], learned.Record] | None = None
+        """The learned gateways last written to `learned_store` (None: not yet)."""
         self.ledger = Ledger(cfg.control_socket)
         """The ownership numbers installed (`<socket>.owned.json`): nothing is orphaned."""
         self.control: ControlServer | None = None
@@ -175,10 +179,17 @@ class Daemon:
         prober = Prober(label, targets, wan.probe,
                         lambda r, n=wan.name, f=family: self._on_round(n, f, r),
                         traffic=lambda n=wan.name, f=family: self._traffic_of(n, f),
-                        quorum=quorum, spare=True)
+                        quorum=quorum, spare=True,
+                        line=lambda n=wan.name, f=family: self._line_timeout(n, 10 - f))
         self._follow(prober, p, wan)            # its address, device and own targets
         self._probers[(wan.name, family)] = prober
         self._probing[(wan.name, family)] = asyncio.get_running_loop().create_task(prober.run())
+
+    def _line_timeout(self, name: str, family: int) -> float | None:
+        """The adaptive reply timeout of WAN `name`'s IP version `family` alone (None: not
+        probed): the other version's prober waits at least as long (`Prober.line`)."""
+        prober = self._probers.get((name, family))
+        return prober.own_timeout() if prober is not None else None
 
     def _stop_prober(self, key: tuple[str, int]) -> None:
         if (task := self._probing.pop(key, None)) is not None:
@@ -268,6 +279,12 @@ class Daemon:
                              f"remembered across a restart once it leaves the route)"}
         return {"ok": True, "wan": name, "disabled": disabled}
 
+    def _after_pass(self, decision: Decision) -> None:
+        self._record_disabled(decision)
+        recs = learned.records(decision.state)
+        if recs != self._recorded_learned and self.learned_store.save(recs):
+            self._recorded_learned = recs         # else the next pass writes it again
+
     def _record_disabled(self, decision: Decision) -> None:
         """Remember the disables that took effect: a disabled WAN still in the route
         (the last usable one) is not recorded until it leaves it, so a restart never
@@ -314,9 +331,13 @@ class Daemon:
         links, addresses = await k.dump_links(), await k.dump_addresses()
         disabled = self.disabled_store.load({w.name for w in cfg.wans})
         self._recorded_disabled = frozenset(disabled)
-        self.state = initial(cfg, links or {}, addresses or {}, disabled, time.time(),
-                             await k.dump_defaults(), await k.dump_local() or frozenset(),
-                             await k.dump_addresses(6), await k.dump_defaults(family=6))
+        st = initial(cfg, links or {}, addresses or {}, disabled, time.time(),
+                     await k.dump_defaults(), await k.dump_local() or frozenset(),
+                     await k.dump_addresses(6), await k.dump_defaults(family=6))
+        # a restart does not wait for the next lease: the gateways learned before, where
+        # they still fit (same interface and address) and no route names one now
+        self.learned_store = LearnedStore(cfg.control_socket + ".learned.json")
+        self.state = learned.seed(st, self.learned_store.load(st))
         own: dict[str, tuple[str, ...]] = {}
         for w, f in self._probed(cfg):
             own[w.name] = own.get(w.name, ()) + own_targets(plane(self.state, f), w)

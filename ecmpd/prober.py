@@ -166,6 +166,7 @@ class Prober:
         quorum: int | None = None,
         sockets: SocketFactory = _open_echo,
         spare: bool = False,
+        line: Callable[[], float | None] | None = None,
     ) -> None:
         _check(settings)
         self.name = name
@@ -195,6 +196,11 @@ class Prober:
         self._timer: asyncio.TimerHandle | None = None
         self._own: frozenset[str] = frozenset()
         self._spare = spare
+        self._line = line or (lambda: None)
+        """The reply timeout the WAN's other IP version measures now (None: none): both
+        versions cross the same line and its queue, so a round waits at least that long
+        before its silence counts (a line saturated by IPv4 downloads delays IPv6 probes
+        as much, with no IPv6 traffic to prove it alive)."""
         """A round's later requests go only to the targets that have not answered it yet:
         the verdict is the same (a target answers if any reply comes, and one unanswered
         at the next send gets that request as before); an idle healthy line whose RTT
@@ -249,7 +255,15 @@ class Prober:
         return (est.srtt, est.rttvar) if est else (None, None)
 
     def timeout(self) -> float:
-        """The reply timeout the next round will use."""
+        """The reply timeout the next round will use: its targets' adaptive timeouts,
+        and at least the line's as the other IP version measures it (`line`)."""
+        st = self._settings
+        own = self.own_timeout()
+        line = self._line()
+        return own if line is None else max(own, min(line, st.max_timeout))
+
+    def own_timeout(self) -> float:
+        """The adaptive reply timeout of this prober's own targets alone."""
         st = self._settings
         return max((self._est[t].timeout(st.timeout, st.max_timeout)
                     for t in self._targets if t in self._est), default=st.timeout)
@@ -355,7 +369,10 @@ class Prober:
             if last is not None:
                 per_interval = rnd.settings.interval / max(now - last[0], rnd.settings.interval)
                 rnd.busy = (traffic - last[1]) * per_interval >= BUSY_PACKETS
-        quiet = rnd.sent_by + silence_window(rnd.settings, rnd.busy)
+        # the line's queue, as the other IP version measures it, is no silence
+        line = self._line()
+        quiet = rnd.sent_by + max(silence_window(rnd.settings, rnd.busy),
+                                  0.0 if line is None else min(line, rnd.settings.max_timeout))
         if fresh and rnd.deadline > quiet + 1e-3:
             rnd.timers.append(loop.call_at(max(quiet, now), self._quiet, rnd))
 

@@ -53,7 +53,9 @@ def wait_srtt(d: Ecmpd, names: list[str], at_least: float, timeout: float = 20.0
 
 
 def test_saturated_lines_stay_in_the_route_and_no_transfer_breaks(lines3):
-    d = start(lines3, config_for(lines3, targets="both"))
+    # dual-stack: the IPv4 load fills the queue the IPv6 probes wait in too, with no
+    # IPv6 traffic to prove the line alive; IPv6 stays in as well
+    d = start(lines3, config_for(lines3, targets="both", ipv6=True))
     try:
         load = lines3.load(seconds=25, streams_per_wan=1)
         st = wait_srtt(d, list(RATES), 0.3)
@@ -66,12 +68,14 @@ def test_saturated_lines_stay_in_the_route_and_no_transfer_breaks(lines3):
         assert not transitions(d.log()), transitions(d.log())
         st = d.status()
         assert all(w["state"] == "up" and w["active"] for w in st["wans"].values()), st
+        assert all(w["ipv6"]["state"] == "up" and w["ipv6"]["active"]
+                   for w in st["wans"].values()), st
     finally:
         d.stop()
 
 
 def test_a_dead_isp_leaves_fast_while_its_line_is_saturated(lines3):
-    d = start(lines3, config_for(lines3, targets="both"))
+    d = start(lines3, config_for(lines3, targets="both", ipv6=True))
     try:
         load = lines3.load(wans=["north"], seconds=40, streams_per_wan=1)
         wait_srtt(d, ["north"], 0.3)
@@ -81,6 +85,10 @@ def test_a_dead_isp_leaves_fast_while_its_line_is_saturated(lines3):
         took = time.monotonic() - t0
         # 1 s of buffer drains first (dead and slow look alike until then); bench: ~1.2 s
         assert took <= 3.0, f"north left the route {took:.2f}s after its ISP died"
+        d.wait_states({"north": "down"}, timeout=10, family=6)
+        took6 = time.monotonic() - t0
+        # IPv6 waits the line's queue as IPv4 measures it, then the same rounds
+        assert took6 <= 4.0, f"north's IPv6 left the route {took6:.2f}s after its ISP died"
         assert all(st["wans"][n]["state"] == "up" for n in ("south", "west")), st
         res = lines3.new_flows(40, timeout=3.0)
         assert all(r.ok for r in res) and {r.wan for r in res} <= {"south", "west"}

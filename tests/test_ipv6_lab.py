@@ -12,6 +12,7 @@ import pytest
 
 from lab.runner import config_for
 from lab.topology import LabSpec, LabWan, modem_spec, seed_spec
+from lab.wait import within
 
 pytestmark = pytest.mark.lab
 
@@ -150,3 +151,39 @@ def test_an_inbound_ipv6_connection_is_answered_by_its_ingress_wan(make_lab, ecm
         # reply that leaves by the other WAN (BCP38), so only the ingress WAN answers
         res = lab.new_flows(20, timeout=3.0, server=address, from_ns=lab.ns_inet)
         assert all(r.ok for r in res), (w.name, [r for r in res if not r.ok][:3])
+
+
+def test_learned_gateways_of_both_versions_outlive_a_restart_until_the_address_goes(
+        make_lab, ecmpd_in):
+    lab = make_lab(seed_spec())
+    cfg = config_for(lab, ipv6=True)
+    cfg["wans"]["wlan2"].update(gateway="auto", gateway6="auto")
+    # what a DHCP client and the ISP's router advertisements give wlan2
+    lab.run(lab.ns_router, "ip", "route", "add", "default", "via", "10.112.0.1", "dev",
+            "wlan2", "proto", "dhcp")
+    ra = lab.ra("wlan2")
+    d = ecmpd_in(lab, cfg)
+    d.wait_states({"wlan2": "up"}, family=6, timeout=20)
+    d.stop()
+    # gone while ecmpd is down: the client's route (between two leases), the RA route
+    # (the ISP's router said goodbye); the interface and its addresses stay
+    lab.run(lab.ns_router, "ip", "route", "del", "default", "via", "10.112.0.1", "dev",
+            "wlan2")
+    ra.stop(goodbye=True)
+    routes6 = lambda: lab.run(lab.ns_router, "ip", "-6", "route", "show", "default").stdout  # noqa: E731
+    within(lambda: "wlan2" not in routes6(), 10)
+    d.start()
+    st = d.wait_states({"wlan2": "up"})
+    st = d.wait_states({"wlan2": "up"}, family=6)
+    wan = st["wans"]["wlan2"]
+    assert (wan["gateway"], wan["gateway_source"]) == ("10.112.0.1", "learned")
+    assert (wan["ipv6"]["gateway"], wan["ipv6"]["gateway_source"]) == ("fe80::1", "learned")
+    lab.start_servers()
+    for server in (None, lab.server6):
+        res = lab.new_flows(60, timeout=3.0, server=server)
+        assert all(r.ok for r in res) and {r.wan for r in res} == {"wlan1", "wlan2"}
+    # a new address means a new lease: the remembered gateway goes with the old one
+    lab.run(lab.ns_router, "ip", "addr", "flush", "dev", "wlan2", "scope", "global")
+    st = d.wait_for(lambda s: s["wans"]["wlan2"]["gateway"] is None
+                    and s["wans"]["wlan2"]["ipv6"]["gateway"] is None, what="forgotten")
+    assert st["wans"]["wlan2"]["state"] == "down"

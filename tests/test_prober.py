@@ -202,7 +202,7 @@ class Run:
     def __init__(self, targets: Sequence[str] = ("a", "b"), net: FakeNet | None = None,
                  traffic: Traffic | None = None, quorum: int | None = None,
                  source: str | None = SOURCE, on_round: Callable[[RoundResult], None] | None = None,
-                 **settings: Any) -> None:
+                 line: Callable[[], float | None] | None = None, **settings: Any) -> None:
         self.net = net or FakeNet()
         self.traffic = traffic
         self.settings = ProbeSettings(**{"interval": 1.0, "timeout": 0.25, "count": 1,
@@ -210,7 +210,7 @@ class Run:
         self.results: list[RoundResult] = []
         self.prober = Prober("wan1", targets, self.settings, on_round or self.results.append,
                              source=source, device=DEVICE, traffic=traffic, quorum=quorum,
-                             sockets=self.net)
+                             sockets=self.net, line=line)
 
     async def drive(self, until: float, at: dict[float, Callable[[], Any]] | None = None,
                     start: float = 0.0, alone: bool = True) -> None:
@@ -457,6 +457,22 @@ def test_silence_fails_a_round_at_once_when_nothing_came() -> None:
     assert r.summary()[6:] == [(k + gap + 1.25, FAILED, silent) for k in (6, 7)]
     assert all(x.timeout > 1.1 for x in results[5:])
     assert len(r.prober.window()) == len(results)
+
+
+@pytest.mark.parametrize("line, fails", [(None, True), (lambda: 0.1, True),
+                                         (lambda: None, True), (lambda: 1.0, False)])
+def test_the_other_versions_line_timeout_is_waited_for_before_silence_counts(line, fails):
+    # a line whose queue delays every reply by 0.8 s and carries none of this version's
+    # traffic (IPv4 downloads fill it, the IPv6 prober has only its probes): the other
+    # version measures the line at 1.0 s, so this one's rounds wait that long
+    r = Run(("a",), net=FakeNet(lambda s: 0.8), interval=0.2, count=1, line=line)
+    results = r.go(3.0)
+    first = [x for x in results if x.at < 1.0]
+    if fails:
+        assert first and all(x.verdict is FAILED for x in first[:3]), r.summary()
+    else:
+        assert FAILED not in {x.verdict for x in results}, r.summary()
+        assert all(x.timeout == pytest.approx(1.0) for x in results[:3])
 
 
 def test_silence_does_not_fail_a_round_while_traffic_moves() -> None:
