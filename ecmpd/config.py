@@ -422,7 +422,7 @@ class _Validator:
             return
         for f in (4, 6):
             if (not any(w.has(f) for w in wans) and any(
-                    _parses(t) and t != GATEWAY_TARGET and family_of(t) == f
+                    isinstance(t, str) and t != GATEWAY_TARGET and family_of(t) == f and _parses(t)
                     for t in targets)):
                 self.add(probe.value_lines["targets"], "probe.targets",
                          f"lists IPv{f} targets, but no WAN carries IPv{f} "

@@ -37,8 +37,9 @@ from .prober import Prober
 from .reconciler import Reconciler
 from .reloadplan import plan_reload
 from .sdnotify import Notifier
-from .state import (Decision, State, active, address, awaiting_verdict, initial, main_route,
-                    no_target, own_targets, plane, probe_targets, project)
+from .decision import Decision, main_route
+from .state import (State, active, address, awaiting_verdict, initial, no_target, own_targets,
+                    plane, probe_targets, project)
 from .sysctl import Sysctls
 from .watcher import Watcher
 

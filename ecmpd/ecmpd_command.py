@@ -65,7 +65,8 @@ async def dry_run(cfg: Config) -> None:
     from . import nftrules, routing
     from .disabled import DisabledStore
     from .kernel import Kernel
-    from .state import initial, main_route
+    from .decision import main_route
+    from .state import initial
 
     # the daemon's reads (`Kernel`), before anything is known of the state
     kernel = Kernel(lambda: initial(cfg, {}, {}, (), 0.0))
@@ -98,13 +99,14 @@ def plan(cfg: Config, links: Mapping[str, "Link"], addresses: "Addresses",
     """What the daemon started now would install, as `# notes` and the plan's lines.
 
     The daemon's own path: the state at start from the same dumps (`state.initial`), the
-    route found in the kernel adopted (`events.Adopted`), then `state.decide`.  A WAN
+    route found in the kernel adopted (`events.Adopted`), then `decision.decide`.  A WAN
     that waits for its first probe verdict takes no new flows in the daemon; the plan
     shows the route once the first rounds passed: such a WAN is given a good round
     (`events.ProbeRound`) unless its probes cannot pass (no target, or too few that are
     not the router's own addresses).
     """
     from . import events, state
+    from .decision import decide
     from .desired import describe
 
     st = state.initial(cfg, links, addresses, disabled, 0.0, defaults, local, addresses6,
@@ -120,7 +122,7 @@ def plan(cfg: Config, links: Mapping[str, "Link"], addresses: "Addresses",
                 f"{wan.name} IPv{family}"
             st, more = _plan_wan(st, family, wan, label, wan.name in waiting, links)
             notes += more
-    decision = state.decide(st, kernel_main, kernel_main6)
+    decision = decide(st, kernel_main, kernel_main6)
     for family in cfg.families():
         desired, _, kept = decision.of(family)
         if kept:

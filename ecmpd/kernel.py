@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from . import gateways, ownaddr, routing
+from . import gateways, interfaces, ownaddr
 from .desired import table_range
 from .netlinkimport import AsyncIPRoute
 from .state import Addresses, Defaults, Link, State
@@ -43,7 +43,7 @@ class Kernel:
         if self.ipr is None:
             return None
         async with self.lock:
-            return {n: Link.of(v) for n, v in (await routing.read_links(self.ipr)).items()}
+            return {n: Link.of(v) for n, v in (await interfaces.read_links(self.ipr)).items()}
 
     async def dump_addresses(self, family: int = 4) -> Addresses | None:
         """Every address of IP version `family` (IPv6: global ones), from a dump (None
@@ -52,7 +52,7 @@ class Kernel:
             return None
         async with self.lock:
             return {i: tuple(a) for i, a in
-                    (await routing.read_addresses(self.ipr, family)).items()}
+                    (await interfaces.read_addresses(self.ipr, family)).items()}
 
     async def dump_local(self) -> ownaddr.Local | None:
         """Every address of the router, both families, from a dump (None while closed)."""

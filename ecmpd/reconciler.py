@@ -2,7 +2,7 @@
 
 A pass reads ecmpd's routes and rules from the kernel, takes the state snapshot right
 after that read (nothing runs in between: one loop), derives the desired kernel state and
-its flags from that one snapshot (`ecmpd.state.decide`) and applies the difference.
+its flags from that one snapshot (`ecmpd.decision.decide`) and applies the difference.
 Re-applying the same desired state changes nothing.
 
 Requests coalesce: `kick()` asks for a pass; everything asked before a pass starts is
@@ -26,8 +26,8 @@ from .firewall import Firewall
 from .kernel import Kernel
 from .refused import Refused
 from .configmodel import FAMILIES
-from .state import (Decision, Refusal, State, decide, full_hop, main_route, plane,
-                    probe_gateways)
+from .decision import Decision, decide, main_route
+from .state import Refusal, State, full_hop, plane, probe_gateways
 from .sysctl import Sysctls
 
 log = logging.getLogger("ecmpd")

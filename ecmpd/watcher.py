@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from .netlinkimport import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_RULE,
                             RTMGRP_LINK, AsyncIPRoute)
 
-from . import gateways, ownaddr, routing, rtfilter
+from . import gateways, interfaces, ownaddr, rtfilter
 from .desired import table_range
 from .configmodel import FAMILIES, Config
 from .events import (AddressesChanged, DefaultsChanged, DefaultsRead, Event, LinkChanged,
@@ -307,7 +307,7 @@ class Watcher:
     async def _handle(self, msg: Any) -> None:
         event = msg.get("event")
         if event in ("RTM_NEWLINK", "RTM_DELLINK"):
-            link = Link.of(routing.link_state(msg)) if event == "RTM_NEWLINK" else None
+            link = Link.of(interfaces.link_state(msg)) if event == "RTM_NEWLINK" else None
             self.sink.submit(LinkChanged(msg.get("ifname"), link))
             if self._learning is not None and (link is None or not link.up):
                 self._reread_defaults()     # its routes went, silently

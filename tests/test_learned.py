@@ -11,7 +11,8 @@ import pytest
 from ecmpd import learned
 from ecmpd.configmodel import Config, Wan
 from ecmpd.health import Phase
-from ecmpd.state import Default, Link, decide, gateway, initial, plane
+from ecmpd.decision import decide
+from ecmpd.state import Default, Link, gateway, initial, plane
 
 CFG = Config(lan_interfaces=("lan0",),
              wans=(Wan("wlan1", "eth1", None, id=1, gateway6=None, families=(4, 6)),

@@ -155,11 +155,11 @@ NEEDS_ROOT = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"),
 USE = r"""
 import asyncio, json, sys
 import ecmpd.daemon
-from ecmpd import conntrack, netlinkimport as n, routing
+from ecmpd import conntrack, interfaces, netlinkimport as n
 
 async def use():
     async with n.AsyncIPRoute() as ipr:
-        links = sorted(await routing.read_links(ipr))
+        links = sorted(await interfaces.read_links(ipr))
         try:
             await ipr.link("get", index=424242)
             err = None

@@ -17,7 +17,8 @@ from ecmpd.configmodel import Config, Wan
 from ecmpd.netlinkimport import NetlinkError
 from ecmpd.reconciler import refusals
 from ecmpd.refused import by_wan, install_main, refused_single
-from ecmpd.state import (Default, Link, Refusal, State, decide, full_hop, initial,
+from ecmpd.decision import decide
+from ecmpd.state import (Default, Link, Refusal, State, full_hop, initial,
                          link_problem, no_target, onlink, usable)
 
 CFG = Config(

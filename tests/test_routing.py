@@ -20,7 +20,7 @@ from typing import Any, AsyncIterator
 import pytest
 from pyroute2 import AsyncIPRoute
 
-from ecmpd import routing
+from ecmpd import interfaces, routing
 from ecmpd.desired import (UNREACHABLE, UNREACHABLE_METRIC, Desired, build_desired, describe,
                            rule_range, table_range)
 from lab import Lab
@@ -51,7 +51,7 @@ async def router(lab: Lab) -> AsyncIterator[AsyncIPRoute]:
 
 async def desired(ipr: AsyncIPRoute, lab: Lab, c: Config, active: set[str],
                   keep_main: Any = None) -> Desired:
-    links = {name: v["index"] for name, v in (await routing.read_links(ipr)).items()}
+    links = {name: v["index"] for name, v in (await interfaces.read_links(ipr)).items()}
     addrs = {w.name: str(IPv4Interface(w.address).ip) for w in lab.spec.wans}
     return build_desired(c, links, addrs, active, keep_main)
 
@@ -140,7 +140,7 @@ def test_the_netlink_socket_acts_in_the_lab_not_in_the_host(lab: Lab) -> None:
     async def body() -> None:
         async with router(lab) as ipr:
             assert os.readlink("/proc/self/ns/net") == before[0]
-            links = await routing.read_links(ipr)
+            links = await interfaces.read_links(ipr)
             assert {"Local", "wlan1", "wlan2"} <= set(links)
             d = await desired(ipr, lab, CFG, {"wlan1", "wlan2"})
             assert await routing.apply(ipr, CFG, d) == 11
@@ -323,11 +323,11 @@ def test_read_links_and_read_addresses(lab: Lab) -> None:
 
     async def body() -> None:
         async with router(lab) as ipr:
-            links = await routing.read_links(ipr)
+            links = await interfaces.read_links(ipr)
             assert {n: v["index"] for n, v in links.items()} == kernel
             assert links["wlan1"] == {"index": kernel["wlan1"], "up": True, "carrier": True,
                                       "pointopoint": False}
-            addrs = await routing.read_addresses(ipr)
+            addrs = await interfaces.read_addresses(ipr)
             assert addrs[kernel["wlan1"]][0] == ("10.111.0.2", 24)
             assert sorted(addrs[kernel["wlan1"]]) == [("10.111.0.2", 24), ("10.111.0.3", 24),
                                                      ("10.99.0.1", 16)]
@@ -336,7 +336,7 @@ def test_read_links_and_read_addresses(lab: Lab) -> None:
 
             lab.run(lab.ns_router, "ip", "link", "set", "dev", "wlan2", "down")
             lab.fault("wlan1", "carrier")  # the ISP's side goes down: no carrier, still admin up
-            links = await routing.read_links(ipr)
+            links = await interfaces.read_links(ipr)
             assert links["wlan2"] == {"index": kernel["wlan2"], "up": False, "carrier": False,
                                       "pointopoint": False}
             assert links["wlan1"] == {"index": kernel["wlan1"], "up": True, "carrier": False,
@@ -555,7 +555,7 @@ def test_an_onlink_nexthop_is_read_back_and_a_refused_one_is_left_out(lab: Lab) 
 
     async def body() -> None:
         async with router(lab) as ipr:
-            links = {name: v["index"] for name, v in (await routing.read_links(ipr)).items()}
+            links = {name: v["index"] for name, v in (await interfaces.read_links(ipr)).items()}
             addrs = {"wlan1": "10.111.0.2", "wlan2": "10.112.0.2"}
             # wlan1's gateway is off its /32 (onlink); wlan2's is nowhere the kernel knows
             d = build_desired(CFG, links, addrs, {"wlan1", "wlan2"},

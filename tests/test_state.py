@@ -17,7 +17,8 @@ from ecmpd.logsetup import NOTICE
 from ecmpd.configmodel import Config, Wan
 from ecmpd.reloadplan import plan_reload
 from ecmpd.state import (Default, Link, State, WanState, active, address, awaiting_verdict, carrier,
-                         decide, initial, keeps_last_route, link_ok, usable)
+                         initial, keeps_last_route, link_ok, usable)
+from ecmpd.decision import decide
 
 CFG = Config(
     lan_interfaces=("lan0",),

@@ -1,0 +1,75 @@
+"""What one reconcile wants: the desired kernel state of each IP version, derived from
+one snapshot (`ecmpd.state.State`) and the routes read from the kernel with it.  Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from .configmodel import Config
+from .desired import MAIN_TABLE, Desired, RouteSpec, balance_table, build_desired, metric_of
+from .state import (State, active, address, gateways, hop_of, keeps_last_route, onlink,
+                    plane)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one reconcile wants, derived from one snapshot and the kernel routes: per
+    IP version, the desired state, the usable WANs and whether the last route is kept."""
+
+    state: State
+    desired: Desired
+    active: frozenset[str]
+    kept: bool
+    """All IPv4 WANs down: the kernel's route is kept."""
+    desired6: Desired = field(default_factory=lambda: Desired(None, family=6))
+    active6: frozenset[str] = frozenset()
+    kept6: bool = False
+
+    def of(self, family: int) -> tuple[Desired, frozenset[str], bool]:
+        """(desired, active, kept) of IP version `family`."""
+        return ((self.desired, self.active, self.kept) if family == 4 else
+                (self.desired6, self.active6, self.kept6))
+
+    def in_route(self, name: str, family: int = 4) -> bool:
+        """Whether WAN `name`'s nexthop of IP version `family` is in the desired
+        multipath route of that version."""
+        p = plane(self.state, family)
+        if name not in p.wans:
+            return False
+        hop = hop_of(p, p.cfg.wan(name))
+        main = self.of(family)[0].main
+        return hop is not None and main is not None and hop in main.hops()
+
+
+def decide(st: State, kernel_main: RouteSpec | None,
+           kernel_main6: RouteSpec | None = None) -> Decision:
+    """The desired kernel state for `st`; `kernel_main` (`kernel_main6`) is ecmpd's
+    IPv4 (IPv6) multipath route as read from the kernel with `st` (kept when no WAN of
+    that version is usable)."""
+    out = []
+    for family, kernel in ((4, kernel_main), (6, kernel_main6)):
+        p = plane(st, family)
+        cfg = p.cfg
+        # the kernel refuses routes via an interface that is administratively down
+        links = {name: link.index for name, link in p.links.items() if link.up}
+        addrs = {w.name: a for w in cfg.wans if (a := address(p, w))}
+        act = active(p)
+        # a WAN without an address has no route in its table (a gateway it cannot
+        # reach is refused by the kernel): only the unreachable default
+        gws = {n: g for n, g in gateways(p).items() if n in addrs}
+        on = {w.name for w in cfg.wans if onlink(p, w)}
+        desired = build_desired(cfg, links, addrs, set(act), keep_main=kernel, gateways=gws,
+                                onlink=on, family=family)
+        out += [desired, act, keeps_last_route(p, kernel)]
+    return Decision(st, *out)
+
+
+def main_route(routes: Mapping[tuple[int, int], RouteSpec], cfg: Config,
+               family: int = 4) -> RouteSpec | None:
+    """ecmpd's multipath route among `routes` of IP version `family` read from the
+    kernel: in its table (at `route.metric`), or where an earlier version kept it, in
+    table main."""
+    metric = metric_of(cfg.route_metric, family)
+    return (routes.get((balance_table(cfg), metric))
+            or routes.get((MAIN_TABLE, metric)))
