@@ -29,7 +29,7 @@ async def read_addresses(ipr: AsyncIPRoute, family: int = 4) -> dict[int, list[t
     """Interface index → its addresses of IP version `family`, (address, prefixlen),
     primary first; IPv4 on a point-to-point link with a peer address (address,
     prefixlen, peer).  IPv6: global addresses only, usable ones (not tentative, not
-    failed duplicate detection) before deprecated ones."""
+    failed duplicate detection), stable ones before deprecated and temporary ones."""
     if family == 6:
         return await _read_addresses6(ipr)
     out: dict[int, list[tuple]] = {}
@@ -49,7 +49,7 @@ async def read_addresses(ipr: AsyncIPRoute, family: int = 4) -> dict[int, list[t
     return out
 
 
-IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TENTATIVE = 0x08, 0x20, 0x40
+IFA_F_TEMPORARY, IFA_F_DADFAILED, IFA_F_DEPRECATED, IFA_F_TENTATIVE = 0x01, 0x08, 0x20, 0x40
 RT_SCOPE_UNIVERSE = 0
 
 
@@ -62,7 +62,8 @@ async def _read_addresses6(ipr: AsyncIPRoute) -> dict[int, list[tuple]]:
         if (not addr or msg.get("scope", RT_SCOPE_UNIVERSE) != RT_SCOPE_UNIVERSE
                 or flags & (IFA_F_TENTATIVE | IFA_F_DADFAILED)):
             continue
-        into = later if flags & IFA_F_DEPRECATED else out
+        # a privacy (temporary) address changes every day: the stable one goes first
+        into = later if flags & (IFA_F_DEPRECATED | IFA_F_TEMPORARY) else out
         into.setdefault(msg["index"], []).append((str(addr), msg["prefixlen"]))
     for index, extra in later.items():
         out.setdefault(index, []).extend(extra)

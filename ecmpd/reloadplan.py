@@ -24,7 +24,8 @@ class ReloadPlan:
     added: tuple[str, ...]
     removed: tuple[str, ...]
     rejudged: tuple[str, ...]
-    """Kept WANs whose interface or gateway changed: their health starts over."""
+    """Kept WANs whose interface, gateway of either IP version or versions changed: their
+    health starts over."""
     stale_marks: tuple[int, ...]
     """Old marks whose connections must go (removed WANs, changed mark or interface)."""
     renumbered: tuple[tuple[str, int, int], ...]
@@ -48,7 +49,9 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
             stale.append(old.mark_of(prev))
         if prev.id != wan.id:
             renumbered.append((name, prev.id, wan.id))
-        if (prev.interface, prev.gateway) != (wan.interface, wan.gateway):
+        # either version's gateway, or which versions it carries
+        if ((prev.interface, prev.gateway, prev.gateway6, prev.families)
+                != (wan.interface, wan.gateway, wan.gateway6, wan.families)):
             rejudged.append(name)
     removed = tuple(n for n in before if n not in after)
     stale += [old.mark_of(before[n]) for n in removed]

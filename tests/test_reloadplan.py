@@ -52,3 +52,16 @@ def test_ownership_numbers_force_a_reinstall():
         assert owned_by(new) != owned_by(OLD)
         assert plan_reload(OLD, new).reinstall
     assert not plan_reload(OLD, replace(OLD, hash="l3")).reinstall
+
+
+def test_a_changed_ipv6_gateway_or_version_set_rejudges_the_wan() -> None:
+    from ipaddress import IPv6Address
+    from dataclasses import replace as rep
+    from ecmpd.configmodel import Config, Wan
+    from ecmpd.reloadplan import plan_reload
+    w = Wan("a", "eth1", None, gateway6=IPv6Address("fe80::1"), families=(6,))
+    old = Config(lan_interfaces=("lan0",), wans=(w,))
+    assert plan_reload(old, old).rejudged == ()
+    for changed in (rep(w, gateway6=IPv6Address("fe80::2")), rep(w, gateway6=None),
+                    rep(w, families=(4, 6))):
+        assert plan_reload(old, rep(old, wans=(changed,))).rejudged == ("a",)
