@@ -187,3 +187,21 @@ def test_learned_gateways_of_both_versions_outlive_a_restart_until_the_address_g
     st = d.wait_for(lambda s: s["wans"]["wlan2"]["gateway"] is None
                     and s["wans"]["wlan2"]["ipv6"]["gateway"] is None, what="forgotten")
     assert st["wans"]["wlan2"]["state"] == "down"
+
+
+def test_healthy_ipv6_flows_survive_another_wans_fault_and_heal(make_lab, ecmpd_in):
+    lab = make_lab()
+    d = ecmpd_in(lab, ipv6=True, weights={"wlan1": 1, "wlan2": 1})
+    d.wait_states({"wlan1": "up", "wlan2": "up"}, family=6)
+    lab.start_servers()
+    held = lab.hold_flows(80, byte_interval=0.1, server=lab.server6)
+    held.wait_established()
+    lab.fault("wlan2", "dead")
+    d.wait_states({"wlan2": "down"}, family=6)
+    lab.heal("wlan2")
+    d.wait_states({"wlan2": "up"}, family=6)
+    results = held.stop()
+    healthy = [r for r in results if r.wan == "wlan1"]
+    assert len(healthy) > 10 and {r.wan for r in results} == {"wlan1", "wlan2"}
+    # the failed WAN's IPv6 flows were flushed on purpose; the healthy WAN's went on
+    assert not [r for r in healthy if r.broken], [r for r in healthy if r.broken][:3]
