@@ -34,15 +34,22 @@ _AF = {None: socket.AF_UNSPEC, 4: socket.AF_INET, 6: socket.AF_INET6}
 
 
 async def flush_mark(mark: int, mask: int, family: int | None = None) -> bool:
-    """Delete the conntrack entries of IP version `family` (None: IPv4 and IPv6 alike,
-    family AF_UNSPEC) whose ``mark & mask == mark`` (one kernel request).
+    """Delete the conntrack entries whose ``mark & mask == mark``: of both IP versions
+    (`family` None: one kernel request, AF_UNSPEC), or of version `family` only.
 
-    Entries of every other WAN, of the other version, and unmarked ones, are never
-    touched.
+    The kernel's flush by mark ignores the family it is asked for (seen on 6.x: a flush
+    with family AF_INET removed the IPv6 entries too, and a WAN whose IPv4 went DOWN
+    reset its healthy IPv6 connections), so one version's flush is a dump of that
+    version by mark (filtered in the kernel) and one delete per entry.  Entries of every
+    other WAN, and unmarked ones, are never touched.
     """
+    if family is not None:
+        af = socket.AF_INET if family == 4 else socket.AF_INET6
+        return await _delete(af, {"mark": mark, "mark_mask": mask}, lambda orig, reply: True,
+                             f"mark {mark:#x}/{mask:#x} (IPv{family})", (mark, mask)) >= 0
     ct = None
     try:
-        ct = AsyncNFCTSocket(_AF[family])
+        ct = AsyncNFCTSocket(socket.AF_UNSPEC)
         await ct.flush(mark=mark, mark_mask=mask)
         return True
     except Exception as exc:  # a netlink error must never stop the daemon
@@ -73,10 +80,10 @@ async def flush_probes(source: str) -> int:
     # on 6.x): IPv6 dumps are filtered by protocol only
     flt = NFCTAttrTuple(family=family, proto=proto,
                         saddr=addr if family == socket.AF_INET else None)
-    return await _delete(
+    return max(0, await _delete(
         family, {"tuple_orig": flt},
         lambda orig, reply: _same(orig.saddr, addr) and orig.proto == proto,
-        f"probes from {source}")
+        f"probes from {source}"))
 
 
 async def flush_address(address: str) -> int:
@@ -94,9 +101,9 @@ async def flush_address(address: str) -> int:
     # IPv6: the whole IPv6 table, matched here (see flush_probes)
     flt = ({"tuple_reply": NFCTAttrTuple(family=family, daddr=addr)}
            if family == socket.AF_INET else {})
-    return await _delete(family, flt,
-                         lambda orig, reply: reply is not None and _same(reply.daddr, addr),
-                         f"connections to {address}")
+    return max(0, await _delete(
+        family, flt, lambda orig, reply: reply is not None and _same(reply.daddr, addr),
+        f"connections to {address}"))
 
 
 def _same(kernel_addr: object, addr: str) -> bool:
@@ -107,10 +114,12 @@ def _same(kernel_addr: object, addr: str) -> bool:
         return False
 
 
-async def _delete(family: int, dump_filter: dict, match, what: str) -> int:
+async def _delete(family: int, dump_filter: dict, match, what: str,
+                  mark: tuple[int, int] | None = None) -> int:
     """Delete the `family` entries of a dump filtered in the kernel by `dump_filter`
     (kernels before 5.8 ignore it, IPv6 addresses are not filtered right: so
-    `match(orig, reply)` decides)."""
+    `match(orig, reply)` decides, and `mark` (value, mask), when given, must match).
+    Returns how many went, -1 when the dump failed (logged)."""
     ct = None
     try:
         ct = AsyncNFCTSocket(family)
@@ -122,6 +131,8 @@ async def _delete(family: int, dump_filter: dict, match, what: str) -> int:
             orig = NFCTAttrTuple.from_netlink(fam, m.get_attr("CTA_TUPLE_ORIG"))
             raw = m.get_attr("CTA_TUPLE_REPLY")
             reply = NFCTAttrTuple.from_netlink(fam, raw) if raw else None
+            if mark is not None and ((m.get_attr("CTA_MARK") or 0) & mark[1]) != mark[0]:
+                continue
             if match(orig, reply):
                 found.append(orig)
         gone = 0
@@ -134,7 +145,7 @@ async def _delete(family: int, dump_filter: dict, match, what: str) -> int:
         return gone
     except Exception as exc:  # a netlink error must never stop the daemon
         log.warning("conntrack flush of %s failed: %s", what, exc)
-        return 0
+        return -1
     finally:
         if ct is not None:
             ct.close()

@@ -222,10 +222,9 @@ def ct_op(ns: str, op: str, **args: Any) -> Any:
     return json.loads(out)
 
 
-@pytest.mark.skipif(shutil.which("conntrack") is None, reason="needs the conntrack CLI")
-def test_both_families_are_counted_and_flushed(make_netns: Any) -> None:
-    """IPv4 and IPv6 entries side by side: counted and flushed by mark in one request,
-    by source (probes) and by reply address per family, never the other family's."""
+def dual_setup(make_netns: Any) -> tuple[str, set, set]:
+    """A namespace with the UDP flows `DUAL_FLOWS` (marked by port) and a ping from each
+    address (marked 0x10000), both families: (namespace, UDP entries, ping entries)."""
     here, peer = make_netns("ct6"), make_netns("ct6peer")
     netns.run(["ip", "link", "add", "r0", "netns", here, "type", "veth",
                "peer", "name", "p0", "netns", peer])
@@ -253,6 +252,14 @@ table inet ctlab {
     udp = {("udp", s, str(p)) for s, _, p in DUAL_FLOWS}
     pings = {("icmp", V4, "-"), ("icmpv6", V6A, "-"), ("icmpv6", V6B, "-")}
     assert dual_entries(here) == udp | pings
+    return here, udp, pings
+
+
+@pytest.mark.skipif(shutil.which("conntrack") is None, reason="needs the conntrack CLI")
+def test_both_families_are_counted_and_flushed(make_netns: Any) -> None:
+    """IPv4 and IPv6 entries side by side: counted and flushed by mark in one request,
+    by source (probes) and by reply address per family, never the other family's."""
+    here, udp, pings = dual_setup(make_netns)
 
     # counted in both families; the pings (marked like 5001) are not connections
     assert ct_op(here, "count", marks={"a": 0x10000, "b": 0x20000, "c": 0x30000},
@@ -273,3 +280,15 @@ table inet ctlab {
     # the IPv4 paths still work next to IPv6 entries
     assert ct_op(here, "address", address=V4) == 2
     assert dual_entries(here) == {("udp", V6B, "5003")}
+
+
+@pytest.mark.skipif(shutil.which("conntrack") is None, reason="needs the conntrack CLI")
+def test_one_versions_flush_by_mark_leaves_the_other_versions_entries(make_netns: Any) -> None:
+    """A WAN whose IPv4 goes DOWN loses its IPv4 connections only (the kernel's flush by
+    mark ignores the family it is given: ecmpd deletes that version's entries itself)."""
+    here, udp, pings = dual_setup(make_netns)
+    assert ct_op(here, "flush", mark=0x10000, mask=MASK, family=4) is True
+    gone4 = {("udp", V4, "5001"), ("icmp", V4, "-")}
+    assert dual_entries(here) == (udp | pings) - gone4
+    assert ct_op(here, "flush", mark=0x20000, mask=MASK, family=6) is True
+    assert dual_entries(here) == (udp | pings) - gone4 - {("udp", V6A, "5002")}
