@@ -14,8 +14,8 @@ gateway move, a PPP reconnect with a new address, a DHCP client's route in main;
 bench/dynamic.py), 11 IPv6 next to IPv4 (one dual-stack lab: new-flow outage per fault
 mode, healthy flows broken, distribution, one version down while the other works,
 saturated lines with IPv4+IPv6 load, CPU dual-stack vs IPv4-only; the baseline column is
-ecmpd's IPv4 in the same run; bench/ipv6.py; 5.5 min with 3 repetitions, ``--quick --only 11``
-1.8 min; its table: bench/results-ipv6.md).
+ecmpd's IPv4 in the same run; bench/ipv6.py; 5.5 min with 3 repetitions,
+``--quick --only 11`` 1.8 min; its table: bench/results-ipv6.md).
 Row "log" reports the daemons' ERROR lines.
 The table is printed and written to bench/results.md with the command line and the date.
 Needs root; touches nothing outside the namespaces it creates (and deletes).
