@@ -152,7 +152,8 @@ def dual_fault_run(lab: Lab, wan: str, mode: str, hold: int) -> DualRun:
         out: dict[int, FaultRun] = {}
         for f, res in results.items():
             offset = fault_offset(res, t_fault)
-            out[f] = FaultRun(f"ecmpd IPv{f}", mode, wan, stats.settled_outage(res, offset, SETTLE),
+            outage = stats.settled_outage(res, offset, SETTLE)
+            out[f] = FaultRun(f"ecmpd IPv{f}", mode, wan, outage,
                               window=max(r.t for r in res) - offset, fault_wall=t_fault)
         if held:
             whole(lab)
