@@ -168,9 +168,12 @@ def baseline_fault_runs(lab: Lab, weights: dict[str, int], mode: str, reps: int,
 # ------------------------------------------------------------------ figure 3
 
 
-def distribution(lab: Lab, weights: dict[str, int], count: int) -> tuple[float, dict]:
-    """`count` new flows over every client address: (max deviation in pp, shares)."""
-    results = lab.new_flows(count, timeout=3.0, sources=lab.clients)
+def distribution(lab: Lab, weights: dict[str, int], count: int, server: str | None = None,
+                 sources: list[str] | None = None) -> tuple[float, dict]:
+    """`count` new flows over every client address (`sources`, default the IPv4 ones)
+    to `server` (default the first IPv4 one): (max deviation in pp, shares)."""
+    results = lab.new_flows(count, timeout=3.0, server=server,
+                            sources=lab.clients if sources is None else sources)
     failed = sum(1 for r in results if not r.ok)
     if failed:
         raise RuntimeError(f"{failed}/{count} flows failed during the distribution run")

@@ -47,6 +47,7 @@ LAB_SPECS: dict[str, Callable[[], object]] = {
     "32": lambda: make_spec(32),
     "9": lambda: make_spec(3, names=list(underload.NAMES)),
     "10": lambda: dynamic.SPEC,
+    "11": lambda: make_spec(3, names=list(underload.NAMES), client_extra=CLIENTS),
 }
 
 
@@ -60,7 +61,7 @@ class Bench:
         self.details: list[str] = []
 
     def lab(self, key: str) -> Lab:
-        """The lab `key` ("2", "3", "8", "32", "9"), built on first use, servers running."""
+        """The lab `key` (a key of `LAB_SPECS`), built on first use, servers running."""
         if key not in self.labs:
             lab = Lab(LAB_SPECS[key](), prefix=f"{self.prefix}{key}-")  # type: ignore[arg-type]
             self.labs[key] = lab

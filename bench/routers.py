@@ -8,7 +8,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
@@ -85,23 +84,20 @@ def flush_conntrack(lab: Lab) -> None:
     lab.run(lab.ns_router, "conntrack", "-F", check=False)
 
 
-def route_interfaces(lab: Lab) -> set[str]:
-    """The interfaces of the router's default route for new flows (empty: none): ecmpd's
-    in its table (`stats.ECMPD_TABLE`), or the baseline's in table main."""
-    out = lab.run(lab.ns_router, "ip", "-j", "route", "show", "default", "table", "all").stdout
-    found: set[str] = set()
-    for route in json.loads(out or "[]"):
-        if route.get("table", "main") not in ("main", stats.ECMPD_TABLE) \
-                or route.get("type", "unicast") != "unicast":
-            continue
-        hops = route.get("nexthops") or [route]
-        found |= {h["dev"] for h in hops if "dev" in h and "dead" not in h.get("flags", [])}
-    return found
+def route_interfaces(lab: Lab, family: int = 4) -> set[str]:
+    """The interfaces of the router's default route for new flows of IP version `family`
+    (empty: none): ecmpd's in its table (`stats.ECMPD_TABLE`), or the baseline's in table
+    main (`stats.route_json_devs`)."""
+    out = lab.run(lab.ns_router, "ip", f"-{family}", "-j", "route", "show", "default",
+                  "table", "all").stdout
+    return stats.route_json_devs(out)
 
 
-def wait_routed(lab: Lab, names: set[str], timeout: float) -> None:
-    """Poll the kernel until the default route for new flows uses exactly `names`."""
-    wait_until(lambda: route_interfaces(lab) == names, timeout, f"route over {sorted(names)}")
+def wait_routed(lab: Lab, names: set[str], timeout: float, family: int = 4) -> None:
+    """Poll the kernel until the default route for new flows (of IP version `family`)
+    uses exactly `names`."""
+    wait_until(lambda: route_interfaces(lab, family) == names, timeout,
+               f"IPv{family} route over {sorted(names)}")
 
 
 def wait_until(pred: Callable[[], bool], timeout: float, what: str, step: float = 0.05) -> None:

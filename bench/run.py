@@ -11,7 +11,12 @@ peak RSS, 6 reaction latency, 7 ``ecmpctl status`` wall time, 9 health under loa
 (saturated lines, a dead ISP on a busy line, loss, a carrier flap, an ICMP flood, CPU with
 two targets per WAN; bench/underload.py; ~13 min of the run), 10 dynamic WANs (a DHCP
 gateway move, a PPP reconnect with a new address, a DHCP client's route in main;
-bench/dynamic.py).  Row "log" reports the daemons' ERROR lines.
+bench/dynamic.py), 11 IPv6 next to IPv4 (one dual-stack lab: new-flow outage per fault
+mode, healthy flows broken, distribution, one version down while the other works,
+saturated lines with IPv4+IPv6 load, CPU dual-stack vs IPv4-only; the baseline column is
+ecmpd's IPv4 in the same run; bench/ipv6.py; 5.5 min with 3 repetitions,
+``--quick --only 11`` 1.8 min; its table: bench/results-ipv6.md).
+Row "log" reports the daemons' ERROR lines.
 The table is printed and written to bench/results.md with the command line and the date.
 Needs root; touches nothing outside the namespaces it creates (and deletes).
 """
@@ -38,11 +43,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import figures, routers, stats, underload  # noqa: E402
+from bench import figures, ipv6rows, routers, stats, underload  # noqa: E402
 from bench.plan import CLIENTS, FULL, QUICK, Bench, Plan  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results.md"
-FIGURES = (1, 2, 3, 4, 5, 6, 7, 9, 10)
+FIGURES = (1, 2, 3, 4, 5, 6, 7, 9, 10, 11)
 """Figure numbers (there is no figure 8)."""
 LOG_ROW = 100
 """The key of the row that reports the daemons' ERROR log lines (sorts last)."""
@@ -55,7 +60,7 @@ def parse_only(text: str | None) -> list[int]:
     out = sorted({int(x) for x in text.replace(",", " ").split()})
     bad = [x for x in out if x not in FIGURES]
     if bad:
-        raise ValueError(f"no figure {bad[0]} (figures are 1..7, 9 and 10)")
+        raise ValueError(f"no figure {bad[0]} (figures are 1..7, 9, 10 and 11)")
     return out
 
 
@@ -82,6 +87,7 @@ def run_figures(bench: Bench, only: list[int]) -> dict[int, list[stats.Row]]:
         ((5,), lambda: {5: figures.fig5(bench)}),
         ((9,), lambda: {9: figures.fig9(bench)}),
         ((10,), lambda: {10: figures.fig10(bench)}),
+        ((11,), lambda: {11: ipv6rows.fig11(bench)}),
     ]
     for numbers, step in steps:
         wanted = [n for n in numbers if n in only]
@@ -153,7 +159,8 @@ def report(command: str, plan: Plan, rows: dict[int, list[stats.Row]], details: 
         "waits on the kernel's route (ip route), not on ecmpd's status, so the observer\n"
         "stays out of the daemon's loop; status is read only to get stats.reaction_ms.\n\n"
         + (fig9_note(plan) if 9 in rows else "")
-        + (fig10_note() if 10 in rows else "") +
+        + (fig10_note() if 10 in rows else "")
+        + (ipv6rows.note() if 11 in rows else "") +
         "## Details\n\n" + "\n".join(f"    {d}" for d in details) + "\n"
     )
 

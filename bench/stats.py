@@ -3,6 +3,7 @@ for /proc, ``ip -ts monitor`` and the daemon's log.  No I/O, no lab."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import statistics
@@ -205,6 +206,20 @@ def parse_monitor(text: str) -> list[tuple[float, str]]:
 ECMPD_TABLE = "1000"
 """The table of ecmpd's multipath route (`tables.base` by default); the seed baseline
 keeps its route in table main.  "The default route" below is whichever of them exists."""
+
+
+def route_json_devs(text: str) -> set[str]:
+    """The devices of the live nexthops of the default route in ``ip [-6] -j route show
+    default table all`` output: table main's or ecmpd's (`ECMPD_TABLE`), unicast only;
+    nexthops flagged ``dead`` do not count."""
+    found: set[str] = set()
+    for route in json.loads(text or "[]"):
+        if route.get("table", "main") not in ("main", ECMPD_TABLE) \
+                or route.get("type", "unicast") != "unicast":
+            continue
+        hops = route.get("nexthops") or [route]
+        found |= {h["dev"] for h in hops if "dev" in h and "dead" not in h.get("flags", [])}
+    return found
 
 
 def _other_table(body: str) -> bool:

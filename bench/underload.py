@@ -156,11 +156,13 @@ def spool(f: Any) -> str:
     return data[:data.rfind("\n") + 1]
 
 
-def monitor_routes(lab: Lab) -> tuple[subprocess.Popen, Any, float]:
-    """Start ``ip -ts monitor route`` in the router namespace, writing to a temporary
-    file (read it with `spool`); returns (process, file, epoch time it subscribed by)."""
+def monitor_routes(lab: Lab, family: int | None = None) -> tuple[subprocess.Popen, Any, float]:
+    """Start ``ip -ts monitor route`` (of IP version `family`; None: both) in the router
+    namespace, writing to a temporary file (read it with `spool`); returns (process,
+    file, epoch time it subscribed by)."""
     out = tempfile.TemporaryFile()
-    proc = lab.popen(lab.ns_router, "ip", "-ts", "monitor", "route", stdout=out,
+    version = [f"-{family}"] if family else []
+    proc = lab.popen(lab.ns_router, "ip", *version, "-ts", "monitor", "route", stdout=out,
                      stderr=subprocess.DEVNULL)
     time.sleep(0.3)  # let it subscribe before the starting state is read
     return proc, out, time.time()
@@ -168,12 +170,13 @@ def monitor_routes(lab: Lab) -> tuple[subprocess.Popen, Any, float]:
 
 class RouteWatch:
     """``ip -ts monitor route`` in the router namespace: table main's default route
-    (its devices) over time, from the moment of construction."""
+    (its devices) over time, from the moment of construction.  `family` 6 watches the
+    IPv6 route (4: IPv4 only; None, figure 9's: every event, for an IPv4-only router)."""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, family: int | None = None) -> None:
         self.lab = lab
-        self.proc, self.out, self.start = monitor_routes(lab)
-        self.initial = route_interfaces(lab)
+        self.proc, self.out, self.start = monitor_routes(lab, family)
+        self.initial = route_interfaces(lab, family or 4)
 
     def timeline(self) -> list[tuple[float, frozenset[str]]]:
         return stats.route_timeline(self.initial, stats.parse_monitor(spool(self.out)),

@@ -7,6 +7,11 @@ client's egress (a 3-instruction tc eBPF program); the router then hashes the 5-
 and ``ip route get`` predicts every flow.  iperf3's control connection has an ephemeral
 port: `Load` restarts a stream until it leaves by the wanted WAN too, and checks both on
 the server side (the source address it sees, `Lab.wan_of_source`).
+
+`Load.start(..., family=6)` runs the same over IPv6: iperf3 ``-6`` from the client's
+first IPv6 address (``-B``) to the inet server's first IPv6 address, placed with ``ip -6
+route get`` (NAT66 on the router: the server sees the WAN's /64).  An IPv4 load and an
+IPv6 load may run side by side (their ports differ).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from ipaddress import ip_interface
 from typing import IO, TYPE_CHECKING, Sequence
 
 from lab.netns import terminate
@@ -73,6 +79,42 @@ def parse_iperf3(text: str) -> tuple[int, float, str | None]:
     ivs = [i.get("sum", {}) for i in data.get("intervals", [])]
     return (sum(int(i.get("bytes", 0)) for i in ivs),
             sum(float(i.get("seconds", 0.0)) for i in ivs), data.get("error"))
+
+
+def client_argv(server: str, port: int, cport: int, secs: int, direction: str,
+                congestion: str | None, idle: float, attempt_s: float, family: int = 4,
+                bind: str | None = None) -> list[str]:
+    """The iperf3 client command of one stream attempt (``download`` is ``-R``); with
+    `family` 6 ``-6`` and, given `bind`, ``-B`` (the client's source address)."""
+    argv = ["iperf3", "-c", server, "-p", str(port), "--cport", str(cport),
+            "-t", str(secs), "-J", "--connect-timeout", str(int(attempt_s * 1000))]
+    if family == 6:
+        argv += ["-6", *(["-B", bind] if bind else [])]
+    argv += ["-C", congestion] if congestion else []
+    ms = str(int(idle * 1000))  # each timeout is valid only on the receiving/sending side
+    argv += ["-R", "--rcv-timeout", ms] if direction == "download" else ["--snd-timeout", ms]
+    return argv
+
+
+def route_get_script(server: str, client: str, lan: str,
+                     pairs: Sequence[tuple[int, int]]) -> str:
+    """``ip -batch`` lines asking the router's route for LAN TCP flows (sport, dport)
+    from `client` to `server` (either family: the ``ip`` command names it)."""
+    head = f"route get {server} from {client} iif {lan}"
+    return "".join(f"{head} ipproto tcp sport {sp} dport {dp}\n" for sp, dp in pairs)
+
+
+def family_ends(lab: LabLike, family: int) -> tuple[str, str]:
+    """(inet server, LAN client) addresses of a load of IP version `family`; LoadError
+    when the lab has none of that version."""
+    if family == 4:
+        return lab.spec.server_addresses[0], lab.clients[0]
+    if family != 6:
+        raise ValueError(f"family must be 4 or 6, not {family!r}")
+    if not lab.spec.server_addresses6 or not lab.spec.client_addresses6:
+        raise LoadError("the lab has no IPv6 server or no IPv6 on the LAN")
+    return (lab.spec.server_addresses6[0],
+            str(ip_interface(lab.spec.client_addresses6[0]).ip))
 
 
 # ------------------------------------------------------------ client hash reset (eBPF)
@@ -168,9 +210,11 @@ class Load:
 
     ATTEMPT_S = 10.0  # longest wait for one attempt (a full 1 s buffer slows handshakes)
 
-    def __init__(self, lab: LabLike, seconds: float, predict: bool) -> None:
+    def __init__(self, lab: LabLike, seconds: float, predict: bool, family: int = 4) -> None:
         self.lab, self.seconds, self.predict = lab, seconds, predict
-        self.server = lab.spec.server_addresses[0]
+        self.family = family
+        self.server, self.client = family_ends(lab, family)
+        self._ip = ["ip", "-6"] if family == 6 else ["ip"]
         self.streams: list[_Stream] = []
         self.servers: list[subprocess.Popen] = []
         self._stopped = False
@@ -180,24 +224,27 @@ class Load:
     def start(cls, lab: LabLike, wans: Sequence[str] | None = None, download: bool = True,
               upload: bool = True, streams_per_wan: int = 1, seconds: float = 10,
               pin: bool = True, congestion: str | None = "reno", connect_timeout: float = 30,
-              idle_timeout: float = 10) -> "Load":
+              idle_timeout: float = 10, family: int = 4) -> "Load":
         """Start `streams_per_wan` streams per direction on each of `wans` (default all).
 
         With `pin` each stream is placed on its WAN (module docstring; this resets the
         client's socket hash for good); without, the same number of streams go where the
         router puts them.  Streams run `seconds` (iperf3 ``-t``, whole seconds) with TCP
         `congestion` (None: the namespace's).  Returns once every stream runs or failed
-        to start (`connect_timeout`); failures are reported in the results.
+        to start (`connect_timeout`); failures are reported in the results.  `family`
+        6: the streams are IPv6 (module docstring); the WANs must carry IPv6.
         """
         names = list(wans) if wans is not None else [w.name for w in lab.spec.wans]
+        family_ends(lab, family)
         for n in names:
-            lab.spec.wan(n)
+            if not lab.spec.wan(n).has6 and family == 6:
+                raise LoadError(f"WAN {n} carries no IPv6")
         dirs = [d for d, on in (("download", download), ("upload", upload)) if on]
         if not dirs or streams_per_wan < 1 or not names:
             raise ValueError("nothing to start: no direction, WAN or stream")
         if lab.run(lab.ns_lan, "iperf3", "--version", check=False).returncode != 0:
             raise LoadError("iperf3 is not installed (Debian package iperf3)")
-        load = cls(lab, seconds, pin and reset_client_hash(lab))
+        load = cls(lab, seconds, pin and reset_client_hash(lab), family)
         if pin and not load.predict:  # an RTO must not re-hash a placed stream elsewhere
             lab.run(lab.ns_lan, "sysctl", "-q", "-w", "net.core.txrehash=0")
         used = parse_listening(lab.run(lab.ns_inet, "ss", "-Hltn").stdout)
@@ -219,9 +266,9 @@ class Load:
     def route_get(self, pairs: Sequence[tuple[int, int]]) -> list[str | None]:
         """The router's WAN (output device) for LAN TCP flows (sport, dport) to the server."""
         lab = self.lab
-        head = f"route get {self.server} from {lab.clients[0]} iif {lab.spec.lan_interface}"
-        cmds = "".join(f"{head} ipproto tcp sport {sp} dport {dp}\n" for sp, dp in pairs)
-        out = lab.run(lab.ns_router, "ip", "-force", "-batch", "-", input=cmds, check=False).stdout
+        cmds = route_get_script(self.server, self.client, lab.spec.lan_interface, pairs)
+        out = lab.run(lab.ns_router, *self._ip, "-force", "-batch", "-", input=cmds,
+                      check=False).stdout
         devs = re.findall(r"\sdev (\S+)", out)
         return list(devs) if len(devs) == len(pairs) else [None] * len(pairs)
 
@@ -229,8 +276,8 @@ class Load:
         """Candidate client ports per stream, those routed to its WAN first; LoadError when
         the router has no route, or a wanted WAN is none of its nexthops."""
         lab = self.lab
-        probe = lab.run(lab.ns_router, "ip", "route", "get", self.server, "from", lab.clients[0],
-                        "iif", lab.spec.lan_interface, check=False)
+        probe = lab.run(lab.ns_router, *self._ip, "route", "get", self.server, "from",
+                        self.client, "iif", lab.spec.lan_interface, check=False)
         if probe.returncode != 0:
             raise LoadError(f"the router does not route the LAN to {self.server} ("
                             f"{probe.stderr.strip()}): start ecmpd, or add a default route "
@@ -260,11 +307,9 @@ class Load:
             s.out.close()
         s.cport = s.cports.pop(0) if s.cports else random.randint(20000, 32000)
         s.attempts += 1
-        argv = ["iperf3", "-c", self.server, "-p", str(s.port), "--cport", str(s.cport),
-                "-t", str(secs), "-J", "--connect-timeout", str(int(self.ATTEMPT_S * 1000))]
-        argv += ["-C", congestion] if congestion else []
-        ms = str(int(idle * 1000))  # each timeout is valid only on the receiving/sending side
-        argv += ["-R", "--rcv-timeout", ms] if s.direction == "download" else ["--snd-timeout", ms]
+        argv = client_argv(self.server, s.port, s.cport, secs, s.direction, congestion, idle,
+                           self.ATTEMPT_S, self.family,
+                           self.client if self.family == 6 else None)
         s.out = tempfile.TemporaryFile()
         s.proc = self.lab.popen(self.lab.ns_lan, *argv, stdout=s.out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -18,6 +19,11 @@ from lab.traffic import FlowResult  # noqa: E402
 from bench.flows import FaultRun  # noqa: E402
 from bench.figures import _broken_cell, _outage_cell  # noqa: E402
 from bench.run import parse_only  # noqa: E402
+from bench import ipv6, ipv6rows  # noqa: E402
+from bench.perf import Usage  # noqa: E402
+from bench.plan import QUICK  # noqa: E402
+from bench.underload import Soak  # noqa: E402
+from lab import StreamResult  # noqa: E402
 
 # ------------------------------------------------------------------ statistics
 
@@ -159,10 +165,11 @@ def test_broken_cell() -> None:
 
 
 def test_parse_only() -> None:
-    assert parse_only(None) == [1, 2, 3, 4, 5, 6, 7, 9, 10]
+    assert parse_only(None) == [1, 2, 3, 4, 5, 6, 7, 9, 10, 11]
     assert parse_only("4,1 1") == [1, 4]
     assert parse_only("9") == [9]
-    for bad in ("8", "11", "0"):
+    assert parse_only("11") == [11]
+    for bad in ("8", "12", "0"):
         with pytest.raises(ValueError):
             parse_only(bad)
 
@@ -423,3 +430,147 @@ def test_ecmpds_table_counts_as_the_default_route_other_tables_do_not() -> None:
     assert stats.main_route_without([(1.0, ecmpd), (2.0, "default via 10.112.0.1 dev wlan2 "
                                                          "table 1000 proto 236")],
                                     "10.111.0.1") == [2.0]
+
+
+# ------------------------------------------------------------------ figure 11: IPv6
+
+
+ROUTE6_JSON = (
+    '[{"dst":"default","table":"1000","protocol":"236","metric":1024,"flags":[],'
+    '"pref":"medium","nexthops":[{"gateway":"2001:db8:1::1","dev":"north","weight":1,'
+    '"flags":[]},{"gateway":"2001:db8:2::1","dev":"south","weight":2,"flags":["dead"]},'
+    '{"gateway":"2001:db8:3::1","dev":"west","weight":3,"flags":[]}]},'
+    '{"dst":"default","gateway":"2001:db8:1::1","dev":"north","table":"1001",'
+    '"protocol":"236","metric":1024,"flags":[],"pref":"medium"},'
+    '{"type":"unreachable","dst":"default","dev":"lo","table":"1001","metric":4294967295,'
+    '"flags":[],"pref":"medium"}]')
+
+
+def test_route_json_devs_reads_ecmpds_table_of_either_version() -> None:
+    # a dead nexthop, a per-WAN table and an unreachable default do not count
+    assert stats.route_json_devs(ROUTE6_JSON) == {"north", "west"}
+    main4 = '[{"dst":"default","gateway":"10.111.0.1","dev":"wlan1","flags":[]}]'
+    assert stats.route_json_devs(main4) == {"wlan1"}
+    assert stats.route_json_devs("") == set() and stats.route_json_devs("[]") == set()
+
+
+def test_ipv6_monitor_events_give_the_route_timeline() -> None:
+    text = ("[2026-12-07T16:51:23.495311] default table 1000 proto 236 metric 1024 pref medium\n"
+            "\tnexthop via 2001:db8:2::1 dev south weight 2 \n"
+            "\tnexthop via 2001:db8:3::1 dev west weight 3 \n"
+            "[2026-12-07T16:51:24.487442] default table 1000 proto 236 metric 1024 pref medium\n"
+            "\tnexthop via 2001:db8:1::1 dev north weight 1 \n"
+            "\tnexthop via 2001:db8:2::1 dev south weight 2 \n"
+            "\tnexthop via 2001:db8:3::1 dev west weight 3 \n")
+    events = stats.parse_monitor(text)
+    tl = stats.route_timeline({"north", "south", "west"}, events, events[0][0] - 1)
+    assert [devs for _, devs in tl] == [frozenset({"north", "south", "west"}),
+                                       frozenset({"south", "west"}),
+                                       frozenset({"north", "south", "west"})]
+    assert stats.first_removal(tl, "north", 0) == events[0][0]
+
+
+def _dual(mode: str, wan: str, out6: float, out4: float, r6: float | None = 0.6,
+          r4: float | None = 0.6, healthy: int = 0, broken6: int = 0) -> ipv6.DualRun:
+    return ipv6.DualRun(mode, wan, {
+        6: FaultRun("ecmpd IPv6", mode, wan, out6, 5.0, healthy, broken6),
+        4: FaultRun("ecmpd IPv4", mode, wan, out4, 5.0, healthy, 0)}, {6: r6, 4: r4})
+
+
+def test_fig11_fault_rows_put_ipv6_first_and_ipv4_as_the_baseline() -> None:
+    faults = {
+        "dead": [_dual("dead", "north", 0.62, 0.66, healthy=160),
+                 _dual("dead", "south", 0.70, 0.64, healthy=170, broken6=1)],
+        "carrier": [_dual("carrier", "north", 0.02, 0.0, r6=0.01, r4=None)],
+    }
+    rows = ipv6rows.fault_rows(faults, {"upstream": "TimeoutError: route"}, hold=200)
+    assert [r.figure for r in rows] == ["11 IPv6 new-flow outage", "11 healthy IPv6 flows broken",
+                                        "11 IPv6 new-flow outage", "11 IPv6 new-flow outage"]
+    dead, held, upstream, carrier = rows
+    assert dead.ecmpd == ("0.62 / 0.66 / 0.70 s (n=2); kernel route 0.60 / 0.60 / 0.60 s (n=2)")
+    assert dead.baseline.startswith("IPv4: 0.64 / 0.65 / 0.66 s (n=2)")
+    assert (dead.target, dead.result) == ("≤ 1.0 s", "pass")
+    assert "baseline column: ecmpd's IPv4 in the same run" in dead.setup
+    assert held.ecmpd == "0 / 0 / 1 of 160–170 healthy (n=2)" and held.result == "**FAIL**"
+    assert held.baseline == "IPv4: 0 / 0 / 0 of 160–170 healthy (n=2)"
+    assert upstream.result == "**ERROR**" and "TimeoutError" in upstream.ecmpd
+    assert carrier.target == "≤ 0.3 s" and carrier.result == "pass"
+    assert carrier.baseline.endswith("kernel route never changed")
+    slow = ipv6rows.fault_rows({"dead": [_dual("dead", "west", math.inf, 0.6)]}, {}, hold=0)
+    assert slow[0].result == "**FAIL**" and len(slow) == 3  # no run of the other modes: ERROR
+    assert "never recovered in 1/1 runs" in slow[0].ecmpd
+
+
+def test_route_cell() -> None:
+    assert ipv6rows.route_cell([0.5, None, 0.7]) == ("kernel route 0.50 / 0.60 / 0.70 s (n=2), "
+                                                    "not out in 1/3 runs")
+    assert ipv6rows.route_cell([None]) == "kernel route never changed"
+
+
+def _outage(family: int, wan: str = "north", **kw) -> ipv6.FamilyOutage:
+    base = dict(out=0.6, held=30, broken=0, held_all=200, broken_all=0, left_other=0,
+                new_ok=100, new_total=100, new_on_wan=17)
+    base.update(kw)
+    return ipv6.FamilyOutage(wan, family, **base)
+
+
+def test_family_outage_is_clean_only_when_nothing_of_the_other_version_suffered() -> None:
+    assert _outage(6).clean and _outage(6).other == 4
+    for bad in (dict(out=None), dict(held=0), dict(broken=1), dict(broken_all=2),
+                dict(left_other=1), dict(new_ok=99), dict(new_on_wan=0)):
+        assert not _outage(6, **bad).clean, bad
+    assert "IPv4 long-lived flows through it broken 0/30" in _outage(6).line()
+
+
+def test_fig11_one_version_down_row() -> None:
+    outs = [_outage(6), _outage(4, held=25), _outage(6, "south", held=40), _outage(4, "south")]
+    row = ipv6rows.outage_row(outs, None, 200)
+    assert row.ecmpd.startswith("IPv6 long-lived flows through the WAN broken 0 / 0 / 0 of "
+                                "25–30 (n=2), on every WAN 0;")
+    assert "its IPv4 left the route 0.60 / 0.60 / 0.60 s (n=2)" in row.ecmpd
+    assert row.baseline.startswith("IPv4 long-lived flows through the WAN broken 0 / 0 / 0 of "
+                                   "30–40 (n=2)")
+    assert "new IPv4 flows greeted 200/200 (34 through the WAN)" in row.baseline
+    assert (row.target, row.result) == ("0 and 0", "pass")
+    assert ipv6rows.outage_row(outs[:1] + [_outage(4, broken=3)], None, 200).result == "**FAIL**"
+    assert ipv6rows.outage_row([], "RuntimeError: x", 200).result == "**ERROR**"
+
+
+def test_fig11_distribution_soak_and_cpu_rows() -> None:
+    dist = {6: [(1.2, {}), (0.8, {})], 4: [(0.5, {}), (3.5, {})]}
+    row = ipv6rows.dist_row(dist, None, 3000)
+    assert row.ecmpd == "max dev 0.80 / 1.00 / 1.20 pp (n=2)" and row.result == "pass"
+    assert row.baseline == "IPv4: max dev 0.50 / 2.00 / 3.50 pp (n=2)"
+    assert ipv6rows.dist_row({6: [(3.1, {})], 4: [(0.1, {})]}, None, 3000).result == "**FAIL**"
+    assert ipv6rows.dist_row({}, "ValueError: x", 3000).result == "**ERROR**"
+
+    ok = StreamResult("download", "north", "north", 5201, 20000, 10, 1.0, False)
+    bad = StreamResult("upload", "west", "west", 5202, 20001, 10, 1.0, True, "reset")
+    s6 = Soak("ecmpd IPv6", "saturation", 60.0, 100.0, [], [ok, ok])
+    s4 = Soak("ecmpd IPv4", "saturation", 60.0, 100.0, [(120.0, "west")], [ok, bad])
+    left, broken = ipv6rows.soak_rows(ipv6.DualSoak({6: s6, 4: s4}), None, 60)
+    assert left.ecmpd == "IPv6 route: 0 / 0 / 0 (n=1) — north 0, south 0, west 0"
+    assert left.baseline == "IPv4 route: 1 / 1 / 1 (n=1) — north 0, south 0, west 1"
+    assert left.result == "**FAIL**" and broken.result == "**FAIL**"   # either version fails it
+    assert broken.ecmpd == "IPv6 streams: 0 / 0 / 0 of 2 streams (n=1)"
+    good = ipv6rows.soak_rows(ipv6.DualSoak({6: s6, 4: replace(s4, removals=[],
+                                                                streams=[ok])}), None, 60)
+    assert [r.result for r in good] == ["pass", "pass"]
+    assert ipv6rows.soak_rows(None, "LoadError: x", 60)[0].result == "**ERROR**"
+
+    usage = {6: Usage(3, [1.1, 1.3, 1.2], [30.0] * 3, 30.0),
+             4: Usage(3, [0.7, 0.8, 0.9], [29.0] * 3, 29.0)}
+    cpu = ipv6rows.cpu_row(usage, None, 60)
+    assert cpu.ecmpd == "1.10 / 1.20 / 1.30% (n=3)" and cpu.result == "pass"
+    assert cpu.baseline == "IPv4 only: 0.70 / 0.80 / 0.90% (n=3)" and cpu.target == "≤ 1.5 %"
+    usage[6] = Usage(3, [1.1, 1.6, 1.2], [30.0] * 3, 30.0)
+    assert ipv6rows.cpu_row(usage, None, 60).result == "**FAIL**"
+
+
+def test_fig11_rows_cover_every_part_even_when_all_failed() -> None:
+    res = ipv6.Fig11(errors={p: "RuntimeError: boom" for p in
+                             ("dead", "upstream", "carrier", "dist", "outages", "soak", "cpu")})
+    rows = ipv6rows.rows(res, QUICK)
+    assert len(rows) == 7 and all(r.result == "**ERROR**" for r in rows)
+    assert all(r.figure.startswith("11 ") for r in rows)
+    assert "fig 11 soak: ERROR RuntimeError: boom" in res.details()

@@ -102,6 +102,39 @@ def test_parse_iperf3_reports() -> None:
     assert r.mbit == 4.0 and ld.StreamResult("upload", None, None, 1, 1, 0, 0, True).mbit == 0
 
 
+def test_iperf3_client_argv_ipv4_unchanged_ipv6_adds_6_and_the_source() -> None:
+    v4 = ld.client_argv("203.0.113.10", 5201, 25000, 10, "download", "reno", 10, 10.0)
+    assert v4 == ["iperf3", "-c", "203.0.113.10", "-p", "5201", "--cport", "25000", "-t", "10",
+                  "-J", "--connect-timeout", "10000", "-C", "reno", "-R", "--rcv-timeout",
+                  "10000"]
+    v6 = ld.client_argv("2001:db8:feed::10", 5202, 25001, 5, "upload", None, 2.5, 10.0, 6,
+                        "fd00::2")
+    assert v6 == ["iperf3", "-c", "2001:db8:feed::10", "-p", "5202", "--cport", "25001", "-t",
+                  "5", "-J", "--connect-timeout", "10000", "-6", "-B", "fd00::2",
+                  "--snd-timeout", "2500"]
+
+
+def test_route_get_script_and_the_ends_of_each_version() -> None:
+    assert ld.route_get_script("2001:db8:feed::10", "fd00::2", "Local", [(1, 5201), (2, 5202)]) \
+        == ("route get 2001:db8:feed::10 from fd00::2 iif Local ipproto tcp sport 1 dport 5201\n"
+            "route get 2001:db8:feed::10 from fd00::2 iif Local ipproto tcp sport 2 dport 5202\n")
+
+    class FakeLab:
+        def __init__(self, spec) -> None:
+            self.spec = spec
+            self.clients = [spec.client_address.split("/")[0]]
+
+    from lab.topology import seed_spec
+    lab = FakeLab(seed_spec())
+    assert ld.family_ends(lab, 4) == ("203.0.113.10", "192.168.0.2")
+    assert ld.family_ends(lab, 6) == ("2001:db8:feed::10", "fd00::2")
+    with pytest.raises(ValueError):
+        ld.family_ends(lab, 5)
+    from dataclasses import replace
+    with pytest.raises(LoadError):
+        ld.family_ends(FakeLab(replace(seed_spec(), lan_address6=None)), 6)
+
+
 def test_parse_ping() -> None:
     text = ("64 bytes from 10.111.0.1: icmp_seq=1 ttl=64 time=0.052 ms\n"
             "64 bytes from 10.111.0.1: icmp_seq=3 ttl=64 time=1003 ms\n")

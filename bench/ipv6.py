@@ -1,0 +1,410 @@
+"""Figure 11: IPv6 next to IPv4.  One dual-stack lab, one dual-stack ecmpd, and every
+number measured for both IP versions in the same run: ecmpd's IPv4 is the in-run
+baseline of its IPv6 (the seed has no IPv6 at all).
+
+The lab has 3 WANs north / south / west (weights 1:2:3 for the fault, long-lived-flow,
+distribution and one-version rows; 1:1:1 under load and for the CPU), each with its
+IPv4 subnet and its ``2001:db8:<i>::/64`` (the ISP's ``::1`` the IPv6 gateway), the LAN
+client with `plan.CLIENTS` + 1 addresses of each version, the inet server at
+203.0.113.10 and ``2001:db8:feed::10`` (`lab.server6`).
+
+* Faults (`fault_runs`): new flows of both versions, one every `flows.GAP` s each, run
+  side by side across one fault of the whole ISP (``dead``, ``upstream`` with targets
+  beyond the gateway, ``carrier``); each version's outage is `stats.settled_outage` of
+  its flows (figure 1's), and when the WAN left each version's route is read from the
+  kernel (``ip -4/-6 -ts monitor route``).  The ``dead`` runs also hold long-lived flows
+  of both versions on every WAN (figure 2's count of broken healthy ones).
+* Distribution (`distributions`): `plan.dist_flows` new flows per version, l4 hash.
+* One version's outage (`family_outages`): ``lab.fault(wan, "dead", family=6)`` with
+  long-lived flows of IPv4 running (and new IPv4 flows opened during the outage), then
+  the reverse; what breaks of the other version.
+* Saturation (`saturation`): every line shaped (figure 9's lines, 1 s buffers), iperf3
+  load of both versions, one download and one upload stream per line and version.
+* CPU (`cpu`): the daemon idle with 2 targets per version and WAN (gateway + the ISP's
+  upstream), then the same lab with an IPv4-only config.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from lab import Lab, StreamResult
+from lab.runner import Ecmpd, config_for
+from lab.traffic import fault_offset
+
+from bench import perf, stats, underload
+from bench.flows import (ECMPD_AFTER, FLOW_TIMEOUT, GAP, HELD_ECHO_TIMEOUT, OBSERVE, PRE,
+                         SETTLE, FaultRun, distribution)
+from bench.routers import EpochEcmpd, start_ecmpd, stop_ecmpd, wait_routed, wait_until
+from bench.underload import NAMES, RouteWatch, Soak
+
+WEIGHTS = {"north": 1, "south": 2, "west": 3}
+FAMILIES = (6, 4)
+"""IPv6 first: it is the figure's subject, IPv4 its baseline."""
+ECMPD_WAIT = 10.0
+"""Seconds to wait for a WAN to leave a route."""
+NEW_DURING = 100
+"""New flows of the other version opened during a one-version outage (every 10 ms)."""
+STATUS_EVERY = 5.0
+
+
+def server(lab: Lab, family: int) -> str:
+    return lab.server6 if family == 6 else lab.spec.server_addresses[0]
+
+
+def sources(lab: Lab, family: int) -> list[str]:
+    return lab.clients6 if family == 6 else lab.clients
+
+
+def dual_config(lab: Lab, weights: dict[str, int] | None = None, targets: str = "gateway",
+                ipv6: bool = True) -> dict[str, Any]:
+    """Defaults (both versions unless `ipv6` is False); ``targets="both"`` without a
+    quorum key (a majority), as figure 9."""
+    cfg = config_for(lab, weights=weights, targets=targets, ipv6=ipv6)
+    if targets == "both":
+        for wan in cfg["wans"].values():
+            wan["probe"].pop("quorum", None)
+    return cfg
+
+
+def whole(lab: Lab, timeout: float = 30.0) -> None:
+    """Wait until both versions' routes have every WAN (the kernel is polled)."""
+    names = {w.name for w in lab.spec.wans}
+    for family in (4, 6):
+        wait_routed(lab, names, timeout, family)
+
+
+def start_dual(lab: Lab, config: dict[str, Any], cls: type[Ecmpd] = Ecmpd) -> Ecmpd:
+    """`start_ecmpd`, then also wait for the IPv6 route over every WAN and IPv6 UP."""
+    d = start_ecmpd(lab, config=config, cls=cls)
+    try:
+        wait_routed(lab, {w.name for w in lab.spec.wans}, 15, 6)
+        wait_until(lambda: all((w.get("ipv6") or {}).get("state") == "up"
+                               for w in d.status()["wans"].values()), 15, "every WAN's IPv6 UP",
+                   step=0.2)
+    except BaseException:
+        stop_ecmpd(lab, d)
+        raise
+    return d
+
+
+def _stop_quietly(held: Any) -> None:
+    try:
+        held.stop(timeout=5)
+    except Exception:  # noqa: BLE001 - cleanup only; the lab kills what is left
+        pass
+
+
+# ------------------------------------------------------------------ faults of the whole ISP
+
+
+@dataclass
+class DualRun:
+    """One fault of a whole ISP, seen by new flows (and long-lived ones) of each version."""
+
+    mode: str
+    wan: str
+    runs: dict[int, FaultRun]
+    """Per version: figure 1's outage (and figure 2's broken long-lived flows)."""
+    route_out: dict[int, float | None]
+    """Per version: seconds from the fault to the WAN leaving that version's kernel route
+    (None: not seen within the run)."""
+
+    def line(self) -> str:
+        outs = ", ".join(f"IPv{f} {'never' if v is None else f'{v:.3f}s'}"
+                         for f, v in self.route_out.items())
+        return (" | ".join(r.line() for r in self.runs.values())
+                + f" | route out: {outs}")
+
+
+def dual_fault_run(lab: Lab, wan: str, mode: str, hold: int) -> DualRun:
+    """New flows of both versions across one `mode` fault of `wan` (and first `hold`
+    long-lived flows of each version); heal; with long-lived flows wait for both routes
+    to be whole and count the broken ones on the healthy WANs."""
+    held: dict[int, Any] = {}
+    watches: dict[int, RouteWatch] = {}
+    try:
+        for family in FAMILIES if hold else ():
+            held[family] = lab.hold_flows(hold, byte_interval=0.1, server=server(lab, family),
+                                          sources=sources(lab, family),
+                                          echo_timeout=HELD_ECHO_TIMEOUT)
+        for family, h in held.items():
+            if (got := h.wait_established(timeout=30)) < hold:
+                raise RuntimeError(f"only {got}/{hold} long-lived IPv{family} flows came up")
+        watches = {f: RouteWatch(lab, family=f) for f in FAMILIES}
+        count = math.ceil((PRE + ECMPD_AFTER) / GAP)
+        planned = time.time() + PRE
+        runs = {f: lab.start_flows(count, interval=GAP, timeout=FLOW_TIMEOUT,
+                                   server=server(lab, f), sources=sources(lab, f))
+                for f in FAMILIES}
+        time.sleep(max(0.0, planned - time.time()))  # the fault's moment; measured below
+        t_fault = time.time()
+        lab.fault(wan, mode)
+        results = {f: r.result() for f, r in runs.items()}
+        route_out = {}
+        for f, w in watches.items():
+            gone = stats.first_removal(w.timeline(), wan, t_fault)
+            route_out[f] = None if gone is None else gone - t_fault
+        lab.heal(wan)
+        out: dict[int, FaultRun] = {}
+        for f, res in results.items():
+            offset = fault_offset(res, t_fault)
+            outage = stats.settled_outage(res, offset, SETTLE)
+            out[f] = FaultRun(f"ecmpd IPv{f}", mode, wan, outage,
+                              window=max(r.t for r in res) - offset, fault_wall=t_fault)
+        if held:
+            whole(lab)
+            time.sleep(OBSERVE)  # an observation window, not a wait for a state
+            for f in list(held):
+                flows = held.pop(f).stop()
+                healthy = [r for r in flows if r.wan is not None and r.wan != wan]
+                out[f].healthy = len(healthy)
+                out[f].broken = sum(1 for r in healthy if r.broken)
+        return DualRun(mode, wan, out, route_out)
+    finally:
+        for h in held.values():
+            _stop_quietly(h)
+        for w in watches.values():
+            w.close()
+
+
+def fault_runs(lab: Lab, mode: str, reps: int, hold: int) -> list[DualRun]:
+    """`reps` faults of `mode` with one dual-stack ecmpd at defaults (targets beyond the
+    gateway for ``upstream``), weights 1:2:3, the faulted WAN rotating."""
+    targets = "beyond" if mode == "upstream" else "gateway"
+    d = start_dual(lab, dual_config(lab, WEIGHTS, targets))
+    runs = []
+    try:
+        for k in range(reps):
+            runs.append(dual_fault_run(lab, NAMES[k % len(NAMES)], mode, hold))
+            whole(lab)
+    finally:
+        stop_ecmpd(lab, d)
+    return runs
+
+
+# ------------------------------------------------------------------ distribution
+
+
+def distributions(lab: Lab, reps: int, count: int) -> dict[int, list[tuple[float, dict]]]:
+    """`reps` x `count` new flows of each version (alternating), weights 1:2:3, l4."""
+    d = start_dual(lab, dual_config(lab, WEIGHTS))
+    out: dict[int, list[tuple[float, dict]]] = {f: [] for f in FAMILIES}
+    try:
+        for _ in range(reps):
+            for f in FAMILIES:
+                out[f].append(distribution(lab, WEIGHTS, count, server(lab, f), sources(lab, f)))
+    finally:
+        stop_ecmpd(lab, d)
+    return out
+
+
+# ------------------------------------------------------------------ one version's outage
+
+
+@dataclass
+class FamilyOutage:
+    """One version of one WAN dead (``fault(wan, "dead", family=...)``): what the other
+    version's flows through that WAN saw."""
+
+    wan: str
+    family: int
+    """The version that died."""
+    out: float | None
+    """Seconds until the WAN left that version's route (None: not within the wait)."""
+    held: int = 0
+    """The other version's long-lived flows through the WAN."""
+    broken: int = 0
+    """How many of those broke."""
+    held_all: int = 0
+    broken_all: int = 0
+    """The same over every WAN."""
+    left_other: int = 0
+    """How often the WAN left the other version's route meanwhile."""
+    new_ok: int = 0
+    new_total: int = 0
+    new_on_wan: int = 0
+    """The other version's new flows opened during the outage: greeted, opened, and
+    greeted through the WAN."""
+
+    @property
+    def other(self) -> int:
+        return 10 - self.family
+
+    @property
+    def clean(self) -> bool:
+        """Nothing of the other version was hurt (and the fault was real)."""
+        return (self.out is not None and self.held > 0 and self.broken == 0
+                and self.broken_all == 0 and self.left_other == 0
+                and self.new_ok == self.new_total and self.new_on_wan > 0)
+
+    def line(self) -> str:
+        out = "never" if self.out is None else f"{self.out:.3f}s"
+        return (f"IPv{self.family}-only outage of {self.wan}: out of the IPv{self.family} "
+                f"route after {out}; IPv{self.other} long-lived flows through it broken "
+                f"{self.broken}/{self.held} (all WANs {self.broken_all}/{self.held_all}); "
+                f"left the IPv{self.other} route {self.left_other}x; new IPv{self.other} "
+                f"flows during the outage {self.new_ok}/{self.new_total} greeted, "
+                f"{self.new_on_wan} through {self.wan}")
+
+
+def family_outage(lab: Lab, wan: str, family: int, hold: int) -> FamilyOutage:
+    other = 10 - family
+    held = lab.hold_flows(hold, byte_interval=0.1, server=server(lab, other),
+                          sources=sources(lab, other), echo_timeout=HELD_ECHO_TIMEOUT)
+    flows = None
+    try:
+        if (got := held.wait_established(timeout=30)) < hold:
+            raise RuntimeError(f"only {got}/{hold} long-lived IPv{other} flows came up")
+        with RouteWatch(lab, family=family) as dead, RouteWatch(lab, family=other) as live:
+            t = time.time()
+            lab.fault(wan, "dead", family=family)
+            gone = dead.wait_out(wan, t, ECMPD_WAIT)
+            new = lab.new_flows(NEW_DURING, interval=0.01, timeout=FLOW_TIMEOUT,
+                                server=server(lab, other), sources=sources(lab, other))
+            # the other version's flows are watched as long as figure 2 watches them
+            time.sleep(max(0.0, (gone or time.time()) + OBSERVE - time.time()))
+            lab.heal(wan)
+            wait_routed(lab, {w.name for w in lab.spec.wans}, 30, family)
+            left = [d for _, d in stats.removals(live.timeline(), t) if d == wan]
+        flows = held.stop()
+    finally:
+        if flows is None:
+            _stop_quietly(held)
+    res = FamilyOutage(wan, family, None if gone is None else gone - t)
+    mine = [r for r in flows if r.wan == wan]
+    res.held, res.broken = len(mine), sum(1 for r in mine if r.broken)
+    res.held_all, res.broken_all = len(flows), sum(1 for r in flows if r.broken)
+    res.left_other = len(left)
+    res.new_total, res.new_ok = len(new), sum(1 for r in new if r.ok)
+    res.new_on_wan = sum(1 for r in new if r.ok and r.wan == wan)
+    return res
+
+
+def family_outages(lab: Lab, reps: int, hold: int) -> list[FamilyOutage]:
+    """`reps` rounds, the WAN rotating: its IPv6 dead, healed, then its IPv4 dead."""
+    d = start_dual(lab, dual_config(lab, WEIGHTS))
+    out = []
+    try:
+        for k in range(reps):
+            wan = NAMES[k % len(NAMES)]
+            for family in FAMILIES:
+                out.append(family_outage(lab, wan, family, hold))
+                whole(lab)
+    finally:
+        stop_ecmpd(lab, d)
+    return out
+
+
+# ------------------------------------------------------------------ saturation
+
+
+@dataclass
+class DualSoak:
+    """Saturated lines with load of both versions: per version what left its route and
+    its streams."""
+
+    soaks: dict[int, Soak]
+    notes: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        return [s.line() for s in self.soaks.values()] + self.notes
+
+
+def _sample(d: Ecmpd, acc: dict[str, dict[str, float]]) -> None:
+    """Per WAN and version the largest srtt and timeout seen so far."""
+    for name, w in d.status()["wans"].items():
+        for f in FAMILIES:
+            fam = w.get(f"ipv{f}") or {}
+            a = acc.setdefault(f"{name} IPv{f}", {"srtt_ms": 0.0, "timeout_ms": 0.0})
+            srtts = [t["srtt_ms"] for t in (fam.get("targets") or {}).values()
+                     if t.get("srtt_ms") is not None]
+            a["srtt_ms"] = max([a["srtt_ms"], *srtts])
+            a["timeout_ms"] = max(a["timeout_ms"], fam.get("timeout_ms") or 0.0)
+
+
+def saturation(lab: Lab, seconds: float, buffer_s: float = 1.0) -> DualSoak:
+    """Every line shaped with `buffer_s`; iperf3 load of both versions (one download,
+    one upload per line and version) for `seconds`; ecmpd with 2 targets per version."""
+    underload.shape_all(lab, buffer_s)
+    try:
+        d = start_dual(lab, dual_config(lab, targets="both"), cls=EpochEcmpd)
+        acc: dict[str, dict[str, float]] = {}
+        try:
+            with RouteWatch(lab, family=4) as w4, RouteWatch(lab, family=6) as w6:
+                t0 = time.time()
+                loads = {4: lab.load(seconds=math.ceil(seconds), streams_per_wan=1)}
+                try:
+                    loads[6] = lab.load(seconds=math.ceil(seconds), streams_per_wan=1, family=6)
+                except BaseException:
+                    loads[4].stop()
+                    raise
+                try:
+                    end = time.monotonic() + seconds
+                    while time.monotonic() + STATUS_EVERY < end:
+                        time.sleep(STATUS_EVERY)  # a sampling period, not a wait for a state
+                        _sample(d, acc)
+                finally:
+                    streams: dict[int, list[StreamResult]] = {f: loads[f].wait()
+                                                              for f in FAMILIES}
+                t1 = time.time()
+                soaks = {f: Soak(f"ecmpd IPv{f}", f"saturation, {buffer_s:g} s buffers, "
+                                 "IPv4+IPv6 load", seconds, t0,
+                                 stats.removals(w.timeline(), t0, t1), streams[f])
+                         for f, w in ((6, w6), (4, w4))}
+        finally:
+            stop_ecmpd(lab, d)
+        res = DualSoak(soaks)
+        res.notes.append("max srtt / timeout: " + "; ".join(
+            f"{k} {a['srtt_ms']:.0f} / {a['timeout_ms']:.0f} ms" for k, a in sorted(acc.items())))
+        res.notes.append(underload._transitions(d.log(), t0, t1 + 1.0))
+        return res
+    finally:
+        underload.unshape_all(lab)
+
+
+# ------------------------------------------------------------------ CPU
+
+
+def cpu(lab: Lab, seconds: float) -> dict[int, perf.Usage]:
+    """The daemon idle for `seconds` (3 windows) with 2 targets per version and WAN
+    (key 6: dual-stack), then with the IPv4-only config of the same lab (key 4)."""
+    return {6: perf.usage(lab, seconds, config=dual_config(lab, targets="both")),
+            4: perf.usage(lab, seconds, config=dual_config(lab, targets="both", ipv6=False))}
+
+
+# ------------------------------------------------------------------ all of it
+
+
+@dataclass
+class Fig11:
+    """Everything figure 11 measured; a part that failed has its error in `errors`."""
+
+    faults: dict[str, list[DualRun]] = field(default_factory=dict)
+    """Mode -> runs."""
+    dist: dict[int, list[tuple[float, dict]]] = field(default_factory=dict)
+    outages: list[FamilyOutage] = field(default_factory=list)
+    soak: DualSoak | None = None
+    usage: dict[int, perf.Usage] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    """Part ("dead", "upstream", "carrier", "dist", "outages", "soak", "cpu") -> error."""
+
+    def details(self) -> list[str]:
+        out = []
+        for mode, runs in self.faults.items():
+            out += [f"fig 11 {mode}: {r.line()}" for r in runs]
+        for f, runs in self.dist.items():
+            out += [f"fig 11 distribution IPv{f}: max deviation {dev:.2f} pp, shares % {sh}"
+                    for dev, sh in runs]
+        out += [f"fig 11 {o.line()}" for o in self.outages]
+        if self.soak is not None:
+            out += [f"fig 11 {x}" for x in self.soak.lines()]
+        for f, u in self.usage.items():
+            out.append(f"fig 11 CPU {'dual-stack' if f == 6 else 'IPv4-only'}: % per window "
+                       f"{[round(x, 2) for x in u.cpu]}, VmHWM MB "
+                       f"{[round(x, 1) for x in u.hwm_mb]}")
+        out += [f"fig 11 {part}: ERROR {err}" for part, err in self.errors.items()]
+        return out
