@@ -369,8 +369,9 @@ class Prober:
             if last is not None:
                 per_interval = rnd.settings.interval / max(now - last[0], rnd.settings.interval)
                 rnd.busy = (traffic - last[1]) * per_interval >= BUSY_PACKETS
-        # the line's queue, as the other IP version measures it, is no silence
-        line = self._line()
+        # the line's queue, as the other IP version measures it, is no silence; a line
+        # busy with this version's own traffic that goes silent is evidence by itself
+        line = None if rnd.busy else self._line()
         quiet = rnd.sent_by + max(silence_window(rnd.settings, rnd.busy),
                                   0.0 if line is None else min(line, rnd.settings.max_timeout))
         if fresh and rnd.deadline > quiet + 1e-3:

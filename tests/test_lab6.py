@@ -14,7 +14,7 @@ from lab import Lab, LabSpec, LabWan, driver, make_spec, modem_spec, seed_spec
 from lab.isp import bcp38_6_script, bcp38_script, fault_script, heal_script, loss_script
 from lab.ra import ra_argv
 from lab.traffic import FlowResult
-from lab.wait import expect, until
+from lab.wait import expect, until, within
 
 MakeLab = Callable[..., Lab]
 
@@ -242,7 +242,8 @@ def test_ipv6_flows_leave_by_the_chosen_wan_with_its_address(make_lab: MakeLab) 
     route4_via(lab, "wlan1")
     for wan, src in (("wlan1", "2001:db8:1::2"), ("wlan2", "2001:db8:2::2")):
         route6_via(lab, wan)
-        assert pings(lab, lab.ns_router, lab.upstream_address6(wan))
+        # the first ping waits for neighbour discovery of the new gateway
+        within(lambda: pings(lab, lab.ns_router, lab.upstream_address6(wan)), 5)
         for proto in ("tcp", "udp"):
             res = flows_ok(lab, server=lab.server6, proto=proto)
             assert {(r.source, r.wan) for r in res} == {(src, wan)}

@@ -207,7 +207,7 @@ def test_runs_inside_the_sandbox(sd: Setup):
     sysctl = m.run("sysctl", "-n", "net.ipv4.fib_multipath_hash_policy",
                    "net.ipv4.conf.wlan1.forwarding", "net.ipv4.conf.Local.forwarding")
     assert sysctl.stdout.split() == ["1", "1", "1"]
-    assert "table ip ecmpd" in m.run("nft", "list", "tables").stdout
+    assert "table inet ecmpd" in m.run("nft", "list", "tables").stdout
     assert any(ln.startswith(f"ecmpd {pid} running") for ln in m.output(pid))
     assert m.output(pid, priority="warning") == []
 
