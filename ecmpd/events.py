@@ -465,18 +465,16 @@ def step(st: State, ev: Event, now: float) -> Result:
     """The state after `ev` and the effects to carry out; `now`: epoch seconds."""
     if isinstance(ev, _ONE_PLANE):
         after, effects = _in_plane(st, ev.family, ev, now)
-    elif isinstance(ev, Resynced):
+    elif isinstance(ev, (LinkChanged, Reloaded, SetDisabled, Resynced)):
+        # each plane steps from the snapshot before the event (the links it changes are
+        # shared: a plane stepped after another would see them changed already)
         after, effects = st, ()
         for family in FAMILIES:
-            one = ev if family == 4 else replace(
-                ev, addresses=st.addresses6 if ev.addresses6 is None else ev.addresses6,
-                defaults=ev.defaults6)
-            after, more = _in_plane(after, family, one, now)
-            effects += more
-    elif isinstance(ev, (LinkChanged, Reloaded, SetDisabled)):
-        after, effects = st, ()
-        for family in FAMILIES:
-            after, more = _in_plane(after, family, ev, now)
+            one = ev
+            if isinstance(ev, Resynced) and family == 6:
+                one = replace(ev, defaults=ev.defaults6, addresses=(
+                    st.addresses6 if ev.addresses6 is None else ev.addresses6))
+            after, more = _in_plane(st, family, one, now, into=after)
             effects += more
         if isinstance(ev, Reloaded):
             after = replace(after, cfg=ev.cfg)
@@ -489,14 +487,16 @@ def step(st: State, ev: Event, now: float) -> Result:
     return after, effects + tuple(Log(level, message) for level, message in logs)
 
 
-def _in_plane(st: State, family: int, ev: Event, now: float) -> Result:
-    """`ev` stepped in IP version `family`'s plane of `st`, put back into `st`, and its
-    effects made that version's."""
+def _in_plane(st: State, family: int, ev: Event, now: float,
+              into: State | None = None) -> Result:
+    """`ev` stepped in IP version `family`'s plane of `st`, put back into `into` (default
+    `st`), and its effects made that version's."""
+    into = st if into is None else into
     p = plane(st, family)
     if isinstance(ev, Reloaded):
         ev = replace(ev, cfg=project(ev.cfg, family))
     after, effects = _step(p, ev, now)
-    return (st if after is p else merge(st, after),
+    return (into if after is p else merge(into, after),
             tuple(_versioned(st.cfg, family, e) for e in effects))
 
 

@@ -499,3 +499,24 @@ def test_defaults_read_whole_replace_every_table() -> None:
     assert dict(st2.defaults) == {77: dhcp_route("198.51.100.1", oif=12)}
     # the route went, the address stayed: the last gateway stays in use
     assert st2.wan("dhcp").learned == "192.0.2.1" and effects == ()
+
+
+def test_carrier_loss_takes_both_versions_down_and_back_together() -> None:
+    from ipaddress import IPv6Address
+    from ecmpd.state import plane
+    cfg = Config(lan_interfaces=("lan0",),
+                 wans=(Wan("wlan1", "eth1", IPv4Address("192.0.2.1"), id=1,
+                           gateway6=IPv6Address("fe80::1"), families=(4, 6)),
+                       Wan("wlan2", "eth2", IPv4Address("198.51.100.1"), id=2)))
+    st = initial(cfg, LINKS, ADDRS, (), T0, addresses6={11: (("2001:db8:1::2", 64),)})
+    for family in (4, 6):
+        st, _ = step(st, ev.ProbeRound("wlan1", Verdict.GOOD, family=family))
+    assert {plane(st, f).wan("wlan1").health.state for f in (4, 6)} == {H.UP}
+    st, effects = step(st, ev.LinkChanged("eth1", Link(11, True, False)))
+    assert {f: plane(st, f).wan("wlan1").health.state for f in (4, 6)} == {4: H.DOWN, 6: H.DOWN}
+    assert {e.family for e in effects if isinstance(e, ev.Flush)} == {4, 6}
+    assert any("wlan1 IPv6:" in m for _, m in logs(effects))
+    st, effects = step(st, ev.LinkChanged("eth1", UP_LINK))
+    assert {f: plane(st, f).wan("wlan1").health.state for f in (4, 6)} == {4: H.RISING,
+                                                                          6: H.RISING}
+    assert {e.family for e in effects if isinstance(e, ev.ResetProber)} == {4, 6}
