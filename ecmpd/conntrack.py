@@ -220,6 +220,9 @@ async def dump_marks():
                   + body)
         while True:
             buf = await loop.sock_recv(sock, 1 << 16)
+            # sock_recv returns without suspending while data is queued: a big table
+            # (40 000 entries: ~0.4 s) would hold the loop, and the probes, for all of it
+            await asyncio.sleep(0)
             pos = 0
             while pos + _HDR.size <= len(buf):
                 length, kind, _flags, _seq, _pid = _HDR.unpack_from(buf, pos)

@@ -23,7 +23,8 @@ Rules:
 * IPv4 and IPv6 are judged apart: an event about one version (a probe round, an
   address, a default route, a refused nexthop) runs in that version's plane
   (`state.plane`) and changes only it; a link event, a resync, a reload or a disable
-  runs in both.  A version's DOWN flushes only that version's connections of the WAN;
+  runs in both.  A version's DOWN flushes only that version's connections of a
+  dual-stack WAN (one kernel request by mark for a WAN of one version);
   log lines of an IPv6 plane, and of a WAN carrying both, name the version;
 * a probe target that becomes one of the router's own addresses (by any event: an
   address added anywhere, a learned gateway, a reload) is logged once, as a WARNING;
@@ -505,7 +506,10 @@ def _versioned(cfg: Config, family: int, e: Effect) -> Effect:
     and a prober reset concern only it; a WAN's log line names the version when the
     WAN carries both, or only IPv6."""
     if isinstance(e, Flush) and e.name is not None:
-        return replace(e, family=family)
+        # a WAN of one version flushes by mark in one kernel request (the kernel's
+        # flush takes both versions); a dual-stack WAN deletes that version's entries
+        wan = next((w for w in cfg.wans if w.name == e.name), None)
+        return replace(e, family=family) if wan is not None and len(wan.families) > 1 else e
     if isinstance(e, ResetProber):
         return replace(e, family=family)
     if isinstance(e, Log):

@@ -161,7 +161,7 @@ def test_down_after_failed_rounds_leaves_the_route_and_flushes_after_the_reconci
     assert kinds(effects) == ["Log", "Reconcile", "Flush"]
     assert effects[0].level == logging.WARNING and effects[0].message.endswith("(leaves the route)")
     assert effects[1] == ev.Reconcile(urgent=True)
-    assert effects[2] == ev.Flush(0x10000, 0xFF0000, "wlan1", family=4)
+    assert effects[2] == ev.Flush(0x10000, 0xFF0000, "wlan1")
 
 
 def test_rising_back_to_up_and_falling_back_down() -> None:
@@ -208,7 +208,7 @@ def test_a_wan_link_change(before, after, reason, plain) -> None:
     assert (ev.Reconcile() in effects) is plain
     if before.carrier and not after.carrier:
         assert st2.wan("wlan1").health == Health(H.DOWN, 0, reason)
-        assert ev.Flush(0x10000, 0xFF0000, "wlan1", family=4) in effects
+        assert ev.Flush(0x10000, 0xFF0000, "wlan1") in effects
         assert "(leaves the route)" in logs(effects)[0][1]
     elif after.carrier:
         assert st2.wan("wlan1").health == Health(H.RISING, 0, reason)
