@@ -309,4 +309,6 @@ def test_flood_reaches_the_router_at_the_measured_rate(make_lab: MakeLab) -> Non
     rate = s.router_rate(1.0)
     res = s.wait()
     assert 0.8 * 25_510 <= rate <= 1.2 * 25_510, rate
-    assert res.router_pps <= 1.2 * 25_510 and res.router_rx < res.sent, res  # tbf drops the rest
+    assert res.router_pps <= 1.2 * 25_510, res
+    if res.pps > 1.2 * 25_510:       # the sender outran the line (a busy machine may not)
+        assert res.router_rx < res.sent, res  # tbf drops the rest

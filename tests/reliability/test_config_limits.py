@@ -109,7 +109,14 @@ def measure(text: str) -> tuple[float, float, str]:
 def test_worst_case_shape_is_fast(name: str) -> None:
     text = SHAPES[name]()
     assert len(text.encode()) <= MAX_BYTES
-    cpu, wall, outcome = measure(text)
+    # the least of up to three runs: a shared machine's stalls (and the test process's
+    # collector) only ever add time; a shape that is slow is slow every time
+    runs = []
+    for _ in range(3):
+        runs.append(measure(text))
+        if runs[-1][0] < BUDGET_S:
+            break
+    cpu, wall, outcome = min(runs)
     assert cpu < BUDGET_S, (name, cpu, wall, outcome)
 
 
