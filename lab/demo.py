@@ -99,9 +99,12 @@ def scenario(lab: Lab, d: Ecmpd, config: Path, wans: list[str]) -> int:
                 f"  (weight {weights[w]} of {total} = {100 * weights[w] / total:.1f}%)")
         say(f"    {version} failed: {sum(not r.ok for r in res)}")
 
-    step(4, f"Both lines saturated for {SATURATE_S} s (iperf3, download and upload at once)")
+    step(4, f"Both lines saturated for {SATURATE_S} s (iperf3 over IPv4 and IPv6, download "
+            f"and upload at once)")
     mark = len(d.log())
-    load = lab.load(seconds=SATURATE_S, streams_per_wan=1)
+    # a dual-stack LAN fills the lines with both versions
+    loads = [lab.load(seconds=SATURATE_S, streams_per_wan=1),
+             lab.load(seconds=SATURATE_S, streams_per_wan=1, family=6)]
     worst: dict[str, tuple[float, str]] = {}
     end = time.monotonic() + SATURATE_S
     while time.monotonic() < end:
@@ -110,7 +113,7 @@ def scenario(lab: Lab, d: Ecmpd, config: Path, wans: list[str]) -> int:
             if srtt >= worst.get(name, (0.0, ""))[0]:
                 worst[name] = (srtt, w["last_round"] or "")
         time.sleep(0.5)
-    streams = load.wait(timeout=60)
+    streams = [r for load in loads for r in load.wait(timeout=60)]
     for name in wans:
         srtt, last = worst.get(name, (0.0, ""))
         say(f"    {name}: probe RTT up to {srtt:.0f} ms; the round then: {last}")
