@@ -121,6 +121,11 @@ class Wan:
         """Whether this WAN carries IP version `family`."""
         return family in self.families
 
+    def label(self, family: int) -> str:
+        """The WAN in messages about its IP version `family`: the name alone on an
+        IPv4-only WAN, else the name and the version (``wlan1 IPv6``)."""
+        return self.name if self.families == (4,) else f"{self.name} IPv{family}"
+
     def fixed_gateway(self, family: int) -> IPv4Address | IPv6Address | None:
         """The configured gateway of `family` (None: `auto`, or no such family)."""
         return self.gateway if family == 4 else self.gateway6
@@ -165,6 +170,11 @@ class Config:
     def families(self) -> tuple[int, ...]:
         """The IP versions at least one WAN carries, in `FAMILIES` order."""
         return tuple(f for f in FAMILIES if any(w.has(f) for w in self.wans))
+
+    def version_prefix(self, family: int) -> str:
+        """``"IPv6 "`` (the version, a space) in messages about one IP version of a
+        config that carries IPv6; "" in an IPv4-only config."""
+        return "" if self.families() == (4,) else f"IPv{family} "
 
     def mark_of(self, wan: Wan) -> int:
         """The packet/ct mark value of `wan` (already inside `mark_mask`)."""

@@ -15,6 +15,7 @@ import socket
 import struct
 from ipaddress import ip_address
 
+from .interfaces import AF
 from .netlinkimport import AsyncNFCTSocket, NFCTAttrTuple
 
 log = logging.getLogger("ecmpd")
@@ -27,10 +28,7 @@ def _address(address: str) -> tuple[int, str]:
     """(AF_INET or AF_INET6, the address in the kernel's text form) of an address
     literal (an IPv6 scope, ``%dev``, is dropped: conntrack tuples have none)."""
     addr = ip_address(address.split("%", 1)[0])
-    return (socket.AF_INET6 if addr.version == 6 else socket.AF_INET), str(addr)
-
-
-_AF = {None: socket.AF_UNSPEC, 4: socket.AF_INET, 6: socket.AF_INET6}
+    return AF[addr.version], str(addr)
 
 
 async def flush_mark(mark: int, mask: int, family: int | None = None) -> bool:
@@ -44,8 +42,8 @@ async def flush_mark(mark: int, mask: int, family: int | None = None) -> bool:
     other WAN, and unmarked ones, are never touched.
     """
     if family is not None:
-        af = socket.AF_INET if family == 4 else socket.AF_INET6
-        return await _delete(af, {"mark": mark, "mark_mask": mask}, lambda orig, reply: True,
+        return await _delete(AF[family], {"mark": mark, "mark_mask": mask},
+                             lambda orig, reply: True,
                              f"mark {mark:#x}/{mask:#x} (IPv{family})", (mark, mask)) >= 0
     ct = None
     try:

@@ -38,8 +38,8 @@ from .reconciler import Reconciler
 from .reloadplan import plan_reload
 from .sdnotify import Notifier
 from .decision import Decision, main_route
-from .state import (State, active, address, awaiting_verdict, initial, no_target, own_targets,
-                    plane, probe_targets, project)
+from .state import (State, active, address, awaiting_verdict, initial, no_target, own_by_wan,
+                    own_targets, plane, probe_targets, project)
 from .sysctl import Sysctls
 from .watcher import Watcher
 
@@ -339,10 +339,7 @@ class Daemon:
         # they still fit (same interface and address) and no route names one now
         self.learned_store = LearnedStore(cfg.control_socket + ".learned.json")
         self.state = learned.seed(st, self.learned_store.load(st))
-        own: dict[str, tuple[str, ...]] = {}
-        for w, f in self._probed(cfg):
-            own[w.name] = own.get(w.name, ()) + own_targets(plane(self.state, f), w)
-        for level, message in ownaddr.changes({}, own):
+        for level, message in ownaddr.changes({}, own_by_wan(self.state)):
             log.log(level, message)
         async with k.lock:
             # what an earlier run left under other numbers (kill -9, then a config with
@@ -367,8 +364,8 @@ class Daemon:
         usable = {n for f in FAMILIES for n in active(plane(st, f))}
         self.notifier.ready(f"{len(usable)}/{len(cfg.wans)} WANs active")
         log.info("ecmpd %d running: %s", os.getpid(), ", ".join(
-            f"{n}{'' if f == 4 and len(cfg.wan(n).families) == 1 else f' IPv{f}'} "
-            f"{ws.health.state.name}" for f in FAMILIES for n, ws in plane(st, f).wans.items()))
+            f"{cfg.wan(n).label(f)} {ws.health.state.name}"
+            for f in FAMILIES for n, ws in plane(st, f).wans.items()))
         dog = loop.create_task(self._watchdog())
         try:
             await self._stop.wait()

@@ -126,8 +126,8 @@ def plan(cfg: Config, links: Mapping[str, "Link"], addresses: "Addresses",
     for family in cfg.families():
         desired, _, kept = decision.of(family)
         if kept:
-            v = "" if cfg.families() == (4,) else f"IPv{family} "
-            notes.append(f"# no {v}WAN is usable: ecmpd's route in the kernel is kept")
+            notes.append(f"# no {cfg.version_prefix(family)}WAN is usable: ecmpd's route in "
+                         f"the kernel is kept")
     return notes + describe(decision.desired) + (
         describe(decision.desired6) if 6 in cfg.families() else [])
 

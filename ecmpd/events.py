@@ -42,12 +42,11 @@ from . import health, ownaddr
 from .desired import MAIN_TABLE, RouteSpec, rule_range, table_range
 from .health import Health, Phase, Verdict
 from .logsetup import NOTICE
-from .configmodel import Config
+from .configmodel import FAMILIES, Config, Wan
 from .reloadplan import ReloadPlan
-from .configmodel import FAMILIES
 from .state import (Addresses, Default, Defaults, Link, Refusal, State, WanState, active,
                     address, gateway, hop_of, link_ok, link_problem, merge, observed,
-                    own_targets, plane, project, refusal, remember_gateways, usable)
+                    own_by_wan, plane, project, refusal, remember_gateways, usable)
 
 
 # ---- events ---------------------------------------------------------------------------
@@ -71,14 +70,6 @@ class AddressesChanged:
     addresses: Addresses | None
     local: ownaddr.Local | None = None
     family: int = 4
-
-
-@dataclass(frozen=True)
-class LocalChanged:
-    """The router's own addresses re-read, both families (after an IPv6 address came
-    or went; IPv4 ones come with `AddressesChanged`)."""
-
-    local: ownaddr.Local
 
 
 @dataclass(frozen=True)
@@ -181,7 +172,7 @@ class Reloaded:
     plan: ReloadPlan
 
 
-Event = Union[LinkChanged, AddressesChanged, LocalChanged, RouteChanged, DefaultsChanged, DefaultsRead,
+Event = Union[LinkChanged, AddressesChanged, RouteChanged, DefaultsChanged, DefaultsRead,
               RuleChanged, RulesetChanged, Resynced, ProbeRound, SetDisabled, Adopted,
               Reloaded, NexthopsRefused]
 
@@ -484,7 +475,7 @@ def step(st: State, ev: Event, now: float) -> Result:
     effects = tuple(dict.fromkeys(effects))   # both planes may ask for the same reconcile
     if isinstance(ev, (ProbeRound, SetDisabled)) or after is st:
         return after, effects         # neither moves an address, a target or a gateway
-    logs = ownaddr.changes(_own(st), _own(after))
+    logs = ownaddr.changes(own_by_wan(st), own_by_wan(after))
     return after, effects + tuple(Log(level, message) for level, message in logs)
 
 
@@ -508,25 +499,23 @@ def _versioned(cfg: Config, family: int, e: Effect) -> Effect:
     if isinstance(e, Flush) and e.name is not None:
         # a WAN of one version flushes by mark in one kernel request (the kernel's
         # flush takes both versions); a dual-stack WAN deletes that version's entries
-        wan = next((w for w in cfg.wans if w.name == e.name), None)
+        wan = _wan(cfg, e.name)
         return replace(e, family=family) if wan is not None and len(wan.families) > 1 else e
     if isinstance(e, ResetProber):
         return replace(e, family=family)
     if isinstance(e, Log):
         name, sep, rest = e.message.partition(": ")
-        if sep and " " not in name and any(w.name == name and (family == 6 or len(
-                w.families) > 1) for w in cfg.wans):
-            return replace(e, message=f"{name} IPv{family}: {rest}")
+        if sep and (wan := _wan(cfg, name)) is not None:
+            return replace(e, message=f"{wan.label(family)}: {rest}")
     return e
 
 
-def _own(st: State) -> dict[str, tuple[str, ...]]:
-    own: dict[str, tuple[str, ...]] = {}
-    for family in FAMILIES:
-        p = plane(st, family)
-        for w in p.cfg.wans:
-            own[w.name] = own.get(w.name, ()) + own_targets(p, w)
-    return own
+def _wan(cfg: Config, name: str) -> Wan | None:
+    """The WAN called `name` in `cfg` (None: no such WAN)."""
+    try:
+        return cfg.wan(name)
+    except KeyError:
+        return None
 
 
 def _step(st: State, ev: Event, now: float) -> Result:
@@ -542,8 +531,6 @@ def _step(st: State, ev: Event, now: float) -> Result:
         return _link_changed(st, ev, now)
     if isinstance(ev, AddressesChanged):
         return _addresses_changed(st, ev, now)
-    if isinstance(ev, LocalChanged):
-        return (st, ()) if ev.local == st.local else (replace(st, local=ev.local), ())
     if isinstance(ev, RouteChanged):
         return st, (Reconcile(),) if _ours(cfg, ev) else ()
     if isinstance(ev, DefaultsChanged):

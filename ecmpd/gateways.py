@@ -17,11 +17,11 @@ learns its gateway).
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterable
 
 from .desired import MAIN_TABLE
 from .configmodel import Config
+from .interfaces import AF
 from .netlinkimport import AsyncIPRoute
 from .routereader import RouteReader, StrictUnsupported
 from .routing import RTN_UNICAST, nexthops_of
@@ -56,7 +56,7 @@ async def read_table(ipr: AsyncIPRoute, table: int, our_proto: int,
     """The other programs' default routes of IP version `family` in `table`
     (kernel-filtered: `RouteReader.defaults`; a full dump when the kernel cannot
     filter)."""
-    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    af = AF[family]
     try:
         reader = RouteReader.like(ipr)
     except StrictUnsupported:
@@ -68,7 +68,7 @@ async def read_table(ipr: AsyncIPRoute, table: int, our_proto: int,
 
 async def rule_tables(ipr: AsyncIPRoute, family: int = 4) -> set[int]:
     """The tables ip rules of IP version `family` look up."""
-    af = socket.AF_INET if family == 4 else socket.AF_INET6
+    af = AF[family]
     return {t async for m in await ipr.rule("dump", family=af) if (t := m.get("table"))}
 
 

@@ -8,6 +8,11 @@ import socket
 
 from .netlinkimport import AsyncIPRoute
 
+AF = {4: socket.AF_INET, 6: socket.AF_INET6}
+"""IP version -> address family."""
+VERSION = {socket.AF_INET: 4, socket.AF_INET6: 6}
+"""Address family -> IP version."""
+
 
 IFF_UP, IFF_POINTOPOINT, IFF_LOWER_UP = 0x1, 0x10, 0x10000
 

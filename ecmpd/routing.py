@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -30,14 +29,13 @@ from .netlinkimport import AsyncIPRoute, NetlinkError
 from .desired import (BALANCE_RULE, MAIN_TABLE, UNICAST, UNREACHABLE, Desired,
                       Nexthop, Owned, RouteSpec, RuleSpec, Step, plan_handover, translate)
 from .configmodel import FAMILIES, Config
+from .interfaces import AF
 from .refused import Refused, install_main, refused_single
 from .routereader import RouteReader, StrictUnsupported
 
 log = logging.getLogger("ecmpd")
 
 RTN_UNICAST, RTN_UNREACHABLE = 1, 7
-AF = {4: socket.AF_INET, 6: socket.AF_INET6}
-"""IP version -> address family."""
 _ANY = {4: "0.0.0.0/0", 6: "::/0"}
 _HOST = {4: 32, 6: 128}
 RTNH_F_ONLINK = 4

@@ -350,6 +350,17 @@ def own_targets(st: State, wan: Wan) -> tuple[str, ...]:
     return ownaddr.own(st.local, probe_targets(st, wan)[0])
 
 
+def own_by_wan(st: State) -> dict[str, tuple[str, ...]]:
+    """WAN name -> its probe targets, of every IP version it carries, that are the
+    router's own addresses (the snapshot `st` whole, not a plane)."""
+    own: dict[str, tuple[str, ...]] = {}
+    for family in FAMILIES:
+        p = plane(st, family)
+        for w in p.cfg.wans:
+            own[w.name] = own.get(w.name, ()) + own_targets(p, w)
+    return own
+
+
 def gateways(st: State) -> dict[str, str]:
     """WAN name -> nexthop gateway, for the WANs whose gateway is known."""
     return {w.name: g for w in st.cfg.wans if (g := gateway(st, w)) is not None}

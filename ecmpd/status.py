@@ -103,9 +103,10 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-def _family(snap: Snapshot, family: int, name: str, in_route: set[int]) -> dict[str, Any]:
-    """WAN `name`'s fields of IP version `family` (a version it carries)."""
-    p = st_mod.plane(snap.state, family)
+def _family(snap: Snapshot, p: State, family: int, name: str,
+            in_route: set[int]) -> dict[str, Any]:
+    """WAN `name`'s fields of IP version `family` (a version it carries; `p`: that
+    version's plane of the snapshot)."""
     cfg = p.cfg
     wan, ws = cfg.wan(name), p.wan(name)
     probe = snap.probes.get((name, family)) or (snap.probes.get(name) if family == 4 else None)
@@ -141,12 +142,14 @@ def _family(snap: Snapshot, family: int, name: str, in_route: set[int]) -> dict[
     }
 
 
-def _wan(snap: Snapshot, name: str, in_route: dict[int, set[int]]) -> dict[str, Any]:
+def _wan(snap: Snapshot, planes: Mapping[int, State], name: str,
+         in_route: dict[int, set[int]]) -> dict[str, Any]:
     """WAN `name`: its IPv4 fields at the top (the IPv6 ones on an IPv6-only WAN), each
     version it carries under ``ipv4`` / ``ipv6`` (null: not carried)."""
     st, cfg = snap.state, snap.state.cfg
     wan = cfg.wan(name)
-    per = {f: _family(snap, f, name, in_route[f]) if wan.has(f) else None for f in (4, 6)}
+    per = {f: _family(snap, planes[f], f, name, in_route[f]) if wan.has(f) else None
+           for f in (4, 6)}
     top = per[4] or per[6]
     assert top is not None
     disabled = (st.wans.get(name) or st.wans6[name]).disabled
@@ -203,13 +206,14 @@ def render(snap: Snapshot) -> dict[str, Any]:
     st = snap.state
     cfg = st.cfg
     mains = {4: snap.main, 6: snap.main6}
-    kept = {f: st_mod.keeps_last_route(st_mod.plane(st, f), mains[f]) for f in (4, 6)}
+    planes = {f: st_mod.plane(st, f) for f in (4, 6)}
+    kept = {f: st_mod.keeps_last_route(planes[f], mains[f]) for f in (4, 6)}
     in_route = {f: {h.oif for h in m.nexthops} if m else set() for f, m in mains.items()}
     names = {link.index: name for name, link in st.links.items()}
     families = cfg.families()
     warnings: list[str] = []
     for f in families:
-        v = "" if families == (4,) else f"IPv{f} "
+        v = cfg.version_prefix(f)
         if kept[f]:
             warnings.append(f"all {v}WANs are down: keeping the last route")
         foreign = snap.foreign_main if f == 4 else snap.foreign_main6
@@ -219,15 +223,14 @@ def render(snap: Snapshot) -> dict[str, Any]:
     warnings += snap.stray
     for f in families:
         if mains[f] is None:
-            warnings.append("no ecmpd route in the kernel" if families == (4,) else
-                            f"no ecmpd IPv{f} route in the kernel")
+            warnings.append(f"no ecmpd {cfg.version_prefix(f)}route in the kernel")
     s = snap.stats
     return {
         "pid": snap.pid,
         "config": snap.config_path,
         "uptime": round(snap.uptime, 3),
         "hash": cfg.hash,
-        "wans": {w.name: _wan(snap, w.name, in_route) for w in cfg.wans},
+        "wans": {w.name: _wan(snap, planes, w.name, in_route) for w in cfg.wans},
         "route": _route(cfg, snap.main, names, kept[4]),
         "route6": _route(cfg, snap.main6, names, kept[6]),
         "warnings": warnings,

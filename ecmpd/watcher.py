@@ -22,6 +22,7 @@ from .netlinkimport import (RTMGRP_IPV4_IFADDR, RTMGRP_IPV4_ROUTE, RTMGRP_IPV4_R
                             RTMGRP_LINK, AsyncIPRoute)
 
 from . import gateways, interfaces, ownaddr, rtfilter
+from .interfaces import VERSION
 from .desired import table_range
 from .configmodel import FAMILIES, Config
 from .events import (AddressesChanged, DefaultsChanged, DefaultsRead, Event, LinkChanged,
@@ -38,7 +39,7 @@ RCVBUF = 4 * 1024 * 1024
 RTMGRP_IPV6_ROUTE, RTMGRP_IPV6_RULE = 0x400, 1 << (19 - 1)  # RTNLGRP_IPV6_ROUTE, _RULE
 GROUPS = (RTMGRP_LINK | RTMGRP_IPV4_IFADDR | ownaddr.RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE
           | RTMGRP_IPV4_RULE | RTMGRP_IPV6_ROUTE | RTMGRP_IPV6_RULE)
-_VERSION = {socket.AF_INET: 4, socket.AF_INET6: 6}
+
 RETRY = 1.0
 """Seconds between attempts to subscribe again when subscribing fails."""
 READS = (4, 20.0)
@@ -314,7 +315,7 @@ class Watcher:
         elif event in ("RTM_NEWADDR", "RTM_DELADDR"):
             # re-read rather than patched: the kernel's primary/secondary order decides
             # which address is the WAN's
-            family = _VERSION.get(msg.get("family"), 4)
+            family = VERSION.get(msg.get("family"), 4)
             addresses = await self.reads.dump_addresses(family)
             local = await self.reads.dump_local()
             self.sink.submit(AddressesChanged(msg.get("index"), event == "RTM_DELADDR",
@@ -328,6 +329,6 @@ class Watcher:
                     and msg.get("proto") != self._learning[0] and table not in self._learning[1]):
                 # another program's default route: re-read its table (a replace, an
                 # append and a delete all look alike here)
-                await self._table_changed((_VERSION.get(msg.get("family"), 4), table))
+                await self._table_changed((VERSION.get(msg.get("family"), 4), table))
         elif event in ("RTM_NEWRULE", "RTM_DELRULE"):
             self.sink.submit(RuleChanged(msg.get("priority") or 0))

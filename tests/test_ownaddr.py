@@ -13,7 +13,7 @@ import pytest
 from ecmpd import ownaddr
 from ecmpd.ecmpd_command import main
 from ecmpd.config import ConfigError, parse_config
-from ecmpd.events import AddressesChanged, LocalChanged, Log, ProbeRound, Resynced, step
+from ecmpd.events import AddressesChanged, Log, ProbeRound, Resynced, step
 from ecmpd.health import Verdict
 from ecmpd.configmodel import Config, ProbeSettings, Wan
 from ecmpd.state import Link, initial, own_targets
@@ -44,12 +44,18 @@ def test_local_addresses_are_read_from_both_families_and_normalized() -> None:
     assert ownaddr.normal("not an address") is None
 
 
+def ipv6_changed(local: frozenset[str]) -> AddressesChanged:
+    """An IPv6 address of the LAN interface came or went: the router's own addresses
+    re-read (`local`), no WAN's IPv6 addresses."""
+    return AddressesChanged(3, False, {}, local, family=6)
+
+
 def test_a_target_is_own_while_it_is_a_local_address_of_any_interface() -> None:
     st = initial(CFG, LINKS, ADDRS, (), 0.0, local=frozenset({"192.0.2.10", "10.0.0.1"}))
     assert own_targets(st, CFG.wan("wlan1")) == ("192.0.2.10",)
     assert own_targets(st, CFG.wan("wlan2")) == ()
     # the address of another interface (here the LAN's, an IPv4 one among IPv6 ones)
-    st2, effects = step(st, LocalChanged(frozenset({"2001:db8::1", "203.0.113.7"})), 1.0)
+    st2, effects = step(st, ipv6_changed(frozenset({"2001:db8::1", "203.0.113.7"})), 1.0)
     assert own_targets(st2, CFG.wan("wlan2")) == ("203.0.113.7",)
     assert own_targets(st2, CFG.wan("wlan1")) == ()
     assert warnings(effects) == ["wlan2: target 203.0.113.7 is this router's own address: "
@@ -67,7 +73,7 @@ def test_the_warning_is_logged_once_when_a_target_becomes_local() -> None:
     assert len(warnings(effects)) == 1 and "192.0.2.10" in warnings(effects)[0]
     # the same addresses again, a resync, probe rounds: no second warning
     for ev in (AddressesChanged(11, False, ADDRS, local), Resynced(LINKS, ADDRS, None, local),
-               LocalChanged(local), ProbeRound("wlan1", Verdict.FAILED, "x")):
+               ipv6_changed(local), ProbeRound("wlan1", Verdict.FAILED, "x")):
         st, effects = step(st, ev, 2.0)
         assert not warnings(effects), ev
     # a resync without the local dump keeps the last one

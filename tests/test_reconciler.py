@@ -105,6 +105,16 @@ def test_the_read_of_a_quiet_pass_is_reused_until_an_event_or_a_change(kernel) -
     assert kernel.applied == [(4, 4), (6, 6)] * passes
 
 
+def dual_reconciler(fw: Any, **kw: Any) -> Reconciler:
+    """A Reconciler (in the running loop) over the dual-stack state at start, on a
+    Kernel whose socket is a placeholder (the tests replace what would use it)."""
+    st = initial(DUAL, LINKS, ADDRS, (), 0.0, addresses6=ADDRS6)
+    k = kernel_mod.Kernel(lambda: st, factory=object)  # type: ignore[arg-type]
+    k.open()
+    return Reconciler(lambda: st, k, fw, Sysctls(),  # type: ignore[arg-type]
+                      asyncio.ensure_future, **kw)
+
+
 def test_a_pass_applies_and_reports_each_version_apart(kernel, monkeypatch) -> None:
     applied: list[tuple[int, Any]] = []
 
@@ -117,13 +127,9 @@ def test_a_pass_applies_and_reports_each_version_apart(kernel, monkeypatch) -> N
     monkeypatch.setattr(routing, "apply", apply)
 
     async def body() -> tuple[Any, list, Firewall]:
-        st = initial(DUAL, LINKS, ADDRS, (), 0.0, addresses6=ADDRS6)
-        k = kernel_mod.Kernel(lambda: st, factory=object)  # type: ignore[arg-type]
-        k.open()
         reports: list = []
         fw = Firewall()
-        r = Reconciler(lambda: st, k, fw, Sysctls(),  # type: ignore[arg-type]
-                       asyncio.ensure_future, report=reports.append)
+        r = dual_reconciler(fw, report=reports.append)
         decision = await r.settled()
         await r.close()
         return decision, reports, fw
@@ -158,11 +164,7 @@ def test_while_a_nexthop_is_refused_a_pass_comes_again(kernel, monkeypatch, fami
     monkeypatch.setattr(routing, "apply", apply)
 
     async def body() -> tuple[int, int, int]:
-        st = initial(DUAL, LINKS, ADDRS, (), 0.0, addresses6=ADDRS6)
-        k = kernel_mod.Kernel(lambda: st, factory=object)  # type: ignore[arg-type]
-        k.open()
-        r = Reconciler(lambda: st, k, Firewall(), Sysctls(),  # type: ignore[arg-type]
-                       asyncio.ensure_future)
+        r = dual_reconciler(Firewall())
         await r.settled()
         await until_async(lambda: r.passes >= 3, 2.0, "passes retrying the refusal")
         refusing[0] = False
