@@ -39,7 +39,7 @@ from .reloadplan import plan_reload
 from .sdnotify import Notifier
 from .decision import Decision, main_route
 from .state import (State, active, address, awaiting_verdict, initial, no_target, own_by_wan,
-                    own_targets, plane, probe_targets, project)
+                    own_targets, plane, probe_gateway, probe_targets, project)
 from .sysctl import Sysctls
 from .watcher import Watcher
 
@@ -118,7 +118,8 @@ class Daemon:
     @staticmethod
     def _follow(prober: Prober, p: State, wan: Wan) -> None:
         """`prober` follows `wan` as plane `p` has it."""
-        prober.follow(address(p, wan), wan.interface, own_targets(p, wan), no_target(p, wan))
+        prober.follow(address(p, wan), wan.interface, own_targets(p, wan), no_target(p, wan),
+                      probe_gateway(p, wan))
 
     def _carry_out(self, effects: Iterable[Effect]) -> None:
         for e in effects:
@@ -181,16 +182,17 @@ class Daemon:
                         lambda r, n=wan.name, f=family: self._on_round(n, f, r),
                         traffic=lambda n=wan.name, f=family: self._traffic_of(n, f),
                         quorum=quorum, spare=True,
-                        line=lambda n=wan.name, f=family: self._line_timeout(n, 10 - f))
+                        line_traffic=lambda n=wan.name, g=10 - family: self._traffic_of(n, g),
+                        line_sent=lambda n=wan.name, g=10 - family: self._newest_sent(n, g))
         self._follow(prober, p, wan)            # its address, device and own targets
         self._probers[(wan.name, family)] = prober
         self._probing[(wan.name, family)] = asyncio.get_running_loop().create_task(prober.run())
 
-    def _line_timeout(self, name: str, family: int) -> float | None:
-        """The adaptive reply timeout of WAN `name`'s IP version `family` alone (None: not
-        probed): the other version's prober waits at least as long (`Prober.line`)."""
+    def _newest_sent(self, name: str, family: int) -> float | None:
+        """When WAN `name`'s IP version `family` sent its newest answered probe (None: not
+        probed): the other version's prober tells queued from lost by it (`ecmpd.prober`)."""
         prober = self._probers.get((name, family))
-        return prober.own_timeout() if prober is not None else None
+        return prober.newest_sent() if prober is not None else None
 
     def _stop_prober(self, key: tuple[str, int]) -> None:
         if (task := self._probing.pop(key, None)) is not None:

@@ -169,15 +169,19 @@ def ms(seconds: float) -> str:
 
 SLOW_TRAFFIC = "probes late, traffic flowing"
 SLOW_REPLIES = "probes late, replies late"
+SLOW_LINE = "probes late, the line busy with the other IP version's traffic"
 
 
 def judge(samples: Sequence[TargetSample], settings: ProbeSettings, window: Window,
           quorum: int, traffic: bool = False, at: float = 0.0, timeout: float = 0.0,
-          silent_for: float | None = None, followup: bool = False) -> RoundResult:
+          silent_for: float | None = None, followup: bool = False,
+          line: bool = False) -> RoundResult:
     """Add a round's samples to `window` and judge the round (see the module).
 
     `traffic`: the WAN's counter of packets from beyond its gateway moved during the
-    round.  `silent_for`: set when the round is judged early by the silence check (the
+    round.  `line`: the WAN's other IP version kept the line busy and its replies have
+    not overtaken this version's (`ecmpd.prober`): a round without quorum is SLOW.
+    `silent_for`: set when the round is judged early by the silence check (the
     seconds of silence), which only changes the reason.  `followup`: a fast follow-up
     round (recorded in the result only).
     """
@@ -201,6 +205,8 @@ def judge(samples: Sequence[TargetSample], settings: ProbeSettings, window: Wind
             return result(Verdict.SLOW, SLOW_TRAFFIC)
         if len(alive) >= quorum:
             return result(Verdict.SLOW, SLOW_REPLIES)
+        if line:
+            return result(Verdict.SLOW, SLOW_LINE)
         return result(Verdict.FAILED, tally)
     if settings.max_loss is not None:
         loss = window.loss_pct()

@@ -15,6 +15,16 @@ hands each round's observations to `ecmpd.judge.judge()`:
   the WAN's counter) is judged FAILED at once: a line that stopped delivering leaves as
   fast as an idle one, however deep its queue was.
 
+Both IP versions of a WAN cross one line and its queue, so each prober sees the other
+version (`line_traffic`, `line_sent`).  A line busy with the other version's traffic (an
+IPv4 download next to an idle IPv6) delays this version's probes with no traffic of
+its own to prove the line alive.  While the other version's arrivals flow, this
+version's late round is SLOW, not FAILED, as long as its replies are not overtaken: the
+queue is first in, first out, so once the other version's replies to requests sent more
+than an interval + `timeout` after this version's newest answered one are back, this
+version's replies are lost, not queued, and its rounds fail again.  A line busy with
+either version's traffic that goes wholly silent fails as fast as a busy line does.
+
 A target that is one of the router's own addresses (`follow`) is never sent a request
 and counts as a failed target: the kernel would answer it whatever the ISP does.  A
 round whose other targets cannot make its quorum fails at once.
@@ -56,6 +66,8 @@ SocketFactory = Callable[[str, Callable[[Answer], None], str | None], Echo]
 """`factory(source, on_answer, device)`: open a socket; raises OSError when it cannot."""
 TrafficFn = Callable[[], "int | None"]
 """The WAN's counter of packets from beyond its gateway now (None: unknown)."""
+SentFn = Callable[[], "float | None"]
+"""When (loop time) the other version's newest answered request was sent (None: none)."""
 
 
 def _open_echo(source: str, on_answer: Callable[[Answer], None], device: str | None) -> Echo:
@@ -94,6 +106,18 @@ follow-ups would take a healthy WAN down every ~20 minutes; with two, a follow-u
 fails as rarely as a grid round."""
 
 
+def _busy(last: tuple[float, int] | None, now: float, value: int | None,
+          settings: ProbeSettings) -> tuple[bool, tuple[float, int] | None]:
+    """Whether a counter now at `value` moved by `BUSY_PACKETS` or more per interval since
+    its `last` (loop time, value) reading, and the reading to keep for the next round."""
+    if value is None:
+        return False, last
+    if last is None or now <= last[0]:
+        return False, (now, value)
+    per_interval = settings.interval / max(now - last[0], settings.interval)
+    return (value - last[1]) * per_interval >= BUSY_PACKETS, (now, value)
+
+
 def _check(settings: ProbeSettings) -> None:
     if settings.interval <= 0 or settings.timeout <= 0 or settings.count < 1:
         raise ValueError(f"bad probe settings: {settings}")
@@ -104,7 +128,7 @@ class _Round:
 
     __slots__ = ("index", "start", "targets", "settings", "quorum", "timeout", "sent_by",
                  "deadline", "traffic0", "got", "unresolved", "alive", "timers", "judged",
-                 "followups", "busy", "sends_left", "copies", "own", "spared")
+                 "followups", "busy", "sends_left", "copies", "own", "spared", "line0")
 
     def __init__(self, index: int, start: float, targets: tuple[str, ...],
                  settings: ProbeSettings, quorum: int, timeout: float, followups: int = 0,
@@ -135,7 +159,11 @@ class _Round:
         self.followups = followups
         """Fast rounds that may follow this one if it fails (see `Prober._follow_up`)."""
         self.busy = busy
-        """The line carried traffic from beyond its gateway just before the round."""
+        """The line carried traffic from beyond its gateway just before the round (of
+        either IP version)."""
+        self.line0: tuple[float, int] | None = None
+        """(loop time, value) of the other version's counter when the round began to be
+        watched (None: unknown)."""
         self.own = own
         """Targets that are the router's own addresses: not probed, counted as failed."""
         self.spared = [0] * len(targets)
@@ -166,7 +194,8 @@ class Prober:
         quorum: int | None = None,
         sockets: SocketFactory = _open_echo,
         spare: bool = False,
-        line: Callable[[], float | None] | None = None,
+        line_traffic: TrafficFn | None = None,
+        line_sent: SentFn | None = None,
     ) -> None:
         _check(settings)
         self.name = name
@@ -193,14 +222,19 @@ class Prober:
         self._delivered = -1
         self._last_traffic: tuple[float, int] | None = None
         """(loop time, value) of the traffic counter's last reading for a grid round."""
+        self._last_line: tuple[float, int] | None = None
+        """The same for the other version's counter (`line_traffic`)."""
+        self._newest_beyond: float | None = None
+        """When this prober's newest answered request to a target beyond the gateway
+        was sent (loop time)."""
+        self._newest_any: float | None = None
+        """The same for any target, the gateway included."""
+        self._gateway: str | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._own: frozenset[str] = frozenset()
         self._spare = spare
-        self._line = line or (lambda: None)
-        """The reply timeout the WAN's other IP version measures now (None: none): both
-        versions cross the same line and its queue, so a round waits at least that long
-        before its silence counts (a line saturated by IPv4 downloads delays IPv6 probes
-        as much, with no IPv6 traffic to prove it alive)."""
+        self._line_traffic = line_traffic or (lambda: None)
+        self._line_sent = line_sent or (lambda: None)
         """A round's later requests go only to the targets that have not answered it yet:
         the verdict is the same (a target answers if any reply comes, and one unanswered
         at the next send gets that request as before); an idle healthy line whose RTT
@@ -223,15 +257,18 @@ class Prober:
             self._window = self._window.resized(settings.window)
 
     def follow(self, source: str | None, device: str | None,
-               own: Collection[str] = (), no_target: str = "no target to probe") -> None:
+               own: Collection[str] = (), no_target: str = "no target to probe",
+               gateway: str | None = None) -> None:
         """The WAN as it is now: its address (`source`), its interface (`device`), the
         targets that are the router's own addresses (`own`: from the next round they get
-        no request and count as failed targets), and why there is no target when there
-        is none (`no_target`).  The socket follows a new source or device at the next
-        round."""
+        no request and count as failed targets), why there is no target when there is
+        none (`no_target`) and the gateway (`gateway`: its replies may not cross the
+        line's queue, so `newest_sent` leaves them out).  The socket follows a new source
+        or device at the next round."""
         self.source, self.device = source, device
         self._own = frozenset(own)
         self.no_target = no_target
+        self._gateway = gateway
 
     def reset(self) -> None:
         """Close the socket: the next round opens a new one with a new identifier (after a
@@ -255,18 +292,17 @@ class Prober:
         return (est.srtt, est.rttvar) if est else (None, None)
 
     def timeout(self) -> float:
-        """The reply timeout the next round will use: its targets' adaptive timeouts,
-        and at least the line's as the other IP version measures it (`line`)."""
-        st = self._settings
-        own = self.own_timeout()
-        line = self._line()
-        return own if line is None else max(own, min(line, st.max_timeout))
-
-    def own_timeout(self) -> float:
-        """The adaptive reply timeout of this prober's own targets alone."""
+        """The reply timeout the next round will use: its targets' adaptive timeouts."""
         st = self._settings
         return max((self._est[t].timeout(st.timeout, st.max_timeout)
                     for t in self._targets if t in self._est), default=st.timeout)
+
+    def newest_sent(self) -> float | None:
+        """When (loop time) the newest request that got an echo reply was sent (None: no
+        reply yet), of the targets beyond the gateway when any answered (a gateway before
+        the line's queue answers at once): the other version's prober compares it with
+        its own (see the module)."""
+        return self._newest_beyond if self._newest_beyond is not None else self._newest_any
 
     # ---- the cadence ------------------------------------------------------------------
     async def run(self) -> None:
@@ -364,16 +400,13 @@ class Prober:
         loop = asyncio.get_running_loop()
         now = loop.time()
         rnd.traffic0 = traffic = self._traffic()
-        if fresh and traffic is not None:
-            last, self._last_traffic = self._last_traffic, (now, traffic)
-            if last is not None:
-                per_interval = rnd.settings.interval / max(now - last[0], rnd.settings.interval)
-                rnd.busy = (traffic - last[1]) * per_interval >= BUSY_PACKETS
-        # the line's queue, as the other IP version measures it, is no silence; a line
-        # busy with this version's own traffic that goes silent is evidence by itself
-        line = None if rnd.busy else self._line()
-        quiet = rnd.sent_by + max(silence_window(rnd.settings, rnd.busy),
-                                  0.0 if line is None else min(line, rnd.settings.max_timeout))
+        if fresh:
+            busy, self._last_traffic = _busy(self._last_traffic, now, traffic, rnd.settings)
+            line = self._line_traffic()
+            line_busy, self._last_line = _busy(self._last_line, now, line, rnd.settings)
+            rnd.busy = busy or line_busy
+            rnd.line0 = None if line is None else (now, line)
+        quiet = rnd.sent_by + silence_window(rnd.settings, rnd.busy)
         if fresh and rnd.deadline > quiet + 1e-3:
             rnd.timers.append(loop.call_at(max(quiet, now), self._quiet, rnd))
 
@@ -410,6 +443,10 @@ class Prober:
             # a late reply proves life in the rounds that started after its request was
             # sent; an older round whose own requests were lost stays unanswered
             sent = now - (a.rtt if a.age is None else a.age)
+            self._newest_any = sent if self._newest_any is None else max(self._newest_any, sent)
+            if a.address != self._gateway:
+                self._newest_beyond = (sent if self._newest_beyond is None
+                                       else max(self._newest_beyond, sent))
             for rnd in self._open:
                 if rnd.start > sent:
                     rnd.alive.add(a.address)
@@ -443,9 +480,25 @@ class Prober:
         # != rather than >: a rewritten table restarts its counters at 0
         return rnd.traffic0 is not None and now is not None and now != rnd.traffic0
 
+    def _line_carries(self, rnd: _Round) -> bool:
+        """The other version's arrivals keep the line busy during the round, and its
+        replies have not overtaken this version's (see the module): this version's
+        silence is the line's queue, not a loss."""
+        own = self.newest_sent()
+        if rnd.line0 is None or own is None:
+            return False
+        value, sent = self._line_traffic(), self._line_sent()
+        if value is None or sent is None:
+            return False
+        st = rnd.settings
+        now = asyncio.get_running_loop().time()
+        busy, _ = _busy(rnd.line0, now, value, st)
+        return busy and sent - own <= st.interval + st.timeout and now - sent <= st.max_timeout
+
     def _quiet(self, rnd: _Round) -> None:
         """The silence check: no sign of life within the silence window fails the round."""
-        if rnd.judged or rnd.lively() >= rnd.quorum or self._moved(rnd):
+        if rnd.judged or rnd.lively() >= rnd.quorum or self._moved(rnd) \
+                or self._line_carries(rnd):
             return
         self._judge(rnd, silence_window(rnd.settings, rnd.busy))
 
@@ -467,8 +520,9 @@ class Prober:
         answered = sum(1 for g in rnd.got if g)
         # the counter is read only when it can change the verdict (one libnftables call)
         moved = answered < rnd.quorum and self._moved(rnd)
+        line = answered < rnd.quorum and not moved and self._line_carries(rnd)
         try:
-            result = judge(samples, st, self._window, rnd.quorum, moved,
+            result = judge(samples, st, self._window, rnd.quorum, moved, line=line,
                            at=loop.time(), timeout=rnd.timeout, silent_for=silent_for,
                            followup=rnd.copies > 1)
         except Exception:

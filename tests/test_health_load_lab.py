@@ -97,6 +97,31 @@ def test_a_dead_isp_leaves_fast_while_its_line_is_saturated(lines3):
         d.stop()
 
 
+def test_an_ipv6_outage_leaves_while_ipv4_saturates_the_line(lines3):
+    # IPv4 downloads fill north's queue; its ISP then drops IPv6 only.  IPv6 probes look
+    # queued until IPv4's replies to later requests overtake them (first in, first out):
+    # IPv6 leaves; IPv4, saturated, stays in and its transfers go on
+    d = start(lines3, config_for(lines3, targets="both", ipv6=True))
+    try:
+        load = lines3.load(wans=["north"], seconds=30, streams_per_wan=1)
+        wait_srtt(d, ["north"], 0.3)
+        t0 = time.monotonic()
+        lines3.fault("north", "dead", family=6)
+        d.wait_states({"north": "down"}, timeout=10, family=6)
+        took6 = time.monotonic() - t0
+        # ~1 s of queue first, then interval + timeout of overtaking, then the fast
+        # follow-ups; bench figure 11 has the timing
+        assert took6 <= 4.0, f"north's IPv6 left the route {took6:.2f}s after it died"
+        results = load.wait(timeout=60)
+        assert results and not [r for r in results if r.broken], results
+        assert not transitions(d.log()) or all("IPv6" in t for t in transitions(d.log())), \
+            transitions(d.log())
+        st = d.status()
+        assert st["wans"]["north"]["state"] == "up" and st["wans"]["north"]["active"], st
+    finally:
+        d.stop()
+
+
 def probe_entries(lab, source: str) -> list[str]:
     """conntrack lines of ICMP entries started by `source` in the router namespace."""
     out = lab.run(lab.ns_router, "conntrack", "-L", "-p", "icmp", "-s", source,

@@ -15,6 +15,7 @@ import pytest
 
 from ecmpd.health import Verdict
 from ecmpd.judge import (
+    SLOW_LINE,
     SLOW_REPLIES,
     SLOW_TRAFFIC,
     RoundResult,
@@ -173,6 +174,7 @@ class Case:
     settings: dict[str, Any] | None = None
     traffic: bool = False
     silent_for: float | None = None
+    line: bool = False
     history: tuple[list[TargetSample], ...] = ()
 
 
@@ -201,6 +203,11 @@ CASES = {
         [S(GW, 2, 1, 0.01, True), S(BEYOND, 2, 0, None, True)], 2, SLOW, SLOW_REPLIES),
     "traffic wins the reason over late replies": Case(LATE_BOTH, 2, SLOW, SLOW_TRAFFIC,
                                                        traffic=True),
+    "late, the other version busy on the line": Case(NOTHING, 2, SLOW, SLOW_LINE, line=True),
+    "late replies win the reason over the line": Case(LATE_BOTH, 2, SLOW, SLOW_REPLIES,
+                                                       line=True),
+    "own traffic wins the reason over the line": Case(NOTHING, 2, SLOW, SLOW_TRAFFIC,
+                                                       traffic=True, line=True),
     # FAILED: nothing proves the line alive
     "all silent": Case(NOTHING, 1, FAILED, f"0/2 targets answered (silent: {GW}, {BEYOND})"),
     "dead upstream behind a live gateway": Case(
@@ -264,7 +271,7 @@ def test_judge(name: str) -> None:
     for past in c.history:
         w.add(past)
     r = judge(c.samples, settings, w, c.quorum, traffic=c.traffic, at=7.5, timeout=1.25,
-              silent_for=c.silent_for)
+              silent_for=c.silent_for, line=c.line)
     assert (r.verdict, r.reason) == (c.verdict, c.reason)
     assert r.ok is (c.verdict is GOOD)
     assert (r.samples, r.at, r.timeout, r.traffic) == (tuple(c.samples), 7.5, 1.25, c.traffic)

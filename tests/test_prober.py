@@ -33,7 +33,7 @@ import pytest
 import ecmpd.prober
 from ecmpd.health import Health, Phase, Verdict, step, takes_new_flows
 from ecmpd.icmpecho import Answer
-from ecmpd.judge import SLOW_REPLIES, SLOW_TRAFFIC, RoundResult, judge
+from ecmpd.judge import SLOW_LINE, SLOW_REPLIES, SLOW_TRAFFIC, RoundResult, judge
 from ecmpd.judge import TargetSample as TS
 from ecmpd.configmodel import ProbeSettings
 from ecmpd.prober import FOLLOWUP_COPIES, Prober, fast_window, silence_window, spacing
@@ -202,7 +202,7 @@ class Run:
     def __init__(self, targets: Sequence[str] = ("a", "b"), net: FakeNet | None = None,
                  traffic: Traffic | None = None, quorum: int | None = None,
                  source: str | None = SOURCE, on_round: Callable[[RoundResult], None] | None = None,
-                 line: Callable[[], float | None] | None = None, **settings: Any) -> None:
+                 line: Line | None = None, **settings: Any) -> None:
         self.net = net or FakeNet()
         self.traffic = traffic
         self.settings = ProbeSettings(**{"interval": 1.0, "timeout": 0.25, "count": 1,
@@ -210,7 +210,9 @@ class Run:
         self.results: list[RoundResult] = []
         self.prober = Prober("wan1", targets, self.settings, on_round or self.results.append,
                              source=source, device=DEVICE, traffic=traffic, quorum=quorum,
-                             sockets=self.net, line=line)
+                             sockets=self.net,
+                             line_traffic=line.traffic if line else None,
+                             line_sent=line.newest_sent if line else None)
 
     async def drive(self, until: float, at: dict[float, Callable[[], Any]] | None = None,
                     start: float = 0.0, alone: bool = True) -> None:
@@ -459,20 +461,75 @@ def test_silence_fails_a_round_at_once_when_nothing_came() -> None:
     assert len(r.prober.window()) == len(results)
 
 
-@pytest.mark.parametrize("line, fails", [(None, True), (lambda: 0.1, True),
-                                         (lambda: None, True), (lambda: 1.0, False)])
-def test_the_other_versions_line_timeout_is_waited_for_before_silence_counts(line, fails):
-    # a line whose queue delays every reply by 0.8 s and carries none of this version's
-    # traffic (IPv4 downloads fill it, the IPv6 prober has only its probes): the other
-    # version measures the line at 1.0 s, so this one's rounds wait that long
-    r = Run(("a",), net=FakeNet(lambda s: 0.8), interval=0.2, count=1, line=line)
-    results = r.go(3.0)
-    first = [x for x in results if x.at < 1.0]
-    if fails:
-        assert first and all(x.verdict is FAILED for x in first[:3]), r.summary()
-    else:
-        assert FAILED not in {x.verdict for x in results}, r.summary()
-        assert all(x.timeout == pytest.approx(1.0) for x in results[:3])
+class Line:
+    """The WAN's other IP version on the same line: its arrivals counter (`pps` packets a
+    second until `frozen`) and its probes, sent every 50 ms, answered after the line's
+    queue delay `delay(sent)` (first in, first out) until `frozen`."""
+
+    def __init__(self, delay: Callable[[float], float], pps: float = 1000.0,
+                 frozen: float = math.inf) -> None:
+        self.delay, self.pps, self.frozen = delay, pps, frozen
+
+    def traffic(self) -> int:
+        return int(min(now(), self.frozen) * self.pps)
+
+    def newest_sent(self) -> float | None:
+        t = now()
+        sends = [k * 0.05 for k in range(int(t / 0.05) + 1)]
+        back = [s for s in sends if s + self.delay(s) <= min(t, self.frozen)]
+        return back[-1] if back else None
+
+
+def ramp(s: float) -> float:
+    """A queue that fills fast from 1 s (1.5 s of delay a second) up to 1.5 s."""
+    return 0.005 if s < 1.0 else min(1.5, 0.005 + 1.5 * (s - 1.0))
+
+
+@pytest.mark.parametrize("line, fails", [
+    (None, True),                                   # no other version: nothing to go by
+    (Line(ramp, pps=10.0), True),                   # the other version idle too
+    (Line(ramp), False),                            # its downloads fill the queue
+])
+def test_a_line_busy_with_the_other_version_is_slow_not_dead(line, fails):
+    # an idle version's probes wait in a queue the other version's downloads fill: its
+    # rounds are SLOW while the other version's arrivals flow and its replies do not
+    # overtake this version's (first in, first out)
+    r = Run(("a",), net=FakeNet(lambda s: ramp(s.at)), interval=0.2, count=2, line=line)
+    results = r.go(8.0)
+    verdicts = {x.verdict for x in results if x.at > 1.0}
+    assert (FAILED in verdicts) is fails, r.summary()
+    if not fails:
+        assert SLOW_LINE in {x.reason for x in results}, r.summary()
+        assert results[-1].verdict is GOOD or results[-1].reason == SLOW_LINE
+
+
+def test_replies_overtaken_by_the_other_versions_are_lost_not_queued():
+    # the queue holds 1 s; this version's ISP drops its packets from 4 s (replies to
+    # earlier requests still come out of the queue until ~5 s): once the other
+    # version's replies to requests sent more than interval + timeout later are back,
+    # the rounds fail, as fast as the queue allows
+    delay = lambda s: 0.005 if s < 1.0 else 1.0  # noqa: E731
+    net = FakeNet(lambda s: delay(s.at) if s.at < 4.0 else None)
+    r = Run(("a",), net=net, interval=0.2, count=2, line=Line(delay))
+    results = r.go(8.0)
+    assert FAILED not in {x.verdict for x in results if x.at < 5.0}, r.summary()
+    failed = [x.at for x in results if x.verdict is FAILED]
+    assert failed and failed[0] <= 4.0 + 1.0 + 0.2 + 0.25 + 0.3, r.summary()
+    assert {x.verdict for x in results if x.at > failed[0] + 0.3} == {FAILED}, r.summary()
+
+
+def test_a_busy_line_that_goes_silent_fails_as_fast_as_a_busy_line():
+    # the other version's downloads kept the line busy; at 4 s the line dies whole (its
+    # queue with it): this version's silence is evidence at once, as its own traffic's
+    # would be (half the silence window), not after its adaptive timeout
+    delay = lambda s: 0.005 if s < 1.0 else 0.6  # noqa: E731
+    net = FakeNet(lambda s: delay(s.at) if s.at + delay(s.at) < 4.0 else None)
+    r = Run(("a",), net=net, interval=0.2, count=2, line=Line(delay, frozen=4.0))
+    results = r.go(7.0)
+    failed = [x for x in results if x.verdict is FAILED]
+    assert FAILED not in {x.verdict for x in results if x.at < 4.0}, r.summary()
+    assert failed and failed[0].at <= 4.0 + 0.2 + spacing(r.settings) + \
+        silence_window(r.settings, busy=True) + 0.01, r.summary()
 
 
 def test_silence_does_not_fail_a_round_while_traffic_moves() -> None:
