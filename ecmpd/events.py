@@ -455,6 +455,8 @@ _ONE_PLANE = (ProbeRound, AddressesChanged, DefaultsChanged, DefaultsRead, Nexth
 
 def step(st: State, ev: Event, now: float) -> Result:
     """The state after `ev` and the effects to carry out; `now`: epoch seconds."""
+    if isinstance(ev, ProbeRound) and _steady(st, ev):
+        return st, ()
     if isinstance(ev, _ONE_PLANE):
         after, effects = _in_plane(st, ev.family, ev, now)
     elif isinstance(ev, (LinkChanged, Reloaded, SetDisabled, Resynced)):
@@ -477,6 +479,17 @@ def step(st: State, ev: Event, now: float) -> Result:
         return after, effects         # neither moves an address, a target or a gateway
     logs = ownaddr.changes(own_by_wan(st), own_by_wan(after))
     return after, effects + tuple(Log(level, message) for level, message in logs)
+
+
+def _steady(st: State, ev: ProbeRound) -> bool:
+    """The round leaves its WAN's health as it is (most rounds: a steady WAN's), so the
+    snapshot stays the same object; checked without projecting a plane."""
+    ws = (st.wans if ev.family == 4 else st.wans6).get(ev.name)
+    try:
+        p = st.cfg.wan(ev.name).probe
+    except KeyError:
+        return True
+    return ws is None or health.step(ws.health, ev.verdict, p.down, p.up, ev.reason) == ws.health
 
 
 def _in_plane(st: State, family: int, ev: Event, now: float,

@@ -520,3 +520,24 @@ def test_carrier_loss_takes_both_versions_down_and_back_together() -> None:
     assert {f: plane(st, f).wan("wlan1").health.state for f in (4, 6)} == {4: H.RISING,
                                                                           6: H.RISING}
     assert {e.family for e in effects if isinstance(e, ev.ResetProber)} == {4, 6}
+
+
+def test_a_steady_round_of_either_version_keeps_the_snapshot_object() -> None:
+    # most rounds change nothing: the snapshot stays the very same object (no plane is
+    # projected for them), while a round that moves the health still steps its plane
+    from ipaddress import IPv6Address
+    from ecmpd.state import plane
+    cfg = Config(lan_interfaces=("lan0",),
+                 wans=(Wan("wlan1", "eth1", IPv4Address("192.0.2.1"), id=1,
+                           gateway6=IPv6Address("fe80::1"), families=(4, 6)),))
+    st = initial(cfg, LINKS, ADDRS, (), T0, addresses6={11: (("2001:db8:1::2", 64),)})
+    for family in (4, 6):
+        st, _ = step(st, ev.ProbeRound("wlan1", Verdict.GOOD, family=family))
+    for family in (4, 6):
+        for verdict in (Verdict.GOOD, Verdict.SLOW):
+            after, effects = step(st, ev.ProbeRound("wlan1", verdict, family=family))
+            assert (after, effects) == (st, ()) and after is st
+    after, _ = step(st, ev.ProbeRound("wlan1", Verdict.FAILED, family=6))
+    assert (plane(after, 4).wan("wlan1").health.state,
+            plane(after, 6).wan("wlan1").health.state) == (H.UP, H.FALLING)
+    assert step(st, ev.ProbeRound("nowhere", Verdict.FAILED, family=4))[0] is st
