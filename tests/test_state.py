@@ -11,7 +11,7 @@ from ipaddress import IPv4Address
 import pytest
 
 from ecmpd import events as ev
-from ecmpd.desired import MAIN_TABLE, Nexthop, RouteSpec
+from ecmpd.desired import Nexthop, RouteSpec
 from ecmpd.health import Health, Phase as H, Verdict
 from ecmpd.logsetup import NOTICE
 from ecmpd.configmodel import Config, Wan
