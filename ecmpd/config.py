@@ -312,6 +312,8 @@ class _Validator:
         if len(v) > MAX_WANS:
             self.add(line, "wans", f"at most {MAX_WANS} WANs, got {len(v)}")
         parts: list[dict[str, Any]] = []
+        flush: list[tuple[str, Any, int]] = []
+        """(WAN key path, tier, line) of the WANs with ``failback: flush``."""
         # gateways and addresses may repeat: two modems at 192.168.1.1 (the router at
         # 192.168.1.2 behind each), two ISPs. routers at fe80::1,
         # each on its own interface (everything is keyed by WAN and interface)
@@ -363,7 +365,14 @@ class _Validator:
                              f"{shown} is already the {key} of {taken[value]}")
                 else:
                     taken[value] = path
+            if p["failback"] == "flush":
+                flush.append((path, p["tier"], w.value_lines["failback"]))
             parts.append(p)
+        tiers = [p["tier"] for p in parts if isinstance(p["tier"], int)]
+        for path, tier, fline in flush:
+            if isinstance(tier, int) and tier <= min(tiers):
+                self.add(fline, f"{path}.failback", f"flush has no effect: no WAN is in a "
+                         f"lower tier than this WAN's tier {tier}")
         used = set(seen["id"])
         for p in parts:  # defaults: the WAN's position, skipping ids set explicitly
             if p["id"] is None:

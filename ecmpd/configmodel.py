@@ -94,6 +94,10 @@ def majority(n: int) -> int:
     return n // 2 + 1
 
 
+MAX_TIER = 9
+"""Tiers run 1..MAX_TIER (a primary, backups, backups of backups...)."""
+
+
 @dataclass(frozen=True)
 class Wan:
     """One WAN uplink, carrying IPv4, IPv6 or both (`families`)."""
@@ -116,6 +120,12 @@ class Wan:
     families: tuple[int, ...] = (4,)
     """The IP versions this WAN carries: 4 when `gateway` is given, 6 when `gateway6`
     is; at least one."""
+    tier: int = 1
+    """New flows use only the WANs of the lowest tier that has a usable one (1 first);
+    the others stand by, probed all the time, their pinned flows going on."""
+    failback: str = "keep"
+    """`keep`: this WAN's flows go on when a lower tier takes new flows again; `flush`:
+    they are removed then (a metered backup carries nothing it need not)."""
 
     def has(self, family: int) -> bool:
         """Whether this WAN carries IP version `family`."""

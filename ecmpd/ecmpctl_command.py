@@ -158,7 +158,7 @@ def _target_line(addr: str, t: Any) -> str:
     return line + (f"  ({t['reason']}: counts as failed)" if t.get("reason") else "")
 
 
-def _wan_block(name: str, w: Any, now: float) -> list[str]:
+def _wan_block(name: str, w: Any, now: float, tiered: bool = False) -> list[str]:
     w = w if isinstance(w, dict) else {}
     state = str(w.get("health") or w.get("state") or "unknown").upper()
     if w.get("disabled"):
@@ -186,8 +186,14 @@ def _wan_block(name: str, w: Any, now: float) -> list[str]:
     if w.get("address"):
         gw += f", address {w['address']}"
     out.append(gw)
-    out.append(f"  weight: {w.get('weight', '?')}, active: {_yesno(w.get('active'))}, "
-               f"connections: {w.get('connections', '?')}")
+    tier = ""
+    if tiered:
+        tier = f", tier {w.get('tier', '?')}"
+        if w.get("failback") == "flush":
+            tier += " (failback: flush)"
+    standby = " (standby)" if w.get("standby") else ""
+    out.append(f"  weight: {w.get('weight', '?')}{tier}, active: {_yesno(w.get('active'))}"
+               f"{standby}, connections: {w.get('connections', '?')}")
     if "mark" in w or "table" in w:
         out.append(f"  mark: {w.get('mark', '?')}, table: {w.get('table', '?')}")
     targets = w.get("targets")
@@ -202,8 +208,10 @@ def _wan_block(name: str, w: Any, now: float) -> list[str]:
             line += f" ({six['reason']})"
         out.append(line)
         learned = " (learned)" if six.get("gateway_source") == "learned" else ""
+        standby6 = " (standby)" if six.get("standby") else ""
         out.append(f"    gateway: {six.get('gateway') or 'none yet'}{learned}, address "
-                   f"{six.get('address') or 'none'}, active: {_yesno(six.get('active'))}")
+                   f"{six.get('address') or 'none'}, active: {_yesno(six.get('active'))}"
+                   f"{standby6}")
         t6 = six.get("targets")
         if isinstance(t6, dict) and t6:
             out.extend("  " + _target_line(str(a), t) for a, t in t6.items())
@@ -237,10 +245,18 @@ def render_status(payload: dict, now: float) -> str:
     head.append(f"hash {payload.get('hash', '?')}")
     lines = ["ecmpd: " + ", ".join(head)]
     wans = payload.get("wans")
+    tiered = isinstance(wans, dict) and len({w.get("tier") for w in wans.values()
+                                             if isinstance(w, dict)}) > 1
+    carrying = payload.get("new_flows_tier")
+    if tiered and isinstance(carrying, dict) and carrying:
+        def tier(version: str, t: Any) -> str:
+            shown = "no WAN usable" if t is None else f"tier {t}"
+            return f"{shown} ({version.replace('ipv', 'IPv')})" if len(carrying) > 1 else shown
+        lines.append("new flows: " + ", ".join(tier(v, t) for v, t in carrying.items()))
     if isinstance(wans, dict):
         for name, w in wans.items():
             lines.append("")
-            lines.extend(_wan_block(str(name), w, now))
+            lines.extend(_wan_block(str(name), w, now, tiered))
     lines.append("")
     lines.extend(_route_block(payload.get("route")))
     if isinstance(wans, dict) and any(isinstance(w, dict) and w.get("ipv6")

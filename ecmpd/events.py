@@ -13,9 +13,11 @@ Rules:
 * a WAN whose address changes or goes loses the connections NATed to the old one
   (they cannot work any more); one whose learned gateway moves keeps its health: its
   routes and probes follow the new gateway at once;
-* a health transition that changes whether the WAN is usable, or ends DOWN, asks for an
-  urgent reconcile (timed as a reaction); DOWN also flushes the WAN's connections (after
-  that reconcile);
+* a health transition that changes whether the WAN is in the route, or ends DOWN, asks
+  for an urgent reconcile (timed as a reaction); DOWN also flushes the WAN's connections
+  (after that reconcile);
+* when an IP version's carrying tier moves (`ecmpd.tiers`) it is logged, and the WANs
+  with ``failback: flush`` a lower tier took new flows back from are flushed;
 * a WAN whose nexthop the kernel refuses (`NexthopsRefused`, from a reconcile) is DOWN
   with the kernel's reason until a reconcile installs it or its nexthop changes; the
   other WANs' routes are installed without it;
@@ -38,7 +40,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Union
 
-from . import health, ownaddr
+from . import health, ownaddr, tiers
 from .desired import MAIN_TABLE, RouteSpec, rule_range, table_range
 from .health import Health, Phase, Verdict
 from .logsetup import NOTICE
@@ -243,8 +245,10 @@ def set_health(st: State, name: str, new: Health, now: float,
     if not health.transitioned(old, new):
         return st.with_wan(name, replace(ws, health=new)), ()
     after = st.with_wan(name, replace(ws, health=new, since=now))
-    was, now_ = usable(before or st, name), usable(after, name)
-    if was == now_:
+    was, now_ = name in active(before or st), name in active(after)
+    if was == now_ and new.state is Phase.DOWN and usable(before or st, name):
+        level, what = logging.WARNING, f" (was standing by in tier {st.cfg.wan(name).tier})"
+    elif was == now_:
         level, what = logging.INFO, ""
     elif was:
         level, what = logging.WARNING, " (leaves the route)"
@@ -474,11 +478,29 @@ def step(st: State, ev: Event, now: float) -> Result:
             after = replace(after, cfg=ev.cfg)
     else:
         after, effects = _step(st, ev, now)
+    if after is not st:
+        effects += _tier_effects(st, after)
     effects = tuple(dict.fromkeys(effects))   # both planes may ask for the same reconcile
     if isinstance(ev, (ProbeRound, SetDisabled)) or after is st:
         return after, effects         # neither moves an address, a target or a gateway
     logs = ownaddr.changes(own_by_wan(st), own_by_wan(after))
     return after, effects + tuple(Log(level, message) for level, message in logs)
+
+
+def _tier_effects(before: State, after: State) -> tuple[Effect, ...]:
+    """The log line of each IP version whose carrying tier moved, and the flushes of the
+    WANs with ``failback: flush`` that a lower tier took new flows back from (after the
+    reconcile that moves the route, as every flush)."""
+    out: list[Effect] = []
+    cfg = after.cfg
+    for change in tiers.changes(before, after):
+        level = NOTICE if change.back else logging.WARNING
+        out += [Log(level, change.message(cfg)), Reconcile(urgent=True)]
+        for name in change.flush:
+            wan = cfg.wan(name)
+            out.append(Flush(cfg.mark_of(wan), cfg.mark_mask, name,
+                             change.family if len(wan.families) > 1 else None))
+    return tuple(out)
 
 
 def _steady(st: State, ev: ProbeRound) -> bool:

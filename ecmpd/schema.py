@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ecmpd import configvalues as cv
-from ecmpd.configmodel import Config, ProbeSettings, Wan
+from ecmpd.configmodel import MAX_TIER, Config, ProbeSettings, Wan
 from ecmpd.yamlpos import describe
 
 REQUIRED: Any = object()
@@ -142,6 +142,8 @@ SCHEMA: tuple[Key, ...] = (
     Key("wans.*", "gateway6", Wan, "gateway6", cv.gateway6, config_default=None,
         shown_default="none"),
     _int("wans.*", "weight", Wan, "weight", 1, 256),
+    _int("wans.*", "tier", Wan, "tier", 1, MAX_TIER),
+    Key("wans.*", "failback", Wan, "failback", cv.choice("keep", "flush"), "keep or flush"),
     _int("wans.*", "id", Wan, "id", 1, 255, config_default=None,
          shown_default="the WAN's position"),
     Key("wans.*", "address", None, "", cv.address),

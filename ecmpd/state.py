@@ -426,9 +426,17 @@ def usable(st: State, name: str) -> bool:
     return link_ok(st, st.cfg.wan(name))
 
 
+def carrying_tier(st: State) -> int | None:
+    """The tier that takes new flows: the lowest with a usable WAN (None: none is)."""
+    return min((st.cfg.wan(n).tier for n in st.wans if usable(st, n)), default=None)
+
+
 def active(st: State) -> frozenset[str]:
-    """The usable WANs."""
-    return frozenset(n for n in st.wans if usable(st, n))
+    """The WANs in the multipath route: the usable WANs of the carrying tier (the
+    others' pinned flows go on by their marks and tables)."""
+    usable_ = [n for n in st.wans if usable(st, n)]
+    tier = min((st.cfg.wan(n).tier for n in usable_), default=None)
+    return frozenset(n for n in usable_ if st.cfg.wan(n).tier == tier)
 
 
 def awaiting_verdict(st: State) -> list[str]:

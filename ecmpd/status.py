@@ -133,6 +133,8 @@ def _family(snap: Snapshot, p: State, family: int, name: str,
         # a nexthop via its interface is in the kernel's route right now, whatever the
         # daemon believes (a gateway the kernel still has from before counts)
         "active": (link := p.links.get(wan.interface)) is not None and link.index in in_route,
+        # usable, but a lower tier takes new flows: probed, out of the route
+        "standby": st_mod.usable(p, name) and name not in st_mod.active(p),
         "targets": {addr: {"loss_pct": None if t.loss_pct is None else round(t.loss_pct, 1),
                            "rtt_ms": _ms(t.rtt), "srtt_ms": _ms(t.srtt),
                            "rttvar_ms": _ms(t.rttvar),
@@ -159,6 +161,8 @@ def _wan(snap: Snapshot, planes: Mapping[int, State], name: str,
         "families": [f"ipv{f}" for f in wan.families],
         "point_to_point": bool((lk := st.links.get(wan.interface)) and lk.pointopoint),
         "weight": wan.weight,
+        "tier": wan.tier,
+        "failback": wan.failback,
         "disabled": disabled,
         "carrier": st_mod.carrier(st, wan),
         "mark": hex(cfg.mark_of(wan)),
@@ -230,6 +234,9 @@ def render(snap: Snapshot) -> dict[str, Any]:
         "config": snap.config_path,
         "uptime": round(snap.uptime, 3),
         "hash": cfg.hash,
+        # per IP version the config carries: the tier that takes new flows (null: no
+        # WAN is usable)
+        "new_flows_tier": {f"ipv{f}": st_mod.carrying_tier(planes[f]) for f in families},
         "wans": {w.name: _wan(snap, planes, w.name, in_route) for w in cfg.wans},
         "route": _route(cfg, snap.main, names, kept[4]),
         "route6": _route(cfg, snap.main6, names, kept[6]),

@@ -70,6 +70,8 @@ def test_minimal_config_gets_the_model_defaults() -> None:
 def test_every_key_set() -> None:
     text = BASE + """\
     weight: 7
+    tier: 2
+    failback: flush
     id: 9
     address: 198.51.100.2/24
 hash: l3
@@ -82,7 +84,8 @@ keep_on_exit: true
 control: {socket: /run/x.sock, group: netadm}
 """
     cfg = parse_config(text, SRC)
-    assert cfg.wan("b") == Wan("b", "eth2", IPv4Address("198.51.100.1"), weight=7, id=9)
+    assert cfg.wan("b") == Wan("b", "eth2", IPv4Address("198.51.100.1"), weight=7, id=9,
+                               tier=2, failback="flush")
     assert (cfg.hash, cfg.mark_mask, cfg.table_base, cfg.rule_priority, cfg.route_proto,
             cfg.route_metric, cfg.nft_table, cfg.keep_on_exit, cfg.control_socket,
             cfg.control_group) == ("l3", 0xFF00, 5000, 2000, 201, 50, "multiwan", True,
@@ -332,6 +335,11 @@ BAD = [
     (BASE + "    weight: '5'\n", ["10: wans.b.weight: must be an integer from 1 to 256, got '5'"]),
     (BASE + "    weight: 1.5\n", ["10: wans.b.weight: must be an integer from 1 to 256, got 1.5"]),
     (BASE + "    id: 0\n", ["10: wans.b.id: must be an integer from 1 to 255, got 0"]),
+    (BASE + "    tier: 0\n", ["10: wans.b.tier: must be an integer from 1 to 9, got 0"]),
+    (BASE + "    tier: 2\n    failback: drop\n",
+     ["11: wans.b.failback: must be keep or flush, got 'drop'"]),
+    (BASE + "    failback: flush\n", ["10: wans.b.failback: flush has no effect: no WAN is "
+                                     "in a lower tier than this WAN's tier 1"]),
     (BASE + "    interface: eth2\n", ["10: wans.b.interface: duplicate key (first at line 8)"]),
     (BASE.replace("eth2", "a-very-long-name0"), [f"8: wans.b.interface: {IFNAME}, got "
                                                  "'a-very-long-name0'"]),

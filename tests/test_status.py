@@ -40,11 +40,11 @@ UP = Health(H.UP, 0, "after 5 good rounds")
 
 FAMILY_KEYS = {"state", "health", "since", "reason", "last_round", "gateway", "address",
                "active", "targets", "verdict", "note", "timeout_ms", "gateway_source",
-               "nexthop"}
+               "nexthop", "standby"}
 """A WAN's fields of one IP version (under "ipv4" / "ipv6"; the IPv4 ones also at its top)."""
-WAN_KEYS = FAMILY_KEYS | {"interface", "weight", "disabled", "carrier", "mark", "table",
+WAN_KEYS = FAMILY_KEYS | {"interface", "weight", "tier", "failback", "disabled", "carrier", "mark", "table",
                           "connections", "point_to_point", "families", "ipv4", "ipv6"}
-TOP_KEYS = {"pid", "config", "uptime", "hash", "wans", "route", "route6", "warnings", "stats"}
+TOP_KEYS = {"pid", "config", "uptime", "hash", "new_flows_tier", "wans", "route", "route6", "warnings", "stats"}
 STATS_KEYS = {"reconciles", "changes", "nft_writes", "events", "reaction_ms", "flushes",
               "resyncs"}
 
@@ -428,3 +428,24 @@ def test_a_target_that_is_the_routers_own_address_says_so_per_target() -> None:
     assert targets["203.0.113.7"]["reason"] is None
     text = render_status(payload, time.time())
     assert "(target 203.0.113.8 is this router's own address: counts as failed)" in text
+
+
+def test_tiers_show_which_tier_takes_new_flows_and_who_stands_by() -> None:
+    cfg = dataclasses.replace(CFG, wans=(CFG.wans[0], dataclasses.replace(
+        CFG.wans[1], tier=2, failback="flush")))
+    st = dataclasses.replace(state(), cfg=cfg)
+    payload = render(snap(st, main=route(hop("192.0.2.1", 11))))
+    assert payload["new_flows_tier"] == {"ipv4": 1}
+    w1, w2 = payload["wans"].values()
+    assert (w1["tier"], w1["standby"], w1["active"]) == (1, False, True)
+    assert (w2["tier"], w2["failback"], w2["standby"], w2["active"]) == (2, "flush", True, False)
+    text = render_status(payload, time.time())
+    assert "new flows: tier 1\n" in text
+    assert "weight: 2, tier 2 (failback: flush), active: no (standby)" in text
+    # tier 1 gone: the backup takes new flows, and stands by no more
+    down = dataclasses.replace(st, wans={**st.wans, "wlan1": WanState(Health(H.DOWN, 0, "x"), 1.0)})
+    payload = render(snap(down, main=route(hop("198.51.100.1", 12))))
+    assert payload["new_flows_tier"] == {"ipv4": 2}
+    assert payload["wans"]["wlan2"]["standby"] is False and payload["wans"]["wlan2"]["active"]
+    # one tier only: the text says nothing of tiers
+    assert "tier" not in render_status(render(snap()), time.time())
