@@ -427,16 +427,19 @@ def usable(st: State, name: str) -> bool:
 
 
 def carrying_tier(st: State) -> int | None:
-    """The tier that takes new flows: the lowest with a usable WAN (None: none is)."""
-    return min((st.cfg.wan(n).tier for n in st.wans if usable(st, n)), default=None)
+    """The tier that takes new flows: the lowest with a usable WAN, or with a WAN still
+    waiting for its first verdict (a backup does not take new flows just because it
+    answered first at start); None: none."""
+    waiting = awaiting_verdict(st)
+    return min((st.cfg.wan(n).tier for n in st.wans if n in waiting or usable(st, n)),
+               default=None)
 
 
 def active(st: State) -> frozenset[str]:
     """The WANs in the multipath route: the usable WANs of the carrying tier (the
     others' pinned flows go on by their marks and tables)."""
-    usable_ = [n for n in st.wans if usable(st, n)]
-    tier = min((st.cfg.wan(n).tier for n in usable_), default=None)
-    return frozenset(n for n in usable_ if st.cfg.wan(n).tier == tier)
+    tier = carrying_tier(st)
+    return frozenset(n for n in st.wans if st.cfg.wan(n).tier == tier and usable(st, n))
 
 
 def awaiting_verdict(st: State) -> list[str]:

@@ -130,7 +130,8 @@ class Ecmpd:
     def wait_states(self, states: dict[str, str], timeout: float = 10.0,
                     family: int | None = None) -> dict[str, Any]:
         """Wait until every named WAN is in the given state ("up", "down", ...) and, for
-        "up" and "down", the kernel's route agrees (the nexthop is in it, or not).
+        "up" and "down", the kernel's route agrees (the nexthop is in it, or not: an UP
+        WAN of a tier that stands by is not).
         `family` 4 or 6: that IP version's state and route (None: the WAN's top-level
         fields, its IPv4 ones when it carries IPv4)."""
         route = "route6" if family == 6 else "route"
@@ -142,7 +143,8 @@ class Ecmpd:
                 if wan is None or state not in (wan["state"], wan.get("health")):
                     return False
                 if state in ("up", "down") and not top["disabled"] \
-                        and not st[route]["kept_last"] and wan["active"] != (state == "up"):
+                        and not st[route]["kept_last"] \
+                        and wan["active"] != (state == "up" and not wan.get("standby")):
                     return False
             return True
         return self.wait_for(settled, timeout, f"IPv{family or 4} states {states}")

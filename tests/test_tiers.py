@@ -153,3 +153,22 @@ def test_an_untiered_config_logs_no_tier_changes() -> None:
     after, effects = rounds(one, "wlan1", Verdict.GOOD, 1)
     assert not [m for _, m in logs(effects) if m.startswith("new")]
     assert changes(one, after) == []
+
+
+def test_a_backup_answering_first_at_start_does_not_take_new_flows() -> None:
+    # at start every WAN waits for its first verdict; the backup answering first must
+    # not carry new flows for the moment tier 1 has not been judged yet
+    st = start(wans())
+    st, effects = rounds(st, "lte", Verdict.GOOD, 1)
+    assert carrying_tier(st) == 1 and active(st) == frozenset()
+    assert not [m for _, m in logs(effects) if "joins the route" in m or m.startswith("new")]
+    st, _ = rounds(st, "wlan1", Verdict.GOOD, 1)
+    assert active(st) == {"wlan1"}
+    # a tier-1 WAN judged dead at its first rounds hands over as soon as it is judged
+    st = start(wans())
+    st, _ = rounds(st, "lte", Verdict.GOOD, 1)
+    st, _ = rounds(st, "wlan1", Verdict.FAILED, 1)
+    st, effects = rounds(st, "wlan2", Verdict.FAILED, 1)
+    assert active(st) == {"lte"}
+    assert (logging.WARNING, "new flows: tier 2 (lte): no WAN of tier 1 is usable") \
+        in logs(effects)
