@@ -33,7 +33,7 @@ import difflib
 import re
 from collections.abc import Callable, Sequence
 from functools import partial
-from ipaddress import IPv4Address, IPv4Interface
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from typing import Any
 
 from ecmpd import schema
@@ -331,6 +331,7 @@ class _Validator:
             for k in _WAN_VALUES:
                 p[k.name] = self.field(w, k.name, path, k.parse, k.default, owner_line=kl)
             addr = p.pop("address")
+            self.wan_address6(w, path, p.pop("address6"))
             p["families"] = tuple(f for f, k in ((4, "gateway"), (6, "gateway6")) if k in w)
             if not p["families"]:
                 self.add(kl, f"{path}.gateway", "required key is missing: a WAN needs "
@@ -398,6 +399,28 @@ class _Validator:
                 out.append(Wan(**fields))
         return out
 
+
+    def wan_address6(self, w: YMap, path: str, addr: Any) -> None:
+        """`address6`, checked only: the WAN carries IPv6, a fixed global gateway6 lies
+        in its subnet and is not the address itself; no probe target may be it."""
+        if not isinstance(addr, IPv6Interface):
+            return
+        line = w.value_lines["address6"]
+        if "gateway6" not in w:
+            self.add(line, f"{path}.address6", "the WAN carries no IPv6 (no gateway6)")
+            return
+        self.own.append((f"{path}.address6", addr))
+        gw = w["gateway6"]
+        try:
+            gw = IPv6Address(gw)
+        except ValueError:
+            return                   # auto, or refused already
+        why = (f"is the router's own address ({path}.address6)" if gw == addr.ip else
+               f"is not inside {path}.address6 {addr}"
+               if not gw.is_link_local and addr.network.prefixlen < 128
+               and gw not in addr.network else "")
+        if why:
+            self.add(w.value_lines["gateway6"], f"{path}.gateway6", f"{gw} {why}")
 
     def family_targets(self, w: YMap, path: str, p: dict[str, Any],
                        probe: tuple[dict[str, Origin], set[str]]) -> None:

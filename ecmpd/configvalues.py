@@ -283,6 +283,22 @@ def address(v: Any) -> IPv4Interface:
     return i
 
 
+def address6(v: Any) -> IPv6Interface:
+    """A WAN's global IPv6 address/prefix (a /128 too: a DHCPv6 or PPP address with a
+    link-local gateway)."""
+    try:
+        i6 = IPv6Interface(v) if isinstance(v, str) and ":" in v and "/" in v else None
+    except ValueError:
+        i6 = None
+    kind = unicast6_kind(i6.ip) if i6 is not None else ""
+    if i6 is not None and not kind and i6.ip.is_link_local:
+        kind = "link-local: give the WAN's global address"
+    if i6 is None or kind:
+        raise Bad(f"must be an IPv6 address/prefix like 2001:db8:1::2/64, got {describe(v)}"
+                  + (f" ({kind})" if kind else ""))
+    return i6
+
+
 def target(v: Any) -> str:
     """A probe target: `gateway` (each family's own) or a unicast IPv4 or IPv6 address
     (normalized); an IPv6 target is global (a link-local one means nothing without its

@@ -335,6 +335,19 @@ BAD = [
     (BASE + "    weight: '5'\n", ["10: wans.b.weight: must be an integer from 1 to 256, got '5'"]),
     (BASE + "    weight: 1.5\n", ["10: wans.b.weight: must be an integer from 1 to 256, got 1.5"]),
     (BASE + "    id: 0\n", ["10: wans.b.id: must be an integer from 1 to 255, got 0"]),
+    (BASE + "    gateway6: 2001:db8:2::1\n    address6: 2001:db8:5::2/64\n",
+     ["10: wans.b.gateway6: 2001:db8:2::1 is not inside wans.b.address6 2001:db8:5::2/64"]),
+    (BASE + "    gateway6: 2001:db8:2::1\n    address6: 2001:db8:2::1/64\n",
+     ["10: wans.b.gateway6: 2001:db8:2::1 is the router's own address (wans.b.address6)"]),
+    (BASE + "    address6: 2001:db8:2::2/64\n",
+     ["10: wans.b.address6: the WAN carries no IPv6 (no gateway6)"]),
+    (BASE + "    gateway6: fe80::1\n    address6: fe80::2/64\n",
+     ["11: wans.b.address6: must be an IPv6 address/prefix like 2001:db8:1::2/64, got "
+      "'fe80::2/64' (link-local: give the WAN's global address)"]),
+    (BASE + "    gateway6: fe80::1\n    address6: 2001:db8:2::2/128\n    probe: {targets: "
+     "[gateway, 2001:db8:2::2]}\n",
+     ["12: wans.b.probe.targets[1]: 2001:db8:2::2 is the router's own address "
+      "(wans.b.address6): the router answers it, so the WAN would never fail over"]),
     (BASE + "    tier: 0\n", ["10: wans.b.tier: must be an integer from 1 to 9, got 0"]),
     (BASE + "    tier: 2\n    failback: drop\n",
      ["11: wans.b.failback: must be keep or flush, got 'drop'"]),
