@@ -21,7 +21,9 @@ only checked (the gateway must lie in its subnet), and so is the optional
 `lan.addresses`: probe targets and gateways must not be this router's own addresses,
 inside a LAN, or a subnet's network/broadcast address (a probe answered by the router
 itself never fails, so the WAN would never fail over); given the addresses the machine
-has (`local`: `--check` on the router), targets must not be any of those either.  Interface names must be names
+has (`local`: `--check` on the router), targets must not be any of those either; given
+its /proc/sys (`sysctl_root`: `--check`, start and reload), `hash: src` needs the custom
+multipath hash sysctls of the IP versions the WANs carry.  Interface names must be names
 a real LAN/WAN interface can have (not `all`, `default`, `lo`), and integers must be
 written in plain decimal (see `ecmpd.configvalues`).
 """
@@ -38,7 +40,7 @@ from typing import Any
 
 from ecmpd import schema
 from ecmpd.configfile import Unreadable, read_text
-from ecmpd.configchecks import Origin, check_beyond, check_local, probe_limits
+from ecmpd.configchecks import Origin, check_beyond, check_hash, check_local, probe_limits
 from ecmpd import configvalues as cv
 from ecmpd.configvalues import Bad
 from ecmpd.configmodel import GATEWAY_TARGET, MAX_WANS, Config, ProbeSettings, Wan, family_of
@@ -68,21 +70,25 @@ class ConfigError(Exception):
         return "\n".join(self.problems)
 
 
-def load_config(path: str, local: frozenset[str] | None = None) -> Config:
+def load_config(path: str, local: frozenset[str] | None = None,
+                sysctl_root: str | None = None) -> Config:
     """Read and validate the config file at `path`; raises only `ConfigError`.
-    `local`: this machine's addresses (normalized), refused as probe targets."""
+    `local`: this machine's addresses (normalized), refused as probe targets;
+    `sysctl_root`: this machine's /proc/sys, where `hash: src` needs its sysctls
+    (each None: not checked)."""
     try:
         text = read_text(path)
     except Unreadable as e:
         where = path if e.line is None else f"{path}:{e.line}"
         raise ConfigError([f"{where}: {e.message}"]) from None
-    return parse_config(text, path, local)
+    return parse_config(text, path, local, sysctl_root)
 
 
-def parse_config(text: str, source: str, local: frozenset[str] | None = None) -> Config:
+def parse_config(text: str, source: str, local: frozenset[str] | None = None,
+                 sysctl_root: str | None = None) -> Config:
     """Validate YAML `text`; `source` names it in messages and becomes `Config.source`;
-    `local`: as for `load_config`."""
-    config, problems = _Validator(source, local).run(text)
+    `local`, `sysctl_root`: as for `load_config`."""
+    config, problems = _Validator(source, local, sysctl_root).run(text)
     if problems or config is None:
         raise ConfigError(problems or [f"{source}:1: invalid configuration"])
     return config
@@ -122,10 +128,13 @@ _SECTIONS = schema.config_sections()
 class _Validator:
     """One validation run: collects (line, path, message) problems."""
 
-    def __init__(self, source: str, local: frozenset[str] | None = None) -> None:
+    def __init__(self, source: str, local: frozenset[str] | None = None,
+                 sysctl_root: str | None = None) -> None:
         self.source = source
         self.local = local
         """This machine's addresses (None: not known, not checked)."""
+        self.sysctl_root = sysctl_root
+        """This machine's /proc/sys (None: not checked)."""
         self.found: list[tuple[int, str, _Message]] = []
         self.own: list[tuple[str, IPv4Interface]] = []
         """(key path, address) of this router's addresses: WANs' and LAN's."""
@@ -251,6 +260,9 @@ class _Validator:
         check_beyond(self.add, self.own, self.targets, self.gateways)
         if self.local:
             check_local(self.add, self.local, {str(a.ip) for _, a in self.own}, self.targets)
+        if self.sysctl_root is not None and kwargs.get("hash") == "src" and wans:
+            check_hash(self.add, doc.value_lines["hash"],
+                       {f for w in wans for f in w.families}, self.sysctl_root)
         if isinstance(lan_ifs, tuple) and wans:
             by_if = {w.interface: w for w in wans}
             lines = doc["lan"]["interfaces"].item_lines

@@ -1,4 +1,5 @@
-"""Config checks across keys: probe timing limits, and what probes may be sent to.
+"""Config checks across keys: probe timing limits, what probes may be sent to, and
+what the kernel must have for `hash:`.
 
 Each check reports through `add(line, key_path, message)` (the validator's collector)
 and never raises; values already found invalid are skipped by the caller's `bad` set.
@@ -9,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Sequence
 from ipaddress import (IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface,
                        IPv6Network, ip_address)
+from pathlib import Path
 from typing import Any
 
 from ecmpd import ownaddr
+from ecmpd.desired import hash_fields_sysctl
 from ecmpd.configvalues import format_seconds
 from ecmpd.configmodel import GATEWAY_TARGET
 
@@ -117,3 +120,16 @@ def check_local(add: Add, local: Collection[str], configured: Collection[str],
                 add(lines[i], f"{path}[{i}]", f"{t} is one of this router's own addresses "
                     f"(on this machine now): the router answers it, so the WAN would never "
                     f"fail over")
+
+
+def check_hash(add: Add, line: int, families: Collection[int], sysctl_root: str) -> None:
+    """`hash: src` needs the kernel's custom multipath hash, whose fields sysctl of each
+    IP version the config carries must exist under `sysctl_root` (this machine's
+    /proc/sys): without it ecmpd could not set the hash and one client's connections
+    would spread over the WANs."""
+    missing = [hash_fields_sysctl(f) for f in sorted(families)
+               if not (Path(sysctl_root) / hash_fields_sysctl(f)).exists()]
+    if missing:
+        names = " and ".join(m.replace("/", ".") for m in missing)
+        add(line, "hash", f"src needs the kernel's custom multipath hash (Linux 5.14 or "
+            f"later): this machine has no sysctl {names}; use l3 or l4")

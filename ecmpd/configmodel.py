@@ -149,7 +149,8 @@ class Config:
     wans: tuple[Wan, ...]
     """In config order; names, interfaces, gateways and ids are unique."""
     hash: str = "l4"
-    """`l3` (src, dst) or `l4` (5-tuple) multipath hashing."""
+    """`l3` (src, dst), `l4` (5-tuple) or `src` (source address: each client on one WAN)
+    multipath hashing."""
     mark_mask: int = 0x00FF0000
     """Packet/ct mark bits ecmpd owns; WAN marks are `id` shifted into this mask."""
     table_base: int = 1000

@@ -324,9 +324,11 @@ def target(v: Any) -> str:
 
 def choice(*options: str) -> Callable[[Any], str]:
     """A parser accepting exactly one of `options`."""
+    shown = f"{', '.join(options[:-1])} or {options[-1]}" if len(options) > 1 else options[0]
+
     def parse(v: Any) -> str:
         if v not in options or not isinstance(v, str):
-            raise Bad(f"must be {' or '.join(options)}, got {describe(v)}")
+            raise Bad(f"must be {shown}, got {describe(v)}")
         return v
     return parse
 

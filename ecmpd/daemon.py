@@ -40,7 +40,7 @@ from .sdnotify import Notifier
 from .decision import Decision, main_route
 from .state import (State, active, address, awaiting_verdict, initial, no_target, own_by_wan,
                     own_targets, plane, probe_gateway, probe_targets, project)
-from .sysctl import Sysctls
+from .sysctl import PROC_SYS, Sysctls
 from .watcher import Watcher
 
 log = logging.getLogger("ecmpd")
@@ -228,7 +228,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             try:
-                cfg = load_config(self.config_path)
+                cfg = load_config(self.config_path, sysctl_root=PROC_SYS)
             except ConfigError as exc:
                 for problem in exc.problems:
                     log.error("reload refused: %s", problem)

@@ -203,18 +203,39 @@ def build_desired(
     return Desired(main, tuple(tables), tuple(sorted(rules)), sysctls, family)
 
 
+HASH_POLICY = {"l3": "0", "l4": "1", "src": "3"}
+"""`hash:` -> fib_multipath_hash_policy (3: the custom hash of the fields sysctl)."""
+SRC_IP_ONLY = "1"
+"""fib_multipath_hash_fields for `hash: src`: bit 0 (FIB_MULTIPATH_HASH_FIELD_SRC_IP),
+the source address only, in decimal as the kernel reads it back."""
+
+
+def hash_fields_sysctl(family: int) -> str:
+    """The path of IP version `family`'s fib_multipath_hash_fields (Linux 5.14 and
+    later: `hash: src` needs it)."""
+    return f"net/ipv{family}/fib_multipath_hash_fields"
+
+
+def hash_sysctls(mode: str, family: int) -> list[tuple[str, str]]:
+    """IP version `family`'s multipath hash sysctls for `hash: <mode>`.  ``src`` (every
+    connection of one client on one WAN) writes the fields before the policy that
+    reads them; ``l3`` and ``l4`` leave the fields alone."""
+    policy = (f"net/ipv{family}/fib_multipath_hash_policy", HASH_POLICY[mode])
+    return [(hash_fields_sysctl(family), SRC_IP_ONLY), policy] if mode == "src" else [policy]
+
+
 def sysctls6_for(cfg: Config) -> tuple[tuple[str, str], ...]:
     """The IPv6 sysctls ecmpd sets for the WANs of an IPv6 plane's config `cfg`.
 
     IPv6 forwarding has one switch, ``conf/all/forwarding`` (the per-interface value
     only selects host or router behaviour).  A forwarding interface ignores router
     advertisements unless ``accept_ra`` is 2: it is set on the WANs that learn their
-    gateway (``gateway6: auto``), before forwarding goes on.  The multipath hash policy
-    has its own IPv6 sysctl."""
+    gateway (``gateway6: auto``), before forwarding goes on.  The multipath hash has its
+    own IPv6 sysctls."""
     out: list[tuple[str, str]] = [(f"net/ipv6/conf/{w.interface}/accept_ra", "2")
                                   for w in cfg.wans if w.gateway is None]
     out.append(("net/ipv6/conf/all/forwarding", "1"))
-    out.append(("net/ipv6/fib_multipath_hash_policy", "1" if cfg.hash == "l4" else "0"))
+    out += hash_sysctls(cfg.hash, 6)
     out += [(f"net/ipv6/conf/{w.interface}/ignore_routes_with_linkdown", "1")
             for w in cfg.wans]
     return tuple(out)
@@ -222,9 +243,7 @@ def sysctls6_for(cfg: Config) -> tuple[tuple[str, str], ...]:
 
 def sysctls_for(cfg: Config) -> tuple[tuple[str, str], ...]:
     """The sysctls ecmpd sets (paths under /proc/sys), per interface where possible."""
-    out: list[tuple[str, str]] = [
-        ("net/ipv4/fib_multipath_hash_policy", "1" if cfg.hash == "l4" else "0"),
-    ]
+    out = hash_sysctls(cfg.hash, 4)
     for iface in cfg.lan_interfaces:
         out.append((f"net/ipv4/conf/{iface}/forwarding", "1"))
     for wan in cfg.wans:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from .config import ConfigError, load_config
 from .configmodel import Config, Wan
+from .sysctl import PROC_SYS
 
 if TYPE_CHECKING:
     from . import ownaddr
@@ -43,13 +44,14 @@ def parser() -> argparse.ArgumentParser:
 
 def load(args: argparse.Namespace) -> Config | None:
     """The validated config, or None after printing every problem to stderr.  `--check`
-    also refuses probe targets that are this machine's addresses (when it can read them)."""
+    also refuses probe targets that are this machine's addresses (when it can read them);
+    a `hash:` this kernel lacks is refused always (the daemon would not start)."""
     local = None
     if args.check:
         from .ownaddr import read_now
         local = read_now()
     try:
-        cfg = load_config(args.config, local)
+        cfg = load_config(args.config, local, PROC_SYS)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -126,7 +126,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("", "lan", required=True),
     Key("", "wans", required=True),
     Key("", "probe"),
-    Key("", "hash", Config, "hash", cv.choice("l3", "l4"), "l3 or l4"),
+    Key("", "hash", Config, "hash", cv.choice("l3", "l4", "src"), "l3, l4 or src"),
     Key("", "marks"),
     Key("", "tables"),
     Key("", "rules"),

@@ -11,12 +11,14 @@ import logging
 from pathlib import Path
 
 log = logging.getLogger("ecmpd")
+PROC_SYS = "/proc/sys"
+"""The sysctls of the reading process's network namespace."""
 
 
 class Sysctls:
     """Applies (path, value) pairs and can restore the values found before."""
 
-    def __init__(self, root: str = "/proc/sys") -> None:
+    def __init__(self, root: str = PROC_SYS) -> None:
         self.root = Path(root)
         self.original: dict[str, str] = {}
 

@@ -230,7 +230,8 @@ def test_ids_default_to_position_and_skip_explicit_ones(ids: tuple, expected: tu
 def test_source_is_printed_as_given() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(BASE + "hash: l5\n", "/etc/ecmpd/ecmpd.yaml")
-    assert info.value.problems == ["/etc/ecmpd/ecmpd.yaml:10: hash: must be l3 or l4, got 'l5'"]
+    assert info.value.problems == [
+        "/etc/ecmpd/ecmpd.yaml:10: hash: must be l3, l4 or src, got 'l5'"]
 
 
 def test_load_config_unreadable_and_not_utf8(tmp_path: Path) -> None:
@@ -280,7 +281,7 @@ def test_all_problems_are_collected_in_line_order() -> None:
     assert problems(text) == [
         "ecmpd.yaml:6: wans.a.gateway: must be a unicast IPv4 address or 'auto', got '192.0.2.300'",
         "ecmpd.yaml:10: wans.b.weight: must be an integer from 1 to 256, got 0",
-        "ecmpd.yaml:11: hash: must be l3 or l4, got 'l5'",
+        "ecmpd.yaml:11: hash: must be l3, l4 or src, got 'l5'",
         "ecmpd.yaml:12: wan: unknown key (did you mean 'wans'?)",
     ]
     assert problems_for(text, SRC) == problems(text)
@@ -450,7 +451,7 @@ BAD = [
     (BASE + "probe:\n  up: 101\n", ["11: probe.up: must be an integer from 1 to 100, got 101"]),
     (BASE + "probe:\n  window: 0\n",
      ["11: probe.window: must be an integer from 1 to 1000, got 0"]),
-    (BASE + "hash: l5\n", ["10: hash: must be l3 or l4, got 'l5'"]),
+    (BASE + "hash: l5\n", ["10: hash: must be l3, l4 or src, got 'l5'"]),
     (BASE + "marks:\n  mask: 0x00f0f000\n", [f"11: marks.mask: {MASK}, got 0x00f0f000"]),
     (BASE + "marks:\n  mask: 0x0000f000\n", [f"11: marks.mask: {MASK}, got 0x0000f000"]),
     (BASE + "marks:\n  mask: '0xzz'\n", [f"11: marks.mask: {MASK}, got '0xzz'"]),
@@ -566,3 +567,66 @@ def test_tables_base_itself_must_not_be_a_kernel_table() -> None:
     assert problems(BASE + "tables:\n  base: 255\n") == [
         "ecmpd.yaml:11: tables.base: ecmpd's multipath route lives in table tables.base "
         "(255), the kernel's 'local' table"]
+
+
+def proc_sys(root: Path, *families: int) -> str:
+    """A fake /proc/sys with the custom multipath hash sysctls of `families` only."""
+    for f in families:
+        path = root / f"net/ipv{f}/fib_multipath_hash_fields"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("7\n")
+    return str(root)
+
+
+DUAL = BASE.replace("    gateway: 192.0.2.1\n", "    gateway: 192.0.2.1\n    gateway6: auto\n")
+"""BASE with IPv6 on WAN a (line 7), so `hash:` appended is on line 11."""
+
+
+def test_hash_src_needs_the_kernels_custom_hash_sysctls(tmp_path: Path) -> None:
+    """The check of this machine's kernel (`--check`, start and reload pass its /proc/sys);
+    without a root it is not made, and l3 / l4 need nothing."""
+    none, v4, both = (proc_sys(tmp_path / n, *f) for n, f in (("none", ()), ("v4", (4,)),
+                                                               ("both", (4, 6))))
+    assert parse_config(BASE + "hash: src\n", SRC).hash == "src"   # not checked
+    assert parse_config(BASE + "hash: src\n", SRC, sysctl_root=v4).hash == "src"
+    assert parse_config(DUAL + "hash: src\n", SRC, sysctl_root=both).hash == "src"
+    for mode in ("l3", "l4"):
+        assert parse_config(DUAL + f"hash: {mode}\n", SRC, sysctl_root=none).hash == mode
+    with pytest.raises(ConfigError) as info:
+        parse_config(BASE + "hash: src\n", SRC, sysctl_root=none)
+    assert info.value.problems == [
+        "ecmpd.yaml:10: hash: src needs the kernel's custom multipath hash (Linux 5.14 or "
+        "later): this machine has no sysctl net.ipv4.fib_multipath_hash_fields; use l3 or l4"]
+    # IPv6 is checked when a WAN carries it
+    with pytest.raises(ConfigError) as info:
+        parse_config(DUAL + "hash: src\n", SRC, sysctl_root=v4)
+    assert info.value.problems == [
+        "ecmpd.yaml:11: hash: src needs the kernel's custom multipath hash (Linux 5.14 or "
+        "later): this machine has no sysctl net.ipv6.fib_multipath_hash_fields; use l3 or l4"]
+    assert problems_for(DUAL + "hash: src\n", SRC) == []
+
+
+def test_check_start_and_reload_refuse_hash_src_on_a_kernel_without_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """`ecmpd --check` and the daemon's start print the problem and stop; a reload logs
+    it and changes nothing."""
+    import asyncio
+
+    from ecmpd import daemon, ecmpd_command
+    from ecmpd.sdnotify import Notifier
+
+    path = tmp_path / "ecmpd.yaml"
+    path.write_text(BASE + "hash: src\n")
+    want = (f"{path}:10: hash: src needs the kernel's custom multipath hash (Linux 5.14 or "
+            f"later): this machine has no sysctl net.ipv4.fib_multipath_hash_fields; "
+            f"use l3 or l4")
+    root = proc_sys(tmp_path / "old-kernel")
+    monkeypatch.setattr(ecmpd_command, "PROC_SYS", root)
+    monkeypatch.setattr(daemon, "PROC_SYS", root)
+    for extra in (["--check"], []):   # without --check: the daemon would start
+        assert ecmpd_command.main(["--config", str(path), *extra]) == 2
+        assert capsys.readouterr().err.splitlines() == [want]
+    before = parse_config(BASE + "hash: l4\n", str(path))
+    d = daemon.Daemon(before, str(path), Notifier({}))
+    assert asyncio.run(d.reload()) == (False, f"config refused, nothing changed:\n{want}")
+    assert d.cfg is before

@@ -3,6 +3,8 @@
 from dataclasses import replace
 from ipaddress import IPv4Address
 
+import pytest
+
 from ecmpd.desired import (MAIN_TABLE, UNICAST, UNREACHABLE, UNREACHABLE_METRIC, Nexthop,
                            RouteSpec, RuleSpec, build_desired, describe, rule_range, table_range)
 from ecmpd.configmodel import Config, Wan
@@ -105,6 +107,24 @@ def test_sysctls_per_interface_and_hash_policy():
     assert "net/ipv4/ip_forward" not in d
     l3 = Config(lan_interfaces=("lan0",), wans=WANS, hash="l3")
     assert dict(build_desired(l3, LINKS, ADDRS, set()).sysctls)["net/ipv4/fib_multipath_hash_policy"] == "0"
+
+
+HASH_SYSCTLS = {  # hash: -> (policy, fields); None: the fields are left alone
+    "l3": ("0", None), "l4": ("1", None),
+    "src": ("3", "1"),  # the custom hash of FIB_MULTIPATH_HASH_FIELD_SRC_IP only
+}
+
+
+@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("mode", sorted(HASH_SYSCTLS))
+def test_hash_sysctls_of_each_hash_and_ip_version(mode: str, family: int):
+    cfg = Config(lan_interfaces=("lan0",), wans=WANS, hash=mode)
+    got = build_desired(cfg, LINKS, ADDRS, set(), family=family).sysctls
+    mine = [(p, v) for p, v in got if "multipath_hash" in p]
+    policy, fields = HASH_SYSCTLS[mode]
+    # the fields first: policy 3 never hashes on the kernel's default fields
+    assert mine == [*([(f"net/ipv{family}/fib_multipath_hash_fields", fields)] if fields
+                      else []), (f"net/ipv{family}/fib_multipath_hash_policy", policy)]
 
 
 def test_describe_mentions_everything():

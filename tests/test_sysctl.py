@@ -128,3 +128,18 @@ def test_a_failed_write_is_logged_not_counted_not_recorded(
     assert "net.ipv4.conf.wan0.forwarding" in caplog.text
     assert s.original == {HASH: "0"}
     assert value(root, FWD) == "0\n"
+
+
+def test_hash_src_fields_are_restored_even_after_a_reload_to_l4(root: Path) -> None:
+    """`hash: src` writes the fields sysctl besides the policy: both go back on stop,
+    also when a reload to l4 left the fields alone since."""
+    from ecmpd.desired import hash_sysctls
+
+    fields = "net/ipv4/fib_multipath_hash_fields"
+    (root / fields).write_text("7\n")                    # the kernel's default
+    s = Sysctls(root=str(root))
+    assert s.apply(tuple(hash_sysctls("src", 4))) == 2
+    assert (value(root, fields), value(root, HASH)) == ("1\n", "3\n")
+    assert s.apply(tuple(hash_sysctls("l4", 4))) == 1    # reloaded: the policy only
+    s.restore()
+    assert (value(root, fields), value(root, HASH)) == ("7\n", "0\n")
