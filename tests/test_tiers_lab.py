@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from lab.runner import Ecmpd, config_for
+from lab.runner import config_for
 from lab.topology import make_spec
 from lab.wait import until
 
