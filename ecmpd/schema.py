@@ -147,6 +147,7 @@ SCHEMA: tuple[Key, ...] = (
     _int("wans.*", "id", Wan, "id", 1, 255, config_default=None,
          shown_default="the WAN's position"),
     Key("wans.*", "address", None, "", cv.address),
+    Key("wans.*", "nat", Wan, "nat", cv.nat, "masquerade or none", shown_default="masquerade"),
     Key("wans.*", "probe"),
     Key("probe", "targets", ProbeSettings, "targets", cv.target,
         items="targets ('gateway' or IPv4/IPv6 addresses)"),
