@@ -43,7 +43,8 @@ from ecmpd.configfile import Unreadable, read_text
 from ecmpd.configchecks import Origin, check_beyond, check_hash, check_local, probe_limits
 from ecmpd import configvalues as cv
 from ecmpd.configvalues import Bad
-from ecmpd.configmodel import GATEWAY_TARGET, MAX_WANS, Config, ProbeSettings, Wan, family_of
+from ecmpd.configmodel import (GATEWAY_TARGET, MASQUERADE, MAX_WANS, Config, ProbeSettings, Wan,
+                               family_of)
 from ecmpd.yamlpos import YamlProblem, YList, YMap, describe, load_document
 
 LAN_KEYS = schema.keys("lan")
@@ -120,7 +121,8 @@ def _join(path: str, key: Any) -> str:
 
 
 _PROBE = schema.section("probe")
-_WAN_VALUES = tuple(k for k in schema.section("wans.*") if not k.is_section)
+_WAN_VALUES = tuple(k for k in schema.section("wans.*") if not k.is_section and k.name != "nat")
+"""The WAN keys parsed alike; `nat` is parsed once the WAN's IP versions are known."""
 _SECTIONS = schema.config_sections()
 """Sections of plain `Config` fields (`marks`, `tables`, ...) -> their keys."""
 
@@ -349,6 +351,7 @@ class _Validator:
                 self.add(kl, f"{path}.gateway", "required key is missing: a WAN needs "
                          "gateway (IPv4), gateway6 (IPv6) or both ('auto' learns either)")
                 p["families"] = _INVALID
+            p["nat"] = self.nat(w, path, p["families"])
             gw = p["gateway"]
             if isinstance(addr, IPv4Interface) and isinstance(gw, IPv4Address):
                 net = addr.network
@@ -411,6 +414,28 @@ class _Validator:
                 out.append(Wan(**fields))
         return out
 
+    def nat(self, w: YMap, path: str, families: Any) -> Any:
+        """The WAN's `nat:` as `Wan.nat`: one mode for every IP version it carries, or a
+        mapping ``ipv4:`` / ``ipv6:`` -> mode (a version left out is masqueraded); naming
+        a version the WAN does not carry is a mistake."""
+        if "nat" not in w:
+            return ()
+        v, where = w["nat"], _join(path, "nat")
+        modes: dict[int, Any] = {}
+        if not isinstance(v, YMap):
+            mode = self.field(w, "nat", path, schema.key("wans.*.nat").parse)
+            modes = dict.fromkeys(() if families is _INVALID else families, mode)
+        elif self.mapping(v, where, w.value_lines["nat"], tuple(cv.FAMILY_KEYS)) is not None:
+            for key, f in cv.FAMILY_KEYS.items():
+                if key not in v:
+                    continue
+                modes[f] = self.field(v, key, where, cv.nat_mode)
+                if families is not _INVALID and f not in families:
+                    self.add(v.key_lines[key], _join(where, key), f"{path} carries no IPv{f} "
+                             f"(no {'gateway' if f == 4 else 'gateway6'})")
+        if _INVALID in modes.values():
+            return _INVALID
+        return tuple((f, m) for f, m in sorted(modes.items()) if m != MASQUERADE)
 
     def wan_address6(self, w: YMap, path: str, addr: Any) -> None:
         """`address6`, checked only: the WAN carries IPv6, a fixed global gateway6 lies

@@ -19,6 +19,12 @@ FAMILIES = (4, 6)
 """IP versions, in the order they are shown and applied."""
 
 
+MASQUERADE = "masquerade"
+NAT_MODES = (MASQUERADE, "none")
+"""`nat:` values: `masquerade` (the default) rewrites a connection's source to the WAN's
+address; `none` forwards it unchanged (a WAN that routes the LAN's public prefix)."""
+
+
 def family_of(address: str) -> int:
     """4 or 6: the version of an address literal (a ':' makes it IPv6)."""
     return 6 if ":" in address else 4
@@ -126,6 +132,9 @@ class Wan:
     failback: str = "keep"
     """`keep`: this WAN's flows go on when a lower tier takes new flows again; `flush`:
     they are removed then (a metered backup carries nothing it need not)."""
+    nat: tuple[tuple[int, str], ...] = ()
+    """(IP version, `NAT_MODES` value) of each version this WAN carries whose `nat:` is
+    not `masquerade`; a version left out is masqueraded (so the default is `()`)."""
 
     def has(self, family: int) -> bool:
         """Whether this WAN carries IP version `family`."""
@@ -135,6 +144,15 @@ class Wan:
         """The WAN in messages about its IP version `family`: the name alone on an
         IPv4-only WAN, else the name and the version (``wlan1 IPv6``)."""
         return self.name if self.families == (4,) else f"{self.name} IPv{family}"
+
+    def nat_mode(self, family: int) -> str:
+        """`nat:` of IP version `family`: `masquerade` or `none`."""
+        return dict(self.nat).get(family, MASQUERADE)
+
+    def masquerades(self, family: int) -> bool:
+        """Whether connections of IP version `family` leaving by this WAN are
+        masqueraded (False for a version it does not carry)."""
+        return self.has(family) and self.nat_mode(family) == MASQUERADE
 
     def fixed_gateway(self, family: int) -> IPv4Address | IPv6Address | None:
         """The configured gateway of `family` (None: `auto`, or no such family)."""

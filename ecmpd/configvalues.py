@@ -13,7 +13,7 @@ from decimal import Decimal, InvalidOperation
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface
 from typing import Any
 
-from ecmpd.configmodel import Config
+from ecmpd.configmodel import NAT_MODES, Config
 from ecmpd.yamlpos import Spelled, describe
 
 
@@ -331,6 +331,21 @@ def choice(*options: str) -> Callable[[Any], str]:
             raise Bad(f"must be {shown}, got {describe(v)}")
         return v
     return parse
+
+
+FAMILY_KEYS = {"ipv4": 4, "ipv6": 6}
+"""The keys of a value given per IP version (`nat: {ipv4: masquerade, ipv6: none}`)."""
+nat_mode = choice(*NAT_MODES)
+"""One IP version's `nat:`."""
+
+
+def nat(v: Any) -> str:
+    """A WAN's `nat:` written as one value, for every IP version it carries."""
+    if not isinstance(v, str) or v not in NAT_MODES:
+        hint = " (YAML reads no and off as false: write none)" if v is False else ""
+        raise Bad(f"must be {' or '.join(NAT_MODES)}, or per IP version like "
+                  f"{{ipv4: masquerade, ipv6: none}}, got {describe(v)}{hint}")
+    return v
 
 
 def boolean(v: Any) -> bool:

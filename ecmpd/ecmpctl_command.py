@@ -194,6 +194,10 @@ def _wan_block(name: str, w: Any, now: float, tiered: bool = False) -> list[str]
     standby = " (standby)" if w.get("standby") else ""
     out.append(f"  weight: {w.get('weight', '?')}{tier}, active: {_yesno(w.get('active'))}"
                f"{standby}, connections: {w.get('connections', '?')}")
+    nat = w.get("nat") if isinstance(w.get("nat"), dict) else {}
+    unmasked = [f"{v} {m}" for v, m in nat.items() if m != "masquerade"]
+    if unmasked:                                # masquerade, the default, goes unsaid
+        out.append(f"  nat: {', '.join(unmasked)}")
     if "mark" in w or "table" in w:
         out.append(f"  mark: {w.get('mark', '?')}, table: {w.get('table', '?')}")
     targets = w.get("targets")

@@ -22,7 +22,9 @@ both IP versions in one table (one transaction changes both):
   X gets ct mark X — this is where a LAN connection is pinned to the WAN the multipath
   route picked for its first packet.
 * ``nat`` (nat, srcnat priority): masquerade per WAN out-interface, both families
-  (NAT66 for IPv6: the LAN may use a ULA or a delegated prefix alike).
+  (NAT66 for IPv6: the LAN may use a ULA or a delegated prefix alike), one rule per WAN;
+  a WAN with `nat: none` for an IP version it carries masquerades only the other one
+  (``meta nfproto``), or has no rule at all when none is left.
 
 Every WAN gets both counters whatever families it carries (the table's shape does not
 depend on them; an IPv4-only WAN's ``rx6_<id>`` merely counts what IPv6 arrives anyway,
@@ -193,9 +195,15 @@ def render_rules(cfg: Config, gateways: dict[str, str] | None = None,
     rules.append(("output", restore, "restore the connection's WAN mark"))
     rules.append(("postrouting", by_name("oifname", ifaces), "pin new connections"))
     for wan in cfg.wans:
+        masqueraded = [f for f in wan.families if wan.masquerades(f)]
+        if not masqueraded:
+            continue
+        # one rule for every version when the WAN masquerades all it carries
+        only = ([] if len(masqueraded) == len(wan.families) else
+                [_match(_meta("nfproto"), f"ipv{masqueraded[0]}")])
         rules.append(("nat", [
             {"match": {"op": "==", "left": _meta("oifname"), "right": wan.interface}},
-            {"masquerade": None},
+            *only, {"masquerade": None},
         ], f"masquerade {wan.name}"))
     return rules
 

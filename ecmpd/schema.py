@@ -148,6 +148,7 @@ SCHEMA: tuple[Key, ...] = (
          shown_default="the WAN's position"),
     Key("wans.*", "address", None, "", cv.address),
     Key("wans.*", "address6", None, "", cv.address6),
+    Key("wans.*", "nat", Wan, "nat", cv.nat, "masquerade or none", shown_default="masquerade"),
     Key("wans.*", "probe"),
     Key("probe", "targets", ProbeSettings, "targets", cv.target,
         items="targets ('gateway' or IPv4/IPv6 addresses)"),

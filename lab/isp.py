@@ -45,13 +45,16 @@ def _remove(family: str, table: str) -> str:
     return f"add table {family} {table}\ndelete table {family} {table}\n"
 
 
-def bcp38_script(customer_net: str | None) -> str:
-    """Drop what arrives on `cust` from outside `customer_net` (forwarded or local);
-    None: drop every IPv4 packet from `cust` (an IPv6-only customer link)."""
+def bcp38_script(customer_net: str | None, *routed: str) -> str:
+    """Drop what arrives on `cust` from outside `customer_net` and the prefixes `routed`
+    to the customer (forwarded or local); None: drop every IPv4 packet from `cust` (an
+    IPv6-only customer link)."""
     if customer_net is None:
         rule = f'    iifname "{CUST}" counter drop\n'
     else:
-        rule = f'    iifname "{CUST}" ip saddr != {IPv4Network(customer_net)} counter drop\n'
+        nets = [str(IPv4Network(n)) for n in (customer_net, *routed)]
+        allowed = nets[0] if len(nets) == 1 else f"{{ {', '.join(nets)} }}"
+        rule = f'    iifname "{CUST}" ip saddr != {allowed} counter drop\n'
     return _replace("ip", BCP38_TABLE, (
         "  chain bcp38 {\n"
         "    type filter hook prerouting priority -300; policy accept;\n"
@@ -59,13 +62,14 @@ def bcp38_script(customer_net: str | None) -> str:
         "  }\n"))
 
 
-def bcp38_6_script(customer_net6: str | None) -> str:
+def bcp38_6_script(customer_net6: str | None, *routed: str) -> str:
     """IPv6 BCP38 (table ``ip6 lab_bcp38``): drop what arrives on `cust` from outside
-    `customer_net6`, except link-local and unspecified sources, which reach the ISP
-    itself (neighbour discovery, router solicitations) but are never forwarded, nor is
-    anything to a link-local address.  None: only those reach the ISP (IPv4-only link)."""
-    allowed = NOT_FORWARDED6 if customer_net6 is None else \
-        f"{{ {IPv6Network(customer_net6)}, fe80::/10, ::/128 }}"
+    `customer_net6` and the prefixes `routed` to the customer, except link-local and
+    unspecified sources, which reach the ISP itself (neighbour discovery, router
+    solicitations) but are never forwarded, nor is anything to a link-local address.
+    None: only those reach the ISP (IPv4-only link)."""
+    allowed = NOT_FORWARDED6 if customer_net6 is None else "{ " + "".join(
+        f"{IPv6Network(n)}, " for n in (customer_net6, *routed)) + "fe80::/10, ::/128 }"
     return _replace("ip6", BCP38_TABLE, (
         "  chain bcp38 {\n"
         "    type filter hook prerouting priority -300; policy accept;\n"

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import re
 import subprocess
-from ipaddress import IPv4Interface, IPv6Address, IPv6Interface
+from ipaddress import (IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network,
+                       ip_interface)
 from typing import Any, Sequence
 
 from lab import driver, lines, netns
@@ -43,6 +44,11 @@ from lab.traffic import FlowResult
 from lab.wait import until
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
+
+
+def _addr_add(address: str, dev: str) -> str:
+    """The ``ip`` line adding `address` (with prefix) to `dev` (IPv6: usable at once)."""
+    return f"addr add {address} dev {dev}" + (" nodad" if ":" in address else "")
 
 
 def _close_files(proc: subprocess.Popen) -> None:
@@ -94,6 +100,15 @@ class Lab:
     def clients6(self) -> list[str]:
         """The client's IPv6 addresses (no prefix length), first the main one."""
         return [str(IPv6Interface(a).ip) for a in self.spec.client_addresses6]
+
+    @property
+    def clients_public(self) -> list[str]:
+        """The client's addresses in the LAN's public prefixes (`LabSpec.lan_public`)."""
+        return [str(ip_interface(a).ip) for a in self.spec.client_public]
+
+    @property
+    def _public(self) -> list[IPv4Network | IPv6Network]:
+        return [ip_interface(a).network for a in self.spec.lan_public]
 
     @property
     def server6(self) -> str:
@@ -196,6 +211,7 @@ class Lab:
         netns.ip_batch(self.ns_lan, [
             f"link add name eth0 type veth peer name {spec.lan_interface} netns {self.ns_router}",
             *(f"addr add {a} dev eth0" for a in spec.client_addresses),
+            *(_addr_add(a, "eth0") for a in spec.client_public),
             "link set dev eth0 up",
             f"route add default via {lan_ip}",
             *lan6,
@@ -204,6 +220,7 @@ class Lab:
                f"link set dev {spec.lan_interface} up"]
         if spec.lan_address6 is not None:
             rtr.insert(1, f"addr add {spec.lan_address6} dev {spec.lan_interface} nodad")
+        rtr[1:1] = [_addr_add(a, spec.lan_interface) for a in spec.lan_public]
         inet = [f"addr add {a}/32 dev lo" for a in spec.server_addresses]
         inet += [f"addr add {a}/128 dev lo nodad" for a in spec.server_addresses6]
         for i, w in enumerate(spec.wans, start=1):
@@ -225,17 +242,23 @@ class Lab:
                     netns.sysctl(isp, {f"net.ipv6.conf.{CUST}.disable_ipv6": 1})
                 cust.append(f"link set dev {CUST} up")
                 rtr.append(f"link set dev {w.name} up")
+            # the LAN's public prefixes this ISP routes to the router, by IP version
+            public = {v: [n for n in self._public if n.version == v]
+                      if w.routes_public and (w.has4 if v == 4 else w.has6) else [] for v in (4, 6)}
+            to_router = {4: w.has4 and w.interface.ip, 6: w.has6 and w.interface6.ip}
             netns.ip_batch(isp, [
                 f"link add name up type veth peer name isp{i} netns {self.ns_inet}",
                 *cust,
+                *(f"route add {n} via {to_router[v]}" for v in (4, 6) for n in public[v]),
                 f"addr add {isp_side} dev up",
                 f"addr add {isp6} dev up nodad",
                 "link set dev up up",
                 f"route add default via {inet_side.split('/')[0]}",
                 f"route add ::/0 via {inet6.split('/')[0]}",
             ])
-            netns.nft(isp, bcp38_script(str(w.network)) if w.has4 else bcp38_script(None))
-            netns.nft(isp, bcp38_6_script(str(w.network6) if w.has6 else None))
+            netns.nft(isp, bcp38_script(str(w.network), *public[4]) if w.has4 else
+                      bcp38_script(None))
+            netns.nft(isp, bcp38_6_script(str(w.network6) if w.has6 else None, *public[6]))
             if w.modem_nat:
                 netns.nft(isp, modem_script())
             inet += [f"addr add {inet_side} dev isp{i}", f"addr add {inet6} dev isp{i} nodad",
@@ -245,6 +268,8 @@ class Lab:
                     inet.append(f"route add {w.network} via {isp_side.split('/')[0]}")
                 if w.has6:
                     inet.append(f"route add {w.network6} via {isp6.split('/')[0]}")
+                inet += [f"route add {n} via {(isp_side if v == 4 else isp6).split('/')[0]}"
+                         for v in (4, 6) for n in public[v]]
         netns.ip_batch(self.ns_router, rtr)
         netns.ip_batch(self.ns_inet, inet)
         # Interfaces inherit conf.default, but set them explicitly: effective = max(all, if).

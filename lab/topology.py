@@ -23,7 +23,10 @@ customer prefix is ``2001:db8:12::/64``):
   the client ``client_address`` 192.168.0.2/24 and ``client_address6`` fd00::2/64, its
   ``client_extra`` extra addresses the next ones in both (192.168.0.3, fd00::3, ...);
 * inet servers on ``lo``: ``server_addresses`` (203.0.113.10) and
-  ``server_addresses6`` (2001:db8:feed::10).
+  ``server_addresses6`` (2001:db8:feed::10);
+* optionally public LAN prefixes (``lan_public``, none by default): the router's and the
+  client's addresses in them (``client_public``), routed by the ``routes_public`` WAN's
+  ISP to the router and by inet to that ISP.
 
 Single-stack WANs: ``address=None, gateway=None`` is an IPv6-only WAN (no IPv4 on the
 customer link; the ISP drops every IPv4 packet from it), ``address6=None`` an IPv4-only
@@ -89,6 +92,10 @@ class LabWan:
     modem_nat: bool = False
     """The ISP masquerades (IPv4 and IPv6) what it forwards upstream, like a home modem;
     inet has no route to the customer subnets."""
+    routes_public: bool = False
+    """The ISP routes the LAN's public prefixes (`LabSpec.lan_public`) of each version
+    the customer link carries to the router's WAN address, accepts them from it (BCP38)
+    and is inet's way to them.  At most one WAN."""
 
     @property
     def has4(self) -> bool:
@@ -170,6 +177,10 @@ class LabSpec:
     """The client's IPv6 address; ``client_extra`` more follow it (fd00::3, ...)."""
     server_addresses6: tuple[str, ...] = ("2001:db8:feed::10",)
     """"Internet" IPv6 server addresses, on ``lo`` in the inet namespace."""
+    lan_public: tuple[str, ...] = ()
+    """The router's addresses/prefixes in the LAN's public prefixes (either version, e.g.
+    ``203.0.113.65/26``, ``2001:db8:ff::1/64``), routed to it by the `routes_public`
+    WAN's ISP; the client has the next address of each (`client_public`).  Empty: none."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "wans", tuple(
@@ -188,6 +199,11 @@ class LabSpec:
         if self.lan_address6 is None:
             return ()
         return _extras(IPv6Interface(self.client_address6), self.client_extra)
+
+    @property
+    def client_public(self) -> tuple[str, ...]:
+        """The client's address (with prefix) in each of `lan_public`."""
+        return tuple(_extras(ip_interface(a), 1)[1] for a in self.lan_public)
 
     def wan(self, name: str) -> LabWan:
         """The WAN called `name` (KeyError if none)."""
@@ -341,6 +357,14 @@ def validate_spec(spec: LabSpec) -> None:
             raise ValueError(f"{w.name}: {w.network} overlaps another lab subnet "
                              "(only modem_nat WANs may share one)")
         (modem_nets if w.modem_nat else nets).append(w.network)
+    if sum(w.routes_public for w in spec.wans) > 1:
+        raise ValueError("at most one WAN routes_public (inet routes the prefixes to it)")
+    for a in spec.lan_public:
+        net = ip_interface(a).network
+        if any(net.overlaps(n) for n in [*nets, *modem_nets, *nets6] if n.version == net.version):
+            raise ValueError(f"lan_public {a} overlaps another lab subnet")
+        (nets if net.version == 4 else nets6).append(net)  # type: ignore[arg-type]
+    spec.client_public  # noqa: B018 - raises when a prefix has no room for the client
     for s in spec.server_addresses:
         addr = ip_address(s)
         if any(addr in n for n in nets + modem_nets):

@@ -630,3 +630,53 @@ def test_check_start_and_reload_refuse_hash_src_on_a_kernel_without_it(
     d = daemon.Daemon(before, str(path), Notifier({}))
     assert asyncio.run(d.reload()) == (False, f"config refused, nothing changed:\n{want}")
     assert d.cfg is before
+DUAL = BASE.replace("    gateway: 192.0.2.1\n", "    gateway: 192.0.2.1\n    gateway6: fe80::1\n")
+"""BASE with wans.a dual-stack (ten lines; wans.b, IPv4-only, ends at line 10)."""
+
+
+@pytest.mark.parametrize("a, b, nat_a, nat_b", [
+    ("", "", (), ()),
+    ("nat: masquerade", "nat: masquerade", (), ()),
+    ("nat: none", "nat: none", ((4, "none"), (6, "none")), ((4, "none"),)),
+    ("nat: {ipv6: none}", "nat: {ipv4: none}", ((6, "none"),), ((4, "none"),)),
+    ("nat: {ipv4: none, ipv6: masquerade}", "nat: {}", ((4, "none"),), ()),
+    ("nat:\n      ipv4: masquerade\n      ipv6: none", "nat: {ipv4: masquerade}",
+     ((6, "none"),), ()),
+])
+def test_nat_per_wan_and_ip_version(a: str, b: str, nat_a: tuple, nat_b: tuple) -> None:
+    text = DUAL.replace("fe80::1\n", f"fe80::1\n    {a}\n") + f"    {b}\n"
+    wa, wb = parse_config(text, SRC).wans
+    assert (wa.nat, wb.nat) == (nat_a, nat_b)
+    # a scalar is for every version the WAN carries; a version left out is masqueraded
+    assert {f: (wa.nat_mode(f), wa.masquerades(f)) for f in (4, 6)} == {
+        f: ("none", False) if (f, "none") in nat_a else ("masquerade", True) for f in (4, 6)}
+    assert wb.masquerades(6) is False                       # IPv4-only: no IPv6 to NAT
+
+
+@pytest.mark.parametrize("nat, expected", [
+    ("nat: nat", ["11: wans.b.nat: must be masquerade or none, or per IP version like "
+                  "{ipv4: masquerade, ipv6: none}, got 'nat'"]),
+    ("nat: no", ["11: wans.b.nat: must be masquerade or none, or per IP version like "
+                 "{ipv4: masquerade, ipv6: none}, got false (YAML reads no and off as false: "
+                 "write none)"]),
+    ("nat: [none]", ["11: wans.b.nat: must be masquerade or none, or per IP version like "
+                     "{ipv4: masquerade, ipv6: none}, got a list"]),
+    ("nat: {ipv6: none}", ["11: wans.b.nat.ipv6: wans.b carries no IPv6 (no gateway6)"]),
+    ("nat:\n      ipv4: none\n      ipv6: masquerade",
+     ["13: wans.b.nat.ipv6: wans.b carries no IPv6 (no gateway6)"]),
+    ("nat:\n      ipv4: drop\n      ipv5: none",
+     ["12: wans.b.nat.ipv4: must be masquerade or none, got 'drop'",
+      "13: wans.b.nat.ipv5: unknown key (did you mean 'ipv6'?)"]),
+    ("nat: {ipv4: none, ipv4: none}",
+     ["11: wans.b.nat.ipv4: duplicate key (first at line 11)"]),
+])
+def test_nat_mistakes_name_the_key_and_line(nat: str, expected: list[str]) -> None:
+    assert problems(DUAL + f"    {nat}\n") == [f"{SRC}:{line}" for line in expected]
+
+
+def test_nat_for_ipv4_on_an_ipv6_only_wan_is_a_mistake() -> None:
+    six_only = DUAL.replace("    gateway: 192.0.2.1\n", "")
+    assert problems(six_only.replace("fe80::1\n", "fe80::1\n    nat: {ipv4: none}\n")) == [
+        f"{SRC}:7: wans.a.nat.ipv4: wans.a carries no IPv4 (no gateway)"]
+    wan = parse_config(six_only.replace("fe80::1\n", "fe80::1\n    nat: none\n"), SRC).wans[0]
+    assert (wan.nat, wan.masquerades(4), wan.masquerades(6)) == (((6, "none"),), False, False)

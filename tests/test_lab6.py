@@ -85,10 +85,28 @@ def test_modem_spec_shares_the_ipv4_subnet_and_the_link_local_gateway() -> None:
     dict(wans=(LabWan("a", "192.168.1.2/24", "192.168.1.1", modem_nat=True),
                LabWan("b", "192.168.1.3/24", "192.168.1.1"))),
     dict(wans=(LabWan("a", "10.1.0.2/24", "10.1.0.1"), LabWan("b", "10.1.0.3/24", "10.1.0.1"))),
+    # public LAN prefixes: one ISP routes them, and they overlap nothing
+    dict(wans=(LabWan("a", "10.1.0.2/24", "10.1.0.1", routes_public=True),
+               LabWan("b", "10.2.0.2/24", "10.2.0.1", routes_public=True))),
+    dict(wans=(LabWan("a", "10.1.0.2/24", "10.1.0.1"),), lan_public=("10.1.0.129/25",)),
+    dict(wans=(LabWan("a", "10.1.0.2/24", "10.1.0.1"),), lan_public=("2001:db8:1::1/64",)),
+    dict(wans=(LabWan("a", "10.1.0.2/24", "10.1.0.1"),), lan_public=("203.0.113.1/24",)),
+    dict(wans=(LabWan("a", "10.1.0.2/24", "10.1.0.1"),), lan_public=("203.0.113.65/32",)),
 ])
 def test_bad_dual_stack_specs_are_rejected(bad: dict) -> None:
     with pytest.raises(ValueError):
         LabSpec(**bad)
+
+
+def test_public_lan_prefixes_are_routed_and_accepted_by_one_isp() -> None:
+    spec = LabSpec(wans=(LabWan("a", "10.1.0.2/24", "10.1.0.1", routes_public=True),),
+                   lan_public=("203.0.113.65/26", "2001:db8:ff::1/64"))
+    assert spec.client_public == ("203.0.113.66/26", "2001:db8:ff::2/64")
+    assert seed_spec().client_public == ()
+    assert "ip saddr != { 10.1.0.0/24, 203.0.113.64/26 } counter drop" in \
+        bcp38_script("10.1.0.0/24", "203.0.113.64/26")
+    assert "ip6 saddr != { 2001:db8:1::/64, 2001:db8:ff::/64, fe80::/10, ::/128 }" in \
+        bcp38_6_script("2001:db8:1::/64", "2001:db8:ff::/64")
 
 
 def test_ptp_wans_stay_ipv4_only() -> None:

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address
 
 import pytest
@@ -141,6 +142,25 @@ def test_both_families_are_counted_for_every_wan_each_without_its_gateway():
         ["rx_1", "rx_2", "rx_3"]
     # masquerade per WAN out-interface, whatever its families (NAT66 too)
     assert [r[1][0]["match"]["right"] for r in rules_of(c, "nat")] == ["ethA", "ethB", "ethC"]
+
+
+def test_nat_none_leaves_out_its_version_and_the_common_case_stays_one_rule():
+    a, b, c3 = dual().wans
+    c = replace(dual(), wans=(replace(a, nat=((6, "none"),)), replace(b, nat=((6, "none"),)),
+                              replace(c3, nat=((4, "none"),))))
+    oif = {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": "ethA"}}
+    # isp_a masquerades IPv4 only; isp_b (IPv6-only) and isp_c (IPv4-only) nothing at all
+    assert [(r[1], r[2]) for r in rules_of(c, "nat")] == [
+        ([oif, v4_only("ipv4"), {"masquerade": None}], "masquerade isp_a")]
+    mixed = replace(dual(), wans=(replace(a, nat=((4, "none"),)), b, c3))
+    assert [r[1][:-1] for r in rules_of(mixed, "nat")] == [
+        [oif, v4_only("ipv6")],
+        [{"match": {**oif["match"], "right": "ethB"}}],     # as before: one rule, any version
+        [{"match": {**oif["match"], "right": "ethC"}}]]
+    # nothing else changes: marks, pinning and counters are the same rules
+    assert [r for r in nftrules.render_rules(c) if r[0] != "nat"] == \
+        [r for r in nftrules.render_rules(dual()) if r[0] != "nat"]
+    assert nftrules.digest(c) != nftrules.digest(dual())
 
 
 def test_ipv6_gateways_passed_in_replace_the_configs():
@@ -315,6 +335,13 @@ def test_libnftables_accepts_and_lists_back_the_table(make_netns):
         assert tables == [("inet", "ecmpd"), ("ip6", "ecmpd")]   # the ip one went
     text = nft("list", "table", "inet", "ecmpd")
     assert 'oifname "ethA" masquerade' in text
+    a, *others = dual().wans
+    no_nat6 = replace(dual(), wans=(replace(a, nat=((6, "none"),)), *others))
+    nft("-j", "-f", "-", doc=json.dumps(nftrules.replace_commands(no_nat6)))
+    nat = nft("list", "chain", "inet", "ecmpd", "nat")
+    assert 'oifname "ethA" meta nfproto ipv4 masquerade' in nat
+    assert 'oifname "ethB" masquerade' in nat
+    nft("-j", "-f", "-", doc=json.dumps(nftrules.replace_commands(dual())))
     assert "ct mark & 0x00ff0000 vmap" in text
     pre = text.split("chain prerouting {")[1].split("}\n")[0].splitlines()
     assert pre[2].strip().startswith(

@@ -11,7 +11,7 @@ import json
 import os
 import time
 import types
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 import pytest
@@ -42,7 +42,7 @@ FAMILY_KEYS = {"state", "health", "since", "reason", "last_round", "gateway", "a
                "active", "targets", "verdict", "note", "timeout_ms", "gateway_source",
                "nexthop", "standby"}
 """A WAN's fields of one IP version (under "ipv4" / "ipv6"; the IPv4 ones also at its top)."""
-WAN_KEYS = FAMILY_KEYS | {"interface", "weight", "tier", "failback", "disabled", "carrier", "mark", "table",
+WAN_KEYS = FAMILY_KEYS | {"interface", "weight", "tier", "failback", "nat", "disabled", "carrier", "mark", "table",
                           "connections", "point_to_point", "families", "ipv4", "ipv6"}
 TOP_KEYS = {"pid", "config", "uptime", "hash", "new_flows_tier", "wans", "route", "route6", "warnings", "stats"}
 STATS_KEYS = {"reconciles", "changes", "nft_writes", "events", "reaction_ms", "flushes",
@@ -119,6 +119,23 @@ def test_learned_gateways_show_what_is_in_use_and_null_while_unknown() -> None:
     learned = dataclasses.replace(st, defaults={254: (Default(0, 11, "192.0.2.254"),)})
     w1 = render(snap(learned))["wans"]["wlan1"]
     assert (w1["gateway"], w1["nexthop"]) == ("192.0.2.254", "via 192.0.2.254 dev eth1")
+
+
+def test_nat_per_ip_version_in_json_and_in_text_only_where_not_masquerade() -> None:
+    w1, w2 = CFG.wans
+    cfg = dataclasses.replace(CFG, wans=(
+        dataclasses.replace(w1, gateway6=IPv6Address("fe80::1"), families=(4, 6),
+                            nat=((6, "none"),)), w2))
+    payload = render(snap(initial(cfg, LINKS, ADDRS, (), 0.0)))
+    assert [w["nat"] for w in payload["wans"].values()] == [
+        {"ipv4": "masquerade", "ipv6": "none"}, {"ipv4": "masquerade"}]
+    text = render_status(payload, time.time())
+    assert text.count("  nat: ") == 1 and "\n  nat: ipv6 none\n" in text
+    plain = dataclasses.replace(cfg, wans=(cfg.wans[0], dataclasses.replace(w2, nat=((4, "none"),))))
+    payload = render(snap(initial(plain, LINKS, ADDRS, (), 0.0)))
+    assert payload["wans"]["wlan2"]["nat"] == {"ipv4": "none"}
+    wlan2 = render_status(payload, time.time()).split("wan: wlan2")[1]
+    assert wlan2.count("  nat: ") == 1 and "\n  nat: ipv4 none\n" in wlan2
 
 
 def test_a_snapshot_is_immutable() -> None:
