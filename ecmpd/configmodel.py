@@ -159,6 +159,58 @@ class Wan:
         return self.gateway if family == 4 else self.gateway6
 
 
+PORT_PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132, "udplite": 136}
+"""Protocols with ports (a policy's `sport`/`dport` need one of them)."""
+PROTOCOLS = {**PORT_PROTOCOLS, "icmp": 1, "icmpv6": 58, "gre": 47, "esp": 50, "ah": 51}
+"""Protocol names a policy's `proto` takes (numbers 0..255 too)."""
+FALLBACKS = ("balance", "drop")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One entry of `policies:`: new LAN connections matching it use only its WANs.
+
+    A connection matches when it matches every field given (an empty one matches
+    anything) and one of the values of each (a list is "any of").  The first policy
+    that matches wins."""
+
+    position: int
+    """1-based place in `policies:` (first match wins)."""
+    use: tuple[str, ...]
+    """WAN names, balanced by weight over the usable ones of their lowest usable tier."""
+    route: int
+    """1..255, not a WAN id: the packet mark (shifted into `mark_mask`), routing table
+    (`table_base + route`) and rule priority offset of this policy's WAN set; policies
+    with the same `use` and `fallback` share it."""
+    name: str = ""
+    fallback: str = "balance"
+    """When none of `use` is usable: `balance` (over every WAN, as unmatched traffic)
+    or `drop`."""
+    src: tuple[str, ...] = ()
+    """Source prefixes, normalized (``10.0.0.0/8``, ``2001:db8::/32``), either family."""
+    dst: tuple[str, ...] = ()
+    proto: tuple[int, ...] = ()
+    """IP protocol numbers."""
+    sport: tuple[tuple[int, int], ...] = ()
+    """Inclusive port ranges (a single port is (p, p))."""
+    dport: tuple[tuple[int, int], ...] = ()
+    iif: tuple[str, ...] = ()
+    """Interfaces the connection comes in by."""
+
+    @property
+    def label(self) -> str:
+        """The policy in messages and status: its name, else ``policy <position>``."""
+        return self.name or f"policy {self.position}"
+
+    def families(self) -> tuple[int, ...]:
+        """The IP versions it can match: those of its prefixes (both when it has none)."""
+        prefixes = self.src + self.dst
+        if not prefixes:
+            return FAMILIES
+        found = {family_of(p) for p in prefixes}
+        return tuple(f for f in FAMILIES if f in found)
+
+
 @dataclass(frozen=True)
 class Config:
     """A whole validated configuration."""
@@ -173,6 +225,8 @@ class Config:
     """Packet/ct mark bits ecmpd owns; WAN marks are `id` shifted into this mask."""
     table_base: int = 1000
     """WAN `id` uses routing table `table_base + id`."""
+    policies: tuple[Policy, ...] = ()
+    """`policies:` in order (first match wins)."""
     rule_priority: int = 1000
     """ecmpd's ip rules live in [rule_priority, rule_priority + 511]."""
     route_proto: int = 236
@@ -212,6 +266,17 @@ class Config:
     def table_of(self, wan: Wan) -> int:
         """The routing table id of `wan`."""
         return self.table_base + wan.id
+
+    def policy_routes(self) -> dict[int, Policy]:
+        """Each policy WAN set's `route` -> the first policy using it."""
+        out: dict[int, Policy] = {}
+        for p in self.policies:
+            out.setdefault(p.route, p)
+        return out
+
+    def route_mark(self, route: int) -> int:
+        """The packet mark of a policy WAN set's `route` (inside `mark_mask`)."""
+        return (route << mask_shift(self.mark_mask)) & self.mark_mask
 
 
 def mask_shift(mask: int) -> int:
