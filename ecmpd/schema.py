@@ -125,6 +125,7 @@ SCHEMA: tuple[Key, ...] = (
     # the top level, in the order of "expected one of"
     Key("", "lan", required=True),
     Key("", "wans", required=True),
+    Key("", "policies"),
     Key("", "probe"),
     Key("", "hash", Config, "hash", cv.choice("l3", "l4", "src"), "l3, l4 or src"),
     Key("", "marks"),

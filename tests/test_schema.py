@@ -113,15 +113,15 @@ def test_defaults_are_the_models() -> None:
 
 def test_every_model_field_has_a_key() -> None:
     filled = {(k.model, k.field) for k in schema.SCHEMA if k.model is not None}
-    for model, extra in ((Config, {"wans", "source"}), (Wan, {"name", "probe", "families"}),
+    for model, extra in ((Config, {"wans", "source", "policies"}), (Wan, {"name", "probe", "families"}),
                          (ProbeSettings, set())):
         names = {f.name for f in dataclasses.fields(model)} - extra
         assert names == {f for m, f in filled if m is model}, model
 
 
 def test_key_lists_and_parsers_come_from_the_table() -> None:
-    assert config.TOP_KEYS == ("lan", "wans", "probe", "hash", "marks", "tables", "rules",
-                               "route", "nft", "keep_on_exit", "control")
+    assert config.TOP_KEYS == ("lan", "wans", "policies", "probe", "hash", "marks", "tables",
+                               "rules", "route", "nft", "keep_on_exit", "control")
     assert config.PROBE_KEYS == tuple(f.name for f in dataclasses.fields(ProbeSettings))
     assert set(_PARSERS) == {f.name for f in dataclasses.fields(Owned)} - {"ids"}
     assert _PARSERS["route_proto"] is schema.key("route.proto").parse
