@@ -40,6 +40,7 @@ from typing import Any
 
 from ecmpd import schema
 from ecmpd.configfile import Unreadable, read_text
+from ecmpd.configpolicies import parse_policies
 from ecmpd.configchecks import Origin, check_beyond, check_hash, check_local, probe_limits
 from ecmpd import configvalues as cv
 from ecmpd.configvalues import Bad
@@ -258,6 +259,7 @@ class _Validator:
         probe = self.probe(doc.get("probe"), "probe", doc.value_lines.get("probe", 1))
         self.merge_probe(probe, ({}, set()))  # cross-key checks even if `wans` is broken
         wans = self.wans(doc, probe, kwargs.get("table_base"))
+        kwargs["policies"] = parse_policies(self, doc, wans)
         self.global_targets(doc, wans)
         check_beyond(self.add, self.own, self.targets, self.gateways)
         if self.local:
