@@ -172,3 +172,13 @@ def test_a_backup_answering_first_at_start_does_not_take_new_flows() -> None:
     assert active(st) == {"lte"}
     assert (logging.WARNING, "new flows: tier 2 (lte): no WAN of tier 1 is usable") \
         in logs(effects)
+
+
+def test_a_set_of_wans_has_its_own_carrying_tier() -> None:
+    # a policy's WANs: tiers apply within them, whatever the others do
+    st = all_up(wans())
+    assert active(st, ["wlan2", "lte"]) == {"wlan2"}
+    assert active(st, ["lte"]) == {"lte"} and carrying_tier(st, ["lte"]) == 2
+    st, _ = rounds(st, "wlan2", Verdict.FAILED, 3)
+    assert active(st, ["wlan2", "lte"]) == {"lte"} and active(st) == {"wlan1"}
+    assert active(st, ["wlan2"]) == frozenset() and carrying_tier(st, ["wlan2"]) is None
