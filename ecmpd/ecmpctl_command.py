@@ -241,6 +241,23 @@ def _route_block(route: Any, name: str = "route") -> list[str]:
     return out
 
 
+def _policy_block(policies: Any) -> list[str]:
+    if not isinstance(policies, list) or not policies:
+        return []
+    out = ["", "policies (first match wins):"]
+    for p in policies:
+        p = p if isinstance(p, dict) else {}
+        via = p.get("via") if isinstance(p.get("via"), dict) else {}
+        now = "; ".join(f"{v.replace('ipv', 'IPv')} via {', '.join(w) or 'none usable'}"
+                        for v, w in via.items() if isinstance(w, list))
+        out.append(f"  {p.get('position', '?')}. {p.get('name', '?')}: {p.get('match', '?')}"
+                   f" -> use {', '.join(map(str, p.get('use') or []))}"
+                   f" (fallback {p.get('fallback', '?')}), {p.get('packets', '?')} packets")
+        if now:
+            out.append(f"     now: {now}")
+    return out
+
+
 def render_status(payload: dict, now: float) -> str:
     """The `ecmpctl status` text for a daemon status payload (`now`: epoch seconds)."""
     head = [f"pid {payload.get('pid', '?')}", f"config {payload.get('config', '?')}"]
@@ -266,6 +283,7 @@ def render_status(payload: dict, now: float) -> str:
     if isinstance(wans, dict) and any(isinstance(w, dict) and w.get("ipv6")
                                       for w in wans.values()):
         lines.extend(_route_block(payload.get("route6"), "route6"))
+    lines.extend(_policy_block(payload.get("policies")))
     stats = payload.get("stats")
     if isinstance(stats, dict) and stats:
         lines.append("")

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from . import ownaddr, state as st_mod
 from .desired import Nexthop, RouteSpec, metric_of
-from .configmodel import Config
+from .configmodel import PROTOCOLS, Config, Policy
 from .health import Verdict
 from .judge import RoundResult
 from .state import State
@@ -97,6 +97,8 @@ class Snapshot:
     main6: RouteSpec | None = None
     """ecmpd's IPv6 multipath route as the kernel has it."""
     foreign_main6: str | None = None
+    policy_packets: Mapping[int, int] = field(default_factory=dict)
+    """Policy position -> packets its counter saw (new connections' first packets)."""
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -205,6 +207,30 @@ def _route(cfg: Config, main: RouteSpec | None, names: Mapping[int, str],
     }
 
 
+def match_text(p: Policy) -> str:
+    """What policy `p` matches, in the config's words (``any`` when everything)."""
+    names = {n: k for k, n in PROTOCOLS.items()}
+    ports = lambda rs: ",".join(str(a) if a == b else f"{a}-{b}" for a, b in rs)  # noqa: E731
+    parts = [("src", ",".join(p.src)), ("dst", ",".join(p.dst)),
+             ("proto", ",".join(names.get(n, str(n)) for n in p.proto)),
+             ("sport", ports(p.sport)), ("dport", ports(p.dport)), ("iif", ",".join(p.iif))]
+    return " ".join(f"{k} {v}" for k, v in parts if v) or "any"
+
+
+def _policies(snap: Snapshot, planes: Mapping[int, State]) -> list[dict[str, Any]]:
+    """Each policy: what it matches, its WANs, the ones its route uses now per IP
+    version it can match, and its packet counter."""
+    cfg = snap.state.cfg
+    out = []
+    for p in cfg.policies:
+        via = {f"ipv{f}": sorted(st_mod.active(planes[f], p.use)) for f in p.families()
+               if f in cfg.families()}
+        out.append({"position": p.position, "name": p.label, "match": match_text(p),
+                    "use": list(p.use), "fallback": p.fallback, "via": via,
+                    "packets": snap.policy_packets.get(p.position, 0)})
+    return out
+
+
 def render(snap: Snapshot) -> dict[str, Any]:
     """The status as a JSON-ready dict (see ecmpd.ecmpctl_command.render_status for its
     text form).  `route` is the IPv4 multipath route, `route6` the IPv6 one."""
@@ -241,6 +267,7 @@ def render(snap: Snapshot) -> dict[str, Any]:
         "wans": {w.name: _wan(snap, planes, w.name, in_route) for w in cfg.wans},
         "route": _route(cfg, snap.main, names, kept[4]),
         "route6": _route(cfg, snap.main6, names, kept[6]),
+        "policies": _policies(snap, planes),
         "warnings": warnings,
         "stats": {"reconciles": s.reconciles, "changes": s.changes,
                   "nft_writes": s.nft_writes, "events": s.events,

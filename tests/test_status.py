@@ -44,7 +44,7 @@ FAMILY_KEYS = {"state", "health", "since", "reason", "last_round", "gateway", "a
 """A WAN's fields of one IP version (under "ipv4" / "ipv6"; the IPv4 ones also at its top)."""
 WAN_KEYS = FAMILY_KEYS | {"interface", "weight", "tier", "failback", "nat", "disabled", "carrier", "mark", "table",
                           "connections", "point_to_point", "families", "ipv4", "ipv6"}
-TOP_KEYS = {"pid", "config", "uptime", "hash", "new_flows_tier", "wans", "route", "route6", "warnings", "stats"}
+TOP_KEYS = {"pid", "config", "uptime", "hash", "new_flows_tier", "wans", "policies", "route", "route6", "warnings", "stats"}
 STATS_KEYS = {"reconciles", "changes", "nft_writes", "events", "reaction_ms", "flushes",
               "resyncs"}
 
@@ -466,3 +466,23 @@ def test_tiers_show_which_tier_takes_new_flows_and_who_stands_by() -> None:
     assert payload["wans"]["wlan2"]["standby"] is False and payload["wans"]["wlan2"]["active"]
     # one tier only: the text says nothing of tiers
     assert "tier" not in render_status(render(snap()), time.time())
+
+
+def test_policies_show_their_match_wans_in_use_and_counters() -> None:
+    from ecmpd.configmodel import Policy
+    pols = (Policy(1, ("wlan2",), 255, "voip", "balance", (), ("198.18.0.0/15",), (17,), (),
+                   ((5060, 5060), (10000, 20000))),
+            Policy(2, ("wlan1",), 254, "", "drop", ("192.168.0.50/32",)))
+    st = dataclasses.replace(state(), cfg=dataclasses.replace(CFG, policies=pols))
+    st = dataclasses.replace(st, wans={**st.wans, "wlan2": WanState(Health(H.DOWN, 0, "x"), 1.0)})
+    payload = render(snap(st, policy_packets={1: 12}))
+    assert payload["policies"] == [
+        {"position": 1, "name": "voip", "match": "dst 198.18.0.0/15 proto udp dport "
+         "5060,10000-20000", "use": ["wlan2"], "fallback": "balance", "via": {"ipv4": []},
+         "packets": 12},
+        {"position": 2, "name": "policy 2", "match": "src 192.168.0.50/32", "use": ["wlan1"],
+         "fallback": "drop", "via": {"ipv4": ["wlan1"]}, "packets": 0}]
+    text = render_status(payload, time.time())
+    assert ("  1. voip: dst 198.18.0.0/15 proto udp dport 5060,10000-20000 -> use wlan2 "
+            "(fallback balance), 12 packets\n     now: IPv4 via none usable") in text
+    assert render(snap())["policies"] == []
