@@ -18,8 +18,8 @@ client with `plan.CLIENTS` + 1 addresses of each version, the inet server at
 * One version's outage (`family_outages`): ``lab.fault(wan, "dead", family=6)`` with
   long-lived flows of IPv4 running (and new IPv4 flows opened during the outage), then
   the reverse; what breaks of the other version.
-* Saturation (`saturation`): every line shaped (figure 9's lines, 1 s buffers), iperf3
-  load of both versions, one download and one upload stream per line and version.
+* Under load (bench/ipv6load.py): saturation with load of both versions, an idle IPv6
+  next to IPv4 load started and stopped, an IPv6-only outage on an IPv4-saturated line.
 * CPU (`cpu`): the daemon idle with 2 targets per version and WAN (gateway + the ISP's
   upstream), then the same lab with an IPv4-only config.
 """
@@ -28,18 +28,18 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from lab import Lab, StreamResult
+from lab import Lab
 from lab.runner import Ecmpd, config_for
 from lab.traffic import fault_offset
 
-from bench import perf, stats, underload
+from bench import perf, stats
 from bench.flows import (ECMPD_AFTER, FLOW_TIMEOUT, GAP, HELD_ECHO_TIMEOUT, OBSERVE, PRE,
                          SETTLE, FaultRun, distribution)
-from bench.routers import EpochEcmpd, start_ecmpd, stop_ecmpd, wait_routed, wait_until
-from bench.underload import NAMES, RouteWatch, Soak
+from bench.routers import start_ecmpd, stop_ecmpd, wait_routed, wait_until
+from bench.underload import NAMES, RouteWatch
 
 WEIGHTS = {"north": 1, "south": 2, "west": 3}
 FAMILIES = (6, 4)
@@ -48,7 +48,6 @@ ECMPD_WAIT = 10.0
 """Seconds to wait for a WAN to leave a route."""
 NEW_DURING = 100
 """New flows of the other version opened during a one-version outage (every 10 ms)."""
-STATUS_EVERY = 5.0
 
 
 def server(lab: Lab, family: int) -> str:
@@ -299,73 +298,6 @@ def family_outages(lab: Lab, reps: int, hold: int) -> list[FamilyOutage]:
     return out
 
 
-# ------------------------------------------------------------------ saturation
-
-
-@dataclass
-class DualSoak:
-    """Saturated lines with load of both versions: per version what left its route and
-    its streams."""
-
-    soaks: dict[int, Soak]
-    notes: list[str] = field(default_factory=list)
-
-    def lines(self) -> list[str]:
-        return [s.line() for s in self.soaks.values()] + self.notes
-
-
-def _sample(d: Ecmpd, acc: dict[str, dict[str, float]]) -> None:
-    """Per WAN and version the largest srtt and timeout seen so far."""
-    for name, w in d.status()["wans"].items():
-        for f in FAMILIES:
-            fam = w.get(f"ipv{f}") or {}
-            a = acc.setdefault(f"{name} IPv{f}", {"srtt_ms": 0.0, "timeout_ms": 0.0})
-            srtts = [t["srtt_ms"] for t in (fam.get("targets") or {}).values()
-                     if t.get("srtt_ms") is not None]
-            a["srtt_ms"] = max([a["srtt_ms"], *srtts])
-            a["timeout_ms"] = max(a["timeout_ms"], fam.get("timeout_ms") or 0.0)
-
-
-def saturation(lab: Lab, seconds: float, buffer_s: float = 1.0) -> DualSoak:
-    """Every line shaped with `buffer_s`; iperf3 load of both versions (one download,
-    one upload per line and version) for `seconds`; ecmpd with 2 targets per version."""
-    underload.shape_all(lab, buffer_s)
-    try:
-        d = start_dual(lab, dual_config(lab, targets="both"), cls=EpochEcmpd)
-        acc: dict[str, dict[str, float]] = {}
-        try:
-            with RouteWatch(lab, family=4) as w4, RouteWatch(lab, family=6) as w6:
-                t0 = time.time()
-                loads = {4: lab.load(seconds=math.ceil(seconds), streams_per_wan=1)}
-                try:
-                    loads[6] = lab.load(seconds=math.ceil(seconds), streams_per_wan=1, family=6)
-                except BaseException:
-                    loads[4].stop()
-                    raise
-                try:
-                    end = time.monotonic() + seconds
-                    while time.monotonic() + STATUS_EVERY < end:
-                        time.sleep(STATUS_EVERY)  # a sampling period, not a wait for a state
-                        _sample(d, acc)
-                finally:
-                    streams: dict[int, list[StreamResult]] = {f: loads[f].wait()
-                                                              for f in FAMILIES}
-                t1 = time.time()
-                soaks = {f: Soak(f"ecmpd IPv{f}", f"saturation, {buffer_s:g} s buffers, "
-                                 "IPv4+IPv6 load", seconds, t0,
-                                 stats.removals(w.timeline(), t0, t1), streams[f])
-                         for f, w in ((6, w6), (4, w4))}
-        finally:
-            stop_ecmpd(lab, d)
-        res = DualSoak(soaks)
-        res.notes.append("max srtt / timeout: " + "; ".join(
-            f"{k} {a['srtt_ms']:.0f} / {a['timeout_ms']:.0f} ms" for k, a in sorted(acc.items())))
-        res.notes.append(underload._transitions(d.log(), t0, t1 + 1.0))
-        return res
-    finally:
-        underload.unshape_all(lab)
-
-
 # ------------------------------------------------------------------ CPU
 
 
@@ -374,37 +306,3 @@ def cpu(lab: Lab, seconds: float) -> dict[int, perf.Usage]:
     (key 6: dual-stack), then with the IPv4-only config of the same lab (key 4)."""
     return {6: perf.usage(lab, seconds, config=dual_config(lab, targets="both")),
             4: perf.usage(lab, seconds, config=dual_config(lab, targets="both", ipv6=False))}
-
-
-# ------------------------------------------------------------------ all of it
-
-
-@dataclass
-class Fig11:
-    """Everything figure 11 measured; a part that failed has its error in `errors`."""
-
-    faults: dict[str, list[DualRun]] = field(default_factory=dict)
-    """Mode -> runs."""
-    dist: dict[int, list[tuple[float, dict]]] = field(default_factory=dict)
-    outages: list[FamilyOutage] = field(default_factory=list)
-    soak: DualSoak | None = None
-    usage: dict[int, perf.Usage] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
-    """Part ("dead", "upstream", "carrier", "dist", "outages", "soak", "cpu") -> error."""
-
-    def details(self) -> list[str]:
-        out = []
-        for mode, runs in self.faults.items():
-            out += [f"fig 11 {mode}: {r.line()}" for r in runs]
-        for f, runs in self.dist.items():
-            out += [f"fig 11 distribution IPv{f}: max deviation {dev:.2f} pp, shares % {sh}"
-                    for dev, sh in runs]
-        out += [f"fig 11 {o.line()}" for o in self.outages]
-        if self.soak is not None:
-            out += [f"fig 11 {x}" for x in self.soak.lines()]
-        for f, u in self.usage.items():
-            out.append(f"fig 11 CPU {'dual-stack' if f == 6 else 'IPv4-only'}: % per window "
-                       f"{[round(x, 2) for x in u.cpu]}, VmHWM MB "
-                       f"{[round(x, 1) for x in u.hwm_mb]}")
-        out += [f"fig 11 {part}: ERROR {err}" for part, err in self.errors.items()]
-        return out

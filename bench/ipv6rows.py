@@ -1,15 +1,19 @@
-"""Figure 11's table rows (IPv6 next to IPv4, bench/ipv6.py): `fig11` measures, `rows`
-turns the measurements into rows (pure).  The baseline column of every row is ecmpd's
-IPv4 measured in the same run (the same daemon where the row allows it)."""
+"""Figure 11's table rows (IPv6 next to IPv4, bench/ipv6.py and bench/ipv6load.py):
+`fig11` measures into a `Fig11`, `rows` turns the measurements into rows (pure).  The
+baseline column of a row is ecmpd's IPv4 measured in the same run (the same daemon
+where the row allows it), except for the IPv6-only outage on a saturated line, whose
+baseline is the same outage on the idle line (same daemon, same run)."""
 
 from __future__ import annotations
 
 import textwrap
 import traceback
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
-from bench import ipv6
-from bench.figures import _broken_cell, _count_cell, _error, _outage_cell, _soak_cells
+from bench import ipv6, ipv6load, perf
+from bench.figures import (_broken_cell, _count_cell, _error, _outage_cell, _outs_cell, _outs_ok,
+                           _soak_cells)
 from bench.plan import CLIENTS, Plan
 from bench.stats import Row, fmt_summary, meets, verdict
 
@@ -19,6 +23,8 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 LAB = "3 dual-stack WANs north/south/west"
+LINES = (f"{LAB}, lines 20/40/60 Mbit/s down, a quarter up, 1 s buffers; 2 targets per "
+         "version")
 BASE = "; baseline column: ecmpd's IPv4 in the same run"
 MODES = {
     "dead": ("ISP dead (both versions)", 1.0),
@@ -27,6 +33,41 @@ MODES = {
     "carrier": ("carrier down", 0.3),
 }
 """Mode -> (what, target in s)."""
+
+
+@dataclass
+class Fig11:
+    """Everything figure 11 measured (`fig11`); a part that failed has its error in
+    `errors`."""
+
+    faults: dict[str, list[ipv6.DualRun]] = field(default_factory=dict)
+    """Mode -> runs."""
+    dist: dict[int, list[tuple[float, dict]]] = field(default_factory=dict)
+    outages: list[ipv6.FamilyOutage] = field(default_factory=list)
+    soak: ipv6load.DualSoak | None = None
+    usage: dict[int, perf.Usage] = field(default_factory=dict)
+    ramps: ipv6load.Ramps | None = None
+    busy: list[ipv6load.BusyOutage] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+    """Part ("dead", "upstream", "carrier", "dist", "outages", "soak", "cpu", "ramps",
+    "busy") -> error."""
+
+    def details(self) -> list[str]:
+        out = []
+        for mode, runs in self.faults.items():
+            out += [f"fig 11 {mode}: {r.line()}" for r in runs]
+        for f, runs in self.dist.items():
+            out += [f"fig 11 distribution IPv{f}: max deviation {dev:.2f} pp, shares % {sh}"
+                    for dev, sh in runs]
+        out += [f"fig 11 {o.line()}" for o in self.outages]
+        for part in (self.soak, self.ramps, *self.busy):
+            out += [f"fig 11 {x}" for x in part.lines()] if part is not None else []
+        for f, u in self.usage.items():
+            out.append(f"fig 11 CPU {'dual-stack' if f == 6 else 'IPv4-only'}: % per window "
+                       f"{[round(x, 2) for x in u.cpu]}, VmHWM MB "
+                       f"{[round(x, 1) for x in u.hwm_mb]}")
+        out += [f"fig 11 {part}: ERROR {err}" for part, err in self.errors.items()]
+        return out
 
 
 def route_cell(values: Sequence[float | None]) -> str:
@@ -111,10 +152,9 @@ def outage_row(outages: Sequence[ipv6.FamilyOutage], error: str | None, hold: in
                verdict(all(o.clean for o in outages)))
 
 
-def soak_rows(soak: ipv6.DualSoak | None, error: str | None, seconds: float) -> list[Row]:
-    setup = (f"{LAB}, lines 20/40/60 Mbit/s down, a quarter up, 1 s buffers; iperf3 (reno) "
-             "download + upload per line and version (IPv4 and IPv6 load at once), "
-             f"{seconds:.0f} s, 2 targets per version (1 run){BASE}")
+def soak_rows(soak: ipv6load.DualSoak | None, error: str | None, seconds: float) -> list[Row]:
+    setup = (f"{LINES}; iperf3 (reno) download + upload per line and version (IPv4 and IPv6 "
+             f"load at once), {seconds:.0f} s (1 run){BASE}")
     if soak is None:
         return [_err("11 saturation, IPv4+IPv6 load: WANs out of the route", setup,
                      error or "no run")]
@@ -131,6 +171,73 @@ def soak_rows(soak: ipv6.DualSoak | None, error: str | None, seconds: float) -> 
     ]
 
 
+RAMPS = "11 idle IPv6 next to IPv4 saturation"
+
+
+def ramp_rows(r: ipv6load.Ramps | None, error: str | None, count: int) -> list[Row]:
+    """What left each route while IPv4-only load came and went (n = ramps), and whether
+    the load's transfers broke."""
+    setup = (f"{LINES}; IPv4-only iperf3 (reno) download + upload per line, started and "
+             f"stopped {count}x ({ipv6load.RAMP_LOAD:g} s load, {ipv6load.RAMP_IDLE:g} s "
+             "idle: the queue's ramp-up and decay), IPv6 without traffic of its own; n = "
+             f"ramps, counted over the load and the idle after it{BASE}")
+    if r is None or not r.per[4]:
+        return [_err(f"{RAMPS}: WANs out of the route", setup, error or "no run")]
+    (l6, _), (l4, b4) = _soak_cells(r.per[6]), _soak_cells(r.per[4])
+    peak = {f: "; peak srtt of the least queued line " + fmt_summary(r.peaks[f], "s", 2)
+            + "; WANs fallen to FALLING (a failed round) " + _count_cell(r.falls[f])
+            for f in ipv6.FAMILIES}
+    streams = r.per[4]
+    return [
+        Row(f"{RAMPS}: WANs out of the route", setup, f"IPv6 route: {l6}{peak[6]}",
+            f"IPv4 route: {l4}{peak[4]}", "0 (both)",
+            verdict(not any(s.removals for f in ipv6.FAMILIES for s in r.per[f]))),
+        Row(f"{RAMPS}: transfers broken", setup,
+            "IPv6: none to break (idle by design: one IPv6 packet from beyond the gateway "
+            "proves the line alive to its prober)", f"IPv4 load streams: {b4}", "0",
+            verdict(all(s.streams for s in streams) and all(s.broken == 0 for s in streams))),
+    ]
+
+
+BUSY = "11 IPv6-only outage on an IPv4-saturated line"
+
+
+def busy_rows(runs: Sequence[ipv6load.BusyOutage], error: str | None, hold: int) -> list[Row]:
+    """How long the WAN's IPv6 took to leave the route with IPv4 queueing on its line,
+    against the same outage on the idle line; what the IPv4 of the WAN suffered."""
+    setup = (f"{LINES}; per run one WAN (rotating): IPv4-only iperf3 download + upload on "
+             f"its line until its IPv4 srtt ≥ {ipv6load.SRTT:g} s, then lab.fault(wan, "
+             f"'dead', family=6), the load going on {ipv6load.LOAD_AFTER:g} s after the "
+             "removal; baseline column: the same IPv6-only outage of the same WAN on its "
+             f"idle line just before (no queue; {hold} long-lived IPv4 flows, as the "
+             "one-version row), same daemon")
+    if not runs:
+        return [_err(f"{BUSY}: IPv6 out of the route", setup, error or "no run")]
+    busy = [r.busy for r in runs]
+    ratios = [x for r in runs if (x := r.ratio) is not None]
+    cold = sum(1 for r in runs if not r.saturated)
+    srtt = {f: fmt_summary([r.srtt[f] for r in runs], "s", 2) for f in ipv6.FAMILIES}
+    out = (f"saturated line: {_outs_cell(busy)}; ratio to the idle line (same WAN) "
+           f"{fmt_summary(ratios, '×', 1)}; srtt at the fault IPv4 {srtt[4]}, IPv6 {srtt[6]}; "
+           f"IPv6 fell to FALLING under the load before the fault in "
+           f"{sum(1 for r in runs if r.fell_before)}/{len(runs)} runs"
+           + (f"; IPv4 srtt < {ipv6load.SRTT:g} s at the fault in {cold}/{len(runs)} runs "
+              "(the load did not queue: no verdict)" if cold else ""))
+    left4 = _count_cell([len(r.left4) for r in runs])
+    broken = _count_cell([r.broken for r in runs], f" of {len(runs[0].streams)}")
+    return [
+        Row(f"{BUSY}: IPv6 out of the route", setup, out,
+            f"idle line: {route_cell([r.idle.out for r in runs])}", "≤ 4 s",
+            verdict(None if cold else _outs_ok(busy, 4.0))),
+        Row(f"{BUSY}: IPv4 hurt", setup,
+            f"WAN out of the IPv4 route {left4}; IPv4 load streams broken {broken}; WAN out "
+            f"of the IPv6 route before the fault {sum(len(r.left6_before) for r in runs)}x",
+            f"idle line: {_survivors([r.idle for r in runs])}", "0 (both)",
+            verdict(all(not r.left4 and not r.left6_before and r.broken == 0
+                        and r.idle.clean for r in runs))),
+    ]
+
+
 def cpu_row(usage: dict, error: str | None, seconds: float) -> Row:
     setup = (f"3 WANs × 2 targets per version (gateway + the ISP's upstream), defaults, "
              f"idle lines, {seconds:.0f} s in 3 windows; baseline column: the same lab with "
@@ -142,21 +249,23 @@ def cpu_row(usage: dict, error: str | None, seconds: float) -> Row:
                "IPv4 only: " + fmt_summary(four, "%", 2), "≤ 1.5 %", verdict(meets(six, 1.5)))
 
 
-def rows(res: ipv6.Fig11, plan: Plan) -> list[Row]:
+def rows(res: Fig11, plan: Plan) -> list[Row]:
     """Figure 11's rows from its measurements."""
     e = res.errors.get
     return [*fault_rows(res.faults, res.errors, plan.hold),
             dist_row(res.dist, e("dist"), plan.dist_flows),
             outage_row(res.outages, e("outages"), plan.hold),
             *soak_rows(res.soak, e("soak"), plan.soak_seconds),
-            cpu_row(res.usage, e("cpu"), plan.cpu_seconds)]
+            cpu_row(res.usage, e("cpu"), plan.cpu_seconds),
+            *ramp_rows(res.ramps, e("ramps"), plan.ramps),
+            *busy_rows(res.busy, e("busy"), plan.hold)]
 
 
 def fig11(bench: "Bench") -> list[Row]:
     """Measure figure 11 in its own lab (each part even when another failed)."""
     plan = bench.plan
     lab = bench.lab("11")
-    res = ipv6.Fig11()
+    res = Fig11()
 
     def attempt(part: str, fn: Callable[[], T]) -> T | None:
         bench.progress(f"  fig 11: {part}")
@@ -180,7 +289,10 @@ def fig11(bench: "Bench") -> list[Row]:
         res.outages = attempt("outages", lambda: ipv6.family_outages(
             lab, plan.reps, plan.hold)) or []
         res.usage = attempt("cpu", lambda: ipv6.cpu(lab, plan.cpu_seconds)) or {}
-        res.soak = attempt("soak", lambda: ipv6.saturation(lab, plan.soak_seconds))
+        res.soak = attempt("soak", lambda: ipv6load.saturation(lab, plan.soak_seconds))
+        res.ramps = attempt("ramps", lambda: ipv6load.ramps(lab, plan.ramps))
+        res.busy = attempt("busy", lambda: ipv6load.busy_outages(
+            lab, plan.reps, plan.hold)) or []
     finally:
         bench.drop("11")
     for line in res.details():
@@ -201,6 +313,13 @@ def note() -> str:
         "lab.fault(wan, 'dead', family=6) then family=4, the WAN rotating; the other "
         "version's long-lived flows through it must not break, nor its new flows fail.  "
         "Saturation: figure 9's lines (1 s buffers) with IPv4 and IPv6 iperf3 load at once "
-        "(lab.load(family=6): iperf3 -6 to 2001:db8:feed::10), both routes watched.  CPU: "
+        "(lab.load(family=6): iperf3 -6 to 2001:db8:feed::10), both routes watched.  Idle "
+        "IPv6 next to IPv4 saturation (bench/ipv6load.py): the same lines, IPv4-only load "
+        "started and stopped, no IPv6 traffic at all (its probes wait in the IPv4 queue "
+        "with nothing of their own version to prove the line alive); \"peak srtt\" is the "
+        "largest srtt sampled (every 2 s) on the least queued line, per ramp.  IPv6-only "
+        "outage on an IPv4-saturated line: the WAN's line loaded with IPv4 until its IPv4 "
+        "srtt is 0.3 s, then its IPv6 dead; the baseline is the same outage of the same WAN "
+        "on its idle line just before, with the same daemon; the ratio is per run.  CPU: "
         "2 targets per version and WAN (gateway + upstream, majority), then the same lab "
         "IPv4-only.", 88) + "\n\n"

@@ -13,9 +13,11 @@ two targets per WAN; bench/underload.py; ~13 min of the run), 10 dynamic WANs (a
 gateway move, a PPP reconnect with a new address, a DHCP client's route in main;
 bench/dynamic.py), 11 IPv6 next to IPv4 (one dual-stack lab: new-flow outage per fault
 mode, healthy flows broken, distribution, one version down while the other works,
-saturated lines with IPv4+IPv6 load, CPU dual-stack vs IPv4-only; the baseline column is
-ecmpd's IPv4 in the same run; bench/ipv6.py; 5.5 min with 3 repetitions,
-``--quick --only 11`` 1.8 min; its table: bench/results-ipv6.md).
+saturated lines with IPv4+IPv6 load, CPU dual-stack vs IPv4-only, an idle IPv6 next to
+IPv4 load started and stopped, an IPv6-only outage on an IPv4-saturated line against the
+idle line; the baseline column is ecmpd's IPv4 in the same run; bench/ipv6.py and
+bench/ipv6load.py; 8 min with 3 repetitions, ``--quick --only 11`` 3.3 min; its table:
+bench/results-ipv6.md).
 Row "log" reports the daemons' ERROR lines.
 The table is printed and written to bench/results.md with the command line and the date.
 Needs root; touches nothing outside the namespaces it creates (and deletes).
@@ -68,7 +70,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: 1 repetition, fewer rounds and events, 15 s of CPU, "
-                        "15 s soaks and 5 s floods (figure 9)")
+                        "15 s soaks and 5 s floods (figure 9), 2 load ramps (figure 11)")
     p.add_argument("--only", help="figure numbers to measure, e.g. 1,4 (default: all)")
     p.add_argument("--reps", type=int, help="repetitions (default 3; --quick 1)")
     p.add_argument("--out", default=str(RESULTS), help="where to write the table")

@@ -374,13 +374,19 @@ def ecmpd_saturation(lab: Lab, buffer_s: float, seconds: float) -> Soak:
         unshape_all(lab)
 
 
+def log_note(log: str, origin: float, start: float, end: float, prefix: str) -> str:
+    """The daemon's log lines from `start` to `end` whose message starts with `prefix`
+    (epoch-stamped log), each stamped with its offset from `origin`."""
+    lines_ = stats.log_between(log, start, end, prefix)
+    return "log: " + (" | ".join(f"{t - origin:+.2f}s {msg[:160]}"
+                                 for t, _, msg in lines_) or "nothing")
+
+
 def _log_note(d: Ecmpd, run: FaultOut) -> str:
     """The daemon's log lines about the faulted WAN from the fault to its removal."""
     end = run.fault_wall + (run.out if run.out is not None and not math.isinf(run.out)
                             else run.window) + 0.1
-    lines_ = stats.log_between(d.log(), run.fault_wall, end, f"{run.wan}:")
-    return "log: " + (" | ".join(f"+{t - run.fault_wall:.2f}s {msg[:160]}"
-                                 for t, _, msg in lines_) or "nothing")
+    return log_note(d.log(), run.fault_wall, run.fault_wall, end, f"{run.wan}:")
 
 
 def baseline_saturation(lab: Lab, buffer_s: float, seconds: float) -> Soak:

@@ -19,10 +19,10 @@ from lab.traffic import FlowResult  # noqa: E402
 from bench.flows import FaultRun  # noqa: E402
 from bench.figures import _broken_cell, _outage_cell  # noqa: E402
 from bench.run import parse_only  # noqa: E402
-from bench import ipv6, ipv6rows  # noqa: E402
+from bench import ipv6, ipv6load, ipv6rows  # noqa: E402
 from bench.perf import Usage  # noqa: E402
 from bench.plan import QUICK  # noqa: E402
-from bench.underload import Soak  # noqa: E402
+from bench.underload import FaultOut, Soak  # noqa: E402
 from lab import StreamResult  # noqa: E402
 
 # ------------------------------------------------------------------ statistics
@@ -548,12 +548,12 @@ def test_fig11_distribution_soak_and_cpu_rows() -> None:
     bad = StreamResult("upload", "west", "west", 5202, 20001, 10, 1.0, True, "reset")
     s6 = Soak("ecmpd IPv6", "saturation", 60.0, 100.0, [], [ok, ok])
     s4 = Soak("ecmpd IPv4", "saturation", 60.0, 100.0, [(120.0, "west")], [ok, bad])
-    left, broken = ipv6rows.soak_rows(ipv6.DualSoak({6: s6, 4: s4}), None, 60)
+    left, broken = ipv6rows.soak_rows(ipv6load.DualSoak({6: s6, 4: s4}), None, 60)
     assert left.ecmpd == "IPv6 route: 0 / 0 / 0 (n=1) — north 0, south 0, west 0"
     assert left.baseline == "IPv4 route: 1 / 1 / 1 (n=1) — north 0, south 0, west 1"
     assert left.result == "**FAIL**" and broken.result == "**FAIL**"   # either version fails it
     assert broken.ecmpd == "IPv6 streams: 0 / 0 / 0 of 2 streams (n=1)"
-    good = ipv6rows.soak_rows(ipv6.DualSoak({6: s6, 4: replace(s4, removals=[],
+    good = ipv6rows.soak_rows(ipv6load.DualSoak({6: s6, 4: replace(s4, removals=[],
                                                                 streams=[ok])}), None, 60)
     assert [r.result for r in good] == ["pass", "pass"]
     assert ipv6rows.soak_rows(None, "LoadError: x", 60)[0].result == "**ERROR**"
@@ -567,10 +567,68 @@ def test_fig11_distribution_soak_and_cpu_rows() -> None:
     assert ipv6rows.cpu_row(usage, None, 60).result == "**FAIL**"
 
 
+def _ramps(removals6: list[tuple[float, str]], broken: bool = False) -> ipv6load.Ramps:
+    ok = StreamResult("download", "north", "north", 5201, 20000, 10, 1.0, broken)
+    per = {6: [Soak("ecmpd IPv6", "ramp", 12.0, 100.0, removals6),
+               Soak("ecmpd IPv6", "ramp", 12.0, 112.0, [])],
+           4: [Soak("ecmpd IPv4", "ramp", 12.0, 100.0, [], [ok, ok]),
+               Soak("ecmpd IPv4", "ramp", 12.0, 112.0, [], [ok, ok])]}
+    return ipv6load.Ramps(per, {6: [0.9, 0.8], 4: [0.95, 0.85]}, {6: [0, 1], 4: [0, 0]})
+
+
+def test_fig11_ramp_rows_count_each_version_and_the_ipv4_load() -> None:
+    left, broken = ipv6rows.ramp_rows(_ramps([]), None, 2)
+    assert left.ecmpd == ("IPv6 route: 0 / 0 / 0 (n=2) — north 0, south 0, west 0; peak srtt "
+                          "of the least queued line 0.80 / 0.85 / 0.90 s (n=2); WANs fallen to "
+                          "FALLING (a failed round) 0 / 0 / 1 (n=2)")
+    assert left.baseline.endswith("FALLING (a failed round) 0 / 0 / 0 (n=2)")
+    assert left.baseline.startswith("IPv4 route: 0 / 0 / 0 (n=2)")
+    assert "stopped 2x (8 s load, 4 s idle" in left.setup
+    assert (left.result, broken.result) == ("pass", "pass")
+    assert broken.ecmpd.startswith("IPv6: none to break")
+    assert broken.baseline == "IPv4 load streams: 0 / 0 / 0 of 2 streams (n=2)"
+    left, broken = ipv6rows.ramp_rows(_ramps([(101.0, "west")], broken=True), None, 2)
+    assert left.ecmpd.startswith("IPv6 route: 0 / 0 / 1 (n=2) — north 0, south 0, west 1")
+    assert left.result == "**FAIL**" and broken.result == "**FAIL**"
+    assert [r.result for r in ipv6rows.ramp_rows(None, "LoadError: x", 3)] == ["**ERROR**"]
+
+
+def _busy(wan: str, out: float, idle_out: float | None = 0.5, srtt4: float = 0.6,
+          left4: int = 0) -> ipv6load.BusyOutage:
+    ok = StreamResult("download", wan, wan, 5201, 20000, 10, 1.0, False)
+    return ipv6load.BusyOutage(_outage(6, wan, out=idle_out),
+                               FaultOut("ecmpd IPv6", "dead6", wan, 100.0, out, 10.0),
+                               {6: 0.7, 4: srtt4}, [(101.0, wan)] * left4, [], [ok, ok])
+
+
+def test_fig11_busy_rows_put_the_saturated_line_against_the_idle_one() -> None:
+    runs = [_busy("north", 1.5), _busy("south", 2.0, 0.4), _busy("west", 2.5)]
+    runs[2].fell_before = 2
+    out, hurt = ipv6rows.busy_rows(runs, None, 200)
+    assert out.ecmpd == ("saturated line: 1.50 / 2.00 / 2.50 s (n=3); ratio to the idle line "
+                         "(same WAN) 3.0 / 5.0 / 5.0 × (n=3); srtt at the fault IPv4 0.60 / "
+                         "0.60 / 0.60 s (n=3), IPv6 0.70 / 0.70 / 0.70 s (n=3); IPv6 fell to "
+                         "FALLING under the load before the fault in 1/3 runs")
+    assert out.baseline == "idle line: kernel route 0.40 / 0.50 / 0.50 s (n=3)"
+    assert (out.target, out.result) == ("≤ 4 s", "pass")
+    assert hurt.ecmpd.startswith("WAN out of the IPv4 route 0 / 0 / 0 (n=3); IPv4 load "
+                                 "streams broken 0 / 0 / 0 of 2 (n=3)")
+    assert hurt.baseline.startswith("idle line: IPv4 long-lived flows") and hurt.result == "pass"
+    slow = ipv6rows.busy_rows([_busy("north", math.inf), _busy("south", 1.0, None)], None, 200)
+    assert slow[0].result == "**FAIL**" and "never out in 1/2 runs" in slow[0].ecmpd
+    assert "ratio to the idle line (same WAN) no data" in slow[0].ecmpd
+    cold = ipv6rows.busy_rows([_busy("north", 1.0, srtt4=0.1)], None, 200)
+    assert cold[0].result == "info" and "srtt < 0.3 s at the fault in 1/1 runs" in cold[0].ecmpd
+    assert ipv6rows.busy_rows([_busy("north", 1.0, left4=1)], None, 200)[1].result == "**FAIL**"
+    assert [r.result for r in ipv6rows.busy_rows([], "TimeoutError: x", 200)] == ["**ERROR**"]
+    assert runs[1].ratio == 5.0 and _busy("north", 1.0, None).ratio is None
+
+
 def test_fig11_rows_cover_every_part_even_when_all_failed() -> None:
-    res = ipv6.Fig11(errors={p: "RuntimeError: boom" for p in
-                             ("dead", "upstream", "carrier", "dist", "outages", "soak", "cpu")})
+    res = ipv6rows.Fig11(errors={p: "RuntimeError: boom" for p in
+                             ("dead", "upstream", "carrier", "dist", "outages", "soak", "cpu",
+                              "ramps", "busy")})
     rows = ipv6rows.rows(res, QUICK)
-    assert len(rows) == 7 and all(r.result == "**ERROR**" for r in rows)
+    assert len(rows) == 9 and all(r.result == "**ERROR**" for r in rows)
     assert all(r.figure.startswith("11 ") for r in rows)
     assert "fig 11 soak: ERROR RuntimeError: boom" in res.details()
