@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .configmodel import Config
-from .desired import MAIN_TABLE, Desired, RouteSpec, balance_table, build_desired, metric_of
+from .desired import (MAIN_TABLE, Desired, RouteSpec, balance_table, build_desired, metric_of,
+                      policy_routes)
 from .state import (State, active, address, gateways, hop_of, keeps_last_route, onlink,
                     plane)
 
@@ -46,7 +47,8 @@ def decide(st: State, kernel_main: RouteSpec | None,
            kernel_main6: RouteSpec | None = None) -> Decision:
     """The desired kernel state for `st`; `kernel_main` (`kernel_main6`) is ecmpd's
     IPv4 (IPv6) multipath route as read from the kernel with `st` (kept when no WAN of
-    that version is usable)."""
+    that version is usable).  Each policy WAN set's route goes over the WANs `active`
+    among its own (`policy_sets`)."""
     out = []
     for family, kernel in ((4, kernel_main), (6, kernel_main6)):
         p = plane(st, family)
@@ -60,9 +62,16 @@ def decide(st: State, kernel_main: RouteSpec | None,
         gws = {n: g for n, g in gateways(p).items() if n in addrs}
         on = {w.name for w in cfg.wans if onlink(p, w)}
         desired = build_desired(cfg, links, addrs, set(act), keep_main=kernel, gateways=gws,
-                                onlink=on, family=family)
+                                onlink=on, family=family, sets=policy_sets(p))
         out += [desired, act, keeps_last_route(p, kernel)]
     return Decision(st, *out)
+
+
+def policy_sets(p: State) -> dict[int, frozenset[str]]:
+    """Each policy WAN set's `route` -> the WANs of its `use` that take its new flows
+    in plane `p`: usable, of the lowest tier among them (a WAN of `use` that does not
+    carry `p`'s IP version is not in that version's set)."""
+    return {route: active(p, policy.use) for route, policy in policy_routes(p.cfg).items()}
 
 
 def main_route(routes: Mapping[tuple[int, int], RouteSpec], cfg: Config,

@@ -13,12 +13,21 @@ ecmpd's routing objects, all of them recognisable as its own:
   ``ignore_routes_with_linkdown=1``, gateway not yet learned), a packet sent from the
   WAN's address or carrying its mark gets EHOSTUNREACH instead of falling through to
   another table and leaving by another WAN (a probe must only ever test its own WAN);
+* table ``base + route`` per policy WAN set (`route`: a `Policy.route` value, never a
+  WAN id): ``default proto <ours>`` weighted over the set's WANs that take its new
+  flows (usable, of the lowest tier among the set's usable ones: tiers are judged
+  within the set), and with ``fallback: drop`` the ``unreachable default`` below it (no
+  usable WAN: the connection fails); with ``fallback: balance`` nothing else, so that
+  with no usable WAN the lookup falls through to the balance table like unmatched
+  traffic;
 * ip rules, priorities ``P .. P+512`` (P = ``rules.priority``):
   ``P``: ``lookup main suppress_prefixlength 0`` (everything reaches connected and more
   specific routes: the LAN, the WAN subnets; main's default routes are suppressed),
-  ``P+id``: ``fwmark <wan mark>/<mask> lookup <wan table>``, ``P+256+id``: ``from <wan
-  address> lookup <wan table>`` (the router's replies and the prober's probes leave by
-  that WAN), ``P+512``: ``lookup <base>`` (new flows: the multipath route).
+  ``P+id``: ``fwmark <wan mark>/<mask> lookup <wan table>``, ``P+route``: ``fwmark
+  <route mark>/<mask> lookup <policy table>`` (a policy's new connection: nft marks its
+  first packet), ``P+256+id``: ``from <wan address> lookup <wan table>`` (the router's
+  replies and the prober's probes leave by that WAN), ``P+512``: ``lookup <base>`` (new
+  flows: the multipath route).
 
 A nexthop's ``gateway`` is an address, or ``""`` for a device nexthop (a point-to-point
 link needs no gateway).
@@ -36,7 +45,7 @@ from typing import Any
 
 from . import schema
 from .configvalues import Bad
-from .configmodel import Config
+from .configmodel import Config, Policy
 
 MAIN_TABLE = 254
 RESERVED_TABLES = frozenset({0, 253, 254, 255})
@@ -144,6 +153,15 @@ def balance_table(cfg: "Config | Owned") -> int:
     return cfg.table_base
 
 
+def policy_routes(cfg: Config) -> dict[int, Policy]:
+    """`Config.policy_routes` (each policy WAN set's `route` -> its first policy), less
+    any whose table or rule could be another's: a WAN id's, or a kernel table
+    (`RESERVED_TABLES`: ecmpd never puts a route in main or local)."""
+    ids = {w.id for w in cfg.wans}
+    return {r: p for r, p in cfg.policy_routes().items()
+            if 1 <= r <= 255 and r not in ids and cfg.table_base + r not in RESERVED_TABLES}
+
+
 def build_desired(
     cfg: Config,
     links: Mapping[str, int],
@@ -153,6 +171,7 @@ def build_desired(
     gateways: Mapping[str, str] | None = None,
     onlink: Collection[str] = (),
     family: int = 4,
+    sets: Mapping[int, Collection[str]] | None = None,
 ) -> Desired:
     """The desired routing state.
 
@@ -166,6 +185,9 @@ def build_desired(
     `keep_main` (the route in the kernel now) is kept rather than leaving no route.
     `family`: the IP version; `cfg` is that version's plane's config (its WANs carry
     it, `gateway` is theirs).  A config with no WAN of that version wants nothing.
+    `sets` maps each policy WAN set's `route` to the WANs whose nexthops are in its
+    route (`ecmpd.state.active` among the set's WANs); a set missing from it has none
+    (its fallback applies).
     """
     if not cfg.wans:
         return Desired(None, family=family)
@@ -176,6 +198,7 @@ def build_desired(
         RuleSpec(cfg.rule_priority, MAIN_TABLE, suppress_prefixlen=0, family=family),
         RuleSpec(cfg.rule_priority + BALANCE_RULE, balance_table(cfg), family=family)]
     hops: list[Nexthop] = []
+    wan_hops: dict[str, Nexthop] = {}
     for wan in cfg.wans:
         table = cfg.table_of(wan)
         rules.append(RuleSpec(cfg.rule_priority + wan.id, table, fwmark=cfg.mark_of(wan),
@@ -189,10 +212,21 @@ def build_desired(
             on = bool(gw) and wan.name in onlink
             tables.append(RouteSpec(table, (Nexthop(gw, oif, 1, on),), metric_of(0, family),
                                     family=family))
+            wan_hops[wan.name] = Nexthop(gw, oif, wan.weight, on)
             if wan.name in active:
-                hops.append(Nexthop(gw, oif, wan.weight, on))
+                hops.append(wan_hops[wan.name])
         # needs no interface: it stays when the link (and the route via it) is gone
         tables.append(RouteSpec(table, (), UNREACHABLE_METRIC, UNREACHABLE, family=family))
+    for route, policy in sorted(policy_routes(cfg).items()):
+        table = cfg.table_base + route
+        rules.append(RuleSpec(cfg.rule_priority + route, table, fwmark=cfg.route_mark(route),
+                              fwmask=cfg.mark_mask, family=family))
+        now = (sets or {}).get(route, ())
+        set_hops = tuple(wan_hops[n] for n in wan_hops if n in now)
+        if set_hops:
+            tables.append(RouteSpec(table, set_hops, metric_of(0, family), family=family))
+        if policy.fallback == "drop":
+            tables.append(RouteSpec(table, (), UNREACHABLE_METRIC, UNREACHABLE, family=family))
     if hops:
         main: RouteSpec | None = RouteSpec(balance_table(cfg), tuple(hops),
                                            metric_of(cfg.route_metric, family), family=family)
@@ -253,22 +287,23 @@ def sysctls_for(cfg: Config) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
-def describe(d: Desired) -> list[str]:
-    """The plan as `ip route` / `ip rule`-like lines (for --dry-run and logs)."""
-    lines: list[str] = []
+def describe(d: Desired, cfg: Config | None = None) -> list[str]:
+    """The plan as `ip route` / `ip rule`-like lines (for --dry-run and logs); with the
+    config `cfg`, a ``#`` note per policy WAN set first (`policy_notes`)."""
+    lines: list[str] = [] if cfg is None else policy_notes(d, cfg)
     v = "" if d.family == 4 else "-6 "
     if d.main is not None:
-        hops = " ".join(f"nexthop {_via(h)}oif {h.oif} weight {h.weight}"
-                        for h in d.main.nexthops)
-        lines.append(f"{v}route default table {d.main.table} metric {d.main.metric} {hops}")
+        lines.append(f"{v}{_multipath(d.main)}")
     else:
         lines.append(f"{v}route default: none (no usable WAN)")
     for t in d.tables:
         if t.kind == UNREACHABLE:
             lines.append(f"{v}route unreachable default table {t.table} metric {t.metric}")
-            continue
-        h = t.nexthops[0]
-        lines.append(f"{v}route default table {t.table} {_via(h)}oif {h.oif}")
+        elif len(t.nexthops) > 1:       # a policy WAN set's
+            lines.append(f"{v}{_multipath(t)}")
+        else:
+            h = t.nexthops[0]
+            lines.append(f"{v}route default table {t.table} {_via(h)}oif {h.oif}")
     for r in d.rules:
         if r.suppress_prefixlen is not None:
             what = f"from all lookup main suppress_prefixlength {r.suppress_prefixlen}"
@@ -284,6 +319,29 @@ def describe(d: Desired) -> list[str]:
     return lines
 
 
+def _multipath(r: RouteSpec) -> str:
+    hops = " ".join(f"nexthop {_via(h)}oif {h.oif} weight {h.weight}" for h in r.nexthops)
+    return f"route default table {r.table} metric {r.metric} {hops}"
+
+
+def policy_notes(d: Desired, cfg: Config) -> list[str]:
+    """One ``#`` line per policy WAN set of `cfg` in `d`: its policies, WANs, fallback,
+    mark and table, and where its new connections go now."""
+    out = []
+    for route, first in policy_routes(cfg).items():
+        table = cfg.table_base + route
+        names = [p.label for p in cfg.policies if p.route == route]
+        who = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        kinds = {t.kind for t in d.tables if t.table == table}
+        now = ("its WANs" if UNICAST in kinds else
+               "dropped: no usable WAN" if UNREACHABLE in kinds else
+               "balanced like unmatched traffic: no usable WAN")
+        out.append(f"# {cfg.version_prefix(d.family)}policy set {route} ({who}): use "
+                   f"{', '.join(first.use)}, fallback {first.fallback}; mark "
+                   f"{cfg.route_mark(route):#x}, table {table}: {now}")
+    return out
+
+
 def _via(h: Nexthop) -> str:
     if not h.gateway:
         return ""
@@ -294,8 +352,9 @@ def _via(h: Nexthop) -> str:
 
 @dataclass(frozen=True)
 class Owned:
-    """The numbers by which ecmpd recognises its kernel objects, and the WAN ids that
-    have a table under them (see the module docstring for what they own).
+    """The numbers by which ecmpd recognises its kernel objects, and the WAN ids and
+    policy routes that have a table under them (see the module docstring for what they
+    own).
 
     Two configs with the same `numbers()` own the same objects; a change of any of them
     (a reload, or a restart with another config) must hand the objects over, or the old
@@ -309,15 +368,17 @@ class Owned:
     nft_table: str = "ecmpd"
     mark_mask: int = 0x00FF0000
     ids: tuple[int, ...] = ()
-    """WAN ids (sorted): their tables are ``table_base + id``."""
+    """WAN ids and policy WAN sets' `route` values (sorted): their tables are
+    ``table_base + id``, their fwmark rules at ``rule_priority + id``."""
 
     @classmethod
     def of(cls, cfg: "Config | Owned") -> "Owned":
         """The numbers of a config (an `Owned` is returned as it is)."""
         if isinstance(cfg, Owned):
             return cfg
+        ids = {w.id for w in cfg.wans} | set(policy_routes(cfg))
         return cls(cfg.route_proto, cfg.route_metric, cfg.table_base, cfg.rule_priority,
-                   cfg.nft_table, cfg.mark_mask, tuple(sorted(w.id for w in cfg.wans)))
+                   cfg.nft_table, cfg.mark_mask, tuple(sorted(ids)))
 
     def for_family(self, family: int) -> "Owned":
         """These numbers as IP version `family`'s routes have them in the kernel (an
@@ -347,7 +408,8 @@ class Owned:
         return range(self.rule_priority, self.rule_priority + RULE_SPAN)
 
     def wan_tables(self) -> tuple[int, ...]:
-        """The multipath table, then the tables of the WAN ids, in id order."""
+        """The multipath table, then the tables of the WAN ids and policy routes, in id
+        order."""
         return (self.table_base, *(self.table_base + i for i in self.ids))
 
     def to_json(self) -> dict:
@@ -369,7 +431,7 @@ class Owned:
                 raise ValueError(f"{key}: {exc}") from None
         ids = d.get("ids", [])
         if not isinstance(ids, list) or any(type(i) is not int or not 1 <= i <= 255 for i in ids):
-            raise ValueError("ids: not a list of WAN ids")
+            raise ValueError("ids: not a list of table ids (1..255)")
         owned = cls(fields["route_proto"], fields["route_metric"], fields["table_base"],
                     fields["rule_priority"], fields["nft_table"], fields["mark_mask"],
                     tuple(sorted(set(ids))))
@@ -400,8 +462,8 @@ def translate(routes: Routes, rules: Iterable[RuleSpec], old: Owned, new: Owned,
               family: int = 4) -> Desired:
     """What is installed under `old` (`routes`, `rules`), renumbered to `new`: the same
     WAN ids, nexthops, selectors and order, in the new tables, rule priorities and main
-    metric.  A WAN table whose id `new` does not have (when `new.ids` is known) or that
-    would land on a reserved table is left out.  The multipath route moves to `new`'s
+    metric.  A table (a WAN's or a policy WAN set's) whose id `new` does not have (when
+    `new.ids` is known) or that would land on a reserved table is left out.  The multipath route moves to `new`'s
     multipath table (from `old`'s, or from table main, where earlier versions kept it)."""
     def new_table(t: int) -> int | None:
         i = t - old.table_base

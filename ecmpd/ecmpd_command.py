@@ -130,8 +130,8 @@ def plan(cfg: Config, links: Mapping[str, "Link"], addresses: "Addresses",
         if kept:
             notes.append(f"# no {cfg.version_prefix(family)}WAN is usable: ecmpd's route in "
                          f"the kernel is kept")
-    return notes + describe(decision.desired) + (
-        describe(decision.desired6) if 6 in cfg.families() else [])
+    return notes + describe(decision.desired, cfg) + (
+        describe(decision.desired6, cfg) if 6 in cfg.families() else [])
 
 
 def _plan_wan(st: "State", family: int, wan: Wan, label: str, waiting: bool,

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from .netlinkimport import AsyncIPRoute, NetlinkError
 
 from .desired import (BALANCE_RULE, MAIN_TABLE, UNICAST, UNREACHABLE, Desired,
-                      Nexthop, Owned, RouteSpec, RuleSpec, Step, plan_handover, translate)
+                      Nexthop, Owned, RouteSpec, RuleSpec, Step, plan_handover, policy_routes,
+                      translate)
 from .configmodel import FAMILIES, Config
 from .interfaces import AF
 from .refused import Refused, install_main, refused_single
@@ -130,10 +131,10 @@ def _rule_of(msg, family: int = 4) -> RuleSpec:
 def is_ours(rule: RuleSpec, owned: Owned) -> bool:
     """Whether `rule` is one ecmpd makes under `owned` (`desired.build_desired`'s
     layout, P = ``rules.priority``, B = ``tables.base``): ``P: lookup main
-    suppress_prefixlength 0``, ``P+id: fwmark … lookup B+id``, ``P+256+id: from … lookup
-    B+id``, ``P+512: lookup B``.  Nothing else in ecmpd's priority span is its own: never
-    a rule looking up local, default or plain main, nor one whose table does not match
-    its priority."""
+    suppress_prefixlength 0``, ``P+id: fwmark … lookup B+id`` (a WAN id's, or a policy
+    WAN set's `route`), ``P+256+id: from … lookup B+id``, ``P+512: lookup B``.  Nothing
+    else in ecmpd's priority span is its own: never a rule looking up local, default or
+    plain main, nor one whose table does not match its priority."""
     off = rule.priority - owned.rule_priority
     if rule.other:
         return False
@@ -288,8 +289,9 @@ def _rule_args(spec: RuleSpec) -> dict:
 async def apply(ipr: AsyncIPRoute, cfg: Config, desired: Desired,
                 actual: Actual | None = None, refused: Refused | None = None) -> int:
     """Make the kernel match `desired`; returns the number of netlink changes made.
-    The multipath route goes in without the nexthops the kernel refuses (`ecmpd.refused`);
-    `refused` receives them: (gateway, oif) -> the kernel's error."""
+    The multipath route, and each policy WAN set's, goes in without the nexthops the
+    kernel refuses (`ecmpd.refused`); `refused` receives them: (gateway, oif) -> the
+    kernel's error."""
     family = desired.family
     if actual is None:
         actual = await read_actual(ipr, cfg, family=family)
@@ -306,11 +308,14 @@ async def apply(ipr: AsyncIPRoute, cfg: Config, desired: Desired,
     async def put(spec: RouteSpec) -> None:
         await ipr.route("replace", **_route_args(cfg.route_proto, spec))
 
+    main_key = None if desired.main is None else (desired.main.table, desired.main.metric)
+    # `remove_all` passes ownership numbers alone (and installs nothing)
+    sets = {cfg.table_base + r for r in policy_routes(cfg)} if isinstance(cfg, Config) else ()
     # make before break: new and changed routes (the WAN tables' first: a nexthop the
-    # kernel refuses there stays out of the multipath route), new rules, then what goes
+    # kernel refuses there stays out of the multipath routes), new rules, then what goes
     for key, spec in want.items():
         have = actual.routes.get(key)
-        if desired.main is not None and key == (desired.main.table, desired.main.metric):
+        if key == main_key or (key[0] in sets and spec.kind == UNICAST):
             changes += await install_main(spec, have, refused, put)
             continue
         if have is not None and have.same_as(spec):

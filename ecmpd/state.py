@@ -429,20 +429,25 @@ def usable(st: State, name: str) -> bool:
 def carrying_tier(st: State, among: Collection[str] | None = None) -> int | None:
     """The tier that takes new flows: the lowest with a usable WAN, or with a WAN still
     waiting for its first verdict (a backup does not take new flows just because it
-    answered first at start); None: none.  `among`: only those WANs (a policy's)."""
+    answered first at start); None: none.  `among`: only these WANs count (a policy's
+    `use`; names the plane does not have are left out); None: every WAN."""
     waiting = awaiting_verdict(st)
-    return min((st.cfg.wan(n).tier for n in st.wans
-                if (among is None or n in among) and (n in waiting or usable(st, n))),
-               default=None)
+    return min((st.cfg.wan(n).tier for n in _among(st, among)
+                if n in waiting or usable(st, n)), default=None)
 
 
 def active(st: State, among: Collection[str] | None = None) -> frozenset[str]:
     """The WANs in the multipath route: the usable WANs of the carrying tier (the
     others' pinned flows go on by their marks and tables).  `among`: the same within
-    those WANs only (a policy's `use`: its own route)."""
+    these WANs alone (a policy's set, its tiers judged apart: `carrying_tier`)."""
     tier = carrying_tier(st, among)
-    return frozenset(n for n in st.wans if (among is None or n in among)
-                     and st.cfg.wan(n).tier == tier and usable(st, n))
+    return frozenset(n for n in _among(st, among)
+                     if st.cfg.wan(n).tier == tier and usable(st, n))
+
+
+def _among(st: State, among: Collection[str] | None) -> list[str]:
+    """The plane's WANs, or those of them named in `among`."""
+    return list(st.wans) if among is None else [n for n in st.wans if n in among]
 
 
 def awaiting_verdict(st: State) -> list[str]:

@@ -6,8 +6,9 @@ from ipaddress import IPv4Address
 import pytest
 
 from ecmpd.desired import (MAIN_TABLE, UNICAST, UNREACHABLE, UNREACHABLE_METRIC, Nexthop,
-                           RouteSpec, RuleSpec, build_desired, describe, rule_range, table_range)
-from ecmpd.configmodel import Config, Wan
+                           RouteSpec, RuleSpec, build_desired, describe, policy_routes,
+                           rule_range, table_range)
+from ecmpd.configmodel import Config, Policy, Wan
 
 WANS = (Wan("a", "ethA", IPv4Address("10.1.0.1"), 1, 1),
         Wan("b", "ethB", IPv4Address("10.2.0.1"), 2, 2),
@@ -136,6 +137,82 @@ def test_describe_mentions_everything():
     assert "route unreachable default table 505 metric 4294967295" in text
 
 
+# ---- policy WAN sets --------------------------------------------------------------------
+
+PCFG = replace(CFG, policies=(
+    Policy(1, ("c", "a"), 255, name="voip", fallback="drop"),
+    Policy(2, ("b",), 254, name="bulk"),
+    Policy(3, ("a", "c"), 255, fallback="drop")))
+"""Sets 255 (a, c; drop) and 254 (b; balance) under tables 500+ and rules 2000+."""
+VOIP = RuleSpec(2255, 755, fwmark=0xFF0000, fwmask=0xFF0000)
+BULK = RuleSpec(2254, 754, fwmark=0xFE0000, fwmask=0xFF0000)
+
+
+def policy_tables(d, *tables: int) -> list[RouteSpec]:
+    return [t for t in d.tables if t.table in tables]
+
+
+def test_a_policy_set_has_a_weighted_route_over_its_wans_in_ecmpds_ranges():
+    d = build_desired(PCFG, LINKS, ADDRS, {"a"}, sets={255: {"a", "c"}, 254: {"b"}})
+    assert policy_tables(d, 755, 754) == [
+        RouteSpec(754, (Nexthop("10.2.0.1", 12, 2),), 0),
+        RouteSpec(755, (Nexthop("10.1.0.1", 11, 1), Nexthop("10.3.0.1", 13, 3)), 0),
+        RouteSpec(755, (), UNREACHABLE_METRIC, UNREACHABLE)]
+    assert VOIP in d.rules and BULK in d.rules
+    assert all(r.priority in rule_range(PCFG) for r in d.rules)
+    assert all(t.table in table_range(PCFG) for t in d.tables)
+    # the balance route and the WANs' own tables are what they are without policies
+    plain = build_desired(CFG, LINKS, ADDRS, {"a"})
+    assert d.main == plain.main and set(plain.tables) <= set(d.tables)
+    assert set(d.rules) - set(plain.rules) == {VOIP, BULK}
+
+
+def test_no_usable_wan_in_a_set_drops_or_falls_through_to_the_balance_table():
+    for sets in (None, {}, {255: set(), 254: set()}):
+        d = build_desired(PCFG, LINKS, ADDRS, {"a", "b"}, sets=sets)
+        assert policy_tables(d, 755, 754) == [RouteSpec(755, (), UNREACHABLE_METRIC,
+                                                        UNREACHABLE)]
+        assert VOIP in d.rules and BULK in d.rules
+    # a WAN of the set without a known gateway or interface has no nexthop to give
+    d = build_desired(PCFG, {"ethA": 11, "ethB": 12}, ADDRS, {"a"}, sets={255: {"a", "c"}},
+                      gateways={"a": "10.1.0.1", "b": "10.2.0.1", "c": "10.3.0.1"})
+    assert policy_tables(d, 755)[0].nexthops == (Nexthop("10.1.0.1", 11, 1),)
+
+
+def test_policy_sets_of_ipv6():
+    cfg = replace(PCFG, wans=tuple(replace(w, gateway=None, families=(6,)) for w in WANS))
+    gws = {"a": "2001:db8:1::1", "c": "fe80::1"}
+    d = build_desired(cfg, LINKS, {}, set(), gateways=gws, family=6, sets={255: {"a", "c"}})
+    assert policy_tables(d, 755, 754) == [
+        RouteSpec(755, (Nexthop("2001:db8:1::1", 11, 1), Nexthop("fe80::1", 13, 3)), 1024,
+                  family=6),
+        RouteSpec(755, (), UNREACHABLE_METRIC, UNREACHABLE, family=6)]
+    assert replace(VOIP, family=6) in d.rules and replace(BULK, family=6) in d.rules
+    assert "-6 rule 2255: from all fwmark 0xff0000/0xff0000 lookup 755" in describe(d)
+
+
+def test_describe_lists_the_policy_sets_their_tables_and_rules():
+    d = build_desired(PCFG, LINKS, ADDRS, {"a"}, sets={255: {"a", "c"}})
+    lines = describe(d, PCFG)
+    assert lines[:2] == [
+        "# policy set 255 (voip, policy 3): use c, a, fallback drop; mark 0xff0000, "
+        "table 755: its WANs",
+        "# policy set 254 (bulk): use b, fallback balance; mark 0xfe0000, table 754: "
+        "balanced like unmatched traffic: no usable WAN"]
+    assert "route default table 755 metric 0 nexthop via 10.1.0.1 oif 11 weight 1 " \
+           "nexthop via 10.3.0.1 oif 13 weight 3" in lines
+    assert "route unreachable default table 755 metric 4294967295" in lines
+    assert "rule 2255: from all fwmark 0xff0000/0xff0000 lookup 755" in lines
+    assert "rule 2254: from all fwmark 0xfe0000/0xff0000 lookup 754" in lines
+    assert describe(d) == lines[2:]
+    dropped = describe(build_desired(PCFG, LINKS, ADDRS, {"a"}), PCFG)[0]
+    assert dropped.endswith("table 755: dropped: no usable WAN")
+    # one set for many policies names a few of them
+    many = replace(PCFG, policies=tuple(Policy(i, ("b",), 254) for i in range(1, 8)))
+    assert describe(build_desired(many, LINKS, ADDRS, {"a"}), many)[0].startswith(
+        "# policy set 254 (policy 1, policy 2, policy 3 and 4 more): use b")
+
+
 # ---- ownership numbers and make-before-break handovers ---------------------------------
 
 import pytest  # noqa: E402
@@ -153,7 +230,7 @@ def two(**kw) -> Config:
 
 def installed(cfg: Config) -> tuple[dict, set]:
     """What ecmpd installs for `cfg` with both WANs active: (routes, rules) as read back."""
-    d = build_desired(cfg, LINKS, ADDRS, {"a", "b"})
+    d = build_desired(cfg, LINKS, ADDRS, {"a", "b"}, sets=SETS)
     routes = {(t.table, t.metric): t for t in d.tables}
     routes[(d.main.table, d.main.metric)] = d.main
     return routes, set(d.rules)
@@ -217,6 +294,18 @@ class Kernel:
 
 
 MARKS = {"a": (0x10000, "10.1.0.2", "10.1.0.1"), "b": (0x20000, "10.2.0.2", "10.2.0.1")}
+SETS = {255: {"b"}, 254: {"a", "b"}, 253: set()}
+"""The policy sets of `POLICIES` with both WANs usable."""
+POLICIES = (Policy(1, ("b",), 255, fallback="drop"), Policy(2, ("a", "b"), 254),
+            Policy(3, ("a",), 253, fallback="drop"))
+"""Marks 0xff0000 (via b), 0xfe0000 (balanced over a and b), 0xfd0000 (dropped)."""
+
+
+def check_policies(kernel: Kernel, where: str) -> None:
+    assert kernel.lookup(mark=0xFF0000) == {"10.2.0.1"}, f"{where}: set 255"
+    assert kernel.lookup(mark=0xFE0000) == {"10.1.0.1", "10.2.0.1"}, f"{where}: set 254"
+    assert kernel.lookup(mark=0xFD0000) == "unreachable", f"{where}: set 253"
+    assert kernel.lookup(mark=0xFF0000, to_lan=True) == LAN, f"{where}: to the LAN"
 
 RENUMBERINGS = {
     "tables.base up by 1 (overlapping: b's old table is a's new one)": dict(table_base=1001),
@@ -230,22 +319,28 @@ RENUMBERINGS = {
 }
 
 
+@pytest.mark.parametrize("policies", [(), POLICIES], ids=["", "policies"])
 @pytest.mark.parametrize("name", list(RENUMBERINGS))
 @pytest.mark.parametrize("mode", ["translated", "desired"])
-def test_a_handover_makes_before_it_breaks(name: str, mode: str) -> None:
-    old_cfg = two(table_base=1000, rule_priority=1000)
-    new_cfg = two(**{"table_base": 1000, "rule_priority": 1000, **RENUMBERINGS[name]})
+def test_a_handover_makes_before_it_breaks(name: str, mode: str, policies) -> None:
+    old_cfg = two(table_base=1000, rule_priority=1000, policies=policies)
+    new_cfg = two(**{"table_base": 1000, "rule_priority": 1000, **RENUMBERINGS[name]},
+                  policies=policies)
     old, new = Owned.of(old_cfg), Owned.of(new_cfg)
     routes, rules = installed(old_cfg)
     want_routes, want_rules = installed(new_cfg)
     target = (translate(routes, rules, old, new) if mode == "translated"
-              else build_desired(new_cfg, LINKS, ADDRS, {"a", "b"}))
+              else build_desired(new_cfg, LINKS, ADDRS, {"a", "b"}, sets=SETS))
     kernel = Kernel(routes, rules, {t: old.route_proto for t, _ in routes})
     kernel.check(MARKS, "before")
+    if policies:
+        check_policies(kernel, "before")
     steps = plan_handover(routes, rules, old, new, target)
     for i, s in enumerate(steps):
         kernel.step(s)
         kernel.check(MARKS, f"after step {i} ({s})")
+        if policies:
+            check_policies(kernel, f"after step {i} ({s})")
     # exactly the new objects, under the new proto
     assert {k: v[0] for k, v in kernel.routes.items()} == want_routes
     assert all(p == new.route_proto for _, p in kernel.routes.values())
@@ -347,6 +442,37 @@ def test_owns_table_never_the_kernels_tables() -> None:
     o = Owned(236, 0, 200, 1000, "ecmpd", 0xFF0000, (1,))
     assert o.owns_table(200) and o.owns_table(252) and o.owns_table(455)
     assert not any(o.owns_table(t) for t in (253, 254, 255, 199, 456))
+
+
+def test_a_policy_set_never_takes_a_wan_ids_or_a_kernel_table():
+    cfg = replace(PCFG, table_base=200, policies=(
+        Policy(1, ("a",), 53, fallback="drop"),     # table 253 ("default")
+        Policy(2, ("a",), 54, fallback="drop"),     # table 254 (main)
+        Policy(3, ("a",), 5, fallback="drop"),      # c's id
+        Policy(4, ("a",), 52, fallback="drop")))
+    assert list(policy_routes(cfg)) == [52]
+    d = build_desired(cfg, LINKS, ADDRS, {"a"}, sets={53: {"a"}, 54: {"a"}, 5: {"a"}, 52: {"a"}})
+    assert {t.table for t in d.tables} == {201, 202, 205, 252}
+    assert [r.table for r in d.rules if r.priority == 2005] == [205]
+    assert Owned.of(cfg).ids == (1, 2, 5, 52)
+
+
+def test_policy_tables_are_owned_read_and_carried_over_to_new_numbers():
+    o = Owned.of(PCFG)
+    assert o.ids == (1, 2, 5, 254, 255)
+    assert o.wan_tables() == (500, 501, 502, 505, 754, 755)
+    assert Owned.from_json(o.to_json()) == o
+    d = build_desired(PCFG, LINKS, ADDRS, {"a"}, sets={255: {"a", "c"}, 254: {"b"}})
+    routes = {(t.table, t.metric): t for t in d.tables}
+    new = replace(o, table_base=3000, rule_priority=4000)
+    t = translate(routes, d.rules, o, new)
+    assert {(s.table, s.kind) for s in t.tables if s.table > 3250} == {
+        (3254, UNICAST), (3255, UNICAST), (3255, UNREACHABLE)}
+    assert RuleSpec(4255, 3255, fwmark=0xFF0000, fwmask=0xFF0000) in t.rules
+    # a set the new numbers do not have is left behind, to be removed
+    gone = translate(routes, d.rules, o, replace(new, ids=(1, 2, 5, 255)))
+    assert not any(s.table == 3254 for s in gone.tables)
+    assert not any(r.table == 3254 for r in gone.rules)
 
 
 def test_an_onlink_gateway_keeps_its_flag_in_every_route():

@@ -190,6 +190,28 @@ def test_plan_of_a_dual_stack_config_routes_each_version_apart():
     assert "192.0.2.1" in v4 and not v4.startswith("-6")
 
 
+def test_plan_lists_each_policy_sets_rule_and_table_of_each_version():
+    from dataclasses import replace
+    from ecmpd.configmodel import Policy
+    cfg = replace(DUAL_CFG, policies=(Policy(1, ("a", "b"), 255, name="voip", fallback="drop"),
+                                      Policy(2, ("b",), 254, name="bulk")))
+    lines = ecmpd_command.plan(cfg, LINKS, ADDRS, {}, frozenset(), (), None, ADDRS6, {}, None)
+    assert "# IPv4 policy set 255 (voip): use a, b, fallback drop; mark 0xff0000, table 1255: " \
+           "its WANs" in lines
+    # b carries no IPv6: bulk's IPv6 set is empty, voip's is a alone
+    assert "# IPv6 policy set 254 (bulk): use b, fallback balance; mark 0xfe0000, table " \
+           "1254: balanced like unmatched traffic: no usable WAN" in lines
+    assert "route default table 1255 metric 0 nexthop via 192.0.2.1 oif 11 weight 1 " \
+           "nexthop via 198.51.100.1 oif 12 weight 5" in lines
+    assert "route default table 1254 via 198.51.100.1 oif 12" in lines
+    assert "-6 route default table 1255 via fe80::1 oif 11" in lines
+    assert "-6 route unreachable default table 1255 metric 4294967295" in lines
+    assert not any(line.startswith("-6 route default table 1254") for line in lines)
+    for v in ("", "-6 "):
+        assert f"{v}rule 1255: from all fwmark 0xff0000/0xff0000 lookup 1255" in lines
+        assert f"{v}rule 1254: from all fwmark 0xfe0000/0xff0000 lookup 1254" in lines
+
+
 def test_plan_keeps_each_versions_kernel_route_apart():
     down = {**LINKS, "eth1": Link(11, True, False), "eth2": Link(12, True, False)}
     kept6 = RouteSpec(balance_table(DUAL_CFG), (Nexthop("fe80::1", 11, 1),

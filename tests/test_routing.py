@@ -14,7 +14,8 @@ import logging
 import os
 import subprocess
 from contextlib import asynccontextmanager
-from ipaddress import IPv4Address, IPv4Interface
+from dataclasses import replace
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from typing import Any, AsyncIterator
 
 import pytest
@@ -25,7 +26,8 @@ from ecmpd.desired import (UNREACHABLE, UNREACHABLE_METRIC, Desired, build_desir
                            rule_range, table_range)
 from lab import Lab
 from lab.runner import add_foreign
-from ecmpd.configmodel import Config, Wan
+from ecmpd.configmodel import Config, Policy, Wan
+from ecmpd.state import project
 
 pytestmark = pytest.mark.lab
 
@@ -77,7 +79,7 @@ def kernel_plan(lab: Lab, c: Config) -> list[str]:
             continue
         if r.get("type") in ("unreachable", "7"):  # -N: numeric type
             lines.append(f"route unreachable default table {table} metric {r.get('metric', 0)}")
-        elif table in (254, c.table_base):
+        elif table in (254, c.table_base) or r.get("nexthops"):   # a policy set's too
             hops = r.get("nexthops") or [{"gateway": r["gateway"], "dev": r["dev"], "weight": 1}]
             hop_text = " ".join(f"nexthop via {h['gateway']} oif {idx[h['dev']]} weight "
                                 f"{h.get('weight', 1)}" for h in hops)
@@ -312,6 +314,108 @@ def test_remove_all_leaves_nothing_of_ecmpd(lab: Lab) -> None:
 
     asyncio.run(body())
     assert kernel_plan(lab, CFG) == []
+    assert snapshot(lab) == before
+
+
+def _dual(policies: tuple[Policy, ...]) -> Config:
+    """The seed lab's WANs with IPv6 (static global gateways) and `policies`."""
+    six = [dict(gateway6=IPv6Address(f"2001:db8:{i}::1"), families=(4, 6)) for i in (1, 2)]
+    return replace(CFG, wans=tuple(replace(w, **x) for w, x in zip(CFG.wans, six)),
+                   policies=policies)
+
+
+VOIP = Policy(1, ("wlan2",), 255, name="voip", fallback="drop")
+BULK = Policy(2, ("wlan1", "wlan2"), 254, name="bulk")
+ONLY1 = Policy(3, ("wlan1",), 253, name="only1", fallback="drop")
+
+
+async def desired_of(ipr: AsyncIPRoute, lab: Lab, c: Config, family: int,
+                     sets: dict[int, set[str]]) -> Desired:
+    """IP version `family`'s desired state with both WANs in the balance route."""
+    links = {name: v["index"] for name, v in (await interfaces.read_links(ipr)).items()}
+    p = project(c, family)
+    addrs = {w.name: str(IPv4Interface(w.address).ip) if family == 4 else
+             str(IPv6Interface(w.address6).ip) for w in lab.spec.wans}
+    gws = {w.name: str(w.gateway) for w in p.wans}
+    return build_desired(p, links, addrs, {"wlan1", "wlan2"}, gateways=gws, family=family,
+                         sets=sets)
+
+
+async def same_in_kernel(ipr: AsyncIPRoute, c: Config, d: Desired) -> None:
+    """The kernel holds exactly `d`'s routes and rules of its IP version."""
+    actual = await routing.read_actual(ipr, c, family=d.family)
+    assert actual.rules == set(d.rules)
+    want = [*d.tables, d.main]
+    assert set(actual.routes) == {(t.table, t.metric) for t in want}
+    for t in want:
+        assert actual.routes[(t.table, t.metric)].same_as(t), t
+
+
+def test_policy_sets_route_drop_fall_through_and_follow_a_reload(lab: Lab) -> None:
+    """Two policy sets of both IP versions, `voip` (wlan2, drop) and `bulk` (both WANs,
+    balance): installed, read back as ecmpd's, applied again without a change; with no
+    usable WAN voip's connections fail and bulk's are balanced like unmatched traffic; a
+    reload that drops bulk and adds only1 removes and adds exactly theirs."""
+    before = snapshot(lab)
+    server, server6 = lab.spec.server_addresses[0], lab.spec.server_addresses6[0]
+    a, b = _dual((VOIP, BULK)), _dual((VOIP, ONLY1))
+    unreachable = "No route to host"
+
+    def exits(mark: int) -> set[str]:
+        return {exit_of(lab, server, "mark", hex(mark)),
+                exit_of(lab, server6, "mark", hex(mark))}
+
+    async def body() -> None:
+        async with router(lab) as ipr:
+            up = {255: {"wlan2"}, 254: {"wlan1", "wlan2"}}
+            for family in (4, 6):
+                d = await desired_of(ipr, lab, a, family, up)
+                # the WANs' 11 objects; 2 rules, voip's route and unreachable, bulk's route
+                assert await routing.apply(ipr, a, d) == 11 + 5
+                await same_in_kernel(ipr, a, d)
+                if family == 4:
+                    assert kernel_plan(lab, a) == planned(d)
+            first = snapshot(lab)
+            for family in (4, 6):
+                d = await desired_of(ipr, lab, a, family, up)
+                assert await routing.apply(ipr, a, d) == 0
+            assert snapshot(lab) == first
+            assert exits(a.route_mark(255)) == {"wlan2"}
+            assert exit_of(lab, lab.clients[0], "mark", hex(a.route_mark(255))) == "Local"
+            # bulk over both WANs (weights 1 and 3): some of many destinations by each
+            spread = {exit_of(lab, f"198.18.{i}.1", "mark", hex(a.route_mark(254)))
+                      for i in range(64)}
+            assert spread == {"wlan1", "wlan2"}
+
+            # no WAN of either set usable: voip dropped, bulk through the balance table
+            for family in (4, 6):
+                d = await desired_of(ipr, lab, a, family, {})
+                assert await routing.apply(ipr, a, d) == 2     # the two routes go
+                await same_in_kernel(ipr, a, d)
+            assert all(unreachable in e for e in exits(a.route_mark(255)))
+            balanced = {exit_of(lab, f"198.18.{i}.1") for i in range(64)}
+            assert {exit_of(lab, f"198.18.{i}.1", "mark", hex(a.route_mark(254)))
+                    for i in range(64)} == balanced == {"wlan1", "wlan2"}
+            for family in (4, 6):
+                d = await desired_of(ipr, lab, a, family, {})
+                assert await routing.apply(ipr, a, d) == 0
+
+            # reload: bulk's rule goes (its table is empty), only1's rule, route and
+            # unreachable come, and voip's WAN is usable again
+            for family in (4, 6):
+                d = await desired_of(ipr, lab, b, family, {255: {"wlan2"}, 253: {"wlan1"}})
+                assert await routing.apply(ipr, b, d) == 1 + 3 + 1
+                await same_in_kernel(ipr, b, d)
+                if family == 4:
+                    assert kernel_plan(lab, b) == planned(d)
+                assert await routing.apply(ipr, b, d) == 0
+            assert exits(b.route_mark(253)) == {"wlan1"}
+            assert "1254" not in lab.run(lab.ns_router, "ip", "rule").stdout
+            assert "1254" not in lab.run(lab.ns_router, "ip", "-6", "rule").stdout
+            # everything of ecmpd's, policy tables and rules included, goes on stop
+            assert await routing.remove_all(ipr, b) == 2 * (11 + 3 + 3)
+
+    asyncio.run(body())
     assert snapshot(lab) == before
 
 
@@ -572,6 +676,32 @@ def test_an_onlink_nexthop_is_read_back_and_a_refused_one_is_left_out(lab: Lab) 
             again: dict = {}
             assert await routing.apply(ipr, CFG, d, refused=again) == 0
             assert again == refused and snapshot(lab) == first
+
+    asyncio.run(body())
+
+
+def test_a_policy_sets_route_leaves_out_a_refused_nexthop(lab: Lab) -> None:
+    """As the balance route does: one refused nexthop does not keep the set's other
+    WANs out of its route."""
+    c = replace(CFG, policies=(BULK,))
+
+    async def body() -> None:
+        async with router(lab) as ipr:
+            links = {name: v["index"] for name, v in (await interfaces.read_links(ipr)).items()}
+            # wlan2's gateway is nowhere the kernel knows
+            d = build_desired(c, links, {"wlan1": "10.111.0.2", "wlan2": "10.112.0.2"},
+                              {"wlan1", "wlan2"},
+                              gateways={"wlan1": "10.111.0.1", "wlan2": "10.99.0.1"},
+                              sets={254: {"wlan1", "wlan2"}})
+            refused: dict = {}
+            assert await routing.apply(ipr, c, d, refused=refused) > 0
+            assert refused == {("10.99.0.1", links["wlan2"]): "Network is unreachable"}
+            for table in (1000, 1254):
+                route = lab.run(lab.ns_router, "ip", "route", "show", "table", str(table)).stdout
+                assert route.split() == "default via 10.111.0.1 dev wlan1 proto 236".split()
+            first = snapshot(lab)
+            assert await routing.apply(ipr, c, d, refused={}) == 0
+            assert snapshot(lab) == first
 
     asyncio.run(body())
 
