@@ -259,7 +259,7 @@ class _Validator:
         probe = self.probe(doc.get("probe"), "probe", doc.value_lines.get("probe", 1))
         self.merge_probe(probe, ({}, set()))  # cross-key checks even if `wans` is broken
         wans = self.wans(doc, probe, kwargs.get("table_base"))
-        kwargs["policies"] = parse_policies(self, doc, wans)
+        kwargs["policies"] = parse_policies(self, doc, wans, kwargs.get("table_base"))
         self.global_targets(doc, wans)
         check_beyond(self.add, self.own, self.targets, self.gateways)
         if self.local:

@@ -22,6 +22,7 @@ from typing import Any, Protocol
 
 from .configmodel import FALLBACKS, PORT_PROTOCOLS, PROTOCOLS, Policy, Wan, family_of
 from .configvalues import Bad, ifname
+from .desired import RESERVED_TABLES
 from .yamlpos import YList, YMap, describe
 
 POLICY_KEYS = ("name", "src", "dst", "proto", "sport", "dport", "iif", "use", "fallback")
@@ -105,7 +106,8 @@ def _values(v: YMap, key: str, path: str, parse: Callable[[Any], Any],
     return tuple(out) if ok else _INVALID
 
 
-def parse_policies(val: Validator, doc: YMap, wans: Sequence[Wan] | None) -> tuple[Policy, ...]:
+def parse_policies(val: Validator, doc: YMap, wans: Sequence[Wan] | None,
+                   table_base: Any = None) -> tuple[Policy, ...]:
     """The validated `policies:` of `doc` (problems go to `val`; () when absent)."""
     if "policies" not in doc or doc["policies"] is None:
         return ()
@@ -142,7 +144,8 @@ def parse_policies(val: Validator, doc: YMap, wans: Sequence[Wan] | None) -> tup
         val.add(line, "policies", f"the policies' value lists combine to {elements} matches; "
                                   f"at most {MAX_ELEMENTS}")
         return ()
-    return _with_routes(val, line, parsed, wans or ())
+    return _with_routes(val, line, parsed, wans or (),
+                        table_base if isinstance(table_base, int) else 0)
 
 
 def _entry(val: Validator, m: YMap, path: str, line: int, wans: dict[str, Wan],
@@ -236,9 +239,11 @@ def _coherent(add: Callable[[int, str, str], None], m: YMap, path: str, p: dict[
 
 
 def _with_routes(val: Validator, line: int, parsed: list[dict[str, Any]],
-                 wans: Sequence[Wan]) -> tuple[Policy, ...]:
-    """Policies with their WAN set's `route`: the highest free values, downwards."""
-    free = [v for v in range(255, 0, -1) if v not in {w.id for w in wans}]
+                 wans: Sequence[Wan], table_base: int) -> tuple[Policy, ...]:
+    """Policies with their WAN set's `route`: the highest free values, downwards (not a
+    WAN id, nor a value whose table `table_base + route` is one of the kernel's)."""
+    free = [v for v in range(255, 0, -1)
+            if v not in {w.id for w in wans} and table_base + v not in RESERVED_TABLES]
     routes: dict[tuple[frozenset[str], str], int] = {}
     out = []
     for p in parsed:

@@ -54,6 +54,10 @@ def test_the_issues_examples_parse_in_order_with_shared_routes() -> None:
     assert set(cfg.policy_routes()) == {254, 253, 252}
     assert cfg.route_mark(254) == 254 << 16
     assert parse_config(HEAD.removesuffix("policies:\n"), "x").policies == ()
+    # never a value whose table is one of the kernel's (253..255 with tables.base 0)
+    based = parse_config(HEAD.replace("policies:", "tables: {base: 1}\npolicies:")
+                         + "  - {use: wlan1}\n", "x")
+    assert based.policies[0].route == 251
     assert parse_config(HEAD + "  []\n", "x").policies == ()
 
 
