@@ -183,16 +183,17 @@ class Daemon:
                         traffic=lambda n=wan.name, f=family: self._traffic_of(n, f),
                         quorum=quorum, spare=True,
                         line_traffic=lambda n=wan.name, g=10 - family: self._traffic_of(n, g),
-                        line_sent=lambda n=wan.name, g=10 - family: self._newest_sent(n, g))
+                        line_sent=lambda n=wan.name, g=10 - family: self._newest(n, g))
         self._follow(prober, p, wan)            # its address, device and own targets
         self._probers[(wan.name, family)] = prober
         self._probing[(wan.name, family)] = asyncio.get_running_loop().create_task(prober.run())
 
-    def _newest_sent(self, name: str, family: int) -> float | None:
-        """When WAN `name`'s IP version `family` sent its newest answered probe (None: not
-        probed): the other version's prober tells queued from lost by it (`ecmpd.prober`)."""
+    def _newest(self, name: str, family: int) -> tuple[float, float] | None:
+        """(when it was sent, its RTT) of WAN `name`'s IP version `family`'s newest
+        answered probe (None: not probed): the other version's prober tells queued from
+        lost by it (`ecmpd.prober`)."""
         prober = self._probers.get((name, family))
-        return prober.newest_sent() if prober is not None else None
+        return prober.newest() if prober is not None else None
 
     def _stop_prober(self, key: tuple[str, int]) -> None:
         if (task := self._probing.pop(key, None)) is not None:

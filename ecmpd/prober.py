@@ -21,10 +21,12 @@ IPv4 download next to an idle IPv6) delays this version's probes with no traffic
 its own to prove the line alive.  While the other version's arrivals flow, this
 version's late round is SLOW, not FAILED, as long as its replies are not overtaken: the
 queue is first in, first out, so once the other version's replies to requests sent more
-than an interval + `timeout` + `LOSS_BURST` after this version's newest answered one are
+than an interval + `timeout` + a loss burst after this version's newest answered one are
 back, this version's replies are lost, not queued, and its rounds fail again.  (A full
 queue drops what arrives: a download's slow start loses a burst of every version's
-packets, its own traffic keeps the busy version in, `LOSS_BURST` the idle one.)  A line busy with
+packets; its own traffic keeps the busy version in, the burst allowance the idle one:
+the line's delay as the other version's newest reply measured it, at most `LOSS_BURST`
+-- a queue that delays nothing is not full and drops no burst.)  A line busy with
 either version's traffic that goes wholly silent fails as fast as a busy line does.
 
 A target that is one of the router's own addresses (`follow`) is never sent a request
@@ -68,8 +70,9 @@ SocketFactory = Callable[[str, Callable[[Answer], None], str | None], Echo]
 """`factory(source, on_answer, device)`: open a socket; raises OSError when it cannot."""
 TrafficFn = Callable[[], "int | None"]
 """The WAN's counter of packets from beyond its gateway now (None: unknown)."""
-SentFn = Callable[[], "float | None"]
-"""When (loop time) the other version's newest answered request was sent (None: none)."""
+SentFn = Callable[[], "tuple[float, float] | None"]
+"""(when (loop time) it was sent, its RTT) of the other version's newest answered
+request (None: none)."""
 
 
 def _open_echo(source: str, on_answer: Callable[[Answer], None], device: str | None) -> Echo:
@@ -234,10 +237,10 @@ class Prober:
         """(loop time, value) of the traffic counter's last reading for a grid round."""
         self._last_line: tuple[float, int] | None = None
         """The same for the other version's counter (`line_traffic`)."""
-        self._newest_beyond: float | None = None
-        """When this prober's newest answered request to a target beyond the gateway
-        was sent (loop time)."""
-        self._newest_any: float | None = None
+        self._newest_beyond: tuple[float, float] | None = None
+        """(when it was sent (loop time), its RTT) of this prober's newest answered
+        request to a target beyond the gateway."""
+        self._newest_any: tuple[float, float] | None = None
         """The same for any target, the gateway included."""
         self._gateway: str | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -307,9 +310,9 @@ class Prober:
         return max((self._est[t].timeout(st.timeout, st.max_timeout)
                     for t in self._targets if t in self._est), default=st.timeout)
 
-    def newest_sent(self) -> float | None:
-        """When (loop time) the newest request that got an echo reply was sent (None: no
-        reply yet), of the targets beyond the gateway when any answered (a gateway before
+    def newest(self) -> tuple[float, float] | None:
+        """(when (loop time) it was sent, its RTT) of the newest request that got an echo
+        reply (None: no reply yet), of the targets beyond the gateway when any answered (a gateway before
         the line's queue answers at once): the other version's prober compares it with
         its own (see the module)."""
         return self._newest_beyond if self._newest_beyond is not None else self._newest_any
@@ -453,10 +456,11 @@ class Prober:
             # a late reply proves life in the rounds that started after its request was
             # sent; an older round whose own requests were lost stays unanswered
             sent = now - (a.rtt if a.age is None else a.age)
-            self._newest_any = sent if self._newest_any is None else max(self._newest_any, sent)
+            got = (sent, a.rtt)
+            self._newest_any = got if self._newest_any is None else max(self._newest_any, got)
             if a.address != self._gateway:
-                self._newest_beyond = (sent if self._newest_beyond is None
-                                       else max(self._newest_beyond, sent))
+                self._newest_beyond = (got if self._newest_beyond is None
+                                       else max(self._newest_beyond, got))
             for rnd in self._open:
                 if rnd.start > sent:
                     rnd.alive.add(a.address)
@@ -494,16 +498,19 @@ class Prober:
         """The other version's arrivals keep the line busy during the round, and its
         replies have not overtaken this version's (see the module): this version's
         silence is the line's queue, not a loss."""
-        own = self.newest_sent()
+        own = self.newest()
         if rnd.line0 is None or own is None:
             return False
-        value, sent = self._line_traffic(), self._line_sent()
-        if value is None or sent is None:
+        value, line = self._line_traffic(), self._line_sent()
+        if value is None or line is None:
             return False
+        sent, delay = line
         st = rnd.settings
         now = asyncio.get_running_loop().time()
         busy, _ = _busy(rnd.line0, now, value, st)
-        return (busy and sent - own <= st.interval + st.timeout + LOSS_BURST
+        # a queue drops a burst only when it is full: no longer than it delays
+        burst = min(LOSS_BURST, delay)
+        return (busy and sent - own[0] <= st.interval + st.timeout + burst
                 and now - sent <= st.max_timeout)
 
     def _quiet(self, rnd: _Round) -> None:

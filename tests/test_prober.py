@@ -212,7 +212,7 @@ class Run:
                              source=source, device=DEVICE, traffic=traffic, quorum=quorum,
                              sockets=self.net,
                              line_traffic=line.traffic if line else None,
-                             line_sent=line.newest_sent if line else None)
+                             line_sent=line.newest if line else None)
 
     async def drive(self, until: float, at: dict[float, Callable[[], Any]] | None = None,
                     start: float = 0.0, alone: bool = True) -> None:
@@ -473,11 +473,11 @@ class Line:
     def traffic(self) -> int:
         return int(min(now(), self.frozen) * self.pps)
 
-    def newest_sent(self) -> float | None:
+    def newest(self) -> tuple[float, float] | None:
         t = now()
         sends = [k * 0.05 for k in range(int(t / 0.05) + 1)]
         back = [s for s in sends if s + self.delay(s) <= min(t, self.frozen)]
-        return back[-1] if back else None
+        return (back[-1], self.delay(back[-1])) if back else None
 
 
 def ramp(s: float) -> float:
@@ -1367,3 +1367,15 @@ def test_failing_lines_are_judged_as_without_sparing(line) -> None:
     assert [(r.verdict, r.reason) for r in spare.results] == verdicts
     failed = [round(r.at, 6) for r in plain.results if r.verdict is Verdict.FAILED]
     assert [round(r.at, 6) for r in spare.results if r.verdict is Verdict.FAILED] == failed
+
+
+def test_on_a_busy_line_without_a_queue_lost_replies_fail_without_the_burst_allowance():
+    # the other version's traffic keeps the line busy but nothing queues (5 ms): a full
+    # queue's loss burst cannot happen, so overtaken replies are lost after interval +
+    # timeout, as fast as on an idle line
+    delay = lambda s: 0.005  # noqa: E731
+    net = FakeNet(lambda s: delay(s.at) if s.at < 4.0 else None)
+    r = Run(("a",), net=net, interval=0.2, count=2, line=Line(delay))
+    results = r.go(7.0)
+    failed = [x.at for x in results if x.verdict is FAILED]
+    assert failed and 4.0 < failed[0] <= 4.0 + 0.2 + 0.25 + 0.3, r.summary()
