@@ -49,7 +49,7 @@ from typing import Protocol
 
 from .health import Verdict
 from .icmpecho import Answer, EchoSocket
-from .judge import RoundResult, RttEstimator, TargetSample, Window, judge
+from .judge import RoundResult, RttEstimator, TargetSample, Window, judge, ms
 from .configmodel import ProbeSettings, majority
 
 log = logging.getLogger(__name__)
@@ -381,6 +381,11 @@ class Prober:
             rnd = _Round(self._next, now, after.targets, st, after.quorum, fast_window(st),
                          after.followups - 1, after.busy, FOLLOWUP_COPIES,
                          self._own.intersection(after.targets))
+            # the other version's arrivals since the failed round began: a follow-up's
+            # window (a quarter interval) is far shorter than a queue the other version
+            # fills, so its silence proves nothing while that version's replies do not
+            # overtake this one's (`_line_carries`)
+            rnd.line0 = after.line0
         self._next += 1
         if self.source is None or not rnd.targets:
             why = (f"no address on {self.device or self.name}" if self.source is None
@@ -498,20 +503,31 @@ class Prober:
         """The other version's arrivals keep the line busy during the round, and its
         replies have not overtaken this version's (see the module): this version's
         silence is the line's queue, not a loss."""
+        return self._line_why_not(rnd) is None
+
+    def _line_why_not(self, rnd: _Round) -> str | None:
+        """Why the other version's traffic does not carry `rnd` (None: it does); "" when
+        the other version says nothing (not probed, no reply, no counter)."""
         own = self.newest()
         if rnd.line0 is None or own is None:
-            return False
+            return ""
         value, line = self._line_traffic(), self._line_sent()
         if value is None or line is None:
-            return False
+            return ""
         sent, delay = line
         st = rnd.settings
         now = asyncio.get_running_loop().time()
         busy, _ = _busy(rnd.line0, now, value, st)
+        if not busy:
+            return f"the other IP version's arrivals under {BUSY_PACKETS} an interval"
         # a queue drops a burst only when it is full: no longer than it delays
-        burst = min(LOSS_BURST, delay)
-        return (busy and sent - own[0] <= st.interval + st.timeout + burst
-                and now - sent <= st.max_timeout)
+        ahead = sent - own[0]
+        if ahead > st.interval + st.timeout + min(LOSS_BURST, delay):
+            return (f"the other IP version's replies overtook this one's by {ms(ahead)} "
+                    f"(line delay {ms(delay)})")
+        if now - sent > st.max_timeout:
+            return f"the other IP version's newest reply is {ms(now - sent)} old"
+        return None
 
     def _quiet(self, rnd: _Round) -> None:
         """The silence check: no sign of life within the silence window fails the round."""
@@ -538,14 +554,16 @@ class Prober:
         answered = sum(1 for g in rnd.got if g)
         # the counter is read only when it can change the verdict (one libnftables call)
         moved = answered < rnd.quorum and self._moved(rnd)
-        line = answered < rnd.quorum and not moved and self._line_carries(rnd)
+        why_not = self._line_why_not(rnd) if answered < rnd.quorum and not moved else ""
         try:
-            result = judge(samples, st, self._window, rnd.quorum, moved, line=line,
+            result = judge(samples, st, self._window, rnd.quorum, moved, line=why_not is None,
                            at=loop.time(), timeout=rnd.timeout, silent_for=silent_for,
                            followup=rnd.copies > 1)
         except Exception:
             log.exception("%s: judging a probe round failed", self.name)
             return
+        if why_not and result.verdict is Verdict.FAILED:   # why the line did not save it
+            result = replace(result, reason=f"{result.reason}; {why_not}")
         if self._deliver(rnd, result) and result.verdict is Verdict.FAILED \
                 and answered < rnd.quorum and self._fast_ok(rnd):
             loop.call_soon(self._follow_up, rnd)

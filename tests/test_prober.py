@@ -515,6 +515,9 @@ def test_replies_overtaken_by_the_other_versions_are_lost_not_queued():
     assert FAILED not in {x.verdict for x in results if x.at < 5.0}, r.summary()
     failed = [x.at for x in results if x.verdict is FAILED]
     assert failed and failed[0] <= 4.0 + 1.0 + 0.2 + 0.25 + LOSS_BURST + 0.3, r.summary()
+    # the reason says why the other version's traffic did not save the round
+    first = next(x for x in results if x.verdict is FAILED)
+    assert "the other IP version's replies overtook this one's by" in first.reason
     # not before the queue plus that margin: a congested queue's loss burst is no outage
     assert failed[0] >= 4.0 + 1.0 + LOSS_BURST, r.summary()
     assert {x.verdict for x in results if x.at > failed[0] + 0.3} == {FAILED}, r.summary()
