@@ -29,9 +29,9 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-from lab import Lab
+from lab import FlowResult, Lab
 from lab.runner import Ecmpd, config_for
 from lab.traffic import fault_offset
 
@@ -69,18 +69,21 @@ def dual_config(lab: Lab, weights: dict[str, int] | None = None, targets: str = 
     return cfg
 
 
-def whole(lab: Lab, timeout: float = 30.0) -> None:
-    """Wait until both versions' routes have every WAN (the kernel is polled)."""
-    names = {w.name for w in lab.spec.wans}
+def whole(lab: Lab, timeout: float = 30.0, routed: set[str] | None = None) -> None:
+    """Wait until both versions' routes have `routed` (default every WAN; the kernel is
+    polled)."""
+    names = routed or {w.name for w in lab.spec.wans}
     for family in (4, 6):
         wait_routed(lab, names, timeout, family)
 
 
-def start_dual(lab: Lab, config: dict[str, Any], cls: type[Ecmpd] = Ecmpd) -> Ecmpd:
-    """`start_ecmpd`, then also wait for the IPv6 route over every WAN and IPv6 UP."""
-    d = start_ecmpd(lab, config=config, cls=cls)
+def start_dual(lab: Lab, config: dict[str, Any], cls: type[Ecmpd] = Ecmpd,
+               routed: set[str] | None = None) -> Ecmpd:
+    """`start_ecmpd`, then also wait for the IPv6 route over `routed` (default every
+    WAN) and IPv6 UP."""
+    d = start_ecmpd(lab, config=config, cls=cls, routed=routed)
     try:
-        wait_routed(lab, {w.name for w in lab.spec.wans}, 15, 6)
+        wait_routed(lab, routed or {w.name for w in lab.spec.wans}, 15, 6)
         wait_until(lambda: all((w.get("ipv6") or {}).get("state") == "up"
                                for w in d.status()["wans"].values()), 15, "every WAN's IPv6 UP",
                    step=0.2)
@@ -119,6 +122,43 @@ class DualRun:
                 + f" | route out: {outs}")
 
 
+def hold_both(lab: Lab, count: int, into: dict[int, Any]) -> None:
+    """Start `count` long-lived flows of each version (a byte every 100 ms) into `into`
+    (family -> `HeldFlows`; the caller stops them) and wait until they are up."""
+    for family in FAMILIES:
+        into[family] = lab.hold_flows(count, byte_interval=0.1, server=server(lab, family),
+                                      sources=sources(lab, family),
+                                      echo_timeout=HELD_ECHO_TIMEOUT)
+    for family, h in into.items():
+        if (got := h.wait_established(timeout=30)) < count:
+            raise RuntimeError(f"only {got}/{count} long-lived IPv{family} flows came up")
+
+
+def flows_across(lab: Lab, act: Callable[[], object], interval: float = GAP,
+                 after: float = ECMPD_AFTER) -> tuple[float, dict[int, list[FlowResult]]]:
+    """New flows of both versions side by side, one every `interval` s each, from `PRE`
+    s before `act()` (a fault, a heal) to `after` s past it: (epoch of `act`, per version
+    the flows' results).  `PRE` counts from the later of the two tools' first flows (a
+    tool takes a while to come up on a busy machine)."""
+    count = math.ceil((PRE + after) / interval)
+    runs = {f: lab.start_flows(count, interval=interval, timeout=FLOW_TIMEOUT,
+                               server=server(lab, f), sources=sources(lab, f))
+            for f in FAMILIES}
+    planned = max(r.wait_started() for r in runs.values()) + PRE
+    time.sleep(max(0.0, planned - time.time()))  # the act's moment; measured below
+    t_act = time.time()
+    act()
+    return t_act, {f: r.result() for f, r in runs.items()}
+
+
+def new_flow_outage(results: list[FlowResult], t_fault: float) -> tuple[float, float]:
+    """(figure 1's outage of `results` across a fault at epoch `t_fault`, seconds of new
+    flows after it)."""
+    offset = fault_offset(results, t_fault)
+    return (stats.settled_outage(results, offset, SETTLE),
+            max(r.t for r in results) - offset)
+
+
 def dual_fault_run(lab: Lab, wan: str, mode: str, hold: int) -> DualRun:
     """New flows of both versions across one `mode` fault of `wan` (and first `hold`
     long-lived flows of each version); heal; with long-lived flows wait for both routes
@@ -126,23 +166,10 @@ def dual_fault_run(lab: Lab, wan: str, mode: str, hold: int) -> DualRun:
     held: dict[int, Any] = {}
     watches: dict[int, RouteWatch] = {}
     try:
-        for family in FAMILIES if hold else ():
-            held[family] = lab.hold_flows(hold, byte_interval=0.1, server=server(lab, family),
-                                          sources=sources(lab, family),
-                                          echo_timeout=HELD_ECHO_TIMEOUT)
-        for family, h in held.items():
-            if (got := h.wait_established(timeout=30)) < hold:
-                raise RuntimeError(f"only {got}/{hold} long-lived IPv{family} flows came up")
+        if hold:
+            hold_both(lab, hold, held)
         watches = {f: RouteWatch(lab, family=f) for f in FAMILIES}
-        count = math.ceil((PRE + ECMPD_AFTER) / GAP)
-        planned = time.time() + PRE
-        runs = {f: lab.start_flows(count, interval=GAP, timeout=FLOW_TIMEOUT,
-                                   server=server(lab, f), sources=sources(lab, f))
-                for f in FAMILIES}
-        time.sleep(max(0.0, planned - time.time()))  # the fault's moment; measured below
-        t_fault = time.time()
-        lab.fault(wan, mode)
-        results = {f: r.result() for f, r in runs.items()}
+        t_fault, results = flows_across(lab, lambda: lab.fault(wan, mode))
         route_out = {}
         for f, w in watches.items():
             gone = stats.first_removal(w.timeline(), wan, t_fault)
@@ -150,10 +177,9 @@ def dual_fault_run(lab: Lab, wan: str, mode: str, hold: int) -> DualRun:
         lab.heal(wan)
         out: dict[int, FaultRun] = {}
         for f, res in results.items():
-            offset = fault_offset(res, t_fault)
-            outage = stats.settled_outage(res, offset, SETTLE)
-            out[f] = FaultRun(f"ecmpd IPv{f}", mode, wan, outage,
-                              window=max(r.t for r in res) - offset, fault_wall=t_fault)
+            outage, window = new_flow_outage(res, t_fault)
+            out[f] = FaultRun(f"ecmpd IPv{f}", mode, wan, outage, window=window,
+                              fault_wall=t_fault)
         if held:
             whole(lab)
             time.sleep(OBSERVE)  # an observation window, not a wait for a state

@@ -11,7 +11,7 @@ from typing import Callable
 
 from lab import Lab, make_spec, random_prefix, seed_spec, sweep
 
-from bench import dynamic, underload
+from bench import dynamic, tiers, underload
 
 CLIENTS = 250
 """Extra client addresses in the 2- and 3-WAN labs (flows cycle over all of them)."""
@@ -51,6 +51,7 @@ LAB_SPECS: dict[str, Callable[[], object]] = {
     "9": lambda: make_spec(3, names=list(underload.NAMES)),
     "10": lambda: dynamic.SPEC,
     "11": lambda: make_spec(3, names=list(underload.NAMES), client_extra=CLIENTS),
+    "12": lambda: make_spec(3, names=list(tiers.NAMES), client_extra=CLIENTS),
 }
 
 

@@ -48,16 +48,17 @@ DAEMON_ERRORS: list[str] = []
 
 def start_ecmpd(lab: Lab, weights: dict[str, int] | None = None, targets: str = "gateway",
                 cls: type[Ecmpd] = Ecmpd, config: dict[str, Any] | None = None,
-                **top: Any) -> Ecmpd:
+                routed: set[str] | None = None, **top: Any) -> Ecmpd:
     """Start ecmpd (defaults unless told; `config` replaces `config_for`'s); return once
-    the kernel route has every WAN and every WAN is UP.  Status is polled gently (5/s) and
-    only after the route is whole, so the observer stays out of the daemon's way."""
+    the kernel route has `routed` (default: every WAN; a tiered config routes only its
+    first tier) and every WAN is UP.  Status is polled gently (5/s) and only after the
+    route is whole, so the observer stays out of the daemon's way."""
     if config is None:
         config = config_for(lab, weights=weights, targets=targets, **top)
     d = cls(lab, config)
     d.start()
     try:
-        wait_routed(lab, {w.name for w in lab.spec.wans}, 15)
+        wait_routed(lab, routed or {w.name for w in lab.spec.wans}, 15)
         wait_until(lambda: all(w["state"] == "up" for w in d.status()["wans"].values()),
                    15, "every WAN UP", step=0.2)
     except BaseException:

@@ -17,7 +17,10 @@ saturated lines with IPv4+IPv6 load, CPU dual-stack vs IPv4-only, an idle IPv6 n
 IPv4 load started and stopped, an IPv6-only outage on an IPv4-saturated line against the
 idle line; the baseline column is ecmpd's IPv4 in the same run; bench/ipv6.py and
 bench/ipv6load.py; 8 min with 3 repetitions, ``--quick --only 11`` 3.3 min; its table:
-bench/results-ipv6.md).
+bench/results-ipv6.md), 12 tiers (wlan1, wlan2 at tier 1, lte at tier 2: the takeover when
+tier 1 dies, the backup's share while tier 1 works, failback with keep and flush; the
+baseline column is an untiered ecmpd in the same run; bench/tiers.py; 5.5 min with 3
+repetitions; its table: bench/results-tiers.md).
 Row "log" reports the daemons' ERROR lines.
 The table is printed and written to bench/results.md with the command line and the date.
 Needs root; touches nothing outside the namespaces it creates (and deletes).
@@ -45,11 +48,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import figures, ipv6rows, routers, stats, underload  # noqa: E402
+from bench import figures, ipv6rows, routers, stats, tiersrows, underload  # noqa: E402
 from bench.plan import CLIENTS, FULL, QUICK, Bench, Plan  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results.md"
-FIGURES = (1, 2, 3, 4, 5, 6, 7, 9, 10, 11)
+FIGURES = (1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12)
 """Figure numbers (there is no figure 8)."""
 LOG_ROW = 100
 """The key of the row that reports the daemons' ERROR log lines (sorts last)."""
@@ -62,7 +65,7 @@ def parse_only(text: str | None) -> list[int]:
     out = sorted({int(x) for x in text.replace(",", " ").split()})
     bad = [x for x in out if x not in FIGURES]
     if bad:
-        raise ValueError(f"no figure {bad[0]} (figures are 1..7, 9, 10 and 11)")
+        raise ValueError(f"no figure {bad[0]} (figures are 1..7 and 9..12)")
     return out
 
 
@@ -90,6 +93,7 @@ def run_figures(bench: Bench, only: list[int]) -> dict[int, list[stats.Row]]:
         ((9,), lambda: {9: figures.fig9(bench)}),
         ((10,), lambda: {10: figures.fig10(bench)}),
         ((11,), lambda: {11: ipv6rows.fig11(bench)}),
+        ((12,), lambda: {12: tiersrows.figure12(bench)}),
     ]
     for numbers, step in steps:
         wanted = [n for n in numbers if n in only]
@@ -162,7 +166,8 @@ def report(command: str, plan: Plan, rows: dict[int, list[stats.Row]], details: 
         "stays out of the daemon's loop; status is read only to get stats.reaction_ms.\n\n"
         + (fig9_note(plan) if 9 in rows else "")
         + (fig10_note() if 10 in rows else "")
-        + (ipv6rows.note() if 11 in rows else "") +
+        + (ipv6rows.note() if 11 in rows else "")
+        + (tiersrows.note() if 12 in rows else "") +
         "## Details\n\n" + "\n".join(f"    {d}" for d in details) + "\n"
     )
 

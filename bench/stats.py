@@ -335,6 +335,15 @@ def first_removal(timeline: Sequence[tuple[float, frozenset[str]]], dev: str,
     return next((ts for ts, d in removals(timeline, after) if d == dev), None)
 
 
+def first_in(timeline: Sequence[tuple[float, frozenset[str]]], dev: str,
+             after: float) -> float | None:
+    """When `dev` was first in the route at or after `after` (`after` itself when it
+    already was; None: it was not)."""
+    if dev in devs_at(timeline, after):
+        return after
+    return next((ts for ts, devs in timeline if ts >= after and dev in devs), None)
+
+
 def last_rise(samples: Sequence[tuple[float, int]], until: float) -> float | None:
     """The last time (at or before `until`) a counter sampled as ``(time, value)`` rose:
     when a line last delivered a packet (None: it never rose in the samples)."""

@@ -149,10 +149,16 @@ class FlowRun:
         self.proc = proc
         self.deadline = deadline
         self.wan_of = wan_of
+        self._reader = LineReader(proc)
+
+    def wait_started(self, timeout: float = 15.0) -> float:
+        """Wait until the tool's schedule started (the process takes a while to come up
+        on a busy machine); the epoch of its first flow."""
+        return float(self._reader.wait_line("started ", timeout).split()[1])
 
     def result(self) -> list[FlowResult]:
         """Wait for the run to finish; its per-flow results (ordered by start)."""
-        out = LineReader(self.proc).rest(max(1.0, self.deadline - time.monotonic()))
+        out = self._reader.rest(max(1.0, self.deadline - time.monotonic()))
         if self.proc.returncode != 0:
             raise TrafficError(f"flows exited {self.proc.returncode}: {stderr_of(self.proc)}")
         return _with_wan(parse_flows(out), self.wan_of)

@@ -279,9 +279,11 @@ async def _one_flow(start: float, server: str, port: int, timeout: float, udp: b
 
 async def flows(server: str, port: int, count: int, interval: float, timeout: float,
                 udp: bool = False, bind: Sequence[str] = ()) -> list[dict[str, Any]]:
-    """Start `count` flows on a fixed schedule (one every `interval` s); their results."""
+    """Start `count` flows on a fixed schedule (one every `interval` s); their results.
+    Prints ``started EPOCH`` as the schedule starts (`driver.FlowRun.wait_started`)."""
     loop = asyncio.get_running_loop()
     start = loop.time()
+    print(f"started {time.time():.6f}", flush=True)
     tasks = []
     for i in range(count):
         delay = start + i * interval - loop.time()
