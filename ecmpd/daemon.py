@@ -20,7 +20,7 @@ from collections.abc import Coroutine, Iterable
 from dataclasses import replace
 from typing import Any
 
-from . import conntrack, learned, ownaddr, routing, status
+from . import conntrack, learned, nftrules, ownaddr, policyrules, routing, status
 from .config import ConfigError, load_config
 from .configmodel import FAMILIES, Config, Wan
 from .control_server import ControlServer
@@ -75,7 +75,7 @@ class Daemon:
         self._probers: dict[tuple[str, int], Prober] = {}
         """(WAN name, IP version) -> its prober: each version is probed on its own."""
         self._probing: dict[tuple[str, int], asyncio.Task[None]] = {}
-        self._counters: tuple[float, dict[tuple[int, int], int]] = (-1.0, {})
+        self._counters: tuple[float, dict[nftrules.CounterKey, int]] = (-1.0, {})
         """(loop time read, (IP version, WAN id) -> packets from beyond its gateway):
         see `traffic`."""
         self._limited = RateLimitedLog(log)
@@ -153,18 +153,29 @@ class Daemon:
         (ecmpd's nft counter).
 
         One read serves every prober for 10 ms: their rounds start on one grid, so a
-        round of all WANs costs one libnftables call.  None when it cannot be read.
+        round of all WANs costs one read of the WANs' counters (not the policies').
+        None when it cannot be read.
         """
         now = asyncio.get_running_loop().time()
         at, counts = self._counters
         if now - at > 0.01:
             try:
-                counts = self.firewall.read_counters()
+                counts = self.firewall.read_counters(policies=False)
             except Exception as exc:
                 log.debug("cannot read nft counters: %s", exc)
                 counts = {}
             self._counters = (now, counts)
         return counts.get((family, wan.id))
+
+    def policy_packets(self) -> dict[int, int]:
+        """Policy position -> packets its nft counter saw ({} when they cannot be read)."""
+        try:
+            counts = self.firewall.read_counters()
+        except Exception as exc:
+            log.debug("cannot read nft counters: %s", exc)
+            return {}
+        return {position: n for (kind, position), n in counts.items()
+                if kind == policyrules.COUNTER_KEY}
 
     def _traffic_of(self, name: str, family: int) -> int | None:
         wan = next((w for w in self.cfg.wans if w.name == name), None)
@@ -315,11 +326,13 @@ class Daemon:
             stats = status.Stats(r.passes, r.changes, self.firewall.applies,
                                  self.watcher.events, tuple(r.reactions), r.flushes,
                                  self.watcher.resyncs)
+        policy_packets = self.policy_packets() if cfg.policies else {}
         return status.Snapshot(st, main_route(actual[4].routes, st.cfg), actual[4].foreign_main,
                                tuple(routing.stray_warnings(actual[4], st.cfg)), counts, probes,
                                stats, os.getpid(), self.config_path, time.time() - self.started,
                                main6=main_route(actual[6].routes, st.cfg, 6),
-                               foreign_main6=actual[6].foreign_main)
+                               foreign_main6=actual[6].foreign_main,
+                               policy_packets=policy_packets)
 
     # ---- life ----------------------------------------------------------------------
     async def run(self) -> int:

@@ -5,7 +5,11 @@ The table is replaced whole in one transaction (see `nftrules.replace_commands`)
 packets never see a half-built ruleset.  A digest of the rendered table is kept in a
 rule comment: a restarted daemon that finds its own table intact adopts it without
 touching it.  After each apply the kernel's listing is remembered; a later check that
-finds a different listing (someone deleted or edited the table) applies it again.
+finds a different listing (someone deleted or edited the table) applies it again.  A
+check lists the table only when the ruleset's generation moved since the last one (any
+nft transaction on the host moves it): a listing costs tens of milliseconds with many
+policies, the generation a few microseconds.  The counters are read the same cheap way
+(`ecmpd.nftnetlink`), not through libnftables.
 Counter values are not part of that comparison (see `nftrules.normalize_listing`), so
 traffic never causes a rewrite; a rewrite does restart the counters at zero.  A
 ``table ip`` of the same name (an older ecmpd's, IPv4 only) is never adopted: while it
@@ -21,6 +25,7 @@ import nftables
 
 from . import nftrules
 from .configmodel import Config
+from .nftnetlink import NftNetlink
 
 log = logging.getLogger("ecmpd")
 
@@ -30,12 +35,12 @@ class NftError(RuntimeError):
 
 
 def _shape(objs: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """(kind, name or chain, comment) of every counter, chain and rule, sorted: a deleted
-    or added one shows."""
+    """(kind, name or chain, comment) of every counter, map, chain and rule, sorted: a
+    deleted or added one shows."""
     out: list[tuple[str, str, str]] = []
     for obj in objs:
         (kind, body), = obj.items()
-        if kind in ("chain", "counter"):
+        if kind in ("chain", "counter", "map"):
             out.append((kind, str(body["name"]), ""))
         elif kind == "rule":
             out.append((kind, str(body["chain"]), str(body.get("comment", ""))))
@@ -57,6 +62,9 @@ class Firewall:
         """WAN name → IPv6 gateway (no scope) the IPv6 counters leave out; None: the
         config's."""
         self._baseline: list[dict[str, Any]] | None = None
+        self._checked: int | None = None
+        """The ruleset's generation when the listing last matched `_baseline`."""
+        self._netlink: NftNetlink | None = None
         self._retired: set[str] = set()
         """Tables of earlier names, removed once the current one is in place."""
         self.applies = 0
@@ -91,7 +99,25 @@ class Firewall:
             self._retired.discard(name)
         return written
 
+    def _nl(self) -> NftNetlink:
+        if self._netlink is None:
+            self._netlink = NftNetlink()
+        return self._netlink
+
+    def _generation(self) -> int | None:
+        """The ruleset's generation (None: cannot tell; then the table is listed)."""
+        try:
+            return self._nl().generation()
+        except OSError as exc:
+            log.debug("cannot read the nft generation: %s", exc)
+            return None
+
     def _ensure(self) -> bool:
+        generation = self._generation()
+        if self._baseline is not None and generation is not None \
+                and generation == self._checked:
+            return False                # nothing in any table changed since it matched
+        self._checked = None
         families = self._families()
         listing = (self.listing() if families is None or nftrules.FAMILY in families
                    else None)
@@ -106,8 +132,10 @@ class Firewall:
                     and _shape(current) == _shape(nftrules.render_table(
                         self.cfg, self.gateways, self.gateways6))):
                 self._baseline = current      # adopt the intact table a previous ecmpd left
+                self._checked = generation
                 return False
             if current == self._baseline:
+                self._checked = generation
                 return False
             if self._baseline is not None:       # not our own new config or gateways
                 log.info("nft table %s differs from ecmpd's: rewriting it", self.cfg.nft_table)
@@ -116,6 +144,7 @@ class Firewall:
 
     def apply(self) -> None:
         """Replace the table atomically and remember what the kernel then shows."""
+        self._checked = None
         self._cmd(nftrules.replace_commands(self.cfg, self.gateways, self.gateways6))
         self.applies += 1
         listing = self.listing()
@@ -140,15 +169,20 @@ class Firewall:
         if self._digest() != before:
             self._baseline = None
 
-    def read_counters(self) -> dict[tuple[int, int], int]:
+    def read_counters(self, policies: bool = True) -> dict[nftrules.CounterKey, int]:
         """(family, WAN id) → packets of that IP version (4 or 6) that arrived on the WAN
         from a source other than its gateway of that family (IPv6: nor link-local; see
-        `nftrules`).  Every WAN has both keys.  One libnftables call; {} when the table
-        does not exist.  The counts restart at zero whenever the table is rewritten."""
-        rc, out, _err = self._nft.json_cmd(nftrules.counters_command(self.cfg.nft_table))
-        if rc != 0 or not isinstance(out, dict):
-            return {}
-        return nftrules.parse_counters(out, self.cfg.nft_table)
+        `nftrules`).  Every WAN has both keys.  With `policies`, also (``"policy"``,
+        position) → the connections policy `position` steered (their first packets; see
+        `ecmpd.policyrules`), one key per policy: a dump of all the table's counters,
+        where the WANs' alone are one request each (what a prober reads every round).
+        {} when the table does not exist.  The counts restart at zero whenever the table
+        is rewritten."""
+        names = None if policies else [nftrules.counter_name(f, w.id)
+                                       for w in self.cfg.wans for f in (4, 6)]
+        found = self._nl().counters(self.cfg.nft_table, names)
+        return {key: n for name, n in found.items()
+                if (key := nftrules.counter_key(name)) is not None}
 
     def remove(self) -> None:
         """Delete ecmpd's table, and any of an earlier name, of both families (an older
@@ -157,3 +191,4 @@ class Firewall:
             self._cmd(nftrules.delete_commands(name))
         self._retired.clear()
         self._baseline = None
+        self._checked = None

@@ -14,13 +14,15 @@ both IP versions in one table (one transaction changes both):
   that arrives on WAN X and has no ecmpd mark yet gets ct mark X (inbound connections
   to the router, or DNAT'ed to a LAN host); then every packet of a marked connection
   gets its ct mark copied into the packet mark, so the fwmark rule sends it to WAN X's
-  routing table.
+  routing table.  Last, a new connection not from a WAN jumps to the policies
+  (`ecmpd.policyrules`: named verdict maps, a counter and chain ``pol_<position>`` per
+  policy), whose first match marks the first packet for its WAN set's routing table.
 * ``output`` (route, mangle priority): the same restore for the router's own packets;
   a route-type chain re-runs the route lookup when the mark changes (the seed's
   ``mark-routing``).
 * ``postrouting`` (filter, mangle priority): a not-yet-marked connection leaving by WAN
   X gets ct mark X — this is where a LAN connection is pinned to the WAN the multipath
-  route picked for its first packet.
+  route (or its policy's routing table) picked for its first packet.
 * ``nat`` (nat, srcnat priority): masquerade per WAN out-interface, both families
   (NAT66 for IPv6: the LAN may use a ULA or a delegated prefix alike), one rule per WAN;
   a WAN with `nat: none` for an IP version it carries masquerades only the other one
@@ -40,14 +42,16 @@ the host never keeps both.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from ipaddress import IPv6Address, ip_address
 from typing import Any
 
+from . import policyrules
 from .configmodel import Config
+from .nftexpr import Json, ct_mark, match, meta, payload, set_under_mask, under_mask
 
-FULL = 0xFFFFFFFF
 DIGEST_PREFIX = "ecmpd:"
 FAMILY = "inet"
 """The nftables family of ecmpd's table (both IP versions)."""
@@ -63,33 +67,7 @@ ND_TYPES = ("nd-router-solicit", "nd-router-advert", "nd-neighbor-solicit",
 LINK_LOCAL6 = ("fe80::", 10)
 _COUNTS = ("packets", "bytes")
 
-Json = dict[str, Any]
 Rule = tuple[str, list[Json], str | None]
-
-
-def _ct_mark() -> Json:
-    return {"ct": {"key": "mark"}}
-
-
-def _meta(key: str) -> Json:
-    return {"meta": {"key": key}}
-
-
-def _match(left: Json, right: Any, op: str = "==") -> Json:
-    return {"match": {"op": op, "left": left, "right": right}}
-
-
-def _payload(protocol: str, field: str) -> Json:
-    return {"payload": {"protocol": protocol, "field": field}}
-
-
-def _set_under_mask(key: Json, mask: int, value: int) -> Json:
-    """`<key> set <key> & ~mask | value`."""
-    return {"mangle": {"key": key, "value": {"|": [{"&": [key, FULL & ~mask]}, value]}}}
-
-
-def _ours(mask: int) -> Json:
-    return {"&": [_ct_mark(), mask]}
 
 
 def gateways_of(cfg: Config) -> dict[str, str]:
@@ -136,20 +114,20 @@ def _count_rules(wan_id: int, gw4: str | None, gw6: str | None) -> list[Rule]:
     # go to a gateway address it no longer has) proves nothing beyond it; neither does
     # IPv6 neighbour/router discovery, nor anything from a link-local address
     rules: list[Rule] = [
-        (chain, [_match(_payload("icmp", "type"), "redirect"), {"return": None}], None),
-        (chain, [_match(_payload("icmpv6", "type"), {"set": list(ND_TYPES)}),
+        (chain, [match(payload("icmp", "type"), "redirect"), {"return": None}], None),
+        (chain, [match(payload("icmpv6", "type"), {"set": list(ND_TYPES)}),
                  {"return": None}], None),
-        (chain, [_match(_payload("ip6", "saddr"),
+        (chain, [match(payload("ip6", "saddr"),
                         {"prefix": {"addr": LINK_LOCAL6[0], "len": LINK_LOCAL6[1]}}),
                  {"return": None}], None),
     ]
     # unicast to the router only: broadcasts and multicast from neighbours on the
     # WAN's segment prove nothing about the path beyond the gateway
-    unicast = _match(_meta("pkttype"), "host")
+    unicast = match(meta("pkttype"), "host")
     for proto, nfproto, gw, counter in (("ip", "ipv4", gw4, _rx(wan_id)),
                                         ("ip6", "ipv6", gw6, _rx6(wan_id))):
-        which = (_match(_payload(proto, "saddr"), gw, "!=") if gw
-                 else _match(_meta("nfproto"), nfproto))
+        which = (match(payload(proto, "saddr"), gw, "!=") if gw
+                 else match(meta("nfproto"), nfproto))
         rules.append((chain, [which, unicast, {"counter": counter}], None))
     return rules
 
@@ -171,27 +149,28 @@ def render_rules(cfg: Config, gateways: dict[str, str] | None = None,
         rules += _count_rules(wan.id, gws.get(wan.name), _excluded6(gws6.get(wan.name)))
     for wan in cfg.wans:
         mark = cfg.mark_of(wan)
-        rules.append((f"restore_{wan.id}", [_set_under_mask(_meta("mark"), mask, mark)], None))
-        rules.append((f"pin_{wan.id}", [_set_under_mask(_ct_mark(), mask, mark)], None))
+        rules.append((f"restore_{wan.id}", [set_under_mask(meta("mark"), mask, mark)], None))
+        rules.append((f"pin_{wan.id}", [set_under_mask(ct_mark(), mask, mark)], None))
 
     def by_name(key: str, wan_ifaces: dict[str, int]) -> list[Json]:
         return [
-            {"match": {"op": "==", "left": _ours(mask), "right": 0}},
-            {"vmap": {"key": _meta(key), "data": {"set": [
+            {"match": {"op": "==", "left": under_mask(ct_mark(), mask), "right": 0}},
+            {"vmap": {"key": meta(key), "data": {"set": [
                 [iface, {"jump": {"target": f"pin_{wid}"}}] for iface, wid in wan_ifaces.items()
             ]}}},
         ]
 
     ifaces = {w.interface: w.id for w in cfg.wans}
-    restore = [{"vmap": {"key": _ours(mask), "data": {"set": [
+    restore = [{"vmap": {"key": under_mask(ct_mark(), mask), "data": {"set": [
         [cfg.mark_of(w), {"jump": {"target": f"restore_{w.id}"}}] for w in cfg.wans
     ]}}}]
     # first in prerouting: counted before any other verdict; one lookup per packet
-    rules.append(("prerouting", [{"vmap": {"key": _meta("iifname"), "data": {"set": [
+    rules.append(("prerouting", [{"vmap": {"key": meta("iifname"), "data": {"set": [
         [w.interface, {"jump": {"target": _rx(w.id)}}] for w in cfg.wans]}}}],
         "count arrivals per WAN"))
     rules.append(("prerouting", by_name("iifname", ifaces), "pin inbound connections"))
     rules.append(("prerouting", restore, "restore the connection's WAN mark"))
+    rules += policyrules.render_rules(cfg)
     rules.append(("output", restore, "restore the connection's WAN mark"))
     rules.append(("postrouting", by_name("oifname", ifaces), "pin new connections"))
     for wan in cfg.wans:
@@ -200,9 +179,9 @@ def render_rules(cfg: Config, gateways: dict[str, str] | None = None,
             continue
         # one rule for every version when the WAN masquerades all it carries
         only = ([] if len(masqueraded) == len(wan.families) else
-                [_match(_meta("nfproto"), f"ipv{masqueraded[0]}")])
+                [match(meta("nfproto"), f"ipv{masqueraded[0]}")])
         rules.append(("nat", [
-            {"match": {"op": "==", "left": _meta("oifname"), "right": wan.interface}},
+            {"match": {"op": "==", "left": meta("oifname"), "right": wan.interface}},
             *only, {"masquerade": None},
         ], f"masquerade {wan.name}"))
     return rules
@@ -225,30 +204,58 @@ def render_chains(cfg: Config) -> list[Json]:
         for kind in ("restore", "pin"):
             chains.append({"family": FAMILY, "table": cfg.nft_table, "name": f"{kind}_{wan.id}"})
         chains.append({"family": FAMILY, "table": cfg.nft_table, "name": _rx(wan.id)})
-    return chains
+    return chains + policyrules.render_chains(cfg)
 
 
 def render_counters(cfg: Config) -> list[Json]:
-    """The named counter objects: ``rx_<id>`` (IPv4) and ``rx6_<id>`` (IPv6) per WAN."""
+    """The named counter objects: ``rx_<id>`` (IPv4) and ``rx6_<id>`` (IPv6) per WAN,
+    then ``pol_<position>`` per policy."""
     return [{"family": FAMILY, "table": cfg.nft_table, "name": counter_name(f, w.id)}
-            for w in cfg.wans for f in (4, 6)]
+            for w in cfg.wans for f in (4, 6)] + policyrules.render_counters(cfg)
+
+
+def render_maps(cfg: Config) -> list[Json]:
+    """The named verdict maps: the policies' (`ecmpd.policyrules`), none without any."""
+    return policyrules.render_maps(cfg)
 
 
 def digest(cfg: Config, gateways: dict[str, str] | None = None,
            gateways6: dict[str, str] | None = None) -> str:
-    """A short digest of the rendered table, stored in a rule comment to recognise it."""
-    blob = json.dumps([FAMILY, render_counters(cfg), render_chains(cfg),
-                       render_rules(cfg, gateways, gateways6)], sort_keys=True)
+    """A short digest of the rendered table, stored in a rule comment to recognise it.
+
+    Remembered for the last few (config, gateways): the firewall asks for it on every
+    reconfigure and apply, and with many policies a rendering costs a good fraction of
+    a second."""
+    return _digest(cfg, _frozen(gateways), _frozen(gateways6))
+
+
+Frozen = tuple[tuple[str, str], ...] | None
+
+
+def _frozen(gateways: dict[str, str] | None) -> Frozen:
+    return None if gateways is None else tuple(sorted(gateways.items()))
+
+
+@functools.lru_cache(maxsize=8)
+def _digest(cfg: Config, gateways: Frozen, gateways6: Frozen) -> str:
+    parts = [FAMILY, render_counters(cfg), render_chains(cfg),
+             render_rules(cfg, None if gateways is None else dict(gateways),
+                          None if gateways6 is None else dict(gateways6))]
+    if maps := render_maps(cfg):        # without policies: the digest of before them
+        parts.append(maps)
+    blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def render_table(cfg: Config, gateways: dict[str, str] | None = None,
                  gateways6: dict[str, str] | None = None) -> list[Json]:
-    """The table's objects (table, counters, chains, rules) without any command wrapper."""
+    """The table's objects (table, counters, chains, maps, rules) without any command
+    wrapper: a map's elements name chains, and rules name maps."""
     table = cfg.nft_table
     objs: list[Json] = [{"table": {"family": FAMILY, "name": table}}]
     objs += [{"counter": c} for c in render_counters(cfg)]
     objs += [{"chain": c} for c in render_chains(cfg)]
+    objs += [{"map": m} for m in render_maps(cfg)]
     mark_comment = DIGEST_PREFIX + digest(cfg, gateways, gateways6)
     first = True
     for chain, expr, comment in render_rules(cfg, gateways, gateways6):
@@ -340,21 +347,35 @@ def counters_command(table: str) -> Json:
     return {"nftables": [{"list": {"counters": {"family": FAMILY, "table": table}}}]}
 
 
-def parse_counters(answer: Json, table: str) -> dict[tuple[int, int], int]:
+CounterKey = tuple[int | str, int]
+"""(4 or 6, WAN id) for a WAN's arrival counter of that IP version; (``"policy"``,
+position) for a policy's counter."""
+
+
+def counter_key(name: str) -> CounterKey | None:
+    """The key of ecmpd's named counter `name`: ``rx_<id>`` is (4, id), ``rx6_<id>`` (6,
+    id), ``pol_<position>`` (``"policy"``, position); None for any other name."""
+    for key, prefix in ((6, RX6_PREFIX), (4, RX_PREFIX),
+                        (policyrules.COUNTER_KEY, policyrules.PREFIX)):
+        number = name[len(prefix):]
+        if name.startswith(prefix) and number.isdigit():
+            return key, int(number)
+    return None
+
+
+def parse_counters(answer: Json, table: str) -> dict[CounterKey, int]:
     """(family, WAN id) → packets, from a `counters_command` answer: family 4 is the
-    ``rx_<id>`` counter (IPv4 arrivals), 6 the ``rx6_<id>`` one (IPv6 arrivals).  Only
-    the counters of ``table inet <table>`` count."""
-    out: dict[tuple[int, int], int] = {}
+    ``rx_<id>`` counter (IPv4 arrivals), 6 the ``rx6_<id>`` one (IPv6 arrivals); and
+    (``"policy"``, position) → the packets policy `position` marked (``pol_<position>``:
+    the first packet of each connection it steered).  Only the counters of ``table inet
+    <table>`` count."""
+    out: dict[CounterKey, int] = {}
     for item in answer.get("nftables", []):
         c = item.get("counter")
         if not isinstance(c, dict) or c.get("table") != table or c.get("family") != FAMILY:
             continue
-        name = str(c.get("name", ""))
-        for family, prefix in ((6, RX6_PREFIX), (4, RX_PREFIX)):
-            wid = name[len(prefix):]
-            if name.startswith(prefix) and wid.isdigit():
-                out[(family, int(wid))] = int(c.get("packets", 0))
-                break
+        if (key := counter_key(str(c.get("name", "")))) is not None:
+            out[key] = int(c.get("packets", 0))
     return out
 
 

@@ -225,7 +225,7 @@ def test_counter_values_do_not_make_a_listing_differ():
     assert norm[3]["rule"]["expr"][0] == {"counter": {}}
 
 
-def test_parse_counters_by_family_and_wan():
+def test_parse_counters_by_family_and_wan_and_policy():
     answer = {"nftables": [
         {"metainfo": {"version": "1.0.6", "json_schema_version": 1}},
         {"counter": {"family": "inet", "name": "rx_1", "table": "ecmpd", "handle": 1,
@@ -240,9 +240,13 @@ def test_parse_counters_by_family_and_wan():
         {"counter": {"family": "inet", "name": "rx6_", "table": "ecmpd", "packets": 5}},
         {"counter": {"family": "inet", "name": "rx_2", "table": "elsewhere", "packets": 5}},
         {"counter": {"family": "ip", "name": "rx_3", "table": "ecmpd", "packets": 5}},
+        # policies' counters: the connections each steered
+        {"counter": {"family": "inet", "name": "pol_1", "table": "ecmpd", "packets": 4}},
+        {"counter": {"family": "inet", "name": "pol_12", "table": "ecmpd", "packets": 0}},
+        {"counter": {"family": "inet", "name": "pol_x", "table": "ecmpd", "packets": 5}},
     ]}
     assert nftrules.parse_counters(answer, "ecmpd") == {
-        (4, 1): 17, (6, 1): 4, (4, 200): 0, (6, 200): 9}
+        (4, 1): 17, (6, 1): 4, (4, 200): 0, (6, 200): 9, ("policy", 1): 4, ("policy", 12): 0}
     assert nftrules.parse_counters({}, "ecmpd") == {}
     assert nftrules.counters_command("t") == {
         "nftables": [{"list": {"counters": {"family": "inet", "table": "t"}}}]}
