@@ -64,7 +64,7 @@ def load(args: argparse.Namespace) -> Config | None:
 async def dry_run(cfg: Config) -> None:
     """Print the plan for the current network namespace (see `plan`).  Only reads:
     netlink dumps and the disabled WANs' file; needs no root."""
-    from . import nftrules, routing
+    from . import nftrules, policyrules, routing
     from .disabled import DisabledStore
     from .kernel import Kernel
     from .decision import main_route
@@ -88,6 +88,8 @@ async def dry_run(cfg: Config) -> None:
     for line in plan(cfg, links, addrs, defaults, local, disabled,
                      main_route(actual[4].routes, cfg), addrs6, defaults6,
                      main_route(actual[6].routes, cfg, 6)):
+        print(line)
+    for line in policyrules.describe(cfg):
         print(line)
     print(f"# nft table inet {cfg.nft_table} (one atomic transaction):")
     print(json.dumps(nftrules.replace_commands(cfg), indent=1))

@@ -54,8 +54,8 @@ from dataclasses import dataclass
 from ipaddress import ip_network
 from typing import Any, Iterable, Iterator, NamedTuple
 
-from .configmodel import PORT_PROTOCOLS, Config, Policy, family_of
-from .nftexpr import Json, ct_mark, match, meta, payload, set_under_mask, under_mask
+from .configmodel import PORT_PROTOCOLS, PROTOCOLS, Config, Policy, family_of
+from .nftexpr import FULL, Json, ct_mark, match, meta, payload, set_under_mask, under_mask
 
 FAMILY = "inet"
 CHAIN = "policies"
@@ -459,3 +459,59 @@ def render_rules(cfg: Config) -> list[Rule]:
             set_under_mask(meta("mark"), mask, cfg.route_mark(p.route)),
         ], _comment(p.name) or None))
     return rules
+
+
+# ---- nft syntax for --dry-run ---------------------------------------------------------
+_TEXT_KEYS = {"src": "saddr", "dst": "daddr", "sport": "th sport", "dport": "th dport",
+              "proto": "meta l4proto", "iif": "iifname"}
+
+
+def _text_key(shape: Shape, dim: str) -> str:
+    if dim in ("src", "dst"):
+        return f"{'ip6' if shape.family == 6 else 'ip'} {_TEXT_KEYS[dim]}"
+    return _TEXT_KEYS[dim]
+
+
+def _text_value(dim: str, value: Any) -> str:
+    if isinstance(value, tuple) and value[0] == "prefix":
+        return f"{value[1]}/{value[2]}"
+    if isinstance(value, tuple) and value[0] == "range":
+        return f"{value[1]}-{value[2]}"
+    if dim == "proto":
+        return {n: k for k, n in PROTOCOLS.items()}.get(value, str(value))
+    return f'"{value}"' if dim == "iif" else str(value)
+
+
+def describe(cfg: Config) -> list[str]:
+    """The policies' part of ecmpd's table in nft syntax (what `render_maps`,
+    `render_chains` and `render_rules` hold as JSON), for ``--dry-run``."""
+    if not cfg.policies:
+        return []
+    mask = cfg.mark_mask
+    wans = ", ".join(f'"{w.interface}"' for w in cfg.wans)
+    out = [f"# policies in nft syntax (table inet {cfg.nft_table}; first match wins):",
+           f"#   prerouting: ct state new ct mark & {mask:#010x} == 0 meta mark & {mask:#010x}"
+           f" == 0 iifname != {{ {wans} }} jump {CHAIN}",
+           f"#   chain {CHAIN} {{"]
+    groups = plan(cfg.policies)
+    for n, (shape, elems) in enumerate(groups, 1):
+        if shape.dims:
+            key = " . ".join(_text_key(shape, d) for d in shape.dims)
+            out.append(f"#     {key} vmap @{map_name(n)}  # {_positions(elems)}")
+        else:
+            out.append(f"#     goto {counter_name(elems[0].position)}  # {_positions(elems)}")
+    out.append("#   }")
+    for n, (shape, elems) in enumerate(groups, 1):
+        if not shape.dims:
+            continue
+        types = " . ".join(_type(shape, d) for d in shape.dims)
+        flags = "; flags interval" if shape.interval() else ""
+        out.append(f"#   map {map_name(n)} {{ type {types} : verdict{flags}; elements = {{")
+        out += [f"#     {' . '.join(_text_value(d, v) for d, v in zip(shape.dims, e.values))}"
+                f" : goto {counter_name(e.position)}," for e in elems]
+        out.append("#   } }")
+    for p in cfg.policies:
+        out.append(f"#   chain {counter_name(p.position)} {{ counter name "
+                   f"{counter_name(p.position)}; meta mark set meta mark & "
+                   f"{FULL & ~mask:#010x} | {cfg.route_mark(p.route):#010x} }}  # {p.label}")
+    return out

@@ -331,3 +331,18 @@ def test_rules_grow_with_the_shape_changes_not_the_policies():
                            {"dst": (f"2001:db8:{i:x}::/48",)}))
                   for i in range(1, 1001))
     assert [len(elems) for _, elems in policyrules.plan(mixed)] == [500, 400, 100]
+
+
+def test_dry_run_shows_the_policies_in_nft_syntax():
+    c = cfg(pol(1, 255, name="voip", dst=("198.51.100.0/24",), proto=(17,),
+                dport=((5060, 5060), (10000, 20000))),
+            pol(2, 254, src=("2001:db8:5::/48",), iif=("lan0",)))
+    text = "\n".join(policyrules.describe(c))
+    assert "ip daddr . meta l4proto . th dport vmap @polmap_1  # policy 1" in text
+    assert "198.51.100.0/24 . udp . 5060 : goto pol_1," in text
+    assert "198.51.100.0/24 . udp . 10000-20000 : goto pol_1," in text
+    assert "ip6 saddr . iifname vmap @polmap_2" in text
+    assert '2001:db8:5::/48 . "lan0" : goto pol_2,' in text
+    assert "type ipv4_addr . inet_proto . inet_service : verdict; flags interval" in text
+    assert f"| {c.route_mark(255):#010x} }}  # voip" in text
+    assert policyrules.describe(cfg()) == []
