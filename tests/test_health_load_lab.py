@@ -74,13 +74,20 @@ def test_saturated_lines_stay_in_the_route_and_no_transfer_breaks(lines3):
         d.stop()
 
 
+def fault_when_saturated(lab, d: Ecmpd, wan: str, seconds: int, family: int | None = None):
+    """IPv4 load on `wan` until its line queues (srtt >= 0.3 s), then its ISP dead (of
+    `family` only, if given): the load and the fault's moment (monotonic)."""
+    load = lab.load(wans=[wan], seconds=seconds, streams_per_wan=1)
+    wait_srtt(d, [wan], 0.3)
+    t0 = time.monotonic()
+    lab.fault(wan, "dead", family=family)
+    return load, t0
+
+
 def test_a_dead_isp_leaves_fast_while_its_line_is_saturated(lines3):
     d = start(lines3, config_for(lines3, targets="both", ipv6=True))
     try:
-        load = lines3.load(wans=["north"], seconds=40, streams_per_wan=1)
-        wait_srtt(d, ["north"], 0.3)
-        t0 = time.monotonic()
-        lines3.fault("north", "dead")
+        load, t0 = fault_when_saturated(lines3, d, "north", 40)
         st = d.wait_states({"north": "down"}, timeout=10)
         took = time.monotonic() - t0
         # 1 s of buffer drains first (dead and slow look alike until then); bench: ~1.2 s
@@ -103,10 +110,7 @@ def test_an_ipv6_outage_leaves_while_ipv4_saturates_the_line(lines3):
     # IPv6 leaves; IPv4, saturated, stays in and its transfers go on
     d = start(lines3, config_for(lines3, targets="both", ipv6=True))
     try:
-        load = lines3.load(wans=["north"], seconds=30, streams_per_wan=1)
-        wait_srtt(d, ["north"], 0.3)
-        t0 = time.monotonic()
-        lines3.fault("north", "dead", family=6)
+        load, t0 = fault_when_saturated(lines3, d, "north", 30, family=6)
         d.wait_states({"north": "down"}, timeout=10, family=6)
         took6 = time.monotonic() - t0
         # ~1 s of queue first, then interval + timeout of overtaking, then the fast
