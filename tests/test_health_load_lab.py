@@ -110,7 +110,7 @@ def test_an_ipv6_outage_leaves_while_ipv4_saturates_the_line(lines3):
     # IPv6 leaves; IPv4, saturated, stays in and its transfers go on
     d = start(lines3, config_for(lines3, targets="both", ipv6=True))
     try:
-        load, t0 = fault_when_saturated(lines3, d, "north", 30, family=6)
+        load, t0 = fault_when_saturated(lines3, d, "north", 12, family=6)
         d.wait_states({"north": "down"}, timeout=10, family=6)
         took6 = time.monotonic() - t0
         # ~1 s of queue first, then interval + timeout of overtaking, then the fast

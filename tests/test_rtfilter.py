@@ -192,7 +192,7 @@ COUNTER = textwrap.dedent("""
         rtfilter.attach(s, rtfilter.route_event_program([range(1001, 1256)]))
     elif mode == "prefix":
         rtfilter.attach(s)
-    s.settimeout(3.0)
+    s.settimeout(120.0)     # the first message may come only at the batch's end
     print("ready", flush=True)
     seen, lost, start = [], 0, None
     while True:
@@ -204,6 +204,7 @@ COUNTER = textwrap.dedent("""
             lost += 1                                     # ENOBUFS
             continue
         start = start or time.monotonic()
+        s.settimeout(3.0)       # then: done once the messages stop
         off = 0
         while off + 16 <= len(data):
             ln, kind = int.from_bytes(data[off:off+4], sys.byteorder), \\
