@@ -36,12 +36,16 @@ class Plan:
     """Figure 9: seconds of each ICMP flood."""
     ramps: int = 3
     """Figure 11: IPv4-only load ramps next to the idle IPv6 (bench/ipv6load.py)."""
+    fwcost_rounds: int = 5
+    """Figure 13: rounds of idle + every router (bench/fwcost.py)."""
+    fwcost_seconds: float = 5.0
+    """Figure 13: seconds of each window."""
 
 
 FULL = Plan()
 QUICK = Plan(reps=1, hold=150, tp_rounds=3, tp_seconds=1.0, cpu_seconds=15.0, events=10,
              status_cli=5, status_requests=20, soak_seconds=15.0, flood_seconds=5.0,
-             ramps=2)
+             ramps=2, fwcost_rounds=2, fwcost_seconds=4.0)
 
 LAB_SPECS: dict[str, Callable[[], object]] = {
     "2": lambda: replace(seed_spec(), client_extra=CLIENTS),

@@ -20,7 +20,10 @@ bench/ipv6load.py; 8 min with 3 repetitions, ``--quick --only 11`` 3.3 min; its 
 bench/results-ipv6.md), 12 tiers (wlan1, wlan2 at tier 1, lte at tier 2: the takeover when
 tier 1 dies, the backup's share while tier 1 works, failback with keep and flush; the
 baseline column is an untiered ecmpd in the same run; bench/tiers.py; 5.5 min with 3
-repetitions; its table: bench/results-tiers.md).
+repetitions; its table: bench/results-tiers.md), 13 forwarding cost (kernel CPU per
+forwarded packet at 20 000 pps over many flows, interleaved: a bare kernel router, the
+seed's recipe, ecmpd with 0 and 3 sets of 1 000 policies; bench/fwcost.py; 7 min with 5
+rounds; its table: bench/results-fwcost.md).
 Row "log" reports the daemons' ERROR lines.
 The table is printed and written to bench/results.md with the command line and the date.
 Needs root; touches nothing outside the namespaces it creates (and deletes).
@@ -48,11 +51,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import figures, ipv6rows, routers, stats, tiersrows, underload  # noqa: E402
+from bench import figures, fwcostrows, ipv6rows, routers, stats, tiersrows  # noqa: E402
+from bench import underload  # noqa: E402
 from bench.plan import CLIENTS, FULL, QUICK, Bench, Plan  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results.md"
-FIGURES = (1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12)
+FIGURES = (1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13)
 """Figure numbers (there is no figure 8)."""
 LOG_ROW = 100
 """The key of the row that reports the daemons' ERROR log lines (sorts last)."""
@@ -65,7 +69,7 @@ def parse_only(text: str | None) -> list[int]:
     out = sorted({int(x) for x in text.replace(",", " ").split()})
     bad = [x for x in out if x not in FIGURES]
     if bad:
-        raise ValueError(f"no figure {bad[0]} (figures are 1..7 and 9..12)")
+        raise ValueError(f"no figure {bad[0]} (figures are 1..7 and 9..13)")
     return out
 
 
@@ -94,6 +98,7 @@ def run_figures(bench: Bench, only: list[int]) -> dict[int, list[stats.Row]]:
         ((10,), lambda: {10: figures.fig10(bench)}),
         ((11,), lambda: {11: ipv6rows.fig11(bench)}),
         ((12,), lambda: {12: tiersrows.figure12(bench)}),
+        ((13,), lambda: {13: fwcostrows.figure13(bench)}),
     ]
     for numbers, step in steps:
         wanted = [n for n in numbers if n in only]
@@ -167,7 +172,8 @@ def report(command: str, plan: Plan, rows: dict[int, list[stats.Row]], details: 
         + (fig9_note(plan) if 9 in rows else "")
         + (fig10_note() if 10 in rows else "")
         + (ipv6rows.note() if 11 in rows else "")
-        + (tiersrows.note() if 12 in rows else "") +
+        + (tiersrows.note() if 12 in rows else "")
+        + (fwcostrows.note() if 13 in rows else "") +
         "## Details\n\n" + "\n".join(f"    {d}" for d in details) + "\n"
     )
 
