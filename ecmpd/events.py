@@ -26,7 +26,8 @@ Rules:
   address, a default route, a refused nexthop) runs in that version's plane
   (`state.plane`) and changes only it; a link event, a resync, a reload or a disable
   runs in both.  A version's DOWN flushes only that version's connections of a
-  dual-stack WAN (one kernel request by mark for a WAN of one version);
+  dual-stack WAN (one kernel request by mark for a WAN of one version, or once its
+  other version is DOWN too);
   log lines of an IPv6 plane, and of a WAN carrying both, name the version;
 * a probe target that becomes one of the router's own addresses (by any event: an
   address added anywhere, a learned gateway, a reload) is logged once, as a WARNING;
@@ -479,12 +480,26 @@ def step(st: State, ev: Event, now: float) -> Result:
     else:
         after, effects = _step(st, ev, now)
     if after is not st:
-        effects += _tier_effects(st, after)
+        effects = _whole_flushes(after, effects) + _tier_effects(st, after)
     effects = tuple(dict.fromkeys(effects))   # both planes may ask for the same reconcile
     if isinstance(ev, (ProbeRound, SetDisabled)) or after is st:
         return after, effects         # neither moves an address, a target or a gateway
     logs = ownaddr.changes(own_by_wan(st), own_by_wan(after))
     return after, effects + tuple(Log(level, message) for level, message in logs)
+
+
+def _whole_flushes(after: State, effects: tuple[Effect, ...]) -> tuple[Effect, ...]:
+    """A dual-stack WAN's flush of one version becomes a flush of both when its other
+    version is DOWN too (a dead ISP, a lost carrier): one kernel request by mark instead
+    of a dump and one delete per entry (seconds for thousands, see `conntrack`); the
+    other version's entries went, or go, with its own DOWN anyway."""
+    def whole(e: Effect) -> Effect:
+        if not isinstance(e, Flush) or e.family is None or e.name is None:
+            return e
+        other = (after.wans6 if e.family == 4 else after.wans).get(e.name)
+        return (replace(e, family=None) if other is not None
+                and other.health.state is Phase.DOWN else e)
+    return tuple(whole(e) for e in effects)
 
 
 def _tier_effects(before: State, after: State) -> tuple[Effect, ...]:

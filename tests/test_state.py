@@ -514,7 +514,9 @@ def test_carrier_loss_takes_both_versions_down_and_back_together() -> None:
     assert {plane(st, f).wan("wlan1").health.state for f in (4, 6)} == {H.UP}
     st, effects = step(st, ev.LinkChanged("eth1", Link(11, True, False)))
     assert {f: plane(st, f).wan("wlan1").health.state for f in (4, 6)} == {4: H.DOWN, 6: H.DOWN}
-    assert {e.family for e in effects if isinstance(e, ev.Flush)} == {4, 6}
+    # both versions DOWN: one flush by mark of both (one kernel request)
+    assert [e for e in effects if isinstance(e, ev.Flush)] == [
+        ev.Flush(0x10000, 0xFF0000, "wlan1", None)]
     assert any("wlan1 IPv6:" in m for _, m in logs(effects))
     st, effects = step(st, ev.LinkChanged("eth1", UP_LINK))
     assert {f: plane(st, f).wan("wlan1").health.state for f in (4, 6)} == {4: H.RISING,
@@ -541,3 +543,22 @@ def test_a_steady_round_of_either_version_keeps_the_snapshot_object() -> None:
     assert (plane(after, 4).wan("wlan1").health.state,
             plane(after, 6).wan("wlan1").health.state) == (H.UP, H.FALLING)
     assert step(st, ev.ProbeRound("nowhere", Verdict.FAILED, family=4))[0] is st
+
+
+def test_the_second_version_down_flushes_both_by_mark_in_one_request() -> None:
+    from ipaddress import IPv6Address
+    cfg = Config(lan_interfaces=("lan0",),
+                 wans=(Wan("wlan1", "eth1", IPv4Address("192.0.2.1"), id=1,
+                           gateway6=IPv6Address("fe80::1"), families=(4, 6)),))
+    st = initial(cfg, LINKS, ADDRS, (), T0, addresses6={11: (("2001:db8:1::2", 64),)})
+    for family in (4, 6):
+        st, _ = step(st, ev.ProbeRound("wlan1", Verdict.GOOD, family=family))
+    flushes = []
+    for family in (4, 6):
+        for _ in range(3):
+            st, effects = step(st, ev.ProbeRound("wlan1", Verdict.FAILED, family=family))
+            flushes += [e for e in effects if isinstance(e, ev.Flush)]
+    # IPv4 alone DOWN: only its entries (IPv6 still carries flows); then IPv6 DOWN too:
+    # everything under the mark in one request
+    assert flushes == [ev.Flush(0x10000, 0xFF0000, "wlan1", 4),
+                       ev.Flush(0x10000, 0xFF0000, "wlan1", None)]
