@@ -163,6 +163,8 @@ PORT_PROTOCOLS = {"tcp": 6, "udp": 17, "sctp": 132, "udplite": 136}
 """Protocols with ports (a policy's `sport`/`dport` need one of them)."""
 PROTOCOLS = {**PORT_PROTOCOLS, "icmp": 1, "icmpv6": 58, "gre": 47, "esp": 50, "ah": 51}
 """Protocol names a policy's `proto` takes (numbers 0..255 too)."""
+PROTOCOL_NAMES = {n: name for name, n in PROTOCOLS.items()}
+"""Protocol number -> the name a policy's `proto` takes for it."""
 FALLBACKS = ("balance", "drop")
 
 

@@ -79,20 +79,26 @@ def port_range(v: Any) -> tuple[int, int]:
               f"got {describe(v)}")
 
 
+def _items(v: YMap, key: str, path: str) -> list[tuple[Any, str, int]]:
+    """`v[key]` as (item, its key path, its line) per item: a list's items
+    (``key[i]``), or the one value (``key``)."""
+    raw = v[key]
+    if isinstance(raw, YList):
+        return [(item, f"{path}.{key}[{i}]", line)
+                for i, (item, line) in enumerate(zip(raw, raw.item_lines))]
+    return [(raw, f"{path}.{key}", v.value_lines[key])]
+
+
 def _values(v: YMap, key: str, path: str, parse: Callable[[Any], Any],
             add: Callable[[int, str, str], None]) -> tuple[Any, ...] | object:
     """`v[key]`: one value or a non-empty list of unique values, each parsed."""
-    line = v.value_lines[key]
-    raw = v[key]
-    items, lines = ((list(raw), raw.item_lines) if isinstance(raw, YList)
-                    else ([raw], [line]))
+    items = _items(v, key, path)
     if not items:
-        add(line, f"{path}.{key}", "must be a value or a non-empty list, got []")
+        add(v.value_lines[key], f"{path}.{key}", "must be a value or a non-empty list, got []")
         return _INVALID
     out: list[Any] = []
     ok = True
-    for i, (item, iline) in enumerate(zip(items, lines)):
-        where = f"{path}.{key}" if not isinstance(raw, YList) else f"{path}.{key}[{i}]"
+    for item, where, iline in items:
         try:
             value = parse(item)
         except Bad as e:
@@ -214,14 +220,12 @@ def _coherent(add: Callable[[int, str, str], None], m: YMap, path: str, p: dict[
             ok = False
     carried = {f for name in p["use"] if name in wans for f in wans[name].families}
     for key in ("src", "dst"):
-        raw = m[key] if key in m else None
-        lines = raw.item_lines if isinstance(raw, YList) else [m.value_lines.get(key, 0)] * 99
-        for i, pre in enumerate(p[key]):
+        # p[key] holds one parsed value per item, in order (a key given is valid here)
+        for pre, (_, where, line) in zip(p[key], _items(m, key, path) if p[key] else ()):
             f = family_of(pre)
             if wans and f not in carried:
-                where = f"{path}.{key}" if not isinstance(raw, YList) else f"{path}.{key}[{i}]"
-                add(lines[i], where, f"{pre} is IPv{f}, but none of use ({', '.join(p['use'])})"
-                                     f" carries IPv{f}")
+                add(line, where, f"{pre} is IPv{f}, but none of use ({', '.join(p['use'])})"
+                                 f" carries IPv{f}")
                 ok = False
     src_f = {family_of(x) for x in p["src"]}
     dst_f = {family_of(x) for x in p["dst"]}

@@ -54,7 +54,7 @@ from dataclasses import dataclass
 from ipaddress import ip_network
 from typing import Any, Iterable, Iterator, NamedTuple
 
-from .configmodel import PORT_PROTOCOLS, PROTOCOLS, Config, Policy, family_of
+from .configmodel import PORT_PROTOCOLS, PROTOCOL_NAMES, Config, Policy, family_of
 from .nftexpr import FULL, Json, ct_mark, match, meta, payload, set_under_mask, under_mask
 
 FAMILY = "inet"
@@ -478,7 +478,7 @@ def _text_value(dim: str, value: Any) -> str:
     if isinstance(value, tuple) and value[0] == "range":
         return f"{value[1]}-{value[2]}"
     if dim == "proto":
-        return {n: k for k, n in PROTOCOLS.items()}.get(value, str(value))
+        return PROTOCOL_NAMES.get(value, str(value))
     return f'"{value}"' if dim == "iif" else str(value)
 
 

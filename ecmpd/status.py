@@ -15,7 +15,8 @@ from typing import Any, Protocol
 
 from . import ownaddr, state as st_mod
 from .desired import Nexthop, RouteSpec, metric_of
-from .configmodel import PROTOCOLS, Config, Policy
+from .configmodel import PROTOCOL_NAMES, Config, Policy
+from .decision import policy_sets
 from .health import Verdict
 from .judge import RoundResult
 from .state import State
@@ -209,10 +210,9 @@ def _route(cfg: Config, main: RouteSpec | None, names: Mapping[int, str],
 
 def match_text(p: Policy) -> str:
     """What policy `p` matches, in the config's words (``any`` when everything)."""
-    names = {n: k for k, n in PROTOCOLS.items()}
     ports = lambda rs: ",".join(str(a) if a == b else f"{a}-{b}" for a, b in rs)  # noqa: E731
     parts = [("src", ",".join(p.src)), ("dst", ",".join(p.dst)),
-             ("proto", ",".join(names.get(n, str(n)) for n in p.proto)),
+             ("proto", ",".join(PROTOCOL_NAMES.get(n, str(n)) for n in p.proto)),
              ("sport", ports(p.sport)), ("dport", ports(p.dport)), ("iif", ",".join(p.iif))]
     return " ".join(f"{k} {v}" for k, v in parts if v) or "any"
 
@@ -221,10 +221,10 @@ def _policies(snap: Snapshot, planes: Mapping[int, State]) -> list[dict[str, Any
     """Each policy: what it matches, its WANs, the ones its route uses now per IP
     version it can match, and its packet counter."""
     cfg = snap.state.cfg
+    sets = {f: policy_sets(planes[f]) for f in cfg.families()} if cfg.policies else {}
     out = []
     for p in cfg.policies:
-        via = {f"ipv{f}": sorted(st_mod.active(planes[f], p.use)) for f in p.families()
-               if f in cfg.families()}
+        via = {f"ipv{f}": sorted(sets[f].get(p.route, ())) for f in p.families() if f in sets}
         out.append({"position": p.position, "name": p.label, "match": match_text(p),
                     "use": list(p.use), "fallback": p.fallback, "via": via,
                     "packets": snap.policy_packets.get(p.position, 0)})

@@ -501,16 +501,21 @@ def test_defaults_read_whole_replace_every_table() -> None:
     assert st2.wan("dhcp").learned == "192.0.2.1" and effects == ()
 
 
-def test_carrier_loss_takes_both_versions_down_and_back_together() -> None:
+def dual_stack_up(*more: Wan) -> State:
+    """wlan1 on eth1 carrying IPv4 and IPv6 (and `more` WANs), both versions UP."""
     from ipaddress import IPv6Address
-    from ecmpd.state import plane
     cfg = Config(lan_interfaces=("lan0",),
                  wans=(Wan("wlan1", "eth1", IPv4Address("192.0.2.1"), id=1,
-                           gateway6=IPv6Address("fe80::1"), families=(4, 6)),
-                       Wan("wlan2", "eth2", IPv4Address("198.51.100.1"), id=2)))
+                           gateway6=IPv6Address("fe80::1"), families=(4, 6)), *more))
     st = initial(cfg, LINKS, ADDRS, (), T0, addresses6={11: (("2001:db8:1::2", 64),)})
     for family in (4, 6):
         st, _ = step(st, ev.ProbeRound("wlan1", Verdict.GOOD, family=family))
+    return st
+
+
+def test_carrier_loss_takes_both_versions_down_and_back_together() -> None:
+    from ecmpd.state import plane
+    st = dual_stack_up(Wan("wlan2", "eth2", IPv4Address("198.51.100.1"), id=2))
     assert {plane(st, f).wan("wlan1").health.state for f in (4, 6)} == {H.UP}
     st, effects = step(st, ev.LinkChanged("eth1", Link(11, True, False)))
     assert {f: plane(st, f).wan("wlan1").health.state for f in (4, 6)} == {4: H.DOWN, 6: H.DOWN}
@@ -527,14 +532,8 @@ def test_carrier_loss_takes_both_versions_down_and_back_together() -> None:
 def test_a_steady_round_of_either_version_keeps_the_snapshot_object() -> None:
     # most rounds change nothing: the snapshot stays the very same object (no plane is
     # projected for them), while a round that moves the health still steps its plane
-    from ipaddress import IPv6Address
     from ecmpd.state import plane
-    cfg = Config(lan_interfaces=("lan0",),
-                 wans=(Wan("wlan1", "eth1", IPv4Address("192.0.2.1"), id=1,
-                           gateway6=IPv6Address("fe80::1"), families=(4, 6)),))
-    st = initial(cfg, LINKS, ADDRS, (), T0, addresses6={11: (("2001:db8:1::2", 64),)})
-    for family in (4, 6):
-        st, _ = step(st, ev.ProbeRound("wlan1", Verdict.GOOD, family=family))
+    st = dual_stack_up()
     for family in (4, 6):
         for verdict in (Verdict.GOOD, Verdict.SLOW):
             after, effects = step(st, ev.ProbeRound("wlan1", verdict, family=family))
@@ -546,13 +545,7 @@ def test_a_steady_round_of_either_version_keeps_the_snapshot_object() -> None:
 
 
 def test_the_second_version_down_flushes_both_by_mark_in_one_request() -> None:
-    from ipaddress import IPv6Address
-    cfg = Config(lan_interfaces=("lan0",),
-                 wans=(Wan("wlan1", "eth1", IPv4Address("192.0.2.1"), id=1,
-                           gateway6=IPv6Address("fe80::1"), families=(4, 6)),))
-    st = initial(cfg, LINKS, ADDRS, (), T0, addresses6={11: (("2001:db8:1::2", 64),)})
-    for family in (4, 6):
-        st, _ = step(st, ev.ProbeRound("wlan1", Verdict.GOOD, family=family))
+    st = dual_stack_up()
     flushes = []
     for family in (4, 6):
         for _ in range(3):
