@@ -16,7 +16,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -26,7 +26,8 @@ from .configmodel import FAMILIES, Config, Wan
 from .control_server import ControlServer
 from .disabled import DisabledStore
 from .events import (Adopted, DefaultsRead, Effect, Event, Flush, ForgetAddress, Log,
-                     ProbeRound, Reconcile, Reloaded, ResetProber, SetDisabled, step)
+                     ProbeRound, Reconcile, Reloaded, ResetProber, SetDisabled, Transition,
+                     step)
 from .firewall import Firewall
 from .judge import RoundResult
 from .kernel import Kernel
@@ -80,6 +81,8 @@ class Daemon:
         see `traffic`."""
         self._limited = RateLimitedLog(log)
         """Keyed log lines (a gateway that moves): one per key every 10 s, then a count."""
+        self.listeners: list[Callable[[Transition], None]] = []
+        """Told every WAN state change, in order, on the loop; none may block it."""
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -128,6 +131,12 @@ class Daemon:
                     log.log(e.level, e.message)
                 else:
                     self._limited.log(e.key, e.level, "%s", e.message)
+            elif isinstance(e, Transition):
+                for listener in self.listeners:
+                    try:
+                        listener(e)
+                    except Exception:       # a listener's bug must not stop the state
+                        log.exception("a listener of WAN state changes failed")
             elif isinstance(e, Reconcile):
                 self.reconciler.kick(asyncio.get_running_loop().time() if e.urgent else None)
             elif isinstance(e, Flush):

@@ -228,7 +228,25 @@ class ForgetAddress:
     address: str
 
 
-Effect = Union[Log, Reconcile, Flush, ResetProber, ForgetAddress]
+@dataclass(frozen=True)
+class Transition:
+    """WAN `name`'s state changed: what hooks, the history, `ecmpctl monitor` and the
+    metrics are told.  States are lower case: a health phase's value, or "disabled"."""
+
+    name: str
+    state: str
+    previous: str
+    reason: str
+    at: float
+    """Epoch seconds of the change."""
+    lasted: float | None
+    """Seconds the previous state lasted (None: unknown)."""
+    active: bool
+    """In the route (takes new flows) after the change."""
+    family: int = 4
+
+
+Effect = Union[Log, Reconcile, Flush, ResetProber, ForgetAddress, Transition]
 Result = tuple[State, tuple[Effect, ...]]
 
 
@@ -263,6 +281,8 @@ def set_health(st: State, name: str, new: Health, now: float,
     if new.state is Phase.DOWN:
         wan = st.cfg.wan(name)
         effects.append(Flush(st.cfg.mark_of(wan), st.cfg.mark_mask, name))
+    effects.append(Transition(name, new.state.value, old.state.value, new.reason, now,
+                              now - ws.since if ws.since else None, now_))
     return after, tuple(effects)
 
 
@@ -551,7 +571,7 @@ def _versioned(cfg: Config, family: int, e: Effect) -> Effect:
         # flush takes both versions); a dual-stack WAN deletes that version's entries
         wan = _wan(cfg, e.name)
         return replace(e, family=family) if wan is not None and len(wan.families) > 1 else e
-    if isinstance(e, ResetProber):
+    if isinstance(e, (ResetProber, Transition)):
         return replace(e, family=family)
     if isinstance(e, Log):
         name, sep, rest = e.message.partition(": ")
@@ -603,7 +623,14 @@ def _step(st: State, ev: Event, now: float) -> Result:
                                             "WAN is usable: the last route is kept")
         elif ev.disabled:
             what = "disabled by the administrator (its nexthop leaves the route)"
-        return after, (Log(level, f"{ev.name}: {what}"), Reconcile())
+        ws = st.wan(ev.name)
+        effects: tuple[Effect, ...] = (Log(level, f"{ev.name}: {what}"), Reconcile())
+        if ev.disabled != ws.disabled:
+            phase = ws.health.state.value
+            effects += (Transition(ev.name, "disabled" if ev.disabled else phase,
+                                   phase if ev.disabled else "disabled", what, now, None,
+                                   ev.name in active(after)),)
+        return after, effects
     if isinstance(ev, Adopted):
         return _adopted(st, ev)
     if isinstance(ev, Reloaded):
