@@ -203,10 +203,17 @@ class Daemon:
                         traffic=lambda n=wan.name, f=family: self._traffic_of(n, f),
                         quorum=quorum, spare=True,
                         line_traffic=lambda n=wan.name, g=10 - family: self._traffic_of(n, g),
-                        line_sent=lambda n=wan.name, g=10 - family: self._newest(n, g))
+                        line_sent=lambda n=wan.name, g=10 - family: self._newest(n, g),
+                        lean=(lambda n=wan.name: self._prompt(n, 4))
+                        if family == 6 and len(wan.families) > 1 else None)
         self._follow(prober, p, wan)            # its address, device and own targets
         self._probers[(wan.name, family)] = prober
         self._probing[(wan.name, family)] = asyncio.get_running_loop().create_task(prober.run())
+
+    def _prompt(self, name: str, family: int) -> float | None:
+        """WAN `name`'s IP version `family` prober's `prompt()` (None: no prober)."""
+        prober = self._probers.get((name, family))
+        return None if prober is None else prober.prompt()
 
     def _newest(self, name: str, family: int) -> tuple[float, float] | None:
         """(when it was sent, its RTT) of WAN `name`'s IP version `family`'s newest

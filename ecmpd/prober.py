@@ -29,6 +29,16 @@ the line's delay as the other version's newest reply measured it, at most `LOSS_
 -- a queue that delays nothing is not full and drops no burst.)  A line busy with
 either version's traffic that goes wholly silent fails as fast as a busy line does.
 
+A WAN's IPv6 prober may rest (`lean`): while its last `up` rounds were good and the
+IPv4 prober's replies come promptly, up to `REST_ROUNDS` grid rounds in a row send
+nothing and are good as soon as the IPv4 probes of the same slot are answered (one
+line, one queue: they prove it alive).  Every `REST_ROUNDS + 1`-th round probes, and a
+slot whose IPv4 probes are not answered within half a fast window probes at once: a
+dead line leaves as fast as before, an IPv6-only outage at most `REST_ROUNDS`
+intervals later.  The IPv4 prober never rests, so the line always has probes of one
+version in flight; the targets beyond the gateway get one IPv6 request a second
+instead of five.
+
 A target that is one of the router's own addresses (`follow`) is never sent a request
 and counts as a failed target: the kernel would answer it whatever the ISP does.  A
 round whose other targets cannot make its quorum fails at once.
@@ -112,6 +122,13 @@ figure 11, IPv4 load ramps), bursts of 0.5-1.5 s took an idle IPv6 down once in 
 without it."""
 
 
+REST_ROUNDS = 4
+"""Grid rounds in a row an IPv6 prober may rest on its WAN's IPv4 replies (see the
+module): its targets get a request every `REST_ROUNDS + 1` intervals (1 s at defaults)."""
+RESTED = ("rested: the IPv4 probes of this slot were answered (IPv6 probes every "
+          f"{REST_ROUNDS + 1} rounds while they are)")
+
+
 FOLLOWUP_COPIES = 2
 """Requests per target in a fast follow-up round, sent together.  A lossy line (5 %
 each way) loses one request in ten: with one request a failed round plus two failed
@@ -141,7 +158,8 @@ class _Round:
 
     __slots__ = ("index", "start", "targets", "settings", "quorum", "timeout", "sent_by",
                  "deadline", "traffic0", "got", "unresolved", "alive", "timers", "judged",
-                 "followups", "busy", "sends_left", "copies", "own", "spared", "line0")
+                 "followups", "busy", "sends_left", "copies", "own", "spared", "line0",
+                 "resting")
 
     def __init__(self, index: int, start: float, targets: tuple[str, ...],
                  settings: ProbeSettings, quorum: int, timeout: float, followups: int = 0,
@@ -181,6 +199,9 @@ class _Round:
         """Targets that are the router's own addresses: not probed, counted as failed."""
         self.spared = [0] * len(targets)
         """Requests per target not sent: it had answered this round already."""
+        self.resting = False
+        """A rested round: nothing sent, good when the other version's probes of its slot
+        are answered (see `Prober._rest_check`)."""
 
     def hopeless(self) -> bool:
         """Too few targets that are not the router's own to make the quorum."""
@@ -209,6 +230,7 @@ class Prober:
         spare: bool = False,
         line_traffic: TrafficFn | None = None,
         line_sent: SentFn | None = None,
+        lean: Callable[[], float | None] | None = None,
     ) -> None:
         _check(settings)
         self.name = name
@@ -248,6 +270,15 @@ class Prober:
         self._spare = spare
         self._line_traffic = line_traffic or (lambda: None)
         self._line_sent = line_sent or (lambda: None)
+        self._lean = lean
+        """The other IP version's `prompt()`: this prober may rest on its replies (None:
+        never rests; the daemon gives it to a dual-stack WAN's IPv6 prober)."""
+        self._good_streak = 0
+        """Good verdicts of probing (not rested) rounds in a row."""
+        self._rested = 0
+        """Rested grid rounds since the last probing one."""
+        self.rested_total = 0
+        """Rounds rested since start (status)."""
         """A round's later requests go only to the targets that have not answered it yet:
         the verdict is the same (a target answers if any reply comes, and one unanswered
         at the next send gets that request as before); an idle healthy line whose RTT
@@ -316,6 +347,15 @@ class Prober:
         the line's queue answers at once): the other version's prober compares it with
         its own (see the module)."""
         return self._newest_beyond if self._newest_beyond is not None else self._newest_any
+
+    def prompt(self) -> float | None:
+        """Seconds within which every target answers when alive (the largest srtt +
+        4·rttvar; None: a target has no reply yet)."""
+        try:
+            return max((self._est[t].timeout(0.0, math.inf) for t in self._targets),
+                       default=None)
+        except KeyError:
+            return None
 
     # ---- the cadence ------------------------------------------------------------------
     async def run(self) -> None:
@@ -400,13 +440,52 @@ class Prober:
             self._deliver(rnd, RoundResult(Verdict.FAILED, (), "cannot open the probe socket",
                                            now, rnd.timeout))
             return
+        rest = after is None and self._may_rest(now)
         self._open.append(rnd)
+        if rest:
+            rnd.resting = True
+            self._rested += 1
+            rnd.timers = [loop.call_at(now + fast_window(st) / 2, self._rest_check, rnd)]
+            return
+        self._rested = 0
         gap = spacing(st) if after is None else 0.0
         rnd.timers = [loop.call_at(now + i * gap, self._send_all, rnd) for i in range(1, st.count)]
         rnd.timers.append(loop.call_at(rnd.deadline, self._judge, rnd, None))
         if st.count == 1:
             self._observe(rnd, fresh=after is None)
         self._send_all(rnd)
+
+    def _may_rest(self, now: float) -> bool:
+        """Whether this grid round may rest (see the module): the last `up` rounds were
+        good, none is still open (its verdict must not be superseded), fewer than
+        `REST_ROUNDS` rested since one probed, and the other version probes this line
+        with replies that come within half a fast window."""
+        if self._lean is None or self._rested >= REST_ROUNDS or self._open \
+                or self._good_streak < self._settings.up:
+            return False
+        prompt, line = self._lean(), self._line_sent()
+        return (prompt is not None and prompt <= fast_window(self._settings) / 2
+                and line is not None and line[0] >= now - 1.5 * self._settings.interval)
+
+    def _rest_check(self, rnd: _Round) -> None:
+        """Half a fast window into a rested round: good if the other version's requests
+        of this slot were answered, else this round probes now, as a new round."""
+        if rnd.judged:
+            return
+        rnd.judged = True
+        self._open.remove(rnd)
+        line = self._line_sent()
+        loop = asyncio.get_running_loop()
+        if line is not None and line[0] >= rnd.start - rnd.settings.interval / 2:
+            self.rested_total += 1
+            self._deliver(rnd, RoundResult(Verdict.GOOD, (), RESTED, loop.time(),
+                                           rnd.timeout), rested=True)
+            return
+        self._rested = REST_ROUNDS          # so the round started now probes
+        try:
+            self._start(loop)
+        except Exception:
+            log.exception("%s: starting a probe round failed", self.name)
 
     def _observe(self, rnd: _Round, fresh: bool = True) -> None:
         """Read the traffic counter for `rnd` (its baseline), judge whether the line is
@@ -590,14 +669,17 @@ class Prober:
         except Exception:
             log.exception("%s: starting a follow-up round failed", self.name)
 
-    def _deliver(self, rnd: _Round, result: RoundResult) -> bool:
-        """Hand `result` on unless a newer round was delivered already; whether it was."""
+    def _deliver(self, rnd: _Round, result: RoundResult, rested: bool = False) -> bool:
+        """Hand `result` on unless a newer round was delivered already; whether it was.
+        `last()` stays the newest round that probed."""
         if rnd.index <= self._delivered:
             log.debug("%s: round %d judged after a newer one: %s", self.name, rnd.index,
                       result.reason)
             return False
         self._delivered = rnd.index
-        self._last = result
+        if not rested:
+            self._last = result
+            self._good_streak = self._good_streak + 1 if result.ok else 0
         try:
             self._on_round(result)
         except Exception:

@@ -40,6 +40,8 @@ class ProbeReading:
     """In the order of the WAN's resolved targets."""
     timeout: float | None = None
     last: RoundResult | None = None
+    rested: int = 0
+    """Rounds rested on the other IP version's replies (`ecmpd.prober`)."""
 
 
 class _Prober(Protocol):
@@ -47,6 +49,7 @@ class _Prober(Protocol):
     def rtt(self, address: str) -> tuple[float | None, float | None]: ...
     def timeout(self) -> float: ...
     def last(self) -> RoundResult | None: ...
+    rested_total: int
 
 
 def reading(prober: _Prober, targets: tuple[str, ...]) -> ProbeReading:
@@ -57,7 +60,8 @@ def reading(prober: _Prober, targets: tuple[str, ...]) -> ProbeReading:
         loss, rtt = per.get(addr, (None, None))
         srtt, rttvar = prober.rtt(addr)
         out[addr] = TargetReading(loss, rtt, srtt, rttvar)
-    return ProbeReading(st_mod.frozen(out), prober.timeout(), prober.last())
+    return ProbeReading(st_mod.frozen(out), prober.timeout(), prober.last(),
+                        prober.rested_total)
 
 
 @dataclass(frozen=True)
@@ -127,6 +131,8 @@ def _family(snap: Snapshot, p: State, family: int, name: str,
         # probes are not answered in time
         "note": last.reason if last and last.verdict is Verdict.SLOW else None,
         "timeout_ms": _ms(probe.timeout) if probe else None,
+        # rounds that sent nothing: the other IP version's replies proved the line
+        "rested_rounds": probe.rested if probe else 0,
         # the gateway in use: fixed, or learned (`gateway: auto`; null while unknown, or
         # on a point-to-point link, whose nexthop is the interface itself)
         "gateway": st_mod.gateway(p, wan) or None,

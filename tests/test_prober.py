@@ -202,7 +202,8 @@ class Run:
     def __init__(self, targets: Sequence[str] = ("a", "b"), net: FakeNet | None = None,
                  traffic: Traffic | None = None, quorum: int | None = None,
                  source: str | None = SOURCE, on_round: Callable[[RoundResult], None] | None = None,
-                 line: Line | None = None, **settings: Any) -> None:
+                 line: Line | None = None, lean: Lean | None = None,
+                 **settings: Any) -> None:
         self.net = net or FakeNet()
         self.traffic = traffic
         self.settings = ProbeSettings(**{"interval": 1.0, "timeout": 0.25, "count": 1,
@@ -212,7 +213,9 @@ class Run:
                              source=source, device=DEVICE, traffic=traffic, quorum=quorum,
                              sockets=self.net,
                              line_traffic=line.traffic if line else None,
-                             line_sent=line.newest if line else None)
+                             line_sent=(line.newest if line else
+                                        lean.newest if lean else None),
+                             lean=lean.prompt if lean else None)
 
     async def drive(self, until: float, at: dict[float, Callable[[], Any]] | None = None,
                     start: float = 0.0, alone: bool = True) -> None:
@@ -478,6 +481,24 @@ class Line:
         sends = [k * 0.05 for k in range(int(t / 0.05) + 1)]
         back = [s for s in sends if s + self.delay(s) <= min(t, self.frozen)]
         return (back[-1], self.delay(back[-1])) if back else None
+
+
+class Lean:
+    """The WAN's IPv4 prober as a resting IPv6 prober sees it: requests on the same
+    grid (`interval`), answered `delay` later until `dead` (loop time); `prompt()` is
+    its srtt + 4·rttvar."""
+
+    def __init__(self, interval: float = 0.2, delay: float = 0.002,
+                 dead: float = math.inf, prompt: float | None = 0.004) -> None:
+        self.interval, self.delay, self.dead, self._prompt = interval, delay, dead, prompt
+
+    def newest(self) -> tuple[float, float] | None:
+        t = now()
+        k = math.floor((min(t, self.dead) - self.delay) / self.interval + 1e-9)
+        return (k * self.interval, self.delay) if k >= 0 else None
+
+    def prompt(self) -> float | None:
+        return self._prompt
 
 
 def ramp(s: float) -> float:
@@ -1382,3 +1403,78 @@ def test_on_a_busy_line_without_a_queue_lost_replies_fail_without_the_burst_allo
     results = r.go(7.0)
     failed = [x.at for x in results if x.verdict is FAILED]
     assert failed and 4.0 < failed[0] <= 4.0 + 0.2 + 0.25 + 0.3, r.summary()
+
+
+# --- resting on the other IP version ---------------------------------------------------
+
+
+def probing_slots(net: FakeNet, address: str) -> list[float]:
+    return sorted({round(t, 6) for t in net.sends(address)})
+
+
+def test_an_ipv6_prober_rests_on_prompt_ipv4_replies_and_probes_every_fifth_round():
+    r = Run(("a",), lean=Lean(), interval=0.2, count=1, up=5)
+    results = r.go(6.05)
+    slots = probing_slots(r.net, "a")
+    # 5 probing rounds (the `up` streak), then one in REST_ROUNDS + 1
+    assert slots[:5] == pytest.approx([0.0, 0.2, 0.4, 0.6, 0.8])
+    gaps = {round(b - a, 6) for a, b in zip(slots[5:], slots[6:])}
+    assert gaps == {round(0.2 * (ecmpd.prober.REST_ROUNDS + 1), 6)}, slots
+    assert len(results) == 31 and {x.verdict for x in results} == {GOOD}
+    rested = [x for x in results if x.reason == ecmpd.prober.RESTED]
+    assert len(rested) == r.prober.rested_total >= 19
+    assert r.prober.last().reason == "1/1 targets answered"   # status: the newest probe
+
+
+@pytest.mark.parametrize("lean", [
+    None,                                   # IPv4-only WAN, or the IPv4 prober itself
+    Lean(prompt=0.05),                      # the other version's replies are not prompt
+    Lean(prompt=None),                      # ... or not known yet
+    Lean(delay=0.3),                        # its newest answered request is too old
+])
+def test_no_rest_without_prompt_answers_of_the_other_version(lean):
+    r = Run(("a",), lean=lean, interval=0.2, count=1)
+    results = r.go(4.05)
+    assert len(probing_slots(r.net, "a")) == 21 and r.prober.rested_total == 0
+    assert all(x.reason != ecmpd.prober.RESTED for x in results)
+
+
+def first_failed(results: list[RoundResult]) -> float:
+    return next(x.at for x in results if x.verdict is FAILED)
+
+
+@pytest.mark.parametrize("dead", [3.0, 3.01, 3.1, 3.2, 3.39])
+def test_a_dead_line_fails_a_resting_prober_as_fast_as_a_probing_one(dead):
+    # the whole line dies: the IPv4 replies stop with the IPv6 ones
+    def net() -> FakeNet:
+        return FakeNet(lambda s: None if s.at >= dead else 0.002)
+    resting = Run(("a",), net=net(), lean=Lean(dead=dead), interval=0.2, count=1)
+    probing = Run(("a",), net=net(), interval=0.2, count=1)
+    t_rest, t_probe = first_failed(resting.go(5.0)), first_failed(probing.go(5.0))
+    assert resting.prober.rested_total > 0
+    # at most half a fast window later (the rested slot's check, then its probes)
+    assert t_probe <= t_rest <= t_probe + fast_window(resting.settings) / 2 + 1e-9
+
+
+def test_an_ipv6_only_outage_fails_within_the_rested_rounds():
+    dead = 3.05
+    r = Run(("a",), net=FakeNet(lambda s: None if s.at >= dead else 0.002), lean=Lean(),
+            interval=0.2, count=1, down=3)
+    results = r.go(6.0)
+    fails = [x for x in results if x.verdict is FAILED]
+    bound = 0.2 * (ecmpd.prober.REST_ROUNDS + 1) + 0.25 + 2 * fast_window(r.settings) + 0.01
+    assert len(fails) >= 3 and fails[2].at - dead <= bound, r.summary()
+    # no rest while failing: from the first failure on, every slot probes
+    assert all(x.reason != ecmpd.prober.RESTED for x in results if x.at > fails[0].at)
+
+
+def test_after_a_failure_it_rests_only_after_up_good_probing_rounds():
+    down_from, back = 2.05, 3.05
+    net = FakeNet(lambda s: None if down_from <= s.at < back else 0.002)
+    r = Run(("a",), net=net, lean=Lean(), interval=0.2, count=1, up=5)
+    results = r.go(6.0)
+    last_fail = max(i for i, x in enumerate(results) if x.verdict is FAILED)
+    assert results[last_fail].at < back + 0.3, r.summary()
+    after = results[last_fail + 1:]
+    first_rest = next(i for i, x in enumerate(after) if x.reason == ecmpd.prober.RESTED)
+    assert first_rest >= 5 and all(x.verdict is GOOD for x in after[:first_rest]), r.summary()

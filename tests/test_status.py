@@ -39,7 +39,7 @@ ADDRS = {11: (("192.0.2.10", 24), ("192.0.2.11", 24)), 12: (("198.51.100.10", 24
 UP = Health(H.UP, 0, "after 5 good rounds")
 
 FAMILY_KEYS = {"state", "health", "since", "reason", "last_round", "gateway", "address",
-               "active", "targets", "verdict", "note", "timeout_ms", "gateway_source",
+               "active", "targets", "verdict", "note", "timeout_ms", "rested_rounds", "gateway_source",
                "nexthop", "standby"}
 """A WAN's fields of one IP version (under "ipv4" / "ipv6"; the IPv4 ones also at its top)."""
 WAN_KEYS = FAMILY_KEYS | {"interface", "weight", "tier", "failback", "nat", "disabled", "carrier", "mark", "table",
@@ -277,8 +277,9 @@ def test_connections_come_from_the_counts() -> None:
 class FakeProber:
     def __init__(self, window: Window, last: RoundResult | None,
                  rtts: dict[str, tuple[float, float]] | None = None,
-                 timeout: float = 0.25) -> None:
+                 timeout: float = 0.25, rested: int = 0) -> None:
         self._window, self._last, self._rtts, self._timeout = window, last, rtts or {}, timeout
+        self.rested_total = rested
 
     def rtt(self, address: str) -> tuple[float | None, float | None]:
         return self._rtts.get(address, (None, None))
@@ -303,7 +304,7 @@ def test_targets_loss_and_rtt_come_from_the_probe_window() -> None:
     window.add([TargetSample("192.0.2.1", 2, 2, 0.0123456),
                 TargetSample("203.0.113.7", 1, 0, None)])
     last = RoundResult(Verdict.GOOD, (), "2/3 targets answered", 5.0)
-    prober = FakeProber(window, last, {"192.0.2.1": (0.012, 0.003)}, 0.3)
+    prober = FakeProber(window, last, {"192.0.2.1": (0.012, 0.003)}, 0.3, rested=17)
     probe = reading(prober, TARGETS)
     assert probe.targets["203.0.113.8"] == TargetReading()
     w1, w2 = render(snap(probes={"wlan1": probe}))["wans"].values()
@@ -321,6 +322,7 @@ def test_targets_loss_and_rtt_come_from_the_probe_window() -> None:
     assert render(snap(probes={("wlan1", 6): probe}))["wans"]["wlan1"]["targets"] == {}
     assert w1["last_round"] == "2/3 targets answered"
     assert (w1["verdict"], w1["note"], w1["timeout_ms"]) == ("good", None, 300.0)
+    assert (w1["rested_rounds"], w2["rested_rounds"]) == (17, 0)
     # no prober (not started): no targets, no last round
     assert (w2["targets"], w2["last_round"], w2["timeout_ms"]) == ({}, None, None)
     text = render_status(render(snap(probes={"wlan1": probe})), time.time())
