@@ -205,7 +205,7 @@ class Daemon:
                         line_traffic=lambda n=wan.name, g=10 - family: self._traffic_of(n, g),
                         line_sent=lambda n=wan.name, g=10 - family: self._newest(n, g),
                         lean=(lambda n=wan.name: self._prompt(n, 4))
-                        if family == 6 and len(wan.families) > 1 else None)
+                        if family == 6 and self.cfg.wan(wan.name).has(4) else None)
         self._follow(prober, p, wan)            # its address, device and own targets
         self._probers[(wan.name, family)] = prober
         self._probing[(wan.name, family)] = asyncio.get_running_loop().create_task(prober.run())

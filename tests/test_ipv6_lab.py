@@ -52,6 +52,11 @@ def test_an_ipv6_outage_takes_out_only_ipv6_and_the_other_way_round(make_lab, ec
     lab = make_lab()
     d = ecmpd_in(lab, ipv6=True)
     d.wait_states({"wlan1": "up", "wlan2": "up"}, family=6)
+    # the IPv6 probes rest on the prompt IPv4 replies (ecmpd.prober), never the other
+    # way round: the IPv6-only outage below is found by the IPv6 rounds that probe
+    st = d.wait_for(lambda s: all(w["ipv6"]["rested_rounds"] > 0 for w in s["wans"].values()),
+                    10, "IPv6 rounds rested")
+    assert all(w["ipv4"]["rested_rounds"] == 0 for w in st["wans"].values())
     lab.start_servers()
     held4 = lab.hold_flows(40, byte_interval=0.1)
     held6 = lab.hold_flows(40, byte_interval=0.1, server=lab.server6)
