@@ -170,8 +170,10 @@ class Daemon:
         if now - at > 0.01:
             try:
                 counts = self.firewall.read_counters(policies=False)
-            except Exception as exc:
-                log.debug("cannot read nft counters: %s", exc)
+            except Exception as exc:   # the probes judge without it: say so, not per round
+                self._limited.log("counters", logging.WARNING,
+                                  "cannot read ecmpd's nft counters (rounds are judged "
+                                  "without the line's traffic): %s", exc)
                 counts = {}
             self._counters = (now, counts)
         return counts.get((family, wan.id))

@@ -9,7 +9,9 @@ round.  Here a counter is one ``NFT_MSG_GETOBJ`` request (a dump of a table's co
 for all of them), and ``NFT_MSG_GETGEN`` answers whether anything in any table changed
 since the last look (the generation moves with every committed transaction).
 
-Blocking, with a timeout: the replies come from the kernel at once.  Acts on the network
+Blocking, with a short timeout (on the daemon's loop): nfnetlink handles a request in
+the sender's sendmsg, so the reply is queued before ``send`` returns and ``recv`` does
+not wait; the timeout only bounds a surprise.  Acts on the network
 namespace the socket was opened in (the caller's, as libnftables does).
 """
 
@@ -63,7 +65,7 @@ def _attrs(data: bytes) -> dict[int, bytes]:
 class NftNetlink:
     """One netfilter netlink socket of the current network namespace."""
 
-    def __init__(self, timeout: float = 1.0) -> None:
+    def __init__(self, timeout: float = 0.1) -> None:
         self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         self._sock.bind((0, 0))
         self._sock.settimeout(timeout)

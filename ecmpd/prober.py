@@ -85,6 +85,11 @@ SentFn = Callable[[], "tuple[float, float] | None"]
 request (None: none)."""
 
 
+def _nothing() -> None:
+    """No reading: the WAN carries one IP version."""
+    return None
+
+
 def _open_echo(source: str, on_answer: Callable[[Answer], None], device: str | None) -> Echo:
     return EchoSocket(source, on_answer, device=device)
 
@@ -268,7 +273,7 @@ class Prober:
         self._timer: asyncio.TimerHandle | None = None
         self._own: frozenset[str] = frozenset()
         self._spare = spare
-        self._line_traffic = line_traffic or (lambda: None)
+        self._line_traffic = line_traffic or _nothing
         self._line_sent = line_sent or (lambda: None)
         self._lean = lean
         """The other IP version's `prompt()`: this prober may rest on its replies (None:
@@ -586,13 +591,19 @@ class Prober:
 
     def _line_why_not(self, rnd: _Round) -> str | None:
         """Why the other version's traffic does not carry `rnd` (None: it does); "" when
-        the other version says nothing (not probed, no reply, no counter)."""
+        there is no other version to ask."""
+        if self._line_traffic is _nothing:
+            return ""
         own = self.newest()
-        if rnd.line0 is None or own is None:
-            return ""
+        if own is None:
+            return "no reply to this IP version yet"
+        if rnd.line0 is None:
+            return "the other IP version's counter unread when the round began"
         value, line = self._line_traffic(), self._line_sent()
-        if value is None or line is None:
-            return ""
+        if value is None:
+            return "the other IP version's counter unreadable"
+        if line is None:
+            return "no reply to the other IP version yet"
         sent, delay = line
         st = rnd.settings
         now = asyncio.get_running_loop().time()
