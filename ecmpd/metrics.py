@@ -37,8 +37,9 @@ REACTION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 """Upper bounds (seconds) of `ecmpd_reaction_seconds`: a failover's route change takes
 milliseconds; a second or more means a stalled kernel or loop."""
 FRESH = 1.0
-"""Seconds a snapshot serves further scrapes: scrapers in a burst (or one that hammers)
-cost one conntrack dump and one kernel read per second at most."""
+"""Seconds an exposition serves further scrapes: scrapers in a burst (or one that
+hammers) cost one snapshot (a conntrack dump, a kernel read) and one render a second at
+most (a render takes 0.5 ms with 3 WANs, 40-90 ms with 100: bench/metrics_render.py)."""
 FAMILY = {4: "ipv4", 6: "ipv6"}
 
 
@@ -157,20 +158,18 @@ def _reloads(c: Counters) -> Any:
 class _Collector:
     """Hands `generate_latest` the families rendered for the current scrape."""
 
-    def __init__(self) -> None:
-        self.current: list[Any] = []
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
 
     def collect(self) -> Iterator[Any]:
-        return iter(self.current)
+        return iter(self.families)
 
 
 def exposition(snap: Snapshot, counters: Counters) -> bytes:
     """The text exposition format of `snap` and `counters`."""
     from prometheus_client import CollectorRegistry, generate_latest
     registry = CollectorRegistry(auto_describe=False)
-    collector = _Collector()
-    registry.register(collector)  # type: ignore[arg-type]
-    collector.current = families(snap, counters)
+    registry.register(_Collector(families(snap, counters)))  # type: ignore[arg-type]
     return generate_latest(registry)
 
 
@@ -184,9 +183,9 @@ class Metrics:
         self.server: MetricsServer | None = None
         self.address: tuple[str, int] | None = None
         """Where the endpoint listens (None: nowhere)."""
-        self._taken: tuple[float, Snapshot] | None = None
-        """(loop time, snapshot) of the last snapshot taken for a scrape."""
-        self._pending: asyncio.Task[Snapshot] | None = None
+        self._taken: tuple[float, bytes] | None = None
+        """(loop time, exposition) of the last render for a scrape."""
+        self._pending: asyncio.Task[bytes] | None = None
 
     # the daemon's hooks: each is one call on the loop, none blocks
     def transition(self, t: Transition) -> None:
@@ -222,20 +221,19 @@ class Metrics:
         self.server, self.address = None, None
 
     async def render(self) -> bytes:
-        """The exposition of a snapshot at most `FRESH` seconds old."""
+        """An exposition at most `FRESH` seconds old."""
         loop = asyncio.get_running_loop()
-        if self._taken is None or loop.time() - self._taken[0] >= FRESH:
-            if self._pending is None or self._pending.done():
-                self._pending = loop.create_task(self._take())
-            # shielded: a scraper that goes away cancels its wait, not the others'
-            await asyncio.shield(self._pending)
-        assert self._taken is not None
-        return exposition(self._taken[1], self.counters)
+        if self._taken is not None and loop.time() - self._taken[0] < FRESH:
+            return self._taken[1]
+        if self._pending is None or self._pending.done():
+            self._pending = loop.create_task(self._take())
+        # shielded: a scraper that goes away cancels its wait, not the others'
+        return await asyncio.shield(self._pending)
 
-    async def _take(self) -> Snapshot:
-        snap = await self.snapshot()
-        self._taken = (asyncio.get_running_loop().time(), snap)
-        return snap
+    async def _take(self) -> bytes:
+        text = exposition(await self.snapshot(), self.counters)
+        self._taken = (asyncio.get_running_loop().time(), text)
+        return text
 
 
 def _show(address: tuple[str, int]) -> str:

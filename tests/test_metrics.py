@@ -27,6 +27,7 @@ from ecmpd.metrics import REACTION_BUCKETS, Counters, Metrics, exposition
 from ecmpd.metrics_server import MetricsServer
 from ecmpd.state import Link, WanState, initial
 from ecmpd.status import ProbeReading, Snapshot, TargetReading, render
+from lab.wait import until_async
 
 CFG = Config(
     lan_interfaces=("lan0",),
@@ -297,11 +298,7 @@ def test_a_client_that_does_not_read_the_answer_is_dropped() -> None:
 
 
 async def until(cond, timeout: float = 2.0) -> None:
-    end = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        if asyncio.get_running_loop().time() > end:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.01)
+    await until_async(cond, timeout, interval=0.01)
 
 
 # ---- Metrics: listening, snapshots, the daemon's hooks ----------------------------------
