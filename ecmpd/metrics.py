@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
+from .desired import RouteSpec
 from .events import Transition
 from .health import Phase
 from .status import Snapshot
@@ -117,7 +118,7 @@ def families(snap: Snapshot, counters: Counters) -> list[Any]:
             _reloads(counters)]
 
 
-def _oifs(route) -> set[int]:
+def _oifs(route: RouteSpec | None) -> set[int]:
     return {h.oif for h in route.nexthops} if route is not None else set()
 
 
@@ -216,6 +217,8 @@ class Metrics:
         log.info("metrics: serving http://%s/metrics", _show(address))
 
     async def close(self) -> None:
+        if self._pending is not None:
+            self._pending.cancel()        # its scrapers get no answer: they are dropped
         if self.server is not None:
             await self.server.close()
         self.server, self.address = None, None
