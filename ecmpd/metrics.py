@@ -40,7 +40,7 @@ milliseconds; a second or more means a stalled kernel or loop."""
 FRESH = 1.0
 """Seconds an exposition serves further scrapes: scrapers in a burst (or one that
 hammers) cost one snapshot (a conntrack dump, a kernel read) and one render a second at
-most (a render takes 0.5 ms with 3 WANs, 40-90 ms with 100: bench/metrics_render.py)."""
+most (a render costs 0.8 ms of CPU with 3 WANs, 20 ms with 100: bench/metrics_render.py)."""
 FAMILY = {4: "ipv4", 6: "ipv6"}
 
 
