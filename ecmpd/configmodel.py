@@ -242,6 +242,8 @@ class Config:
     control_socket: str = DEFAULT_SOCKET
     control_group: str | None = None
     """Group allowed to use the control socket (mode 0660); None: root only."""
+    metrics_listen: tuple[str, int] | None = None
+    """(address, port) the Prometheus `/metrics` endpoint listens on; None: off."""
     source: str = "<config>"
     """The file the config came from (for messages)."""
 

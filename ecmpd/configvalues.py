@@ -396,3 +396,23 @@ def group_name(v: Any) -> str | None:
                           or any(c == ":" or c.isspace() for c in v)):
         raise Bad(f"must be a group name or null, got {describe(v)}")
     return v
+
+
+def listen_address(v: Any) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> (address, port): an IP literal (no name to
+    resolve at start) and a port 1..65535."""
+    text = v if isinstance(v, str) else ""
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host, want = host[1:-1], IPv6Address
+    else:
+        want = IPv4Address
+    try:
+        address = want(host)
+        number = int(port) if sep and port.isdigit() and port.isascii() else 0
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 65535:
+        raise Bad(f"must be an address and port like 127.0.0.1:9474 or [::1]:9474, "
+                  f"got {describe(v)}")
+    return str(address), number

@@ -34,6 +34,7 @@ from .kernel import Kernel
 from .learned import LearnedStore
 from .ledger import Ledger
 from .logsetup import RateLimitedLog
+from .metrics import Metrics
 from .prober import Prober
 from .reconciler import Reconciler
 from .reloadplan import plan_reload
@@ -61,10 +62,13 @@ class Daemon:
         self.kernel = Kernel(lambda: self.state)
         """The rtnetlink socket for dumps and changes, its lock and its reads."""
         self.watcher = Watcher(self, reads=self.kernel)
+        self.metrics = Metrics(self.snapshot)
+        """The Prometheus counters, and the endpoint when `metrics.listen` is set."""
         self.reconciler = Reconciler(
             lambda: self.state, self.kernel, self.firewall, Sysctls(), self._spawn,
             report=self.submit, on_pass=self._after_pass,
-            stamp=lambda: (self.watcher.events, self.watcher.resyncs))
+            stamp=lambda: (self.watcher.events, self.watcher.resyncs),
+            on_reaction=self.metrics.reaction)
         self._recorded_disabled: frozenset[str] | None = None
         """The disabled WANs last written to `disabled_store` (None: not yet)."""
         self.learned_store = LearnedStore(cfg.control_socket + ".learned.json")
@@ -81,7 +85,7 @@ class Daemon:
         see `traffic`."""
         self._limited = RateLimitedLog(log)
         """Keyed log lines (a gateway that moves): one per key every 10 s, then a count."""
-        self.listeners: list[Callable[[Transition], None]] = []
+        self.listeners: list[Callable[[Transition], None]] = [self.metrics.transition]
         """Told every WAN state change, in order, on the loop; none may block it."""
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -256,6 +260,7 @@ class Daemon:
     async def reload(self) -> tuple[bool, str]:
         """Re-read the config; an invalid one changes nothing."""
         self.notifier.reloading()
+        done = False
         try:
             try:
                 cfg = load_config(self.config_path, sysctl_root=PROC_SYS)
@@ -283,9 +288,12 @@ class Daemon:
                     self.submit(DefaultsRead(defaults, family))
             await self.reconciler.settled()
             self.ledger.settle(self.cfg)  # a later reload may have replaced cfg already
+            await self.metrics.listen(self.cfg.metrics_listen)
             log.info("reloaded %s", self.config_path)
+            done = True
             return True, "reloaded"
         finally:
+            self.metrics.reloaded(done)
             self.notifier.ready()
 
     async def handle(self, req: dict) -> dict:
@@ -386,6 +394,7 @@ class Daemon:
             self.submit(Adopted(main_route(actual[f].routes, cfg, f), f))
         self.control = ControlServer(cfg.control_socket, self.handle, cfg.control_group)
         await self.control.start()
+        await self.metrics.listen(cfg.metrics_listen)
         self.watcher.follow(cfg)
         await self.watcher.start()
         await self.watcher.resync()       # what changed before the subscription
@@ -435,6 +444,7 @@ class Daemon:
         await self.watcher.stop()
         if self.control is not None:
             await self.control.close()
+        await self.metrics.close()
         await self.reconciler.close()
         cfg = self.cfg
         if cfg.keep_on_exit:

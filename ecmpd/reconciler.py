@@ -44,7 +44,8 @@ class Reconciler:
                  sysctls: Sysctls, spawn: Spawn,
                  report: Callable[[Event], None] = lambda ev: None,
                  on_pass: Callable[[Decision], None] | None = None,
-                 stamp: Callable[[], object] = lambda: None) -> None:
+                 stamp: Callable[[], object] = lambda: None,
+                 on_reaction: Callable[[float], None] = lambda seconds: None) -> None:
         self.current = current
         self.kernel = kernel
         """The rtnetlink socket and its lock (`ecmpd.kernel`)."""
@@ -58,6 +59,8 @@ class Reconciler:
         self.passes = self.changes = self.flushes = 0
         self.reactions: deque[float] = deque(maxlen=200)
         """Seconds from a health decision to the kernel's route reflecting it."""
+        self.on_reaction = on_reaction
+        """Told each of those (the metrics' histogram)."""
         self.closed = False
         """No pass starts any more (shutting down)."""
         self._task: asyncio.Task[None] | None = None
@@ -127,7 +130,9 @@ class Reconciler:
             else:
                 retried = False
                 now = asyncio.get_running_loop().time()
-                self.reactions.extend(now - t for t in decided)
+                for t in decided:
+                    self.reactions.append(now - t)
+                    self.on_reaction(now - t)
                 if self.on_pass is not None:
                     self.on_pass(decision)
                 for w in waiters:

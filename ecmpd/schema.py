@@ -135,6 +135,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("", "nft"),
     Key("", "keep_on_exit", Config, "keep_on_exit", cv.boolean),
     Key("", "control"),
+    Key("", "metrics"),
     Key("lan", "interfaces", Config, "lan_interfaces", cv.ifname, items="interface names"),
     Key("lan", "addresses", None, "", cv.lan_address, items="addresses like 192.168.0.1/24 or fd00:1::1/64"),
     Key("wans.*", "interface", Wan, "interface", cv.ifname),
@@ -177,6 +178,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("nft", "table", Config, "nft_table", cv.nft_table),
     Key("control", "socket", Config, "control_socket", cv.socket_path),
     Key("control", "group", Config, "control_group", cv.group_name),
+    Key("metrics", "listen", Config, "metrics_listen", cv.or_null(cv.listen_address)),
 )
 
 
