@@ -3,6 +3,10 @@
     ecmpd --config FILE            run in the foreground (systemd Type=notify)
     ecmpd --config FILE --check    validate and exit (0 valid, 2 with one line per problem)
     ecmpd --config FILE --dry-run  print the plan (routes, rules, sysctls, nft table)
+    ecmpd --version
+
+Running the daemon needs CAP_NET_ADMIN and libnftables: without either it says so in one
+line and exits 1; a closed stdout (``| head``) ends it quietly (`console`).
 """
 
 from __future__ import annotations
@@ -12,11 +16,13 @@ import asyncio
 import ctypes
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from . import console
 from .config import ConfigError, load_config
 from .configmodel import Config, Wan
 from .sysctl import PROC_SYS
@@ -39,6 +45,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--socket", help="control socket path (overrides control.socket)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "notice", "warning", "error"])
+    console.add_version(p)
     return p
 
 
@@ -170,6 +177,44 @@ def _plan_wan(st: "State", family: int, wan: Wan, label: str, waiting: bool,
     return st, notes + [f"# {label}: {why}"]
 
 
+CAP_NET_ADMIN = 12
+NOT_PRIVILEGED = ("ecmpd: needs root (CAP_NET_ADMIN) to set routes, rules and nftables: run "
+                  "it as root or as ecmpd.service (--check and --dry-run need no privilege)")
+NO_LIBNFTABLES = ("ecmpd: libnftables not found: install the Debian package python3-nftables "
+                  "(libnftables1)")
+
+
+def has_net_admin(status: str = "/proc/self/status") -> bool:
+    """Whether this process may change the network: CAP_NET_ADMIN in its effective set
+    (root has it; so has a unit that grants only that), else, without /proc, root."""
+    try:
+        with open(status, encoding="ascii") as f:
+            caps = next(line.split()[1] for line in f if line.startswith("CapEff:"))
+        return bool(int(caps, 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, StopIteration, IndexError, ValueError):
+        return os.geteuid() == 0
+
+
+def has_libnftables() -> bool:
+    """Whether the `nftables` module loads and finds libnftables.so.1 (it opens the
+    library when a context is made, so a missing library shows only then)."""
+    try:
+        import nftables
+        nftables.Nftables()
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+def refusal() -> str | None:
+    """Why the daemon cannot run here (one line), or None."""
+    if not has_net_admin():
+        return NOT_PRIVILEGED
+    if not has_libnftables():
+        return NO_LIBNFTABLES
+    return None
+
+
 M_MMAP_THRESHOLD = -3
 
 
@@ -188,6 +233,7 @@ def fix_mmap_threshold(size: int = 128 * 1024) -> None:
         pass
 
 
+@console.quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     cfg = load(args)
@@ -199,6 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         asyncio.run(dry_run(cfg))
         return 0
+    why = refusal()
+    if why:
+        print(why, file=sys.stderr)
+        return 1
     from .daemon import Daemon
     from .logsetup import setup_logging
     from .nslock import hold_namespace

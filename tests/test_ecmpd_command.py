@@ -221,3 +221,65 @@ def test_plan_keeps_each_versions_kernel_route_apart():
     assert not any("no IPv4 WAN is usable" in line for line in lines)  # none to keep
     [v6] = multipath(lines)
     assert v6.startswith("-6 ") and "fe80::2" in v6
+
+
+# ---- what stops the daemon before it starts: privilege, libnftables ------------------
+
+def status_file(tmp_path, caps: int) -> str:
+    f = tmp_path / "status"
+    f.write_text(f"Name:\tecmpd\nCapInh:\t0000000000000000\nCapEff:\t{caps:016x}\n")
+    return str(f)
+
+
+def test_net_admin_is_read_from_the_effective_capabilities(tmp_path):
+    assert ecmpd_command.has_net_admin(status_file(tmp_path, 1 << 12))
+    assert ecmpd_command.has_net_admin(status_file(tmp_path, 0x1ffffffffff))
+    assert not ecmpd_command.has_net_admin(status_file(tmp_path, 0x1ffffffffff & ~(1 << 12)))
+    assert not ecmpd_command.has_net_admin(status_file(tmp_path, 0))
+
+
+def test_without_net_admin_the_daemon_refuses_in_one_line(monkeypatch, capsys):
+    started = []
+    monkeypatch.setattr("ecmpd.daemon.Daemon.run", lambda self: started.append(1))
+    monkeypatch.setattr(ecmpd_command, "has_net_admin", lambda: False)
+    assert ecmpd_command.main(["--config", str(EXAMPLE)]) == 1
+    assert capsys.readouterr().err == ecmpd_command.NOT_PRIVILEGED + "\n"
+    assert not started
+    # --check and --dry-run need no privilege
+    assert ecmpd_command.main(["--config", str(EXAMPLE), "--check"]) == 0
+
+
+@pytest.mark.parametrize("nftables", [None, "broken"])
+def test_without_libnftables_the_daemon_names_the_debian_package(monkeypatch, capsys,
+                                                                 nftables):
+    """The module missing (ImportError) or present without libnftables.so.1 (OSError)."""
+    if nftables == "broken":
+        class Nftables:
+            def __init__(self):
+                raise OSError("libnftables.so.1: cannot open shared object file")
+        nftables = type(sys)("nftables")
+        nftables.Nftables = Nftables
+    monkeypatch.setitem(sys.modules, "nftables", nftables)
+    monkeypatch.setattr(ecmpd_command, "has_net_admin", lambda: True)
+    started = []
+    monkeypatch.setattr("ecmpd.daemon.Daemon.run", lambda self: started.append(1))
+    assert ecmpd_command.main(["--config", str(EXAMPLE)]) == 1
+    assert capsys.readouterr().err == (
+        "ecmpd: libnftables not found: install the Debian package python3-nftables "
+        "(libnftables1)\n")
+    assert not started
+
+
+def test_without_libnftables_the_command_prints_one_line_and_no_traceback(tmp_path):
+    """The real command, with an `nftables` module that finds no library first on its
+    path; as root (or with CAP_NET_ADMIN) it gets as far as that check."""
+    if not ecmpd_command.has_net_admin():
+        pytest.skip("needs CAP_NET_ADMIN to get past the privilege check")
+    (tmp_path / "nftables.py").write_text(
+        "class Nftables:\n    def __init__(self):\n"
+        "        raise OSError('libnftables.so.1: cannot open shared object file')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    p = subprocess.run([sys.executable, "-m", "ecmpd.ecmpd_command", "--config", str(EXAMPLE)],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert (p.returncode, p.stdout) == (1, "")
+    assert p.stderr == ecmpd_command.NO_LIBNFTABLES + "\n"
