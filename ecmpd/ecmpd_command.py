@@ -43,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print what would be installed, change nothing")
     p.add_argument("--socket", help="control socket path (overrides control.socket)")
-    p.add_argument("--log-level", default="info",
+    p.add_argument("--log-level", default="info", help="the least severe messages logged",
                    choices=["debug", "info", "notice", "warning", "error"])
     console.add_version(p)
     return p
