@@ -40,7 +40,9 @@ build() {
       --exclude=./vagrant/.wheelhouse --exclude=./vagrant/.vagrant --exclude='__pycache__' \
       --exclude='*.egg-info' --exclude=./debian/build --exclude=./debian/ecmpd -cf - . |
     tar -C "$OUT/src" -xf -
-  (cd "$OUT/src" && dpkg-buildpackage -us -uc -b >../build.log 2>&1) ||
+  # Debian's tools only, as on a build daemon (no pyenv or /usr/local python first)
+  (cd "$OUT/src" && PATH=/usr/sbin:/usr/bin:/sbin:/bin dpkg-buildpackage -us -uc -b \
+     >../build.log 2>&1) ||
     { tail -40 "$OUT/build.log" >&2; say "dpkg-buildpackage failed (log: $OUT/build.log)"; exit 1; }
   local deb
   deb=$(ls "$OUT"/ecmpd_*_all.deb)
@@ -50,7 +52,8 @@ build() {
     tee "$OUT/lintian.txt"
   [ "${PIPESTATUS[0]}" -eq 0 ] || { say "lintian reports errors"; exit 1; }
   dpkg-deb -c "$deb" | tee "$OUT/contents.txt"
-  if awk '{print $6}' "$OUT/contents.txt" | grep -E '/(lab|bench|tests?|vagrant|tools)/|/test_[^/]*\.py$'; then
+  if awk '{print $6}' "$OUT/contents.txt" |
+       grep -E '/(lab|bench|tests?|vagrant|tools)/|^\./usr/share/ecmpd/ecmpd/.*test'; then
     say "the package holds lab, bench, test or build-tool files (above)"
     exit 1
   fi
