@@ -17,6 +17,7 @@ import ctypes
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -139,8 +140,23 @@ def plan(cfg: Config, links: Mapping[str, "Link"], addresses: "Addresses",
         if kept:
             notes.append(f"# no {cfg.version_prefix(family)}WAN is usable: ecmpd's route in "
                          f"the kernel is kept")
-    return notes + describe(decision.desired, cfg) + (
+    lines = describe(decision.desired, cfg) + (
         describe(decision.desired6, cfg) if 6 in cfg.families() else [])
+    return notes + with_names(lines, links)
+
+
+_OIF = re.compile(r"\boif (\d+)\b")
+
+
+def with_names(lines: list[str], links: Mapping[str, "Link"]) -> list[str]:
+    """`lines` with each ``oif N`` as ``dev NAME``, as `ip route` shows them (the
+    kernel's routes hold interface indexes; an admin reads names)."""
+    names = {link.index: name for name, link in links.items()}
+
+    def name(m: re.Match[str]) -> str:
+        found = names.get(int(m[1]))
+        return f"dev {found}" if found else m[0]
+    return [_OIF.sub(name, line) for line in lines]
 
 
 def _plan_wan(st: "State", family: int, wan: Wan, label: str, waiting: bool,

@@ -108,8 +108,8 @@ def test_plan_routes_every_wan_whose_first_rounds_pass():
     lines = plan()
     assert "# a: joins once its first probe round passes" in lines
     [route] = multipath(lines)
-    assert "nexthop via 192.0.2.1 oif 11 weight 1" in route
-    assert "nexthop via 198.51.100.1 oif 12 weight 5" in route
+    assert "nexthop via 192.0.2.1 dev eth1 weight 1" in route
+    assert "nexthop via 198.51.100.1 dev eth2 weight 5" in route
 
 
 def test_plan_leaves_out_a_wan_the_daemon_would_not_route():
@@ -119,7 +119,7 @@ def test_plan_leaves_out_a_wan_the_daemon_would_not_route():
     assert "# b: out: no IPv4 address" in plan(addrs={11: ADDRS[11]})
     # administratively down, disabled, or probing only the router's own address
     lines = plan(links={**LINKS, "eth2": Link(12, False, False)})
-    assert "# b: out: no carrier" in lines and "198.51.100.1 oif" not in multipath(lines)[0]
+    assert "# b: out: no carrier" in lines and "198.51.100.1 dev" not in multipath(lines)[0]
     lines = plan(disabled={"b"})
     assert "# b: out: disabled by the administrator" in lines
     assert "198.51.100.1" not in multipath(lines)[0]
@@ -179,9 +179,9 @@ def test_plan_of_a_dual_stack_config_routes_each_version_apart():
     assert "# a IPv6: joins once its first probe round passes" in lines
     assert not any(line.startswith("# b IPv6") for line in lines)     # b: IPv4 only
     v4, v6 = multipath(lines)
-    assert "nexthop via 192.0.2.1 oif 11 weight 1" in v4
-    assert "nexthop via 198.51.100.1 oif 12 weight 5" in v4 and not v4.startswith("-6")
-    assert v6.startswith("-6 ") and "nexthop via fe80::1 oif 11" in v6
+    assert "nexthop via 192.0.2.1 dev eth1 weight 1" in v4
+    assert "nexthop via 198.51.100.1 dev eth2 weight 5" in v4 and not v4.startswith("-6")
+    assert v6.startswith("-6 ") and "nexthop via fe80::1 dev eth1" in v6
     assert "198.51.100.1" not in v6 and "192.0.2.1" not in v6
     # no IPv6 address on eth1: a is out of the IPv6 route only
     lines = plan6(addrs6={})
@@ -201,10 +201,10 @@ def test_plan_lists_each_policy_sets_rule_and_table_of_each_version():
     # b carries no IPv6: bulk's IPv6 set is empty, voip's is a alone
     assert "# IPv6 policy set 254 (bulk): use b, fallback balance; mark 0xfe0000, table " \
            "1254: balanced like unmatched traffic: no usable WAN" in lines
-    assert "route default table 1255 metric 0 nexthop via 192.0.2.1 oif 11 weight 1 " \
-           "nexthop via 198.51.100.1 oif 12 weight 5" in lines
-    assert "route default table 1254 via 198.51.100.1 oif 12" in lines
-    assert "-6 route default table 1255 via fe80::1 oif 11" in lines
+    assert "route default table 1255 metric 0 nexthop via 192.0.2.1 dev eth1 weight 1 " \
+           "nexthop via 198.51.100.1 dev eth2 weight 5" in lines
+    assert "route default table 1254 via 198.51.100.1 dev eth2" in lines
+    assert "-6 route default table 1255 via fe80::1 dev eth1" in lines
     assert "-6 route unreachable default table 1255 metric 4294967295" in lines
     assert not any(line.startswith("-6 route default table 1254") for line in lines)
     for v in ("", "-6 "):
@@ -283,3 +283,11 @@ def test_without_libnftables_the_command_prints_one_line_and_no_traceback(tmp_pa
                        capture_output=True, text=True, timeout=60, env=env)
     assert (p.returncode, p.stdout) == (1, "")
     assert p.stderr == ecmpd_command.NO_LIBNFTABLES + "\n"
+
+
+def test_plan_names_interfaces_where_the_kernel_has_indexes():
+    assert ecmpd_command.with_names(["route default table 1001 via 192.0.2.1 oif 11",
+                                     "nexthop via 192.0.2.1 oif 99 weight 1"], LINKS) == [
+        "route default table 1001 via 192.0.2.1 dev eth1",
+        "nexthop via 192.0.2.1 oif 99 weight 1"]          # an index no link has: kept
+    assert not any(" oif " in line for line in plan())
