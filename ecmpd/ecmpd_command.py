@@ -2,7 +2,8 @@
 
     ecmpd --config FILE            run in the foreground (systemd Type=notify)
     ecmpd --config FILE --check    validate and exit (0 valid, 2 with one line per problem)
-    ecmpd --config FILE --dry-run  print the plan (routes, rules, sysctls, nft table)
+    ecmpd --config FILE --dry-run  print the plan (routes, rules, sysctls, nft table in
+                                   nft syntax)
     ecmpd --version
 
 Running the daemon needs CAP_NET_ADMIN and libnftables: without either it says so in one
@@ -14,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
-import json
 import logging
 import os
 import re
@@ -72,7 +72,7 @@ def load(args: argparse.Namespace) -> Config | None:
 async def dry_run(cfg: Config) -> None:
     """Print the plan for the current network namespace (see `plan`).  Only reads:
     netlink dumps and the disabled WANs' file; needs no root."""
-    from . import nftrules, policyrules, routing
+    from . import nftrules, nfttext, policyrules, routing
     from .disabled import DisabledStore
     from .kernel import Kernel
     from .decision import main_route
@@ -99,8 +99,9 @@ async def dry_run(cfg: Config) -> None:
         print(line)
     for line in policyrules.describe(cfg):
         print(line)
-    print(f"# nft table inet {cfg.nft_table} (one atomic transaction):")
-    print(json.dumps(nftrules.replace_commands(cfg), indent=1))
+    print(f"# nft table inet {cfg.nft_table} (one atomic transaction, as `nft -f` takes it):")
+    for line in nfttext.render(nftrules.replace_commands(cfg)):
+        print(line)
 
 
 def plan(cfg: Config, links: Mapping[str, "Link"], addresses: "Addresses",

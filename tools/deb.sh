@@ -82,7 +82,7 @@ check() {
   local sys=$root/run
   rm -rf "$sys"
   cp -a "$base" "$sys"
-  trap 'umount "$sys/proc" 2>/dev/null || true' EXIT
+  trap "umount '$sys/proc' 2>/dev/null || true" EXIT
   mount -t proc proc "$sys/proc"
   printf '#!/bin/sh\nexit 101\n' >"$sys/usr/sbin/policy-rc.d"   # start no service here
   chmod +x "$sys/usr/sbin/policy-rc.d"
@@ -107,7 +107,7 @@ check() {
     grep -q '^ExecStart=/usr/bin/ecmpd ' /lib/systemd/system/ecmpd.service
     dpkg-query -W -f='\${Conffiles}\n' ecmpd | grep -q /etc/ecmpd/ecmpd.yaml
     python3 -c 'import sys; sys.path.insert(0, \"/usr/share/ecmpd\"); import pyroute2, icmplib, nftables, yaml; print(\"pyroute2\", pyroute2.__version__, \"from\", pyroute2.__file__); print(\"nftables from\", nftables.__file__)'
-    apt-get purge -y -qq ecmpd >/dev/null
+    apt-get purge -y -qq ecmpd >/dev/null 2>&1   # (apt: no /dev/pts in the chroot)
     ! test -e /usr/bin/ecmpd && ! test -e /etc/ecmpd/ecmpd.yaml
     echo '--- purged cleanly'
   "
