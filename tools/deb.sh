@@ -80,7 +80,9 @@ check() {
       { tail -20 "$root.debootstrap.log" >&2; exit 1; }
   fi
   local sys=$root/run
-  rm -rf "$sys"
+  # never remove through a mount: a /proc left mounted by an interrupted run goes first
+  if mountpoint -q "$sys/proc"; then umount "$sys/proc"; fi
+  rm -rf --one-file-system "$sys"
   cp -a "$base" "$sys"
   trap "umount '$sys/proc' 2>/dev/null || true" EXIT
   mount -t proc proc "$sys/proc"
