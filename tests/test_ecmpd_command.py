@@ -158,7 +158,7 @@ def test_dry_run_reads_only_and_needs_no_privilege():
                         "--dry-run"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "rule 1512: from all lookup 1000" in p.stdout
-    assert "# nft table inet ecmpd (one atomic transaction):" in p.stdout
+    assert "# nft table inet ecmpd (one atomic transaction, as `nft -f` takes it):" in p.stdout
 
 
 DUAL_CFG = parse_config("lan: {interfaces: [lan0]}\nwans:\n"
