@@ -1,3 +1,3 @@
-"""ecmpd: Linux multi-WAN gateway daemon."""
+"""ecmpd: Linux multi-WAN gateway daemon.
 
-__version__ = "0.2.0"
+Its version is pyproject.toml's, read by `ecmpd.console.version` when asked for."""

@@ -17,6 +17,7 @@ import sys
 import time
 from typing import Any
 
+from . import console
 from . import control_protocol as proto
 from .control_protocol import DEFAULT_SOCKET, RETRY_ERRORS
 
@@ -313,6 +314,7 @@ def _timeout(text: str) -> float:
 def build_parser() -> argparse.ArgumentParser:
     """The `ecmpctl` argument parser."""
     p = argparse.ArgumentParser(prog="ecmpctl", description="Control a running ecmpd.")
+    console.add_version(p)
     p.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH",
                    help=f"control socket (default {DEFAULT_SOCKET})")
     p.add_argument("--timeout", type=_timeout, default=DEFAULT_TIMEOUT, metavar="S",
@@ -328,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@console.quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `ecmpctl`; returns the exit code."""
     args = build_parser().parse_args(argv)

@@ -2,7 +2,12 @@
 
     ecmpd --config FILE            run in the foreground (systemd Type=notify)
     ecmpd --config FILE --check    validate and exit (0 valid, 2 with one line per problem)
-    ecmpd --config FILE --dry-run  print the plan (routes, rules, sysctls, nft table)
+    ecmpd --config FILE --dry-run  print the plan (routes, rules, sysctls, nft table in
+                                   nft syntax)
+    ecmpd --version
+
+Running the daemon needs CAP_NET_ADMIN and libnftables: without either it says so in one
+line and exits 1; a closed stdout (``| head``) ends it quietly (`console`).
 """
 
 from __future__ import annotations
@@ -10,13 +15,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ctypes
-import json
 import logging
+import os
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from . import console
 from .config import ConfigError, load_config
 from .configmodel import Config, Wan
 from .sysctl import PROC_SYS
@@ -37,8 +44,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true",
                    help="print what would be installed, change nothing")
     p.add_argument("--socket", help="control socket path (overrides control.socket)")
-    p.add_argument("--log-level", default="info",
+    p.add_argument("--log-level", default="info", help="the least severe messages logged",
                    choices=["debug", "info", "notice", "warning", "error"])
+    console.add_version(p)
     return p
 
 
@@ -64,7 +72,7 @@ def load(args: argparse.Namespace) -> Config | None:
 async def dry_run(cfg: Config) -> None:
     """Print the plan for the current network namespace (see `plan`).  Only reads:
     netlink dumps and the disabled WANs' file; needs no root."""
-    from . import nftrules, policyrules, routing
+    from . import nftrules, nfttext, policyrules, routing
     from .disabled import DisabledStore
     from .kernel import Kernel
     from .decision import main_route
@@ -91,8 +99,9 @@ async def dry_run(cfg: Config) -> None:
         print(line)
     for line in policyrules.describe(cfg):
         print(line)
-    print(f"# nft table inet {cfg.nft_table} (one atomic transaction):")
-    print(json.dumps(nftrules.replace_commands(cfg), indent=1))
+    print(f"# nft table inet {cfg.nft_table} (one atomic transaction, as `nft -f` takes it):")
+    for line in nfttext.render(nftrules.replace_commands(cfg)):
+        print(line)
 
 
 def plan(cfg: Config, links: Mapping[str, "Link"], addresses: "Addresses",
@@ -132,8 +141,23 @@ def plan(cfg: Config, links: Mapping[str, "Link"], addresses: "Addresses",
         if kept:
             notes.append(f"# no {cfg.version_prefix(family)}WAN is usable: ecmpd's route in "
                          f"the kernel is kept")
-    return notes + describe(decision.desired, cfg) + (
+    lines = describe(decision.desired, cfg) + (
         describe(decision.desired6, cfg) if 6 in cfg.families() else [])
+    return notes + with_names(lines, links)
+
+
+_OIF = re.compile(r"\boif (\d+)\b")
+
+
+def with_names(lines: list[str], links: Mapping[str, "Link"]) -> list[str]:
+    """`lines` with each ``oif N`` as ``dev NAME``, as `ip route` shows them (the
+    kernel's routes hold interface indexes; an admin reads names)."""
+    names = {link.index: name for name, link in links.items()}
+
+    def name(m: re.Match[str]) -> str:
+        found = names.get(int(m[1]))
+        return f"dev {found}" if found else m[0]
+    return [_OIF.sub(name, line) for line in lines]
 
 
 def _plan_wan(st: "State", family: int, wan: Wan, label: str, waiting: bool,
@@ -170,6 +194,44 @@ def _plan_wan(st: "State", family: int, wan: Wan, label: str, waiting: bool,
     return st, notes + [f"# {label}: {why}"]
 
 
+CAP_NET_ADMIN = 12
+NOT_PRIVILEGED = ("ecmpd: needs root (CAP_NET_ADMIN) to set routes, rules and nftables: run "
+                  "it as root or as ecmpd.service (--check and --dry-run need no privilege)")
+NO_LIBNFTABLES = ("ecmpd: libnftables not found: install the Debian package python3-nftables "
+                  "(libnftables1)")
+
+
+def has_net_admin(status: str = "/proc/self/status") -> bool:
+    """Whether this process may change the network: CAP_NET_ADMIN in its effective set
+    (root has it; so has a unit that grants only that), else, without /proc, root."""
+    try:
+        with open(status, encoding="ascii") as f:
+            caps = next(line.split()[1] for line in f if line.startswith("CapEff:"))
+        return bool(int(caps, 16) >> CAP_NET_ADMIN & 1)
+    except (OSError, StopIteration, IndexError, ValueError):
+        return os.geteuid() == 0
+
+
+def has_libnftables() -> bool:
+    """Whether the `nftables` module loads and finds libnftables.so.1 (it opens the
+    library when a context is made, so a missing library shows only then)."""
+    try:
+        import nftables
+        nftables.Nftables()
+    except (ImportError, OSError):
+        return False
+    return True
+
+
+def refusal() -> str | None:
+    """Why the daemon cannot run here (one line), or None."""
+    if not has_net_admin():
+        return NOT_PRIVILEGED
+    if not has_libnftables():
+        return NO_LIBNFTABLES
+    return None
+
+
 M_MMAP_THRESHOLD = -3
 
 
@@ -188,6 +250,7 @@ def fix_mmap_threshold(size: int = 128 * 1024) -> None:
         pass
 
 
+@console.quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     cfg = load(args)
@@ -199,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         asyncio.run(dry_run(cfg))
         return 0
+    why = refusal()
+    if why:
+        print(why, file=sys.stderr)
+        return 1
     from .daemon import Daemon
     from .logsetup import setup_logging
     from .nslock import hold_namespace

@@ -197,7 +197,7 @@ def test_dry_run_prints_the_plan_and_changes_nothing(make_lab):
     out = lab.run(lab.ns_router, *d.argv("--dry-run")).stdout
     assert "nexthop via 10.111.0.1" in out and "weight 5" in out
     assert "fwmark 0x10000/0xff0000 lookup 1001" in out
-    assert '"masquerade"' in out
+    assert 'meta oifname "wlan1" masquerade' in out          # the nft table in nft syntax
     assert lab.run(lab.ns_router, "ip", "route", "show", "default").stdout == ""
     assert lab.run(lab.ns_router, "nft", "list", "ruleset").stdout.strip() == ""
     # a WAN learning its gateway: the plan uses what the kernel's default routes say

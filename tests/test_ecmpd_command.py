@@ -108,8 +108,8 @@ def test_plan_routes_every_wan_whose_first_rounds_pass():
     lines = plan()
     assert "# a: joins once its first probe round passes" in lines
     [route] = multipath(lines)
-    assert "nexthop via 192.0.2.1 oif 11 weight 1" in route
-    assert "nexthop via 198.51.100.1 oif 12 weight 5" in route
+    assert "nexthop via 192.0.2.1 dev eth1 weight 1" in route
+    assert "nexthop via 198.51.100.1 dev eth2 weight 5" in route
 
 
 def test_plan_leaves_out_a_wan_the_daemon_would_not_route():
@@ -119,7 +119,7 @@ def test_plan_leaves_out_a_wan_the_daemon_would_not_route():
     assert "# b: out: no IPv4 address" in plan(addrs={11: ADDRS[11]})
     # administratively down, disabled, or probing only the router's own address
     lines = plan(links={**LINKS, "eth2": Link(12, False, False)})
-    assert "# b: out: no carrier" in lines and "198.51.100.1 oif" not in multipath(lines)[0]
+    assert "# b: out: no carrier" in lines and "198.51.100.1 dev" not in multipath(lines)[0]
     lines = plan(disabled={"b"})
     assert "# b: out: disabled by the administrator" in lines
     assert "198.51.100.1" not in multipath(lines)[0]
@@ -158,7 +158,7 @@ def test_dry_run_reads_only_and_needs_no_privilege():
                         "--dry-run"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert "rule 1512: from all lookup 1000" in p.stdout
-    assert "# nft table inet ecmpd (one atomic transaction):" in p.stdout
+    assert "# nft table inet ecmpd (one atomic transaction, as `nft -f` takes it):" in p.stdout
 
 
 DUAL_CFG = parse_config("lan: {interfaces: [lan0]}\nwans:\n"
@@ -179,9 +179,9 @@ def test_plan_of_a_dual_stack_config_routes_each_version_apart():
     assert "# a IPv6: joins once its first probe round passes" in lines
     assert not any(line.startswith("# b IPv6") for line in lines)     # b: IPv4 only
     v4, v6 = multipath(lines)
-    assert "nexthop via 192.0.2.1 oif 11 weight 1" in v4
-    assert "nexthop via 198.51.100.1 oif 12 weight 5" in v4 and not v4.startswith("-6")
-    assert v6.startswith("-6 ") and "nexthop via fe80::1 oif 11" in v6
+    assert "nexthop via 192.0.2.1 dev eth1 weight 1" in v4
+    assert "nexthop via 198.51.100.1 dev eth2 weight 5" in v4 and not v4.startswith("-6")
+    assert v6.startswith("-6 ") and "nexthop via fe80::1 dev eth1" in v6
     assert "198.51.100.1" not in v6 and "192.0.2.1" not in v6
     # no IPv6 address on eth1: a is out of the IPv6 route only
     lines = plan6(addrs6={})
@@ -201,10 +201,10 @@ def test_plan_lists_each_policy_sets_rule_and_table_of_each_version():
     # b carries no IPv6: bulk's IPv6 set is empty, voip's is a alone
     assert "# IPv6 policy set 254 (bulk): use b, fallback balance; mark 0xfe0000, table " \
            "1254: balanced like unmatched traffic: no usable WAN" in lines
-    assert "route default table 1255 metric 0 nexthop via 192.0.2.1 oif 11 weight 1 " \
-           "nexthop via 198.51.100.1 oif 12 weight 5" in lines
-    assert "route default table 1254 via 198.51.100.1 oif 12" in lines
-    assert "-6 route default table 1255 via fe80::1 oif 11" in lines
+    assert "route default table 1255 metric 0 nexthop via 192.0.2.1 dev eth1 weight 1 " \
+           "nexthop via 198.51.100.1 dev eth2 weight 5" in lines
+    assert "route default table 1254 via 198.51.100.1 dev eth2" in lines
+    assert "-6 route default table 1255 via fe80::1 dev eth1" in lines
     assert "-6 route unreachable default table 1255 metric 4294967295" in lines
     assert not any(line.startswith("-6 route default table 1254") for line in lines)
     for v in ("", "-6 "):
@@ -221,3 +221,73 @@ def test_plan_keeps_each_versions_kernel_route_apart():
     assert not any("no IPv4 WAN is usable" in line for line in lines)  # none to keep
     [v6] = multipath(lines)
     assert v6.startswith("-6 ") and "fe80::2" in v6
+
+
+# ---- what stops the daemon before it starts: privilege, libnftables ------------------
+
+def status_file(tmp_path, caps: int) -> str:
+    f = tmp_path / "status"
+    f.write_text(f"Name:\tecmpd\nCapInh:\t0000000000000000\nCapEff:\t{caps:016x}\n")
+    return str(f)
+
+
+def test_net_admin_is_read_from_the_effective_capabilities(tmp_path):
+    assert ecmpd_command.has_net_admin(status_file(tmp_path, 1 << 12))
+    assert ecmpd_command.has_net_admin(status_file(tmp_path, 0x1ffffffffff))
+    assert not ecmpd_command.has_net_admin(status_file(tmp_path, 0x1ffffffffff & ~(1 << 12)))
+    assert not ecmpd_command.has_net_admin(status_file(tmp_path, 0))
+
+
+def test_without_net_admin_the_daemon_refuses_in_one_line(monkeypatch, capsys):
+    started = []
+    monkeypatch.setattr("ecmpd.daemon.Daemon.run", lambda self: started.append(1))
+    monkeypatch.setattr(ecmpd_command, "has_net_admin", lambda: False)
+    assert ecmpd_command.main(["--config", str(EXAMPLE)]) == 1
+    assert capsys.readouterr().err == ecmpd_command.NOT_PRIVILEGED + "\n"
+    assert not started
+    # --check and --dry-run need no privilege
+    assert ecmpd_command.main(["--config", str(EXAMPLE), "--check"]) == 0
+
+
+@pytest.mark.parametrize("nftables", [None, "broken"])
+def test_without_libnftables_the_daemon_names_the_debian_package(monkeypatch, capsys,
+                                                                 nftables):
+    """The module missing (ImportError) or present without libnftables.so.1 (OSError)."""
+    if nftables == "broken":
+        class Nftables:
+            def __init__(self):
+                raise OSError("libnftables.so.1: cannot open shared object file")
+        nftables = type(sys)("nftables")
+        nftables.Nftables = Nftables
+    monkeypatch.setitem(sys.modules, "nftables", nftables)
+    monkeypatch.setattr(ecmpd_command, "has_net_admin", lambda: True)
+    started = []
+    monkeypatch.setattr("ecmpd.daemon.Daemon.run", lambda self: started.append(1))
+    assert ecmpd_command.main(["--config", str(EXAMPLE)]) == 1
+    assert capsys.readouterr().err == (
+        "ecmpd: libnftables not found: install the Debian package python3-nftables "
+        "(libnftables1)\n")
+    assert not started
+
+
+def test_without_libnftables_the_command_prints_one_line_and_no_traceback(tmp_path):
+    """The real command, with an `nftables` module that finds no library first on its
+    path; as root (or with CAP_NET_ADMIN) it gets as far as that check."""
+    if not ecmpd_command.has_net_admin():
+        pytest.skip("needs CAP_NET_ADMIN to get past the privilege check")
+    (tmp_path / "nftables.py").write_text(
+        "class Nftables:\n    def __init__(self):\n"
+        "        raise OSError('libnftables.so.1: cannot open shared object file')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    p = subprocess.run([sys.executable, "-m", "ecmpd.ecmpd_command", "--config", str(EXAMPLE)],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert (p.returncode, p.stdout) == (1, "")
+    assert p.stderr == ecmpd_command.NO_LIBNFTABLES + "\n"
+
+
+def test_plan_names_interfaces_where_the_kernel_has_indexes():
+    assert ecmpd_command.with_names(["route default table 1001 via 192.0.2.1 oif 11",
+                                     "nexthop via 192.0.2.1 oif 99 weight 1"], LINKS) == [
+        "route default table 1001 via 192.0.2.1 dev eth1",
+        "nexthop via 192.0.2.1 oif 99 weight 1"]          # an index no link has: kept
+    assert not any(" oif " in line for line in plan())
