@@ -40,7 +40,7 @@ UP = Health(H.UP, 0, "after 5 good rounds")
 
 FAMILY_KEYS = {"state", "health", "since", "reason", "last_round", "gateway", "address",
                "active", "targets", "verdict", "note", "timeout_ms", "gateway_source",
-               "nexthop", "standby"}
+               "nexthop", "standby", "since_iso", "downs_24h", "last_down"}
 """A WAN's fields of one IP version (under "ipv4" / "ipv6"; the IPv4 ones also at its top)."""
 WAN_KEYS = FAMILY_KEYS | {"interface", "weight", "tier", "failback", "nat", "disabled", "carrier", "mark", "table",
                           "connections", "point_to_point", "families", "ipv4", "ipv6"}
@@ -486,3 +486,17 @@ def test_policies_show_their_match_wans_in_use_and_counters() -> None:
     assert ("  1. voip: dst 198.18.0.0/15 proto udp dport 5060,10000-20000 -> use wlan2 "
             "(fallback balance), 12 packets\n     now: IPv4 via none usable") in text
     assert render(snap())["policies"] == []
+
+
+def test_each_wan_shows_its_downs_in_the_last_day_its_last_down_and_iso_times() -> None:
+    from ecmpd.history import Summary
+    downs = {("wlan2", 4): Summary(2, 1_700_000_100.5, "0/2 targets answered")}
+    st = render(snap(history=downs))
+    w1, w2 = st["wans"]["wlan1"], st["wans"]["wlan2"]
+    assert (w1["downs_24h"], w1["last_down"]) == (0, None)
+    assert w2["downs_24h"] == 2 == w2["ipv4"]["downs_24h"]
+    assert w2["last_down"] == {"at": 1_700_000_100.5, "at_iso": "2023-11-14T22:15:00.500+00:00",
+                               "reason": "0/2 targets answered"}
+    # ISO 8601 beside the epoch float, the same instant
+    assert w1["since"] == 1_700_000_001.0 and w1["since_iso"] == "2023-11-14T22:13:21.000+00:00"
+    json.dumps(st)
