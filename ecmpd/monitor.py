@@ -97,9 +97,14 @@ class Monitors:
             self._clients.pop(writer, None)
 
     def close(self) -> None:
-        """Close every monitor connection (the server is closing)."""
+        """Close every monitor connection (the server is closing), after the lines
+        still queued for it: the last changes before a stop are sent too."""
         for c in list(self._clients.values()):
-            self._close(c)
+            self._clients.pop(c.writer, None)
+            transport = c.writer.transport
+            while not c.queue.empty() and not transport.is_closing():
+                transport.write(c.queue.get_nowait())
+            transport.close()           # after what is buffered, as the loop allows
 
     def _close(self, c: _Client) -> None:
         self._clients.pop(c.writer, None)
