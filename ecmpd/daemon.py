@@ -365,7 +365,8 @@ class Daemon:
             r = self.reconciler
             stats = status.Stats(r.passes, r.changes, self.firewall.applies,
                                  self.watcher.events, tuple(r.reactions), r.flushes,
-                                 self.watcher.resyncs)
+                                 self.watcher.resyncs,
+                                 len(self.control.monitors) if self.control else 0)
         policy_packets = self.policy_packets() if cfg.policies else {}
         downs = self.history.summary([w.name for w in st.cfg.wans], FAMILIES, time.time())
         return status.Snapshot(st, main_route(actual[4].routes, st.cfg), actual[4].foreign_main,

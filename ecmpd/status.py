@@ -76,6 +76,8 @@ class Stats:
     """Conntrack flushes of WANs that went DOWN."""
     resyncs: int = 0
     """Full resynchronisations after lost kernel events."""
+    monitors: int = 0
+    """``ecmpctl monitor`` clients connected."""
 
 
 @dataclass(frozen=True)
@@ -278,5 +280,5 @@ def render(snap: Snapshot) -> dict[str, Any]:
         "stats": {"reconciles": s.reconciles, "changes": s.changes,
                   "nft_writes": s.nft_writes, "events": s.events,
                   "reaction_ms": [round(x * 1000, 3) for x in s.reactions],
-                  "flushes": s.flushes, "resyncs": s.resyncs},
+                  "flushes": s.flushes, "resyncs": s.resyncs, "monitors": s.monitors},
     }

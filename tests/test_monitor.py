@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
+import tempfile
+
+import pytest
 
 from ecmpd import monitor
 from lab.wait import until_async
-from tests.test_control_server import Client, run, sockdir, with_server  # noqa: F401
+from tests.test_control_server import Client, run, with_server
+
+
+@pytest.fixture
+def sockdir():
+    d = tempfile.mkdtemp(prefix="ecmpd-mon-", dir="/tmp")  # short: sun_path is 108 bytes
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
 
 
 def event(wan: str, state: str, n: int = 0) -> dict:

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from ecmpd import conntrack, routing
-from ecmpd.ecmpctl_command import render_status
+from ecmpd.statusview import render_status as render_text
 from ecmpd.desired import MAIN_TABLE, Nexthop, RouteSpec
 from ecmpd.health import Health, Phase as H, Verdict
 from ecmpd.judge import RoundResult, TargetSample, Window
@@ -38,6 +38,13 @@ LINKS = {"lan0": Link(3, True, True), "eth1": Link(11, True, True), "eth2": Link
 ADDRS = {11: (("192.0.2.10", 24), ("192.0.2.11", 24)), 12: (("198.51.100.10", 24),)}
 UP = Health(H.UP, 0, "after 5 good rounds")
 
+
+def render_status(payload: dict, now: float) -> str:
+    """`ecmpctl status -v`: the detail these tests check (statusview's own tests cover
+    the view at a glance)."""
+    return render_text(payload, now, verbose=True)
+
+
 FAMILY_KEYS = {"state", "health", "since", "reason", "last_round", "gateway", "address",
                "active", "targets", "verdict", "note", "timeout_ms", "gateway_source",
                "nexthop", "standby", "since_iso", "downs_24h", "last_down"}
@@ -46,7 +53,7 @@ WAN_KEYS = FAMILY_KEYS | {"interface", "weight", "tier", "failback", "nat", "dis
                           "connections", "point_to_point", "families", "ipv4", "ipv6"}
 TOP_KEYS = {"pid", "config", "uptime", "hash", "new_flows_tier", "wans", "policies", "route", "route6", "warnings", "stats"}
 STATS_KEYS = {"reconciles", "changes", "nft_writes", "events", "reaction_ms", "flushes",
-              "resyncs"}
+              "resyncs", "monitors"}
 
 
 def hop(gw: str, oif: int, weight: int = 1) -> Nexthop:
@@ -350,7 +357,7 @@ def test_a_prober_without_any_round_yet() -> None:
 def test_stats() -> None:
     assert render(snap())["stats"] == {"reconciles": 12, "changes": 4, "nft_writes": 2,
                                        "events": 37, "reaction_ms": [4.123, 12.6],
-                                       "flushes": 1, "resyncs": 0}
+                                       "flushes": 1, "resyncs": 0, "monitors": 0}
 
 
 # ---- Daemon.snapshot: one moment --------------------------------------------------------
