@@ -87,6 +87,8 @@ class Daemon:
         """The last transitions: `ecmpctl history` and the downs in status."""
         self.journal = Journal(interface=self._interface) if under_systemd() else None
         """Structured journal entries of the transitions (only under systemd)."""
+        self._told: Log | None = None
+        """The log line of the transition being handed to the listeners (journal only)."""
         self.listeners: list[Callable[[Transition], None]] = [
             self.history.record, self._publish]
         """Told every WAN state change, in order, on the loop; none may block it."""
@@ -132,13 +134,18 @@ class Daemon:
                       probe_gateway(p, wan))
 
     def _carry_out(self, effects: Iterable[Effect]) -> None:
+        effects = tuple(effects)
+        said = self._said(effects) if self.journal is not None else {}
         for e in effects:
             if isinstance(e, Log):
+                if id(e) in said:
+                    continue            # the journal gets it with its transition's fields
                 if e.key is None:
                     log.log(e.level, e.message)
                 else:
                     self._limited.log(e.key, e.level, "%s", e.message)
             elif isinstance(e, Transition):
+                self._told = said.get(id(e))
                 for listener in self.listeners:
                     try:
                         listener(e)
@@ -163,11 +170,36 @@ class Daemon:
             log.info("%s: %d connections NATed to its old address %s removed from conntrack",
                      e.name, gone, e.address)
 
+    def _said(self, effects: tuple[Effect, ...]) -> dict[int, Any]:
+        """Under the journal, each transition's log line (`events.step` puts it before
+        the transition, named by the WAN's label) is written once, as the transition's
+        structured entry: id of the Log -> its Transition and back.  A line not paired
+        is written to stderr as any other."""
+        out: dict[int, Any] = {}
+        for i, t in enumerate(effects):
+            if not isinstance(t, Transition):
+                continue
+            try:
+                label = self.cfg.wan(t.name).label(t.family) + ": "
+            except KeyError:
+                continue
+            for e in reversed(effects[:i]):
+                if isinstance(e, Transition) and e.name == t.name:
+                    break
+                if isinstance(e, Log) and e.key is None and id(e) not in out \
+                        and e.message.startswith(label):
+                    out[id(e)], out[id(t)] = t, e
+                    break
+        return out
+
     def _publish(self, t: Transition) -> None:
         """A transition to the journal and to the `ecmpctl monitor` clients (neither
         blocks: both drop what their reader cannot take)."""
         if self.journal is not None:
-            self.journal.send(t)
+            said, self._told = self._told, None
+            if said is not None and said.level < log.getEffectiveLevel():
+                said = None             # below the configured level: the short form
+            self.journal.send(t, said)
         if self.control is not None:
             self.control.publish(t.name, as_json(t))
 

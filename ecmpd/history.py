@@ -105,12 +105,19 @@ class History:
 
     def summary(self, names: Iterable[str], families: Iterable[int],
                 now: float) -> dict[tuple[str, int], Summary]:
-        """(WAN, IP version) -> its downs in the last 24 h and its last down, for status."""
+        """(WAN, IP version) -> its downs in the last 24 h and its last down, for status:
+        one pass over the ring, whatever the number of WANs."""
+        counts: dict[tuple[str, int], int] = {}
+        last: dict[tuple[str, int], Transition] = {}
+        for t in self._ring:
+            if t.state == "down":
+                key = (t.name, t.family)
+                last[key] = t
+                if now - t.at <= DAY:
+                    counts[key] = counts.get(key, 0) + 1
         out = {}
-        for name in names:
-            for f in families:
-                last = self.last_down(name, f)
-                out[(name, f)] = Summary(len(self.downs(name, now, f)),
-                                         None if last is None else last.at,
-                                         None if last is None else last.reason)
+        for key in ((n, f) for n in names for f in families):
+            t = last.get(key)
+            out[key] = Summary(counts.get(key, 0), None if t is None else t.at,
+                               None if t is None else t.reason)
         return out

@@ -20,8 +20,9 @@ import socket
 import struct
 from collections.abc import Callable, Mapping
 
-from .events import Transition
+from .events import Log, Transition
 from .history import family_name, human_duration
+from .logsetup import syslog_priority
 
 log = logging.getLogger("ecmpd")
 
@@ -46,15 +47,19 @@ def encode(fields: Mapping[str, str]) -> bytes:
     return bytes(out)
 
 
-def fields(t: Transition, interface: str | None = None) -> dict[str, str]:
-    """The journal entry of transition `t`."""
+def fields(t: Transition, interface: str | None = None,
+           said: Log | None = None) -> dict[str, str]:
+    """The journal entry of transition `t`; `said`: the daemon's log line of it, whose
+    text and level the entry takes (it is not written anywhere else)."""
     version = " IPv6" if t.family == 6 else ""
     lasted = "" if t.lasted is None else f", {t.previous} for {human_duration(t.lasted)}"
     reason = f": {t.reason}" if t.reason else ""
     out = {
-        "MESSAGE": f"{t.name}{version}: {t.previous} -> {t.state}{reason}{lasted}",
+        "MESSAGE": said.message if said is not None else
+        f"{t.name}{version}: {t.previous} -> {t.state}{reason}{lasted}",
         "MESSAGE_ID": MESSAGE_ID,
-        "PRIORITY": str(PRIORITY.get(t.state, 6)),
+        "PRIORITY": str(syslog_priority(said.level) if said is not None
+                        else PRIORITY.get(t.state, 6)),
         "SYSLOG_IDENTIFIER": "ecmpd",
         "WAN": t.name,
         "STATE": t.state,
@@ -90,18 +95,20 @@ class Journal:
         self.dropped = 0
         self._sock: socket.socket | None = None
 
-    def send(self, t: Transition) -> None:
-        """Write `t`'s entry; never blocks, never raises (a failure is counted and
-        logged at debug level: the human log line of the change went to stderr)."""
+    def send(self, t: Transition, said: Log | None = None) -> None:
+        """Write `t`'s entry (`said`: its log line, see `fields`); never blocks, never
+        raises: a failure is counted and the line written to stderr instead."""
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
                 self._sock.setblocking(False)
-            self._sock.sendto(encode(fields(t, self.interface(t.name))), self.path)
+            self._sock.sendto(encode(fields(t, self.interface(t.name), said)), self.path)
             self.sent += 1
         except OSError as exc:
             self.dropped += 1
             log.debug("journal entry of %s's change dropped: %s", t.name, exc)
+            if said is not None:
+                log.log(said.level, "%s", said.message)
 
     def close(self) -> None:
         if self._sock is not None:

@@ -88,7 +88,10 @@ class Monitors:
                 if get not in done:
                     get.cancel()
                     break
-                writer.write(get.result())
+                lines = [get.result()]
+                while not client.queue.empty():     # one write for what is queued
+                    lines.append(client.queue.get_nowait())
+                writer.write(b"".join(lines))
                 await writer.drain()
         except (ConnectionError, OSError) as e:
             log.debug("control socket: monitor client gone: %r", e)

@@ -4,6 +4,7 @@ journal entry) and their place among the daemon's listeners."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import socket
@@ -182,3 +183,45 @@ def test_the_daemon_keeps_its_transitions_and_answers_history(journal_socket,
     assert none["ok"] is False and "no WAN named 'nope'" in none["error"]
     assert parse(s.recv(65536))["WAN"] == "wlan1"
     assert parse(s.recv(65536))["INTERFACE"] == "eth2"
+
+
+def test_under_the_journal_a_changes_log_line_is_its_structured_entry(journal_socket,
+                                                                      monkeypatch, caplog):
+    """Written once: the line events.step logs for a change goes to the journal with the
+    change's fields, not to stderr too; other lines go to stderr as ever."""
+    from ecmpd.daemon import Daemon
+    from ecmpd.health import Verdict
+    from tests.test_state import up
+    path, s = journal_socket
+    monkeypatch.setattr("ecmpd.daemon.under_systemd", lambda: True)
+    d = Daemon(CFG, "/nonexistent.yaml")
+    d.journal.path = path
+    d.state = up(start())
+    caplog.set_level(logging.INFO, logger="ecmpd")
+
+    async def body() -> None:
+        d.submit(ev.ProbeRound("wlan1", Verdict.FAILED, "0/1 answered"))
+        d._carry_out([ev.Log(logging.INFO, "wlan1: something else")])
+    asyncio.run(body())
+    entry = parse(s.recv(65536))
+    assert (entry["WAN"], entry["STATE"], entry["PREVIOUS"]) == ("wlan1", "falling", "up")
+    assert entry["MESSAGE"] == "wlan1: UP -> FALLING after 1 failed round: 0/1 answered"
+    assert entry["PRIORITY"] == "6"                 # the line's level: INFO
+    assert [r.getMessage() for r in caplog.records] == ["wlan1: something else"]
+
+
+def test_without_the_journal_the_log_line_goes_to_stderr(monkeypatch, caplog):
+    from ecmpd.daemon import Daemon
+    from ecmpd.health import Verdict
+    from tests.test_state import up
+    monkeypatch.setattr("ecmpd.daemon.under_systemd", lambda: False)
+    d = Daemon(CFG, "/nonexistent.yaml")
+    assert d.journal is None
+    d.state = up(start())
+    caplog.set_level(logging.INFO, logger="ecmpd")
+
+    async def body() -> None:
+        d.submit(ev.ProbeRound("wlan1", Verdict.FAILED, "0/1 answered"))
+    asyncio.run(body())
+    assert any(r.getMessage().startswith("wlan1: UP -> FALLING") for r in caplog.records)
+    assert [(x.name, x.state) for x in d.history.entries()] == [("wlan1", "falling")]
