@@ -9,13 +9,13 @@ longer record (``journalctl WAN=<name>``, `ecmpd.journal`).
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-if TYPE_CHECKING:          # ecmpctl imports this module: it stays light
+if TYPE_CHECKING:          # ecmpctl imports this module: it stays light (no dataclasses,
+    # no datetime: they cost ecmpctl more than its whole request)
     from .events import Transition
 
 LIMIT = 1000
@@ -28,7 +28,9 @@ def iso(t: float | None) -> str | None:
     """Epoch seconds as ISO 8601 in UTC with milliseconds (None stays None)."""
     if t is None:
         return None
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds")
+    ms = int(round(t * 1000))
+    seconds, ms = divmod(ms, 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ms:03d}+00:00"
 
 
 def human_duration(seconds: float, coarse: bool = False) -> str:
@@ -57,8 +59,7 @@ def as_json(t: Transition) -> dict[str, Any]:
             "active": t.active}
 
 
-@dataclass(frozen=True)
-class Summary:
+class Summary(NamedTuple):
     """A WAN's (one IP version's) recent downs, for status."""
 
     downs_24h: int = 0
