@@ -26,6 +26,8 @@ class Monitor:
                               "--socket", socket, "monitor", "--json",
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         self.events: list[dict] = []
+        self.delays: list[float] = []
+        """Seconds from each change (its `at`) to its line reaching this process."""
         self._buf = b""
 
     def wait(self, wan: str, state: str, timeout: float = 15.0) -> dict:
@@ -43,7 +45,9 @@ class Monitor:
                 assert chunk, f"ecmpctl monitor ended: {self.proc.stderr.read()!r}"
                 self._buf += chunk
                 *lines, self._buf = self._buf.split(b"\n")
-                self.events += [json.loads(line) for line in lines if line]
+                got = [json.loads(line) for line in lines if line]
+                self.events += got
+                self.delays += [time.time() - e["at"] for e in got]
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGINT)
@@ -68,6 +72,7 @@ def test_monitor_sees_a_fault_and_its_heal_and_history_and_status_list_them(lab,
                     ("rising", "up")], mon.events
     assert rising["at"] <= up["at"] and up["active"] and up["previous"] == "rising"
     assert all(e["wan"] == "wlan1" for e in mon.events)     # wlan2 never moved
+    print("monitor delays (ms):", [round(x * 1000, 1) for x in mon.delays])
     assert mon.stop() == 0                                   # Ctrl-C: a clean exit
     assert b"Traceback" not in mon.proc.stderr.read()
 
