@@ -30,7 +30,7 @@ from .events import (Adopted, DefaultsRead, Effect, Event, Flush, ForgetAddress,
                      step)
 from .firewall import Firewall
 from .history import History, as_json
-from .journal import Journal, under_systemd
+from .journal import Journal, lines_of, under_systemd
 from .judge import RoundResult
 from .kernel import Kernel
 from .learned import LearnedStore
@@ -135,10 +135,11 @@ class Daemon:
 
     def _carry_out(self, effects: Iterable[Effect]) -> None:
         effects = tuple(effects)
-        said = self._said(effects) if self.journal is not None else {}
+        said = lines_of(effects, self._label) if self.journal is not None else {}
+        written = {id(line) for line in said.values()}
         for e in effects:
             if isinstance(e, Log):
-                if id(e) in said:
+                if id(e) in written:
                     continue            # the journal gets it with its transition's fields
                 if e.key is None:
                     log.log(e.level, e.message)
@@ -170,28 +171,6 @@ class Daemon:
             log.info("%s: %d connections NATed to its old address %s removed from conntrack",
                      e.name, gone, e.address)
 
-    def _said(self, effects: tuple[Effect, ...]) -> dict[int, Any]:
-        """Under the journal, each transition's log line (`events.step` puts it before
-        the transition, named by the WAN's label) is written once, as the transition's
-        structured entry: id of the Log -> its Transition and back.  A line not paired
-        is written to stderr as any other."""
-        out: dict[int, Any] = {}
-        for i, t in enumerate(effects):
-            if not isinstance(t, Transition):
-                continue
-            try:
-                label = self.cfg.wan(t.name).label(t.family) + ": "
-            except KeyError:
-                continue
-            for e in reversed(effects[:i]):
-                if isinstance(e, Transition) and e.name == t.name:
-                    break
-                if isinstance(e, Log) and e.key is None and id(e) not in out \
-                        and e.message.startswith(label):
-                    out[id(e)], out[id(t)] = t, e
-                    break
-        return out
-
     def _publish(self, t: Transition) -> None:
         """A transition to the journal and to the `ecmpctl monitor` clients (neither
         blocks: both drop what their reader cannot take)."""
@@ -202,6 +181,10 @@ class Daemon:
             self.journal.send(t, said)
         if self.control is not None:
             self.control.publish(t.name, as_json(t))
+
+    def _label(self, name: str, family: int) -> str | None:
+        wan = next((w for w in self.cfg.wans if w.name == name), None)
+        return wan.label(family) if wan is not None else None
 
     def _interface(self, name: str) -> str | None:
         wan = next((w for w in self.cfg.wans if w.name == name), None)

@@ -18,9 +18,9 @@ import logging
 import os
 import socket
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
-from .events import Log, Transition
+from .events import Effect, Log, Transition
 from .history import family_name, human_duration
 from .logsetup import syslog_priority
 
@@ -72,6 +72,28 @@ def fields(t: Transition, interface: str | None = None,
         out["LASTED_SEC"] = f"{t.lasted:.3f}"
     if interface:
         out["INTERFACE"] = interface
+    return out
+
+
+def lines_of(effects: Sequence[Effect],
+             label: Callable[[str, int], str | None]) -> dict[int, Log]:
+    """id of each `Transition` in `effects` -> its log line, so that the line is written
+    once, as the transition's entry.  `events.step` puts a change's line before its
+    transition, starting with the WAN's label (`label(name, family)`: ``wlan1``,
+    ``wlan1 IPv6``; None: no such WAN); a line not found here is written as any other."""
+    out: dict[int, Log] = {}
+    used: set[int] = set()
+    for i, t in enumerate(effects):
+        if not isinstance(t, Transition) or (name := label(t.name, t.family)) is None:
+            continue
+        for e in reversed(effects[:i]):
+            if isinstance(e, Transition) and e.name == t.name:
+                break                   # that one's line, or none
+            if isinstance(e, Log) and e.key is None and id(e) not in used \
+                    and e.message.startswith(name + ": "):
+                out[id(t)] = e
+                used.add(id(e))
+                break
     return out
 
 

@@ -225,3 +225,18 @@ def test_without_the_journal_the_log_line_goes_to_stderr(monkeypatch, caplog):
     asyncio.run(body())
     assert any(r.getMessage().startswith("wlan1: UP -> FALLING") for r in caplog.records)
     assert [(x.name, x.state) for x in d.history.entries()] == [("wlan1", "falling")]
+
+
+def test_each_transition_is_paired_with_its_own_log_line() -> None:
+    from ecmpd.journal import lines_of
+    labels = {("wlan1", 4): "wlan1 IPv4", ("wlan1", 6): "wlan1 IPv6", ("wlan2", 4): "wlan2"}
+    l1, l2, l3 = (ev.Log(20, "wlan1 IPv4: UP -> DOWN"), ev.Log(20, "wlan2: UP -> DOWN"),
+                  ev.Log(20, "wlan1 IPv6: UP -> DOWN"))
+    t1, t2, t3 = t("wlan1", "down", T0), t("wlan2", "down", T0), t("wlan1", "down", T0, family=6)
+    keyed = ev.Log(20, "wlan2: gateway moved", "gateway wlan2")
+    tier = ev.Log(30, "tier 2 takes new flows")
+    effects = (l1, ev.Reconcile(True), t1, l2, keyed, t2, tier, l3, t3, t("wlan3", "up", T0))
+    pairs = lines_of(effects, lambda name, family: labels.get((name, family)))
+    assert pairs == {id(t1): l1, id(t2): l2, id(t3): l3}
+    # a transition without its line (another WAN's in between does not count)
+    assert lines_of((l2, t1), lambda n, f: labels.get((n, f))) == {}
