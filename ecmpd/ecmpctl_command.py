@@ -186,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     except CtlError as e:
         print(f"ecmpctl: {e}", file=sys.stderr)
         return e.code
+    except KeyboardInterrupt:       # Ctrl-C while waiting for the daemon
+        return 130
     if resp.get("ok") is not True:
         print(f"ecmpctl: {resp.get('error') or 'ecmpd reported an unspecified error'}",
               file=sys.stderr)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:          # ecmpctl imports this module: it stays light (no dataclasses,
     # no datetime: they cost ecmpctl more than its whole request)
@@ -59,12 +59,17 @@ def as_json(t: Transition) -> dict[str, Any]:
             "active": t.active}
 
 
-class Summary(NamedTuple):
-    """A WAN's (one IP version's) recent downs, for status."""
+class Summary:
+    """A WAN's (one IP version's) recent downs, for status.  (A plain class: a
+    NamedTuple or dataclass costs ecmpctl's start more than its whole module.)"""
 
-    downs_24h: int = 0
-    last_at: float | None = None
-    last_reason: str | None = None
+    __slots__ = ("downs_24h", "last_at", "last_reason")
+
+    def __init__(self, downs_24h: int = 0, last_at: float | None = None,
+                 last_reason: str | None = None) -> None:
+        self.downs_24h = downs_24h
+        self.last_at = last_at
+        self.last_reason = last_reason
 
     def as_json(self) -> dict[str, Any]:
         """The status payload's fields."""
