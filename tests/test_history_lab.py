@@ -68,8 +68,11 @@ def test_monitor_sees_a_fault_and_its_heal_and_history_and_status_list_them(lab,
     up = mon.wait("wlan1", "up")
     rising = mon.wait("wlan1", "rising")
     mine = [(e["previous"], e["state"]) for e in mon.events if e["wan"] == "wlan1"]
-    assert mine == [("up", "falling"), ("falling", "down"), ("down", "rising"),
-                    ("rising", "up")], mon.events
+    # (on a loaded host a RISING WAN may lose a probe and go DOWN once more first)
+    assert mine[:3] == [("up", "falling"), ("falling", "down"), ("down", "rising")], mine
+    assert mine[-1] == ("rising", "up"), mine
+    assert all(a[1] == b[0] for a, b in zip(mine, mine[1:])), mine      # a chain
+    downs = sum(state == "down" for _, state in mine)
     assert rising["at"] <= up["at"] and up["active"] and up["previous"] == "rising"
     assert all(e["wan"] == "wlan1" for e in mon.events)     # wlan2 never moved
     print("monitor delays (ms):", [round(x * 1000, 1) for x in mon.delays])
@@ -88,11 +91,13 @@ def test_monitor_sees_a_fault_and_its_heal_and_history_and_status_list_them(lab,
     # status: one down in the last 24 h, the last one's time and reason
     st = d.status()
     w1 = st["wans"]["wlan1"]
-    assert w1["downs_24h"] == 1 and st["wans"]["wlan2"]["downs_24h"] == 0
-    assert w1["last_down"]["reason"] == down["reason"]
-    assert abs(w1["last_down"]["at"] - down["at"]) < 0.01
+    assert w1["downs_24h"] == downs and st["wans"]["wlan2"]["downs_24h"] == 0
+    assert downs == 1 or ("rising", "down") in mine
+    last = [e for e in mon.events if e["state"] == "down"][-1]
+    assert w1["last_down"]["reason"] == last["reason"]
+    assert abs(w1["last_down"]["at"] - last["at"]) < 0.01
     assert w1["since_iso"] and w1["state"] == "up"
     glance = d.ctl("status").stdout.splitlines()
     row = next(line for line in glance if line.startswith("wlan1 ")).split()
-    assert row[1] == "UP" and row[-3] == "1", glance        # DOWNS/24H, then LAST DOWN
-    assert f"  wlan1 last down: {down['reason']}" in glance
+    assert row[1] == "UP" and row[-3] == str(downs), glance  # DOWNS/24H, then LAST DOWN
+    assert f"  wlan1 last down: {last['reason']}" in glance

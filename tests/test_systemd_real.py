@@ -315,8 +315,10 @@ def test_journalctl_wan_is_a_wans_history(sd: Setup):
     m.run("ip", "-n", "isp", "link", "set", "gw1", "up")
     wait_until(lambda: any(e["STATE"] == "up" for e in entries()[before:]), 20, "up again")
     new = entries()[before:]
-    assert [(e["PREVIOUS"], e["STATE"]) for e in new] == [
-        ("up", "down"), ("down", "rising"), ("rising", "up")], new
+    changes = [(e["PREVIOUS"], e["STATE"]) for e in new]
+    # (a RISING WAN whose probe is lost on a loaded host goes DOWN again first)
+    assert changes[0] == ("up", "down") and changes[-1] == ("rising", "up"), changes
+    assert all(a[1] == b[0] for a, b in zip(changes, changes[1:])), changes   # a chain
     down = new[0]
     assert (down["FAMILY"], down["INTERFACE"], down["PRIORITY"], down["ACTIVE"]) == \
         ("ipv4", "wlan1", "4", "0")
