@@ -7,6 +7,10 @@ each answer is one line, ``{"ok": true, ...payload}`` or ``{"ok": false, "error"
 "message"}``.  A daemon whose connections are all taken answers `TOO_MANY` or, to an
 idle connection closed to make room, `EVICTED`, both before reading its request: a
 client may send the same request again (`RETRY_ERRORS`).
+
+``{"cmd": "monitor"}`` is the one streaming request: its answer ``{"ok": true,
+"monitor": true}`` is followed by one line per WAN state change (`ecmpd.history.as_json`)
+until the client closes the connection (or does not keep up: then the daemon closes it).
 """
 
 from __future__ import annotations
@@ -23,8 +27,19 @@ COMMANDS: dict[str, dict[str, type]] = {
     "reload": {},
     "disable": {"wan": str},
     "enable": {"wan": str},
+    "history": {},
+    "monitor": {},
 }
-"""Command name -> its required arguments and their types (no optional ones)."""
+"""Command name -> its required arguments and their types."""
+
+OPTIONAL: dict[str, dict[str, type]] = {
+    "history": {"wan": str},
+    "monitor": {"wan": str},
+}
+"""Command name -> its optional arguments (a WAN filter) and their types."""
+
+STREAMING = "monitor"
+"""The command whose connection stays open for a stream of events."""
 
 MAX_REQUEST = 8192
 """Longest request line, in bytes (the longest real one is well under 200)."""
@@ -40,7 +55,8 @@ RETRY_ERRORS = (TOO_MANY, EVICTED)
 
 
 def request(cmd: str, wan: str | None = None) -> dict[str, Any]:
-    """The request for `cmd` (`wan`: the WAN it names, for disable and enable)."""
+    """The request for `cmd` (`wan`: the WAN it names: for disable and enable, or the
+    filter of history and monitor)."""
     return {"cmd": cmd} if wan is None else {"cmd": cmd, "wan": wan}
 
 
@@ -53,10 +69,12 @@ def validate_request(req: Any) -> str | None:
         return 'request needs a "cmd" string'
     if cmd not in COMMANDS:
         return f"unknown command {cmd!r} (known: {', '.join(sorted(COMMANDS))})"
-    args = COMMANDS[cmd]
+    args = {**COMMANDS[cmd], **OPTIONAL.get(cmd, {})}
     for name, typ in args.items():
         if name not in req:
-            return f"{cmd}: missing argument {name!r}"
+            if name in COMMANDS[cmd]:
+                return f"{cmd}: missing argument {name!r}"
+            continue
         if not isinstance(req[name], typ) or isinstance(req[name], bool) and typ is not bool:
             return f"{cmd}: argument {name!r} must be a {typ.__name__}"
         if typ is str and not req[name]:

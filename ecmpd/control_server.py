@@ -25,6 +25,8 @@ Resources are bounded whatever the clients do:
   2 x `max_request` + `READ_CHUNK` bytes of request (20 KiB; a waiting one: none);
 - a client that does not read its answers is dropped (unsent data discarded) after
   `IDLE_TIMEOUT` seconds, so it cannot pin memory or descriptors either;
+- a ``monitor`` connection leaves the request slots for `ecmpd.monitor.Monitors`,
+  which bounds its clients and what each may fall behind;
 - WARNINGs caused by clients (refusals, evictions, oversized requests, handler failures)
   are rate-limited: at most one line per kind per `LOG_INTERVAL` seconds, followed by a
   count of the ones suppressed meanwhile.
@@ -42,9 +44,10 @@ import stat
 from collections import deque
 from typing import Awaitable, Callable
 
-from .control_protocol import (EVICTED, MAX_REQUEST, TOO_MANY, encode as _encode,
+from .control_protocol import (EVICTED, MAX_REQUEST, STREAMING, TOO_MANY, encode as _encode,
                                error as _error, validate_request)
 from .logsetup import RateLimitedLog
+from .monitor import Monitors
 
 log = logging.getLogger("ecmpd.control_server")
 
@@ -130,6 +133,12 @@ class ControlServer:
         """Client-caused WARNINGs go through it."""
         self.evicted = 0
         self.refused = 0
+        self.monitors = Monitors(self.limited)
+        """The ``monitor`` connections, told every WAN state change by `publish`."""
+
+    def publish(self, wan: str, event: dict) -> None:
+        """Stream `event` (about WAN `wan`) to the monitor clients; never waits."""
+        self.monitors.publish(wan, event)
 
     async def start(self) -> None:
         """Create the socket (mode 0660, group `group`) and start accepting clients.
@@ -184,6 +193,7 @@ class ControlServer:
         for w in list(self._clients):
             _drop(w)
         self._clients.clear()
+        self.monitors.close()
         if self._tasks:     # they see their connection closed and end
             await asyncio.wait(list(self._tasks), timeout=2.0)
         if server is not None:
@@ -374,6 +384,12 @@ class ControlServer:
             return False
         if not line.strip():
             return True
+        if (wan := _streaming(line)) is not None:
+            # a stream, not a request: its slot goes to the others at once
+            del self._clients[writer]
+            self._hand_over()
+            await self.monitors.serve(reader, writer, wan or None)
+            return False
         conn.busy = True
         try:
             answer = await self._answer(line)
@@ -447,6 +463,19 @@ class ControlServer:
         except (ConnectionError, OSError, asyncio.TimeoutError) as e:
             log.debug("control socket: write failed: %r", e)
             return False
+
+
+def _streaming(line: bytes) -> str | None:
+    """For a valid streaming request, its WAN filter ("" for none); else None."""
+    if STREAMING.encode() not in line:
+        return None
+    try:
+        req = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if validate_request(req) is not None or req["cmd"] != STREAMING:
+        return None
+    return req.get("wan", "")
 
 
 def _drop(writer: asyncio.StreamWriter, last: bytes | None = None) -> None:

@@ -29,6 +29,8 @@ from .events import (Adopted, DefaultsRead, Effect, Event, Flush, ForgetAddress,
                      ProbeRound, Reconcile, Reloaded, ResetProber, SetDisabled, Transition,
                      step)
 from .firewall import Firewall
+from .history import History, as_json
+from .journal import Journal, lines_of, under_systemd
 from .judge import RoundResult
 from .kernel import Kernel
 from .learned import LearnedStore
@@ -85,7 +87,14 @@ class Daemon:
         see `traffic`."""
         self._limited = RateLimitedLog(log)
         """Keyed log lines (a gateway that moves): one per key every 10 s, then a count."""
-        self.listeners: list[Callable[[Transition], None]] = [self.metrics.transition]
+        self.history = History()
+        """The last transitions: `ecmpctl history` and the downs in status."""
+        self.journal = Journal(interface=self._interface) if under_systemd() else None
+        """Structured journal entries of the transitions (only under systemd)."""
+        self._told: Log | None = None
+        """The log line of the transition being handed to the listeners (journal only)."""
+        self.listeners: list[Callable[[Transition], None]] = [
+            self.history.record, self._publish, self.metrics.transition]
         """Told every WAN state change, in order, on the loop; none may block it."""
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -129,13 +138,19 @@ class Daemon:
                       probe_gateway(p, wan))
 
     def _carry_out(self, effects: Iterable[Effect]) -> None:
+        effects = tuple(effects)
+        said = lines_of(effects, self._label) if self.journal is not None else {}
+        written = {id(line) for line in said.values()}
         for e in effects:
             if isinstance(e, Log):
+                if id(e) in written:
+                    continue            # the journal gets it with its transition's fields
                 if e.key is None:
                     log.log(e.level, e.message)
                 else:
                     self._limited.log(e.key, e.level, "%s", e.message)
             elif isinstance(e, Transition):
+                self._told = said.get(id(e))
                 for listener in self.listeners:
                     try:
                         listener(e)
@@ -159,6 +174,25 @@ class Daemon:
         if gone := await conntrack.flush_address(e.address):
             log.info("%s: %d connections NATed to its old address %s removed from conntrack",
                      e.name, gone, e.address)
+
+    def _publish(self, t: Transition) -> None:
+        """A transition to the journal and to the `ecmpctl monitor` clients (neither
+        blocks: both drop what their reader cannot take)."""
+        if self.journal is not None:
+            said, self._told = self._told, None
+            if said is not None and said.level < log.getEffectiveLevel():
+                said = None             # below the configured level: the short form
+            self.journal.send(t, said)
+        if self.control is not None:
+            self.control.publish(t.name, as_json(t))
+
+    def _label(self, name: str, family: int) -> str | None:
+        wan = next((w for w in self.cfg.wans if w.name == name), None)
+        return wan.label(family) if wan is not None else None
+
+    def _interface(self, name: str) -> str | None:
+        wan = next((w for w in self.cfg.wans if w.name == name), None)
+        return wan.interface if wan is not None else None
 
     # ---- probers -------------------------------------------------------------------
     def traffic(self, wan: Wan, family: int = 4) -> int | None:
@@ -303,6 +337,8 @@ class Daemon:
             return {"ok": True}
         if cmd == "status":
             return {"ok": True, **status.render(await self.snapshot())}
+        if cmd == "history":
+            return self._history(req.get("wan"))
         if cmd == "reload":
             ok, message = await self.reload()
             return {"ok": ok, "message": message} if ok else {"ok": False, "error": message}
@@ -319,6 +355,16 @@ class Daemon:
                              f"other WAN is usable, so the last route is kept (the disable is "
                              f"remembered across a restart once it leaves the route)"}
         return {"ok": True, "wan": name, "disabled": disabled}
+
+    def _history(self, name: str | None) -> dict:
+        """The transitions kept, oldest first (of WAN `name`: one the config has, or had
+        while they happened)."""
+        entries = self.history.entries(name)
+        if name is not None and not entries and name not in {w.name for w in self.cfg.wans}:
+            names = ", ".join(w.name for w in self.cfg.wans)
+            return {"ok": False, "error": f"no WAN named {name!r} (have: {names})"}
+        return {"ok": True, "limit": self.history.limit,
+                "transitions": [as_json(t) for t in entries]}
 
     def _after_pass(self, decision: Decision) -> None:
         self._record_disabled(decision)
@@ -351,14 +397,16 @@ class Daemon:
             r = self.reconciler
             stats = status.Stats(r.passes, r.changes, self.firewall.applies,
                                  self.watcher.events, tuple(r.reactions), r.flushes,
-                                 self.watcher.resyncs)
+                                 self.watcher.resyncs,
+                                 len(self.control.monitors) if self.control else 0)
         policy_packets = self.policy_packets() if cfg.policies else {}
+        downs = self.history.summary([w.name for w in st.cfg.wans], FAMILIES, time.time())
         return status.Snapshot(st, main_route(actual[4].routes, st.cfg), actual[4].foreign_main,
                                tuple(routing.stray_warnings(actual[4], st.cfg)), counts, probes,
                                stats, os.getpid(), self.config_path, time.time() - self.started,
                                main6=main_route(actual[6].routes, st.cfg, 6),
                                foreign_main6=actual[6].foreign_main,
-                               policy_packets=policy_packets)
+                               policy_packets=policy_packets, history=downs)
 
     # ---- life ----------------------------------------------------------------------
     async def run(self) -> int:
@@ -458,6 +506,8 @@ class Daemon:
                     log.error("cannot remove nft table %s: %s", cfg.nft_table, exc)
                 self.reconciler.sysctls.restore()
             log.info("removed ecmpd's routes and rules (%d) and nft table", removed)
+        if self.journal is not None:
+            self.journal.close()
         self.kernel.close()
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:

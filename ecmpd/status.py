@@ -18,6 +18,7 @@ from .desired import Nexthop, RouteSpec, metric_of
 from .configmodel import PROTOCOL_NAMES, Config, Policy
 from .decision import policy_sets
 from .health import Verdict
+from .history import Summary, iso
 from .judge import RoundResult
 from .state import State
 
@@ -79,6 +80,8 @@ class Stats:
     """Conntrack flushes of WANs that went DOWN."""
     resyncs: int = 0
     """Full resynchronisations after lost kernel events."""
+    monitors: int = 0
+    """``ecmpctl monitor`` clients connected."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ class Snapshot:
     foreign_main6: str | None = None
     policy_packets: Mapping[int, int] = field(default_factory=dict)
     """Policy position -> packets its counter saw (new connections' first packets)."""
+    history: Mapping[tuple[str, int], Summary] = field(default_factory=dict)
+    """(WAN name, IP version) -> its downs in the last 24 h and its last down."""
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -124,6 +129,7 @@ def _family(snap: Snapshot, p: State, family: int, name: str,
         "state": "disabled" if ws.disabled else ws.health.state.value,
         "health": ws.health.state.value,
         "since": ws.since,
+        "since_iso": iso(ws.since) if ws.since else None,
         "reason": ws.health.reason,
         "last_round": last.reason if last else None,
         "verdict": last.verdict.value if last else None,
@@ -150,6 +156,8 @@ def _family(snap: Snapshot, p: State, family: int, name: str,
                            # why a target counts as failed whatever it answers
                            "reason": ownaddr.reason(addr) if addr in own else None}
                     for addr, t in (probe.targets.items() if probe else ())},
+        # since the daemon started (the history is in memory; the journal keeps more)
+        **snap.history.get((name, family), Summary()).as_json(),
     }
 
 
@@ -278,5 +286,5 @@ def render(snap: Snapshot) -> dict[str, Any]:
         "stats": {"reconciles": s.reconciles, "changes": s.changes,
                   "nft_writes": s.nft_writes, "events": s.events,
                   "reaction_ms": [round(x * 1000, 3) for x in s.reactions],
-                  "flushes": s.flushes, "resyncs": s.resyncs},
+                  "flushes": s.flushes, "resyncs": s.resyncs, "monitors": s.monitors},
     }

@@ -11,12 +11,20 @@ from ecmpd.ecmpctl_command import build_parser
 
 
 def test_validate_request_table():
-    assert set(COMMANDS) == {"ping", "status", "reload", "disable", "enable"}
+    assert set(COMMANDS) == {"ping", "status", "reload", "disable", "enable", "history",
+                             "monitor"}
     assert validate_request({"cmd": "disable", "wan": "a"}) is None
     assert validate_request({"cmd": "disable", "wan": True}) is not None
     assert validate_request({"cmd": "disable", "wan": ""}) is not None
     assert validate_request({"cmd": "status", "wan": "a"}) is not None
     assert validate_request(["status"]) is not None
+    # history and monitor: a WAN filter or none
+    for cmd in ("history", "monitor"):
+        assert validate_request({"cmd": cmd}) is None
+        assert validate_request({"cmd": cmd, "wan": "a"}) is None
+        assert "must be a str" in validate_request({"cmd": cmd, "wan": 5})
+        assert "unexpected" in validate_request({"cmd": cmd, "since": 5})
+    assert "missing argument" in validate_request({"cmd": "disable"})
 
 
 def test_every_request_ecmpctl_makes_is_one_the_daemon_takes():

@@ -109,10 +109,13 @@ def test_status_json_matches_the_lab(lab3, daemon):
     for name in WEIGHTS:
         # every held TCP connection is one conntrack entry with its WAN's mark
         assert st["wans"][name]["connections"] >= per_wan[name] > 0, (name, per_wan)
-    text = daemon.ctl("status").stdout
+    text = daemon.ctl("status", "-v").stdout
     for name in WEIGHTS:
         assert f"wan: {name}\n  state: UP" in text
     assert text.count("\n  via ") == 3
+    glance = daemon.ctl("status").stdout.splitlines()      # one line per WAN
+    for name in WEIGHTS:
+        assert [line.split()[1] for line in glance if line.startswith(f"{name} ")] == ["UP"]
 
 
 def exchange(path: str, data: bytes, answers: int | None, shut: bool = False) -> list[bytes]:

@@ -6,6 +6,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -56,9 +57,30 @@ async def handler(req):
                for k, v in ans.items()}
     return ans
 
+async def feed(srv, events, close, repeat):
+    # monitor events: published once a monitor is connected; then the server closes
+    # (close), or they repeat every 50 ms while one is connected (repeat)
+    while len(srv.monitors) == 0:
+        await asyncio.sleep(0.01)
+    while True:
+        for e in events:
+            srv.publish(e["wan"], e)
+        if close:
+            await srv.close()
+            return
+        if not repeat:
+            return
+        await asyncio.sleep(0.05)
+        if len(srv.monitors) == 0:
+            return
+
 async def main():
     srv = ControlServer(path, handler)
     await srv.start()
+    events = answers.pop("events", None)
+    if events:
+        asyncio.get_running_loop().create_task(
+            feed(srv, events, answers.pop("close", False), answers.pop("repeat", False)))
     print("ready", flush=True)
     gone = asyncio.Event()  # the test closed our stdin (or died): stop
 
@@ -109,6 +131,13 @@ def fake_daemon(sockdir):
 def test_status_text(fake_daemon, capsys):
     path = fake_daemon({"status": SAMPLE})
     assert main(["--socket", path, "status"]) == 0
+    out = capsys.readouterr().out
+    # at a glance: one line per WAN, the route, the warnings; no internals
+    assert out.startswith("ecmpd: pid 123, config /etc/ecmpd/ecmpd.yaml, up 3m12s\n")
+    assert "\nWAN    STATE     SINCE" in out and "stats" not in out and "srtt" not in out
+    assert "via 10.111.0.1 dev wlan1 weight 1" in out
+    assert "warning: all WANs are down: keeping the last route" in out
+    assert main(["--socket", path, "status", "-v"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("ecmpd: pid 123, config /etc/ecmpd/ecmpd.yaml, up 3m12s, hash l4\n")
     assert "wan: wlan1" in out and "state: UP, since" in out
@@ -198,7 +227,7 @@ def test_a_timeout_not_in_0_to_a_day_is_a_usage_error(value, capsys):
 
 
 def test_render_sample():
-    text = render_status(SAMPLE, NOW)
+    text = render_status(SAMPLE, NOW, verbose=True)
     lines = text.splitlines()
     assert lines[0] == "ecmpd: pid 123, config /etc/ecmpd/ecmpd.yaml, up 3m12s, hash l4"
     w1 = lines.index("wan: wlan1")
@@ -225,11 +254,12 @@ def test_render_sample():
 
 
 def test_render_missing_and_odd_fields():
-    assert render_status({}, NOW).splitlines()[0] == "ecmpd: pid ?, config ?, up ?, hash ?"
+    assert render_status({}, NOW, True).splitlines()[0] == "ecmpd: pid ?, config ?, up ?, hash ?"
     odd = {"uptime": "soon", "wans": {"a": None, "b": {"since": "yesterday", "targets":
            {"x": None, "y": {"rtt_ms": "fast"}}}, "c": {"state": "up"}},
            "route": {"nexthops": [None, {"gateway": "10.0.0.1"}]}, "warnings": "not a list"}
-    text = render_status(odd, NOW)
+    render_status(odd, NOW)                     # at a glance too: no exception
+    text = render_status(odd, NOW, True)
     assert "wan: a\n  state: UNKNOWN, since ?" in text
     assert "    x  rtt -  srtt -  loss -" in text and "    y  rtt -  srtt -  loss -" in text
     assert "  via 10.0.0.1 dev ?\n" in text  # no weight known: none shown
@@ -239,7 +269,7 @@ def test_render_missing_and_odd_fields():
 
 
 def test_render_since_in_future_and_durations():
-    text = render_status({"wans": {"a": {"state": "up", "since": NOW + 30}}}, NOW)
+    text = render_status({"wans": {"a": {"state": "up", "since": NOW + 30}}}, NOW, True)
     assert "state: UP, since 0s ago" in text
     assert [human_duration(x) for x in (0, 59.9, 60, 3599, 3600, 86399, 90000)] == \
         ["0s", "59s", "1m00s", "59m59s", "1h00m", "23h59m", "1d01h"]
@@ -249,8 +279,10 @@ def test_render_since_in_future_and_durations():
 def test_status_now_is_wall_clock(fake_daemon, capsys):
     payload = {"wans": {"a": {"state": "up", "since": time.time() - 7200}}}
     path = fake_daemon({"status": payload})
-    assert main(["--socket", path, "status"]) == 0
+    assert main(["--socket", path, "status", "-v"]) == 0
     assert "since 2h ago" in capsys.readouterr().out
+    assert main(["--socket", path, "status"]) == 0
+    assert "(2h00m)" in capsys.readouterr().out
 
 
 class ScriptedServer:
@@ -405,3 +437,71 @@ def test_a_backlog_that_stays_full_is_a_timeout(sockdir, capsys):
             s.close()
     assert 0.3 < time.monotonic() - t0 < 1.5
     assert "did not accept the connection" in capsys.readouterr().err
+
+
+HISTORY = {"limit": 1000, "transitions": [
+    {"wan": "wlan1", "family": "ipv4", "state": "down", "previous": "falling",
+     "reason": "0/2 targets answered", "at": NOW - 98, "at_iso": "x", "lasted": 2.0,
+     "active": False},
+    {"wan": "wlan1", "family": "ipv4", "state": "rising", "previous": "down",
+     "reason": "carrier back", "at": NOW - 40, "at_iso": "y", "lasted": 58.0,
+     "active": False}]}
+
+
+def test_history_text_and_json(fake_daemon, capsys):
+    path = fake_daemon({"history": HISTORY})
+    assert main(["--socket", path, "history"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["TIME", "WAN", "CHANGE", "LASTED", "REASON"]
+    assert "  wlan1  falling -> down  2s      0/2 targets answered" in lines[1]
+    assert "  wlan1  down -> rising   58s     carrier back" in lines[2]
+    assert main(["--socket", path, "history", "wlan1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == HISTORY
+
+
+def test_monitor_json_prints_one_object_per_line_until_ecmpd_closes(fake_daemon, capsys):
+    path = fake_daemon({"events": HISTORY["transitions"], "close": True})
+    assert main(["--socket", path, "monitor", "--json"]) == 1
+    out, err = capsys.readouterr()
+    assert [json.loads(line) for line in out.splitlines()] == HISTORY["transitions"]
+    assert "ecmpd closed the monitor connection" in err
+
+
+def test_monitor_human_lines(fake_daemon, capsys):
+    path = fake_daemon({"events": HISTORY["transitions"], "close": True})
+    assert main(["--socket", path, "monitor"]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2
+    assert lines[0].endswith(" wlan1 falling -> down: 0/2 targets answered (falling 2s), "
+                             "out of the route")
+
+
+def ecmpctl(*args: str, **kw) -> subprocess.Popen:
+    kw.setdefault("stdout", subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-m", "ecmpd.ecmpctl_command", *args],
+                            stderr=subprocess.PIPE, **kw)
+
+
+def test_monitor_ends_quietly_on_a_closed_pipe(fake_daemon):
+    path = fake_daemon({"events": HISTORY["transitions"], "repeat": True})
+    head = subprocess.Popen(["head", "-n", "1"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
+    p = ecmpctl("--socket", path, "monitor", "--json", stdout=head.stdin)
+    head.stdin.close()
+    out = head.stdout.read()
+    head.wait(30)
+    assert json.loads(out) == HISTORY["transitions"][0]
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 0 and err == b"", err
+
+
+def test_monitor_ends_quietly_on_ctrl_c(fake_daemon):
+    path = fake_daemon({"events": HISTORY["transitions"], "repeat": True})
+    p = ecmpctl("--socket", path, "monitor")
+    try:
+        assert b"falling -> down" in p.stdout.readline()
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    assert p.returncode == 0 and b"Traceback" not in err, err

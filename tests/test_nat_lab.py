@@ -41,7 +41,7 @@ def test_nat_none_leaves_the_public_lan_unnatted_per_wan_and_version(make_lab, e
     st = d.wait_states({"wan1": "up", "wan2": "up"}, family=6)
     assert [st["wans"][w]["nat"] for w in ("wan1", "wan2")] == [
         {"ipv4": "none", "ipv6": "none"}, {"ipv4": "masquerade", "ipv6": "masquerade"}]
-    assert "  nat: ipv4 none, ipv6 none\n" in d.ctl("status").stdout
+    assert "  nat: ipv4 none, ipv6 none\n" in d.ctl("status", "-v").stdout
     lab.start_servers()
     # through wan1 unchanged, through wan2 masqueraded; each WAN takes some of them
     assert set(sources(lab, lab.spec.server_addresses[0], pub4)) == \
@@ -53,7 +53,7 @@ def test_nat_none_leaves_the_public_lan_unnatted_per_wan_and_version(make_lab, e
     d.write_config(cfg)
     assert d.ctl("reload").returncode == 0
     assert d.status()["wans"]["wan1"]["nat"] == {"ipv4": "masquerade", "ipv6": "none"}
-    text = d.ctl("status").stdout
+    text = d.ctl("status", "-v").stdout
     assert "  nat: ipv6 none\n" in text and text.count("  nat: ") == 1
     assert set(sources(lab, lab.spec.server_addresses[0], pub4)) == \
         {str(wan1.interface.ip), str(wan2.interface.ip)}

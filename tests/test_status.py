@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from ecmpd import conntrack, routing
-from ecmpd.ecmpctl_command import render_status
+from ecmpd.statusview import render_status as render_text
 from ecmpd.desired import MAIN_TABLE, Nexthop, RouteSpec
 from ecmpd.health import Health, Phase as H, Verdict
 from ecmpd.judge import RoundResult, TargetSample, Window
@@ -38,15 +38,22 @@ LINKS = {"lan0": Link(3, True, True), "eth1": Link(11, True, True), "eth2": Link
 ADDRS = {11: (("192.0.2.10", 24), ("192.0.2.11", 24)), 12: (("198.51.100.10", 24),)}
 UP = Health(H.UP, 0, "after 5 good rounds")
 
+
+def render_status(payload: dict, now: float) -> str:
+    """`ecmpctl status -v`: the detail these tests check (statusview's own tests cover
+    the view at a glance)."""
+    return render_text(payload, now, verbose=True)
+
+
 FAMILY_KEYS = {"state", "health", "since", "reason", "last_round", "gateway", "address",
-               "active", "targets", "verdict", "note", "timeout_ms", "rested_rounds", "gateway_source",
-               "nexthop", "standby"}
+               "active", "targets", "verdict", "note", "timeout_ms", "rested_rounds",
+               "gateway_source", "nexthop", "standby", "since_iso", "downs_24h", "last_down"}
 """A WAN's fields of one IP version (under "ipv4" / "ipv6"; the IPv4 ones also at its top)."""
 WAN_KEYS = FAMILY_KEYS | {"interface", "weight", "tier", "failback", "nat", "disabled", "carrier", "mark", "table",
                           "connections", "point_to_point", "families", "ipv4", "ipv6"}
 TOP_KEYS = {"pid", "config", "uptime", "hash", "new_flows_tier", "wans", "policies", "route", "route6", "warnings", "stats"}
 STATS_KEYS = {"reconciles", "changes", "nft_writes", "events", "reaction_ms", "flushes",
-              "resyncs"}
+              "resyncs", "monitors"}
 
 
 def hop(gw: str, oif: int, weight: int = 1) -> Nexthop:
@@ -352,7 +359,7 @@ def test_a_prober_without_any_round_yet() -> None:
 def test_stats() -> None:
     assert render(snap())["stats"] == {"reconciles": 12, "changes": 4, "nft_writes": 2,
                                        "events": 37, "reaction_ms": [4.123, 12.6],
-                                       "flushes": 1, "resyncs": 0}
+                                       "flushes": 1, "resyncs": 0, "monitors": 0}
 
 
 # ---- Daemon.snapshot: one moment --------------------------------------------------------
@@ -488,3 +495,17 @@ def test_policies_show_their_match_wans_in_use_and_counters() -> None:
     assert ("  1. voip: dst 198.18.0.0/15 proto udp dport 5060,10000-20000 -> use wlan2 "
             "(fallback balance), 12 packets\n     now: IPv4 via none usable") in text
     assert render(snap())["policies"] == []
+
+
+def test_each_wan_shows_its_downs_in_the_last_day_its_last_down_and_iso_times() -> None:
+    from ecmpd.history import Summary
+    downs = {("wlan2", 4): Summary(2, 1_700_000_100.5, "0/2 targets answered")}
+    st = render(snap(history=downs))
+    w1, w2 = st["wans"]["wlan1"], st["wans"]["wlan2"]
+    assert (w1["downs_24h"], w1["last_down"]) == (0, None)
+    assert w2["downs_24h"] == 2 == w2["ipv4"]["downs_24h"]
+    assert w2["last_down"] == {"at": 1_700_000_100.5, "at_iso": "2023-11-14T22:15:00.500+00:00",
+                               "reason": "0/2 targets answered"}
+    # ISO 8601 beside the epoch float, the same instant
+    assert w1["since"] == 1_700_000_001.0 and w1["since_iso"] == "2023-11-14T22:13:21.000+00:00"
+    json.dumps(st)

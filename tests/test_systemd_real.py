@@ -298,6 +298,37 @@ def test_watchdog_kills_and_restarts_a_hung_daemon(sd: Setup):
     assert "nexthop via 10.112.0.1 dev wlan2 weight 5" in sd.route()
 
 
+def test_journalctl_wan_is_a_wans_history(sd: Setup):
+    """Each state change is a journal entry with WAN=, STATE=, PREVIOUS=, REASON=,
+    FAMILY=: a lost carrier and its return, read back with ``journalctl WAN=wlan1``."""
+    m = sd.m
+    sd.ensure_running()
+
+    def entries() -> list[dict]:
+        out = m.run("journalctl", "--no-pager", "--output=json", "WAN=wlan1").stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    wait_until(lambda: any(e["STATE"] == "up" for e in entries()), 20, "wlan1 up")
+    before, mark = len(entries()), sd.mark()
+    m.run("ip", "-n", "isp", "link", "set", "gw1", "down")     # wlan1's carrier goes
+    wait_until(lambda: any(e["STATE"] == "down" for e in entries()[before:]), 10, "down")
+    m.run("ip", "-n", "isp", "link", "set", "gw1", "up")
+    wait_until(lambda: any(e["STATE"] == "up" for e in entries()[before:]), 20, "up again")
+    new = entries()[before:]
+    changes = [(e["PREVIOUS"], e["STATE"]) for e in new]
+    # (a RISING WAN whose probe is lost on a loaded host goes DOWN again first)
+    assert changes[0] == ("up", "down") and changes[-1] == ("rising", "up"), changes
+    assert all(a[1] == b[0] for a, b in zip(changes, changes[1:])), changes   # a chain
+    down = new[0]
+    assert (down["FAMILY"], down["INTERFACE"], down["PRIORITY"], down["ACTIVE"]) == \
+        ("ipv4", "wlan1", "4", "0")
+    assert "carrier" in down["REASON"] and down["SYSLOG_IDENTIFIER"] == "ecmpd"
+    assert down["_SYSTEMD_UNIT"] == SERVICE                 # filed under the unit
+    assert down["MESSAGE"].startswith("wlan1: UP -> DOWN")  # the usual line, once
+    assert sum(line.startswith("wlan1: UP -> DOWN") for line in sd.since(mark)) == 1
+    assert all(e["WAN"] == "wlan1" for e in entries())
+
+
 def test_security_exposure_under_the_manager(sd: Setup):
     sd.ensure_running()
     out = sd.m.run("systemd-analyze", "security", "--no-pager", SERVICE).stdout

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ecmpd.control_protocol import COMMANDS, validate_request
+from ecmpd.control_protocol import COMMANDS, STREAMING, validate_request
 from ecmpd.control_server import ControlServer
 from lab.wait import until_async
 
@@ -104,6 +104,9 @@ def expected(stream: bytes) -> tuple[list[dict | str], list[dict]]:
         if validate_request(req) is not None:
             answers.append("error")
             continue
+        if req["cmd"] == STREAMING:         # the rest of the stream is not requests
+            answers.append({"ok": True, "monitor": True})
+            return answers, seen
         seen.append(req)
         answers.append({"ok": True, "echo": req})
     if len(rest) > MAX_REQUEST:
