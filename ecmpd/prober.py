@@ -29,15 +29,19 @@ the line's delay as the other version's newest reply measured it, at most `LOSS_
 -- a queue that delays nothing is not full and drops no burst.)  A line busy with
 either version's traffic that goes wholly silent fails as fast as a busy line does.
 
-A WAN's IPv6 prober may rest (`lean`): while its last `up` rounds were good and the
-IPv4 prober's replies come promptly, up to `REST_ROUNDS` grid rounds in a row send
-nothing and are good as soon as the IPv4 probes of the same slot are answered (one
-line, one queue: they prove it alive).  Every `REST_ROUNDS + 1`-th round probes, and a
-slot whose IPv4 probes are not answered within half a fast window probes at once: a
-dead line leaves as fast as before, an IPv6-only outage at most `REST_ROUNDS`
-intervals later.  The IPv4 prober never rests, so the line always has probes of one
-version in flight; the targets beyond the gateway get one IPv6 request a second
-instead of five.
+Probing is polite while passive evidence shows the line alive: after `up` good rounds
+in a row, up to `REST_ROUNDS` grid rounds in a row rest (send nothing) and are good as
+soon as, within half a fast window, either
+* packets from beyond the gateway arrive on the WAN (its counter moves) on a line that
+  carried `BUSY_PACKETS` or more in the last interval: user traffic proves the line;
+* or, for a dual-stack WAN's IPv6 prober (`lean`), the IPv4 probes of the same slot are
+  answered, when those come promptly (one line, one queue: they prove it alive).  The
+  IPv4 prober never rests on IPv6, so the line always has probes in flight.
+Every `REST_ROUNDS + 1`-th round probes, and a rested slot without that evidence
+probes at once: a dead line leaves at most half a fast window later than before; a
+failure the evidence hides (an IPv6-only outage, a dead upstream while ISP-local
+traffic flows) at most `REST_ROUNDS` intervals later.  The targets get a request a
+second instead of five while the line is busy (and, for IPv6, while IPv4 answers).
 
 A target that is one of the router's own addresses (`follow`) is never sent a request
 and counts as a failed target: the kernel would answer it whatever the ISP does.  A
@@ -132,6 +136,8 @@ REST_ROUNDS = 4
 module): its targets get a request every `REST_ROUNDS + 1` intervals (1 s at defaults)."""
 RESTED = ("rested: the IPv4 probes of this slot were answered (IPv6 probes every "
           f"{REST_ROUNDS + 1} rounds while they are)")
+RESTED_TRAFFIC = ("rested: traffic from beyond the gateway is flowing (probes every "
+                  f"{REST_ROUNDS + 1} rounds while it does)")
 
 
 FOLLOWUP_COPIES = 2
@@ -204,9 +210,10 @@ class _Round:
         """Targets that are the router's own addresses: not probed, counted as failed."""
         self.spared = [0] * len(targets)
         """Requests per target not sent: it had answered this round already."""
-        self.resting = False
-        """A rested round: nothing sent, good when the other version's probes of its slot
-        are answered (see `Prober._rest_check`)."""
+        self.resting: str | None = None
+        """A rested round's evidence ("line": the other version's probes of its slot
+        answered; "traffic": the WAN's counter moves from `traffic0`); None: it probes.
+        See `Prober._rest_check`."""
 
     def hopeless(self) -> bool:
         """Too few targets that are not the router's own to make the quorum."""
@@ -236,6 +243,7 @@ class Prober:
         line_traffic: TrafficFn | None = None,
         line_sent: SentFn | None = None,
         lean: Callable[[], float | None] | None = None,
+        rest: bool = True,
     ) -> None:
         _check(settings)
         self.name = name
@@ -278,6 +286,8 @@ class Prober:
         self._lean = lean
         """The other IP version's `prompt()`: this prober may rest on its replies (None:
         never rests; the daemon gives it to a dual-stack WAN's IPv6 prober)."""
+        self._rest = rest
+        """Whether rounds may rest at all (see the module)."""
         self._good_streak = 0
         """Good verdicts of probing (not rested) rounds in a row."""
         self._rested = 0
@@ -445,10 +455,10 @@ class Prober:
             self._deliver(rnd, RoundResult(Verdict.FAILED, (), "cannot open the probe socket",
                                            now, rnd.timeout))
             return
-        rest = after is None and self._may_rest(now)
+        rest = self._may_rest(now) if after is None else None
         self._open.append(rnd)
-        if rest:
-            rnd.resting = True
+        if rest is not None:
+            rnd.resting, rnd.traffic0 = rest
             self._rested += 1
             rnd.timers = [loop.call_at(now + fast_window(st) / 2, self._rest_check, rnd)]
             return
@@ -460,17 +470,23 @@ class Prober:
             self._observe(rnd, fresh=after is None)
         self._send_all(rnd)
 
-    def _may_rest(self, now: float) -> bool:
-        """Whether this grid round may rest (see the module): the last `up` rounds were
-        good, none is still open (its verdict must not be superseded), fewer than
-        `REST_ROUNDS` rested since one probed, and the other version probes this line
-        with replies that come within half a fast window."""
-        if self._lean is None or self._rested >= REST_ROUNDS or self._open \
-                or self._good_streak < self._settings.up:
-            return False
-        prompt, line = self._lean(), self._line_sent()
-        return (prompt is not None and prompt <= fast_window(self._settings) / 2
-                and line is not None and line[0] >= now - 1.5 * self._settings.interval)
+    def _may_rest(self, now: float) -> tuple[str, int | None] | None:
+        """The evidence this grid round may rest on (see the module), with the counter's
+        value now for "traffic"; None: it probes.  Rest needs the last `up` rounds good,
+        none still open (its verdict must not be superseded) and fewer than
+        `REST_ROUNDS` rested since one probed."""
+        st = self._settings
+        if not self._rest or self._rested >= REST_ROUNDS or self._open \
+                or self._good_streak < st.up:
+            return None
+        if self._lean is not None:
+            prompt, line = self._lean(), self._line_sent()
+            if prompt is not None and prompt <= fast_window(st) / 2 \
+                    and line is not None and line[0] >= now - 1.5 * st.interval:
+                return ("line", None)
+        value = self._traffic()
+        busy, self._last_traffic = _busy(self._last_traffic, now, value, st)
+        return ("traffic", value) if busy else None
 
     def _rest_check(self, rnd: _Round) -> None:
         """Half a fast window into a rested round: good if the other version's requests
@@ -479,12 +495,17 @@ class Prober:
             return
         rnd.judged = True
         self._open.remove(rnd)
-        line = self._line_sent()
         loop = asyncio.get_running_loop()
-        if line is not None and line[0] >= rnd.start - rnd.settings.interval / 2:
+        if rnd.resting == "line":
+            line = self._line_sent()
+            proven = line is not None and line[0] >= rnd.start - rnd.settings.interval / 2
+        else:
+            proven = self._moved(rnd)
+        if proven:
             self.rested_total += 1
-            self._deliver(rnd, RoundResult(Verdict.GOOD, (), RESTED, loop.time(),
-                                           rnd.timeout), rested=True)
+            why = RESTED if rnd.resting == "line" else RESTED_TRAFFIC
+            self._deliver(rnd, RoundResult(Verdict.GOOD, (), why, loop.time(), rnd.timeout,
+                                           traffic=rnd.resting == "traffic"), rested=True)
             return
         self._rested = REST_ROUNDS          # so the round started now probes
         try:

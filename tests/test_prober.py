@@ -202,7 +202,7 @@ class Run:
     def __init__(self, targets: Sequence[str] = ("a", "b"), net: FakeNet | None = None,
                  traffic: Traffic | None = None, quorum: int | None = None,
                  source: str | None = SOURCE, on_round: Callable[[RoundResult], None] | None = None,
-                 line: Line | None = None, lean: Lean | None = None,
+                 line: Line | None = None, lean: Lean | None = None, rest: bool = True,
                  **settings: Any) -> None:
         self.net = net or FakeNet()
         self.traffic = traffic
@@ -215,7 +215,7 @@ class Run:
                              line_traffic=line.traffic if line else None,
                              line_sent=(line.newest if line else
                                         lean.newest if lean else None),
-                             lean=lean.prompt if lean else None)
+                             lean=lean.prompt if lean else None, rest=rest)
 
     async def drive(self, until: float, at: dict[float, Callable[[], Any]] | None = None,
                     start: float = 0.0, alone: bool = True) -> None:
@@ -1197,7 +1197,8 @@ def replay(rec: dict[str, Any], traffic: bool = True) -> Replay:
 
     net = FakeNet(reply)
     out.prober = Prober("wan1", rec["targets"], st, on_round, source=SOURCE, device=DEVICE,
-                        traffic=counter if traffic else None, quorum=st.quorum, sockets=net)
+                        traffic=counter if traffic else None, quorum=st.quorum, sockets=net,
+                        rest=False)     # every recorded request is replayed
 
     async def main() -> None:
         task = asyncio.get_running_loop().create_task(out.prober.run())  # type: ignore[union-attr]
@@ -1478,3 +1479,28 @@ def test_after_a_failure_it_rests_only_after_up_good_probing_rounds():
     after = results[last_fail + 1:]
     first_rest = next(i for i, x in enumerate(after) if x.reason == ecmpd.prober.RESTED)
     assert first_rest >= 5 and all(x.verdict is GOOD for x in after[:first_rest]), r.summary()
+
+
+def test_a_busy_line_rests_on_its_own_traffic_and_a_silent_one_probes_at_once():
+    # user traffic (300 packets a second from beyond the gateway) proves the line: four
+    # rounds in five rest; when it stops (at 4.01) the next rested slot probes at once
+    traffic = Traffic(lambda t: int(min(t, 4.01) * 300))
+    r = Run(("a",), traffic=traffic, interval=0.2, count=1, up=5,
+            net=FakeNet(lambda s: None if s.at >= 4.01 else 0.002))
+    results = r.go(6.0)
+    rested = [x for x in results if x.reason == ecmpd.prober.RESTED_TRAFFIC]
+    assert len(rested) >= 10 and all(x.traffic for x in rested)
+    before = [t for t in probing_slots(r.net, "a") if 1.0 < t < 4.0]
+    assert {round(b - a, 6) for a, b in zip(before, before[1:])} == {1.0}, before
+    # the line died at 4.01: the slot at 4.2 (rested or not) fails like a probing one
+    failed = first_failed(results)
+    probing = Run(("a",), traffic=Traffic(lambda t: int(min(t, 4.01) * 300)), interval=0.2,
+                  count=1, up=5, net=FakeNet(lambda s: None if s.at >= 4.01 else 0.002),
+                  rest=False)
+    assert failed <= first_failed(probing.go(6.0)) + fast_window(r.settings) / 2 + 1e-9
+
+
+def test_an_idle_single_version_line_never_rests():
+    r = Run(("a",), traffic=Traffic(lambda t: int(t * 5)), interval=0.2, count=1)
+    r.go(4.05)
+    assert len(probing_slots(r.net, "a")) == 21 and r.prober.rested_total == 0
