@@ -24,7 +24,12 @@ COMMANDS: dict[str, dict[str, type]] = {
     "disable": {"wan": str},
     "enable": {"wan": str},
 }
-"""Command name -> its required arguments and their types (no optional ones)."""
+"""Command name -> its required arguments and their types."""
+
+OPTIONAL: dict[str, dict[str, type]] = {
+    "disable": {"force": bool},
+}
+"""Command name -> the arguments it may have, and their types."""
 
 MAX_REQUEST = 8192
 """Longest request line, in bytes (the longest real one is well under 200)."""
@@ -39,9 +44,13 @@ RETRY_ERRORS = (TOO_MANY, EVICTED)
 """Answers sent before a request was read: safe to send the same request again."""
 
 
-def request(cmd: str, wan: str | None = None) -> dict[str, Any]:
-    """The request for `cmd` (`wan`: the WAN it names, for disable and enable)."""
-    return {"cmd": cmd} if wan is None else {"cmd": cmd, "wan": wan}
+def request(cmd: str, wan: str | None = None, force: bool = False) -> dict[str, Any]:
+    """The request for `cmd` (`wan`: the WAN it names, for disable and enable; `force`:
+    disable even the last WAN in the route)."""
+    req: dict[str, Any] = {"cmd": cmd} if wan is None else {"cmd": cmd, "wan": wan}
+    if force:
+        req["force"] = True
+    return req
 
 
 def validate_request(req: Any) -> str | None:
@@ -61,7 +70,11 @@ def validate_request(req: Any) -> str | None:
             return f"{cmd}: argument {name!r} must be a {typ.__name__}"
         if typ is str and not req[name]:
             return f"{cmd}: argument {name!r} must not be empty"
-    extra = sorted(k for k in req if k != "cmd" and k not in args)
+    for name, typ in OPTIONAL.get(cmd, {}).items():
+        if name in req and type(req[name]) is not typ:
+            return f"{cmd}: argument {name!r} must be a {typ.__name__}"
+    extra = sorted(k for k in req if k != "cmd" and k not in args
+                   and k not in OPTIONAL.get(cmd, {}))
     if extra:
         return f"{cmd}: unexpected argument(s) {', '.join(map(repr, extra))}"
     return None

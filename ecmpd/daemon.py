@@ -38,9 +38,9 @@ from .prober import Prober
 from .reconciler import Reconciler
 from .reloadplan import plan_reload
 from .sdnotify import Notifier
-from .decision import Decision, main_route
+from .decision import Decision, main_route, stranded
 from .state import (State, active, address, awaiting_verdict, initial, no_target, own_by_wan,
-                    own_targets, plane, probe_gateway, probe_targets, project)
+                    own_targets, plane, probe_gateway, probe_targets, project, usable)
 from .sysctl import PROC_SYS, Sysctls
 from .watcher import Watcher
 
@@ -301,14 +301,29 @@ class Daemon:
             names = ", ".join(w.name for w in self.cfg.wans)
             return {"ok": False, "error": f"no WAN named {name!r} (have: {names})"}
         disabled = cmd == "disable"
+        lost: tuple[int, ...] = ()
+        if disabled:
+            # refused before anything changes: nothing is recorded, the route stays
+            lost = stranded(await self.reconciler.settled(), name)
+            if lost and not req.get("force"):
+                return {"ok": False, "wan": name, "disabled": False,
+                        "error": self._stranding(name, lost) + "; use --force"}
         self.submit(SetDisabled(name, disabled))
-        decision = await self.reconciler.settled()
-        if disabled and any(decision.in_route(name, f) for f in FAMILIES):
-            return {"ok": False, "wan": name, "disabled": True,
-                    "error": f"{name} is disabled, but its nexthop stays in the route: no "
-                             f"other WAN is usable, so the last route is kept (the disable is "
-                             f"remembered across a restart once it leaves the route)"}
-        return {"ok": True, "wan": name, "disabled": disabled}
+        await self.reconciler.settled()
+        out = {"ok": True, "wan": name, "disabled": disabled}
+        if lost:
+            out["message"] = f"{name}: disabled (forced): ecmpd's " + " and ".join(
+                f"{self.cfg.version_prefix(f)}route" for f in lost) + " is gone"
+        return out
+
+    def _stranding(self, name: str, lost: tuple[int, ...]) -> str:
+        """Why disabling WAN `name` would leave IP versions `lost` without a route."""
+        v = "" if len(lost) > 1 else self.cfg.version_prefix(lost[0])
+        if all(usable(plane(self.state, f), name) for f in lost):
+            return (f"{name} is the last usable {v}WAN: disabling it would leave no "
+                    f"{v}route")
+        return (f"{name} is the last {v}WAN in ecmpd's kept route (no {v}WAN is usable): "
+                f"disabling it would leave no {v}route")
 
     def _after_pass(self, decision: Decision) -> None:
         self._record_disabled(decision)

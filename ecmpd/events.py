@@ -619,8 +619,8 @@ def _step(st: State, ev: Event, now: float) -> Result:
         after = st.with_wan(ev.name, replace(st.wan(ev.name), disabled=ev.disabled))
         level, what = logging.INFO, "enabled by the administrator"
         if ev.disabled and usable(st, ev.name) and not active(after):
-            level, what = logging.WARNING, ("disabled by the administrator, but no other "
-                                            "WAN is usable: the last route is kept")
+            level, what = logging.WARNING, ("disabled by the administrator, and no other "
+                                            "WAN is usable: its nexthop leaves the route")
         elif ev.disabled:
             what = "disabled by the administrator (its nexthop leaves the route)"
         ws = st.wan(ev.name)

@@ -319,12 +319,13 @@ def test_disable_and_enable() -> None:
     assert kinds(effects) == ["Log", "Reconcile"] and "disabled" in effects[0].message
     st3, _ = step(st2, ev.SetDisabled("wlan2", False))
     assert usable(st3, "wlan2")
-    # the last usable WAN: marked disabled, but the route is kept (and the log says so)
+    # the last usable WAN (`ecmpctl disable --force`): its nexthop leaves, the log says so
     st4, effects = step(st3, ev.SetDisabled("wlan1", True))
     st5, effects = step(st4, ev.SetDisabled("wlan2", True))
     assert st5.wan("wlan2").disabled and not active(st5)
-    assert logs(effects) == [(logging.WARNING, "wlan2: disabled by the administrator, but "
-                                               "no other WAN is usable: the last route is kept")]
+    assert logs(effects) == [(logging.WARNING, "wlan2: disabled by the administrator, and "
+                                               "no other WAN is usable: its nexthop leaves "
+                                               "the route")]
     assert step(st, ev.SetDisabled("nope", True)) == (st, ())
 
 
