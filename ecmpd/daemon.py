@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import replace
 from typing import Any
 
-from . import conntrack, learned, nftrules, ownaddr, policyrules, routing, status
+from . import conntrack, lan, learned, nftrules, ownaddr, policyrules, routing, status
 from .config import ConfigError, load_config
 from .configmodel import FAMILIES, Config, Wan
 from .control_server import ControlServer
@@ -386,7 +386,8 @@ class Daemon:
         # they still fit (same interface and address) and no route names one now
         self.learned_store = LearnedStore(cfg.control_socket + ".learned.json")
         self.state = learned.seed(st, self.learned_store.load(st))
-        for level, message in ownaddr.changes({}, own_by_wan(self.state)):
+        for level, message in ownaddr.changes({}, own_by_wan(self.state)) + \
+                lan.changes(None, self.state):
             log.log(level, message)
         async with k.lock:
             # what an earlier run left under other numbers (kill -9, then a config with

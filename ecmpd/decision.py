@@ -64,7 +64,8 @@ def decide(st: State, kernel_main: RouteSpec | None,
         gws = {n: g for n, g in gateways(p).items() if n in addrs}
         on = {w.name for w in cfg.wans if onlink(p, w)}
         desired = build_desired(cfg, links, addrs, set(act), keep_main=kernel, gateways=gws,
-                                onlink=on, family=family, sets=policy_sets(p))
+                                onlink=on, family=family, sets=policy_sets(p),
+                                present=p.links)
         out += [desired, act, keeps_last_route(p, kernel)]
     return Decision(st, *out)
 

@@ -219,9 +219,11 @@ def test_a_wan_link_change(before, after, reason, plain) -> None:
 
 
 def test_non_wan_links_are_recorded_without_effects() -> None:
-    st, effects = step(start(), ev.LinkChanged("lan0", Link(3, False, False)))
+    """(A LAN interface's changes are logged: tests/test_lan.py.)"""
+    st, effects = step(start(links={**LINKS, "veth8": Link(98, True, True)}),
+                       ev.LinkChanged("veth8", Link(98, False, False)))
     st, more = step(st, ev.LinkChanged("veth9", Link(99, True, True)))
-    assert st.links["lan0"] == Link(3, False, False) and st.links["veth9"].index == 99
+    assert st.links["veth8"] == Link(98, False, False) and st.links["veth9"].index == 99
     assert effects == more == ()
 
 
@@ -231,7 +233,7 @@ def test_dellink_and_a_new_index() -> None:
     assert "eth2" not in st2.links
     assert st2.wan("wlan2").health == Health(H.DOWN, 0, "interface removed")
     assert ev.Reconcile() in effects
-    assert step(st, ev.LinkChanged("lan0", None))[1] == (ev.Reconcile(),)
+    assert step(st, ev.LinkChanged("veth9", None))[1] == (ev.Reconcile(),)
     # the interface comes back with another index (its routes need it) but no address
     # yet: still DOWN; RISING once the address is there
     st3, effects = step(st2, ev.LinkChanged("eth2", Link(42, True, True)))
