@@ -332,9 +332,9 @@ class Daemon:
             self._recorded_learned = recs         # else the next pass writes it again
 
     def _record_disabled(self, decision: Decision) -> None:
-        """Remember the disables that took effect: a disabled WAN still in the route
-        (the last usable one) is not recorded until it leaves it, so a restart never
-        starts with fewer usable WANs than the router had (none, at worst)."""
+        """Remember the disables that took effect: those whose nexthop left the routes
+        (a disabled WAN's always leaves, even a kept route: `decision.without_disabled`;
+        the last one is disabled only with --force, see `handle`)."""
         st = decision.state
         names = frozenset(n for f in FAMILIES for n, ws in plane(st, f).wans.items()
                           if ws.disabled and not any(decision.in_route(n, g) for g in FAMILIES))

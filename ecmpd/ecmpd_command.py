@@ -127,12 +127,13 @@ def plan(cfg: Config, links: Mapping[str, "Link"], addresses: "Addresses",
     from . import events, state
     from .decision import decide
     from .desired import describe
+    from .lan import warnings as lan_warnings
 
     st = state.initial(cfg, links, addresses, disabled, 0.0, defaults, local, addresses6,
                        defaults6)
     st, _ = events.step(st, events.Adopted(kernel_main), 0.0)
     st, _ = events.step(st, events.Adopted(kernel_main6, 6), 0.0)
-    notes: list[str] = []
+    notes: list[str] = [f"# {line}" for line in lan_warnings(st)]
     for family in (4, 6):
         p = state.plane(st, family)
         waiting = set(state.awaiting_verdict(p))
