@@ -73,11 +73,20 @@ def test_the_stated_probe_traffic_follows_from_the_defaults() -> None:
         f"apart)" in text
     assert f"up to {followups} more right after a failed round ({DEFAULTS.down - 1} fast " \
         f"rounds of {prober.FOLLOWUP_COPIES})" in text
+    rested = rounds / (prober.REST_ROUNDS + 1)         # an IPv6 prober resting on IPv4
+    assert f"gets {rested:g} request/s while that WAN's IPv4 targets answer promptly " \
+        f"({prober.REST_ROUNDS} rounds in {prober.REST_ROUNDS + 1} rest on them)" in text
     size = 20 + 8 + len(icmpecho.PAYLOAD)
     assert f"A request is {size} bytes (IPv6: {size + 20}): " \
         f"{size * 8 * fast / 1000:.1f} kbit/s at {fast:g}/s" in text
     wans = len(cfg.wans)
     assert f"1.1.1.1 receives {wans * fast:g} to {wans * slow:g} requests/s" in text
-    streams = sum(len(w.probe.family_targets(f)) for w in cfg.wans for f in w.families)
-    assert re.search(rf"all targets together: {streams} \(.*?\) x {fast:g} to {slow:g} = "
-                     rf"{streams * fast:g} to {streams * slow:g} requests/s", text), text
+    six = [w for w in cfg.wans if 6 in w.families]
+    assert f"2606:4700:4700::1111 ({', '.join(w.name for w in six)} only) " \
+        f"{len(six) * rested:g} to {len(six) * slow:g}" in text
+    v4 = sum(len(w.probe.family_targets(4)) for w in cfg.wans if 4 in w.families)
+    v6 = sum(len(w.probe.family_targets(6)) for w in six)
+    assert all(4 in w.families for w in six)           # every IPv6 stream may rest
+    low, high = v4 * fast + v6 * rested, (v4 + v6) * slow
+    assert f"all targets together: {v4} IPv4 streams (3 per WAN) x {fast:g} to {slow:g} and " \
+        f"{v6} IPv6 ones x {rested:g} to {slow:g} = {low:g} to {high:g} requests/s" in text
