@@ -4,7 +4,6 @@ traffic its comments state follows from the prober's defaults (no root)."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from ipaddress import ip_address
