@@ -23,7 +23,8 @@ inside a LAN, or a subnet's network/broadcast address (a probe answered by the r
 itself never fails, so the WAN would never fail over); given the addresses the machine
 has (`local`: `--check` on the router), targets must not be any of those either; given
 its /proc/sys (`sysctl_root`: `--check`, start and reload), `hash: src` needs the custom
-multipath hash sysctls of the IP versions the WANs carry.  Interface names must be names
+multipath hash sysctls of the IP versions the WANs carry; given its interfaces (`links`:
+`--check` on the router), each LAN interface must exist and be up (`ecmpd.lan`).  Interface names must be names
 a real LAN/WAN interface can have (not `all`, `default`, `lo`), and integers must be
 written in plain decimal (see `ecmpd.configvalues`).
 """
@@ -42,6 +43,7 @@ from ecmpd import schema
 from ecmpd.configfile import Unreadable, read_text
 from ecmpd.configpolicies import parse_policies
 from ecmpd.configchecks import Origin, check_beyond, check_hash, check_local, probe_limits
+from ecmpd.lan import Links, check_live
 from ecmpd import configvalues as cv
 from ecmpd.configvalues import Bad
 from ecmpd.configmodel import (GATEWAY_TARGET, MASQUERADE, MAX_WANS, Config, ProbeSettings, Wan,
@@ -73,24 +75,25 @@ class ConfigError(Exception):
 
 
 def load_config(path: str, local: frozenset[str] | None = None,
-                sysctl_root: str | None = None) -> Config:
+                sysctl_root: str | None = None, links: Links | None = None) -> Config:
     """Read and validate the config file at `path`; raises only `ConfigError`.
     `local`: this machine's addresses (normalized), refused as probe targets;
-    `sysctl_root`: this machine's /proc/sys, where `hash: src` needs its sysctls
-    (each None: not checked)."""
+    `sysctl_root`: this machine's /proc/sys, where `hash: src` needs its sysctls;
+    `links`: this machine's interfaces, where the LAN's must be (each None: not
+    checked)."""
     try:
         text = read_text(path)
     except Unreadable as e:
         where = path if e.line is None else f"{path}:{e.line}"
         raise ConfigError([f"{where}: {e.message}"]) from None
-    return parse_config(text, path, local, sysctl_root)
+    return parse_config(text, path, local, sysctl_root, links)
 
 
 def parse_config(text: str, source: str, local: frozenset[str] | None = None,
-                 sysctl_root: str | None = None) -> Config:
+                 sysctl_root: str | None = None, links: Links | None = None) -> Config:
     """Validate YAML `text`; `source` names it in messages and becomes `Config.source`;
-    `local`, `sysctl_root`: as for `load_config`."""
-    config, problems = _Validator(source, local, sysctl_root).run(text)
+    `local`, `sysctl_root`, `links`: as for `load_config`."""
+    config, problems = _Validator(source, local, sysctl_root, links).run(text)
     if problems or config is None:
         raise ConfigError(problems or [f"{source}:1: invalid configuration"])
     return config
@@ -132,8 +135,10 @@ class _Validator:
     """One validation run: collects (line, path, message) problems."""
 
     def __init__(self, source: str, local: frozenset[str] | None = None,
-                 sysctl_root: str | None = None) -> None:
+                 sysctl_root: str | None = None, links: Links | None = None) -> None:
         self.source = source
+        self.links = links
+        """This machine's interfaces (None: not known, not checked)."""
         self.local = local
         """This machine's addresses (None: not known, not checked)."""
         self.sysctl_root = sysctl_root
@@ -274,6 +279,9 @@ class _Validator:
                 if name in by_if:
                     self.add(lines[i], f"lan.interfaces[{i}]",
                              f"'{name}' is also the interface of wans.{by_if[name].name}")
+        if isinstance(lan_ifs, tuple) and self.links is not None:
+            check_live(self.add, lan_ifs, doc["lan"]["interfaces"].item_lines, self.links,
+                       [w.interface for w in wans or ()])
         if self.found or lan_ifs is None or not wans:
             return None
         return Config(lan_interfaces=lan_ifs, wans=tuple(wans), **kwargs)

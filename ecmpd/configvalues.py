@@ -21,7 +21,12 @@ class Bad(Exception):
     """A value parser's complaint (the message that follows `key.path: `)."""
 
 
-_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s)?\s*")
+_NUMBER = r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)"
+_DURATION = re.compile(rf"\s*{_NUMBER}\s*")
+"""A plain number: seconds."""
+_DURATION_PART = re.compile(rf"\s*{_NUMBER}\s*(ms|s|m)(?![a-z])")
+DURATION_UNITS = {"m": Decimal(60), "s": Decimal(1), "ms": Decimal("0.001")}
+"""The units a duration may use, largest first (a compound goes from large to small)."""
 _PERCENT = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(%?)\s*")
 _MASK_TEXT = re.compile(r"0[xX][0-9a-fA-F]+|[1-9][0-9]*")
 _THIS_NETWORK = IPv4Network("0.0.0.0/8")
@@ -63,17 +68,28 @@ def _number(value: Any) -> Decimal | None:
 
 
 def parse_duration(value: Any) -> float | None:
-    """Seconds from `1.5`, `2`, `'200ms'`, `'1.5s'`, `'200 ms'`, `'1.5'`; None if not a duration.
+    """Seconds from `1.5`, `2`, `'200ms'`, `'1.5s'`, `'1m'`, `'1m30s'`, `'200 ms'`,
+    `'1.5'`; None if not a duration.
 
-    Only the units `ms` and `s` exist; signs, exponents and other units are rejected.
-    The range is the caller's business (a negative number is returned as such).
+    The units are `DURATION_UNITS` (`m` is minutes, as in systemd); a compound names
+    each unit at most once, largest first (`1m30s`, `1s 500ms`).  Signs, exponents and
+    other units are rejected.  The range is the caller's business (a negative number is
+    returned as such).
     """
     if isinstance(value, str):
-        m = _DURATION.fullmatch(value) if len(value) <= 64 else None
-        if not m:
+        if len(value) > 64:
             return None
-        d = Decimal(m.group(1))
-        return float(d / 1000 if m.group(2) == "ms" else d)
+        if m := _DURATION.fullmatch(value):
+            return float(Decimal(m.group(1)))
+        total, pos, units = Decimal(0), 0, list(DURATION_UNITS)
+        while pos < len(value.rstrip()) or pos == 0:
+            m = _DURATION_PART.match(value, pos)
+            if not m or m.group(2) not in units:
+                return None
+            total += Decimal(m.group(1)) * DURATION_UNITS[m.group(2)]
+            units = units[units.index(m.group(2)) + 1:]
+            pos = m.end()
+        return float(total)
     d = _number(value)
     return None if d is None else float(d)
 
@@ -151,7 +167,8 @@ def _within(x: float | None, bounds: tuple[float, float], show: Callable[[float]
 def duration(v: Any) -> float:
     """Seconds from a duration (see `parse_duration`) in `DURATIONS`."""
     return _within(parse_duration(v), DURATIONS, format_seconds,
-                   "a duration from {lo} to {hi} (like 200ms, 1.5s or 1.5)", v)
+                   "a duration from {lo} to {hi} in ms, s or m (like 200ms, 1.5s, 1m, 1m30s; "
+                   "a plain number is seconds)", v)
 
 
 def percent(v: Any) -> float:

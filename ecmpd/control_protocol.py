@@ -35,8 +35,9 @@ COMMANDS: dict[str, dict[str, type]] = {
 OPTIONAL: dict[str, dict[str, type]] = {
     "history": {"wan": str},
     "monitor": {"wan": str},
+    "disable": {"force": bool},
 }
-"""Command name -> its optional arguments (a WAN filter) and their types."""
+"""Command name -> its optional arguments (a WAN filter, `force`) and their types."""
 
 STREAMING = "monitor"
 """The command whose connection stays open for a stream of events."""
@@ -54,10 +55,13 @@ RETRY_ERRORS = (TOO_MANY, EVICTED)
 """Answers sent before a request was read: safe to send the same request again."""
 
 
-def request(cmd: str, wan: str | None = None) -> dict[str, Any]:
+def request(cmd: str, wan: str | None = None, force: bool = False) -> dict[str, Any]:
     """The request for `cmd` (`wan`: the WAN it names: for disable and enable, or the
-    filter of history and monitor)."""
-    return {"cmd": cmd} if wan is None else {"cmd": cmd, "wan": wan}
+    filter of history and monitor; `force`: disable even the last WAN in the route)."""
+    req: dict[str, Any] = {"cmd": cmd} if wan is None else {"cmd": cmd, "wan": wan}
+    if force:
+        req["force"] = True
+    return req
 
 
 def validate_request(req: Any) -> str | None:
@@ -79,7 +83,11 @@ def validate_request(req: Any) -> str | None:
             return f"{cmd}: argument {name!r} must be a {typ.__name__}"
         if typ is str and not req[name]:
             return f"{cmd}: argument {name!r} must not be empty"
-    extra = sorted(k for k in req if k != "cmd" and k not in args)
+    for name, typ in OPTIONAL.get(cmd, {}).items():
+        if name in req and type(req[name]) is not typ:
+            return f"{cmd}: argument {name!r} must be a {typ.__name__}"
+    extra = sorted(k for k in req if k != "cmd" and k not in args
+                   and k not in OPTIONAL.get(cmd, {}))
     if extra:
         return f"{cmd}: unexpected argument(s) {', '.join(map(repr, extra))}"
     return None

@@ -20,7 +20,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import replace
 from typing import Any
 
-from . import conntrack, learned, nftrules, ownaddr, policyrules, routing, status
+from . import conntrack, lan, learned, nftrules, ownaddr, policyrules, routing, status
 from .config import ConfigError, load_config
 from .configmodel import FAMILIES, Config, Wan
 from .control_server import ControlServer
@@ -41,9 +41,9 @@ from .prober import Prober
 from .reconciler import Reconciler
 from .reloadplan import plan_reload
 from .sdnotify import Notifier
-from .decision import Decision, main_route
+from .decision import Decision, main_route, stranded
 from .state import (State, active, address, awaiting_verdict, initial, no_target, own_by_wan,
-                    own_targets, plane, probe_gateway, probe_targets, project)
+                    own_targets, plane, probe_gateway, probe_targets, project, usable)
 from .sysctl import PROC_SYS, Sysctls
 from .watcher import Watcher
 
@@ -347,14 +347,29 @@ class Daemon:
             names = ", ".join(w.name for w in self.cfg.wans)
             return {"ok": False, "error": f"no WAN named {name!r} (have: {names})"}
         disabled = cmd == "disable"
+        lost: tuple[int, ...] = ()
+        if disabled:
+            # refused before anything changes: nothing is recorded, the route stays
+            lost = stranded(await self.reconciler.settled(), name)
+            if lost and not req.get("force"):
+                return {"ok": False, "wan": name, "disabled": False,
+                        "error": self._stranding(name, lost) + "; use --force"}
         self.submit(SetDisabled(name, disabled))
-        decision = await self.reconciler.settled()
-        if disabled and any(decision.in_route(name, f) for f in FAMILIES):
-            return {"ok": False, "wan": name, "disabled": True,
-                    "error": f"{name} is disabled, but its nexthop stays in the route: no "
-                             f"other WAN is usable, so the last route is kept (the disable is "
-                             f"remembered across a restart once it leaves the route)"}
-        return {"ok": True, "wan": name, "disabled": disabled}
+        await self.reconciler.settled()
+        out = {"ok": True, "wan": name, "disabled": disabled}
+        if lost:
+            out["message"] = f"{name}: disabled (forced): ecmpd's " + " and ".join(
+                f"{self.cfg.version_prefix(f)}route" for f in lost) + " is gone"
+        return out
+
+    def _stranding(self, name: str, lost: tuple[int, ...]) -> str:
+        """Why disabling WAN `name` would leave IP versions `lost` without a route."""
+        v = "" if len(lost) > 1 else self.cfg.version_prefix(lost[0])
+        if all(usable(plane(self.state, f), name) for f in lost):
+            return (f"{name} is the last usable {v}WAN: disabling it would leave no "
+                    f"{v}route")
+        return (f"{name} is the last {v}WAN in ecmpd's kept route (no {v}WAN is usable): "
+                f"disabling it would leave no {v}route")
 
     def _history(self, name: str | None) -> dict:
         """The transitions kept, oldest first (of WAN `name`: one the config has, or had
@@ -373,9 +388,9 @@ class Daemon:
             self._recorded_learned = recs         # else the next pass writes it again
 
     def _record_disabled(self, decision: Decision) -> None:
-        """Remember the disables that took effect: a disabled WAN still in the route
-        (the last usable one) is not recorded until it leaves it, so a restart never
-        starts with fewer usable WANs than the router had (none, at worst)."""
+        """Remember the disables that took effect: those whose nexthop left the routes
+        (a disabled WAN's always leaves, even a kept route: `decision.without_disabled`;
+        the last one is disabled only with --force, see `handle`)."""
         st = decision.state
         names = frozenset(n for f in FAMILIES for n, ws in plane(st, f).wans.items()
                           if ws.disabled and not any(decision.in_route(n, g) for g in FAMILIES))
@@ -429,7 +444,8 @@ class Daemon:
         # they still fit (same interface and address) and no route names one now
         self.learned_store = LearnedStore(cfg.control_socket + ".learned.json")
         self.state = learned.seed(st, self.learned_store.load(st))
-        for level, message in ownaddr.changes({}, own_by_wan(self.state)):
+        for level, message in ownaddr.changes({}, own_by_wan(self.state)) + \
+                lan.changes(None, self.state):
             log.log(level, message)
         async with k.lock:
             # what an earlier run left under other numbers (kill -9, then a config with

@@ -4,9 +4,9 @@ one snapshot (`ecmpd.state.State`) and the routes read from the kernel with it. 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from .configmodel import Config
+from .configmodel import FAMILIES, Config
 from .desired import (MAIN_TABLE, Desired, RouteSpec, balance_table, build_desired, metric_of,
                       policy_routes)
 from .state import (State, active, address, gateways, hop_of, keeps_last_route, onlink,
@@ -47,11 +47,13 @@ def decide(st: State, kernel_main: RouteSpec | None,
            kernel_main6: RouteSpec | None = None) -> Decision:
     """The desired kernel state for `st`; `kernel_main` (`kernel_main6`) is ecmpd's
     IPv4 (IPv6) multipath route as read from the kernel with `st` (kept when no WAN of
-    that version is usable).  Each policy WAN set's route goes over the WANs `active`
-    among its own (`policy_sets`)."""
+    that version is usable), less the nexthops of WANs the administrator disabled: the
+    administrator's word overrides keeping the last route.  Each policy WAN set's route
+    goes over the WANs `active` among its own (`policy_sets`)."""
     out = []
     for family, kernel in ((4, kernel_main), (6, kernel_main6)):
         p = plane(st, family)
+        kernel = without_disabled(p, kernel)
         cfg = p.cfg
         # the kernel refuses routes via an interface that is administratively down
         links = {name: link.index for name, link in p.links.items() if link.up}
@@ -62,9 +64,33 @@ def decide(st: State, kernel_main: RouteSpec | None,
         gws = {n: g for n, g in gateways(p).items() if n in addrs}
         on = {w.name for w in cfg.wans if onlink(p, w)}
         desired = build_desired(cfg, links, addrs, set(act), keep_main=kernel, gateways=gws,
-                                onlink=on, family=family, sets=policy_sets(p))
+                                onlink=on, family=family, sets=policy_sets(p),
+                                present=p.links)
         out += [desired, act, keeps_last_route(p, kernel)]
     return Decision(st, *out)
+
+
+def without_disabled(p: State, route: RouteSpec | None) -> RouteSpec | None:
+    """`route` without the nexthops of plane `p`'s disabled WANs (None: none is left)."""
+    off = {hop for w in p.cfg.wans if p.wan(w.name).disabled
+           and (hop := hop_of(p, w)) is not None}
+    if route is None or not off:
+        return route
+    kept = tuple(h for h in route.nexthops if (h.gateway, h.oif) not in off)
+    return replace(route, nexthops=kept) if kept else None
+
+
+def stranded(d: Decision, name: str) -> tuple[int, ...]:
+    """The IP versions whose ecmpd route would be gone if WAN `name` were disabled now
+    (`d`: the decision in force): its nexthop is in the route and no other WAN's would
+    be (none usable; none left of a kept route)."""
+    st = d.state
+    off = replace(st.wan(name), disabled=True) if name in st.wans else None
+    off6 = replace(st.wans6[name], disabled=True) if name in st.wans6 else None
+    after = replace(st, wans={**st.wans, name: off} if off else st.wans,
+                    wans6={**st.wans6, name: off6} if off6 else st.wans6)
+    new = decide(after, d.desired.main, d.desired6.main)
+    return tuple(f for f in FAMILIES if d.in_route(name, f) and new.of(f)[0].main is None)
 
 
 def policy_sets(p: State) -> dict[int, frozenset[str]]:

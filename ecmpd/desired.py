@@ -172,6 +172,7 @@ def build_desired(
     onlink: Collection[str] = (),
     family: int = 4,
     sets: Mapping[int, Collection[str]] | None = None,
+    present: Collection[str] | None = None,
 ) -> Desired:
     """The desired routing state.
 
@@ -187,7 +188,8 @@ def build_desired(
     it, `gateway` is theirs).  A config with no WAN of that version wants nothing.
     `sets` maps each policy WAN set's `route` to the WANs whose nexthops are in its
     route (`ecmpd.state.active` among the set's WANs); a set missing from it has none
-    (its fallback applies).
+    (its fallback applies).  `present` names the interfaces that exist (None: every
+    one the config names): no sysctl is wanted for another (`present_sysctls`).
     """
     if not cfg.wans:
         return Desired(None, family=family)
@@ -233,7 +235,7 @@ def build_desired(
     else:
         main = keep_main and replace(keep_main, table=balance_table(cfg),
                                      metric=metric_of(cfg.route_metric, family), family=family)
-    sysctls = sysctls_for(cfg) if family == 4 else sysctls6_for(cfg)
+    sysctls = present_sysctls(sysctls_for(cfg) if family == 4 else sysctls6_for(cfg), present)
     return Desired(main, tuple(tables), tuple(sorted(rules)), sysctls, family)
 
 
@@ -256,6 +258,23 @@ def hash_sysctls(mode: str, family: int) -> list[tuple[str, str]]:
     reads them; ``l3`` and ``l4`` leave the fields alone."""
     policy = (f"net/ipv{family}/fib_multipath_hash_policy", HASH_POLICY[mode])
     return [(hash_fields_sysctl(family), SRC_IP_ONLY), policy] if mode == "src" else [policy]
+
+
+def present_sysctls(sysctls: Iterable[tuple[str, str]],
+                    present: Collection[str] | None) -> tuple[tuple[str, str], ...]:
+    """`sysctls` without the per-interface ones of interfaces not in `present` (None:
+    all kept).  A missing interface has no sysctl directory; once it appears, its
+    link event reconciles and its sysctls are written."""
+    if present is None:
+        return tuple(sysctls)
+    out = []
+    for path, value in sysctls:
+        parts = path.split("/")     # net/ipv4/conf/<interface>/<name>
+        if len(parts) == 5 and parts[2] == "conf" and parts[3] not in ("all", "default") \
+                and parts[3] not in present:
+            continue
+        out.append((path, value))
+    return tuple(out)
 
 
 def sysctls6_for(cfg: Config) -> tuple[tuple[str, str], ...]:

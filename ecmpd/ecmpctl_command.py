@@ -1,7 +1,7 @@
 """`ecmpctl`: talk to a running ecmpd over its control socket.
 
     ecmpctl [--socket PATH] [--timeout S] status [-v] [--json] | history [WAN] [--json]
-            | monitor [WAN] [--json] | reload | disable WAN | enable WAN
+            | monitor [WAN] [--json] | reload | disable [--force] WAN | enable WAN
 
 Exit codes: 0 ok, 1 the daemon answered with an error (or no usable answer came),
 2 usage error, 3 ecmpd is not running (no socket, or nobody listening on it).
@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                       ("enable", "give a disabled WAN back to the prober")):
         sp = sub.add_parser(cmd, help=what)
         sp.add_argument("wan", metavar="WAN", help="WAN name from the config")
+        if cmd == "disable":
+            sp.add_argument("--force", action="store_true",
+                            help="also the last WAN in the route (the route then goes)")
     return p
 
 
@@ -182,7 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `ecmpctl`; returns the exit code."""
     args = build_parser().parse_args(argv)
-    req = proto.request(args.cmd, getattr(args, "wan", None))
+    req = proto.request(args.cmd, getattr(args, "wan", None), getattr(args, "force", False))
     try:
         resp, sock, rest = _request(args.socket, req, args.timeout,
                                     stream=args.cmd == proto.STREAMING)

@@ -52,14 +52,16 @@ def parser() -> argparse.ArgumentParser:
 
 def load(args: argparse.Namespace) -> Config | None:
     """The validated config, or None after printing every problem to stderr.  `--check`
-    also refuses probe targets that are this machine's addresses (when it can read them);
-    a `hash:` this kernel lacks is refused always (the daemon would not start)."""
-    local = None
+    also refuses probe targets that are this machine's addresses and LAN interfaces
+    that are missing or down here (when it can read them: run on the router); a
+    `hash:` this kernel lacks is refused always (the daemon would not start)."""
+    local = links = None
     if args.check:
+        from .lan import read_links_now
         from .ownaddr import read_now
-        local = read_now()
+        local, links = read_now(), read_links_now()
     try:
-        cfg = load_config(args.config, local, PROC_SYS)
+        cfg = load_config(args.config, local, PROC_SYS, links)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
@@ -67,6 +69,19 @@ def load(args: argparse.Namespace) -> Config | None:
     if args.socket:
         cfg = replace(cfg, control_socket=args.socket)
     return cfg
+
+
+def _interfaces_note(cfg: Config) -> str:
+    """`--check`'s second line: whether the LAN interfaces were checked on this machine."""
+    from .lan import on_this_machine, read_links_now
+    links = read_links_now()
+    names = [*cfg.lan_interfaces, *(w.interface for w in cfg.wans)]
+    if links is None:
+        return "  interfaces not checked: cannot read this machine's interfaces"
+    if not on_this_machine(names, links):
+        return (f"  interfaces not checked: none of {', '.join(dict.fromkeys(names))} exists "
+                f"on this machine (not the router)")
+    return f"  LAN interfaces present and up: {', '.join(cfg.lan_interfaces)}"
 
 
 async def dry_run(cfg: Config) -> None:
@@ -121,12 +136,13 @@ def plan(cfg: Config, links: Mapping[str, "Link"], addresses: "Addresses",
     from . import events, state
     from .decision import decide
     from .desired import describe
+    from .lan import warnings as lan_warnings
 
     st = state.initial(cfg, links, addresses, disabled, 0.0, defaults, local, addresses6,
                        defaults6)
     st, _ = events.step(st, events.Adopted(kernel_main), 0.0)
     st, _ = events.step(st, events.Adopted(kernel_main6, 6), 0.0)
-    notes: list[str] = []
+    notes: list[str] = [f"# {line}" for line in lan_warnings(st)]
     for family in (4, 6):
         p = state.plane(st, family)
         waiting = set(state.awaiting_verdict(p))
@@ -258,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.check:
         print(f"{args.config}: ok ({len(cfg.wans)} WANs: {', '.join(w.name for w in cfg.wans)})")
+        print(_interfaces_note(cfg))
         return 0
     if args.dry_run:
         asyncio.run(dry_run(cfg))

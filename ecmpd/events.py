@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Union
 
-from . import health, ownaddr, tiers
+from . import health, lan, ownaddr, tiers
 from .desired import MAIN_TABLE, RouteSpec, rule_range, table_range
 from .health import Health, Phase, Verdict
 from .logsetup import NOTICE
@@ -497,6 +497,8 @@ def step(st: State, ev: Event, now: float) -> Result:
             effects += more
         if isinstance(ev, Reloaded):
             after = replace(after, cfg=ev.cfg)
+        if not isinstance(ev, SetDisabled):
+            effects += _lan_effects(st, after)
     else:
         after, effects = _step(st, ev, now)
     if after is not st:
@@ -506,6 +508,13 @@ def step(st: State, ev: Event, now: float) -> Result:
         return after, effects         # neither moves an address, a target or a gateway
     logs = ownaddr.changes(own_by_wan(st), own_by_wan(after))
     return after, effects + tuple(Log(level, message) for level, message in logs)
+
+
+def _lan_effects(before: State, after: State) -> tuple[Effect, ...]:
+    """The log lines of the LAN interfaces whose problem changed, and a reconcile when
+    one appeared (its sysctls are written then: `lan`)."""
+    out: tuple[Effect, ...] = tuple(Log(level, msg) for level, msg in lan.changes(before, after))
+    return out + ((Reconcile(),) if lan.appeared(before, after) else ())
 
 
 def _whole_flushes(after: State, effects: tuple[Effect, ...]) -> tuple[Effect, ...]:
@@ -619,8 +628,8 @@ def _step(st: State, ev: Event, now: float) -> Result:
         after = st.with_wan(ev.name, replace(st.wan(ev.name), disabled=ev.disabled))
         level, what = logging.INFO, "enabled by the administrator"
         if ev.disabled and usable(st, ev.name) and not active(after):
-            level, what = logging.WARNING, ("disabled by the administrator, but no other "
-                                            "WAN is usable: the last route is kept")
+            level, what = logging.WARNING, ("disabled by the administrator, and no other "
+                                            "WAN is usable: its nexthop leaves the route")
         elif ev.disabled:
             what = "disabled by the administrator (its nexthop leaves the route)"
         ws = st.wan(ev.name)

@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from .console import version
 from .desired import RouteSpec
 from .events import Transition
 from .health import Phase
@@ -126,7 +126,7 @@ def _info() -> Any:
     from prometheus_client.core import GaugeMetricFamily
     info = GaugeMetricFamily("ecmpd_info", "ecmpd's version (the value is always 1)",
                              labels=("version",))
-    info.add_metric((__version__,), 1.0)
+    info.add_metric((version(),), 1.0)
     return info
 
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import ownaddr, state as st_mod
+from . import lan, ownaddr, state as st_mod
 from .desired import Nexthop, RouteSpec, metric_of
 from .configmodel import PROTOCOL_NAMES, Config, Policy
 from .decision import policy_sets
@@ -266,6 +266,7 @@ def render(snap: Snapshot) -> dict[str, Any]:
             warnings.append(f"a {v}route that is not ecmpd's holds table {cfg.table_base} "
                             f"metric {metric_of(cfg.route_metric, f)}: {foreign}")
     warnings += snap.stray
+    warnings += lan.warnings(st)
     for f in families:
         if mains[f] is None:
             warnings.append(f"no ecmpd {cfg.version_prefix(f)}route in the kernel")
@@ -279,6 +280,8 @@ def render(snap: Snapshot) -> dict[str, Any]:
         # WAN is usable)
         "new_flows_tier": {f"ipv{f}": st_mod.carrying_tier(planes[f]) for f in families},
         "wans": {w.name: _wan(snap, planes, w.name, in_route) for w in cfg.wans},
+        # each LAN interface as the kernel has it (`problem`: why it forwards nothing)
+        "lan": lan.entries(st),
         "route": _route(cfg, snap.main, names, kept[4]),
         "route6": _route(cfg, snap.main6, names, kept[6]),
         "policies": _policies(snap, planes),

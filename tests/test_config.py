@@ -194,7 +194,11 @@ wans:
     ("200 ms", 0.2), (" 10ms ", 0.01), (".5s", 0.5), ("0.25s", 0.25), ("60", 60.0),
     ("1.5ms", 0.0015), (0, 0.0), (-1, -1.0),
     ("200us", None), ("-1s", None), ("1e3", None), ("", None), ("ms", None),
-    ("1.2.3s", None), ("1 m", None), ("1S", None), (True, None), (None, None),
+    ("1m", 60.0), ("1 m", 60.0), ("1.5m", 90.0), ("1m30s", 90.0), ("1m 30s", 90.0),
+    ("1s 500ms", 1.5), ("1m1s1ms", 61.001),
+    ("30s1m", None), ("1m1m", None), ("1s1s", None), ("1min", None), ("1mm", None),
+    ("1m x", None), ("1h", None), ("-1m", None),
+    ("1.2.3s", None), ("1S", None), (True, None), (None, None),
     ([1], None), (float("inf"), None), (float("nan"), None),
 ])
 def test_parse_duration(text: object, seconds: float | None) -> None:
@@ -289,7 +293,7 @@ def test_all_problems_are_collected_in_line_order() -> None:
 
 
 TOP_KEYS = ", ".join(schema.keys(""))
-DURATION = "must be a duration from 10ms to 60s (like 200ms, 1.5s or 1.5)"
+DURATION = "must be a duration from 10ms to 60s in ms, s or m (like 200ms, 1.5s, 1m, 1m30s; a plain number is seconds)"
 MASK = "must be one run of at least 8 contiguous bits within 32 bits (like 0x00ff0000)"
 IFNAME = "must be an interface name (1 to 15 bytes, no '/', ':', '%', '*' or whitespace)"
 TWO_WANS = "lan: {interfaces: [lan0]}\nwans:\n  a: {interface: %s, gateway: %s}\n" \
@@ -441,6 +445,7 @@ BAD = [
     (BASE + "probe:\n  interval: 1s\n  timeout: 5s\n",
      ["12: probe.timeout: must be at most max_timeout (4s in the default), got 5s"]),
     (BASE + "probe:\n  max_timeout: 2m\n", [f"11: probe.max_timeout: {DURATION}, got '2m'"]),
+    (BASE + "probe:\n  max_timeout: 1m1s\n", [f"11: probe.max_timeout: {DURATION}, got '1m1s'"]),
     (BASE + "probe:\n  max_rtt: 300ms\n",
      ["11: probe.max_rtt: must be at most timeout (250ms in the default), a slower reply "
       "counts as lost; got 300ms"]),
@@ -680,3 +685,8 @@ def test_nat_for_ipv4_on_an_ipv6_only_wan_is_a_mistake() -> None:
         f"{SRC}:7: wans.a.nat.ipv4: wans.a carries no IPv4 (no gateway)"]
     wan = parse_config(six_only.replace("fe80::1\n", "fe80::1\n    nat: none\n"), SRC).wans[0]
     assert (wan.nat, wan.masquerades(4), wan.masquerades(6)) == (((6, "none"),), False, False)
+
+
+def test_durations_in_minutes() -> None:
+    cfg = parse_config(BASE + "probe:\n  timeout: 1m\n  max_timeout: 1m\n  interval: 30s\n", SRC)
+    assert (cfg.wans[0].probe.timeout, cfg.wans[0].probe.max_timeout) == (60.0, 60.0)

@@ -17,6 +17,11 @@ def test_validate_request_table():
     assert validate_request({"cmd": "disable", "wan": True}) is not None
     assert validate_request({"cmd": "disable", "wan": ""}) is not None
     assert validate_request({"cmd": "status", "wan": "a"}) is not None
+    assert validate_request({"cmd": "disable", "wan": "a", "force": True}) is None
+    assert validate_request({"cmd": "disable", "wan": "a", "force": 1}) is not None
+    assert validate_request({"cmd": "enable", "wan": "a", "force": True}) is not None
+    assert proto.request("disable", "a") == {"cmd": "disable", "wan": "a"}
+    assert proto.request("disable", "a", True) == {"cmd": "disable", "wan": "a", "force": True}
     assert validate_request(["status"]) is not None
     # history and monitor: a WAN filter or none
     for cmd in ("history", "monitor"):

@@ -6,6 +6,7 @@ restart and foreign deletions: test_daemon_restart_lab.py.)
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -267,21 +268,33 @@ def test_ecmpctl_exit_code_3_after_the_daemon_stopped(lab3, daemon):
 
 
 @pytest.mark.lab
-def test_disabling_the_last_usable_wan_says_it_stays_in_the_route(make_lab, ecmpd_in):
+def test_disabling_the_last_usable_wan_is_refused_unless_forced(make_lab, ecmpd_in):
+    """Refused: exit 1, nothing changes and nothing is recorded.  `--force`: it takes
+    effect, the route goes (no default route through ecmpd) and it is recorded."""
     lab = make_lab()
     d = ecmpd_in(lab)
+    record = d.socket + ".disabled.json"
     lab.fault("wlan1", "dead")
     d.wait_states({"wlan1": "down"})
     res = d.ctl("disable", "wlan2", check=False)
     assert res.returncode == 1, res
-    assert "wlan2 is disabled, but its nexthop stays in the route" in res.stderr
-    st = d.status()                     # marked disabled, yet the kept route holds it
+    assert res.stderr == ("ecmpctl: wlan2 is the last usable WAN: disabling it would leave "
+                          "no route; use --force\n")
+    st = d.status()
     w2 = st["wans"]["wlan2"]
-    assert w2["disabled"] and w2["state"] == "disabled" and w2["active"]
-    assert st["route"]["kept_last"] and "keeping the last route" in st["warnings"][0]
+    assert not w2["disabled"] and w2["state"] == "up" and w2["active"]
     assert {h["interface"] for h in st["route"]["nexthops"]} == {"wlan2"}
+    assert not os.path.exists(record) or json.loads(open(record).read()) == []
+    res = d.ctl("disable", "--force", "wlan2")
+    assert res.stdout == "wlan2: disabled (forced): ecmpd's route is gone\n"
+    st = d.status()
+    assert st["wans"]["wlan2"]["disabled"] and not st["wans"]["wlan2"]["active"]
+    assert not st["route"]["present"] and not st["route"]["kept_last"]
+    assert "no ecmpd route in the kernel" in st["warnings"]
+    assert json.loads(open(record).read()) == ["wlan2"]
+    assert "wlan2: disabled by the administrator, and no other WAN is usable" in d.log()
     assert d.ctl("enable", "wlan2").stdout.strip() == "wlan2: enabled"
-    assert not d.status()["route"]["kept_last"]
+    assert {h["interface"] for h in d.status()["route"]["nexthops"]} == {"wlan2"}
     lab.heal("wlan1")
     d.wait_states({"wlan1": "up"})
     # with another usable WAN, disabling is plain

@@ -10,8 +10,9 @@ from ipaddress import IPv4Address, IPv6Address
 
 from ecmpd import events as ev
 from ecmpd.configmodel import Config, Policy, Wan
-from ecmpd.decision import Decision, decide, policy_sets
-from ecmpd.desired import UNICAST, UNREACHABLE, UNREACHABLE_METRIC, Nexthop, RuleSpec, describe
+from ecmpd.decision import Decision, decide, policy_sets, stranded
+from ecmpd.desired import (UNICAST, UNREACHABLE, UNREACHABLE_METRIC, Nexthop, RouteSpec, RuleSpec,
+                           balance_table, describe)
 from ecmpd.health import Verdict
 from ecmpd.state import Link, State, initial, plane
 
@@ -146,3 +147,42 @@ def test_the_same_snapshot_gives_the_same_state_and_no_policies_give_none() -> N
         assert {t.table for t in set(mine.of(family)[0].tables) - set(plain.of(family)[0].tables)} \
             <= {1254, 1255}
         assert mine.of(family)[0].main == plain.of(family)[0].main
+
+
+# ---- the administrator's disable and the last route ---------------------------------------
+
+def disabled(st: State, *names: str) -> State:
+    for n in names:
+        st, _ = ev.step(st, ev.SetDisabled(n, True), T0 + 20)
+    return st
+
+
+def test_disabling_the_last_usable_wan_strands_its_versions() -> None:
+    st = rounds(all_up(), "lte", Verdict.FAILED, 10)
+    d = decide(st, None)
+    assert stranded(d, "wlan1") == ()                      # wlan2 carries both versions
+    d = decide(disabled(st, "wlan2"), None)
+    assert stranded(d, "wlan1") == (4, 6)
+    assert stranded(d, "lte") == ()                        # not in any route
+    # the IPv6 of wlan2 is down, its IPv4 is up: wlan1 is the last IPv6 WAN only
+    half = rounds(st, "wlan2", Verdict.FAILED, 10, 6)
+    assert stranded(decide(half, None), "wlan1") == (6,)
+
+
+def test_a_kept_route_loses_the_disabled_wans_nexthops() -> None:
+    """With no usable WAN the route found in the kernel is kept, but never a disabled
+    WAN's nexthop in it: a forced disable of the last WAN takes the route away."""
+    st = initial(CFG, LINKS, ADDRS, (), T0, addresses6=ADDRS6)
+    for name in ("wlan1", "wlan2", "lte"):
+        st = rounds(st, name, Verdict.FAILED, 10)
+    kept = decide(st, None).desired.main
+    assert kept is None
+    kernel = RouteSpec(balance_table(CFG), (WLAN1, WLAN2), 0)
+    d = decide(st, kernel)
+    assert d.kept and d.desired.main.nexthops == (WLAN1, WLAN2)
+    assert stranded(d, "wlan1") == ()                      # wlan2's nexthop stays
+    d = decide(disabled(st, "wlan2"), kernel)
+    assert d.kept and d.desired.main.nexthops == (WLAN1,)
+    assert stranded(d, "wlan1") == (4,)
+    d = decide(disabled(st, "wlan2", "wlan1"), kernel)
+    assert d.desired.main is None and not d.kept

@@ -53,7 +53,8 @@ async def handler(req):
     if ans is None:
         raise ControlError(f"fake: no answer for {req['cmd']}")
     if "wan" in req:
-        ans = {k: (v.replace("{wan}", req["wan"]) if isinstance(v, str) else v)
+        ans = {k: (v.replace("{wan}", req["wan"]).replace("{force}", str(req.get("force")))
+                   if isinstance(v, str) else v)
                for k, v in ans.items()}
     return ans
 
@@ -163,6 +164,13 @@ def test_commands_send_arguments(fake_daemon, capsys):
     assert main(["--socket", path, "disable", "wlan2"]) == 0
     assert main(["--socket", path, "enable", "wlan2"]) == 0
     assert capsys.readouterr().out == "reloaded\nwlan2 disabled\n"
+
+
+def test_disable_force_is_sent_only_when_given(fake_daemon, capsys):
+    path = fake_daemon({"disable": {"message": "{wan} force={force}"}})
+    assert main(["--socket", path, "disable", "wlan2"]) == 0
+    assert main(["--socket", path, "disable", "--force", "wlan2"]) == 0
+    assert capsys.readouterr().out == "wlan2 force=None\nwlan2 force=True\n"
 
 
 def test_enable_disable_without_message(fake_daemon, capsys):

@@ -128,6 +128,16 @@ def test_plan_leaves_out_a_wan_the_daemon_would_not_route():
             in lines)
 
 
+def test_plan_names_a_missing_lan_interface_and_wants_no_sysctl_for_it():
+    assert not any("lan0" in line for line in plan() if line.startswith("#"))
+    assert "sysctl net.ipv4.conf.lan0.forwarding = 1" in plan()
+    lines = plan(links={k: v for k, v in LINKS.items() if k != "lan0"})
+    assert lines[0] == ("# LAN interface lan0 (lan.interfaces[0]) does not exist: nothing "
+                        "from it is forwarded")
+    assert not any("conf.lan0." in line for line in lines)
+    assert len(multipath(lines)) == 1                   # the WANs are planned as before
+
+
 def test_plan_without_a_usable_wan_keeps_the_kernels_route_or_has_none():
     down = {**LINKS, "eth1": Link(11, True, False), "eth2": Link(12, True, False)}
     assert multipath(plan(links=down)) == []

@@ -219,9 +219,9 @@ def test_one_place_opens_the_daemons_rtnetlink_socket() -> None:
               if (lines := _calls_named(ast.parse(p.read_text()), "IPRoute")
                   + _calls_named(ast.parse(p.read_text()), "self._factory"))}
     # kernel: the daemon's socket for dumps and changes; watcher: its event subscription
-    # (a socket of its own, bound to multicast groups); ownaddr: `--check`, outside the
-    # daemon, one synchronous dump
-    assert set(opened) == {"kernel", "watcher", "ownaddr"}, opened
+    # (a socket of its own, bound to multicast groups); ownaddr and lan: `--check`,
+    # outside the daemon, one synchronous dump each
+    assert set(opened) == {"kernel", "watcher", "ownaddr", "lan"}, opened
     watcher = (ROOT / "ecmpd" / "watcher.py").read_text()
     assert "await ipr.bind(groups=GROUPS)" in watcher
 

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ecmpd import __version__, metrics as metrics_mod
+from ecmpd import metrics as metrics_mod
+from ecmpd.console import version
 from ecmpd.config import ConfigError, parse_config
 from ecmpd.configmodel import Config, ProbeSettings, Wan
 from ecmpd.desired import MAIN_TABLE, Nexthop, RouteSpec
@@ -109,7 +110,7 @@ def test_the_exposition_parses_back_with_the_snapshots_numbers() -> None:
         len(REACTION_BUCKETS) + 1
     assert value(got, "ecmpd_reloads_total", result="ok") == 2
     assert value(got, "ecmpd_reloads_total", result="failed") == 1
-    assert value(got, "ecmpd_info", version=__version__) == 1
+    assert value(got, "ecmpd_info", version=version()) == 1
 
 
 def test_the_numbers_are_the_ones_status_shows() -> None:

@@ -87,7 +87,9 @@ def test_the_package_ships_the_unit_config_man_pages_and_completion():
     assert "tools/manpages.py" in rules and "tools/completion.py" in rules
     assert "systemd/ecmpd.service" in rules
     install = (DEBIAN / "ecmpd.install").read_text().split()
-    assert "config/ecmpd.yaml" in install and "etc/ecmpd/" in install
+    assert "debian/build/etc/ecmpd.yaml etc/ecmpd/" in install
+    assert "install -D -m 0644 config/ecmpd.example.yaml $(BUILD)/etc/ecmpd.yaml" in \
+        (ROOT / "debian" / "rules").read_text()
     assert len((DEBIAN / "ecmpd.manpages").read_text().split()) == 3
     for script in ("ecmpd", "ecmpctl"):
         text = (DEBIAN / "scripts" / script).read_text()

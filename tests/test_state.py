@@ -219,9 +219,11 @@ def test_a_wan_link_change(before, after, reason, plain) -> None:
 
 
 def test_non_wan_links_are_recorded_without_effects() -> None:
-    st, effects = step(start(), ev.LinkChanged("lan0", Link(3, False, False)))
+    """(A LAN interface's changes are logged: tests/test_lan.py.)"""
+    st, effects = step(start(links={**LINKS, "veth8": Link(98, True, True)}),
+                       ev.LinkChanged("veth8", Link(98, False, False)))
     st, more = step(st, ev.LinkChanged("veth9", Link(99, True, True)))
-    assert st.links["lan0"] == Link(3, False, False) and st.links["veth9"].index == 99
+    assert st.links["veth8"] == Link(98, False, False) and st.links["veth9"].index == 99
     assert effects == more == ()
 
 
@@ -231,7 +233,7 @@ def test_dellink_and_a_new_index() -> None:
     assert "eth2" not in st2.links
     assert st2.wan("wlan2").health == Health(H.DOWN, 0, "interface removed")
     assert ev.Reconcile() in effects
-    assert step(st, ev.LinkChanged("lan0", None))[1] == (ev.Reconcile(),)
+    assert step(st, ev.LinkChanged("veth9", None))[1] == (ev.Reconcile(),)
     # the interface comes back with another index (its routes need it) but no address
     # yet: still DOWN; RISING once the address is there
     st3, effects = step(st2, ev.LinkChanged("eth2", Link(42, True, True)))
@@ -319,12 +321,13 @@ def test_disable_and_enable() -> None:
     assert kinds(effects) == ["Log", "Reconcile"] and "disabled" in effects[0].message
     st3, _ = step(st2, ev.SetDisabled("wlan2", False))
     assert usable(st3, "wlan2")
-    # the last usable WAN: marked disabled, but the route is kept (and the log says so)
+    # the last usable WAN (`ecmpctl disable --force`): its nexthop leaves, the log says so
     st4, effects = step(st3, ev.SetDisabled("wlan1", True))
     st5, effects = step(st4, ev.SetDisabled("wlan2", True))
     assert st5.wan("wlan2").disabled and not active(st5)
-    assert logs(effects) == [(logging.WARNING, "wlan2: disabled by the administrator, but "
-                                               "no other WAN is usable: the last route is kept")]
+    assert logs(effects) == [(logging.WARNING, "wlan2: disabled by the administrator, and "
+                                               "no other WAN is usable: its nexthop leaves "
+                                               "the route")]
     assert step(st, ev.SetDisabled("nope", True)) == (st, ())
 
 

@@ -51,7 +51,7 @@ FAMILY_KEYS = {"state", "health", "since", "reason", "last_round", "gateway", "a
 """A WAN's fields of one IP version (under "ipv4" / "ipv6"; the IPv4 ones also at its top)."""
 WAN_KEYS = FAMILY_KEYS | {"interface", "weight", "tier", "failback", "nat", "disabled", "carrier", "mark", "table",
                           "connections", "point_to_point", "families", "ipv4", "ipv6"}
-TOP_KEYS = {"pid", "config", "uptime", "hash", "new_flows_tier", "wans", "policies", "route", "route6", "warnings", "stats"}
+TOP_KEYS = {"pid", "config", "uptime", "hash", "new_flows_tier", "wans", "lan", "policies", "route", "route6", "warnings", "stats"}
 STATS_KEYS = {"reconciles", "changes", "nft_writes", "events", "reaction_ms", "flushes",
               "resyncs", "monitors"}
 
@@ -198,6 +198,26 @@ def test_a_wan_without_its_interface() -> None:
     w2 = render(snap(state(links=links)))["wans"]["wlan2"]
     assert w2["active"] is False and w2["carrier"] is False and w2["address"] is None
     assert w2["interface"] == "eth2"
+
+
+def test_each_lan_interface_as_the_kernel_has_it_and_a_warning_for_a_problem() -> None:
+    assert render(snap())["lan"] == [{"interface": "lan0", "present": True, "up": True,
+                                      "carrier": True, "problem": None}]
+    gone = {k: v for k, v in LINKS.items() if k != "lan0"}
+    st = render(snap(state(links=gone)))
+    assert st["lan"] == [{"interface": "lan0", "present": False, "up": False,
+                          "carrier": False, "problem": "does not exist"}]
+    assert st["warnings"] == ["LAN interface lan0 (lan.interfaces[0]) does not exist: "
+                              "nothing from it is forwarded"]
+    assert "LAN interface lan0 (lan.interfaces[0]) does not exist" in \
+        render_status(st, time.time())
+    down = {**LINKS, "lan0": Link(3, False, False)}
+    st = render(snap(state(links=down)))
+    assert st["lan"][0]["problem"] == "is down" and st["lan"][0]["present"]
+    assert st["warnings"] == ["LAN interface lan0 (lan.interfaces[0]) is down: nothing "
+                              "from it is forwarded"]
+    # the WANs are judged as before: a LAN problem does not touch them
+    assert all(w["state"] == "up" for w in st["wans"].values())
 
 
 def test_multipath_nexthops_carry_the_kernel_weights_and_interface_names() -> None:

@@ -304,3 +304,55 @@ def test_privileged_operations_work_inside_the_sandbox(mdwe):
         pytest.skip("this kernel has no PR_SET_MDWE")
     assert r.returncode == 0 and r.stdout.strip() == "SANDBOX-OK", \
         f"rc={r.returncode}\nstdout={r.stdout[-2000:]}\nstderr={r.stderr[-3000:]}"
+
+
+# ---------------------------------------------------------------- install paths
+
+ROOT = UNIT.parent.parent
+
+
+def readme_install() -> str:
+    """The sh block of the README's "Install and run" section."""
+    text = (ROOT / "README.md").read_text()
+    section = text.split("## Install and run", 1)[1]
+    return section.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def test_install_paths_agree_across_readme_unit_and_vagrant():
+    """The unit runs what the README's commands and the Vagrant router's provisioning
+    install, where they install it: one venv, its commands linked into one directory,
+    one config path."""
+    d = unit_directives()
+    exe, _, args = d["ExecStart"][0].partition(" ")
+    reload_exe = d["ExecReload"][0].split()[0]
+    config = args.split("--config ", 1)[1].split()[0]
+    bindir = os.path.dirname(exe)
+    assert os.path.dirname(reload_exe) == bindir and reload_exe.endswith("/ecmpctl")
+
+    readme = readme_install()
+    venv = re.search(r"python3 -m venv (\S+)", readme).group(1)
+    link = re.search(r"^ln -s (.+)$", readme, re.M).group(1).split()
+    assert link == [f"{venv}/bin/ecmpd", f"{venv}/bin/ecmpctl", bindir + "/"]
+    assert re.search(rf"^install .* {re.escape(config)}\b", readme, re.M)
+    assert f"ecmpd --config {config} --check" in readme
+
+    router = (ROOT / "vagrant" / "provision" / "router.sh").read_text()
+    assert re.search(r"^VENV=(\S+)$", router, re.M).group(1) == venv
+    assert re.search(r"^CONF=(\S+)$", router, re.M).group(1) == config
+    links = re.findall(r'^ln -sfn "\$VENV/bin/(\w+)" (\S+)$', router, re.M)
+    assert sorted(links) == [("ecmpctl", f"{bindir}/ecmpctl"), ("ecmpd", exe)]
+
+    comment = "\n".join(ln for ln in UNIT.read_text().splitlines() if ln.startswith("#"))
+    assert venv in comment and bindir in comment and config in comment
+
+
+def test_unit_comments_name_real_config_keys():
+    """Config keys the unit's comments name (`a.b`, or `a: {b: ...}`) are schema keys."""
+    from ecmpd import schema
+    comment = "\n".join(ln for ln in UNIT.read_text().splitlines() if ln.startswith("#"))
+    paths = set(re.findall(r"\b(control\.[a-z_]+)\b", comment))
+    paths |= {f"{a}.{b}" for a, b in re.findall(r"`(\w+): \{(\w+):", comment)}
+    paths |= {m for m in re.findall(r"`(\w+):", comment)}
+    assert "control.group" in paths
+    known = {k.path for k in schema.SCHEMA}
+    assert paths <= known, paths - known

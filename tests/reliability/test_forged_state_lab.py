@@ -145,8 +145,8 @@ def test_every_wan_disabled_then_a_restart_still_routes(make_lab, ecmpd_in):
     d = ecmpd_in(lab, keep_on_exit=False)
     assert d.ctl("disable", "wlan1").returncode == 0
     res = d.ctl("disable", "wlan2", check=False)
-    assert res.returncode == 1 and "stays in the route" in res.stderr
-    # the record says what took effect: wlan2 still carries the route
+    assert res.returncode == 1 and "use --force" in res.stderr
+    # a refused disable is not recorded: wlan2 still carries the route
     assert json.loads(open(d.socket + ".disabled.json").read()) == ["wlan1"]
     assert d.stop() == 0
     d.start()
@@ -162,10 +162,12 @@ def test_every_wan_disabled_then_a_restart_still_routes(make_lab, ecmpd_in):
     d.wait_states({"wlan1": "up", "wlan2": "up"})
     assert "disables every WAN" in d.log()
     assert all(r.ok for r in lab.new_flows(20, timeout=2.0))
-    # once another WAN is usable, the kept one's disable takes effect and is recorded
+    # refused while it is the last usable WAN; once another is usable it takes effect
     assert d.ctl("disable", "wlan1").returncode == 0
     res = d.ctl("disable", "wlan2", check=False)
     assert res.returncode == 1
+    assert json.loads(open(d.socket + ".disabled.json").read()) == ["wlan1"]
     assert d.ctl("enable", "wlan1").returncode == 0
+    assert d.ctl("disable", "wlan2").returncode == 0
     d.wait_for(lambda s: not s["wans"]["wlan2"]["active"], what="wlan2 leaves the route")
     assert json.loads(open(d.socket + ".disabled.json").read()) == ["wlan2"]
