@@ -396,3 +396,12 @@ def group_name(v: Any) -> str | None:
                           or any(c == ":" or c.isspace() for c in v)):
         raise Bad(f"must be a group name or null, got {describe(v)}")
     return v
+
+
+def hook_path(v: Any) -> str:
+    """A hook: the absolute path of a program (run without a shell, so no arguments)."""
+    if (not isinstance(v, str) or not v.startswith("/") or v.endswith("/")
+            or not v.isprintable() or len(v.encode()) > 4095):
+        raise Bad(f"must be the absolute path of an executable (like "
+                  f"/etc/ecmpd/hooks/notify), got {describe(v)}")
+    return v

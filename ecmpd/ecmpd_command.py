@@ -44,14 +44,15 @@ def parser() -> argparse.ArgumentParser:
 
 def load(args: argparse.Namespace) -> Config | None:
     """The validated config, or None after printing every problem to stderr.  `--check`
-    also refuses probe targets that are this machine's addresses (when it can read them);
-    a `hash:` this kernel lacks is refused always (the daemon would not start)."""
+    also refuses probe targets that are this machine's addresses (when it can read them)
+    and hooks that are not executable files; a `hash:` this kernel lacks is refused
+    always (the daemon would not start)."""
     local = None
     if args.check:
         from .ownaddr import read_now
         local = read_now()
     try:
-        cfg = load_config(args.config, local, PROC_SYS)
+        cfg = load_config(args.config, local, PROC_SYS, check_hooks=args.check)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
