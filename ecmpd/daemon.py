@@ -29,6 +29,7 @@ from .events import (Adopted, DefaultsRead, Effect, Event, Flush, ForgetAddress,
                      ProbeRound, Reconcile, Reloaded, ResetProber, SetDisabled, Transition,
                      step)
 from .firewall import Firewall
+from .hooks import Hooks
 from .judge import RoundResult
 from .kernel import Kernel
 from .learned import LearnedStore
@@ -81,7 +82,9 @@ class Daemon:
         see `traffic`."""
         self._limited = RateLimitedLog(log)
         """Keyed log lines (a gateway that moves): one per key every 10 s, then a count."""
-        self.listeners: list[Callable[[Transition], None]] = []
+        self.hooks = Hooks(lambda: self.state)
+        """Runs the configured hooks on every WAN state change, beside the loop."""
+        self.listeners: list[Callable[[Transition], None]] = [self.hooks]
         """Told every WAN state change, in order, on the loop; none may block it."""
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -267,6 +270,7 @@ class Daemon:
                              "handing routes and rules over to the new numbers")
                 await self.ledger.switch(self.kernel.ipr, self.cfg, cfg)
                 self.submit(Reloaded(cfg, plan))
+                self.hooks.configure(cfg)
                 self._reconfigure_probers(cfg)
                 self.watcher.follow(cfg)
             for family in FAMILIES:     # the gateways to learn now
@@ -440,6 +444,7 @@ class Daemon:
                 self.reconciler.sysctls.restore()
             log.info("removed ecmpd's routes and rules (%d) and nft table", removed)
         self.kernel.close()
+        await self.hooks.close()        # bounded: hook_timeout, then they are killed
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run `coro` as a task the daemon keeps a reference to until it is done."""
