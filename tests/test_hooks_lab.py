@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from bench import stats
-from lab.runner import config_for
 from lab.traffic import fault_offset
 from lab.wait import until
 
