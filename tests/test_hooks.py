@@ -294,6 +294,25 @@ def test_without_hooks_a_change_costs_nothing(tmp_path: Path) -> None:
     run(main())
 
 
+def test_a_change_runs_the_hooks_configured_when_it_happened(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    old = script(tmp_path, "old", f'echo "old $ECMPD_STATE" >> {log}\n')
+    new = script(tmp_path, "new", f'echo "new $ECMPD_STATE" >> {log}\n')
+    st = plain((old,))
+
+    async def main() -> None:
+        nonlocal st
+        hooks = Hooks(lambda: st)
+        hooks(change("wlan1", "down"))
+        st = plain((new,), timeout=5)             # a reload
+        hooks.configure(st.cfg)
+        hooks(change("wlan1", "up", "down"))
+        await settle(hooks)
+
+    run(main())
+    assert lines(log) == ["old down", "new up"]
+
+
 def test_hooks_that_cannot_run_are_warned_of_once_per_config(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     text = tmp_path / "text"
