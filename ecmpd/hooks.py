@@ -75,7 +75,8 @@ class Outcome:
     """How one hook run ended."""
 
     returncode: int | None
-    """Its exit status (negative: the signal that ended it); None: it did not start."""
+    """Its exit status (negative: the signal that ended it); None: it did not start, or
+    it outlived even SIGKILL (stuck in the kernel) and was left behind."""
     stderr: str = ""
     """The last `STDERR_TAIL` bytes it wrote to stderr."""
     stopped: str = ""
@@ -84,9 +85,11 @@ class Outcome:
     """Why it did not start."""
 
 
-def _signal_group(pid: int, sig: signal.Signals) -> None:
+def _signal(proc: asyncio.subprocess.Process, sig: signal.Signals) -> None:
+    """`sig` to every process of `proc`'s session's process group (pgid == its pid; a
+    session leader cannot leave it, only processes it starts can)."""
     try:
-        os.killpg(pid, sig)         # its session's group: pgid == its pid
+        os.killpg(proc.pid, sig)
     except ProcessLookupError:
         pass
 
@@ -124,8 +127,9 @@ class _Tail:
 async def run_hook(path: str, env: Mapping[str, str], timeout: float,
                    grace: float = GRACE) -> Outcome:
     """Run `path` until it exits, at most `timeout` seconds, then SIGTERM its process
-    group, then SIGKILL it `grace` seconds later.  Cancelled (a stopping daemon), it
-    kills the group at once.  Its stderr is read from a pipe of our own, so that a
+    group, then SIGKILL it `grace` seconds later; one that still runs `grace` seconds
+    after that (stuck in the kernel) is left behind, so that its WAN's next changes are
+    not held up for ever.  Cancelled (a stopping daemon), it kills the group at once.  Its stderr is read from a pipe of our own, so that a
     process it leaves behind holding stderr does not keep it running: it is done when
     it exits."""
     loop = asyncio.get_running_loop()
@@ -146,21 +150,21 @@ async def run_hook(path: str, env: Mapping[str, str], timeout: float,
     exited = loop.create_task(proc.wait())
     stopped = ""
     try:
-        for sig, wait in ((None, timeout), (signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        for sig, wait in ((None, timeout), (signal.SIGTERM, grace), (signal.SIGKILL, grace)):
             if sig is not None:
-                _signal_group(proc.pid, sig)
+                _signal(proc, sig)
                 stopped = sig.name
             if (await asyncio.wait({exited}, timeout=wait))[0]:
                 break
     except asyncio.CancelledError:
-        _signal_group(proc.pid, signal.SIGKILL)
+        _signal(proc, signal.SIGKILL)
         await asyncio.wait({exited}, timeout=grace)     # reaped before the loop ends
         raise
     finally:
         loop.remove_reader(r)
         tail.read()                 # what it wrote just before it exited
         os.close(r)
-    return Outcome(exited.result(), tail.text(), stopped)
+    return Outcome(exited.result() if exited.done() else None, tail.text(), stopped)
 
 
 class Hooks:
@@ -233,11 +237,12 @@ class Hooks:
 
     def _report(self, path: str, job: Job, out: Outcome) -> None:
         said = f": {out.stderr}" if out.stderr else ""
-        if out.returncode is None:
+        if out.stopped:
+            log.warning("hook %s for %s still ran after %gs: stopped by %s%s%s", path,
+                        job.label, job.timeout, out.stopped,
+                        "" if out.returncode is not None else " (it still runs)", said)
+        elif out.returncode is None:
             log.warning("hook %s for %s could not start: %s", path, job.label, out.error)
-        elif out.stopped:
-            log.warning("hook %s for %s still ran after %gs: stopped by %s%s", path,
-                        job.label, job.timeout, out.stopped, said)
         elif out.returncode < 0:
             log.warning("hook %s for %s was killed by %s%s", path, job.label,
                         _signal_name(-out.returncode), said)
