@@ -107,8 +107,12 @@ class _Tail:
     def __init__(self, fd: int) -> None:
         self.fd, self.data, self.cut, self.eof = fd, bytearray(), False, False
 
-    def read(self) -> None:
-        while not self.eof:
+    def read(self, chunks: int = 1) -> None:
+        """Read at most `chunks` times: one per readiness callback, so that a hook
+        that floods stderr takes turns with everything else on the loop."""
+        for _ in range(chunks):
+            if self.eof:
+                return
             try:
                 chunk = os.read(self.fd, 65536)
             except BlockingIOError:
@@ -129,9 +133,9 @@ async def run_hook(path: str, env: Mapping[str, str], timeout: float,
     """Run `path` until it exits, at most `timeout` seconds, then SIGTERM its process
     group, then SIGKILL it `grace` seconds later; one that still runs `grace` seconds
     after that (stuck in the kernel) is left behind, so that its WAN's next changes are
-    not held up for ever.  Cancelled (a stopping daemon), it kills the group at once.  Its stderr is read from a pipe of our own, so that a
-    process it leaves behind holding stderr does not keep it running: it is done when
-    it exits."""
+    not held up for ever.  Cancelled (a stopping daemon), it kills the group at once.
+    Its stderr is read from a pipe of our own, so that a process it leaves behind
+    holding stderr does not keep it running: it is done when it exits."""
     loop = asyncio.get_running_loop()
     r, w = os.pipe()
     try:
@@ -162,7 +166,7 @@ async def run_hook(path: str, env: Mapping[str, str], timeout: float,
         raise
     finally:
         loop.remove_reader(r)
-        tail.read()                 # what it wrote just before it exited
+        tail.read(chunks=64)        # what it wrote just before it exited
         os.close(r)
     return Outcome(exited.result() if exited.done() else None, tail.text(), stopped)
 

@@ -223,6 +223,24 @@ def test_only_the_end_of_a_long_stderr_is_kept(tmp_path: Path) -> None:
     assert out.stderr.startswith("...x") and len(out.stderr) <= STDERR_TAIL + 10  # "...", " | "
 
 
+def test_a_hook_flooding_stderr_does_not_stall_the_loop(tmp_path: Path) -> None:
+    hook = script(tmp_path, "flood", "exec yes flood >&2\n")
+
+    async def main() -> tuple[float, str]:
+        loop = asyncio.get_running_loop()
+        running = loop.create_task(run_hook(hook, dict(os.environ), timeout=1.0))
+        gap, last = 0.0, loop.time()
+        while not running.done():            # what the probers and the watcher need
+            await asyncio.sleep(0.01)
+            gap, last = max(gap, loop.time() - last), loop.time()
+        return gap, running.result().stderr
+
+    gap, said = run(main())
+    assert said.endswith("flood | flood")
+    # a generous bound: the loop keeps turning (10 ms ticks) while the hook floods
+    assert gap < 0.5, f"the loop stalled {gap:.3f} s"
+
+
 def test_a_timed_out_hook_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     hook = script(tmp_path, "hang", "exec sleep 3600\n")
     st = plain((hook,), timeout=0.2)
