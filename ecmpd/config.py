@@ -254,8 +254,9 @@ class _Validator:
                 addrs = self.items(lan_map, schema.key("lan.addresses"), "lan")
                 self.own += [(f"lan.addresses[{i}]", a) for i, a in enumerate(addrs or ())]
         for key in schema.section(""):
-            if key.items:
-                got = self.items(doc, key, "") if key.name in doc else key.default
+            if key.items:               # null: none (where an empty list is fine)
+                given = doc.get(key.name) is not None or not key.empty_ok
+                got = self.items(doc, key, "") if key.name in doc and given else key.default
                 kwargs[key.field] = _INVALID if got is None else got
             elif not key.is_section:
                 kwargs[key.field] = self.field(doc, key.name, "", key.parse, key.default)

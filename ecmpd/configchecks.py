@@ -7,11 +7,11 @@ and never raises; values already found invalid are skipped by the caller's `bad`
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable, Collection, Sequence
 from ipaddress import (IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface,
                        IPv6Network, ip_address)
-import os
-import stat
 from pathlib import Path
 from typing import Any
 

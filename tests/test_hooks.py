@@ -363,6 +363,7 @@ def test_hooks_default_to_none_and_take_absolute_paths() -> None:
     cfg = parse_config(BASE + "hooks: [/usr/local/bin/a, /b]\nhook_timeout: 1500ms\n", "f")
     assert (cfg.hooks, cfg.hook_timeout) == (("/usr/local/bin/a", "/b"), 1.5)
     assert parse_config(BASE + "hooks: []\n", "f").hooks == ()
+    assert parse_config(BASE + "hooks:\n", "f").hooks == ()
 
 
 @pytest.mark.parametrize("text, want", [
