@@ -42,7 +42,8 @@ from typing import Any
 from ecmpd import schema
 from ecmpd.configfile import Unreadable, read_text
 from ecmpd.configpolicies import parse_policies
-from ecmpd.configchecks import Origin, check_beyond, check_hash, check_local, probe_limits
+from ecmpd.configchecks import (Origin, check_beyond, check_hash, check_hooks, check_local,
+                                probe_limits)
 from ecmpd.lan import Links, check_live
 from ecmpd import configvalues as cv
 from ecmpd.configvalues import Bad
@@ -75,25 +76,28 @@ class ConfigError(Exception):
 
 
 def load_config(path: str, local: frozenset[str] | None = None,
-                sysctl_root: str | None = None, links: Links | None = None) -> Config:
+                sysctl_root: str | None = None, links: Links | None = None,
+                check_hooks: bool = False) -> Config:
     """Read and validate the config file at `path`; raises only `ConfigError`.
     `local`: this machine's addresses (normalized), refused as probe targets;
     `sysctl_root`: this machine's /proc/sys, where `hash: src` needs its sysctls;
     `links`: this machine's interfaces, where the LAN's must be (each None: not
-    checked)."""
+    checked); `check_hooks`: every hook must be an executable file now (`--check`; the
+    daemon only warns: a missing script must not stop failover)."""
     try:
         text = read_text(path)
     except Unreadable as e:
         where = path if e.line is None else f"{path}:{e.line}"
         raise ConfigError([f"{where}: {e.message}"]) from None
-    return parse_config(text, path, local, sysctl_root, links)
+    return parse_config(text, path, local, sysctl_root, links, check_hooks)
 
 
 def parse_config(text: str, source: str, local: frozenset[str] | None = None,
-                 sysctl_root: str | None = None, links: Links | None = None) -> Config:
+                 sysctl_root: str | None = None, links: Links | None = None,
+                 check_hooks: bool = False) -> Config:
     """Validate YAML `text`; `source` names it in messages and becomes `Config.source`;
-    `local`, `sysctl_root`, `links`: as for `load_config`."""
-    config, problems = _Validator(source, local, sysctl_root, links).run(text)
+    `local`, `sysctl_root`, `links`, `check_hooks`: as for `load_config`."""
+    config, problems = _Validator(source, local, sysctl_root, links, check_hooks).run(text)
     if problems or config is None:
         raise ConfigError(problems or [f"{source}:1: invalid configuration"])
     return config
@@ -135,10 +139,13 @@ class _Validator:
     """One validation run: collects (line, path, message) problems."""
 
     def __init__(self, source: str, local: frozenset[str] | None = None,
-                 sysctl_root: str | None = None, links: Links | None = None) -> None:
+                 sysctl_root: str | None = None, links: Links | None = None,
+                 check_hooks: bool = False) -> None:
         self.source = source
         self.links = links
         """This machine's interfaces (None: not known, not checked)."""
+        self.check_hooks = check_hooks
+        """Whether hooks must be executable files on this machine now."""
         self.local = local
         """This machine's addresses (None: not known, not checked)."""
         self.sysctl_root = sysctl_root
@@ -198,13 +205,14 @@ class _Validator:
             return _INVALID
 
     def items(self, m: YMap, key: schema.Key, path: str) -> tuple[Any, ...] | None:
-        """`m[key.name]` as a non-empty list of unique items parsed by `key.parse`, or
-        None after reporting."""
+        """`m[key.name]` as a list of unique items parsed by `key.parse` (non-empty
+        unless `key.empty_ok`), or None after reporting."""
         v, line, parse = m[key.name], m.value_lines[key.name], key.parse
         path = _join(path, key.name)
         assert parse is not None
-        if not isinstance(v, YList) or not v:
-            self.add(line, path, f"must be a non-empty list of {key.items}, got {describe(v)}")
+        if not isinstance(v, YList) or not (v or key.empty_ok):
+            kind = "list" if key.empty_ok else "non-empty list"
+            self.add(line, path, f"must be a {kind} of {key.items}, got {describe(v)}")
             return None
         first: dict[Any, int] = {}  # value -> index of its first occurrence
         ok = True
@@ -254,8 +262,14 @@ class _Validator:
                 addrs = self.items(lan_map, schema.key("lan.addresses"), "lan")
                 self.own += [(f"lan.addresses[{i}]", a) for i, a in enumerate(addrs or ())]
         for key in schema.section(""):
-            if not key.is_section:
+            if key.items:               # null: none (where an empty list is fine)
+                given = doc.get(key.name) is not None or not key.empty_ok
+                got = self.items(doc, key, "") if key.name in doc and given else key.default
+                kwargs[key.field] = _INVALID if got is None else got
+            elif not key.is_section:
                 kwargs[key.field] = self.field(doc, key.name, "", key.parse, key.default)
+        if self.check_hooks and kwargs["hooks"] is not _INVALID and kwargs["hooks"]:
+            check_hooks(self.add, kwargs["hooks"], doc["hooks"].item_lines)
         for section, keys in _SECTIONS.items():
             sec = self.mapping(doc.get(section), section, doc.value_lines.get(section, 1),
                                tuple(k.name for k in keys), null_ok=True)

@@ -7,6 +7,8 @@ and never raises; values already found invalid are skipped by the caller's `bad`
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable, Collection, Sequence
 from ipaddress import (IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface,
                        IPv6Network, ip_address)
@@ -133,3 +135,25 @@ def check_hash(add: Add, line: int, families: Collection[int], sysctl_root: str)
         names = " and ".join(m.replace("/", ".") for m in missing)
         add(line, "hash", f"src needs the kernel's custom multipath hash (Linux 5.14 or "
             f"later): this machine has no sysctl {names}; use l3 or l4")
+
+
+def hook_problem(path: str) -> str | None:
+    """Why the hook at `path` cannot run now (None: it is an executable file)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return ("does not exist" if isinstance(exc, FileNotFoundError) else
+                f"cannot be read: {exc.strerror or exc}")
+    if not stat.S_ISREG(st.st_mode):
+        return "is not a regular file"
+    if not os.access(path, os.X_OK):
+        return "is not executable (chmod +x)"
+    return None
+
+
+def check_hooks(add: Add, hooks: Sequence[str], lines: Sequence[int]) -> None:
+    """Each hook must be an executable file on this machine (`--check` on the router):
+    a hook that cannot run would only fail in the log, at the next WAN failure."""
+    for i, path in enumerate(hooks):
+        if (why := hook_problem(path)) is not None:
+            add(lines[i], f"hooks[{i}]", f"{path} {why}")

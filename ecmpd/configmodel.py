@@ -242,6 +242,11 @@ class Config:
     control_socket: str = DEFAULT_SOCKET
     control_group: str | None = None
     """Group allowed to use the control socket (mode 0660); None: root only."""
+    hooks: tuple[str, ...] = ()
+    """Absolute paths of programs run, in this order, on every WAN state change
+    (`ecmpd.hooks`)."""
+    hook_timeout: float = 10.0
+    """Seconds a hook may run before it is sent SIGTERM (then SIGKILL)."""
     metrics_listen: tuple[str, int] | None = None
     """(address, port) the Prometheus `/metrics` endpoint listens on; None: off."""
     source: str = "<config>"

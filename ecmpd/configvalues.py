@@ -433,3 +433,12 @@ def listen_address(v: Any) -> tuple[str, int]:
         raise Bad(f"must be an address and port like 127.0.0.1:9474 or [::1]:9474, "
                   f"got {describe(v)}")
     return str(address), number
+
+
+def hook_path(v: Any) -> str:
+    """A hook: the absolute path of a program (run without a shell, so no arguments)."""
+    if (not isinstance(v, str) or not v.startswith("/") or v.endswith("/")
+            or not v.isprintable() or len(v.encode()) > 4095):
+        raise Bad(f"must be the absolute path of an executable (like "
+                  f"/etc/ecmpd/hooks/notify), got {describe(v)}")
+    return v

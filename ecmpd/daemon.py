@@ -30,6 +30,7 @@ from .events import (Adopted, DefaultsRead, Effect, Event, Flush, ForgetAddress,
                      step)
 from .firewall import Firewall
 from .history import History, as_json
+from .hooks import Hooks
 from .journal import Journal, lines_of, under_systemd
 from .judge import RoundResult
 from .kernel import Kernel
@@ -93,8 +94,10 @@ class Daemon:
         """Structured journal entries of the transitions (only under systemd)."""
         self._told: Log | None = None
         """The log line of the transition being handed to the listeners (journal only)."""
+        self.hooks = Hooks(lambda: self.state)
+        """Runs the configured hooks on every WAN state change, beside the loop."""
         self.listeners: list[Callable[[Transition], None]] = [
-            self.history.record, self._publish, self.metrics.transition]
+            self.history.record, self._publish, self.metrics.transition, self.hooks]
         """Told every WAN state change, in order, on the loop; none may block it."""
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -315,6 +318,7 @@ class Daemon:
                              "handing routes and rules over to the new numbers")
                 await self.ledger.switch(self.kernel.ipr, self.cfg, cfg)
                 self.submit(Reloaded(cfg, plan))
+                self.hooks.configure(cfg)
                 self._reconfigure_probers(cfg)
                 self.watcher.follow(cfg)
             for family in FAMILIES:     # the gateways to learn now
@@ -525,6 +529,7 @@ class Daemon:
         if self.journal is not None:
             self.journal.close()
         self.kernel.close()
+        await self.hooks.close()        # bounded: hook_timeout, then they are killed
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Run `coro` as a task the daemon keeps a reference to until it is done."""

@@ -52,16 +52,17 @@ def parser() -> argparse.ArgumentParser:
 
 def load(args: argparse.Namespace) -> Config | None:
     """The validated config, or None after printing every problem to stderr.  `--check`
-    also refuses probe targets that are this machine's addresses and LAN interfaces
-    that are missing or down here (when it can read them: run on the router); a
-    `hash:` this kernel lacks is refused always (the daemon would not start)."""
+    also refuses probe targets that are this machine's addresses, LAN interfaces that
+    are missing or down here (when it can read them: run on the router) and hooks that
+    are not executable files; a `hash:` this kernel lacks is refused always (the daemon
+    would not start)."""
     local = links = None
     if args.check:
         from .lan import read_links_now
         from .ownaddr import read_now
         local, links = read_now(), read_links_now()
     try:
-        cfg = load_config(args.config, local, PROC_SYS, links)
+        cfg = load_config(args.config, local, PROC_SYS, links, check_hooks=args.check)
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)

@@ -59,7 +59,8 @@ class Key:
     range: str = ""
     """The range as the example states it (``1..10``, ``10ms..60s``; empty: none)."""
     items: str = ""
-    """A non-empty list of unique items: what they are (for messages)."""
+    """A list of unique items, non-empty unless `empty_ok`: what they are (for messages)."""
+    empty_ok: bool = False
     show: Callable[[Any], str] = _yaml
     """The default written as in the file."""
     config_default: Any = _FROM_MODEL
@@ -135,6 +136,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("", "nft"),
     Key("", "keep_on_exit", Config, "keep_on_exit", cv.boolean),
     Key("", "control"),
+    Key("", "hooks", Config, "hooks", cv.hook_path, items="absolute paths of executables",
+        empty_ok=True),
+    Key("", "hook_timeout", Config, "hook_timeout", cv.duration,
+        _span(*cv.DURATIONS, cv.format_seconds), show=cv.format_seconds),
     Key("", "metrics"),
     Key("lan", "interfaces", Config, "lan_interfaces", cv.ifname, items="interface names"),
     Key("lan", "addresses", None, "", cv.lan_address, items="addresses like 192.168.0.1/24 or fd00:1::1/64"),

@@ -121,7 +121,8 @@ def test_every_model_field_has_a_key() -> None:
 
 def test_key_lists_and_parsers_come_from_the_table() -> None:
     assert config.TOP_KEYS == ("lan", "wans", "policies", "probe", "hash", "marks", "tables",
-                               "rules", "route", "nft", "keep_on_exit", "control", "metrics")
+                               "rules", "route", "nft", "keep_on_exit", "control", "hooks",
+                               "hook_timeout", "metrics")
     assert config.PROBE_KEYS == tuple(f.name for f in dataclasses.fields(ProbeSettings))
     assert set(_PARSERS) == {f.name for f in dataclasses.fields(Owned)} - {"ids"}
     assert _PARSERS["route_proto"] is schema.key("route.proto").parse
