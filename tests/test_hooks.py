@@ -373,8 +373,9 @@ def test_hooks_default_to_none_and_take_absolute_paths() -> None:
     ("hooks: /a\n", ["f:3: hooks: must be a list of absolute paths of executables, got '/a'"]),
     ("hooks: [/etc/]\n", ["f:3: hooks[0]: must be the absolute path of an executable "
                           "(like /etc/ecmpd/hooks/notify), got '/etc/'"]),
-    ("hook_timeout: 0\n", ["f:3: hook_timeout: must be a duration from 10ms to 60s "
-                           "(like 200ms, 1.5s or 1.5), got 0"]),
+    ("hook_timeout: 0\n", ["f:3: hook_timeout: must be a duration from 10ms to 60s in ms, "
+                           "s or m (like 200ms, 1.5s, 1m, 1m30s; a plain number is "
+                           "seconds), got 0"]),
     ("hook_timeot: 1s\n", ["f:3: hook_timeot: unknown key (did you mean 'hook_timeout'?)"]),
 ])
 def test_hook_mistakes_name_the_line_and_key(text: str, want: list[str]) -> None:
