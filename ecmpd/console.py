@@ -21,7 +21,6 @@ PROJECT = "ecmpd"
 _PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 
 
-@functools.cache
 def version() -> str:
     """ecmpd's version: the installed distribution's, else the source tree's
     pyproject.toml, else ``unknown``."""

@@ -199,22 +199,20 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_ERROR
     payload = {k: v for k, v in resp.items() if k != "ok"}
-    try:
-        if sock is not None:
-            return _monitor(sock, rest, args.json)
-        if args.cmd in ("status", "history") and args.json:
-            print(json.dumps(payload, indent=2))
-        elif args.cmd == "status":
-            sys.stdout.write(render_status(payload, time.time(), args.verbose))
-        elif args.cmd == "history":
-            sys.stdout.write(render_history(payload, time.time()))
-        elif isinstance(payload.get("message"), str):
-            print(payload["message"])
-        elif isinstance(payload.get("wan"), str) and isinstance(payload.get("disabled"), bool):
-            print(f"{payload['wan']}: {'disabled' if payload['disabled'] else 'enabled'}")
-        sys.stdout.flush()
-    except BrokenPipeError:
-        _quiet_stdout()             # `ecmpctl history | head`: the reader has enough
+    # a closed pipe (`ecmpctl status | head -1`) ends in console.quiet_on_closed_pipe
+    if sock is not None:
+        return _monitor(sock, rest, args.json)
+    if args.cmd in ("status", "history") and args.json:
+        print(json.dumps(payload, indent=2))
+    elif args.cmd == "status":
+        sys.stdout.write(render_status(payload, time.time(), args.verbose))
+    elif args.cmd == "history":
+        sys.stdout.write(render_history(payload, time.time()))
+    elif isinstance(payload.get("message"), str):
+        print(payload["message"])
+    elif isinstance(payload.get("wan"), str) and isinstance(payload.get("disabled"), bool):
+        print(f"{payload['wan']}: {'disabled' if payload['disabled'] else 'enabled'}")
+    sys.stdout.flush()
     return EXIT_OK
 
 

@@ -18,16 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .console import version
+from .console import version as _read_version
 from .desired import RouteSpec
 from .events import Transition
 from .health import Phase
 from .status import Snapshot
+
+version = functools.cache(_read_version)
+"""ecmpd's version, read once (each scrape shows it)."""
 
 if TYPE_CHECKING:
     from .metrics_server import MetricsServer
