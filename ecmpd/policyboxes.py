@@ -79,8 +79,10 @@ class Klass:
 KLASSES = (Klass(4, True), Klass(6, True), Klass(4, False), Klass(6, False))
 
 
+@functools.lru_cache(maxsize=65536)
 def boxes(policy: Policy, k: Klass) -> list[Box]:
-    """`policy`'s boxes in class `k` (none when it cannot match a packet of `k`)."""
+    """`policy`'s boxes in class `k` (none when it cannot match a packet of `k`; cached:
+    never change the result)."""
     ported = bool(policy.sport or policy.dport)
     if ported and not k.ported:
         return []
@@ -109,7 +111,10 @@ def boxes(policy: Policy, k: Klass) -> list[Box]:
 
 
 def overlap(a: Box, b: Box) -> bool:
-    return all(x[0] <= y[1] and y[0] <= x[1] for x, y in zip(a, b))
+    for (alo, ahi), (blo, bhi) in zip(a, b):
+        if alo > bhi or blo > ahi:
+            return False
+    return True
 
 
 def subtract(box: Box, cut: Box) -> list[Box]:

@@ -130,8 +130,10 @@ def _group_value(value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=65536)
 def _span_value(family: int, dim: str, span: tuple[int, int]) -> Any:
-    """A box's span as libnftables JSON: an address, prefix or range; a number or range."""
+    """A box's span as libnftables JSON: an address, prefix or range; a number or range
+    (cached: spans repeat over a list's boxes; never change the result)."""
     lo, hi = span
     if dim not in ("src", "dst"):
         return lo if lo == hi else {"range": [lo, hi]}
