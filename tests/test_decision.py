@@ -146,3 +146,20 @@ def test_the_same_snapshot_gives_the_same_state_and_no_policies_give_none() -> N
         assert {t.table for t in set(mine.of(family)[0].tables) - set(plain.of(family)[0].tables)} \
             <= {1254, 1255}
         assert mine.of(family)[0].main == plain.of(family)[0].main
+
+
+def test_set_routes_are_the_policy_tables_routes_read_from_the_kernel() -> None:
+    from ecmpd.decision import main_route, set_routes
+    from ecmpd.desired import IPV6_METRIC_ZERO, RouteSpec
+    cfg = Config(lan_interfaces=("lan0",),
+                 wans=(Wan("a", "eth1", IPv4Address("192.0.2.1"), 1, 1),),
+                 policies=(Policy(1, ("a",), 10), Policy(2, ("a",), 11, fallback="drop")))
+    hop = (Nexthop("192.0.2.1", 11, 1),)
+    routes = {(1000, 0): RouteSpec(1000, hop, 0), (1010, 0): RouteSpec(1010, hop, 0),
+              (1011, UNREACHABLE_METRIC): RouteSpec(1011, (), UNREACHABLE_METRIC, UNREACHABLE),
+              (1001, 0): RouteSpec(1001, hop, 0)}
+    assert set_routes(routes, cfg) == (routes[(1010, 0)],)     # not a WAN's, not unreachable
+    assert main_route(routes, cfg) == routes[(1000, 0)]
+    six = {(1011, IPV6_METRIC_ZERO): RouteSpec(1011, hop, IPV6_METRIC_ZERO, family=6)}
+    assert set_routes(six, cfg, 6) == (six[(1011, IPV6_METRIC_ZERO)],)
+    assert set_routes({}, cfg) == ()
