@@ -321,7 +321,9 @@ def _ecmpd(lab: "Lab", kind: str | None) -> tuple[Callable[[], None], Callable[[
         cfg["policies"] = policies(kind, [str(IPv4Interface(a).ip)
                                           for a in lab.spec.client_addresses],
                                    lab.spec.lan_interface, [w.name for w in lab.spec.wans])
-    d = routers.start_ecmpd(lab, config=cfg)
+    # 1 000 policies: the start renders and loads thousands of map elements, slow on
+    # a busy shared machine
+    d = routers.start_ecmpd(lab, config=cfg, start_timeout=60.0 if kind else 15.0)
     RULES[kind] = policy_rules(lab.run(lab.ns_router, "nft", "list", "ruleset").stdout)
 
     def matched() -> int | None:
