@@ -56,7 +56,13 @@ LAB_SPECS: dict[str, Callable[[], object]] = {
     "10": lambda: dynamic.SPEC,
     "11": lambda: make_spec(3, names=list(underload.NAMES), client_extra=CLIENTS),
     "12": lambda: make_spec(3, names=list(tiers.NAMES), client_extra=CLIENTS),
+    "14": lambda: _policies_spec(),
 }
+
+
+def _policies_spec() -> object:
+    from bench import policyshares     # it imports the figures, which import this module
+    return policyshares.spec()
 
 
 class Bench:

@@ -246,9 +246,9 @@ def compile_policies(policies: tuple[Policy, ...],
 
 
 def first_layer_match(parts: list[Part], values: dict[str, int], iif: str) -> int | None:
-    """What the rendered chains do for one packet of a class (for tests and the dry
-    run): the interface's part if it has one, else the default part; the first layer
-    with a box that holds the packet names the policy."""
+    """What the rendered chains do for one packet of a class (a reference for tests):
+    the interface's part if it has one, else the default part; the first layer with a
+    box that holds the packet names the policy."""
     by = {p.iif: p for p in parts}
     part = by.get(iif) or by.get(None)
     if part is None:
