@@ -44,6 +44,13 @@ PORT_PROTOS = tuple(sorted(PORT_PROTOCOLS.values()))
 """Protocol numbers whose packets have ports (the ported class)."""
 DIMS = ("src", "dst", "proto", "sport", "dport")
 """A ported class's key fields in order; a portless class uses the first three."""
+ENABLED = False
+"""Whether `ecmpd.policyrules` renders the layers (else the grouped rules alone, as
+before them).  Off: measured in figure 13 (bench/results-fwcost-layers.md), the 1 000
+interleaved policies' 169 layers cost more per new connection than their 1 000 grouped
+lookups (4.0x the bare router against 3.2x): a concatenated interval map whose
+elements are cut ranges expands them into many prefixes per field, and its lookup
+walks bitmaps as wide as that, about 8 times a one-field lookup here."""
 CUT_MAX = 8
 """Pieces a box may be cut into to join the newest layer of its part."""
 MAX_ELEMENTS = 20_000

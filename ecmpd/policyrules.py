@@ -14,9 +14,11 @@ Objects:
   (``ct state new``) that has no ecmpd ct mark, whose packet has no ecmpd mark, and that
   did not arrive on a WAN jumps to chain ``policies``.  Every other packet pays this one
   rule, however many policies there are.
-* chain ``policies``: at most two lookups that send the packet to the chain of its class
-  (`ecmpd.policyboxes`): ``meta l4proto {tcp, udp, sctp, udplite} meta nfproto vmap``
-  to ``polc_4p``/``polc_6p``, then ``meta nfproto vmap`` to ``polc_4n``/``polc_6n``.
+* chain ``policies``: without the layers (`policyboxes.ENABLED`, off by default) the
+  grouped rules (`ecmpd.policygroups`), one lookup per group.  With them, at most two
+  lookups that send the packet to the chain of its class (`ecmpd.policyboxes`):
+  ``meta l4proto {tcp, udp, sctp, udplite} meta nfproto vmap`` to
+  ``polc_4p``/``polc_6p``, then ``meta nfproto vmap`` to ``polc_4n``/``polc_6n``.
 * chain ``polc_<class>``: with interface policies, one ``iifname vmap`` to the chain of
   the packet's interface (``polc_<class>_<n>``); then one lookup per layer, each a verdict
   map ``polmap_<n>`` keyed by the class's fields that its boxes use (``ip saddr . ip
@@ -223,7 +225,7 @@ def _tail(out: Layout, chain: str, tail: tuple[Policy, ...]) -> None:
 def layout(policies: tuple[Policy, ...]) -> Layout:
     """Chains ``policies``, ``polc_*``, ``poltail`` with their lookups, and the maps
     (cached: the table is rendered several times a reload; never change the result)."""
-    return _layout(policies, policyboxes.MAX_ELEMENTS)
+    return _layout(policies, policyboxes.MAX_ELEMENTS if policyboxes.ENABLED else 0)
 
 
 @functools.lru_cache(maxsize=4)

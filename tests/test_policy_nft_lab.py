@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import pytest
 
-from ecmpd import nftrules, policyrules
+from ecmpd import nftrules, policyboxes, policyrules
 from ecmpd.configmodel import Config, Policy
 from lab import netns
 from lab.driver import tool_env
@@ -159,7 +159,8 @@ def check_traffic(net: Net, first: int) -> None:
         expect(lambda: net.counts(positions), want, 5, f"after {kw}")
 
 
-def test_the_issues_examples_mark_only_what_they_match(make_netns) -> None:
+def test_the_issues_examples_mark_only_what_they_match(make_netns, monkeypatch) -> None:
+    monkeypatch.setattr(policyboxes, "ENABLED", True)      # the layers (off by default)
     net = Net(make_netns)
     net.nft_json(nftrules.replace_commands(config(examples(1))))
     check_traffic(net, 1)
@@ -188,9 +189,11 @@ def check_loaded(net: Net, cfg: Config) -> None:
     assert nftrules.listing_digest(listing) == nftrules.digest(cfg)
 
 
-def test_a_thousand_interleaved_policies_load_and_match_behind_their_layers(make_netns) -> None:
+def test_a_thousand_interleaved_policies_load_and_match_behind_their_layers(make_netns,
+                                                                          monkeypatch) -> None:
     """Figure 13's interleaved shapes (one policy each, six shapes rotating), then the
     issue's examples: a few lookups a class, not one per shape change."""
+    monkeypatch.setattr(policyboxes, "ENABLED", True)      # the layers (off by default)
     net = Net(make_netns)
     interleaved = tuple(replace(p, use=("w1",), route=ROUTES[p.position % len(ROUTES)])
                         for p in fwcost_like(1000)[:-1])

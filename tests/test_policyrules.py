@@ -12,6 +12,7 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -65,6 +66,20 @@ L4PROTO = {"meta": {"key": "l4proto"}}
 DPORT = {"payload": {"protocol": "th", "field": "dport"}}
 SPORT = {"payload": {"protocol": "th", "field": "sport"}}
 IIF = {"meta": {"key": "iifname"}}
+
+
+@pytest.fixture(autouse=True)
+def layers(monkeypatch):
+    """The layers rendered (`policyboxes.ENABLED`; off by default, see there)."""
+    monkeypatch.setattr(policyboxes, "ENABLED", True)
+
+
+def test_by_default_the_grouped_rules_alone(monkeypatch):
+    monkeypatch.setattr(policyboxes, "ENABLED", False)
+    c = cfg(pol(1, dst=("203.0.113.0/24",)), pol(2, src=("192.168.1.23/32",)))
+    assert lookups(c) == [(DADDR, "@polmap_1"), (SADDR, "@polmap_2")]
+    assert [ch["name"] for ch in nftrules.render_chains(c)][-3:] == ["policies", "pol_1",
+                                                                     "pol_2"]
 
 
 # ---- without policies: the table of before, byte for byte ------------------------------
@@ -214,14 +229,14 @@ def test_over_the_element_budget_the_tail_keeps_the_groups(monkeypatch):
        budget=st.sampled_from([0, 4, 12, policyboxes.MAX_ELEMENTS]))
 def test_the_rendered_rules_do_what_first_match_wins_means(fields, budget):
     policies = tuple(Policy(i, ("isp_a",), 10, **f) for i, f in enumerate(fields, 1))
-    before = policyboxes.MAX_ELEMENTS
-    policyboxes.MAX_ELEMENTS = budget
+    before = policyboxes.MAX_ELEMENTS, policyboxes.ENABLED
+    policyboxes.MAX_ELEMENTS, policyboxes.ENABLED = budget, True
     try:
         c = cfg(*policies)
         for packet_ in PROBES:
             assert run(c, packet_) == first_match(policies, packet_), packet_
     finally:
-        policyboxes.MAX_ELEMENTS = before
+        policyboxes.MAX_ELEMENTS, policyboxes.ENABLED = before
 
 
 def test_dry_run_shows_the_policies_in_nft_syntax():
