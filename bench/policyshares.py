@@ -14,11 +14,11 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from lab import make_spec
 from lab.runner import config_for
 
 from bench.figures import _error
 from bench.ipv6 import start_dual
+from bench.plan import POLICY_SERVERS
 from bench.routers import stop_ecmpd
 from bench.stats import Row, verdict
 
@@ -32,18 +32,10 @@ FLOWS = 3000
 MATCHING = 100
 """Connections that match the VoIP policy, per IP version (all must take wlan2)."""
 TOLERANCE = 0.03
-PROVIDER = ("203.0.113.20", "2001:db8:feed::20")
-NEVER = ("203.0.113.30", "2001:db8:feed::30")
+PROVIDER = (POLICY_SERVERS[4][0], POLICY_SERVERS[6][0])
+NEVER = (POLICY_SERVERS[4][1], POLICY_SERVERS[6][1])
 VERSIONS = (4, 6)
 VARIANTS = ("without policies", "with policies")
-
-
-def spec() -> Any:
-    """2 dual-stack WANs, a second and third server per version (the provider, the
-    destination that must never use wlan1), two extra client addresses."""
-    return make_spec(2, names=["wlan1", "wlan2"], client_extra=2,
-                     server_addresses=("203.0.113.10", PROVIDER[0], NEVER[0]),
-                     server_addresses6=("2001:db8:feed::10", PROVIDER[1], NEVER[1]))
 
 
 def config(lab: "Lab", policies: bool) -> dict[str, Any]:
