@@ -59,7 +59,8 @@ KINDS = {"ecmpd 0": None, "ecmpd 1000 nomatch": "nomatch", "ecmpd 1000 by shape"
          "ecmpd 1000 interleaved": "mixed"}
 SINK = "fwsink"
 RULES: dict[str | None, int] = {}
-"""Policy kind -> rules in ecmpd's chain ``policies`` (read once each start)."""
+"""Policy kind -> lookups on the longest way through ecmpd's policy chains (read once
+each start)."""
 
 GENERATOR = r"""
 import resource, socket, sys, time
@@ -201,15 +202,29 @@ def policies(kind: str, clients: list[str], lan_if: str, wans: list[str]) -> lis
 
 
 def policy_rules(ruleset: str) -> int:
-    """The rules (verdict-map lookups) in chain ``policies`` of `nft list ruleset`."""
-    count, inside = 0, False
+    """The verdict-map lookups a new connection makes at most in the policies' chains of
+    `nft list ruleset`: chain ``policies``, then the class chain it goes to (and the chain
+    of its interface, the tail), the longest way through."""
+    chains: dict[str, list[str]] = {}
+    lines: list[str] | None = None
     for line in ruleset.splitlines():
         text = line.strip()
         if text.startswith("chain "):
-            inside = text.split()[1] == "policies"
-        elif inside and "vmap" in text:
-            count += 1
-    return count
+            lines = chains.setdefault(text.split()[1], [])
+        elif lines is not None and text and text != "}":
+            lines.append(text)
+
+    def longest(chain: str, depth: int = 0) -> int:
+        best = seen = 0
+        for text in chains.get(chain, []) if depth < 8 else []:
+            seen += "vmap" in text
+            for target in _CHAIN_GOTO.findall(text):
+                best = max(best, seen + longest(target, depth + 1))
+        return max(best, seen)
+    return longest("policies")
+
+
+_CHAIN_GOTO = re.compile(r"goto (polc_\w+|poltail)\b")
 
 
 def _proc_stat() -> int:
@@ -306,7 +321,9 @@ def _ecmpd(lab: "Lab", kind: str | None) -> tuple[Callable[[], None], Callable[[
         cfg["policies"] = policies(kind, [str(IPv4Interface(a).ip)
                                           for a in lab.spec.client_addresses],
                                    lab.spec.lan_interface, [w.name for w in lab.spec.wans])
-    d = routers.start_ecmpd(lab, config=cfg)
+    # 1 000 policies: the start renders and loads thousands of map elements, slow on
+    # a busy shared machine
+    d = routers.start_ecmpd(lab, config=cfg, start_timeout=60.0 if kind else 15.0)
     RULES[kind] = policy_rules(lab.run(lab.ns_router, "nft", "list", "ruleset").stdout)
 
     def matched() -> int | None:

@@ -51,7 +51,7 @@ def rows(m: FwCost, seconds: float) -> list[Row]:
             text += ("; new connections the matching policy counted " +
                      fmt_summary([float(w.matched or 0) for w in ws], "", 0))
         if KINDS.get(v, "") in RULES:
-            text += f"; {RULES[KINDS[v]]} rule(s) in chain policies"
+            text += f"; {RULES[KINDS[v]]} lookup(s) at most in the policies' chains"
         if v in m.errors:
             text += f"; some windows failed: {m.errors[v]}"
         if v in KINDS and KINDS[v]:

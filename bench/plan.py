@@ -56,7 +56,14 @@ LAB_SPECS: dict[str, Callable[[], object]] = {
     "10": lambda: dynamic.SPEC,
     "11": lambda: make_spec(3, names=list(underload.NAMES), client_extra=CLIENTS),
     "12": lambda: make_spec(3, names=list(tiers.NAMES), client_extra=CLIENTS),
+    "14": lambda: make_spec(2, names=["wlan1", "wlan2"], client_extra=2,
+                            server_addresses=("203.0.113.10", *POLICY_SERVERS[4]),
+                            server_addresses6=("2001:db8:feed::10", *POLICY_SERVERS[6])),
 }
+POLICY_SERVERS = {4: ("203.0.113.20", "203.0.113.30"),
+                  6: ("2001:db8:feed::20", "2001:db8:feed::30")}
+"""Figure 14's lab (bench/policyshares.py): per IP version, the VoIP provider and the
+destination that must never use wlan1, besides the main server."""
 
 
 class Bench:

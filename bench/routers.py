@@ -48,19 +48,22 @@ DAEMON_ERRORS: list[str] = []
 
 def start_ecmpd(lab: Lab, weights: dict[str, int] | None = None, targets: str = "gateway",
                 cls: type[Ecmpd] = Ecmpd, config: dict[str, Any] | None = None,
-                routed: set[str] | None = None, **top: Any) -> Ecmpd:
+                routed: set[str] | None = None, start_timeout: float = 15.0,
+                **top: Any) -> Ecmpd:
     """Start ecmpd (defaults unless told; `config` replaces `config_for`'s); return once
     the kernel route has `routed` (default: every WAN; a tiered config routes only its
-    first tier) and every WAN is UP.  Status is polled gently (5/s) and only after the
-    route is whole, so the observer stays out of the daemon's way."""
+    first tier) and every WAN is UP, each within `start_timeout`.  Status is polled
+    gently (5/s) and only after the route is whole, so the observer stays out of the
+    daemon's way.  A daemon that does not get there is stopped (it would hold the
+    namespace's lock against the next one)."""
     if config is None:
         config = config_for(lab, weights=weights, targets=targets, **top)
     d = cls(lab, config)
-    d.start()
     try:
-        wait_routed(lab, routed or {w.name for w in lab.spec.wans}, 15)
+        d.start(timeout=start_timeout)
+        wait_routed(lab, routed or {w.name for w in lab.spec.wans}, start_timeout)
         wait_until(lambda: all(w["state"] == "up" for w in d.status()["wans"].values()),
-                   15, "every WAN UP", step=0.2)
+                   start_timeout, "every WAN UP", step=0.2)
     except BaseException:
         stop_ecmpd(lab, d)
         raise
@@ -71,7 +74,7 @@ def stop_ecmpd(lab: Lab, d: Ecmpd) -> None:
     """Stop the daemon (it removes its dataplane), forget the lab's connections, remove
     its work directory (config, socket, log); its ERROR lines go to `DAEMON_ERRORS`."""
     try:
-        code = d.stop()
+        code = d.stop(timeout=30.0)   # a daemon still loading a large table answers late
         DAEMON_ERRORS.extend(stats.log_errors(d.log()))
         if code != 0:
             raise RuntimeError(f"ecmpd exited with {code}:\n{d.log()[-2000:]}")

@@ -51,12 +51,12 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import figures, fwcostrows, ipv6rows, routers, stats, tiersrows  # noqa: E402
+from bench import figures, fwcostrows, ipv6rows, policyshares, routers, stats, tiersrows  # noqa: E402,E501
 from bench import underload  # noqa: E402
 from bench.plan import CLIENTS, FULL, QUICK, Bench, Plan  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results.md"
-FIGURES = (1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13)
+FIGURES = (1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14)
 """Figure numbers (there is no figure 8)."""
 LOG_ROW = 100
 """The key of the row that reports the daemons' ERROR log lines (sorts last)."""
@@ -69,7 +69,7 @@ def parse_only(text: str | None) -> list[int]:
     out = sorted({int(x) for x in text.replace(",", " ").split()})
     bad = [x for x in out if x not in FIGURES]
     if bad:
-        raise ValueError(f"no figure {bad[0]} (figures are 1..7 and 9..13)")
+        raise ValueError(f"no figure {bad[0]} (figures are 1..7 and 9..14)")
     return out
 
 
@@ -99,6 +99,7 @@ def run_figures(bench: Bench, only: list[int]) -> dict[int, list[stats.Row]]:
         ((11,), lambda: {11: ipv6rows.fig11(bench)}),
         ((12,), lambda: {12: tiersrows.figure12(bench)}),
         ((13,), lambda: {13: fwcostrows.figure13(bench)}),
+        ((14,), lambda: {14: policyshares.figure14(bench)}),
     ]
     for numbers, step in steps:
         wanted = [n for n in numbers if n in only]
@@ -173,7 +174,8 @@ def report(command: str, plan: Plan, rows: dict[int, list[stats.Row]], details: 
         + (fig10_note() if 10 in rows else "")
         + (ipv6rows.note() if 11 in rows else "")
         + (tiersrows.note() if 12 in rows else "")
-        + (fwcostrows.note() if 13 in rows else "") +
+        + (fwcostrows.note() if 13 in rows else "")
+        + (policyshares.note() if 14 in rows else "") +
         "## Details\n\n" + "\n".join(f"    {d}" for d in details) + "\n"
     )
 

@@ -42,7 +42,7 @@ from .prober import Prober
 from .reconciler import Reconciler
 from .reloadplan import plan_reload
 from .sdnotify import Notifier
-from .decision import Decision, main_route, stranded
+from .decision import Decision, main_route, set_routes, stranded
 from .state import (State, active, address, awaiting_verdict, initial, no_target, own_by_wan,
                     own_targets, plane, probe_gateway, probe_targets, project, usable)
 from .sysctl import PROC_SYS, Sysctls
@@ -459,7 +459,8 @@ class Daemon:
         for line in routing.stray_warnings(actual[4], cfg):
             log.warning("%s", line)
         for f in FAMILIES:
-            self.submit(Adopted(main_route(actual[f].routes, cfg, f), f))
+            self.submit(Adopted(main_route(actual[f].routes, cfg, f), f,
+                                set_routes(actual[f].routes, cfg, f)))
         self.control = ControlServer(cfg.control_socket, self.handle, cfg.control_group)
         await self.control.start()
         await self.metrics.listen(cfg.metrics_listen)

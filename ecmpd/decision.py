@@ -100,6 +100,15 @@ def policy_sets(p: State) -> dict[int, frozenset[str]]:
     return {route: active(p, policy.use) for route, policy in policy_routes(p.cfg).items()}
 
 
+def set_routes(routes: Mapping[tuple[int, int], RouteSpec], cfg: Config,
+               family: int = 4) -> tuple[RouteSpec, ...]:
+    """The routes of ecmpd's policy WAN sets' tables among `routes` of IP version
+    `family` read from the kernel (a set whose WANs are all down has none)."""
+    metric = metric_of(0, family)
+    return tuple(r for route in sorted(policy_routes(cfg))
+                 if (r := routes.get((cfg.table_base + route, metric))) is not None)
+
+
 def main_route(routes: Mapping[tuple[int, int], RouteSpec], cfg: Config,
                family: int = 4) -> RouteSpec | None:
     """ecmpd's multipath route among `routes` of IP version `family` read from the

@@ -161,10 +161,11 @@ class SetDisabled:
 @dataclass(frozen=True)
 class Adopted:
     """ecmpd's multipath route of IP version `family` found in the kernel at start
-    (None: none)."""
+    (None: none), and the routes found in its policy WAN sets' tables."""
 
     main: RouteSpec | None
     family: int = 4
+    sets: tuple[RouteSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -432,17 +433,20 @@ def _ours(cfg: Config, ev: RouteChanged) -> bool:
 
 
 def _adopted(st: State, ev: Adopted) -> Result:
-    """At start: WANs in the route found are adopted; those missing from it are DOWN."""
-    if ev.main is None:
+    """At start: WANs in the routes found are adopted, those of the policy WAN sets'
+    routes too (a set of standby WANs only, which the multipath route never holds,
+    keeps its route instead of waiting for their first verdict); the others are DOWN
+    when the multipath route was found."""
+    if ev.main is None and not ev.sets:
         return st, ()
-    hops = ev.main.hops()
+    hops = set().union(*(r.hops() for r in (ev.main, *ev.sets) if r is not None))
     wans = {}
     for w in st.cfg.wans:
         ws = st.wan(w.name)
         if link_ok(st, w):
             if hop_of(st, w) in hops:
                 ws = replace(ws, adopted=True)
-            else:
+            elif ev.main is not None:
                 ws = replace(ws, health=Health(Phase.DOWN, 0,
                                                "not in the route found at start"))
         wans[w.name] = ws

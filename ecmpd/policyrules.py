@@ -14,72 +14,53 @@ Objects:
   (``ct state new``) that has no ecmpd ct mark, whose packet has no ecmpd mark, and that
   did not arrive on a WAN jumps to chain ``policies``.  Every other packet pays this one
   rule, however many policies there are.
-* chain ``policies``: one rule per *group*, each one lookup of a verdict map
-  ``polmap_<n>`` keyed by the concatenation of the fields its policies use
-  (``ip saddr . meta l4proto . th dport``, ``iifname``...).  Its elements ``goto`` the
-  chain of the policy that owns them; a packet that matches none falls through the
-  chain untouched.
+* chain ``policies``: without the layers (`policyboxes.ENABLED`, off by default) the
+  grouped rules (`ecmpd.policygroups`), one lookup per group.  With them, at most two
+  lookups that send the packet to the chain of its class (`ecmpd.policyboxes`):
+  ``meta l4proto {tcp, udp, sctp, udplite} meta nfproto vmap`` to
+  ``polc_4p``/``polc_6p``, then ``meta nfproto vmap`` to ``polc_4n``/``polc_6n``.
+* chain ``polc_<class>``: with interface policies, one ``iifname vmap`` to the chain of
+  the packet's interface (``polc_<class>_<n>``); then one lookup per layer, each a verdict
+  map ``polmap_<n>`` keyed by the class's fields that its boxes use (``ip saddr . ip
+  daddr . meta l4proto . th sport . th dport`` at most).  Elements ``goto`` the chain of
+  the policy that owns them; a packet that matches none falls through.
+* the tail (`ecmpd.policygroups`), when the list is over the element budget: chain
+  ``poltail``, one lookup per group; each class chain ends with ``goto poltail``.
 * per policy, counter and chain ``pol_<position>``: the chain counts the packet and sets
-  the mark.  `goto` leaves ``policies`` for good, so the first matching group decides.
-
-Grouping (`plan`).  A policy expands to the product of its values (one element per
-combination), per IP version of its prefixes (an IPv4 prefix keys on ``ip saddr``, an
-IPv6 one on ``ip6 saddr``; a policy without prefixes matches either, by ``meta
-l4proto``, ``th sport``/``th dport``, ``iifname``).  The *shape* of an element is its IP
-version (none without prefixes) and the fields it uses: the key of its map.  Walking the
-policies in order, an element joins the newest group of its shape unless (a) it overlaps
-an element of that group (an interval map cannot hold overlapping keys) or (b) it
-overlaps an element of an earlier policy in a group after that one (which would then be
-looked up too late); otherwise it starts a new group at the end.  Elements overlap when
-every field both use overlaps (a field one of them does not use matches anything), and
-never across IP versions.  So the invariant holds: two overlapping elements in different
-groups belong to policies in the order of their groups, and the first group whose map
-matches a packet names the first policy that matches it.  An element inside an element
-of a policy as early or earlier can never be the first match and is left out.  The
-number of rules grows with the shape changes and overlap layers of the list, not with
-the number of policies; IPv4 and IPv6 policies never hold each other back.
-
-Ports exist only for TCP, UDP, SCTP and UDP-Lite: a policy with ports keys on ``meta
-l4proto`` too, with its port protocols (all four when it names none), so that ``th``
-never reads another protocol's header as ports.
+  the mark.  `goto` leaves the policies' chains for good, so the first match decides.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
-from bisect import bisect_left, bisect_right
-from collections import defaultdict
-from dataclasses import dataclass
-from ipaddress import ip_network
-from typing import Any, Iterable, Iterator, NamedTuple
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address
+from typing import Any, Iterable
 
-from .configmodel import PORT_PROTOCOLS, PROTOCOL_NAMES, Config, Policy, family_of
+from .configmodel import PROTOCOL_NAMES, Config, Policy
 from .nftexpr import FULL, Json, ct_mark, match, meta, payload, set_under_mask, under_mask
+from . import policyboxes
+from .policyboxes import PORT_PROTOS, Box, Klass, Layer, compile_policies
+from .policygroups import plan
 
 FAMILY = "inet"
 CHAIN = "policies"
-"""The regular chain holding one lookup per group."""
+"""The regular chain the prerouting rule jumps to: the class dispatch."""
+TAIL = "poltail"
+"""The chain of the tail's groups (when the head has layers)."""
+CLASS_PREFIX = "polc_"
 PREFIX = "pol_"
 """Name prefix of each policy's chain and named counter (``pol_<position>``)."""
 MAP_PREFIX = "polmap_"
-"""Name prefix of the groups' verdict maps (``polmap_<n>``, n from 1 in rule order)."""
+"""Name prefix of the verdict maps (``polmap_<n>``, n from 1 in rule order)."""
 COUNTER_KEY = "policy"
 """First item of a policy counter's key in `nftrules.parse_counters`: (``"policy"``,
 position)."""
-
-DIMS = ("src", "dst", "proto", "sport", "dport", "iif")
-"""The fields a policy matches by, in the order of a map's key."""
-_PORT_NUMBERS = tuple(PORT_PROTOCOLS.values())
-_INDEXED = ("dst", "src", "iif", "dport", "sport", "proto")
-"""The field a group looks its overlapping elements up by: the first one both use."""
 _COMMENT_MAX = 120
 """Bytes of a rule comment (nft refuses more than 128)."""
 
 Rule = tuple[str, list[Json], str | None]
-Span = tuple[Any, Any]
-"""A field's value as an inclusive interval: addresses and ports as ints, a protocol
-(p, p), an interface name (name, name)."""
 
 
 def counter_name(position: int) -> str:
@@ -87,303 +68,22 @@ def counter_name(position: int) -> str:
     return f"{PREFIX}{position}"
 
 
-def map_name(group: int) -> str:
-    """The name of group `group`'s verdict map (1-based)."""
-    return f"{MAP_PREFIX}{group}"
+def map_name(n: int) -> str:
+    """The name of the `n`-th verdict map (1-based, in rule order)."""
+    return f"{MAP_PREFIX}{n}"
 
 
-@dataclass(frozen=True)
-class Shape:
-    """The key of a group's map: the IP version of its prefixes (0: none) and the fields
-    it uses, in `DIMS` order."""
-
-    family: int
-    dims: tuple[str, ...]
-
-    def interval(self) -> bool:
-        """Whether a field holds prefixes or port ranges (the map needs flags interval)."""
-        return any(d in ("src", "dst", "sport", "dport") for d in self.dims)
-
-
-class Element(NamedTuple):
-    """One key of a policy: a value per field of its shape."""
-
-    position: int
-    shape: Shape
-    values: tuple[Any, ...]
-    """Per `shape.dims`: the value a map key holds (see `_json`)."""
-    spans: tuple[Span | None, ...]
-    """Per `DIMS`: the value as an interval, None where the shape does not use the field
-    (it matches anything there)."""
-
-
-def _field(dim: str, value: Any) -> tuple[Span, Any]:
-    """A policy's value of field `dim`: (its span, the value a map key holds: an address,
-    port, protocol or interface name, or ``("prefix", address, length)`` or ``("range",
-    low, high)``; immutable, for `plan` is cached)."""
-    if dim in ("src", "dst"):
-        net = ip_network(value, strict=False)
-        span = int(net.network_address), int(net.broadcast_address)
-        if net.prefixlen == net.max_prefixlen:
-            return span, str(net.network_address)
-        return span, ("prefix", str(net.network_address), net.prefixlen)
-    if dim in ("sport", "dport"):
-        lo, hi = value
-        return (lo, hi), lo if lo == hi else ("range", lo, hi)
-    return (value, value), value
-
-
-def _json(value: Any) -> Any:
-    """A key's value (`_field`) as libnftables JSON."""
-    if isinstance(value, tuple):
-        kind, a, b = value
-        return {"prefix": {"addr": a, "len": b}} if kind == "prefix" else {"range": [a, b]}
-    return value
-
-
-def _compatible_shapes(a: Shape, b: Shape) -> bool:
-    """Whether a packet can match both (not when they key on different IP versions)."""
-    return not a.family or not b.family or a.family == b.family
-
-
-def _overlap(a: Element, b: Element) -> bool:
-    """Some packet matches both."""
-    return _compatible_shapes(a.shape, b.shape) and all(
-        x is None or y is None or (x[0] <= y[1] and y[0] <= x[1])
-        for x, y in zip(a.spans, b.spans))
-
-
-def _holds(a: Element, b: Element) -> bool:
-    """Every packet that matches `b` matches `a`."""
-    return (not a.shape.family or a.shape.family == b.shape.family) and all(
-        x is None or (y is not None and x[0] <= y[0] and y[1] <= x[1])
-        for x, y in zip(a.spans, b.spans))
-
-
-def elements(policy: Policy) -> list[Element]:
-    """The keys of `policy`: the product of its values, per IP version of its prefixes,
-    wider ones first."""
-    protos = policy.proto
-    if policy.sport or policy.dport:
-        protos = tuple(p for p in (policy.proto or _PORT_NUMBERS) if p in _PORT_NUMBERS)
-        if not protos:
-            return []           # ports of no protocol that has any: matches nothing
-    out: list[Element] = []
-    for family in sorted({family_of(p) for p in policy.src + policy.dst}) or [0]:
-        fields = {"src": tuple(p for p in policy.src if family_of(p) == family),
-                  "dst": tuple(p for p in policy.dst if family_of(p) == family),
-                  "proto": protos, "sport": policy.sport, "dport": policy.dport,
-                  "iif": policy.iif}
-        if (policy.src and not fields["src"]) or (policy.dst and not fields["dst"]):
-            continue            # e.g. an IPv4 source and only IPv6 destinations
-        shape = Shape(family, tuple(d for d in DIMS if fields[d]))
-        where = [DIMS.index(d) for d in shape.dims]
-        seen: set[tuple[Span | None, ...]] = set()
-        for combo in itertools.product(*([_field(d, v) for v in fields[d]]
-                                         for d in shape.dims)):
-            spans: list[Span | None] = [None] * len(DIMS)
-            for i, (span, _) in zip(where, combo):
-                spans[i] = span
-            if (key := tuple(spans)) not in seen:
-                seen.add(key)
-                out.append(Element(policy.position, shape, tuple(v for _, v in combo), key))
-    # a holder sorts before what it holds (it is wider in every field), so that `plan`
-    # leaves the held out rather than put it into a group of its own
-    out.sort(key=lambda e: (e.shape.family, *(x[0] - x[1] if isinstance(x[0], int) else 0
-                                              for x in e.spans if x is not None)))
-    return out
-
-
-Placed = tuple[Element, int]
-"""An element and the number of its group (from 0, in rule order).  One shape's elements
-are placed in groups of rising numbers (always its newest group, or a new one), so every
-list of them below is in that order too: a search for the groups from `at` on reads a
-list from its end and stops at the first older one."""
-
-
-def _since(items: list[Placed], at: int) -> Iterator[Placed]:
-    for item in reversed(items):
-        if item[1] < at:
-            return
-        yield item
-
-
-class _Exact:
-    """Placed elements by one field's exact value (protocols, interface names)."""
-
-    def __init__(self) -> None:
-        self._by: defaultdict[Any, list[Placed]] = defaultdict(list)
-
-    def add(self, span: Span, item: Placed) -> None:
-        self._by[span[0]].append(item)
-
-    def since(self, span: Span, at: int) -> Iterator[Placed]:
-        return _since(self._by.get(span[0], []), at)
-
-
-class _Prefixes:
-    """Placed elements by one field's prefix: two prefixes overlap only when one holds
-    the other, so the candidates are the holders (one lookup per prefix length present)
-    and the held (their starts lie inside the prefix)."""
-
-    def __init__(self) -> None:
-        self._by: defaultdict[Span, list[Placed]] = defaultdict(list)
-        self._sizes: set[int] = set()
-        self._starts: list[int] = []
-        self._held: list[Placed] = []
-
-    def add(self, span: Span, item: Placed) -> None:
-        self._by[span].append(item)
-        self._sizes.add(span[1] - span[0] + 1)
-        i = bisect_right(self._starts, span[0])
-        self._starts.insert(i, span[0])
-        self._held.insert(i, item)
-
-    def since(self, span: Span, at: int) -> Iterator[Placed]:
-        lo, hi = span
-        for size in self._sizes:
-            if size > hi - lo:
-                start = lo - lo % size
-                yield from _since(self._by.get((start, start + size - 1), []), at)
-        held = self._held[bisect_left(self._starts, lo):bisect_right(self._starts, hi)]
-        yield from (item for item in held if item[1] >= at)
-
-
-class _Ranges:
-    """Placed elements by one field's port range, in buckets of 1024 ports."""
-
-    BITS = 10
-
-    def __init__(self) -> None:
-        self._by: defaultdict[int, list[Placed]] = defaultdict(list)
-
-    def add(self, span: Span, item: Placed) -> None:
-        for b in range(span[0] >> self.BITS, (span[1] >> self.BITS) + 1):
-            self._by[b].append(item)
-
-    def since(self, span: Span, at: int) -> Iterator[Placed]:
-        for b in range(span[0] >> self.BITS, (span[1] >> self.BITS) + 1):
-            yield from _since(self._by.get(b, []), at)
-
-
-_INDEX = {"src": _Prefixes, "dst": _Prefixes, "sport": _Ranges, "dport": _Ranges,
-          "proto": _Exact, "iif": _Exact}
-
-
-class _Shaped:
-    """The placed elements of one shape, whatever their group, indexed by field."""
-
-    def __init__(self, shape: Shape) -> None:
-        self.shape = shape
-        self.newest = -1
-        """The number of its newest group."""
-        self._index = {d: _INDEX[d]() for d in shape.dims}
-
-    def add(self, e: Element, group: int) -> None:
-        self.newest = group
-        for d, index in self._index.items():
-            index.add(e.spans[DIMS.index(d)], (e, group))  # type: ignore[arg-type]
-
-    def overlapping_since(self, e: Element, at: int) -> Iterator[Element] | None:
-        """Its elements in groups `at` and later that overlap `e` (of a compatible IP
-        version); None when the shapes share no field (then every one overlaps)."""
-        by = next((d for d in _INDEXED if d in self._index and d in e.shape.dims), None)
-        if by is None:
-            return None
-        return self._overlapping(e, self._index[by].since(e.spans[DIMS.index(by)], at))
-
-    @staticmethod
-    def _overlapping(e: Element, near: Iterator[Placed]) -> Iterator[Element]:
-        seen: set[int] = set()
-        for f, _ in near:
-            if id(f) not in seen:
-                seen.add(id(f))
-                if _overlap(f, e):
-                    yield f
-
-
-class _Plan:
-    """Groups being built, policy by policy (see the module's doc)."""
-
-    def __init__(self) -> None:
-        self.groups: list[tuple[Shape, list[Element]]] = []
-        self._shaped: dict[Shape, _Shaped] = {}
-
-    def place(self, e: Element) -> None:
-        """Add `e` to the newest group of its shape, or to a new group at the end, or
-        leave it out when it lies inside an element of an earlier (or its own) policy
-        found on the way.
-
-        Only the newest group of `e`'s shape and the groups after it matter, and they
-        are searched (their own shape first) until one rules the newest group out.  A
-        group after the newest of `e`'s shape has another shape, so it holds nothing of
-        `e`'s own policy (the elements of one IP version of a policy share one shape):
-        whatever overlaps `e` there belongs to an earlier policy."""
-        own = self._shaped.get(e.shape)
-        at = own.newest if own is not None else -1
-        fits = own is not None
-        for shaped in ([own] if own else []) + [s for s in self._shaped.values() if s is not own]:
-            if not fits:
-                break
-            if shaped.newest < at or not _compatible_shapes(shaped.shape, e.shape):
-                continue
-            may_hold = set(shaped.shape.dims) <= set(e.shape.dims)
-            found = shaped.overlapping_since(e, at)
-            if found is None:                   # all of them overlap e
-                if may_hold:
-                    return                      # a policy that matches everything
-                fits = False
-                continue
-            for f in found:
-                if may_hold and _holds(f, e):
-                    return                      # f's policy is as early: it always wins
-                fits = False
-                if not may_hold:
-                    break
-        if not fits:
-            at = len(self.groups)
-            self.groups.append((e.shape, []))
-        self.groups[at][1].append(e)
-        self._shaped.setdefault(e.shape, _Shaped(e.shape)).add(e, at)
-
-
-@functools.lru_cache(maxsize=8)
-def plan(policies: tuple[Policy, ...]) -> tuple[tuple[Shape, tuple[Element, ...]], ...]:
-    """The groups of `policies`, in rule order: (shape, elements) each."""
-    built = _Plan()
-    for policy in policies:
-        for e in elements(policy):
-            built.place(e)
-    return tuple((shape, tuple(elems)) for shape, elems in built.groups)
-
-
-# ---- rendering ------------------------------------------------------------------------
-def _key(shape: Shape, dim: str) -> Json:
-    if dim in ("src", "dst"):
-        return payload("ip6" if shape.family == 6 else "ip", "saddr" if dim == "src" else "daddr")
-    if dim in ("sport", "dport"):
-        return payload("th", dim)
-    return meta("l4proto" if dim == "proto" else "iifname")
-
-
-def _type(shape: Shape, dim: str) -> str:
-    if dim in ("src", "dst"):
-        return "ipv6_addr" if shape.family == 6 else "ipv4_addr"
-    return {"proto": "inet_proto", "sport": "inet_service", "dport": "inet_service",
-            "iif": "ifname"}[dim]
+def _goto(target: str) -> Json:
+    return {"goto": {"target": target}}
 
 
 def _one_or_concat(items: list[Any]) -> Any:
     return items[0] if len(items) == 1 else {"concat": items}
 
 
-def _goto(position: int) -> Json:
-    return {"goto": {"target": counter_name(position)}}
-
-
-def _positions(elems: Iterable[Element]) -> str:
+def _positions(positions: Iterable[int]) -> str:
     """``policies 1-3, 7`` (cut to fit a comment)."""
-    ps = sorted({e.position for e in elems})
+    ps = sorted(set(positions))
     runs: list[str] = []
     for _, run in itertools.groupby(enumerate(ps), lambda t: t[1] - t[0]):
         items = [p for _, p in run]
@@ -398,6 +98,189 @@ def _comment(text: str) -> str:
     return text.encode()[:_COMMENT_MAX].decode(errors="ignore")
 
 
+# ---- fields as nft keys, types and values ------------------------------------------
+_TEXT_KEYS = {"src": "saddr", "dst": "daddr", "sport": "th sport", "dport": "th dport",
+              "proto": "meta l4proto", "iif": "iifname"}
+
+
+def _key(family: int, dim: str) -> Json:
+    if dim in ("src", "dst"):
+        return payload("ip6" if family == 6 else "ip", "saddr" if dim == "src" else "daddr")
+    if dim in ("sport", "dport"):
+        return payload("th", dim)
+    return meta("l4proto" if dim == "proto" else "iifname")
+
+
+def _text_key(family: int, dim: str) -> str:
+    if dim in ("src", "dst"):
+        return f"{'ip6' if family == 6 else 'ip'} {_TEXT_KEYS[dim]}"
+    return _TEXT_KEYS[dim]
+
+
+def _type(family: int, dim: str) -> str:
+    if dim in ("src", "dst"):
+        return "ipv6_addr" if family == 6 else "ipv4_addr"
+    return {"proto": "inet_proto", "sport": "inet_service", "dport": "inet_service",
+            "iif": "ifname"}[dim]
+
+
+def _group_value(value: Any) -> Any:
+    """A group element's value (`policygroups._field`) as libnftables JSON."""
+    if isinstance(value, tuple):
+        kind, a, b = value
+        return {"prefix": {"addr": a, "len": b}} if kind == "prefix" else {"range": [a, b]}
+    return value
+
+
+@functools.lru_cache(maxsize=65536)
+def _span_value(family: int, dim: str, span: tuple[int, int]) -> Any:
+    """A box's span as libnftables JSON: an address, prefix or range; a number or range
+    (cached: spans repeat over a list's boxes; never change the result)."""
+    lo, hi = span
+    if dim not in ("src", "dst"):
+        return lo if lo == hi else {"range": [lo, hi]}
+    a, b = (str(IPv4Address(x) if family == 4 else IPv6Address(x)) for x in span)
+    size = hi - lo + 1
+    if size & (size - 1) == 0 and lo % size == 0:
+        bits = 32 if family == 4 else 128
+        length = bits - size.bit_length() + 1
+        return a if length == bits else {"prefix": {"addr": a, "len": length}}
+    return {"range": [a, b]}
+
+
+def _text_value(dim: str, value: Any) -> str:
+    if isinstance(value, dict) and "prefix" in value:
+        return f"{value['prefix']['addr']}/{value['prefix']['len']}"
+    if isinstance(value, dict) and "range" in value:
+        return f"{value['range'][0]}-{value['range'][1]}"
+    if dim == "proto":
+        return PROTOCOL_NAMES.get(value, str(value))
+    return f'"{value}"' if dim == "iif" else str(value)
+
+
+# ---- the layout: chains, maps and lookups, from the policies alone -----------------
+@dataclass
+class Map:
+    """One verdict map: its key fields and elements ((values per field), position)."""
+
+    name: str
+    family: int
+    dims: tuple[str, ...]
+    interval: bool
+    elements: list[tuple[list[Any], int]]
+
+
+@dataclass
+class Layout:
+    """The policies' chains in order, each with its rules (expressions, comment, the
+    same in nft syntax), and the maps the rules look up."""
+
+    chains: dict[str, list[tuple[list[Json], str | None, str]]] = field(default_factory=dict)
+    maps: list[Map] = field(default_factory=list)
+
+    def add(self, chain: str, expr: list[Json], comment: str | None, text: str) -> None:
+        self.chains.setdefault(chain, []).append((expr, comment, text))
+
+    def lookup(self, chain: str, family: int, dims: tuple[str, ...], interval: bool,
+               elems: list[tuple[list[Any], int]]) -> None:
+        m = Map(map_name(len(self.maps) + 1), family, dims, interval, elems)
+        self.maps.append(m)
+        key = _one_or_concat([_key(family, d) for d in dims])
+        text = " . ".join(_text_key(family, d) for d in dims)
+        comment = _positions(p for _, p in elems)
+        self.add(chain, [{"vmap": {"key": key, "data": f"@{m.name}"}}], comment,
+                 f"{text} vmap @{m.name}  # {comment}")
+
+
+def _layer(out: Layout, chain: str, k: Klass, layer: Layer) -> None:
+    full = [k.full(d) for d in k.dims]
+    used = [i for i, f in enumerate(full) if any(b[i] != f for _, b in layer.boxes)]
+    if not used:                                   # one box that holds everything
+        (position, _), = layer.boxes
+        out.add(chain, [_goto(counter_name(position))], _positions([position]),
+                f"goto {counter_name(position)}  # {_positions([position])}")
+        return
+    boxes: list[tuple[int, Box]] = layer.boxes
+    interval = any(b[i][0] != b[i][1] for _, b in boxes for i in used)
+    out.lookup(chain, k.family, tuple(k.dims[i] for i in used), interval,
+               [([_span_value(k.family, k.dims[i], b[i]) for i in used], p) for p, b in boxes])
+
+
+def _dispatch(targets: dict[int, str]) -> Json:
+    return {"vmap": {"key": meta("nfproto"), "data": {"set": [
+        [f"ipv{f}", _goto(c)] for f, c in sorted(targets.items())]}}}
+
+
+def _tail(out: Layout, chain: str, tail: tuple[Policy, ...]) -> None:
+    for shape, elems in plan(tail):
+        if not shape.dims:                          # matches everything
+            p = elems[0].position
+            out.add(chain, [_goto(counter_name(p))], _positions([p]),
+                    f"goto {counter_name(p)}  # {_positions([p])}")
+            continue
+        out.lookup(chain, shape.family, shape.dims, shape.interval(),
+                   [([_group_value(v) for v in e.values], e.position) for e in elems])
+
+
+def layout(policies: tuple[Policy, ...]) -> Layout:
+    """Chains ``policies``, ``polc_*``, ``poltail`` with their lookups, and the maps
+    (cached: the table is rendered several times a reload; never change the result)."""
+    return _layout(policies, policyboxes.MAX_ELEMENTS if policyboxes.ENABLED else 0)
+
+
+@functools.lru_cache(maxsize=4)
+def _layout(policies: tuple[Policy, ...], budget: int) -> Layout:
+    out = Layout()
+    out.chains[CHAIN] = []
+    if not policies:
+        return out
+    compiled = compile_policies(policies, budget)
+    if not compiled.parts:
+        _tail(out, CHAIN, compiled.tail)           # all over budget: the groups alone
+        return out
+    ends = ([_goto(TAIL)], None, f"goto {TAIL}") if compiled.tail else None
+    chains = {k: f"{CLASS_PREFIX}{k.name}" for k in compiled.parts}
+    ported = {k.family: c for k, c in chains.items() if k.ported}
+    portless = {k.family: c for k, c in chains.items() if not k.ported}
+    protos = ", ".join(PROTOCOL_NAMES[p] for p in PORT_PROTOS)
+    if ported:
+        out.add(CHAIN, [match(meta("l4proto"), {"set": list(PORT_PROTOS)}), _dispatch(ported)],
+                "protocols with ports", f"meta l4proto {{ {protos} }} meta nfproto vmap "
+                "{ " + ", ".join(f"ipv{f} : goto {c}" for f, c in sorted(ported.items())) + " }")
+    if portless:
+        out.add(CHAIN, [_dispatch(portless)], "other protocols", "meta nfproto vmap { " +
+                ", ".join(f"ipv{f} : goto {c}" for f, c in sorted(portless.items())) + " }")
+    if ends:
+        out.add(CHAIN, *ends)
+    for k, parts in compiled.parts.items():
+        chain = chains[k]
+        out.chains.setdefault(chain, [])
+        named = [p for p in parts if p.iif is not None]
+        if named:
+            subs = {p.iif: f"{chain}_{n}" for n, p in enumerate(named, 1)}
+            out.add(chain, [{"vmap": {"key": meta("iifname"), "data": {"set": [
+                [name, _goto(c)] for name, c in subs.items()]}}}], "interface policies",
+                "iifname vmap { " + ", ".join(f'"{n}" : goto {c}' for n, c in subs.items())
+                + " }")
+            for p in named:
+                out.chains.setdefault(subs[p.iif], [])
+                for layer in p.layers:
+                    _layer(out, subs[p.iif], k, layer)
+                if ends:
+                    out.add(subs[p.iif], *ends)
+        for p in parts:
+            if p.iif is None:
+                for layer in p.layers:
+                    _layer(out, chain, k, layer)
+        if ends:
+            out.add(chain, *ends)
+    if compiled.tail:
+        out.chains[TAIL] = []
+        _tail(out, TAIL, compiled.tail)
+    return out
+
+
+# ---- the objects ---------------------------------------------------------------------
 def render_counters(cfg: Config) -> list[Json]:
     """``pol_<position>`` per policy: the first packets of the connections it steered."""
     return [{"family": FAMILY, "table": cfg.nft_table, "name": counter_name(p.position)}
@@ -405,36 +288,32 @@ def render_counters(cfg: Config) -> list[Json]:
 
 
 def render_chains(cfg: Config) -> list[Json]:
-    """Chain ``policies`` and ``pol_<position>`` per policy (none without policies)."""
+    """The policies' chains and ``pol_<position>`` per policy (none without policies)."""
     if not cfg.policies:
         return []
-    names = [CHAIN] + [counter_name(p.position) for p in cfg.policies]
+    names = list(layout(cfg.policies).chains) + [counter_name(p.position) for p in cfg.policies]
     return [{"family": FAMILY, "table": cfg.nft_table, "name": n} for n in names]
 
 
 def render_maps(cfg: Config) -> list[Json]:
-    """The groups' verdict maps ``polmap_<n>`` with their elements (a group of policies
-    that match everything has no map)."""
+    """The verdict maps ``polmap_<n>`` with their elements."""
     maps: list[Json] = []
-    for n, (shape, elems) in enumerate(plan(cfg.policies), 1):
-        if not shape.dims:
-            continue
-        m: Json = {"family": FAMILY, "table": cfg.nft_table, "name": map_name(n),
-                   "type": types[0] if len(types := [_type(shape, d) for d in shape.dims]) == 1
-                   else types,
-                   "map": "verdict"}
-        if shape.interval():
-            m["flags"] = ["interval"]
-        m["elem"] = [[_one_or_concat([_json(v) for v in e.values]), _goto(e.position)]
-                     for e in elems]
-        maps.append(m)
+    for m in layout(cfg.policies).maps if cfg.policies else []:
+        types = [_type(m.family, d) for d in m.dims]
+        obj: Json = {"family": FAMILY, "table": cfg.nft_table, "name": m.name,
+                     "type": types[0] if len(types) == 1 else types, "map": "verdict"}
+        if m.interval:
+            obj["flags"] = ["interval"]
+        obj["elem"] = [[_one_or_concat(values), _goto(counter_name(p))]
+                       for values, p in m.elements]
+        maps.append(obj)
     return maps
 
 
 def render_rules(cfg: Config) -> list[Rule]:
     """(chain, expressions, comment) of the policies' rules, in order: the jump from
-    ``prerouting`` (to follow its restore rule), one lookup per group, one rule per
-    policy chain.  None without policies."""
+    ``prerouting`` (to follow its restore rule), the lookups, one rule per policy chain.
+    None without policies."""
     if not cfg.policies:
         return []
     mask = cfg.mark_mask
@@ -446,40 +325,14 @@ def render_rules(cfg: Config) -> list[Rule]:
           if cfg.wans else []),
         {"jump": {"target": CHAIN}},
     ], "policies: new connections not from a WAN")]
-    for n, (shape, elems) in enumerate(plan(cfg.policies), 1):
-        if shape.dims:
-            key = _one_or_concat([_key(shape, d) for d in shape.dims])
-            expr = [{"vmap": {"key": key, "data": f"@{map_name(n)}"}}]
-        else:
-            expr = [_goto(elems[0].position)]       # matches everything
-        rules.append((CHAIN, expr, _positions(elems)))
+    for chain, items in layout(cfg.policies).chains.items():
+        rules += [(chain, expr, comment) for expr, comment, _ in items]
     for p in cfg.policies:
         rules.append((counter_name(p.position), [
             {"counter": counter_name(p.position)},
             set_under_mask(meta("mark"), mask, cfg.route_mark(p.route)),
         ], _comment(p.name) or None))
     return rules
-
-
-# ---- nft syntax for --dry-run ---------------------------------------------------------
-_TEXT_KEYS = {"src": "saddr", "dst": "daddr", "sport": "th sport", "dport": "th dport",
-              "proto": "meta l4proto", "iif": "iifname"}
-
-
-def _text_key(shape: Shape, dim: str) -> str:
-    if dim in ("src", "dst"):
-        return f"{'ip6' if shape.family == 6 else 'ip'} {_TEXT_KEYS[dim]}"
-    return _TEXT_KEYS[dim]
-
-
-def _text_value(dim: str, value: Any) -> str:
-    if isinstance(value, tuple) and value[0] == "prefix":
-        return f"{value[1]}/{value[2]}"
-    if isinstance(value, tuple) and value[0] == "range":
-        return f"{value[1]}-{value[2]}"
-    if dim == "proto":
-        return PROTOCOL_NAMES.get(value, str(value))
-    return f'"{value}"' if dim == "iif" else str(value)
 
 
 def describe(cfg: Config) -> list[str]:
@@ -491,24 +344,18 @@ def describe(cfg: Config) -> list[str]:
     wans = ", ".join(f'"{w.interface}"' for w in cfg.wans)
     out = [f"# policies in nft syntax (table inet {cfg.nft_table}; first match wins):",
            f"#   prerouting: ct state new ct mark & {mask:#010x} == 0 meta mark & {mask:#010x}"
-           f" == 0 iifname != {{ {wans} }} jump {CHAIN}",
-           f"#   chain {CHAIN} {{"]
-    groups = plan(cfg.policies)
-    for n, (shape, elems) in enumerate(groups, 1):
-        if shape.dims:
-            key = " . ".join(_text_key(shape, d) for d in shape.dims)
-            out.append(f"#     {key} vmap @{map_name(n)}  # {_positions(elems)}")
-        else:
-            out.append(f"#     goto {counter_name(elems[0].position)}  # {_positions(elems)}")
-    out.append("#   }")
-    for n, (shape, elems) in enumerate(groups, 1):
-        if not shape.dims:
-            continue
-        types = " . ".join(_type(shape, d) for d in shape.dims)
-        flags = "; flags interval" if shape.interval() else ""
-        out.append(f"#   map {map_name(n)} {{ type {types} : verdict{flags}; elements = {{")
-        out += [f"#     {' . '.join(_text_value(d, v) for d, v in zip(shape.dims, e.values))}"
-                f" : goto {counter_name(e.position)}," for e in elems]
+           f" == 0 iifname != {{ {wans} }} jump {CHAIN}"]
+    lay = layout(cfg.policies)
+    for chain, items in lay.chains.items():
+        out.append(f"#   chain {chain} {{")
+        out += [f"#     {text}" for _, _, text in items]
+        out.append("#   }")
+    for m in lay.maps:
+        types = " . ".join(_type(m.family, d) for d in m.dims)
+        flags = "; flags interval" if m.interval else ""
+        out.append(f"#   map {m.name} {{ type {types} : verdict{flags}; elements = {{")
+        out += [f"#     {' . '.join(_text_value(d, v) for d, v in zip(m.dims, values))}"
+                f" : goto {counter_name(p)}," for values, p in m.elements]
         out.append("#   } }")
     for p in cfg.policies:
         out.append(f"#   chain {counter_name(p.position)} {{ counter name "

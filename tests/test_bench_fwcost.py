@@ -101,6 +101,33 @@ RULESET = """table inet ecmpd {
 """
 
 
-def test_policy_rules_counts_the_lookups_of_chain_policies() -> None:
+LAYERED = """table inet ecmpd {
+\tchain policies {
+\t\tmeta l4proto { tcp, udp, sctp, udplite } meta nfproto vmap { ipv4 : goto polc_4p }
+\t\tmeta nfproto vmap { ipv4 : goto polc_4n }
+\t}
+\tchain polc_4p {
+\t\tiifname vmap { "lan0" : goto polc_4p_1 }
+\t\tip daddr vmap @polmap_3
+\t\tgoto poltail
+\t}
+\tchain polc_4p_1 {
+\t\tip daddr vmap @polmap_1
+\t\tip saddr vmap @polmap_2
+\t\tgoto poltail
+\t}
+\tchain polc_4n {
+\t\tip daddr vmap @polmap_4
+\t}
+\tchain poltail {
+\t\tip daddr vmap @polmap_5
+\t}
+}
+"""
+
+
+def test_policy_rules_counts_the_lookups_on_the_longest_way() -> None:
     assert fwcost.policy_rules(RULESET) == 2
     assert fwcost.policy_rules("") == 0
+    # policies (1), polc_4p's iifname (2), polc_4p_1's two maps (4), poltail (5)
+    assert fwcost.policy_rules(LAYERED) == 5

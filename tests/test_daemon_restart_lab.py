@@ -137,6 +137,42 @@ def test_restart_with_a_wan_down_keeps_it_out_until_it_recovers(lab3, ecmpd_in):
     assert {h["interface"] for h in st["route"]["nexthops"]} == {"wan1", "wan2", "wan3"}
 
 
+def policy_table(lab) -> str:
+    """The routing table of the lab's one policy WAN set: the table of the fwmark rule
+    that is not a WAN's (1001..1255 by id) nor the multipath route's."""
+    rules = json.loads(lab.run(lab.ns_router, "ip", "-j", "rule", "show").stdout)
+    wan_tables = {str(1000 + i) for i in range(1, len(lab.spec.wans) + 1)}
+    (table,) = {str(r["table"]) for r in rules
+                if "fwmark" in r and str(r["table"]) not in wan_tables}
+    return table
+
+
+def test_restart_keeps_the_route_of_a_policy_set_of_standby_wans(lab3, ecmpd_in):
+    """`use: [wan3]` with wan3 on tier 2: the multipath route never holds it; a restart
+    adopts it from the set's route, which stays in place (it used to go for the probe
+    rounds wan3 needed to be UP again)."""
+    lab = lab3
+    config = config_for(lab)
+    config["wans"]["wan3"]["tier"] = 2
+    config["policies"] = [{"dst": "203.0.113.0/24", "use": ["wan3"]}]
+    d = ecmpd_in(lab, config=config)
+    table = policy_table(lab)
+    show = ("ip", "route", "show", "default", "table", table)
+    before = lab.run(lab.ns_router, *show).stdout
+    assert "wan3" in before and "wan3" not in lab.run(
+        lab.ns_router, "ip", "route", "show", "default", "table", "1000").stdout
+    with route_events(lab) as during:
+        d.kill9()
+        d.start()
+        st = d.status()                     # what it observed at start: wan3 adopted
+        assert st["wans"]["wan3"]["state"] != "down", st["wans"]["wan3"]
+        d.wait_states({"wan1": "up", "wan2": "up", "wan3": "up"})
+    changed = [TS.sub("", x) for x in during if re.search(rf"\btable {table}\b", x)]
+    assert not changed, f"the policy set's route changed across the restart: {changed}"
+    assert lab.run(lab.ns_router, *show).stdout == before
+    assert "adopting" in d.log()
+
+
 def test_a_second_ecmpd_on_the_same_socket_refuses_to_start(make_lab, ecmpd_in):
     lab = make_lab()
     d = ecmpd_in(lab)

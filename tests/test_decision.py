@@ -186,3 +186,20 @@ def test_a_kept_route_loses_the_disabled_wans_nexthops() -> None:
     assert stranded(d, "wlan1") == (4,)
     d = decide(disabled(st, "wlan2", "wlan1"), kernel)
     assert d.desired.main is None and not d.kept
+
+
+def test_set_routes_are_the_policy_tables_routes_read_from_the_kernel() -> None:
+    from ecmpd.decision import main_route, set_routes
+    from ecmpd.desired import IPV6_METRIC_ZERO, RouteSpec
+    cfg = Config(lan_interfaces=("lan0",),
+                 wans=(Wan("a", "eth1", IPv4Address("192.0.2.1"), 1, 1),),
+                 policies=(Policy(1, ("a",), 10), Policy(2, ("a",), 11, fallback="drop")))
+    hop = (Nexthop("192.0.2.1", 11, 1),)
+    routes = {(1000, 0): RouteSpec(1000, hop, 0), (1010, 0): RouteSpec(1010, hop, 0),
+              (1011, UNREACHABLE_METRIC): RouteSpec(1011, (), UNREACHABLE_METRIC, UNREACHABLE),
+              (1001, 0): RouteSpec(1001, hop, 0)}
+    assert set_routes(routes, cfg) == (routes[(1010, 0)],)     # not a WAN's, not unreachable
+    assert main_route(routes, cfg) == routes[(1000, 0)]
+    six = {(1011, IPV6_METRIC_ZERO): RouteSpec(1011, hop, IPV6_METRIC_ZERO, family=6)}
+    assert set_routes(six, cfg, 6) == (six[(1011, IPV6_METRIC_ZERO)],)
+    assert set_routes({}, cfg) == ()

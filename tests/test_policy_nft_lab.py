@@ -21,13 +21,14 @@ from typing import Any, Callable
 
 import pytest
 
-from ecmpd import nftrules, policyrules
+from ecmpd import nftrules, policyboxes, policyrules
 from ecmpd.configmodel import Config, Policy
 from lab import netns
 from lab.driver import tool_env
 from lab.wait import expect
 from tests import test_nft_inet_lab as inet
 from tests.test_nft_inet_lab import CLIENT4, MASK
+from tests.test_policyrules import fwcost_like
 
 pytestmark = pytest.mark.lab
 
@@ -158,12 +159,13 @@ def check_traffic(net: Net, first: int) -> None:
         expect(lambda: net.counts(positions), want, 5, f"after {kw}")
 
 
-def test_the_issues_examples_mark_only_what_they_match(make_netns) -> None:
+def test_the_issues_examples_mark_only_what_they_match(make_netns, monkeypatch) -> None:
+    monkeypatch.setattr(policyboxes, "ENABLED", True)      # the layers (off by default)
     net = Net(make_netns)
     net.nft_json(nftrules.replace_commands(config(examples(1))))
     check_traffic(net, 1)
-    text = netns.run_in(net.router, "nft", "list", "chain", "inet", "ecmpd", "policies").stdout
-    assert "ip daddr . meta l4proto . th dport vmap @polmap_1" in text
+    text = netns.run_in(net.router, "nft", "list", "chain", "inet", "ecmpd", "polc_4p").stdout
+    assert "ip saddr . ip daddr . meta l4proto . th dport vmap @polmap_" in text
     voip = netns.run_in(net.router, "nft", "list", "map", "inet", "ecmpd", "polmap_1").stdout
     assert "198.51.100.0/24 . udp . 10000-20000 : goto pol_1" in voip
     # the listing, fed back as text, is the same table (names that parse, dry-run output)
@@ -172,22 +174,44 @@ def test_the_issues_examples_mark_only_what_they_match(make_netns) -> None:
     netns.nft(net.router, listed)
 
 
-def test_a_thousand_mixed_policies_load_and_match_behind_their_groups(make_netns) -> None:
-    net = Net(make_netns)
-    policies = generated(1000) + examples(1001)
-    cfg = config(policies)
-    plan = policyrules.plan(policies)
-    net.nft_json(nftrules.replace_commands(cfg))
+def check_loaded(net: Net, cfg: Config) -> None:
+    """The kernel holds the maps and rules ecmpd rendered, element for element."""
     listing = net.nft_json({"nftables": [{"list": {"table": {"family": "inet",
                                                              "name": "ecmpd"}}}]})
     maps = {o["map"]["name"]: len(o["map"].get("elem", []))
             for o in listing["nftables"] if "map" in o}
-    assert maps == {policyrules.map_name(n): len(elems)
-                    for n, (shape, elems) in enumerate(plan, 1) if shape.dims}
+    lay = policyrules.layout(cfg.policies)
+    assert maps == {m.name: len(m.elements) for m in lay.maps}
     rules = [o["rule"] for o in listing["nftables"] if "rule" in o]
-    assert sum(r["chain"] == "policies" for r in rules) == len(plan)
-    assert sum(r["chain"].startswith("pol_") for r in rules) == len(policies)
+    for chain, items in lay.chains.items():
+        assert sum(r["chain"] == chain for r in rules) == len(items), chain
+    assert sum(r["chain"].startswith("pol_") for r in rules) == len(cfg.policies)
     assert nftrules.listing_digest(listing) == nftrules.digest(cfg)
+
+
+def test_a_thousand_interleaved_policies_load_and_match_behind_their_layers(make_netns,
+                                                                          monkeypatch) -> None:
+    """Figure 13's interleaved shapes (one policy each, six shapes rotating), then the
+    issue's examples: a few lookups a class, not one per shape change."""
+    monkeypatch.setattr(policyboxes, "ENABLED", True)      # the layers (off by default)
+    net = Net(make_netns)
+    interleaved = tuple(replace(p, use=("w1",), route=ROUTES[p.position % len(ROUTES)])
+                        for p in fwcost_like(1000)[:-1])
+    cfg = config(interleaved + examples(1000))
+    net.nft_json(nftrules.replace_commands(cfg))
+    check_loaded(net, cfg)
+    lay = policyrules.layout(cfg.policies)
+    assert not any(name == policyrules.TAIL for name in lay.chains)
+    assert max(len(items) for items in lay.chains.values()) <= 200
+    check_traffic(net, 1000)
+
+
+def test_a_thousand_mixed_policies_load_and_match_behind_their_groups(make_netns) -> None:
+    net = Net(make_netns)
+    policies = generated(1000) + examples(1001)
+    cfg = config(policies)
+    net.nft_json(nftrules.replace_commands(cfg))
+    check_loaded(net, cfg)
     check_traffic(net, 1001)
     # ecmpd's own reads: the counters straight from netlink, the same as nft lists them,
     # and a check of an unchanged table that does not list it

@@ -14,7 +14,7 @@ from ecmpd import events as ev
 from ecmpd.desired import Nexthop, RouteSpec
 from ecmpd.health import Health, Phase as H, Verdict
 from ecmpd.logsetup import NOTICE
-from ecmpd.configmodel import Config, Wan
+from ecmpd.configmodel import Config, Policy, Wan
 from ecmpd.reloadplan import plan_reload
 from ecmpd.state import (Default, Link, State, WanState, active, address, awaiting_verdict, carrier,
                          initial, keeps_last_route, link_ok, usable)
@@ -341,6 +341,30 @@ def test_adoption_at_start() -> None:
     # a WAN without link keeps its own reason
     st3, _ = step(start(links={"eth1": UP_LINK}), ev.Adopted(main_route(("192.0.2.1", 11))))
     assert st3.wan("wlan2").health.reason == "interface missing"
+
+
+def test_adoption_keeps_a_policy_set_of_standby_wans() -> None:
+    """`use: [lte]` with lte on tier 2: the multipath route never holds lte, its set's
+    route does; adopted from it, the set keeps its route through a restart."""
+    cfg = dataclasses.replace(
+        CFG, wans=(CFG.wans[0], dataclasses.replace(CFG.wans[1], tier=2)),
+        policies=(Policy(1, ("wlan2",), 10, src=("192.168.0.50/32",)),))
+    st = start(cfg=cfg)
+    lte = RouteSpec(1010, (Nexthop("198.51.100.1", 12, 2),), 0)
+    st2, effects = step(st, ev.Adopted(main_route(("192.0.2.1", 11)), 4, (lte,)))
+    assert st2.wan("wlan1").adopted and st2.wan("wlan2").adopted
+    assert usable(st2, "wlan2") and "adopting" in effects[0].message
+    d = decide(st2, main_route(("192.0.2.1", 11)))
+    assert d.desired.main is not None and d.desired.main.hops() == {("192.0.2.1", 11)}
+    assert [t.hops() for t in d.desired.tables if t.table == 1010 and t.nexthops] == [
+        {("198.51.100.1", 12)}]
+    # the multipath route alone, as before: the standby WAN waits DOWN for its probes
+    st3, _ = step(st, ev.Adopted(main_route(("192.0.2.1", 11))))
+    assert st3.wan("wlan2").health == Health(H.DOWN, 0, "not in the route found at start")
+    assert not any(t.table == 1010 and t.nexthops for t in decide(st3, None).desired.tables)
+    # a set's route without the multipath route: its WANs adopted, the others wait
+    st4, _ = step(st, ev.Adopted(None, 4, (lte,)))
+    assert st4.wan("wlan2").adopted and st4.wan("wlan1") == st.wan("wlan1")
 
 
 def test_reload_keeps_unchanged_wans_and_judges_new_ones_anew() -> None:
