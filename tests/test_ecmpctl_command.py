@@ -197,6 +197,19 @@ def test_a_timeout_not_in_0_to_a_day_is_a_usage_error(value, capsys):
     assert "Traceback" not in err
 
 
+def test_render_says_a_missing_interface_is_gone_not_without_carrier():
+    """A PPP session's interface is deleted when the session ends: "carrier no" would
+    send the admin looking for a cable."""
+    sample = {**SAMPLE, "wans": {**SAMPLE["wans"], "wlan2": {
+        **SAMPLE["wans"]["wlan2"], "interface": "ppp0", "link": "missing",
+        "reason": "interface missing"}}}
+    lines = render_status(sample, NOW).splitlines()
+    w2 = lines.index("wan: wlan2")
+    assert lines[w2 + 3] == "  interface: ppp0 (no such interface)"
+    assert "carrier" not in lines[w2 + 3]
+    assert render_status(SAMPLE, NOW).splitlines()[w2 + 3] == "  interface: wlan2, carrier no"
+
+
 def test_render_sample():
     text = render_status(SAMPLE, NOW)
     lines = text.splitlines()
