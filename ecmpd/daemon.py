@@ -350,6 +350,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._hup()))
+        self.notifier.starting("reading the kernel")
         self.kernel.open()
         k = self.kernel
         cfg = self.cfg
@@ -377,11 +378,13 @@ class Daemon:
             self.submit(Adopted(main_route(actual[f].routes, cfg, f), f))
         self.control = ControlServer(cfg.control_socket, self.handle, cfg.control_group)
         await self.control.start()
+        self.notifier.starting("first apply (routes, rules, nft table)")
         self.watcher.follow(cfg)
         await self.watcher.start()
         await self.watcher.resync()       # what changed before the subscription
         await self.reconciler.settled()
         self.ledger.settle(cfg)
+        self.notifier.starting("waiting for the first probe verdicts")
         for wan, family in self._probed(cfg):
             self._start_prober(wan, family)
         await self._first_verdicts()

@@ -190,6 +190,11 @@ def fix_mmap_threshold(size: int = 128 * 1024) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from .sdnotify import Notifier
+    notifier = Notifier()
+    if not (args.check or args.dry_run):
+        # the start's first sign of life: each phase extends systemd's start timeout
+        notifier.starting("loading the config")
     cfg = load(args)
     if cfg is None:
         return 2
@@ -199,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         asyncio.run(dry_run(cfg))
         return 0
+    notifier.starting("loading ecmpd")
     from .daemon import Daemon
     from .logsetup import setup_logging
     from .nslock import hold_namespace
@@ -207,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     hold_namespace(cfg.control_socket)  # one ecmpd per netns, else exit 1
     try:
-        return asyncio.run(Daemon(cfg, args.config).run())
+        return asyncio.run(Daemon(cfg, args.config, notifier).run())
     except KeyboardInterrupt:
         return 0
     except Exception as exc:  # start-up failures: one clear line, not a traceback
