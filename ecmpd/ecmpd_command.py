@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ctypes
 import json
 import logging
@@ -17,11 +16,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from .config import ConfigError, load_config
-from .configmodel import Config, Wan
 from .sysctl import PROC_SYS
 
+# The config's and the daemon's modules are imported where used, after main() has told
+# systemd that the start is under way (their import is most of a start's time).
 if TYPE_CHECKING:
+    from .configmodel import Config, Wan
     from . import ownaddr
     from .desired import RouteSpec
     from .state import Addresses, Defaults, Link, State
@@ -46,6 +46,7 @@ def load(args: argparse.Namespace) -> Config | None:
     """The validated config, or None after printing every problem to stderr.  `--check`
     also refuses probe targets that are this machine's addresses (when it can read them);
     a `hash:` this kernel lacks is refused always (the daemon would not start)."""
+    from .config import ConfigError, load_config
     local = None
     if args.check:
         from .ownaddr import read_now
@@ -201,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"{args.config}: ok ({len(cfg.wans)} WANs: {', '.join(w.name for w in cfg.wans)})")
         return 0
+    import asyncio
     if args.dry_run:
         asyncio.run(dry_run(cfg))
         return 0
