@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import select
 import signal
 import socket
@@ -65,19 +66,31 @@ def python_env(cache: Path | None) -> dict[str, str]:
 
 def wall(code: str, env: dict[str, str]) -> float:
     """Seconds from exec to exit of ``python -c code``."""
+    return timed(code, env)[0]
+
+
+def timed(code: str, env: dict[str, str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``python -c code``: CPU time (user + system) varies less
+    than wall time on a machine shared with other work."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.monotonic()
     subprocess.run([sys.executable, "-c", code], env=env, check=True)
-    return time.monotonic() - t
+    elapsed = time.monotonic() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 @dataclass
 class Imports:
-    """Wall times (s) per repetition and the cached import's self time per package."""
+    """Wall times (s) per repetition, CPU times (s) of the baseline and of the cached
+    import, and the cached import's self time per package."""
 
     baseline: list[float] = field(default_factory=list)
     cached: list[float] = field(default_factory=list)
     uncached: list[float] = field(default_factory=list)
     by_package: dict[str, float] = field(default_factory=dict)   # median ms
+    baseline_cpu: list[float] = field(default_factory=list)
+    cached_cpu: list[float] = field(default_factory=list)
 
 
 def self_times(importtime: str) -> dict[str, float]:
@@ -98,8 +111,11 @@ def measure_imports(reps: int) -> Imports:
     wall(f"import {TARGET}", cached)                     # fills the cache
     per_pkg: dict[str, list[float]] = defaultdict(list)
     for _ in range(reps):
-        res.baseline.append(wall("pass", cached))
-        res.cached.append(wall(f"import {TARGET}", cached))
+        for into, cpu, code in ((res.baseline, res.baseline_cpu, "pass"),
+                                (res.cached, res.cached_cpu, f"import {TARGET}")):
+            w, c = timed(code, cached)
+            into.append(w)
+            cpu.append(c)
         res.uncached.append(wall(f"import {TARGET}", python_env(None)))
         r = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {TARGET}"],
                            env=cached, capture_output=True, text=True, check=True)
@@ -192,6 +208,9 @@ def rows(imp: Imports, starts: list[Start]) -> list[Row]:
     out = [
         Row(f"{n}: import {TARGET}", "bytecode cached (as installed by pip)",
             fmt_summary([1000 * x for x in imp.cached], "ms", 0), base),
+        Row(f"{n}: import {TARGET}, CPU time", "user + system, bytecode cached",
+            fmt_summary([1000 * x for x in imp.cached_cpu], "ms", 0),
+            fmt_summary([1000 * x for x in imp.baseline_cpu], "ms", 0)),
         Row(f"{n}: import {TARGET}", "no bytecode (every module compiled)",
             fmt_summary([1000 * x for x in imp.uncached], "ms", 0), base),
         Row(f"{n}: import self time by package", "-X importtime, cached, median ms",
