@@ -52,7 +52,8 @@ START_TIMEOUT = 60.0
 
 
 def python_env(cache: Path | None) -> dict[str, str]:
-    """The environment of a measured interpreter: ROOT's ecmpd first; bytecode read
+    """The environment of a measured interpreter (run in ROOT: `-c` and `-m` put the
+    working directory first on sys.path): ROOT's ecmpd first; bytecode read
     from and written to `cache`, or (None) never written and found nowhere."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -74,7 +75,7 @@ def timed(code: str, env: dict[str, str]) -> tuple[float, float]:
     than wall time on a machine shared with other work."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.monotonic()
-    subprocess.run([sys.executable, "-c", code], env=env, check=True)
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=ROOT)
     elapsed = time.monotonic() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -118,7 +119,7 @@ def measure_imports(reps: int) -> Imports:
             cpu.append(c)
         res.uncached.append(wall(f"import {TARGET}", python_env(None)))
         r = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {TARGET}"],
-                           env=cached, capture_output=True, text=True, check=True)
+                           env=cached, capture_output=True, text=True, check=True, cwd=ROOT)
         for pkg, ms in self_times(r.stderr).items():
             per_pkg[pkg].append(ms)
     res.by_package = {p: statistics.median(v) for p, v in per_pkg.items()}
@@ -162,7 +163,7 @@ def start_once(lab: "Lab", cache: Path) -> Start:
         proc = subprocess.Popen(
             ["ip", "netns", "exec", lab.ns_router, sys.executable, "-m", "ecmpd.ecmpd_command",
              "--config", str(config), "--socket", ctl], env=env, stdout=log,
-            stderr=subprocess.STDOUT)
+            stderr=subprocess.STDOUT, cwd=ROOT)
         log.close()
         try:
             while time.monotonic() - t0 < START_TIMEOUT and proc.poll() is None:
