@@ -204,7 +204,7 @@ def rows(imp: Imports, starts: list[Start]) -> list[Row]:
     """The table rows (pure)."""
     ms = [1000 * x for x in imp.baseline]
     base = fmt_summary(ms, "ms", 0)
-    n = "14 start-up"
+    n = "15 start-up"
     top = sorted(imp.by_package.items(), key=lambda kv: -kv[1])[:6]
     out = [
         Row(f"{n}: import {TARGET}", "bytecode cached (as installed by pip)",
@@ -236,13 +236,13 @@ def rows(imp: Imports, starts: list[Start]) -> list[Row]:
     return out
 
 
-def figure14(bench: "Bench") -> list[Row]:
-    """Figure 14 of bench/run.py: start-up time."""
+def figure15(bench: "Bench") -> list[Row]:
+    """Figure 15 of bench/run.py: start-up time."""
     reps = max(3, bench.plan.reps)
     imp = measure_imports(reps)
     starts = measure_starts(bench.lab("2"), reps)
     for s in starts:
-        bench.note(f"fig 14 start: socket {s.socket:.3f}s, READY {s.ready:.3f}s, status "
+        bench.note(f"fig 15 start: socket {s.socket:.3f}s, READY {s.ready:.3f}s, status "
                    + "; ".join(f"{t:.3f}s {x}" for t, x in s.status))
     return rows(imp, starts)
 

@@ -38,15 +38,15 @@ def test_rows_name_each_milestone_against_the_baseline() -> None:
               Start(0.6, 31.0, [(0.2, "starting: loading the config"), (31.0, "1/2 WANs active")])]
     out = rows(imp, starts)
     setups = [r.figure for r in out]
-    assert setups[:4] == ["14 start-up: import ecmpd.daemon", "14 start-up: import ecmpd.daemon, CPU time",
-                          "14 start-up: import ecmpd.daemon", "14 start-up: import self time by package"]
+    assert setups[:4] == ["15 start-up: import ecmpd.daemon", "15 start-up: import ecmpd.daemon, CPU time",
+                          "15 start-up: import ecmpd.daemon", "15 start-up: import self time by package"]
     assert out[1].ecmpd == "200 / 200 / 300 ms (n=3)" and out[1].baseline == "10 / 10 / 10 ms (n=3)"
     assert out[0].ecmpd == "300 / 400 / 500 ms (n=3)" and out[0].baseline == "20 / 30 / 40 ms (n=3)"
     assert "ecmpd 50" in out[3].ecmpd
-    assert "14 start-up: exec → STATUS “starting: loading the config”" in setups
-    assert "14 start-up: exec → STATUS “N/N WANs active”" in setups
+    assert "15 start-up: exec → STATUS “starting: loading the config”" in setups
+    assert "15 start-up: exec → STATUS “N/N WANs active”" in setups
     ready = out[-1]
-    assert ready.figure.startswith("14 start-up: exec → READY=1")
+    assert ready.figure.startswith("15 start-up: exec → READY=1")
     assert ready.result == "**fail**"            # one start took longer than 30 s
     assert rows(imp, starts[:1])[-1].result == "pass"
     assert len(rows(imp, [])) == 4               # --imports-only
