@@ -23,7 +23,9 @@ baseline column is an untiered ecmpd in the same run; bench/tiers.py; 5.5 min wi
 repetitions; its table: bench/results-tiers.md), 13 forwarding cost (kernel CPU per
 forwarded packet at 20 000 pps over many flows, interleaved: a bare kernel router, the
 seed's recipe, ecmpd with 0 and 3 sets of 1 000 policies; bench/fwcost.py; 7 min with 5
-rounds; its table: bench/results-fwcost.md).
+rounds; its table: bench/results-fwcost.md), 15 start-up time (import of ecmpd.daemon with and
+without bytecode, exec to the control socket, to each start phase and to READY=1, against
+``python -c pass``; bench/startup.py, which also runs alone).
 Row "log" reports the daemons' ERROR lines.
 The table is printed and written to bench/results.md with the command line and the date.
 Needs root; touches nothing outside the namespaces it creates (and deletes).
@@ -52,11 +54,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import figures, fwcostrows, ipv6rows, policyshares, routers, stats, tiersrows  # noqa: E402,E501
-from bench import underload  # noqa: E402
+from bench import startup, underload  # noqa: E402
 from bench.plan import CLIENTS, FULL, QUICK, Bench, Plan  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results.md"
-FIGURES = (1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14)
+FIGURES = (1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15)
 """Figure numbers (there is no figure 8)."""
 LOG_ROW = 100
 """The key of the row that reports the daemons' ERROR log lines (sorts last)."""
@@ -69,7 +71,7 @@ def parse_only(text: str | None) -> list[int]:
     out = sorted({int(x) for x in text.replace(",", " ").split()})
     bad = [x for x in out if x not in FIGURES]
     if bad:
-        raise ValueError(f"no figure {bad[0]} (figures are 1..7 and 9..14)")
+        raise ValueError(f"no figure {bad[0]} (figures are 1..7 and 9..15)")
     return out
 
 
@@ -100,6 +102,7 @@ def run_figures(bench: Bench, only: list[int]) -> dict[int, list[stats.Row]]:
         ((12,), lambda: {12: tiersrows.figure12(bench)}),
         ((13,), lambda: {13: fwcostrows.figure13(bench)}),
         ((14,), lambda: {14: policyshares.figure14(bench)}),
+        ((15,), lambda: {15: startup.figure15(bench)}),
     ]
     for numbers, step in steps:
         wanted = [n for n in numbers if n in only]

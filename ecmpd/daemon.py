@@ -434,6 +434,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self._stop.set)
         loop.add_signal_handler(signal.SIGINT, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._hup()))
+        self.notifier.starting("reading the kernel")
         self.kernel.open()
         k = self.kernel
         cfg = self.cfg
@@ -464,11 +465,13 @@ class Daemon:
         self.control = ControlServer(cfg.control_socket, self.handle, cfg.control_group)
         await self.control.start()
         await self.metrics.listen(cfg.metrics_listen)
+        self.notifier.starting("first apply (routes, rules, nft table)")
         self.watcher.follow(cfg)
         await self.watcher.start()
         await self.watcher.resync()       # what changed before the subscription
         await self.reconciler.settled()
         self.ledger.settle(cfg)
+        self.notifier.starting("waiting for the first probe verdicts")
         for wan, family in self._probed(cfg):
             self._start_prober(wan, family)
         await self._first_verdicts()

@@ -13,7 +13,6 @@ line and exits 1; a closed stdout (``| head``) ends it quietly (`console`).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import ctypes
 import logging
 import os
@@ -28,6 +27,8 @@ from .config import ConfigError, load_config
 from .configmodel import Config, Wan
 from .sysctl import PROC_SYS
 
+# The daemon's modules are imported where used, after main() has told systemd that the
+# start is under way (their import is most of a start's time).
 if TYPE_CHECKING:
     from . import ownaddr
     from .desired import RouteSpec
@@ -270,6 +271,11 @@ def fix_mmap_threshold(size: int = 128 * 1024) -> None:
 @console.quiet_on_closed_pipe
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from .sdnotify import Notifier
+    notifier = Notifier()
+    if not (args.check or args.dry_run):
+        # the start's first sign of life: each phase extends systemd's start timeout
+        notifier.starting("loading the config")
     cfg = load(args)
     if cfg is None:
         return 2
@@ -277,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.config}: ok ({len(cfg.wans)} WANs: {', '.join(w.name for w in cfg.wans)})")
         print(_interfaces_note(cfg))
         return 0
+    import asyncio
     if args.dry_run:
         asyncio.run(dry_run(cfg))
         return 0
@@ -284,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     if why:
         print(why, file=sys.stderr)
         return 1
+    notifier.starting("loading ecmpd")
     from .daemon import Daemon
     from .logsetup import setup_logging
     from .nslock import hold_namespace
@@ -292,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level)
     hold_namespace(cfg.control_socket)  # one ecmpd per netns, else exit 1
     try:
-        return asyncio.run(Daemon(cfg, args.config).run())
+        return asyncio.run(Daemon(cfg, args.config, notifier).run())
     except KeyboardInterrupt:
         return 0
     except Exception as exc:  # start-up failures: one clear line, not a traceback

@@ -25,6 +25,12 @@ def _address(value: str) -> str | bytes | None:
     return None  # e.g. vsock:... (not supported) or empty
 
 
+START_STEP = 30.0
+"""Seconds each start-up phase may take before systemd gives up on the start: every
+`starting` call moves the deadline to now + START_STEP (EXTEND_TIMEOUT_USEC), so a slow
+box (measured: 19-28 s from exec to READY under software emulation) is not killed by
+TimeoutStartSec while it makes progress, and a start that hangs still fails."""
+
 MIN_WATCHDOG_USEC = 20_000
 """Shortest watchdog period honoured (20 ms: a ping every 10 ms)."""
 
@@ -69,6 +75,12 @@ class Notifier:
         if status is None:
             return self.notify(READY=1)
         return self.notify(READY=1, STATUS=_one_line(status))
+
+    def starting(self, phase: str, allow: float = START_STEP) -> bool:
+        """STATUS=starting: `phase`, and EXTEND_TIMEOUT_USEC: the start may take `allow`
+        more seconds from now (systemd >= 236; older ones ignore it)."""
+        return self.notify(STATUS=_one_line(f"starting: {phase}"),
+                           EXTEND_TIMEOUT_USEC=int(allow * 1e6))
 
     def reloading(self) -> bool:
         """RELOADING=1 with MONOTONIC_USEC, as systemd >= 253 expects; ready() ends it."""

@@ -372,6 +372,16 @@ def carrier(st: State, wan: Wan) -> bool:
     return bool(link and link.carrier)
 
 
+def link_condition(st: State, wan: Wan) -> str:
+    """The WAN interface's condition in a word or two: "missing" (no such interface: a
+    PPP session's interface is deleted when the session ends), "down" (administratively),
+    "no carrier" or "up"."""
+    link = st.links.get(wan.interface)
+    if link is None:
+        return "missing"
+    return "up" if link.carrier else "no carrier" if link.up else "down"
+
+
 def link_problem(st: State, wan: Wan) -> str | None:
     """Why the WAN's link is not usable, or None when it is (carrier, an address, a
     gateway, and a nexthop the kernel takes)."""

@@ -64,7 +64,9 @@ def _wan_block(name: str, w: Any, now: float, tiered: bool = False) -> list[str]
     if w.get("timeout_ms") is not None:
         out.append(f"  reply timeout: {_ms(w['timeout_ms'])}")
     iface = f"  interface: {w.get('interface', '?')}"
-    if "carrier" in w:
+    if w.get("link") == "missing":          # not "carrier no": there is no such link
+        iface += " (no such interface)"
+    elif "carrier" in w:
         iface += f", carrier {_yesno(w['carrier'])}"
     out.append(iface)
     gw = f"  gateway: {w.get('gateway', '?')}"

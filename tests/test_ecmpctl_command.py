@@ -234,6 +234,21 @@ def test_a_timeout_not_in_0_to_a_day_is_a_usage_error(value, capsys):
     assert "Traceback" not in err
 
 
+def test_render_says_a_missing_interface_is_gone_not_without_carrier():
+    """A PPP session's interface is deleted when the session ends: "carrier no" would
+    send the admin looking for a cable."""
+    sample = {**SAMPLE, "wans": {**SAMPLE["wans"], "wlan2": {
+        **SAMPLE["wans"]["wlan2"], "interface": "ppp0", "link": "missing",
+        "reason": "interface missing"}}}
+    lines = render_status(sample, NOW, verbose=True).splitlines()
+    w2 = lines.index("wan: wlan2")
+    line = next(x for x in lines[w2:] if x.startswith("  interface:"))
+    assert line == "  interface: ppp0 (no such interface)"
+    plain = render_status(SAMPLE, NOW, verbose=True).splitlines()
+    assert next(x for x in plain[w2:] if x.startswith("  interface:")) == \
+        "  interface: wlan2, carrier no"
+
+
 def test_render_sample():
     text = render_status(SAMPLE, NOW, verbose=True)
     lines = text.splitlines()

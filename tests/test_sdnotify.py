@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 import time
 
 import pytest
 
-from ecmpd.sdnotify import Notifier
+from ecmpd.sdnotify import START_STEP, Notifier
 
 
 @pytest.fixture(params=["path", "abstract"])
@@ -59,6 +60,18 @@ def test_messages(listener):
     assert n.ready()  # reopens after close
     assert recv(s) == {"READY": "1"}
     n.close()
+
+
+def test_starting_extends_the_start_timeout(listener):
+    s, addr = listener
+    n = Notifier({"NOTIFY_SOCKET": addr})
+    assert n.starting("reading the kernel")
+    assert recv(s) == {"STATUS": "starting: reading the kernel",
+                       "EXTEND_TIMEOUT_USEC": str(int(START_STEP * 1e6))}
+    assert n.starting("a\nb", allow=1.5)
+    assert recv(s) == {"STATUS": "starting: a b", "EXTEND_TIMEOUT_USEC": "1500000"}
+    n.close()
+    assert Notifier({}).starting("x") is False
 
 
 def test_reloading_carries_monotonic_usec(listener):
@@ -137,3 +150,58 @@ def test_full_receiver_does_not_block():
 ])
 def test_watchdog_interval(env, expected):
     assert Notifier({"NOTIFY_SOCKET": "@x", **env}).watchdog_interval() == expected
+
+
+# ---- the daemon's start, as systemd sees it ------------------------------------------
+
+START_PHASES = ["starting: loading the config", "starting: loading ecmpd",
+                "starting: reading the kernel", "starting: first apply (routes, rules, nft table)",
+                "starting: waiting for the first probe verdicts"]
+
+
+@pytest.mark.lab
+def test_daemon_start_reports_each_phase_then_ready_with_the_route(lab, tmp_path):
+    """Every start-up phase extends systemd's start timeout (a slow box that makes
+    progress is not killed); the control socket listens from the first apply on; READY=1
+    still means the first verdicts are in the kernel's route."""
+    from lab.runner import Ecmpd, config_for, route_text
+
+    d = Ecmpd(lab, config_for(lab), workdir=str(tmp_path))
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(30)
+    env = dict(os.environ, NOTIFY_SOCKET=str(tmp_path / "notify"))
+    with open(d.log_path, "ab") as log:
+        d.proc = lab.popen(lab.ns_router, *d.argv(), env=env, stdout=log,
+                           stderr=subprocess.STDOUT)
+    try:
+        seen: list[dict[str, str]] = []
+        listening_at_apply = None
+        while not seen or seen[-1].get("READY") != "1":
+            try:
+                seen.append(recv(notify))
+            except socket.timeout:
+                pytest.fail(f"no READY=1; got {seen}\n{d.log()}")
+            if seen[-1].get("STATUS", "").startswith("starting: first apply"):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as c:
+                    listening_at_apply = c.connect_ex(d.socket) == 0
+        route = route_text(lab)         # read at READY: the first verdicts are in it
+        starting = [m for m in seen if m.get("STATUS", "").startswith("starting: ")]
+        assert [m["STATUS"] for m in starting] == START_PHASES, seen
+        assert all(m["EXTEND_TIMEOUT_USEC"] == str(int(START_STEP * 1e6)) for m in starting)
+        assert seen[-1] == {"READY": "1", "STATUS": "2/2 WANs active"}, seen
+        assert listening_at_apply is True
+        for w in lab.spec.wans:
+            assert f"via {w.gateway} dev {w.name}" in route, route
+        assert d.stop() == 0
+        notify.settimeout(0)
+        rest: list[dict[str, str]] = []
+        try:
+            while True:
+                rest.append(recv(notify))
+        except BlockingIOError:
+            pass
+        assert {"STOPPING": "1"} in rest, rest
+    finally:
+        d.stop()
+        notify.close()

@@ -17,7 +17,7 @@ from ecmpd.logsetup import NOTICE
 from ecmpd.configmodel import Config, Policy, Wan
 from ecmpd.reloadplan import plan_reload
 from ecmpd.state import (Default, Link, State, WanState, active, address, awaiting_verdict, carrier,
-                         initial, keeps_last_route, link_ok, usable)
+                         initial, keeps_last_route, link_condition, link_ok, usable)
 from ecmpd.decision import decide
 
 CFG = Config(
@@ -86,6 +86,27 @@ def test_initial_judges_links_from_what_netlink_shows() -> None:
     assert list(st.wans) == ["wlan1", "wlan2"]
     assert start(links={}).wan("wlan1").health.reason == "interface missing"
     assert start(addrs={12: ADDRS[12]}).wan("wlan1").health.reason == "no IPv4 address"
+
+
+def test_link_condition_tells_a_missing_interface_from_one_without_carrier() -> None:
+    w2 = CFG.wan("wlan2")
+    assert link_condition(start(), w2) == "up"
+    assert link_condition(start(links={**LINKS, "eth2": Link(12, True, False)}), w2) == "no carrier"
+    assert link_condition(start(links={**LINKS, "eth2": Link(12, False, False)}), w2) == "down"
+    assert link_condition(start(links={}), w2) == "missing"
+
+
+@pytest.mark.parametrize("first", [Link(12, True, False), Link(12, False, False)],
+                         ids=["carrier-lost", "link-down"])
+def test_a_session_that_ends_is_down_for_a_missing_interface(first: Link) -> None:
+    """The ISP ends a PPPoE session: its interface loses carrier (or goes down), then is
+    deleted; the WAN's reason follows to "interface missing", whichever came first."""
+    st = up(start())
+    st, _ = step(st, ev.LinkChanged("eth2", first))
+    assert st.wan("wlan2").health.state is H.DOWN
+    st, _ = step(st, ev.LinkChanged("eth2", None), T0 + 11)
+    assert st.wan("wlan2").health == Health(H.DOWN, 0, "interface missing")
+    assert link_condition(st, CFG.wan("wlan2")) == "missing"
 
 
 def test_address_carrier_and_link_check_are_derived() -> None:

@@ -49,7 +49,7 @@ FAMILY_KEYS = {"state", "health", "since", "reason", "last_round", "gateway", "a
                "active", "targets", "verdict", "note", "timeout_ms", "rested_rounds",
                "gateway_source", "nexthop", "standby", "since_iso", "downs_24h", "last_down"}
 """A WAN's fields of one IP version (under "ipv4" / "ipv6"; the IPv4 ones also at its top)."""
-WAN_KEYS = FAMILY_KEYS | {"interface", "weight", "tier", "failback", "nat", "disabled", "carrier", "mark", "table",
+WAN_KEYS = FAMILY_KEYS | {"interface", "weight", "tier", "failback", "nat", "disabled", "carrier", "link", "mark", "table",
                           "connections", "point_to_point", "families", "ipv4", "ipv6"}
 TOP_KEYS = {"pid", "config", "uptime", "hash", "new_flows_tier", "wans", "lan", "policies", "route", "route6", "warnings", "stats"}
 STATS_KEYS = {"reconciles", "changes", "nft_writes", "events", "reaction_ms", "flushes",
@@ -197,7 +197,8 @@ def test_a_wan_without_its_interface() -> None:
     links = {k: v for k, v in LINKS.items() if k != "eth2"}
     w2 = render(snap(state(links=links)))["wans"]["wlan2"]
     assert w2["active"] is False and w2["carrier"] is False and w2["address"] is None
-    assert w2["interface"] == "eth2"
+    assert w2["interface"] == "eth2" and w2["link"] == "missing"
+    assert render(snap(state()))["wans"]["wlan2"]["link"] == "up"
 
 
 def test_each_lan_interface_as_the_kernel_has_it_and_a_warning_for_a_problem() -> None:

@@ -83,6 +83,15 @@ def test_required_directives():
     assert "IPAddressDeny" not in d and "ProcSubset" not in d and "PrivateNetwork" not in d
 
 
+def test_start_timeout_is_extended_by_the_daemon_not_raised():
+    """TimeoutStartSec bounds exec to the first EXTEND_TIMEOUT_USEC (ecmpd.sdnotify
+    START_STEP per phase); the comment says so, and the step is as long as the bound."""
+    from ecmpd.sdnotify import START_STEP
+    d = unit_directives()
+    assert d["TimeoutStartSec"] == [f"{START_STEP:.0f}s"]
+    assert "EXTEND_TIMEOUT_USEC" in UNIT.read_text()
+
+
 @needs_analyze
 def test_verify_clean(tmp_path):
     assert verify_complaints(runnable_copy(tmp_path)) == []

@@ -25,7 +25,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LAB = ROOT / "vagrant"
-SCRIPTS = sorted((LAB / "provision").glob("*.sh")) + [LAB / "wheelhouse.sh", LAB / "box" / "build.sh"]
+SCRIPTS = sorted((LAB / "provision").glob("*.sh")) + [LAB / "wheelhouse.sh", LAB / "box" / "build.sh",
+                                                     LAB / "check"]
 VAGRANT = shutil.which("vagrant")
 
 
@@ -229,6 +230,76 @@ def test_readme_stands_alone() -> None:
     text = (LAB / "README.md").read_text()
     assert "/work/" not in text and "vagrant-lab-env" not in text
     assert "box/build.sh" in text
+
+
+# --- what a newcomer reads and runs (static) ---------------------------------------
+
+README = (LAB / "README.md").read_text()
+
+
+def shell_blocks(text: str) -> list[str]:
+    """The commands of the ```sh blocks of a markdown text, in order."""
+    return re.findall(r"```sh\n(.*?)```", text, re.S)
+
+
+def test_readme_sets_the_offline_box_before_the_first_vagrant_up() -> None:
+    commands = "\n".join(shell_blocks(README))
+    box = commands.find("ECMPD_LAB_BOX=ecmpd-lab/bookworm")
+    up = re.search(r"^\s*(?:\S+=\S+ )*vagrant up\b", commands, re.M)
+    assert box != -1 and up is not None
+    assert box < up.start(), "the box variable must come before the vagrant up that needs it"
+    assert "export ECMPD_LAB_BOX=ecmpd-lab/bookworm" in commands   # later commands see it too
+
+
+def test_readme_status_commands_work_as_written() -> None:
+    """`ip addr show` takes one device (`ip -4 -br addr show wlan1 ppp0` fails), and
+    ecmpd's route is in its own table, not in main's `route show default`."""
+    commands = "\n".join(shell_blocks(README))
+    for m in re.finditer(r"addr show ([^;'\n]*)", commands):
+        words = m.group(1).split()
+        assert len(words) == 2 and words[0] == "dev", m.group(0)
+    assert "route show default" not in commands
+    table = re.search(r"^tables:\n  base: (\d+)", LAB_CONFIG, re.M)
+    assert table and f"ip -4 route show table {table.group(1)}" in commands
+
+
+def test_vms_have_the_labs_own_prefix() -> None:
+    """Vagrant's default libvirt names (vagrant_router: the folder's name) collide with
+    any other Vagrantfile in a folder named vagrant; a leftover one blocks `vagrant up`."""
+    text = (LAB / "Vagrantfile").read_text()
+    assert 'PREFIX = ENV.fetch("ECMPD_LAB_PREFIX", "ecmpd-lab-")' in text
+    assert re.search(r"^\s+libvirt\.default_prefix = PREFIX$", text, re.M)
+    for vm in re.findall(r'config\.vm\.define "(\w+)"', text):
+        assert f"`ecmpd-lab-{vm}`" in README, vm
+    assert "vagrant_router" not in README
+
+
+def test_peer_file_names_match_what_provisioning_writes() -> None:
+    """common.sh writes /etc/ppp/peers/<NIC>, the NIC named like the PPPoE WAN."""
+    import yaml
+    assert 'cat > "/etc/ppp/peers/$name"' in (LAB / "provision" / "common.sh").read_text()
+    wans = yaml.safe_load(LAB_CONFIG)["wans"]
+    nics = {name for name, w in wans.items() if re.fullmatch(r"ppp\d+", w["interface"])}
+    assert nics == {"wlan2"}
+    for path in (LAB / "ecmpd.yaml", LAB / "README.md", LAB / "provision" / "router.sh"):
+        named = set(re.findall(r"/etc/ppp/peers/(\w+)", path.read_text()))
+        assert named <= nics | {"NAME"}, (path.name, named)
+    assert "/etc/ppp/peers/wlan2" in LAB_CONFIG
+
+
+def test_check_is_the_labs_test_command() -> None:
+    text = (LAB / "check").read_text()
+    steps = re.findall(r"^step_(\w+)\(\)", text, re.M)
+    assert steps == ["traffic", "dark", "pppoe", "boot"]
+    usage = re.search(r"traffic\|dark\|pppoe\|boot\) \"step_\$s\"", text)
+    assert usage, "every step is reachable from the command line"
+    for step in steps:
+        assert f"`{step}`" in README, step
+    commands = "\n".join(shell_blocks(README))
+    assert commands.index("./check") > commands.index("vagrant up")
+    # the faults are undone on any exit, and the PPPoE step waits for the missing link
+    assert "trap 'if [ -n \"$undo\" ]; then eval \"$undo\"; fi' EXIT" in text
+    assert "wait_wan wlan2 down 10 missing" in text
 
 
 # --- isp-net.sh in network namespaces ------------------------------------------------

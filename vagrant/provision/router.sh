@@ -37,6 +37,8 @@ done
 checks=("command -v ip" iproute2
         "command -v nft" nftables
         "ldconfig -p | grep -q 'libnftables\.so\.1 '" libnftables1
+        "python3 -c 'import nftables'" python3-nftables
+        "python3 -c 'import prometheus_client'" python3-prometheus-client
         "python3 -c 'import ensurepip, venv'" python3-venv
         "command -v ping" iputils-ping)
 [ ${#dhcps[@]} -eq 0 ] || checks+=("command -v dhclient" isc-dhcp-client)
@@ -52,7 +54,9 @@ wan_ifaces "${dhcps[@]}" "${pppoes[@]}"
 # --- ecmpd into a venv, offline ----------------------------------------------------
 compgen -G "$WHEELHOUSE/*.whl" >/dev/null ||
   die "$WHEELHOUSE has no wheels: run vagrant/wheelhouse.sh on the host, then 'vagrant provision router'"
-[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+# Debian's python3-nftables (and prometheus-client) through the system site packages, as
+# the .deb and the dev venv use them
+[ -x "$VENV/bin/python" ] || python3 -m venv --system-site-packages "$VENV"
 pipi() { "$VENV/bin/python" -m pip install --no-index --find-links "$WHEELHOUSE" \
            --disable-pip-version-check --no-warn-script-location -q "$@"; }
 log "installing ecmpd from $PROJECT (offline, from the wheelhouse)"
