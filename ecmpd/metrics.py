@@ -192,15 +192,19 @@ class Metrics:
         """(loop time, exposition) of the last render for a scrape."""
         self._pending: asyncio.Task[bytes] | None = None
 
-    # the daemon's hooks: each is one call on the loop, none blocks
+    # the daemon's hooks: each is one call on the loop, none blocks; each drops the
+    # render kept for scrapes, which would not show it
     def transition(self, t: Transition) -> None:
         self.counters.transition(t)
+        self._taken = None
 
     def reaction(self, seconds: float) -> None:
         self.counters.reaction(seconds)
+        self._taken = None
 
     def reloaded(self, ok: bool) -> None:
         self.counters.reloaded(ok)
+        self._taken = None
 
     async def listen(self, address: tuple[str, int] | None) -> None:
         """Serve on `address` (None: stop serving); nothing happens when it is where the

@@ -29,7 +29,9 @@ def test_demo_runs_and_reports_a_failover(lab_prefix):
         m = re.search(rf"IPv{v} outage seen by new connections: ([0-9.]+) s", out)
         assert m and float(m.group(1)) < 5.0, out
     assert "Healthy WANs' connections: none broken." in out
-    assert "state: UP" in out and "state: DOWN" in out
+    # `ecmpctl status` at a glance: a line per WAN, its state second
+    states = set(re.findall(r"^\s*wlan[12]\s+(UP|DOWN)\s", out, re.M))
+    assert states == {"UP", "DOWN"}, out
     # its namespaces are gone
     names = re.search(r"Lab namespaces: (.*)", out).group(1).split(", ")
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout

@@ -161,7 +161,7 @@ def test_fifty_slow_scrapers_do_not_delay_a_failover(lab, ecmpd_in) -> None:
     slow.terminate()
     out, _ = slow.communicate(timeout=10)
     # ecmpd dropped all but 8 at once (and the rest after 5 s): they reconnected
-    assert int(out.split()[-1]) > 100, out
+    assert int(out.split()[-1]) > 50, out
     # the endpoint serves again once they are gone (the held ones time out in 5 s)
     until(lambda: scrape_or_none(lab), 15, "a scrape after the slow scrapers")
 
