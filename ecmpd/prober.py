@@ -134,6 +134,9 @@ without it."""
 REST_ROUNDS = 4
 """Grid rounds in a row an IPv6 prober may rest on its WAN's IPv4 replies (see the
 module): its targets get a request every `REST_ROUNDS + 1` intervals (1 s at defaults)."""
+IDLE_READ = 1.0
+"""Seconds between the counter reads of a prober whose line was idle at the last one:
+a line that gets busy lets rounds rest a second later at most."""
 RESTED = ("rested: the IPv4 probes of this slot were answered (IPv6 probes every "
           f"{REST_ROUNDS + 1} rounds while they are)")
 RESTED_TRAFFIC = ("rested: traffic from beyond the gateway is flowing (probes every "
@@ -294,6 +297,8 @@ class Prober:
         """Rested grid rounds since the last probing one."""
         self.rested_total = 0
         """Rounds rested since start (status)."""
+        self._line_busy = False
+        """The counter's last reading for a rest found the line busy."""
         """A round's later requests go only to the targets that have not answered it yet:
         the verdict is the same (a target answers if any reply comes, and one unanswered
         at the next send gets that request as before); an idle healthy line whose RTT
@@ -484,9 +489,12 @@ class Prober:
             if prompt is not None and prompt <= fast_window(st) / 2 \
                     and line is not None and line[0] >= now - 1.5 * st.interval:
                 return ("line", None)
+        last = self._last_traffic
+        if not self._line_busy and last is not None and now - last[0] < IDLE_READ:
+            return None         # an idle line's counter is read once a second, not a round
         value = self._traffic()
-        busy, self._last_traffic = _busy(self._last_traffic, now, value, st)
-        return ("traffic", value) if busy else None
+        self._line_busy, self._last_traffic = _busy(last, now, value, st)
+        return ("traffic", value) if self._line_busy else None
 
     def _rest_check(self, rnd: _Round) -> None:
         """Half a fast window into a rested round: good if the other version's requests
@@ -525,6 +533,7 @@ class Prober:
         rnd.traffic0 = traffic = self._traffic()
         if fresh:
             busy, self._last_traffic = _busy(self._last_traffic, now, traffic, rnd.settings)
+            self._line_busy = busy
             line = self._line_traffic()
             line_busy, self._last_line = _busy(self._last_line, now, line, rnd.settings)
             rnd.busy = busy or line_busy
