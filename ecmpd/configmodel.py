@@ -254,10 +254,14 @@ class Config:
 
     def wan(self, name: str) -> Wan:
         """The WAN called `name` (KeyError if there is none)."""
-        for w in self.wans:
-            if w.name == name:
-                return w
-        raise KeyError(name)
+        w = self.find(name)
+        if w is None:
+            raise KeyError(name)
+        return w
+
+    def find(self, name: str) -> Wan | None:
+        """The WAN called `name` (None if there is none)."""
+        return next((w for w in self.wans if w.name == name), None)
 
     def families(self) -> tuple[int, ...]:
         """The IP versions at least one WAN carries, in `FAMILIES` order."""

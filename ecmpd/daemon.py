@@ -190,11 +190,11 @@ class Daemon:
             self.control.publish(t.name, as_json(t))
 
     def _label(self, name: str, family: int) -> str | None:
-        wan = next((w for w in self.cfg.wans if w.name == name), None)
+        wan = self.cfg.find(name)
         return wan.label(family) if wan is not None else None
 
     def _interface(self, name: str) -> str | None:
-        wan = next((w for w in self.cfg.wans if w.name == name), None)
+        wan = self.cfg.find(name)
         return wan.interface if wan is not None else None
 
     # ---- probers -------------------------------------------------------------------
@@ -230,7 +230,7 @@ class Daemon:
                 if kind == policyrules.COUNTER_KEY}
 
     def _traffic_of(self, name: str, family: int) -> int | None:
-        wan = next((w for w in self.cfg.wans if w.name == name), None)
+        wan = self.cfg.find(name)
         return self.traffic(wan, family) if wan is not None else None
 
     def _on_round(self, name: str, family: int, result: RoundResult) -> None:
@@ -347,9 +347,8 @@ class Daemon:
             ok, message = await self.reload()
             return {"ok": ok, "message": message} if ok else {"ok": False, "error": message}
         name = req["wan"]
-        if name not in {w.name for w in self.cfg.wans}:
-            names = ", ".join(w.name for w in self.cfg.wans)
-            return {"ok": False, "error": f"no WAN named {name!r} (have: {names})"}
+        if self.cfg.find(name) is None:
+            return self._no_such_wan(name)
         disabled = cmd == "disable"
         lost: tuple[int, ...] = ()
         if disabled:
@@ -366,6 +365,10 @@ class Daemon:
                 f"{self.cfg.version_prefix(f)}route" for f in lost) + " is gone"
         return out
 
+    def _no_such_wan(self, name: str) -> dict:
+        names = ", ".join(w.name for w in self.cfg.wans)
+        return {"ok": False, "error": f"no WAN named {name!r} (have: {names})"}
+
     def _stranding(self, name: str, lost: tuple[int, ...]) -> str:
         """Why disabling WAN `name` would leave IP versions `lost` without a route."""
         v = "" if len(lost) > 1 else self.cfg.version_prefix(lost[0])
@@ -379,9 +382,8 @@ class Daemon:
         """The transitions kept, oldest first (of WAN `name`: one the config has, or had
         while they happened)."""
         entries = self.history.entries(name)
-        if name is not None and not entries and name not in {w.name for w in self.cfg.wans}:
-            names = ", ".join(w.name for w in self.cfg.wans)
-            return {"ok": False, "error": f"no WAN named {name!r} (have: {names})"}
+        if name is not None and not entries and self.cfg.find(name) is None:
+            return self._no_such_wan(name)
         return {"ok": True, "limit": self.history.limit,
                 "transitions": [as_json(t) for t in entries]}
 

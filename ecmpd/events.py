@@ -45,7 +45,7 @@ from . import health, lan, ownaddr, tiers
 from .desired import MAIN_TABLE, RouteSpec, rule_range, table_range
 from .health import Health, Phase, Verdict
 from .logsetup import NOTICE
-from .configmodel import FAMILIES, Config, Wan
+from .configmodel import FAMILIES, Config
 from .reloadplan import ReloadPlan
 from .state import (Addresses, Default, Defaults, Link, Refusal, State, WanState, active,
                     address, gateway, hop_of, link_ok, link_problem, merge, observed,
@@ -582,23 +582,15 @@ def _versioned(cfg: Config, family: int, e: Effect) -> Effect:
     if isinstance(e, Flush) and e.name is not None:
         # a WAN of one version flushes by mark in one kernel request (the kernel's
         # flush takes both versions); a dual-stack WAN deletes that version's entries
-        wan = _wan(cfg, e.name)
+        wan = cfg.find(e.name)
         return replace(e, family=family) if wan is not None and len(wan.families) > 1 else e
     if isinstance(e, (ResetProber, Transition)):
         return replace(e, family=family)
     if isinstance(e, Log):
         name, sep, rest = e.message.partition(": ")
-        if sep and (wan := _wan(cfg, name)) is not None:
+        if sep and (wan := cfg.find(name)) is not None:
             return replace(e, message=f"{wan.label(family)}: {rest}")
     return e
-
-
-def _wan(cfg: Config, name: str) -> Wan | None:
-    """The WAN called `name` in `cfg` (None: no such WAN)."""
-    try:
-        return cfg.wan(name)
-    except KeyError:
-        return None
 
 
 def _step(st: State, ev: Event, now: float) -> Result:

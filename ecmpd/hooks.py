@@ -43,7 +43,7 @@ def environment(t: Transition, st: State, base: Mapping[str, str]) -> dict[str, 
     """What a hook is told of change `t`: `base` (the daemon's environment) and the
     ``ECMPD_*`` variables, read from `st`, the state right after the change."""
     p = plane(st, t.family)
-    wan = next((w for w in p.cfg.wans if w.name == t.name), None)
+    wan = p.cfg.find(t.name)
     return {**base,
             "ECMPD_WAN": t.name,
             "ECMPD_STATE": t.state,
@@ -204,7 +204,7 @@ class Hooks:
         cfg = st.cfg
         if not cfg.hooks or self._closing:
             return
-        wan = next((w for w in cfg.wans if w.name == t.name), None)
+        wan = cfg.find(t.name)
         label = f"{wan.label(t.family) if wan else t.name} {t.previous} -> {t.state}"
         job = Job(t.name, label, cfg.hooks, cfg.hook_timeout,
                   environment(t, st, os.environ))

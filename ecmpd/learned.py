@@ -64,7 +64,7 @@ def to_json(recs: Records) -> str:
 def _problem(st: State, name: str, family: int, entry: Any) -> str | Record:
     """The record of WAN `name`'s IP version `family` from `entry`, or why it is unusable."""
     p = plane(st, family)
-    wan = next((w for w in p.cfg.wans if w.name == name), None)
+    wan = p.cfg.find(name)
     if wan is None or wan.gateway is not None:
         return "the WAN does not learn a gateway of that version now"
     if not isinstance(entry, dict) or set(entry) != {"interface", "address", "gateway",

@@ -212,7 +212,7 @@ class Reconciler:
     async def _flush(self, f: Flush) -> None:
         if f.name is not None:
             cfg = self.current().cfg
-            wan = next((w for w in cfg.wans if w.name == f.name), None)
+            wan = cfg.find(f.name)
             if wan is None or cfg.mark_of(wan) != f.mark:
                 return              # removed or renumbered meanwhile: not its mark now
             self.flushes += 1

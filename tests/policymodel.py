@@ -71,3 +71,19 @@ def probes(count: int, seed: int = 19) -> list[dict]:
 
 
 PROBES = probes(200)
+
+
+def looked_up(plan, packet: dict) -> int | None:
+    """What `ecmpd.policygroups`' rendered chain does with `packet` (`plan`: its groups):
+    the first group with an element that matches."""
+    from ecmpd import policygroups
+    value = {"src": int(packet["src"]), "dst": int(packet["dst"]), "proto": packet["proto"],
+             "sport": packet["sport"], "dport": packet["dport"], "iif": packet["iif"]}
+    for shape, elems in plan:
+        if shape.family and shape.family != packet["src"].version:
+            continue
+        for e in elems:
+            if all(span is None or span[0] <= value[d] <= span[1]
+                   for d, span in zip(policygroups.DIMS, e.spans)):
+                return e.position
+    return None

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from ecmpd import policyboxes as pb
 from ecmpd import policygroups
 from ecmpd.configmodel import Policy
-from tests.policymodel import GRE, PROBES, TCP, UDP, first_match, policy_fields
+from tests.policymodel import GRE, PROBES, TCP, UDP, first_match, looked_up, policy_fields
 from tests.test_policyrules import fwcost_like, pol
 
 V4P, V6P, V4N, V6N = pb.KLASSES
@@ -124,17 +124,7 @@ def decide(compiled: pb.Compiled, packet: dict) -> int | None:
     values = {"src": int(packet["src"]), "dst": int(packet["dst"]), "proto": proto,
               "sport": packet["sport"], "dport": packet["dport"]}
     found = pb.first_layer_match(compiled.parts.get(k, []), values, packet["iif"])
-    if found is not None:
-        return found
-    for shape, elems in policygroups.plan(compiled.tail):
-        if shape.family and shape.family != family:
-            continue
-        value = {**values, "iif": packet["iif"]}
-        for e in elems:
-            if all(span is None or span[0] <= value[d] <= span[1]
-                   for d, span in zip(policygroups.DIMS, e.spans)):
-                return e.position
-    return None
+    return found if found is not None else looked_up(policygroups.plan(compiled.tail), packet)
 
 
 @settings(max_examples=150, deadline=None, database=None)

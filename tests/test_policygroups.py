@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from ecmpd import nftrules, policyboxes, policygroups
 from ecmpd.configmodel import PORT_PROTOCOLS, Policy
-from tests.policymodel import GRE, PROBES, TCP, UDP, first_match, policy_fields
+from tests.policymodel import GRE, PROBES, TCP, UDP, first_match, looked_up, policy_fields
 from tests.test_policyrules import (DADDR, DADDR6, L4PROTO, SADDR, SPORT, DPORT, IIF, cfg, chain,
                                     lookups, maps, pol, targets)
 
@@ -127,20 +127,6 @@ def test_comments_stay_short():
     assert chain(c, "pol_2001")[0][1] == "é" * 60
 
 
-
-
-def looked_up(plan, packet: dict) -> int | None:
-    """What the rendered chain does: the first group with an element that matches."""
-    value = {"src": int(packet["src"]), "dst": int(packet["dst"]), "proto": packet["proto"],
-             "sport": packet["sport"], "dport": packet["dport"], "iif": packet["iif"]}
-    for shape, elems in plan:
-        if shape.family and shape.family != packet["src"].version:
-            continue
-        for e in elems:
-            if all(span is None or span[0] <= value[d] <= span[1]
-                   for d, span in zip(policygroups.DIMS, e.spans)):
-                return e.position
-    return None
 
 
 @settings(max_examples=150, deadline=None, database=None)
