@@ -42,6 +42,7 @@ from typing import Any
 from ecmpd import schema
 from ecmpd.configfile import Unreadable, read_text
 from ecmpd.configpolicies import parse_policies
+from ecmpd.configha import invalid as ha_invalid, parse_ha
 from ecmpd.configchecks import (Origin, check_beyond, check_hash, check_hooks, check_local,
                                 probe_limits)
 from ecmpd.lan import Links, check_live
@@ -280,6 +281,8 @@ class _Validator:
         wans = self.wans(doc, probe, kwargs.get("table_base"))
         kwargs["policies"] = parse_policies(self, doc, wans, kwargs.get("table_base"))
         self.global_targets(doc, wans)
+        ha = parse_ha(self, doc)
+        kwargs["ha"] = None if ha_invalid(ha) else ha
         check_beyond(self.add, self.own, self.targets, self.gateways)
         if self.local:
             check_local(self.add, self.local, {str(a.ip) for _, a in self.own}, self.targets)

@@ -214,6 +214,18 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class Ha:
+    """`ha:`: this router is one of an active/standby pair (keepalived moves the
+    floating addresses, conntrackd syncs connections; `ecmpd.role`)."""
+
+    vips: tuple[str, ...] = ()
+    """The LAN gateway addresses that float between the pair (either IP version,
+    normalized): keepalived adds them on the master's LAN interface."""
+    detect_interval: float | None = 1.0
+    """Seconds between the master's split-brain checks (`ecmpd.splitbrain`); None: off."""
+
+
+@dataclass(frozen=True)
 class Config:
     """A whole validated configuration."""
 
@@ -249,6 +261,8 @@ class Config:
     """Seconds a hook may run before it is sent SIGTERM (then SIGKILL)."""
     metrics_listen: tuple[str, int] | None = None
     """(address, port) the Prometheus `/metrics` endpoint listens on; None: off."""
+    ha: Ha | None = None
+    """`ha:` (one router of a pair); None: standalone."""
     source: str = "<config>"
     """The file the config came from (for messages)."""
 

@@ -442,3 +442,21 @@ def hook_path(v: Any) -> str:
         raise Bad(f"must be the absolute path of an executable (like "
                   f"/etc/ecmpd/hooks/notify), got {describe(v)}")
     return v
+
+
+def vip(v: Any) -> str:
+    """A floating address of an HA pair (`ha.vips`): a unicast IPv4 or IPv6 address,
+    normalized; an IPv6 one may be link-local (VRRPv3's first IPv6 address is), without
+    a scope (it lives on the LAN interfaces)."""
+    want = "a unicast IPv4 or IPv6 address"
+    if isinstance(v, str) and ":" in v:
+        a6 = _ipv6_or_none(v)
+        kind = unicast6_kind(a6) if a6 is not None else ""
+        if a6 is None or kind:
+            raise Bad(f"must be {want}, got {describe(v)}" + (f" ({kind})" if kind else ""))
+        return str(a6)
+    a = _ipv4_or_none(v)
+    kind = unicast_kind(a) if a is not None else ""
+    if a is None or kind:
+        raise Bad(f"must be {want}, got {describe(v)}" + (f" ({kind})" if kind else ""))
+    return str(a)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ecmpd import configvalues as cv
-from ecmpd.configmodel import MAX_TIER, Config, ProbeSettings, Wan
+from ecmpd.configmodel import MAX_TIER, Config, Ha, ProbeSettings, Wan
 from ecmpd.yamlpos import describe
 
 REQUIRED: Any = object()
@@ -141,6 +141,7 @@ SCHEMA: tuple[Key, ...] = (
     Key("", "hook_timeout", Config, "hook_timeout", cv.duration,
         _span(*cv.DURATIONS, cv.format_seconds), show=cv.format_seconds),
     Key("", "metrics"),
+    Key("", "ha"),
     Key("lan", "interfaces", Config, "lan_interfaces", cv.ifname, items="interface names"),
     Key("lan", "addresses", None, "", cv.lan_address, items="addresses like 192.168.0.1/24 or fd00:1::1/64"),
     Key("wans.*", "interface", Wan, "interface", cv.ifname),
@@ -184,6 +185,10 @@ SCHEMA: tuple[Key, ...] = (
     Key("control", "socket", Config, "control_socket", cv.socket_path),
     Key("control", "group", Config, "control_group", cv.group_name),
     Key("metrics", "listen", Config, "metrics_listen", cv.or_null(cv.listen_address)),
+    Key("ha", "vips", Ha, "vips", cv.vip, items="IPv4 or IPv6 addresses",
+        config_default=REQUIRED),
+    Key("ha", "detect_interval", Ha, "detect_interval", cv.or_null(cv.duration),
+        _span(*cv.DURATIONS, cv.format_seconds), show=_OPTIONAL_SECONDS),
 )
 
 

@@ -37,6 +37,7 @@ from typing import Any
 from . import health, ownaddr
 from .desired import MAIN_TABLE, RouteSpec
 from .health import Health, Phase
+from .configha import floating_set
 from .configmodel import FAMILIES, Config, Wan
 
 Addresses = Mapping[int, tuple[tuple, ...]]
@@ -239,9 +240,14 @@ def version(wan: Wan) -> int:
 # ---- derived from one snapshot -----------------------------------------------------------
 
 def address(st: State, wan: Wan) -> str | None:
-    """The router's primary IPv4 address on the WAN's interface."""
+    """The router's primary address (of the plane's version) on the WAN's interface; in
+    an HA pair never a floating address (the master holds it too: `configha.floating`),
+    the router's own: its probes' source and what its masquerade uses."""
     link = st.links.get(wan.interface)
     addrs = st.addresses.get(link.index, ()) if link else ()
+    if addrs and st.cfg.ha is not None:
+        skip = floating_set(st.cfg)
+        addrs = tuple(a for a in addrs if ownaddr.normal(a[0]) not in skip)
     return addrs[0][0] if addrs else None
 
 

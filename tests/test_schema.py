@@ -12,7 +12,7 @@ import pytest
 from ecmpd import config, schema
 from ecmpd.config import load_config, parse_config
 from ecmpd.desired import _PARSERS, Owned
-from ecmpd.configmodel import Config, ProbeSettings, Wan
+from ecmpd.configmodel import Config, Ha, ProbeSettings, Wan
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "ecmpd.yaml"
 _KEY_LINE = re.compile(r"( *)([A-Za-z0-9_.-]+):(?: (.*))?$")
@@ -113,8 +113,9 @@ def test_defaults_are_the_models() -> None:
 
 def test_every_model_field_has_a_key() -> None:
     filled = {(k.model, k.field) for k in schema.SCHEMA if k.model is not None}
-    for model, extra in ((Config, {"wans", "source", "policies"}), (Wan, {"name", "probe", "families"}),
-                         (ProbeSettings, set())):
+    for model, extra in ((Config, {"wans", "source", "policies", "ha"}),
+                         (Wan, {"name", "probe", "families"}), (ProbeSettings, set()),
+                         (Ha, set())):
         names = {f.name for f in dataclasses.fields(model)} - extra
         assert names == {f for m, f in filled if m is model}, model
 
@@ -122,7 +123,7 @@ def test_every_model_field_has_a_key() -> None:
 def test_key_lists_and_parsers_come_from_the_table() -> None:
     assert config.TOP_KEYS == ("lan", "wans", "policies", "probe", "hash", "marks", "tables",
                                "rules", "route", "nft", "keep_on_exit", "control", "hooks",
-                               "hook_timeout", "metrics")
+                               "hook_timeout", "metrics", "ha")
     assert config.PROBE_KEYS == tuple(f.name for f in dataclasses.fields(ProbeSettings))
     assert set(_PARSERS) == {f.name for f in dataclasses.fields(Owned)} - {"ids"}
     assert _PARSERS["route_proto"] is schema.key("route.proto").parse
