@@ -29,6 +29,7 @@ COMMANDS: dict[str, dict[str, type]] = {
     "enable": {"wan": str},
     "history": {},
     "monitor": {},
+    "role": {"role": str},
 }
 """Command name -> its required arguments and their types."""
 
@@ -38,6 +39,9 @@ OPTIONAL: dict[str, dict[str, type]] = {
     "disable": {"force": bool},
 }
 """Command name -> its optional arguments (a WAN filter, `force`) and their types."""
+
+ROLES = ("master", "backup", "fault")
+"""The HA roles `role` sets (keepalived's states; `ecmpd.role`)."""
 
 STREAMING = "monitor"
 """The command whose connection stays open for a stream of events."""
@@ -55,12 +59,16 @@ RETRY_ERRORS = (TOO_MANY, EVICTED)
 """Answers sent before a request was read: safe to send the same request again."""
 
 
-def request(cmd: str, wan: str | None = None, force: bool = False) -> dict[str, Any]:
+def request(cmd: str, wan: str | None = None, force: bool = False,
+            role: str | None = None) -> dict[str, Any]:
     """The request for `cmd` (`wan`: the WAN it names: for disable and enable, or the
-    filter of history and monitor; `force`: disable even the last WAN in the route)."""
+    filter of history and monitor; `force`: disable even the last WAN in the route;
+    `role`: the HA role `role` sets)."""
     req: dict[str, Any] = {"cmd": cmd} if wan is None else {"cmd": cmd, "wan": wan}
     if force:
         req["force"] = True
+    if role is not None:
+        req["role"] = role
     return req
 
 

@@ -2,6 +2,7 @@
 
     ecmpctl [--socket PATH] [--timeout S] status [-v] [--json] | history [WAN] [--json]
             | monitor [WAN] [--json] | reload | disable [--force] WAN | enable WAN
+            | role master|backup|fault
 
 Exit codes: 0 ok, 1 the daemon answered with an error (or no usable answer came),
 2 usage error, 3 ecmpd is not running (no socket, or nobody listening on it).
@@ -20,7 +21,7 @@ import time
 
 from . import console
 from . import control_protocol as proto
-from .control_protocol import DEFAULT_SOCKET, RETRY_ERRORS
+from .control_protocol import DEFAULT_SOCKET, RETRY_ERRORS, ROLES
 from .history import human_duration
 from .statusview import event_line, render_history, render_status
 
@@ -178,6 +179,10 @@ def build_parser() -> argparse.ArgumentParser:
         if cmd == "disable":
             sp.add_argument("--force", action="store_true",
                             help="also the last WAN in the route (the route then goes)")
+    sp = sub.add_parser("role", help="set this router's HA role (keepalived's notify "
+                                     "script runs it; needs ha: in the config)")
+    sp.add_argument("role", choices=ROLES, metavar="ROLE",
+                    help="master, backup or fault (keepalived's state)")
     return p
 
 
@@ -185,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `ecmpctl`; returns the exit code."""
     args = build_parser().parse_args(argv)
-    req = proto.request(args.cmd, getattr(args, "wan", None), getattr(args, "force", False))
+    req = proto.request(args.cmd, getattr(args, "wan", None), getattr(args, "force", False),
+                        getattr(args, "role", None))
     try:
         resp, sock, rest = _request(args.socket, req, args.timeout,
                                     stream=args.cmd == proto.STREAMING)

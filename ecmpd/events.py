@@ -41,7 +41,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Union
 
-from . import health, lan, ownaddr, tiers
+from . import hastep, health, lan, ownaddr, tiers
 from .desired import MAIN_TABLE, RouteSpec, rule_range, table_range
 from .health import Health, Phase, Verdict
 from .logsetup import NOTICE
@@ -178,7 +178,7 @@ class Reloaded:
 
 Event = Union[LinkChanged, AddressesChanged, RouteChanged, DefaultsChanged, DefaultsRead,
               RuleChanged, RulesetChanged, Resynced, ProbeRound, SetDisabled, Adopted,
-              Reloaded, NexthopsRefused]
+              Reloaded, NexthopsRefused, "hastep.SetRole", "hastep.SplitBrainChecked"]
 
 
 # ---- effects --------------------------------------------------------------------------
@@ -245,6 +245,8 @@ class Transition:
     active: bool
     """In the route (takes new flows) after the change."""
     family: int = 4
+    """The IP version; 0: not a WAN's but the HA pair's (`name` is ``ha``, the states
+    are roles or ``split-brain``: `ecmpd.hastep`)."""
 
 
 Effect = Union[Log, Reconcile, Flush, ResetProber, ForgetAddress, Transition]
@@ -483,7 +485,21 @@ _ONE_PLANE = (ProbeRound, AddressesChanged, DefaultsChanged, DefaultsRead, Nexth
 
 
 def step(st: State, ev: Event, now: float) -> Result:
-    """The state after `ev` and the effects to carry out; `now`: epoch seconds."""
+    """The state after `ev` and the effects to carry out; `now`: epoch seconds.  The
+    HA role's events change only the role (`ecmpd.hastep`); every event's effects are
+    those the role carries out (`hastep.gate`)."""
+    if isinstance(ev, hastep.EVENTS):
+        after, effects = hastep.step(st, ev, now)
+    else:
+        after, effects = _step_wans(st, ev, now)
+        if isinstance(ev, Reloaded):
+            after, more = hastep.reloaded(st, after, now)
+            effects += more
+    return after, hastep.gate(after, effects)
+
+
+def _step_wans(st: State, ev: Event, now: float) -> Result:
+    """`step` of an event about the WANs, links, routes or config."""
     if isinstance(ev, ProbeRound) and _steady(st, ev):
         return st, ()
     if isinstance(ev, _ONE_PLANE):

@@ -46,17 +46,18 @@ def human_duration(seconds: float, coarse: bool = False) -> str:
 
 
 def family_name(family: int) -> str:
-    """4 -> "ipv4": the status JSON's words for IP versions."""
-    return f"ipv{family}"
+    """4 -> "ipv4": the status JSON's words for IP versions ("" for 0: an HA
+    transition's, which is no WAN's)."""
+    return f"ipv{family}" if family else ""
 
 
 def as_json(t: Transition) -> dict[str, Any]:
     """One transition as the control protocol sends it (history entries and monitor
     events alike)."""
-    return {"wan": t.name, "family": family_name(t.family), "state": t.state,
+    return {"wan": t.name, "family": family_name(t.family) or None, "state": t.state,
             "previous": t.previous, "reason": t.reason, "at": round(t.at, 3),
             "at_iso": iso(t.at), "lasted": None if t.lasted is None else round(t.lasted, 3),
-            "active": t.active}
+            "active": t.active if t.family else None}
 
 
 class Summary:

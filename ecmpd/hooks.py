@@ -42,8 +42,8 @@ STDERR_TAIL = 4096
 def environment(t: Transition, st: State, base: Mapping[str, str]) -> dict[str, str]:
     """What a hook is told of change `t`: `base` (the daemon's environment) and the
     ``ECMPD_*`` variables, read from `st`, the state right after the change."""
-    p = plane(st, t.family)
-    wan = p.cfg.find(t.name)
+    p = plane(st, t.family) if t.family else st
+    wan = p.cfg.find(t.name) if t.family else None     # family 0: the HA pair's change
     return {**base,
             "ECMPD_WAN": t.name,
             "ECMPD_STATE": t.state,
@@ -52,7 +52,9 @@ def environment(t: Transition, st: State, base: Mapping[str, str]) -> dict[str, 
             "ECMPD_INTERFACE": wan.interface if wan else "",
             # the learned one for `gateway: auto`; the peer of a point-to-point link
             "ECMPD_GATEWAY": (probe_gateway(p, wan) or "") if wan else "",
-            "ECMPD_FAMILY": f"ipv{t.family}",
+            "ECMPD_FAMILY": f"ipv{t.family}" if t.family else "",
+            # the HA role after the change (`standalone` without `ha:`)
+            "ECMPD_ROLE": st.ha.role,
             "ECMPD_ACTIVE": "1" if t.active else "0",
             "ECMPD_SINCE": f"{t.at:.3f}",
             "ECMPD_LASTED": "" if t.lasted is None else f"{t.lasted:.3f}"}

@@ -61,6 +61,8 @@ class Counters:
     reloads: dict[str, int] = field(default_factory=lambda: {"ok": 0, "failed": 0})
 
     def transition(self, t: Transition) -> None:
+        if not t.family:
+            return              # the HA pair's change: ecmpd_ha_role shows it
         key = (t.name, t.family)
         self.changes[key] = self.changes.get(key, 0) + 1
 

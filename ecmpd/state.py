@@ -38,6 +38,7 @@ from . import health, ownaddr
 from .desired import MAIN_TABLE, RouteSpec
 from .health import Health, Phase
 from .configha import floating_set
+from .role import HaState, start_role
 from .configmodel import FAMILIES, Config, Wan
 
 Addresses = Mapping[int, tuple[tuple, ...]]
@@ -153,6 +154,9 @@ class State:
     family: int = 4
     """The IP version `wans`, `addresses` and `defaults` describe: 4 in the daemon's
     snapshot, 6 in its IPv6 plane (`plane`)."""
+    ha: HaState = HaState()
+    """The HA role and the split-brain checks' findings (`ecmpd.role`; both planes
+    share it)."""
 
     def __post_init__(self) -> None:
         for name in ("links", "addresses", "wans", "defaults", "wans6", "addresses6",
@@ -178,7 +182,8 @@ def initial(cfg: Config, links: Mapping[str, Link], addresses: Addresses,
     usable link), not adopted."""
     off = set(disabled)
     st = State(cfg, links, addresses, defaults=defaults or {}, local=local,
-               addresses6=addresses6 or {}, defaults6=defaults6 or {})
+               addresses6=addresses6 or {}, defaults6=defaults6 or {},
+               ha=HaState(start_role(cfg), now))
     for family in FAMILIES:
         p = plane(st, family)
         p = remember_gateways(replace(p, wans={w.name: WanState(since=now,

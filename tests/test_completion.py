@@ -65,3 +65,9 @@ def test_wan_names_come_from_the_config(script, tmp_path):
 def completion_parser():
     from ecmpd.ecmpctl_command import build_parser
     return build_parser()
+
+
+def test_the_roles_come_from_the_parser(script):
+    assert complete(script, EXAMPLE, "ecmpctl", "role", "") == ["master", "backup", "fault"]
+    assert complete(script, EXAMPLE, "ecmpctl", "role", "ma") == ["master"]
+    assert complete(script, EXAMPLE, "ecmpctl", "role", "master", "") == []

@@ -12,7 +12,11 @@ from ecmpd.ecmpctl_command import build_parser
 
 def test_validate_request_table():
     assert set(COMMANDS) == {"ping", "status", "reload", "disable", "enable", "history",
-                             "monitor"}
+                             "monitor", "role"}
+    assert proto.request("role", role="master") == {"cmd": "role", "role": "master"}
+    assert validate_request({"cmd": "role", "role": "master"}) is None
+    assert "missing argument" in validate_request({"cmd": "role"})
+    assert "must be a str" in validate_request({"cmd": "role", "role": 1})
     assert validate_request({"cmd": "disable", "wan": "a"}) is None
     assert validate_request({"cmd": "disable", "wan": True}) is not None
     assert validate_request({"cmd": "disable", "wan": ""}) is not None
@@ -36,7 +40,8 @@ def test_every_request_ecmpctl_makes_is_one_the_daemon_takes():
     sub = next(a for a in build_parser()._actions if a.dest == "cmd")
     assert set(sub.choices) == set(COMMANDS) - {"ping"}          # ping: liveness only
     for cmd in sub.choices:
-        req = proto.request(cmd, "wlan1" if "wan" in COMMANDS[cmd] else None)
+        req = proto.request(cmd, "wlan1" if "wan" in COMMANDS[cmd] else None,
+                            role="backup" if "role" in COMMANDS[cmd] else None)
         assert validate_request(req) is None, req
         assert len(json.dumps(req)) < proto.MAX_REQUEST
 

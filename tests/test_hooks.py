@@ -107,13 +107,13 @@ def test_the_environment_tells_the_change_with_the_learned_gateway_and_the_famil
             "ECMPD_REASON": "gateway learned", "ECMPD_INTERFACE": "eth1",
             "ECMPD_GATEWAY": "192.0.2.1", "ECMPD_FAMILY": "ipv4", "ECMPD_ACTIVE": "0",
             "ECMPD_SINCE": f"{T0 + 7:.3f}", "ECMPD_LASTED": "7.000",
-            "HOOKTEST_DIR": str(tmp_path)},
+            "ECMPD_ROLE": "standalone", "HOOKTEST_DIR": str(tmp_path)},
         "wlan2.ipv6": {
             "ECMPD_WAN": "wlan2", "ECMPD_STATE": "up", "ECMPD_PREVIOUS": "init",
             "ECMPD_REASON": "after 1 good round", "ECMPD_INTERFACE": "eth2",
             "ECMPD_GATEWAY": "fe80::1", "ECMPD_FAMILY": "ipv6", "ECMPD_ACTIVE": "1",
             "ECMPD_SINCE": f"{T0 + 9:.3f}", "ECMPD_LASTED": "9.000",
-            "HOOKTEST_DIR": str(tmp_path)}}
+            "ECMPD_ROLE": "standalone", "HOOKTEST_DIR": str(tmp_path)}}
 
 
 # ---- order ------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
     python3 tools/completion.py FILE
 
-Subcommands, their options and which of them take a WAN come from
+Subcommands, their options, which of them take a WAN and the fixed values of an
+argument (`role`'s) come from
 `ecmpd.ecmpctl_command.build_parser`, so a subcommand added there is completed with no
 change here.  WAN names are read from the config's ``wans:`` mapping (/etc/ecmpd/
 ecmpd.yaml, or $ECMPD_CONFIG) with awk: no Python start, no daemon round trip, and it
@@ -76,7 +77,7 @@ _ecmpctl()
         return
     fi
 
-    local opts=""
+    local opts="" choices=""
     case $cmd in
 @CASES@
     esac
@@ -84,6 +85,8 @@ _ecmpctl()
         COMPREPLY=($(compgen -W "$opts" -- "$cur"))
     elif [[ $wan_commands == *" $cmd "* && $nargs -eq 0 ]]; then
         COMPREPLY=($(compgen -W "$(_ecmpctl_wans)" -- "$cur"))
+    elif [[ -n $choices && $nargs -eq 0 ]]; then
+        COMPREPLY=($(compgen -W "$choices" -- "$cur"))
     fi
 } &&
     complete -F _ecmpctl ecmpctl
@@ -106,13 +109,23 @@ def _takes_wan(parser: argparse.ArgumentParser) -> bool:
                for a in parser._actions)
 
 
+def _choices(parser: argparse.ArgumentParser) -> list[str]:
+    """The fixed values of the subcommand's first argument (`role`'s roles), if any."""
+    return next((list(a.choices) for a in parser._actions
+                 if not a.option_strings and a.choices), [])
+
+
+def _case(name: str, sub: argparse.ArgumentParser) -> str:
+    choices = f" choices=\"{' '.join(_choices(sub))}\"" if _choices(sub) else ""
+    return f"        {name}) opts=\"{' '.join(_options(sub))}\"{choices} ;;"
+
+
 def script() -> str:
     """The completion script for the current `ecmpctl` parser."""
     from ecmpd.ecmpctl_command import build_parser
     top = build_parser()
     subs = _subparsers(top)
-    cases = "\n".join(f"        {name}) opts=\"{' '.join(_options(sub))}\" ;;"
-                      for name, sub in subs.items())
+    cases = "\n".join(_case(name, sub) for name, sub in subs.items())
     return (TEMPLATE.replace("@GLOBAL_OPTS@", " ".join(_options(top)))
             .replace("@COMMANDS@", " ".join(subs))
             .replace("@WAN_COMMANDS@", " ".join(n for n, s in subs.items() if _takes_wan(s)))
