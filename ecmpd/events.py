@@ -47,6 +47,8 @@ from .health import Health, Phase, Verdict
 from .logsetup import NOTICE
 from .configmodel import FAMILIES, Config
 from .reloadplan import ReloadPlan
+from .effects import (Effect, Flush, ForgetAddress, Log, Reconcile, ResetProber, Result,
+                      Transition)
 from .state import (Addresses, Default, Defaults, Link, Refusal, State, WanState, active,
                     address, gateway, hop_of, link_ok, link_problem, merge, observed,
                     own_by_wan, plane, project, refusal, remember_gateways, usable)
@@ -181,77 +183,7 @@ Event = Union[LinkChanged, AddressesChanged, RouteChanged, DefaultsChanged, Defa
               Reloaded, NexthopsRefused, "hastep.SetRole", "hastep.SplitBrainChecked"]
 
 
-# ---- effects --------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Log:
-    level: int
-    message: str
-    key: str | None = None
-    """Lines of one key are rate-limited (None: always written)."""
-
-
-@dataclass(frozen=True)
-class Reconcile:
-    """Make the kernel match the new state; `urgent`: a WAN joined or left the route
-    (or went DOWN), timed from the decision to the kernel's ack."""
-
-    urgent: bool = False
-
-
-@dataclass(frozen=True)
-class Flush:
-    """Delete the conntrack entries under `mark`/`mask` once the reconcile is done;
-    `name`: the WAN that went DOWN (None: a mark that no longer means that WAN)."""
-
-    mark: int
-    mask: int
-    name: str | None = None
-    family: int | None = None
-    """The IP version whose connections go (None: both)."""
-
-
-@dataclass(frozen=True)
-class ResetProber:
-    """WAN `name`'s link is back: new probe socket, and the conntrack entries of its old
-    probes from `source` deleted."""
-
-    name: str
-    source: str | None
-    family: int = 4
-
-
-@dataclass(frozen=True)
-class ForgetAddress:
-    """WAN `name`'s address `address` is gone: delete the connections NATed to it."""
-
-    name: str
-    address: str
-
-
-@dataclass(frozen=True)
-class Transition:
-    """WAN `name`'s state changed: what hooks, the history, `ecmpctl monitor` and the
-    metrics are told.  States are lower case: a health phase's value, or "disabled"."""
-
-    name: str
-    state: str
-    previous: str
-    reason: str
-    at: float
-    """Epoch seconds of the change."""
-    lasted: float | None
-    """Seconds the previous state lasted (None: unknown)."""
-    active: bool
-    """In the route (takes new flows) after the change."""
-    family: int = 4
-    """The IP version; 0: not a WAN's but the HA pair's (`name` is ``ha``, the states
-    are roles or ``split-brain``: `ecmpd.hastep`)."""
-
-
-Effect = Union[Log, Reconcile, Flush, ResetProber, ForgetAddress, Transition]
-Result = tuple[State, tuple[Effect, ...]]
-
+# ---- effects: ecmpd.effects (re-exported here) -------------------------------------
 
 # ---- transitions ----------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 
-from . import events as ev_mod
+from . import effects as ev_mod
 from .health import Phase
 from .logsetup import NOTICE
 from .role import (CLEAR_AFTER, FAULT, MASTER, SPLIT_BRAIN, SUBJECT, Conflict, HaState,

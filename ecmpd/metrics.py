@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .console import version as _read_version
+from .control_protocol import ROLES
 from .desired import RouteSpec
 from .events import Transition
 from .health import Phase
@@ -121,7 +122,24 @@ def families(snap: Snapshot, counters: Counters) -> list[Any]:
                     loss.add_metric((*labels, target), t.loss_pct / 100.0)
         conns.add_metric((wan.name,), float(snap.connections.get(wan.name, 0)))
     return [_info(), up, active, disabled, changes, rtt, loss, conns, _reactions(counters),
-            _reloads(counters)]
+            _reloads(counters), *_ha(snap)]
+
+
+def _ha(snap: Snapshot) -> list[Any]:
+    """The HA role (one series per role, 1 for the current one) and the floating
+    addresses another host holds; none without `ha:`."""
+    from prometheus_client.core import GaugeMetricFamily
+    st = snap.state
+    if st.cfg.ha is None:
+        return []
+    role = GaugeMetricFamily("ecmpd_ha_role", "1 for this router's HA role (master, backup "
+                             "or fault: keepalived's, told by ecmpctl role)", labels=("role",))
+    for r in ROLES:
+        role.add_metric((r,), float(st.ha.role == r))
+    split = GaugeMetricFamily("ecmpd_ha_split_brain", "floating addresses another host "
+                              "answers for while this router is master (0: no split brain)")
+    split.add_metric((), float(len(st.ha.conflicts)))
+    return [role, split]
 
 
 def _oifs(route: RouteSpec | None) -> set[int]:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import lan, ownaddr, state as st_mod
+from . import configha, lan, ownaddr, role, state as st_mod
 from .desired import Nexthop, RouteSpec, metric_of
 from .configmodel import PROTOCOL_NAMES, Config, Policy
 from .decision import policy_sets
@@ -271,8 +271,12 @@ def render(snap: Snapshot) -> dict[str, Any]:
     for f in families:
         if mains[f] is None:
             warnings.append(f"no ecmpd {cfg.version_prefix(f)}route in the kernel")
+    if st.ha.conflicts:
+        warnings.insert(0, "SPLIT BRAIN: another host answers for " + ", ".join(
+            f"{c.sighting.address} on {c.sighting.interface} ({c.sighting.mac})"
+            for c in st.ha.conflicts) + " while this router is master")
     s = snap.stats
-    return {
+    out = {
         "pid": snap.pid,
         "config": snap.config_path,
         "uptime": round(snap.uptime, 3),
@@ -292,3 +296,25 @@ def render(snap: Snapshot) -> dict[str, Any]:
                   "reaction_ms": [round(x * 1000, 3) for x in s.reactions],
                   "flushes": s.flushes, "resyncs": s.resyncs, "monitors": s.monitors},
     }
+    if cfg.ha is not None:
+        out["ha"] = ha_status(st)
+    return out
+
+
+def ha_status(st: State) -> dict[str, Any]:
+    """The `ha` object: the role, a split brain (null: none), the floating addresses and
+    the numbers both routers must agree on (`marks_digest`; `ecmpd.role`)."""
+    cfg, h = st.cfg, st.ha
+    assert cfg.ha is not None
+    split = None
+    if h.conflicts:
+        since = min(c.since for c in h.conflicts)
+        split = {"since": round(since, 3), "since_iso": iso(since), "addresses": [
+            {"address": c.sighting.address, "interface": c.sighting.interface,
+             "mac": c.sighting.mac, "since": round(c.since, 3), "since_iso": iso(c.since)}
+            for c in h.conflicts]}
+    return {"role": h.role, "since": round(h.since, 3), "since_iso": iso(h.since),
+            "reason": h.reason, "split_brain": split, "vips": list(cfg.ha.vips),
+            "floating": {i: list(a) for i, a in configha.floating(cfg).items()},
+            "detect_interval": cfg.ha.detect_interval,
+            "marks_digest": role.marks_digest(cfg), "marks": role.marks(cfg)}

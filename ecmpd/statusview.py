@@ -157,7 +157,8 @@ def _verbose(payload: dict, now: float) -> str:
     uptime = _num(payload.get("uptime"))
     head.append(f"up {'?' if uptime is None else human_duration(uptime)}")
     head.append(f"hash {payload.get('hash', '?')}")
-    lines = ["ecmpd: " + ", ".join(head)]
+    lines = ["ecmpd: " + ", ".join(head + _ha_head(payload))]
+    lines += _ha_lines(payload, now, verbose=True)
     wans = payload.get("wans")
     tiered = isinstance(wans, dict) and len({w.get("tier") for w in wans.values()
                                              if isinstance(w, dict)}) > 1
@@ -245,7 +246,8 @@ def _glance(payload: dict, now: float) -> str:
     head = [f"pid {payload.get('pid', '?')}", f"config {payload.get('config', '?')}"]
     uptime = _num(payload.get("uptime"))
     head.append(f"up {'?' if uptime is None else human_duration(uptime)}")
-    lines = ["ecmpd: " + ", ".join(head)]
+    lines = ["ecmpd: " + ", ".join(head + _ha_head(payload))]
+    lines += _ha_lines(payload, now, verbose=False)
     wans = payload.get("wans") if isinstance(payload.get("wans"), dict) else {}
     tiered = len({w.get("tier") for w in wans.values() if isinstance(w, dict)}) > 1
     carrying = payload.get("new_flows_tier")
@@ -304,9 +306,52 @@ def render_status(payload: dict, now: float, verbose: bool = False) -> str:
     return _verbose(payload, now) if verbose else _glance(payload, now)
 
 
+# ---- HA pair ---------------------------------------------------------------------------
+
+def _ha_head(payload: dict) -> list[str]:
+    """The header's role: ``HA master`` (``HA MASTER, SPLIT BRAIN``); none standalone."""
+    ha = payload.get("ha")
+    if not isinstance(ha, dict):
+        return []
+    if isinstance(ha.get("split_brain"), dict):
+        return [f"HA {str(ha.get('role', '?')).upper()}, SPLIT BRAIN"]
+    return [f"HA {ha.get('role', '?')}"]
+
+
+def _ha_lines(payload: dict, now: float, verbose: bool) -> list[str]:
+    """A split brain, loudly, one line per address another host holds; `verbose`: the
+    role's detail, the floating addresses and the numbers both routers must share."""
+    ha = payload.get("ha")
+    if not isinstance(ha, dict):
+        return []
+    out = []
+    split = ha.get("split_brain")
+    if isinstance(split, dict):
+        out.append(f"SPLIT BRAIN since {_since(split.get('since'), now)}: another router is "
+                   f"master too, both answer for the floating addresses")
+        for a in split.get("addresses") or ():
+            if isinstance(a, dict):
+                out.append(f"  {a.get('address', '?')} on {a.get('interface', '?')} held by "
+                           f"{a.get('mac', '?')} since {_since(a.get('since'), now)}")
+    if verbose:
+        why = f" ({ha['reason']})" if ha.get("reason") else ""
+        out.append(f"ha: role {ha.get('role', '?')} since {_since(ha.get('since'), now)}{why}")
+        floating = ha.get("floating")
+        if isinstance(floating, dict) and floating:
+            out.append("  floating: " + "; ".join(
+                f"{i} {', '.join(map(str, a))}" for i, a in floating.items()))
+        out.append(f"  marks digest {ha.get('marks_digest', '?')} (the same on both routers)")
+        for m in ha.get("marks") or ():
+            if isinstance(m, dict):
+                who = m.get("wan") or f"policy set {m.get('set', '?')}"
+                out.append(f"  {who}: mark {m.get('mark', '?')}, table {m.get('table', '?')}")
+    return out
+
+
 # ---- history and monitor --------------------------------------------------------------
 
 def _label(e: dict) -> str:
+    """The WAN (``wlan1 IPv6``), or ``ha`` for the HA pair's changes."""
     six = " IPv6" if e.get("family") == "ipv6" else ""
     return f"{e.get('wan', '?')}{six}"
 
