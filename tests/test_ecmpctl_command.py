@@ -528,3 +528,16 @@ def test_monitor_ends_quietly_on_ctrl_c(fake_daemon):
     finally:
         p.kill()
     assert p.returncode == 0 and b"Traceback" not in err, err
+
+
+@pytest.mark.parametrize("argv", [["role"], ["role", "king"], ["role", "master", "backup"]])
+def test_role_takes_one_of_keepaliveds_states(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+
+
+def test_role_prints_the_change_and_a_refusal_exits_1(fake_daemon, capsys):
+    path = fake_daemon({"role": {"role": "master", "message": "role backup -> master"}})
+    assert main(["--socket", path, "role", "master"]) == 0
+    assert capsys.readouterr().out == "role backup -> master\n"
