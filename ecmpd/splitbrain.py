@@ -14,8 +14,9 @@ Any ARP packet whose sender IP, or any neighbour advertisement whose target, is 
 floating address, arriving on its interface from a MAC address that is none of this
 router's, is a `Sighting`: another master (keepalived's gratuitous ARPs and unsolicited
 advertisements of a second master count too, between checks).  The kernel does not
-loop a router's own transmissions back to it, and its own interfaces' MACs (a
-keepalived ``use_vmac`` macvlan on the same segment answers too) are left out.
+loop a router's own transmissions back to it; an answer from one of its own interfaces'
+MACs (another of its interfaces on the same segment) is left out, but not from a VRRP
+virtual MAC (keepalived's ``use_vmac``): both routers of a pair have the same one.
 
 Two AF_PACKET sockets on the daemon's loop (`loop.add_reader`, no thread): one for
 ARP (little traffic), one for IPv6 with a classic BPF filter that lets only ICMPv6
@@ -144,12 +145,17 @@ def hwaddr(ifname: str) -> bytes | None:
     return got[18:24] if family == 1 else None      # ARPHRD_ETHER
 
 
+VRRP_MACS = (bytes.fromhex("00005e0001"), bytes.fromhex("00005e0002"))
+"""VRRP's virtual MACs (IPv4, IPv6) less the router id: keepalived's ``use_vmac``
+gives both routers the same one, so it is never taken for this router's own."""
+
+
 def own_macs() -> set[str]:
-    """The Ethernet addresses of every interface of this namespace."""
+    """The Ethernet addresses of every interface of this namespace, but VRRP's."""
     out = set()
     for _, name in socket.if_nameindex():
         mac = hwaddr(name)
-        if mac is not None and mac != bytes(6):
+        if mac is not None and mac != bytes(6) and mac[:5] not in VRRP_MACS:
             out.add(mac_text(mac))
     return out
 

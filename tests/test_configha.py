@@ -80,3 +80,17 @@ def test_a_wans_address_is_never_a_floating_one() -> None:
     assert address(st, cfg.wan("a")) == "192.0.2.2"
     alone = initial(parse_config(BASE, "t"), links, {5: (("192.0.2.100", 32),)}, (), 0.0)
     assert address(alone, cfg.wan("a")) == "192.0.2.100"
+
+
+def test_a_wans_snat_address_floats_on_its_interface() -> None:
+    """`nat: {snat: ADDRESS}` (the HA pair's floating WAN address) read through the
+    model: (version, "snat", address) entries of `Wan.nat`, or `Wan.snat_address`."""
+    import dataclasses
+    from ipaddress import IPv4Address, IPv6Address
+    cfg = parse_config(BASE + "ha: {vips: [192.168.88.1]}\n", "t")
+    a = dataclasses.replace(cfg.wan("a"), nat=((4, "snat", IPv4Address("192.0.2.10")),
+                                               (6, "snat", IPv6Address("2001:db8::a"))))
+    cfg = dataclasses.replace(cfg, wans=(a, cfg.wan("b")))
+    assert configha.floating(cfg) == {"lan0": ("192.168.88.1",),
+                                      "e0": ("192.0.2.10", "2001:db8::a")}
+    assert configha.snat_address(cfg.wan("b"), 4) is None

@@ -187,3 +187,19 @@ def test_a_bad_role_file_counts_as_none(tmp_path: Path, text: str) -> None:
     path.write_text(text)
     os.chmod(path, 0o644)
     assert role.RoleStore(str(path)).load() is None
+
+
+def test_hooks_are_told_the_role_and_an_ha_change_names_no_wan() -> None:
+    from ecmpd.hooks import environment
+    st, effects = ev.step(pair(), hastep.SetRole("master"), T0 + 30)
+    (t,) = of(effects, ev.Transition)
+    env = environment(t, st, {})
+    assert {k: env[k] for k in ("ECMPD_WAN", "ECMPD_STATE", "ECMPD_PREVIOUS", "ECMPD_FAMILY",
+                                "ECMPD_INTERFACE", "ECMPD_GATEWAY", "ECMPD_ROLE",
+                                "ECMPD_ACTIVE")} == {
+        "ECMPD_WAN": "ha", "ECMPD_STATE": "master", "ECMPD_PREVIOUS": "backup",
+        "ECMPD_FAMILY": "", "ECMPD_INTERFACE": "", "ECMPD_GATEWAY": "", "ECMPD_ROLE": "master",
+        "ECMPD_ACTIVE": "0"}
+    st, effects = down_wlan2(st)
+    (t,) = [e for e in of(effects, ev.Transition) if e.state == "down"]
+    assert environment(t, st, {})["ECMPD_ROLE"] == "master"

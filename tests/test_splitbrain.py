@@ -113,3 +113,13 @@ def test_judge_keeps_floating_addresses_on_their_interface_from_others() -> None
         Sighting("lan0", "192.168.88.1", "02:00:00:00:00:02"),
         Sighting("lan0", "fd00:88:0::1", "02:00:00:00:00:03"))
     assert sb.judge(wanted, [], set()) == ()
+
+
+def test_a_vrrp_mac_is_never_this_routers_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """keepalived's use_vmac gives both routers the same virtual MAC: an answer from it
+    is the other router's."""
+    macs = {"lan0": bytes.fromhex("020000000001"), "vrrp.51": bytes.fromhex("00005e000133"),
+            "vrrp6.51": bytes.fromhex("00005e000233"), "lo": bytes(6)}
+    monkeypatch.setattr(sb.socket, "if_nameindex", lambda: list(enumerate(macs, 1)))
+    monkeypatch.setattr(sb, "hwaddr", macs.get)
+    assert sb.own_macs() == {"02:00:00:00:00:01"}
