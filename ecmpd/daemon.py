@@ -20,8 +20,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import replace
 from typing import Any
 
-from . import (configha, conntrack, hastep, lan, learned, nftrules, ownaddr, policyrules,
-               routing, status)
+from . import conntrack, lan, learned, nftrules, ownaddr, policyrules, routing, status
 from .config import ConfigError, load_config
 from .configmodel import FAMILIES, Config, Wan
 from .control_server import ControlServer
@@ -30,6 +29,7 @@ from .events import (Adopted, DefaultsRead, Effect, Event, Flush, ForgetAddress,
                      ProbeRound, Reconcile, Reloaded, ResetProber, SetDisabled, Transition,
                      step)
 from .firewall import Firewall
+from .hadaemon import HaRuntime
 from .history import History, as_json
 from .hooks import Hooks
 from .journal import Journal, lines_of, under_systemd
@@ -42,9 +42,7 @@ from .metrics import Metrics
 from .prober import Prober
 from .reconciler import Reconciler
 from .reloadplan import plan_reload
-from .role import MASTER, ROLES, RoleStore, Sighting
 from .sdnotify import Notifier
-from .splitbrain import Detector
 from .decision import Decision, main_route, set_routes, stranded
 from .state import (State, active, address, awaiting_verdict, initial, no_target, own_by_wan,
                     own_targets, plane, probe_gateway, probe_targets, project, usable)
@@ -102,12 +100,8 @@ class Daemon:
         self.listeners: list[Callable[[Transition], None]] = [
             self.history.record, self._publish, self.metrics.transition, self.hooks]
         """Told every WAN state change, in order, on the loop; none may block it."""
-        self.role_store = RoleStore(cfg.control_socket + ".role.json")
-        """The HA role, kept across a restart (keepalived notifies only on a change)."""
-        self._detector: tuple[Detector, asyncio.Task[None]] | None = None
-        """The split-brain checks and their task, while master (`ecmpd.splitbrain`)."""
-        self._running = False
-        """Started (the split-brain checks start with the probers, stop at shutdown)."""
+        self.ha = HaRuntime(lambda: self.state, self.submit, cfg.control_socket)
+        """The role file and the split-brain checks (`ecmpd.hadaemon`)."""
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -128,35 +122,9 @@ class Daemon:
                 or after.defaults6 is not before.defaults6):
             self._follow_probers()
         if after.ha is not before.ha or after.cfg.ha != before.cfg.ha:
-            self._follow_role(before)
+            self.ha.follow(before)
         self._carry_out(effects)
 
-    def _follow_role(self, before: State | None = None) -> None:
-        """The role changed (or the config's `ha:`): remember it, and check for a split
-        brain exactly while master with `ha.detect_interval` set."""
-        st = self.state
-        if before is not None and st.cfg.ha is not None and (
-                st.ha.role, st.ha.since) != (before.ha.role, before.ha.since):
-            self.role_store.save(st.ha.role, st.ha.since)
-        ha = st.cfg.ha
-        interval = ha.detect_interval if ha is not None and st.ha.role == MASTER else None
-        if self._detector is not None and self._detector[0].interval != interval:
-            self._detector[1].cancel()
-            self._detector = None
-        if interval is not None and self._detector is None and self._running:
-            det = Detector(lambda: configha.floating(self.cfg), self._sighted, interval)
-            self._detector = (det, asyncio.get_running_loop().create_task(self._check(det)))
-
-    async def _check(self, det: Detector) -> None:
-        try:
-            await det.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:        # no AF_PACKET (a sandbox): say so once
-            log.error("cannot check for a split brain: %s", exc)
-
-    def _sighted(self, seen: tuple[Sighting, ...]) -> None:
-        self.submit(hastep.SplitBrainChecked(seen))
 
     def _follow_probers(self, reconfigured: bool = False) -> None:
         """Probers follow their WAN's address, interface, gateway (learned ones move) and
@@ -378,7 +346,7 @@ class Daemon:
         if cmd == "ping":
             return {"ok": True}
         if cmd == "role":
-            return self._set_role(req["role"])
+            return self.ha.set_role(req["role"])
         if cmd == "status":
             return {"ok": True, **status.render(await self.snapshot())}
         if cmd == "history":
@@ -404,19 +372,6 @@ class Daemon:
             out["message"] = f"{name}: disabled (forced): ecmpd's " + " and ".join(
                 f"{self.cfg.version_prefix(f)}route" for f in lost) + " is gone"
         return out
-
-    def _set_role(self, role: str) -> dict:
-        """`ecmpctl role`: keepalived's notify script tells the role (it does not wait
-        for the flushes a new master starts)."""
-        if self.cfg.ha is None:
-            return {"ok": False, "error": "no ha: section in the config (this router is "
-                                          "standalone)"}
-        if role not in ROLES:
-            return {"ok": False, "error": f"no role {role!r} (have: {', '.join(ROLES)})"}
-        before = self.state.ha.role
-        self.submit(hastep.SetRole(role))
-        said = f"role {before} -> {role}" if before != role else f"role {role} (unchanged)"
-        return {"ok": True, "role": role, "previous": before, "message": said}
 
     def _no_such_wan(self, name: str) -> dict:
         names = ", ".join(w.name for w in self.cfg.wans)
@@ -504,8 +459,8 @@ class Daemon:
         # they still fit (same interface and address) and no route names one now
         self.learned_store = LearnedStore(cfg.control_socket + ".learned.json")
         self.state = learned.seed(st, self.learned_store.load(st))
-        self.role_store = RoleStore(cfg.control_socket + ".role.json")
-        self._restore_role()
+        self.ha = HaRuntime(lambda: self.state, self.submit, cfg.control_socket)
+        self.state = self.ha.restored(self.state)
         for level, message in ownaddr.changes({}, own_by_wan(self.state)) + \
                 lan.changes(None, self.state):
             log.log(level, message)
@@ -528,8 +483,7 @@ class Daemon:
         await self.watcher.resync()       # what changed before the subscription
         await self.reconciler.settled()
         self.ledger.settle(cfg)
-        self._running = True
-        self._follow_role()
+        self.ha.start()
         self.notifier.starting("waiting for the first probe verdicts")
         for wan, family in self._probed(cfg):
             self._start_prober(wan, family)
@@ -568,29 +522,9 @@ class Daemon:
             self.notifier.watchdog()
             await asyncio.sleep(interval / 2)
 
-    def _restore_role(self) -> None:
-        """In a pair, the role kept from before a restart (keepalived tells only
-        changes); a master that holds none of the VIPs is suspect (keepalived adds them)."""
-        cfg = self.cfg
-        got = self.role_store.load() if cfg.ha is not None else None
-        if got is None:
-            if cfg.ha is not None:
-                log.info("HA role backup until keepalived's notify script says otherwise "
-                         "(ecmpctl role)")
-            return
-        self.state = hastep.restored(self.state, *got)
-        log.info("HA role %s, kept from before the restart", got[0])
-        if got[0] == MASTER and not set(cfg.ha.vips) & self.state.local:
-            log.warning("HA role master kept from before the restart, but this router holds "
-                        "none of the VIPs (%s): is keepalived running? `ecmpctl role` "
-                        "sets the role", ", ".join(cfg.ha.vips))
-
     async def shutdown(self) -> None:
         """Stop probing and, unless keep_on_exit, remove everything ecmpd installed."""
-        self._running = False
-        if self._detector is not None:
-            self._detector[1].cancel()
-            self._detector = None
+        self.ha.close()
         for key in list(self._probers):
             self._stop_prober(key)
         await self.watcher.stop()

@@ -42,6 +42,6 @@ def test_role_sets_records_and_keeps_the_role(tmp_path: Path) -> None:
     assert asyncio.run(d.handle({"cmd": "role", "role": "king"}))["ok"] is False
     assert (tmp_path / "ecmpd.sock.role.json").exists()
     again = daemon(tmp_path)
-    again._restore_role()
+    again.state = again.ha.restored(again.state)
     assert (again.state.ha.role, again.state.ha.since) == ("master",
                                                           round(d.state.ha.since, 3))

@@ -11,7 +11,6 @@ import pytest
 
 from lab import netns
 from lab.runner import Ecmpd, config_for
-from lab.wait import until
 
 pytestmark = pytest.mark.lab
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ecmpd import events as ev, hastep, role
-from ecmpd.configmodel import Config, Ha, Policy
+from ecmpd.configmodel import Ha, Policy
 from ecmpd.health import Verdict
 from ecmpd.logsetup import NOTICE
 from ecmpd.role import Sighting

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 
 from ecmpd import events as ev, hastep
 from ecmpd.configmodel import Ha
