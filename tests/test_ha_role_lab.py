@@ -1,16 +1,19 @@
 """The real ecmpd as one router of a pair, in the lab: it starts as backup, `ecmpctl
 role master` makes it master; a LAN host that answers for a VIP is a split brain in
 status (address, MAC, since), in the log (ERROR once) and in history; removing the
-address there ends it; a restarted ecmpd keeps its role."""
+address there ends it; a restarted ecmpd keeps its role.  A backup leaves a dead WAN's
+connections in conntrack, the new master flushes them."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from lab import netns
 from lab.runner import Ecmpd, config_for
+from lab.wait import during, until
 
 pytestmark = pytest.mark.lab
 
@@ -65,3 +68,38 @@ def test_roles_split_brain_and_a_restart(make_lab, ecmpd_in, tmp_path) -> None:
         assert again.ctl("role", "backup").stdout == "role master -> backup\n"
     finally:
         again.stop()
+
+
+def ct_marks(lab, mark: int) -> int:
+    """conntrack entries (TCP) in the router namespace whose mark & 0xff0000 == mark."""
+    out = lab.run(lab.ns_router, "conntrack", "-L", "-p", "tcp", check=False).stdout
+    return sum(1 for m in re.findall(r"mark=(\d+)", out) if int(m) & 0xFF0000 == mark)
+
+
+def test_a_backup_leaves_a_dead_wans_connections_and_the_new_master_flushes_them(
+        make_lab, ecmpd_in) -> None:
+    """conntrackd syncs the master's deletions: the backup deletes none itself; the
+    router that becomes master flushes what it skipped."""
+    lab = make_lab()
+    d = ecmpd_in(lab, config_for(lab, ha={"vips": [VIP4]}))
+    lab.start_servers()
+    held = lab.hold_flows(40, byte_interval=0.1)
+    held.wait_established()
+    marks = {n: int(w["mark"], 16) for n, w in d.status()["wans"].items()}
+    until(lambda: all(ct_marks(lab, m) for m in marks.values()), 5,
+          "both WANs carrying held flows")
+    lab.fault("wlan1", "dead")
+    d.wait_states({"wlan1": "down"})
+    until(lambda: "HA backup: not deleting wlan1's connections" in d.log(), 5,
+          lambda _: f"the backup to say what it leaves to the master:\n{d.log()[-2000:]}")
+
+    def kept() -> None:
+        assert ct_marks(lab, marks["wlan1"]) > 0, "the backup flushed the dead WAN's entries"
+    during(1.0, kept, interval=0.1)     # a flush would take a few ms: none comes
+    assert d.ctl("role", "master").returncode == 0
+    until(lambda: ct_marks(lab, marks["wlan1"]) == 0, 5,
+          lambda _: f"the new master to flush wlan1's {ct_marks(lab, marks['wlan1'])} entries")
+    assert ct_marks(lab, marks["wlan2"]) > 0
+    assert "HA master: flushing the connections of the WANs that are down here: wlan1" in d.log()
+    held.stop()
+    lab.heal("wlan1")
