@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from . import schema
 from .configmodel import GATEWAY_TARGET, Config, Ha, Wan
 from .configvalues import Bad
+from .role import SUBJECT
 from .yamlpos import YList, YMap
 
 HA_KEYS = schema.keys("ha")
@@ -61,6 +62,11 @@ def parse_ha(val: Validator, doc: YMap) -> Any:
         vips = got or ()
         if got:
             ok = _not_own(val, got, sec["vips"]) and ok
+    wans = doc.get("wans")
+    if isinstance(wans, YMap) and SUBJECT in wans:
+        val.add(wans.key_lines[SUBJECT], f"wans.{SUBJECT}", f"'{SUBJECT}' names the HA pair's "
+                f"own changes (history, monitor, hooks) in a config with ha:; rename the WAN")
+        ok = False
     interval = schema.key("ha.detect_interval").default
     if "detect_interval" in sec:
         parse = schema.key("ha.detect_interval").parse

@@ -94,3 +94,17 @@ def test_a_wans_snat_address_floats_on_its_interface() -> None:
     assert configha.floating(cfg) == {"lan0": ("192.168.88.1",),
                                       "e0": ("192.0.2.10", "2001:db8::a")}
     assert configha.snat_address(cfg.wan("b"), 4) is None
+
+
+def test_a_wan_called_ha_is_refused_in_a_pair() -> None:
+    text = BASE.replace("  b: {", "  ha: {") + "ha: {vips: [192.168.88.1]}\n"
+    assert problems(text) == ["t:4: wans.ha: 'ha' names the HA pair's own changes (history, "
+                              "monitor, hooks) in a config with ha:; rename the WAN"]
+    assert parse_config(BASE.replace("  b: {", "  ha: {"), "t").find("ha") is not None
+
+
+def test_check_on_the_master_does_not_trip_on_the_vips_it_holds() -> None:
+    """`ecmpd --check` on the router reads its addresses: the master holds the VIPs."""
+    cfg = parse_config(BASE + "ha: {vips: [192.168.88.1, fd00:88::1]}\n", "t",
+                       local=frozenset({"192.168.88.1", "fd00:88::1", "192.168.88.2"}))
+    assert cfg.ha.vips == ("192.168.88.1", "fd00:88::1")
