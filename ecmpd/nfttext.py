@@ -4,8 +4,8 @@ The daemon hands libnftables JSON (`nftrules.replace_commands`); an admin reads 
 compares ``nft list ruleset`` text.  This renders that same JSON, object for object, as
 an ``nft -f`` file: the same transaction, readable, and loadable by hand.  It covers the
 expressions ecmpd's tables use (matches, payload/meta/ct keys, masks, sets, prefixes,
-ranges, concatenations, verdict maps, named counters, mark mangling, masquerade); one it
-does not know is shown as its JSON, so nothing is silently left out.
+ranges, concatenations, verdict maps, named counters, mark mangling, masquerade, snat);
+one it does not know is shown as its JSON, so nothing is silently left out.
 """
 
 from __future__ import annotations
@@ -124,6 +124,8 @@ def expr(e: Json) -> str:
         return f"{kind} {body['target']}"
     if kind in ("return", "accept", "drop", "masquerade"):
         return kind
+    if kind == "snat":
+        return f"snat {body['family']} to {body['addr']}"
     return json.dumps(e)
 
 
