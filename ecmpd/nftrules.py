@@ -27,7 +27,8 @@ both IP versions in one table (one transaction changes both):
   (NAT66 for IPv6: the LAN may use a ULA or a delegated prefix alike), one rule per WAN;
   a WAN with `nat: none` or `{snat: ADDRESS}` for an IP version it carries masquerades
   only the other one (``meta nfproto``), or has no masquerade rule when none is left;
-  each SNATed version gets ``oifname X meta nfproto ipvN snat ip[6] to ADDRESS``.
+  each SNATed version gets ``oifname X meta nfproto ipvN fib saddr type != local snat
+  ip[6] to ADDRESS``: what the box sends itself (probes) keeps its own address.
 
 Every WAN gets both counters whatever families it carries (the table's shape does not
 depend on them; an IPv4-only WAN's ``rx6_<id>`` merely counts what IPv6 arrives anyway,
@@ -190,10 +191,13 @@ def _nat_rules(wan: Wan) -> list[Rule]:
         only = ([] if len(masqueraded) == len(wan.families) else
                 [match(meta("nfproto"), f"ipv{masqueraded[0]}")])
         out.append(("nat", [oif, *only, {"masquerade": None}], f"masquerade {wan.name}"))
+    # the box's own packets keep their own source: an HA backup's probes must not
+    # leave with the floating address, whose replies go to the master
+    not_own = match({"fib": {"result": "type", "flags": ["saddr"]}}, "local", "!=")
     for f in wan.families:
         addr = wan.snat_address(f)
         if addr is not None:
-            out.append(("nat", [oif, match(meta("nfproto"), f"ipv{f}"), {"snat": {
+            out.append(("nat", [oif, match(meta("nfproto"), f"ipv{f}"), not_own, {"snat": {
                 "family": "ip" if f == 4 else "ip6", "addr": str(addr)}}],
                 f"snat {wan.label(f)} to {addr}"))
     return out

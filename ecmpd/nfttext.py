@@ -77,7 +77,7 @@ def _element(elem: Json, quotes: list[bool], hexes: list[bool]) -> str:
 
 
 def key(k: Json) -> str:
-    """A left-hand side: payload, meta, ct, a mask, a concatenation."""
+    """A left-hand side: payload, meta, ct, fib, a mask, a concatenation."""
     if isinstance(k, dict) and len(k) == 1:
         (kind, body), = k.items()
         if kind == "payload":
@@ -86,6 +86,8 @@ def key(k: Json) -> str:
             return f"meta {body['key']}"
         if kind == "ct":
             return f"ct {body['key']}"
+        if kind == "fib":
+            return f"fib {' . '.join(body['flags'])} {body['result']}"
         if kind in ("&", "|"):
             left, right = body
             text = f"{key(left)} {kind} {value(right, hexa=True)}"

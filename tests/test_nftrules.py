@@ -67,6 +67,11 @@ def v4_only(family: str) -> dict:
     return {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": family}}
 
 
+NOT_OWN = {"match": {"op": "!=", "left": {"fib": {"result": "type", "flags": ["saddr"]}},
+                     "right": "local"}}
+"""A SNAT rule leaves the box's own packets alone."""
+
+
 def dual(**kw) -> Config:
     """isp_a dual-stack (global IPv6 gateway), isp_b IPv6-only (link-local gateway),
     isp_c IPv4-only."""
@@ -175,11 +180,11 @@ def test_snat_to_a_fixed_address_per_version():
         return {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": name}}
     assert [(r[1], r[2]) for r in rules_of(c, "nat")] == [
         ([oif("ethA"), v4_only("ipv6"), {"masquerade": None}], "masquerade isp_a"),
-        ([oif("ethA"), v4_only("ipv4"), {"snat": {"family": "ip", "addr": "10.1.0.10"}}],
+        ([oif("ethA"), v4_only("ipv4"), NOT_OWN, {"snat": {"family": "ip", "addr": "10.1.0.10"}}],
          "snat isp_a IPv4 to 10.1.0.10"),
-        ([oif("ethB"), v4_only("ipv6"), {"snat": {"family": "ip6", "addr": str(snat6)}}],
+        ([oif("ethB"), v4_only("ipv6"), NOT_OWN, {"snat": {"family": "ip6", "addr": str(snat6)}}],
          "snat isp_b IPv6 to 2001:db8:1::10"),
-        ([oif("ethC"), v4_only("ipv4"), {"snat": {"family": "ip", "addr": "10.3.0.10"}}],
+        ([oif("ethC"), v4_only("ipv4"), NOT_OWN, {"snat": {"family": "ip", "addr": "10.3.0.10"}}],
          "snat isp_c to 10.3.0.10")]
     assert [r for r in nftrules.render_rules(c) if r[0] != "nat"] == \
         [r for r in nftrules.render_rules(dual()) if r[0] != "nat"]
@@ -374,8 +379,8 @@ def test_libnftables_accepts_and_lists_back_the_table(make_netns):
                                  *others))
     nft("-j", "-f", "-", doc=json.dumps(nftrules.replace_commands(snat)))
     nat = nft("list", "chain", "inet", "ecmpd", "nat")
-    assert 'oifname "ethA" meta nfproto ipv4 snat ip to 10.1.0.10' in nat
-    assert 'oifname "ethA" meta nfproto ipv6 snat ip6 to 2001:db8:1::10' in nat
+    assert 'oifname "ethA" meta nfproto ipv4 fib saddr type != local snat ip to 10.1.0.10' in nat
+    assert 'oifname "ethA" meta nfproto ipv6 fib saddr type != local snat ip6 to 2001:db8:1::10' in nat
     assert nftrules.listing_digest(json.loads(nft("-j", "list", "ruleset"))) == \
         nftrules.digest(snat)
     nft("-j", "-f", "-", doc=json.dumps(nftrules.replace_commands(dual())))

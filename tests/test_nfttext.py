@@ -69,9 +69,9 @@ def test_snat_reads_as_nft_lists_it():
         "    address6: 2001:db8:1::2/64\n", "    address6: 2001:db8:1::2/64\n    nat: "
         "{ipv4: {snat: 10.111.0.10}, ipv6: {snat: '2001:db8:1::10'}}\n", 1), "ecmpd.yaml")
     lines = [line.strip() for line in text(cfg)]
-    assert ('meta oifname "wlan1" meta nfproto ipv4 snat ip to 10.111.0.10 comment '
+    assert ('meta oifname "wlan1" meta nfproto ipv4 fib saddr type != local snat ip to 10.111.0.10 comment '
             '"snat wlan1 IPv4 to 10.111.0.10"') in lines
-    assert ('meta oifname "wlan1" meta nfproto ipv6 snat ip6 to 2001:db8:1::10 comment '
+    assert ('meta oifname "wlan1" meta nfproto ipv6 fib saddr type != local snat ip6 to 2001:db8:1::10 comment '
             '"snat wlan1 IPv6 to 2001:db8:1::10"') in lines
 
 

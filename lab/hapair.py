@@ -1,0 +1,378 @@
+"""Two ecmpd routers as one HA pair (keepalived + conntrackd), in network namespaces.
+
+Topology (namespaces ``<prefix>sw``, ``cl``, ``r1``, ``r2``, ``isp1``, ``isp2``, ``inet``)::
+
+      cl ── br_lan ──┬── r1 ──┬── br_w1 ── isp1 ──┐
+                     │   sync │                    inet (server 192.0.2.10)
+                     └── r2 ──┴── br_w2 ── isp2 ──┘
+
+The bridges live in a switch namespace ``sw``.  A box dies (`HaPair.kill`): its
+processes are SIGKILLed and its links set down, so the survivor loses carrier on the
+sync link as with a direct cable; it comes back (`HaPair.reboot`, `mend`, `start`).  The
+address plan is the one of the shipped examples in ``ha/`` (`PLAN`): the LAN
+192.168.88.0/24 and fd00:88::/64 (gateway .1/::1 floating, the boxes .2 and .3, the
+client .10), WAN 1 198.51.100.0/29 and 2001:db8:a::/64, WAN 2 203.0.113.0/29 and
+2001:db8:b::/64 (the ISP .1/::1, the boxes .2/.3, the floating address .4/::4, which
+keepalived moves and ecmpd SNATs to), the sync link 10.255.255.0/30.  Each ISP routes
+its customer subnet (BCP38 drops any other source from it); inet routes both subnets
+to their ISPs.  The configs of keepalived and conntrackd are the shipped examples with
+per-box and per-run values replaced (`keepalived_conf`, `conntrackd_conf`): a change to
+the examples that the lab does not expect fails loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lab import netns
+from lab.isp import CUST, UP, bcp38_6_script, bcp38_script
+from lab.runner import Ecmpd
+from lab.wait import until
+
+ROOT = Path(__file__).resolve().parents[1]
+HA = ROOT / "ha"
+NOTIFY = HA / "ecmpd-ha-notify"
+SERVER = "192.0.2.10"
+SERVER6 = "2001:db8:feed::10"
+PORT = 5000
+
+
+@dataclass(frozen=True)
+class WanPlan:
+    """One WAN segment: the ISP's address, each box's own, the floating one (per family)."""
+
+    name: str
+    net: str
+    isp: str
+    boxes: tuple[str, str]
+    floating: str
+    net6: str
+    isp6: str
+    boxes6: tuple[str, str]
+    floating6: str
+    upstream: tuple[str, str]
+    """(ISP side, inet side) of the transit link, /30."""
+    upstream6: tuple[str, str]
+
+
+WANS = (
+    WanPlan("wan1", "198.51.100.0/29", "198.51.100.1", ("198.51.100.2", "198.51.100.3"),
+            "198.51.100.4", "2001:db8:a::/64", "2001:db8:a::1",
+            ("2001:db8:a::2", "2001:db8:a::3"), "2001:db8:a::4",
+            ("100.64.1.1", "100.64.1.2"), ("2001:db8:ffff:1::1", "2001:db8:ffff:1::2")),
+    WanPlan("wan2", "203.0.113.0/29", "203.0.113.1", ("203.0.113.2", "203.0.113.3"),
+            "203.0.113.4", "2001:db8:b::/64", "2001:db8:b::1",
+            ("2001:db8:b::2", "2001:db8:b::3"), "2001:db8:b::4",
+            ("100.64.2.1", "100.64.2.2"), ("2001:db8:ffff:2::1", "2001:db8:ffff:2::2")),
+)
+LAN_VIP, LAN_VIP6 = "192.168.88.1", "fd00:88::1"
+LAN_BOXES, LAN_BOXES6 = ("192.168.88.2", "192.168.88.3"), ("fd00:88::2", "fd00:88::3")
+CLIENT, CLIENT6 = "192.168.88.10", "fd00:88::10"
+SYNC = ("10.255.255.1", "10.255.255.2")
+BOXES = ("r1", "r2")
+LINKS = ("lan0", "wan1", "wan2")
+ROUTER_SYSCTL = {
+    "net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1,
+    "net.ipv4.conf.all.rp_filter": 2, "net.ipv4.conf.default.rp_filter": 2,
+    "net.ipv6.conf.all.accept_dad": 0, "net.ipv6.conf.default.accept_dad": 0,
+    "net.ipv6.conf.all.keep_addr_on_down": 1, "net.ipv6.conf.default.keep_addr_on_down": 1,
+    # a packet of a connection the kernel does not know is INVALID, not a new
+    # connection: between the VIP moving and conntrackd's commit, a mid-stream packet
+    # must not create an entry (with a fresh mark and NAT) that the commit cannot replace
+    "net.netfilter.nf_conntrack_tcp_loose": 0,
+}
+
+
+def wan_of(source: str | None) -> str | None:
+    """The WAN whose floating address (what the server sees) is `source`."""
+    return next((w.name for w in WANS if source in (w.floating, w.floating6)), None)
+
+
+def ecmpd_config(hash_: str = "l4", interval: str = "100ms") -> dict[str, Any]:
+    """The one config both boxes run: static WANs SNATed to their floating addresses,
+    no box-specific key (no `address`), so the marks mean the same WAN on both."""
+    wans = {w.name: {"interface": w.name, "gateway": w.isp, "gateway6": w.isp6,
+                     "nat": {"ipv4": {"snat": w.floating}, "ipv6": {"snat": w.floating6}}}
+            for w in WANS}
+    return {"lan": {"interfaces": ["lan0"]}, "wans": wans, "hash": hash_,
+            "probe": {"interval": interval, "timeout": "200ms", "down": 3, "up": 3}}
+
+
+def _swap(text: str, pairs: dict[str, str]) -> str:
+    """`text` with each key replaced by its value; every key must occur (else the
+    shipped example changed in a way the lab does not know)."""
+    for old, new in pairs.items():
+        if old not in text:
+            raise ValueError(f"the shipped example no longer contains {old!r}")
+        text = text.replace(old, new)
+    return text
+
+
+def keepalived_conf(box: int, notify: str, advert: float) -> str:
+    """ha/keepalived.conf for box `box` (0: A, 1: B) with the lab's notify command."""
+    text = (HA / "keepalived.conf").read_text()
+    pairs = {'notify "/usr/lib/ecmpd/ecmpd-ha-notify"': f'notify "{notify}"',
+             "advert_int 0.1": f"advert_int {advert}",
+             # scripts under the test's temp dir: the lab is root-only anyway
+             "    enable_script_security\n": ""}
+    if box == 1:
+        pairs.update({"router_id ecmpd-a": "router_id ecmpd-b", "priority 150": "priority 100",
+                      f"unicast_src_ip {SYNC[0]}": f"unicast_src_ip {SYNC[1]}",
+                      f"        {SYNC[1]}\n": f"        {SYNC[0]}\n"})
+    return _swap(text, pairs)
+
+
+def conntrackd_conf(box: int, workdir: Path) -> str:
+    """ha/conntrackd.conf for box `box` with its lock, socket and log in `workdir`."""
+    text = (HA / "conntrackd.conf").read_text()
+    pairs = {"LockFile /var/lock/conntrack.lock": f"LockFile {workdir}/conntrackd.lock",
+             "Path /var/run/conntrackd.ctl": f"Path {workdir}/conntrackd.ctl",
+             "LogFile on": f"LogFile {workdir}/conntrackd.log",
+             "Systemd on": "Systemd off"}
+    if box == 1:
+        pairs.update({f"IPv4_address {SYNC[0]}\n        IPv4_Destination_Address {SYNC[1]}":
+                      f"IPv4_address {SYNC[1]}\n        IPv4_Destination_Address {SYNC[0]}"})
+    return _swap(text, pairs)
+
+
+class _Netns:
+    """What `lab.runner.Ecmpd` needs of a lab: run and start commands in one namespace."""
+
+    def __init__(self, ns: str, procs: list[subprocess.Popen]) -> None:
+        self.ns_router = ns
+        self._procs = procs
+
+    def run(self, ns: str, *cmd: str, check: bool = True, timeout: float = 30,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        return netns.run_in(ns, *cmd, check=check, timeout=timeout, input=input)
+
+    def popen(self, ns: str, *cmd: str, **kw: Any) -> subprocess.Popen:
+        proc = subprocess.Popen(netns.exec_argv(ns, *cmd), start_new_session=True, **kw)
+        self._procs.append(proc)
+        return proc
+
+
+class HaPair:
+    """The pair's namespaces, links and processes; `teardown` removes them all."""
+
+    def __init__(self, prefix: str | None = None, advert: float = 0.1) -> None:
+        self.prefix = prefix or netns.random_prefix("eha")
+        self.advert = advert
+        self.dir = Path(tempfile.mkdtemp(prefix="ecmpd-hapair-"))
+        self.procs: dict[str, list[subprocess.Popen]] = {b: [] for b in (*BOXES, "lab")}
+        self.ecmpd: dict[str, Ecmpd] = {}
+
+    def ns(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [self.ns(n) for n in ("sw", "cl", *BOXES, "isp1", "isp2", "inet")]
+
+    # ------------------------------------------------------------------ build
+
+    def build(self) -> "HaPair":
+        try:
+            self._build()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def _build(self) -> None:
+        for ns in self.namespaces:
+            netns.create(ns)
+        sw, cl, inet = self.ns("sw"), self.ns("cl"), self.ns("inet")
+        transit = {"net.ipv4.ip_forward": 1, "net.ipv6.conf.all.forwarding": 1,
+                   "net.ipv4.conf.all.rp_filter": 0, "net.ipv4.conf.default.rp_filter": 0,
+                   "net.ipv6.conf.all.accept_dad": 0, "net.ipv6.conf.default.accept_dad": 0}
+        for box in BOXES:
+            netns.sysctl(self.ns(box), ROUTER_SYSCTL)
+        netns.sysctl(cl, {"net.ipv6.conf.all.accept_dad": 0,
+                          "net.ipv6.conf.default.accept_dad": 0})
+        for n in ("isp1", "isp2", "inet"):
+            netns.sysctl(self.ns(n), transit)
+        # the bridges: no STP, no forwarding delay, no multicast snooping in the way
+        netns.ip_batch(sw, [line for br in ("br_lan", *(f"br_{w.name}" for w in WANS))
+                            for line in (f"link add {br} type bridge forward_delay 0 "
+                                         f"stp_state 0 mcast_snooping 0",
+                                         f"link set dev {br} up")])
+        netns.ip_batch(cl, [f"link add eth0 type veth peer name cl netns {sw}",
+                            f"addr add {CLIENT}/24 dev eth0",
+                            f"addr add {CLIENT6}/64 dev eth0 nodad",
+                            "link set dev eth0 up", f"route add default via {LAN_VIP}",
+                            f"route add ::/0 via {LAN_VIP6}"])
+        netns.ip_batch(sw, ["link set dev cl master br_lan", "link set dev cl up"])
+        netns.ip_batch(inet, [f"addr add {SERVER}/32 dev lo", f"addr add {SERVER6}/128 dev lo",
+                              "link set dev lo up"])
+        for i, w in enumerate(WANS, start=1):
+            isp = self.ns(f"isp{i}")
+            netns.ip_batch(isp, [
+                f"link add name {CUST} type veth peer name isp{i} netns {sw}",
+                f"addr add {w.isp}/29 dev {CUST}", f"addr add {w.isp6}/64 dev {CUST} nodad",
+                f"link set dev {CUST} up",
+                f"link add name {UP} type veth peer name isp{i} netns {inet}",
+                f"addr add {w.upstream[0]}/30 dev {UP}",
+                f"addr add {w.upstream6[0]}/64 dev {UP} nodad", f"link set dev {UP} up",
+                f"route add default via {w.upstream[1]}",
+                f"route add ::/0 via {w.upstream6[1]}"])
+            netns.nft(isp, bcp38_script(w.net))
+            netns.nft(isp, bcp38_6_script(w.net6))
+            netns.ip_batch(sw, [f"link set isp{i} master br_{w.name}", f"link set isp{i} up"])
+            netns.ip_batch(inet, [
+                f"addr add {w.upstream[1]}/30 dev isp{i}",
+                f"addr add {w.upstream6[1]}/64 dev isp{i} nodad", f"link set isp{i} up",
+                f"route add {w.net} via {w.upstream[0]}",
+                f"route add {w.net6} via {w.upstream6[0]}"])
+            netns.sysctl(inet, {f"net.ipv4.conf.isp{i}.rp_filter": 0})
+        for box in BOXES:
+            self.connect(box)
+
+    def connect(self, box: str) -> None:
+        """Give `box` its LAN, WAN and sync links (the sync link with the first box)."""
+        b, ns, sw = BOXES.index(box), self.ns(box), self.ns("sw")
+        lines = [f"link add name {name} type veth peer name {box}{name} netns {sw}"
+                 for name in LINKS]
+        lines += [f"addr add {LAN_BOXES[b]}/24 dev lan0",
+                  f"addr add {LAN_BOXES6[b]}/64 dev lan0 nodad"]
+        for w in WANS:
+            lines += [f"addr add {w.boxes[b]}/29 dev {w.name}",
+                      f"addr add {w.boxes6[b]}/64 dev {w.name} nodad"]
+        if b == 1:
+            lines.append(f"link add name sync type veth peer name sync netns {self.ns(BOXES[0])}")
+        netns.ip_batch(ns, lines)
+        netns.ip_batch(sw, [f"link set dev {box}{name} master br_{name.replace('0', '')}"
+                            for name in LINKS] + [f"link set dev {box}{name} up" for name in LINKS])
+        if b == 1:
+            for i, end in enumerate((self.ns(BOXES[0]), ns)):
+                netns.ip_batch(end, [f"addr add {SYNC[i]}/30 dev sync", "link set dev sync up"])
+        netns.ip_batch(ns, [f"link set dev {n} up" for n in LINKS])
+
+    def cut(self, box: str) -> None:
+        """Every link of `box` down (its peers lose carrier, as when a box dies)."""
+        netns.ip_batch(self.ns(box), [f"link set dev {n} down" for n in (*LINKS, "sync")])
+
+    def mend(self, box: str) -> None:
+        """Every link of `box` up again (addresses kept: keep_addr_on_down)."""
+        netns.ip_batch(self.ns(box), [f"link set dev {n} up" for n in (*LINKS, "sync")])
+
+    def reboot(self, box: str) -> None:
+        """What a reboot clears of a dead box before it comes back: the floating
+        addresses its killed keepalived left behind, its conntrack table."""
+        held = self.vips(box)
+        lines = [f"addr del {a}/{128 if ':' in a else 32} dev {dev}" for a, dev in
+                 ((a, self._vip_dev(a)) for a in sorted(held))]
+        if lines:
+            netns.ip_batch(self.ns(box), lines)
+        netns.run_in(self.ns(box), "conntrack", "-F", check=False)
+
+    @staticmethod
+    def _vip_dev(addr: str) -> str:
+        if addr in (LAN_VIP, LAN_VIP6):
+            return "lan0"
+        return next(w.name for w in WANS if addr in (w.floating, w.floating6))
+
+    # ------------------------------------------------------------------ processes
+
+    def box_dir(self, box: str) -> Path:
+        d = self.dir / box
+        d.mkdir(exist_ok=True)
+        return d
+
+    def start(self, box: str, config: dict[str, Any] | None = None) -> None:
+        """Start conntrackd, ecmpd and keepalived in `box` (in that order: the notify
+        script that keepalived runs at once talks to both)."""
+        b, d, ns = BOXES.index(box), self.box_dir(box), self.ns(box)
+        for stale in ("conntrackd.lock", "conntrackd.ctl"):
+            (d / stale).unlink(missing_ok=True)
+        ct_conf = d / "conntrackd.conf"
+        ct_conf.write_text(conntrackd_conf(b, d))
+        self._popen(box, "conntrackd", "-C", str(ct_conf), log=d / "conntrackd.out")
+        until(lambda: (d / "conntrackd.ctl").exists(), 10, "conntrackd's socket")
+        ecmpd = Ecmpd(_Netns(ns, self.procs[box]), config or ecmpd_config(),  # type: ignore[arg-type]
+                      workdir=str(d / "ecmpd"))
+        self.ecmpd[box] = ecmpd.start()
+        ecmpctl = Path(sys.executable).with_name("ecmpctl")
+        notify = (f"{NOTIFY} --conntrackd-config {ct_conf} --socket {ecmpd.socket} "
+                  f"--log {d / 'notify.log'} --ecmpctl {ecmpctl}")
+        ka_conf = d / "keepalived.conf"
+        ka_conf.write_text(keepalived_conf(b, notify, self.advert))
+        self._popen(box, "keepalived", "-f", str(ka_conf), "-p", str(d / "keepalived.pid"),
+                    "-r", str(d / "vrrp.pid"), "-c", str(d / "checkers.pid"),
+                    "--vrrp", "-n", "-l", "-D", log=d / "keepalived.out")
+
+    def _popen(self, box: str, *cmd: str, log: Path) -> subprocess.Popen:
+        with open(log, "ab") as out:
+            proc = subprocess.Popen(netns.exec_argv(self.ns(box), *cmd), stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    start_new_session=True)
+        self.procs[box].append(proc)
+        return proc
+
+    def kill(self, box: str) -> float:
+        """The box dies: SIGKILL every process of it (no goodbye advert), then its links
+        go down.  The epoch of the kill."""
+        at = time.time()
+        for proc in self.procs[box]:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.cut(box)
+        for proc in self.procs[box]:
+            proc.wait(5)
+        self.procs[box].clear()
+        self.ecmpd.pop(box, None)
+        return at
+
+    def vips(self, box: str) -> set[str]:
+        """The floating addresses `box` holds now."""
+        want = {LAN_VIP, LAN_VIP6, *(a for w in WANS for a in (w.floating, w.floating6))}
+        out = netns.ip(self.ns(box), "-o", "addr", "show", check=False).stdout
+        return {f.split("/")[0] for line in out.splitlines() for f in line.split()[3:4]} & want
+
+    def holds_all(self, box: str) -> bool:
+        """Whether `box` holds every floating address."""
+        return self.vips(box) == {LAN_VIP, LAN_VIP6,
+                                  *(a for w in WANS for a in (w.floating, w.floating6))}
+
+    def master(self) -> str | None:
+        """The box holding every floating address (None: neither, or both: a killed
+        box keeps what its keepalived had until `reboot`)."""
+        holders = [b for b in BOXES if self.holds_all(b)]
+        return holders[0] if len(holders) == 1 else None
+
+    def notify_log(self, box: str) -> str:
+        p = self.box_dir(box) / "notify.log"
+        return p.read_text() if p.exists() else ""
+
+    def conntrack(self, box: str, *args: str) -> str:
+        return netns.run_in(self.ns(box), "conntrack", *args, check=False).stdout
+
+    def teardown(self) -> None:
+        """Kill every process started here, delete the namespaces and the temp dir."""
+        for procs in self.procs.values():
+            for proc in procs:
+                if proc.poll() is None:
+                    try:
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    except (ProcessLookupError, PermissionError):
+                        proc.kill()
+            for proc in procs:
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    pass
+            procs.clear()
+        netns.destroy(self.namespaces)
+        shutil.rmtree(self.dir, ignore_errors=True)
