@@ -135,3 +135,38 @@ def test_a_wan_failure_on_the_master_fails_over_as_without_a_pair(pair: hapair.H
     finally:
         netns.nft(p.ns("isp1"), heal_script())
     p.ecmpd[master].wait_states({"wan1": "up"}, timeout=5)
+
+
+def test_a_wan_failure_during_a_takeover_converges(pair: hapair.HaPair) -> None:
+    """ISP 1 dies as the master does: the new master's ecmpd, probing all along as
+    backup, takes wan1 out; new flows use wan2, wan2's connections go on."""
+    p = pair
+    master = p.master()
+    assert master is not None
+    backup = next(b for b in hapair.BOXES if b != master)
+    hold = driver.start_hold(p.ns("cl"), hapair.SERVER, 40, byte_interval=0.1,
+                             echo_timeout=3.0, wan_of=hapair.wan_of)
+    assert hold.wait_established(15) == 40
+    ct_conf = str(p.box_dir(backup) / "conntrackd.conf")
+    expect(lambda: netns.run_in(p.ns(backup), "conntrackd", "-C", ct_conf, "-e").stdout
+           .count("dport=5000") >= 40, True, 5, "flows in the backup's external cache")
+    flows = driver.start_flows(p.ns("cl"), hapair.SERVER, 150, interval=0.02, timeout=1.0,
+                               wan_of=hapair.wan_of)
+    flows.wait_started()
+    time.sleep(0.5)
+    netns.nft(p.ns("isp1"), fault_script("dead"))
+    killed = p.kill(master)
+    try:
+        until(lambda: p.holds_all(backup), 3, f"{backup} holding every floating address")
+        p.ecmpd[backup].wait_states({"wan1": "down", "wan2": "up"}, timeout=3)
+        results = flows.result()
+        lost = outage(results, fault_offset(results, killed))
+        print(f"WAN failure during a takeover: new-flow outage {lost:.2f} s")
+        assert lost <= 1.5, [r for r in results if not r.ok][:5]
+        assert {r.wan for r in results if r.ok and r.wall and r.wall > killed + 1.5} == \
+            {"wan2"}
+        held = hold.stop()
+        assert {r.wan for r in held if r.broken} <= {"wan1"}
+        assert sum(1 for r in held if r.wan == "wan2" and not r.broken) >= 5
+    finally:
+        netns.nft(p.ns("isp1"), heal_script())
