@@ -23,6 +23,7 @@ the examples that the lab does not expect fails loudly.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -90,6 +91,12 @@ ROUTER_SYSCTL = {
     # must not create an entry (with a fresh mark and NAT) that the commit cannot replace
     "net.netfilter.nf_conntrack_tcp_loose": 0,
 }
+
+
+_CT = re.compile(rf"src=(\S+) dst=\S+ sport=(\d+) dport={PORT} .*?src=\S+ dst=(\S+) "
+                 rf"sport={PORT} dport=\d+.*?mark=(\d+)")
+"""A `conntrack -L` line: client, client port, the reply's destination (the NAT
+address), ct mark."""
 
 
 def wan_of(source: str | None) -> str | None:
@@ -335,6 +342,12 @@ class HaPair:
         self.ecmpd.pop(box, None)
         return at
 
+    def kill_conntrackd(self, box: str) -> None:
+        """SIGKILL `box`'s conntrackd (the first process `start` started)."""
+        proc = self.procs[box][0]
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+
     def vips(self, box: str) -> set[str]:
         """The floating addresses `box` holds now."""
         want = {LAN_VIP, LAN_VIP6, *(a for w in WANS for a in (w.floating, w.floating6))}
@@ -358,6 +371,20 @@ class HaPair:
 
     def conntrack(self, box: str, *args: str) -> str:
         return netns.run_in(self.ns(box), "conntrack", *args, check=False).stdout
+
+    def pinned(self, box: str) -> dict[int, tuple[str, str]]:
+        """Client port -> (WAN by its floating address, ct mark) of each TCP connection
+        from the client to the server that `box`'s kernel has (`conntrack -L`)."""
+        out = self.conntrack(box, "-L", "-p", "tcp", "--dport", str(PORT))
+        return {int(m[2]): (wan_of(m[3]) or m[3], hex(int(m[4])))
+                for m in map(_CT.search, out.splitlines()) if m and m[1] == CLIENT}
+
+    def synced(self, box: str) -> int:
+        """How many connections to the server `box`'s conntrackd keeps from its peer
+        (its external cache)."""
+        conf = str(self.box_dir(box) / "conntrackd.conf")
+        out = netns.run_in(self.ns(box), "conntrackd", "-C", conf, "-e", check=False).stdout
+        return out.count(f"dport={PORT}")
 
     def teardown(self) -> None:
         """Kill every process started here, delete the namespaces and the temp dir."""
