@@ -15,7 +15,8 @@ client .10), WAN 1 198.51.100.0/29 and 2001:db8:a::/64, WAN 2 203.0.113.0/29 and
 2001:db8:b::/64 (the ISP .1/::1, the boxes .2/.3, the floating address .4/::4, which
 keepalived moves and ecmpd SNATs to), the sync link 10.255.255.0/30.  Each ISP routes
 its customer subnet (BCP38 drops any other source from it); inet routes both subnets
-to their ISPs.  The configs of keepalived and conntrackd are the shipped examples with
+to their ISPs.  Each box loads the shipped ``ha/ecmpd-ha.nft``.  The configs of
+keepalived and conntrackd are the shipped examples with
 per-box and per-run values replaced (`keepalived_conf`, `conntrackd_conf`): a change to
 the examples that the lab does not expect fails loudly.
 """
@@ -204,6 +205,7 @@ class HaPair:
                    "net.ipv6.conf.all.accept_dad": 0, "net.ipv6.conf.default.accept_dad": 0}
         for box in BOXES:
             netns.sysctl(self.ns(box), ROUTER_SYSCTL)
+            netns.nft(self.ns(box), (HA / "ecmpd-ha.nft").read_text())
         netns.sysctl(cl, {"net.ipv6.conf.all.accept_dad": 0,
                           "net.ipv6.conf.default.accept_dad": 0})
         for n in ("isp1", "isp2", "inet"):
@@ -373,9 +375,10 @@ class HaPair:
         return netns.run_in(self.ns(box), "conntrack", *args, check=False).stdout
 
     def pinned(self, box: str) -> dict[int, tuple[str, str]]:
-        """Client port -> (WAN by its floating address, ct mark) of each TCP connection
-        from the client to the server that `box`'s kernel has (`conntrack -L`)."""
-        out = self.conntrack(box, "-L", "-p", "tcp", "--dport", str(PORT))
+        """Client port -> (WAN by its floating address, ct mark) of each established
+        TCP connection from the client to the server in `box`'s kernel (`conntrack -L`)."""
+        out = self.conntrack(box, "-L", "-p", "tcp", "--dport", str(PORT),
+                             "--state", "ESTABLISHED")
         return {int(m[2]): (wan_of(m[3]) or m[3], hex(int(m[4])))
                 for m in map(_CT.search, out.splitlines()) if m and m[1] == CLIENT}
 

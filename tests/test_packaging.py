@@ -96,7 +96,7 @@ def test_the_package_ships_the_unit_config_man_pages_and_completion():
     pairs = dict(zip(install[::2], install[1::2]))
     assert pairs["ha/ecmpd-ha-notify"] == "usr/lib/ecmpd/"
     assert pairs["ha/keepalived.conf"] == pairs["ha/conntrackd.conf"] == \
-        "usr/share/doc/ecmpd/examples/ha/"
+        pairs["ha/ecmpd-ha.nft"] == "usr/share/doc/ecmpd/examples/ha/"
     assert 'notify "/usr/lib/ecmpd/ecmpd-ha-notify"' in (ROOT / "ha" / "keepalived.conf").read_text()
     assert (ROOT / "ha" / "ecmpd-ha-notify").stat().st_mode & 0o111
     assert {"keepalived", "conntrackd"} <= set(re.findall(
