@@ -172,9 +172,12 @@ class _Netns:
 class HaPair:
     """The pair's namespaces, links and processes; `teardown` removes them all."""
 
-    def __init__(self, prefix: str | None = None, advert: float = 0.1) -> None:
+    def __init__(self, prefix: str | None = None, advert: float = 0.1,
+                 invalid_drop: bool = True) -> None:
         self.prefix = prefix or netns.random_prefix("eha")
         self.advert = advert
+        self.invalid_drop = invalid_drop
+        """Load ha/ecmpd-ha.nft in each box (False: see what it prevents)."""
         self.dir = Path(tempfile.mkdtemp(prefix="ecmpd-hapair-"))
         self.procs: dict[str, list[subprocess.Popen]] = {b: [] for b in (*BOXES, "lab")}
         self.ecmpd: dict[str, Ecmpd] = {}
@@ -205,7 +208,8 @@ class HaPair:
                    "net.ipv6.conf.all.accept_dad": 0, "net.ipv6.conf.default.accept_dad": 0}
         for box in BOXES:
             netns.sysctl(self.ns(box), ROUTER_SYSCTL)
-            netns.nft(self.ns(box), (HA / "ecmpd-ha.nft").read_text())
+            if self.invalid_drop:
+                netns.nft(self.ns(box), (HA / "ecmpd-ha.nft").read_text())
         netns.sysctl(cl, {"net.ipv6.conf.all.accept_dad": 0,
                           "net.ipv6.conf.default.accept_dad": 0})
         for n in ("isp1", "isp2", "inet"):
