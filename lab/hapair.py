@@ -378,13 +378,15 @@ class HaPair:
     def conntrack(self, box: str, *args: str) -> str:
         return netns.run_in(self.ns(box), "conntrack", *args, check=False).stdout
 
-    def pinned(self, box: str) -> dict[int, tuple[str, str]]:
+    def pinned(self, box: str, family: int = 4) -> dict[int, tuple[str, str]]:
         """Client port -> (WAN by its floating address, ct mark) of each established
-        TCP connection from the client to the server in `box`'s kernel (`conntrack -L`)."""
-        out = self.conntrack(box, "-L", "-p", "tcp", "--dport", str(PORT),
-                             "--state", "ESTABLISHED")
+        TCP connection of IP version `family` from the client to the server in `box`'s
+        kernel (`conntrack -L`)."""
+        out = self.conntrack(box, "-L", "-f", f"ipv{family}", "-p", "tcp", "--dport",
+                             str(PORT), "--state", "ESTABLISHED")
+        client = CLIENT if family == 4 else CLIENT6
         return {int(m[2]): (wan_of(m[3]) or m[3], hex(int(m[4])))
-                for m in map(_CT.search, out.splitlines()) if m and m[1] == CLIENT}
+                for m in map(_CT.search, out.splitlines()) if m and m[1] == client}
 
     def synced(self, box: str) -> int:
         """How many connections to the server `box`'s conntrackd keeps from its peer

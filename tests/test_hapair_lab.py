@@ -20,6 +20,8 @@ from tests.conftest import lab_skip_reason, next_lab_prefix
 pytestmark = pytest.mark.lab
 
 HELD = 100
+HELD6 = 20
+"""IPv6 flows held beside the IPv4 ones (SNATed to the floating IPv6 addresses)."""
 MAX_OUTAGE = 1.0
 """The issue's bound on the new-flow outage of a takeover (and ecmpd's own for a WAN)."""
 
@@ -57,32 +59,44 @@ def test_master_dies_and_comes_back_without_breaking_a_flow(pair: hapair.HaPair)
     backup = next(b for b in hapair.BOXES if b != master)
     hold = driver.start_hold(p.ns("cl"), hapair.SERVER, HELD, byte_interval=0.1,
                              echo_timeout=3.0, wan_of=hapair.wan_of)
-    assert hold.wait_established(15) == HELD
+    hold6 = driver.start_hold(p.ns("cl"), hapair.SERVER6, HELD6, byte_interval=0.1,
+                              echo_timeout=3.0, wan_of=hapair.wan_of)
+    assert (hold.wait_established(15), hold6.wait_established(15)) == (HELD, HELD6)
     expect(lambda: len(p.pinned(master)), HELD, 5, "flows in the master's table")
-    before = p.pinned(master)
+    expect(lambda: len(p.pinned(master, 6)), HELD6, 5, "IPv6 flows in the master's table")
+    before, before6 = p.pinned(master), p.pinned(master, 6)
     assert set(Counter(w for w, _ in before.values())) == {"wan1", "wan2"}, before
+    assert set(Counter(w for w, _ in before6.values())) == {"wan1", "wan2"}, before6
     # the backup has them all in its external cache before the master dies
-    expect(lambda: p.synced(backup) >= HELD, True, 5, "flows in the backup's external cache")
+    expect(lambda: p.synced(backup) >= HELD + HELD6, True, 5,
+           "flows in the backup's external cache")
 
     flows = driver.start_flows(p.ns("cl"), hapair.SERVER, 200, interval=0.02, timeout=1.0,
                                wan_of=hapair.wan_of)
+    flows6 = driver.start_flows(p.ns("cl"), hapair.SERVER6, 100, interval=0.04, timeout=1.0,
+                                wan_of=hapair.wan_of)
     flows.wait_started()
+    flows6.wait_started()
     time.sleep(1.5)
     killed = p.kill(master)
     until(lambda: p.holds_all(backup), 3, f"{backup} holding every floating address")
     took = time.time() - killed
-    results = flows.result()
-    lost = outage(results, fault_offset(results, killed))
-    print(f"takeover: floating addresses moved in {took:.2f} s, new-flow outage {lost:.2f} s")
-    assert lost <= MAX_OUTAGE, [r for r in results if not r.ok][:5]
-    assert {r.wan for r in results if r.ok and r.wall and r.wall > killed + 1} == \
-        {"wan1", "wan2"}
+    for version, run in ((4, flows), (6, flows6)):
+        results = run.result()
+        lost = outage(results, fault_offset(results, killed))
+        print(f"takeover: floating addresses moved in {took:.2f} s, IPv{version} new-flow "
+              f"outage {lost:.2f} s")
+        assert lost <= MAX_OUTAGE, [r for r in results if not r.ok][:5]
+        assert {r.wan for r in results if r.ok and r.wall and r.wall > killed + 1} == \
+            {"wan1", "wan2"}
 
     # every connection is in the new master's kernel, on its old WAN, with its old mark
     expect(lambda: {port: v for port, v in p.pinned(backup).items() if port in before},
            before, 3, "the connections' WAN and mark after takeover")
+    expect(lambda: {port: v for port, v in p.pinned(backup, 6).items() if port in before6},
+           before6, 3, "the IPv6 connections' WAN and mark after takeover")
     time.sleep(1.0)                                  # echoes keep flowing
-    assert hold.broken() == 0, hold._reader.lines[-5:]
+    assert (hold.broken(), hold6.broken()) == (0, 0)
 
     # the old master comes back: nopreempt, it stays backup and nothing moves
     p.reboot(master)
@@ -95,9 +109,10 @@ def test_master_dies_and_comes_back_without_breaking_a_flow(pair: hapair.HaPair)
     time.sleep(1.5)
     assert p.master() == backup
     assert driver.run_flows(p.ns("cl"), hapair.SERVER, 20, interval=0.01, timeout=1.0)
-    results_held = hold.stop()
-    assert [r.index for r in results_held if r.broken] == []
+    results_held, results6 = hold.stop(), hold6.stop()
+    assert [r.index for r in results_held + results6 if r.broken] == []
     assert Counter(r.wan for r in results_held) == Counter(w for w, _ in before.values())
+    assert Counter(r.wan for r in results6) == Counter(w for w, _ in before6.values())
 
 
 def test_a_wan_failure_on_the_master_fails_over_as_without_a_pair(pair: hapair.HaPair) -> None:
@@ -112,6 +127,7 @@ def test_a_wan_failure_on_the_master_fails_over_as_without_a_pair(pair: hapair.H
     netns.nft(p.ns("isp1"), fault_script("dead"))
     try:
         p.ecmpd[master].wait_states({"wan1": "down", "wan2": "up"}, timeout=3)
+        p.ecmpd[master].wait_states({"wan1": "down", "wan2": "up"}, timeout=3, family=6)
         results = flows.result()
         lost = outage(results, fault_offset(results, failed))
         print(f"WAN failure on the master: new-flow outage {lost:.2f} s")
