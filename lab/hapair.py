@@ -2,9 +2,9 @@
 
 Topology (namespaces ``<prefix>sw``, ``cl``, ``r1``, ``r2``, ``isp1``, ``isp2``, ``inet``)::
 
-      cl ── br_lan ──┬── r1 ──┬── br_w1 ── isp1 ──┐
-                     │   sync │                    inet (server 192.0.2.10)
-                     └── r2 ──┴── br_w2 ── isp2 ──┘
+      cl ── br_lan ──┬── r1 ──┬── br_wan1 ── isp1 ──┐
+                     │   sync │                      inet (server 192.0.2.10)
+                     └── r2 ──┴── br_wan2 ── isp2 ──┘
 
 The bridges live in a switch namespace ``sw``.  A box dies (`HaPair.kill`): its
 processes are SIGKILLed and its links set down, so the survivor loses carrier on the
