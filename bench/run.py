@@ -25,7 +25,10 @@ forwarded packet at 20 000 pps over many flows, interleaved: a bare kernel route
 seed's recipe, ecmpd with 0 and 3 sets of 1 000 policies; bench/fwcost.py; 7 min with 5
 rounds; its table: bench/results-fwcost.md), 15 start-up time (import of ecmpd.daemon with and
 without bytecode, exec to the control socket, to each start phase and to READY=1, against
-``python -c pass``; bench/startup.py, which also runs alone).
+``python -c pass``; bench/startup.py, which also runs alone), 16 HA pair takeover (two
+routers with keepalived + conntrackd: the master killed under 100 NATed flows, new-flow
+outage, flows broken, WAN and ct mark kept; the baseline column is a takeover without
+conntrackd; bench/hapair.py, which also runs alone; ~1 min).
 Row "log" reports the daemons' ERROR lines.
 The table is printed and written to bench/results.md with the command line and the date.
 Needs root; touches nothing outside the namespaces it creates (and deletes).
@@ -54,11 +57,11 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench import figures, fwcostrows, ipv6rows, policyshares, routers, stats, tiersrows  # noqa: E402,E501
-from bench import startup, underload  # noqa: E402
+from bench import hapair, startup, underload  # noqa: E402
 from bench.plan import CLIENTS, FULL, QUICK, Bench, Plan  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results.md"
-FIGURES = (1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15)
+FIGURES = (1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16)
 """Figure numbers (there is no figure 8)."""
 LOG_ROW = 100
 """The key of the row that reports the daemons' ERROR log lines (sorts last)."""
@@ -71,7 +74,7 @@ def parse_only(text: str | None) -> list[int]:
     out = sorted({int(x) for x in text.replace(",", " ").split()})
     bad = [x for x in out if x not in FIGURES]
     if bad:
-        raise ValueError(f"no figure {bad[0]} (figures are 1..7 and 9..15)")
+        raise ValueError(f"no figure {bad[0]} (figures are 1..7 and 9..16)")
     return out
 
 
@@ -103,6 +106,7 @@ def run_figures(bench: Bench, only: list[int]) -> dict[int, list[stats.Row]]:
         ((13,), lambda: {13: fwcostrows.figure13(bench)}),
         ((14,), lambda: {14: policyshares.figure14(bench)}),
         ((15,), lambda: {15: startup.figure15(bench)}),
+        ((16,), lambda: {16: hapair.figure16(bench)}),
     ]
     for numbers, step in steps:
         wanted = [n for n in numbers if n in only]

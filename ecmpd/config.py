@@ -48,8 +48,8 @@ from ecmpd.configchecks import (Origin, check_beyond, check_hash, check_hooks, c
 from ecmpd.lan import Links, check_live
 from ecmpd import configvalues as cv
 from ecmpd.configvalues import Bad
-from ecmpd.configmodel import (GATEWAY_TARGET, MASQUERADE, MAX_WANS, Config, ProbeSettings, Wan,
-                               family_of)
+from ecmpd.configmodel import (GATEWAY_TARGET, MASQUERADE, MAX_WANS, SNAT, Config, ProbeSettings,
+                               Wan, family_of)
 from ecmpd.yamlpos import YamlProblem, YList, YMap, describe, load_document
 
 LAN_KEYS = schema.keys("lan")
@@ -442,27 +442,57 @@ class _Validator:
         return out
 
     def nat(self, w: YMap, path: str, families: Any) -> Any:
-        """The WAN's `nat:` as `Wan.nat`: one mode for every IP version it carries, or a
-        mapping ``ipv4:`` / ``ipv6:`` -> mode (a version left out is masqueraded); naming
-        a version the WAN does not carry is a mistake."""
+        """The WAN's `nat:` as `Wan.nat`: one mode for every IP version it carries,
+        `{snat: ADDRESS}` for the address's version (the other one masqueraded), or a
+        mapping ``ipv4:`` / ``ipv6:`` -> mode or `{snat: ADDRESS}` (a version left out is
+        masqueraded); naming a version the WAN does not carry is a mistake."""
         if "nat" not in w:
             return ()
-        v, where = w["nat"], _join(path, "nat")
+        v, where, line = w["nat"], _join(path, "nat"), w.value_lines["nat"]
         modes: dict[int, Any] = {}
         if not isinstance(v, YMap):
             mode = self.field(w, "nat", path, schema.key("wans.*.nat").parse)
-            modes = dict.fromkeys(() if families is _INVALID else families, mode)
-        elif self.mapping(v, where, w.value_lines["nat"], tuple(cv.FAMILY_KEYS)) is not None:
+            modes = dict.fromkeys(() if families is _INVALID else families,
+                                  _INVALID if mode is _INVALID else (mode,))
+        elif self.mapping(v, where, line, (*cv.FAMILY_KEYS, SNAT)) is None:
+            return _INVALID
+        elif SNAT in v:
+            if len(v) > 1:
+                self.add(line, where, "give snat: alone (for its address's IP version), "
+                         "or per version: {ipv4: {snat: ADDRESS}, ipv6: none}")
+                return _INVALID
+            a = self.field(v, SNAT, where, cv.snat_address)
+            if a is _INVALID:
+                return _INVALID
+            self.carried(families, a.version, v.key_lines[SNAT], _join(where, SNAT), path)
+            modes[a.version] = (SNAT, a)
+        else:
             for key, f in cv.FAMILY_KEYS.items():
                 if key not in v:
                     continue
-                modes[f] = self.field(v, key, where, cv.nat_mode)
-                if families is not _INVALID and f not in families:
-                    self.add(v.key_lines[key], _join(where, key), f"{path} carries no IPv{f} "
-                             f"(no {'gateway' if f == 4 else 'gateway6'})")
+                modes[f] = self.family_nat(v, key, where, f)
+                self.carried(families, f, v.key_lines[key], _join(where, key), path)
         if _INVALID in modes.values():
             return _INVALID
-        return tuple((f, m) for f, m in sorted(modes.items()) if m != MASQUERADE)
+        return tuple((f, *m) for f, m in sorted(modes.items()) if m[0] != MASQUERADE)
+
+    def family_nat(self, v: YMap, key: str, where: str, family: int) -> Any:
+        """One version's `nat:` under `ipv4:` / `ipv6:`: ``(mode,)`` or ``("snat", address)``."""
+        sub, at = v[key], _join(where, key)
+        if not isinstance(sub, YMap):
+            mode = self.field(v, key, where, cv.nat_mode)
+            return _INVALID if mode is _INVALID else (mode,)
+        if self.mapping(sub, at, v.value_lines[key], (SNAT,)) is None:
+            return _INVALID
+        a = self.field(sub, SNAT, at, partial(cv.snat_address, family=family),
+                       owner_line=v.value_lines[key])
+        return _INVALID if a is _INVALID else (SNAT, a)
+
+    def carried(self, families: Any, family: int, line: int, where: str, path: str) -> None:
+        """A problem unless the WAN at `path` carries IP version `family`."""
+        if families is not _INVALID and family not in families:
+            self.add(line, where, f"{path} carries no IPv{family} "
+                     f"(no {'gateway' if family == 4 else 'gateway6'})")
 
     def wan_address6(self, w: YMap, path: str, addr: Any) -> None:
         """`address6`, checked only: the WAN carries IPv6, a fixed global gateway6 lies

@@ -20,9 +20,17 @@ FAMILIES = (4, 6)
 
 
 MASQUERADE = "masquerade"
+SNAT = "snat"
 NAT_MODES = (MASQUERADE, "none")
-"""`nat:` values: `masquerade` (the default) rewrites a connection's source to the WAN's
-address; `none` forwards it unchanged (a WAN that routes the LAN's public prefix)."""
+"""`nat:` values written as a word: `masquerade` (the default) rewrites a connection's
+source to the WAN's address; `none` forwards it unchanged (a WAN that routes the LAN's
+public prefix).  The third mode, `{snat: ADDRESS}` (`SNAT`), rewrites it to that fixed
+address: an HA pair's floating WAN address, the same on either box, so that a NAT
+mapping synced to the other box stays valid there."""
+
+NatEntry = tuple[int, str] | tuple[int, str, IPv4Address | IPv6Address]
+"""One IP version's `nat:` other than masquerade: (version, "none") or
+(version, "snat", address)."""
 
 
 def family_of(address: str) -> int:
@@ -132,9 +140,10 @@ class Wan:
     failback: str = "keep"
     """`keep`: this WAN's flows go on when a lower tier takes new flows again; `flush`:
     they are removed then (a metered backup carries nothing it need not)."""
-    nat: tuple[tuple[int, str], ...] = ()
-    """(IP version, `NAT_MODES` value) of each version this WAN carries whose `nat:` is
-    not `masquerade`; a version left out is masqueraded (so the default is `()`)."""
+    nat: tuple[NatEntry, ...] = ()
+    """`NatEntry` of each version this WAN carries whose `nat:` is not `masquerade`
+    (``(4, "none")``, ``(6, "snat", IPv6Address(...))``); a version left out is
+    masqueraded (so the default is `()`)."""
 
     def has(self, family: int) -> bool:
         """Whether this WAN carries IP version `family`."""
@@ -146,8 +155,13 @@ class Wan:
         return self.name if self.families == (4,) else f"{self.name} IPv{family}"
 
     def nat_mode(self, family: int) -> str:
-        """`nat:` of IP version `family`: `masquerade` or `none`."""
-        return dict(self.nat).get(family, MASQUERADE)
+        """`nat:` of IP version `family`: `masquerade`, `none` or `snat`."""
+        return next((e[1] for e in self.nat if e[0] == family), MASQUERADE)
+
+    def snat_address(self, family: int) -> IPv4Address | IPv6Address | None:
+        """The fixed source address of IP version `family` (`nat: {snat: ...}`: an HA
+        pair's floating WAN address), or None when that version is not SNATed."""
+        return next((e[2] for e in self.nat if e[0] == family and len(e) == 3), None)
 
     def masquerades(self, family: int) -> bool:
         """Whether connections of IP version `family` leaving by this WAN are

@@ -360,9 +360,27 @@ def nat(v: Any) -> str:
     """A WAN's `nat:` written as one value, for every IP version it carries."""
     if not isinstance(v, str) or v not in NAT_MODES:
         hint = " (YAML reads no and off as false: write none)" if v is False else ""
-        raise Bad(f"must be {' or '.join(NAT_MODES)}, or per IP version like "
-                  f"{{ipv4: masquerade, ipv6: none}}, got {describe(v)}{hint}")
+        raise Bad(f"must be {' or '.join(NAT_MODES)}, {{snat: ADDRESS}}, or per IP version "
+                  f"like {{ipv4: masquerade, ipv6: none}}, got {describe(v)}{hint}")
     return v
+
+
+def snat_address(v: Any, family: int | None = None) -> IPv4Address | IPv6Address:
+    """The address of `{snat: ADDRESS}`: a unicast IPv4 or IPv6 address (of `family` when
+    it is given, i.e. under `ipv4:` / `ipv6:`); IPv6 global, not link-local (the world
+    sees it)."""
+    a: IPv4Address | IPv6Address | None = (
+        _ipv6_or_none(v) if isinstance(v, str) and ":" in v else _ipv4_or_none(v))
+    kind = "" if a is None else unicast_kind(a) if a.version == 4 else unicast6_kind(a)
+    if isinstance(a, IPv6Address) and not kind and a.is_link_local:
+        kind = "link-local"
+    if a is None or kind:
+        want = {4: "an IPv4", 6: "an IPv6"}.get(family or 0, "an IPv4 or IPv6")
+        raise Bad(f"must be {want} unicast address, got {describe(v)}"
+                  + (f" ({kind})" if kind else ""))
+    if family is not None and a.version != family:
+        raise Bad(f"must be an IPv{family} address (under ipv{family}:), got {a}")
+    return a
 
 
 def boolean(v: Any) -> bool:

@@ -25,8 +25,10 @@ both IP versions in one table (one transaction changes both):
   route (or its policy's routing table) picked for its first packet.
 * ``nat`` (nat, srcnat priority): masquerade per WAN out-interface, both families
   (NAT66 for IPv6: the LAN may use a ULA or a delegated prefix alike), one rule per WAN;
-  a WAN with `nat: none` for an IP version it carries masquerades only the other one
-  (``meta nfproto``), or has no rule at all when none is left.
+  a WAN with `nat: none` or `{snat: ADDRESS}` for an IP version it carries masquerades
+  only the other one (``meta nfproto``), or has no masquerade rule when none is left;
+  each SNATed version gets ``oifname X meta nfproto ipvN fib saddr type != local snat
+  ip[6] to ADDRESS``: what the box sends itself (probes) keeps its own address.
 
 Every WAN gets both counters whatever families it carries (the table's shape does not
 depend on them; an IPv4-only WAN's ``rx6_<id>`` merely counts what IPv6 arrives anyway,
@@ -49,7 +51,7 @@ from ipaddress import IPv6Address, ip_address
 from typing import Any
 
 from . import policyrules
-from .configmodel import Config
+from .configmodel import Config, Wan
 from .nftexpr import Json, ct_mark, match, meta, payload, set_under_mask, under_mask
 
 DIGEST_PREFIX = "ecmpd:"
@@ -174,17 +176,31 @@ def render_rules(cfg: Config, gateways: dict[str, str] | None = None,
     rules.append(("output", restore, "restore the connection's WAN mark"))
     rules.append(("postrouting", by_name("oifname", ifaces), "pin new connections"))
     for wan in cfg.wans:
-        masqueraded = [f for f in wan.families if wan.masquerades(f)]
-        if not masqueraded:
-            continue
+        rules += _nat_rules(wan)
+    return rules
+
+
+def _nat_rules(wan: Wan) -> list[Rule]:
+    """The WAN's rules of chain ``nat``: one `masquerade` for the versions it
+    masquerades, one `snat` per version given a fixed address (`nat: {snat: ...}`)."""
+    out: list[Rule] = []
+    oif = match(meta("oifname"), wan.interface)
+    masqueraded = [f for f in wan.families if wan.masquerades(f)]
+    if masqueraded:
         # one rule for every version when the WAN masquerades all it carries
         only = ([] if len(masqueraded) == len(wan.families) else
                 [match(meta("nfproto"), f"ipv{masqueraded[0]}")])
-        rules.append(("nat", [
-            {"match": {"op": "==", "left": meta("oifname"), "right": wan.interface}},
-            *only, {"masquerade": None},
-        ], f"masquerade {wan.name}"))
-    return rules
+        out.append(("nat", [oif, *only, {"masquerade": None}], f"masquerade {wan.name}"))
+    # the box's own packets keep their own source: an HA backup's probes must not
+    # leave with the floating address, whose replies go to the master
+    not_own = match({"fib": {"result": "type", "flags": ["saddr"]}}, "local", "!=")
+    for f in wan.families:
+        addr = wan.snat_address(f)
+        if addr is not None:
+            out.append(("nat", [oif, match(meta("nfproto"), f"ipv{f}"), not_own, {"snat": {
+                "family": "ip" if f == 4 else "ip6", "addr": str(addr)}}],
+                f"snat {wan.label(f)} to {addr}"))
+    return out
 
 
 def render_chains(cfg: Config) -> list[Json]:

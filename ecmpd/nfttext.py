@@ -4,8 +4,8 @@ The daemon hands libnftables JSON (`nftrules.replace_commands`); an admin reads 
 compares ``nft list ruleset`` text.  This renders that same JSON, object for object, as
 an ``nft -f`` file: the same transaction, readable, and loadable by hand.  It covers the
 expressions ecmpd's tables use (matches, payload/meta/ct keys, masks, sets, prefixes,
-ranges, concatenations, verdict maps, named counters, mark mangling, masquerade); one it
-does not know is shown as its JSON, so nothing is silently left out.
+ranges, concatenations, verdict maps, named counters, mark mangling, masquerade, snat);
+one it does not know is shown as its JSON, so nothing is silently left out.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def _element(elem: Json, quotes: list[bool], hexes: list[bool]) -> str:
 
 
 def key(k: Json) -> str:
-    """A left-hand side: payload, meta, ct, a mask, a concatenation."""
+    """A left-hand side: payload, meta, ct, fib, a mask, a concatenation."""
     if isinstance(k, dict) and len(k) == 1:
         (kind, body), = k.items()
         if kind == "payload":
@@ -86,6 +86,8 @@ def key(k: Json) -> str:
             return f"meta {body['key']}"
         if kind == "ct":
             return f"ct {body['key']}"
+        if kind == "fib":
+            return f"fib {' . '.join(body['flags'])} {body['result']}"
         if kind in ("&", "|"):
             left, right = body
             text = f"{key(left)} {kind} {value(right, hexa=True)}"
@@ -124,6 +126,8 @@ def expr(e: Json) -> str:
         return f"{kind} {body['target']}"
     if kind in ("return", "accept", "drop", "masquerade"):
         return kind
+    if kind == "snat":
+        return f"snat {body['family']} to {body['addr']}"
     return json.dumps(e)
 
 

@@ -659,13 +659,13 @@ def test_nat_per_wan_and_ip_version(a: str, b: str, nat_a: tuple, nat_b: tuple) 
 
 
 @pytest.mark.parametrize("nat, expected", [
-    ("nat: nat", ["11: wans.b.nat: must be masquerade or none, or per IP version like "
-                  "{ipv4: masquerade, ipv6: none}, got 'nat'"]),
-    ("nat: no", ["11: wans.b.nat: must be masquerade or none, or per IP version like "
-                 "{ipv4: masquerade, ipv6: none}, got false (YAML reads no and off as false: "
+    ("nat: nat", ["11: wans.b.nat: must be masquerade or none, {snat: ADDRESS}, or per "
+                  "IP version like {ipv4: masquerade, ipv6: none}, got 'nat'"]),
+    ("nat: no", ["11: wans.b.nat: must be masquerade or none, {snat: ADDRESS}, or per "
+                 "IP version like {ipv4: masquerade, ipv6: none}, got false (YAML reads no and off as false: "
                  "write none)"]),
-    ("nat: [none]", ["11: wans.b.nat: must be masquerade or none, or per IP version like "
-                     "{ipv4: masquerade, ipv6: none}, got a list"]),
+    ("nat: [none]", ["11: wans.b.nat: must be masquerade or none, {snat: ADDRESS}, or per "
+                     "IP version like {ipv4: masquerade, ipv6: none}, got a list"]),
     ("nat: {ipv6: none}", ["11: wans.b.nat.ipv6: wans.b carries no IPv6 (no gateway6)"]),
     ("nat:\n      ipv4: none\n      ipv6: masquerade",
      ["13: wans.b.nat.ipv6: wans.b carries no IPv6 (no gateway6)"]),
@@ -676,6 +676,51 @@ def test_nat_per_wan_and_ip_version(a: str, b: str, nat_a: tuple, nat_b: tuple) 
      ["11: wans.b.nat.ipv4: duplicate key (first at line 11)"]),
 ])
 def test_nat_mistakes_name_the_key_and_line(nat: str, expected: list[str]) -> None:
+    assert problems(DUAL + f"    {nat}\n") == [f"{SRC}:{line}" for line in expected]
+
+
+def test_snat_to_a_fixed_address_per_version_or_short() -> None:
+    """`{snat: ADDRESS}` alone is for the address's version (the other masqueraded);
+    under ipv4:/ipv6: it sits beside the other modes."""
+    a4, a6 = IPv4Address("198.51.100.10"), IPv6Address("2001:db8:a::10")
+    cases = {
+        "nat: {snat: 198.51.100.10}": ((4, "snat", a4),),
+        "nat: {snat: '2001:db8:a::10'}": ((6, "snat", a6),),
+        "nat: {ipv4: {snat: 198.51.100.10}, ipv6: {snat: '2001:db8:a::10'}}":
+            ((4, "snat", a4), (6, "snat", a6)),
+        "nat:\n      ipv4:\n        snat: 198.51.100.10\n      ipv6: none":
+            ((4, "snat", a4), (6, "none")),
+    }
+    for nat, want in cases.items():
+        wan = parse_config(DUAL.replace("fe80::1\n", f"fe80::1\n    {nat}\n"), SRC).wans[0]
+        assert wan.nat == want, nat
+        got = {f: (wan.nat_mode(f), wan.snat_address(f), wan.masquerades(f)) for f in (4, 6)}
+        assert got == {f: (dict((e[0], e[1]) for e in want).get(f, "masquerade"),
+                           dict((e[0], e[2]) for e in want if len(e) == 3).get(f),
+                           f not in dict((e[0], e[1]) for e in want)) for f in (4, 6)}, nat
+    assert parse_config(BASE, SRC).wans[0].snat_address(4) is None
+
+
+@pytest.mark.parametrize("nat, expected", [
+    ("nat: {snat: 192.0.2.300}", ["11: wans.b.nat.snat: must be an IPv4 or IPv6 unicast "
+                                  "address, got '192.0.2.300'"]),
+    ("nat: {snat: '2001:db8::1'}", ["11: wans.b.nat.snat: wans.b carries no IPv6 (no gateway6)"]),
+    ("nat: {snat: 224.0.0.1}", ["11: wans.b.nat.snat: must be an IPv4 or IPv6 unicast address, "
+                                "got '224.0.0.1' (multicast)"]),
+    ("nat: {ipv4: {snat: '2001:db8::1'}}", ["11: wans.b.nat.ipv4.snat: must be an IPv4 "
+                                            "address (under ipv4:), got 2001:db8::1"]),
+    ("nat: {ipv4: {snat: 'fe80::1'}}", ["11: wans.b.nat.ipv4.snat: must be an IPv4 unicast "
+                                        "address, got 'fe80::1' (link-local)"]),
+    ("nat: {ipv4: {sant: 198.51.100.10}}", [
+        "11: wans.b.nat.ipv4.sant: unknown key (did you mean 'snat'?)",
+        "11: wans.b.nat.ipv4.snat: required key is missing"]),
+    ("nat: {snat: 198.51.100.10, ipv6: none}", [
+        "11: wans.b.nat: give snat: alone (for its address's IP version), or per version: "
+        "{ipv4: {snat: ADDRESS}, ipv6: none}"]),
+    ("nat: snat", ["11: wans.b.nat: must be masquerade or none, {snat: ADDRESS}, or per IP "
+                   "version like {ipv4: masquerade, ipv6: none}, got 'snat'"]),
+])
+def test_snat_mistakes_name_the_key_and_line(nat: str, expected: list[str]) -> None:
     assert problems(DUAL + f"    {nat}\n") == [f"{SRC}:{line}" for line in expected]
 
 

@@ -197,3 +197,38 @@ def test_removing_a_wan_by_reload_deletes_its_pinned_connections(lab3, ecmpd_in)
     assert count() == 0
     results = held.stop()
     assert not [r for r in results if r.wan != "south" and r.broken]
+
+
+def test_reload_between_masquerade_and_snat(make_lab, ecmpd_in):
+    """`nat:` masquerade -> {snat: ...} -> masquerade by reload, both IP versions: new
+    connections leave with the SNAT address, then the WAN's own again; the other WAN's
+    held flows never notice; the WANs keep their health."""
+    from lab.runner import nft_table
+    lab = make_lab()
+    lab.run(lab.ns_router, "ip", "addr", "add", "10.111.0.9/24", "dev", "wlan1")
+    # deprecated: masquerade, like any source selection, never picks it; SNAT may
+    lab.run(lab.ns_router, "ip", "addr", "add", "2001:db8:1::9/64", "dev", "wlan1", "nodad",
+            "preferred_lft", "0")
+    cfg = config_for(lab, ipv6=True)
+    d = ecmpd_in(lab, cfg)
+    lab.start_servers()
+    held = lab.hold_flows(40, byte_interval=0.1)
+    assert held.wait_established() == 40
+    since = {n: w["since"] for n, w in d.status()["wans"].items()}
+    snat = json.loads(json.dumps(cfg))
+    snat["wans"]["wlan1"]["nat"] = {"ipv4": {"snat": "10.111.0.9"},
+                                    "ipv6": {"snat": "2001:db8:1::9"}}
+
+    def sources(server: str | None = None) -> set[str]:
+        new = lab.new_flows(60, timeout=3.0, server=server)
+        assert all(r.ok for r in new)
+        return {r.source for r in new if r.wan == "wlan1"}
+
+    for config, want4, want6 in ((snat, "10.111.0.9", "2001:db8:1::9"),
+                                 (cfg, "10.111.0.2", "2001:db8:1::2")):
+        d.write_config(config)
+        assert d.ctl("reload").returncode == 0
+        assert ("snat ip to 10.111.0.9" in nft_table(lab)) == (config is snat)
+        assert (sources(), sources(lab.server6)) == ({want4}, {want6})
+        assert {n: w["since"] for n, w in d.status()["wans"].items()} == since
+    unbroken([r for r in held.stop() if r.wan == "wlan2"], {"wlan2"})

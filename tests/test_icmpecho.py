@@ -226,7 +226,7 @@ def test_what_the_filter_passes_icmplibs_public_receive_parses(name: str, fakes:
     in `receive` for another packet)."""
     family, packet, _ = BPF_CASES[name]
     made = fakes()
-    sock = (icmplib.ICMPv6Socket if family == 6 else icmplib.ICMPv4Socket)(privileged=True)
+    sock = (icmpecho._ICMPv6Socket if family == 6 else icmpecho._ICMPv4Socket)(privileged=True)
     made[-1].inject(packet, T6 if family == 6 else T4)
     reply = sock.receive(None, READ_TIMEOUT)
     assert (reply.id, reply.sequence) in {(OUR, 77), (OUR, 1)}
@@ -257,6 +257,7 @@ class FakeRaw:
         self._r.setblocking(False)
         self.queue: deque[tuple[bytes, str]] = deque()
         self.options: dict[tuple[int, int], Any] = {}
+        self.option_calls: list[tuple[int, int]] = []
         self.program: list[tuple[int, int, int, int]] | None = None
         self.sent: list[tuple[bytes, Any]] = []
         self.bound: Any = None
@@ -281,6 +282,7 @@ class FakeRaw:
             raw = ctypes.string_at(address, 8 * n)
             self.program = [struct.unpack_from("=HBBI", raw, 8 * i) for i in range(n)]
         self.options[(level, option)] = value
+        self.option_calls.append((level, option))
 
     def setblocking(self, flag: bool) -> None:
         self.blocking = flag
@@ -345,18 +347,14 @@ def fakes(monkeypatch: pytest.MonkeyPatch) -> Fakes:
     made: list[FakeRaw] = []
     faults: dict[str, Any] = {}
 
-    class V4(icmplib.ICMPv4Socket):
-        def _create_socket(self, type: int) -> FakeRaw:
-            made.append(FakeRaw(socket.AF_INET, faults))
+    def creator(family: int) -> Callable[..., FakeRaw]:
+        def create(self: Any, type: int) -> FakeRaw:
+            made.append(FakeRaw(family, faults))
             return made[-1]
+        return create
 
-    class V6(icmplib.ICMPv6Socket):
-        def _create_socket(self, type: int) -> FakeRaw:
-            made.append(FakeRaw(socket.AF_INET6, faults))
-            return made[-1]
-
-    monkeypatch.setattr(icmplib, "ICMPv4Socket", V4)
-    monkeypatch.setattr(icmplib, "ICMPv6Socket", V6)
+    monkeypatch.setattr(icmpecho._ICMPv4Socket, "_create_socket", creator(socket.AF_INET))
+    monkeypatch.setattr(icmpecho._ICMPv6Socket, "_create_socket", creator(socket.AF_INET6))
 
     def configure(more: dict[Any, Any] | None = None, **kw: Any) -> list[FakeRaw]:
         faults.clear()
@@ -478,6 +476,33 @@ def test_requests_are_icmplib_echo_requests(fakes: Fakes) -> None:
         s6.close()
 
     run(main())
+
+
+def test_ttl_and_traffic_class_are_set_once_not_per_request(fakes: Fakes) -> None:
+    made = fakes()
+    hops = {4: [(socket.IPPROTO_IP, socket.IP_TTL), (socket.IPPROTO_IP, socket.IP_TOS)],
+            6: [(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS),
+                (socket.IPPROTO_IPV6, socket.IPV6_TCLASS)]}
+
+    async def main() -> None:
+        for family, (source, target) in ((4, (A4, T4)), (6, (A6, T6))):
+            s = EchoSocket(source, lambda a: None)
+            assert [s.send(target) for _ in range(5)] == [1, 2, 3, 4, 5]
+            assert len(made[-1].sent) == 5
+            calls = [c for c in made[-1].option_calls if c in hops[family]]
+            assert sorted(calls) == sorted(hops[family])  # each once, for 5 requests
+            assert made[-1].options[hops[family][0]] == TTL
+            s.close()
+
+    run(main())
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 7, 8, 63, 64, 65, 1500])
+def test_the_checksum_is_icmplibs(size: int) -> None:
+    rng = __import__("random").Random(size)
+    plain = object.__new__(icmplib.ICMPv4Socket)  # icmplib's own sum, no socket needed
+    for data in (bytes(size), b"\xff" * size, bytes(rng.randrange(256) for _ in range(size))):
+        assert icmpecho.internet_checksum(data) == plain._checksum(data)
 
 
 def test_answers_once_from_the_target(fakes: Fakes) -> None:

@@ -160,6 +160,7 @@ NETNS_ADD = re.compile(r"""netns\s+add\b|["']netns["']\s*,\s*["']add["']|\bnetns
 MAY_ADD = {
     "lab/netns.py": "the lab's primitive (`create`)",
     "lab/lab.py": "the lab builds its namespaces",
+    "lab/hapair.py": "the HA pair's lab builds its namespaces (prefix from the fixture)",
     "tests/conftest.py": "the one fixture, `make_netns`",
     "tests/test_layout.py": "this check",
     "tests/test_vagrant.py": "a shell script run under `unshare --net` with a private "

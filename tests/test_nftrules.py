@@ -67,6 +67,11 @@ def v4_only(family: str) -> dict:
     return {"match": {"op": "==", "left": {"meta": {"key": "nfproto"}}, "right": family}}
 
 
+NOT_OWN = {"match": {"op": "!=", "left": {"fib": {"result": "type", "flags": ["saddr"]}},
+                     "right": "local"}}
+"""A SNAT rule leaves the box's own packets alone."""
+
+
 def dual(**kw) -> Config:
     """isp_a dual-stack (global IPv6 gateway), isp_b IPv6-only (link-local gateway),
     isp_c IPv4-only."""
@@ -158,6 +163,29 @@ def test_nat_none_leaves_out_its_version_and_the_common_case_stays_one_rule():
         [{"match": {**oif["match"], "right": "ethB"}}],     # as before: one rule, any version
         [{"match": {**oif["match"], "right": "ethC"}}]]
     # nothing else changes: marks, pinning and counters are the same rules
+    assert [r for r in nftrules.render_rules(c) if r[0] != "nat"] == \
+        [r for r in nftrules.render_rules(dual()) if r[0] != "nat"]
+    assert nftrules.digest(c) != nftrules.digest(dual())
+
+
+def test_snat_to_a_fixed_address_per_version():
+    """`nat: {snat: ...}`: one snat rule per SNATed version, the other version keeps
+    its masquerade rule (with nfproto), nothing else in the table changes."""
+    a, b, c3 = dual().wans
+    snat6 = IPv6Address("2001:db8:1::10")
+    c = replace(dual(), wans=(replace(a, nat=((4, "snat", IPv4Address("10.1.0.10")),)),
+                              replace(b, nat=((6, "snat", snat6),)),
+                              replace(c3, nat=((4, "snat", IPv4Address("10.3.0.10")),))))
+    def oif(name: str) -> dict:
+        return {"match": {"op": "==", "left": {"meta": {"key": "oifname"}}, "right": name}}
+    assert [(r[1], r[2]) for r in rules_of(c, "nat")] == [
+        ([oif("ethA"), v4_only("ipv6"), {"masquerade": None}], "masquerade isp_a"),
+        ([oif("ethA"), v4_only("ipv4"), NOT_OWN, {"snat": {"family": "ip", "addr": "10.1.0.10"}}],
+         "snat isp_a IPv4 to 10.1.0.10"),
+        ([oif("ethB"), v4_only("ipv6"), NOT_OWN, {"snat": {"family": "ip6", "addr": str(snat6)}}],
+         "snat isp_b IPv6 to 2001:db8:1::10"),
+        ([oif("ethC"), v4_only("ipv4"), NOT_OWN, {"snat": {"family": "ip", "addr": "10.3.0.10"}}],
+         "snat isp_c to 10.3.0.10")]
     assert [r for r in nftrules.render_rules(c) if r[0] != "nat"] == \
         [r for r in nftrules.render_rules(dual()) if r[0] != "nat"]
     assert nftrules.digest(c) != nftrules.digest(dual())
@@ -345,6 +373,16 @@ def test_libnftables_accepts_and_lists_back_the_table(make_netns):
     nat = nft("list", "chain", "inet", "ecmpd", "nat")
     assert 'oifname "ethA" meta nfproto ipv4 masquerade' in nat
     assert 'oifname "ethB" masquerade' in nat
+    # snat to a fixed address, both families; the listing reads back to the same digest
+    snat = replace(dual(), wans=(replace(a, nat=((4, "snat", IPv4Address("10.1.0.10")),
+                                                  (6, "snat", IPv6Address("2001:db8:1::10")))),
+                                 *others))
+    nft("-j", "-f", "-", doc=json.dumps(nftrules.replace_commands(snat)))
+    nat = nft("list", "chain", "inet", "ecmpd", "nat")
+    assert 'oifname "ethA" meta nfproto ipv4 fib saddr type != local snat ip to 10.1.0.10' in nat
+    assert 'oifname "ethA" meta nfproto ipv6 fib saddr type != local snat ip6 to 2001:db8:1::10' in nat
+    assert nftrules.listing_digest(json.loads(nft("-j", "list", "ruleset"))) == \
+        nftrules.digest(snat)
     nft("-j", "-f", "-", doc=json.dumps(nftrules.replace_commands(dual())))
     assert "ct mark & 0x00ff0000 vmap" in text
     pre = text.split("chain prerouting {")[1].split("}\n")[0].splitlines()

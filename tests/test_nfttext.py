@@ -64,6 +64,17 @@ def test_statements_read_as_nft_lists_them():
     assert not any('"' in line for line in lines if "icmpv6 type" in line)
 
 
+def test_snat_reads_as_nft_lists_it():
+    cfg = parse_config((ROOT / "config" / "ecmpd.yaml").read_text().replace(
+        "    address6: 2001:db8:1::2/64\n", "    address6: 2001:db8:1::2/64\n    nat: "
+        "{ipv4: {snat: 10.111.0.10}, ipv6: {snat: '2001:db8:1::10'}}\n", 1), "ecmpd.yaml")
+    lines = [line.strip() for line in text(cfg)]
+    assert ('meta oifname "wlan1" meta nfproto ipv4 fib saddr type != local snat ip to 10.111.0.10 comment '
+            '"snat wlan1 IPv4 to 10.111.0.10"') in lines
+    assert ('meta oifname "wlan1" meta nfproto ipv6 fib saddr type != local snat ip6 to 2001:db8:1::10 comment '
+            '"snat wlan1 IPv6 to 2001:db8:1::10"') in lines
+
+
 def test_a_statement_it_does_not_know_is_shown_not_dropped():
     odd = {"nftables": [{"add": {"rule": {"family": "inet", "table": "t", "chain": "c",
                                           "expr": [{"notrack": None}]}}},

@@ -91,6 +91,16 @@ def test_the_package_ships_the_unit_config_man_pages_and_completion():
     assert "install -D -m 0644 config/ecmpd.example.yaml $(BUILD)/etc/ecmpd.yaml" in \
         (ROOT / "debian" / "rules").read_text()
     assert len((DEBIAN / "ecmpd.manpages").read_text().split()) == 3
+    # the HA pair: the notify script where keepalived.conf's example calls it, the
+    # example configs beside the other examples
+    pairs = dict(zip(install[::2], install[1::2]))
+    assert pairs["ha/ecmpd-ha-notify"] == "usr/lib/ecmpd/"
+    assert pairs["ha/keepalived.conf"] == pairs["ha/conntrackd.conf"] == \
+        pairs["ha/ecmpd-ha.nft"] == "usr/share/doc/ecmpd/examples/ha/"
+    assert 'notify "/usr/lib/ecmpd/ecmpd-ha-notify"' in (ROOT / "ha" / "keepalived.conf").read_text()
+    assert (ROOT / "ha" / "ecmpd-ha-notify").stat().st_mode & 0o111
+    assert {"keepalived", "conntrackd"} <= set(re.findall(
+        r"^Suggests:(.*)$", (DEBIAN / "control").read_text(), re.M)[0].replace(",", " ").split())
     for script in ("ecmpd", "ecmpctl"):
         text = (DEBIAN / "scripts" / script).read_text()
         assert text.startswith("#!/usr/bin/python3")

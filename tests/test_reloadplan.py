@@ -65,3 +65,18 @@ def test_a_changed_ipv6_gateway_or_version_set_rejudges_the_wan() -> None:
     for changed in (rep(w, gateway6=IPv6Address("fe80::2")), rep(w, gateway6=None),
                     rep(w, families=(4, 6))):
         assert plan_reload(old, rep(old, wans=(changed,))).rejudged == ("a",)
+
+
+def test_a_nat_mode_change_keeps_health_and_flows() -> None:
+    """masquerade -> snat -> none: only the nat chain changes (the table is replaced in
+    one transaction); health, probers and pinned flows stay.  Flushing what was NATed
+    under the old mode is the daemon's business, not the plan's."""
+    from ecmpd import nftrules
+    snat = replace(OLD, wans=(replace(A, nat=((4, "snat", IPv4Address("10.1.0.10")),)), B, C))
+    none = replace(OLD, wans=(replace(A, nat=((4, "none"),)), B, C))
+    for old, new in ((OLD, snat), (snat, none), (none, OLD)):
+        plan = plan_reload(old, new)
+        assert (plan.rejudged, plan.stale_marks, plan.reinstall) == ((), (), False)
+        assert nftrules.digest(old) != nftrules.digest(new)
+        assert [r for r in nftrules.render_rules(old) if r[0] != "nat"] == \
+            [r for r in nftrules.render_rules(new) if r[0] != "nat"]

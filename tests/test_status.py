@@ -143,6 +143,11 @@ def test_nat_per_ip_version_in_json_and_in_text_only_where_not_masquerade() -> N
     assert payload["wans"]["wlan2"]["nat"] == {"ipv4": "none"}
     wlan2 = render_status(payload, time.time()).split("wan: wlan2")[1]
     assert wlan2.count("  nat: ") == 1 and "\n  nat: ipv4 none\n" in wlan2
+    snat = dataclasses.replace(cfg, wans=(cfg.wans[0], dataclasses.replace(
+        w2, nat=((4, "snat", IPv4Address("198.51.100.10")),))))
+    payload = render(snap(initial(snat, LINKS, ADDRS, (), 0.0)))
+    assert payload["wans"]["wlan2"]["nat"] == {"ipv4": "snat 198.51.100.10"}
+    assert "\n  nat: ipv4 snat 198.51.100.10\n" in render_status(payload, time.time())
 
 
 def test_a_snapshot_is_immutable() -> None:
