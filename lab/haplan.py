@@ -81,6 +81,8 @@ def ecmpd_config(hash_: str = "l4", interval: str = "100ms") -> dict[str, Any]:
                      "nat": {"ipv4": {"snat": w.floating}, "ipv6": {"snat": w.floating6}}}
             for w in WANS}
     return {"lan": {"interfaces": ["lan0"]}, "wans": wans, "hash": hash_,
+            # the pair: keepalived's notify script sets the role (`ecmpctl role`)
+            "ha": {"vips": [LAN_VIP, LAN_VIP6]},
             "probe": {"interval": interval, "timeout": "200ms", "down": 3, "up": 3}}
 
 

@@ -23,6 +23,8 @@ def test_both_boxes_run_one_config_that_snats_to_the_floating_addresses() -> Non
         assert (w.snat_address(4), w.snat_address(6)) == (ip_address(plan.floating),
                                                           ip_address(plan.floating6))
     assert haplan.wan_of("203.0.113.4") == "wan2" and haplan.wan_of("192.0.2.1") is None
+    # a pair: the notify script's `ecmpctl role` needs ha:, whose VIPs are the LAN's
+    assert cfg.ha is not None and cfg.ha.vips == (haplan.LAN_VIP, haplan.LAN_VIP6)
 
 
 def test_keepalived_conf_per_box_from_the_shipped_example() -> None:
