@@ -124,13 +124,7 @@ def measure(prefix: str, runs: int, held: int, baseline: bool = True,
     """`runs` takeovers with sync, then (with `baseline`) one without."""
     p = hapair.HaPair(prefix=prefix).build()
     try:
-        p.start("r1")
-        until(lambda: p.master() == "r1", 10, "r1 master")
-        p.start("r2")
-        until(lambda: "BACKUP" in p.notify_log("r2"), 10, "r2 backup")
-        for box in hapair.BOXES:
-            p.ecmpd[box].wait_states({"wan1": "up", "wan2": "up"}, timeout=10)
-        p.procs["lab"].append(driver.start_server(p.ns("inet"), hapair.PORT))
+        p.start_pair(server_port=hapair.PORT)
         done = []
         for i in range(runs):
             t = takeover(p, held)

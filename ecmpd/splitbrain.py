@@ -38,6 +38,7 @@ import socket
 import struct
 from collections.abc import Callable, Iterable, Mapping
 
+from .icmpecho import internet_checksum
 from .role import Sighting
 
 log = logging.getLogger("ecmpd")
@@ -71,15 +72,6 @@ def arp_probe(src_mac: bytes, address: str) -> bytes:
     return BROADCAST + src_mac + struct.pack("!H", ETH_P_ARP) + arp
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
 def ns_probe(src_mac: bytes, address: str) -> bytes:
     """A DAD neighbour solicitation for IPv6 `address`: from ``::`` to its
     solicited-node group, without a source link-layer option (RFC 4861 7.2.2)."""
@@ -88,7 +80,7 @@ def ns_probe(src_mac: bytes, address: str) -> bytes:
     src = bytes(16)
     body = struct.pack("!BBHI", NS, 0, 0, 0) + target
     pseudo = src + group + struct.pack("!IxxxB", len(body), ICMPV6)
-    body = body[:2] + struct.pack("!H", _checksum(pseudo + body)) + body[4:]
+    body = body[:2] + struct.pack("!H", internet_checksum(pseudo + body)) + body[4:]
     ip6 = struct.pack("!IHBB", 6 << 28, len(body), ICMPV6, 255) + src + group
     dst_mac = b"\x33\x33" + group[12:]
     return dst_mac + src_mac + struct.pack("!H", ETH_P_IPV6) + ip6 + body

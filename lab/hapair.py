@@ -212,6 +212,22 @@ class HaPair:
                     "-r", str(d / "vrrp.pid"), "-c", str(d / "checkers.pid"),
                     "--vrrp", "-n", "-l", "-D", log=d / "keepalived.out")
 
+    def start_pair(self, server_port: int | None = None) -> subprocess.Popen | None:
+        """r1 started and master, then r2 started and backup, both routers' WANs UP; with
+        `server_port`, a TCP server on it in the internet (returned, stopped at teardown)."""
+        self.start("r1")
+        until(lambda: self.master() == "r1", 10, "r1 master")
+        self.start("r2")
+        until(lambda: "BACKUP" in self.notify_log("r2"), 10, "r2 backup")
+        for box in BOXES:
+            self.ecmpd[box].wait_states({"wan1": "up", "wan2": "up"}, timeout=10)
+        if server_port is None:
+            return None
+        from lab import driver
+        server = driver.start_server(self.ns("inet"), server_port)
+        self.procs["lab"].append(server)
+        return server
+
     def _popen(self, box: str, *cmd: str, log: Path) -> subprocess.Popen:
         with open(log, "ab") as out:
             proc = subprocess.Popen(netns.exec_argv(self.ns(box), *cmd), stdout=out,

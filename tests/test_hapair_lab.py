@@ -34,14 +34,7 @@ def pair() -> Iterator[hapair.HaPair]:
         pytest.skip(reason)
     p = hapair.HaPair(prefix=next_lab_prefix()).build()
     try:
-        p.start("r1")
-        until(lambda: p.master() == "r1", 10, "r1 master")
-        p.start("r2")
-        until(lambda: "BACKUP" in p.notify_log("r2"), 10, "r2 backup")
-        for box in hapair.BOXES:
-            p.ecmpd[box].wait_states({"wan1": "up", "wan2": "up"}, timeout=10)
-        p.server = driver.start_server(p.ns("inet"), hapair.PORT)  # type: ignore[attr-defined]
-        p.procs["lab"].append(p.server)  # type: ignore[attr-defined]
+        p.server = p.start_pair(server_port=hapair.PORT)  # type: ignore[attr-defined]
         yield p
     finally:
         p.teardown()

@@ -9,6 +9,7 @@ import struct
 import pytest
 
 from ecmpd import splitbrain as sb
+from ecmpd.icmpecho import internet_checksum
 from ecmpd.role import Sighting
 
 MAC = bytes.fromhex("020000000001")
@@ -51,7 +52,7 @@ def test_the_neighbour_solicitation_is_dad_style_with_a_valid_checksum() -> None
     assert len(body) == 24 and body[0] == sb.NS and body[1] == 0     # no SLLA option
     assert ipaddress.IPv6Address(body[8:24]) == ipaddress.IPv6Address("fd00:88::1:2345")
     pseudo = src + dst + struct.pack("!IxxxB", len(body), 58)
-    assert sb._checksum(pseudo + body) == 0
+    assert internet_checksum(pseudo + body) == 0
     assert sb.parse(f) is None
     assert sb.probe(MAC, "fd00::1")[12:14] == b"\x86\xdd"
     assert sb.probe(MAC, "10.0.0.1")[12:14] == b"\x08\x06"
