@@ -56,17 +56,23 @@ def takeover(p: hapair.HaPair, held: int, sync: bool = True) -> Takeover:
     if master is None:
         raise RuntimeError("no master")
     backup = next(b for b in hapair.BOXES if b != master)
+    # entries of earlier runs' flows may linger (a killed box sent no FIN): not ours
+    stale = set(p.pinned(master))
+
+    def pinned_here() -> dict[int, tuple[str, str]]:
+        return {port: v for port, v in p.pinned(master).items() if port not in stale}
+
     hold = driver.start_hold(p.ns("cl"), hapair.SERVER, held, byte_interval=0.1,
                              echo_timeout=3.0, wan_of=hapair.wan_of)
     try:
         if hold.wait_established(15) != held:
             raise RuntimeError("not every held flow was established")
-        until(lambda: len(p.pinned(master)) >= held, 5, "flows in the master's table")
+        until(lambda: len(pinned_here()) >= held, 5, "flows in the master's table")
         if sync:
             until(lambda: p.synced(backup) >= held, 5, "flows in the backup's cache")
         else:   # the baseline: the backup has no conntrackd to commit anything
             p.kill_conntrackd(backup)
-        before = p.pinned(master)
+        before = pinned_here()
         flows = driver.start_flows(p.ns("cl"), hapair.SERVER, 150, interval=0.02,
                                    timeout=1.0, wan_of=hapair.wan_of)
         flows.wait_started()
