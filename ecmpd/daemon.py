@@ -18,9 +18,9 @@ import signal
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import conntrack, lan, learned, nftrules, ownaddr, policyrules, routing, status
+from . import conntrack, lan, learned, nftrules, ownaddr, policyrules, routing
 from .config import ConfigError, load_config
 from .configmodel import FAMILIES, Config, Wan
 from .control_server import ControlServer
@@ -47,6 +47,9 @@ from .state import (State, active, address, awaiting_verdict, initial, no_target
                     own_targets, plane, probe_gateway, probe_targets, project, usable)
 from .sysctl import PROC_SYS, Sysctls
 from .watcher import Watcher
+
+if TYPE_CHECKING:
+    from . import status  # imported where a snapshot is taken: nothing at start needs it
 
 log = logging.getLogger("ecmpd")
 
@@ -340,6 +343,7 @@ class Daemon:
         if cmd == "ping":
             return {"ok": True}
         if cmd == "status":
+            from . import status
             return {"ok": True, **status.render(await self.snapshot())}
         if cmd == "history":
             return self._history(req.get("wan"))
@@ -405,6 +409,7 @@ class Daemon:
 
     async def snapshot(self) -> status.Snapshot:
         """What status shows, taken at one moment (conntrack counted just before)."""
+        from . import status
         assert self.kernel.ipr is not None
         cfg = self.cfg
         counts = await conntrack.count_marks({w.name: cfg.mark_of(w) for w in cfg.wans},
