@@ -40,7 +40,6 @@ from .logsetup import RateLimitedLog
 from .metrics import Metrics
 from .prober import Prober
 from .reconciler import Reconciler
-from .reloadplan import plan_reload
 from .sdnotify import Notifier
 from .decision import Decision, main_route, set_routes, stranded
 from .state import (State, active, address, awaiting_verdict, initial, no_target, own_by_wan,
@@ -311,6 +310,7 @@ class Daemon:
             # the control socket stays where it is (it may come from --socket)
             cfg = replace(cfg, control_socket=self.cfg.control_socket,
                           control_group=self.cfg.control_group)
+            from .reloadplan import plan_reload
             plan = plan_reload(self.cfg, cfg)
             async with self.kernel.lock:
                 # ecmpd's objects are recognised by their numbers: when those change, the

@@ -38,8 +38,8 @@ DAEMON_NEVER = {
     "prometheus_client", "ecmpd.metrics_server",
     # only for --version and ecmpd_info (read when asked)
     "importlib.metadata",
-    # a status snapshot is taken on request, not at start
-    "ecmpd.status", "ecmpd.statusview",
+    # a status snapshot is taken on request, a reload planned on SIGHUP, not at start
+    "ecmpd.status", "ecmpd.statusview", "ecmpd.reloadplan",
 }
 
 
