@@ -20,10 +20,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 def imported(statement: str) -> set[str]:
     """`sys.modules` after `statement` in a new interpreter (ecmpd from this tree)."""
+    listing = "import json, sys; print(json.dumps(sorted(sys.modules)))"
     run = subprocess.run(
-        [sys.executable, "-c", f"{statement}; import json, sys; print(json.dumps(sorted(sys.modules)))"],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(REPO)})
+        [sys.executable, "-c", f"{statement}; {listing}"], capture_output=True, text=True,
+        cwd=REPO, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert run.returncode == 0, run.stderr
     return set(json.loads(run.stdout.splitlines()[-1]))
 
