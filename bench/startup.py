@@ -51,11 +51,11 @@ POLL = 0.002
 START_TIMEOUT = 60.0
 
 
-def python_env(cache: Path | None) -> dict[str, str]:
-    """The environment of a measured interpreter (run in ROOT: `-c` and `-m` put the
-    working directory first on sys.path): ROOT's ecmpd first; bytecode read
+def python_env(cache: Path | None, tree: Path = ROOT) -> dict[str, str]:
+    """The environment of a measured interpreter (run in `tree`: `-c` and `-m` put the
+    working directory first on sys.path): `tree`'s ecmpd first; bytecode read
     from and written to `cache`, or (None) never written and found nowhere."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, PYTHONPATH=str(tree))
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     if cache is None:
         env["PYTHONDONTWRITEBYTECODE"] = "1"
@@ -70,12 +70,15 @@ def wall(code: str, env: dict[str, str]) -> float:
     return timed(code, env)[0]
 
 
-def timed(code: str, env: dict[str, str]) -> tuple[float, float]:
-    """(wall, CPU) seconds of ``python -c code``: CPU time (user + system) varies less
-    than wall time on a machine shared with other work."""
+def timed(code: str, env: dict[str, str], argv: list[str] | None = None
+          ) -> tuple[float, float]:
+    """(wall, CPU) seconds of ``python -c code`` (or of `argv`, output discarded): CPU
+    time (user + system) varies less than wall time on a machine shared with other
+    work.  Runs in the tree on `env`'s PYTHONPATH."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.monotonic()
-    subprocess.run([sys.executable, "-c", code], env=env, check=True, cwd=ROOT)
+    subprocess.run(argv or [sys.executable, "-c", code], env=env, check=True,
+                   cwd=env["PYTHONPATH"], stdout=subprocess.DEVNULL if argv else None)
     elapsed = time.monotonic() - t
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     return elapsed, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -92,6 +95,16 @@ class Imports:
     by_package: dict[str, float] = field(default_factory=dict)   # median ms
     baseline_cpu: list[float] = field(default_factory=list)
     cached_cpu: list[float] = field(default_factory=list)
+    runs_by_package: dict[str, list[float]] = field(default_factory=dict)
+    """Every run's self time (ms) per package; `by_package` holds their medians."""
+
+    def extend(self, other: "Imports") -> None:
+        """Add `other`'s repetitions (one tree measured in turns with another)."""
+        for name in ("baseline", "cached", "uncached", "baseline_cpu", "cached_cpu"):
+            getattr(self, name).extend(getattr(other, name))
+        for pkg, ms in other.runs_by_package.items():
+            self.runs_by_package.setdefault(pkg, []).extend(ms)
+        self.by_package = {p: statistics.median(v) for p, v in self.runs_by_package.items()}
 
 
 def self_times(importtime: str) -> dict[str, float]:
@@ -105,10 +118,10 @@ def self_times(importtime: str) -> dict[str, float]:
     return dict(out)
 
 
-def measure_imports(reps: int) -> Imports:
+def measure_imports(reps: int, tree: Path = ROOT) -> Imports:
     res = Imports()
     cache = Path(tempfile.mkdtemp(prefix="ecmpd-pycache-"))
-    cached = python_env(cache)
+    cached = python_env(cache, tree)
     wall(f"import {TARGET}", cached)                     # fills the cache
     per_pkg: dict[str, list[float]] = defaultdict(list)
     for _ in range(reps):
@@ -117,11 +130,12 @@ def measure_imports(reps: int) -> Imports:
             w, c = timed(code, cached)
             into.append(w)
             cpu.append(c)
-        res.uncached.append(wall(f"import {TARGET}", python_env(None)))
+        res.uncached.append(wall(f"import {TARGET}", python_env(None, tree)))
         r = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {TARGET}"],
-                           env=cached, capture_output=True, text=True, check=True, cwd=ROOT)
+                           env=cached, capture_output=True, text=True, check=True, cwd=tree)
         for pkg, ms in self_times(r.stderr).items():
             per_pkg[pkg].append(ms)
+    res.runs_by_package = dict(per_pkg)
     res.by_package = {p: statistics.median(v) for p, v in per_pkg.items()}
     return res
 
@@ -134,6 +148,8 @@ class Start:
     ready: float = float("inf")
     status: list[tuple[float, str]] = field(default_factory=list)
     log: str = ""
+    ctl: list[tuple[float, float]] = field(default_factory=list)
+    """(wall, CPU) seconds of each `ecmpctl status` run against the ready daemon."""
 
 
 def _connects(path: str) -> bool:
@@ -145,7 +161,11 @@ def _connects(path: str) -> bool:
             return False
 
 
-def start_once(lab: "Lab", cache: Path) -> Start:
+CTL_RUNS = 3
+"""`ecmpctl status` runs timed after each start's READY."""
+
+
+def start_once(lab: "Lab", cache: Path, tree: Path = ROOT) -> Start:
     """Start ecmpd in `lab`'s router namespace, time it to READY=1, stop it."""
     from lab.runner import config_for
 
@@ -157,13 +177,13 @@ def start_once(lab: "Lab", cache: Path) -> Start:
     out = Start()
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(notify_path)
-        env = dict(python_env(cache), NOTIFY_SOCKET=notify_path)
+        env = dict(python_env(cache, tree), NOTIFY_SOCKET=notify_path)
         log = open(work / "ecmpd.log", "wb")
         t0 = time.monotonic()
         proc = subprocess.Popen(
             ["ip", "netns", "exec", lab.ns_router, sys.executable, "-m", "ecmpd.ecmpd_command",
              "--config", str(config), "--socket", ctl], env=env, stdout=log,
-            stderr=subprocess.STDOUT, cwd=ROOT)
+            stderr=subprocess.STDOUT, cwd=tree)
         log.close()
         try:
             while time.monotonic() - t0 < START_TIMEOUT and proc.poll() is None:
@@ -178,6 +198,11 @@ def start_once(lab: "Lab", cache: Path) -> Start:
                         break
                 if out.socket == float("inf") and _connects(ctl):
                     out.socket = time.monotonic() - t0
+            if out.ready < START_TIMEOUT:
+                ctl_env = python_env(cache, tree)
+                out.ctl = [timed("", ctl_env, [sys.executable, "-m", "ecmpd.ecmpctl_command",
+                                               "--socket", ctl, "status"])
+                           for _ in range(CTL_RUNS)]
         finally:
             proc.send_signal(signal.SIGTERM)
             try:
@@ -189,10 +214,10 @@ def start_once(lab: "Lab", cache: Path) -> Start:
     return out
 
 
-def measure_starts(lab: "Lab", reps: int) -> list[Start]:
+def measure_starts(lab: "Lab", reps: int, tree: Path = ROOT) -> list[Start]:
     cache = Path(tempfile.mkdtemp(prefix="ecmpd-pycache-"))
-    wall(f"import {TARGET}", python_env(cache))
-    return [start_once(lab, cache) for _ in range(reps)]
+    wall(f"import {TARGET}; import ecmpd.ecmpctl_command", python_env(cache, tree))
+    return [start_once(lab, cache, tree) for _ in range(reps)]
 
 
 def _phase_key(text: str) -> str:
@@ -222,6 +247,13 @@ def rows(imp: Imports, starts: list[Start]) -> list[Row]:
     lab = "2-WAN lab, probe defaults, bytecode cached; from exec of `ip netns exec`"
     out.append(Row(f"{n}: exec → control socket listens", lab,
                    fmt_summary([1000 * s.socket for s in starts], "ms", 0), base))
+    ctl = [c for s in starts for c in s.ctl]
+    if ctl:
+        out.append(Row(f"{n}: `ecmpctl status`, exec → exit", "against the ready daemon, "
+                       "bytecode cached", fmt_summary([1000 * w for w, _ in ctl], "ms", 0), base))
+        out.append(Row(f"{n}: `ecmpctl status`, CPU time", "user + system",
+                       fmt_summary([1000 * c for _, c in ctl], "ms", 0),
+                       fmt_summary([1000 * x for x in imp.baseline_cpu], "ms", 0)))
     phases: dict[str, list[float]] = defaultdict(list)
     for s in starts:
         for at, text in s.status:
@@ -234,6 +266,41 @@ def rows(imp: Imports, starts: list[Start]) -> list[Row]:
                    target="< 30 s (TimeoutStartSec)",
                    result="pass" if all(s.ready < 30 for s in starts) else "**fail**"))
     return out
+
+
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def ratios(new: tuple[Imports, list[Start]], old: tuple[Imports, list[Start]],
+           label: str) -> list[Row]:
+    """This tree against `label`'s, measured in turns in one run: medians and their
+    ratio (pure)."""
+    def pick(imp: Imports, starts: list[Start]) -> dict[str, float]:
+        ctl = [c for s in starts for c in s.ctl]
+        return {
+            "import ecmpd.daemon, CPU": _median(imp.cached_cpu),
+            "import ecmpd.daemon, wall": _median(imp.cached),
+            "exec → control socket listens": _median([s.socket for s in starts]),
+            "exec → READY=1": _median([s.ready for s in starts]),
+            "`ecmpctl status`, exec → exit": _median([w for w, _ in ctl]),
+            "`ecmpctl status`, CPU": _median([c for _, c in ctl]),
+            "`python -c pass`, CPU": _median(imp.baseline_cpu),
+        }
+    a, b = pick(*new), pick(*old)
+    return [Row(f"15 start-up: {k}", f"this tree against {label}, in turns",
+                f"{1000 * a[k]:.0f} ms", f"{1000 * b[k]:.0f} ms",
+                result=f"× {a[k] / b[k]:.2f}" if b[k] else "—")
+            for k in a if a[k] == a[k] and b[k] == b[k]]
+
+
+def checkout(rev: str) -> Path:
+    """`rev` of this repository as a plain directory tree (``git archive``)."""
+    where = Path(tempfile.mkdtemp(prefix="ecmpd-against-"))
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev], check=True,
+                             capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(where)], input=archive, check=True)
+    return where
 
 
 def figure15(bench: "Bench") -> list[Row]:
@@ -251,7 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench/startup.py", description=__doc__.split("\n")[0])
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--imports-only", action="store_true", help="no lab (needs no root)")
+    p.add_argument("--against", metavar="REV",
+                   help="also measure git revision REV, in turns with this tree, and print "
+                        "the ratios")
     args = p.parse_args(argv)
+    if args.against:
+        return against(args.against, args.reps, args.imports_only)
     imp = measure_imports(args.reps)
     starts: list[Start] = []
     if not args.imports_only:
@@ -274,6 +346,38 @@ def main(argv: list[str] | None = None) -> int:
             if s.ready == float("inf"):
                 print(s.log, file=sys.stderr)
     print(render_table(rows(imp, starts)))
+    return 0
+
+
+def against(rev: str, reps: int, imports_only: bool) -> int:
+    """This tree and `rev`'s, one repetition of each in turn (the machine's state moves
+    both alike), then both tables and the ratios."""
+    if not imports_only and os.geteuid() != 0:
+        print("bench/startup.py: the lab part needs root (--imports-only does not)",
+              file=sys.stderr)
+        return 2
+    trees = {"this tree": ROOT, rev: checkout(rev)}
+    got: dict[str, tuple[Imports, list[Start]]] = {k: (Imports(), []) for k in trees}
+    lab = None
+    if not imports_only:
+        from lab import Lab, random_prefix, seed_spec, sweep
+        prefix = random_prefix("est")
+        lab = Lab(seed_spec(), prefix=prefix)
+    try:
+        if lab is not None:
+            lab.build()
+        for _ in range(reps):
+            for name, tree in trees.items():
+                got[name][0].extend(measure_imports(1, tree))
+                if lab is not None:
+                    got[name][1].extend(measure_starts(lab, 1, tree))
+    finally:
+        if lab is not None:
+            lab.teardown()
+            sweep(prefix)
+    for name in trees:
+        print(f"\n{name}:\n\n{render_table(rows(*got[name]))}")
+    print(f"\nratios:\n\n{render_table(ratios(got['this tree'], got[rev], rev))}")
     return 0
 
 

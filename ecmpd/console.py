@@ -14,11 +14,14 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any
+TYPE_CHECKING = False  # `typing` stays unimported: ecmpctl's start (tests/test_startup_imports.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 PROJECT = "ecmpd"
-_PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
+_PYPROJECT = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))),
+                          "pyproject.toml")
+"""The source tree's pyproject.toml (os.path: pathlib would cost ecmpctl's start ~5 ms)."""
 
 
 def version() -> str:
@@ -30,7 +33,8 @@ def version() -> str:
     except metadata.PackageNotFoundError:
         pass
     try:
-        text = _PYPROJECT.read_text(encoding="utf-8")
+        with open(_PYPROJECT, encoding="utf-8") as f:
+            text = f.read()
     except OSError:
         return "unknown"
     found = re.search(r'(?m)^version\s*=\s*"([^"]+)"', text)

@@ -16,7 +16,9 @@ until the client closes the connection (or does not keep up: then the daemon clo
 from __future__ import annotations
 
 import json
-from typing import Any
+TYPE_CHECKING = False  # `typing` stays unimported: ecmpctl's start (tests/test_startup_imports.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_SOCKET = "/run/ecmpd/ecmpd.sock"
 """Where the daemon listens unless ``control.socket`` or ``--socket`` says otherwise."""

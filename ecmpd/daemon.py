@@ -18,9 +18,9 @@ import signal
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import conntrack, lan, learned, nftrules, ownaddr, policyrules, routing, status
+from . import conntrack, lan, learned, nftrules, ownaddr, policyrules, routing
 from .config import ConfigError, load_config
 from .configmodel import FAMILIES, Config, Wan
 from .control_server import ControlServer
@@ -41,13 +41,15 @@ from .logsetup import RateLimitedLog
 from .metrics import Metrics
 from .prober import Prober
 from .reconciler import Reconciler
-from .reloadplan import plan_reload
 from .sdnotify import Notifier
 from .decision import Decision, main_route, set_routes, stranded
 from .state import (State, active, address, awaiting_verdict, initial, no_target, own_by_wan,
                     own_targets, plane, probe_gateway, probe_targets, project, usable)
 from .sysctl import PROC_SYS, Sysctls
 from .watcher import Watcher
+
+if TYPE_CHECKING:
+    from . import status  # imported where a snapshot is taken: nothing at start needs it
 
 log = logging.getLogger("ecmpd")
 
@@ -314,6 +316,7 @@ class Daemon:
             # the control socket stays where it is (it may come from --socket)
             cfg = replace(cfg, control_socket=self.cfg.control_socket,
                           control_group=self.cfg.control_group)
+            from .reloadplan import plan_reload
             plan = plan_reload(self.cfg, cfg)
             async with self.kernel.lock:
                 # ecmpd's objects are recognised by their numbers: when those change, the
@@ -348,6 +351,7 @@ class Daemon:
         if cmd == "role":
             return self.ha.set_role(req["role"])
         if cmd == "status":
+            from . import status
             return {"ok": True, **status.render(await self.snapshot())}
         if cmd == "history":
             return self._history(req.get("wan"))
@@ -413,6 +417,7 @@ class Daemon:
 
     async def snapshot(self) -> status.Snapshot:
         """What status shows, taken at one moment (conntrack counted just before)."""
+        from . import status
         assert self.kernel.ipr is not None
         cfg = self.cfg
         counts = await conntrack.count_marks({w.name: cfg.mark_of(w) for w in cfg.wans},

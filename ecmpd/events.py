@@ -39,19 +39,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 from . import hastep, health, lan, ownaddr, tiers
 from .desired import MAIN_TABLE, RouteSpec, rule_range, table_range
 from .health import Health, Phase, Verdict
 from .logsetup import NOTICE
 from .configmodel import FAMILIES, Config
-from .reloadplan import ReloadPlan
 from .effects import (Effect, Flush, ForgetAddress, Log, Reconcile, ResetProber, Result,
                       Transition)
 from .state import (Addresses, Default, Defaults, Link, Refusal, State, WanState, active,
                     address, gateway, hop_of, link_ok, link_problem, merge, observed,
                     own_by_wan, plane, project, refusal, remember_gateways, usable)
+
+if TYPE_CHECKING:  # made on reloads only: not imported at start
+    from .reloadplan import ReloadPlan
 
 
 # ---- events ---------------------------------------------------------------------------

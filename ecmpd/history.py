@@ -12,10 +12,12 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False      # nor `typing` (tests/test_startup_imports.py)
 if TYPE_CHECKING:          # ecmpctl imports this module: it stays light (no dataclasses,
     # no datetime: they cost ecmpctl more than its whole request)
+    from typing import Any
+
     from .events import Transition
 
 LIMIT = 1000

@@ -29,12 +29,12 @@ from .control_protocol import ROLES
 from .desired import RouteSpec
 from .events import Transition
 from .health import Phase
-from .status import Snapshot
 
 version = functools.cache(_read_version)
 """ecmpd's version, read once (each scrape shows it)."""
 
 if TYPE_CHECKING:
+    from .status import Snapshot
     from .metrics_server import MetricsServer
 
 log = logging.getLogger("ecmpd")

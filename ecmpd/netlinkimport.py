@@ -24,10 +24,17 @@ full package, with the same class objects ecmpd already holds.  Submodule names 
 completed there: they are left to the import system (``from pyroute2 import config`` inside
 pyroute2 imports ``pyroute2.config``, as it would anyway).
 
-If pyroute2 changes its layout (any exception on the bare path), every ``pyroute2*`` entry
-this module added to ``sys.modules`` is removed and the names are imported the ordinary way
-(``FALLBACK_USED`` is then True): ecmpd keeps working and only loses the memory saving.
-If ``pyroute2`` was already imported when this module loads, its submodules are used as
+``unittest`` gets the same treatment while pyroute2 loads: ``pyroute2.netlink.rtnl.iprsocket``
+imports ``unittest.mock`` (for its mock sockets), whose package ``__init__`` loads the test
+runner, loader and argparse; ``unittest.mock`` itself is loaded (a class body there calls
+it), ``unittest``'s ``__init__`` runs only if a later import asks for a package-level name
+(``unittest.TestCase``).  Measured: about 9 ms of CPU (`python -c 'import unittest.mock'`
+with and without the bare package, after asyncio; README, start-up).
+
+If pyroute2 changes its layout (any exception on the bare path), every ``pyroute2*`` (and
+``unittest*``) entry this module added to ``sys.modules`` is removed and the names are
+imported the ordinary way (``FALLBACK_USED`` is then True): ecmpd keeps working and only
+loses the memory saving.  If ``pyroute2`` was already imported when this module loads, its submodules are used as
 they are (``BARE`` is then False).
 """
 
@@ -43,6 +50,8 @@ from typing import TYPE_CHECKING, Any
 log = logging.getLogger("ecmpd")
 
 PACKAGE = "pyroute2"
+DEFERRED = ("unittest",)
+"""Packages pyroute2 imports for code ecmpd never runs: made bare like pyroute2 itself."""
 
 WANTED: tuple[tuple[str, str, str], ...] = (
     # (name here, module, attribute)
@@ -72,39 +81,39 @@ FALLBACK: tuple[tuple[str, str, str], ...] = (
 _KEEP_DUNDERS = frozenset({"__all__", "__version__"})
 
 
-def _completer(module: types.ModuleType, spec: Any) -> Any:
+def _completer(module: types.ModuleType, spec: Any, package: str = PACKAGE) -> Any:
     """A module ``__getattr__`` that runs the package ``__init__`` on first real use."""
     state = {"done": False}
 
     def __getattr__(name: str) -> Any:
         dunder = name.startswith("__") and name.endswith("__")
         if state["done"] or (dunder and name not in _KEEP_DUNDERS):
-            raise AttributeError(f"module {PACKAGE!r} has no attribute {name!r}")
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
         try:
-            submodule = importlib.util.find_spec(f"{PACKAGE}.{name}") is not None
+            submodule = importlib.util.find_spec(f"{package}.{name}") is not None
         except (ImportError, ValueError):
             submodule = False
         if submodule:  # let the import system load it (as the real package would)
-            raise AttributeError(f"module {PACKAGE!r} has no attribute {name!r}")
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
         state["done"] = True
-        log.debug("pyroute2.%s requested: completing the pyroute2 package", name)
+        log.debug("%s.%s requested: completing the %s package", package, name, package)
         spec.loader.exec_module(module)  # the real __init__, in the same module object
         try:
             return module.__dict__[name]
         except KeyError:
-            raise AttributeError(f"module {PACKAGE!r} has no attribute {name!r}") from None
+            raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
 
     return __getattr__
 
 
-def _bare_package() -> types.ModuleType:
-    """Register an un-initialised ``pyroute2`` package module in ``sys.modules``."""
-    spec = importlib.util.find_spec(PACKAGE)
+def _bare_package(package: str = PACKAGE) -> types.ModuleType:
+    """Register an un-initialised `package` module in ``sys.modules``."""
+    spec = importlib.util.find_spec(package)
     if spec is None or spec.loader is None or not spec.submodule_search_locations:
-        raise ImportError(f"{PACKAGE} is not an importable package")
+        raise ImportError(f"{package} is not an importable package")
     module = importlib.util.module_from_spec(spec)
-    module.__getattr__ = _completer(module, spec)  # type: ignore[method-assign]
-    sys.modules[PACKAGE] = module
+    module.__getattr__ = _completer(module, spec, package)  # type: ignore[method-assign]
+    sys.modules[package] = module
     return module
 
 
@@ -127,11 +136,14 @@ def load(wanted: tuple[tuple[str, str, str], ...] = WANTED,
     before = set(sys.modules)
     try:
         _bare_package()
+        for package in DEFERRED:
+            if package not in sys.modules:
+                _bare_package(package)
         importlib.import_module(f"{PACKAGE}.config.log")  # the logger's NullHandler
         return _fetch(wanted), True, False
     except Exception as exc:
         for name in [m for m in sys.modules if m not in before
-                     and (m == PACKAGE or m.startswith(PACKAGE + "."))]:
+                     and any(m == p or m.startswith(p + ".") for p in (PACKAGE, *DEFERRED))]:
             del sys.modules[name]
         log.debug("importing pyroute2 submodules failed (%r): full import instead", exc)
         return _fetch(fallback), False, True

@@ -69,9 +69,22 @@ def read_json(path: str, limit: int = LIMIT) -> Any:
         return None
 
 
-def write(path: str, text: str) -> None:
+def _holds(path: str, data: bytes) -> bool:
+    """Whether the file at `path` passes `read`'s checks and holds `data` (quietly)."""
+    try:
+        return read_bytes(path, LIMIT, nofollow=True, trusted=_trusted) == data
+    except Unreadable:
+        return False
+
+
+def write(path: str, text: str) -> bool:
     """Replace the file at `path` with `text`, atomically and durably; raises OSError
-    (no temporary file is left behind)."""
+    (no temporary file is left behind).  A file that already holds `text` (and passes
+    `read`'s checks) is left as it is: every start and reload records the same numbers
+    again, and the two fsyncs of a write are most of a start's time on a slow disk.
+    True when the file was written."""
+    if _holds(path, text.encode()):
+        return False
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
                                dir=directory)
@@ -96,3 +109,4 @@ def write(path: str, text: str) -> None:
             os.close(dirfd)
     except OSError:
         pass
+    return True

@@ -5,7 +5,9 @@ odd: an older or newer daemon; they show as ``?`` or ``-``) and of ``now``."""
 from __future__ import annotations
 
 import time
-from typing import Any
+TYPE_CHECKING = False  # `typing` stays unimported: ecmpctl's start (tests/test_startup_imports.py)
+if TYPE_CHECKING:
+    from typing import Any
 
 from .history import human_duration
 

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.startup import Imports, Start, _phase_key, rows, self_times  # noqa: E402
+from bench.startup import Imports, Start, _phase_key, ratios, rows, self_times  # noqa: E402
 
 IMPORTTIME = """\
 import time: self [us] | cumulative | imported package
@@ -50,3 +50,26 @@ def test_rows_name_each_milestone_against_the_baseline() -> None:
     assert ready.result == "**fail**"            # one start took longer than 30 s
     assert rows(imp, starts[:1])[-1].result == "pass"
     assert len(rows(imp, [])) == 4               # --imports-only
+
+
+def test_ratios_put_this_tree_against_the_other_per_milestone() -> None:
+    new = (Imports([0.04], [0.3], [1.0], {}, [0.04], [0.30]),
+           [Start(0.2, 0.4, [], "", [(0.09, 0.06)])])
+    old = (Imports([0.04], [0.3], [1.0], {}, [0.04], [0.40]),
+           [Start(0.4, 0.5, [], "", [(0.10, 0.08)])])
+    out = {r.figure: r for r in ratios(new, old, "abc123")}
+    cpu = out["15 start-up: import ecmpd.daemon, CPU"]
+    assert (cpu.ecmpd, cpu.baseline, cpu.result) == ("300 ms", "400 ms", "× 0.75")
+    assert out["15 start-up: exec → READY=1"].result == "× 0.80"
+    assert out["15 start-up: `ecmpctl status`, CPU"].result == "× 0.75"
+    assert all("abc123" in r.setup for r in out.values())
+    # an --imports-only run has no starts: those rows are left out, not shown as nan
+    assert "15 start-up: exec → READY=1" not in {
+        r.figure for r in ratios((new[0], []), (old[0], []), "abc123")}
+
+
+def test_imports_of_two_runs_merge_with_the_package_medians() -> None:
+    a = Imports([0.04], [0.3], [1.0], {}, [0.04], [0.3], {"ecmpd": [50.0]})
+    a.extend(Imports([0.05], [0.4], [1.1], {}, [0.05], [0.4], {"ecmpd": [70.0], "yaml": [9.0]}))
+    assert a.cached == [0.3, 0.4] and a.cached_cpu == [0.3, 0.4]
+    assert a.by_package == {"ecmpd": 60.0, "yaml": 9.0}

@@ -1,5 +1,6 @@
 """The schema table (`ecmpd.schema`) against the model, the validator and the commented
-example config/ecmpd.yaml, whose comments must state each default and range the code has."""
+example config/ecmpd.yaml, whose comments must state each default and range the code has
+(read as the man page reads them: `tools.manpages.key_comments`)."""
 
 from __future__ import annotations
 
@@ -13,64 +14,20 @@ from ecmpd import config, schema
 from ecmpd.config import load_config, parse_config
 from ecmpd.desired import _PARSERS, Owned
 from ecmpd.configmodel import Config, Ha, ProbeSettings, Wan
+from tools import manpages
+from tools.manpages import key_comments
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config" / "ecmpd.yaml"
-_KEY_LINE = re.compile(r"( *)([A-Za-z0-9_.-]+):(?: (.*))?$")
-_COMMENT = re.compile(r"( *)#(.*)$")
-_NAMED = re.compile(r"([a-z_][a-z0-9_]*):")
 
 
-def _path(parts: list[str]) -> str:
-    """Dotted path of nested keys, every WAN's name as `*`."""
-    if len(parts) > 1 and parts[0] == "wans":
-        parts = ["wans", "*", *parts[2:]]
-    return ".".join(parts)
+def test_every_line_of_the_example_is_a_key_a_comment_or_blank() -> None:
+    """`key_comments` (the man page's reader) skips any other line: there is none."""
+    for line in EXAMPLE.read_text().splitlines():
+        assert not line.strip() or manpages._COMMENT.fullmatch(line) \
+            or manpages._KEY_LINE.fullmatch(line), f"not a key line: {line!r}"
 
 
-def documentation(text: str) -> dict[str, str]:
-    """Key path -> the comments that document the key in `text`.
-
-    A key's documentation is the comment on its line and the comment lines below it
-    indented deeper than the key (a continued end-of-line comment), the comment lines
-    just above it in its section, and for a key shown only commented out (`# max_rtt:
-    ...`) the comment lines from that one on to the next key of its section.  A blank
-    line ends a run of comment lines."""
-    docs: dict[str, list[str]] = {}
-    stack: list[tuple[int, str]] = []       # (indent, key) of the enclosing key lines
-    pending: dict[str, list[str]] = {}      # section -> comment lines before its next key
-    current: dict[str, str] = {}            # section -> the commented-out key described
-    for line in text.splitlines():
-        if not line.strip():
-            pending.clear()
-            current.clear()
-            continue
-        if m := _COMMENT.fullmatch(line):
-            indent, body = len(m[1]), m[2].strip()
-            where = _path([k for i, k in stack if i < indent])
-            if where in {k.path for k in schema.SCHEMA if not k.is_section}:
-                docs.setdefault(where, []).append(body)       # a continued line comment
-                continue
-            named = _NAMED.match(body)
-            sect = "probe" if where.endswith(".probe") else where
-            if named and named[1] in schema.keys(sect):
-                current[where] = f"{where}.{named[1]}" if where else named[1]
-            if where in current:
-                docs.setdefault(current[where], []).append(body)
-            else:
-                pending.setdefault(where, []).append(body)
-            continue
-        m = _KEY_LINE.fullmatch(line)
-        assert m, f"not a key line: {line!r}"
-        indent = len(m[1])
-        stack = [(i, k) for i, k in stack if i < indent] + [(indent, m[2])]
-        where, path = _path([k for _, k in stack[:-1]]), _path([k for _, k in stack])
-        comment = (m[3] or "").partition("#")[2].strip()
-        docs.setdefault(path, []).extend(pending.pop(where, []) + [comment])
-        current.pop(where, None)
-    return {path: " ".join(lines) for path, lines in docs.items()}
-
-
-DOCS = documentation(EXAMPLE.read_text())
+DOCS = key_comments(EXAMPLE.read_text())
 KEYS = [k for k in schema.SCHEMA]
 
 
@@ -95,9 +52,9 @@ def test_the_example_shows_no_key_the_schema_lacks() -> None:
 def test_documentation_finds_comments_above_beside_and_commented_out() -> None:
     text = ("# header\n\nprobe:\n  # above\n  count: 2   # beside\n              # more\n"
             "  # max_rtt: 1s  # out\n  #   (default null)\n  window: 3\n")
-    assert documentation(text) == {
+    assert key_comments(text) == {
         "probe": "", "probe.count": "above beside more",
-        "probe.max_rtt": "max_rtt: 1s  # out (default null)", "probe.window": ""}
+        "probe.max_rtt": "max_rtt: 1s # out (default null)", "probe.window": ""}
 
 
 def test_defaults_are_the_models() -> None:

@@ -145,3 +145,27 @@ def test_write_failure_raises_and_leaves_nothing(tmp_path) -> None:
     with pytest.raises(OSError):
         statefile.write(str(tmp_path / "no" / "dir" / "state.json"), "[]")
     assert os.listdir(tmp_path) == []
+
+
+def test_write_leaves_a_file_that_already_holds_the_text(tmp_path) -> None:
+    """Each start records the same ledger again: no write, no fsync, same inode."""
+    path = tmp_path / "state.json"
+    assert statefile.write(str(path), '["x"]') is True
+    inode = path.stat().st_ino
+    assert statefile.write(str(path), '["x"]') is False
+    assert path.stat().st_ino == inode
+    assert statefile.write(str(path), '["y"]') is True
+    assert path.stat().st_ino != inode and path.read_text() == '["y"]'
+
+
+def test_write_replaces_same_text_it_would_not_trust(tmp_path) -> None:
+    """Identical bytes behind a symlink or in a file others may write are replaced."""
+    target = tmp_path / "elsewhere"
+    target.write_text('["x"]')
+    link = tmp_path / "state.json"
+    link.symlink_to(target)
+    assert statefile.write(str(link), '["x"]') is True
+    assert not link.is_symlink()
+    os.chmod(link, 0o666)
+    assert statefile.write(str(link), '["x"]') is True
+    assert stat.S_IMODE(link.stat().st_mode) == statefile.MODE

@@ -172,8 +172,8 @@ def _path(parts: list[str]) -> str:
 def key_comments(text: str) -> dict[str, str]:
     """Key path -> the comments that document it in the example `text`: the comment on
     its line and deeper-indented ones below it, the comment lines just above it, and for
-    a key shown commented out the lines from its own on (tests/test_schema.py reads the
-    example the same way)."""
+    a key shown commented out the lines from its own on; runs of whitespace as one space
+    (tests/test_schema.py checks the example's defaults and ranges with it)."""
     docs: dict[str, list[str]] = {}
     stack: list[tuple[int, str]] = []
     pending: dict[str, list[str]] = {}
