@@ -66,6 +66,8 @@ class Element(NamedTuple):
     """One key of a policy: a value per field of its shape."""
 
     position: int
+    route: int
+    """What its policy says (`Policy.route`: its WANs and fallback)."""
     shape: Shape
     values: tuple[Any, ...]
     """Per `shape.dims`: the value a map key holds (see `_json`)."""
@@ -143,7 +145,7 @@ def elements(policy: Policy) -> list[Element]:
                 spans[i] = span
             if (key := tuple(spans)) not in seen:
                 seen.add(key)
-                out.append(Element(policy.position, shape, tuple(v for _, v in combo), key))
+                out.append(Element(policy.position, policy.route, shape, tuple(v for _, v in combo), key))
     # a holder sorts before what it holds (it is wider in every field), so that `plan`
     # leaves the held out rather than put it into a group of its own
     out.sort(key=lambda e: (e.shape.family, *(x[0] - x[1] if isinstance(x[0], int) else 0
@@ -234,10 +236,13 @@ class _Shaped:
         self.shape = shape
         self.newest = -1
         """The number of its newest group."""
+        self._newest_by_route: dict[int, int] = {}
+        """Route -> the number of the newest group holding an element of it."""
         self._index = {d: _INDEX[d]() for d in shape.dims}
 
     def add(self, e: Element, group: int) -> None:
         self.newest = group
+        self._newest_by_route[e.route] = group
         for d, index in self._index.items():
             index.add(e.spans[DIMS.index(d)], (e, group))  # type: ignore[arg-type]
 
@@ -248,6 +253,10 @@ class _Shaped:
         if by is None:
             return None
         return self._overlapping(e, self._index[by].since(e.spans[DIMS.index(by)], at))
+
+    def says_otherwise_since(self, route: int, at: int) -> bool:
+        """Whether groups `at` and later hold an element of another route than `route`."""
+        return any(g >= at for r, g in self._newest_by_route.items() if r != route)
 
     @staticmethod
     def _overlapping(e: Element, near: Iterator[Placed]) -> Iterator[Element]:
@@ -272,10 +281,11 @@ class _Plan:
         found on the way.
 
         Only the newest group of `e`'s shape and the groups after it matter, and they
-        are searched (their own shape first) until one rules the newest group out.  A
-        group after the newest of `e`'s shape has another shape, so it holds nothing of
-        `e`'s own policy (the elements of one IP version of a policy share one shape):
-        whatever overlaps `e` there belongs to an earlier policy."""
+        are searched (their own shape first) until one rules the newest group out: an
+        element of its own group that overlaps `e` (one map cannot hold both), or one
+        of a later group that overlaps `e` and says otherwise (another route).  An
+        element of the same route may come after `e` whatever their order in the list:
+        a packet both match goes the same way."""
         own = self._shaped.get(e.shape)
         at = own.newest if own is not None else -1
         fits = own is not None
@@ -284,19 +294,21 @@ class _Plan:
                 break
             if shaped.newest < at or not _compatible_shapes(shaped.shape, e.shape):
                 continue
+            mine = shaped is own
             may_hold = set(shaped.shape.dims) <= set(e.shape.dims)
             found = shaped.overlapping_since(e, at)
             if found is None:                   # all of them overlap e
                 if may_hold:
                     return                      # a policy that matches everything
-                fits = False
+                fits = not shaped.says_otherwise_since(e.route, at)
                 continue
             for f in found:
                 if may_hold and _holds(f, e):
                     return                      # f's policy is as early: it always wins
-                fits = False
-                if not may_hold:
-                    break
+                if mine or f.route != e.route:
+                    fits = False
+                    if not may_hold:
+                        break
         if not fits:
             at = len(self.groups)
             self.groups.append((e.shape, []))
