@@ -65,3 +65,25 @@ def test_a_changed_ipv6_gateway_or_version_set_rejudges_the_wan() -> None:
     for changed in (rep(w, gateway6=IPv6Address("fe80::2")), rep(w, gateway6=None),
                     rep(w, families=(4, 6))):
         assert plan_reload(old, rep(old, wans=(changed,))).rejudged == ("a",)
+
+
+def test_a_nat_change_names_the_wan_and_only_the_versions_whose_mode_changed():
+    from ipaddress import IPv6Address
+    dual = replace(A, gateway6=IPv6Address("fe80::1"), families=(4, 6))
+    old = replace(OLD, wans=(dual, B, C))
+    assert plan_reload(old, old).nat_changed == ()
+    six = replace(old, wans=(replace(dual, nat=((6, "none"),)), B, C))
+    assert plan_reload(old, six).nat_changed == (("a", 6),)
+    assert plan_reload(six, old).nat_changed == (("a", 6),)            # and back
+    both = replace(old, wans=(replace(dual, nat=((4, "none"), (6, "none"))),
+                              replace(B, nat=((4, "none"),)), C))
+    assert plan_reload(six, both).nat_changed == (("a", 4), ("b", 4))
+    # modes are compared as values: any other mode is a change too
+    assert plan_reload(six, replace(six, wans=(replace(dual, nat=((6, "other"),)), B, C))
+                       ).nat_changed == (("a", 6),)
+    # a version the WAN no longer (or not yet) carries has no connections to keep apart
+    four = replace(old, wans=(replace(dual, families=(4,), gateway6=None), B, C))
+    assert plan_reload(six, four).nat_changed == ()
+    # a WAN whose mark changed loses all its connections anyway (stale_marks)
+    moved = plan_reload(old, replace(old, wans=(replace(dual, id=4, nat=((4, "none"),)), B, C)))
+    assert moved.nat_changed == () and 0x10000 in moved.stale_marks
