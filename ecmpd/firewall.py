@@ -4,7 +4,8 @@ when it differs.
 The table is replaced whole in one transaction (see `nftrules.replace_commands`), so
 packets never see a half-built ruleset.  A digest of the rendered table is kept in a
 rule comment: a restarted daemon that finds its own table intact adopts it without
-touching it.  After each apply the kernel's listing is remembered; a later check that
+touching it; a reload that changes the table writes it without listing the old one.
+After each apply the kernel's listing is remembered; a later check that
 finds a different listing (someone deleted or edited the table) applies it again.  A
 check lists the table only when the ruleset's generation moved since the last one (any
 nft transaction on the host moves it): a listing costs tens of milliseconds with many
@@ -69,6 +70,9 @@ class Firewall:
         """Tables of earlier names, removed once the current one is in place."""
         self.applies = 0
         """How many times the table was (re)written by this process."""
+        self._rewrite = False
+        """A reconfigure changed what the table must hold: write it without listing the
+        kernel's first (a listing takes a second with thousands of map elements)."""
 
     def _cmd(self, doc: dict[str, Any]) -> dict[str, Any]:
         rc, out, err = self._nft.json_cmd(doc)
@@ -113,6 +117,9 @@ class Firewall:
             return None
 
     def _ensure(self) -> bool:
+        if self._rewrite:
+            self.apply()
+            return True
         generation = self._generation()
         if self._baseline is not None and generation is not None \
                 and generation == self._checked:
@@ -146,6 +153,7 @@ class Firewall:
         """Replace the table atomically and remember what the kernel then shows."""
         self._checked = None
         self._cmd(nftrules.replace_commands(self.cfg, self.gateways, self.gateways6))
+        self._rewrite = False
         self.applies += 1
         listing = self.listing()
         self._baseline = nftrules.normalize_listing(listing or {}, self.cfg.nft_table)
@@ -160,6 +168,7 @@ class Firewall:
         written."""
         if cfg is self.cfg and gateways == self.gateways and gateways6 == self.gateways6:
             return                      # every reconcile calls this: mostly nothing new
+        known = self._baseline is not None     # the kernel holds what this process wrote
         if cfg.nft_table != self.cfg.nft_table:
             self._retired.add(self.cfg.nft_table)
             self._retired.discard(cfg.nft_table)
@@ -168,6 +177,8 @@ class Firewall:
         self.cfg, self.gateways, self.gateways6 = cfg, gateways, gateways6
         if self._digest() != before:
             self._baseline = None
+        # a table written for the old config (not one to adopt) is rewritten unlisted
+        self._rewrite = self._rewrite or (known and self._baseline is None)
 
     def read_counters(self, policies: bool = True) -> dict[nftrules.CounterKey, int]:
         """(family, WAN id) → packets of that IP version (4 or 6) that arrived on the WAN
@@ -192,3 +203,4 @@ class Firewall:
         self._retired.clear()
         self._baseline = None
         self._checked = None
+        self._rewrite = False

@@ -337,8 +337,11 @@ def normalize_listing(listing: Json, table: str) -> list[Json]:
             continue
         if body.get("table", body.get("name")) != table and kind != "table":
             continue
-        body = {k: v for k, v in body.items() if k != "handle"}
-        out.append(_without_counts({kind: body}))
+        body = {k: v for k, v in body.items() if k != "handle" and
+                not (kind == "counter" and k in _COUNTS)}
+        # counts are in counter objects and rules' counter statements; a map's elements
+        # (thousands with many policies) are taken as they are, not walked
+        out.append({kind: _without_counts(body) if kind == "rule" else body})
     return out
 
 

@@ -119,14 +119,16 @@ def _holds(a: Element, b: Element) -> bool:
         for x, y in zip(a.spans, b.spans))
 
 
-def elements(policy: Policy) -> list[Element]:
+@functools.lru_cache(maxsize=16384)
+def elements(policy: Policy) -> tuple[Element, ...]:
     """The keys of `policy`: the product of its values, per IP version of its prefixes,
-    wider ones first."""
+    wider ones first (cached: a reload that changes a few policies expands only those;
+    never change the result)."""
     protos = policy.proto
     if policy.sport or policy.dport:
         protos = tuple(p for p in (policy.proto or _PORT_NUMBERS) if p in _PORT_NUMBERS)
         if not protos:
-            return []           # ports of no protocol that has any: matches nothing
+            return ()           # ports of no protocol that has any: matches nothing
     out: list[Element] = []
     for family in sorted({family_of(p) for p in policy.src + policy.dst}) or [0]:
         fields = {"src": tuple(p for p in policy.src if family_of(p) == family),
@@ -150,7 +152,7 @@ def elements(policy: Policy) -> list[Element]:
     # leaves the held out rather than put it into a group of its own
     out.sort(key=lambda e: (e.shape.family, *(x[0] - x[1] if isinstance(x[0], int) else 0
                                               for x in e.spans if x is not None)))
-    return out
+    return tuple(out)
 
 
 Placed = tuple[Element, int]

@@ -103,7 +103,7 @@ def test_ports_and_ranges_key_on_their_protocols():
     assert [k["concat"][0] for k, _ in maps(sport)["polmap_1"]["elem"]] == \
         sorted(PORT_PROTOCOLS.values())
     assert [k["concat"][0] for k, _ in maps(sport)["polmap_2"]["elem"]] == [UDP]
-    assert policygroups.elements(pol(1, proto=(1,), dport=((1, 1),))) == []
+    assert policygroups.elements(pol(1, proto=(1,), dport=((1, 1),))) == ()
 
 
 def test_interfaces_and_protocols_alone_need_no_interval_map():
