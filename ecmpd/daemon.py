@@ -21,7 +21,7 @@ from dataclasses import replace
 from typing import Any
 
 from . import conntrack, lan, learned, nftrules, ownaddr, policyrules, routing, status
-from .config import ConfigError, load_config
+from .config import ConfigError, Reloads
 from .configmodel import FAMILIES, Config, Wan
 from .control_server import ControlServer
 from .disabled import DisabledStore
@@ -56,6 +56,7 @@ class Daemon:
 
     def __init__(self, cfg: Config, config_path: str, notifier: Notifier | None = None) -> None:
         self.config_path = config_path
+        self._reloads = Reloads()
         self.notifier = notifier or Notifier()
         self.started = time.time()
         self.state: State = initial(cfg, {}, {}, (), self.started)
@@ -300,7 +301,7 @@ class Daemon:
         done = False
         try:
             try:
-                cfg = load_config(self.config_path, sysctl_root=PROC_SYS)
+                cfg = self._reloads.load(self.config_path, sysctl_root=PROC_SYS)
             except ConfigError as exc:
                 for problem in exc.problems:
                     log.error("reload refused: %s", problem)
