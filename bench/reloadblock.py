@@ -1,10 +1,11 @@
 """How long a reload with many policies blocks ecmpd's event loop (not a figure of
 bench/run.py; run it alone, as root):
 
-    .venv/bin/python -m bench.reloadblock [--policies 1000] [--reps 3] [--profile]
+    .venv/bin/python -m bench.reloadblock [--policies 1000] [--kind sorted] [--reps 3]
+                                          [--profile]
 
-ecmpd runs in the seed's 2-WAN lab with figure 13's interleaved policies
-(`bench.fwcost.policies`).  A client in this process pings the daemon's control
+ecmpd runs in the seed's 2-WAN lab with one of figure 13's policy sets
+(`bench.fwcost.policies`; by default six shapes in blocks, a few maps).  A client in this process pings the daemon's control
 socket every 2 ms, one request at a time, and keeps each answer's latency: the
 longest one while the daemon reloads is how long its loop did not run (a slow
 answer can only wait for the loop).  Per case, `reps` reloads (``ecmpctl
@@ -49,8 +50,11 @@ class Pinger:
     def _run(self) -> None:
         while not self._stop.is_set():
             t = time.perf_counter()
-            self._sock.sendall(b'{"cmd": "ping"}\n')
-            if not self._file.readline():
+            try:
+                self._sock.sendall(b'{"cmd": "ping"}\n')
+                if not self._file.readline():
+                    return
+            except OSError:
                 return
             with self._lock:
                 self._lat.append(time.perf_counter() - t)
@@ -85,7 +89,7 @@ class Profiled(Ecmpd):
 
 def _cases(cfg: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     weight = json.loads(json.dumps(cfg))
-    weight["wans"][0]["weight"] = 2
+    weight["wans"][next(iter(weight["wans"]))]["weight"] = 2
     policy = json.loads(json.dumps(cfg))
     policy["policies"][500]["dst"] = "198.19.255.1/32"
     return [("the same file", cfg), ("a weight changed", weight),
@@ -96,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--policies", type=int, default=1000)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--kind", default="sorted", choices=("sorted", "mixed", "mixed1"),
+                    help="figure 13's policy set (sorted: six shapes in blocks)")
     ap.add_argument("--profile", action="store_true")
     args = ap.parse_args(argv)
     fwcost.POLICIES = args.policies
@@ -105,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         lab.build()
         cfg = config_for(lab)
         cfg["policies"] = fwcost.policies(
-            "mixed", [str(IPv4Interface(a).ip) for a in lab.spec.client_addresses],
+            args.kind, [str(IPv4Interface(a).ip) for a in lab.spec.client_addresses],
             lab.spec.lan_interface, [w.name for w in lab.spec.wans])
         d = routers.start_ecmpd(lab, config=cfg, start_timeout=120.0,
                                 cls=Profiled if args.profile else Ecmpd)

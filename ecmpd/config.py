@@ -96,18 +96,20 @@ def _read(path: str) -> str:
 
 
 class Reloads:
-    """`load_config` for a daemon's reloads: a file whose text is the last valid one's
-    is not parsed again, its `Config` is returned as it was (1000 policies take a good
-    fraction of a second to parse, on the daemon's loop)."""
+    """`load_config` for a daemon's reloads, off its loop: a file whose text is the
+    last valid one's is not parsed again, its `Config` is returned as it was; another
+    is parsed in a child process (`ecmpd.configparse`: 1000 policies take a good
+    fraction of a second to parse)."""
 
     def __init__(self) -> None:
         self._last: tuple[tuple[str, str, str | None], Config] | None = None
 
-    def load(self, path: str, sysctl_root: str | None = None) -> Config:
+    async def load(self, path: str, sysctl_root: str | None = None) -> Config:
+        from .configparse import parse_apart
         key = (_read(path), path, sysctl_root)
         if self._last is not None and self._last[0] == key:
             return self._last[1]
-        cfg = parse_config(key[0], path, sysctl_root=sysctl_root)
+        cfg = await parse_apart(key[0], path, sysctl_root)
         self._last = (key, cfg)
         return cfg
 

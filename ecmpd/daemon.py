@@ -301,7 +301,7 @@ class Daemon:
         done = False
         try:
             try:
-                cfg = self._reloads.load(self.config_path, sysctl_root=PROC_SYS)
+                cfg = await self._reloads.load(self.config_path, sysctl_root=PROC_SYS)
             except ConfigError as exc:
                 for problem in exc.problems:
                     log.error("reload refused: %s", problem)

@@ -20,7 +20,7 @@ exists, `ensure` rewrites, and the rewrite's transaction deletes it.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Generator
 
 import nftables
 
@@ -97,7 +97,18 @@ class Firewall:
     def ensure(self) -> bool:
         """Make the kernel's table match the config; True when it had to be written.
         Tables of earlier names go once it is in place (make before break)."""
-        written = self._ensure()
+        steps = self.steps()
+        try:
+            while True:
+                next(steps)
+        except StopIteration as done:
+            return bool(done.value)
+
+    def steps(self) -> Generator[None, None, bool]:
+        """`ensure` in steps: it yields between its libnftables calls (each can take a
+        tenth of a second or more with thousands of map elements), so that an event
+        loop can run in between; returns what `ensure` returns."""
+        written = yield from self._ensure()
         for name in sorted(self._retired):
             self._cmd(nftrules.delete_commands(name))
             self._retired.discard(name)
@@ -116,9 +127,9 @@ class Firewall:
             log.debug("cannot read the nft generation: %s", exc)
             return None
 
-    def _ensure(self) -> bool:
+    def _ensure(self) -> Generator[None, None, bool]:
         if self._rewrite:
-            self.apply()
+            yield from self._apply()
             return True
         generation = self._generation()
         if self._baseline is not None and generation is not None \
@@ -146,16 +157,25 @@ class Firewall:
                 return False
             if self._baseline is not None:       # not our own new config or gateways
                 log.info("nft table %s differs from ecmpd's: rewriting it", self.cfg.nft_table)
-        self.apply()
+        yield
+        yield from self._apply()
         return True
 
     def apply(self) -> None:
         """Replace the table atomically and remember what the kernel then shows."""
+        for _ in self._apply():
+            pass
+
+    def _apply(self) -> Generator[None, None, None]:
         self._checked = None
-        self._cmd(nftrules.replace_commands(self.cfg, self.gateways, self.gateways6))
+        doc = nftrules.replace_commands(self.cfg, self.gateways, self.gateways6)
+        yield
+        self._cmd(doc)
         self._rewrite = False
         self.applies += 1
+        yield
         listing = self.listing()
+        yield
         self._baseline = nftrules.normalize_listing(listing or {}, self.cfg.nft_table)
 
     def _digest(self) -> str:

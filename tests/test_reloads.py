@@ -1,12 +1,16 @@
 """config.Reloads: a reload of the same text reuses the parsed config (a file of many
-policies is not parsed again on the daemon's loop); any change is parsed and checked."""
+policies is not parsed again); any change is parsed and checked, in a child process
+(ecmpd.configparse), or in this one when the child cannot run."""
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from pathlib import Path
 
 import pytest
 
+from ecmpd import configparse
 from ecmpd.config import ConfigError, Reloads
 
 BASE = """\
@@ -21,22 +25,36 @@ policies:
 """
 
 
-def test_the_same_text_is_parsed_once_and_any_change_again(tmp_path: Path) -> None:
+def test_the_same_text_is_parsed_once_and_any_change_again(tmp_path: Path, caplog) -> None:
     path = tmp_path / "ecmpd.yaml"
     path.write_text(BASE)
     reloads = Reloads()
-    first = reloads.load(str(path))
-    assert reloads.load(str(path)) is first
+    load = lambda **kw: asyncio.run(reloads.load(str(path), **kw))  # noqa: E731
+    first = load()
+    assert load() is first
     path.write_text(BASE.replace("0/24", "1/24"))
-    with pytest.raises(ConfigError, match="host bits"):
-        reloads.load(str(path))
+    with pytest.raises(ConfigError, match=r"ecmpd.yaml:8: policies\[0\].dst.*host bits"):
+        load()
     path.write_text(BASE.replace("203.0.113.0/24", "198.51.100.0/24"))
-    changed = reloads.load(str(path))
+    changed = load()
     assert changed.policies[0].dst == ("198.51.100.0/24",)
     path.write_text(BASE)
-    again = reloads.load(str(path))
+    again = load()
     assert again == first and again is not first      # one text kept: the last one
-    assert reloads.load(str(path), sysctl_root=str(tmp_path)) is not again
+    assert load(sysctl_root=str(tmp_path)) is not again
     path.unlink()
     with pytest.raises(ConfigError, match="ecmpd.yaml"):
-        reloads.load(str(path))
+        load()
+    assert "child failed" not in caplog.text
+
+
+def test_a_child_that_cannot_run_leaves_the_parse_to_this_process(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    path = tmp_path / "ecmpd.yaml"
+    path.write_text(BASE)
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-python"))
+    cfg = asyncio.run(Reloads().load(str(path)))
+    assert cfg.policies[0].dst == ("203.0.113.0/24",)
+    assert "parsing the config in a child failed" in caplog.text
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    assert asyncio.run(configparse.parse_apart(BASE, "x.yaml")).wans[0].name == "a"
