@@ -139,6 +139,11 @@ def main(argv: list[str] | None = None) -> int:
                 d.write_config(cfg)
                 d.ctl("reload", check=False)
             pinger.close()
+            # PYTHONASYNCIODEBUG=1 in the environment: the daemon's loop names its steps
+            # that took over 0.1 s
+            for line in d.log().splitlines():
+                if "Executing" in line and "took" in line:
+                    print("  slow step:", line[-300:])
         finally:
             routers.stop_ecmpd(lab, d) if not args.profile else _stop_profiled(lab, d)
     finally:
