@@ -234,12 +234,6 @@ def _rule(expr: list[dict], p: dict, named: dict[str, dict]) -> str | None:
         for e in expr:
             if "goto" in e:
                 return e["goto"]["target"]
-            if "match" in e:
-                m = e["match"]
-                assert m["op"] == "==" and "set" in m["right"], m
-                if _value(m["left"], p) not in m["right"]["set"]:
-                    return None
-                continue
             value, data = _value(e["vmap"]["key"], p), e["vmap"]["data"]
             elems = named[data[1:]]["elem"] if isinstance(data, str) else data["set"]
             hits = [v for k, v in elems if _element_holds(k, value)]
