@@ -84,34 +84,16 @@ def load_config(path: str, local: frozenset[str] | None = None,
     `links`: this machine's interfaces, where the LAN's must be (each None: not
     checked); `check_hooks`: every hook must be an executable file now (`--check`; the
     daemon only warns: a missing script must not stop failover)."""
-    return parse_config(_read(path), path, local, sysctl_root, links, check_hooks)
+    return parse_config(read_config_text(path), path, local, sysctl_root, links, check_hooks)
 
 
-def _read(path: str) -> str:
+def read_config_text(path: str) -> str:
+    """The config file's text; `ConfigError` naming the file when it cannot be read."""
     try:
         return read_text(path)
     except Unreadable as e:
         where = path if e.line is None else f"{path}:{e.line}"
         raise ConfigError([f"{where}: {e.message}"]) from None
-
-
-class Reloads:
-    """`load_config` for a daemon's reloads, off its loop: a file whose text is the
-    last valid one's is not parsed again, its `Config` is returned as it was; another
-    is parsed in a child process (`ecmpd.configparse`: 1000 policies take a good
-    fraction of a second to parse)."""
-
-    def __init__(self) -> None:
-        self._last: tuple[tuple[str, str, str | None], Config] | None = None
-
-    async def load(self, path: str, sysctl_root: str | None = None) -> Config:
-        from .configparse import parse_apart
-        key = (_read(path), path, sysctl_root)
-        if self._last is not None and self._last[0] == key:
-            return self._last[1]
-        cfg = await parse_apart(key[0], path, sysctl_root)
-        self._last = (key, cfg)
-        return cfg
 
 
 def parse_config(text: str, source: str, local: frozenset[str] | None = None,

@@ -1,5 +1,6 @@
-"""Parse a config file's text in a child process, for the daemon's reloads: a file of
-many policies takes a good fraction of a second to parse (YAML with line numbers, then
+"""The daemon's reloads of its config file, off its event loop (`Reloads`): the same
+text is not parsed again, and another is parsed in a child process: a file of many
+policies takes a good fraction of a second to parse (YAML with line numbers, then
 every check), which would stop the daemon's one event loop; a child parses it and
 hands the `Config` back pickled, while the loop goes on.
 
@@ -16,7 +17,7 @@ import logging
 import pickle
 import sys
 
-from .config import ConfigError, parse_config
+from .config import ConfigError, parse_config, read_config_text
 from .configmodel import Config
 
 log = logging.getLogger("ecmpd")
@@ -52,6 +53,23 @@ async def parse_apart(text: str, source: str, sysctl_root: str | None = None) ->
     if kind == "refused":
         raise ConfigError(value)
     return value
+
+
+class Reloads:
+    """`load_config` for a daemon's reloads, off its loop: a file whose text is the
+    last valid one's is not parsed again, its `Config` is returned as it was; another
+    is parsed in a child (`parse_apart`)."""
+
+    def __init__(self) -> None:
+        self._last: tuple[tuple[str, str, str | None], Config] | None = None
+
+    async def load(self, path: str, sysctl_root: str | None = None) -> Config:
+        key = (read_config_text(path), path, sysctl_root)
+        if self._last is not None and self._last[0] == key:
+            return self._last[1]
+        cfg = await parse_apart(key[0], path, sysctl_root)
+        self._last = (key, cfg)
+        return cfg
 
 
 def main(argv: list[str]) -> int:

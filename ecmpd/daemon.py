@@ -21,7 +21,8 @@ from dataclasses import replace
 from typing import Any
 
 from . import conntrack, lan, learned, nftrules, ownaddr, policyrules, routing, status
-from .config import ConfigError, Reloads
+from .config import ConfigError
+from .configparse import Reloads
 from .configmodel import FAMILIES, Config, Wan
 from .control_server import ControlServer
 from .disabled import DisabledStore

@@ -1,24 +1,29 @@
-"""The grouped rules of ecmpd's policies: consecutive policies of one shape share one
-verdict map, one lookup each (pure).  `ecmpd.policyboxes` compiles a list into a few
-layers of disjoint boxes instead; these groups hold the *tail* of a list too long for
-its element budget, looked up after the layers matched nothing.
+"""The grouped rules of ecmpd's policies: policies of one shape share one verdict map,
+one lookup each, wherever the order that matters allows (pure).
 
 A policy expands to the product of its values (one element per
 combination), per IP version of its prefixes (an IPv4 prefix keys on ``ip saddr``, an
 IPv6 one on ``ip6 saddr``; a policy without prefixes matches either, by ``meta
 l4proto``, ``th sport``/``th dport``, ``iifname``).  The *shape* of an element is its IP
-version (none without prefixes) and the fields it uses: the key of its map.  Walking the
-policies in order, an element joins the newest group of its shape unless (a) it overlaps
-an element of that group (an interval map cannot hold overlapping keys) or (b) it
-overlaps an element of an earlier policy in a group after that one (which would then be
-looked up too late); otherwise it starts a new group at the end.  Elements overlap when
-every field both use overlaps (a field one of them does not use matches anything), and
-never across IP versions.  So the invariant holds: two overlapping elements in different
-groups belong to policies in the order of their groups, and the first group whose map
-matches a packet names the first policy that matches it.  An element inside an element
-of a policy as early or earlier can never be the first match and is left out.  The
-number of rules grows with the shape changes and overlap layers of the list, not with
-the number of policies; IPv4 and IPv6 policies never hold each other back.
+version (none without prefixes) and the fields it uses: the key of its map.  Elements
+overlap when every field both use overlaps (a field one of them does not use matches
+anything), and never across IP versions.
+
+First match wins, but two policies need their order only when they overlap and *say
+otherwise* (another `Policy.route`: other WANs or fallback); a packet that policies of
+one route match goes the same way whichever matches first.  Walking the policies in
+order, an element joins the newest group of its shape unless (a) it overlaps an element
+of that group (an interval map cannot hold overlapping keys) or (b) it overlaps an
+element of another route in a group after that one (which would then be looked up too
+late); otherwise it starts a new group at the end.  So the invariant holds: two
+overlapping elements of different routes in different groups belong to policies in the
+order of their groups, and the first group whose map matches a packet names a policy
+that sends it where the first policy that matches it would.  Which of two policies of one
+route counts a packet both match is left open.  An element inside an element of a
+policy as early or earlier can never be the first match and is left out.  The number of
+rules grows with the changes of shape between overlapping policies of different routes
+(and with overlap layers), not with the number of policies; IPv4 and IPv6 policies never
+hold each other back.
 
 Ports exist only for TCP, UDP, SCTP and UDP-Lite: a policy with ports keys on ``meta
 l4proto`` too, with its port protocols (all four when it names none), so that ``th``

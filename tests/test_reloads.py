@@ -1,4 +1,4 @@
-"""config.Reloads: a reload of the same text reuses the parsed config (a file of many
+"""configparse.Reloads: a reload of the same text reuses the parsed config (a file of many
 policies is not parsed again); any change is parsed and checked, in a child process
 (ecmpd.configparse), or in this one when the child cannot run."""
 
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from ecmpd import configparse
-from ecmpd.config import ConfigError, Reloads
+from ecmpd.config import ConfigError
+from ecmpd.configparse import Reloads
 
 BASE = """\
 lan:
