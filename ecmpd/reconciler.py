@@ -221,6 +221,7 @@ class Reconciler:
             what = "" if f.family is None else f"IPv{f.family} "
             log.info("%s: its %sconnections were removed from conntrack", f.name, what)
 
+
 async def _stepped(steps: Generator[None, None, bool]) -> bool:
     """Run `steps` with the event loop's turn between them (the firewall's libnftables
     calls block: one at a time, not all of a rewrite at once); their result."""
