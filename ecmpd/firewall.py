@@ -24,7 +24,7 @@ from typing import Any, Generator
 
 import nftables
 
-from . import nftrules
+from . import nftapart, nftrules
 from .configmodel import Config
 from .nftnetlink import NftNetlink
 
@@ -104,11 +104,13 @@ class Firewall:
         except StopIteration as done:
             return bool(done.value)
 
-    def steps(self) -> Generator[None, None, bool]:
+    def steps(self, apart: bool = False) -> Generator[Any, Any, bool]:
         """`ensure` in steps: it yields between its libnftables calls (each can take a
         tenth of a second or more with thousands of map elements), so that an event
-        loop can run in between; returns what `ensure` returns."""
-        written = yield from self._ensure()
+        loop can run in between; returns what `ensure` returns.  With `apart`, a rewrite
+        after a reconfigure is done in a child (`ecmpd.nftapart`): that step yields a
+        coroutine, which the caller awaits and whose result it sends back."""
+        written = yield from self._ensure(apart)
         for name in sorted(self._retired):
             self._cmd(nftrules.delete_commands(name))
             self._retired.discard(name)
@@ -127,9 +129,9 @@ class Firewall:
             log.debug("cannot read the nft generation: %s", exc)
             return None
 
-    def _ensure(self) -> Generator[None, None, bool]:
+    def _ensure(self, apart: bool = False) -> Generator[Any, Any, bool]:
         if self._rewrite:
-            yield from self._apply()
+            yield from self._apply(apart)
             return True
         generation = self._generation()
         if self._baseline is not None and generation is not None \
@@ -166,17 +168,20 @@ class Firewall:
         for _ in self._apply():
             pass
 
-    def _apply(self) -> Generator[None, None, None]:
+    def _apply(self, apart: bool = False) -> Generator[Any, Any, None]:
         self._checked = None
         doc = nftrules.replace_commands(self.cfg, self.gateways, self.gateways6)
         yield
-        self._cmd(doc)
+        baseline = (yield nftapart.write_apart(doc, self.cfg.nft_table)) if apart else None
+        if baseline is None:                # in this process (the child could not)
+            self._cmd(doc)
+            yield
+            listing = self.listing()
+            yield
+            baseline = nftrules.normalize_listing(listing or {}, self.cfg.nft_table)
         self._rewrite = False
         self.applies += 1
-        yield
-        listing = self.listing()
-        yield
-        self._baseline = nftrules.normalize_listing(listing or {}, self.cfg.nft_table)
+        self._baseline = baseline
 
     def _digest(self) -> str:
         return nftrules.digest(self.cfg, self.gateways, self.gateways6)

@@ -190,7 +190,7 @@ class Reconciler:
                 self.firewall.reconfigure(snap.cfg, probe_gateways(snap),
                                           probe_gateways(plane(snap, 6)))
                 await asyncio.sleep(0)         # a new config's table was rendered
-                changes += int(await _stepped(self.firewall.steps()))
+                changes += int(await _stepped(self.firewall.steps(apart=True)))
             except Exception as exc:
                 log.error("cannot apply nft table %s: %s", snap.cfg.nft_table, exc)
             self.passes += 1
@@ -222,13 +222,15 @@ class Reconciler:
             log.info("%s: its %sconnections were removed from conntrack", f.name, what)
 
 
-async def _stepped(steps: Generator[None, None, bool]) -> bool:
+async def _stepped(steps: Generator[Any, Any, bool]) -> bool:
     """Run `steps` with the event loop's turn between them (the firewall's libnftables
-    calls block: one at a time, not all of a rewrite at once); their result."""
+    calls block: one at a time, not all of a rewrite at once; a step that is a
+    coroutine is awaited and its result sent back); their result."""
+    answer = None
     try:
         while True:
-            next(steps)
-            await asyncio.sleep(0)
+            step = steps.send(answer)
+            answer = await step if step is not None else await asyncio.sleep(0)
     except StopIteration as done:
         return bool(done.value)
 

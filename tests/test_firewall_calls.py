@@ -61,3 +61,28 @@ def test_a_changed_table_is_written_without_listing_the_old_one(fw) -> None:
         assert f.ensure() is False
     assert nft.calls == [] and f.applies == 2
     assert nftrules.digest(f.cfg) == nftrules.digest(replace(CFG, mark_mask=0xFF00))
+
+
+def test_a_rewrite_apart_falls_back_to_this_process_when_the_child_cannot_run(
+        fw, monkeypatch, caplog) -> None:
+    import asyncio
+    import sys
+
+    from ecmpd.reconciler import _stepped
+    f, nft, _ = fw
+    f.ensure()
+    nft.calls.clear()
+    monkeypatch.setattr(sys, "executable", "/bin/false")
+    f.reconfigure(replace(CFG, mark_mask=0xFF00))
+    assert asyncio.run(_stepped(f.steps(apart=True))) is True
+    assert nft.calls == ["replace", "list"] and f.applies == 2
+    assert "writing the nft table in a child failed (exit 1)" in caplog.text
+    # a child that answered: what it listed is the baseline, nothing asked here
+    nft.calls.clear()
+
+    async def listed(doc, table):
+        return [{"table": {"family": "inet", "name": table}}]
+    monkeypatch.setattr(firewall.nftapart, "write_apart", listed)
+    f.reconfigure(CFG)
+    assert asyncio.run(_stepped(f.steps(apart=True))) is True
+    assert nft.calls == [] and f.applies == 3

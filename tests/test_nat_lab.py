@@ -74,6 +74,7 @@ def test_nat_none_leaves_the_public_lan_unnatted_per_wan_and_version(make_lab, e
     until(lambda: seen.update(tracked(lab, marks)) or seen == want, 5,
           lambda _: f"conntrack after the reload: {seen}, want {want}")
     assert "wan1 IPv4: nat none -> masquerade: removing its IPv4 connections" in d.log()
+    assert "in a child failed" not in d.log()     # parsed and written apart
     assert d.status()["wans"]["wan1"]["nat"] == {"ipv4": "masquerade", "ipv6": "none"}
     text = d.ctl("status", "-v").stdout
     assert "  nat: ipv6 none\n" in text and text.count("  nat: ") == 1

@@ -55,7 +55,7 @@ class Firewall:
     def reconfigure(self, cfg: Any, gateways: Any = None, gateways6: Any = None) -> None:
         self.gateways.append((gateways, gateways6))
 
-    def steps(self) -> Iterator[None]:
+    def steps(self, apart: bool = False) -> Iterator[None]:
         return False
         yield
 
@@ -123,7 +123,7 @@ class SlowFirewall(Firewall):
         super().__init__()
         self.ticks, self.seen = ticks, []
 
-    def steps(self) -> Iterator[None]:
+    def steps(self, apart: bool = False) -> Iterator[None]:
         for _ in range(3):
             self.seen.append(self.ticks[0])
             yield
