@@ -20,7 +20,8 @@ Routers (`VARIANTS`): a bare kernel router (a multipath default route over both 
 one masquerade rule, nothing else), the seed's recipe (bench/baseline.py), ecmpd with 0
 policies, with 1 000 policies of one shape that match nothing, with 1 000 policies of
 six shapes in blocks and the same interleaved, whose last one matches the traffic of
-`MATCHING` clients (its new connections must still reach the sink).
+`MATCHING` clients (its new connections must still reach the sink); and the interleaved
+set again with every policy but the last on one WAN set.
 """
 
 from __future__ import annotations
@@ -54,9 +55,9 @@ MATCHING = 25
 """The mixed policy set's last policy matches the first 25 client addresses."""
 POLICIES = 1000
 VARIANTS = ("bare", "seed", "ecmpd 0", "ecmpd 1000 nomatch", "ecmpd 1000 by shape",
-            "ecmpd 1000 interleaved")
+            "ecmpd 1000 interleaved", "ecmpd 1000 interleaved, one WAN set")
 KINDS = {"ecmpd 0": None, "ecmpd 1000 nomatch": "nomatch", "ecmpd 1000 by shape": "sorted",
-         "ecmpd 1000 interleaved": "mixed"}
+         "ecmpd 1000 interleaved": "mixed", "ecmpd 1000 interleaved, one WAN set": "mixed1"}
 SINK = "fwsink"
 RULES: dict[str | None, int] = {}
 """Policy kind -> lookups on the longest way through ecmpd's policy chains (read once
@@ -173,17 +174,19 @@ def sink_packets(nft_text: str) -> int:
 def policies(kind: str, clients: list[str], lan_if: str, wans: list[str]) -> list[dict]:
     """`POLICIES` policies: ``nomatch`` one shape (a destination /32 in 198.18.0.0/15,
     none the server); ``mixed`` six shapes rotating (dst, src, proto+dport, src+dst,
-    proto+sport range, iif+dst) that match nothing, then one that matches `MATCHING`
-    clients; ``sorted`` the same, the six shapes in blocks.  Interleaved, a dst-only and
-    a port-only policy may both match one packet, so their order is kept by a new group
-    (a rule) at each change of shape; in blocks, a few groups."""
+    proto+sport range, iif+dst) that match nothing, on the two WANs in turn, then one
+    that matches `MATCHING` clients; ``sorted`` the same, the six shapes in blocks;
+    ``mixed1`` as ``mixed`` with all but the last on the first WAN.  Interleaved, a
+    dst-only and a src-only policy may both match one packet, and when they say
+    otherwise (other WANs) their order is kept by a new group (a lookup): ``mixed``
+    takes a group per policy, ``mixed1`` one per shape."""
     if kind == "sorted":
         mixed = policies("mixed", clients, lan_if, wans)
         return sorted(mixed[:-1], key=lambda p: int(p["name"][1:]) % 6) + mixed[-1:]
     out: list[dict] = []
-    for i in range(POLICIES - (kind == "mixed")):
+    for i in range(POLICIES - (kind != "nomatch")):
         dst = f"198.{18 + (i >> 16 & 1)}.{i >> 8 & 255}.{i & 255}/32"
-        use = [wans[i % len(wans)]]
+        use = [wans[0 if kind == "mixed1" else i % len(wans)]]
         shape = 0 if kind == "nomatch" else i % 6
         lo = 1 + i * 11
         p: dict[str, Any] = [
@@ -202,9 +205,8 @@ def policies(kind: str, clients: list[str], lan_if: str, wans: list[str]) -> lis
 
 
 def policy_rules(ruleset: str) -> int:
-    """The verdict-map lookups a new connection makes at most in the policies' chains of
-    `nft list ruleset`: chain ``policies``, then the class chain it goes to (and the chain
-    of its interface, the tail), the longest way through."""
+    """The verdict-map lookups a new connection makes at most in chain ``policies`` of
+    `nft list ruleset` (one per group)."""
     chains: dict[str, list[str]] = {}
     lines: list[str] | None = None
     for line in ruleset.splitlines():
@@ -213,18 +215,7 @@ def policy_rules(ruleset: str) -> int:
             lines = chains.setdefault(text.split()[1], [])
         elif lines is not None and text and text != "}":
             lines.append(text)
-
-    def longest(chain: str, depth: int = 0) -> int:
-        best = seen = 0
-        for text in chains.get(chain, []) if depth < 8 else []:
-            seen += "vmap" in text
-            for target in _CHAIN_GOTO.findall(text):
-                best = max(best, seen + longest(target, depth + 1))
-        return max(best, seen)
-    return longest("policies")
-
-
-_CHAIN_GOTO = re.compile(r"goto (polc_\w+|poltail)\b")
+    return sum("vmap" in text for text in chains.get("policies", []))
 
 
 def _proc_stat() -> int:
@@ -327,7 +318,7 @@ def _ecmpd(lab: "Lab", kind: str | None) -> tuple[Callable[[], None], Callable[[
     RULES[kind] = policy_rules(lab.run(lab.ns_router, "nft", "list", "ruleset").stdout)
 
     def matched() -> int | None:
-        if kind not in ("mixed", "sorted"):
+        if kind not in ("mixed", "sorted", "mixed1"):
             return None
         pols = {p["name"]: p for p in d.status().get("policies", [])}
         return int(pols["matching"]["packets"])

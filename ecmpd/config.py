@@ -85,12 +85,16 @@ def load_config(path: str, local: frozenset[str] | None = None,
     `links`: this machine's interfaces, where the LAN's must be (each None: not
     checked); `check_hooks`: every hook must be an executable file now (`--check`; the
     daemon only warns: a missing script must not stop failover)."""
+    return parse_config(read_config_text(path), path, local, sysctl_root, links, check_hooks)
+
+
+def read_config_text(path: str) -> str:
+    """The config file's text; `ConfigError` naming the file when it cannot be read."""
     try:
-        text = read_text(path)
+        return read_text(path)
     except Unreadable as e:
         where = path if e.line is None else f"{path}:{e.line}"
         raise ConfigError([f"{where}: {e.message}"]) from None
-    return parse_config(text, path, local, sysctl_root, links, check_hooks)
 
 
 def parse_config(text: str, source: str, local: frozenset[str] | None = None,

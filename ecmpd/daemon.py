@@ -21,7 +21,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from . import conntrack, lan, learned, nftrules, ownaddr, policyrules, routing
-from .config import ConfigError, load_config
+from .config import ConfigError
+from .configparse import Reloads
 from .configmodel import FAMILIES, Config, Wan
 from .control_server import ControlServer
 from .disabled import DisabledStore
@@ -59,6 +60,7 @@ class Daemon:
 
     def __init__(self, cfg: Config, config_path: str, notifier: Notifier | None = None) -> None:
         self.config_path = config_path
+        self._reloads = Reloads()
         self.notifier = notifier or Notifier()
         self.started = time.time()
         self.state: State = initial(cfg, {}, {}, (), self.started)
@@ -308,7 +310,7 @@ class Daemon:
         done = False
         try:
             try:
-                cfg = load_config(self.config_path, sysctl_root=PROC_SYS)
+                cfg = await self._reloads.load(self.config_path, sysctl_root=PROC_SYS)
             except ConfigError as exc:
                 for problem in exc.problems:
                     log.error("reload refused: %s", problem)

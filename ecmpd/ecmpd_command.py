@@ -89,7 +89,7 @@ def _interfaces_note(cfg: Config) -> str:
 async def dry_run(cfg: Config) -> None:
     """Print the plan for the current network namespace (see `plan`).  Only reads:
     netlink dumps and the disabled WANs' file; needs no root."""
-    from . import nftrules, nfttext, policyrules, routing
+    from . import nftrules, nfttext, routing
     from .disabled import DisabledStore
     from .kernel import Kernel
     from .decision import main_route
@@ -113,8 +113,6 @@ async def dry_run(cfg: Config) -> None:
     for line in plan(cfg, links, addrs, defaults, local, disabled,
                      main_route(actual[4].routes, cfg), addrs6, defaults6,
                      main_route(actual[6].routes, cfg, 6)):
-        print(line)
-    for line in policyrules.describe(cfg):
         print(line)
     print(f"# nft table inet {cfg.nft_table} (one atomic transaction, as `nft -f` takes it):")
     for line in nfttext.render(nftrules.replace_commands(cfg)):

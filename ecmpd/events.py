@@ -451,6 +451,7 @@ def _step_wans(st: State, ev: Event, now: float) -> Result:
             effects += more
         if isinstance(ev, Reloaded):
             after = replace(after, cfg=ev.cfg)
+            effects += _nat_flushes(st.cfg, ev)
         if not isinstance(ev, SetDisabled):
             effects += _lan_effects(st, after)
     else:
@@ -462,6 +463,20 @@ def _step_wans(st: State, ev: Event, now: float) -> Result:
         return after, effects         # neither moves an address, a target or a gateway
     logs = ownaddr.changes(own_by_wan(st), own_by_wan(after))
     return after, effects + tuple(Log(level, message) for level, message in logs)
+
+
+def _nat_flushes(old: Config, ev: Reloaded) -> tuple[Effect, ...]:
+    """The log line and flush of each kept WAN's IP version whose `nat:` changed: its
+    connections of that version alone (unnamed: never widened to both versions, and
+    mark-checked by the plan), after the reconcile that writes the new NAT rules."""
+    out: list[Effect] = []
+    for name, family in ev.plan.nat_changed:
+        wan, prev = ev.cfg.wan(name), old.wan(name)
+        out += [Log(logging.INFO, f"{wan.label(family)}: nat {prev.nat_mode(family)} -> "
+                                  f"{wan.nat_mode(family)}: removing its IPv{family} "
+                                  "connections from conntrack"),
+                Flush(ev.cfg.mark_of(wan), ev.cfg.mark_mask, None, family)]
+    return tuple(out)
 
 
 def _lan_effects(before: State, after: State) -> tuple[Effect, ...]:

@@ -4,7 +4,8 @@ when it differs.
 The table is replaced whole in one transaction (see `nftrules.replace_commands`), so
 packets never see a half-built ruleset.  A digest of the rendered table is kept in a
 rule comment: a restarted daemon that finds its own table intact adopts it without
-touching it.  After each apply the kernel's listing is remembered; a later check that
+touching it; a reload that changes the table writes it without listing the old one.
+After each apply the kernel's listing is remembered; a later check that
 finds a different listing (someone deleted or edited the table) applies it again.  A
 check lists the table only when the ruleset's generation moved since the last one (any
 nft transaction on the host moves it): a listing costs tens of milliseconds with many
@@ -19,11 +20,11 @@ exists, `ensure` rewrites, and the rewrite's transaction deletes it.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Generator
 
 import nftables
 
-from . import nftrules
+from . import nftapart, nftrules
 from .configmodel import Config
 from .nftnetlink import NftNetlink
 
@@ -69,6 +70,9 @@ class Firewall:
         """Tables of earlier names, removed once the current one is in place."""
         self.applies = 0
         """How many times the table was (re)written by this process."""
+        self._rewrite = False
+        """A reconfigure changed what the table must hold: write it without listing the
+        kernel's first (a listing takes a second with thousands of map elements)."""
 
     def _cmd(self, doc: dict[str, Any]) -> dict[str, Any]:
         rc, out, err = self._nft.json_cmd(doc)
@@ -93,7 +97,20 @@ class Firewall:
     def ensure(self) -> bool:
         """Make the kernel's table match the config; True when it had to be written.
         Tables of earlier names go once it is in place (make before break)."""
-        written = self._ensure()
+        steps = self.steps()
+        try:
+            while True:
+                next(steps)
+        except StopIteration as done:
+            return bool(done.value)
+
+    def steps(self, apart: bool = False) -> Generator[Any, Any, bool]:
+        """`ensure` in steps: it yields between its libnftables calls (each can take a
+        tenth of a second or more with thousands of map elements), so that an event
+        loop can run in between; returns what `ensure` returns.  With `apart`, a rewrite
+        after a reconfigure is done in a child (`ecmpd.nftapart`): that step yields a
+        coroutine, which the caller awaits and whose result it sends back."""
+        written = yield from self._ensure(apart)
         for name in sorted(self._retired):
             self._cmd(nftrules.delete_commands(name))
             self._retired.discard(name)
@@ -112,7 +129,10 @@ class Firewall:
             log.debug("cannot read the nft generation: %s", exc)
             return None
 
-    def _ensure(self) -> bool:
+    def _ensure(self, apart: bool = False) -> Generator[Any, Any, bool]:
+        if self._rewrite:
+            yield from self._apply(apart)
+            return True
         generation = self._generation()
         if self._baseline is not None and generation is not None \
                 and generation == self._checked:
@@ -139,16 +159,29 @@ class Firewall:
                 return False
             if self._baseline is not None:       # not our own new config or gateways
                 log.info("nft table %s differs from ecmpd's: rewriting it", self.cfg.nft_table)
-        self.apply()
+        yield
+        yield from self._apply()
         return True
 
     def apply(self) -> None:
         """Replace the table atomically and remember what the kernel then shows."""
+        for _ in self._apply():
+            pass
+
+    def _apply(self, apart: bool = False) -> Generator[Any, Any, None]:
         self._checked = None
-        self._cmd(nftrules.replace_commands(self.cfg, self.gateways, self.gateways6))
+        doc = nftrules.replace_commands(self.cfg, self.gateways, self.gateways6)
+        yield
+        baseline = (yield nftapart.write_apart(doc, self.cfg.nft_table)) if apart else None
+        if baseline is None:                # in this process (the child could not)
+            self._cmd(doc)
+            yield
+            listing = self.listing()
+            yield
+            baseline = nftrules.normalize_listing(listing or {}, self.cfg.nft_table)
+        self._rewrite = False
         self.applies += 1
-        listing = self.listing()
-        self._baseline = nftrules.normalize_listing(listing or {}, self.cfg.nft_table)
+        self._baseline = baseline
 
     def _digest(self) -> str:
         return nftrules.digest(self.cfg, self.gateways, self.gateways6)
@@ -160,6 +193,7 @@ class Firewall:
         written."""
         if cfg is self.cfg and gateways == self.gateways and gateways6 == self.gateways6:
             return                      # every reconcile calls this: mostly nothing new
+        known = self._baseline is not None     # the kernel holds what this process wrote
         if cfg.nft_table != self.cfg.nft_table:
             self._retired.add(self.cfg.nft_table)
             self._retired.discard(cfg.nft_table)
@@ -168,6 +202,8 @@ class Firewall:
         self.cfg, self.gateways, self.gateways6 = cfg, gateways, gateways6
         if self._digest() != before:
             self._baseline = None
+        # a table written for the old config (not one to adopt) is rewritten unlisted
+        self._rewrite = self._rewrite or (known and self._baseline is None)
 
     def read_counters(self, policies: bool = True) -> dict[nftrules.CounterKey, int]:
         """(family, WAN id) → packets of that IP version (4 or 6) that arrived on the WAN
@@ -192,3 +228,4 @@ class Firewall:
         self._retired.clear()
         self._baseline = None
         self._checked = None
+        self._rewrite = False

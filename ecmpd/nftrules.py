@@ -254,13 +254,22 @@ def _frozen(gateways: dict[str, str] | None) -> Frozen:
 
 @functools.lru_cache(maxsize=8)
 def _digest(cfg: Config, gateways: Frozen, gateways6: Frozen) -> str:
-    parts = [FAMILY, render_counters(cfg), render_chains(cfg),
-             render_rules(cfg, None if gateways is None else dict(gateways),
-                          None if gateways6 is None else dict(gateways6))]
-    if maps := render_maps(cfg):        # without policies: the digest of before them
+    counters, chains, rules, maps = _rendered(cfg, gateways, gateways6)
+    parts = [FAMILY, counters, chains, rules]
+    if maps:                            # without policies: the digest of before them
         parts.append(maps)
     blob = json.dumps(parts, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=2)
+def _rendered(cfg: Config, gateways: Frozen, gateways6: Frozen) -> tuple[list, list, list, list]:
+    """The table's counters, chains, rules and maps, rendered once for the digest and the
+    transaction of one (config, gateways) (never change the result)."""
+    return (render_counters(cfg), render_chains(cfg),
+            render_rules(cfg, None if gateways is None else dict(gateways),
+                         None if gateways6 is None else dict(gateways6)),
+            render_maps(cfg))
 
 
 def render_table(cfg: Config, gateways: dict[str, str] | None = None,
@@ -268,13 +277,14 @@ def render_table(cfg: Config, gateways: dict[str, str] | None = None,
     """The table's objects (table, counters, chains, maps, rules) without any command
     wrapper: a map's elements name chains, and rules name maps."""
     table = cfg.nft_table
+    counters, chains, rules, maps = _rendered(cfg, _frozen(gateways), _frozen(gateways6))
     objs: list[Json] = [{"table": {"family": FAMILY, "name": table}}]
-    objs += [{"counter": c} for c in render_counters(cfg)]
-    objs += [{"chain": c} for c in render_chains(cfg)]
-    objs += [{"map": m} for m in render_maps(cfg)]
+    objs += [{"counter": c} for c in counters]
+    objs += [{"chain": c} for c in chains]
+    objs += [{"map": m} for m in maps]
     mark_comment = DIGEST_PREFIX + digest(cfg, gateways, gateways6)
     first = True
-    for chain, expr, comment in render_rules(cfg, gateways, gateways6):
+    for chain, expr, comment in rules:
         rule: Json = {"family": FAMILY, "table": table, "chain": chain, "expr": expr}
         if chain == "prerouting" and first:
             rule["comment"] = mark_comment
@@ -353,8 +363,11 @@ def normalize_listing(listing: Json, table: str) -> list[Json]:
             continue
         if body.get("table", body.get("name")) != table and kind != "table":
             continue
-        body = {k: v for k, v in body.items() if k != "handle"}
-        out.append(_without_counts({kind: body}))
+        body = {k: v for k, v in body.items() if k != "handle" and
+                not (kind == "counter" and k in _COUNTS)}
+        # counts are in counter objects and rules' counter statements; a map's elements
+        # (thousands with many policies) are taken as they are, not walked
+        out.append({kind: _without_counts(body) if kind == "rule" else body})
     return out
 
 

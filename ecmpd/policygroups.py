@@ -1,24 +1,29 @@
-"""The grouped rules of ecmpd's policies: consecutive policies of one shape share one
-verdict map, one lookup each (pure).  `ecmpd.policyboxes` compiles a list into a few
-layers of disjoint boxes instead; these groups hold the *tail* of a list too long for
-its element budget, looked up after the layers matched nothing.
+"""The grouped rules of ecmpd's policies: policies of one shape share one verdict map,
+one lookup each, wherever the order that matters allows (pure).
 
 A policy expands to the product of its values (one element per
 combination), per IP version of its prefixes (an IPv4 prefix keys on ``ip saddr``, an
 IPv6 one on ``ip6 saddr``; a policy without prefixes matches either, by ``meta
 l4proto``, ``th sport``/``th dport``, ``iifname``).  The *shape* of an element is its IP
-version (none without prefixes) and the fields it uses: the key of its map.  Walking the
-policies in order, an element joins the newest group of its shape unless (a) it overlaps
-an element of that group (an interval map cannot hold overlapping keys) or (b) it
-overlaps an element of an earlier policy in a group after that one (which would then be
-looked up too late); otherwise it starts a new group at the end.  Elements overlap when
-every field both use overlaps (a field one of them does not use matches anything), and
-never across IP versions.  So the invariant holds: two overlapping elements in different
-groups belong to policies in the order of their groups, and the first group whose map
-matches a packet names the first policy that matches it.  An element inside an element
-of a policy as early or earlier can never be the first match and is left out.  The
-number of rules grows with the shape changes and overlap layers of the list, not with
-the number of policies; IPv4 and IPv6 policies never hold each other back.
+version (none without prefixes) and the fields it uses: the key of its map.  Elements
+overlap when every field both use overlaps (a field one of them does not use matches
+anything), and never across IP versions.
+
+First match wins, but two policies need their order only when they overlap and *say
+otherwise* (another `Policy.route`: other WANs or fallback); a packet that policies of
+one route match goes the same way whichever matches first.  Walking the policies in
+order, an element joins the newest group of its shape unless (a) it overlaps an element
+of that group (an interval map cannot hold overlapping keys) or (b) it overlaps an
+element of another route in a group after that one (which would then be looked up too
+late); otherwise it starts a new group at the end.  So the invariant holds: two
+overlapping elements of different routes in different groups belong to policies in the
+order of their groups, and the first group whose map matches a packet names a policy
+that sends it where the first policy that matches it would.  Which of two policies of one
+route counts a packet both match is left open.  An element inside an element of a
+policy as early or earlier can never be the first match and is left out.  The number of
+rules grows with the changes of shape between overlapping policies of different routes
+(and with overlap layers), not with the number of policies; IPv4 and IPv6 policies never
+hold each other back.
 
 Ports exist only for TCP, UDP, SCTP and UDP-Lite: a policy with ports keys on ``meta
 l4proto`` too, with its port protocols (all four when it names none), so that ``th``
@@ -66,6 +71,8 @@ class Element(NamedTuple):
     """One key of a policy: a value per field of its shape."""
 
     position: int
+    route: int
+    """What its policy says (`Policy.route`: its WANs and fallback)."""
     shape: Shape
     values: tuple[Any, ...]
     """Per `shape.dims`: the value a map key holds (see `_json`)."""
@@ -117,14 +124,16 @@ def _holds(a: Element, b: Element) -> bool:
         for x, y in zip(a.spans, b.spans))
 
 
-def elements(policy: Policy) -> list[Element]:
+@functools.lru_cache(maxsize=16384)
+def elements(policy: Policy) -> tuple[Element, ...]:
     """The keys of `policy`: the product of its values, per IP version of its prefixes,
-    wider ones first."""
+    wider ones first (cached: a reload that changes a few policies expands only those;
+    never change the result)."""
     protos = policy.proto
     if policy.sport or policy.dport:
         protos = tuple(p for p in (policy.proto or _PORT_NUMBERS) if p in _PORT_NUMBERS)
         if not protos:
-            return []           # ports of no protocol that has any: matches nothing
+            return ()           # ports of no protocol that has any: matches nothing
     out: list[Element] = []
     for family in sorted({family_of(p) for p in policy.src + policy.dst}) or [0]:
         fields = {"src": tuple(p for p in policy.src if family_of(p) == family),
@@ -143,12 +152,12 @@ def elements(policy: Policy) -> list[Element]:
                 spans[i] = span
             if (key := tuple(spans)) not in seen:
                 seen.add(key)
-                out.append(Element(policy.position, shape, tuple(v for _, v in combo), key))
+                out.append(Element(policy.position, policy.route, shape, tuple(v for _, v in combo), key))
     # a holder sorts before what it holds (it is wider in every field), so that `plan`
     # leaves the held out rather than put it into a group of its own
     out.sort(key=lambda e: (e.shape.family, *(x[0] - x[1] if isinstance(x[0], int) else 0
                                               for x in e.spans if x is not None)))
-    return out
+    return tuple(out)
 
 
 Placed = tuple[Element, int]
@@ -234,10 +243,13 @@ class _Shaped:
         self.shape = shape
         self.newest = -1
         """The number of its newest group."""
+        self._newest_by_route: dict[int, int] = {}
+        """Route -> the number of the newest group holding an element of it."""
         self._index = {d: _INDEX[d]() for d in shape.dims}
 
     def add(self, e: Element, group: int) -> None:
         self.newest = group
+        self._newest_by_route[e.route] = group
         for d, index in self._index.items():
             index.add(e.spans[DIMS.index(d)], (e, group))  # type: ignore[arg-type]
 
@@ -248,6 +260,10 @@ class _Shaped:
         if by is None:
             return None
         return self._overlapping(e, self._index[by].since(e.spans[DIMS.index(by)], at))
+
+    def says_otherwise_since(self, route: int, at: int) -> bool:
+        """Whether groups `at` and later hold an element of another route than `route`."""
+        return any(g >= at for r, g in self._newest_by_route.items() if r != route)
 
     @staticmethod
     def _overlapping(e: Element, near: Iterator[Placed]) -> Iterator[Element]:
@@ -272,10 +288,11 @@ class _Plan:
         found on the way.
 
         Only the newest group of `e`'s shape and the groups after it matter, and they
-        are searched (their own shape first) until one rules the newest group out.  A
-        group after the newest of `e`'s shape has another shape, so it holds nothing of
-        `e`'s own policy (the elements of one IP version of a policy share one shape):
-        whatever overlaps `e` there belongs to an earlier policy."""
+        are searched (their own shape first) until one rules the newest group out: an
+        element of its own group that overlaps `e` (one map cannot hold both), or one
+        of a later group that overlaps `e` and says otherwise (another route).  An
+        element of the same route may come after `e` whatever their order in the list:
+        a packet both match goes the same way."""
         own = self._shaped.get(e.shape)
         at = own.newest if own is not None else -1
         fits = own is not None
@@ -284,19 +301,21 @@ class _Plan:
                 break
             if shaped.newest < at or not _compatible_shapes(shaped.shape, e.shape):
                 continue
+            mine = shaped is own
             may_hold = set(shaped.shape.dims) <= set(e.shape.dims)
             found = shaped.overlapping_since(e, at)
             if found is None:                   # all of them overlap e
                 if may_hold:
                     return                      # a policy that matches everything
-                fits = False
+                fits = not shaped.says_otherwise_since(e.route, at)
                 continue
             for f in found:
                 if may_hold and _holds(f, e):
                     return                      # f's policy is as early: it always wins
-                fits = False
-                if not may_hold:
-                    break
+                if mine or f.route != e.route:
+                    fits = False
+                    if not may_hold:
+                        break
         if not fits:
             at = len(self.groups)
             self.groups.append((e.shape, []))

@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, Generator
 
 from . import conntrack, routing
 from .events import Event, Flush, NexthopsRefused
@@ -189,7 +189,8 @@ class Reconciler:
             try:
                 self.firewall.reconfigure(snap.cfg, probe_gateways(snap),
                                           probe_gateways(plane(snap, 6)))
-                changes += int(self.firewall.ensure())
+                await asyncio.sleep(0)         # a new config's table was rendered
+                changes += int(await _stepped(self.firewall.steps(apart=True)))
             except Exception as exc:
                 log.error("cannot apply nft table %s: %s", snap.cfg.nft_table, exc)
             self.passes += 1
@@ -219,6 +220,20 @@ class Reconciler:
         if await conntrack.flush_mark(f.mark, f.mask, f.family) and f.name is not None:
             what = "" if f.family is None else f"IPv{f.family} "
             log.info("%s: its %sconnections were removed from conntrack", f.name, what)
+
+
+async def _stepped(steps: Generator[Any, Any, bool]) -> bool:
+    """Run `steps` with the event loop's turn between them (the firewall's libnftables
+    calls block: one at a time, not all of a rewrite at once; a step that is a
+    coroutine is awaited and its result sent back); their result."""
+    answer = None
+    try:
+        while True:
+            step = steps.send(answer)
+            answer = await step if step is not None else await asyncio.sleep(0)
+    except StopIteration as done:
+        return bool(done.value)
+
 
 def refusals(snap: State, refused: Refused, family: int = 4) -> NexthopsRefused:
     """The event reporting the nexthops of IP version `family` the kernel refused in a

@@ -2,7 +2,8 @@
 
 The daemon applies the plan: unchanged WANs keep their health, prober and flows; a WAN
 whose interface or gateway changed is judged anew; connections pinned under a mark that
-no longer means the same WAN are deleted from conntrack.
+no longer means the same WAN are deleted from conntrack, and so are a kept WAN's
+connections of an IP version whose `nat:` changed (their old mappings would live on).
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class ReloadPlan:
     """(name, old id, new id) of kept WANs whose id changed."""
     reinstall: bool
     """The ownership numbers changed: remove the old routes and rules first."""
+    nat_changed: tuple[tuple[str, int], ...] = ()
+    """(name, IP version) of kept WANs whose mark stays and whose `nat:` of a version
+    they carry before and after changed (any mode to any other, or another SNAT address:
+    compared as values)."""
 
 
 def plan_reload(old: Config, new: Config) -> ReloadPlan:
@@ -41,12 +46,17 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
     stale: list[int] = []
     rejudged: list[str] = []
     renumbered: list[tuple[str, int, int]] = []
+    nat: list[tuple[str, int]] = []
     for name, wan in after.items():
         prev = before.get(name)
         if prev is None:
             continue
         if old.mark_of(prev) != new.mark_of(wan) or prev.interface != wan.interface:
-            stale.append(old.mark_of(prev))
+            stale.append(old.mark_of(prev))     # all its connections go anyway
+        else:
+            nat += [(name, f) for f in prev.families if f in wan.families
+                    and (prev.nat_mode(f), prev.snat_address(f))
+                    != (wan.nat_mode(f), wan.snat_address(f))]
         if prev.id != wan.id:
             renumbered.append((name, prev.id, wan.id))
         # either version's gateway, or which versions it carries
@@ -62,4 +72,5 @@ def plan_reload(old: Config, new: Config) -> ReloadPlan:
         stale_marks=tuple(dict.fromkeys(stale)),
         renumbered=tuple(renumbered),
         reinstall=owned_by(old) != owned_by(new),
+        nat_changed=tuple(nat),
     )

@@ -1,6 +1,6 @@
 """The policies' meaning, straight from the model (first match wins), with hypothesis
 strategies for policy lists and probe packets over a small domain: the reference that
-tests/test_policygroups.py, test_policyboxes.py and test_policyrules.py check against."""
+tests/test_policygroups.py and test_policyrules.py check against."""
 
 from __future__ import annotations
 

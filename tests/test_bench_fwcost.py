@@ -32,7 +32,7 @@ def config_text(kind: str) -> str:
 
 
 def test_generated_policies_are_a_valid_config() -> None:
-    for kind in ("nomatch", "mixed", "sorted"):
+    for kind in ("nomatch", "mixed", "sorted", "mixed1"):
         cfg = parse_config(config_text(kind), "fw.yaml")
         assert len(cfg.policies) == fwcost.POLICIES
 
@@ -47,6 +47,11 @@ def test_mixed_policies_have_six_shapes_and_one_matching_last() -> None:
     assert blocks[-1]["name"] == "matching"
     changes = sum(set(a) != set(b) for a, b in zip(blocks, blocks[1:]))
     assert changes == 6  # five between the blocks, one to the matching policy
+    one = fwcost.policies("mixed1", CLIENTS, "Local", ["wlan1", "wlan2"])
+    assert [{k: v for k, v in p.items() if k != "use"} for p in one] == \
+        [{k: v for k, v in p.items() if k != "use"} for p in pols]
+    assert {tuple(p["use"]) for p in one[:-1]} == {("wlan1",)} and one[-1] == pols[-1]
+    assert {tuple(p["use"]) for p in pols[:-1]} == {("wlan1",), ("wlan2",)}
     nomatch = fwcost.policies("nomatch", CLIENTS, "Local", ["wlan1", "wlan2"])
     assert {tuple(sorted(p)) for p in nomatch} == {("dst", "name", "use")}
     assert len({p["dst"] for p in nomatch}) == fwcost.POLICIES
@@ -101,33 +106,6 @@ RULESET = """table inet ecmpd {
 """
 
 
-LAYERED = """table inet ecmpd {
-\tchain policies {
-\t\tmeta l4proto { tcp, udp, sctp, udplite } meta nfproto vmap { ipv4 : goto polc_4p }
-\t\tmeta nfproto vmap { ipv4 : goto polc_4n }
-\t}
-\tchain polc_4p {
-\t\tiifname vmap { "lan0" : goto polc_4p_1 }
-\t\tip daddr vmap @polmap_3
-\t\tgoto poltail
-\t}
-\tchain polc_4p_1 {
-\t\tip daddr vmap @polmap_1
-\t\tip saddr vmap @polmap_2
-\t\tgoto poltail
-\t}
-\tchain polc_4n {
-\t\tip daddr vmap @polmap_4
-\t}
-\tchain poltail {
-\t\tip daddr vmap @polmap_5
-\t}
-}
-"""
-
-
-def test_policy_rules_counts_the_lookups_on_the_longest_way() -> None:
+def test_policy_rules_counts_the_lookups_of_chain_policies() -> None:
     assert fwcost.policy_rules(RULESET) == 2
     assert fwcost.policy_rules("") == 0
-    # policies (1), polc_4p's iifname (2), polc_4p_1's two maps (4), poltail (5)
-    assert fwcost.policy_rules(LAYERED) == 5

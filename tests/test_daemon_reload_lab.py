@@ -58,6 +58,10 @@ def test_reload_changed_weights_by_sighup_and_ecmpctl(make_lab, ecmpd_in):
         assert st["wans"][name]["state"] == "up" and st["wans"][name]["active"]
         assert st["wans"][name]["since"] == before[name]["since"], name
     assert {n: w["weight"] for n, w in st["wans"].items()} == {"wlan1": 3, "wlan2": 5}
+    # the same file again: nothing is written (routes, rules, the nft table)
+    dump, writes = kernel_dump(lab), st["stats"]["nft_writes"]
+    assert d.ctl("reload").returncode == 0
+    assert (kernel_dump(lab), d.status()["stats"]["nft_writes"]) == (dump, writes)
     # new flows follow the new weights (3:5), old ones are all still alive
     new = lab.new_flows(400, timeout=3.0)
     assert all(r.ok for r in new)

@@ -13,6 +13,7 @@ import pytest
 
 from lab.runner import config_for
 from lab.topology import LabSpec, LabWan
+from lab.wait import until
 
 pytestmark = pytest.mark.lab
 
@@ -27,6 +28,18 @@ def sources(lab, server: str, source: str, count: int = 60) -> Counter:
     failed = [r for r in results if not r.ok]
     assert not failed, f"{len(failed)} flows failed, e.g. {failed[:3]}"
     return Counter(r.source for r in results)
+
+
+def tracked(lab, marks: dict[str, int]) -> dict[str, int]:
+    """TCP conntrack entries per IP version and WAN mark (``4 wan1`` ...), as counted from
+    `conntrack -L` (the flows of `sources` stay in TIME_WAIT for minutes)."""
+    out = {}
+    for family in (4, 6):
+        text = lab.run(lab.ns_router, "conntrack", "-L", "-p", "tcp", "-f", f"ipv{family}",
+                       check=False).stdout
+        for name, mark in marks.items():
+            out[f"{family} {name}"] = sum(f"mark={mark} " in line for line in text.splitlines())
+    return out
 
 
 def test_nat_none_leaves_the_public_lan_unnatted_per_wan_and_version(make_lab, ecmpd_in):
@@ -48,10 +61,20 @@ def test_nat_none_leaves_the_public_lan_unnatted_per_wan_and_version(make_lab, e
         {pub4, str(wan2.interface.ip)}
     assert set(sources(lab, lab.server6, pub6)) == {pub6, str(wan2.interface6.ip)}
 
-    # wan1 masquerades IPv4 again, IPv6 still leaves unchanged (a reload rewrites the table)
+    # wan1 masquerades IPv4 again, IPv6 still leaves unchanged (a reload rewrites the
+    # table): wan1's IPv4 connections go (their unNATed mappings would live on), its
+    # IPv6 ones and wan2's stay
+    marks = {w: int(st["wans"][w]["mark"], 16) for w in ("wan1", "wan2")}
+    before = tracked(lab, marks)
+    assert all(before.values()), before
     cfg["wans"]["wan1"]["nat"] = {"ipv6": "none"}
     d.write_config(cfg)
     assert d.ctl("reload").returncode == 0
+    want, seen = {**before, "4 wan1": 0}, {}
+    until(lambda: seen.update(tracked(lab, marks)) or seen == want, 5,
+          lambda _: f"conntrack after the reload: {seen}, want {want}")
+    assert "wan1 IPv4: nat none -> masquerade: removing its IPv4 connections" in d.log()
+    assert "in a child failed" not in d.log()     # parsed and written apart
     assert d.status()["wans"]["wan1"]["nat"] == {"ipv4": "masquerade", "ipv6": "none"}
     text = d.ctl("status", "-v").stdout
     assert "  nat: ipv6 none\n" in text and text.count("  nat: ") == 1

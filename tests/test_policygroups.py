@@ -1,28 +1,21 @@
-"""policygroups: consecutive policies of one shape in one verdict map (the tail of a list
-over the element budget), rendered alone (budget 0), and checked against the
-first-match model."""
+"""policygroups: policies of one shape in one verdict map wherever the order that matters
+(overlapping policies that say otherwise) allows, checked against the first-match
+model."""
 
 from __future__ import annotations
 
+import itertools
 import json
 from dataclasses import replace
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ecmpd import nftrules, policyboxes, policygroups
+from ecmpd import nftrules, policygroups
 from ecmpd.configmodel import PORT_PROTOCOLS, Policy
 from tests.policymodel import GRE, PROBES, TCP, UDP, first_match, looked_up, policy_fields
 from tests.test_policyrules import (DADDR, DADDR6, L4PROTO, SADDR, SPORT, DPORT, IIF, cfg, chain,
-                                    lookups, maps, pol, targets)
-
-
-@pytest.fixture(autouse=True)
-def groups_alone(monkeypatch):
-    """A budget of 0 elements: every policy is in the tail, chain ``policies`` holds the
-    groups as it did before the layers."""
-    monkeypatch.setattr(policyboxes, "MAX_ELEMENTS", 0)
+                                    fwcost_like, lookups, maps, pol, targets)
 
 
 # ---- grouping --------------------------------------------------------------------------
@@ -38,12 +31,21 @@ def test_consecutive_policies_of_one_shape_share_one_map_and_one_rule():
     assert chain(c, "policies")[0][1] == "policies 1-200"
 
 
-def test_a_shape_change_starts_a_new_rule_and_the_order_is_kept():
-    c = cfg(pol(1, dst=("203.0.113.0/24",)), pol(2, src=("192.168.1.23/32",)),
+def test_a_shape_change_starts_a_new_rule_where_policies_overlap_and_say_otherwise():
+    c = cfg(pol(1, dst=("203.0.113.0/24",)), pol(2, 11, src=("192.168.1.23/32",)),
             pol(3, dst=("198.51.100.0/24",)))
     assert lookups(c) == [(DADDR, "@polmap_1"), (SADDR, "@polmap_2"), (DADDR, "@polmap_3")]
     assert [targets(m) for m in maps(c).values()] == [["pol_1"], ["pol_2"], ["pol_3"]]
     assert maps(c)["polmap_2"]["elem"][0][0] == "192.168.1.23"     # a host: no prefix
+    # the same WANs: a packet both match goes the same way, so 3 may join 1's map
+    same = cfg(pol(1, dst=("203.0.113.0/24",)), pol(2, src=("192.168.1.23/32",)),
+               pol(3, dst=("198.51.100.0/24",)))
+    assert lookups(same) == [(DADDR, "@polmap_1"), (SADDR, "@polmap_2")]
+    assert targets(maps(same)["polmap_1"]) == ["pol_1", "pol_3"]
+    # another fallback is another route: it says otherwise
+    assert len(lookups(cfg(pol(1, dst=("203.0.113.0/24",)),
+                           replace(pol(2, 11, src=("192.168.1.23/32",)), fallback="drop"),
+                           pol(3, dst=("198.51.100.0/24",))))) == 3
 
 
 def test_an_overlap_starts_a_new_rule_and_what_an_earlier_policy_holds_is_left_out():
@@ -68,7 +70,7 @@ def test_policies_that_cannot_meet_share_a_map_across_other_shapes():
     assert targets(maps(c)["polmap_1"]) == ["pol_1", "pol_3"]
     assert targets(maps(c)["polmap_3"]) == ["pol_4", "pol_6"]
     # a family-agnostic policy in between does hold the IPv4 ones apart
-    c = cfg(pol(1, dst=("203.0.113.0/24",)), pol(2, proto=(GRE,)),
+    c = cfg(pol(1, dst=("203.0.113.0/24",)), pol(2, 11, proto=(GRE,)),
             pol(3, dst=("198.51.100.0/24",)))
     assert len(lookups(c)) == 3
 
@@ -100,7 +102,7 @@ def test_ports_and_ranges_key_on_their_protocols():
     assert [k["concat"][0] for k, _ in maps(sport)["polmap_1"]["elem"]] == \
         sorted(PORT_PROTOCOLS.values())
     assert [k["concat"][0] for k, _ in maps(sport)["polmap_2"]["elem"]] == [UDP]
-    assert policygroups.elements(pol(1, proto=(1,), dport=((1, 1),))) == []
+    assert policygroups.elements(pol(1, proto=(1,), dport=((1, 1),))) == ()
 
 
 def test_interfaces_and_protocols_alone_need_no_interval_map():
@@ -129,11 +131,12 @@ def test_comments_stay_short():
 
 
 
-@settings(max_examples=150, deadline=None, database=None)
-@given(fields=st.lists(policy_fields, min_size=1, max_size=12))
-def test_the_groups_do_what_first_match_wins_means(fields):
-    policies = tuple(Policy(i, ("isp_a",), 10, **f) for i, f in enumerate(fields, 1))
+def check_plan(policies: tuple[Policy, ...], probes: list[dict] = PROBES) -> None:
+    """The groups of `policies` against the model: one shape per map, no two keys of a
+    map overlap (nft refuses them), and every probe goes the way (route) of its first
+    match (which of two policies of one route counts a packet both match is open)."""
     plan = policygroups.plan(policies)
+    route = {p.position: p.route for p in policies}
     for shape, elems in plan:
         # one shape per map, and no two keys of one map overlap (nft refuses them)
         assert all(e.shape == shape for e in elems)
@@ -141,8 +144,34 @@ def test_the_groups_do_what_first_match_wins_means(fields):
             for b in elems[i + 1:]:
                 assert not all(x is None or x[0] <= y[1] and y[0] <= x[1]
                                for x, y in zip(a.spans, b.spans)), (a, b)
-    for packet in PROBES:
-        assert looked_up(plan, packet) == first_match(policies, packet), packet
+    for packet in probes:
+        assert route.get(looked_up(plan, packet)) == route.get(first_match(policies, packet)), \
+            packet
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(fields=st.lists(policy_fields, min_size=1, max_size=12),
+       routes=st.lists(st.sampled_from([10, 11, 12]), min_size=12, max_size=12))
+def test_the_groups_do_what_first_match_wins_means(fields, routes):
+    check_plan(tuple(Policy(i, ("isp_a",), r, **f)
+                     for (i, f), r in zip(enumerate(fields, 1), routes)))
+
+
+SMALL = [{"dst": ("10.0.0.0/30",)}, {"dst": ("10.0.0.2/31",)}, {"dst": ("10.0.0.4/30",)},
+         {"src": ("10.0.0.4/30",)}, {"dst": ("10.0.0.0/29",), "proto": (UDP,)},
+         {"proto": (UDP,), "dport": ((1, 3),)}, {"iif": ("lan1",)},
+         {"dst": ("fd00::/126",), "proto": (UDP,)}, {}]
+
+
+def test_every_order_of_few_small_policies_and_two_routes():
+    """Exhaustive: every list of 3 of `SMALL` (repeats allowed, so a policy may overlap
+    its own copy) over every assignment of 2 routes (the first one's fixed: swapping
+    the two is the same case)."""
+    probes = PROBES[:50]
+    for picked in itertools.product(range(len(SMALL)), repeat=3):
+        for routes in itertools.product((10,), (10, 11), (10, 11)):
+            check_plan(tuple(Policy(i, ("isp_a",), r, **SMALL[k])
+                             for i, (k, r) in enumerate(zip(picked, routes), 1)), probes)
 
 
 def test_rules_grow_with_the_shape_changes_not_the_policies():
@@ -153,5 +182,14 @@ def test_rules_grow_with_the_shape_changes_not_the_policies():
                            {"dst": (f"2001:db8:{i:x}::/48",)}))
                   for i in range(1, 1001))
     assert [len(elems) for _, elems in policygroups.plan(mixed)] == [500, 400, 100]
+
+
+def test_interleaved_shapes_of_one_route_need_a_map_per_shape():
+    """Figure 13's interleaved set: with its policies alternating two WAN sets, nearly
+    every neighbour overlaps and says otherwise (a destination-only and a source-only
+    policy meet), so the order takes a group each; with one WAN set, a group a shape."""
+    one = policygroups.plan(tuple(fwcost_like(1000, routes=(10,))))
+    assert len(one) == 6
+    assert len(policygroups.plan(tuple(fwcost_like(1000)))) == 1000
 
 

@@ -1,6 +1,6 @@
-"""policyrules: the policies in ecmpd's nft table (pure): where they hook in, the class
-dispatch and layer lookups, and the rendered rules and maps run by a small interpreter
-against the first-match model (tests/policymodel.py)."""
+"""policyrules: the policies in ecmpd's nft table (pure): where they hook in, the group
+lookups, and the rendered rules and maps run by a small interpreter against the
+first-match model (tests/policymodel.py)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,10 @@ from dataclasses import replace
 from ipaddress import IPv4Address, IPv6Address, ip_address, ip_network
 from typing import Any
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ecmpd import nftrules, policyboxes, policyrules
+from ecmpd import nftrules, policyrules
 from ecmpd.configmodel import PORT_PROTOCOLS, Config, Policy, Wan
 from tests.policymodel import PROBES, TCP, UDP, first_match, policy_fields
 
@@ -68,15 +67,8 @@ SPORT = {"payload": {"protocol": "th", "field": "sport"}}
 IIF = {"meta": {"key": "iifname"}}
 
 
-@pytest.fixture(autouse=True)
-def layers(monkeypatch):
-    """The layers rendered (`policyboxes.ENABLED`; off by default, see there)."""
-    monkeypatch.setattr(policyboxes, "ENABLED", True)
-
-
-def test_by_default_the_grouped_rules_alone(monkeypatch):
-    monkeypatch.setattr(policyboxes, "ENABLED", False)
-    c = cfg(pol(1, dst=("203.0.113.0/24",)), pol(2, src=("192.168.1.23/32",)))
+def test_the_grouped_rules():
+    c = cfg(pol(1, dst=("203.0.113.0/24",)), pol(2, 11, src=("192.168.1.23/32",)))
     assert lookups(c) == [(DADDR, "@polmap_1"), (SADDR, "@polmap_2")]
     assert [ch["name"] for ch in nftrules.render_chains(c)][-3:] == ["policies", "pol_1",
                                                                      "pol_2"]
@@ -130,8 +122,8 @@ def test_each_policy_counts_and_sets_its_mark_under_the_mask_keeping_other_bits(
     assert chain(c, "pol_2")[0][0][1]["mangle"]["value"]["|"][1] == c.route_mark(11) == 0x0B00
     assert [o["name"] for o in nftrules.render_counters(c)][-2:] == ["pol_1", "pol_2"]
     names = [ch["name"] for ch in nftrules.render_chains(c)]
-    assert names[-5:] == ["policies", "polc_4p", "polc_4n", "pol_1", "pol_2"]
-    assert all(set(ch) == {"family", "table", "name"} for ch in nftrules.render_chains(c)[-5:])
+    assert names[-3:] == ["policies", "pol_1", "pol_2"]
+    assert all(set(ch) == {"family", "table", "name"} for ch in nftrules.render_chains(c)[-3:])
     # objects before what names them: counters, chains, maps, then rules
     kinds = [next(iter(o)) for o in nftrules.render_table(c)]
     assert kinds.index("map") > max(i for i, k in enumerate(kinds) if k == "chain")
@@ -149,128 +141,40 @@ def test_digest_changes_with_the_policies_and_their_order():
 
 
 
-# ---- the layout: a class dispatch, then one lookup per layer -------------------------
-NFPROTO = {"meta": {"key": "nfproto"}}
-THE_PORT_PROTOCOLS = {"match": {"op": "==", "left": L4PROTO,
-                                "right": {"set": sorted(PORT_PROTOCOLS.values())}}}
-
-
-def goto(target: str) -> dict:
-    return {"goto": {"target": target}}
-
-
-def test_interleaved_shapes_cost_a_dispatch_and_one_lookup_per_class():
-    c = cfg(pol(1, dst=("203.0.113.0/24",)), pol(2, src=("192.168.1.23/32",)),
-            pol(3, proto=(UDP,), dport=((5060, 5060),)), pol(4, dst=("198.51.100.0/24",)))
-    assert [expr for expr, _ in chain(c, "policies")] == [
-        [THE_PORT_PROTOCOLS, {"vmap": {"key": NFPROTO, "data": {"set": [
-            ["ipv4", goto("polc_4p")], ["ipv6", goto("polc_6p")]]}}}],
-        [{"vmap": {"key": NFPROTO, "data": {"set": [["ipv4", goto("polc_4n")]]}}}]]
-    assert lookups_of(c, "polc_4p") == [({"concat": [SADDR, DADDR, L4PROTO, DPORT]}, "@polmap_1")]
-    assert lookups_of(c, "polc_6p") == [({"concat": [L4PROTO, DPORT]}, "@polmap_2")]
-    assert lookups_of(c, "polc_4n") == [({"concat": [SADDR, DADDR]}, "@polmap_3")]
-    m = maps(c)
-    assert m["polmap_1"]["type"] == ["ipv4_addr", "ipv4_addr", "inet_proto", "inet_service"]
-    assert m["polmap_1"]["flags"] == ["interval"]
-    assert m["polmap_2"]["elem"] == [[{"concat": [UDP, 5060]}, goto("pol_3")]]
-    assert "flags" not in m["polmap_2"]             # single values: a hash lookup
-    # policy 2 is cut around policy 1's /24: every part of it is a range of addresses
-    assert [k for k, v in m["polmap_3"]["elem"] if v == goto("pol_2")] == [
-        {"concat": ["192.168.1.23", {"range": ["0.0.0.0", "203.0.112.255"]}]},
-        {"concat": ["192.168.1.23", {"range": ["203.0.114.0", "255.255.255.255"]}]}]
-    assert run(c, packet("192.168.1.23", "203.0.113.9", UDP, dport=5060)) == 1
-    assert run(c, packet("192.168.1.23", "198.51.100.9", UDP, dport=5060)) == 2
-    assert run(c, packet("192.168.1.24", "198.51.100.9", UDP, dport=5060)) == 3
-    assert run(c, packet("192.168.1.24", "198.51.100.9", TCP, dport=5060)) == 4
-    assert run(c, packet("2001:db8::1", "2001:db8::2", UDP, dport=5060)) == 3
-    assert run(c, packet("2001:db8::1", "2001:db8::2", 1)) is None
-
-
-def test_thousand_interleaved_policies_need_few_lookups():
-    """Figure 13's interleaved set: six shapes rotating, one policy each; the groups
-    needed 1 000 lookups, the layers a small fraction of them."""
-    c = cfg(*fwcost_like(1000))
-    assert len(policyrules.plan(c.policies)) == 1000
-    worst = max(len(lookups_of(c, ch)) for ch in policyrules.layout(c.policies).chains
-                if ch.startswith("polc_"))
-    assert worst <= 200
-    assert sum(len(m["elem"]) for m in maps(c).values()) <= policyboxes.MAX_ELEMENTS
-    assert run(c, packet("10.0.0.2", "203.0.113.1", UDP, dport=9000, iif="lan0")) == 1000
-
-
-def test_interfaces_go_to_a_chain_of_their_own():
-    c = cfg(pol(1, iif=("lan2",), proto=(UDP,)), pol(2, dst=("203.0.113.0/24",)))
-    assert [expr for expr, _ in chain(c, "polc_4p")] == [
-        [{"vmap": {"key": IIF, "data": {"set": [["lan2", goto("polc_4p_1")]]}}}],
-        [{"vmap": {"key": DADDR, "data": "@polmap_2"}}]]
-    assert lookups_of(c, "polc_4p_1") == [({"concat": [DADDR, L4PROTO]}, "@polmap_1")]
-    assert run(c, packet("10.0.0.1", "203.0.113.1", UDP, iif="lan2")) == 1
-    assert run(c, packet("10.0.0.1", "203.0.113.1", UDP, iif="lan1")) == 2
-    assert run(c, packet("10.0.0.1", "203.0.113.1", TCP, iif="lan2")) == 2
-
-
-def test_over_the_element_budget_the_tail_keeps_the_groups(monkeypatch):
-    monkeypatch.setattr(policyboxes, "MAX_ELEMENTS", 3)
-    c = cfg(pol(1, dst=("203.0.113.0/24",)), pol(2, src=("192.168.1.23/32",)),
-            pol(3, proto=(UDP,), dport=((53, 53),)))
-    compiled = policyboxes.compile_policies(c.policies, 3)
-    assert [p.position for p in compiled.tail] == [2, 3]
-    assert [expr for expr, _ in chain(c, "policies")][-1] == [goto("poltail")]
-    assert [expr for expr, _ in chain(c, "polc_4p")][-1] == [goto("poltail")]
-    assert lookups_of(c, "poltail") == [(SADDR, "@polmap_3"),
-                                         ({"concat": [L4PROTO, DPORT]}, "@polmap_4")]
-    assert run(c, packet("192.168.1.23", "203.0.113.1", UDP, dport=53)) == 1
-    assert run(c, packet("192.168.1.23", "198.51.100.1", UDP, dport=53)) == 2
-    assert run(c, packet("192.168.1.24", "198.51.100.1", UDP, dport=53)) == 3
-
-
+# ---- the rendered rules against the model --------------------------------------------
 @settings(max_examples=80, deadline=None, database=None)
 @given(fields=st.lists(policy_fields, min_size=1, max_size=12),
-       budget=st.sampled_from([0, 4, 12, policyboxes.MAX_ELEMENTS]))
-def test_the_rendered_rules_do_what_first_match_wins_means(fields, budget):
-    policies = tuple(Policy(i, ("isp_a",), 10, **f) for i, f in enumerate(fields, 1))
-    before = policyboxes.MAX_ELEMENTS, policyboxes.ENABLED
-    policyboxes.MAX_ELEMENTS, policyboxes.ENABLED = budget, True
-    try:
-        c = cfg(*policies)
-        for packet_ in PROBES:
-            assert run(c, packet_) == first_match(policies, packet_), packet_
-    finally:
-        policyboxes.MAX_ELEMENTS, policyboxes.ENABLED = before
+       routes=st.lists(st.sampled_from([10, 11, 12]), min_size=12, max_size=12))
+def test_the_rendered_rules_do_what_first_match_wins_means(fields, routes):
+    policies = tuple(Policy(i, ("isp_a",), r, **f)
+                     for (i, f), r in zip(enumerate(fields, 1), routes))
+    c = cfg(*policies)
+    route = {p.position: p.route for p in policies}
+    for packet_ in PROBES:
+        assert route.get(run(c, packet_)) == route.get(first_match(policies, packet_)), packet_
 
 
-def test_dry_run_shows_the_policies_in_nft_syntax():
-    c = cfg(pol(1, 255, name="voip", dst=("198.51.100.0/24",), proto=(17,),
-                dport=((5060, 5060), (10000, 20000))),
-            pol(2, 254, src=("2001:db8:5::/48",), iif=("lan0",)))
-    text = "\n".join(policyrules.describe(c))
-    assert "#   chain policies {\n#     meta l4proto { tcp, udp, sctp, udplite } meta nfproto " \
-        "vmap { ipv4 : goto polc_4p, ipv6 : goto polc_6p }" in text
-    assert "ip daddr . meta l4proto . th dport vmap @polmap_1  # policy 1" in text
-    assert "198.51.100.0/24 . udp . 5060 : goto pol_1," in text
-    assert "198.51.100.0/24 . udp . 10000-20000 : goto pol_1," in text
-    assert 'iifname vmap { "lan0" : goto polc_6p_1 }' in text
-    assert "ip6 saddr vmap @polmap_2  # policy 2" in text
-    assert "2001:db8:5::/48 : goto pol_2," in text
-    assert "type ipv4_addr . inet_proto . inet_service : verdict; flags interval" in text
-    assert f"| {c.route_mark(255):#010x} }}  # voip" in text
-    assert policyrules.describe(cfg()) == []
+def test_the_interleaved_bench_set_matches_behind_its_groups():
+    c = cfg(*fwcost_like(1000))
+    assert run(c, packet("10.0.0.2", "203.0.113.1", UDP, dport=9000, iif="lan0")) == 1000
+    assert run(c, packet("10.200.0.1", "198.18.0.6", UDP, dport=9000)) == 2
 
 
 # ---- an interpreter of the rendered rules and maps -----------------------------------
-def fwcost_like(count: int) -> list[Policy]:
-    """bench/fwcost.py's interleaved set: six shapes rotating, then one that matches."""
+def fwcost_like(count: int, routes: tuple[int, ...] = (10, 11)) -> list[Policy]:
+    """bench/fwcost.py's interleaved set: six shapes rotating over WAN sets `routes`,
+    then one that matches."""
     out = []
     for i in range(count - 1):
         dst = f"198.{18 + (i >> 16 & 1)}.{i >> 8 & 255}.{i & 255}/32"
         lo = 1 + i * 11
-        out.append(pol(i + 1, **[
+        out.append(pol(i + 1, routes[i % len(routes)], **[
             {"dst": (dst,)}, {"src": (f"10.{200 + (i >> 16 & 7)}.{i >> 8 & 255}.{i & 255}/32",)},
             {"proto": (UDP,), "dport": ((1 + i, 1 + i),)},
             {"src": (f"172.{16 + (i >> 16 & 7)}.{i >> 8 & 255}.0/24",), "dst": (dst,)},
             {"proto": (TCP,), "sport": ((lo, lo + 10),)}, {"iif": ("lan0",), "dst": (dst,)},
         ][i % 6]))
-    return out + [pol(count, src=tuple(f"10.0.0.{c}/32" for c in range(2, 27)))]
+    return out + [pol(count, routes[-1], src=tuple(f"10.0.0.{c}/32" for c in range(2, 27)))]
 
 
 def packet(src: str, dst: str, proto: int, sport: int = 1000, dport: int = 1000,
@@ -330,12 +234,6 @@ def _rule(expr: list[dict], p: dict, named: dict[str, dict]) -> str | None:
         for e in expr:
             if "goto" in e:
                 return e["goto"]["target"]
-            if "match" in e:
-                m = e["match"]
-                assert m["op"] == "==" and "set" in m["right"], m
-                if _value(m["left"], p) not in m["right"]["set"]:
-                    return None
-                continue
             value, data = _value(e["vmap"]["key"], p), e["vmap"]["data"]
             elems = named[data[1:]]["elem"] if isinstance(data, str) else data["set"]
             hits = [v for k, v in elems if _element_holds(k, value)]

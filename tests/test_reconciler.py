@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from ipaddress import IPv6Address
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 
@@ -55,8 +55,9 @@ class Firewall:
     def reconfigure(self, cfg: Any, gateways: Any = None, gateways6: Any = None) -> None:
         self.gateways.append((gateways, gateways6))
 
-    def ensure(self) -> bool:
+    def steps(self, apart: bool = False) -> Iterator[None]:
         return False
+        yield
 
 
 class Sysctls:
@@ -113,6 +114,42 @@ def dual_reconciler(fw: Any, **kw: Any) -> Reconciler:
     k.open()
     return Reconciler(lambda: st, k, fw, Sysctls(),  # type: ignore[arg-type]
                       asyncio.ensure_future, **kw)
+
+
+class SlowFirewall(Firewall):
+    """A firewall whose write takes three steps; it notes the loop's ticks at each."""
+
+    def __init__(self, ticks: list[int]) -> None:
+        super().__init__()
+        self.ticks, self.seen = ticks, []
+
+    def steps(self, apart: bool = False) -> Iterator[None]:
+        for _ in range(3):
+            self.seen.append(self.ticks[0])
+            yield
+        self.seen.append(self.ticks[0])
+        return True
+
+
+def test_the_firewalls_steps_let_the_loop_run_in_between(kernel) -> None:
+    async def body() -> tuple[SlowFirewall, int]:
+        ticks = [0]
+
+        async def tick() -> None:
+            while True:
+                ticks[0] += 1
+                await asyncio.sleep(0)
+        ticker = asyncio.ensure_future(tick())
+        fw = SlowFirewall(ticks)
+        r = dual_reconciler(fw)
+        await r.settled()
+        await r.close()
+        ticker.cancel()
+        return fw, r.changes
+
+    fw, changes = asyncio.run(body())
+    assert len(fw.seen) >= 4 and all(b > a for a, b in zip(fw.seen, fw.seen[1:4])), fw.seen
+    assert changes >= 1                       # the write counted as a change
 
 
 def test_a_pass_applies_and_reports_each_version_apart(kernel, monkeypatch) -> None:

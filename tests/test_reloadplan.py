@@ -69,14 +69,39 @@ def test_a_changed_ipv6_gateway_or_version_set_rejudges_the_wan() -> None:
 
 def test_a_nat_mode_change_keeps_health_and_flows() -> None:
     """masquerade -> snat -> none: only the nat chain changes (the table is replaced in
-    one transaction); health, probers and pinned flows stay.  Flushing what was NATed
-    under the old mode is the daemon's business, not the plan's."""
+    one transaction); health, probers and other WANs' flows stay; what was NATed under
+    the old mode is flushed (`nat_changed`)."""
     from ecmpd import nftrules
     snat = replace(OLD, wans=(replace(A, nat=((4, "snat", IPv4Address("10.1.0.10")),)), B, C))
     none = replace(OLD, wans=(replace(A, nat=((4, "none"),)), B, C))
     for old, new in ((OLD, snat), (snat, none), (none, OLD)):
         plan = plan_reload(old, new)
         assert (plan.rejudged, plan.stale_marks, plan.reinstall) == ((), (), False)
+        assert plan.nat_changed == (("a", 4),)
         assert nftrules.digest(old) != nftrules.digest(new)
         assert [r for r in nftrules.render_rules(old) if r[0] != "nat"] == \
             [r for r in nftrules.render_rules(new) if r[0] != "nat"]
+    moved = replace(OLD, wans=(replace(A, nat=((4, "snat", IPv4Address("10.1.0.11")),)), B, C))
+    assert plan_reload(snat, moved).nat_changed == (("a", 4),)   # another floating address
+
+
+def test_a_nat_change_names_the_wan_and_only_the_versions_whose_mode_changed():
+    from ipaddress import IPv6Address
+    dual = replace(A, gateway6=IPv6Address("fe80::1"), families=(4, 6))
+    old = replace(OLD, wans=(dual, B, C))
+    assert plan_reload(old, old).nat_changed == ()
+    six = replace(old, wans=(replace(dual, nat=((6, "none"),)), B, C))
+    assert plan_reload(old, six).nat_changed == (("a", 6),)
+    assert plan_reload(six, old).nat_changed == (("a", 6),)            # and back
+    both = replace(old, wans=(replace(dual, nat=((4, "none"), (6, "none"))),
+                              replace(B, nat=((4, "none"),)), C))
+    assert plan_reload(six, both).nat_changed == (("a", 4), ("b", 4))
+    # modes are compared as values: any other mode is a change too
+    assert plan_reload(six, replace(six, wans=(replace(dual, nat=((6, "other"),)), B, C))
+                       ).nat_changed == (("a", 6),)
+    # a version the WAN no longer (or not yet) carries has no connections to keep apart
+    four = replace(old, wans=(replace(dual, families=(4,), gateway6=None), B, C))
+    assert plan_reload(six, four).nat_changed == ()
+    # a WAN whose mark changed loses all its connections anyway (stale_marks)
+    moved = plan_reload(old, replace(old, wans=(replace(dual, id=4, nat=((4, "none"),)), B, C)))
+    assert moved.nat_changed == () and 0x10000 in moved.stale_marks

@@ -562,6 +562,33 @@ def dual_stack_up(*more: Wan) -> State:
     return st
 
 
+def test_a_nat_change_on_reload_flushes_that_wans_connections_of_that_version() -> None:
+    st = dual_stack_up(Wan("wlan2", "eth2", IPv4Address("198.51.100.1"), id=2))
+    wlan1, wlan2 = st.cfg.wans
+    new = dataclasses.replace(st.cfg, wans=(dataclasses.replace(wlan1, nat=((6, "none"),)),
+                                            wlan2))
+    after, effects = step(st, ev.Reloaded(new, plan_reload(st.cfg, new)))
+    # once (not per plane), that version only, after the reconcile that writes the rules
+    assert [e for e in effects if isinstance(e, ev.Flush)] == [
+        ev.Flush(0x10000, 0xFF0000, None, 6)]
+    assert ("wlan1 IPv6: nat masquerade -> none: removing its IPv6 connections from "
+            "conntrack") in [m for _, m in logs(effects)]
+    assert ev.Reconcile() in effects and after.wan("wlan1") == st.wan("wlan1")
+    # the same file again, or a weight: nothing goes
+    for same in (st.cfg, dataclasses.replace(st.cfg, wans=(wlan1, dataclasses.replace(
+            wlan2, weight=5)))):
+        _, effects = step(st, ev.Reloaded(same, plan_reload(st.cfg, same)))
+        assert not [e for e in effects if isinstance(e, ev.Flush)]
+    # with the other version DOWN the flush stays one version's (not widened to both)
+    down = st
+    for _ in range(3):
+        down, _ = step(down, ev.ProbeRound("wlan1", Verdict.FAILED, family=4))
+    assert down.wan("wlan1").health.state is H.DOWN
+    _, effects = step(down, ev.Reloaded(new, plan_reload(st.cfg, new)))
+    assert [e for e in effects if isinstance(e, ev.Flush)] == [
+        ev.Flush(0x10000, 0xFF0000, None, 6)]
+
+
 def test_carrier_loss_takes_both_versions_down_and_back_together() -> None:
     from ecmpd.state import plane
     st = dual_stack_up(Wan("wlan2", "eth2", IPv4Address("198.51.100.1"), id=2))
