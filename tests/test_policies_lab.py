@@ -68,7 +68,7 @@ def test_policies_route_matching_flows_and_leave_the_rest_balanced(make_lab, ecm
         # the rest is balanced as before: weights 1:1 (3 sigma of 600 flows: ~6 pp)
         rest = spread(flows(lab, 600, main, client[0]))
         assert set(rest) == {"wlan1", "wlan2"}, (family, rest)
-        assert abs(rest["wlan1"] / 600 - 0.5) <= 0.06, (family, rest)
+        assert abs(rest["wlan1"] - 300) <= 36, (family, rest)   # in flows: no float edge
     # status lists the policies with their counters
     st = d.status()
     pols = st["policies"]
