@@ -72,6 +72,7 @@ def test_a_rewrite_apart_falls_back_to_this_process_when_the_child_cannot_run(
     f, nft, _ = fw
     f.ensure()
     nft.calls.clear()
+    monkeypatch.setattr(firewall, "APART_POLICIES", 0)    # CFG has no policies
     monkeypatch.setattr(sys, "executable", "/bin/false")
     f.reconfigure(replace(CFG, mark_mask=0xFF00))
     assert asyncio.run(_stepped(f.steps(apart=True))) is True
@@ -86,3 +87,20 @@ def test_a_rewrite_apart_falls_back_to_this_process_when_the_child_cannot_run(
     f.reconfigure(CFG)
     assert asyncio.run(_stepped(f.steps(apart=True))) is True
     assert nft.calls == [] and f.applies == 3
+
+
+def test_a_small_table_is_rewritten_here_not_in_a_child(fw, monkeypatch) -> None:
+    import asyncio
+
+    from ecmpd.reconciler import _stepped
+    f, nft, _ = fw
+    f.ensure()
+    nft.calls.clear()
+
+    async def child(doc, table):
+        raise AssertionError("a child for a table of no policies")
+    monkeypatch.setattr(firewall.nftapart, "write_apart", child)
+    assert len(CFG.policies) < firewall.APART_POLICIES
+    f.reconfigure(replace(CFG, mark_mask=0xFF00))
+    assert asyncio.run(_stepped(f.steps(apart=True))) is True
+    assert nft.calls == ["replace", "list"]
