@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lab import netns
+from lab import driver, netns
 from lab.haplan import (BOXES, CLIENT, CLIENT6, HA, LAN_BOXES, LAN_BOXES6, LAN_VIP, LAN_VIP6,
                         LINKS, NOTIFY, PORT, ROUTER_SYSCTL, SERVER, SERVER6, SYNC, WANS,
                         conntrackd_conf, ecmpd_config, keepalived_conf, wan_of)
@@ -223,7 +223,6 @@ class HaPair:
             self.ecmpd[box].wait_states({"wan1": "up", "wan2": "up"}, timeout=10)
         if server_port is None:
             return None
-        from lab import driver
         server = driver.start_server(self.ns("inet"), server_port)
         self.procs["lab"].append(server)
         return server
